@@ -1,0 +1,368 @@
+"""The Gaussian diffusion process: q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0),
+the three prediction types (eps, x0, v) and the noise-regression loss.
+
+Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
+
+    x_t   = alpha_t x_0 + sigma_t eps,   alpha_t = sqrt(abar_t),  sigma_t = sqrt(1 - abar_t)
+    v     = alpha_t eps - sigma_t x_0
+    x_0   = (x_t - sigma_t eps) / alpha_t = alpha_t x_t - sigma_t v
+    eps   = (x_t - alpha_t x_0) / sigma_t = sigma_t x_t + alpha_t v
+
+Samplers work with the equivalent "variance exploding" noise level
+``sigma = sigma_t / alpha_t = sqrt((1 - abar_t) / abar_t)`` (Karras et al. 2022): see
+:meth:`GaussianDiffusion.sigma_of` and :meth:`GaussianDiffusion.t_of`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .schedules import NoiseSchedule
+
+__all__ = ["GaussianDiffusion", "PREDICTION_TYPES", "convert_prediction", "call_model"]
+
+PREDICTION_TYPES = ("eps", "x0", "v")
+Weighting = Union[str, Callable[[Tensor], Tensor], None]
+
+
+def convert_prediction(
+    output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, source: str, target: str
+) -> Tensor:
+    """Convert a prediction of type ``source`` at x_t into type ``target`` (eps, x0 or v).
+
+    ``alpha`` and ``sigma`` are the VP coefficients of x_t = alpha x0 + sigma eps,
+    broadcastable against x_t.
+    """
+    if source == target:
+        return output
+    if source == "eps":
+        eps, x0 = output, (x_t - sigma * output) / alpha
+    elif source == "x0":
+        eps, x0 = (x_t - alpha * output) / sigma, output
+    elif source == "v":
+        eps, x0 = sigma * x_t + alpha * output, alpha * x_t - sigma * output
+    else:
+        raise ValueError(f"unknown prediction type {source!r}; choose one of {PREDICTION_TYPES}")
+    if target == "eps":
+        return eps
+    if target == "x0":
+        return x0
+    if target == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"unknown prediction type {target!r}; choose one of {PREDICTION_TYPES}")
+
+
+def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    """Evaluate ``model(x_t, t)`` or ``model(x_t, t, cond)`` and check the output's shape."""
+    out = model(x_t, t) if cond is None else model(x_t, t, cond)
+    if not isinstance(out, Tensor) or out.shape != x_t.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"the model returned {got}, but it must return a tensor of x_t's shape "
+            f"{tuple(x_t.shape)} (its prediction of eps, x0 or v)"
+        )
+    return out
+
+
+class GaussianDiffusion:
+    """The forward process of a :class:`~difflab.schedules.NoiseSchedule` and its posterior.
+
+    ``prediction`` is what the network outputs: ``"eps"`` (the noise, Ho et al.),
+    ``"x0"`` (the clean data) or ``"v"`` (Salimans & Ho 2022).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(
+                f"schedule must be a NoiseSchedule (e.g. dl.schedules.linear()), got {type(schedule).__name__}"
+            )
+        if prediction not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+            )
+        self.schedule = schedule
+        self.prediction = prediction
+        self.T = schedule.T
+
+        betas = schedule.betas
+        abar = schedule.alphas_cumprod
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        self.betas = betas
+        self.alphas = schedule.alphas
+        self.alphas_cumprod = abar
+        self.alphas_cumprod_prev = abar_prev
+        self.sqrt_alphas_cumprod = abar.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - abar).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0) = N(c1 x_0 + c2 x_t, beta~_t I)   (Ho et al., eqs. 6-7)
+        self.posterior_variance = betas * (1 - abar_prev) / (1 - abar)
+        # beta~ is 0 at t = 0: clip the log at beta~_1 as DDPM's code does.
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+        )
+        self.posterior_mean_coef1 = betas * abar_prev.sqrt() / (1 - abar)
+        self.posterior_mean_coef2 = (1 - abar_prev) * self.alphas.sqrt() / (1 - abar)
+        # VE noise level sigma_t = sqrt((1 - abar_t) / abar_t), increasing in t.
+        self.sigmas = ((1 - abar) / abar).sqrt()
+        self._log_sigmas = self.sigmas.log()
+        self._cache: dict[tuple, Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"GaussianDiffusion({self.schedule!r}, prediction={self.prediction!r})"
+
+    # ------------------------------------------------------------------ helpers
+    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """A coefficient table on ``device`` in ``dtype``, cached so the hot loop copies nothing."""
+        key = (name, device, dtype)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def _check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"t must be a torch tensor of shape [B], got {type(t).__name__}")
+        if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"t must have shape [B] matching {argname}'s batch size: got t of shape "
+                f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
+            )
+        if t.is_floating_point():
+            if (t < 0).any() or (t > self.T - 1).any():
+                raise ValueError(f"t must lie in [0, {self.T - 1}], got values in [{t.min()}, {t.max()}]")
+        elif t.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            if (t < 0).any() or (t >= self.T).any():
+                raise ValueError(
+                    f"t must lie in 0 .. {self.T - 1} (0-based, T = {self.T}), "
+                    f"got values in [{int(t.min())}, {int(t.max())}]"
+                )
+        else:
+            raise TypeError(f"t must be an integer (or float) tensor, got dtype {t.dtype}")
+        return t
+
+    def _at(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+        """Coefficient ``name`` at timesteps t, shaped to broadcast against x."""
+        if t.is_floating_point():
+            if name not in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
+                raise ValueError(f"{name} is only defined at integer timesteps")
+            sigma = self.sigma_of(t).to(x.dtype)
+            alpha = (1 + sigma**2).rsqrt()
+            value = alpha if name == "sqrt_alphas_cumprod" else sigma * alpha
+        else:
+            value = self._table(name, t.device, x.dtype)[t.long()]
+        return value.view(-1, *([1] * (x.ndim - 1)))
+
+    def _alpha_sigma(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._at("sqrt_alphas_cumprod", t, x), self._at("sqrt_one_minus_alphas_cumprod", t, x)
+
+    # ------------------------------------------------------- continuous noise level
+    def sigma_of(self, t: Tensor) -> Tensor:
+        """VE noise level sigma(t) = sqrt((1 - abar_t)/abar_t); float t interpolates log sigma linearly."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            return self._table("sigmas", t.device, torch.float64)[t.long()]
+        t = t.to(torch.float64).clamp(0, self.T - 1)
+        log_sigmas = self._table("_log_sigmas", t.device, torch.float64)
+        lo = t.floor().long().clamp(max=self.T - 2) if self.T > 1 else t.long()
+        if self.T == 1:
+            return log_sigmas[lo].exp()
+        w = t - lo
+        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
+
+    def t_of(self, sigma: Tensor) -> Tensor:
+        """Inverse of :meth:`sigma_of`: the (fractional) timestep of noise level sigma, as float64."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        log_sigmas = self._table("_log_sigmas", sigma.device, torch.float64)
+        log_sigma = sigma.clamp(min=1e-300).log()
+        if self.T == 1:
+            return torch.zeros_like(sigma)
+        idx = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, self.T - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+        return (idx - 1).to(torch.float64) + w
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio abar_t / (1 - abar_t) = 1 / sigma(t)^2."""
+        return self.sigma_of(t) ** -2
+
+    # ----------------------------------------------------------- forward process
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean sqrt(abar_t) x0 and variance (1 - abar_t) of q(x_t | x_0)."""
+        self._check_t(t, x0)
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return alpha * x0, (sigma**2).expand_as(x0)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise   (Ho et al. 2020, eq. 4)."""
+        self._check_t(t, x0)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(
+                f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}"
+            )
+        return self._q_sample(x0, t, noise)
+
+    def _q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return alpha * x0 + sigma * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)  (Ho et al. 2020, eqs. 6-7).
+
+        mean = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t
+        var  = beta_t (1 - abar_{t-1}) / (1 - abar_t)
+        """
+        if x0.shape != x_t.shape:
+            raise ValueError(
+                f"x0 and x_t must have the same shape, got {tuple(x0.shape)} and {tuple(x_t.shape)}"
+            )
+        self._check_t(t, x0)
+        if t.is_floating_point():
+            raise ValueError("q_posterior needs integer timesteps t (a torch.long tensor)")
+        mean = self._at("posterior_mean_coef1", t, x0) * x0 + self._at("posterior_mean_coef2", t, x0) * x_t
+        var = self._at("posterior_variance", t, x0).expand_as(x0)
+        log_var = self._at("posterior_log_variance_clipped", t, x0).expand_as(x0)
+        return mean, var, log_var
+
+    # ------------------------------------------------------- prediction types
+    def _convert(self, x_t: Tensor, t: Tensor, model_output: Tensor, target: str) -> Tensor:
+        if model_output.shape != x_t.shape:
+            raise ValueError(
+                f"model_output must have x_t's shape {tuple(x_t.shape)}, got {tuple(model_output.shape)}"
+            )
+        self._check_t(t, x_t, "x_t")
+        alpha, sigma = self._alpha_sigma(t, x_t)
+        return convert_prediction(model_output, x_t, alpha, sigma, self.prediction, target)
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
+        """x0 from the model's output (of this process's prediction type)."""
+        return self._convert(x_t, t, model_output, "x0")
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
+        """eps from the model's output (of this process's prediction type)."""
+        return self._convert(x_t, t, model_output, "eps")
+
+    def predict_v(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 from the model's output."""
+        return self._convert(x_t, t, model_output, "v")
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network should output at x_t = q_sample(x0, t, noise): eps, x0 or v."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return alpha * noise - sigma * x0
+
+    # ---------------------------------------------------------------- training
+    def loss_weight(self, t: Tensor, weighting: Weighting = None) -> Tensor:
+        """Per-sample weight of the squared error on this process's target.
+
+        ``None`` / ``"uniform"``: L_simple (Ho et al. 2020, eq. 14) on the model's own target.
+        ``"min_snr"`` or ``"min_snr_<gamma>"``: Min-SNR-gamma (Hang et al. 2023, gamma = 5 by
+        default), expressed for the prediction type so that the weight on the x0 error is
+        min(SNR, gamma). A callable receives SNR(t) and returns the weights.
+        """
+        if weighting is None or weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        snr = self.snr(t).to(t.device)
+        if callable(weighting):
+            w = weighting(snr)
+        elif isinstance(weighting, str) and weighting.startswith("min_snr"):
+            gamma_txt = weighting[len("min_snr"):].lstrip("_")
+            try:
+                gamma = float(gamma_txt) if gamma_txt else 5.0
+            except ValueError:
+                raise ValueError(f"cannot read gamma from weighting {weighting!r}; use e.g. 'min_snr_5'") from None
+            clipped = snr.clamp(max=gamma)
+            # ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR = ||v - v_hat||^2 / (SNR + 1)
+            w = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[self.prediction]
+        else:
+            raise ValueError(
+                f"unknown weighting {weighting!r}; use None/'uniform', 'min_snr', 'min_snr_<gamma>' "
+                "or a callable of SNR(t)"
+            )
+        if not isinstance(w, Tensor) or w.shape != t.shape:
+            raise ValueError("a weighting callable must return one weight per sample, shape [B]")
+        return w.to(torch.float32)
+
+    def training_loss(
+        self,
+        model: Callable,
+        x0: Tensor,
+        cond: Optional[Tensor] = None,
+        *,
+        t: Optional[Tensor] = None,
+        noise: Optional[Tensor] = None,
+        weighting: Weighting = None,
+        cond_drop_prob: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        """Noise-regression loss E_{t, eps} w(t) ||model(x_t, t) - target||^2  (L_simple for w = 1).
+
+        t is uniform on 0..T-1 unless given. With ``cond_drop_prob`` p > 0 each label is
+        replaced by the null label ``model.num_classes`` with probability p, training the
+        unconditional model used by classifier-free guidance (Ho & Salimans 2022).
+        ``reduction="none"`` returns the per-sample weighted losses.
+        """
+        if not isinstance(x0, Tensor) or x0.ndim < 2:
+            raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
+        B = x0.shape[0]
+        if t is None:  # drawn here, so in range: no validation (and no host-device sync)
+            t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
+        else:
+            self._check_t(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        if cond is not None:
+            cond = _check_cond(model, cond, B)
+            if cond_drop_prob > 0:
+                null = torch.full_like(cond, model.num_classes)
+                drop = torch.rand(B, device=cond.device, generator=generator) < cond_drop_prob
+                cond = torch.where(drop, null, cond)
+        elif cond_drop_prob > 0:
+            raise ValueError("cond_drop_prob > 0 needs class labels: pass cond")
+        x_t = self._q_sample(x0, t, noise)
+        out = call_model(model, x_t, t, cond)
+        err = (out.float() - self.target(x0, noise, t).float()) ** 2
+        per_sample = err.flatten(1).mean(1) * self.loss_weight(t, weighting)
+        if reduction == "mean":
+            return per_sample.mean()
+        if reduction == "none":
+            return per_sample
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
+        raise ValueError(
+            f"cond must be a long tensor of class labels with shape [{batch}], got "
+            f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
+        )
+    if num_classes is None:
+        raise ValueError(
+            "cond was given but the model is unconditional (it has no num_classes); "
+            "build the model with num_classes=K to train or sample with labels"
+        )
+    # Range check on CPU labels only: on an accelerator it would stall the step loop on a sync.
+    if cond.device.type == "cpu" and ((cond < 0).any() or (cond > num_classes).any()):
+        raise ValueError(
+            f"class labels must lie in 0 .. {num_classes - 1} (or {num_classes} for 'no label'), "
+            f"got values in [{int(cond.min())}, {int(cond.max())}]"
+        )
+    return cond.long()

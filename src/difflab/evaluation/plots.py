@@ -1,0 +1,106 @@
+"""Pictures: sample scatters, the forward process, loss curves, animations of the reverse process.
+
+Everything renders off-screen (matplotlib's Agg backend) and writes to a path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["scatter_panels", "forward_process_2d", "loss_curve", "animate_2d"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _panel(ax, pts: np.ndarray, title: str, lim: float, color: str = "C0") -> None:
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color=color, linewidths=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def scatter_panels(panels: Mapping[str, Tensor], path, lim: float = 2.5, suptitle: str = "") -> Path:
+    """One scatter per entry {title: points [N, 2]}, side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for i, (ax, (title, pts)) in enumerate(zip(axes[0], panels.items())):
+        _panel(ax, _np(pts), title, lim, f"C{i}")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def forward_process_2d(proc, x0: Tensor, path, ts: Sequence[int] = (0, 50, 100, 200, 400, 999), lim: float = 3.0) -> Path:
+    """q(x_t | x0) for 2D data at several t: the data dissolving into N(0, I)."""
+    ts = [t for t in ts if t < proc.T] or [proc.T - 1]
+    g = torch.Generator().manual_seed(0)
+    panels = {}
+    for t in ts:
+        tt = torch.full((len(x0),), t, dtype=torch.long)
+        x_t = proc.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
+        abar = float(proc.alphas_cumprod[t])
+        panels[f"t = {t + 1}, abar = {abar:.3f}"] = x_t
+    return scatter_panels(panels, path, lim, "forward process q(x_t | x_0)")
+
+
+def loss_curve(losses: Sequence[float], path, smooth: int = 50, title: str = "training loss") -> Path:
+    """The loss per step and its running mean over ``smooth`` steps, log scale."""
+    plt = _plt()
+    y = np.asarray(losses, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(y) + 1), y, lw=0.5, alpha=0.35, label="per step")
+    if len(y) >= smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        ax.plot(np.arange(smooth, len(y) + 1), np.convolve(y, kernel, mode="valid"), lw=1.5,
+                label=f"mean of {smooth}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float = 3.0,
+               fps: int = 10, hold_last: int = 10) -> Path:
+    """An animated GIF of 2D point clouds, one frame per entry (e.g. the reverse process)."""
+    import imageio.v2 as imageio
+
+    plt = _plt()
+    images = []
+    fig, ax = plt.subplots(figsize=(3.6, 3.8))
+    for pts, title in zip(frames, titles):
+        ax.clear()
+        _panel(ax, _np(pts), title, lim)
+        fig.canvas.draw()
+        images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    images += [images[-1]] * hold_last
+    imageio.mimsave(path, images, duration=1.0 / fps, loop=0)
+    return Path(path)
+

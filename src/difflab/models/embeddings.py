@@ -1,0 +1,51 @@
+"""Embeddings of the diffusion time and of class labels."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "LabelEmbedding"]
+
+
+class SinusoidalEmbedding(nn.Module):
+    """emb(t)_i = sin(t w_i), emb(t)_{i+d/2} = cos(t w_i), w_i = max_period^(-i / (d/2))  (Vaswani et al. 2017).
+
+    Continuous in t, so integer timesteps and fractional ones (between grid steps) embed alike.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"sinusoidal embedding dim must be an even number >= 2, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim = dim
+
+    def forward(self, t: Tensor) -> Tensor:
+        if t.ndim != 1:
+            raise ValueError(f"t must have shape [B], got {tuple(t.shape)}")
+        args = t.float()[:, None] * self.freqs[None]
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class TimestepEmbedding(nn.Sequential):
+    """Sinusoidal features, then Linear-SiLU-Linear (the DDPM / ADM time MLP)."""
+
+    def __init__(self, dim: int, freq_dim: Optional[int] = None) -> None:
+        freq_dim = freq_dim or dim
+        super().__init__(SinusoidalEmbedding(freq_dim), nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+class LabelEmbedding(nn.Embedding):
+    """Class labels 0..K-1 plus the null label K ("no label", for classifier-free guidance)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes

@@ -1,0 +1,240 @@
+"""Samplers: functions from starting noise to data over a decreasing tensor of noise levels.
+
+Each sampler is one function ``sample_NAME(denoiser, x, sigmas, *, generator, callback, ...)``
+in its own module (``ddim.py`` holds DDIM), written in the VE parameterisation
+x = x0 + sigma eps with a denoiser D(x, sigma) (see :mod:`.denoiser`), as in k-diffusion.
+:func:`sample` is the public entry point: it builds the noise levels from a timestep
+spacing, wraps the network as a denoiser with guidance, and converts to and from the VP
+state x_t of the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from .base import randn
+from .ddim import sample_ddim
+from .ddpm import sample_ddpm
+from .denoiser import Denoiser
+from .timesteps import SPACINGS, karras_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
+
+__all__ = [
+    "sample",
+    "invert",
+    "SAMPLERS",
+    "SamplerSpec",
+    "register",
+    "Denoiser",
+    "sample_ddpm",
+    "sample_ddim",
+    "timesteps",
+    "sampling_sigmas",
+    "karras_sigmas",
+    "SPACINGS",
+]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its function, default spacing and the options it takes."""
+
+    fn: Callable
+    default_spacing: str = "trailing"
+    options: tuple[str, ...] = ()
+    evals_per_step: int = 1  # model evaluations per step (the last step may use fewer)
+    description: str = ""
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register(name: str, spec: SamplerSpec) -> None:
+    """Make a sampler available to :func:`sample` and the CLI under ``name``."""
+    SAMPLERS[name] = spec
+
+
+register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)"))
+register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)"))
+
+
+def _resolve_device(model, noise: Optional[Tensor], device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if noise is not None:
+        return noise.device
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return torch.device("cpu")
+
+
+def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
+    if sigmas is not None:
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+        if sig.ndim != 1 or sig.numel() < 2:
+            raise ValueError("sigmas must be a 1-D tensor of at least 2 noise levels")
+        if sig[-1] != 0:
+            sig = torch.cat([sig, sig.new_zeros(1)])
+        if (sig[1:] >= sig[:-1]).any() or (sig < 0).any():
+            raise ValueError("sigmas must be strictly decreasing and non-negative (ending at 0)")
+        return sig
+    if timesteps_ is not None:
+        return sigmas_from_timesteps(proc, timesteps_)
+    spacing = spacing or spec.default_spacing
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    return sampling_sigmas(proc, steps, spacing)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Sample with dropout off, and give the model back in the mode it came in."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
+    return shape
+
+
+def sample(
+    model: Callable,
+    proc: GaussianDiffusion,
+    shape: Sequence[int],
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    noise: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    progress: bool = False,
+    *,
+    spacing: Optional[str] = None,
+    timesteps: Optional[Tensor] = None,
+    sigmas: Optional[Tensor] = None,
+    clip_x0: Optional[float] = None,
+    dynamic_threshold: Optional[float] = None,
+    callback: Optional[Callable[[dict], None]] = None,
+    null_cond: Optional[int] = None,
+    **options,
+) -> Tensor:
+    """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
+
+    ``spacing`` picks the timesteps (see :mod:`.timesteps`; default per sampler);
+    ``timesteps`` (decreasing ints) or ``sigmas`` (decreasing VE noise levels) give them
+    explicitly, and then ``steps`` is ignored. Sampler options go through ``**options``
+    (e.g. ``variance="beta"`` for DDPM). ``callback`` receives a dict per step with the
+    VP state ``x``, the estimate ``denoised``, the noise level ``sigma`` and the index ``i``.
+    Returns x0 (unclamped).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+    spec = SAMPLERS[sampler]
+    if not isinstance(proc, GaussianDiffusion):
+        raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+    shape = _check_shape(shape)
+    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    if eta != 0.0:
+        if "eta" not in spec.options:
+            raise ValueError(f"eta is an option of {[n for n, s in SAMPLERS.items() if 'eta' in s.options]}, not of {sampler!r}")
+        options["eta"] = float(eta)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise ValueError(
+            f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}; its options: "
+            f"{', '.join(spec.options) or 'none'}"
+        )
+    device = _resolve_device(model, noise, device)
+    sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
+    if cond is not None:
+        if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (shape[0],):
+            raise ValueError(f"cond must be a long tensor of {shape[0]} class labels (one per sample)")
+        cond = cond.to(device)
+    if noise is None:
+        noise = randn(shape, generator, device)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    denoiser = Denoiser(model, proc, cond, guidance, null_cond, clip_x0, dynamic_threshold)
+    x = noise.to(device) * math.sqrt(1.0 + float(sig[0]) ** 2)  # VP x_T -> VE x = x_T / sqrt(abar_T)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False)
+
+    def report(step: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            vp = dict(step, x=step["x"] / math.sqrt(1.0 + step["sigma"] ** 2))
+            callback(vp)
+
+    try:
+        with _eval_mode(model):
+            x = spec.fn(denoiser, x, sig, generator=generator, callback=report, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    return x
+
+
+def invert(
+    model: Callable,
+    proc: GaussianDiffusion,
+    x0: Tensor,
+    steps: int = 50,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    *,
+    spacing: str = "trailing",
+    progress: bool = False,
+) -> Tensor:
+    """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, app. F): x0 -> x_T.
+
+    Runs the eta = 0 DDIM update up the same noise levels ``sample(sampler="ddim")`` walks
+    down, so ``sample(..., noise=invert(x0), steps=steps, spacing=spacing)`` reconstructs x0
+    up to the ODE's discretisation error. x0 is taken as the state at the lowest level.
+    """
+    if not isinstance(x0, Tensor) or x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
+    sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
+    if cond is not None:
+        cond = cond.to(x0.device)
+    denoiser = Denoiser(model, proc, cond, guidance)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sig) - 1, desc="invert", leave=False)
+    try:
+        with _eval_mode(model):
+            x = sample_ddim(denoiser, x0.clone(), sig, callback=(lambda _: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return x / math.sqrt(1.0 + float(sig[-1]) ** 2)

@@ -1,0 +1,113 @@
+"""A network of the model convention, seen as a denoiser D(x, sigma) ~ E[x0 | x].
+
+Samplers work in the VE parameterisation x = x0 + sigma eps (Karras et al. 2022, sec. 2),
+where the VP state of the process is x_t = x / sqrt(1 + sigma^2). The denoiser converts:
+
+    x_t = alpha x,  alpha = 1 / sqrt(1 + sigma^2),  t = t(sigma)       (process's own grid)
+    D(x, sigma) = predict_x0(x_t, t, model(x_t, t, cond))
+
+Classifier-free guidance (Ho & Salimans 2022, eq. 6) combines the conditional and the
+unconditional outputs in one batched forward pass of size 2B:
+
+    out = out_uncond + w (out_cond - out_uncond)
+
+which equals guiding eps, x0 or v alike, because the conversions are affine in the output.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..diffusion import GaussianDiffusion, call_model, convert_prediction
+
+__all__ = ["Denoiser"]
+
+
+class Denoiser:
+    """D(x, sigma) for ``model`` under ``proc``, with guidance and optional x0 clipping.
+
+    ``clip_x0=c`` clamps x0 to [-c, c]. ``dynamic_threshold=p`` applies Imagen's dynamic
+    thresholding (Saharia et al. 2022, sec. 2.3): s = max(1, quantile_p |x0|), x0 <- clamp(x0, -s, s) / s.
+    ``calls`` counts forward passes of the network.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        proc: GaussianDiffusion,
+        cond: Optional[Tensor] = None,
+        guidance: float = 1.0,
+        null_cond: Optional[int] = None,
+        clip_x0: Optional[float] = None,
+        dynamic_threshold: Optional[float] = None,
+    ) -> None:
+        if not isinstance(proc, GaussianDiffusion):
+            raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+        try:
+            guidance = float(guidance)
+        except (TypeError, ValueError):
+            raise TypeError(f"guidance must be a number, got {guidance!r}") from None
+        if not guidance >= 0 or guidance != guidance or guidance == float("inf"):
+            raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance}")
+        if clip_x0 is not None and not clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be > 0, got {clip_x0}")
+        if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
+            raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold}")
+        num_classes = getattr(model, "num_classes", None)
+        if null_cond is None and num_classes is not None:
+            null_cond = num_classes
+        if guidance != 1.0:
+            if null_cond is None:
+                raise ValueError(
+                    f"guidance={guidance} needs a class-conditional model: this model has no "
+                    "num_classes (no null label to compare against). Use guidance=1, or train with "
+                    "num_classes=K and label dropout."
+                )
+            if cond is None:
+                raise ValueError(f"guidance={guidance} needs class labels: pass cond=<long tensor [B]>")
+        self.model, self.proc, self.cond = model, proc, cond
+        self.guidance, self.null_cond = guidance, null_cond
+        self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
+        self.calls = 0
+
+    def _t(self, sigma: float, batch: int, device: torch.device) -> Tensor:
+        """The timestep of sigma: a long tensor on the training grid, else a float tensor."""
+        t = float(self.proc.t_of(torch.tensor(sigma, dtype=torch.float64)))
+        if abs(t - round(t)) < 1e-6:
+            return torch.full((batch,), int(round(t)), dtype=torch.long, device=device)
+        return torch.full((batch,), t, dtype=torch.float32, device=device)
+
+    def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The (guided) network output at VP state x_t."""
+        cond, w = self.cond, self.guidance
+        self.calls += 1
+        if cond is None:
+            return call_model(self.model, x_t, t)
+        if w == 1.0:
+            return call_model(self.model, x_t, t, cond)
+        null = torch.full_like(cond, self.null_cond)
+        if w == 0.0:
+            return call_model(self.model, x_t, t, null)
+        out = call_model(
+            self.model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null])
+        )
+        out_cond, out_uncond = out.chunk(2)
+        return out_uncond + w * (out_cond - out_uncond)
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """E[x0 | x] at VE noise level sigma (a python float)."""
+        sigma = float(sigma)
+        alpha = (1.0 + sigma * sigma) ** -0.5
+        x_t = x * alpha
+        out = self.model_output(x_t, self._t(sigma, x.shape[0], x.device))
+        x0 = convert_prediction(out, x_t, alpha, sigma * alpha, self.proc.prediction, "x0")
+        if self.dynamic_threshold is not None:
+            s = torch.quantile(x0.flatten(1).abs().float(), self.dynamic_threshold, dim=1)
+            s = s.clamp(min=1.0).to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+            x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        return x0

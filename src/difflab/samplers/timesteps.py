@@ -1,0 +1,85 @@
+"""Which noise levels a sampler visits: timestep spacings and Karras sigmas.
+
+A sampler runs over a decreasing tensor of VE noise levels
+``sigmas[0] > sigmas[1] > ... > sigmas[steps] = 0``; sigma = sqrt((1 - abar_t) / abar_t).
+The discrete DDPM grid is one case: ``sigmas[i] = proc.sigmas[timesteps[i]]``.
+
+Spacings (the names and meanings of diffusers' ``timestep_spacing``; Lin et al. 2023, table 2):
+
+- ``"leading"``:  t = k * (T // steps) for k = steps-1 .. 0           (DDIM paper; ends at t = 0)
+- ``"trailing"``: t = round(T - k * T / steps) - 1 for k = 0 .. steps-1 (starts at t = T-1)
+- ``"linspace"``: t = round(linspace(0, T - 1, steps))                  (both ends)
+- ``"karras"``:   sigmas of Karras et al. 2022, eq. 5, rho = 7, between the schedule's
+  sigma_min and sigma_max (continuous levels: networks get a fractional t).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SPACINGS", "timesteps", "karras_sigmas", "sampling_sigmas", "sigmas_from_timesteps"]
+
+SPACINGS = ("leading", "trailing", "linspace", "karras")
+DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _check_steps(steps: int, T: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"steps must be an integer, got {type(steps).__name__}")
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must lie in 1 .. T = {T} for a spacing on the training grid, got {steps}")
+
+
+def timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> Tensor:
+    """``steps`` decreasing integer timesteps in 0 .. T-1 (a torch.long tensor)."""
+    _check_steps(steps, T)
+    if spacing == "leading":
+        ts = np.arange(steps)[::-1] * (T // steps) + steps_offset
+    elif spacing == "trailing":
+        ts = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(0, T - 1, steps))[::-1]
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(DISCRETE_SPACINGS)}")
+    ts = torch.from_numpy(np.ascontiguousarray(ts)).long()
+    if (ts < 0).any() or (ts >= T).any():
+        raise ValueError(f"steps_offset={steps_offset} puts timesteps outside 0 .. {T - 1}")
+    return ts
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho  (Karras et al. 2022, eq. 5)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigmas_from_timesteps(proc, ts: Tensor) -> Tensor:
+    """The noise levels of decreasing timesteps ``ts`` (integer or fractional), with the final 0 appended."""
+    ts = torch.as_tensor(ts)
+    if ts.ndim != 1 or ts.numel() < 1:
+        raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+    sig = proc.sigma_of(ts.cpu())
+    if (sig[1:] >= sig[:-1]).any():
+        raise ValueError("timesteps must be strictly decreasing")
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def sampling_sigmas(proc, steps: int, spacing: str = "trailing", rho: float = 7.0) -> Tensor:
+    """``steps + 1`` decreasing noise levels ending in 0 for the process ``proc``."""
+    if spacing == "karras":
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        sig = karras_sigmas(int(steps), proc.sigma_min, proc.sigma_max, rho)
+        return torch.cat([sig, sig.new_zeros(1)])
+    if spacing not in DISCRETE_SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    return sigmas_from_timesteps(proc, timesteps(proc.T, steps, spacing))
