@@ -1,0 +1,37 @@
+"""The README's commands, CI and the package agree."""
+
+import re
+
+from conftest import REPO
+
+import difflab as dl
+
+
+def readme_commands():
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_first_block_has_the_two_commands():
+    install_demo, tests = readme_commands()[:2]
+    assert "difflab demo" in install_demo and "pip install" in install_demo
+    assert "pytest" in tests and ".[test]" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (REPO / ".ci" / "run").read_text()
+    test_cmd = readme_commands()[1]
+    assert test_cmd in ci.splitlines()
+    assert "pip install torch==2.13.0" in ci
+    assert ci.index("torch==2.13.0") < ci.index(test_cmd)
+
+
+def test_public_api_names_exist():
+    for name in ["schedules", "GaussianDiffusion", "sample"]:
+        assert hasattr(dl, name)
+    for name in ["linear", "cosine", "get", "NoiseSchedule"]:
+        assert hasattr(dl.schedules, name)
+    proc = dl.GaussianDiffusion(dl.schedules.linear(10))
+    for name in ["q_sample", "q_posterior", "predict_x0", "predict_eps", "training_loss"]:
+        assert callable(getattr(proc, name))

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+import difflab as dl
+from difflab.data import toy2d
+
+
+@pytest.mark.parametrize("name", toy2d.NAMES)
+def test_toy_sets_shapes_scale_and_labels(name, gen):
+    x, y = toy2d.make(name, 5000, gen, labels=True)
+    assert x.shape == (5000, 2) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert y.shape == (5000,) and y.dtype == torch.long
+    assert set(y.unique().tolist()) == set(range(toy2d.NUM_CLASSES[name]))
+    assert 0.5 < x.std(0).min() and x.std(0).max() < 1.6
+    assert x.mean(0).abs().max() < 0.6
+    # reproducible through the generator
+    a = toy2d.make(name, 10, torch.Generator().manual_seed(0))
+    b = toy2d.make(name, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_eight_gaussians_modes(gen):
+    x, k = toy2d.make("8gaussians", 4000, gen, labels=True)
+    angle = 2 * np.pi * k.double() / 8
+    centres = 1.4 * torch.stack([torch.cos(angle), torch.sin(angle)], 1).float()
+    assert (x - centres).std().item() == pytest.approx(0.1, rel=0.05)
+
+
+def test_checkerboard_only_dark_squares(gen):
+    x = toy2d.make("checkerboard", 4000, gen) * 1.15 + 2.0  # back to [0, 4]^2
+    i, j = x[:, 1].floor().long(), x[:, 0].floor().long()
+    assert ((i + j) % 2 == 0).all()
+
+
+def test_bad_toy_input():
+    with pytest.raises(ValueError, match="unknown 2D dataset 'spiral'.*swiss_roll"):
+        toy2d.make("spiral", 10)
+    with pytest.raises(ValueError, match="n .* must be a positive integer"):
+        toy2d.make("moons", 0)
+
+
+def test_mlp_shapes_conditioning_and_float_t(gen):
+    m = dl.models.MLPDenoiser(dim=2, width=32, depth=2, num_classes=3)
+    for p in m.out.parameters():  # undo the zero init so outputs depend on the input
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(5, 2, generator=gen)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    y = m(x, t, torch.tensor([0, 1, 2, 3, 0]))
+    assert y.shape == x.shape
+    assert m(x, t.float() + 0.5).shape == x.shape
+    assert not torch.allclose(m(x, t, torch.zeros(5, dtype=torch.long)), m(x, t, torch.ones(5, dtype=torch.long)))
+    # no labels = the null label
+    assert torch.allclose(m(x, t), m(x, t, torch.full((5,), 3)))
+    with pytest.raises(ValueError, match="unconditional"):
+        dl.models.MLPDenoiser(2)(x, t, torch.zeros(5, dtype=torch.long))
+    # zero-initialised output: a fresh model predicts 0 (eps = 0 is the prior's mean)
+    assert torch.equal(dl.models.MLPDenoiser(2)(x, t), torch.zeros_like(x))
+
+
+def test_sinusoidal_embedding_is_the_formula():
+    emb = dl.models.SinusoidalEmbedding(8)
+    t = torch.tensor([0.0, 1.0, 37.5])
+    freqs = torch.tensor([10000 ** (-i / 4) for i in range(4)])
+    expected = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], 1)
+    assert torch.allclose(emb(t), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        dl.models.SinusoidalEmbedding(7)
+
+
+def test_sliced_wasserstein_of_a_shift_is_exact():
+    """Shifting a set by d moves every projection by <d, theta>: SW_2 = sqrt(mean_theta <d, theta>^2)."""
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    d = torch.tensor([0.3, -0.4])
+    sw = dl.evaluation.sliced_wasserstein(x, x + d, n_projections=256, generator=torch.Generator().manual_seed(7))
+    theta = torch.randn(2, 256, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    theta = theta / theta.norm(dim=0)
+    expected = ((d.double() @ theta) ** 2).mean().sqrt().item()
+    assert sw == pytest.approx(expected, rel=1e-6)
+    # and in expectation over directions |d| / sqrt(dim) = 0.5 / sqrt(2)
+    assert sw == pytest.approx(0.5 / 2**0.5, rel=0.1)
+    assert dl.evaluation.sliced_wasserstein(x, x) == 0.0
+
+
+def test_sliced_wasserstein_unequal_sizes_and_errors():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2000, 2, generator=g), torch.randn(1500, 2, generator=g)
+    assert dl.evaluation.sliced_wasserstein(a, b, n_projections=128) < 0.08
+    assert dl.evaluation.sliced_wasserstein(a, b + 1.0, n_projections=128) > 0.6
+    with pytest.raises(ValueError, match="same dimension"):
+        dl.evaluation.sliced_wasserstein(a, torch.zeros(10, 3))
+
+
+def test_mmd_matches_direct_computation_and_detects_differences():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 2, generator=g), torch.randn(50, 2, generator=g) + 0.5
+    hs = (0.5, 1.0)
+    k = lambda a, b: sum(np.exp(-np.sum((a - b) ** 2) / (2 * h * h)) for h in hs)
+    X, Y = x.double().numpy(), y.double().numpy()
+    kxx = sum(k(X[i], X[j]) for i in range(60) for j in range(60) if i != j) / (60 * 59)
+    kyy = sum(k(Y[i], Y[j]) for i in range(50) for j in range(50) if i != j) / (50 * 49)
+    kxy = sum(k(X[i], Y[j]) for i in range(60) for j in range(50)) / (60 * 50)
+    assert dl.evaluation.mmd(x, y, hs) == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-9)
+    a, b = torch.randn(1000, 2, generator=g), torch.randn(1000, 2, generator=g)
+    same = dl.evaluation.mmd(a, b)
+    diff = dl.evaluation.mmd(a, b * 1.5)
+    assert abs(same) < 0.01 < diff
