@@ -12,9 +12,11 @@ from torch import nn
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
+from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
 
 __all__ = [
     "MLPDenoiser",
+    "UNet",
     "GaussianMixtureDenoiser",
     "GaussianDenoiser",
     "SinusoidalEmbedding",
@@ -45,3 +47,9 @@ def build(name: str, **kwargs) -> nn.Module:
         return _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise TypeError(f"model {name!r}: {err}") from None
+
+
+register("unet", UNet)
+register("unet_mnist", unet_mnist)
+register("unet_cifar10", unet_cifar10)
+register("unet_tiny", unet_tiny)

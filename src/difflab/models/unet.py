@@ -1,0 +1,449 @@
+"""The U-Net of DDPM (Ho et al. 2020, App. B) with the options of ADM (Dhariwal & Nichol 2021, Sec. 3).
+
+    x -> conv_in -> [levels: ResBlock (+ attention) x num_res_blocks, downsample] -> middle
+      -> [levels reversed: concat skip, ResBlock (+ attention) x (num_res_blocks + 1), upsample]
+      -> GroupNorm, SiLU, conv_out
+
+Level i works at resolution H / 2^i with ``channels * channel_mult[i]`` channels. The time
+t enters through a sinusoidal embedding and an MLP (continuous in t, so long and float t
+embed alike); a class label, when the model is conditional, adds its embedding to the time
+embedding. Every residual block reads that embedding (additively as in DDPM, or as a
+GroupNorm scale and shift as in ADM's ``use_scale_shift_norm``).
+
+Initialisation (ADM's ``zero_module``): the final convolution, the second convolution of
+every residual block and the output projection of every attention block start at zero, so
+each block starts as the identity (or its 1x1 skip projection) and the network's output
+starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embeddings import LabelEmbedding, TimestepEmbedding
+
+__all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample", "unet_cifar10", "unet_mnist", "unet_tiny"]
+
+RESAMPLE_MODES = ("conv", "interp", "resblock")
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def _down(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def _up(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class ResBlock(nn.Module):
+    """out = skip(x) + conv2(dropout(SiLU(norm2(conv1(SiLU(norm1(x))), e))))   (DDPM App. B; ADM Sec. 3)
+
+    The embedding e = W_e SiLU(emb) conditions the block either additively (DDPM),
+    norm2(h + e), or as a scale and shift (ADM's ``use_scale_shift_norm``),
+    norm2(h) * (1 + s) + b with [s, b] = e. ``skip`` is a 1x1 convolution when the channel
+    count changes, else the identity. ``resample="down" | "up"`` resamples h and x inside the
+    block (ADM's ``resblock_updown``, from BigGAN). conv2 is zero-initialised, so the block
+    starts as skip(x).
+
+    ``forward(x, emb_act)`` takes the already activated embedding SiLU(emb), shared by all blocks.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int,
+        dropout: float = 0.0,
+        norm_groups: int = 32,
+        use_scale_shift_norm: bool = False,
+        resample: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.resample = resample
+        self.norm1 = nn.GroupNorm(norm_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if use_scale_shift_norm else 1))
+        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
+        h = F.silu(self.norm1(x))
+        if self.resample == "down":
+            h, x = _down(h), _down(x)
+        elif self.resample == "up":
+            h, x = _up(h), _up(x)
+        h = self.conv1(h)
+        e = self.emb_proj(emb_act)[:, :, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """x + W_o MultiHead(norm(x)) over the H*W positions (Vaswani et al. 2017; DDPM uses 1 head).
+
+    softmax(q k^T / sqrt(d)) v per head by ``F.scaled_dot_product_attention`` (flash / memory
+    efficient kernels on a GPU). The positions are the tokens: for a channels_last input the
+    [B, H*W, C] token matrix is a view, no copy. W_o is zero-initialised (ADM).
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = _zero(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        qkv = self.qkv(tokens).view(B, H * W, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, HW, d]
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = self.proj(a.transpose(1, 2).reshape(B, H * W, C))
+        return x + a.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    """Halve H and W: a 3x3 convolution with stride 2 (``with_conv``), else 2x2 average pooling."""
+
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor, emb_act: Optional[Tensor] = None) -> Tensor:
+        return self.conv(x) if self.conv is not None else _down(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (``with_conv``)."""
+
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
+
+    def forward(self, x: Tensor, emb_act: Optional[Tensor] = None) -> Tensor:
+        x = _up(x)
+        return self.conv(x) if self.conv is not None else x
+
+
+class _ResAttn(nn.Module):
+    """A residual block, optionally followed by self-attention (one step of a level).
+
+    On the way up, each of these takes the concatenation of h and one skip connection.
+    """
+
+    def __init__(self, res: ResBlock, attn: Optional[AttentionBlock]) -> None:
+        super().__init__()
+        self.res, self.attn = res, attn
+
+    def forward(self, h: Tensor, emb_act: Tensor) -> Tensor:
+        h = self.res(h, emb_act)
+        return self.attn(h) if self.attn is not None else h
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class UNet(nn.Module):
+    """model(x_t, t, cond=None) -> x_t's shape: the DDPM / ADM U-Net.
+
+    Args:
+        in_channels: channels of x_t (add the low-resolution image's channels for a
+            super-resolution model).
+        out_channels: channels of the output; defaults to ``in_channels``.
+        channels: base width; level i has ``channels * channel_mult[i]`` channels.
+        channel_mult: one multiplier per level; H and W must be divisible by 2^(levels - 1).
+        num_res_blocks: residual blocks per level on the way down (an int, or one per level);
+            the way up has one more per level, which takes the skip of the downsampling step.
+        attention_levels: indices of the levels (0 = full resolution) that get self-attention
+            after each residual block.
+        attention_resolutions: alternatively, the spatial sizes that get attention (DDPM: 16
+            on 32x32 CIFAR-10); needs ``image_size``.
+        image_size: the training resolution, recorded for samplers and used to place
+            ``attention_resolutions``; any size divisible by 2^(levels - 1) still runs.
+        dropout: dropout before the second convolution of each residual block.
+        num_heads, head_dim: attention heads; ``head_dim`` (ADM's num_head_channels), when
+            given, sets heads = channels // head_dim at each resolution instead.
+        use_scale_shift_norm: ADM's scale-shift conditioning instead of DDPM's additive one.
+        resample: "conv" (strided conv down, nearest + conv up: DDPM), "interp" (average pool /
+            nearest, no parameters) or "resblock" (residual blocks that resample: ADM).
+        mid_attention: self-attention between the two middle residual blocks (DDPM: yes).
+        num_classes: K for a class-conditional model: labels 0..K-1 and the null label K;
+            ``cond=None`` means the null label. None: unconditional (labels are rejected).
+        norm_groups: GroupNorm groups; must divide every channel count.
+        emb_dim: width of the time embedding; defaults to 4 * channels (DDPM).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: Optional[int] = None,
+        channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: Union[int, Sequence[int]] = 2,
+        attention_levels: Optional[Sequence[int]] = (1,),
+        attention_resolutions: Optional[Sequence[int]] = None,
+        image_size: Optional[int] = None,
+        dropout: float = 0.0,
+        num_heads: int = 1,
+        head_dim: Optional[int] = None,
+        use_scale_shift_norm: bool = False,
+        resample: str = "conv",
+        mid_attention: bool = True,
+        num_classes: Optional[int] = None,
+        norm_groups: int = 32,
+        emb_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
+        channels = _positive_int("channels", channels)
+        channel_mult = tuple(channel_mult)
+        if not channel_mult:
+            raise ValueError("channel_mult must list at least one level, e.g. (1, 2, 2, 2)")
+        for m in channel_mult:
+            _positive_int("each channel_mult entry", m)
+        levels = len(channel_mult)
+        if isinstance(num_res_blocks, int):
+            num_res_blocks = (num_res_blocks,) * levels
+        num_res_blocks = tuple(num_res_blocks)
+        if len(num_res_blocks) != levels:
+            raise ValueError(
+                f"num_res_blocks lists {len(num_res_blocks)} levels but channel_mult has {levels}; "
+                "give an int or one entry per level"
+            )
+        for n in num_res_blocks:
+            _positive_int("num_res_blocks", n)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE_MODES)}, got {resample!r}")
+        if image_size is not None:
+            _positive_int("image_size", image_size)
+            if image_size % 2 ** (levels - 1):
+                raise ValueError(
+                    f"image_size={image_size} is not divisible by 2^(levels - 1) = {2 ** (levels - 1)} "
+                    f"for channel_mult={channel_mult}"
+                )
+        attention_levels = self._attention_levels(attention_levels, attention_resolutions, image_size, levels)
+        widths = [channels * m for m in channel_mult]
+        for w in sorted(set(widths)):
+            if w % norm_groups:
+                raise ValueError(
+                    f"norm_groups={norm_groups} must divide every channel count; {w} is not divisible "
+                    f"(channels={channels}, channel_mult={channel_mult})"
+                )
+        heads = {w: self._heads(w, num_heads, head_dim) for w in widths}
+        emb_dim = emb_dim or 4 * channels
+
+        self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
+        self.num_levels, self.num_classes = levels, num_classes
+        self.attention_levels = attention_levels
+        self.time_embed = TimestepEmbedding(emb_dim, freq_dim=channels)
+        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
+
+        def res(cin: int, cout: int, resample_: Optional[str] = None) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, dropout, norm_groups, use_scale_shift_norm, resample_)
+
+        def step(cin: int, cout: int, level: int) -> _ResAttn:
+            attn = AttentionBlock(cout, heads[cout], norm_groups) if level in attention_levels else None
+            return _ResAttn(res(cin, cout), attn)
+
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [channels]  # channel counts of the skip connections, in push order
+        ch = channels
+        for level, width in enumerate(widths):
+            for _ in range(num_res_blocks[level]):
+                self.down.append(step(ch, width, level))
+                ch = width
+                skips.append(ch)
+            if level != levels - 1:
+                if resample == "resblock":
+                    self.down.append(res(ch, ch, "down"))
+                else:
+                    self.down.append(Downsample(ch, with_conv=resample == "conv"))
+                skips.append(ch)
+
+        self.mid_res1 = res(ch, ch)
+        self.mid_attn = AttentionBlock(ch, heads[ch], norm_groups) if mid_attention else None
+        self.mid_res2 = res(ch, ch)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(levels)):
+            width = widths[level]
+            for _ in range(num_res_blocks[level] + 1):
+                self.up.append(step(ch + skips.pop(), width, level))
+                ch = width
+            if level != 0:
+                if resample == "resblock":
+                    self.up.append(res(ch, ch, "up"))
+                else:
+                    self.up.append(Upsample(ch, with_conv=resample == "conv"))
+        assert not skips
+
+        self.norm_out = nn.GroupNorm(norm_groups, ch)
+        self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+
+    @staticmethod
+    def _attention_levels(levels_, resolutions, image_size, levels: int) -> tuple[int, ...]:
+        if resolutions is not None:
+            if image_size is None:
+                raise ValueError(
+                    "attention_resolutions needs image_size (the resolution of level 0), "
+                    "or give attention_levels instead"
+                )
+            sizes = {image_size // 2**i: i for i in range(levels)}
+            bad = [r for r in resolutions if r not in sizes]
+            if bad:
+                raise ValueError(
+                    f"attention_resolutions {bad} are not resolutions of this U-Net; with image_size="
+                    f"{image_size} its levels work at {sorted(sizes, reverse=True)}"
+                )
+            return tuple(sorted(sizes[r] for r in resolutions))
+        out = tuple(sorted(set(levels_ or ())))
+        for i in out:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < levels:
+                raise ValueError(f"attention_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}")
+        return out
+
+    @staticmethod
+    def _heads(width: int, num_heads: int, head_dim: Optional[int]) -> int:
+        if head_dim is not None:
+            if width % _positive_int("head_dim", head_dim):
+                raise ValueError(f"head_dim={head_dim} must divide every attention width; {width} is not divisible")
+            return width // head_dim
+        if width % _positive_int("num_heads", num_heads):
+            raise ValueError(f"num_heads={num_heads} must divide every attention width; {width} is not divisible")
+        return num_heads
+
+    def _check(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"UNet(in_channels={self.in_channels}) takes x of shape [B, {self.in_channels}, H, W], got {got}")
+        f = 2 ** (self.num_levels - 1)
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(
+                f"this UNet has {self.num_levels} levels, so H and W must be divisible by {f}; got "
+                f"{x.shape[2]}x{x.shape[3]} (pad or resize the images, or use fewer levels)"
+            )
+
+    def _time(self, t, x: Tensor) -> Tensor:
+        if not isinstance(t, Tensor):
+            t = torch.full((x.shape[0],), float(t), device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"t must be a tensor of shape [B] = [{x.shape[0]}] (long or float), got {t.dtype} {tuple(t.shape)}")
+        return t
+
+    def _label(self, cond: Optional[Tensor], x: Tensor) -> Tensor:
+        B = x.shape[0]
+        if cond is None:
+            return torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
+        if not isinstance(cond, Tensor) or cond.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8) or cond.shape != (B,):
+            raise ValueError(
+                f"cond must be an integer tensor of class labels with shape [{B}], got "
+                f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
+            )
+        # A range check needs the values on the host: cheap on the CPU, a sync on a GPU (skipped there).
+        if cond.device.type == "cpu" and not torch.compiler.is_compiling():
+            if bool((cond < 0).any()) or bool((cond > self.num_classes).any()):
+                raise ValueError(
+                    f"class labels must lie in 0 .. {self.num_classes - 1} (or {self.num_classes} for "
+                    f"'no label'), got values in [{int(cond.min())}, {int(cond.max())}]"
+                )
+        return cond
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        self._check(x)
+        t = self._time(t, x)
+        sinusoid, fc1, act, fc2 = self.time_embed  # TimestepEmbedding: features, Linear-SiLU-Linear
+        emb = fc2(act(fc1(sinusoid(t).to(fc1.weight.dtype))))  # features are float32; match a bf16 model
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(self._label(cond, x))
+        elif cond is not None:
+            raise ValueError(
+                "this UNet is unconditional (num_classes=None) but got labels; build it with "
+                "num_classes=K to use class labels"
+            )
+        emb_act = F.silu(emb)  # every block projects SiLU(emb): compute it once
+
+        h = self.conv_in(x)
+        hs = [h]
+        for block in self.down:
+            h = block(h, emb_act)
+            hs.append(h)
+        h = self.mid_res1(h, emb_act)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid_res2(h, emb_act)
+        for block in self.up:
+            if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = block(h, emb_act)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def unet_cifar10(**overrides) -> UNet:
+    """DDPM's CIFAR-10 network (Ho et al. 2020, App. B): 35.7M parameters.
+
+    ch=128, ch_mult=(1, 2, 2, 2), 2 residual blocks per level, attention at 16x16 (one head),
+    dropout 0.1, additive time conditioning, conv resampling.
+    """
+    config = dict(
+        in_channels=3, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=None,
+        attention_resolutions=(16,), image_size=32, dropout=0.1, num_heads=1,
+    )
+    return UNet(**{**config, **overrides})
+
+
+def unet_mnist(num_classes: Optional[int] = None, **overrides) -> UNet:
+    """A small U-Net for 28x28 (or 32x32) grayscale digits.
+
+    channels 64, 128, 128 at 28, 14, 7 (16, 8 at 32x32); 2 residual blocks per level; attention
+    (4 heads of 32) at the lowest level and in the middle; ADM scale-shift conditioning;
+    dropout 0.1 (t10k is only 10k images).
+    """
+    config = dict(
+        in_channels=1, channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(2,),
+        image_size=28, dropout=0.1, head_dim=32, use_scale_shift_norm=True, num_classes=num_classes,
+    )
+    return UNet(**{**config, **overrides})
+
+
+def unet_tiny(num_classes: Optional[int] = None, **overrides) -> UNet:
+    """A CPU-sized U-Net for 8x8 images (scikit-learn's digits): levels at 8x8 and 4x4.
+
+    channels 32, 64; one residual block per level; attention only in the middle (4x4);
+    scale-shift conditioning; no dropout.
+    """
+    config = dict(
+        in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=None,
+        image_size=8, dropout=0.0, num_heads=2, use_scale_shift_norm=True, norm_groups=8,
+        num_classes=num_classes,
+    )
+    return UNet(**{**config, **overrides})
