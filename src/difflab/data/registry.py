@@ -1,0 +1,46 @@
+"""Image data sets by name, for configs and the CLI: ``dl.data.load("mnist", root=..., split="t10k")``.
+
+Every loader returns ``(images, labels)``: images float32 [N, C, H, W] in [-1, 1], labels
+long [N] or None.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional
+
+from torch import Tensor
+
+from . import digits, images, mnist
+
+__all__ = ["load", "register", "names"]
+
+_LOADERS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
+    "mnist": mnist.load,
+    "digits": digits.load,
+    "folder": images.load_folder,
+}
+
+
+def register(name: str, loader: Callable[..., tuple[Tensor, Optional[Tensor]]]) -> None:
+    """Make a data set loadable by name."""
+    _LOADERS[name] = loader
+
+
+def names() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load(name: str, **kwargs) -> tuple[Tensor, Optional[Tensor]]:
+    """The data set ``name`` ("mnist", "digits", "folder", ...) with its loader's keyword arguments."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(names())}")
+    loader = _LOADERS[name]
+    params = inspect.signature(loader).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(
+            f"data set {name!r} takes no argument {', '.join(unknown)}; it takes "
+            f"{', '.join(params) or 'no arguments'}"
+        )
+    return loader(**kwargs)

@@ -1,0 +1,49 @@
+"""Sample grids: a batch of images in [-1, 1] tiled into one picture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["to_image_grid", "save_image_grid"]
+
+
+def to_image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Images [N, C, H, W] in [-1, 1] as one uint8 array [rows*(H+p)+p, nrow*(W+p)+p, C], C = 1 or 3.
+
+    ``nrow`` images per row; values are clamped to [-1, 1] and mapped to 0..255 by
+    round((x + 1) * 127.5). The padding between tiles has the value ``pad_value`` (1 = white).
+    """
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3, 4) or len(images) == 0:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor [N, C, H, W] with C = 1, 3 or 4, got {got}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow (images per row) must be a positive integer, got {nrow!r}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    x = images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1)
+    N, C, H, W = x.shape
+    ncol = min(nrow, N)
+    rows = math.ceil(N / ncol)
+    grid = torch.full((C, rows * (H + padding) + padding, ncol * (W + padding) + padding), float(pad_value))
+    for i in range(N):
+        r, c = divmod(i, ncol)
+        top, left = padding + r * (H + padding), padding + c * (W + padding)
+        grid[:, top : top + H, left : left + W] = x[i]
+    return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8, **kwargs) -> Path:
+    """Write ``to_image_grid(images, nrow)`` to ``path`` (PNG, JPEG, ... by its suffix; Pillow)."""
+    from PIL import Image
+
+    grid = to_image_grid(images, nrow, **kwargs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(path)
+    return path
