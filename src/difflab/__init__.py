@@ -12,7 +12,8 @@ See API.md for the public names; the modules follow the data flow: ``schedules``
 from . import data, evaluation, models, samplers, schedules, training
 from .diffusion import GaussianDiffusion
 from .samplers import invert, sample
+from .training import load
 
 __version__ = "0.1.0"
 
-__all__ = ["schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "data", "evaluation"]
+__all__ = ["schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "data", "evaluation", "load"]

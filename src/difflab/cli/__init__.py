@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo
+from . import demo, sample, train
 
 __all__ = ["main", "build_parser"]
 
 # Each module exposes add_parser(subparsers), registering a sub-command with func=handler(args) -> int.
-COMMANDS = [demo]
+COMMANDS = [demo, train, sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

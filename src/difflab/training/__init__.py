@@ -1,5 +1,25 @@
-"""Training: the loop, EMA, checkpoints."""
+"""Training: the loop, its config, EMA, checkpoints."""
 
+from .checkpoint import LoadedRun, latest_checkpoint, load, read_checkpoint, save_checkpoint
+from .config import TrainConfig, apply_overrides, config_diff, load_config, save_config
 from .ema import EMA
+from .loss import DiffusionLoss, TrainBatch
+from .trainer import Trainer, train
 
-__all__ = ["EMA"]
+__all__ = [
+    "EMA",
+    "Trainer",
+    "train",
+    "TrainConfig",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "config_diff",
+    "TrainBatch",
+    "DiffusionLoss",
+    "load",
+    "LoadedRun",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "read_checkpoint",
+]

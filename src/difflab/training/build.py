@@ -1,0 +1,30 @@
+"""From a config to objects: the network and the diffusion process it is trained under."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .. import models, schedules
+from ..diffusion import GaussianDiffusion
+from .config import TrainConfig
+
+__all__ = ["build_model", "build_process"]
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """``dl.models.build(cfg.model.name, **cfg.model.kwargs)``, checked against the config."""
+    model = models.build(cfg.model.name, **cfg.model.kwargs)
+    nc = cfg.model.kwargs.get("num_classes")
+    if nc is not None and getattr(model, "num_classes", None) != nc:
+        raise ValueError(f"model {cfg.model.name!r} was given num_classes={nc} but has "
+                         f"num_classes={getattr(model, 'num_classes', None)}")
+    return model
+
+
+def build_process(cfg: TrainConfig) -> GaussianDiffusion:
+    d = cfg.diffusion
+    try:
+        schedule = schedules.get(d.schedule, d.T, **d.schedule_kwargs)
+    except TypeError as err:
+        raise TypeError(f"config field diffusion.schedule_kwargs: {err}") from None
+    return GaussianDiffusion(schedule, prediction=d.prediction)

@@ -1,0 +1,230 @@
+"""Checkpoints: written atomically, read back for resuming and for sampling (``dl.load``).
+
+A run folder holds ``config.yaml``, ``log.csv``, ``samples/`` and ``checkpoints/``::
+
+    checkpoints/step_00001000/   config.yaml, model.safetensors, ema.safetensors,
+                                 optimizer.pt (optimizer, LR scheduler, grad scaler),
+                                 rng.pt (CPU and CUDA generator states of every process),
+                                 state.json (step, data-stream position, shapes, versions)
+    checkpoints/latest           the name of the newest complete checkpoint
+
+A checkpoint is written into a temporary folder, every file fsync'ed, then renamed into place,
+and only then does ``latest`` (replaced atomically itself) point to it. A crash at any moment
+leaves ``latest`` naming a complete checkpoint; the older ones are pruned to ``keep_last``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from .build import build_model, build_process
+from .config import TrainConfig, config_to_text, load_config
+from .generate import Labels, generate
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
+           "LoadedRun", "atomic_write_text"]
+
+LATEST = "latest"
+PREFIX = "step_"
+
+
+# ------------------------------------------------------------------ atomic files
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _state_dict_cpu(module: nn.Module) -> dict[str, Tensor]:
+    # clone: safetensors refuses tensors that share memory (tied weights) and needs contiguity
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(
+    root: Union[str, Path],
+    step: int,
+    *,
+    config: TrainConfig,
+    model: nn.Module,
+    ema,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler=None,
+    rng: Sequence[dict],
+    state: dict,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint ``root/step_<step>`` atomically, point ``root/latest`` at it, prune old ones."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{PREFIX}{step:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "config.yaml").write_text(config_to_text(config))
+        save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
+        save_file(_state_dict_cpu(ema.model), str(tmp / "ema.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None},
+                   tmp / "optimizer.pt")
+        torch.save(list(rng), tmp / "rng.pt")
+        meta = dict(state, step=step, ema={"decay": ema.decay, "warmup": ema.warmup,
+                                           "num_updates": ema.num_updates},
+                    torch_version=torch.__version__, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():  # re-saving a step (e.g. after resuming): move the old one aside first
+        old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_path(root)
+    atomic_write_text(root / LATEST, name + "\n")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _prune(root, keep_last, keep=name)
+    return final
+
+
+def _prune(root: Path, keep_last: int, keep: str) -> None:
+    done = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)),
+                  key=lambda p: p.name)
+    for p in done[:-keep_last]:
+        if p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.iterdir():  # leftovers of interrupted writes
+        if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- finding
+def latest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
+    """The newest complete checkpoint of a run folder (or of its ``checkpoints/``), else None."""
+    run_dir = Path(run_dir)
+    for root in (run_dir / "checkpoints", run_dir):
+        pointer = root / LATEST
+        if pointer.is_file():
+            ck = root / pointer.read_text().strip()
+            if (ck / "state.json").is_file():
+                return ck
+    return None
+
+
+def resolve_checkpoint(path: Union[str, Path]) -> Path:
+    """A checkpoint folder from a run folder, a ``checkpoints/`` folder or a checkpoint folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist")
+    if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    ck = latest_checkpoint(path)
+    if ck is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {str(path)!r}: expected a run folder (with checkpoints/latest) "
+            "or a checkpoint folder (with state.json and model.safetensors)"
+        )
+    return ck
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    """Everything in a checkpoint, on the CPU: config, model, ema, optimizer, rng, state."""
+    ck = resolve_checkpoint(path)
+    return {
+        "path": ck,
+        "config": load_config(ck / "config.yaml"),
+        "model": load_file(str(ck / "model.safetensors")),
+        "ema": load_file(str(ck / "ema.safetensors")),
+        "optimizer": torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True),
+        "rng": torch.load(ck / "rng.pt", map_location="cpu", weights_only=True),
+        "state": json.loads((ck / "state.json").read_text()),
+    }
+
+
+# ------------------------------------------------------------------ dl.load
+class LoadedRun:
+    """A trained model ready to sample: ``.model``, ``.ema_model`` (both in eval mode),
+    ``.proc``, ``.num_classes``, ``.config``, ``.step``; ``.sample(n, ...)``."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, ema_model: nn.Module,
+                 proc: GaussianDiffusion, state: dict, path: Path) -> None:
+        self.config, self.model, self.ema_model, self.proc = config, model, ema_model, proc
+        self.state, self.path = state, path
+        self.step: int = state["step"]
+        self.num_classes: Optional[int] = getattr(ema_model, "num_classes", None)
+        self.sample_shape = tuple(state["sample_shape"])
+        self.image_shape = tuple(state.get("image_shape") or state["sample_shape"])
+
+    def __repr__(self) -> str:
+        return (f"LoadedRun({str(self.path)!r}, model={self.config.model.name!r}, step={self.step}, "
+                f"num_classes={self.num_classes}, shape={self.image_shape})")
+
+    def sample(
+        self,
+        n: int,
+        sampler: str = "ddim",
+        steps: int = 50,
+        guidance: float = 1.0,
+        labels: Labels = None,
+        seed: Optional[int] = None,
+        *,
+        eta: float = 0.0,
+        ema: bool = True,
+        device=None,
+        progress: bool = False,
+        **options,
+    ) -> Tensor:
+        """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
+        or None (unconditional); ``guidance`` w > 1 needs labels. Same seed, same samples."""
+        model = self.ema_model if ema else self.model
+        return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+                        sampler=sampler, steps=steps, guidance=guidance, labels=labels, seed=seed,
+                        eta=eta, device=device, progress=progress, **options)
+
+    def to(self, device) -> "LoadedRun":
+        self.model.to(device)
+        self.ema_model.to(device)
+        return self
+
+
+def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
+    """Load a run folder or checkpoint folder for sampling: ``dl.load("runs/digits").sample(16, labels=3)``."""
+    ck = resolve_checkpoint(path)
+    cfg = load_config(ck / "config.yaml")
+    state = json.loads((ck / "state.json").read_text())
+    model, ema_model = build_model(cfg), build_model(cfg)
+    model.load_state_dict(load_file(str(ck / "model.safetensors")))
+    ema_model.load_state_dict(load_file(str(ck / "ema.safetensors")))
+    model.to(device).eval().requires_grad_(False)
+    ema_model.to(device).eval().requires_grad_(False)
+    return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)

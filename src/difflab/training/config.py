@@ -1,0 +1,412 @@
+"""The run's configuration: nested dataclasses that describe a training run completely.
+
+A config is written beside every checkpoint (``config.yaml``), so a checkpoint can be loaded,
+sampled from and resumed without the file it came from. Read one with :func:`load_config`
+(YAML or JSON), change fields with :func:`apply_overrides` (``"optim.lr=1e-4"``), and check it
+with :meth:`TrainConfig.validate`, whose errors name the field, the value and what is allowed.
+
+    model:     {name: unet_mnist, kwargs: {num_classes: 10}}
+    diffusion: {schedule: linear, T: 1000, prediction: eps}
+    data:      {name: mnist, kwargs: {root: ../shared/data/mnist, split: t10k}}
+    optim:     {lr: 2.0e-4, warmup_steps: 500, grad_clip: 1.0}
+    ema:       {decay: 0.999, warmup: 10}
+    sample:    {every: 1000, sampler: ddim, steps: 50, guidance: 3.0}
+    batch_size: 128        # global: images per optimizer step, over all processes
+    steps: 10000
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ModelConfig",
+    "DiffusionConfig",
+    "DataConfig",
+    "OptimConfig",
+    "EMAConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "config_diff",
+    "RESUMABLE_FIELDS",
+]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("none", "model", "step")
+LR_DECAYS = ("constant", "cosine", "linear")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"config field {name!r}: got {value!r}; {allowed}")
+
+
+def _number(name: str, value: Any, *, integer: bool = False, low=None, high=None,
+            low_open: bool = False, high_open: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        _fail(name, value, f"must be {kind}")
+    if value != value:  # NaN
+        _fail(name, value, f"must be {kind}, not NaN")
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+        if value < low or (low_open and value == low):
+            _fail(name, value, f"must be {kind} {' and '.join(bounds)}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+        if value > high or (high_open and value == high):
+            _fail(name, value, f"must be {kind} {' and '.join(bounds)}")
+
+
+def _choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        _fail(name, value, f"choose one of {', '.join(map(str, choices))}")
+
+
+def _kind(name: str, value: Any, types, what: str) -> None:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        _fail(name, value, f"must be {what}")
+    if not isinstance(value, types):
+        _fail(name, value, f"must be {what}")
+
+
+@dataclass
+class ModelConfig:
+    """A network from the registry: ``dl.models.build(name, **kwargs)``; ``num_classes`` in
+    kwargs makes it class-conditional."""
+
+    name: str = "mlp"
+    kwargs: dict = field(default_factory=dict)
+
+    def validate(self, prefix: str = "model") -> None:
+        from .. import models
+
+        _kind(f"{prefix}.name", self.name, str, "a model name (a string)")
+        _choice(f"{prefix}.name", self.name, models.names())
+        _kind(f"{prefix}.kwargs", self.kwargs, dict, "a mapping of keyword arguments")
+        nc = self.kwargs.get("num_classes")
+        if nc is not None:
+            _number(f"{prefix}.kwargs.num_classes", nc, integer=True, low=1)
+
+
+@dataclass
+class DiffusionConfig:
+    """The process: ``GaussianDiffusion(schedules.get(schedule, T, **schedule_kwargs), prediction)``
+    and the loss weighting (None/'uniform' = L_simple, 'min_snr_5', ...)."""
+
+    schedule: str = "linear"
+    T: int = 1000
+    schedule_kwargs: dict = field(default_factory=dict)
+    prediction: str = "eps"
+    weighting: Optional[str] = None
+
+    def validate(self, prefix: str = "diffusion") -> None:
+        from .. import schedules
+
+        _kind(f"{prefix}.schedule", self.schedule, str, "a schedule name (a string)")
+        _choice(f"{prefix}.schedule", self.schedule, schedules.names())
+        _number(f"{prefix}.T", self.T, integer=True, low=2)
+        _kind(f"{prefix}.schedule_kwargs", self.schedule_kwargs, dict, "a mapping of keyword arguments")
+        _choice(f"{prefix}.prediction", self.prediction, ("eps", "x0", "v"))
+        if self.weighting is not None:
+            _kind(f"{prefix}.weighting", self.weighting, str, "null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
+            if not (self.weighting == "uniform" or self.weighting.startswith("min_snr")):
+                _fail(f"{prefix}.weighting", self.weighting, "use null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
+
+
+@dataclass
+class DataConfig:
+    """An in-memory dataset: ``dl.data.load(name, **kwargs)`` (images in [-1, 1], labels or None),
+    or ``name: toy2d`` with kwargs ``{dataset: swiss_roll, n: 10000}``.
+
+    ``flatten`` feeds images to flat-input networks (an MLP) as vectors [N, C*H*W]; sample grids
+    are shaped back. ``on_device`` keeps the whole tensor on the training device and indexes it
+    there (no loader, no host-device copies per step) -- right for MNIST-sized data.
+    """
+
+    name: str = "digits"
+    kwargs: dict = field(default_factory=dict)
+    flatten: bool = False
+    on_device: bool = True
+
+    def validate(self, prefix: str = "data") -> None:
+        from .data import dataset_names
+
+        _kind(f"{prefix}.name", self.name, str, "a dataset name (a string)")
+        _choice(f"{prefix}.name", self.name, dataset_names())
+        _kind(f"{prefix}.kwargs", self.kwargs, dict, "a mapping of keyword arguments")
+        _kind(f"{prefix}.flatten", self.flatten, bool, "true or false")
+        _kind(f"{prefix}.on_device", self.on_device, bool, "true or false")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (Loshchilov & Hutter 2019) with linear warm-up over ``warmup_steps``, then
+    ``decay``: constant, cosine or linear to 0 at the last step; gradients clipped to a global
+    L2 norm of ``grad_clip`` (0 = no clipping). ``fused``: 'auto' uses the fused CUDA kernel on
+    a GPU and the foreach implementation elsewhere."""
+
+    lr: float = 2e-4
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    decay: str = "constant"
+    grad_clip: float = 1.0
+    fused: Union[str, bool] = "auto"
+
+    def validate(self, prefix: str = "optim") -> None:
+        _number(f"{prefix}.lr", self.lr, low=0, low_open=True)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            _fail(f"{prefix}.betas", self.betas, "must be a pair [beta1, beta2]")
+        for i, b in enumerate(self.betas):
+            _number(f"{prefix}.betas[{i}]", b, low=0, high=1, high_open=True)
+        _number(f"{prefix}.eps", self.eps, low=0, low_open=True)
+        _number(f"{prefix}.weight_decay", self.weight_decay, low=0)
+        _number(f"{prefix}.warmup_steps", self.warmup_steps, integer=True, low=0)
+        _choice(f"{prefix}.decay", self.decay, LR_DECAYS)
+        _number(f"{prefix}.grad_clip", self.grad_clip, low=0)
+        if self.fused not in ("auto", True, False):
+            _fail(f"{prefix}.fused", self.fused, "choose one of auto, true, false")
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the weights (``difflab.training.EMA``): decay d, warm-up (1 + k) / (warmup + k)."""
+
+    decay: float = 0.999
+    warmup: int = 10
+
+    def validate(self, prefix: str = "ema") -> None:
+        _number(f"{prefix}.decay", self.decay, low=0, high=1, high_open=True)
+        _number(f"{prefix}.warmup", self.warmup, integer=True, low=0)
+
+
+@dataclass
+class SampleConfig:
+    """Sample grids written during training (EMA weights, fixed seed): every ``every`` steps
+    (0 = only at the end, -1 = never). Conditional models: a row of ``per_class`` samples per
+    class at guidance ``guidance``; unconditional: ``n`` samples."""
+
+    every: int = 0
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float = 1.0
+    per_class: int = 8
+    n: int = 64
+    seed: int = 0
+
+    def validate(self, prefix: str = "sample") -> None:
+        from ..samplers import SAMPLERS
+
+        _number(f"{prefix}.every", self.every, integer=True, low=-1)
+        _kind(f"{prefix}.sampler", self.sampler, str, "a sampler name")
+        _choice(f"{prefix}.sampler", self.sampler, sorted(SAMPLERS))
+        _number(f"{prefix}.steps", self.steps, integer=True, low=1)
+        _number(f"{prefix}.guidance", self.guidance, low=0)
+        _number(f"{prefix}.per_class", self.per_class, integer=True, low=1)
+        _number(f"{prefix}.n", self.n, integer=True, low=1)
+        _number(f"{prefix}.seed", self.seed, integer=True, low=0)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``batch_size`` is global: the images per
+    optimizer step summed over ``grad_accum`` micro-batches and all processes, so a run on K
+    GPUs takes the same steps as one process. ``cond_drop_prob`` is the label dropout of
+    classifier-free guidance (only used when the model is class-conditional).
+
+    Performance options (defaults suit a laptop CPU; see configs/mnist_cond.yaml for a GPU):
+    ``precision`` bf16/fp16 autocast on CUDA (fp16 with a GradScaler; the CPU runs fp32),
+    ``channels_last`` memory format, ``compile`` 'model' (torch.compile the network) or 'step'
+    (compile the whole loss computation), ``optim.fused``, ``data.on_device``.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    batch_size: int = 128
+    grad_accum: int = 1
+    steps: int = 1000
+    cond_drop_prob: float = 0.1
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 2
+    channels_last: bool = False
+    compile: str = "none"
+    tensorboard: Union[str, bool] = "auto"
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad field, its value and what is allowed."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name)
+        _number("batch_size", self.batch_size, integer=True, low=1)
+        _number("grad_accum", self.grad_accum, integer=True, low=1)
+        if self.batch_size % self.grad_accum:
+            _fail("batch_size", self.batch_size,
+                  f"must be divisible by grad_accum = {self.grad_accum} (it is the global batch)")
+        _number("steps", self.steps, integer=True, low=1)
+        _number("cond_drop_prob", self.cond_drop_prob, low=0, high=1, high_open=True)
+        _choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
+            _fail("device", self.device, "choose one of auto, cpu, cuda, cuda:<index>")
+        _number("seed", self.seed, integer=True, low=0)
+        _number("log_every", self.log_every, integer=True, low=1)
+        _number("ckpt_every", self.ckpt_every, integer=True, low=1)
+        _number("keep_last", self.keep_last, integer=True, low=1)
+        _kind("channels_last", self.channels_last, bool, "true or false")
+        _choice("compile", self.compile, COMPILE_MODES)
+        if self.tensorboard not in ("auto", True, False):
+            _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
+        return self
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.model.kwargs.get("num_classes")
+
+    # ------------------------------------------------------------ conversions
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, validate: bool = True) -> "TrainConfig":
+        """Build from nested mappings; unknown keys are errors that list the known ones."""
+        cfg = _from_dict(cls, d, "")
+        return cfg.validate() if validate else cfg
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(copy.deepcopy(self), **changes)
+
+
+def _from_dict(cls, d: Any, prefix: str):
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(d, dict):
+        raise ValueError(f"config field {where!r}: expected a mapping of fields, got {d!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(
+            f"config: unknown field {prefix + unknown[0]!r}; the fields of {where} are: "
+            f"{', '.join(known)}"
+        )
+    kwargs = {}
+    for name, value in d.items():
+        default = cls.__dataclass_fields__[name].default_factory  # type: ignore[attr-defined]
+        sub = default() if default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _from_dict(type(sub), value if value is not None else {}, f"{prefix}{name}.")
+        elif name == "kwargs" or name == "schedule_kwargs":
+            kwargs[name] = dict(value or {})
+        elif name == "betas" and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------- files
+def load_config(path: Union[str, Path]) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or JSON (.json) config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot parse config file {str(path)!r}: {err}") from None
+    return TrainConfig.from_dict(d or {})
+
+
+def save_config(cfg: TrainConfig, path: Union[str, Path]) -> None:
+    """Write ``cfg`` as YAML (or JSON when the name ends in .json)."""
+    path = Path(path)
+    d = cfg.to_dict()
+    text = json.dumps(d, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
+    path.write_text(text)
+
+
+def config_to_text(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
+    """Return a copy with ``"a.b=value"`` assignments applied (values parsed as YAML)."""
+    d = cfg.to_dict()
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like field.path=value, e.g. optim.lr=1e-4")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text)
+        node, parts = d, key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"override {item!r}: no config field {'.'.join(parts[:i + 1])!r}")
+            if node[part] is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {'.'.join(parts[:-1])!r} is not a group of fields")
+        is_kwargs = len(parts) >= 2 and parts[-2] in ("kwargs", "schedule_kwargs")
+        if parts[-1] not in node and not is_kwargs:
+            raise ValueError(f"override {item!r}: no config field {key!r}")
+        node[parts[-1]] = value
+    return TrainConfig.from_dict(d)
+
+
+# ------------------------------------------------------------------- resuming
+# Fields a resumed run may change: when and how it logs, samples and saves, how long it runs,
+# and speed options that do not change the maths. Everything else must match the checkpoint.
+RESUMABLE_FIELDS = (
+    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "tensorboard",
+    "device", "channels_last", "data.on_device",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k not in ("kwargs", "schedule_kwargs"):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, dict) and k in ("kwargs", "schedule_kwargs"):
+            for kk, vv in v.items():
+                out[f"{key}.{kk}"] = vv
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_diff(saved: TrainConfig, new: TrainConfig, ignore=RESUMABLE_FIELDS) -> list[tuple[str, Any, Any]]:
+    """The fields (dotted names) where ``new`` differs from ``saved``: (name, saved, new)."""
+    a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in ignore):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append((key, a.get(key, "<unset>"), b.get(key, "<unset>")))
+    return out

@@ -1,0 +1,129 @@
+"""Training data in memory, and which samples (and which random draws) each step uses.
+
+Everything a step consumes is a pure function of (seed, step, global sample index):
+
+- :class:`GlobalBatches` gives the dataset indices of step s's global batch, reading an endless
+  stream of per-epoch permutations (epoch e shuffled by a generator seeded from (seed, e));
+- :func:`step_generator` seeds the draws of step s (timesteps t, noise, label-dropout
+  uniforms) from (seed, s); the trainer draws them for the whole global batch and each process
+  takes its slice.
+
+So a resumed run sees exactly the batches and draws it would have seen, and K processes
+together see exactly what one process sees: the only difference left is floating-point
+summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import DataConfig
+
+__all__ = ["dataset_names", "load_data", "GlobalBatches", "mix_seed", "step_generator"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 finaliser on each, chained): nearby inputs,
+    e.g. consecutive steps, give unrelated seeds."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        z = (h ^ (int(v) & _MASK64)) & _MASK64
+        z = (z + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h & ((1 << 63) - 1)
+
+
+def step_generator(generator: torch.Generator, seed: int, step: int) -> torch.Generator:
+    """Re-seed ``generator`` for the random draws of optimizer step ``step`` (host-side only)."""
+    generator.manual_seed(mix_seed(seed, 0x5EED, step))
+    return generator
+
+
+def dataset_names() -> tuple[str, ...]:
+    from .. import data
+
+    names = getattr(data, "NAMES", None) or ("digits", "mnist", "folder")
+    return tuple(names) + ("toy2d",)
+
+
+def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
+    """(x, labels or None) for a data spec: float32 [N, ...] in about [-1, 1], long [N].
+
+    ``toy2d`` takes kwargs ``dataset`` (default swiss_roll), ``n`` (10000) and ``seed`` (0)
+    and carries class labels; every other name goes to ``dl.data.load(name, **kwargs)``.
+    """
+    from .. import data
+
+    kw = dict(spec.kwargs)
+    if spec.name == "toy2d":
+        name = kw.pop("dataset", "swiss_roll")
+        n = kw.pop("n", 10_000)
+        g = torch.Generator().manual_seed(int(kw.pop("seed", 0)))
+        x, y = data.toy2d.make(name, n, g, labels=True, **kw)
+    elif hasattr(data, "load"):
+        try:
+            x, y = data.load(spec.name, **kw)
+        except TypeError as err:
+            raise TypeError(f"data {spec.name!r} (config field data.kwargs): {err}") from None
+    elif spec.name == "digits":  # before dl.data.load existed: sklearn's 8x8 digits, 0..16 -> [-1, 1]
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+        y = torch.tensor(d.target, dtype=torch.long)
+    else:
+        raise ValueError(f"data {spec.name!r} needs difflab.data.load, which this install lacks")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"data {spec.name!r} gave no float tensor [N, ...] of samples")
+    if y is not None and (y.shape != (len(x),) or y.is_floating_point()):
+        raise ValueError(f"data {spec.name!r} gave labels of shape {tuple(y.shape)}, expected long [{len(x)}]")
+    return x.float().contiguous(), (y.long() if y is not None else None)
+
+
+class GlobalBatches:
+    """Dataset indices of each step's global batch, without replacement within an epoch.
+
+    Step s reads positions [s B, (s + 1) B) of the stream perm_0 ++ perm_1 ++ ..., where perm_e
+    is a permutation of 0..N-1 drawn from a generator seeded by (seed, e). No state is kept
+    beyond a cache, so ``indices(s)`` is the same in a fresh run, a resumed one, or on any rank.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device=None) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._cache: dict[int, Tensor] = {}
+
+    def permutation(self, epoch: int) -> Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            g = torch.Generator().manual_seed(mix_seed(self.seed, 0xDA7A, epoch))
+            perm = torch.randperm(self.n, generator=g)
+            if self.device.type == "cuda":  # one copy per epoch, then indexing stays on the GPU
+                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            self._cache[epoch] = perm.to(self.device)
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> Tensor:
+        start, stop = step * self.batch_size, (step + 1) * self.batch_size
+        parts = []
+        while start < stop:
+            epoch, pos = divmod(start, self.n)
+            take = min(stop - start, self.n - pos)
+            parts.append(self.permutation(epoch)[pos:pos + take])
+            start += take
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def state(self, step: int) -> dict:
+        """Where the stream stands after ``step`` steps (stored in checkpoints)."""
+        epoch, pos = divmod(step * self.batch_size, self.n)
+        return {"epoch": epoch, "position": pos, "n": self.n, "batch_size": self.batch_size, "seed": self.seed}

@@ -1,0 +1,97 @@
+"""Drawing samples from a trained network: labels, seeds, shapes and image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from ..samplers import sample
+
+__all__ = ["generate", "labels_for", "class_rows", "save_grid"]
+
+Labels = Union[None, int, Sequence[int], Tensor]
+
+
+def labels_for(labels: Labels, n: int, num_classes: Optional[int]) -> Optional[Tensor]:
+    """A long tensor [n] of class labels from an int (all n alike), a sequence or a tensor."""
+    if labels is None:
+        return None
+    if num_classes is None:
+        raise ValueError("labels were given but the model is unconditional (trained without num_classes)")
+    if isinstance(labels, bool):
+        raise TypeError(f"labels must be an int, a sequence of ints or a long tensor, got {labels!r}")
+    if isinstance(labels, int):
+        cond = torch.full((n,), labels, dtype=torch.long)
+    else:
+        cond = torch.as_tensor(labels)
+        if cond.is_floating_point() or cond.shape != (n,):
+            raise ValueError(f"labels must be {n} integers (one per sample), got shape {tuple(cond.shape)}")
+        cond = cond.long().cpu()
+    if (cond < 0).any() or (cond >= num_classes).any():
+        raise ValueError(f"labels must lie in 0 .. {num_classes - 1}, got values in "
+                         f"[{int(cond.min())}, {int(cond.max())}]")
+    return cond
+
+
+def class_rows(num_classes: int, per_class: int) -> Tensor:
+    """Labels 0,0,..,1,1,..: a grid with ``per_class`` columns has one row per class."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    proc: GaussianDiffusion,
+    n: int,
+    sample_shape: Sequence[int],
+    *,
+    image_shape: Optional[Sequence[int]] = None,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 1.0,
+    labels: Labels = None,
+    seed: Optional[int] = None,
+    eta: float = 0.0,
+    device=None,
+    progress: bool = False,
+    **options,
+) -> Tensor:
+    """n samples [n, *image_shape] (or sample_shape) from ``model``; the starting noise comes
+    from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the number of samples) must be a positive integer, got {n!r}")
+    cond = labels_for(labels, n, getattr(model, "num_classes", None))
+    g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
+               generator=g, device=device, progress=progress, **options)
+    if image_shape is not None and tuple(image_shape) != tuple(sample_shape):
+        x = x.reshape(n, *image_shape)
+    return x
+
+
+def save_grid(images: Tensor, path: Union[str, Path], nrow: int) -> Path:
+    """Images in [-1, 1], shape [N, C, H, W], as a PNG grid with ``nrow`` images per row."""
+    from .. import evaluation
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = images.detach().float().cpu()
+    if hasattr(evaluation, "save_image_grid"):
+        evaluation.save_image_grid(images, path, nrow=nrow)
+        return path
+    # TEMPORARY until difflab.evaluation.save_image_grid lands.
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.full((c, rows * (h + 2) + 2, nrow * (w + 2) + 2), -1.0)
+    for i, img in enumerate(images):
+        r, q = divmod(i, nrow)
+        grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = img
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
+    return path

@@ -1,0 +1,62 @@
+"""What the trainer minimises: any ``loss_fn(model, batch) -> scalar``.
+
+The trainer draws every random quantity of a step itself (timesteps, noise, label dropout) as a
+function of (seed, step, global sample index) and hands them over in a :class:`TrainBatch`; a
+loss uses the draws it needs. The default, :class:`DiffusionLoss`, is the process's noise
+regression loss (L_simple or a weighting, Ho et al. 2020 eq. 14):
+
+    E_{x0, t, eps} w(t) || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) - target ||^2
+
+with c the class label, replaced by the null label with probability ``cond_drop_prob`` (the
+trainer applies this dropout -- the same Bernoulli(p) as ``training_loss(cond_drop_prob=p)``,
+but drawn per global sample index so that multi-process and resumed runs agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+
+__all__ = ["TrainBatch", "DiffusionLoss", "LossFn"]
+
+
+@dataclass
+class TrainBatch:
+    """One micro-batch and its random draws.
+
+    ``x0``: data [B, ...]; ``labels``: the true labels (or None); ``cond``: the labels after
+    label dropout (null label = num_classes), what the model should see; ``t``: long [B]
+    uniform on 0..T-1; ``noise``: standard normal, x0's shape; ``u``: uniform [B] on [0, 1)
+    (the draw that decided label dropout, u < p); ``step``: the optimizer step (0-based);
+    ``index``: the samples' dataset indices.
+    """
+
+    x0: Tensor
+    cond: Optional[Tensor]
+    labels: Optional[Tensor]
+    t: Tensor
+    noise: Tensor
+    u: Tensor
+    step: int
+    index: Tensor
+
+
+LossFn = Callable[[nn.Module, TrainBatch], Tensor]
+
+
+class DiffusionLoss:
+    """``proc.training_loss`` on the trainer's draws: mean of w(t) ||model(x_t, t, c) - target||^2."""
+
+    def __init__(self, proc: GaussianDiffusion, weighting=None) -> None:
+        self.proc, self.weighting = proc, weighting
+
+    def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:
+        return self.proc.training_loss(model, batch.x0, batch.cond, t=batch.t, noise=batch.noise,
+                                       weighting=self.weighting)
+
+    def __repr__(self) -> str:
+        return f"DiffusionLoss({self.proc!r}, weighting={self.weighting!r})"

@@ -1,0 +1,533 @@
+"""The training loop: one code path for a laptop CPU, one GPU and K GPUs under torchrun.
+
+Per optimizer step s (global batch B over K processes and A accumulation micro-batches):
+
+    idx   = the step's B dataset indices                 (GlobalBatches, seeded by (seed, epoch))
+    t, eps, u = draws for all B samples                   (generator seeded by (seed, s))
+    c     = label,  or the null label where u < p         (classifier-free guidance dropout)
+    for each micro-batch m:  loss_m = loss_fn(model, batch_m);  backward(loss_m / A)
+    clip ||grad|| <= grad_clip;  AdamW step (warm-up, decay);  EMA update
+
+Process r of K takes slice r of each micro-batch, so the draws (and the batches) do not depend
+on K: DDP's gradient average then equals one process's mean gradient up to summation order.
+
+No host-device synchronisation inside the step loop: the loss is summed on the device and read
+every ``log_every`` steps, together with the first step whose loss (or gradient norm) was not
+finite, tracked on the device. So a NaN is detected at the next log point, naming the exact
+step; checkpoints are written only after that check, so the latest checkpoint always predates
+the first bad step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from .build import build_model, build_process
+from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from .config import TrainConfig, config_diff, config_to_text, load_config
+from .data import GlobalBatches, load_data, step_generator
+from .ema import EMA
+from .generate import class_rows, generate, save_grid
+from .loss import DiffusionLoss, LossFn, TrainBatch
+
+__all__ = ["Trainer", "train"]
+
+_NO_BAD_STEP = 2**62
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (1 process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"config field 'device': got {spec!r} but CUDA is not available; use auto or cpu")
+    if spec == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(spec)
+
+
+def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier for update k (0-based): linear warm-up (k+1)/W, then constant, cosine or
+    linear decay to 0 at the last step."""
+    W, S, decay = cfg.optim.warmup_steps, cfg.steps, cfg.optim.decay
+
+    def factor(k: int) -> float:
+        if k < W:
+            return (k + 1) / W
+        if decay == "constant":
+            return 1.0
+        progress = min(1.0, (k - W) / max(1, S - W))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+
+    return factor
+
+
+class Trainer:
+    """Train ``cfg`` into the run folder ``out``; ``train()`` runs to ``cfg.steps``.
+
+    ``loss_fn(model, batch: TrainBatch) -> scalar`` replaces the default diffusion loss;
+    ``data=(x, labels)`` replaces the config's dataset (tests; the config still names one).
+    ``resume=True`` continues from the run folder's latest checkpoint, which must hold a
+    compatible config (only the fields in ``config.RESUMABLE_FIELDS`` may differ).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: Union[str, Path],
+        *,
+        loss_fn: Optional[LossFn] = None,
+        data: Optional[tuple[Tensor, Optional[Tensor]]] = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg = cfg.validate()
+        self.out = Path(out)
+        self.progress = progress
+        self.rank, self.world, local = _dist_env()
+        self.device = _resolve_device(cfg.device, local)
+        self._own_group = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._own_group = True
+        per = cfg.batch_size // cfg.grad_accum
+        if per % self.world:
+            raise ValueError(
+                f"config field 'batch_size': {cfg.batch_size} images per step cannot be split evenly "
+                f"over grad_accum = {cfg.grad_accum} micro-batches and {self.world} processes; "
+                f"use a multiple of {cfg.grad_accum * self.world}"
+            )
+        self.micro_batch = per // self.world
+        self.is_main = self.rank == 0
+
+        # ---- data
+        x, y = data if data is not None else load_data(cfg.data)
+        self.image_shape = tuple(x.shape[1:])  # what samples look like (grids, dl.load)
+        if cfg.data.flatten:
+            x = x.flatten(1)
+        self.sample_shape = tuple(x.shape[1:])  # what the network takes
+        self.num_classes = cfg.num_classes
+        if self.num_classes is not None and y is None:
+            raise ValueError(f"the model is class-conditional (model.kwargs.num_classes = {self.num_classes}) "
+                             f"but data {cfg.data.name!r} has no labels")
+        if y is not None and self.num_classes is not None and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"data labels lie in [{int(y.min())}, {int(y.max())}] but the model has "
+                             f"num_classes = {self.num_classes}; set model.kwargs.num_classes")
+        data_device = self.device if cfg.data.on_device else torch.device("cpu")
+        self.x = x.to(data_device)
+        self.y = y.to(data_device) if (y is not None and self.num_classes is not None) else None
+        self.batches = GlobalBatches(len(x), cfg.batch_size, cfg.seed, device=data_device)
+
+        # ---- model, process, loss
+        torch.manual_seed(cfg.seed)
+        self.proc: GaussianDiffusion = build_process(cfg)
+        model = build_model(cfg)
+        self._check_model(model)
+        self.channels_last = cfg.channels_last and len(self.sample_shape) == 3
+        model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        model.train()
+        self.model = model
+        self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
+        self.loss_fn: LossFn = loss_fn or DiffusionLoss(self.proc, cfg.diffusion.weighting)
+
+        # ---- optimiser, LR schedule, mixed precision
+        cuda = self.device.type == "cuda"
+        fused = cuda if cfg.optim.fused == "auto" else bool(cfg.optim.fused)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+            **({"fused": True} if fused else {"foreach": True}),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
+        self.autocast_dtype = None
+        if cfg.precision != "fp32":
+            if cuda:
+                self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+            else:
+                self._say(f"note: precision {cfg.precision} is a CUDA option; this CPU run uses fp32")
+        self.scaler = torch.amp.GradScaler("cuda") if (cuda and cfg.precision == "fp16") else None
+
+        # ---- wrappers: DDP, torch.compile
+        net: nn.Module = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[self.device.index] if cuda else None)
+            if self.num_classes is not None:
+                net.num_classes = self.num_classes  # training_loss reads it (null label)
+        if cfg.compile == "model":
+            net = torch.compile(net)
+        self.net = net
+        self._loss_call = self.loss_fn
+        if cfg.compile == "step":
+            loss_fn_ = self.loss_fn
+
+            def _loss(net: nn.Module, batch: TrainBatch) -> Tensor:
+                return loss_fn_(net, batch)
+
+            self._loss_call = torch.compile(_loss)
+        self._draw_gen = torch.Generator(device=self.device)
+
+        self.step = 0
+        self.start_step = 0
+        self.history: list[dict] = []  # the rows of log.csv, as numbers
+        ckpt_root = self.out / "checkpoints"
+        if resume:
+            self._resume()
+        elif latest_checkpoint(self.out) is not None:
+            raise FileExistsError(
+                f"{str(self.out)!r} already holds a run (checkpoints/latest exists); pass --resume "
+                "(resume=True) to continue it, or choose another output folder"
+            )
+        self.ckpt_root = ckpt_root
+
+    # ------------------------------------------------------------------ helpers
+    def _say(self, msg: str) -> None:
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+
+    def _check_model(self, model: nn.Module) -> None:
+        """One forward pass on two samples, so a shape mismatch fails here with a clear message."""
+        k = min(2, len(self.x))
+        x = self.x[:k].float().cpu()
+        t = torch.zeros(k, dtype=torch.long)
+        cond = torch.zeros(k, dtype=torch.long) if self.num_classes is not None else None
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x, t, cond) if cond is not None else model(x, t)
+        except Exception as err:  # noqa: BLE001 - re-raised with the config's names
+            raise ValueError(
+                f"model {self.cfg.model.name!r} cannot take data {self.cfg.data.name!r} of shape "
+                f"{tuple(x.shape[1:])}: {type(err).__name__}: {err}. Check model.kwargs "
+                "(channels, image size, dim) and data.flatten"
+            ) from None
+        finally:
+            model.train()
+        if out.shape != x.shape:
+            raise ValueError(f"model {self.cfg.model.name!r} returned shape {tuple(out.shape[1:])} for "
+                             f"data of shape {tuple(x.shape[1:])}")
+
+    def _rng_state(self) -> dict:
+        s = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            s["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def _gather_rng(self) -> list:
+        mine = self._rng_state()
+        if self.world == 1:
+            return [mine]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, {k: v.cpu() for k, v in mine.items()})
+        return out
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.out)
+        if ck is None:
+            raise FileNotFoundError(
+                f"nothing to resume in {str(self.out)!r}: no checkpoints/latest; start without --resume"
+            )
+        saved = read_checkpoint(ck)
+        diff = config_diff(saved["config"], self.cfg)
+        if diff:
+            lines = ", ".join(f"{k} (checkpoint: {a!r}, now: {b!r})" for k, a, b in diff)
+            raise ValueError(
+                f"cannot resume {str(ck)!r}: the config differs from the checkpoint's in {lines}. "
+                "Resume with the checkpoint's settings (omit --config to reuse them), or start a new "
+                "run in another output folder"
+            )
+        self.model.load_state_dict(saved["model"])
+        self.ema.model.load_state_dict(saved["ema"])
+        st = saved["state"]
+        self.ema.num_updates = st["ema"]["num_updates"]
+        opt = saved["optimizer"]
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        if self.scaler is not None and opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        rng = saved["rng"]
+        mine = rng[self.rank] if self.rank < len(rng) else rng[0]
+        torch.set_rng_state(mine["cpu"])
+        if self.device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        self.step = self.start_step = int(st["step"])
+        if st.get("world_size", 1) != self.world:
+            self._say(f"note: resuming a {st.get('world_size', 1)}-process run on {self.world}; "
+                      "batches and draws are unchanged (they are global), dropout draws are not")
+        self._say(f"resuming from {ck} at step {self.step}")
+
+    # ------------------------------------------------------------------ step
+    def _micro_batches(self, s: int):
+        """The micro-batches of step s for this process, as TrainBatch objects."""
+        cfg, B, A = self.cfg, self.cfg.batch_size, self.cfg.grad_accum
+        g = step_generator(self._draw_gen, cfg.seed, s)
+        dev = self.device
+        t_all = torch.randint(0, self.proc.T, (B,), generator=g, device=dev)
+        u_all = torch.rand(B, generator=g, device=dev)
+        noise_all = torch.randn((B, *self.sample_shape), generator=g, device=dev)
+        idx_all = self.batches.indices(s)
+        per = B // A
+        for m in range(A):
+            lo = m * per + self.rank * self.micro_batch
+            sl = slice(lo, lo + self.micro_batch)
+            idx = idx_all[sl]
+            x0 = self.x[idx].to(dev, non_blocking=True)
+            noise = noise_all[sl]
+            if self.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+                noise = noise.contiguous(memory_format=torch.channels_last)
+            labels = cond = None
+            if self.y is not None:
+                labels = self.y[idx].to(dev, non_blocking=True)
+                cond = labels
+                if cfg.cond_drop_prob > 0:
+                    cond = torch.where(u_all[sl] < cfg.cond_drop_prob, self.num_classes, labels)
+            yield TrainBatch(x0=x0, cond=cond, labels=labels, t=t_all[sl], noise=noise, u=u_all[sl],
+                             step=s, index=idx)
+
+    def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
+        cfg, A = self.cfg, self.cfg.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        total = None
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        for m, batch in enumerate(self._micro_batches(s)):
+            sync = contextlib.nullcontext()
+            if self.world > 1 and m < A - 1:
+                sync = self.net.no_sync()
+            with sync:
+                with autocast:
+                    loss = self._loss_call(self.net, batch)
+                if loss.ndim:
+                    loss = loss.mean()
+                scaled = loss / A
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total = loss.detach().float() / A if total is None else total + loss.detach().float() / A
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.optim.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip, foreach=True)
+        else:  # still measured: a non-finite gradient stops the run like a non-finite loss
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return total, grad_norm
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        """Run to ``cfg.steps``; returns a summary (final loss, checkpoint, images/s, seconds)."""
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(config_to_text(cfg))
+        logger = _Logger(self.out, self.start_step, cfg.tensorboard) if self.is_main else None
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="training", dynamic_ncols=True)
+        dev = self.device
+        loss_sum = torch.zeros((), device=dev)
+        first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=dev)
+        window_steps, window_start, pause = 0, time.perf_counter(), 0.0
+        run_start, run_images = time.perf_counter(), 0
+        last = {"loss": float("nan"), "images_per_sec": float("nan")}
+        ckpt_path = latest_checkpoint(self.out)
+        try:
+            while self.step < cfg.steps:
+                s = self.step
+                loss, grad_norm = self._train_step(s)
+                ok = torch.isfinite(loss)
+                if self.scaler is None:  # with fp16 loss scaling, inf gradients only skip a step
+                    ok = ok & torch.isfinite(grad_norm)
+                first_bad = torch.minimum(first_bad, torch.where(ok, _NO_BAD_STEP, s))
+                loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+                self.step += 1
+                window_steps += 1
+                if bar is not None:
+                    bar.update(1)
+                at_end = self.step == cfg.steps
+                at_ckpt = self.step % cfg.ckpt_every == 0 or at_end
+                if self.step % cfg.log_every == 0 or at_ckpt:
+                    mean_loss, bad = self._reduce(loss_sum, first_bad, window_steps)
+                    if bad < _NO_BAD_STEP:
+                        self._stop_on_nan(bad, ckpt_path)
+                    now = time.perf_counter()
+                    ips = window_steps * cfg.batch_size / max(1e-9, now - window_start - pause)
+                    run_images += window_steps * cfg.batch_size
+                    lr = self.scheduler.get_last_lr()[0]
+                    gn = float(grad_norm)
+                    last = {"loss": mean_loss, "images_per_sec": ips}
+                    self.history.append({"step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": gn,
+                                         "images_per_sec": ips, "elapsed_s": now - run_start})
+                    if logger is not None:
+                        logger.row(self.step, mean_loss, lr, gn, ips, now - run_start)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.2e}")
+                    loss_sum.zero_()
+                    window_steps, window_start, pause = 0, now, 0.0
+                t0 = time.perf_counter()
+                if at_ckpt:
+                    ckpt_path = self.save()
+                every = cfg.sample.every
+                if self.is_main and ((every > 0 and self.step % every == 0) or (at_end and every >= 0)):
+                    self.sample_grid(self.out / "samples" / f"step_{self.step:08d}.png")
+                pause += time.perf_counter() - t0
+        finally:
+            if bar is not None:
+                bar.close()
+            if logger is not None:
+                logger.close()
+        seconds = time.perf_counter() - run_start
+        return {"step": self.step, "loss": last["loss"], "images_per_sec": last["images_per_sec"],
+                "mean_images_per_sec": run_images / max(seconds, 1e-9), "seconds": seconds,
+                "checkpoint": str(ckpt_path) if ckpt_path else None, "out": str(self.out)}
+
+    def _reduce(self, loss_sum: Tensor, first_bad: Tensor, window: int) -> tuple[float, int]:
+        """The window's mean loss over all processes and the first non-finite step (a sync point)."""
+        if self.world > 1:
+            loss_sum = loss_sum.clone()
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= self.world
+            first_bad = first_bad.clone()
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        return float(loss_sum) / window, int(first_bad)
+
+    def _stop_on_nan(self, bad: int, ckpt: Optional[Path]) -> None:
+        keep = f"the last good checkpoint is {str(ckpt)!r} (resume with --resume)" if ckpt else \
+            "no checkpoint was written before it"
+        raise FloatingPointError(
+            f"the training loss (or gradient norm) became NaN/inf at step {bad + 1} (update {bad}, "
+            f"0-based); training stopped, {keep}. Try a lower optim.lr, a longer optim.warmup_steps, "
+            "optim.grad_clip > 0, or precision bf16 instead of fp16"
+        )
+
+    # ------------------------------------------------------------------ outputs
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint of the current step (process 0 writes; all wait for it)."""
+        rng = self._gather_rng()
+        path = None
+        if self.is_main:
+            state = {"world_size": self.world, "data_stream": self.batches.state(self.step),
+                     "sample_shape": list(self.sample_shape), "image_shape": list(self.image_shape),
+                     "num_classes": self.num_classes}
+            path = save_checkpoint(self.ckpt_root, self.step, config=self.cfg, model=self.model, ema=self.ema,
+                                   optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                                   rng=rng, state=state, keep_last=self.cfg.keep_last)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def sample_grid(self, path: Union[str, Path]) -> Path:
+        """A grid from the EMA weights with the config's sample settings (a row per class)."""
+        sc = self.cfg.sample
+        if self.num_classes is not None:
+            labels, nrow = class_rows(self.num_classes, sc.per_class), sc.per_class
+        else:
+            labels, nrow = None, max(1, int(math.sqrt(sc.n)))
+        n = len(labels) if labels is not None else sc.n
+        guidance = sc.guidance if labels is not None else 1.0
+        images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+                          sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
+                          seed=sc.seed, device=self.device)
+        if images.ndim != 4:
+            self._say(f"note: no sample grid for data of shape {self.sample_shape} (not images)")
+            return Path(path)
+        return save_grid(images, path, nrow)
+
+    def close(self) -> None:
+        if self._own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._own_group = False
+
+
+class _Logger:
+    """log.csv (one row per log point; rows past a resumed step are dropped) and TensorBoard."""
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_sec", "elapsed_s")
+
+    def __init__(self, out: Path, start_step: int, tensorboard) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "log.csv"
+        rows = []
+        if start_step > 0 and path.is_file():  # keep the history up to the checkpoint
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.file.flush()
+        self.tb = None
+        if tensorboard in ("auto", True):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                if tensorboard is True:
+                    print("note: tensorboard is not installed; logging to log.csv only", file=sys.stderr)
+
+    def row(self, step: int, loss: float, lr: float, grad_norm: float, ips: float, elapsed: float) -> None:
+        self.writer.writerow({"step": step, "loss": f"{loss:.9g}", "lr": f"{lr:.6g}",
+                              "grad_norm": f"{grad_norm:.6g}", "images_per_sec": f"{ips:.1f}",
+                              "elapsed_s": f"{elapsed:.2f}"})
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("loss", loss, step)
+            self.tb.add_scalar("lr", lr, step)
+            self.tb.add_scalar("images_per_sec", ips, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(
+    cfg: Union[TrainConfig, str, Path],
+    out: Union[str, Path],
+    *,
+    resume: bool = False,
+    loss_fn: Optional[LossFn] = None,
+    progress: bool = True,
+) -> dict:
+    """Train a config (object or file) into ``out``; the one-call form of :class:`Trainer`."""
+    if not isinstance(cfg, TrainConfig):
+        cfg = load_config(cfg)
+    trainer = Trainer(cfg, out, loss_fn=loss_fn, resume=resume, progress=progress)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
