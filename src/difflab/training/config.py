@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,6 +41,25 @@ __all__ = [
     "config_diff",
     "RESUMABLE_FIELDS",
 ]
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as a string; configs mean the number (as YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "model", "step")
@@ -229,9 +249,10 @@ class TrainConfig:
     classifier-free guidance (only used when the model is class-conditional).
 
     Performance options (defaults suit a laptop CPU; see configs/mnist_cond.yaml for a GPU):
-    ``precision`` bf16/fp16 autocast on CUDA (fp16 with a GradScaler; the CPU runs fp32),
-    ``channels_last`` memory format, ``compile`` 'model' (torch.compile the network) or 'step'
-    (compile the whole loss computation), ``optim.fused``, ``data.on_device``.
+    ``precision`` bf16/fp16 autocast, ``compile`` 'model' (torch.compile the network) or 'step'
+    (compile the whole loss computation) -- both CUDA-only: a CPU run notes them and runs fp32,
+    eagerly, so a GPU config also runs (small) on a laptop -- and ``channels_last`` memory
+    format, ``optim.fused``, ``data.on_device``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -335,7 +356,7 @@ def load_config(path: Union[str, Path]) -> TrainConfig:
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
     try:
-        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        d = json.loads(text) if path.suffix == ".json" else _yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot parse config file {str(path)!r}: {err}") from None
     return TrainConfig.from_dict(d or {})
@@ -360,7 +381,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like field.path=value, e.g. optim.lr=1e-4")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text)
+        value = _yaml(text)
         node, parts = d, key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:

@@ -47,10 +47,9 @@ def step_generator(generator: torch.Generator, seed: int, step: int) -> torch.Ge
 
 
 def dataset_names() -> tuple[str, ...]:
-    from .. import data
+    from ..data import registry
 
-    names = getattr(data, "NAMES", None) or ("digits", "mnist", "folder")
-    return tuple(names) + ("toy2d",)
+    return tuple(registry.names()) + ("toy2d",)
 
 
 def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
@@ -67,19 +66,11 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
         n = kw.pop("n", 10_000)
         g = torch.Generator().manual_seed(int(kw.pop("seed", 0)))
         x, y = data.toy2d.make(name, n, g, labels=True, **kw)
-    elif hasattr(data, "load"):
+    else:
         try:
             x, y = data.load(spec.name, **kw)
         except TypeError as err:
             raise TypeError(f"data {spec.name!r} (config field data.kwargs): {err}") from None
-    elif spec.name == "digits":  # before dl.data.load existed: sklearn's 8x8 digits, 0..16 -> [-1, 1]
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
-        y = torch.tensor(d.target, dtype=torch.long)
-    else:
-        raise ValueError(f"data {spec.name!r} needs difflab.data.load, which this install lacks")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
         raise ValueError(f"data {spec.name!r} gave no float tensor [N, ...] of samples")
     if y is not None and (y.shape != (len(x),) or y.is_floating_point()):

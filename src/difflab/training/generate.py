@@ -75,23 +75,6 @@ def generate(
 
 def save_grid(images: Tensor, path: Union[str, Path], nrow: int) -> Path:
     """Images in [-1, 1], shape [N, C, H, W], as a PNG grid with ``nrow`` images per row."""
-    from .. import evaluation
+    from ..evaluation import save_image_grid
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = images.detach().float().cpu()
-    if hasattr(evaluation, "save_image_grid"):
-        evaluation.save_image_grid(images, path, nrow=nrow)
-        return path
-    # TEMPORARY until difflab.evaluation.save_image_grid lands.
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    rows = -(-n // nrow)
-    grid = torch.full((c, rows * (h + 2) + 2, nrow * (w + 2) + 2), -1.0)
-    for i, img in enumerate(images):
-        r, q = divmod(i, nrow)
-        grid[:, 2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = img
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
-    return path
+    return save_image_grid(images.detach().float().cpu(), path, nrow=nrow)

@@ -104,12 +104,6 @@ class Trainer:
         self.progress = progress
         self.rank, self.world, local = _dist_env()
         self.device = _resolve_device(cfg.device, local)
-        self._own_group = False
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self._own_group = True
         per = cfg.batch_size // cfg.grad_accum
         if per % self.world:
             raise ValueError(
@@ -117,6 +111,12 @@ class Trainer:
                 f"over grad_accum = {cfg.grad_accum} micro-batches and {self.world} processes; "
                 f"use a multiple of {cfg.grad_accum * self.world}"
             )
+        self._own_group = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._own_group = True
         self.micro_batch = per // self.world
         self.is_main = self.rank == 0
 
@@ -169,17 +169,22 @@ class Trainer:
 
         # ---- wrappers: DDP, torch.compile
         net: nn.Module = model
+        compile_mode = cfg.compile
+        if compile_mode != "none" and not cuda:
+            self._say(f"note: compile {compile_mode!r} is a CUDA option (a CPU compile takes minutes); "
+                      "this CPU run runs eagerly")
+            compile_mode = "none"
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(model, device_ids=[self.device.index] if cuda else None)
             if self.num_classes is not None:
                 net.num_classes = self.num_classes  # training_loss reads it (null label)
-        if cfg.compile == "model":
+        if compile_mode == "model":
             net = torch.compile(net)
         self.net = net
         self._loss_call = self.loss_fn
-        if cfg.compile == "step":
+        if compile_mode == "step":
             loss_fn_ = self.loss_fn
 
             def _loss(net: nn.Module, batch: TrainBatch) -> Tensor:

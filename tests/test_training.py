@@ -1,0 +1,262 @@
+"""The trainer: exact resume, config checks, atomic checkpoints, NaN stop, dl.load round trip.
+
+Every run here is a tiny MLP on a 2D toy set with labels (a few steps, well under a second).
+"""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab.training import Trainer, TrainConfig, apply_overrides, checkpoint, load_config, read_checkpoint
+from difflab.training.data import GlobalBatches
+from difflab.training.loss import DiffusionLoss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine the
+    threads' hand-offs cost more than the arithmetic (here 15x): run these tests on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**changes) -> TrainConfig:
+    d = {
+        "model": {"name": "mlp", "kwargs": {"dim": 2, "width": 32, "depth": 2, "num_classes": 2, "dropout": 0.1}},
+        "diffusion": {"schedule": "linear", "T": 100},
+        "data": {"name": "toy2d", "kwargs": {"dataset": "swiss_roll", "n": 100}},
+        "optim": {"lr": 1e-3, "warmup_steps": 3, "decay": "cosine"},
+        "ema": {"decay": 0.9, "warmup": 2},
+        "sample": {"every": -1},
+        "batch_size": 16, "steps": 8, "log_every": 2, "ckpt_every": 4, "device": "cpu", "seed": 3,
+    }
+    cfg = TrainConfig.from_dict(d)
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in changes.items()])
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _opt_equal(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _opt_equal(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _opt_equal(x, y)
+    else:
+        assert a == b
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    """8 steps straight == 4 steps, a crash (at step 7), then a resume from the step-4 checkpoint.
+
+    Dropout is on, so the restored CPU generator state matters too; the EMA warm-up counter,
+    AdamW moments and the cosine LR schedule all have to continue exactly.
+    """
+    cfg = tiny()
+    Trainer(cfg, tmp_path / "a", progress=False).train()
+
+    base = DiffusionLoss(dl.training.trainer.build_process(cfg))
+
+    def killed_at_6(model, batch):
+        if batch.step == 6:
+            raise RuntimeError("simulated kill")
+        return base(model, batch)
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        Trainer(cfg, tmp_path / "b", loss_fn=killed_at_6, progress=False).train()
+    assert checkpoint.latest_checkpoint(tmp_path / "b").name == "step_00000004"
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.train()
+
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    assert a["state"]["step"] == b["state"]["step"] == 8
+    _states_equal(a["model"], b["model"])
+    _states_equal(a["ema"], b["ema"])
+    _opt_equal(a["optimizer"], b["optimizer"])
+    _opt_equal(a["rng"], b["rng"])
+    assert a["state"]["ema"] == b["state"]["ema"]
+    # the log keeps one row per log point: the killed run's rows past step 4 were replaced
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "log.csv"))]
+    assert steps == [2, 4, 6, 8]
+    la = [r["loss"] for r in csv.DictReader(open(tmp_path / "a" / "log.csv"))]
+    lb = [r["loss"] for r in csv.DictReader(open(tmp_path / "b" / "log.csv"))]
+    assert la == lb
+
+
+def test_resume_with_incompatible_config_names_the_fields(tmp_path):
+    cfg = tiny(steps=2, ckpt_every=2)
+    Trainer(cfg, tmp_path, progress=False).train()
+    other = apply_overrides(cfg, ["model.kwargs.width=64", "diffusion.schedule=cosine", "steps=4"])
+    with pytest.raises(ValueError) as err:
+        Trainer(other, tmp_path, resume=True, progress=False)
+    msg = str(err.value)
+    assert "model.kwargs.width" in msg and "32" in msg and "64" in msg
+    assert "diffusion.schedule" in msg and "cosine" in msg
+    assert "steps" not in msg.replace("diffusion.", "")  # steps may change on resume
+    # starting over in a used folder without resume is refused too
+    with pytest.raises(FileExistsError, match="resume"):
+        Trainer(cfg, tmp_path, progress=False)
+    # and resuming with more steps (a compatible change) continues
+    longer = Trainer(apply_overrides(cfg, ["steps=3"]), tmp_path, resume=True, progress=False)
+    assert longer.train()["step"] == 3
+
+
+def test_checkpoint_write_failure_leaves_last_good_checkpoint(tmp_path, monkeypatch):
+    """The second checkpoint fails half-way (disk full while writing ema.safetensors)."""
+    cfg = tiny(steps=4, ckpt_every=2)
+    calls = {"n": 0}
+    real = checkpoint.save_file
+
+    def flaky(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # checkpoint 2: model written, ema fails
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", flaky)
+    with pytest.raises(OSError, match="No space"):
+        Trainer(cfg, tmp_path, progress=False).train()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002"]
+    run = dl.load(tmp_path)
+    assert run.step == 2
+
+    # a hard kill (no cleanup) leaves a temporary folder: it is never taken for a checkpoint
+    junk = root / ".tmp-step_00000004-deadbeef"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000002"
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    Trainer(cfg, tmp_path, resume=True, progress=False).train()
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000004"]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny(steps=12, ckpt_every=2, log_every=3)
+    base = DiffusionLoss(dl.training.trainer.build_process(cfg))
+
+    def nan_at_4(model, batch):
+        loss = base(model, batch)
+        return loss * float("nan") if batch.step == 4 else loss
+
+    with pytest.raises(FloatingPointError) as err:
+        Trainer(cfg, tmp_path, loss_fn=nan_at_4, progress=False).train()
+    msg = str(err.value)
+    assert "step 5" in msg and "update 4" in msg and "step_00000004" in msg and "lr" in msg
+    # detected at the log point of step 6, before checkpoint 6 was written
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000004"
+    run = dl.load(tmp_path)
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_load_round_trip_gives_identical_samples(tmp_path):
+    cfg = tiny(steps=3, ckpt_every=3)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    before = dl.training.generate.generate(trainer.ema.model.eval(), trainer.proc, 6, (2,), sampler="ddim",
+                                           steps=5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
+    run = dl.load(tmp_path)
+    assert run.num_classes == 2 and run.step == 3 and not run.ema_model.training
+    assert isinstance(run.proc, dl.GaussianDiffusion) and run.proc.T == 100
+    after = run.sample(6, "ddim", 5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
+    assert torch.equal(before, after)
+    assert not torch.equal(after, run.sample(6, "ddim", 5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=12))
+    with pytest.raises(ValueError, match="labels must lie in 0 .. 1"):
+        run.sample(2, labels=5)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        dl.load(tmp_path / "samples" if (tmp_path / "samples").exists() else tmp_path / "log.csv")
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"precision": "fp8"}, ["'precision'", "fp8", "fp32, bf16, fp16"]),
+        ({"optim": {"lr": -1}}, ["'optim.lr'", "-1", "> 0"]),
+        ({"optim": {"lrr": 1}}, ["'optim.lrr'", "lr, betas"]),
+        ({"model": {"name": "resnet"}}, ["'model.name'", "resnet", "mlp"]),
+        ({"diffusion": {"prediction": "score"}}, ["'diffusion.prediction'", "eps, x0, v"]),
+        ({"sample": {"sampler": "plms"}}, ["'sample.sampler'", "ddim"]),
+        ({"batch_size": 10, "grad_accum": 3}, ["'batch_size'", "grad_accum = 3"]),
+        ({"cond_drop_prob": 1.5}, ["'cond_drop_prob'", "< 1"]),
+        ({"steps": 2.5}, ["'steps'", "integer"]),
+        ({"data": {"name": "imagenet"}}, ["'data.name'", "digits", "toy2d"]),
+        ({"ema": {"decay": 1.0}}, ["'ema.decay'", "< 1"]),
+    ],
+)
+def test_config_errors_name_the_field_and_the_allowed_values(changes, words):
+    d = tiny().to_dict()
+    for k, v in changes.items():
+        if isinstance(v, dict):
+            d[k].update(v)
+        else:
+            d[k] = v
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict(d)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_config_files_and_overrides(tmp_path):
+    cfg = tiny()
+    for name in ("c.yaml", "c.json"):
+        dl.training.save_config(cfg, tmp_path / name)
+        assert load_config(tmp_path / name) == cfg
+    assert apply_overrides(cfg, ["optim.lr=5e-4", "model.kwargs.width=8"]).optim.lr == 5e-4
+    with pytest.raises(ValueError, match="no config field 'optim.nope'"):
+        apply_overrides(cfg, ["optim.nope=1"])
+    with pytest.raises(ValueError, match="field.path=value"):
+        apply_overrides(cfg, ["steps"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    # the data must fit the model: a clear message, not a matmul error from deep inside
+    with pytest.raises(ValueError, match="cannot take data 'toy2d' of shape"):
+        Trainer(apply_overrides(cfg, ["model.kwargs.dim=3"]), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        with pytest.MonkeyPatch.context() as mp:  # as if under torchrun with 3 processes
+            mp.setenv("WORLD_SIZE", "3")
+            Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_batches_and_draws_are_functions_of_step():
+    gb = GlobalBatches(10, 4, seed=0)
+    seen = torch.cat([gb.indices(s) for s in range(5)])  # 20 = two epochs exactly
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+    assert torch.equal(GlobalBatches(10, 4, seed=0).indices(3), gb.indices(3))
+    assert not torch.equal(GlobalBatches(10, 4, seed=1).indices(0), gb.indices(0))
+    assert gb.state(5) == {"epoch": 2, "position": 0, "n": 10, "batch_size": 4, "seed": 0}
+
+
+def test_label_dropout_and_lr_schedule(tmp_path):
+    """Labels are replaced by the null label at rate p; LR: linear warm-up, then cosine to 0."""
+    cfg = tiny(cond_drop_prob=0.25, batch_size=64, steps=40, log_every=40, ckpt_every=40)
+    seen = []
+
+    base = DiffusionLoss(dl.training.trainer.build_process(cfg))
+
+    def spy(model, batch):
+        seen.append((batch.cond == 2).float().mean().item())
+        assert torch.equal(batch.cond == 2, batch.u < 0.25)
+        return base(model, batch)
+
+    trainer = Trainer(cfg, tmp_path, loss_fn=spy, progress=False)
+    f = dl.training.trainer._lr_factor(cfg)
+    assert [f(k) for k in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert f(3 + (40 - 3) // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 18 / 37)))
+    trainer.train()
+    assert abs(sum(seen) / len(seen) - 0.25) < 0.04  # 2560 Bernoulli(0.25) draws: sd 0.009
