@@ -1,0 +1,71 @@
+"""`difflab train` / `difflab sample` end to end at tiny sizes, with the shipped configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import difflab as dl
+from difflab.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds hand-off cost on a busy machine
+    yield
+    torch.set_num_threads(n)
+
+
+def test_train_sample_resume_with_digits_config(tmp_path, capsys):
+    run = tmp_path / "digits"
+    rc = main(["train", "--config", str(REPO / "configs" / "digits.yaml"), "--out", str(run), "--steps", "4",
+               "--log-every", "2", "--ckpt-every", "2", "--set", "sample.steps=2", "--set", "sample.per_class=2",
+               "--quiet"])
+    assert rc == 0
+    assert (run / "checkpoints" / "step_00000004" / "model.safetensors").is_file()
+    assert (run / "config.yaml").is_file() and (run / "log.csv").is_file()
+    grid = Image.open(run / "samples" / "step_00000004.png")  # a row per class: 10 rows of 2
+    assert grid.size[1] > 4 * grid.size[0]
+
+    out = tmp_path / "seven.png"
+    rc = main(["sample", "--ckpt", str(run), "--n", "6", "--sampler", "ddim", "--steps", "3", "--guidance", "3",
+               "--label", "7", "--seed", "0", "--out", str(out), "--save-tensor", str(tmp_path / "x.pt")])
+    assert rc == 0 and out.is_file()
+    x = torch.load(tmp_path / "x.pt")
+    assert x.shape == (6, 1, 8, 8)
+    assert torch.equal(x, dl.load(run).sample(6, "ddim", 3, guidance=3.0, labels=7, seed=0))
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--label", "all",
+                 "--out", str(tmp_path / "rows.png")]) == 0
+
+    # continue the run to 6 steps, reusing its stored config
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 0
+    assert dl.load(run).step == 6
+    capsys.readouterr()
+    # mistakes: a clear message and exit status 2, no traceback
+    assert main(["train", "--config", str(REPO / "configs" / "digits.yaml"), "--out", str(run), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(run), "--label", "12", "--steps", "2", "--out", str(out)]) == 2
+    assert "0 .. 9" in capsys.readouterr().err
+    assert main(["train", "--config", str(REPO / "configs" / "digits.yaml"), "--set", "optim.lr=-1"]) == 2
+    assert "'optim.lr'" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["mnist_cond.yaml", "mnist.yaml"])
+def test_mnist_configs_run_small_on_the_cpu(config, tmp_path, monkeypatch):
+    """The GPU configs (bf16, channels_last, torch.compile) run as they are on a CPU at reduced size."""
+    monkeypatch.chdir(REPO)  # the configs name the data relative to the repository root
+    run = tmp_path / "mnist"
+    rc = main(["train", "--config", f"configs/{config}", "--out", str(run), "--steps", "2", "--batch-size", "4",
+               "--log-every", "1", "--sample-every", "-1", "--quiet"])
+    assert rc == 0
+    loaded = dl.load(run)
+    assert loaded.config.model.name == "unet_mnist" and loaded.config.precision == "bf16"
+    assert loaded.num_classes == (10 if config == "mnist_cond.yaml" else None)
+    x = loaded.sample(2, "ddim", 2, labels=3 if loaded.num_classes else None, seed=0)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
