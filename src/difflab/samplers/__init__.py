@@ -23,7 +23,10 @@ from .base import randn
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .denoiser import Denoiser
-from .timesteps import SPACINGS, karras_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
+from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
+from .euler import sample_euler
+from .heun import sample_heun
+from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
 
 __all__ = [
     "sample",
@@ -34,6 +37,11 @@ __all__ = [
     "Denoiser",
     "sample_ddpm",
     "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
+    "sample_euler",
+    "sample_heun",
+    "logsnr_sigmas",
     "timesteps",
     "sampling_sigmas",
     "karras_sigmas",
@@ -62,6 +70,14 @@ def register(name: str, spec: SamplerSpec) -> None:
 
 register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)"))
 register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)"))
+register("dpmpp_2m", SamplerSpec(sample_dpmpp_2m, "logsnr", (), 1, "DPM-Solver++(2M), data prediction (Lu et al. 2022)"))
+register(
+    "dpmpp_3m",
+    SamplerSpec(sample_dpmpp_3m, "logsnr", ("lower_order_final",), 1, "DPM-Solver++ 3rd-order multistep"),
+)
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+register("euler", SamplerSpec(sample_euler, "karras", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)"))
+register("heun", SamplerSpec(sample_heun, "karras", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)"))
 
 
 def _resolve_device(model, noise: Optional[Tensor], device) -> torch.device:

@@ -11,17 +11,28 @@ Spacings (the names and meanings of diffusers' ``timestep_spacing``; Lin et al. 
 - ``"linspace"``: t = round(linspace(0, T - 1, steps))                  (both ends)
 - ``"karras"``:   sigmas of Karras et al. 2022, eq. 5, rho = 7, between the schedule's
   sigma_min and sigma_max (continuous levels: networks get a fractional t).
+- ``"logsnr"``:   uniform in log-SNR = -2 log sigma between sigma_max and sigma_min (Lu et al.
+  2022, DPM-Solver, sec. 3.3; diffusers' ``use_lu_lambdas``), continuous levels like "karras".
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SPACINGS", "timesteps", "karras_sigmas", "sampling_sigmas", "sigmas_from_timesteps"]
+__all__ = [
+    "SPACINGS",
+    "timesteps",
+    "karras_sigmas",
+    "logsnr_sigmas",
+    "sampling_sigmas",
+    "sigmas_from_timesteps",
+]
 
-SPACINGS = ("leading", "trailing", "linspace", "karras")
+SPACINGS = ("leading", "trailing", "linspace", "karras", "logsnr")
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -62,6 +73,20 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
+def logsnr_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """sigma_i = exp(log sigma_max + i/(n-1) (log sigma_min - log sigma_max)): equal steps in log-SNR.
+
+    The step size h = log(sigma_i / sigma_{i+1}) of the exponential integrators (DPM-Solver,
+    Lu et al. 2022, sec. 3.3) is then constant; it is Karras' eq. 5 in the limit rho -> inf.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    return (math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))).exp()
+
+
 def sigmas_from_timesteps(proc, ts: Tensor) -> Tensor:
     """The noise levels of decreasing timesteps ``ts`` (integer or fractional), with the final 0 appended."""
     ts = torch.as_tensor(ts)
@@ -79,6 +104,9 @@ def sampling_sigmas(proc, steps: int, spacing: str = "trailing", rho: float = 7.
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         sig = karras_sigmas(int(steps), proc.sigma_min, proc.sigma_max, rho)
+        return torch.cat([sig, sig.new_zeros(1)])
+    if spacing == "logsnr":
+        sig = logsnr_sigmas(steps, proc.sigma_min, proc.sigma_max)
         return torch.cat([sig, sig.new_zeros(1)])
     if spacing not in DISCRETE_SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
