@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..diffusion import GaussianDiffusion
 from .build import build_model, build_process
-from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_diff, config_to_text, load_config
 from .data import GlobalBatches, load_data, step_generator
 from .ema import EMA
@@ -355,7 +355,7 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(config_to_text(cfg))
+            atomic_write_text(self.out / "config.yaml", config_to_text(cfg))
         logger = _Logger(self.out, self.start_step, cfg.tensorboard) if self.is_main else None
         bar = None
         if self.progress and self.is_main:
