@@ -7,11 +7,13 @@ import sys
 from typing import Optional, Sequence
 
 from . import demo, sample, train
+from . import eval as eval_cmd, train_classifier
 
 __all__ = ["main", "build_parser"]
 
 # Each module exposes add_parser(subparsers), registering a sub-command with func=handler(args) -> int.
 COMMANDS = [demo, train, sample]
+COMMANDS += [eval_cmd, train_classifier]  # evaluation (issue 5)
 
 
 def build_parser() -> argparse.ArgumentParser:

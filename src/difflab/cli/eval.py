@@ -1,0 +1,350 @@
+"""``difflab eval``: how good is a trained model, in one command.
+
+    difflab eval --ckpt runs/mnist --ref ../shared/data/mnist --n 10000 --sampler ddim --steps 50
+    difflab eval --ckpt runs/mnist --sampler ddim,dpmpp_2m --sweep steps=10,20,50,100
+    difflab eval --ckpt runs/mnist --sweep guidance=0,1,2,3,5
+
+Images: FID, precision and recall (k = 3) in the features of a classifier trained by
+``difflab train-classifier`` (labelled "FID (mnist-cnn features)") or of Inception-v3 when its
+weights are given; the accuracy of conditional samples (the classifier's verdict against the
+requested class); the floor (FID of held-out real images against the reference); bits/dim of
+held-out images (the variational bound). 2D toys: sliced Wasserstein, MMD, precision/recall and
+per-mode coverage against fresh draws. Writes ``metrics.json``, ``summary.md``, sweep plots and
+sample grids into ``--out``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import data
+from ..evaluation import report
+from ..evaluation.classifier import ClassifierFeatures, load_classifier
+from ..evaluation.fid import inception_features
+from ..training import load as load_run
+from ..training.generate import generate
+from .train_classifier import DEFAULT_MNIST_ROOT
+
+__all__ = ["add_parser", "run_eval", "parse_sweep", "EvalSetting"]
+
+SWEEP_KEYS = ("steps", "guidance")
+# Held-out split (floor and bits/dim) and reference split per data set.
+SPLITS = {"mnist": {"ref": "t10k", "heldout": "train5k"}}
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """``"steps=10,20,50"`` -> ("steps", [10, 20, 50]); ``"guidance=0,1,3"`` -> ("guidance", [0.0, 1.0, 3.0])."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or key not in SWEEP_KEYS or not values.strip():
+        raise ValueError(f"--sweep must look like steps=10,20,50 or guidance=0,1,3 (keys: {', '.join(SWEEP_KEYS)}), got {text!r}")
+    cast = int if key == "steps" else float
+    try:
+        out = [cast(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep {key}: cannot read {values!r} as a list of {cast.__name__}s") from None
+    if key == "steps" and any(v < 1 for v in out):
+        raise ValueError(f"--sweep steps: every value must be >= 1, got {out}")
+    return key, out
+
+
+class EvalSetting(dict):
+    """One way of sampling: sampler, steps, guidance (and the sweep it belongs to)."""
+
+
+class _Counted(nn.Module):
+    """The model with a count of its forward passes (a guided step is one pass on a 2B batch)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = model, 0
+        self.num_classes = getattr(model, "num_classes", None)
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.inner(*args)
+
+
+def _balanced_labels(n: int, num_classes: int) -> Tensor:
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def draw_samples(run, n: int, sampler: str, steps: int, guidance: float, labels: Optional[Tensor],
+                 seed: int, batch_size: int, device=None, eta: float = 0.0) -> tuple[Tensor, dict]:
+    """n samples in batches (batch i seeded seed + i), with wall time and model evaluations."""
+    model = _Counted(run.ema_model)
+    out, start = [], time.perf_counter()
+    for b, i in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - i)
+        lab = None if labels is None else labels[i : i + m]
+        out.append(generate(model, run.proc, m, run.sample_shape, image_shape=run.image_shape, sampler=sampler,
+                            steps=steps, guidance=guidance, labels=lab, seed=seed + b, eta=eta,
+                            device=device).float().cpu())
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return torch.cat(out), {"seconds": seconds, "model_calls": model.calls,
+                            "calls_per_batch": model.calls / math.ceil(n / batch_size)}
+
+
+def _dataset(run) -> str:
+    return run.config.data.name
+
+
+def load_images(name_or_path: Optional[str], run, split: Optional[str]) -> tuple[Tensor, Optional[Tensor], str]:
+    """Reference images (and labels) from a folder of MNIST IDX files, a data set name, a .pt file
+    of images, or (None) the checkpoint's own training data; returns (images, labels, description)."""
+    cfg = run.config.data
+    if name_or_path is None:
+        name, kwargs = cfg.name, dict(cfg.kwargs)
+        if split is not None:
+            kwargs["split"] = split
+    else:
+        p = Path(name_or_path)
+        if p.is_file():
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            x = obj["images"] if isinstance(obj, dict) else obj
+            y = obj.get("labels") if isinstance(obj, dict) else None
+            if not isinstance(x, Tensor) or x.ndim != 4:
+                raise ValueError(f"--ref {p}: expected a tensor of images [N, C, H, W] (or a dict with 'images'), got {type(x).__name__}")
+            return x.float(), y, str(p)
+        if p.is_dir():
+            name, kwargs = "mnist", {"root": str(p), "split": split or "t10k"}
+        elif name_or_path in data.registry.names():
+            name = name_or_path
+            kwargs = dict(cfg.kwargs) if cfg.name == name else {}
+            if name == "mnist":
+                kwargs.setdefault("root", DEFAULT_MNIST_ROOT)
+                kwargs["split"] = split or "t10k"
+        else:
+            raise FileNotFoundError(
+                f"--ref {name_or_path!r} is neither a file, a folder of MNIST IDX files, nor a data set "
+                f"({', '.join(data.registry.names())})"
+            )
+    x, y = data.load(name, **kwargs)
+    image_shape = tuple(run.image_shape)
+    if tuple(x.shape[1:]) != image_shape:
+        if x[0].numel() == math.prod(image_shape):
+            x = x.reshape(len(x), *image_shape)
+        else:
+            raise ValueError(f"the reference images have shape {tuple(x.shape[1:])} but the model makes {image_shape}")
+    desc = f"{name} ({kwargs.get('split', 'all')})"
+    return x, y, desc
+
+
+def _feature_network(args, dataset: str):
+    clf = None
+    clf_dir = Path(args.classifier or f"classifiers/{dataset}")
+    if (clf_dir / "classifier.json").is_file():
+        clf = load_classifier(clf_dir)
+    if args.features == "inception" or (args.features == "auto" and args.inception_weights):
+        return inception_features(args.inception_weights), clf
+    if clf is None:
+        raise FileNotFoundError(
+            f"no feature network: no classifier in {clf_dir}. Train one with "
+            f"`difflab train-classifier --data {dataset} --out {clf_dir}` (a few minutes on a CPU), "
+            "or pass --inception-weights PATH for Inception features"
+        )
+    return ClassifierFeatures(clf), clf
+
+
+def _settings(args) -> list[EvalSetting]:
+    samplers = [s for s in args.sampler.split(",") if s]
+    base = [EvalSetting(sampler=s, steps=args.steps, guidance=args.guidance, sweep="base") for s in samplers]
+    if not args.sweep:
+        return base
+    out = []
+    for text in args.sweep:
+        key, values = parse_sweep(text)
+        for s in samplers:
+            for v in values:
+                setting = EvalSetting(sampler=s, steps=args.steps, guidance=args.guidance, sweep=key)
+                setting[key] = v
+                out.append(setting)
+    return out
+
+
+def run_eval(args) -> dict:
+    """The eval command's work, from parsed arguments; returns what it writes to metrics.json."""
+    out = Path(args.out or f"eval/{Path(args.ckpt).name}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    if args.n < 2:
+        raise ValueError(f"--n must be >= 2 (FID needs two samples at least), got {args.n}")
+    run = load_run(args.ckpt, device=args.device or "cpu")
+    settings = _settings(args)
+    dataset = _dataset(run)
+    toy = dataset == "toy2d"
+    nc = run.num_classes
+    result: dict = {"ckpt": str(Path(args.ckpt).resolve()), "dataset": dataset, "n": args.n, "seed": args.seed,
+                    "num_classes": nc, "rows": []}
+    if toy:
+        from .. import data as _data
+
+        toy_name = run.config.data.kwargs.get("dataset", "swiss_roll")
+        g = torch.Generator().manual_seed(args.seed + 10_007)
+        ref, ref_labels = _data.toy2d.make(toy_name, max(args.n, 2000), g, labels=True)
+        other = _data.toy2d.make(toy_name, args.n, g)
+        result["reference"] = f"fresh draws of {toy_name}"
+        result["floor"] = report.toy_metrics(other, ref, ref_labels)
+        ref_obj = None
+    else:
+        ref_split = args.ref_split or SPLITS.get(dataset, {}).get("ref")
+        ref, ref_labels, desc = load_images(args.ref, run, ref_split)
+        features, clf = _feature_network(args, dataset if args.ref is None or dataset != "mnist" else "mnist")
+        ref_obj = report.ImageReference(ref, features, clf, batch_size=args.batch_size)
+        result["reference"] = desc
+        result["metric"] = ref_obj.fid_name
+        if clf is not None:
+            result["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "train_split", "test_split", "test_accuracy")}
+        floor_split = args.floor_split or SPLITS.get(dataset, {}).get("heldout")
+        if floor_split and floor_split != "none":
+            held, held_labels, hdesc = load_images(args.ref if args.ref else None, run, floor_split)
+            result["floor"] = {"images": hdesc, **ref_obj(held, held_labels)}
+    for setting in settings:
+        guidance = float(setting["guidance"])
+        labels = _balanced_labels(args.n, nc) if (nc and args.labels == "balanced") else None
+        if labels is None and guidance != 1.0:
+            raise ValueError(f"guidance {guidance} needs a class-conditional model and --labels balanced")
+        samples, timing = draw_samples(run, args.n, setting["sampler"], int(setting["steps"]), guidance, labels,
+                                       args.seed, args.batch_size, args.device, args.eta)
+        row = dict(setting, **timing)
+        if toy:
+            row.update(report.toy_metrics(samples, ref, ref_labels))
+            from ..evaluation.plots import scatter_panels
+
+            scatter_panels({"data": ref[: args.n], f"{setting['sampler']}, {setting['steps']} steps": samples},
+                           out / "samples" / f"{setting['sampler']}_{setting['steps']}_g{guidance:g}.png")
+        else:
+            row.update(ref_obj(samples, labels))
+            from ..evaluation.grids import save_image_grid
+
+            k = min(100, args.n)
+            save_image_grid(samples[:k], out / "samples" / f"{setting['sampler']}_{setting['steps']}_g{guidance:g}.png",
+                            nrow=10)
+        result["rows"].append(row)
+        if not args.quiet:
+            main = f"FID {row['fid']:.3f}" if "fid" in row else f"SW {row['sliced_wasserstein']:.4f}"
+            print(f"  {setting['sampler']:>9} steps={setting['steps']:<4} guidance={guidance:<4g} {main} "
+                  f"({timing['seconds']:.1f} s)", flush=True)
+    if not toy and args.bpd_n > 0:
+        result["bits_per_dim"] = bits_per_dim(run, args, dataset)
+    write_outputs(result, out, toy)
+    return result
+
+
+def bits_per_dim(run, args, dataset: str) -> dict:
+    """The variational bound on held-out images, in bits/dim (mean and standard error)."""
+    split = args.bpd_split or SPLITS.get(dataset, {}).get("heldout")
+    x, _, desc = load_images(args.ref if args.ref else None, run, split)
+    x = x[: args.bpd_n].reshape(-1, *run.sample_shape)
+    bins = args.bpd_bins or (17 if dataset == "digits" else 256)
+    cond = None if not run.num_classes else torch.full((len(x),), run.num_classes, dtype=torch.long)
+    g = torch.Generator().manual_seed(args.seed)
+    device = args.device or "cpu"
+    K = None if args.bpd_timesteps == 0 else args.bpd_timesteps
+    vals, start = [], time.perf_counter()
+    for i in range(0, len(x), args.batch_size):
+        c = None if cond is None else cond[i : i + args.batch_size].to(device)
+        vals.append(run.proc.vlb_bits_per_dim(run.ema_model, x[i : i + args.batch_size].to(device), c,
+                                              num_timesteps=K, clip_x0=True, bins=bins, generator=g).cpu())
+    v = torch.cat(vals)
+    return {"images": desc, "n": len(v), "mean": float(v.mean()), "stderr": float(v.std() / math.sqrt(len(v))),
+            "timesteps": "all" if K is None else K, "bins": bins, "variance": "posterior",
+            "cond": "unconditional (null label)" if cond is not None else "unconditional",
+            "seconds": time.perf_counter() - start}
+
+
+def write_outputs(result: dict, out: Path, toy: bool) -> None:
+    report.write_json(out / "metrics.json", result)
+    rows = result["rows"]
+    lines = [f"# Evaluation of {result['ckpt']}", "",
+             f"Reference: {result['reference']}; n = {result['n']} samples per setting; seed {result['seed']}.", ""]
+    if toy:
+        cols = ["sampler", "steps", "guidance", "sliced_wasserstein", "mmd2", "precision", "recall",
+                "modes_covered", "num_modes", "seconds"]
+        heads = ["sampler", "steps", "guidance", "sliced W2", "MMD^2", "precision", "recall", "modes covered",
+                 "modes", "seconds"]
+        floor_cols = cols[3:9]
+    else:
+        name = result["metric"]
+        cols = ["sampler", "steps", "guidance", "fid", "precision", "recall", "accuracy", "model_calls", "seconds"]
+        heads = ["sampler", "steps", "guidance", name, "precision", "recall", "accuracy", "model calls", "seconds"]
+        floor_cols = ["fid", "precision", "recall", "accuracy"]
+        if "classifier" in result:
+            c = result["classifier"]
+            lines += [f"Features: {name.split('(')[1].rstrip(')')} (classifier trained on {c['dataset']} {c['train_split']}, "
+                      f"test accuracy {100 * c['test_accuracy']:.2f}% on {c['test_split']}). These are not Inception FIDs.", ""]
+    if "floor" in result:
+        lines += ["## Floor (real data against the reference)", "",
+                  report.markdown_table([result["floor"]], floor_cols,
+                                        [h for c, h in zip(cols, heads) if c in floor_cols]), ""]
+    for sweep in dict.fromkeys(r["sweep"] for r in rows):
+        sub = [r for r in rows if r["sweep"] == sweep]
+        lines += [f"## {'Samples' if sweep == 'base' else 'Sweep over ' + sweep}", "", report.markdown_table(sub, cols, heads), ""]
+        if sweep == "steps":
+            ys = ["sliced_wasserstein"] if toy else ["fid"]
+            report.plot_sweep(sub, "steps", ys, out / "sweep_steps.png", group="sampler", logx=True,
+                              labels={"fid": result.get("metric", "FID"), "steps": "solver steps"})
+            lines += ["![metric vs steps](sweep_steps.png)", ""]
+        if sweep == "guidance":
+            ys = ["sliced_wasserstein"] if toy else ["fid", "accuracy"]
+            report.plot_sweep(sub, "guidance", [y for y in ys if y in sub[0]], out / "sweep_guidance.png", group="sampler",
+                              labels={"fid": result.get("metric", "FID"), "guidance": "guidance scale w"})
+            lines += ["![metric vs guidance](sweep_guidance.png)", ""]
+    if "bits_per_dim" in result:
+        b = result["bits_per_dim"]
+        lines += ["## Likelihood", "",
+                  f"Variational bound on {b['n']} held-out images ({b['images']}): **{b['mean']:.3f} ± {b['stderr']:.3f} bits/dim** "
+                  f"({b['cond']}; {b['timesteps']} KL terms{' (stratified estimate)' if b['timesteps'] != 'all' else ''}; "
+                  f"{b['bins']}-level discretized decoder).", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="FID / precision / recall / accuracy / bits-per-dim of a checkpoint, with sweeps")
+    p.add_argument("--ckpt", required=True, help="run or checkpoint folder (from difflab train)")
+    p.add_argument("--ref", default=None,
+                   help="reference images: a folder of MNIST IDX files, a data set name, or a .pt file (default: the training data)")
+    p.add_argument("--ref-split", default=None, help="split of the reference (mnist: t10k)")
+    p.add_argument("--floor-split", default=None, help="held-out split for the floor (mnist: train5k; 'none' to skip)")
+    p.add_argument("--n", type=int, default=10000, help="samples per setting (default 10000)")
+    p.add_argument("--sampler", default="ddim", help="sampler, or several separated by commas")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--labels", default="balanced", choices=("balanced", "none"),
+                   help="conditional models: equal numbers of each class (default) or the null label")
+    p.add_argument("--sweep", action="append", default=[], help="steps=10,20,50,100 or guidance=0,1,2,3,5 (repeatable)")
+    p.add_argument("--features", default="auto", choices=("auto", "cnn", "inception"))
+    p.add_argument("--classifier", default=None, help="classifier folder (default: classifiers/<dataset>)")
+    p.add_argument("--inception-weights", default=None, help="FID Inception weights (.pth); implies Inception features")
+    p.add_argument("--bpd-n", type=int, default=256, help="held-out images for bits/dim (0: skip)")
+    p.add_argument("--bpd-split", default=None, help="held-out split for bits/dim (mnist: train5k)")
+    p.add_argument("--bpd-timesteps", type=int, default=50, help="KL terms per image (stratified); 0: all T")
+    p.add_argument("--bpd-bins", type=int, default=None, help="levels of the data (256; digits: 17)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--out", default=None, help="output folder (default: eval/<ckpt name>)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    res = run_eval(args)
+    out = Path(args.out or f"eval/{Path(args.ckpt).name}")
+    if "floor" in res and "fid" in res["floor"]:
+        print(f"floor: {res['metric']} of {res['floor']['images']} = {res['floor']['fid']:.3f}")
+    if "bits_per_dim" in res:
+        b = res["bits_per_dim"]
+        print(f"bits/dim: {b['mean']:.3f} ± {b['stderr']:.3f} on {b['n']} held-out images")
+    print(f"wrote {out / 'metrics.json'} and {out / 'summary.md'}")
+    return 0
