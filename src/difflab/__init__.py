@@ -10,10 +10,11 @@ See API.md for the public names; the modules follow the data flow: ``schedules``
 """
 
 from . import data, evaluation, models, samplers, schedules, training
+from . import editing
 from .diffusion import GaussianDiffusion
 from .samplers import invert, sample
 from .training import load
 
 __version__ = "0.1.0"
 
-__all__ = ["schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "data", "evaluation", "load"]
+__all__ = ["schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "data", "evaluation", "load", "editing"]

@@ -1,0 +1,79 @@
+"""What the editing commands (inpaint, img2img, upscale, interpolate) share: the checkpoint,
+the input PNGs and the conversion between image shape and the network's sample shape."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..editing.io import load_images
+
+__all__ = ["add_run_args", "load_run", "read_inputs", "labels", "Shapes"]
+
+
+def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -> None:
+    p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder (difflab train --out)")
+    p.add_argument("--sampler", default=default_sampler, choices=sampler_choices)
+    p.add_argument("--steps", type=int, default=default_steps, help="sampler steps")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--label", type=int, default=None, help="class label for a class-conditional model")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+
+
+def load_run(args):
+    from ..training.checkpoint import load
+
+    run = load(args.ckpt, device=args.device)
+    return run, (run.model if args.raw else run.ema_model)
+
+
+class Shapes:
+    """Images [B, C, H, W] <-> the network's samples [B, *sample_shape] (flat for an MLP)."""
+
+    def __init__(self, run) -> None:
+        self.image_shape, self.sample_shape = tuple(run.image_shape), tuple(run.sample_shape)
+
+    def check(self, x: Tensor, what: str = "input image", scale: int = 1) -> Tensor:
+        want = self.image_shape[:-2] + tuple(s // scale for s in self.image_shape[-2:])
+        if tuple(x.shape[1:]) != want:
+            c, h, w = want if len(want) == 3 else (1, *want[-2:])
+            got = f"{x.shape[-1]}x{x.shape[-2]} with {x.shape[1]} channel(s)"
+            raise ValueError(f"{what} is {got}, but the model works on {w}x{h} images with {c} channel(s); "
+                             "resize the image (or pick the matching checkpoint)")
+        return x
+
+    def to_model(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.sample_shape)
+
+    def to_image(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)
+
+
+def read_inputs(paths, run, n: int = 1) -> Tensor:
+    """The input PNGs with the model's channel count, each repeated ``n`` times (rows of a grid)."""
+    if n < 1:
+        raise ValueError(f"--n (results per input) must be >= 1, got {n}")
+    channels = run.image_shape[0] if len(run.image_shape) == 3 else 1
+    x = load_images(paths, channels=channels if channels in (1, 3) else None)
+    return x.repeat_interleave(n, dim=0)
+
+
+def labels(args, run, batch: int) -> Optional[Tensor]:
+    if args.label is None:
+        if args.guidance != 1.0:
+            raise ValueError("--guidance needs --label (the class to guide towards)")
+        return None
+    if run.num_classes is None:
+        raise ValueError(f"--label needs a class-conditional model; {args.ckpt} is unconditional")
+    if not 0 <= args.label < run.num_classes:
+        raise ValueError(f"--label must lie in 0 .. {run.num_classes - 1}, got {args.label}")
+    return torch.full((batch,), args.label, dtype=torch.long)
+
+
+def generator(args) -> torch.Generator:
+    return torch.Generator().manual_seed(int(args.seed))

@@ -1,0 +1,108 @@
+"""What the editing functions share: checking their inputs and running the samplers step by step.
+
+Every editing method works in the samplers' VE parameterisation x = x0 + sigma eps (the VP
+state of the process is x_t = x / sqrt(1 + sigma^2)) and reuses the registered sampler
+functions ``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.samplers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from ..samplers import SAMPLERS, Denoiser
+
+__all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "make_denoiser"]
+
+
+def check_image(x, name: str = "image") -> Tensor:
+    """A float batch tensor [B, ...] (images [B, C, H, W] in about [-1, 1], or vectors [B, D])."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch tensor [B, C, H, W] (or [B, D]), got {type(x).__name__}")
+    if x.ndim < 2 or x.shape[0] < 1 or x.numel() == 0:
+        raise ValueError(f"{name} must be a batch [B, C, H, W] (or [B, D]) with B >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor scaled to [-1, 1], got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def check_cond(model: Callable, cond: Optional[Tensor], batch: int, device) -> Optional[Tensor]:
+    """Class labels: a long tensor [B] (or one int for the whole batch) for a conditional model."""
+    if cond is None:
+        return None
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("cond (class labels) was given but the model is unconditional (it has no num_classes)")
+    if isinstance(cond, int) and not isinstance(cond, bool):
+        cond = torch.full((batch,), cond, dtype=torch.long)
+    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
+        raise ValueError(
+            f"cond must be an int or a long tensor of {batch} class labels (one per image), got "
+            f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
+        )
+    if (cond < 0).any() or (cond > num_classes).any():
+        raise ValueError(f"class labels must lie in 0 .. {num_classes - 1} ({num_classes} = no label), "
+                         f"got values in [{int(cond.min())}, {int(cond.max())}]")
+    return cond.long().to(device)
+
+
+def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]] = None):
+    """The registered sampler ``sampler`` (limited to ``allowed``) after checking its options."""
+    names = tuple(n for n in allowed if n in SAMPLERS) if allowed is not None else tuple(sorted(SAMPLERS))
+    if not isinstance(sampler, str) or sampler not in SAMPLERS or sampler not in names:
+        extra = ""
+        if isinstance(sampler, str) and sampler in SAMPLERS:
+            extra = " (it is a multistep sampler: its history does not survive the edits between steps)"
+        raise ValueError(f"sampler {sampler!r} cannot be used here{extra}; choose one of {', '.join(names)}")
+    spec = SAMPLERS[sampler]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(spec.options) or 'none'}")
+    return spec
+
+
+def check_steps(steps, proc: GaussianDiffusion, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= proc.T:
+        raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
+    return steps
+
+
+def model_device(model, fallback: Optional[Tensor] = None) -> torch.device:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return fallback.device if fallback is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run with dropout off and give the model back in the mode it came in."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def make_denoiser(model, proc, cond, guidance) -> Denoiser:
+    if not isinstance(proc, GaussianDiffusion):
+        raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+    return Denoiser(model, proc, cond, guidance)
+
+
+def ve_to_vp(x: Tensor, sigma: float) -> Tensor:
+    """x_t = x / sqrt(1 + sigma^2)."""
+    return x / math.sqrt(1.0 + sigma * sigma)

@@ -1,0 +1,171 @@
+"""Inpainting with an unconditional diffusion model: replacement and RePaint's resampling.
+
+Given an image y and a mask m (1 = fill, 0 = keep, see :mod:`.masks`), sample x0 from the
+model so that it agrees with y where m = 0. Both methods run a sampler down the noise levels
+sigma_0 > ... > sigma_N = 0 in the VE state x = x0 + sigma eps and, after every step to
+sigma_{i+1}, overwrite the kept pixels with the input noised to that level, a draw of
+q(x_{i+1} | y) (Song et al. 2021 "score SDE", app. I.2; Lugmayr et al. 2022, eq. 8):
+
+    x_{i+1} = m * step(x_i)  +  (1 - m) * (y + sigma_{i+1} z),   z ~ N(0, I)
+
+At the last step sigma_N = 0, so this is the final paste: the kept pixels equal y exactly.
+
+RePaint (Lugmayr et al. 2022, sec. 4.2 and app. B) also walks back up: after reaching a level
+it re-noises the whole state by the forward process q(x_{i-1} | x_i), which in VE form adds
+independent noise of variance sigma_{i-1}^2 - sigma_i^2,
+
+    x_{i-1} = x_i + sqrt(sigma_{i-1}^2 - sigma_i^2) z,
+
+and denoises again, so the generated region can harmonise with the kept one. Its jump
+schedule goes ``jump_length`` (j) levels back up ``resample - 1`` (r - 1) times at every j-th
+level; ``resample = 1`` is the plain replacement method. The network is evaluated
+N + (r - 1) j floor((N - 1) / j) times (times the sampler's evaluations per step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..diffusion import GaussianDiffusion
+from ..samplers import sampling_sigmas
+from ..samplers.base import randn, randn_like
+from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode, make_denoiser,
+                      model_device)
+from .masks import check_mask
+
+__all__ = ["inpaint", "repaint_schedule", "paste", "STEPWISE_SAMPLERS"]
+
+# Samplers whose one step depends only on the current state, so the known region can be
+# replaced between steps (a multistep solver's history would refer to states never visited).
+STEPWISE_SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+
+
+def paste(x: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+    """m * x + (1 - m) * image: the generated pixels where m = 1, the input's elsewhere."""
+    mask = check_mask(mask, check_image(image))
+    return mask * x + (1 - mask) * image
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def repaint_schedule(steps: int, jump_length: int = 10, resample: int = 10) -> list[int]:
+    """The indices of the noise levels RePaint visits, from 0 (sigmas[0]) to ``steps`` (x0).
+
+    Consecutive indices differ by +1 (a denoising step) or -1 (one forward-process step).
+    Lugmayr et al. 2022, app. B: at every ``jump_length``-th of the RePaint times
+    t = 0, j, 2j, ... < steps - j (t counts levels above x0, t = steps - 1 - index) it jumps
+    back up j levels ``resample - 1`` times. ``resample = 1`` is the monotone walk 0, 1, ..., steps.
+    """
+    steps, j, r = (_positive_int(n, v) for n, v in (("steps", steps), ("jump_length", jump_length),
+                                                    ("resample", resample)))
+    if r > 1 and j >= steps:
+        raise ValueError(f"jump_length={j} must be smaller than steps={steps} for RePaint to resample "
+                         "(or use resample=1 for the plain replacement method)")
+    jumps = {t: r - 1 for t in range(0, steps - j, j)}
+    t, times = steps, []
+    while t >= 1:
+        t -= 1
+        times.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(j):
+                t += 1
+                times.append(t)
+    times.append(-1)
+    return [steps - 1 - t for t in times]
+
+
+@torch.no_grad()
+def inpaint(
+    model: Callable,
+    proc: GaussianDiffusion,
+    image: Tensor,
+    mask: Tensor,
+    sampler: str = "ddpm",
+    steps: int = 100,
+    *,
+    jump_length: int = 1,
+    resample: int = 1,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    noise: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    spacing: Optional[str] = None,
+    paste_final: bool = True,
+    callback: Optional[Callable[[dict], None]] = None,
+    progress: bool = False,
+    **options,
+) -> Tensor:
+    """Fill ``image`` [B, ...] where ``mask`` is 1 with samples of ``model`` that agree with the rest.
+
+    ``sampler``: one of :data:`STEPWISE_SAMPLERS` (DDPM ancestral, as in RePaint, or DDIM with
+    ``eta``), ``steps`` noise levels with the sampler's default ``spacing``. ``resample`` r and
+    ``jump_length`` j: RePaint's resampling (r = 1: the replacement method; the paper uses
+    r = j = 10). ``noise``: the starting x_T (the image's shape); ``generator`` seeds every
+    other draw. ``cond``/``guidance``: class labels and classifier-free guidance, as in
+    :func:`difflab.sample`. ``paste_final=False`` returns the last sampler output without the
+    final paste (its kept region is the model's own estimate, close to the input).
+    ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
+    """
+    image = check_image(image, "image")
+    mask = check_mask(mask, image)
+    spec = check_sampler(sampler, options, STEPWISE_SAMPLERS)
+    steps = check_steps(steps, proc)
+    path = repaint_schedule(steps, jump_length, resample)
+    device = model_device(model, image)
+    image, mask = image.to(device), mask.to(device)
+    cond = check_cond(model, cond, image.shape[0], device)
+    denoiser = make_denoiser(model, proc, cond, guidance)
+    sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
+    keep = 1 - mask
+
+    s0 = float(sigmas[0])
+    if noise is None:
+        noise = randn(image.shape, generator, device, image.dtype)
+    elif not isinstance(noise, Tensor) or noise.shape != image.shape:
+        raise ValueError(f"noise must have the image's shape {tuple(image.shape)}, got "
+                         f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+    x = noise.to(device, image.dtype) * math.sqrt(1.0 + s0 * s0)  # VP x_T -> VE
+    x = mask * x + keep * (image + s0 * randn_like(image, generator))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(path) - 1, desc=f"inpaint ({sampler})", leave=False)
+    count = 0
+
+    def report(step: dict) -> None:
+        if callback is not None:
+            s = step["sigma"]
+            callback(dict(step, i=count, x=step["x"] / math.sqrt(1.0 + s * s)))
+
+    try:
+        with eval_mode(model):
+            for a, b in zip(path[:-1], path[1:]):
+                if b == a + 1:  # denoise from sigma_a to sigma_b, then replace the kept region
+                    x = spec.fn(denoiser, x, sigmas[a:b + 1], generator=generator, callback=report, **options)
+                    s = float(sigmas[b])
+                    if s > 0:
+                        x = mask * x + keep * (image + s * randn_like(image, generator))
+                    elif paste_final:
+                        x = mask * x + keep * image
+                else:  # one forward step up: q(x_b | x_a) adds variance sigma_b^2 - sigma_a^2
+                    var = float(sigmas[b]) ** 2 - float(sigmas[a]) ** 2
+                    x = x + math.sqrt(var) * randn_like(x, generator)
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return x
+

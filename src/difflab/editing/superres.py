@@ -1,0 +1,243 @@
+"""Super-resolution: a diffusion model of the high-resolution image given a low-resolution one.
+
+SR3-style conditioning (Saharia et al. 2022, sec. 2; Ho et al. 2022 "cascaded", sec. 3): the
+low-resolution image y (here 14x14) is upsampled to the target size and concatenated to x_t
+as extra input channels of the U-Net, which predicts eps (or x0, v) for the high-resolution
+channels only:
+
+    model(x_t, t, cond, lowres=y) = UNet([x_t, up(y)], t, cond),   in = 2C channels, out = C
+
+Training pairs come from the data: y = down(x0) (area averaging over ``scale`` x ``scale``
+pixels), and the loss is the process's noise regression on x0 with y held fixed,
+
+    E_{x0, t, eps} || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, lowres=down(x0)) - target ||^2,
+
+run by the ordinary trainer with :class:`SuperResLoss` as its loss function
+(:func:`train_superres`, ``difflab upscale --train --config configs/mnist_superres.yaml``).
+:func:`upscale` samples x0 ~ p(x0 | y) with any sampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import models
+from ..diffusion import GaussianDiffusion
+from ..samplers import sample
+from ._common import check_cond, check_image, model_device
+
+__all__ = ["LowResConditioned", "WithLowRes", "SuperResLoss", "downsample", "upsample", "upscale",
+           "train_superres", "lowres_model", "UPSAMPLE_MODES"]
+
+UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
+
+
+def downsample(x: Tensor, scale: int) -> Tensor:
+    """Area downsampling by an integer factor: the mean of each ``scale`` x ``scale`` block."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if x.ndim != 4 or x.shape[-1] % scale or x.shape[-2] % scale:
+        raise ValueError(f"downsample needs images [B, C, H, W] with H and W divisible by scale = {scale}, "
+                         f"got shape {tuple(x.shape)}")
+    return F.avg_pool2d(x, scale) if scale > 1 else x
+
+
+def upsample(x: Tensor, size, mode: str = "bicubic") -> Tensor:
+    """Resample [B, C, h, w] to ``size`` = (H, W) by ``mode`` (bicubic: Keys' a = -0.75, as PyTorch)."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample mode must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(x, size=size, mode=mode, **kw)
+
+
+class LowResConditioned(nn.Module):
+    """A network of the model convention conditioned on a low-resolution image (see module doc).
+
+    Args:
+        base: the registered network to build (``unet_mnist``, ``unet_tiny``, ``unet``, ...); it
+            gets ``in_channels = 2 * image_channels`` and ``out_channels = image_channels``.
+        scale: the upsampling factor (2: 14x14 -> 28x28).
+        image_channels: C, the channels of the images.
+        upsample: how the low-res image is brought to the target size before concatenation.
+        **kwargs: the base network's other arguments (``num_classes``, ``channels``, ...).
+
+    ``forward(x_t, t, cond=None, lowres=None)``: ``lowres`` [B, C, H / scale, W / scale]. A
+    batch of k * B states (classifier-free guidance doubles it) reuses the B low-res images in
+    order. Without ``lowres`` a training-mode call is an error (train with :class:`SuperResLoss`);
+    in eval mode the null image (zeros) is used, for shape checks only.
+    """
+
+    def __init__(self, base: str = "unet_mnist", scale: int = 2, image_channels: int = 1,
+                 upsample: str = "bicubic", **kwargs) -> None:
+        super().__init__()
+        if base == "superres":
+            raise ValueError("base must be an ordinary network (e.g. unet_mnist), not 'superres' itself")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive integer (2 for 14x14 -> 28x28), got {scale!r}")
+        if isinstance(image_channels, bool) or not isinstance(image_channels, int) or image_channels < 1:
+            raise ValueError(f"image_channels must be a positive integer, got {image_channels!r}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
+        for k in ("in_channels", "out_channels"):
+            if k in kwargs:
+                raise ValueError(f"{k} is set by the super-resolution wrapper (2 * image_channels in, "
+                                 "image_channels out); give image_channels instead")
+        self.net = models.build(base, in_channels=2 * image_channels, out_channels=image_channels, **kwargs)
+        self.base, self.scale, self.image_channels, self.upsample = base, scale, image_channels, upsample
+        self.num_classes = getattr(self.net, "num_classes", None)
+
+    def extra_repr(self) -> str:
+        return f"base={self.base!r}, scale={self.scale}, image_channels={self.image_channels}, upsample={self.upsample!r}"
+
+    def lowres_shape(self, x_t: Tensor) -> tuple[int, ...]:
+        return (self.image_channels, x_t.shape[-2] // self.scale, x_t.shape[-1] // self.scale)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None, lowres: Optional[Tensor] = None) -> Tensor:
+        if not isinstance(x_t, Tensor) or x_t.ndim != 4 or x_t.shape[1] != self.image_channels:
+            got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"this super-resolution model takes x_t of shape [B, {self.image_channels}, H, W], got {got}")
+        B = x_t.shape[0]
+        if lowres is None:
+            if self.training:
+                raise ValueError(
+                    "a super-resolution model must be trained with its low-resolution images: train it "
+                    "with difflab.editing.train_superres / `difflab upscale --train --config ...` (the "
+                    "SuperResLoss), not with the plain diffusion loss"
+                )
+            lowres = x_t.new_zeros((B, *self.lowres_shape(x_t)))
+        want = self.lowres_shape(x_t)
+        if lowres.ndim != 4 or tuple(lowres.shape[1:]) != want or B % lowres.shape[0]:
+            raise ValueError(
+                f"lowres must have shape [B, {want[0]}, {want[1]}, {want[2]}] (1/{self.scale} of x_t's "
+                f"{x_t.shape[-2]}x{x_t.shape[-1]}), got {tuple(lowres.shape)}"
+            )
+        if lowres.shape[0] != B:  # guidance stacks [cond; uncond] states: reuse the images in order
+            lowres = lowres.repeat(B // lowres.shape[0], 1, 1, 1)
+        up = upsample(lowres.to(x_t.dtype), x_t.shape[-2:], self.upsample)
+        h = torch.cat([x_t, up], dim=1)
+        return self.net(h, t) if cond is None else self.net(h, t, cond)
+
+
+def lowres_model(model) -> Optional[LowResConditioned]:
+    """The :class:`LowResConditioned` inside ``model`` (unwrapping DDP / torch.compile), else None."""
+    seen = 0
+    while model is not None and seen < 4:
+        if isinstance(model, LowResConditioned):
+            return model
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        seen += 1
+    return None
+
+
+class WithLowRes(nn.Module):
+    """``model`` with its low-resolution images bound: ``WithLowRes(m, y)(x_t, t, cond)``, the model
+    convention the samplers and losses call."""
+
+    def __init__(self, model: nn.Module, lowres: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.lowres = lowres
+        self.num_classes = getattr(model, "num_classes", None)
+        self.train(model.training)  # samplers toggle eval/train: keep the wrapped model's mode
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        return self.model(x_t, t, cond, lowres=self.lowres)
+
+
+class SuperResLoss:
+    """The trainer's loss for a super-resolution model: ``proc.training_loss`` on x0 = the
+    batch's images with ``lowres = downsample(x0, scale)`` (see the module doc)."""
+
+    def __init__(self, proc: GaussianDiffusion, scale: int = 2, weighting=None) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        self.proc, self.scale, self.weighting = proc, scale, weighting
+
+    def __call__(self, model: nn.Module, batch) -> Tensor:
+        lowres = downsample(batch.x0, self.scale)
+        return self.proc.training_loss(WithLowRes(model, lowres), batch.x0, batch.cond, t=batch.t,
+                                       noise=batch.noise, weighting=self.weighting)
+
+    def __repr__(self) -> str:
+        return f"SuperResLoss({self.proc!r}, scale={self.scale}, weighting={self.weighting!r})"
+
+
+@torch.no_grad()
+def upscale(
+    model: Callable,
+    proc: GaussianDiffusion,
+    lowres: Tensor,
+    sampler: str = "ddim",
+    steps: int = 50,
+    *,
+    eta: float = 0.0,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    noise: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    progress: bool = False,
+    **kwargs,
+) -> Tensor:
+    """Sample high-resolution images x0 ~ p(x0 | lowres) from a :class:`LowResConditioned` model.
+
+    ``lowres`` [B, C, h, w] in [-1, 1]; returns [B, C, scale h, scale w]. The other arguments
+    are those of :func:`difflab.sample` (``noise`` has the output's shape).
+    """
+    sr = lowres_model(model)
+    if sr is None:
+        raise ValueError(
+            f"upscale needs a super-resolution model conditioned on low-resolution images; this "
+            f"{type(model).__name__} takes x_t alone. Train one with configs/mnist_superres.yaml "
+            "(`difflab upscale --train --config configs/mnist_superres.yaml --out RUN`)"
+        )
+    lowres = check_image(lowres, "lowres")
+    if lowres.ndim != 4 or lowres.shape[1] != sr.image_channels:
+        raise ValueError(f"lowres must be images [B, {sr.image_channels}, h, w], got shape {tuple(lowres.shape)}")
+    device = model_device(model, lowres)
+    lowres = lowres.to(device)
+    B, C, h, w = lowres.shape
+    shape = (B, C, h * sr.scale, w * sr.scale)
+    cond = check_cond(model, cond, B, device)
+    bound = WithLowRes(model, lowres)
+    return sample(bound, proc, shape, sampler, steps, eta, cond=cond, guidance=guidance, noise=noise,
+                  generator=generator, device=device, progress=progress, **kwargs)
+
+
+def train_superres(
+    config,
+    out: Union[str, Path],
+    *,
+    resume: bool = False,
+    data=None,
+    progress: bool = True,
+) -> dict:
+    """Train a super-resolution config (model ``superres``) with the ordinary trainer and
+    :class:`SuperResLoss`; returns the trainer's summary. ``config``: a file or a TrainConfig."""
+    from ..training.build import build_process
+    from ..training.config import TrainConfig, load_config
+    from ..training.trainer import Trainer
+
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    if cfg.model.name != "superres":
+        raise ValueError(
+            f"config field 'model.name' is {cfg.model.name!r}; a super-resolution run needs model "
+            "'superres' (see configs/mnist_superres.yaml)"
+        )
+    scale = cfg.model.kwargs.get("scale", 2)
+    loss = SuperResLoss(build_process(cfg), scale, weighting=cfg.diffusion.weighting)
+    trainer = Trainer(cfg, out, loss_fn=loss, data=data, resume=resume, progress=progress)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+models.register("superres", LowResConditioned)
