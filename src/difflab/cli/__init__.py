@@ -8,14 +8,14 @@ from typing import Optional, Sequence
 
 from . import demo, sample, train
 from . import img2img, inpaint, interpolate, upscale
-from . import eval as eval_cmd, train_classifier
+from . import eval as eval_cmd, experiments, train_classifier
 
 __all__ = ["main", "build_parser"]
 
 # Each module exposes add_parser(subparsers), registering a sub-command with func=handler(args) -> int.
 COMMANDS = [demo, train, sample]
 COMMANDS += [inpaint, img2img, upscale, interpolate]  # editing (issue 6)
-COMMANDS += [eval_cmd, train_classifier]  # evaluation (issue 5)
+COMMANDS += [eval_cmd, train_classifier, experiments]  # evaluation (issue 5)
 
 
 def build_parser() -> argparse.ArgumentParser:
