@@ -198,7 +198,7 @@ def run_eval(args) -> dict:
     else:
         ref_split = args.ref_split or SPLITS.get(dataset, {}).get("ref")
         ref, ref_labels, desc = load_images(args.ref, run, ref_split)
-        features, clf = _feature_network(args, dataset if args.ref is None or dataset != "mnist" else "mnist")
+        features, clf = _feature_network(args, dataset)
         ref_obj = report.ImageReference(ref, features, clf, batch_size=args.batch_size)
         result["reference"] = desc
         result["metric"] = ref_obj.fid_name
