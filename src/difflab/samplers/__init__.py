@@ -102,6 +102,16 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
             sig = torch.cat([sig, sig.new_zeros(1)])
         if (sig[1:] >= sig[:-1]).any() or (sig < 0).any():
             raise ValueError("sigmas must be strictly decreasing and non-negative (ending at 0)")
+        # The network only knows the levels of its training grid: outside them it would be
+        # evaluated at the clamped end of the grid while the solver assumes another level.
+        lo, hi = proc.sigma_min * (1 - 1e-6), proc.sigma_max * (1 + 1e-6)
+        inside = sig[:-1]
+        if (inside < lo).any() or (inside > hi).any():
+            raise ValueError(
+                f"sigmas (except the final 0) must lie in the process's range [sigma_min, sigma_max] = "
+                f"[{proc.sigma_min:.4g}, {proc.sigma_max:.4g}], got values in [{float(inside.min()):.4g}, "
+                f"{float(inside.max()):.4g}]; e.g. karras_sigmas(steps, proc.sigma_min, proc.sigma_max)"
+            )
         return sig
     if timesteps_ is not None:
         return sigmas_from_timesteps(proc, timesteps_)
