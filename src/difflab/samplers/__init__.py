@@ -26,6 +26,7 @@ from .denoiser import Denoiser
 from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
 from .euler import sample_euler
 from .heun import sample_heun
+from .optimize import optimize_sigmas
 from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "sample_euler",
     "sample_heun",
     "logsnr_sigmas",
+    "optimize_sigmas",
     "timesteps",
     "sampling_sigmas",
     "karras_sigmas",

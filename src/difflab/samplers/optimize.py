@@ -67,9 +67,10 @@ def optimize_sigmas(
     """``steps + 1`` noise levels (decreasing, ending in 0) that minimise ``sampler``'s error J.
 
     ``shape`` is the batch of noise J averages over (e.g. (512, C, H, W)); pass ``noise`` to
-    fix it. ``max_evals`` bounds the evaluations of J (default 300 * steps), each ``steps``
+    fix it. ``max_evals`` bounds the evaluations of J (default 50 * steps), each ``steps``
     network calls (Heun: 2 * steps - 1); the reference costs ``reference_steps`` calls once.
-    ``init`` is the spacing the search starts from. Returns float64 sigmas on the CPU.
+    The search starts from equal steps in log sigma; ``method`` is scipy's "Powell" (default:
+    fewest evaluations here) or "Nelder-Mead". Returns float64 sigmas on the CPU.
     """
     from scipy.optimize import minimize  # scipy comes with scikit-learn, a core dependency
 
@@ -86,8 +87,10 @@ def optimize_sigmas(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 4 * steps:
         raise ValueError(f"reference_steps must be an integer >= 4 * steps = {4 * steps}, got {reference_steps!r}")
+    if method not in _OPTIONS:
+        raise ValueError(f"method must be one of {', '.join(_OPTIONS)}, got {method!r}")
     if max_evals is None:
-        max_evals = 300 * steps
+        max_evals = 50 * steps
     log_hi, log_lo = math.log(proc.sigma_max), math.log(proc.sigma_min)
     if steps == 1:
         return _gap_sigmas(np.zeros(1), log_hi, log_lo)
@@ -98,9 +101,12 @@ def optimize_sigmas(
     dim = x_ref[0].numel()
 
     def objective(q: np.ndarray) -> float:
-        x = sample(model, proc, noise.shape, sampler, sigmas=_gap_sigmas(q, log_hi, log_lo), **kw, **options)
+        sig = _gap_sigmas(q, log_hi, log_lo)
+        if not (sig[1:] < sig[:-1]).all():  # a gap underflowed: two equal levels
+            return math.inf
+        x = sample(model, proc, noise.shape, sampler, sigmas=sig, **kw, **options)
         err = float(((x - x_ref).double() ** 2).sum() / (x.shape[0] * dim))
-        return err if math.isfinite(err) else 1e30
+        return err if math.isfinite(err) else math.inf
 
     # Start from equal steps in log sigma, the last level one step above sigma_min.
     q0 = np.zeros(steps)
