@@ -41,7 +41,8 @@ def _log_bin_prob(mu, scale):
     """log P(bin) under N(mu, scale^2), per bin (rows) and mean (columns), via the tail that is small."""
     a, b = (LO[:, None] - mu) / scale, (HI[:, None] - mu) / scale
     p = np.where(a + b > 0, norm.sf(a) - norm.sf(b), norm.cdf(b) - norm.cdf(a))
-    return np.log(p)
+    with np.errstate(divide="ignore"):  # bins beyond float64's reach: -inf, left out by the caller
+        return np.log(p)
 
 
 def _analytic(proc, variance):
