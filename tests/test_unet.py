@@ -1,0 +1,250 @@
+"""The U-Net: shapes, conditioning, the block equations, initialisation, bad input, presets."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import difflab as dl
+from difflab.models.unet import AttentionBlock, ResBlock, UNet, unet_cifar10, unet_mnist, unet_tiny
+
+SMALL = dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, attention_levels=None)
+
+
+def small(**kw) -> UNet:
+    torch.manual_seed(0)
+    return UNet(**{"in_channels": 1, **SMALL, **kw})
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    """Give the zero-initialised weights random values, so every path carries signal."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def inputs(B=3, C=1, H=8, W=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, H, W, generator=g), torch.randint(0, 1000, (B,), generator=g)
+
+
+@pytest.mark.parametrize(
+    "kw, shape",
+    [
+        (dict(), (2, 1, 8, 8)),
+        (dict(attention_levels=(0, 1), num_heads=2), (2, 1, 8, 8)),
+        (dict(use_scale_shift_norm=True, head_dim=8, attention_levels=(1,)), (2, 1, 8, 8)),
+        (dict(num_classes=5, dropout=0.1), (2, 1, 8, 8)),
+        (dict(in_channels=4, out_channels=3), (2, 4, 8, 8)),
+        (dict(resample="interp", mid_attention=False), (2, 1, 8, 16)),
+        (dict(resample="resblock", channel_mult=(1, 1, 2), num_res_blocks=(1, 2, 1)), (2, 1, 16, 8)),
+    ],
+)
+def test_output_has_input_shape(kw, shape):
+    model = perturb(small(**kw))
+    x, t = inputs(*shape)
+    out = model(x, t)
+    out_channels = kw.get("out_channels", shape[1])
+    assert out.shape == (shape[0], out_channels, *shape[2:])
+    assert torch.isfinite(out).all()
+
+
+def test_zero_init_output_is_zero():
+    model = small(num_classes=3)
+    x, t = inputs()
+    assert torch.equal(model(x, t), torch.zeros_like(x))
+    for block in model.modules():
+        if isinstance(block, ResBlock):
+            assert not block.conv2.weight.any() and not block.conv2.bias.any()
+    assert not model.conv_out.weight.any()
+
+
+def test_long_and_float_t():
+    model = perturb(small())
+    x, t = inputs()
+    out_long = model(x, t)
+    torch.testing.assert_close(model(x, t.double()), out_long)  # same times, float dtype
+    torch.testing.assert_close(model(x, t.float()), out_long)
+    out_frac = model(x, t.float() + 0.5)  # between grid steps: continuous, a different output
+    assert torch.isfinite(out_frac).all() and not torch.allclose(out_frac, out_long)
+    # a 0-d t or a number stands for every sample
+    torch.testing.assert_close(model(x, torch.tensor(7)), model(x, torch.full((3,), 7)))
+    torch.testing.assert_close(model(x, 7), model(x, torch.full((3,), 7)))
+
+
+def test_conditioning_and_null_label():
+    model = perturb(small(num_classes=4), scale=0.2)
+    assert model.num_classes == 4 and small().num_classes is None
+    x, t = inputs()
+    a = model(x, t, torch.tensor([0, 1, 2]))
+    b = model(x, t, torch.tensor([3, 3, 3]))
+    assert not torch.allclose(a, b)
+    # cond=None is the null label K
+    torch.testing.assert_close(model(x, t), model(x, t, torch.full((3,), 4)))
+    assert not torch.allclose(model(x, t), b)
+    # each sample sees its own label only
+    torch.testing.assert_close(model(x[:1], t[:1], torch.tensor([0])), a[:1])
+
+
+def test_unconditional_model_rejects_labels():
+    model = small()
+    x, t = inputs()
+    with pytest.raises(ValueError, match="unconditional"):
+        model(x, t, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    "x, t, cond, match",
+    [
+        (torch.zeros(2, 3, 8, 8), torch.zeros(2), None, r"in_channels=1.*\[B, 1, H, W\]"),
+        (torch.zeros(2, 8, 8), torch.zeros(2), None, "shape"),
+        (torch.zeros(2, 1, 7, 8), torch.zeros(2), None, "divisible by 2"),
+        (torch.zeros(2, 1, 8, 8), torch.zeros(3), None, r"t must .*\[2\]"),
+        (torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.tensor([0.0, 1.0]), "integer tensor"),
+        (torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.tensor([0]), r"shape \[2\]"),
+        (torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.tensor([0, 5]), r"0 \.\. 3"),
+    ],
+)
+def test_bad_input_gives_clear_errors(x, t, cond, match):
+    model = small(num_classes=4)
+    with pytest.raises(ValueError, match=match):
+        model(x, t, cond)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(norm_groups=5), "norm_groups=5"),
+        (dict(attention_levels=(2,)), "attention_levels"),
+        (dict(attention_levels=(1,), head_dim=12), "head_dim=12"),
+        (dict(attention_levels=(0,), num_heads=3), "num_heads=3"),
+        (dict(attention_resolutions=(4,)), "needs image_size"),
+        (dict(attention_resolutions=(16,), image_size=8), r"levels work at \[8, 4\]"),
+        (dict(image_size=9), "not divisible"),
+        (dict(resample="pixelshuffle"), "resample"),
+        (dict(channel_mult=()), "channel_mult"),
+        (dict(num_res_blocks=(1, 1, 1)), "num_res_blocks"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(num_classes=0), "num_classes"),
+    ],
+)
+def test_bad_config_gives_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        small(**kw)
+
+
+def test_resblock_equations():
+    """Both conditionings against the formulas written out with functional ops."""
+    torch.manual_seed(0)
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 12)
+    for scale_shift in (False, True):
+        block = perturb(ResBlock(8, 16, 12, norm_groups=4, use_scale_shift_norm=scale_shift), scale=0.3).eval()
+        h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias)), block.conv1.weight, block.conv1.bias, padding=1)
+        e = (F.silu(emb) @ block.emb_proj.weight.T + block.emb_proj.bias)[:, :, None, None]
+        n2 = lambda z: F.group_norm(z, 4, block.norm2.weight, block.norm2.bias)  # noqa: E731
+        if scale_shift:
+            h = n2(h) * (1 + e[:, :16]) + e[:, 16:]
+        else:
+            h = n2(h + e)
+        h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
+        expected = F.conv2d(x, block.skip.weight, block.skip.bias) + h
+        torch.testing.assert_close(block(x, F.silu(emb)), expected)
+
+
+def test_attention_equation():
+    """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
+    torch.manual_seed(0)
+    C, heads = 8, 2
+    attn = perturb(AttentionBlock(C, num_heads=heads, norm_groups=2), scale=0.3)
+    x = torch.randn(2, C, 3, 5)
+    tokens = F.group_norm(x, 2, attn.norm.weight, attn.norm.bias).flatten(2).transpose(1, 2)  # [B, N, C]
+    Wq, Wk, Wv = attn.qkv.weight.view(3, heads, C // heads, C)
+    bq, bk, bv = attn.qkv.bias.view(3, heads, C // heads)
+    outs = []
+    for i in range(heads):
+        q, k, v = tokens @ Wq[i].T + bq[i], tokens @ Wk[i].T + bk[i], tokens @ Wv[i].T + bv[i]
+        w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(C // heads), dim=-1)
+        outs.append(w @ v)
+    out = torch.cat(outs, dim=-1) @ attn.proj.weight.T + attn.proj.bias  # [B, N, C]
+    expected = x + out.transpose(1, 2).reshape(x.shape)
+    torch.testing.assert_close(attn(x), expected)
+
+
+def test_gradient_reaches_every_parameter():
+    model = perturb(small(num_classes=3, attention_levels=(1,), use_scale_shift_norm=True))
+    x, t = inputs()
+    model(x, t, torch.tensor([0, 1, 3])).square().sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not dead, f"no gradient reaches {dead}"
+
+
+def test_channels_last_and_autocast():
+    model = perturb(small(attention_levels=(0, 1), num_heads=2)).eval()
+    x, t = inputs(C=1, H=8, W=8)
+    ref = model(x, t)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.to(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf16 = model(x, t)
+    assert out_bf16.shape == ref.shape and torch.isfinite(out_bf16).all()
+    assert (out_bf16.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    # a model converted to bfloat16 runs too (its time features are cast to the weights' dtype)
+    out_half = model.to(torch.bfloat16)(x.bfloat16(), t)
+    assert out_half.dtype == torch.bfloat16 and torch.isfinite(out_half).all()
+
+
+def test_compiles_without_graph_breaks():
+    model = small(num_classes=3, attention_levels=(1,))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x, t = inputs()
+    torch.testing.assert_close(compiled(x, t, torch.tensor([0, 1, 2])), model(x, t, torch.tensor([0, 1, 2])))
+
+
+def test_cifar10_preset_has_ddpm_parameter_count():
+    # DDPM's CIFAR-10 model: 35.7M parameters (Ho et al. 2020, App. B); diffusers' UNet2DModel
+    # in that configuration (google/ddpm-cifar10-32) has 35,746,307.
+    with torch.device("meta"):
+        model = unet_cifar10()
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 35.75e6) / 35.75e6 < 0.01, n
+    assert model.attention_levels == (1,) and model.image_size == 32 and model.in_channels == 3
+
+
+def test_presets_and_registry():
+    with torch.device("meta"):
+        mnist = dl.models.build("unet_mnist", num_classes=10)
+        assert mnist.num_classes == 10 and mnist.in_channels == 1 and mnist.attention_levels == (2,)
+        assert dl.models.build("unet_cifar10", dropout=0.0).config["dropout"] == 0.0
+        assert isinstance(dl.models.build("unet", in_channels=1, **SMALL), dl.models.UNet)
+        assert 1e6 < sum(p.numel() for p in unet_mnist().parameters()) < 2e7
+    tiny = dl.models.build("unet_tiny", num_classes=10)
+    assert tiny.num_classes == 10 and sum(p.numel() for p in tiny.parameters()) < 1e6
+    x = torch.randn(4, 1, 8, 8)
+    assert tiny(x, torch.arange(4)).shape == x.shape
+    with pytest.raises(TypeError, match="unet_tiny"):
+        dl.models.build("unet_tiny", widht=3)
+
+
+def test_trains_with_the_diffusion_loss():
+    """A few steps on a fixed batch lower L_simple (the U-Net fits the process's interface)."""
+    torch.manual_seed(0)
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    model = unet_tiny(num_classes=10, channels=16, norm_groups=4)
+    x0, labels = dl.data.digits.load()
+    x0, labels = x0[:32], labels[:32]
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    t, noise = torch.randint(0, 100, (32,), generator=g), torch.randn(x0.shape, generator=g)
+    losses = []
+    for _ in range(15):
+        loss = proc.training_loss(model, x0, labels, t=t, noise=noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
