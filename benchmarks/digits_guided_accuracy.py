@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     K, n = run.num_classes, args.per_class
     labels = torch.arange(K).repeat_interleave(n)
     result["sampling"] = {"sampler": "ddim", "steps": args.steps, "per_class": n, "seed": args.seed,
+                          "clip_x0": run.config.sample.clip_x0,
                           "checkpoint": str(run.path.relative_to(REPO) if run.path.is_relative_to(REPO) else run.path),
                           "step": run.step}
     result["accuracy"] = {}

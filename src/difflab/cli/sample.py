@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--label", default=None,
                    help="class of every sample, or 'all' for a row per class (conditional models)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-x0", type=float, default=None,
+                   help="clamp each step's x0 estimate to [-c, c] (default: the run's sample.clip_x0)")
+    p.add_argument("--no-clip", action="store_true", help="no x0 clipping, whatever the run's config says")
     p.add_argument("--nrow", type=int, help="images per grid row (default: about sqrt(n))")
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -53,8 +56,9 @@ def _main(args) -> int:
             except ValueError:
                 raise ValueError(f"--label must be a class index 0..{run.num_classes - 1} or 'all', "
                                  f"got {args.label!r}") from None
+    clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                   ema=not args.raw, device=args.device)
+                   clip_x0=clip, ema=not args.raw, device=args.device)
     if args.save_tensor:
         torch.save(x.cpu(), args.save_tensor)
     if x.ndim != 4:

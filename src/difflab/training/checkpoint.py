@@ -199,17 +199,21 @@ class LoadedRun:
         seed: Optional[int] = None,
         *,
         eta: float = 0.0,
+        clip_x0: Optional[float] = ...,  # type: ignore[assignment]
         ema: bool = True,
         device=None,
         progress: bool = False,
         **options,
     ) -> Tensor:
         """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
-        or None (unconditional); ``guidance`` w > 1 needs labels. Same seed, same samples."""
+        or None (unconditional); ``guidance`` w > 1 needs labels. Same seed, same samples.
+        ``clip_x0`` defaults to the run's ``sample.clip_x0`` (None: no clipping)."""
         model = self.ema_model if ema else self.model
+        if clip_x0 is ...:
+            clip_x0 = self.config.sample.clip_x0
         return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                         sampler=sampler, steps=steps, guidance=guidance, labels=labels, seed=seed,
-                        eta=eta, device=device, progress=progress, **options)
+                        eta=eta, device=device, progress=progress, clip_x0=clip_x0, **options)
 
     def to(self, device) -> "LoadedRun":
         self.model.to(device)

@@ -218,7 +218,9 @@ class EMAConfig:
 class SampleConfig:
     """Sample grids written during training (EMA weights, fixed seed): every ``every`` steps
     (0 = only at the end, -1 = never). Conditional models: a row of ``per_class`` samples per
-    class at guidance ``guidance``; unconditional: ``n`` samples."""
+    class at guidance ``guidance``; unconditional: ``n`` samples. ``clip_x0`` clamps each
+    step's estimate of x0 to [-c, c] (1 for images in [-1, 1], as in DDPM's sampler); it is also
+    the default of ``dl.load(...).sample``."""
 
     every: int = 0
     sampler: str = "ddim"
@@ -227,6 +229,7 @@ class SampleConfig:
     per_class: int = 8
     n: int = 64
     seed: int = 0
+    clip_x0: Optional[float] = None
 
     def validate(self, prefix: str = "sample") -> None:
         from ..samplers import SAMPLERS
@@ -239,6 +242,8 @@ class SampleConfig:
         _number(f"{prefix}.per_class", self.per_class, integer=True, low=1)
         _number(f"{prefix}.n", self.n, integer=True, low=1)
         _number(f"{prefix}.seed", self.seed, integer=True, low=0)
+        if self.clip_x0 is not None:
+            _number(f"{prefix}.clip_x0", self.clip_x0, low=0, low_open=True)
 
 
 @dataclass

@@ -465,7 +465,7 @@ class Trainer:
         guidance = sc.guidance if labels is not None else 1.0
         images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                           sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                          seed=sc.seed, device=self.device)
+                          seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
         if images.ndim != 4:
             self._say(f"note: no sample grid for data of shape {self.sample_shape} (not images)")
             return Path(path)
