@@ -75,7 +75,7 @@ register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with et
 register("dpmpp_2m", SamplerSpec(sample_dpmpp_2m, "logsnr", (), 1, "DPM-Solver++(2M), data prediction (Lu et al. 2022)"))
 register(
     "dpmpp_3m",
-    SamplerSpec(sample_dpmpp_3m, "logsnr", ("lower_order_final",), 1, "DPM-Solver++ 3rd-order multistep"),
+    SamplerSpec(sample_dpmpp_3m, "logsnr", ("lower_order_final", "variant"), 1, "DPM-Solver++ 3rd-order multistep"),
 )
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 register("euler", SamplerSpec(sample_euler, "karras", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)"))
