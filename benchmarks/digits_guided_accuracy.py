@@ -49,7 +49,8 @@ def train(config: Path, out: Path) -> dict:
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return {"command": "difflab train --config " + str(config.relative_to(REPO)) + " --out " + str(out),
+    rel = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    return {"command": f"difflab train --config {config.relative_to(REPO)} --out {rel}",
             "wall_seconds": round(wall, 1),
             # CPU time is what the run itself consumed: on a shared machine the wall time also
             # holds the waits for other people's processes; on an idle 2-core machine the wall
@@ -138,8 +139,10 @@ def main(argv=None) -> int:
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     if grid is not None:
-        dl.evaluation.save_image_grid(grid, docs / "grid.png", nrow=min(10, n))
-        result["grid"] = {"file": "grid.png", "guidance": args.headline, "rows": "one per class, 0 to 9"}
+        big = torch.nn.functional.interpolate(grid.clamp(-1, 1), scale_factor=4, mode="nearest")
+        dl.evaluation.save_image_grid(big, docs / "grid.png", nrow=min(10, n))
+        result["grid"] = {"file": "grid.png", "guidance": args.headline, "rows": "one per class, 0 to 9",
+                          "pixels": "each 8x8 sample drawn 4x larger (nearest neighbour)"}
     result["command"] = "python benchmarks/digits_guided_accuracy.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
     (docs / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {docs / 'results.json'}")

@@ -257,7 +257,9 @@ class TrainConfig:
     ``precision`` bf16/fp16 autocast, ``compile`` 'model' (torch.compile the network) or 'step'
     (compile the whole loss computation) -- both CUDA-only: a CPU run notes them and runs fp32,
     eagerly, so a GPU config also runs (small) on a laptop -- and ``channels_last`` memory
-    format, ``optim.fused``, ``data.on_device``.
+    format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
+    threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
+    wait for each other cost more than they compute).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -278,6 +280,7 @@ class TrainConfig:
     keep_last: int = 2
     channels_last: bool = False
     compile: str = "none"
+    cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
 
     # ------------------------------------------------------------------ checks
@@ -303,6 +306,7 @@ class TrainConfig:
         _number("keep_last", self.keep_last, integer=True, low=1)
         _kind("channels_last", self.channels_last, bool, "true or false")
         _choice("compile", self.compile, COMPILE_MODES)
+        _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.tensorboard not in ("auto", True, False):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
         return self
@@ -407,7 +411,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 # Fields a resumed run may change: when and how it logs, samples and saves, how long it runs,
 # and speed options that do not change the maths. Everything else must match the checkpoint.
 RESUMABLE_FIELDS = (
-    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "tensorboard",
+    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "tensorboard", "cpu_threads",
     "device", "channels_last", "data.on_device",
 )
 

@@ -104,6 +104,8 @@ class Trainer:
         self.progress = progress
         self.rank, self.world, local = _dist_env()
         self.device = _resolve_device(cfg.device, local)
+        if cfg.cpu_threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)  # process-wide, like torchrun's OMP_NUM_THREADS
         per = cfg.batch_size // cfg.grad_accum
         if per % self.world:
             raise ValueError(
