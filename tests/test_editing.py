@@ -131,7 +131,7 @@ def test_inpainting_independent_coordinates_is_exact(proc):
     coordinate must be what plain sampling gives -- the kept pixel must not leak into it.
     The exact denoiser works coordinate-wise, so with DDIM this holds sample by sample."""
     model = dl.models.GaussianDenoiser(proc, [1.0, -0.5], [0.3, 0.7])
-    n = 4000
+    n = 2000
     x = torch.tensor([[3.0, 0.0]]).repeat(n, 1)  # kept value far out in the tail
     mask = torch.tensor([0.0, 1.0])
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
@@ -142,7 +142,7 @@ def test_inpainting_independent_coordinates_is_exact(proc):
     ref = dl.sample(model, proc, (n, 2), "ddpm", 50, generator=torch.Generator().manual_seed(2))[:, 1]
     se = 0.7 / math.sqrt(n)
     assert abs(y.mean().item() + 0.5) < 4 * se
-    assert abs(y.std().item() - ref.std().item()) < 0.03
+    assert abs(y.std().item() - ref.std().item()) < 0.04
 
 
 def test_inpainting_mixture_against_exact_conditional(proc, mixture):
@@ -186,7 +186,7 @@ def test_renoise_matches_forward_process(proc, mixture):
     """The up-step of RePaint: from q(x | x0) at sigma_a, adding N(0, sigma_b^2 - sigma_a^2) gives q at sigma_b."""
     g = torch.Generator().manual_seed(0)
     sig = dl.samplers.sampling_sigmas(proc, 10)
-    x0 = torch.zeros(20000, 2)
+    x0 = torch.zeros(5000, 2)
     # A mask of zeros keeps x0 at every level, so a walk up and down with r = 2 ends at x0 exactly;
     # the forward-step variance is checked through the callback's states.
     seen = {}
@@ -223,11 +223,15 @@ def test_inpaint_bad_input(proc, mixture):
         E.inpaint(model, proc, img, torch.full((8, 8), 2.0))
     with pytest.raises(TypeError, match="mask must be a torch tensor"):
         E.inpaint(model, proc, img, "half:left")
-    with pytest.raises(ValueError, match="cannot be used here.*multistep"):
-        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="dpmpp_2m") if "dpmpp_2m" in dl.samplers.SAMPLERS \
-            else (_ for _ in ()).throw(ValueError("cannot be used here multistep"))
+    with pytest.raises(ValueError, match="cannot be used here.*multistep.*choose one of ddpm, ddim"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="dpmpp_2m")
+    with pytest.raises(ValueError, match="sampler 'dddim' cannot be used here"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="dddim")
     with pytest.raises(ValueError, match="takes no option eta"):
         E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="ddpm", eta=0.5)
+    if "euler" in dl.samplers.SAMPLERS:
+        with pytest.raises(ValueError, match="s_churn .* does not apply to inpainting"):
+            E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="euler", s_churn=1.0)
     with pytest.raises(ValueError, match="steps must be an integer in 1 .. T = 1000"):
         E.inpaint(model, proc, img, torch.zeros(8, 8), steps=0)
     with pytest.raises(ValueError, match="noise must have the image's shape"):
@@ -242,10 +246,10 @@ def test_sdedit_strength_0_and_1(proc, mixture):
     x = torch.randn(64, 2, generator=g)
     eps = torch.randn(64, 2, generator=g)
     assert torch.equal(E.img2img(mixture, proc, x, 0.0, noise=eps), x)
-    for sampler in ("ddim", "ddpm"):
-        full = E.img2img(mixture, proc, x, 1.0, sampler, 30, noise=eps, generator=torch.Generator().manual_seed(3))
-        plain = dl.sample(mixture, proc, x.shape, sampler, 30, noise=eps, generator=torch.Generator().manual_seed(3))
-        assert torch.equal(full, plain)
+    for sampler in sorted(dl.samplers.SAMPLERS):  # every sampler, with its own default spacing
+        full = E.img2img(mixture, proc, x, 1.0, sampler, 12, noise=eps, generator=torch.Generator().manual_seed(3))
+        plain = dl.sample(mixture, proc, x.shape, sampler, 12, noise=eps, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(full, plain), sampler
 
 
 def test_sdedit_sigmas(proc):
@@ -347,11 +351,11 @@ def test_inversion_round_trip(proc, mixture):
 
 def test_interpolate_endpoints(proc, mixture):
     g = torch.Generator().manual_seed(0)
-    za, zb = torch.randn(1, 2, generator=g), torch.randn(1, 2, generator=g)
+    za, zb = torch.randn(2, generator=g), torch.randn(2, generator=g)
     strip = E.interpolate(mixture, proc, za, zb, frames=5, steps=20, latents=True)
     assert strip.shape == (5, 2)
-    assert torch.allclose(strip[0], dl.sample(mixture, proc, (1, 2), "ddim", 20, noise=za)[0], atol=1e-6)
-    assert torch.allclose(strip[-1], dl.sample(mixture, proc, (1, 2), "ddim", 20, noise=zb)[0], atol=1e-6)
+    assert torch.allclose(strip[0], dl.sample(mixture, proc, (1, 2), "ddim", 20, noise=za[None])[0], atol=1e-6)
+    assert torch.allclose(strip[-1], dl.sample(mixture, proc, (1, 2), "ddim", 20, noise=zb[None])[0], atol=1e-6)
     a, b = mixture.sample(2, g)
     strip = E.interpolate(mixture, proc, a, b, frames=4, steps=50)
     assert torch.allclose(strip[0], E.reconstruct(mixture, proc, a[None], 50)[0], atol=1e-5)
@@ -360,3 +364,14 @@ def test_interpolate_endpoints(proc, mixture):
         E.interpolate(mixture, proc, a, b, frames=1)
     with pytest.raises(ValueError, match="a and b must have the same shape"):
         E.interpolate(mixture, proc, a, torch.zeros(3), frames=3)
+
+
+def test_clip_x0_passes_through(proc, mixture):
+    """clip_x0 = c clamps every x0 estimate to [-c, c]; DDIM's last step returns that estimate."""
+    x = mixture.sample(100, torch.Generator().manual_seed(0))
+    filled = E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), "ddim", 10, clip_x0=0.5)
+    assert filled[:, 1].abs().max() <= 0.5 and torch.equal(filled[:, 0], x[:, 0])
+    edited = E.img2img(mixture, proc, x, 0.5, "ddim", 10, clip_x0=0.5)
+    assert edited.abs().max() <= 0.5
+    with pytest.raises(ValueError, match="clip_x0 must be > 0"):
+        E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), "ddim", 10, clip_x0=0.0)

@@ -23,6 +23,8 @@ def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-clip", action="store_true",
+                   help="don't clamp the model's x0 estimates to the image range [-1, 1] (clamped by default)")
 
 
 def load_run(args):
@@ -73,6 +75,10 @@ def labels(args, run, batch: int) -> Optional[Tensor]:
     if not 0 <= args.label < run.num_classes:
         raise ValueError(f"--label must lie in 0 .. {run.num_classes - 1}, got {args.label}")
     return torch.full((batch,), args.label, dtype=torch.long)
+
+
+def clip_x0(args) -> Optional[float]:
+    return None if getattr(args, "no_clip", False) else 1.0
 
 
 def generator(args) -> torch.Generator:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..editing import inpaint, parse_mask, save_images
 from ..editing.inpaint import STEPWISE_SAMPLERS
-from ._edit_common import Shapes, add_run_args, generator, labels, load_run, read_inputs
+from ._edit_common import Shapes, add_run_args, clip_x0, generator, labels, load_run, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -44,7 +44,8 @@ def _main(args) -> int:
         raise ValueError("--eta is an option of --sampler ddim")
     y = inpaint(model, run.proc, shapes.to_model(x), shapes.to_model(mask), args.sampler, args.steps,
                 jump_length=args.jump if args.resample > 1 else 1, resample=args.resample,
-                cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args), **options)
+                cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
+                clip_x0=clip_x0(args), **options)
     out = save_images(shapes.to_image(y), args.out, nrow=args.n)
     kept = float((1 - mask).mean())
     print(f"difflab inpaint: {len(args.input)} image(s) x {args.n}, {100 * (1 - kept):.0f}% of the pixels filled "

@@ -59,7 +59,7 @@ def _main(args) -> int:
         a, b = shapes.to_model(x)
         strip = interpolate(model, run.proc, a, b, args.frames, args.steps, cond=label, guidance=args.guidance)
     else:
-        shape = (1, *run.sample_shape)
+        shape = tuple(run.sample_shape)
         a = torch.randn(shape, generator=torch.Generator().manual_seed(args.seeds[0]))
         b = torch.randn(shape, generator=torch.Generator().manual_seed(args.seeds[1]))
         strip = interpolate(model, run.proc, a, b, args.frames, args.steps, latents=True, cond=label,

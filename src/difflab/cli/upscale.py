@@ -18,7 +18,7 @@ from pathlib import Path
 from ..editing import downsample, save_images, train_superres, upscale
 from ..editing.superres import lowres_model
 from ..samplers import SAMPLERS
-from ._edit_common import generator, labels, read_inputs
+from ._edit_common import clip_x0, generator, labels, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-clip", action="store_true", help="don't clamp the x0 estimates to [-1, 1]")
     p.add_argument("--out", default=None, help="PNG to write (default upscaled.png), or with --train the run folder")
     p.set_defaults(func=_main)
 
@@ -93,7 +94,7 @@ def _main(args) -> int:
         raise ValueError(f"low-resolution inputs must be {W // sr.scale}x{H // sr.scale} for this x{sr.scale} "
                          f"model (got {x.shape[-1]}x{x.shape[-2]}); pass full-size images with --from-highres")
     y = upscale(model, run.proc, x, args.sampler, args.steps, eta=args.eta, cond=labels(args, run, len(x)),
-                guidance=args.guidance, generator=generator(args))
+                guidance=args.guidance, generator=generator(args), clip_x0=clip_x0(args))
     out = save_images(y, args.out or "upscaled.png", nrow=args.n)
     print(f"difflab upscale: {len(args.input)} image(s) x {args.n}, {x.shape[-1]}x{x.shape[-2]} -> "
           f"{y.shape[-1]}x{y.shape[-2]} ({args.sampler}, {args.steps} steps) -> {Path(out).resolve()}")

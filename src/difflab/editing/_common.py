@@ -97,10 +97,10 @@ def eval_mode(model):
             model.train()
 
 
-def make_denoiser(model, proc, cond, guidance) -> Denoiser:
+def make_denoiser(model, proc, cond, guidance, clip_x0=None) -> Denoiser:
     if not isinstance(proc, GaussianDiffusion):
         raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
-    return Denoiser(model, proc, cond, guidance)
+    return Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
 
 
 def ve_to_vp(x: Tensor, sigma: float) -> Tensor:

@@ -71,6 +71,7 @@ def img2img(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     spacing: Optional[str] = None,
+    clip_x0: Optional[float] = None,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
     **options,
@@ -79,7 +80,8 @@ def img2img(
 
     ``steps`` is the size of the whole grid (strength 1 runs all of it). ``noise`` is eps,
     the image's shape (drawn from ``generator`` when None). Every sampler and its options
-    work, and ``cond``/``guidance`` steer the result (e.g. towards another class).
+    work, ``cond``/``guidance`` steer the result (e.g. towards another class), ``clip_x0=1``
+    clamps the x0 estimates to the image range.
     """
     image = check_image(image, "image")
     strength = check_strength(strength)
@@ -105,4 +107,4 @@ def img2img(
         x_start = (image.to(device) + s * noise) / math.sqrt(1.0 + s * s)  # q(x_t | y), VP state
     return sample(model, proc, image.shape, sampler, eta=eta, cond=cond, guidance=guidance, noise=x_start,
                   generator=generator, device=device, progress=progress, sigmas=sigmas, callback=callback,
-                  **options)
+                  clip_x0=clip_x0, **options)

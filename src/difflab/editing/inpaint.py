@@ -99,6 +99,7 @@ def inpaint(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     spacing: Optional[str] = None,
+    clip_x0: Optional[float] = None,
     paste_final: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
@@ -110,20 +111,24 @@ def inpaint(
     ``eta``), ``steps`` noise levels with the sampler's default ``spacing``. ``resample`` r and
     ``jump_length`` j: RePaint's resampling (r = 1: the replacement method; the paper uses
     r = j = 10). ``noise``: the starting x_T (the image's shape); ``generator`` seeds every
-    other draw. ``cond``/``guidance``: class labels and classifier-free guidance, as in
-    :func:`difflab.sample`. ``paste_final=False`` returns the last sampler output without the
+    other draw. ``cond``/``guidance``: class labels and classifier-free guidance, and
+    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`. ``paste_final=False`` returns the last sampler output without the
     final paste (its kept region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
     """
     image = check_image(image, "image")
     mask = check_mask(mask, image)
     spec = check_sampler(sampler, options, STEPWISE_SAMPLERS)
+    per_run = sorted(set(options) - {"eta", "variance"})
+    if per_run:  # EDM's churn is scheduled over the whole grid: it has no meaning for a single step
+        raise ValueError(f"option {', '.join(per_run)} of sampler {sampler!r} does not apply to inpainting, "
+                         "which runs the sampler one step at a time")
     steps = check_steps(steps, proc)
     path = repaint_schedule(steps, jump_length, resample)
     device = model_device(model, image)
     image, mask = image.to(device), mask.to(device)
     cond = check_cond(model, cond, image.shape[0], device)
-    denoiser = make_denoiser(model, proc, cond, guidance)
+    denoiser = make_denoiser(model, proc, cond, guidance, clip_x0)
     sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
     keep = 1 - mask
 

@@ -101,30 +101,28 @@ def interpolate(
 ) -> Tensor:
     """A strip of ``frames`` images [frames, ...] morphing from ``a`` to ``b``.
 
-    ``a``, ``b``: single images [C, H, W] (or [1, C, H, W]) to invert with DDIM, or, with
-    ``latents=True``, two noises x_T (e.g. ``torch.randn``). Each frame is DDIM-decoded (eta = 0,
-    ``steps`` steps) from slerp(x_T^a, x_T^b; u), u = 0, 1/(frames-1), ..., 1; ``cond`` (one
-    label for all frames) and ``guidance`` apply to the decoding (inversion uses cond only).
+    ``a``, ``b``: two single images without a batch dimension ([C, H, W], e.g. ``x[0]``), to
+    invert with DDIM, or, with ``latents=True``, two noises x_T of that shape (``torch.randn``).
+    Each frame is DDIM-decoded (eta = 0, ``steps`` steps) from slerp(x_T^a, x_T^b; u),
+    u = 0, 1/(frames-1), ..., 1; ``cond`` (one label for all frames) and ``guidance`` apply to
+    the decoding (inversion uses cond only).
     """
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2 (the strip includes both ends), got {frames!r}")
     steps = check_steps(steps, proc)
-    pair = []
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-        if x.ndim >= 2 and x.shape[0] == 1:
-            x = x[0]
-        pair.append(check_image(x[None], name))
-    a, b = pair
+            raise TypeError(f"{name} must be a tensor (one image without a batch dimension), got {type(x).__name__}")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape[1:])} and {tuple(b.shape[1:])}")
+        raise ValueError(f"a and b must have the same shape (one image each, no batch dimension), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = check_image(a[None], "a"), check_image(b[None], "b")
     device = model_device(model, a)
     a, b = a.to(device), b.to(device)
-    if isinstance(cond, int) and not isinstance(cond, bool):
-        cond = torch.tensor([cond])
     if cond is not None:
-        cond = check_cond(model, torch.as_tensor(cond).reshape(-1)[:1], 1, device)
+        if isinstance(cond, Tensor) and cond.numel() == 1:
+            cond = cond.reshape(1)
+        cond = check_cond(model, cond, 1, device)  # one label (an int or a 1-element tensor)
     if not latents:
         a = invert(model, proc, a, steps, cond=cond, spacing=spacing)
         b = invert(model, proc, b, steps, cond=cond, spacing=spacing)

@@ -189,7 +189,8 @@ def upscale(
     """Sample high-resolution images x0 ~ p(x0 | lowres) from a :class:`LowResConditioned` model.
 
     ``lowres`` [B, C, h, w] in [-1, 1]; returns [B, C, scale h, scale w]. The other arguments
-    are those of :func:`difflab.sample` (``noise`` has the output's shape).
+    are those of :func:`difflab.sample` (``noise`` has the output's shape; ``clip_x0=1`` clamps
+    the x0 estimates to the image range).
     """
     sr = lowres_model(model)
     if sr is None:

@@ -1,0 +1,125 @@
+"""Super-resolution: the low-res conditioned wrapper, its loss, training through the trainer, upscale."""
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab import editing as E
+from difflab.training.config import TrainConfig
+from difflab.training.loss import TrainBatch
+
+
+def tiny_sr(num_classes=None):
+    torch.manual_seed(0)
+    return E.LowResConditioned(base="unet_tiny", scale=2, image_channels=1, num_classes=num_classes)
+
+
+def sr_config(**changes):
+    d = {
+        "model": {"name": "superres", "kwargs": {"base": "unet_tiny", "scale": 2}},
+        "diffusion": {"schedule": "linear", "T": 100},
+        "data": {"name": "digits"},
+        "sample": {"every": -1},
+        "batch_size": 8, "steps": 2, "device": "cpu", "log_every": 1, "ckpt_every": 2,
+        "cond_drop_prob": 0.0, "tensorboard": False,
+    }
+    d.update(changes)
+    return TrainConfig.from_dict(d)
+
+
+def test_down_and_up_sampling():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    low = E.downsample(x, 2)
+    assert torch.equal(low, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))  # 2x2 block means
+    const = torch.full((2, 1, 7, 7), 0.3)
+    for mode in ("bicubic", "bilinear", "nearest"):
+        assert torch.allclose(E.upsample(const, (14, 14), mode), torch.full((2, 1, 14, 14), 0.3))
+    assert torch.equal(E.upsample(E.downsample(x, 1), (4, 4)), x)
+    with pytest.raises(ValueError, match="divisible by scale = 3"):
+        E.downsample(x, 3)
+    with pytest.raises(ValueError, match="upsample mode"):
+        E.upsample(x, (8, 8), "lanczos")
+
+
+def test_wrapper_concatenates_the_upsampled_low_res():
+    model = tiny_sr().eval()
+    assert model.net.in_channels == 2 and model.net.out_channels == 1
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 50, 90])
+    low = torch.randn(3, 1, 4, 4)
+    out = model(x, t, lowres=low)
+    assert out.shape == x.shape
+    # the same as calling the U-Net on [x_t, bicubic(low)] by hand
+    by_hand = model.net(torch.cat([x, E.upsample(low, (8, 8), "bicubic")], 1), t)
+    assert torch.allclose(out, by_hand)
+    # a guidance-doubled batch reuses the low-res images in order
+    out2 = model(torch.cat([x, x]), torch.cat([t, t]), lowres=low)
+    assert torch.allclose(out2, torch.cat([out, out]), atol=1e-6)
+    # no low-res: the null image in eval mode (the trainer's shape check), an error in training
+    assert model(x, t).shape == x.shape
+    with pytest.raises(ValueError, match="trained with its low-resolution images"):
+        model.train()(x, t)
+
+
+def test_wrapper_bad_input():
+    model = tiny_sr().eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"lowres must have shape \[B, 1, 4, 4\]"):
+        model(x, t, lowres=torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"lowres must have shape"):
+        model(x, t, lowres=torch.zeros(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="in_channels is set by the super-resolution wrapper"):
+        E.LowResConditioned(base="unet_tiny", in_channels=2)
+    with pytest.raises(ValueError, match="scale must be a positive integer"):
+        E.LowResConditioned(base="unet_tiny", scale=0)
+
+
+def test_superres_loss_is_the_diffusion_loss_given_the_low_res():
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    model = tiny_sr()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 1, 8, 8, generator=g)
+    t, noise = torch.randint(0, 100, (4,), generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    batch = TrainBatch(x0=x0, cond=None, labels=None, t=t, noise=noise, u=torch.rand(4), step=0, index=torch.arange(4))
+    loss = E.SuperResLoss(proc, 2)(model, batch)
+    x_t = proc.q_sample(x0, t, noise)
+    by_hand = (model(x_t, t, lowres=E.downsample(x0, 2)) - noise).pow(2).mean()
+    assert torch.allclose(loss, by_hand)
+
+
+def test_upscale_requires_low_res_conditioning():
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    plain = dl.models.build("unet_tiny")
+    with pytest.raises(ValueError, match="upscale needs a super-resolution model conditioned on low-resolution"):
+        E.upscale(plain, proc, torch.zeros(2, 1, 4, 4))
+    model = tiny_sr()
+    with pytest.raises(ValueError, match=r"lowres must be images \[B, 1, h, w\]"):
+        E.upscale(model, proc, torch.zeros(2, 3, 4, 4))
+
+
+def test_train_superres_and_upscale(tmp_path):
+    cfg = sr_config(model={"name": "superres", "kwargs": {"base": "unet_tiny", "scale": 2, "num_classes": 10}},
+                    cond_drop_prob=0.2)
+    summary = E.train_superres(cfg, tmp_path / "sr", progress=False)
+    assert summary["step"] == 2
+    run = dl.load(tmp_path / "sr")
+    assert isinstance(run.ema_model, E.LowResConditioned) and run.num_classes == 10
+    low = E.downsample(dl.data.load("digits")[0][:4], 2)
+    g = torch.Generator().manual_seed(0)
+    hi = E.upscale(run.ema_model, run.proc, low, "ddim", 5, generator=g)
+    assert hi.shape == (4, 1, 8, 8) and torch.isfinite(hi).all()
+    guided = E.upscale(run.ema_model, run.proc, low, "ddim", 5, cond=torch.arange(4), guidance=2.0, generator=g)
+    assert guided.shape == (4, 1, 8, 8)
+    assert not run.ema_model.training  # the samplers gave the model back in eval mode
+    # resuming continues the same run
+    more = E.train_superres(cfg.replace(steps=3), tmp_path / "sr", resume=True, progress=False)
+    assert more["step"] == 3
+
+
+def test_plain_trainer_refuses_a_superres_model(tmp_path):
+    from difflab.training.trainer import Trainer
+
+    trainer = Trainer(sr_config(), tmp_path / "plain", progress=False)
+    with pytest.raises(ValueError, match="train_superres"):
+        trainer.train()
+    with pytest.raises(ValueError, match="needs model 'superres'"):
+        E.train_superres(sr_config(model={"name": "unet_tiny", "kwargs": {}}), tmp_path / "x", progress=False)
