@@ -2,8 +2,9 @@
 
     python benchmarks/mnist_cond_gpu.py                     # difflab train --config configs/mnist_cond.yaml
     python benchmarks/mnist_cond_gpu.py --ckpt runs/mnist_cond    # artefacts of an existing run
-    python benchmarks/mnist_cond_gpu.py --train-args --steps 20 --batch-size 16 --sample-every -1 \\
-        --judge-epochs 1 --per-class 4 --sample-steps 10 --docs /tmp/mnist_smoke   # CPU smoke run
+    python benchmarks/mnist_cond_gpu.py --out-run /tmp/mnist_smoke_run --docs /tmp/mnist_smoke \\
+        --judge-epochs 1 --per-class 4 --sample-steps 5 \\
+        --train-args --steps 6 --batch-size 8 --sample-every -1 --set cpu_threads=1   # CPU smoke run
 
 Writes to docs/mnist_cond/: grid.png (a row per class, guided), loss.png (the logged loss per
 step), results.json: wall time of the training command, training throughput in images/s
