@@ -119,9 +119,9 @@ def swiss_roll_part(S: dict, out: Path, device: str, progress: bool) -> dict:
     frames = {}
 
     def record(step: dict) -> None:
-        if step["i"] in shots:  # VE state x = x0 + sigma eps -> VP x_t = x / sqrt(1 + sigma^2)
-            frames[f"step {step['i'] + 1}/{T}, sigma={float(step['sigma']):.2g}"] = (
-                step["x"] / math.sqrt(1 + float(step["sigma"]) ** 2)).clone()
+        if step["i"] in shots:  # the VP state x_t at the step's noise level
+            t = float(run.proc.t_of(torch.tensor(float(step["sigma"]))))
+            frames[f"x_t, t = {round(t) + 1}"] = step["x"].clone()
 
     x_ddpm = sample(run.ema_model, run.proc, (n, 2), "ddpm", T, generator=g, callback=record)
     frames["samples x_0"] = x_ddpm
