@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +142,8 @@ def main(argv=None) -> int:
         dl.evaluation.save_image_grid(big, docs / "grid.png", nrow=min(10, n))
         result["grid"] = {"file": "grid.png", "guidance": args.headline, "rows": "one per class, 0 to 9",
                           "pixels": "each 8x8 sample drawn 4x larger (nearest neighbour)"}
-    result["command"] = "python benchmarks/digits_guided_accuracy.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    cli_args = " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    result["command"] = f"python benchmarks/digits_guided_accuracy.py {cli_args}".strip()
     (docs / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {docs / 'results.json'}")
     return 0
