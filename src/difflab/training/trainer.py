@@ -151,6 +151,9 @@ class Trainer:
         self.model = model
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
         self.loss_fn: LossFn = loss_fn or DiffusionLoss(self.proc, cfg.diffusion.weighting)
+        if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1:
+            self._say("note: cond_drop_prob = 0 never trains the null label, so classifier-free guidance "
+                      f"(sample.guidance = {cfg.sample.guidance}) has no unconditional model to use")
 
         # ---- optimiser, LR schedule, mixed precision
         cuda = self.device.type == "cuda"
@@ -371,6 +374,9 @@ class Trainer:
         run_start, run_images = time.perf_counter(), 0
         last = {"loss": float("nan"), "images_per_sec": float("nan")}
         ckpt_path = latest_checkpoint(self.out)
+        if self.step >= cfg.steps:
+            self._say(f"nothing to do: the run is at step {self.step} of steps = {cfg.steps} "
+                      "(resume with a larger --steps to train longer)")
         try:
             while self.step < cfg.steps:
                 s = self.step
