@@ -409,10 +409,11 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 
 # ------------------------------------------------------------------- resuming
 # Fields a resumed run may change: when and how it logs, samples and saves, how long it runs,
-# and speed options that do not change the maths. Everything else must match the checkpoint.
+# and speed/memory options that leave the maths alone (grad_accum splits the same global batch,
+# e.g. to resume on fewer GPUs). Everything else must match the checkpoint.
 RESUMABLE_FIELDS = (
     "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "tensorboard", "cpu_threads",
-    "device", "channels_last", "data.on_device",
+    "device", "channels_last", "data.on_device", "grad_accum",
 )
 
 
