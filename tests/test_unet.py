@@ -222,8 +222,10 @@ def test_presets_and_registry():
         assert dl.models.build("unet_cifar10", dropout=0.0).config["dropout"] == 0.0
         assert isinstance(dl.models.build("unet", in_channels=1, **SMALL), dl.models.UNet)
         assert 1e6 < sum(p.numel() for p in unet_mnist().parameters()) < 2e7
+    placed = UNet(**{**SMALL, "attention_resolutions": (4,), "image_size": 8})  # 8x8 -> level 0, 4x4 -> 1
+    assert placed.attention_levels == (1,) and placed.down[-1].attn is not None and placed.down[0].attn is None
     tiny = dl.models.build("unet_tiny", num_classes=10)
-    assert tiny.num_classes == 10 and sum(p.numel() for p in tiny.parameters()) < 1e6
+    assert tiny.num_classes == 10 and sum(p.numel() for p in tiny.parameters()) < 3e5
     x = torch.randn(4, 1, 8, 8)
     assert tiny(x, torch.arange(4)).shape == x.shape
     with pytest.raises(TypeError, match="unet_tiny"):
@@ -234,7 +236,7 @@ def test_trains_with_the_diffusion_loss():
     """A few steps on a fixed batch lower L_simple (the U-Net fits the process's interface)."""
     torch.manual_seed(0)
     proc = dl.GaussianDiffusion(dl.schedules.linear(100))
-    model = unet_tiny(num_classes=10, channels=16, norm_groups=4)
+    model = unet_tiny(num_classes=10)
     x0, labels = dl.data.digits.load()
     x0, labels = x0[:32], labels[:32]
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
