@@ -207,7 +207,7 @@ def test_logsnr_spacing_has_equal_steps_in_log_sigma(proc):
 
 def test_default_spacings_are_documented():
     assert {n: SAMPLERS[n].default_spacing for n in FAST} == {
-        "dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "euler": "logsnr", "heun": "trailing"}
+        "dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "euler": "logsnr", "heun": "logsnr"}
     assert SAMPLERS["heun"].evals_per_step == 2
 
 
@@ -274,3 +274,27 @@ def test_optimize_sigmas_rejects_stochastic_samplers(proc):
         optimize_sigmas(model, proc, (8, 2), 4, "ddpm")
     with pytest.raises(ValueError, match="deterministic"):
         optimize_sigmas(model, proc, (8, 2), 4, "heun", s_churn=1.0)
+
+
+# ------------------------------------------------------------------ the benchmark's smoke test
+def test_sampler_quality_benchmark_quick(tmp_path):
+    """benchmarks/sampler_quality.py --quick: the whole table's code path on few samples."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_quality.py"
+    spec = importlib.util.spec_from_file_location("sampler_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--quick", "--out", str(tmp_path), "--quiet", "--n", "200"])
+    for suffix in ("md", "json", "png"):
+        assert (tmp_path / f"sampler_quality.{suffix}").stat().st_size > 0
+    rows = json.loads((tmp_path / "sampler_quality.json").read_text())["rows"]
+    assert {r["problem"] for r in rows} == {"2d", "64d"}
+    ours = [r for r in rows if r["library"] == "difflab"]
+    assert {r["method"] for r in ours} >= set(FAST) and all(math.isfinite(r["fd"]) for r in ours)
+    # the NFE column counts network calls: Heun makes 2 * steps - 1
+    assert {(r["method"], r["nfe_target"], r["nfe"]) for r in ours if r["method"] == "heun"} == {("heun", 5, 5), ("heun", 10, 9)}
+    assert "Headline" in (tmp_path / "sampler_quality.md").read_text()
+    assert len(res["rows"]) == len(rows)

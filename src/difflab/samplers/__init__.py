@@ -79,7 +79,7 @@ register(
 )
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)"))
-register("heun", SamplerSpec(sample_heun, "trailing", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)"))
+register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)"))
 
 
 def _resolve_device(model, noise: Optional[Tensor], device) -> torch.device:
