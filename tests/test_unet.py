@@ -145,11 +145,11 @@ def test_resblock_equations():
         block = perturb(ResBlock(8, 16, 12, norm_groups=4, use_scale_shift_norm=scale_shift), scale=0.3).eval()
         h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias)), block.conv1.weight, block.conv1.bias, padding=1)
         e = (F.silu(emb) @ block.emb_proj.weight.T + block.emb_proj.bias)[:, :, None, None]
-        n2 = lambda z: F.group_norm(z, 4, block.norm2.weight, block.norm2.bias)  # noqa: E731
+        w2, b2 = block.norm2.weight, block.norm2.bias
         if scale_shift:
-            h = n2(h) * (1 + e[:, :16]) + e[:, 16:]
+            h = F.group_norm(h, 4, w2, b2) * (1 + e[:, :16]) + e[:, 16:]
         else:
-            h = n2(h + e)
+            h = F.group_norm(h + e, 4, w2, b2)
         h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
         expected = F.conv2d(x, block.skip.weight, block.skip.bias) + h
         torch.testing.assert_close(block(x, F.silu(emb)), expected)

@@ -33,7 +33,9 @@ def _open(path: Path, mode: Optional[str] = None):
             img.load()
             return img.convert(mode) if img.mode != mode else img.copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err}); remove or replace it") from None
+        raise ValueError(
+            f"cannot read {path} as an image ({type(err).__name__}: {err}); remove or replace it"
+        ) from None
 
 
 def _square(img, size: int):
@@ -61,7 +63,9 @@ def load_folder(
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {str(root)!r} {what}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     if channels is not None and channels not in _CHANNEL_MODES:
         raise ValueError(f"channels must be 1, 3, 4 or None (infer), got {channels!r}")

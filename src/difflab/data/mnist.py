@@ -157,7 +157,9 @@ def load(
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{paths[0]} must hold uint8 images [N, H, W], got {images.dtype} of shape {images.shape}")
+        raise ValueError(
+            f"{paths[0]} must hold uint8 images [N, H, W], got {images.dtype} of shape {images.shape}"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise ValueError(f"{paths[1]} must hold uint8 labels [N], got {labels.dtype} of shape {labels.shape}")
     if len(images) != len(labels):
@@ -188,6 +190,8 @@ def _change_size(x: Tensor, size: int, mode: str) -> Tensor:
     if mode == "resize":
         return resize_square(x, size)
     if size < H or (size - H) % 2:
-        raise ValueError(f"mode='pad' grows {H}x{H} by the same margin on each side: image_size must be {H} + 2k, got {size}")
+        raise ValueError(
+            f"mode='pad' grows {H}x{H} by the same margin on each side: image_size must be {H} + 2k, got {size}"
+        )
     m = (size - H) // 2
     return torch.nn.functional.pad(x, (m, m, m, m), value=-1.0)

@@ -19,7 +19,12 @@ def to_image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: fl
     ``nrow`` images per row; values are clamped to [-1, 1] and mapped to 0..255 by
     round((x + 1) * 127.5). The padding between tiles has the value ``pad_value`` (1 = white).
     """
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3, 4) or len(images) == 0:
+    if (
+        not isinstance(images, Tensor)
+        or images.ndim != 4
+        or images.shape[1] not in (1, 3, 4)
+        or len(images) == 0
+    ):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty tensor [N, C, H, W] with C = 1, 3 or 4, got {got}")
     if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:

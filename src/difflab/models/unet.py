@@ -18,7 +18,6 @@ starts at zero.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -27,7 +26,16 @@ from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, TimestepEmbedding
 
-__all__ = ["UNet", "ResBlock", "AttentionBlock", "Downsample", "Upsample", "unet_cifar10", "unet_mnist", "unet_tiny"]
+__all__ = [
+    "UNet",
+    "ResBlock",
+    "AttentionBlock",
+    "Downsample",
+    "Upsample",
+    "unet_cifar10",
+    "unet_mnist",
+    "unet_tiny",
+]
 
 RESAMPLE_MODES = ("conv", "interp", "resblock")
 
@@ -327,23 +335,31 @@ class UNet(nn.Module):
         out = tuple(levels_ or ())
         for i in out:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < levels:
-                raise ValueError(f"attention_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}")
+                raise ValueError(
+                    f"attention_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}"
+                )
         return tuple(sorted(set(out)))
 
     @staticmethod
     def _heads(width: int, num_heads: int, head_dim: Optional[int]) -> int:
         if head_dim is not None:
             if width % _positive_int("head_dim", head_dim):
-                raise ValueError(f"head_dim={head_dim} must divide every attention width; {width} is not divisible")
+                raise ValueError(
+                    f"head_dim={head_dim} must divide every attention width; {width} is not divisible"
+                )
             return width // head_dim
         if width % _positive_int("num_heads", num_heads):
-            raise ValueError(f"num_heads={num_heads} must divide every attention width; {width} is not divisible")
+            raise ValueError(
+                f"num_heads={num_heads} must divide every attention width; {width} is not divisible"
+            )
         return num_heads
 
     def _check(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"UNet(in_channels={self.in_channels}) takes x of shape [B, {self.in_channels}, H, W], got {got}")
+            raise ValueError(
+                f"UNet(in_channels={self.in_channels}) takes x of shape [B, {self.in_channels}, H, W], got {got}"
+            )
         f = 2 ** (self.num_levels - 1)
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(
@@ -357,14 +373,20 @@ class UNet(nn.Module):
         elif t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"t must be a tensor of shape [B] = [{x.shape[0]}] (long or float), got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a tensor of shape [B] = [{x.shape[0]}] (long or float), got {t.dtype} {tuple(t.shape)}"
+            )
         return t
 
     def _label(self, cond: Optional[Tensor], x: Tensor) -> Tensor:
         B = x.shape[0]
         if cond is None:
             return torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
-        if not isinstance(cond, Tensor) or cond.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8) or cond.shape != (B,):
+        if (
+            not isinstance(cond, Tensor)
+            or cond.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8)
+            or cond.shape != (B,)
+        ):
             raise ValueError(
                 f"cond must be an integer tensor of class labels with shape [{B}], got "
                 f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
@@ -415,8 +437,14 @@ def unet_cifar10(**overrides) -> UNet:
     dropout 0.1, additive time conditioning, conv resampling.
     """
     config = dict(
-        in_channels=3, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,),
-        image_size=32, dropout=0.1, num_heads=1,
+        in_channels=3,
+        channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1,),
+        image_size=32,
+        dropout=0.1,
+        num_heads=1,
     )
     return UNet(**{**config, **overrides})
 
@@ -429,8 +457,16 @@ def unet_mnist(num_classes: Optional[int] = None, **overrides) -> UNet:
     dropout 0.1 (t10k is only 10k images).
     """
     config = dict(
-        in_channels=1, channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(2,),
-        image_size=28, dropout=0.1, head_dim=32, use_scale_shift_norm=True, num_classes=num_classes,
+        in_channels=1,
+        channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(2,),
+        image_size=28,
+        dropout=0.1,
+        head_dim=32,
+        use_scale_shift_norm=True,
+        num_classes=num_classes,
     )
     return UNet(**{**config, **overrides})
 
@@ -444,8 +480,16 @@ def unet_tiny(num_classes: Optional[int] = None, **overrides) -> UNet:
     recognisable digits after 1,000-1,500 steps, under a minute of one CPU core.
     """
     config = dict(
-        in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=None,
-        image_size=8, dropout=0.0, num_heads=2, use_scale_shift_norm=True, norm_groups=4,
+        in_channels=1,
+        channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=None,
+        image_size=8,
+        dropout=0.0,
+        num_heads=2,
+        use_scale_shift_norm=True,
+        norm_groups=4,
         num_classes=num_classes,
     )
     return UNet(**{**config, **overrides})
