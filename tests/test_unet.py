@@ -86,6 +86,7 @@ def test_conditioning_and_null_label():
     # cond=None is the null label K
     torch.testing.assert_close(model(x, t), model(x, t, torch.full((3,), 4)))
     assert not torch.allclose(model(x, t), b)
+    torch.testing.assert_close(model(x, t, torch.tensor([0, 1, 2], dtype=torch.uint8)), a)  # any integer dtype
     # each sample sees its own label only
     torch.testing.assert_close(model(x[:1], t[:1], torch.tensor([0])), a[:1])
 

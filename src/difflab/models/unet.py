@@ -398,7 +398,7 @@ class UNet(nn.Module):
                     f"class labels must lie in 0 .. {self.num_classes - 1} (or {self.num_classes} for "
                     f"'no label'), got values in [{int(cond.min())}, {int(cond.max())}]"
                 )
-        return cond
+        return cond if cond.dtype in (torch.long, torch.int32) else cond.long()  # nn.Embedding: int32/64
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self._check(x)
