@@ -109,7 +109,9 @@ def check_fast(fast: FastMixture, dim: int) -> float:
 class Problem:
     """A mixture, its true samples, the NLL reference, the evaluation noise and the optimisation noise."""
 
-    def __init__(self, name: str, means: Tensor, std: float, n: int, n_ref: int = 200_000, seed: int = 1) -> None:
+    def __init__(
+        self, name: str, means: Tensor, std: float, n: int, n_ref: int = 200_000, seed: int = 1
+    ) -> None:
         self.name, self.n = name, n
         self.proc = dl.GaussianDiffusion(dl.schedules.linear(T), "eps")
         self.model = dl.models.GaussianMixtureDenoiser(self.proc, means, std)
@@ -118,8 +120,12 @@ class Problem:
         check_fast(self.fast, self.dim)
         g = torch.Generator().manual_seed(seed)
         big = self.model.sample(n_ref, g)
-        self.nll_true = float(torch.cat([-self.model.log_prob(c) for c in big.split(10_000)]).mean())
-        self.opt_noise = torch.randn(256, self.dim, generator=torch.Generator().manual_seed(seed + 2))
+        self.nll_true = float(
+            torch.cat([-self.model.log_prob(c) for c in big.split(10_000)]).mean()
+        )
+        self.opt_noise = torch.randn(
+            256, self.dim, generator=torch.Generator().manual_seed(seed + 2)
+        )
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -128,13 +134,17 @@ class Problem:
         g = torch.Generator().manual_seed(1000 + seed)
         self.true = self.model.sample(self.n, g)
         self.floor_draws = [self.model.sample(self.n, g) for _ in range(5)]
-        self.noise = torch.randn(self.n, self.dim, generator=torch.Generator().manual_seed(2000 + seed))
+        self.noise = torch.randn(
+            self.n, self.dim, generator=torch.Generator().manual_seed(2000 + seed)
+        )
 
     def floor(self) -> dict:
         """The metrics of true samples against the true samples: mean (and sd) over 5 fresh draws."""
         ms = [self.metrics(x) for x in self.floor_draws]
         out = {k: float(torch.tensor([m[k] for m in ms]).mean()) for k in ("fd", "nll_gap")}
-        out.update({f"{k}_sd": float(torch.tensor([m[k] for m in ms]).std()) for k in ("fd", "nll_gap")})
+        out.update(
+            {f"{k}_sd": float(torch.tensor([m[k] for m in ms]).std()) for k in ("fd", "nll_gap")}
+        )
         return out
 
     def metrics(self, x: Tensor) -> dict:
@@ -146,14 +156,18 @@ class Problem:
 
 
 def problems(n: int, n_ref: int = 200_000) -> list[Problem]:
-    means64 = 0.5 * torch.randn(10, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    means64 = 0.5 * torch.randn(
+        10, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     ring = torch.stack([ang.cos(), ang.sin()], 1)
     return [Problem("64d", means64, 0.3, n, n_ref), Problem("2d", ring, 0.1, n, n_ref)]
 
 
 # ----------------------------------------------------------------------------- the samplers
-def difflab_run(p: Problem, sampler: str, nfe: int, spacing: Optional[str] = None, sigmas=None) -> tuple[Tensor, int]:
+def difflab_run(
+    p: Problem, sampler: str, nfe: int, spacing: Optional[str] = None, sigmas=None
+) -> tuple[Tensor, int]:
     steps = (nfe + 1) // 2 if sampler == "heun" else nfe
     p.fast.calls = 0
     kw = dict(sigmas=sigmas) if sigmas is not None else dict(steps=steps, spacing=spacing)
@@ -194,23 +208,37 @@ def diffusers_spacings(name: str) -> list[str]:
     return [s for s, flags in SPACING_FLAGS.items() if all(k in params for k in flags)]
 
 
-def diffusers_loop(model: Callable, proc: dl.GaussianDiffusion, noise: Tensor, name: str, nfe: int, spacing: str,
-                   timesteps=None, seed: int = 0) -> tuple[Tensor, int]:
+def diffusers_loop(
+    model: Callable,
+    proc: dl.GaussianDiffusion,
+    noise: Tensor,
+    name: str,
+    nfe: int,
+    spacing: str,
+    timesteps=None,
+    seed: int = 0,
+) -> tuple[Tensor, int]:
     """diffusers' sampling loop: x_T = noise * init_noise_sigma, then scale_model_input / model / step.
     ``model(x_t, t)`` gets diffusers' timesteps (integers, or floats where the scheduler makes them)."""
     import diffusers
 
     cls_name, cfg = SCHEDULERS[name]
-    sched = getattr(diffusers, cls_name)(trained_betas=proc.betas.numpy(), num_train_timesteps=proc.T,
-                                         prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[proc.prediction],
-                                         **cfg, **SPACING_FLAGS[spacing])
+    sched = getattr(diffusers, cls_name)(
+        trained_betas=proc.betas.numpy(),
+        num_train_timesteps=proc.T,
+        prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[proc.prediction],
+        **cfg,
+        **SPACING_FLAGS[spacing],
+    )
     if timesteps is not None:
         sched.set_timesteps(timesteps=[int(t) for t in timesteps])
     else:
         sched.set_timesteps((nfe + 1) // 2 if name == "Heun" else nfe)
     x = noise * sched.init_noise_sigma
     calls = 0
-    step_kw = {"generator": torch.Generator(device=x.device).manual_seed(seed)} if name == "DDPM" else {}
+    step_kw = (
+        {"generator": torch.Generator(device=x.device).manual_seed(seed)} if name == "DDPM" else {}
+    )
     for t in sched.timesteps:
         tt = t.expand(len(x)).to(x.device)
         if tt.is_floating_point() and bool((tt == tt.round()).all()):
@@ -221,8 +249,12 @@ def diffusers_loop(model: Callable, proc: dl.GaussianDiffusion, noise: Tensor, n
     return x, calls
 
 
-def diffusers_run(p: Problem, name: str, nfe: int, spacing: str, timesteps=None) -> tuple[Tensor, int]:
-    return diffusers_loop(p.fast, p.proc, p.noise, name, nfe, spacing, timesteps, seed=3000 + p.seed)
+def diffusers_run(
+    p: Problem, name: str, nfe: int, spacing: str, timesteps=None
+) -> tuple[Tensor, int]:
+    return diffusers_loop(
+        p.fast, p.proc, p.noise, name, nfe, spacing, timesteps, seed=3000 + p.seed
+    )
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -234,10 +266,22 @@ DIFFLAB_CURVES = [  # (label, sampler, spacing)
     ("dpmpp_2m", "dpmpp_2m", None),
     ("dpmpp_3m", "dpmpp_3m", None),
 ]
-DIFFUSERS_CURVES = [("DDIM", "leading"), ("DPM++ 2M", "linspace"), ("DPM++ 2M", "lu"), ("DPM++ 3M", "lu"),
-                    ("DEIS 3", "exponential"), ("UniPC 3", "exponential")]
-AT_1000 = {"difflab ddpm", "difflab ddim", "difflab dpmpp_2m", "diffusers DDPM (leading)",
-           "diffusers DDIM (leading)", "diffusers DPM++ 2M (linspace)"}
+DIFFUSERS_CURVES = [
+    ("DDIM", "leading"),
+    ("DPM++ 2M", "linspace"),
+    ("DPM++ 2M", "lu"),
+    ("DPM++ 3M", "lu"),
+    ("DEIS 3", "exponential"),
+    ("UniPC 3", "exponential"),
+]
+AT_1000 = {
+    "difflab ddpm",
+    "difflab ddim",
+    "difflab dpmpp_2m",
+    "diffusers DDPM (leading)",
+    "diffusers DDIM (leading)",
+    "diffusers DPM++ 2M (linspace)",
+}
 OPTIMISED = ("dpmpp_3m", "dpmpp_2m")
 
 
@@ -251,7 +295,10 @@ def run_all(args) -> dict:
         have_diffusers = True
     except ImportError:
         have_diffusers = False
-        print("diffusers is not installed (pip install -e '.[test]'): difflab rows only", file=sys.stderr)
+        print(
+            "diffusers is not installed (pip install -e '.[test]'): difflab rows only",
+            file=sys.stderr,
+        )
 
     nfes = args.nfe
     rows: list[dict] = []
@@ -263,38 +310,95 @@ def run_all(args) -> dict:
             x, nfe = fn()
             m = p.metrics(x)
         except Exception as err:  # a peer's configuration that does not run: say so, don't stop
-            x, nfe, m = None, nfe_target, {"fd": math.nan, "nll_gap": math.nan, "error": f"{type(err).__name__}: {err}"[:120]}
-        row = dict(problem=p.name, library=library, method=method, spacing=spacing, nfe=nfe,
-                   nfe_target=nfe_target, seconds=round(time.time() - t0, 3), seed=p.seed, **m)
+            x, nfe, m = (
+                None,
+                nfe_target,
+                {
+                    "fd": math.nan,
+                    "nll_gap": math.nan,
+                    "error": f"{type(err).__name__}: {err}"[:120],
+                },
+            )
+        row = dict(
+            problem=p.name,
+            library=library,
+            method=method,
+            spacing=spacing,
+            nfe=nfe,
+            nfe_target=nfe_target,
+            seconds=round(time.time() - t0, 3),
+            seed=p.seed,
+            **m,
+        )
         rows.append(row)
         if not args.quiet:
-            print(f"{p.name:4s} {library:9s} {method:22s} {str(spacing):12s} NFE {nfe:5d}  "
-                  f"FD {row['fd']:9.4f}  NLL gap {row['nll_gap']:+9.3f}  ({row['seconds']:.1f} s)", flush=True)
+            print(
+                f"{p.name:4s} {library:9s} {method:22s} {str(spacing):12s} NFE {nfe:5d}  "
+                f"FD {row['fd']:9.4f}  NLL gap {row['nll_gap']:+9.3f}  ({row['seconds']:.1f} s)",
+                flush=True,
+            )
         return row
 
     schedules = {}
     for p in problems(args.n, 20_000 if args.quick else 200_000):
-        rows.append(dict(problem=p.name, library="truth", method="floor (true vs true)", spacing=None, nfe=0,
-                         nfe_target=0, seconds=0.0, seed=p.seed, **p.floor()))
-        ref = record(p, "difflab", "exact ODE (dpmpp_3m, 500 steps)", "logsnr", 500,
-                     lambda: difflab_run(p, "dpmpp_3m", 500, "logsnr")) if not args.quick else None
+        rows.append(
+            dict(
+                problem=p.name,
+                library="truth",
+                method="floor (true vs true)",
+                spacing=None,
+                nfe=0,
+                nfe_target=0,
+                seconds=0.0,
+                seed=p.seed,
+                **p.floor(),
+            )
+        )
+        if not args.quick:
+            record(
+                p,
+                "difflab",
+                "exact ODE (dpmpp_3m, 500 steps)",
+                "logsnr",
+                500,
+                lambda: difflab_run(p, "dpmpp_3m", 500, "logsnr"),
+            )
         # difflab: the samplers at their default spacings, and the optimised schedules
         for nfe in nfes:
             for label, sampler, spacing in DIFFLAB_CURVES:
                 if nfe == 1000 and f"difflab {label}" not in AT_1000:
                     continue
                 spec = dl.samplers.SAMPLERS[sampler]
-                record(p, "difflab", label, spacing or spec.default_spacing, nfe,
-                       lambda: difflab_run(p, sampler, nfe, spacing))
+                record(
+                    p,
+                    "difflab",
+                    label,
+                    spacing or spec.default_spacing,
+                    nfe,
+                    lambda: difflab_run(p, sampler, nfe, spacing),
+                )
             if nfe <= args.optimise_up_to:
                 for sampler in OPTIMISED:
                     t0 = time.time()
-                    sig = dl.samplers.optimize_sigmas(p.fast, p.proc, p.opt_noise.shape, nfe, sampler,
-                                                      noise=p.opt_noise, max_evals=args.max_evals * nfe)
+                    sig = dl.samplers.optimize_sigmas(
+                        p.fast,
+                        p.proc,
+                        p.opt_noise.shape,
+                        nfe,
+                        sampler,
+                        noise=p.opt_noise,
+                        max_evals=args.max_evals * nfe,
+                    )
                     secs = time.time() - t0
                     schedules[f"{p.name} {sampler} {nfe}"] = [round(float(s), 5) for s in sig]
-                    row = record(p, "difflab", f"{sampler} optimised", "optimised", nfe,
-                                 lambda: difflab_run(p, sampler, nfe, sigmas=sig))
+                    row = record(
+                        p,
+                        "difflab",
+                        f"{sampler} optimised",
+                        "optimised",
+                        nfe,
+                        lambda: difflab_run(p, sampler, nfe, sigmas=sig),
+                    )
                     row["fit_seconds"] = round(secs, 1)
         if not have_diffusers:
             continue
@@ -306,7 +410,9 @@ def run_all(args) -> dict:
                     continue
                 if args.quick and name not in ("DDIM", "DPM++ 2M"):
                     continue
-                record(p, "diffusers", name, spacing, nfe, lambda: diffusers_run(p, name, nfe, spacing))
+                record(
+                    p, "diffusers", name, spacing, nfe, lambda: diffusers_run(p, name, nfe, spacing)
+                )
         if 10 in nfes and not args.quick:
             done = {(name, sp) for name, sp in DIFFUSERS_CURVES}
             for name in SCHEDULERS:
@@ -314,13 +420,26 @@ def run_all(args) -> dict:
                     continue
                 for spacing in diffusers_spacings(name):
                     if (name, spacing) not in done:
-                        record(p, "diffusers", name, spacing, 10, lambda: diffusers_run(p, name, 10, spacing))
+                        record(
+                            p,
+                            "diffusers",
+                            name,
+                            spacing,
+                            10,
+                            lambda: diffusers_run(p, name, 10, spacing),
+                        )
             # the same solver as difflab's best, fed difflab's optimised grid (rounded to integer t)
             key = f"{p.name} dpmpp_3m 10"
             if key in schedules:
                 ts = p.proc.t_of(torch.tensor(schedules[key][:-1])).round().long().tolist()
-                record(p, "hybrid", "diffusers DPM++ 3M on difflab's optimised t", "rounded", 10,
-                       lambda: diffusers_run(p, "DPM++ 3M", 10, "linspace", timesteps=ts))
+                record(
+                    p,
+                    "hybrid",
+                    "diffusers DPM++ 3M on difflab's optimised t",
+                    "rounded",
+                    10,
+                    lambda: diffusers_run(p, "DPM++ 3M", 10, "linspace", timesteps=ts),
+                )
         if p.name == "64d" and args.repeats and 10 in nfes:
             repeat_headline(p, rows, schedules, args, record)
     return {
@@ -341,21 +460,60 @@ def repeat_headline(p: Problem, rows: list, schedules: dict, args, record) -> No
     """The 10-NFE headline entries again on fresh noise and true samples (seeds 2, 3, ...): is the
     ranking more than noise? The model, the NLL reference and the fitted schedules stay."""
     main = [r for r in rows if r["problem"] == p.name and r["seed"] == p.seed]
-    picks = {(r["library"], r["method"], r["spacing"]) for r in
-             [best_at(main, p.name, lib, 10, key) for lib in ("difflab", "diffusers") for key in ("fd", "nll_gap")] if r}
-    picks |= {("difflab", "dpmpp_2m", "logsnr"), ("diffusers", "DPM++ 2M", "lu"), ("diffusers", "DPM++ 2M", "linspace")}
+    picks = {
+        (r["library"], r["method"], r["spacing"])
+        for r in [
+            best_at(main, p.name, lib, 10, key)
+            for lib in ("difflab", "diffusers")
+            for key in ("fd", "nll_gap")
+        ]
+        if r
+    }
+    picks |= {
+        ("difflab", "dpmpp_2m", "logsnr"),
+        ("diffusers", "DPM++ 2M", "lu"),
+        ("diffusers", "DPM++ 2M", "linspace"),
+    }
     first_seed = p.seed
     for seed in range(first_seed + 1, first_seed + 1 + args.repeats):
         p.reseed(seed)
-        rows.append(dict(problem=p.name, library="truth", method="floor (true vs true)", spacing=None, nfe=0,
-                         nfe_target=0, seconds=0.0, seed=seed, **p.floor()))
-        record(p, "difflab", "ddpm", "trailing", 1000, lambda: difflab_run(p, "ddpm", 1000, "trailing"))
-        record(p, "difflab", "exact ODE (dpmpp_3m, 500 steps)", "logsnr", 500,
-               lambda: difflab_run(p, "dpmpp_3m", 500, "logsnr"))
+        rows.append(
+            dict(
+                problem=p.name,
+                library="truth",
+                method="floor (true vs true)",
+                spacing=None,
+                nfe=0,
+                nfe_target=0,
+                seconds=0.0,
+                seed=seed,
+                **p.floor(),
+            )
+        )
+        record(
+            p, "difflab", "ddpm", "trailing", 1000, lambda: difflab_run(p, "ddpm", 1000, "trailing")
+        )
+        record(
+            p,
+            "difflab",
+            "exact ODE (dpmpp_3m, 500 steps)",
+            "logsnr",
+            500,
+            lambda: difflab_run(p, "dpmpp_3m", 500, "logsnr"),
+        )
         for lib, method, spacing in sorted(picks, key=str):
             if lib == "difflab" and spacing == "optimised":
-                sig = torch.tensor(schedules[f"{p.name} {method.split()[0]} 10"], dtype=torch.float64)
-                record(p, lib, method, spacing, 10, lambda: difflab_run(p, method.split()[0], 10, sigmas=sig))
+                sig = torch.tensor(
+                    schedules[f"{p.name} {method.split()[0]} 10"], dtype=torch.float64
+                )
+                record(
+                    p,
+                    lib,
+                    method,
+                    spacing,
+                    10,
+                    lambda: difflab_run(p, method.split()[0], 10, sigmas=sig),
+                )
             elif lib == "difflab":
                 record(p, lib, method, spacing, 10, lambda: difflab_run(p, method, 10, spacing))
             else:
@@ -386,8 +544,14 @@ def main_rows(res: dict) -> list:
 def best_at(rows, problem, library, nfe, key):
     """The row of ``library`` with the smallest ``key`` (|key| for the NLL gap) among runs with at
     most ``nfe`` evaluations and more than nfe / 2 (Heun's 2 * steps - 1 lands one below an even target)."""
-    cands = [r for r in rows if r["problem"] == problem and r["library"] == library
-             and nfe / 2 < r["nfe"] <= nfe and math.isfinite(r.get(key, math.nan))]
+    cands = [
+        r
+        for r in rows
+        if r["problem"] == problem
+        and r["library"] == library
+        and nfe / 2 < r["nfe"] <= nfe
+        and math.isfinite(r.get(key, math.nan))
+    ]
     return min(cands, key=lambda r: abs(r[key]), default=None)
 
 
@@ -399,8 +563,12 @@ def headline(res: dict, problem: str = "64d", nfe: int = 10) -> dict:
         out[f"{lib}_best_nll"] = best_at(rows, problem, lib, nfe, "nll_gap")
     pick = lambda pred: next((r for r in rows if r["problem"] == problem and pred(r)), None)  # noqa: E731
     out["floor"] = pick(lambda r: r["library"] == "truth")
-    out["ddpm1000"] = pick(lambda r: r["library"] == "difflab" and r["method"] == "ddpm" and r["nfe"] == 1000)
-    out["diffusers_ddpm1000"] = pick(lambda r: r["library"] == "diffusers" and r["method"] == "DDPM")
+    out["ddpm1000"] = pick(
+        lambda r: r["library"] == "difflab" and r["method"] == "ddpm" and r["nfe"] == 1000
+    )
+    out["diffusers_ddpm1000"] = pick(
+        lambda r: r["library"] == "diffusers" and r["method"] == "DDPM"
+    )
     out["exact"] = pick(lambda r: r["method"].startswith("exact ODE"))
     out["hybrid"] = pick(lambda r: r["library"] == "hybrid")
     d, p, q = out["difflab_best_fd"], out["diffusers_best_fd"], out["diffusers_best_nll"]
@@ -429,23 +597,39 @@ def curve_table(rows, problem, key) -> str:
     for r in rows:
         lab = _label(r)
         if r["nfe_target"] in nfes and lab not in labels:
-            if sum(_label(q) == lab for q in rows) == 1 and r["library"] == "diffusers" and r["nfe_target"] == 10:
+            if (
+                sum(_label(q) == lab for q in rows) == 1
+                and r["library"] == "diffusers"
+                and r["nfe_target"] == 10
+            ):
                 continue  # the 10-NFE-only sweep entries are in the sweep table
             labels.append(lab)
-    head = "| sampler | " + " | ".join(str(n) for n in nfes) + " |\n|---|" + "---|" * len(nfes) + "\n"
+    head = (
+        "| sampler | " + " | ".join(str(n) for n in nfes) + " |\n|---|" + "---|" * len(nfes) + "\n"
+    )
     body = ""
     for lab in labels:
         cells = []
         for n in nfes:
             r = next((r for r in rows if _label(r) == lab and r["nfe_target"] == n), None)
-            cells.append("" if r is None else _fmt(r[key], key == "nll_gap") + (f" ({r['nfe']})" if r["nfe"] != n else ""))
+            cells.append(
+                ""
+                if r is None
+                else _fmt(r[key], key == "nll_gap") + (f" ({r['nfe']})" if r["nfe"] != n else "")
+            )
         body += f"| {lab} | " + " | ".join(cells) + " |\n"
     return head + body
 
 
 def sweep_table(rows, problem, nfe=10) -> str:
-    sel = [r for r in rows if r["problem"] == problem and r["library"] in ("diffusers", "hybrid") and r["nfe_target"] == nfe]
-    sel.sort(key=lambda r: (r["fd"] if math.isfinite(r["fd"]) else 1e30))
+    sel = [
+        r
+        for r in rows
+        if r["problem"] == problem
+        and r["library"] in ("diffusers", "hybrid")
+        and r["nfe_target"] == nfe
+    ]
+    sel.sort(key=lambda r: r["fd"] if math.isfinite(r["fd"]) else 1e30)
     s = "| diffusers scheduler | spacing | NFE | FD | NLL gap |\n|---|---|---|---|---|\n"
     for r in sel:
         err = f" ({r['error']})" if r.get("error") else ""
@@ -462,8 +646,10 @@ def repeats_table(res: dict, problem: str = "64d") -> str:
     best = headline(res, problem).get("difflab_best_fd")
     ref = entries.get((_label(best), best["nfe_target"])) if best else None
     seeds = sorted({r["seed"] for r in rows})
-    s = (f"| seeds {', '.join(map(str, seeds))} | NFE | FD mean (sd) | NLL gap mean (sd) | FD minus best's | "
-         "abs NLL gap minus best's | seeds where best is better on both |\n|---|---|---|---|---|---|---|\n")
+    s = (
+        f"| seeds {', '.join(map(str, seeds))} | NFE | FD mean (sd) | NLL gap mean (sd) | FD minus best's | "
+        "abs NLL gap minus best's | seeds where best is better on both |\n|---|---|---|---|---|---|---|\n"
+    )
 
     def ms(v):
         v = torch.tensor(v, dtype=torch.float64)
@@ -478,7 +664,10 @@ def repeats_table(res: dict, problem: str = "64d") -> str:
             common = sorted(set(e) & set(ref))
             dfd = ms([e[i]["fd"] - ref[i]["fd"] for i in common])
             dnll = ms([abs(e[i]["nll_gap"]) - abs(ref[i]["nll_gap"]) for i in common])
-            wins = sum(e[i]["fd"] > ref[i]["fd"] and abs(e[i]["nll_gap"]) > abs(ref[i]["nll_gap"]) for i in common)
+            wins = sum(
+                e[i]["fd"] > ref[i]["fd"] and abs(e[i]["nll_gap"]) > abs(ref[i]["nll_gap"])
+                for i in common
+            )
             diff = f"{dfd[0]:+.4f} ({dfd[1]:.4f}) | {dnll[0]:+.3f} ({dnll[1]:.3f}) | {wins}/{len(common)}"
         else:
             diff = "- | - | -"
@@ -531,49 +720,82 @@ def write_markdown(res: dict, path: Path, png: Optional[Path]) -> None:
     rows = main_rows(res)
     h = headline(res)
     lines = ["# Sample quality per network evaluation: difflab vs diffusers", ""]
-    lines += [f"Made by `{res['command']}` ({res['seconds']:.0f} s on {res['machine']}; diffusers {res['diffusers']}).",
-              "Exact Gaussian-mixture denoisers (no training: only the samplers' discretisation error shows),",
-              f"{res['n']} samples per entry, every sampler from the same starting noise; the script's docstring",
-              "has the setup. FD: Frechet distance between Gaussian fits of the samples and of as many true",
-              "samples. NLL gap: mean -log p_true(samples) minus E[-log p_true] of true samples (negative: too",
-              "concentrated; positive: too spread or off the modes).", ""]
+    lines += [
+        f"Made by `{res['command']}` ({res['seconds']:.0f} s on {res['machine']}; diffusers {res['diffusers']}).",
+        "Exact Gaussian-mixture denoisers (no training: only the samplers' discretisation error shows),",
+        f"{res['n']} samples per entry, every sampler from the same starting noise; the script's docstring",
+        "has the setup. FD: Frechet distance between Gaussian fits of the samples and of as many true",
+        "samples. NLL gap: mean -log p_true(samples) minus E[-log p_true] of true samples (negative: too",
+        "concentrated; positive: too spread or off the modes).",
+        "",
+    ]
     if h.get("difflab_best_fd") and h.get("diffusers_best_fd"):
         d, p, q = h["difflab_best_fd"], h["diffusers_best_fd"], h["diffusers_best_nll"]
-        lines += ["## Headline: 64-D mixture (10 components, std 0.3, linear schedule, T = 1000), 10 NFE", "",
-                  "| | FD | NLL gap |", "|---|---|---|"]
-        for name, r in [(f"**difflab best**: {_label(d)}", d), (f"**diffusers best FD**: {_label(p)}", p),
-                        (f"**diffusers best NLL gap**: {_label(q)}", q),
-                        ("diffusers' 3M on difflab's optimised timesteps (hybrid)", h["hybrid"]),
-                        ("noise floor (true vs true; mean of 5 draws)", h["floor"]),
-                        ("exact ODE (difflab dpmpp_3m, 500 steps)", h["exact"]),
-                        ("DDPM, 1000 steps (difflab)", h["ddpm1000"]), ("DDPM, 1000 steps (diffusers)", h["diffusers_ddpm1000"])]:
+        lines += [
+            "## Headline: 64-D mixture (10 components, std 0.3, linear schedule, T = 1000), 10 NFE",
+            "",
+            "| | FD | NLL gap |",
+            "|---|---|---|",
+        ]
+        for name, r in [
+            (f"**difflab best**: {_label(d)}", d),
+            (f"**diffusers best FD**: {_label(p)}", p),
+            (f"**diffusers best NLL gap**: {_label(q)}", q),
+            ("diffusers' 3M on difflab's optimised timesteps (hybrid)", h["hybrid"]),
+            ("noise floor (true vs true; mean of 5 draws)", h["floor"]),
+            ("exact ODE (difflab dpmpp_3m, 500 steps)", h["exact"]),
+            ("DDPM, 1000 steps (difflab)", h["ddpm1000"]),
+            ("DDPM, 1000 steps (diffusers)", h["diffusers_ddpm1000"]),
+        ]:
             if r:
                 lines.append(f"| {name} | {_fmt(r['fd'])} | {_fmt(r['nll_gap'], True)} |")
-        lines += ["", f"difflab's best beats diffusers' best FD: **{h.get('beats_fd')}**; beats diffusers' best "
-                  f"|NLL gap|: **{h.get('beats_nll')}**; within 10% of DDPM-1000's FD: "
-                  f"**{h.get('within_10pct_of_ddpm1000')}**.", ""]
+        lines += [
+            "",
+            f"difflab's best beats diffusers' best FD: **{h.get('beats_fd')}**; beats diffusers' best "
+            f"|NLL gap|: **{h.get('beats_nll')}**; within 10% of DDPM-1000's FD: "
+            f"**{h.get('within_10pct_of_ddpm1000')}**.",
+            "",
+        ]
         if any(r["seed"] != res["seed"] for r in res["rows"]):
-            lines += ["The same entries on fresh noise and fresh true samples (seeds 2-4; the model and the fitted",
-                      "schedules stay). Differences are paired per seed, so the sampling noise they share cancels.",
-                      "Near-exact samplers all sit at the FD noise floor (its sd across seeds is about 0.01), and FD",
-                      "even favours slightly over-concentrated samples (DDPM-1000); the NLL gap separates them.", "",
-                      repeats_table(res), ""]
+            lines += [
+                "The same entries on fresh noise and fresh true samples (seeds 2-4; the model and the fitted",
+                "schedules stay). Differences are paired per seed, so the sampling noise they share cancels.",
+                "Near-exact samplers all sit at the FD noise floor (its sd across seeds is about 0.01), and FD",
+                "even favours slightly over-concentrated samples (DDPM-1000); the NLL gap separates them.",
+                "",
+                repeats_table(res),
+                "",
+            ]
     if not res.get("quick"):
         lines += [NOTES]
     for prob in ("64d", "2d"):
         if not any(r["problem"] == prob for r in rows):
             continue
         floor = next(r for r in rows if r["problem"] == prob and r["library"] == "truth")
-        lines += [f"## {prob}: Frechet distance vs NFE (floor {_fmt(floor['fd'])}, sd {_fmt(floor['fd_sd'])})", "",
-                  "Columns: target NFE; the actual NFE follows in brackets where it differs (Heun: 2 * steps - 1).",
-                  "Empty: not run (1000 NFE only for the references; optimised schedules up to 20 NFE).", "",
-                  curve_table(rows, prob, "fd"), f"## {prob}: NLL gap vs NFE (floor {_fmt(floor['nll_gap'], True)}, sd {_fmt(floor['nll_gap_sd'])})", "",
-                  curve_table(rows, prob, "nll_gap")]
+        lines += [
+            f"## {prob}: Frechet distance vs NFE (floor {_fmt(floor['fd'])}, sd {_fmt(floor['fd_sd'])})",
+            "",
+            "Columns: target NFE; the actual NFE follows in brackets where it differs (Heun: 2 * steps - 1).",
+            "Empty: not run (1000 NFE only for the references; optimised schedules up to 20 NFE).",
+            "",
+            curve_table(rows, prob, "fd"),
+            f"## {prob}: NLL gap vs NFE (floor {_fmt(floor['nll_gap'], True)}, sd {_fmt(floor['nll_gap_sd'])})",
+            "",
+            curve_table(rows, prob, "nll_gap"),
+        ]
         if any(r["problem"] == prob and r["library"] == "diffusers" for r in rows):
-            lines += [f"### {prob}: every diffusers scheduler and spacing at 10 NFE", "", sweep_table(rows, prob)]
+            lines += [
+                f"### {prob}: every diffusers scheduler and spacing at 10 NFE",
+                "",
+                sweep_table(rows, prob),
+            ]
     if res.get("optimised_sigmas"):
-        lines += ["## The optimised noise levels", "",
-                  "`dl.samplers.optimize_sigmas(model, proc, (256, D), nfe, sampler)` (sigma_0 = sigma_max, then 0):", ""]
+        lines += [
+            "## The optimised noise levels",
+            "",
+            "`dl.samplers.optimize_sigmas(model, proc, (256, D), nfe, sampler)` (sigma_0 = sigma_max, then 0):",
+            "",
+        ]
         for k, v in res["optimised_sigmas"].items():
             lines.append(f"- {k}: {', '.join(f'{x:.4g}' for x in v)}")
         lines.append("")
@@ -593,20 +815,44 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(probs), figsize=(7 * len(probs), 9), squeeze=False)
     for j, prob in enumerate(probs):
         floor = next(r for r in rows if r["problem"] == prob and r["library"] == "truth")
-        labels = list(dict.fromkeys(_label(r) for r in rows if r["problem"] == prob and r["library"] != "truth"))
-        for i, (key, name) in enumerate([("fd", "Frechet distance"), ("nll_gap", "|NLL gap| (nats)")]):
+        labels = list(
+            dict.fromkeys(
+                _label(r) for r in rows if r["problem"] == prob and r["library"] != "truth"
+            )
+        )
+        for i, (key, name) in enumerate(
+            [("fd", "Frechet distance"), ("nll_gap", "|NLL gap| (nats)")]
+        ):
             ax = axes[i][j]
             for lab in labels:
-                pts = sorted((r["nfe"], abs(r[key])) for r in rows if r["problem"] == prob and _label(r) == lab
-                             and r["nfe_target"] in NFES and math.isfinite(r[key]))
+                pts = sorted(
+                    (r["nfe"], abs(r[key]))
+                    for r in rows
+                    if r["problem"] == prob
+                    and _label(r) == lab
+                    and r["nfe_target"] in NFES
+                    and math.isfinite(r[key])
+                )
                 if len(pts) < 2:
                     continue
                 style = "-" if lab.startswith("difflab") else "--"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=lab,
-                        lw=2.2 if "optimised" in lab else 1.2)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    marker="o",
+                    ms=3,
+                    label=lab,
+                    lw=2.2 if "optimised" in lab else 1.2,
+                )
             if key == "fd":
-                ax.axhspan(max(floor["fd"] - floor["fd_sd"], 1e-12), floor["fd"] + floor["fd_sd"], color="k", alpha=0.12,
-                           label="noise floor (true vs true, mean +- sd)")
+                ax.axhspan(
+                    max(floor["fd"] - floor["fd_sd"], 1e-12),
+                    floor["fd"] + floor["fd_sd"],
+                    color="k",
+                    alpha=0.12,
+                    label="noise floor (true vs true, mean +- sd)",
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("network evaluations (NFE)")
@@ -662,11 +908,21 @@ def mnist_benchmark(args) -> dict:
     def record(library, method, spacing, nfe, draw):
         t0 = time.time()
         x, calls = images(draw)
-        row = dict(library=library, method=method, spacing=spacing, nfe=calls, nfe_target=nfe,
-                   fid=ref(x)["fid"], seconds=round(time.time() - t0, 1))
+        row = dict(
+            library=library,
+            method=method,
+            spacing=spacing,
+            nfe=calls,
+            nfe_target=nfe,
+            fid=ref(x)["fid"],
+            seconds=round(time.time() - t0, 1),
+        )
         rows.append(row)
         if not args.quiet:
-            print(f"mnist {library:9s} {method:20s} {str(spacing):10s} NFE {calls:4d} {ref.fid_name} {row['fid']:.3f}", flush=True)
+            print(
+                f"mnist {library:9s} {method:20s} {str(spacing):10s} NFE {calls:4d} {ref.fid_name} {row['fid']:.3f}",
+                flush=True,
+            )
 
     with torch.no_grad():
         for nfe in nfes:
@@ -674,24 +930,78 @@ def mnist_benchmark(args) -> dict:
                 spacing = spacing or dl.samplers.SAMPLERS[sampler].default_spacing
                 steps = (nfe + 1) // 2 if sampler == "heun" else nfe
                 cond = None if null is None else null
-                record("difflab", label, spacing, nfe, lambda z: (
-                    dl.sample(model, proc, z.shape, sampler, steps, cond=None if cond is None else cond[: len(z)],
-                              noise=z, spacing=spacing), steps if sampler != "heun" else 2 * steps - 1))
+                record(
+                    "difflab",
+                    label,
+                    spacing,
+                    nfe,
+                    lambda z: (
+                        dl.sample(
+                            model,
+                            proc,
+                            z.shape,
+                            sampler,
+                            steps,
+                            cond=None if cond is None else cond[: len(z)],
+                            noise=z,
+                            spacing=spacing,
+                        ),
+                        steps if sampler != "heun" else 2 * steps - 1,
+                    ),
+                )
             if nfe <= args.optimise_up_to:
-                sig = dl.samplers.optimize_sigmas(model, proc, opt_noise.shape, nfe, "dpmpp_3m", noise=opt_noise,
-                                                  cond=None if null is None else null[: len(opt_noise)],
-                                                  max_evals=args.max_evals * nfe)
-                record("difflab", "dpmpp_3m optimised", "optimised", nfe, lambda z: (
-                    dl.sample(model, proc, z.shape, "dpmpp_3m", cond=None if null is None else null[: len(z)],
-                              noise=z, sigmas=sig), nfe))
+                sig = dl.samplers.optimize_sigmas(
+                    model,
+                    proc,
+                    opt_noise.shape,
+                    nfe,
+                    "dpmpp_3m",
+                    noise=opt_noise,
+                    cond=None if null is None else null[: len(opt_noise)],
+                    max_evals=args.max_evals * nfe,
+                )
+                record(
+                    "difflab",
+                    "dpmpp_3m optimised",
+                    "optimised",
+                    nfe,
+                    lambda z: (
+                        dl.sample(
+                            model,
+                            proc,
+                            z.shape,
+                            "dpmpp_3m",
+                            cond=None if null is None else null[: len(z)],
+                            noise=z,
+                            sigmas=sig,
+                        ),
+                        nfe,
+                    ),
+                )
             try:
                 import diffusers  # noqa: F401
             except ImportError:
                 continue
-            for name, spacing in [("DDIM", "leading"), ("DPM++ 2M", "lu"), ("DEIS 3", "exponential")]:
-                record("diffusers", name, spacing, nfe, lambda z: diffusers_loop(net, proc, z, name, nfe, spacing))
-    return {"command": "python benchmarks/sampler_quality.py --mnist RUN --classifier CLF", "metric": ref.fid_name,
-            "n": n, "device": str(device), "seconds": round(time.time() - t_start, 1), "rows": rows}
+            for name, spacing in [
+                ("DDIM", "leading"),
+                ("DPM++ 2M", "lu"),
+                ("DEIS 3", "exponential"),
+            ]:
+                record(
+                    "diffusers",
+                    name,
+                    spacing,
+                    nfe,
+                    lambda z: diffusers_loop(net, proc, z, name, nfe, spacing),
+                )
+    return {
+        "command": "python benchmarks/sampler_quality.py --mnist RUN --classifier CLF",
+        "metric": ref.fid_name,
+        "n": n,
+        "device": str(device),
+        "seconds": round(time.time() - t_start, 1),
+        "rows": rows,
+    }
 
 
 def write_mnist(res: dict, out: Path) -> None:
@@ -699,12 +1009,20 @@ def write_mnist(res: dict, out: Path) -> None:
     floor = next(r for r in rows if r["library"] == "truth")["fid"]
     nfes = sorted({r["nfe_target"] for r in rows if r["library"] != "truth"})
     labels = list(dict.fromkeys(_label(r) for r in rows if r["library"] != "truth"))
-    lines = [f"# {res['metric']} vs NFE on a trained MNIST model", "",
-             f"`{res['command']}` on {res['device']}, {res['n']} samples per entry ({res['seconds']:.0f} s); "
-             f"floor (held-out train5k vs t10k): {floor:.3f}.", "",
-             "| sampler | " + " | ".join(map(str, nfes)) + " |", "|---|" + "---|" * len(nfes)]
+    lines = [
+        f"# {res['metric']} vs NFE on a trained MNIST model",
+        "",
+        f"`{res['command']}` on {res['device']}, {res['n']} samples per entry ({res['seconds']:.0f} s); "
+        f"floor (held-out train5k vs t10k): {floor:.3f}.",
+        "",
+        "| sampler | " + " | ".join(map(str, nfes)) + " |",
+        "|---|" + "---|" * len(nfes),
+    ]
     for lab in labels:
-        cells = [next((f"{r['fid']:.3f}" for r in rows if _label(r) == lab and r["nfe_target"] == m), "") for m in nfes]
+        cells = [
+            next((f"{r['fid']:.3f}" for r in rows if _label(r) == lab and r["nfe_target"] == m), "")
+            for m in nfes
+        ]
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     (out / "sampler_quality_mnist.md").write_text("\n".join(lines) + "\n")
     (out / "sampler_quality_mnist.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -718,7 +1036,13 @@ def write_mnist(res: dict, out: Path) -> None:
         pts = sorted((r["nfe"], r["fid"]) for r in rows if _label(r) == lab)
         ax.plot(*zip(*pts), "-" if lab.startswith("difflab") else "--", marker="o", ms=3, label=lab)
     ax.axhline(floor, color="k", ls=":", lw=0.8, label="floor")
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=res["metric"], title="MNIST: FID-like distance vs NFE")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="NFE",
+        ylabel=res["metric"],
+        title="MNIST: FID-like distance vs NFE",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -728,16 +1052,50 @@ def write_mnist(res: dict, out: Path) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: few samples, NFE 5 and 10, no optimised rows")
-    ap.add_argument("--n", type=int, default=None, help="samples per entry (default 4000; --quick 300)")
-    ap.add_argument("--nfe", type=int, nargs="+", default=None, help=f"NFE grid (default {' '.join(map(str, NFES))})")
-    ap.add_argument("--optimise-up-to", type=int, default=None, help="fit optimised schedules up to this NFE (default 20)")
-    ap.add_argument("--max-evals", type=int, default=50, help="optimize_sigmas evaluations per step")
-    ap.add_argument("--out", type=Path, default=REPO / "docs", help="where sampler_quality.{md,json,png} go")
-    ap.add_argument("--repeats", type=int, default=None, help="extra seeds for the 10-NFE headline (default 3; --quick 0)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: few samples, NFE 5 and 10, no optimised rows",
+    )
+    ap.add_argument(
+        "--n", type=int, default=None, help="samples per entry (default 4000; --quick 300)"
+    )
+    ap.add_argument(
+        "--nfe",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"NFE grid (default {' '.join(map(str, NFES))})",
+    )
+    ap.add_argument(
+        "--optimise-up-to",
+        type=int,
+        default=None,
+        help="fit optimised schedules up to this NFE (default 20)",
+    )
+    ap.add_argument(
+        "--max-evals", type=int, default=50, help="optimize_sigmas evaluations per step"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "docs", help="where sampler_quality.{md,json,png} go"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="extra seeds for the 10-NFE headline (default 3; --quick 0)",
+    )
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--mnist", type=Path, help="a trained MNIST run folder (dl.load): FID-like distance vs NFE instead")
-    ap.add_argument("--classifier", type=Path, help="with --mnist: the feature network (difflab train-classifier)")
+    ap.add_argument(
+        "--mnist",
+        type=Path,
+        help="a trained MNIST run folder (dl.load): FID-like distance vs NFE instead",
+    )
+    ap.add_argument(
+        "--classifier",
+        type=Path,
+        help="with --mnist: the feature network (difflab train-classifier)",
+    )
     ap.add_argument("--mnist-root", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=1000, help="with --mnist: sampling batch size")
@@ -756,7 +1114,9 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mnist is not None:
         if args.classifier is None:
-            raise SystemExit("--mnist needs --classifier DIR (make one with `difflab train-classifier --data mnist`)")
+            raise SystemExit(
+                "--mnist needs --classifier DIR (make one with `difflab train-classifier --data mnist`)"
+            )
         if args.n == 4000 and not args.quick:
             args.n = 10_000
         res = mnist_benchmark(args)
@@ -773,12 +1133,16 @@ def main(argv=None) -> dict:
     h = headline(res)
     if not args.quiet and h.get("difflab_best_fd"):
         d = h["difflab_best_fd"]
-        print(f"\n64d at 10 NFE: difflab best {_label(d)} FD {d['fd']:.4f} NLL gap {d['nll_gap']:+.3f}")
+        print(
+            f"\n64d at 10 NFE: difflab best {_label(d)} FD {d['fd']:.4f} NLL gap {d['nll_gap']:+.3f}"
+        )
         for k in ("diffusers_best_fd", "diffusers_best_nll"):
             if h.get(k):
                 print(f"  {k}: {_label(h[k])} FD {h[k]['fd']:.4f} NLL gap {h[k]['nll_gap']:+.3f}")
-        print(f"  beats on FD: {h.get('beats_fd')}, on NLL gap: {h.get('beats_nll')}; "
-              f"within 10% of DDPM-1000: {h.get('within_10pct_of_ddpm1000')}; total {res['seconds']:.0f} s")
+        print(
+            f"  beats on FD: {h.get('beats_fd')}, on NLL gap: {h.get('beats_nll')}; "
+            f"within 10% of DDPM-1000: {h.get('within_10pct_of_ddpm1000')}; total {res['seconds']:.0f} s"
+        )
     return res
 
 

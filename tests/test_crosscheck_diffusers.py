@@ -67,7 +67,9 @@ def scheduler(name: str, **cfg):
     kw = dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     if name == "ddim":
         return diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **kw, **cfg)
-    return diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint", **kw, **cfg)
+    return diffusers.DPMSolverMultistepScheduler(
+        algorithm_type="dpmsolver++", solver_type="midpoint", **kw, **cfg
+    )
 
 
 def run_diffusers(sched, model, noise, exact_sigma_proc=None):
@@ -89,13 +91,17 @@ def max_diff(a, b) -> float:
 
 
 # ---------------------------------------------------------------------------------- DDIM
-@pytest.mark.parametrize("spacing,steps", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 20)])
+@pytest.mark.parametrize(
+    "spacing,steps", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 20)]
+)
 def test_ddim_agrees(setup, spacing, steps):
     proc, model, noise = setup
     sched = scheduler("ddim", timestep_spacing=spacing)
     sched.set_timesteps(steps)
     ours = dl.sample(model, proc, noise.shape, "ddim", steps=steps, spacing=spacing, noise=noise)
-    assert torch.equal(dl.samplers.timesteps(T, steps, spacing), sched.timesteps)  # the same grid...
+    assert torch.equal(
+        dl.samplers.timesteps(T, steps, spacing), sched.timesteps
+    )  # the same grid...
     assert max_diff(ours, run_diffusers(sched, model, noise)) < TOL  # ...the same samples
 
 
@@ -121,23 +127,34 @@ def test_ddim_difference_is_diffusers_prev_timestep(setup, spacing, steps):
     theirs = run_diffusers(sched, model, noise)
     ours = dl.sample(model, proc, noise.shape, "ddim", timesteps=sched.timesteps, noise=noise)
     assert max_diff(ours, theirs) > 1e-3  # a real difference on these grids...
-    assert max_diff(diffusers_style_ddim(proc, model, noise, sched.timesteps, steps), theirs) < TOL  # ...explained
+    assert (
+        max_diff(diffusers_style_ddim(proc, model, noise, sched.timesteps, steps), theirs) < TOL
+    )  # ...explained
 
 
 # ---------------------------------------------------------------------------------- DPM-Solver++
-@pytest.mark.parametrize("order,sampler,options", [(2, "dpmpp_2m", {}), (3, "dpmpp_3m", {"variant": "dpmsolver"})])
-@pytest.mark.parametrize("spacing,steps", [("linspace", 10), ("leading", 10), ("trailing", 10), ("trailing", 20), ("linspace", 6)])
+@pytest.mark.parametrize(
+    "order,sampler,options", [(2, "dpmpp_2m", {}), (3, "dpmpp_3m", {"variant": "dpmsolver"})]
+)
+@pytest.mark.parametrize(
+    "spacing,steps",
+    [("linspace", 10), ("leading", 10), ("trailing", 10), ("trailing", 20), ("linspace", 6)],
+)
 def test_dpm_solver_on_diffusers_grid(setup, order, sampler, options, spacing, steps):
     """diffusers' grid -> difflab: lower-order warm-up, lower_order_final (< 15 steps) and the
     first-order jump to sigma = 0 all match."""
     proc, model, noise = setup
     sched = scheduler("dpm", solver_order=order, timestep_spacing=spacing)
     sched.set_timesteps(steps)
-    ours = dl.sample(model, proc, noise.shape, sampler, timesteps=sched.timesteps, noise=noise, **options)
+    ours = dl.sample(
+        model, proc, noise.shape, sampler, timesteps=sched.timesteps, noise=noise, **options
+    )
     assert max_diff(ours, run_diffusers(sched, model, noise)) < TOL
 
 
-@pytest.mark.parametrize("order,sampler,options", [(2, "dpmpp_2m", {}), (3, "dpmpp_3m", {"variant": "dpmsolver"})])
+@pytest.mark.parametrize(
+    "order,sampler,options", [(2, "dpmpp_2m", {}), (3, "dpmpp_3m", {"variant": "dpmsolver"})]
+)
 @pytest.mark.parametrize("spacing,steps", [("trailing", 10), ("leading", 8), ("linspace", 12)])
 def test_dpm_solver_on_difflab_grid(setup, order, sampler, options, spacing, steps):
     """difflab's grid -> diffusers (custom timesteps)."""
@@ -145,7 +162,9 @@ def test_dpm_solver_on_difflab_grid(setup, order, sampler, options, spacing, ste
     ts = dl.samplers.timesteps(T, steps, spacing)
     sched = scheduler("dpm", solver_order=order)
     sched.set_timesteps(timesteps=ts.tolist())
-    ours = dl.sample(model, proc, noise.shape, sampler, steps=steps, spacing=spacing, noise=noise, **options)
+    ours = dl.sample(
+        model, proc, noise.shape, sampler, steps=steps, spacing=spacing, noise=noise, **options
+    )
     assert max_diff(ours, run_diffusers(sched, model, noise)) < TOL
 
 
@@ -153,13 +172,26 @@ def test_spacing_names_mean_different_grids():
     sched = scheduler("dpm", timestep_spacing="linspace")
     sched.set_timesteps(10)
     assert sched.timesteps.tolist() == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
-    assert dl.samplers.timesteps(T, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert dl.samplers.timesteps(T, 10, "linspace").tolist() == [
+        999,
+        888,
+        777,
+        666,
+        555,
+        444,
+        333,
+        222,
+        111,
+        0,
+    ]
     ddim = scheduler("ddim", timestep_spacing="linspace")
     ddim.set_timesteps(10)
     assert torch.equal(ddim.timesteps, dl.samplers.timesteps(T, 10, "linspace"))
 
 
-@pytest.mark.parametrize("flag,spacing", [("use_karras_sigmas", "karras"), ("use_lu_lambdas", "logsnr")])
+@pytest.mark.parametrize(
+    "flag,spacing", [("use_karras_sigmas", "karras"), ("use_lu_lambdas", "logsnr")]
+)
 def test_dpm_solver_continuous_sigmas(setup, flag, spacing):
     proc, model, noise = setup
     steps = 10
@@ -167,8 +199,12 @@ def test_dpm_solver_continuous_sigmas(setup, flag, spacing):
     sched.set_timesteps(steps)
     # diffusers' sigmas are difflab's spacing, up to its float32 alphas_cumprod (1 - abar cancels
     # at small t: 5e-5 relative); difflab gets diffusers' own values to compare the algorithms
-    assert torch.allclose(sched.sigmas.double(), dl.samplers.sampling_sigmas(proc, steps, spacing), rtol=2e-4)
-    ours = dl.sample(model, proc, noise.shape, "dpmpp_2m", sigmas=sched.sigmas.double(), noise=noise)
+    assert torch.allclose(
+        sched.sigmas.double(), dl.samplers.sampling_sigmas(proc, steps, spacing), rtol=2e-4
+    )
+    ours = dl.sample(
+        model, proc, noise.shape, "dpmpp_2m", sigmas=sched.sigmas.double(), noise=noise
+    )
     exact = run_diffusers(sched_reset(sched, steps), model, noise, exact_sigma_proc=proc)
     assert max_diff(ours, exact) < TOL  # the same algorithm once the network sees the same sigma
     rounded = run_diffusers(sched_reset(sched, steps), model, noise)
@@ -187,7 +223,10 @@ def test_dpmpp_3m_third_order_differs_from_diffusers_only_by_the_d2_weight(setup
     theirs = run_diffusers(sched, model, noise)
     kw = dict(timesteps=sched.timesteps, noise=noise)
     assert max_diff(dl.sample(model, proc, noise.shape, "dpmpp_3m", **kw), theirs) > TOL
-    assert max_diff(dl.sample(model, proc, noise.shape, "dpmpp_3m", variant="dpmsolver", **kw), theirs) < TOL
+    assert (
+        max_diff(dl.sample(model, proc, noise.shape, "dpmpp_3m", variant="dpmsolver", **kw), theirs)
+        < TOL
+    )
 
 
 def test_no_warnings_escape_difflab(setup):

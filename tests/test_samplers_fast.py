@@ -40,7 +40,9 @@ def proc():
 def gain_error(proc, sampler, steps, spacing, **options) -> float:
     """Relative error of the sampler's gain on Gaussian data, solving from sigma_max to sigma_min."""
     model = dl.models.GaussianDenoiser(proc, MU, S)
-    sig = sampling_sigmas(proc, steps, spacing)[:-1]  # stop at sigma_min: the ODE alone, no final jump
+    sig = sampling_sigmas(proc, steps, spacing)[
+        :-1
+    ]  # stop at sigma_min: the ODE alone, no final jump
     x_in = torch.tensor([[0.3, -0.7]], dtype=torch.float64) * math.sqrt(1 + float(sig[0]) ** 2)
     x = SAMPLERS[sampler].fn(Denoiser(model, proc), x_in.clone(), sig, **options)
     g = (x - MU) / (x_in - MU)
@@ -72,7 +74,10 @@ def test_convergence_order(proc, sampler, spacing, order, options):
 
 def test_third_order_beats_second_order(proc):
     for n in (32, 64):
-        assert abs(gain_error(proc, "dpmpp_3m", n, "logsnr")) < abs(gain_error(proc, "dpmpp_2m", n, "logsnr")) / 10
+        assert (
+            abs(gain_error(proc, "dpmpp_3m", n, "logsnr"))
+            < abs(gain_error(proc, "dpmpp_2m", n, "logsnr")) / 10
+        )
 
 
 @pytest.mark.parametrize(
@@ -85,9 +90,13 @@ def test_third_order_beats_second_order(proc):
 def test_gaussian_data_mean_and_std(proc, sampler, steps, max_rel_bias):
     n = 20_000
     model = dl.models.GaussianDenoiser(proc, MU, S)
-    x = dl.sample(model, proc, (n, 2), sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    x = dl.sample(
+        model, proc, (n, 2), sampler, steps=steps, generator=torch.Generator().manual_seed(0)
+    )
     se_mean, se_std = S / math.sqrt(n), S / math.sqrt(2 * n)
-    assert torch.allclose(x.mean(0).double(), MU, atol=5 * se_mean + max_rel_bias * MU.abs().max().item())
+    assert torch.allclose(
+        x.mean(0).double(), MU, atol=5 * se_mean + max_rel_bias * MU.abs().max().item()
+    )
     assert ((x.std(0).double() - S).abs() < 5 * se_std + max_rel_bias * S).all(), x.std(0)
 
 
@@ -96,8 +105,18 @@ def test_heun_with_churn_keeps_the_distribution(proc):
     n = 20_000
     model = dl.models.GaussianDenoiser(proc, MU, S)
     g = torch.Generator().manual_seed(1)
-    x = dl.sample(model, proc, (n, 2), "heun", steps=50, spacing="karras", generator=g, s_churn=10.0, s_tmin=0.05,
-                  s_tmax=50.0)
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        "heun",
+        steps=50,
+        spacing="karras",
+        generator=g,
+        s_churn=10.0,
+        s_tmin=0.05,
+        s_tmax=50.0,
+    )
     # Measured std bias (+1.6% here; +12% at 20 steps, +0.4% at 100: the churn adds error on coarse
     # grids that vanishes as the steps grow); the bound is rounded up.
     assert torch.allclose(x.mean(0).double(), MU, atol=5 * S / math.sqrt(n) + 0.01)
@@ -138,7 +157,15 @@ def test_guidance_one_samples_the_requested_component(proc, sampler):
     n, steps = 600, 20
     model = Counting(mixture(proc))
     cond = torch.arange(n) % 3
-    x = dl.sample(model, proc, (n, 2), sampler, steps=steps, cond=cond, generator=torch.Generator().manual_seed(2))
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        steps=steps,
+        cond=cond,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert (nearest(x) == cond).all()
     for k in range(3):
         assert torch.allclose(x[cond == k].mean(0).double(), MEANS[k], atol=0.1)
@@ -151,8 +178,16 @@ def test_guidance_zero_samples_the_unconditional_mixture(proc, sampler):
     n, steps = 3000, 20
     model = Counting(mixture(proc))
     cond = torch.zeros(n, dtype=torch.long)  # ignored at guidance 0: only the null label is used
-    x = dl.sample(model, proc, (n, 2), sampler, steps=steps, cond=cond, guidance=0.0,
-                  generator=torch.Generator().manual_seed(3))
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        steps=steps,
+        cond=cond,
+        guidance=0.0,
+        generator=torch.Generator().manual_seed(3),
+    )
     share = torch.bincount(nearest(x), minlength=3).double() / n
     se = (WEIGHTS * (1 - WEIGHTS) / n).sqrt()
     assert ((share - WEIGHTS).abs() < 5 * se).all(), share
@@ -179,10 +214,26 @@ def test_guidance_is_one_batched_pass_of_2b(proc, sampler):
     cond = torch.arange(n) % 3
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(4))
     kw = dict(steps=steps, noise=noise)
-    x = dl.sample(model, proc, (n, 2), sampler, cond=cond, guidance=w, generator=torch.Generator().manual_seed(5), **kw)
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        cond=cond,
+        guidance=w,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
     assert model.batches == [2 * n] * expected_calls(sampler, steps)
-    ref = dl.sample(PreGuided(model.model, w), proc, (n, 2), sampler, cond=cond,
-                    generator=torch.Generator().manual_seed(5), **kw)
+    ref = dl.sample(
+        PreGuided(model.model, w),
+        proc,
+        (n, 2),
+        sampler,
+        cond=cond,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
     assert torch.allclose(x, ref, atol=1e-5)
 
 
@@ -193,7 +244,9 @@ def test_clip_and_dynamic_threshold_bound_the_samples(proc, sampler):
     g = torch.Generator().manual_seed(6)
     x = dl.sample(model, proc, (200, 2), sampler, steps=10, clip_x0=0.5, generator=g)
     assert x.abs().max() <= 0.5 + 1e-6
-    free = dl.sample(model, proc, (200, 2), sampler, steps=10, generator=torch.Generator().manual_seed(6))
+    free = dl.sample(
+        model, proc, (200, 2), sampler, steps=10, generator=torch.Generator().manual_seed(6)
+    )
     assert free.abs().max() > 2  # the unclipped samples do leave the box
     x = dl.sample(model, proc, (200, 2), sampler, steps=10, dynamic_threshold=0.9, generator=g)
     assert x.abs().max() <= 1 + 1e-6
@@ -203,14 +256,20 @@ def test_clip_and_dynamic_threshold_bound_the_samples(proc, sampler):
 def test_logsnr_spacing_has_equal_steps_in_log_sigma(proc):
     sig = sampling_sigmas(proc, 7, "logsnr")
     assert sig[-1] == 0 and len(sig) == 8
-    assert math.isclose(float(sig[0]), proc.sigma_max) and math.isclose(float(sig[-2]), proc.sigma_min)
+    assert math.isclose(float(sig[0]), proc.sigma_max) and math.isclose(
+        float(sig[-2]), proc.sigma_min
+    )
     gaps = sig[:-1].log().diff()
     assert torch.allclose(gaps, gaps[0].expand_as(gaps))
 
 
 def test_default_spacings_are_documented():
     assert {n: SAMPLERS[n].default_spacing for n in FAST} == {
-        "dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "euler": "logsnr", "heun": "logsnr"}
+        "dpmpp_2m": "logsnr",
+        "dpmpp_3m": "logsnr",
+        "euler": "logsnr",
+        "heun": "logsnr",
+    }
     assert SAMPLERS["heun"].evals_per_step == 2
 
 
@@ -218,14 +277,18 @@ def test_optimize_sigmas_lowers_the_error(proc):
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     model = dl.models.GaussianMixtureDenoiser(proc, torch.stack([ang.cos(), ang.sin()], 1), 0.1)
     noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(7))
-    sig = optimize_sigmas(model, proc, (64, 2), 4, "dpmpp_2m", noise=noise, max_evals=80, reference_steps=100)
+    sig = optimize_sigmas(
+        model, proc, (64, 2), 4, "dpmpp_2m", noise=noise, max_evals=80, reference_steps=100
+    )
     assert len(sig) == 5 and sig[-1] == 0 and (sig[1:] < sig[:-1]).all()
     assert math.isclose(float(sig[0]), proc.sigma_max) and float(sig[-2]) >= proc.sigma_min
 
     ref = dl.sample(model, proc, (64, 2), "dpmpp_3m", steps=100, noise=noise)
 
     def err(**kw):
-        return float(((dl.sample(model, proc, (64, 2), "dpmpp_2m", noise=noise, **kw) - ref) ** 2).mean())
+        return float(
+            ((dl.sample(model, proc, (64, 2), "dpmpp_2m", noise=noise, **kw) - ref) ** 2).mean()
+        )
 
     assert err(sigmas=sig) < 0.5 * err(steps=4, spacing="logsnr")
 
@@ -235,7 +298,15 @@ def test_optimize_sigmas_lowers_the_error(proc):
 def test_guidance_needs_a_conditional_model(proc, sampler):
     model = dl.models.GaussianDenoiser(proc, MU, S)
     with pytest.raises(ValueError, match="class-conditional"):
-        dl.sample(model, proc, (4, 2), sampler, steps=5, guidance=2.0, cond=torch.zeros(4, dtype=torch.long))
+        dl.sample(
+            model,
+            proc,
+            (4, 2),
+            sampler,
+            steps=5,
+            guidance=2.0,
+            cond=torch.zeros(4, dtype=torch.long),
+        )
 
 
 @pytest.mark.parametrize("sampler", FAST)
@@ -298,6 +369,9 @@ def test_sampler_quality_benchmark_quick(tmp_path):
     ours = [r for r in rows if r["library"] == "difflab"]
     assert {r["method"] for r in ours} >= set(FAST) and all(math.isfinite(r["fd"]) for r in ours)
     # the NFE column counts network calls: Heun makes 2 * steps - 1
-    assert {(r["method"], r["nfe_target"], r["nfe"]) for r in ours if r["method"] == "heun"} == {("heun", 5, 5), ("heun", 10, 9)}
+    assert {(r["method"], r["nfe_target"], r["nfe"]) for r in ours if r["method"] == "heun"} == {
+        ("heun", 5, 5),
+        ("heun", 10, 9),
+    }
     assert "Headline" in (tmp_path / "sampler_quality.md").read_text()
     assert len(res["rows"]) == len(rows)

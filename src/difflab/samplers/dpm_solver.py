@@ -54,7 +54,13 @@ VARIANTS = {"taylor": 2.0, "dpmsolver": 1.0}  # the weight of phi_3 d_2 in the t
 
 
 def _multistep(
-    denoiser, x: Tensor, sigmas: Tensor, order: int, lower_order_final: bool, callback: Callback, d2_weight: float = 2.0
+    denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    order: int,
+    lower_order_final: bool,
+    callback: Callback,
+    d2_weight: float = 2.0,
 ) -> Tensor:
     """Run the multistep DPM-Solver++ of ``order`` (1, 2 or 3) over ``sigmas``."""
     n = len(sigmas) - 1
@@ -128,5 +134,7 @@ def sample_dpmpp_3m(
     ``variant="dpmsolver"``: DPM-Solver's reference update (phi_3 d_2; second order, = diffusers).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown dpmpp_3m variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ValueError(
+            f"unknown dpmpp_3m variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
     return _multistep(denoiser, x, sigmas, 3, lower_order_final, callback, VARIANTS[variant])

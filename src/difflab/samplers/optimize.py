@@ -77,7 +77,9 @@ def optimize_sigmas(
     from . import SAMPLERS, sample
 
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        raise ValueError(
+            f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}"
+        )
     if sampler not in DETERMINISTIC or options.get("eta", 0.0) or options.get("s_churn", 0.0):
         raise ValueError(
             f"optimize_sigmas needs a deterministic sampler (one of {', '.join(DETERMINISTIC)}, "
@@ -85,8 +87,14 @@ def optimize_sigmas(
         )
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 4 * steps:
-        raise ValueError(f"reference_steps must be an integer >= 4 * steps = {4 * steps}, got {reference_steps!r}")
+    if (
+        isinstance(reference_steps, bool)
+        or not isinstance(reference_steps, int)
+        or reference_steps < 4 * steps
+    ):
+        raise ValueError(
+            f"reference_steps must be an integer >= 4 * steps = {4 * steps}, got {reference_steps!r}"
+        )
     if method not in _OPTIONS:
         raise ValueError(f"method must be one of {', '.join(_OPTIONS)}, got {method!r}")
     if max_evals is None:
@@ -97,7 +105,9 @@ def optimize_sigmas(
     if noise is None:
         noise = randn(tuple(shape), generator, device)
     kw = dict(cond=cond, guidance=guidance, noise=noise, device=device)
-    x_ref = sample(model, proc, noise.shape, "dpmpp_3m", steps=reference_steps, spacing="logsnr", **kw)
+    x_ref = sample(
+        model, proc, noise.shape, "dpmpp_3m", steps=reference_steps, spacing="logsnr", **kw
+    )
     dim = x_ref[0].numel()
 
     def objective(q: np.ndarray) -> float:
