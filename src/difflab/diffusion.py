@@ -135,11 +135,14 @@ class GaussianDiffusion:
                 f"t must have shape [B] matching {argname}'s batch size: got t of shape "
                 f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
             )
+        # Range checks on CPU timesteps only: on an accelerator reading the values would stall
+        # the step loop on a host-device sync (as for class labels in _check_cond).
+        values = t.device.type == "cpu"
         if t.is_floating_point():
-            if (t < 0).any() or (t > self.T - 1).any():
+            if values and ((t < 0).any() or (t > self.T - 1).any()):
                 raise ValueError(f"t must lie in [0, {self.T - 1}], got values in [{t.min()}, {t.max()}]")
         elif t.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            if (t < 0).any() or (t >= self.T).any():
+            if values and ((t < 0).any() or (t >= self.T).any()):
                 raise ValueError(
                     f"t must lie in 0 .. {self.T - 1} (0-based, T = {self.T}), "
                     f"got values in [{int(t.min())}, {int(t.max())}]"

@@ -25,6 +25,7 @@ from .ddpm import sample_ddpm
 from .denoiser import Denoiser
 from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
 from .euler import sample_euler
+from .fast import FastModel, fast_model
 from .heun import sample_heun
 from .optimize import optimize_sigmas
 from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
@@ -48,6 +49,8 @@ __all__ = [
     "sampling_sigmas",
     "karras_sigmas",
     "SPACINGS",
+    "FastModel",
+    "fast_model",
 ]
 
 
@@ -167,6 +170,10 @@ def sample(
     dynamic_threshold: Optional[float] = None,
     callback: Optional[Callable[[dict], None]] = None,
     null_cond: Optional[int] = None,
+    precision: Optional[str] = None,
+    channels_last: bool = False,
+    compile=False,
+    cuda_graph: bool = False,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -177,6 +184,11 @@ def sample(
     (e.g. ``variance="beta"`` for DDPM). ``callback`` receives a dict per step with the
     VP state ``x``, the estimate ``denoised``, the noise level ``sigma`` and the index ``i``.
     Returns x0 (unclamped).
+
+    Speed (same function, see :mod:`.fast`): ``precision="bf16"`` autocasts the network,
+    ``channels_last=True`` runs it (and the sampler's state) in NHWC order, ``compile=True``
+    torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph.
+    The compiled network and graphs are kept on the model for later calls.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
@@ -197,6 +209,9 @@ def sample(
             f"{', '.join(spec.options) or 'none'}"
         )
     device = _resolve_device(model, noise, device)
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
+    net = fast_model(model, precision, channels_last, compile, cuda_graph)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:
         if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (shape[0],):
@@ -206,8 +221,11 @@ def sample(
         noise = randn(shape, generator, device)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    denoiser = Denoiser(model, proc, cond, guidance, null_cond, clip_x0, dynamic_threshold)
+    denoiser = Denoiser(net, proc, cond, guidance, null_cond, clip_x0, dynamic_threshold)
     x = noise.to(device) * math.sqrt(1.0 + float(sig[0]) ** 2)  # VP x_T -> VE x = x_T / sqrt(abar_T)
+    nhwc = channels_last and x.ndim == 4
+    if nhwc:  # the whole state in NHWC: the network's output comes back in that order
+        x = x.contiguous(memory_format=torch.channels_last)
 
     bar = None
     if progress:
@@ -228,7 +246,7 @@ def sample(
     finally:
         if bar is not None:
             bar.close()
-    return x
+    return x.contiguous() if nhwc else x
 
 
 def invert(

@@ -319,6 +319,13 @@ class Trainer:
             yield TrainBatch(x0=x0, cond=cond, labels=labels, t=t_all[sl], noise=noise, u=u_all[sl],
                              step=s, index=idx)
 
+    def train_step(self, s: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Optimizer step ``s`` (default: the run's current step) exactly as :meth:`train` runs
+        it -- draws, forward, backward, clipping, AdamW, EMA -- without advancing the run,
+        logging or checkpointing (benchmarks time this). Returns (mean loss, grad norm) as
+        device tensors; no host-device synchronisation."""
+        return self._train_step(self.step if s is None else s)
+
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
         cfg, A = self.cfg, self.cfg.grad_accum

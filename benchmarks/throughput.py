@@ -1,0 +1,752 @@
+"""Training and sampling throughput: difflab's U-Net against diffusers' UNet2DModel, same run.
+
+The network is DDPM's CIFAR-10 U-Net (Ho et al. 2020, App. B; 35,746,307 parameters in both
+libraries: ch 128, mult (1, 2, 2, 2), 2 residual blocks per level, one-head attention at
+16x16 and in the middle, dropout 0.1), on 32x32x3 images, batch 128. diffusers' side is the
+configuration of google/ddpm-cifar10-32 (UNet2DModel, attention_head_dim None,
+downsample_padding 0) with the same dropout. Both libraries run in this one process, on the
+same device, batch and precision:
+
+* train: images/s of the full optimizer step. difflab: ``Trainer.train_step`` -- what
+  ``difflab train`` runs: draws, forward, eps-MSE, backward, grad-norm clipping at 1, AdamW,
+  EMA update. diffusers: the step of its examples without the extras: DDPMScheduler.add_noise,
+  UNet2DModel, MSE, backward, AdamW (no clipping, no EMA: difflab's step does strictly more).
+* sample: images/s of a full 50-step DDIM batch. difflab: ``dl.sample(..., sampler="ddim",
+  steps=50, clip_x0=1)``; diffusers: DDIMScheduler's loop as DDIMPipeline runs it
+  (clip_sample as in the hub config).
+* peak memory (``torch.cuda.max_memory_allocated`` over the timed iterations, reset per row),
+  FLOPs per image (``torch.utils.flop_counter`` on one eager step: forward + backward for
+  training, forward x steps for sampling) and MFU against the GPU's dense bf16 peak.
+
+Configurations: diffusers in fp32 (TF32), bf16 autocast and bf16 + torch.compile -- the
+issue's reference rows, the best of which is "diffusers' best" -- plus an informational row
+with channels_last; difflab as a ladder that adds one optimisation per row (bf16, fused AdamW,
+channels_last, torch.compile of the model / of the loss step; for sampling CUDA graphs), so
+each row's ratio to diffusers' best shows that option's effect.
+
+    python benchmarks/throughput.py                          # everything, GPU: ~10 min on an H100
+    python benchmarks/throughput.py --what train             # one half; --merge adds to --out
+    python benchmarks/throughput.py --what sample --merge
+    python benchmarks/throughput.py --rows 'difflab/train/*' --profile prof/   # where time goes
+    python benchmarks/throughput.py --device cpu             # tiny CPU configuration (CI)
+
+Prints a table and the ratios difflab / diffusers; writes JSON to --out after every row (a run
+cut short keeps what it measured). ``--profile DIR`` writes, per row, a torch.profiler table
+with device time split by kind of kernel (and ``--trace`` a Chrome trace). On a CPU (or with
+``--tiny``) the network shrinks (ch 16, mult (1, 2), 8x8 images, batch 4) so the whole script
+runs in seconds; those numbers test the code path, not the libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import contextlib
+import fnmatch
+import gc
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import difflab as dl
+from difflab.models.unet import UNet
+from difflab.samplers.fast import release
+from difflab.training import Trainer, TrainConfig
+from difflab.training.config import DataConfig, DiffusionConfig, EMAConfig, ModelConfig, OptimConfig, SampleConfig
+
+REPO = Path(__file__).resolve().parents[1]
+T = 1000
+
+# The DDPM CIFAR-10 network, in difflab's words (unet_cifar10) -- and a CPU-sized one.
+NETWORKS = {
+    "ddpm_cifar10": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,),
+                         image_size=32, dropout=0.1, num_heads=1, norm_groups=32),
+    "tiny": dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                 image_size=8, dropout=0.1, num_heads=1, norm_groups=8),
+}
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by GPU name; the first match wins.
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.4), ("H200", 989.4), ("H100", 989.4),
+    ("H800", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0),
+    ("L4", 121.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+)
+
+TARGETS = {"train": 1.5, "sample": 2.0}  # difflab's best / diffusers' best (the issue's bar)
+
+
+def detect_peak_tflops(name: str) -> Optional[float]:
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return peak
+    return None
+
+
+# ----------------------------------------------------------------------------- configurations
+def row_specs(cpu: bool) -> list[dict]:
+    """Every row: library, what, name, options, whether it is one of the issue's reference rows.
+
+    Order: for each tier, diffusers first, then difflab, so slow drifts hit both alike.
+    """
+    def r(lib, what, name, reference=False, **opts):
+        return {"library": lib, "what": what, "name": name, "reference": reference, "options": opts}
+
+    if cpu:  # CUDA-only options (bf16 autocast in the trainer, compile, graphs) are left out
+        return [
+            r("diffusers", "train", "fp32", True, precision="fp32"),
+            r("difflab", "train", "fp32", precision="fp32", fused=False),
+            r("diffusers", "sample", "fp32", True, precision="fp32"),
+            r("difflab", "sample", "fp32", precision="fp32"),
+            r("difflab", "sample", "fp32+cl", precision="fp32", channels_last=True),
+        ]
+    return [
+        r("diffusers", "train", "fp32", True, precision="fp32"),
+        r("difflab", "train", "fp32", precision="fp32", fused=False),
+        r("diffusers", "train", "bf16", True, precision="bf16"),
+        r("difflab", "train", "bf16", precision="bf16", fused=False),
+        r("difflab", "train", "bf16+fused", precision="bf16", fused=True),
+        r("difflab", "train", "bf16+fused+cl", precision="bf16", fused=True, channels_last=True),
+        r("diffusers", "train", "bf16+compile", True, precision="bf16", compile=True),
+        r("difflab", "train", "bf16+fused+cl+compile", precision="bf16", fused=True, channels_last=True,
+          compile="model"),
+        r("difflab", "train", "bf16+fused+cl+compile_step", precision="bf16", fused=True, channels_last=True,
+          compile="step"),
+        r("diffusers", "train", "bf16+compile+cl+fused", precision="bf16", compile=True, channels_last=True,
+          fused=True),
+        r("diffusers", "sample", "fp32", True, precision="fp32"),
+        r("difflab", "sample", "fp32", precision="fp32"),
+        r("diffusers", "sample", "bf16", True, precision="bf16"),
+        r("difflab", "sample", "bf16", precision="bf16"),
+        r("difflab", "sample", "bf16+cl", precision="bf16", channels_last=True),
+        r("diffusers", "sample", "bf16+compile", True, precision="bf16", compile=True),
+        r("difflab", "sample", "bf16+cl+compile", precision="bf16", channels_last=True, compile=True),
+        r("difflab", "sample", "bf16+cl+compile+graph", precision="bf16", channels_last=True, compile=True,
+          cuda_graph=True),
+        r("diffusers", "sample", "bf16+compile+cl", precision="bf16", compile=True, channels_last=True),
+    ]
+
+
+def diffusers_unet(net: dict):
+    """diffusers' UNet2DModel with the same structure as ``UNet(**net)`` (google/ddpm-cifar10-32's
+    settings: one attention head of the block's width, downsample_padding 0, freq_shift 1)."""
+    from diffusers import UNet2DModel
+
+    mult, attn = net["channel_mult"], set(net["attention_levels"])
+    levels = len(mult)
+    return UNet2DModel(
+        sample_size=net["image_size"], in_channels=3, out_channels=3, layers_per_block=net["num_res_blocks"],
+        block_out_channels=tuple(net["channels"] * m for m in mult),
+        down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(levels)),
+        up_block_types=tuple("AttnUpBlock2D" if levels - 1 - i in attn else "UpBlock2D" for i in range(levels)),
+        attention_head_dim=None, norm_num_groups=net["norm_groups"], norm_eps=1e-6, downsample_padding=0,
+        flip_sin_to_cos=False, freq_shift=1, dropout=net["dropout"],
+    )
+
+
+def difflab_unet(net: dict) -> UNet:
+    return UNet(in_channels=3, **net)
+
+
+# ----------------------------------------------------------------------------- environment
+class Env:
+    """Device, sizes and shared inputs of one run."""
+
+    def __init__(self, args) -> None:
+        if args.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(args.device)
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")
+        self.cuda = self.device.type == "cuda"
+        self.tiny = args.tiny or not self.cuda
+        self.net_name = "tiny" if self.tiny else "ddpm_cifar10"
+        self.net = dict(NETWORKS[self.net_name], dropout=args.dropout)
+        size = self.net["image_size"]
+        def d(gpu, cpu):  # default by size
+            return cpu if self.tiny else gpu
+
+        self.batch = args.batch or d(128, 4)
+        self.sample_batch = args.sample_batch or self.batch
+        self.sample_steps = args.sample_steps
+        self.train_iters = args.train_iters or d(20, 2)
+        self.train_warmup = args.train_warmup if args.train_warmup is not None else d(5, 1)
+        self.sample_warmup = args.sample_warmup if args.sample_warmup is not None else d(2, 1)
+        self.repeats = args.repeats or d(5, 2)
+        self.dataset_size = args.dataset_size or d(1024, 64)
+        self.shape = (3, size, size)
+        self.gpu_name = torch.cuda.get_device_name(self.device) if self.cuda else platform.processor() or "cpu"
+        self.peak_tflops = args.peak_tflops or (detect_peak_tflops(self.gpu_name) if self.cuda else None)
+        self.profile_dir = Path(args.profile) if args.profile else None
+        self.profile_iters = args.profile_iters
+        self.trace = args.trace
+        g = torch.Generator().manual_seed(0)
+        self.data = (torch.rand((self.dataset_size, *self.shape), generator=g) * 2 - 1).contiguous()
+        self.noise = torch.randn((self.sample_batch, *self.shape), generator=g).to(self.device)
+        self.proc = dl.GaussianDiffusion(dl.schedules.linear(T))
+        self.tmp = tempfile.TemporaryDirectory(prefix="difflab_throughput_")
+        self.sample_reference: dict[str, Tensor] = {}  # each library's first (fp32) sample batch
+        self._templates: dict[str, nn.Module] = {}
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            with warnings.catch_warnings():  # fp32 rows are "fp32/TF32" (the issue's reference)
+                warnings.simplefilter("ignore")
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self, precision: str):
+        if precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def template(self, library: str) -> nn.Module:
+        """The sampling network of a library, one set of random weights for all its rows."""
+        if library not in self._templates:
+            torch.manual_seed(0)
+            if library == "difflab":
+                model = difflab_unet(self.net)
+                with torch.no_grad():  # difflab zero-initialises output layers: make the output non-trivial
+                    for p in model.parameters():
+                        if not p.any():
+                            p.normal_(0.0, 0.02)
+            else:
+                model = diffusers_unet(self.net)
+            self._templates[library] = model.to(self.device).eval().requires_grad_(False)
+        return self._templates[library]
+
+
+# ----------------------------------------------------------------------------- the measured cases
+class DifflabTrain:
+    """``difflab.training.Trainer`` on in-memory data; one iteration = ``train_step``."""
+
+    def __init__(self, env: Env, opts: dict) -> None:
+        self.env = env
+        cfg = TrainConfig(
+            model=ModelConfig(name="unet", kwargs=dict(in_channels=3, **env.net)),
+            diffusion=DiffusionConfig(schedule="linear", T=T),
+            data=DataConfig(name="digits", on_device=True),  # replaced by data= below
+            optim=OptimConfig(lr=2e-4, grad_clip=1.0, fused=opts.get("fused", "auto")),
+            ema=EMAConfig(decay=0.9999, warmup=10),
+            sample=SampleConfig(every=-1),
+            batch_size=env.batch, steps=10**9, seed=0, device=str(env.device), tensorboard=False,
+            precision=opts.get("precision", "fp32"), channels_last=opts.get("channels_last", False),
+            compile=opts.get("compile", "none"),
+        )
+        self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False)
+        self.s = 0
+        self.images = env.batch
+        self.loss: Optional[Tensor] = None
+
+    def step(self) -> None:
+        self.loss, _ = self.trainer.train_step(self.s)
+        self.s += 1
+
+    def result(self) -> dict:
+        return {"final_loss": float(self.loss)} if self.loss is not None else {}
+
+    def close(self) -> None:
+        self.trainer.close()
+
+
+class DiffusersTrain:
+    """diffusers' training step: add_noise, UNet2DModel, MSE on eps, backward, AdamW."""
+
+    def __init__(self, env: Env, opts: dict) -> None:
+        from diffusers import DDPMScheduler
+
+        self.env, self.opts = env, opts
+        torch.manual_seed(0)
+        model = diffusers_unet(env.net).to(env.device).train()
+        self.cl = opts.get("channels_last", False)
+        if self.cl:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = torch.compile(model) if opts.get("compile") else model
+        fused = {"fused": True} if opts.get("fused") else {}
+        self.opt = torch.optim.AdamW(model.parameters(), lr=2e-4, **fused)
+        self.sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+        self.data = env.data.to(env.device)
+        self.images = env.batch
+        self.loss: Optional[Tensor] = None
+
+    def step(self) -> None:
+        env = self.env
+        idx = torch.randint(0, len(self.data), (env.batch,), device=env.device)
+        x0 = self.data[idx]
+        if self.cl:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, T, (env.batch,), device=env.device)
+        x_t = self.sched.add_noise(x0, noise, t)
+        with env.autocast(self.opts.get("precision", "fp32")):
+            pred = self.net(x_t, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss = loss.detach()
+
+    def result(self) -> dict:
+        return {"final_loss": float(self.loss)} if self.loss is not None else {}
+
+    def close(self) -> None:
+        pass
+
+
+class DifflabSample:
+    """``dl.sample(..., "ddim", steps)`` on one batch; speed options as keyword arguments."""
+
+    def __init__(self, env: Env, opts: dict) -> None:
+        self.env = env
+        self.model = copy.deepcopy(env.template("difflab"))
+        self.kw = {k: opts[k] for k in ("channels_last", "compile", "cuda_graph") if k in opts}
+        if opts.get("precision", "fp32") != "fp32":
+            self.kw["precision"] = opts["precision"]
+        self.images = env.sample_batch
+        self.out: Optional[Tensor] = None
+
+    def step(self) -> None:
+        env = self.env
+        self.out = dl.sample(self.model, env.proc, env.noise.shape, "ddim", env.sample_steps, noise=env.noise,
+                             clip_x0=1.0, device=env.device, **self.kw)
+
+    def result(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        release(self.model)
+
+
+class DiffusersSample:
+    """DDIMPipeline's loop: DDIMScheduler.set_timesteps, then unet(image, t).sample and step()."""
+
+    def __init__(self, env: Env, opts: dict) -> None:
+        from diffusers import DDIMScheduler
+
+        self.env, self.opts = env, opts
+        model = copy.deepcopy(env.template("diffusers"))
+        self.cl = opts.get("channels_last", False)
+        if self.cl:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = torch.compile(model) if opts.get("compile") else model
+        self.sched = DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                   clip_sample=True)
+        self.images = env.sample_batch
+        self.out: Optional[Tensor] = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        env = self.env
+        image = env.noise.contiguous(memory_format=torch.channels_last) if self.cl else env.noise
+        self.sched.set_timesteps(env.sample_steps)
+        with env.autocast(self.opts.get("precision", "fp32")):
+            for t in self.sched.timesteps:
+                model_output = self.net(image, t).sample
+                image = self.sched.step(model_output, t, image, eta=0.0).prev_sample
+        self.out = image
+
+    def result(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+CASES = {("difflab", "train"): DifflabTrain, ("diffusers", "train"): DiffusersTrain,
+         ("difflab", "sample"): DifflabSample, ("diffusers", "sample"): DiffusersSample}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def count_flops(env: Env, library: str) -> dict:
+    """FLOPs per image of one training step (forward + backward) and of one forward pass,
+    counted by torch.utils.flop_counter on an eager fp32 step at the benchmark's batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = (difflab_unet(env.net) if library == "difflab" else diffusers_unet(env.net)).to(env.device)
+    out = {}
+    for what, batch in (("train", env.batch), ("forward", env.sample_batch)):
+        x = torch.randn((batch, *env.shape), device=env.device)
+        t = torch.randint(0, T, (batch,), device=env.device)
+        model.train(what == "train")
+        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(what == "train"):
+            y = model(x, t)
+            y = y if library == "difflab" else y.sample
+            if what == "train":
+                y.float().square().mean().backward()
+        out[what] = counter.get_total_flops() / batch
+    del model, x, y
+    _free(env)
+    return out
+
+
+# ----------------------------------------------------------------------------- profiling
+_KINDS = (  # (kind, substrings of kernel/op names); first match wins -- a heuristic, the table is exact
+    ("fused (triton): norm", ("triton_per_fused_native_group_norm", "triton_red_fused_native_group_norm")),
+    ("fused (triton): other", ("triton",)),
+    ("optimizer + EMA", ("adam", "multi_tensor", "foreach", "lerp")),
+    ("attention", ("flash", "fmha", "attention", "softmax", "sdpa")),
+    ("normalization", ("group_norm", "groupnorm", "layer_norm", "batch_norm")),
+    ("convolution", ("conv", "cudnn", "xmma", "implicit", "winograd", "dgrad", "wgrad", "fprop", "nhwc", "nchw")),
+    ("matmul", ("gemm", "cutlass", "matmul", "addmm", "aten::mm", "aten::bmm", "aten::linear")),
+    ("copy / layout", ("copy", "transpose", "permute", "contiguous", "aten::cat", "cat_", "memcpy", "memset",
+                       "fill", "index")),
+    ("elementwise", ("elementwise", "vectorized", "silu", "add", "mul", "div", "sub", "reduce", "pow", "mse")),
+)
+
+
+def _kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in _KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_case(case, env: Env, label: str) -> dict:
+    """A few iterations under torch.profiler: per-kind device (or CPU) time, busy share, the table."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.cuda else [])
+    env.sync()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(env.profile_iters):
+            case.step()
+        env.sync()
+    wall = (time.perf_counter() - t0) / env.profile_iters
+    events = prof.key_averages()
+    kinds: dict[str, float] = {}
+    total = 0.0
+    for e in events:
+        if env.cuda:
+            if e.device_type != DeviceType.CUDA:
+                continue
+            us = getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            us = e.self_cpu_time_total
+        kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + us
+        total += us
+    per_iter = {k: v / 1e3 / env.profile_iters for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+    busy_ms = total / 1e3 / env.profile_iters
+    sort = "self_device_time_total" if env.cuda else "self_cpu_time_total"
+    try:
+        table = events.table(sort_by=sort, row_limit=40)
+    except (KeyError, AttributeError):
+        table = events.table(sort_by="self_cuda_time_total" if env.cuda else sort, row_limit=40)
+    env.profile_dir.mkdir(parents=True, exist_ok=True)
+    path = env.profile_dir / f"{label}.txt"
+    unit = "GPU kernel" if env.cuda else "CPU op (self)"
+    lines = [f"{label}: {env.profile_iters} iterations, wall {wall * 1e3:.2f} ms per iteration, "
+             f"{unit} time {busy_ms:.2f} ms per iteration"
+             + (f" (device busy {busy_ms / (wall * 1e3):.0%}: the rest is launch/host overhead)" if env.cuda else ""),
+             "", f"{unit} time by kind (ms per iteration; kinds from kernel names, a heuristic):"]
+    lines += [f"  {k:<24} {v:9.3f}  {v / max(busy_ms, 1e-9):6.1%}" for k, v in per_iter.items()]
+    path.write_text("\n".join(lines) + "\n\n" + table + "\n")
+    out = {"file": str(path), "wall_ms": wall * 1e3, "busy_ms": busy_ms, "by_kind_ms": per_iter}
+    if env.trace:
+        trace = env.profile_dir / f"{label}.trace.json"
+        prof.export_chrome_trace(str(trace))
+        out["trace"] = str(trace)
+    return out
+
+
+def host_sync_check(case, env: Env) -> Optional[str]:
+    """Run one more iteration with CUDA's sync debug mode set to raise: 'none', or the first sync."""
+    if not env.cuda:
+        return None
+    env.sync()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        case.step()
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0][:300]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        env.sync()
+    return "none"
+
+
+# ----------------------------------------------------------------------------- measuring
+def _free(env: Env) -> None:
+    gc.collect()
+    if env.cuda:
+        torch.cuda.empty_cache()
+
+
+def measure(spec: dict, env: Env, flops: dict) -> dict:
+    lib, what, opts = spec["library"], spec["what"], spec["options"]
+    row = {k: spec[k] for k in ("library", "what", "name", "reference")} | {"options": opts}
+    label = f"{what}-{lib}-{spec['name']}"
+    case = None
+    try:
+        if env.cuda:
+            torch.cuda.reset_peak_memory_stats(env.device)
+            row["allocated_before_bytes"] = torch.cuda.memory_allocated(env.device)
+        t0 = time.perf_counter()
+        case = CASES[(lib, what)](env, opts)
+        warmup = env.train_warmup if what == "train" else env.sample_warmup
+        iters = env.train_iters if what == "train" else 1
+        for _ in range(warmup):
+            case.step()
+        env.sync()
+        row["setup_and_warmup_s"] = time.perf_counter() - t0  # includes torch.compile and graph capture
+        if env.cuda:
+            torch.cuda.reset_peak_memory_stats(env.device)
+        times = []
+        for _ in range(env.repeats):
+            env.sync()
+            t1 = time.perf_counter()
+            for _ in range(iters):
+                case.step()
+            env.sync()
+            times.append(time.perf_counter() - t1)
+        if env.cuda:
+            row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(env.device)
+        ips = [case.images * iters / s for s in times]
+        row["images_per_s"] = statistics.median(ips)
+        row["images_per_s_runs"] = ips
+        row["ms_per_iteration"] = 1e3 * statistics.median(times) / iters
+        row["iterations_per_run"] = iters
+        row["images_per_iteration"] = case.images
+        fpi = flops[lib]["train"] if what == "train" else flops[lib]["forward"] * env.sample_steps
+        row["flops_per_image"] = fpi
+        row["achieved_tflops"] = fpi * row["images_per_s"] / 1e12
+        row["mfu"] = row["achieved_tflops"] / env.peak_tflops if env.peak_tflops else None
+        row.update(case.result())
+        if what == "sample" and case.out is not None:
+            out = case.out.float()
+            row["sample_finite"] = bool(torch.isfinite(out).all())
+            ref = env.sample_reference.setdefault(lib, out.clone())
+            row["max_abs_diff_vs_first_row"] = float((out - ref).abs().max())
+        if env.profile_dir is not None:
+            row["profile"] = profile_case(case, env, label)
+        row["host_syncs_in_iteration"] = host_sync_check(case, env)
+    except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
+        traceback.print_exc()
+        row["error"] = f"{type(err).__name__}: {err}"[:2000]
+    finally:
+        if case is not None:
+            case.close()
+        del case
+        torch._dynamo.reset()
+        _free(env)
+    return row
+
+
+# ----------------------------------------------------------------------------- summary and output
+def summarize(rows: list[dict]) -> dict:
+    """difflab's best row over diffusers' best reference row, per what; each row's ratio to it."""
+    summary = {}
+    for what in ("train", "sample"):
+        ok = [r for r in rows if r["what"] == what and r.get("images_per_s")]
+        ours = [r for r in ok if r["library"] == "difflab"]
+        theirs = [r for r in ok if r["library"] == "diffusers"]
+        if not theirs:
+            continue
+        ref = max([r for r in theirs if r["reference"]] or theirs, key=lambda r: r["images_per_s"])
+        top = max(theirs, key=lambda r: r["images_per_s"])
+        for r in ok:
+            r["vs_diffusers_best"] = r["images_per_s"] / ref["images_per_s"]
+        if not ours:
+            continue
+        best = max(ours, key=lambda r: r["images_per_s"])
+        s = {
+            "difflab_best": best["name"], "difflab_images_per_s": best["images_per_s"],
+            "diffusers_best": ref["name"], "diffusers_images_per_s": ref["images_per_s"],
+            "ratio": best["images_per_s"] / ref["images_per_s"],
+            "diffusers_best_any_row": top["name"],
+            "ratio_vs_best_any_row": best["images_per_s"] / top["images_per_s"],
+            "target_ratio": TARGETS[what],
+        }
+        if best.get("peak_mem_bytes") and ref.get("peak_mem_bytes"):
+            s["peak_mem_ratio"] = best["peak_mem_bytes"] / ref["peak_mem_bytes"]
+            s["target_met"] = s["ratio"] >= TARGETS[what] and s["peak_mem_ratio"] <= 1.0
+        summary[what] = s
+    return summary
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    if v is None:
+        return none
+    return format(v, spec[:-1]) + "%" if spec.endswith("%") else format(v, spec)
+
+
+def print_table(result: dict, file=sys.stdout) -> None:
+    meta = result["meta"]
+    print(f"\n{meta['network']} on {meta['device_name']} ({meta['device']}), train batch {meta['batch']}, "
+          f"sample batch {meta['sample_batch']} x {meta['sample_steps']} DDIM steps"
+          + ("   [tiny configuration: tests the code path, not the libraries]" if meta["tiny"] else ""), file=file)
+    head = f"{'what':<7}{'library':<10}{'config':<30}{'images/s':>10}{'ms/iter':>10}{'peak MiB':>10}" \
+           f"{'MFU':>7}{'vs diffusers best':>19}  host syncs"
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"{r['what']:<7}{r['library']:<10}{r['name']:<30}  ERROR {r['error'][:80]}", file=file)
+            continue
+        mem = r.get("peak_mem_bytes")
+        print(f"{r['what']:<7}{r['library']:<10}{r['name'] + (' *' if r['reference'] else ''):<30}"
+              f"{r['images_per_s']:>10.1f}{r['ms_per_iteration']:>10.2f}{_fmt(mem and mem / 2**20, '.0f'):>10}"
+              f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f%'):>7}{_fmt(r.get('vs_diffusers_best'), '.2f'):>18}x"
+              f"  {r.get('host_syncs_in_iteration') or '-'}"[:200], file=file)
+    print("(* diffusers' reference configurations; 'diffusers best' is the fastest of them)", file=file)
+    for what, s in result["summary"].items():
+        mem = f", peak memory {s['peak_mem_ratio']:.2f}x diffusers'" if "peak_mem_ratio" in s else ""
+        print(f"{what}: difflab {s['difflab_best']} {s['difflab_images_per_s']:.1f} img/s / diffusers "
+              f"{s['diffusers_best']} {s['diffusers_images_per_s']:.1f} img/s = {s['ratio']:.2f}x "
+              f"(target {s['target_ratio']}x{mem}); vs diffusers' fastest row of any kind "
+              f"({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x", file=file)
+
+
+def _versions() -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__, "difflab": getattr(dl, "__version__", None)}
+    try:
+        import diffusers
+
+        v["diffusers"] = diffusers.__version__
+    except ImportError:
+        v["diffusers"] = None
+    if torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
+        v["cudnn"] = torch.backends.cudnn.version()
+    return v
+
+
+def write(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    ap.add_argument("--tiny", action="store_true", help="the tiny network on a GPU too (a smoke run)")
+    ap.add_argument("--what", nargs="+", choices=("train", "sample"), default=["train", "sample"])
+    ap.add_argument("--rows", nargs="+", default=None, metavar="GLOB",
+                    help="only rows whose library/what/name matches, e.g. 'difflab/train/*' 'diffusers/*/bf16*'")
+    ap.add_argument("--no-diffusers", action="store_true", help="difflab rows only (no ratios)")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default 128; tiny: 4)")
+    ap.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: --batch)")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps per sampled batch")
+    ap.add_argument("--train-iters", type=int, default=None, help="optimizer steps per timed run (20; tiny 2)")
+    ap.add_argument("--train-warmup", type=int, default=None, help="untimed steps first (5; tiny 1)")
+    ap.add_argument("--sample-warmup", type=int, default=None, help="untimed batches first (2; tiny 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row; the median counts (5; tiny 2)")
+    ap.add_argument("--dataset-size", type=int, default=None, help="images kept on the device (1024; tiny 64)")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense bf16 peak for MFU (default: by GPU name; H100 SXM 989.4)")
+    ap.add_argument("--profile", default=None, metavar="DIR", help="write a torch.profiler table per row here")
+    ap.add_argument("--profile-iters", type=int, default=3)
+    ap.add_argument("--trace", action="store_true", help="with --profile: also a Chrome trace per row")
+    ap.add_argument("--out", default=None, help="JSON output (default docs/benchmarks/throughput.json; "
+                                                "CPU/tiny runs: docs/benchmarks/throughput_tiny.json)")
+    ap.add_argument("--merge", action="store_true", help="keep --out's rows that this run does not measure")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU runs: torch intra-op threads (default 1: on a shared machine, threads that "
+                         "wait for each other cost more than they compute; 0 = torch's default)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    for name in ("batch", "sample_batch", "train_iters", "repeats", "dataset_size", "sample_steps", "profile_iters"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv) -> dict:
+    env = Env(args)
+    if not env.cuda and args.threads != 0:
+        torch.set_num_threads(args.threads or 1)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    default_out = "throughput_tiny.json" if env.tiny else "throughput.json"
+    out = Path(args.out) if args.out else REPO / "docs" / "benchmarks" / default_out
+    have_diffusers = not args.no_diffusers
+    if have_diffusers:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            say("note: diffusers is not installed (pip install 'difflab[peers]'); difflab rows only")
+            have_diffusers = False
+    specs = [s for s in row_specs(cpu=env.tiny and not env.cuda)
+             if s["what"] in args.what and (have_diffusers or s["library"] != "diffusers")
+             and (args.rows is None or any(fnmatch.fnmatch(f"{s['library']}/{s['what']}/{s['name']}", g)
+                                           for g in args.rows))]
+    if not specs:
+        raise SystemExit("no rows selected: check --what / --rows")
+    libs = sorted({s["library"] for s in specs})
+    flops = {lib: count_flops(env, lib) for lib in libs}
+    params = {}
+    with torch.device("meta"):
+        params["difflab"] = sum(p.numel() for p in difflab_unet(env.net).parameters())
+        if have_diffusers:
+            params["diffusers"] = sum(p.numel() for p in diffusers_unet(env.net).parameters())
+    result = {
+        "meta": {
+            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(env.device), "device_name": env.gpu_name,
+            "peak_tflops_bf16": env.peak_tflops, "tiny": env.tiny, "network": env.net_name,
+            "network_config": env.net, "parameters": params, "batch": env.batch, "sample_batch": env.sample_batch,
+            "sample_steps": env.sample_steps, "train_iters": env.train_iters, "train_warmup": env.train_warmup,
+            "sample_warmup": env.sample_warmup, "repeats": env.repeats, "dataset_size": env.dataset_size,
+            "flops_per_image": flops, "versions": _versions(),
+        },
+        "rows": [],
+        "summary": {},
+    }
+    kept: list[dict] = []
+    if args.merge and out.is_file():
+        old = json.loads(out.read_text())
+        mine = {(s["library"], s["what"], s["name"]) for s in specs}
+        kept = [r for r in old.get("rows", []) if (r["library"], r["what"], r["name"]) not in mine]
+    say(f"throughput: {len(specs)} rows on {env.gpu_name} ({env.net_name}, {params}) -> {out}")
+    for spec in specs:
+        t0 = time.perf_counter()
+        row = measure(spec, env, flops)
+        result["rows"].append(row)
+        rows = kept + result["rows"]
+        result["summary"] = summarize(rows)
+        write(dict(result, rows=rows), out)
+        ips = f"{row['images_per_s']:.1f} img/s" if "images_per_s" in row else row.get("error", "?")[:120]
+        say(f"  [{time.perf_counter() - t0:6.1f} s] {spec['what']:<6} {spec['library']:<9} {spec['name']:<28} {ips}")
+    result["rows"] = kept + result["rows"]
+    result["summary"] = summarize(result["rows"])
+    write(result, out)
+    if not args.quiet:
+        print_table(result)
+    env.tmp.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()

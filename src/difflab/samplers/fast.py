@@ -1,0 +1,207 @@
+"""The network call of a sampler, made fast: the same function, computed with fewer launches.
+
+A sampler evaluates one network many times on inputs of one shape (50 times for a 50-step
+DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only how it runs:
+
+- ``precision="bf16" | "fp16"``: autocast on the input's device (the output comes back in
+  the input's dtype, so the sampler's own arithmetic stays float32);
+- ``channels_last=True``: 4-D inputs in NHWC memory order, the layout tensor-core convolutions
+  read natively (the model's 4-D weights are converted once, in place; values are unchanged);
+- ``compile=True`` (or a torch.compile mode, or a dict of torch.compile keyword arguments):
+  the network traced and fused once, then reused for every step and every later call;
+- ``cuda_graph=True``: the whole network call captured once per input signature (shapes,
+  dtypes) as a CUDA graph and replayed each step: one launch instead of hundreds. The inputs
+  are copied into the graph's static buffers and the output is copied out, so a sampler may
+  keep earlier outputs (multistep solvers do). Parameters updated in place (EMA, an optimizer)
+  are seen by later replays.
+
+``dl.sample(..., precision=, channels_last=, compile=, cuda_graph=)`` builds one per model
+and keeps it on the model (:func:`fast_model`), so a second call reuses the compiled network
+and its graphs; :func:`release` drops them (and the graphs' memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FastModel", "fast_model", "release", "PRECISIONS"]
+
+PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_CACHE_ATTR = "_difflab_fast_models"
+CompileSpec = Union[bool, str, dict]
+
+
+class _Cache(dict):
+    """The fast wrappers kept on a model. Copies and pickles of the model get an empty one
+    (compiled code and CUDA graphs belong to the original's tensors)."""
+
+    def __deepcopy__(self, memo) -> "_Cache":
+        return _Cache()
+
+    def __reduce__(self):
+        return (_Cache, ())
+
+
+def _compile_kwargs(compile: CompileSpec) -> Optional[dict]:
+    """torch.compile's keyword arguments for a ``compile`` option (None: do not compile)."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, str):
+        return {"mode": compile}
+    if isinstance(compile, dict):
+        return dict(compile)
+    raise TypeError(
+        f"compile must be True/False, a torch.compile mode (e.g. 'max-autotune-no-cudagraphs') or a "
+        f"dict of torch.compile keyword arguments, got {compile!r}"
+    )
+
+
+def _check_options(precision, channels_last, compile, cuda_graph) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of None, 'fp32', 'bf16', 'fp16', got {precision!r}")
+    for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    kw = _compile_kwargs(compile)
+    if kw is not None and cuda_graph and kw.get("mode") in ("reduce-overhead", "max-autotune"):
+        raise ValueError(
+            f"compile mode {kw['mode']!r} captures CUDA graphs itself; with cuda_graph=True use "
+            "compile=True or compile='max-autotune-no-cudagraphs'"
+        )
+
+
+class _Graph:
+    """One captured network call: static inputs, the graph, its static output."""
+
+    def __init__(self, fn: Callable, x: Tensor, t: Tensor, cond: Optional[Tensor], warmup: int = 2) -> None:
+        self.x, self.t = x.clone(), t.clone()  # clone keeps the memory format
+        self.cond = cond.clone() if cond is not None else None
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up (and compilation) off the capture
+            for _ in range(warmup):
+                fn(self.x, self.t, self.cond)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.x, self.t, self.cond)
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        if cond is not None:
+            self.cond.copy_(cond)
+        self.graph.replay()
+        return self.out.clone()
+
+
+class FastModel(nn.Module):
+    """``model(x_t, t[, cond])`` with autocast, channels_last, torch.compile and CUDA graphs.
+
+    Computes the model's function (up to the rounding of ``precision``); see the module's
+    docstring for what each option does. ``num_classes`` is the wrapped model's.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        precision: Optional[str] = None,
+        channels_last: bool = False,
+        compile: CompileSpec = False,
+        cuda_graph: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_options(precision, channels_last, compile, cuda_graph)
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x_t, t[, cond]), got {type(model).__name__}")
+        self.model = model
+        self.precision, self.channels_last, self.cuda_graph = precision, channels_last, cuda_graph
+        self.compile_kwargs = _compile_kwargs(compile)
+        self.num_classes = getattr(model, "num_classes", None)
+        if channels_last and isinstance(model, nn.Module):
+            model.to(memory_format=torch.channels_last)  # 4-D weights only; values unchanged
+        fn = model
+        if self.compile_kwargs is not None:
+            fn = torch.compile(model, **self.compile_kwargs)
+        # plain attributes, not submodules: the compiled module would repeat the parameters
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_graphs", {})
+
+    def extra_repr(self) -> str:
+        return (f"precision={self.precision}, channels_last={self.channels_last}, "
+                f"compile={self.compile_kwargs}, cuda_graph={self.cuda_graph}")
+
+    def _call(self, x: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
+        dtype = PRECISIONS[self.precision]
+        if dtype is not None and not torch.amp.is_autocast_available(x.device.type):
+            raise ValueError(f"precision={self.precision!r} autocasts the network, which device type "
+                             f"{x.device.type!r} does not support; use precision=None")
+        ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not self.cuda_graph)
+               if dtype is not None else contextlib.nullcontext())
+        with ctx:
+            out = self._fn(x, t) if cond is None else self._fn(x, t, cond)
+        return out.to(x.dtype) if isinstance(out, Tensor) else out
+
+    def forward(self, x: Tensor, t: Any, cond: Optional[Tensor] = None) -> Tensor:
+        if self.channels_last and isinstance(x, Tensor) and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.cuda_graph:
+            return self._call(x, t, cond)
+        if not isinstance(x, Tensor) or x.device.type != "cuda":
+            where = x.device if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"cuda_graph=True needs CUDA inputs, got x on {where}; use cuda_graph=False")
+        if not isinstance(t, Tensor):
+            t = torch.full((x.shape[0],), t, device=x.device)
+        t = t.to(x.device)
+        key = (tuple(x.shape), x.dtype, x.stride(), tuple(t.shape), t.dtype,
+               None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled())
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = _Graph(self._call, x, t, cond.to(x.device) if cond is not None else None)
+        return graph(x, t, cond)
+
+    def release(self) -> None:
+        """Drop the captured graphs (their memory returns to the allocator on the next collection)."""
+        self._graphs.clear()
+
+
+def fast_model(
+    model: Callable,
+    precision: Optional[str] = None,
+    channels_last: bool = False,
+    compile: CompileSpec = False,
+    cuda_graph: bool = False,
+) -> Callable:
+    """The model itself when no option is set; else a :class:`FastModel`, kept on the model
+    (one per set of options) so later calls reuse its compiled network and CUDA graphs."""
+    _check_options(precision, channels_last, compile, cuda_graph)
+    if PRECISIONS[precision] is None and not channels_last and compile in (False, None) and not cuda_graph:
+        return model
+    if isinstance(model, FastModel):
+        return model
+    key = (precision, channels_last, repr(_compile_kwargs(compile)), cuda_graph)
+    cache = getattr(model, _CACHE_ATTR, None) if isinstance(model, nn.Module) else None
+    if cache is not None and key in cache:
+        return cache[key]
+    fast = FastModel(model, precision, channels_last, compile, cuda_graph)
+    if isinstance(model, nn.Module):
+        if cache is None:
+            cache = _Cache()
+            object.__setattr__(model, _CACHE_ATTR, cache)  # not a submodule: no state_dict entry
+        cache[key] = fast
+    return fast
+
+
+def release(model: Callable) -> None:
+    """Forget the fast wrappers kept on ``model`` (compiled networks, CUDA graphs)."""
+    cache = getattr(model, _CACHE_ATTR, None)
+    if cache:
+        for fast in cache.values():
+            fast.release()
+        cache.clear()

@@ -1,0 +1,83 @@
+"""benchmarks/throughput.py on the CPU: the tiny configuration runs every code path the GPU
+run uses (both libraries, training and sampling, FLOP counting, profiling, JSON, merging)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("throughput", PATH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_throughput_cpu_run_writes_every_field(tmp_path):
+    bench = load()
+    out = tmp_path / "throughput.json"
+    common = ["--device", "cpu", "--out", str(out), "--sample-steps", "3", "--train-iters", "1",
+              "--repeats", "1", "--quiet"]
+    res = bench.main(common + ["--profile", str(tmp_path / "prof")])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"], default=str))
+    meta = saved["meta"]
+    assert meta["tiny"] and meta["network"] == "tiny" and meta["sample_steps"] == 3
+    # the same network in both libraries
+    assert meta["parameters"]["difflab"] == meta["parameters"]["diffusers"] > 0
+    flops = meta["flops_per_image"]
+    assert flops["difflab"]["train"] > 2 * flops["difflab"]["forward"] > 0  # backward ~ 2x forward
+    assert flops["difflab"]["forward"] == pytest.approx(flops["diffusers"]["forward"], rel=0.05)
+
+    rows = {(r["library"], r["what"], r["name"]): r for r in saved["rows"]}
+    assert {(lib, what) for lib, what, _ in rows} == {(lib, what) for lib in ("difflab", "diffusers")
+                                                      for what in ("train", "sample")}
+    for key, r in rows.items():
+        assert "error" not in r, (key, r.get("error"))
+        assert r["images_per_s"] > 0 and r["ms_per_iteration"] > 0 and r["flops_per_image"] > 0, key
+        assert r["achieved_tflops"] > 0 and r["vs_diffusers_best"] > 0
+        assert r["mfu"] is None  # no bf16 peak for a CPU
+        assert Path(r["profile"]["file"]).is_file() and r["profile"]["by_kind_ms"]
+        if r["what"] == "train":
+            assert r["final_loss"] > 0
+        else:
+            assert r["sample_finite"]
+    # the same function whatever the layout: channels_last sampling matches the first (fp32) row
+    assert rows[("difflab", "sample", "fp32")]["max_abs_diff_vs_first_row"] == 0.0
+    assert rows[("difflab", "sample", "fp32+cl")]["max_abs_diff_vs_first_row"] < 1e-4
+    for what in ("train", "sample"):
+        s = saved["summary"][what]
+        assert s["diffusers_best"] == "fp32" and s["ratio"] > 0 and s["target_ratio"] == bench.TARGETS[what]
+        assert s["ratio"] == pytest.approx(s["difflab_images_per_s"] / s["diffusers_images_per_s"])
+    assert "by kind" in (tmp_path / "prof" / "train-difflab-fp32.txt").read_text()
+
+    # --merge: measure one row again, keep the others
+    bench.main(common + ["--rows", "difflab/sample/fp32", "--no-diffusers", "--merge"])
+    merged = json.loads(out.read_text())
+    assert len(merged["rows"]) == len(saved["rows"]) and merged["summary"].keys() == saved["summary"].keys()
+
+
+def test_throughput_helpers():
+    bench = load()
+    assert bench.detect_peak_tflops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4)
+    assert bench.detect_peak_tflops("NVIDIA H100 PCIe") == pytest.approx(756.0)
+    assert bench.detect_peak_tflops("NVIDIA H200") == pytest.approx(989.4)
+    assert bench.detect_peak_tflops("Some Future GPU") is None
+    gpu = bench.row_specs(cpu=False)
+    names = {(r["library"], r["what"], r["name"]) for r in gpu}
+    assert len(names) == len(gpu)  # unique rows
+    refs = {r["name"] for r in gpu if r["library"] == "diffusers" and r["reference"]}
+    assert refs == {"fp32", "bf16", "bf16+compile"}  # the issue's reference configurations
+    assert ("difflab", "sample", "bf16+cl+compile+graph") in names
+    assert bench._kind("triton_red_fused_native_group_norm_silu_3") == "fused (triton): norm"
+    assert bench._kind("sm90_xmma_fprop_implicit_gemm_bf16") == "convolution"
+    assert bench._kind("void at::native::(anonymous)::multi_tensor_apply_kernel<FusedAdamW>") == "optimizer + EMA"
+    assert bench._kind("pytorch_flash::flash_fwd_kernel") == "attention"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batch", "0"])

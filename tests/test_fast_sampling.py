@@ -1,0 +1,174 @@
+"""Speed options that must not change the maths: dl.sample's precision / channels_last /
+compile / cuda_graph (samplers/fast.py), the trainer's public step, and the absence of
+host-side reads of device values in the step and sampling loops (no host-device syncs)."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab.models.unet import UNet
+from difflab.samplers.fast import FastModel, fast_model, release
+from difflab.training import Trainer, TrainConfig
+from difflab.training.config import DiffusionConfig, ModelConfig, SampleConfig
+
+NET = dict(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+           image_size=8, norm_groups=8)
+
+
+def net(**kw) -> UNet:
+    torch.manual_seed(0)
+    model = UNet(**{**NET, **kw})
+    with torch.no_grad():  # the zero-initialised output layers would make every sample trivial
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small CPU kernels on a shared 2-core machine: one thread (waiting threads cost more)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def proc():
+    return dl.GaussianDiffusion(dl.schedules.linear())
+
+
+@pytest.fixture
+def noise():
+    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_channels_last_sampling_is_the_same_function(proc, noise):
+    model = net()
+    keys = list(model.state_dict())
+    ref = dl.sample(model, proc, noise.shape, "ddim", 8, noise=noise, clip_x0=1.0)
+    out = dl.sample(model, proc, noise.shape, "ddim", 8, noise=noise, clip_x0=1.0, channels_last=True)
+    assert ref.abs().max() > 0.1  # a non-trivial sample
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert out.is_contiguous()  # handed back in the usual layout
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # converted once, in place
+    assert list(model.state_dict()) == keys  # the cache is no part of the model's state
+    # a multistep solver keeps earlier outputs: they must not be overwritten by later calls
+    ref2 = dl.sample(net(), proc, noise.shape, "dpmpp_2m", 6, noise=noise, clip_x0=1.0)
+    out2 = dl.sample(model, proc, noise.shape, "dpmpp_2m", 6, noise=noise, clip_x0=1.0, channels_last=True)
+    torch.testing.assert_close(out2, ref2, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_sampling_is_close_and_float32(proc, noise):
+    model = net()
+    ref = dl.sample(model, proc, noise.shape, "ddim", 5, noise=noise, clip_x0=1.0)
+    out = dl.sample(model, proc, noise.shape, "ddim", 5, noise=noise, clip_x0=1.0, precision="bf16")
+    assert out.dtype == torch.float32
+    rel = float((out - ref).norm() / ref.norm())
+    assert 0 < rel < 0.05, rel  # bf16 rounding: different, but close
+    x, t = noise, torch.full((4,), 500)
+    with torch.no_grad():
+        one, ref_one = FastModel(model, precision="bf16")(x, t), model(x, t)
+    assert one.dtype == torch.float32
+    rel = float((one - ref_one).norm() / ref_one.norm())
+    assert 0 < rel < 0.02, rel  # one network call: bf16's 8-bit mantissa
+
+
+def test_guided_sampling_through_the_wrapper(proc):
+    model = net(num_classes=3)
+    cond = torch.tensor([0, 1, 2, 1])
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    kw = dict(noise=x, cond=cond, guidance=2.5, clip_x0=1.0)
+    ref = dl.sample(model, proc, x.shape, "ddim", 4, **kw)
+    out = dl.sample(model, proc, x.shape, "ddim", 4, channels_last=True, **kw)
+    assert fast_model(model, channels_last=True).num_classes == 3  # the null label is found
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)  # w = 2.5 amplifies rounding
+
+
+def test_compiled_network_is_kept_and_reused(proc):
+    compilations = []
+
+    def backend(gm, example_inputs):  # counts what torch.compile hands to a backend
+        compilations.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = dl.models.MLPDenoiser(dim=2)
+    x = torch.randn(16, 2)
+    ref = dl.sample(model, proc, x.shape, "ddim", 4, noise=x)
+    opts = dict(compile={"backend": backend, "dynamic": False})
+    first = dl.sample(model, proc, x.shape, "ddim", 4, noise=x, **opts)
+    n = len(compilations)
+    second = dl.sample(model, proc, x.shape, "ddim", 4, noise=x, **opts)
+    torch._dynamo.reset()
+    assert n >= 1 and len(compilations) == n  # the second call reuses the compiled network
+    torch.testing.assert_close(first, ref)
+    torch.testing.assert_close(second, ref)
+    assert fast_model(model, **opts) is fast_model(model, **opts)
+    assert fast_model(model) is model  # no option: the model itself
+    release(model)
+    assert fast_model(model, **opts) is not first  # a fresh wrapper after release
+
+
+def test_copies_and_pickles_of_a_model_drop_the_wrappers(proc, noise):
+    model = net()
+    dl.sample(model, proc, noise.shape, "ddim", 2, noise=noise, channels_last=True)
+    clone = copy.deepcopy(model)
+    assert not getattr(clone, "_difflab_fast_models")
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    pickle.loads(pickle.dumps(model))
+    assert isinstance(fast_model(model, channels_last=True), FastModel)
+
+
+def test_bad_speed_options_are_named(proc, noise):
+    model = net()
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        dl.sample(model, proc, noise.shape, noise=noise, cuda_graph=True)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        dl.sample(model, proc, noise.shape, noise=noise, precision="int8")
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        dl.sample(model, proc, noise.shape, noise=noise, channels_last="yes")
+    with pytest.raises(TypeError, match="compile must be"):
+        dl.sample(model, proc, noise.shape, noise=noise, compile=3)
+    with pytest.raises(ValueError, match="captures CUDA graphs itself"):
+        FastModel(model, compile="reduce-overhead", cuda_graph=True)
+    with pytest.raises(TypeError, match="callable"):
+        FastModel(42)
+
+
+def test_no_host_reads_of_device_values_in_the_loss_and_the_sampler(proc):
+    """On the meta device tensors have no values: anything that reads one on the host (an
+    ``if tensor:``, ``.item()``, a range check) fails there -- on a GPU it would be a sync."""
+    with torch.device("meta"):
+        model = UNet(**NET)
+        x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+        t = torch.randint(0, proc.T, (4,))
+    loss = dl.training.DiffusionLoss(proc)(model, dl.training.TrainBatch(
+        x0=x0, cond=None, labels=None, t=t, noise=noise, u=torch.rand(4, device="meta"), step=0, index=t))
+    loss.backward()
+    assert loss.device.type == "meta"
+    for kw in ({}, {"channels_last": True}):
+        x = dl.sample(model, proc, (4, 3, 8, 8), "ddim", 3, device="meta", clip_x0=1.0, **kw)
+        assert x.device.type == "meta" and x.shape == (4, 3, 8, 8)
+    with pytest.raises(ValueError, match="t must lie in"):  # on the CPU the range is still checked
+        proc.q_sample(torch.zeros(2, 3), torch.tensor([0, proc.T]))
+
+
+def test_train_step_is_the_loops_step(tmp_path):
+    cfg = TrainConfig(model=ModelConfig(name="unet", kwargs=dict(NET, dropout=0.0)),
+                      diffusion=DiffusionConfig(T=100), sample=SampleConfig(every=-1),
+                      batch_size=4, steps=1, log_every=1, tensorboard=False, device="cpu", cpu_threads=1)
+    data = (torch.rand(16, 3, 8, 8) * 2 - 1, None)
+    a = Trainer(cfg, tmp_path / "a", data=data, progress=False)
+    loss, grad_norm = a.train_step()
+    assert a.step == 0 and loss.ndim == 0 and grad_norm > 0  # the run did not advance
+    b = Trainer(cfg, tmp_path / "b", data=data, progress=False)
+    b.train()
+    assert b.history[0]["loss"] == pytest.approx(float(loss), rel=1e-6)
+    torch.testing.assert_close(dict(a.ema.model.named_parameters()), dict(b.ema.model.named_parameters()))
