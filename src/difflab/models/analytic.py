@@ -92,14 +92,26 @@ class GaussianMixtureDenoiser(nn.Module):
         x = x_t.reshape(shape[0], -1).to(torch.float64)
         if x.shape[1] != self.dim:
             raise ValueError(f"this mixture lives in D = {self.dim} dimensions, got x_t of shape {tuple(shape)}")
-        a = alpha.to(torch.float64).view(-1, 1, 1)
-        s2 = sigma.to(torch.float64).view(-1, 1, 1) ** 2
-        var = a**2 * self.variances[None] + s2  # [B, K, D]
-        diff = x[:, None, :] - a * self.means[None]  # [B, K, D]
-        log_lik = -0.5 * ((diff**2) / var + var.log() + math.log(2 * math.pi)).sum(-1)
-        resp = torch.softmax(log_lik + self._log_weights(cond, x.shape[0]), dim=1)  # [B, K]
-        x0_k = self.means[None] + a * self.variances[None] / var * diff
-        x0 = (resp[:, :, None] * x0_k).sum(1)
+        alpha, sigma = alpha.to(torch.float64), sigma.to(torch.float64)
+        m, v = self.means, self.variances
+        if bool((alpha == alpha[0]).all()):
+            # One noise level for the batch (what samplers do): the squared Mahalanobis distances
+            # sum_d (x_d - a m_kd)^2 / var_kd expand into matrix products, no [B, K, D] tensor.
+            a, s2 = alpha[0], sigma[0] ** 2
+            var = a * a * v + s2  # [K, D]
+            inv = 1.0 / var
+            log_lik = -0.5 * ((x * x) @ inv.T - 2 * a * (x @ (m * inv).T)
+                              + (a * a * m * m * inv + var.log()).sum(1) + self.dim * math.log(2 * math.pi))
+            resp = torch.softmax(log_lik + self._log_weights(cond, x.shape[0]), dim=1)  # [B, K]
+            gain = a * v * inv  # E[x0 | x_t, k] = m_k + gain_k (x_t - a m_k)
+            x0 = resp @ (m - a * gain * m) + x * (resp @ gain)
+        else:
+            a = alpha.view(-1, 1, 1)
+            var = a**2 * v[None] + sigma.view(-1, 1, 1) ** 2  # [B, K, D]
+            diff = x[:, None, :] - a * m[None]
+            log_lik = -0.5 * ((diff**2) / var + var.log() + math.log(2 * math.pi)).sum(-1)
+            resp = torch.softmax(log_lik + self._log_weights(cond, x.shape[0]), dim=1)
+            x0 = (resp[:, :, None] * (m[None] + a * v[None] / var * diff)).sum(1)
         return x0.reshape(shape).to(dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
