@@ -29,6 +29,7 @@ each row's ratio to diffusers' best shows that option's effect.
     python benchmarks/throughput.py --what sample --merge
     python benchmarks/throughput.py --rows 'difflab/train/*' --profile prof/   # where time goes
     python benchmarks/throughput.py --device cpu             # tiny CPU configuration (CI)
+    python benchmarks/throughput.py --report docs/benchmarks/throughput.json   # as Markdown
 
 Prints a table and the ratios difflab / diffusers; writes JSON to --out after every row (a run
 cut short keeps what it measured). ``--profile DIR`` writes, per row, a torch.profiler table
@@ -186,7 +187,10 @@ class Env:
         self.repeats = args.repeats or d(5, 2)
         self.dataset_size = args.dataset_size or d(1024, 64)
         self.shape = (3, size, size)
-        self.gpu_name = torch.cuda.get_device_name(self.device) if self.cuda else platform.processor() or "cpu"
+        if not self.cuda and args.threads != 0:
+            torch.set_num_threads(args.threads or 1)
+        self.gpu_name = (torch.cuda.get_device_name(self.device) if self.cuda
+                         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
         self.peak_tflops = args.peak_tflops or (detect_peak_tflops(self.gpu_name) if self.cuda else None)
         self.profile_dir = Path(args.profile) if args.profile else None
         self.profile_iters = args.profile_iters
@@ -215,7 +219,8 @@ class Env:
         return contextlib.nullcontext()
 
     def template(self, library: str) -> nn.Module:
-        """The sampling network of a library, one set of random weights for all its rows."""
+        """The sampling network of a library, one set of random weights for all its rows (kept on
+        the CPU: each row copies it to the device, so a row's peak memory holds only its own)."""
         if library not in self._templates:
             torch.manual_seed(0)
             if library == "difflab":
@@ -226,7 +231,7 @@ class Env:
                             p.normal_(0.0, 0.02)
             else:
                 model = diffusers_unet(self.net)
-            self._templates[library] = model.to(self.device).eval().requires_grad_(False)
+            self._templates[library] = model.eval().requires_grad_(False)
         return self._templates[library]
 
 
@@ -313,7 +318,7 @@ class DifflabSample:
 
     def __init__(self, env: Env, opts: dict) -> None:
         self.env = env
-        self.model = copy.deepcopy(env.template("difflab"))
+        self.model = copy.deepcopy(env.template("difflab")).to(env.device)
         self.kw = {k: opts[k] for k in ("channels_last", "compile", "cuda_graph") if k in opts}
         if opts.get("precision", "fp32") != "fp32":
             self.kw["precision"] = opts["precision"]
@@ -339,7 +344,7 @@ class DiffusersSample:
         from diffusers import DDIMScheduler
 
         self.env, self.opts = env, opts
-        model = copy.deepcopy(env.template("diffusers"))
+        model = copy.deepcopy(env.template("diffusers")).to(env.device)
         self.cl = opts.get("channels_last", False)
         if self.cl:
             model.to(memory_format=torch.channels_last)
@@ -616,6 +621,38 @@ def print_table(result: dict, file=sys.stdout) -> None:
               f"({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x", file=file)
 
 
+def markdown(result: dict) -> str:
+    """The rows and the summary as Markdown (for docs/benchmarks.md): ``--report JSON``."""
+    meta = result["meta"]
+    v = meta["versions"]
+    lines = [f"{meta['network']} network on {meta['device_name']}: train batch {meta['batch']}, sample batch "
+             f"{meta['sample_batch']} x {meta['sample_steps']} DDIM steps; torch {v['torch']}, diffusers "
+             f"{v.get('diffusers')}; median of {meta['repeats']} runs; `{meta['command']}` ({meta['date']})"
+             + (" -- **tiny configuration: tests the code path, not the libraries**" if meta["tiny"] else ""),
+             "",
+             "| what | library | configuration | images/s | ms/iter | peak MiB | MFU | vs diffusers' best "
+             "| host syncs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['what']} | {r['library']} | {r['name']} | error: {r['error'][:100]} | | | | | |")
+            continue
+        mem = r.get("peak_mem_bytes")
+        name = f"{r['name']} (reference)" if r["reference"] else r["name"]
+        lines.append(f"| {r['what']} | {r['library']} | {name} | {r['images_per_s']:.1f} | "
+                     f"{r['ms_per_iteration']:.2f} | {_fmt(mem and mem / 2**20, '.0f')} | "
+                     f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f%')} | {_fmt(r.get('vs_diffusers_best'), '.2f')}x | "
+                     f"{r.get('host_syncs_in_iteration') or '-'} |")
+    lines.append("")
+    for what, s in result["summary"].items():
+        mem = f"; peak memory {s['peak_mem_ratio']:.2f}x diffusers'" if "peak_mem_ratio" in s else ""
+        met = {True: " -- **target met**", False: " -- **target not met**"}.get(s.get("target_met"), "")
+        lines.append(f"- **{what}**: difflab {s['difflab_best']} / diffusers {s['diffusers_best']} = "
+                     f"**{s['ratio']:.2f}x** (target {s['target_ratio']}x{mem}){met}; against diffusers' fastest "
+                     f"row of any kind ({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x")
+    return "\n".join(lines) + "\n"
+
+
 def _versions() -> dict:
     v = {"python": platform.python_version(), "torch": torch.__version__, "difflab": getattr(dl, "__version__", None)}
     try:
@@ -666,6 +703,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU runs: torch intra-op threads (default 1: on a shared machine, threads that "
                          "wait for each other cost more than they compute; 0 = torch's default)")
+    ap.add_argument("--report", default=None, metavar="JSON",
+                    help="measure nothing: print a results file as Markdown (for docs/benchmarks.md)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     for name in ("batch", "sample_batch", "train_iters", "repeats", "dataset_size", "sample_steps", "profile_iters"):
@@ -677,6 +716,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.report:
+        result = json.loads(Path(args.report).read_text())
+        print(markdown(result), end="")
+        return result
     threads = torch.get_num_threads()
     try:
         return _run(args, argv)
@@ -686,8 +729,6 @@ def main(argv=None) -> dict:
 
 def _run(args: argparse.Namespace, argv) -> dict:
     env = Env(args)
-    if not env.cuda and args.threads != 0:
-        torch.set_num_threads(args.threads or 1)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     default_out = "throughput_tiny.json" if env.tiny else "throughput.json"
     out = Path(args.out) if args.out else REPO / "docs" / "benchmarks" / default_out

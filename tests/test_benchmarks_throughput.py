@@ -19,7 +19,7 @@ def load():
     return bench
 
 
-def test_throughput_cpu_run_writes_every_field(tmp_path):
+def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
     bench = load()
     out = tmp_path / "throughput.json"
     common = ["--device", "cpu", "--out", str(out), "--sample-steps", "3", "--train-iters", "1",
@@ -56,6 +56,11 @@ def test_throughput_cpu_run_writes_every_field(tmp_path):
         assert s["diffusers_best"] == "fp32" and s["ratio"] > 0 and s["target_ratio"] == bench.TARGETS[what]
         assert s["ratio"] == pytest.approx(s["difflab_images_per_s"] / s["diffusers_images_per_s"])
     assert "by kind" in (tmp_path / "prof" / "train-difflab-fp32.txt").read_text()
+
+    # --report: the file as Markdown for docs/benchmarks.md
+    bench.main(["--report", str(out)])
+    md = capsys.readouterr().out
+    assert "| sample | difflab | fp32+cl |" in md and "**tiny configuration" in md and "target 2.0x" in md
 
     # --merge: measure one row again, keep the others
     bench.main(common + ["--rows", "difflab/sample/fp32", "--no-diffusers", "--merge"])
