@@ -175,6 +175,7 @@ class Env:
         self.net_name = "tiny" if self.tiny else "ddpm_cifar10"
         self.net = dict(NETWORKS[self.net_name], dropout=args.dropout)
         size = self.net["image_size"]
+
         def d(gpu, cpu):  # default by size
             return cpu if self.tiny else gpu
 
