@@ -582,6 +582,15 @@ def summarize(rows: list[dict]) -> dict:
             "ratio_vs_best_any_row": best["images_per_s"] / top["images_per_s"],
             "target_ratio": TARGETS[what],
         }
+        if best.get("profile") and ref.get("profile"):  # where the time goes, side by side
+            a, b = best["profile"], ref["profile"]
+            kinds = sorted(set(a["by_kind_ms"]) | set(b["by_kind_ms"]))
+            diff = {k: a["by_kind_ms"].get(k, 0.0) - b["by_kind_ms"].get(k, 0.0) for k in kinds}
+            s["profile"] = {
+                "ms_per_iteration": {"difflab": {"wall": a["wall_ms"], "busy": a["busy_ms"]},
+                                     "diffusers": {"wall": b["wall_ms"], "busy": b["busy_ms"]}},
+                "by_kind_ms_difflab_minus_diffusers": dict(sorted(diff.items(), key=lambda kv: -abs(kv[1]))),
+            }
         if best.get("peak_mem_bytes") and ref.get("peak_mem_bytes"):
             s["peak_mem_ratio"] = best["peak_mem_bytes"] / ref["peak_mem_bytes"]
             s["target_met"] = s["ratio"] >= TARGETS[what] and s["peak_mem_ratio"] <= 1.0
@@ -651,6 +660,12 @@ def markdown(result: dict) -> str:
         lines.append(f"- **{what}**: difflab {s['difflab_best']} / diffusers {s['diffusers_best']} = "
                      f"**{s['ratio']:.2f}x** (target {s['target_ratio']}x{mem}){met}; against diffusers' fastest "
                      f"row of any kind ({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x")
+        if "profile" in s:
+            t = s["profile"]["ms_per_iteration"]
+            kinds = ", ".join(f"{k} {v:+.2f}" for k, v in s["profile"]["by_kind_ms_difflab_minus_diffusers"].items())
+            lines.append(f"  - profiled, ms per iteration (wall / busy): difflab {t['difflab']['wall']:.2f} / "
+                         f"{t['difflab']['busy']:.2f}, diffusers {t['diffusers']['wall']:.2f} / "
+                         f"{t['diffusers']['busy']:.2f}; busy time by kind, difflab minus diffusers: {kinds}")
     return "\n".join(lines) + "\n"
 
 

@@ -56,11 +56,15 @@ def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
         assert s["diffusers_best"] == "fp32" and s["ratio"] > 0 and s["target_ratio"] == bench.TARGETS[what]
         assert s["ratio"] == pytest.approx(s["difflab_images_per_s"] / s["diffusers_images_per_s"])
     assert "by kind" in (tmp_path / "prof" / "train-difflab-fp32.txt").read_text()
+    prof = saved["summary"]["train"]["profile"]  # the best rows side by side
+    assert prof["ms_per_iteration"]["difflab"]["wall"] > 0
+    assert "convolution" in prof["by_kind_ms_difflab_minus_diffusers"]
 
     # --report: the file as Markdown for docs/benchmarks.md
     bench.main(["--report", str(out)])
     md = capsys.readouterr().out
     assert "| sample | difflab | fp32+cl |" in md and "**tiny configuration" in md and "target 2.0x" in md
+    assert "busy time by kind" in md
 
     # --merge: measure one row again, keep the others
     bench.main(common + ["--rows", "difflab/sample/fp32", "--no-diffusers", "--merge"])
