@@ -12,8 +12,9 @@ DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only
 - ``cuda_graph=True``: the whole network call captured once per input signature (shapes,
   dtypes) as a CUDA graph and replayed each step: one launch instead of hundreds. The inputs
   are copied into the graph's static buffers and the output is copied out, so a sampler may
-  keep earlier outputs (multistep solvers do). Parameters updated in place (EMA, an optimizer)
-  are seen by later replays.
+  keep earlier outputs (multistep solvers do). Parameters updated in place (EMA, an optimizer,
+  ``load_state_dict``) are seen by later replays; parameters replaced by new tensors (e.g.
+  ``model.to(other_device)``) are not: call :func:`release` after such a change.
 
 ``dl.sample(..., precision=, channels_last=, compile=, cuda_graph=)`` builds one per model
 and keeps it on the model (:func:`fast_model`), so a second call reuses the compiled network
