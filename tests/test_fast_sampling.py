@@ -126,6 +126,14 @@ def test_copies_and_pickles_of_a_model_drop_the_wrappers(proc, noise):
     assert isinstance(fast_model(model, channels_last=True), FastModel)
 
 
+def test_converting_the_weights_drops_graphs_of_the_old_ones():
+    model = net()
+    plain = fast_model(model, precision="bf16")
+    plain._graphs["stale"] = object()  # stands for a CUDA graph that reads the NCHW weights
+    fast_model(model, channels_last=True)  # moves the 4-D weights to new (NHWC) tensors
+    assert not plain._graphs
+
+
 def test_bad_speed_options_are_named(proc, noise):
     model = net()
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):

@@ -190,6 +190,10 @@ def fast_model(
     cache = getattr(model, _CACHE_ATTR, None) if isinstance(model, nn.Module) else None
     if cache is not None and key in cache:
         return cache[key]
+    if cache and channels_last and any(p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last)
+                                       for p in model.parameters()):
+        for other in cache.values():  # the weights move to new tensors: graphs of the old ones go
+            other.release()
     fast = FastModel(model, precision, channels_last, compile, cuda_graph)
     if isinstance(model, nn.Module):
         if cache is None:
