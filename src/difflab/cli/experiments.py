@@ -29,7 +29,7 @@ import yaml
 
 from .. import data
 from ..evaluation import plots, report
-from ..evaluation.classifier import ClassifierFeatures, load_classifier
+from ..evaluation.classifier import ClassifierFeatures, accuracy, load_classifier
 from ..evaluation.grids import save_image_grid
 from ..samplers import SAMPLERS, sample
 from ..training import load as load_run
@@ -51,18 +51,18 @@ _TOY_RUN = {
 }
 
 SIZES = {
-    "tiny": dict(toy_steps=40, toy_n=300, toy_ddpm_steps=50, toy_width=64,
-                 mnist_model={"name": "mlp", "kwargs": {"dim": 784, "width": 64, "depth": 1, "num_classes": 10}},
+    "tiny": dict(mnist_size=14, toy_steps=40, toy_n=300, toy_ddpm_steps=50, toy_width=64,
+                 mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 64, "depth": 1, "num_classes": 10}},
                  mnist_flatten=True, mnist_steps=4, mnist_batch=32, mnist_lr=1e-3, n=40, ref_n=400,
                  guidance=[0.0, 1.0, 3.0], sweep_steps=[2, 4], ddpm_steps=8, samplers=["ddim", "dpmpp_2m"],
                  bpd_n=4, bpd_timesteps=3, clf_epochs=1, clf_limit=600, batch=200),
-    "cpu": dict(toy_steps=1200, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
-                mnist_model={"name": "mlp", "kwargs": {"dim": 784, "width": 512, "depth": 3, "num_classes": 10}},
-                mnist_flatten=True, mnist_steps=2000, mnist_batch=128, mnist_lr=1e-3, n=1000, ref_n=10000,
-                guidance=[0.0, 1.0, 2.0, 3.0, 5.0, 8.0], sweep_steps=[5, 10, 20, 50], ddpm_steps=1000,
-                samplers=["ddim", "dpmpp_2m", "euler"], bpd_n=100, bpd_timesteps=50, clf_epochs=8, clf_limit=None,
+    "cpu": dict(mnist_size=14, toy_steps=1200, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
+                mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 512, "depth": 3, "num_classes": 10}},
+                mnist_flatten=True, mnist_steps=4000, mnist_batch=128, mnist_lr=2e-3, mnist_ema=0.995, n=2000,
+                ref_n=10000, guidance=[0.0, 1.0, 2.0, 3.0, 5.0, 8.0], sweep_steps=[5, 10, 20, 50], ddpm_steps=1000,
+                samplers=["ddim", "dpmpp_2m", "euler"], bpd_n=200, bpd_timesteps=50, clf_epochs=8, clf_limit=None,
                 batch=500),
-    "gpu": dict(toy_steps=10000, toy_n=10000, toy_ddpm_steps=1000, toy_width=256,
+    "gpu": dict(mnist_size=28, toy_steps=10000, toy_n=10000, toy_ddpm_steps=1000, toy_width=256,
                 mnist_model={"name": "unet_mnist", "kwargs": {"num_classes": 10}},
                 mnist_flatten=False, mnist_steps=5000, mnist_batch=256, mnist_lr=5e-4, n=10000, ref_n=10000,
                 guidance=[0.0, 1.0, 2.0, 3.0, 5.0, 8.0], sweep_steps=[5, 10, 20, 50, 100], ddpm_steps=1000,
@@ -162,16 +162,48 @@ def _mnist_config(S: dict, root: str, device: str) -> dict:
     cfg = {
         "model": copy.deepcopy(S["mnist_model"]),
         "diffusion": {"schedule": "linear", "T": 1000, "prediction": "eps"},
-        "data": {"name": "mnist", "kwargs": {"root": root, "split": "t10k"}, "flatten": S["mnist_flatten"]},
+        "data": {"name": "mnist", "kwargs": _mnist_kwargs(S, root, "t10k"), "flatten": S["mnist_flatten"]},
         "optim": {"lr": S["mnist_lr"], "warmup_steps": min(500, S["mnist_steps"] // 10), "decay": "cosine",
                   "grad_clip": 1.0},
-        "ema": {"decay": 0.999 if S["mnist_steps"] >= 2000 else 0.9, "warmup": 10},
+        "ema": {"decay": S.get("mnist_ema", 0.999 if S["mnist_steps"] >= 2000 else 0.9), "warmup": 10},
         "sample": {"every": -1},
         "batch_size": S["mnist_batch"], "steps": S["mnist_steps"], "cond_drop_prob": 0.1,
         "precision": "bf16" if device == "cuda" else "fp32", "device": device, "seed": 0, "log_every": 100,
         "ckpt_every": max(1, S["mnist_steps"] // 4),
     }
     return cfg
+
+
+def _mnist_kwargs(S: dict, root: str, split: str) -> dict:
+    kw = {"root": root, "split": split}
+    if S["mnist_size"] != 28:
+        kw["image_size"] = S["mnist_size"]  # reduced size: antialiased downsampling
+    return kw
+
+
+def _on_grid(x: torch.Tensor) -> torch.Tensor:
+    """Round images in [-1, 1] to the 256 levels of 8-bit data (downsampled digits are between levels)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+class _AtResolution(torch.nn.Module):
+    """The 28x28 classifier applied to images upsampled (bilinear) from a reduced size."""
+
+    def __init__(self, classifier, size: int = 28) -> None:
+        super().__init__()
+        self.inner, self.size = classifier, size
+        self.config, self.meta, self.num_classes = classifier.config, getattr(classifier, "meta", {}), classifier.num_classes
+
+    def _up(self, x):
+        if x.shape[-1] == self.size:
+            return x
+        return torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def features(self, x):
+        return self.inner.features(self._up(x))
+
+    def forward(self, x):
+        return self.inner(self._up(x))
 
 
 def _classifier(out: Path, root: str, S: dict, given: Optional[str], progress: bool):
@@ -189,9 +221,13 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     res["classifier"] = {k: clf.meta.get(k) for k in ("train_split", "test_split", "test_accuracy", "num_test")}
     res["classifier"]["path"] = clf_dir
     clf.to(device)
+    t10k, _ = data.load("mnist", **_mnist_kwargs(S, root, "t10k"))
+    held, held_labels = data.load("mnist", **_mnist_kwargs(S, root, "train5k"))
+    if S["mnist_size"] != 28:
+        clf = _AtResolution(clf).eval()
+        res["classifier"]["accuracy_at_size"] = accuracy(clf, held, held_labels)
+    res["image_size"] = S["mnist_size"]
     feats = ClassifierFeatures(clf, name="mnist-cnn")
-    t10k, _ = data.load("mnist", root=root, split="t10k")
-    held, held_labels = data.load("mnist", root=root, split="train5k")
     ref = report.ImageReference(t10k[: S["ref_n"]], feats, clf, batch_size=S["batch"])
     res["metric"] = ref.fid_name
     n = S["n"]
@@ -250,7 +286,7 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
                       labels={"fid": ref.fid_name, "steps": "solver steps"},
                       title=f"DDPM {S['ddpm_steps']} steps: FID {ddpm['fid']:.2f}, accuracy {ddpm['accuracy']:.3f}")
     # likelihood on held-out digits (null label: the unconditional model)
-    x = held[: S["bpd_n"]].reshape(-1, *run.sample_shape).to(device)
+    x = _on_grid(held[: S["bpd_n"]]).reshape(-1, *run.sample_shape).to(device)
     cond = torch.full((len(x),), 10, dtype=torch.long, device=device)
     t0 = time.perf_counter()
     bpd = torch.cat([run.proc.vlb_bits_per_dim(run.ema_model, x[i : i + S["batch"]], cond[i : i + S["batch"]],
@@ -273,10 +309,13 @@ def write_report(res: dict, out: Path, command: str) -> Path:
     ddpm_key = f"ddpm_{T}"
     size_note = {
         "tiny": "**tiny size** (a smoke test of the code path: the numbers mean nothing).",
-        "cpu": ("**reduced size, on the CPU**: the MNIST model is a residual MLP on flattened 28x28 digits "
+        "cpu": ("**reduced size, on the CPU**: MNIST downsampled to 14x14 (antialiased), the model a residual MLP "
+                "on the flattened digits "
                 f"({m['train']['parameters'] / 1e6:.1f}M parameters, {m['train']['steps']} steps of batch "
                 f"{m['train']['batch_size']}), not the U-Net; {S['n']} samples per setting (FID is biased upward at "
-                "small n, so the floor is also given at the same n); the full-size run is `--size gpu`."),
+                "small n, so the floor is also given at the same n); the classifier (trained at 28x28) sees every image, real "
+                "or generated, upsampled bilinearly from 14x14, so all FIDs here compare 14x14 digits. The full-size "
+                "run (28x28, U-Net) is `difflab experiments --size gpu --device cuda`."),
         "gpu": "**full size**: configs/mnist_cond.yaml's U-Net, 10,000 samples per setting.",
     }[res["size"]]
     L = [f"# Diffusion experiments, reproduced ({res['size']} size)", "",
@@ -314,7 +353,9 @@ def write_report(res: dict, out: Path, command: str) -> Path:
     uc, co = m["uncond_vs_cond"]
     L += ["## 2. MNIST", "",
           f"Metrics: {name} — the penultimate layer of a small CNN trained by `difflab train-classifier` on t10k, "
-          f"test accuracy **{_f(100 * c['test_accuracy'], 2)}%** on the {c['num_test']} held-out train5k digits. "
+          f"test accuracy **{_f(100 * c['test_accuracy'], 2)}%** on the {c['num_test']} held-out train5k digits"
+          + (f" ({_f(100 * c['accuracy_at_size'], 2)}% on them at {m['image_size']}x{m['image_size']}, upsampled). "
+             if "accuracy_at_size" in c else ". ") +
           "These are not Inception FIDs. Precision/recall: k-NN manifolds (k = 3) in the same features; accuracy: "
           "the classifier's agreement with the requested class. The classifier "
           f"(`{c.get('path', 'classifiers/mnist')}`) comes from `difflab train-classifier --data mnist --out "
