@@ -56,7 +56,7 @@ SIZES = {
                  mnist_flatten=True, mnist_steps=4, mnist_batch=32, mnist_lr=1e-3, n=40, ref_n=400,
                  guidance=[0.0, 1.0, 3.0], sweep_steps=[2, 4], ddpm_steps=8, samplers=["ddim", "dpmpp_2m"],
                  bpd_n=4, bpd_timesteps=3, clf_epochs=1, clf_limit=600, batch=200, floor_n=400),
-    "cpu": dict(mnist_size=14, toy_steps=1200, swiss_steps=4000, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
+    "cpu": dict(mnist_size=14, toy_steps=1200, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
                 mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 512, "depth": 3, "num_classes": 10}},
                 mnist_flatten=True, mnist_steps=4000, mnist_batch=128, mnist_lr=2e-3, mnist_ema=0.995, n=2000,
                 ref_n=10000, guidance=[0.0, 1.0, 2.0, 3.0, 5.0, 8.0], sweep_steps=[5, 10, 20, 50], ddpm_steps=1000,
