@@ -96,13 +96,13 @@ def _classifier(args, log):
     if (path / "classifier.safetensors").is_file():
         clf = load_classifier(path)
         log(f"classifier: {path} (test accuracy {clf.meta.get('test_accuracy')})")
-        return clf, {"path": str(path), "test_accuracy": clf.meta.get("test_accuracy"), "trained_here": False}
+        return clf, {"path": _rel(path), "test_accuracy": clf.meta.get("test_accuracy"), "trained_here": False}
     x, y = dl.data.load("mnist", root=str(MNIST), split="t10k")
     xt, yt = dl.data.load("mnist", root=str(MNIST), split="train5k")
     clf, record = train_classifier(x, y, test_images=xt, test_labels=yt, epochs=4, seed=0)
     save_classifier(clf, path, {"dataset": "mnist", "train_split": "t10k", "test_split": "train5k", **record})
     log(f"classifier trained here on t10k: test accuracy on train5k {record['test_accuracy']:.4f}")
-    return clf.eval(), {"path": str(path), "test_accuracy": record["test_accuracy"], "trained_here": True}
+    return clf.eval(), {"path": _rel(path), "test_accuracy": record["test_accuracy"], "trained_here": True}
 
 
 @torch.no_grad()
@@ -110,8 +110,14 @@ def _accuracy(clf, x, y):
     return (clf(x.clamp(-1, 1)).argmax(1) == y).float().mean().item()
 
 
+def _rel(path) -> str:
+    """A path relative to the repository when inside it (for the JSON committed under docs/)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _describe(run):
-    return {"path": str(run.path), "model": run.config.model.name, "kwargs": run.config.model.kwargs,
+    return {"path": _rel(run.path), "model": run.config.model.name, "kwargs": run.config.model.kwargs,
             "params": sum(p.numel() for p in run.ema_model.parameters()), "train_steps": run.step,
             "batch_size": run.config.batch_size}
 
@@ -145,6 +151,7 @@ def evaluate(args) -> dict:
         "replacement_ddpm_100": dict(sampler="ddpm", steps=100, clip_x0=1.0),
         "replacement_ddim_50": dict(sampler="ddim", steps=50, clip_x0=1.0),
         "repaint_ddpm_50_j5_r4": dict(sampler="ddpm", steps=50, jump_length=5, resample=4, clip_x0=1.0),
+        "repaint_ddim_50_j5_r4": dict(sampler="ddim", steps=50, jump_length=5, resample=4, clip_x0=1.0),
     }
     inpaint = {}
     pictures = [x[:10], masked_input[:10]]
@@ -180,7 +187,8 @@ def evaluate(args) -> dict:
                       "classifier_keeps_label": _accuracy(clf, e, y[:m])}
         rows.append(e[:8])
     d = [sd[str(s)]["mean_l2_distance"] for s in strengths]
-    result["sdedit_ddim_50"] = {"per_strength": sd, "monotone": all(b > a for a, b in zip(d[:-1], d[1:]))}
+    result["sdedit_ddim_50"] = {"per_strength": sd, "monotone": all(b > a for a, b in zip(d[:-1], d[1:])),
+                                "n": m, "clip_x0": 1.0}
     E.save_images(torch.cat(rows), out / "sdedit.png", nrow=8)
     log(f"SDEdit distances {[round(v, 2) for v in d]} monotone={result['sdedit_ddim_50']['monotone']}")
 
@@ -193,7 +201,7 @@ def evaluate(args) -> dict:
                            "psnr_db": _psnr(rec, x[:m]).mean().item()}
         rows.append(rec[:10])
         log(f"inversion {steps} steps: mean |x - x'| {inv[str(steps)]['mean_abs_error']:.4f}")
-    result["ddim_inversion_round_trip"] = inv
+    result["ddim_inversion_round_trip"] = {"n": m, "spacing": "trailing", **inv}
     E.save_images(torch.cat(rows), out / "inversion.png", nrow=10)
 
     # --------------------------------------------------------------- interpolation
