@@ -276,8 +276,9 @@ def test_sdedit_distance_grows_with_strength(proc, mixture):
 
 def test_sdedit_keeps_the_data_distribution(proc, mixture):
     """From data y ~ p, the noised start is a draw of q(x_t) and the exact denoiser's
-    probability-flow ODE carries q(x_t) back to p: each mode keeps its share, mean and spread. How many points keep their
-    own mode falls with the strength (at 0.6, sigma = 6 drowns the mode gap of 3)."""
+    probability-flow ODE carries q(x_t) back to p: each mode keeps its share, mean and spread.
+    How many points keep their own mode falls with the strength (at 0.6, sigma = 6 drowns the
+    mode gap of 3)."""
     y, k = mixture.sample(3000, torch.Generator().manual_seed(0), return_labels=True)
     same = {}
     for strength in (0.2, 0.6):

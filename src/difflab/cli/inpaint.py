@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     add_run_args(p, STEPWISE_SAMPLERS, "ddpm", 100)
     p.add_argument("--input", nargs="+", required=True, metavar="PNG", help="image file(s), all the model's size")
-    p.add_argument("--mask", required=True, help="box:x0,y0,x1,y1 | half:left|right|top|bottom | mask PNG (white = fill)")
+    p.add_argument("--mask", required=True,
+                   help="box:x0,y0,x1,y1 | half:left|right|top|bottom | mask PNG (white = fill)")
     p.add_argument("--n", type=int, default=1, help="results per input image")
     p.add_argument("--resample", type=int, default=1, help="RePaint resamplings r (1 = replacement method)")
     p.add_argument("--jump", type=int, default=10, help="RePaint jump length j (used when --resample > 1)")

@@ -12,7 +12,6 @@ result with the original). The output holds --n results per input, one row per i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..editing import downsample, save_images, train_superres, upscale

@@ -112,8 +112,9 @@ def inpaint(
     ``jump_length`` j: RePaint's resampling (r = 1: the replacement method; the paper uses
     r = j = 10). ``noise``: the starting x_T (the image's shape); ``generator`` seeds every
     other draw. ``cond``/``guidance``: class labels and classifier-free guidance, and
-    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`. ``paste_final=False`` returns the last sampler output without the
-    final paste (its kept region is the model's own estimate, close to the input).
+    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`.
+    ``paste_final=False`` returns the last sampler output without the final paste (its kept
+    region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
     """
     image = check_image(image, "image")

@@ -75,7 +75,8 @@ def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tens
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mask file {str(path)!r} does not exist (or give a shape: box:x0,y0,x1,y1 or half:SIDE)")
+        raise FileNotFoundError(
+            f"mask file {str(path)!r} does not exist (or give a shape: box:x0,y0,x1,y1 or half:SIDE)")
     try:
         with Image.open(path) as img:
             a = np.asarray(img.convert("L"), dtype=np.uint8)

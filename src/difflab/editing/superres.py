@@ -95,7 +95,8 @@ class LowResConditioned(nn.Module):
         self.num_classes = getattr(self.net, "num_classes", None)
 
     def extra_repr(self) -> str:
-        return f"base={self.base!r}, scale={self.scale}, image_channels={self.image_channels}, upsample={self.upsample!r}"
+        return (f"base={self.base!r}, scale={self.scale}, image_channels={self.image_channels}, "
+                f"upsample={self.upsample!r}")
 
     def lowres_shape(self, x_t: Tensor) -> tuple[int, ...]:
         return (self.image_channels, x_t.shape[-2] // self.scale, x_t.shape[-1] // self.scale)
@@ -103,7 +104,8 @@ class LowResConditioned(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None, lowres: Optional[Tensor] = None) -> Tensor:
         if not isinstance(x_t, Tensor) or x_t.ndim != 4 or x_t.shape[1] != self.image_channels:
             got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"this super-resolution model takes x_t of shape [B, {self.image_channels}, H, W], got {got}")
+            raise ValueError(
+                f"this super-resolution model takes x_t of shape [B, {self.image_channels}, H, W], got {got}")
         B = x_t.shape[0]
         if lowres is None:
             if self.training:
