@@ -73,13 +73,14 @@ def test_upscale_train_and_run(tmp_path, pngs):
     cfg = tmp_path / "sr.yaml"
     cfg.write_text(
         "model: {name: superres, kwargs: {base: unet_tiny, scale: 2}}\n"
+        "loss: superres\n"
         "diffusion: {schedule: linear, T: 100}\n"
         "data: {name: digits}\n"
         "sample: {every: -1}\n"
         "batch_size: 8\nsteps: 2\ndevice: cpu\ncond_drop_prob: 0.0\nlog_every: 1\nckpt_every: 2\ntensorboard: false\n"
     )
     run = tmp_path / "sr"
-    assert main(["upscale", "--train", "--config", str(cfg), "--out", str(run), "--quiet"]) == 0
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--quiet"]) == 0
     out = tmp_path / "hi.png"
     assert main(["upscale", "--ckpt", str(run), "--input", pngs[0], "--from-highres", "--steps", "3",
                  "--out", str(out)]) == 0

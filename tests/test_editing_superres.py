@@ -119,7 +119,7 @@ def test_plain_trainer_refuses_a_superres_model(tmp_path):
     from difflab.training.trainer import Trainer
 
     trainer = Trainer(sr_config(), tmp_path / "plain", progress=False)
-    with pytest.raises(ValueError, match="train_superres"):
+    with pytest.raises(ValueError, match="loss: superres"):
         trainer.train()
     with pytest.raises(ValueError, match="needs model 'superres'"):
         E.train_superres(sr_config(model={"name": "unet_tiny", "kwargs": {}}), tmp_path / "x", progress=False)

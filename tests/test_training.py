@@ -197,6 +197,7 @@ def test_load_round_trip_gives_identical_samples(tmp_path):
         ({"steps": 2.5}, ["'steps'", "integer"]),
         ({"data": {"name": "imagenet"}}, ["'data.name'", "digits", "toy2d"]),
         ({"ema": {"decay": 1.0}}, ["'ema.decay'", "< 1"]),
+        ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, superres"]),
     ],
 )
 def test_config_errors_name_the_field_and_the_allowed_values(changes, words):

@@ -1,12 +1,11 @@
 """``difflab upscale``: super-resolution with a model conditioned on low-resolution images.
 
-    difflab upscale --train --config configs/mnist_superres.yaml --out runs/mnist_superres
+    difflab train --config configs/mnist_superres.yaml --out runs/mnist_superres   # train (loss: superres)
     difflab upscale --ckpt runs/mnist_superres --input low14.png --out high28.png
     difflab upscale --ckpt runs/mnist_superres --input digit28.png --from-highres --n 4 --out sr.png
 
-Training runs the ordinary trainer (same flags as ``difflab train``: --steps, --set, --resume)
-with the super-resolution loss: the low-res input is the data image averaged over scale x scale
-blocks. ``--from-highres`` takes full-size images and downsamples them first (to compare the
+Training is ``difflab train`` with ``loss: superres`` in the config: the low-res input is the data
+image averaged over scale x scale blocks. ``--from-highres`` takes full-size images and downsamples them first (to compare the
 result with the original). The output holds --n results per input, one row per input image.
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..editing import downsample, save_images, train_superres, upscale
+from ..editing import downsample, save_images, upscale
 from ..editing.superres import lowres_model
 from ..samplers import SAMPLERS
 from ._edit_common import clip_x0, generator, labels, read_inputs
@@ -23,13 +22,8 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("upscale", help="super-resolve PNG images (or --train a super-resolution model)",
+    p = sub.add_parser("upscale", help="super-resolve PNG images with a super-resolution model",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", action="store_true", help="train a super-resolution model from --config into --out")
-    p.add_argument("--config", help="(--train) YAML config with model name 'superres'")
-    p.add_argument("--resume", action="store_true", help="(--train) continue the run in --out")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="(--train) set a config field")
-    p.add_argument("--quiet", action="store_true", help="(--train) no progress bar")
     p.add_argument("--ckpt", help="super-resolution run folder or checkpoint folder")
     p.add_argument("--input", nargs="+", metavar="PNG", help="low-resolution image file(s)")
     p.add_argument("--from-highres", action="store_true", help="the inputs are full-size: downsample them first")
@@ -43,37 +37,14 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-clip", action="store_true", help="don't clamp the x0 estimates to [-1, 1]")
-    p.add_argument("--out", default=None, help="PNG to write (default upscaled.png), or with --train the run folder")
+    p.add_argument("--out", default=None, help="PNG to write (default upscaled.png)")
     p.set_defaults(func=_main)
 
 
-def _train(args) -> int:
-    from ..training import checkpoint, config as cfgmod
-
-    if not args.out:
-        raise ValueError("--train needs --out (the run folder)")
-    if args.config:
-        cfg = cfgmod.load_config(args.config)
-    elif args.resume:
-        ck = checkpoint.latest_checkpoint(args.out)
-        if ck is None:
-            raise FileNotFoundError(f"nothing to resume in {args.out!r}: no checkpoints/latest")
-        cfg = cfgmod.load_config(ck / "config.yaml")
-    else:
-        raise ValueError("--train needs --config FILE (or --resume --out DIR)")
-    cfg = cfgmod.apply_overrides(cfg, list(args.set))
-    result = train_superres(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    print(f"difflab upscale --train: {result['step']} steps, final loss {result['loss']:.4f}, "
-          f"{result['seconds']:.1f} s; checkpoint {result['checkpoint']}")
-    print(f"upscale with: difflab upscale --ckpt {args.out} --input LOWRES.png --out high.png")
-    return 0
-
-
 def _main(args) -> int:
-    if args.train:
-        return _train(args)
     if not args.ckpt or not args.input:
-        raise ValueError("give --ckpt RUN and --input PNG... to upscale (or --train --config FILE --out RUN)")
+        raise ValueError("give --ckpt RUN and --input PNG... to upscale (train a model with "
+                         "`difflab train --config configs/mnist_superres.yaml --out RUN`)")
     from ..training.checkpoint import load
 
     run = load(args.ckpt, device=args.device)
@@ -81,7 +52,7 @@ def _main(args) -> int:
     sr = lowres_model(model)
     if sr is None:
         raise ValueError(f"{args.ckpt} holds a {run.config.model.name!r} model without low-resolution "
-                         "conditioning; upscale needs a 'superres' model (difflab upscale --train "
+                         "conditioning; upscale needs a 'superres' model (difflab train "
                          "--config configs/mnist_superres.yaml --out RUN)")
     x = read_inputs(args.input, run, args.n)
     H, W = run.image_shape[-2:]

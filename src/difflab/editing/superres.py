@@ -13,7 +13,7 @@ pixels), and the loss is the process's noise regression on x0 with y held fixed,
     E_{x0, t, eps} || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, lowres=down(x0)) - target ||^2,
 
 run by the ordinary trainer with :class:`SuperResLoss` as its loss function
-(:func:`train_superres`, ``difflab upscale --train --config configs/mnist_superres.yaml``).
+(``loss: superres`` in the config: ``difflab train --config configs/mnist_superres.yaml``).
 :func:`upscale` samples x0 ~ p(x0 | y) with any sampler.
 """
 
@@ -30,6 +30,7 @@ from .. import models
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
 from ._common import check_cond, check_image, model_device
+from ..training.loss import register_loss
 
 __all__ = ["LowResConditioned", "WithLowRes", "SuperResLoss", "downsample", "upsample", "upscale",
            "train_superres", "lowres_model", "UPSAMPLE_MODES"]
@@ -110,9 +111,9 @@ class LowResConditioned(nn.Module):
         if lowres is None:
             if self.training:
                 raise ValueError(
-                    "a super-resolution model must be trained with its low-resolution images: train it "
-                    "with difflab.editing.train_superres / `difflab upscale --train --config ...` (the "
-                    "SuperResLoss), not with the plain diffusion loss"
+                    "a super-resolution model must be trained with its low-resolution images: set "
+                    "`loss: superres` in the config (`difflab train --config configs/mnist_superres.yaml`), "
+                    "not the plain diffusion loss"
                 )
             lowres = x_t.new_zeros((B, *self.lowres_shape(x_t)))
         want = self.lowres_shape(x_t)
@@ -199,7 +200,7 @@ def upscale(
         raise ValueError(
             f"upscale needs a super-resolution model conditioned on low-resolution images; this "
             f"{type(model).__name__} takes x_t alone. Train one with configs/mnist_superres.yaml "
-            "(`difflab upscale --train --config configs/mnist_superres.yaml --out RUN`)"
+            "(`difflab train --config configs/mnist_superres.yaml --out RUN`)"
         )
     lowres = check_image(lowres, "lowres")
     if lowres.ndim != 4 or lowres.shape[1] != sr.image_channels:
@@ -223,8 +224,8 @@ def train_superres(
     progress: bool = True,
 ) -> dict:
     """Train a super-resolution config (model ``superres``) with the ordinary trainer and
-    :class:`SuperResLoss`; returns the trainer's summary. ``config``: a file or a TrainConfig."""
-    from ..training.build import build_process
+    :class:`SuperResLoss` (``loss: superres``); returns the trainer's summary.
+    ``config``: a file or a TrainConfig. Same as ``difflab train`` with ``loss: superres``."""
     from ..training.config import TrainConfig, load_config
     from ..training.trainer import Trainer
 
@@ -234,13 +235,19 @@ def train_superres(
             f"config field 'model.name' is {cfg.model.name!r}; a super-resolution run needs model "
             "'superres' (see configs/mnist_superres.yaml)"
         )
-    scale = cfg.model.kwargs.get("scale", 2)
-    loss = SuperResLoss(build_process(cfg), scale, weighting=cfg.diffusion.weighting)
-    trainer = Trainer(cfg, out, loss_fn=loss, data=data, resume=resume, progress=progress)
+    trainer = Trainer(cfg.replace(loss="superres"), out, data=data, resume=resume, progress=progress)
     try:
         return trainer.train()
     finally:
         trainer.close()
 
 
+def _superres_loss(proc: GaussianDiffusion, cfg) -> SuperResLoss:
+    if cfg.model.name != "superres":
+        raise ValueError(f"config field 'loss' is 'superres' but model.name is {cfg.model.name!r}: "
+                         "the super-resolution loss needs model 'superres'")
+    return SuperResLoss(proc, cfg.model.kwargs.get("scale", 2), weighting=cfg.diffusion.weighting)
+
+
+register_loss("superres", _superres_loss)
 models.register("superres", LowResConditioned)

@@ -251,7 +251,8 @@ class TrainConfig:
     """Everything that defines a training run. ``batch_size`` is global: the images per
     optimizer step summed over ``grad_accum`` micro-batches and all processes, so a run on K
     GPUs takes the same steps as one process. ``cond_drop_prob`` is the label dropout of
-    classifier-free guidance (only used when the model is class-conditional).
+    classifier-free guidance (only used when the model is class-conditional). ``loss`` names
+    what is minimised (``training.loss.loss_names()``: "diffusion", "superres", ...).
 
     Performance options (defaults suit a laptop CPU; see configs/mnist_cond.yaml for a GPU):
     ``precision`` bf16/fp16 autocast, ``compile`` 'model' (torch.compile the network) or 'step'
@@ -268,6 +269,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    loss: str = "diffusion"
     batch_size: int = 128
     grad_accum: int = 1
     steps: int = 1000
@@ -290,6 +292,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
+        from .loss import loss_names
+
+        _kind("loss", self.loss, str, "a loss name (a string)")
+        _choice("loss", self.loss, loss_names())
         _number("batch_size", self.batch_size, integer=True, low=1)
         _number("grad_accum", self.grad_accum, integer=True, low=1)
         if self.batch_size % self.grad_accum:

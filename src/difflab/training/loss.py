@@ -15,13 +15,16 @@ but drawn per global sample index so that multi-process and resumed runs agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import Tensor, nn
 
 from ..diffusion import GaussianDiffusion
 
-__all__ = ["TrainBatch", "DiffusionLoss", "LossFn"]
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+__all__ = ["TrainBatch", "DiffusionLoss", "LossFn", "register_loss", "loss_names", "build_loss"]
 
 
 @dataclass
@@ -60,3 +63,25 @@ class DiffusionLoss:
 
     def __repr__(self) -> str:
         return f"DiffusionLoss({self.proc!r}, weighting={self.weighting!r})"
+
+
+# A config's ``loss`` field names one of these: factory(proc, cfg) -> loss_fn.
+_LOSSES: dict[str, Callable[[GaussianDiffusion, "TrainConfig"], LossFn]] = {
+    "diffusion": lambda proc, cfg: DiffusionLoss(proc, cfg.diffusion.weighting),
+}
+
+
+def register_loss(name: str, factory: Callable[[GaussianDiffusion, "TrainConfig"], LossFn]) -> None:
+    """Make ``loss: name`` in a config build ``factory(proc, cfg)`` (e.g. editing's "superres")."""
+    _LOSSES[name] = factory
+
+
+def loss_names() -> list[str]:
+    return sorted(_LOSSES)
+
+
+def build_loss(proc: GaussianDiffusion, cfg: "TrainConfig") -> LossFn:
+    """The loss a config asks for (its ``loss`` field)."""
+    if cfg.loss not in _LOSSES:
+        raise ValueError(f"config field 'loss': got {cfg.loss!r}; choose one of {', '.join(loss_names())}")
+    return _LOSSES[cfg.loss](proc, cfg)

@@ -39,7 +39,7 @@ from .config import TrainConfig, config_diff, config_to_text, load_config
 from .data import GlobalBatches, load_data, step_generator
 from .ema import EMA
 from .generate import class_rows, generate, save_grid
-from .loss import DiffusionLoss, LossFn, TrainBatch
+from .loss import LossFn, TrainBatch, build_loss
 
 __all__ = ["Trainer", "train"]
 
@@ -150,7 +150,7 @@ class Trainer:
         model.train()
         self.model = model
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
-        self.loss_fn: LossFn = loss_fn or DiffusionLoss(self.proc, cfg.diffusion.weighting)
+        self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
         if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1:
             self._say("note: cond_drop_prob = 0 never trains the null label, so classifier-free guidance "
                       f"(sample.guidance = {cfg.sample.guidance}) has no unconditional model to use")
