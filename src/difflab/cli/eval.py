@@ -244,7 +244,8 @@ def bits_per_dim(run, args, dataset: str) -> dict:
     """The variational bound on held-out images, in bits/dim (mean and standard error)."""
     split = args.bpd_split or SPLITS.get(dataset, {}).get("heldout")
     x, _, desc = load_images(args.ref if args.ref else None, run, split)
-    x = x[: args.bpd_n].reshape(-1, *run.sample_shape)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # splits may be sorted by class
+    x = x[order[: args.bpd_n]].reshape(-1, *run.sample_shape)
     bins = args.bpd_bins or (17 if dataset == "digits" else 256)
     cond = None if not run.num_classes else torch.full((len(x),), run.num_classes, dtype=torch.long)
     g = torch.Generator().manual_seed(args.seed)

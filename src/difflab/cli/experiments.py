@@ -56,7 +56,7 @@ SIZES = {
                  mnist_flatten=True, mnist_steps=4, mnist_batch=32, mnist_lr=1e-3, n=40, ref_n=400,
                  guidance=[0.0, 1.0, 3.0], sweep_steps=[2, 4], ddpm_steps=8, samplers=["ddim", "dpmpp_2m"],
                  bpd_n=4, bpd_timesteps=3, clf_epochs=1, clf_limit=600, batch=200, floor_n=400),
-    "cpu": dict(mnist_size=14, toy_steps=1200, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
+    "cpu": dict(mnist_size=14, toy_steps=1200, swiss_steps=4000, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
                 mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 512, "depth": 3, "num_classes": 10}},
                 mnist_flatten=True, mnist_steps=4000, mnist_batch=128, mnist_lr=2e-3, mnist_ema=0.995, n=2000,
                 ref_n=10000, guidance=[0.0, 1.0, 2.0, 3.0, 5.0, 8.0], sweep_steps=[5, 10, 20, 50], ddpm_steps=1000,
@@ -231,8 +231,12 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     ref = report.ImageReference(t10k[: S["ref_n"]], feats, clf, batch_size=S["batch"])
     res["metric"] = ref.fid_name
     n = S["n"]
+    # train5k is sorted by class: every subset below is a fixed random one
+    order = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))
+    held, held_labels = held[order], held_labels[order]
     floor_n = S.get("floor_n", len(held))
-    res["floor"] = {"train5k_all": ref(held[:floor_n], held_labels[:floor_n]), f"train5k_first_{n}": ref(held[:n], held_labels[:n])}
+    res["floor"] = {"train5k_all": ref(held[:floor_n], held_labels[:floor_n]),
+                    f"train5k_first_{n}": ref(held[:n], held_labels[:n])}
 
     # forward process on example digits: rows = digits, columns = t
     cfg = _mnist_config(S, root, device)
@@ -287,7 +291,7 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
                       labels={"fid": ref.fid_name, "steps": "solver steps"},
                       title=f"DDPM {S['ddpm_steps']} steps: FID {ddpm['fid']:.2f}, accuracy {ddpm['accuracy']:.3f}")
     # likelihood on held-out digits (null label: the unconditional model)
-    x = _on_grid(held[: S["bpd_n"]]).reshape(-1, *run.sample_shape).to(device)
+    x = _on_grid(held[: S["bpd_n"]]).reshape(-1, *run.sample_shape).to(device)  # a random subset (order above)
     cond = torch.full((len(x),), 10, dtype=torch.long, device=device)
     t0 = time.perf_counter()
     bpd = torch.cat([run.proc.vlb_bits_per_dim(run.ema_model, x[i : i + S["batch"]], cond[i : i + S["batch"]],
@@ -362,8 +366,8 @@ def write_report(res: dict, out: Path, command: str) -> Path:
           f"(`{c.get('path', 'classifiers/mnist')}`) comes from `difflab train-classifier --data mnist --out "
           f"{c.get('path', 'classifiers/mnist')}` (8 epochs on t10k, a few minutes on a CPU).", "",
           "**The floor**: held-out real digits against the reference (t10k):", "",
-          report.markdown_table([dict(name=f"train5k (first {fl['train5k_all']['n']})", **fl["train5k_all"]),
-                                 dict(name=f"train5k (first {n})", **fl_n)],
+          report.markdown_table([dict(name=f"train5k ({fl['train5k_all']['n']} images)", **fl["train5k_all"]),
+                                 dict(name=f"train5k ({n} random images, as many as the samples)", **fl_n)],
                                 ["name", "fid", "precision", "recall", "accuracy"],
                                 ["real images", name, "precision", "recall", "accuracy"]), "",
           "### Forward process on example digits", "",
@@ -400,22 +404,32 @@ def write_report(res: dict, out: Path, command: str) -> Path:
     st = m["steps"]
     dd = st[0]
     L += ["![steps](mnist_steps.png)", "",
-          report.markdown_table(st, ["sampler", "steps", "fid", "accuracy", "precision", "recall", "model_calls",
+          report.markdown_table(st, ["sampler", "steps", "fid", "accuracy", "precision", "recall", "calls_per_batch",
                                      "seconds", "speedup_vs_ddpm"],
-                                ["sampler", "steps", name, "accuracy", "precision", "recall", "model calls",
-                                 "seconds", "speed-up vs DDPM"]), ""]
-    good = [r for r in st[1:] if r["fid"] <= 1.1 * dd["fid"] + 0.5]
+                                ["sampler", "steps", name, "accuracy", "precision", "recall", "network passes",
+                                 "seconds", "speed-up vs DDPM"]), "",
+          "Seconds are wall-clock on a shared machine (other jobs ran at the same time); network passes are exact.", ""]
+    for s in dict.fromkeys(r["sampler"] for r in st[1:]):
+        rows = sorted((r for r in st[1:] if r["sampler"] == s), key=lambda r: r["steps"])
+        final = rows[-1]
+        first = next(r for r in rows if r["fid"] <= 1.1 * final["fid"])
+        L += [f"- {s}: {first['steps']} steps reach {name} {_f(first['fid'], 2)}, within 10% of its "
+              f"{final['steps']}-step value ({_f(final['fid'], 2)}), with {final['steps'] / first['steps']:.1f}x fewer "
+              f"network passes; against DDPM's {dd['steps']} steps ({_f(dd['fid'], 2)}) that is "
+              f"{dd['calls_per_batch'] / first['calls_per_batch']:.0f}x fewer passes."]
+    good = [r for r in st[1:] if r["fid"] <= 1.1 * dd["fid"]]
     if good:
-        fastest = max(good, key=lambda r: r["speedup_vs_ddpm"])
-        L += [f"DDPM with {dd['steps']} steps: {name} {_f(dd['fid'], 2)} in {_f(dd['seconds'], 1)} s. "
-              f"{fastest['sampler']} with {fastest['steps']} steps reaches {_f(fastest['fid'], 2)} (within 10% "
-              f"+ 0.5) {_f(fastest['speedup_vs_ddpm'], 1)}x faster.", ""]
+        best = min(good, key=lambda r: r["calls_per_batch"])
+        L += ["", f"Within 10% of DDPM-{dd['steps']}'s {name} the cheapest is {best['sampler']} with {best['steps']} steps "
+              f"({_f(best['fid'], 2)}, {dd['calls_per_batch'] / best['calls_per_batch']:.0f}x fewer passes).", ""]
     else:
-        L += ["No accelerated setting came within 10% of DDPM's FID at this size.", ""]
+        L += ["", f"At this size DDPM-{dd['steps']} ({_f(dd['fid'], 2)}, accuracy {_f(dd['accuracy'])}) stays ahead of "
+              "every deterministic sampler: its fresh noise at each step corrects part of the network's error, which "
+              "the ODE samplers carry to the end (a known effect for imperfect networks; Karras et al. 2022, sec. 4).", ""]
     b = m["bits_per_dim"]
     L += ["### Likelihood", "",
           f"Variational bound (DDPM's discretized decoder, {b['timesteps']} stratified KL terms per image, null label) "
-          f"on {b['n']} held-out train5k digits: **{_f(b['mean'])} ± {_f(b['stderr'])} bits/dim**.", ""]
+          f"on {b['n']} random held-out train5k digits: **{_f(b['mean'])} ± {_f(b['stderr'])} bits/dim**.", ""]
     path = out / "report.md"
     path.write_text("\n".join(L))
     return path
