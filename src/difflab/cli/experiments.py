@@ -206,6 +206,14 @@ class _AtResolution(torch.nn.Module):
         return self.inner(self._up(x))
 
 
+def full_size_floor(clf, root: str, S: dict) -> dict:
+    """FID / precision / recall of all held-out train5k digits against t10k at 28x28 (the data's own size)."""
+    t10k, _ = data.load("mnist", root=root, split="t10k")
+    held, held_labels = data.load("mnist", root=root, split="train5k")
+    ref = report.ImageReference(t10k, ClassifierFeatures(clf, name="mnist-cnn"), clf, batch_size=S["batch"])
+    return ref(held, held_labels)
+
+
 def _classifier(out: Path, root: str, S: dict, given: Optional[str], progress: bool):
     if given:
         return load_classifier(given), str(given)
@@ -224,6 +232,7 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     t10k, _ = data.load("mnist", **_mnist_kwargs(S, root, "t10k"))
     held, held_labels = data.load("mnist", **_mnist_kwargs(S, root, "train5k"))
     if S["mnist_size"] != 28:
+        res["floor_28"] = full_size_floor(clf, root, S)
         clf = _AtResolution(clf).eval()
         res["classifier"]["accuracy_at_size"] = accuracy(clf, held, held_labels)
     res["image_size"] = S["mnist_size"]
@@ -370,6 +379,9 @@ def write_report(res: dict, out: Path, command: str) -> Path:
                                  dict(name=f"train5k ({n} random images, as many as the samples)", **fl_n)],
                                 ["name", "fid", "precision", "recall", "accuracy"],
                                 ["real images", name, "precision", "recall", "accuracy"]), "",
+          *([f"At the data's own 28x28 size the floor (all 5000 train5k digits against t10k) is "
+             f"**{_f(m['floor_28']['fid'], 3)}** (precision {_f(m['floor_28']['precision'])}, recall "
+             f"{_f(m['floor_28']['recall'])}, accuracy {_f(m['floor_28']['accuracy'])}).", ""] if "floor_28" in m else []),
           "### Forward process on example digits", "",
           f"Columns: t = {', '.join(map(str, m['forward_ts']))} (of 1000).", "", "![forward](mnist_forward.png)", "",
           "### Unconditional against conditional generation (one network, one code path)", "",
