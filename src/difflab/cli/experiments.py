@@ -402,8 +402,8 @@ def write_report(res: dict, out: Path, command: str) -> Path:
     top = max(gr, key=lambda r: r["guidance"])
     w1 = next((r for r in gr if r["guidance"] == 1.0), gr[0])
     L += [f"Guidance sharpens the class: accuracy goes from {_f(100 * w1['accuracy'], 1)}% at w = 1 to "
-          f"{_f(100 * max(r['accuracy'] for r in gr), 1)}% (best over w), and precision from {_f(w1['precision'])} "
-          f"to {_f(max(r['precision'] for r in gr))}. FID is lowest at w = {best['guidance']:g} ({_f(best['fid'], 2)})."]
+          f"{_f(100 * max(r['accuracy'] for r in gr), 1)}% (best over w). FID is lowest at w = {best['guidance']:g} "
+          f"({_f(best['fid'], 2)}, against {_f(w1['fid'], 2)} at w = 1)."]
     if top["fid"] > best["fid"]:
         L += [f"Past it FID rises again, to {_f(top['fid'], 2)} at w = {top['guidance']:g}, and recall falls from "
               f"{_f(w1['recall'])} (w = 1) to {_f(top['recall'])}: strong guidance trades diversity for class "
