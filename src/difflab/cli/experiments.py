@@ -55,7 +55,7 @@ SIZES = {
                  mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 64, "depth": 1, "num_classes": 10}},
                  mnist_flatten=True, mnist_steps=4, mnist_batch=32, mnist_lr=1e-3, n=40, ref_n=400,
                  guidance=[0.0, 1.0, 3.0], sweep_steps=[2, 4], ddpm_steps=8, samplers=["ddim", "dpmpp_2m"],
-                 bpd_n=4, bpd_timesteps=3, clf_epochs=1, clf_limit=600, batch=200, floor_n=400),
+                 bpd_n=4, bpd_timesteps=3, clf_epochs=1, clf_limit=600, batch=200, floor_n=400, floor_28=False),
     "cpu": dict(mnist_size=14, toy_steps=1200, swiss_steps=4000, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
                 mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 512, "depth": 3, "num_classes": 10}},
                 mnist_flatten=True, mnist_steps=4000, mnist_batch=128, mnist_lr=2e-3, mnist_ema=0.995, n=2000,
@@ -232,7 +232,8 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     t10k, _ = data.load("mnist", **_mnist_kwargs(S, root, "t10k"))
     held, held_labels = data.load("mnist", **_mnist_kwargs(S, root, "train5k"))
     if S["mnist_size"] != 28:
-        res["floor_28"] = full_size_floor(clf, root, S)
+        if S.get("floor_28", True):
+            res["floor_28"] = full_size_floor(clf, root, S)
         clf = _AtResolution(clf).eval()
         res["classifier"]["accuracy_at_size"] = accuracy(clf, held, held_labels)
     res["image_size"] = S["mnist_size"]
