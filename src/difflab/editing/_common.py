@@ -7,17 +7,17 @@ functions ``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.sampl
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
-from ..samplers import SAMPLERS, Denoiser
+from ..samplers import SAMPLERS
+from ..samplers.base import eval_mode, model_device
 
-__all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "make_denoiser"]
+__all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device"]
 
 
 def check_image(x, name: str = "image") -> Tensor:
@@ -73,34 +73,6 @@ def check_steps(steps, proc: GaussianDiffusion, name: str = "steps") -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= proc.T:
         raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
     return steps
-
-
-def model_device(model, fallback: Optional[Tensor] = None) -> torch.device:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return fallback.device if fallback is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Run with dropout off and give the model back in the mode it came in."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
-
-
-def make_denoiser(model, proc, cond, guidance, clip_x0=None) -> Denoiser:
-    if not isinstance(proc, GaussianDiffusion):
-        raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
-    return Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
 
 
 def ve_to_vp(x: Tensor, sigma: float) -> Tensor:

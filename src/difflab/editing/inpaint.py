@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
-from ..samplers import sampling_sigmas
+from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
-from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode, make_denoiser,
+from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode,
                       model_device)
 from .masks import check_mask
 
@@ -129,7 +129,7 @@ def inpaint(
     device = model_device(model, image)
     image, mask = image.to(device), mask.to(device)
     cond = check_cond(model, cond, image.shape[0], device)
-    denoiser = make_denoiser(model, proc, cond, guidance, clip_x0)
+    denoiser = Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
     sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
     keep = 1 - mask
 

@@ -10,16 +10,15 @@ state x_t of the process.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
-from .base import randn
+from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .denoiser import Denoiser
@@ -85,19 +84,6 @@ register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the P
 register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)"))
 
 
-def _resolve_device(model, noise: Optional[Tensor], device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if noise is not None:
-        return noise.device
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
-
-
 def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
     if sigmas is not None:
         sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
@@ -124,19 +110,6 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return sampling_sigmas(proc, steps, spacing)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Sample with dropout off, and give the model back in the mode it came in."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -208,7 +181,7 @@ def sample(
             f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}; its options: "
             f"{', '.join(spec.options) or 'none'}"
         )
-    device = _resolve_device(model, noise, device)
+    device = torch.device(device) if device is not None else model_device(model, noise)
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
     net = fast_model(model, precision, channels_last, compile, cuda_graph)
@@ -241,7 +214,7 @@ def sample(
             callback(vp)
 
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             x = spec.fn(denoiser, x, sig, generator=generator, callback=report, **options)
     finally:
         if bar is not None:
@@ -278,7 +251,7 @@ def invert(
 
         bar = tqdm(total=len(sig) - 1, desc="invert", leave=False)
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             x = sample_ddim(denoiser, x0.clone(), sig, callback=(lambda _: bar.update(1)) if bar else None)
     finally:
         if bar is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["randn", "randn_like", "Callback"]
+__all__ = ["randn", "randn_like", "Callback", "eval_mode", "model_device"]
 
 # callback(step) with step = {"i": index, "sigma": noise level, "x": VE state, "denoised": x0 estimate}
 Callback = Optional[Callable[[dict], None]]
@@ -23,3 +24,26 @@ def randn(shape, generator: Optional[torch.Generator] = None, device=None, dtype
 
 def randn_like(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     return randn(x.shape, generator, x.device, x.dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Sample with dropout off, and give the model back in the mode it came in."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def model_device(model, fallback: Optional[Tensor] = None) -> torch.device:
+    """Where the model's parameters (or buffers) live; else ``fallback``'s device; else the CPU."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return fallback.device if fallback is not None else torch.device("cpu")
