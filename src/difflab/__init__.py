@@ -6,15 +6,17 @@
 
 See API.md for the public names; the modules follow the data flow: ``schedules`` ->
 ``diffusion`` (the process) -> ``models`` -> ``samplers`` -> ``training`` -> ``evaluation``
--> ``cli``.
+-> ``editing`` -> ``cli``.
 """
 
-from . import data, evaluation, models, samplers, schedules, training
-from . import editing
+from . import data, editing, evaluation, models, samplers, schedules, training
 from .diffusion import GaussianDiffusion
 from .samplers import invert, sample
 from .training import load
 
 __version__ = "0.1.0"
 
-__all__ = ["schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "data", "evaluation", "load", "editing"]
+__all__ = [
+    "schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "training", "load",
+    "data", "evaluation", "editing",
+]

@@ -19,7 +19,7 @@ import math
 from typing import Callable, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .schedules import NoiseSchedule
 
