@@ -29,5 +29,16 @@ def test_experiments_tiny_writes_the_report(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["mnist"]["metric"] == "FID (mnist-cnn features)"
     assert {r["guidance"] for r in m["mnist"]["guidance"]} == {0.0, 1.0, 3.0}
-    assert m["mnist"]["steps"][0]["sampler"] == "ddpm" and m["mnist"]["bits_per_dim"]["mean"] > 0
+    mn = m["mnist"]
+    assert mn["steps"][0]["sampler"] == "ddpm" and mn["bits_per_dim"]["mean"] > 0
+    # accelerated sampling: speed-ups in network passes against DDPM-T, a tolerance from the FID's noise
+    ref, tol = mn["steps"][0], mn["tolerance"]
+    assert [r["calls_per_batch"] for r in mn["steps"]] == [r["steps"] for r in mn["steps"]]  # one pass per step at w = 1
+    assert all(r["speedup_passes"] == ref["calls_per_batch"] / r["calls_per_batch"] for r in mn["steps"])
+    assert len(mn["fid_noise"]["fid"]) == 2 and tol["fid"] == max(tol["relative_fid"], tol["noise_fid"])
+    assert all(r["within_tolerance"] == (r["fid"] <= ref["fid"] + tol["fid"]) for r in mn["steps"])
+    fitted = next(r for r in mn["steps"] if r["fitted"])
+    sig = fitted["sigmas"]
+    assert len(sig) == fitted["steps"] + 1 and sig[-1] == 0 and all(a > b for a, b in zip(sig, sig[1:]))
+    assert "Nearly the same quality as" in report and ("Fastest within tolerance" in report or "No faster setting" in report)
     assert "tiny size" in report
