@@ -1,6 +1,5 @@
 """FID through torchmetrics with difflab's own feature network, and that network (the small CNN)."""
 
-import math
 
 import numpy as np
 import pytest

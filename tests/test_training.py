@@ -97,6 +97,10 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     la = [r["loss"] for r in csv.DictReader(open(tmp_path / "a" / "log.csv"))]
     lb = [r["loss"] for r in csv.DictReader(open(tmp_path / "b" / "log.csv"))]
     assert la == lb
+    # training time counts across the resume: the checkpoint holds it, and the log continues from it
+    elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(open(tmp_path / "b" / "log.csv"))]
+    at_4 = read_checkpoint(tmp_path / "b" / "checkpoints" / "step_00000004")["state"]["elapsed_s"]
+    assert elapsed == sorted(elapsed) and elapsed[2] >= at_4 > 0
 
 
 def test_resume_with_incompatible_config_names_the_fields(tmp_path):

@@ -200,6 +200,8 @@ class Trainer:
 
         self.step = 0
         self.start_step = 0
+        self.elapsed_before = 0.0  # training seconds of the run before this process (from the checkpoint)
+        self._run_start = time.perf_counter()
         self.history: list[dict] = []  # the rows of log.csv, as numbers
         ckpt_root = self.out / "checkpoints"
         if resume:
@@ -285,6 +287,7 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in mine:
             torch.cuda.set_rng_state(mine["cuda"], self.device)
         self.step = self.start_step = int(st["step"])
+        self.elapsed_before = float(st.get("elapsed_s", 0.0))
         if st.get("world_size", 1) != self.world:
             self._say(f"note: resuming a {st.get('world_size', 1)}-process run on {self.world}; "
                       "batches and draws are unchanged (they are global), dropout draws are not")
@@ -378,7 +381,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev)
         first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=dev)
         window_steps, window_start, pause = 0, time.perf_counter(), 0.0
-        run_start, run_images = time.perf_counter(), 0
+        run_images = 0
+        self._run_start = run_start = time.perf_counter() - self.elapsed_before  # elapsed_s counts across resumes
         last = {"loss": float("nan"), "images_per_sec": float("nan")}
         ckpt_path = latest_checkpoint(self.out)
         if self.step >= cfg.steps:
@@ -429,9 +433,10 @@ class Trainer:
                 bar.close()
             if logger is not None:
                 logger.close()
-        seconds = time.perf_counter() - run_start
+        seconds = time.perf_counter() - run_start - self.elapsed_before  # this process's share
         return {"step": self.step, "loss": last["loss"], "images_per_sec": last["images_per_sec"],
                 "mean_images_per_sec": run_images / max(seconds, 1e-9), "seconds": seconds,
+                "total_seconds": seconds + self.elapsed_before,
                 "checkpoint": str(ckpt_path) if ckpt_path else None, "out": str(self.out)}
 
     def _reduce(self, loss_sum: Tensor, first_bad: Tensor, window: int) -> tuple[float, int]:
@@ -461,7 +466,8 @@ class Trainer:
         if self.is_main:
             state = {"world_size": self.world, "data_stream": self.batches.state(self.step),
                      "sample_shape": list(self.sample_shape), "image_shape": list(self.image_shape),
-                     "num_classes": self.num_classes}
+                     "num_classes": self.num_classes,
+                     "elapsed_s": round(time.perf_counter() - self._run_start, 3)}
             path = save_checkpoint(self.ckpt_root, self.step, config=self.cfg, model=self.model, ema=self.ema,
                                    optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                                    rng=rng, state=state, keep_last=self.cfg.keep_last)
