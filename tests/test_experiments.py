@@ -12,7 +12,7 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 @pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="the project's MNIST files are absent")
-def test_experiments_tiny_writes_the_report(tmp_path):
+def test_experiments_tiny_writes_the_report(tmp_path, capsys):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,3 +42,21 @@ def test_experiments_tiny_writes_the_report(tmp_path):
     assert len(sig) == fitted["steps"] + 1 and sig[-1] == 0 and all(a > b for a, b in zip(sig, sig[1:]))
     assert "Nearly the same quality as" in report and ("Fastest within tolerance" in report or "No faster setting" in report)
     assert "tiny size" in report
+
+    # a second call on the trained run (--mnist-run) evaluates nothing again: every finished row
+    # comes from the row cache (a GPU run cut off at a time limit continues the same way)
+    again = tmp_path / "again.json"
+    torch.set_num_threads(1)
+    try:
+        assert main(["experiments", "--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(MNIST), "--quiet",
+                     "--mnist-run", str(tmp_path / "runs" / "mnist_cond")]) == 0
+        (tmp_path / "metrics.json").rename(again)
+        capsys.readouterr()
+        assert main(["experiments", "--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(MNIST), "--quiet",
+                     "--mnist-run", str(tmp_path / "runs" / "8gaussians_cond")]) == 2
+        assert "must be a class-conditional MNIST model (10 classes)" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(n)
+    m2 = json.loads(again.read_text())["mnist"]
+    assert m2["steps"] == mn["steps"] and m2["guidance"] == mn["guidance"] and m2["fid_noise"] == mn["fid_noise"]
+    assert m2["train"]["run"] == str(tmp_path / "runs" / "mnist_cond")

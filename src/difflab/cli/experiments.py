@@ -2,6 +2,11 @@
 
     difflab experiments --size cpu --out docs/experiments     # reduced size, 2 CPU cores
     difflab experiments --size gpu --out docs/experiments_gpu --device cuda   # full size
+    difflab experiments --size gpu --out docs/experiments_gpu --mnist-run runs/mnist_cond
+        # full size on the run that benchmarks/mnist_cond_gpu.py trained (evaluation only)
+
+Finished evaluation rows are kept in OUT/runs/mnist_rows.json (for one network and sample
+count), so a run stopped by a time limit continues where it stopped when started again.
 
 (1) 2D: a Swiss roll's forward and reverse process, DDPM (and DDIM) samples with sliced
 Wasserstein / MMD / coverage, classifier-free guidance on the labelled 8-Gaussians at several
@@ -39,6 +44,7 @@ from ..evaluation.grids import save_image_grid
 from ..samplers import optimize_sigmas, sample
 from ..training import load as load_run
 from ..training import train
+from ..training.checkpoint import atomic_write_text
 from ..training.generate import generate
 from .eval import _Counted
 from .train_classifier import DEFAULT_MNIST_ROOT, run_train_classifier
@@ -120,6 +126,44 @@ def _train(cfg: dict, name: str, out: Path, progress: bool):
     start = time.perf_counter()
     train(cfg_path, run_dir, resume=done.is_file(), progress=progress)
     return load_run(run_dir, device=cfg.get("device", "cpu")), time.perf_counter() - start
+
+
+def _given_run(path: str, S: dict, device: str):
+    """A trained class-conditional MNIST run at the size's resolution, for --mnist-run."""
+    run = load_run(path, device=device)
+    size = run.image_shape[-1] if run.image_shape else None
+    if run.num_classes != 10 or size != S["mnist_size"]:
+        raise ValueError(
+            f"--mnist-run {path!r} must be a class-conditional MNIST model (10 classes) on {S['mnist_size']}x"
+            f"{S['mnist_size']} images for this --size, got num_classes={run.num_classes}, image size {size}; "
+            "train one with configs/mnist_cond.yaml (size gpu) or omit --mnist-run to train here"
+        )
+    return run
+
+
+class _RowCache:
+    """Finished evaluation rows in a JSON file, so a run that is cut short (a 10-minute limit on a
+    lent GPU) continues where it stopped. Rows belong to one network and sample count (``tag``);
+    rows of another are discarded."""
+
+    def __init__(self, path: Path, tag: str) -> None:
+        self.path, self.tag = Path(path), tag
+        self.rows: dict = {}
+        try:
+            saved = json.loads(self.path.read_text())
+            if saved.get("tag") == tag:
+                self.rows = saved["rows"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+
+    def get(self, key: str) -> Optional[dict]:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: dict) -> dict:
+        self.rows[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"tag": self.tag, "rows": self.rows}))
+        return row
 
 
 def _logged_seconds(run_dir: Path) -> Optional[float]:
@@ -264,7 +308,8 @@ def _classifier(out: Path, root: str, S: dict, given: Optional[str], progress: b
     return load_classifier(d), str(d)
 
 
-def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[str], progress: bool) -> dict:
+def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[str], progress: bool,
+               mnist_run: Optional[str] = None) -> dict:
     res: dict = {}
     clf, clf_dir = _classifier(out, root, S, classifier, progress)
     res["classifier"] = {k: clf.meta.get(k) for k in ("train_split", "test_split", "test_accuracy", "num_test")}
@@ -297,12 +342,20 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
                                         "sd": _sd(fids)}
 
     # forward process on example digits: rows = digits, columns = t
-    cfg = _mnist_config(S, root, device)
-    run, secs = _train(cfg, "mnist_cond", out, progress)
-    res["train"] = {"seconds": _logged_seconds(out / "runs" / "mnist_cond") or secs, "steps": cfg["steps"],
+    if mnist_run:  # a trained run (e.g. benchmarks/mnist_cond_gpu.py's): evaluate it, train nothing
+        run = _given_run(mnist_run, S, device)
+        cfg = run.config.to_dict()
+        run_dir = Path(mnist_run)
+        secs = 0.0
+    else:
+        cfg = _mnist_config(S, root, device)
+        run, secs = _train(cfg, "mnist_cond", out, progress)
+        run_dir = out / "runs" / "mnist_cond"
+    res["train"] = {"seconds": _logged_seconds(run_dir) or secs, "steps": run.step, "run": str(run_dir),
                     "model": cfg["model"], "diffusion": cfg["diffusion"], "batch_size": cfg["batch_size"],
                     "lr": cfg["optim"]["lr"], "ema": cfg["ema"],
                     "parameters": sum(p.numel() for p in run.ema_model.parameters())}
+    cache = _RowCache(out / "runs" / "mnist_rows.json", f"{run.path.resolve()}@{run.step}/n={S['n']}/ref={S['ref_n']}/classifier={clf_dir}")
     ts = [0, 50, 100, 200, 400, 700, 999]
     g = torch.Generator().manual_seed(3)
     x0 = t10k[:8]
@@ -329,14 +382,19 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
         return torch.cat(xs), {"seconds": time.perf_counter() - start,
                                "calls_per_batch": model.calls / math.ceil(n_ / S["batch"])}
 
-    def evaluate(sampler, steps, w, lab, tag=None, seed=0, **options):
+    def evaluate(sampler, steps, w, lab, tag=None, seed=0, key_extra="", **options):
+        key = f"{sampler}/{steps}/w={w:g}/{'balanced' if lab is not None else 'null'}/seed={seed}/" + ",".join(
+            f"{k}={v:g}" for k, v in sorted(options.items()) if isinstance(v, (int, float))) + key_extra
+        row = cache.get(key)
+        if row is not None and (not tag or (out / f"mnist_{tag}.png").is_file()):
+            return row
         x, timing = draw(sampler, steps, w, lab, seed, **options)
         row = {"sampler": sampler, "steps": steps, "guidance": w, "labels": "balanced" if lab is not None else "null",
                "seed": seed, **timing, **ref(x, lab)}
         if tag:
             grid_idx = torch.cat([torch.nonzero(lab == c)[:10, 0] for c in range(10)]) if lab is not None else torch.arange(min(100, n))
             save_image_grid(x[grid_idx], out / f"mnist_{tag}.png", nrow=10)
-        return row
+        return cache.put(key, row)
 
     # guidance sweep (DDIM, 50 steps), same noise per scale: rows of the picture = scales, columns = classes
     rows, pics = [], []
@@ -358,7 +416,11 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     for setting in S["accel"]:
         opts = {"eta": setting["eta"]} if setting.get("eta") else {}
         fit_seconds = None
-        if setting.get("fitted"):  # levels fitted on other noise than the evaluation's (seed 7)
+        fit_key = f"fitted:{setting['sampler']}/{setting['steps']}"
+        if setting.get("fitted") and cache.get(fit_key):  # fitted earlier by a run that was cut short
+            saved = cache.get(fit_key)
+            opts["sigmas"], fit_seconds = torch.tensor(saved["sigmas"], dtype=torch.float64), saved["seconds"]
+        elif setting.get("fitted"):  # levels fitted on other noise than the evaluation's (seed 7)
             t0 = time.perf_counter()
             k_fit = S["fit_n"]
             opts["sigmas"] = optimize_sigmas(run.ema_model, run.proc, (k_fit, *run.sample_shape), setting["steps"],
@@ -366,8 +428,11 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
                                              generator=torch.Generator().manual_seed(7), device=device,
                                              reference_steps=S["fit_reference_steps"], max_evals=S["fit_evals"])
             fit_seconds = time.perf_counter() - t0
+            cache.put(fit_key, {"sigmas": [float(v) for v in opts["sigmas"]], "seconds": fit_seconds})
         first = not steps_rows
-        r = evaluate(setting["sampler"], setting["steps"], 1.0, labels, "ddpm" if first else None, **opts)
+        r = evaluate(setting["sampler"], setting["steps"], 1.0, labels, "ddpm" if first else None,
+                     key_extra="/fitted" if setting.get("fitted") else "", **opts)
+        r = dict(r)
         r.update(name=_setting_name(setting), eta=setting.get("eta", 0.0), fitted=bool(setting.get("fitted")))
         if fit_seconds is not None:
             r.update(fit_seconds=fit_seconds, sigmas=[float(v) for v in opts["sigmas"]])
@@ -709,7 +774,7 @@ def write_report(res: dict, out: Path, command: str) -> Path:
 
 def run_experiments(out="docs/experiments", size: str = "cpu", mnist_root: Optional[str] = None,
                     classifier: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
-                    command: str = "difflab experiments") -> dict:
+                    command: str = "difflab experiments", mnist_run: Optional[str] = None) -> dict:
     if size not in SIZES:
         raise ValueError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     S = SIZES[size]
@@ -723,7 +788,7 @@ def run_experiments(out="docs/experiments", size: str = "cpu", mnist_root: Optio
            else f"the CPU ({torch.get_num_threads()} threads)"}
     res["swiss_roll"] = swiss_roll_part(S, out, device, progress)
     res["guidance_2d"] = guidance_2d_part(S, out, device, progress)
-    res["mnist"] = mnist_part(S, out, root, device, classifier, progress)
+    res["mnist"] = mnist_part(S, out, root, device, classifier, progress, mnist_run)
     res["seconds"] = time.perf_counter() - start
     res["command"] = command
     report.write_json(out / "metrics.json", res)
@@ -738,6 +803,9 @@ def add_parser(sub) -> None:
     p.add_argument("--mnist-root", default=None, help=f"MNIST folder (default {DEFAULT_MNIST_ROOT})")
     p.add_argument("--classifier", default=None, help="an existing classifier folder (default: train one in OUT)")
     p.add_argument("--device", default=None)
+    p.add_argument("--mnist-run", default=None,
+                   help="evaluate this trained class-conditional MNIST run instead of training one "
+                        "(size gpu: the run of benchmarks/mnist_cond_gpu.py, runs/mnist_cond)")
     p.add_argument("--report-only", action="store_true", help="rewrite report.md from OUT/metrics.json")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_main)
@@ -754,6 +822,7 @@ def _main(args) -> int:
         res = json.loads(metrics.read_text())
         print(f"difflab experiments: rewrote {write_report(res, Path(args.out), res.get('command', cmd))}")
         return 0
-    res = run_experiments(args.out, args.size, args.mnist_root, args.classifier, args.device, not args.quiet, cmd)
+    res = run_experiments(args.out, args.size, args.mnist_root, args.classifier, args.device, not args.quiet, cmd,
+                          args.mnist_run)
     print(f"difflab experiments: wrote {Path(args.out) / 'report.md'} in {res['seconds'] / 60:.1f} min")
     return 0
