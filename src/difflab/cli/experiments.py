@@ -654,6 +654,13 @@ def _steps_text(m: dict, S: dict, name: str) -> list:
         else:
             L += [f"- {fam}: " + ", ".join(f"{r['steps']} steps {_f(r['fid'], 2)}"
                                            + ("" if r["within_tolerance"] else " (outside)") for r in rows) + "."]
+    pairs = [(r, q) for r in st if r["sampler"] == "ddim" and r.get("eta") == 1.0
+             for q in st if q["sampler"] == "ddpm" and q["steps"] == r["steps"]]
+    if pairs and all(abs(r["fid"] - q["fid"]) <= 1e-5 * max(abs(q["fid"]), 1e-3) for r, q in pairs):
+        L += ["- DDIM with eta = 1 repeats DDPM's numbers at the same steps: its step is DDPM's ancestral step "
+              "with the posterior variance (Song et al. 2021, eq. 16), and both draw the same noise from the same "
+              "seed, so the samples coincide up to float rounding (`tests/test_sampling_exact.py` checks this on an exact model); only "
+              "the wall-clock times differ."]
     fitted = [r for r in st if r.get("fitted")]
     for r in fitted:
         plain = next((q for q in st if q["sampler"] == r["sampler"] and q["steps"] == r["steps"]
@@ -675,7 +682,8 @@ def write_report(res: dict, out: Path, command: str) -> Path:
                 "the floor is also given at the same n); the classifier (trained at 28x28) sees every image, real or "
                 "generated, upsampled bilinearly from 14x14, so all FIDs here compare 14x14 digits. The full-size run "
                 "(28x28, configs/mnist_cond.yaml's U-Net, 10,000 samples) is `difflab experiments --size gpu --device "
-                "cuda`."),
+                "cuda` (add `--mnist-run runs/mnist_cond` to evaluate the model `python benchmarks/mnist_cond_gpu.py` "
+                "trains)."),
         "gpu": "**full size**: configs/mnist_cond.yaml's U-Net, 10,000 samples per setting.",
     }[res["size"]]
     L = [f"# Diffusion experiments, reproduced ({res['size']} size)", "",
