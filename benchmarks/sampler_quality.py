@@ -832,15 +832,18 @@ def mnist_benchmark(args) -> dict:
     Unconditional samples (the null label for a class-conditional model). GPU-sized by default:
     ``--n 10000``; any size runs on the CPU."""
     from difflab import data
-    from difflab.evaluation.classifier import ClassifierFeatures, load_classifier
+    from difflab.evaluation.classifier import AtResolution, ClassifierFeatures, load_classifier
     from difflab.evaluation.report import ImageReference
 
     device = torch.device(args.device)
     run = dl.load(args.mnist, device=device)
     model, proc, n = run.ema_model, run.proc, args.n
-    feats = ClassifierFeatures(load_classifier(args.classifier).to(device), name="mnist-cnn")
-    t10k, _ = data.load("mnist", root=args.mnist_root, split="t10k")
-    held, _ = data.load("mnist", root=args.mnist_root, split="train5k")
+    size = run.image_shape[-1]  # a reduced-size run (14x14) is compared with real digits at its size
+    clf = load_classifier(args.classifier)
+    feats = ClassifierFeatures(AtResolution(clf, 28) if size != 28 else clf, name="mnist-cnn").to(device)
+    kw = {"image_size": size} if size != 28 else {}
+    t10k, _ = data.load("mnist", root=args.mnist_root, split="t10k", **kw)
+    held, _ = data.load("mnist", root=args.mnist_root, split="train5k", **kw)
     ref = ImageReference(t10k, feats, batch_size=args.batch)
     k = getattr(model, "num_classes", None)
     g = torch.Generator().manual_seed(1)
@@ -860,7 +863,8 @@ def mnist_benchmark(args) -> dict:
         return torch.cat(out).reshape(n, *run.image_shape), calls
 
     rows, t_start = [], time.time()
-    floor = ref(held[:n])["fid"]
+    pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))[:n]  # train5k is sorted by class
+    floor = ref(held[pick])["fid"]
     rows.append(dict(library="truth", method="train5k vs t10k", spacing=None, nfe=0, fid=floor))
     nfes = [x for x in args.nfe if x <= 100] or [10]
 
@@ -954,7 +958,8 @@ def mnist_benchmark(args) -> dict:
                     lambda z: diffusers_loop(net, proc, z, name, nfe, spacing),
                 )
     return {
-        "command": "python benchmarks/sampler_quality.py --mnist RUN --classifier CLF",
+        "command": "python " + " ".join(["benchmarks/sampler_quality.py", *sys.argv[1:]]),
+        "image_size": size,
         "metric": ref.fid_name,
         "n": n,
         "device": str(device),

@@ -1,6 +1,7 @@
 """`difflab experiments --size tiny`: the whole report's code path in seconds (numbers meaningless)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,22 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys):
     m2 = json.loads(again.read_text())["mnist"]
     assert m2["steps"] == mn["steps"] and m2["guidance"] == mn["guidance"] and m2["fid_noise"] == mn["fid_noise"]
     assert m2["train"]["run"] == str(tmp_path / "runs" / "mnist_cond")
+
+    # the MNIST FID-vs-NFE benchmark runs on the same (reduced-size) run: its digits and the
+    # classifier's input are resized to match, and every row is finite
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_quality.py"
+    spec = importlib.util.spec_from_file_location("sampler_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.set_num_threads(1)
+    try:
+        res = bench.main(["--mnist", str(tmp_path / "runs" / "mnist_cond"), "--classifier", str(tmp_path / "classifier"),
+                          "--mnist-root", str(MNIST), "--n", "20", "--batch", "20", "--nfe", "2",
+                          "--optimise-up-to", "0", "--out", str(tmp_path / "nfe"), "--quiet", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(n)
+    assert res["image_size"] == 14 and len(res["rows"]) >= 1 + 6
+    assert all(math.isfinite(r["fid"]) for r in res["rows"])
+    assert (tmp_path / "nfe" / "sampler_quality_mnist.md").is_file()

@@ -39,7 +39,7 @@ import yaml
 
 from .. import data
 from ..evaluation import plots, report
-from ..evaluation.classifier import ClassifierFeatures, accuracy, load_classifier
+from ..evaluation.classifier import AtResolution, ClassifierFeatures, accuracy, load_classifier
 from ..evaluation.grids import save_image_grid
 from ..samplers import optimize_sigmas, sample
 from ..training import load as load_run
@@ -271,26 +271,6 @@ def _on_grid(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
-class _AtResolution(torch.nn.Module):
-    """The 28x28 classifier applied to images upsampled (bilinear) from a reduced size."""
-
-    def __init__(self, classifier, size: int = 28) -> None:
-        super().__init__()
-        self.inner, self.size = classifier, size
-        self.config, self.meta, self.num_classes = classifier.config, getattr(classifier, "meta", {}), classifier.num_classes
-
-    def _up(self, x):
-        if x.shape[-1] == self.size:
-            return x
-        return torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-
-    def features(self, x):
-        return self.inner.features(self._up(x))
-
-    def forward(self, x):
-        return self.inner(self._up(x))
-
-
 def full_size_floor(clf, root: str, S: dict) -> dict:
     """FID / precision / recall of all held-out train5k digits against t10k at 28x28 (the data's own size)."""
     t10k, _ = data.load("mnist", root=root, split="t10k")
@@ -320,7 +300,7 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     if S["mnist_size"] != 28:
         if S.get("floor_28", True):
             res["floor_28"] = full_size_floor(clf, root, S)
-        clf = _AtResolution(clf).eval()
+        clf = AtResolution(clf).eval()
         res["classifier"]["accuracy_at_size"] = accuracy(clf, held, held_labels)
     res["image_size"] = S["mnist_size"]
     feats = ClassifierFeatures(clf, name="mnist-cnn")

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SmallCNN", "train_classifier", "accuracy", "save_classifier", "load_classifier", "ClassifierFeatures"]
+__all__ = ["SmallCNN", "train_classifier", "accuracy", "save_classifier", "load_classifier", "ClassifierFeatures",
+           "AtResolution"]
 
 
 class SmallCNN(nn.Module):
@@ -224,3 +225,27 @@ class ClassifierFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier.features(images.to(torch.float32)).to(torch.float64)
+
+
+class AtResolution(nn.Module):
+    """A classifier trained at ``size`` x ``size`` applied to images of another size, resized
+    bilinearly first (e.g. 14x14 samples of a reduced-size model judged by the 28x28 MNIST CNN).
+    Real and generated images pass through the same resize, so their features stay comparable."""
+
+    def __init__(self, classifier: nn.Module, size: int = 28) -> None:
+        super().__init__()
+        self.inner, self.size = classifier, size
+        self.config = getattr(classifier, "config", None)
+        self.meta = getattr(classifier, "meta", {})
+        self.num_classes = classifier.num_classes
+
+    def _resize(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.inner.features(self._resize(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(self._resize(x))
