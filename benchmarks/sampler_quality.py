@@ -687,6 +687,11 @@ def write_markdown(res: dict, path: Path, png: Optional[Path]) -> None:
         "samples. NLL gap: mean -log p_true(samples) minus E[-log p_true] of true samples (negative: too",
         "concentrated; positive: too spread or off the modes).",
         "",
+        "On a trained network (MNIST, FID in the features of difflab's MNIST CNN, diffusers in the same",
+        "run): `python benchmarks/sampler_quality.py --mnist RUN --classifier CLF`; the CPU run on the",
+        "reduced-size (14x14) experiments model is in "
+        "[sampler_quality_mnist_cpu/](sampler_quality_mnist_cpu/sampler_quality_mnist.md).",
+        "",
     ]
     if h.get("difflab_best_fd") and h.get("diffusers_best_fd"):
         d, p, q = h["difflab_best_fd"], h["diffusers_best_fd"], h["diffusers_best_nll"]
@@ -977,7 +982,16 @@ def write_mnist(res: dict, out: Path) -> None:
         f"# {res['metric']} vs NFE on a trained MNIST model",
         "",
         f"`{res['command']}` on {res['device']}, {res['n']} samples per entry ({res['seconds']:.0f} s); "
-        f"floor (held-out train5k vs t10k): {floor:.3f}.",
+        f"floor ({res['n']} random held-out train5k digits vs t10k): {floor:.3f}.",
+        "",
+        f"Unconditional samples (the null label of a class-conditional model), no clipping of x0, "
+        f"{res.get('image_size', 28)}x{res.get('image_size', 28)} images"
+        + (" (the reference digits are downsampled to the same size and every image is upsampled to 28x28 "
+           "for the classifier's features)" if res.get("image_size", 28) != 28 else "")
+        + "; every sampler starts from the same noise. difflab's solvers use their default spacing "
+        "(DDPM/DDIM trailing, the others uniform in log-SNR); `dpmpp_3m optimised` uses noise levels "
+        "fitted to the network by `dl.samplers.optimize_sigmas` on 256 other noise draws; diffusers' "
+        "schedulers run in their own loop on the same network.",
         "",
         "| sampler | " + " | ".join(map(str, nfes)) + " |",
         "|---|" + "---|" * len(nfes),
