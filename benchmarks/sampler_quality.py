@@ -244,6 +244,12 @@ AT_1000 = {
 OPTIMISED = ("dpmpp_3m", "dpmpp_2m")
 
 
+def floor_row(p) -> dict:
+    """The noise-floor row of problem ``p`` at its current seed: true samples against true samples."""
+    return dict(problem=p.name, library="truth", method="floor (true vs true)", spacing=None, nfe=0,
+                nfe_target=0, seconds=0.0, seed=p.seed, **p.floor())
+
+
 def run_all(args) -> dict:
     torch.set_num_threads(1)  # many small ops: one thread is fastest, and the machine is shared
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -300,19 +306,7 @@ def run_all(args) -> dict:
 
     schedules = {}
     for p in problems(args.n, 20_000 if args.quick else 200_000):
-        rows.append(
-            dict(
-                problem=p.name,
-                library="truth",
-                method="floor (true vs true)",
-                spacing=None,
-                nfe=0,
-                nfe_target=0,
-                seconds=0.0,
-                seed=p.seed,
-                **p.floor(),
-            )
-        )
+        rows.append(floor_row(p))
         if not args.quick:
             record(
                 p,
@@ -436,19 +430,7 @@ def repeat_headline(p: Problem, rows: list, schedules: dict, args, record) -> No
     first_seed = p.seed
     for seed in range(first_seed + 1, first_seed + 1 + args.repeats):
         p.reseed(seed)
-        rows.append(
-            dict(
-                problem=p.name,
-                library="truth",
-                method="floor (true vs true)",
-                spacing=None,
-                nfe=0,
-                nfe_target=0,
-                seconds=0.0,
-                seed=seed,
-                **p.floor(),
-            )
-        )
+        rows.append(floor_row(p))
         record(
             p, "difflab", "ddpm", "trailing", 1000, lambda: difflab_run(p, "ddpm", 1000, "trailing")
         )

@@ -397,8 +397,8 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
         opts = {"eta": setting["eta"]} if setting.get("eta") else {}
         fit_seconds = None
         fit_key = f"fitted:{setting['sampler']}/{setting['steps']}"
-        if setting.get("fitted") and cache.get(fit_key):  # fitted earlier by a run that was cut short
-            saved = cache.get(fit_key)
+        saved = cache.get(fit_key) if setting.get("fitted") else None
+        if saved:  # fitted earlier by a run that was cut short
             opts["sigmas"], fit_seconds = torch.tensor(saved["sigmas"], dtype=torch.float64), saved["seconds"]
         elif setting.get("fitted"):  # levels fitted on other noise than the evaluation's (seed 7)
             t0 = time.perf_counter()
