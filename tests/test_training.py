@@ -202,6 +202,8 @@ def test_load_round_trip_gives_identical_samples(tmp_path):
         ({"data": {"name": "imagenet"}}, ["'data.name'", "digits", "toy2d"]),
         ({"ema": {"decay": 1.0}}, ["'ema.decay'", "< 1"]),
         ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, superres"]),
+        ({"compile_options": {"modes": "max-autotune"}}, ["'compile_options'", "modes", "mode, backend"]),
+        ({"compile_options": "max-autotune"}, ["'compile_options'", "mapping"]),
     ],
 )
 def test_config_errors_name_the_field_and_the_allowed_values(changes, words):
@@ -223,6 +225,8 @@ def test_config_files_and_overrides(tmp_path):
         dl.training.save_config(cfg, tmp_path / name)
         assert load_config(tmp_path / name) == cfg
     assert apply_overrides(cfg, ["optim.lr=5e-4", "model.kwargs.width=8"]).optim.lr == 5e-4
+    opts = apply_overrides(cfg, ["compile_options.mode=max-autotune"]).compile_options
+    assert opts == {"mode": "max-autotune"}
     with pytest.raises(ValueError, match="no config field 'optim.nope'"):
         apply_overrides(cfg, ["optim.nope=1"])
     with pytest.raises(ValueError, match="field.path=value"):

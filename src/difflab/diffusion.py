@@ -127,6 +127,21 @@ class GaussianDiffusion:
             self._cache[key] = getattr(self, name).to(device=device, dtype=dtype)
         return self._cache[key]
 
+    def cache_tables(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "GaussianDiffusion":
+        """Copy every per-timestep coefficient table to ``device`` in ``dtype`` now, once.
+
+        The hot loops look tables up in a cache that fills on first use; filling it inside a
+        ``torch.compile``d function changes the cache and so recompiles the function once. Call
+        this before compiling a step (the trainer does) to compile it once."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        for name in _TABLES:
+            self._table(name, device, dtype)
+        for name in _TABLES_FLOAT64:  # noise levels stay in float64 (interpolated in log sigma)
+            self._table(name, device, torch.float64)
+        return self
+
     def _check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
         if not isinstance(t, Tensor):
             raise TypeError(f"t must be a torch tensor of shape [B], got {type(t).__name__}")
@@ -136,8 +151,9 @@ class GaussianDiffusion:
                 f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
             )
         # Range checks on CPU timesteps only: on an accelerator reading the values would stall
-        # the step loop on a host-device sync (as for class labels in _check_cond).
-        values = t.device.type == "cpu"
+        # the step loop on a host-device sync (as for class labels in _check_cond); and not while
+        # torch.compile traces (a data-dependent branch would split the graph).
+        values = t.device.type == "cpu" and not torch.compiler.is_compiling()
         if t.is_floating_point():
             if values and ((t < 0).any() or (t > self.T - 1).any()):
                 raise ValueError(f"t must lie in [0, {self.T - 1}], got values in [{t.min()}, {t.max()}]")
@@ -458,6 +474,13 @@ class GaussianDiffusion:
         return terms["total"] / (x0[0].numel() * math.log(2.0))
 
 
+# The per-timestep coefficients looked up in the hot loops (``_at`` in the data's dtype, and
+# the noise levels in float64); ``cache_tables`` puts them on a device.
+_TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "posterior_mean_coef1",
+           "posterior_mean_coef2", "posterior_variance", "posterior_log_variance_clipped")
+_TABLES_FLOAT64 = ("sigmas", "_log_sigmas")
+
+
 def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
@@ -470,8 +493,10 @@ def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
             "cond was given but the model is unconditional (it has no num_classes); "
             "build the model with num_classes=K to train or sample with labels"
         )
-    # Range check on CPU labels only: on an accelerator it would stall the step loop on a sync.
-    if cond.device.type == "cpu" and ((cond < 0).any() or (cond > num_classes).any()):
+    # Range check on CPU labels only: on an accelerator it would stall the step loop on a sync
+    # (and not under torch.compile, where it would split the graph).
+    values = cond.device.type == "cpu" and not torch.compiler.is_compiling()
+    if values and ((cond < 0).any() or (cond > num_classes).any()):
         raise ValueError(
             f"class labels must lie in 0 .. {num_classes - 1} (or {num_classes} for 'no label'), "
             f"got values in [{int(cond.min())}, {int(cond.max())}]"

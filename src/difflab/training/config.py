@@ -63,6 +63,7 @@ def _yaml(text: str):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "model", "step")
+COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic", "options")  # torch.compile's keywords
 LR_DECAYS = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -257,7 +258,10 @@ class TrainConfig:
     Performance options (defaults suit a laptop CPU; see configs/mnist_cond.yaml for a GPU):
     ``precision`` bf16/fp16 autocast, ``compile`` 'model' (torch.compile the network) or 'step'
     (compile the whole loss computation) -- both CUDA-only: a CPU run notes them and runs fp32,
-    eagerly, so a GPU config also runs (small) on a laptop -- and ``channels_last`` memory
+    eagerly, so a GPU config also runs (small) on a laptop; ``compile_options`` are
+    torch.compile's keywords (mode, backend, fullgraph, dynamic, options), and a CPU run that
+    sets them compiles too (a deliberate choice, e.g. backend "aot_eager" to check for graph
+    breaks) -- and ``channels_last`` memory
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
     threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
     wait for each other cost more than they compute).
@@ -282,6 +286,7 @@ class TrainConfig:
     keep_last: int = 2
     channels_last: bool = False
     compile: str = "none"
+    compile_options: dict = field(default_factory=dict)
     cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
 
@@ -312,6 +317,11 @@ class TrainConfig:
         _number("keep_last", self.keep_last, integer=True, low=1)
         _kind("channels_last", self.channels_last, bool, "true or false")
         _choice("compile", self.compile, COMPILE_MODES)
+        _kind("compile_options", self.compile_options, dict, "a mapping of torch.compile keywords")
+        unknown = sorted(set(self.compile_options) - set(COMPILE_OPTIONS))
+        if unknown:
+            _fail("compile_options", self.compile_options,
+                  f"unknown key(s) {', '.join(map(str, unknown))}; choose from {', '.join(COMPILE_OPTIONS)}")
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.tensorboard not in ("auto", True, False):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
@@ -354,7 +364,9 @@ def _from_dict(cls, d: Any, prefix: str):
         sub = default() if default is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _from_dict(type(sub), value if value is not None else {}, f"{prefix}{name}.")
-        elif name == "kwargs" or name == "schedule_kwargs":
+        elif name in ("kwargs", "schedule_kwargs", "compile_options"):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"config field {prefix + name!r}: expected a mapping, got {value!r}")
             kwargs[name] = dict(value or {})
         elif name == "betas" and isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -406,7 +418,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
             node = node[part]
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {'.'.join(parts[:-1])!r} is not a group of fields")
-        is_kwargs = len(parts) >= 2 and parts[-2] in ("kwargs", "schedule_kwargs")
+        is_kwargs = len(parts) >= 2 and parts[-2] in ("kwargs", "schedule_kwargs", "compile_options")
         if parts[-1] not in node and not is_kwargs:
             raise ValueError(f"override {item!r}: no config field {key!r}")
         node[parts[-1]] = value
@@ -418,8 +430,8 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 # and speed/memory options that leave the maths alone (grad_accum splits the same global batch,
 # e.g. to resume on fewer GPUs). Everything else must match the checkpoint.
 RESUMABLE_FIELDS = (
-    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "tensorboard", "cpu_threads",
-    "device", "channels_last", "data.on_device", "grad_accum",
+    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options", "tensorboard",
+    "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
 )
 
 
@@ -427,7 +439,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("kwargs", "schedule_kwargs"):
+        if isinstance(v, dict) and v and k not in ("kwargs", "schedule_kwargs", "compile_options"):
             out.update(_flatten(v, key + "."))
         elif isinstance(v, dict) and k in ("kwargs", "schedule_kwargs"):
             for kk, vv in v.items():

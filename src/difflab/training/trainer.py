@@ -175,10 +175,12 @@ class Trainer:
         # ---- wrappers: DDP, torch.compile
         net: nn.Module = model
         compile_mode = cfg.compile
-        if compile_mode != "none" and not cuda:
+        if compile_mode != "none" and not cuda and not cfg.compile_options:
             self._say(f"note: compile {compile_mode!r} is a CUDA option (a CPU compile takes minutes); "
-                      "this CPU run runs eagerly")
+                      "this CPU run runs eagerly (set compile_options to compile anyway)")
             compile_mode = "none"
+        if compile_mode != "none":  # the coefficient tables on the device first: compiled once
+            self.proc.cache_tables(self.device, self.x.dtype if self.x.is_floating_point() else torch.float32)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -186,7 +188,7 @@ class Trainer:
             if self.num_classes is not None:
                 net.num_classes = self.num_classes  # training_loss reads it (null label)
         if compile_mode == "model":
-            net = torch.compile(net)
+            net = torch.compile(net, **cfg.compile_options)
         self.net = net
         self._loss_call = self.loss_fn
         if compile_mode == "step":
@@ -195,7 +197,7 @@ class Trainer:
             def _loss(net: nn.Module, batch: TrainBatch) -> Tensor:
                 return loss_fn_(net, batch)
 
-            self._loss_call = torch.compile(_loss)
+            self._loss_call = torch.compile(_loss, **cfg.compile_options)
         self._draw_gen = torch.Generator(device=self.device)
 
         self.step = 0
