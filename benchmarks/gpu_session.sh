@@ -17,7 +17,9 @@
 # Each stage writes what comes back under $OUT (at most 8 files, two folders deep):
 #   mnist:   mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist.log
 #   train:   throughput.json, train.log        sample: throughput.json (merged), sample.log
-#   profile: profile.tgz (torch.profiler tables), throughput.json, profile.log
+#   profile: profile/*.txt (torch.profiler tables), throughput.json (merged), profile.log
+# The JSON is rewritten after every row: a stage stopped at the limit returns what it measured;
+# rerun only the missing rows with --rows GLOB (e.g. 'difflab/train/*compile*') and --merge.
 # Outside the device tool ($OUT unset) results go to out/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +53,12 @@ export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED
 python3 -c "import torch, diffusers, difflab; print('torch', torch.__version__, '| diffusers', diffusers.__version__, \
 '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
 
+# throughput.json is written under $OUT after every row (a stage stopped at the limit keeps what
+# it measured); --merge keeps the rows of the copy in docs/benchmarks/ that a stage does not measure.
+if [[ $stage =~ ^(train|sample|profile)$ && -f docs/benchmarks/throughput.json ]]; then
+    cp docs/benchmarks/throughput.json "$OUT/throughput.json"
+fi
+
 case $stage in
     check)  # a smoke run of every script on the tiny network (about a minute)
         python3 benchmarks/throughput.py --tiny --out "$OUT/throughput_tiny.json" "$@" 2>&1 | tee "$OUT/check.log"
@@ -65,17 +73,14 @@ case $stage in
     train)
         python3 benchmarks/throughput.py --what train --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/train.log"
         ;;
-    sample)  # merges into the committed/copied docs/benchmarks/throughput.json (the train rows)
-        python3 benchmarks/throughput.py --what sample --merge --out docs/benchmarks/throughput.json "$@" 2>&1 \
+    sample)  # adds to docs/benchmarks/throughput.json's rows (copy the train stage's file there first)
+        python3 benchmarks/throughput.py --what sample --merge --out "$OUT/throughput.json" "$@" 2>&1 \
             | tee "$OUT/sample.log"
-        cp docs/benchmarks/throughput.json "$OUT/throughput.json"
         ;;
-    profile)
+    profile)  # five rows, one torch.profiler table each (5 files + json + log: within the 8 that come back)
         python3 benchmarks/throughput.py --rows 'difflab/train/bf16+fused+cl+compile*' \
             'diffusers/train/bf16+compile' 'difflab/sample/bf16+cl+compile+graph' 'diffusers/sample/bf16+compile' \
-            --profile /tmp/profile --merge --out docs/benchmarks/throughput.json "$@" 2>&1 | tee "$OUT/profile.log"
-        tar czf "$OUT/profile.tgz" -C /tmp profile
-        cp docs/benchmarks/throughput.json "$OUT/throughput.json"
+            --profile "$OUT/profile" --merge --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/profile.log"
         ;;
     *)
         echo "unknown stage '$stage': prepare, check, mnist, train, sample or profile" >&2

@@ -500,7 +500,8 @@ def _free(env: Env) -> None:
 def measure(spec: dict, env: Env, flops: dict) -> dict:
     lib, what, opts = spec["library"], spec["what"], spec["options"]
     row = {k: spec[k] for k in ("library", "what", "name", "reference")} | {"options": opts}
-    label = f"{what}-{lib}-{spec['name']}"
+    # a file name of letters, digits, '.', '_' and '-' (what the device tool hands back): '+' -> '_'
+    label = f"{what}-{lib}-{spec['name']}".replace("+", "_")
     case = None
     try:
         if env.cuda:

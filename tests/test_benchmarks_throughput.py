@@ -3,6 +3,7 @@ run uses (both libraries, training and sampling, FLOP counting, profiling, JSON,
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,8 @@ def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
         assert s["diffusers_best"] == "fp32" and s["ratio"] > 0 and s["target_ratio"] == bench.TARGETS[what]
         assert s["ratio"] == pytest.approx(s["difflab_images_per_s"] / s["diffusers_images_per_s"])
     assert "by kind" in (tmp_path / "prof" / "train-difflab-fp32.txt").read_text()
+    names = [p.name for p in (tmp_path / "prof").iterdir()]  # "sample-difflab-fp32_cl.txt", not "+"
+    assert "sample-difflab-fp32_cl.txt" in names and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
     prof = saved["summary"]["train"]["profile"]  # the best rows side by side
     assert prof["ms_per_iteration"]["difflab"]["wall"] > 0
     assert "convolution" in prof["by_kind_ms_difflab_minus_diffusers"]
