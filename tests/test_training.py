@@ -204,6 +204,8 @@ def test_load_round_trip_gives_identical_samples(tmp_path):
         ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, superres"]),
         ({"compile_options": {"modes": "max-autotune"}}, ["'compile_options'", "modes", "mode, backend"]),
         ({"compile_options": "max-autotune"}, ["'compile_options'", "mapping"]),
+        ({"compile_options": {"mode": 3}}, ["'compile_options.mode'", "torch.compile mode"]),
+        ({"compile_options": {"fullgraph": "yes"}}, ["'compile_options.fullgraph'", "true or false"]),
     ],
 )
 def test_config_errors_name_the_field_and_the_allowed_values(changes, words):

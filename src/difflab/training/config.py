@@ -64,6 +64,13 @@ def _yaml(text: str):
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "model", "step")
 COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic", "options")  # torch.compile's keywords
+_COMPILE_OPTION_TYPES = {
+    "mode": (str, "a torch.compile mode, e.g. default, reduce-overhead, max-autotune"),
+    "backend": (str, "a torch.compile backend name, e.g. inductor, aot_eager"),
+    "fullgraph": (bool, "true or false"),
+    "dynamic": ((bool, type(None)), "true, false or null"),
+    "options": (dict, "a mapping of Inductor options"),
+}
 LR_DECAYS = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -322,6 +329,9 @@ class TrainConfig:
         if unknown:
             _fail("compile_options", self.compile_options,
                   f"unknown key(s) {', '.join(map(str, unknown))}; choose from {', '.join(COMPILE_OPTIONS)}")
+        for key, (types, what) in _COMPILE_OPTION_TYPES.items():
+            if key in self.compile_options:
+                _kind(f"compile_options.{key}", self.compile_options[key], types, what)
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.tensorboard not in ("auto", True, False):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")

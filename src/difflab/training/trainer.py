@@ -175,6 +175,8 @@ class Trainer:
         # ---- wrappers: DDP, torch.compile
         net: nn.Module = model
         compile_mode = cfg.compile
+        if compile_mode == "none" and cfg.compile_options:
+            self._say("note: compile_options are unused with compile: none (set compile: model or step)")
         if compile_mode != "none" and not cuda and not cfg.compile_options:
             self._say(f"note: compile {compile_mode!r} is a CUDA option (a CPU compile takes minutes); "
                       "this CPU run runs eagerly (set compile_options to compile anyway)")
