@@ -60,8 +60,11 @@ if [[ $stage =~ ^(train|sample|profile)$ && -f docs/benchmarks/throughput.json ]
 fi
 
 case $stage in
-    check)  # a smoke run of every script on the tiny network (about a minute)
-        python3 benchmarks/throughput.py --tiny --out "$OUT/throughput_tiny.json" "$@" 2>&1 | tee "$OUT/check.log"
+    check)  # a smoke run on the tiny network: both libraries, autocast, channels_last, the compiled
+        # step and the compiled + CUDA-graph sampler (two compilations: a minute or two)
+        python3 benchmarks/throughput.py --tiny --out "$OUT/throughput_tiny.json" --rows 'diffusers/*/bf16' \
+            'difflab/train/bf16+fused+cl+compile_step' 'difflab/sample/bf16+cl+compile+graph' "$@" 2>&1 \
+            | tee "$OUT/check.log"
         ;;
     mnist)  # issue 3: class-conditional MNIST in <= 10 minutes of training, grid + loss + accuracy
         run_dir=${RUN_DIR:-runs/mnist_cond}
