@@ -15,7 +15,8 @@
 #     run(command="bash benchmarks/gpu_session.sh profile", carry=[".gpu"])  # only if a target is missed
 #
 # Each stage writes what comes back under $OUT (at most 8 files, two folders deep):
-#   mnist:   mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist.log
+#   mnist:   mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist.log,
+#            mnist_cond_ema_fp16.safetensors (the trained network; dl.load / --ckpt / --mnist-run read it)
 #   train:   throughput.json, train.log        sample: throughput.json (merged), sample.log
 #   profile: profile/*.txt (torch.profiler tables), throughput.json (merged), profile.log
 # The JSON is rewritten after every row: a stage stopped at the limit returns what it measured;
@@ -72,6 +73,8 @@ case $stage in
         python3 benchmarks/mnist_cond_gpu.py --mnist "$GPU_DIR/mnist" --out-run "$run_dir" --docs "$OUT/mnist_cond" \
             ${MNIST_ARGS:-} --train-args --set "data.kwargs.root=$GPU_DIR/mnist" "$@" 2>&1 | tee "$OUT/mnist.log"
         cp "$run_dir/log.csv" "$OUT/mnist_log.csv"
+        # the EMA network in fp16 (13.8 MB): dl.load reads it, so later sessions can evaluate it anywhere
+        python3 -m difflab.cli export --ckpt "$run_dir" --out "$OUT/mnist_cond_ema_fp16.safetensors" --dtype fp16
         ;;
     train)
         python3 benchmarks/throughput.py --what train --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/train.log"

@@ -187,6 +187,44 @@ def test_load_round_trip_gives_identical_samples(tmp_path):
         dl.load(tmp_path / "samples" if (tmp_path / "samples").exists() else tmp_path / "log.csv")
 
 
+def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
+    """``difflab export`` writes one .safetensors file (weights + config in its metadata):
+    fp32 samples exactly as the run's EMA model, fp16 within its rounding, --raw the raw weights."""
+    from difflab.cli import main
+
+    trainer = Trainer(tiny(steps=3, ckpt_every=3), tmp_path / "run", progress=False)
+    trainer.train()
+    run = dl.load(tmp_path / "run")
+    kw = dict(guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
+    ref = run.sample(6, "ddim", 5, **kw)
+    assert main(["export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "m.safetensors" in capsys.readouterr().out
+    one = dl.load(tmp_path / "m.safetensors")
+    assert one.num_classes == 2 and one.step == 3 and one.proc.T == 100 and one.sample_shape == run.sample_shape
+    assert torch.equal(one.sample(6, "ddim", 5, **kw), ref)
+    half = dl.load(dl.training.export_model(tmp_path / "run", tmp_path / "h.safetensors", dtype="fp16"))
+    assert next(half.ema_model.parameters()).dtype == torch.float32  # cast back on loading
+    err = (half.sample(6, "ddim", 5, **kw) - ref).abs().max()
+    assert 0 < err < 1e-2, err  # fp16 weights: rounding only
+    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * (tmp_path / "m.safetensors").stat().st_size
+    raw = dl.load(dl.training.export_model(tmp_path / "run", tmp_path / "r.safetensors", ema=False))
+    torch.testing.assert_close(dict(raw.model.state_dict()), dict(run.model.state_dict()), rtol=0, atol=0)
+    # mistakes: named, with the fix
+    with pytest.raises(ValueError, match="dtype must be one of fp32, fp16, bf16"):
+        dl.training.export_model(tmp_path / "run", tmp_path / "x.safetensors", dtype="int8")
+    with pytest.raises(ValueError, match="must name a .safetensors file"):
+        dl.training.export_model(tmp_path / "run", tmp_path / "x.pt")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="holds no difflab model"):
+        dl.load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        dl.load(tmp_path / "junk.safetensors")
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [

@@ -6,14 +6,14 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, sample, train
+from . import demo, export, sample, train
 from . import img2img, inpaint, interpolate, upscale
 from . import eval as eval_cmd, experiments, train_classifier
 
 __all__ = ["main", "build_parser"]
 
 # Each module exposes add_parser(subparsers), registering a sub-command with func=handler(args) -> int.
-COMMANDS = [demo, train, sample]
+COMMANDS = [demo, train, sample, export]
 COMMANDS += [inpaint, img2img, upscale, interpolate]  # editing (issue 6)
 COMMANDS += [eval_cmd, train_classifier, experiments]  # evaluation (issue 5)
 

@@ -23,7 +23,7 @@ __all__ = ["add_parser"]
 def add_parser(sub) -> None:
     p = sub.add_parser("interpolate", help="spherical interpolation between two images (DDIM-inverted) or noises",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder or exported .safetensors file")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PNG", help="two image files (one or more with --reconstruct)")
     src.add_argument("--seeds", nargs=2, type=int, metavar=("A", "B"), help="two noise seeds")

@@ -21,7 +21,7 @@ __all__ = ["add_parser"]
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample a trained checkpoint into a PNG grid",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder or exported .safetensors file")
     p.add_argument("--n", type=int, default=64, help="number of samples (with --label all: per class)")
     p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument("--steps", type=int, default=50)

@@ -1,6 +1,6 @@
 """Training: the loop, its config, EMA, checkpoints."""
 
-from .checkpoint import LoadedRun, latest_checkpoint, load, read_checkpoint, save_checkpoint
+from .checkpoint import LoadedRun, export_model, latest_checkpoint, load, read_checkpoint, save_checkpoint
 from .config import TrainConfig, apply_overrides, config_diff, load_config, save_config
 from .ema import EMA
 from .loss import DiffusionLoss, TrainBatch
@@ -22,4 +22,5 @@ __all__ = [
     "save_checkpoint",
     "latest_checkpoint",
     "read_checkpoint",
+    "export_model",
 ]

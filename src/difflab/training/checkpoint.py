@@ -33,7 +33,7 @@ from .config import TrainConfig, config_to_text, load_config
 from .generate import Labels, generate
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
-           "LoadedRun", "atomic_write_text"]
+           "LoadedRun", "atomic_write_text", "export_model", "EXPORT_DTYPES"]
 
 LATEST = "latest"
 PREFIX = "step_"
@@ -222,7 +222,10 @@ class LoadedRun:
 
 
 def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
-    """Load a run folder or checkpoint folder for sampling: ``dl.load("runs/digits").sample(16, labels=3)``."""
+    """Load a run folder, a checkpoint folder or an exported ``.safetensors`` file
+    (:func:`export_model`) for sampling: ``dl.load("runs/digits").sample(16, labels=3)``."""
+    if Path(path).is_file() and Path(path).suffix == ".safetensors":
+        return _load_export(Path(path), device)
     ck = resolve_checkpoint(path)
     cfg = load_config(ck / "config.yaml")
     state = json.loads((ck / "state.json").read_text())
@@ -232,3 +235,73 @@ def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     model.to(device).eval().requires_grad_(False)
     ema_model.to(device).eval().requires_grad_(False)
     return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
+
+
+# --------------------------------------------------------------------- export
+# One portable file per model: the weights of one network (the EMA by default) in a
+# safetensors file whose metadata holds the run's config and shapes, so ``dl.load(file)``
+# rebuilds it with no run folder. fp16 / bf16 halve the size (weights are cast back to float32
+# on loading; fp16 rounds each weight by at most 2^-11 relative, bf16 by 2^-8).
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_EXPORT_FORMAT = "difflab-model/1"
+
+
+def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = True,
+                 dtype: str = "fp32") -> Path:
+    """Write one network of a run (``ema=True``: the EMA weights, which sampling uses) to
+    ``out``, a single ``.safetensors`` file with the config in its metadata; written atomically.
+    ``dtype``: "fp32" (exact), "fp16" or "bf16" (half the size). Returns ``out``."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"out must name a .safetensors file, got {str(out)!r}")
+    ck = resolve_checkpoint(path)
+    weights = load_file(str(ck / ("ema.safetensors" if ema else "model.safetensors")))
+    cast = EXPORT_DTYPES[dtype]
+    weights = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    state = json.loads((ck / "state.json").read_text())
+    meta = {
+        "format": _EXPORT_FORMAT,
+        "config": (ck / "config.yaml").read_text(),
+        "state": json.dumps({k: state[k] for k in ("step", "sample_shape", "image_shape", "elapsed_s")
+                            if k in state}),
+        "weights": "ema" if ema else "model",
+        "dtype": dtype,
+        "source": str(ck),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        save_file(weights, str(tmp), metadata=meta)
+        _fsync_path(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(out.parent)
+    return out
+
+
+def _load_export(path: Path, device: Any) -> LoadedRun:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - re-raised with what the file should be
+        raise ValueError(f"{str(path)!r} is not a safetensors file ({err}); dl.load takes a run folder, "
+                         "a checkpoint folder or a file written by difflab export") from None
+    if meta.get("format") != _EXPORT_FORMAT:
+        raise ValueError(f"{str(path)!r} holds no difflab model (no 'format: {_EXPORT_FORMAT}' in its "
+                         "metadata); export one with `difflab export --ckpt RUN --out FILE`")
+    from .config import TrainConfig, _yaml
+
+    cfg = TrainConfig.from_dict(_yaml(meta["config"]))
+    state = json.loads(meta["state"])
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model = build_model(cfg)
+    model.load_state_dict(weights)
+    model.to(device).eval().requires_grad_(False)
+    # one network: .model and .ema_model are the same module (the exported weights)
+    return LoadedRun(cfg, model, model, build_process(cfg), state, path)

@@ -1,0 +1,31 @@
+"""``difflab export``: one trained network as a single portable ``.safetensors`` file.
+
+    difflab export --ckpt runs/mnist_cond --out mnist_cond.safetensors              # EMA weights, fp32
+    difflab export --ckpt runs/mnist_cond --out mnist_cond.safetensors --dtype fp16 # half the size
+    difflab sample --ckpt mnist_cond.safetensors --label all --n 10 --guidance 3 --out rows.png
+"""
+
+from __future__ import annotations
+
+from ..training.checkpoint import EXPORT_DTYPES, export_model
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a run's network to one .safetensors file (dl.load reads it)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--dtype", default="fp32", choices=sorted(EXPORT_DTYPES),
+                   help="weight precision in the file (fp16/bf16: half the size; loaded back as float32)")
+    p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    out = export_model(args.ckpt, args.out, ema=not args.raw, dtype=args.dtype)
+    size = out.stat().st_size / 2**20
+    print(f"difflab export: {'raw' if args.raw else 'EMA'} weights of {args.ckpt} ({args.dtype}, {size:.1f} MiB) "
+          f"-> {out}  (sample: difflab sample --ckpt {out})")
+    return 0
