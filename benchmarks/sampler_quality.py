@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 import difflab as dl
+from difflab._files import atomic_write_text
 from difflab.evaluation import frechet_distance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1084,9 +1084,7 @@ def main(argv=None) -> dict:
         return res
     res = run_all(args)
     stem = args.out / "sampler_quality"
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
-    os.replace(tmp, stem.with_suffix(".json"))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(res, indent=1, default=float) + "\n")
     png = stem.with_suffix(".png")
     plot(res, png)
     write_markdown(res, stem.with_suffix(".md"), png)

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import difflab as dl
+from difflab._files import atomic_write_text
 from difflab.models.unet import UNet
 from difflab.samplers.fast import release
 from difflab.training import Trainer, TrainConfig
@@ -686,9 +687,7 @@ def _versions() -> dict:
 
 def write(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(result, indent=1, default=str) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -309,3 +309,21 @@ def test_label_dropout_and_lr_schedule(tmp_path):
     assert f(3 + (40 - 3) // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 18 / 37)))
     trainer.train()
     assert abs(sum(seen) / len(seen) - 0.25) < 0.04  # 2560 Bernoulli(0.25) draws: sd 0.009
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    """The one atomic-write mechanism (checkpoints, exports, metrics, classifiers, downloads)."""
+    from difflab._files import atomic_write, atomic_write_text
+
+    path = tmp_path / "metrics.json"
+    atomic_write_text(path, "old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1

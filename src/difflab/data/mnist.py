@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import atomic_write_bytes
 from ._resize import resize_square
 
 __all__ = ["load", "read_idx", "MIRRORS", "MD5"]
@@ -111,10 +110,7 @@ def _download(root: Path, names: list[str], mirrors: tuple[str, ...]) -> None:
             if hashlib.md5(data).hexdigest() != MD5[gz]:
                 errors.append(f"{mirror}{gz}: md5 {hashlib.md5(data).hexdigest()} != {MD5[gz]}")
                 continue
-            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{gz}.")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, root / gz)
+            atomic_write_bytes(root / gz, data)
             break
         else:
             raise RuntimeError(f"could not download {gz} into {root}:\n  " + "\n  ".join(errors))

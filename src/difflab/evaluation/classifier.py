@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .._files import atomic_write_bytes
 
 __all__ = ["SmallCNN", "train_classifier", "accuracy", "save_classifier", "load_classifier", "ClassifierFeatures",
            "AtResolution"]
@@ -168,12 +169,6 @@ def train_classifier(
     return model, record
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_classifier(model: SmallCNN, directory, meta: Optional[dict] = None) -> Path:
     """Write ``classifier.safetensors`` and ``classifier.json`` (architecture + ``meta``) into ``directory``."""
     from safetensors.torch import save
@@ -181,9 +176,9 @@ def save_classifier(model: SmallCNN, directory, meta: Optional[dict] = None) -> 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / "classifier.safetensors", save(state))
+    atomic_write_bytes(directory / "classifier.safetensors", save(state))
     info = {"architecture": "SmallCNN", "config": model.config, **(meta or {})}
-    _atomic_write(directory / "classifier.json", (json.dumps(info, indent=2) + "\n").encode())
+    atomic_write_bytes(directory / "classifier.json", (json.dumps(info, indent=2) + "\n").encode())
     return directory
 
 

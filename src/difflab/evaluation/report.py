@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .._files import atomic_write_text
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, metric_name
@@ -126,8 +126,4 @@ def plot_sweep(rows: Sequence[dict], x: str, ys: Sequence[str], path, group: Opt
 
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

@@ -27,37 +27,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
 from .build import build_model, build_process
-from .config import TrainConfig, config_to_text, load_config
+from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
-           "LoadedRun", "atomic_write_text", "export_model", "EXPORT_DTYPES"]
+           "LoadedRun", "atomic_write", "atomic_write_text", "export_model", "EXPORT_DTYPES"]
 
 LATEST = "latest"
 PREFIX = "step_"
-
-
-# ------------------------------------------------------------------ atomic files
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def _state_dict_cpu(module: nn.Module) -> dict[str, Tensor]:
@@ -99,8 +79,8 @@ def save_checkpoint(
                     torch_version=torch.__version__, time=time.strftime("%Y-%m-%d %H:%M:%S"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
         for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,7 +89,7 @@ def save_checkpoint(
         old = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_path(root)
+    fsync_path(root)
     atomic_write_text(root / LATEST, name + "\n")
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -229,11 +209,8 @@ def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     ck = resolve_checkpoint(path)
     cfg = load_config(ck / "config.yaml")
     state = json.loads((ck / "state.json").read_text())
-    model, ema_model = build_model(cfg), build_model(cfg)
-    model.load_state_dict(load_file(str(ck / "model.safetensors")))
-    ema_model.load_state_dict(load_file(str(ck / "ema.safetensors")))
-    model.to(device).eval().requires_grad_(False)
-    ema_model.to(device).eval().requires_grad_(False)
+    model = _for_sampling(build_model(cfg), load_file(str(ck / "model.safetensors")), device)
+    ema_model = _for_sampling(build_model(cfg), load_file(str(ck / "ema.safetensors")), device)
     return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
 
 
@@ -271,16 +248,7 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
         "source": str(ck),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        save_file(weights, str(tmp), metadata=meta)
-        _fsync_path(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(out.parent)
-    return out
+    return atomic_write(out, lambda tmp: save_file(weights, str(tmp), metadata=meta))
 
 
 def _load_export(path: Path, device: Any) -> LoadedRun:
@@ -295,13 +263,13 @@ def _load_export(path: Path, device: Any) -> LoadedRun:
     if meta.get("format") != _EXPORT_FORMAT:
         raise ValueError(f"{str(path)!r} holds no difflab model (no 'format: {_EXPORT_FORMAT}' in its "
                          "metadata); export one with `difflab export --ckpt RUN --out FILE`")
-    from .config import TrainConfig, _yaml
-
-    cfg = TrainConfig.from_dict(_yaml(meta["config"]))
-    state = json.loads(meta["state"])
+    cfg = config_from_text(meta["config"])
     weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model = build_model(cfg)
-    model.load_state_dict(weights)
-    model.to(device).eval().requires_grad_(False)
+    model = _for_sampling(build_model(cfg), weights, device)
     # one network: .model and .ema_model are the same module (the exported weights)
-    return LoadedRun(cfg, model, model, build_process(cfg), state, path)
+    return LoadedRun(cfg, model, model, build_process(cfg), json.loads(meta["state"]), path)
+
+
+def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any) -> nn.Module:
+    model.load_state_dict(weights)
+    return model.to(device).eval().requires_grad_(False)

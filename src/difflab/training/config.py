@@ -63,14 +63,16 @@ def _yaml(text: str):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "model", "step")
-COMPILE_OPTIONS = ("mode", "backend", "fullgraph", "dynamic", "options")  # torch.compile's keywords
-_COMPILE_OPTION_TYPES = {
+_COMPILE_OPTION_TYPES = {  # torch.compile's keywords, the types a config may give them
     "mode": (str, "a torch.compile mode, e.g. default, reduce-overhead, max-autotune"),
     "backend": (str, "a torch.compile backend name, e.g. inductor, aot_eager"),
     "fullgraph": (bool, "true or false"),
     "dynamic": ((bool, type(None)), "true, false or null"),
     "options": (dict, "a mapping of Inductor options"),
 }
+COMPILE_OPTIONS = tuple(_COMPILE_OPTION_TYPES)
+# Fields that hold a free mapping (keys are not config fields): kept whole, overridable per key.
+MAPPING_FIELDS = ("kwargs", "schedule_kwargs", "compile_options")
 LR_DECAYS = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -374,7 +376,7 @@ def _from_dict(cls, d: Any, prefix: str):
         sub = default() if default is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _from_dict(type(sub), value if value is not None else {}, f"{prefix}{name}.")
-        elif name in ("kwargs", "schedule_kwargs", "compile_options"):
+        elif name in MAPPING_FIELDS:
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config field {prefix + name!r}: expected a mapping, got {value!r}")
             kwargs[name] = dict(value or {})
@@ -411,6 +413,11 @@ def config_to_text(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def config_from_text(text: str) -> TrainConfig:
+    """The inverse of :func:`config_to_text` (validated)."""
+    return TrainConfig.from_dict(_yaml(text) or {})
+
+
 def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     """Return a copy with ``"a.b=value"`` assignments applied (values parsed as YAML)."""
     d = cfg.to_dict()
@@ -428,7 +435,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
             node = node[part]
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {'.'.join(parts[:-1])!r} is not a group of fields")
-        is_kwargs = len(parts) >= 2 and parts[-2] in ("kwargs", "schedule_kwargs", "compile_options")
+        is_kwargs = len(parts) >= 2 and parts[-2] in MAPPING_FIELDS
         if parts[-1] not in node and not is_kwargs:
             raise ValueError(f"override {item!r}: no config field {key!r}")
         node[parts[-1]] = value
@@ -449,9 +456,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("kwargs", "schedule_kwargs", "compile_options"):
+        if isinstance(v, dict) and v and k not in MAPPING_FIELDS:
             out.update(_flatten(v, key + "."))
-        elif isinstance(v, dict) and k in ("kwargs", "schedule_kwargs"):
+        elif isinstance(v, dict) and k in MAPPING_FIELDS:
             for kk, vv in v.items():
                 out[f"{key}.{kk}"] = vv
         else:

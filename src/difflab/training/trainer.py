@@ -182,7 +182,7 @@ class Trainer:
                       "this CPU run runs eagerly (set compile_options to compile anyway)")
             compile_mode = "none"
         if compile_mode != "none":  # the coefficient tables on the device first: compiled once
-            self.proc.cache_tables(self.device, self.x.dtype if self.x.is_floating_point() else torch.float32)
+            self.proc.cache_tables(self.device, self.x.dtype)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
