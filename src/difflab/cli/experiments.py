@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -440,10 +441,8 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
 
 
 def _sd(v) -> float:
-    if len(v) < 2:
-        return float("nan")
-    m = sum(v) / len(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    """Sample standard deviation (n - 1); NaN for fewer than two values."""
+    return statistics.stdev(v) if len(v) >= 2 else float("nan")
 
 
 def _setting_name(setting: dict) -> str:
