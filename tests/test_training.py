@@ -121,6 +121,40 @@ def test_resume_with_incompatible_config_names_the_fields(tmp_path):
     assert longer.train()["step"] == 3
 
 
+def test_max_time_stops_with_a_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatch):
+    """A run out of max_time stops at a log point with a checkpoint; resumed with a larger budget,
+    it ends with the weights of a run that never stopped. The clock is faked: 1 s per step."""
+    cfg = tiny(ckpt_every=100)  # no periodic checkpoint: the early stop must write its own
+    Trainer(cfg, tmp_path / "a", progress=False).train()
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(dl.training.trainer.time, "perf_counter", lambda: clock["now"])
+    base = DiffusionLoss(dl.training.trainer.build_process(cfg))
+
+    def one_second_per_step(model, batch):
+        clock["now"] += 1.0
+        return base(model, batch)
+
+    def run(max_time, resume):
+        c = apply_overrides(cfg, [f"max_time={max_time}"])
+        return Trainer(c, tmp_path / "b", resume=resume, loss_fn=one_second_per_step, progress=False).train()
+
+    # checked at the log points (every 2 steps): 2 s < 3 at step 2, 4 s >= 3 at step 4
+    first = run(3, resume=False)
+    assert first["stopped_by_max_time"] and first["step"] == 4
+    assert checkpoint.latest_checkpoint(tmp_path / "b").name == "step_00000004"
+    # the budget counts the time before the resume: 6 s >= 5 at step 6 (this process ran only 2 s)
+    second = run(5, resume=True)
+    assert second["stopped_by_max_time"] and second["step"] == 6
+    assert checkpoint.latest_checkpoint(tmp_path / "b").name == "step_00000006"
+    done = run(100, resume=True)
+    assert not done["stopped_by_max_time"] and done["step"] == 8
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    _states_equal(a["model"], b["model"])
+    _states_equal(a["ema"], b["ema"])
+    _opt_equal(a["optimizer"], b["optimizer"])
+
+
 def test_checkpoint_write_failure_leaves_last_good_checkpoint(tmp_path, monkeypatch):
     """The second checkpoint fails half-way (disk full while writing ema.safetensors)."""
     cfg = tiny(steps=4, ckpt_every=2)
@@ -244,6 +278,8 @@ def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
         ({"compile_options": "max-autotune"}, ["'compile_options'", "mapping"]),
         ({"compile_options": {"mode": 3}}, ["'compile_options.mode'", "torch.compile mode"]),
         ({"compile_options": {"fullgraph": "yes"}}, ["'compile_options.fullgraph'", "true or false"]),
+        ({"max_time": 0}, ["'max_time'", "> 0"]),
+        ({"max_time": "1h"}, ["'max_time'", "a number"]),
     ],
 )
 def test_config_errors_name_the_field_and_the_allowed_values(changes, words):

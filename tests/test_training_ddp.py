@@ -32,6 +32,7 @@ cond_drop_prob: 0.25
 log_every: 1
 ckpt_every: 5
 device: cpu
+max_time: 3600   # never reached; exercises process 0's stop decision, broadcast at each log point
 """
 
 

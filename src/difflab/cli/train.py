@@ -31,6 +31,7 @@ _FLAGS = {
     "sample_every": "sample.every",
     "grad_accum": "grad_accum",
     "compile": "compile",
+    "max_time": "max_time",
 }
 
 
@@ -41,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run folder (default: runs/<config file name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--max-time", type=float, metavar="SECONDS",
+                   help="wall-clock budget of the run, resumes included: stop early with a checkpoint")
     p.add_argument("--batch-size", type=int, help="global batch (images per step, all processes)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -85,7 +88,8 @@ def _main(args) -> int:
     finally:
         trainer.close()
     if trainer.is_main:
-        print(f"difflab train: {result['step']} steps, final loss {result['loss']:.4f}, "
+        early = " (stopped by max_time)" if result["stopped_by_max_time"] else ""
+        print(f"difflab train: {result['step']} steps{early}, final loss {result['loss']:.4f}, "
               f"{result['mean_images_per_sec']:.0f} images/s, {result['seconds']:.1f} s")
         print(f"checkpoint: {result['checkpoint']}  (sample: difflab sample --ckpt {out})")
     return 0

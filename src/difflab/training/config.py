@@ -274,6 +274,12 @@ class TrainConfig:
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
     threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
     wait for each other cost more than they compute).
+
+    ``max_time``: a wall-clock budget in seconds for the whole run, resumes included (null = none,
+    the default). When it is spent the trainer writes a checkpoint and stops early, as after the
+    last step; it is checked every ``log_every`` steps, so a run may overshoot by one log window.
+    The learning-rate schedule still runs to ``steps``: the budget is a safety net (a shared
+    machine, a job limit), not a way to size a run. Resume with a larger ``max_time`` to go on.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -298,6 +304,7 @@ class TrainConfig:
     compile_options: dict = field(default_factory=dict)
     cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
+    max_time: Optional[float] = None
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
@@ -335,6 +342,8 @@ class TrainConfig:
             if key in self.compile_options:
                 _kind(f"compile_options.{key}", self.compile_options[key], types, what)
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
+        if self.max_time is not None:
+            _number("max_time", self.max_time, low=0, low_open=True)
         if self.tensorboard not in ("auto", True, False):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
         return self
@@ -447,8 +456,8 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 # and speed/memory options that leave the maths alone (grad_accum splits the same global batch,
 # e.g. to resume on fewer GPUs). Everything else must match the checkpoint.
 RESUMABLE_FIELDS = (
-    "steps", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options", "tensorboard",
-    "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
+    "steps", "max_time", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options",
+    "tensorboard", "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
 )
 
 

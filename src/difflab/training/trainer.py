@@ -370,7 +370,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
-        """Run to ``cfg.steps``; returns a summary (final loss, checkpoint, images/s, seconds)."""
+        """Run to ``cfg.steps`` (or until ``cfg.max_time`` is spent); returns a summary (final loss,
+        checkpoint, images/s, seconds, whether max_time stopped it)."""
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -388,6 +389,7 @@ class Trainer:
         run_images = 0
         self._run_start = run_start = time.perf_counter() - self.elapsed_before  # elapsed_s counts across resumes
         last = {"loss": float("nan"), "images_per_sec": float("nan")}
+        stopped_early = False
         ckpt_path = latest_checkpoint(self.out)
         if self.step >= cfg.steps:
             self._say(f"nothing to do: the run is at step {self.step} of steps = {cfg.steps} "
@@ -406,6 +408,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 at_end = self.step == cfg.steps
+                if not at_end and self.step % cfg.log_every == 0 and self._out_of_time(run_start):
+                    at_end = stopped_early = True
                 at_ckpt = self.step % cfg.ckpt_every == 0 or at_end
                 if self.step % cfg.log_every == 0 or at_ckpt:
                     mean_loss, bad = self._reduce(loss_sum, first_bad, window_steps)
@@ -432,6 +436,10 @@ class Trainer:
                 if self.is_main and ((every > 0 and self.step % every == 0) or (at_end and every >= 0)):
                     self.sample_grid(self.out / "samples" / f"step_{self.step:08d}.png")
                 pause += time.perf_counter() - t0
+                if stopped_early:
+                    self._say(f"max_time = {cfg.max_time:g} s reached at step {self.step} of {cfg.steps}: "
+                              f"stopped with a checkpoint (resume with a larger max_time to go on)")
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -441,7 +449,20 @@ class Trainer:
         return {"step": self.step, "loss": last["loss"], "images_per_sec": last["images_per_sec"],
                 "mean_images_per_sec": run_images / max(seconds, 1e-9), "seconds": seconds,
                 "total_seconds": seconds + self.elapsed_before,
-                "checkpoint": str(ckpt_path) if ckpt_path else None, "out": str(self.out)}
+                "checkpoint": str(ckpt_path) if ckpt_path else None, "out": str(self.out),
+                "stopped_by_max_time": stopped_early}
+
+    def _out_of_time(self, run_start: float) -> bool:
+        """Has the run (resumes included) spent ``max_time``? Every process gets process 0's answer,
+        so all stop at the same step."""
+        if self.cfg.max_time is None:
+            return False
+        spent = time.perf_counter() - run_start >= self.cfg.max_time
+        if self.world > 1:
+            flag = torch.tensor(float(spent), device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            spent = bool(flag)
+        return spent
 
     def _reduce(self, loss_sum: Tensor, first_bad: Tensor, window: int) -> tuple[float, int]:
         """The window's mean loss over all processes and the first non-finite step (a sync point)."""
