@@ -28,12 +28,18 @@ each row's ratio to diffusers' best shows that option's effect.
     python benchmarks/throughput.py --what train             # one half; --merge adds to --out
     python benchmarks/throughput.py --what sample --merge
     python benchmarks/throughput.py --rows 'difflab/train/*' --profile prof/   # where time goes
+    python benchmarks/throughput.py --rows 'diffusers/train/bf16+compile' '*' --time-budget 300
+    python benchmarks/throughput.py --merge --missing        # the rows a budget skipped, later
     python benchmarks/throughput.py --device cpu             # tiny CPU configuration (CI)
     python benchmarks/throughput.py --report docs/benchmarks/throughput.json   # as Markdown
 
 Prints a table and the ratios difflab / diffusers; writes JSON to --out after every row (a run
-cut short keeps what it measured). ``--profile DIR`` writes, per row, a torch.profiler table
-with device time split by kind of kernel (and ``--trace`` a Chrome trace). On a CPU (or with
+cut short keeps what it measured). ``--rows`` runs the rows in the order of its patterns, so the
+ones that matter come first; with ``--time-budget`` a row starts only if it should end within the
+budget (judged from the slowest row of its kind so far, or a guess), the others are listed as
+skipped in the JSON, and ``--merge --missing`` measures them in a later run. ``--profile DIR`` writes, per row, a torch.profiler table
+with device time split by kind of kernel (and ``--trace`` a Chrome trace); ``--profile FILE.txt``
+puts every row's table into that one file. On a CPU (or with
 ``--tiny``) the network shrinks (ch 16, mult (1, 2), 8x8 images, batch 4) so the whole script
 runs in seconds; those numbers test the code path, not the libraries.
 """
@@ -86,6 +92,28 @@ BF16_PEAK_TFLOPS = (
 )
 
 TARGETS = {"train": 1.5, "sample": 2.0}  # difflab's best / diffusers' best (the issue's bar)
+
+# What a row costs on a GPU before one of its kind has run (seconds: building the network,
+# torch.compile on a 16-core host, warm-up, the timed runs, the profile), by (what, compiled).
+# Only --time-budget uses them; once a row of a kind has run, the slowest such row counts instead.
+ROW_COST_GUESS_S = {("train", True): 150.0, ("train", False): 30.0,
+                    ("sample", True): 90.0, ("sample", False): 30.0}
+TINY_ROW_COST_GUESS_S = 5.0
+
+
+def row_kind(spec: dict) -> tuple[str, bool]:
+    return spec["what"], bool(spec["options"].get("compile"))
+
+
+def select_rows(specs: list[dict], globs: Optional[list[str]]) -> list[dict]:
+    """The rows matching any pattern (library/what/name), in the patterns' order: a row comes
+    where the first pattern that matches it stands (so ``'a/b/c' '*'`` puts a/b/c first)."""
+    if globs is None:
+        return list(specs)
+    out: list[dict] = []
+    for g in globs:
+        out += [s for s in specs if s not in out and fnmatch.fnmatch(f"{s['library']}/{s['what']}/{s['name']}", g)]
+    return out
 
 
 def detect_peak_tflops(name: str) -> Optional[float]:
@@ -458,18 +486,25 @@ def profile_case(case, env: Env, label: str) -> dict:
         table = events.table(sort_by=sort, row_limit=40)
     except (KeyError, AttributeError):
         table = events.table(sort_by="self_cuda_time_total" if env.cuda else sort, row_limit=40)
-    env.profile_dir.mkdir(parents=True, exist_ok=True)
-    path = env.profile_dir / f"{label}.txt"
+    one_file = env.profile_dir.suffix == ".txt"  # every row's table in one file, else one per row
+    folder = env.profile_dir.parent if one_file else env.profile_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    path = env.profile_dir if one_file else folder / f"{label}.txt"
     unit = "GPU kernel" if env.cuda else "CPU op (self)"
     lines = [f"{label}: {env.profile_iters} iterations, wall {wall * 1e3:.2f} ms per iteration, "
              f"{unit} time {busy_ms:.2f} ms per iteration"
              + (f" (device busy {busy_ms / (wall * 1e3):.0%}: the rest is launch/host overhead)" if env.cuda else ""),
              "", f"{unit} time by kind (ms per iteration; kinds from kernel names, a heuristic):"]
     lines += [f"  {k:<24} {v:9.3f}  {v / max(busy_ms, 1e-9):6.1%}" for k, v in per_iter.items()]
-    path.write_text("\n".join(lines) + "\n\n" + table + "\n")
+    text = "\n".join(lines) + "\n\n" + table + "\n"
+    if one_file:
+        with open(path, "a") as f:
+            f.write(f"{'=' * 100}\n{text}\n")
+    else:
+        path.write_text(text)
     out = {"file": str(path), "wall_ms": wall * 1e3, "busy_ms": busy_ms, "by_kind_ms": per_iter}
     if env.trace:
-        trace = env.profile_dir / f"{label}.trace.json"
+        trace = folder / (f"{path.stem}-{label}.trace.json" if one_file else f"{label}.trace.json")
         prof.export_chrome_trace(str(trace))
         out["trace"] = str(trace)
     return out
@@ -656,6 +691,8 @@ def markdown(result: dict) -> str:
                      f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f%')} | {_fmt(r.get('vs_diffusers_best'), '.2f')}x | "
                      f"{r.get('host_syncs_in_iteration') or '-'} |")
     lines.append("")
+    for r in meta.get("skipped", []):
+        lines.append(f"- not measured: {r['what']} {r['library']} {r['name']} ({r['reason']})")
     for what, s in result["summary"].items():
         mem = f"; peak memory {s['peak_mem_ratio']:.2f}x diffusers'" if "peak_mem_ratio" in s else ""
         met = {True: " -- **target met**", False: " -- **target not met**"}.get(s.get("target_met"), "")
@@ -716,6 +753,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="JSON output (default docs/benchmarks/throughput.json; "
                                                 "CPU/tiny runs: docs/benchmarks/throughput_tiny.json)")
     ap.add_argument("--merge", action="store_true", help="keep --out's rows that this run does not measure")
+    ap.add_argument("--missing", action="store_true",
+                    help="with --merge: only the selected rows that --out lacks (never run, skipped or failed)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                    help="start a row only if it should end within this many seconds of the start; list "
+                         "the others as skipped (measure them later with --merge --missing)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU runs: torch intra-op threads (default 1: on a shared machine, threads that "
                          "wait for each other cost more than they compute; 0 = torch's default)")
@@ -723,6 +765,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="measure nothing: print a results file as Markdown (for docs/benchmarks.md)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.missing and not args.merge:
+        ap.error("--missing needs --merge (the rows missing from --out are measured and added to it)")
+    if args.time_budget is not None and not args.time_budget > 0:
+        ap.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     for name in ("batch", "sample_batch", "train_iters", "repeats", "dataset_size", "sample_steps", "profile_iters"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -744,6 +790,7 @@ def main(argv=None) -> dict:
 
 
 def _run(args: argparse.Namespace, argv) -> dict:
+    started = time.perf_counter()  # --time-budget counts from here
     env = Env(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     default_out = "throughput_tiny.json" if env.tiny else "throughput.json"
@@ -755,12 +802,17 @@ def _run(args: argparse.Namespace, argv) -> dict:
         except ImportError:
             say("note: diffusers is not installed (pip install 'difflab[peers]'); difflab rows only")
             have_diffusers = False
-    specs = [s for s in row_specs(cpu=env.tiny and not env.cuda)
-             if s["what"] in args.what and (have_diffusers or s["library"] != "diffusers")
-             and (args.rows is None or any(fnmatch.fnmatch(f"{s['library']}/{s['what']}/{s['name']}", g)
-                                           for g in args.rows))]
+    specs = [s for s in select_rows(row_specs(cpu=env.tiny and not env.cuda), args.rows)
+             if s["what"] in args.what and (have_diffusers or s["library"] != "diffusers")]
     if not specs:
         raise SystemExit("no rows selected: check --what / --rows")
+    old = json.loads(out.read_text()) if args.merge and out.is_file() else {"rows": []}
+    if args.missing:
+        done = {(r["library"], r["what"], r["name"]) for r in old["rows"] if r.get("images_per_s")}
+        specs = [s for s in specs if (s["library"], s["what"], s["name"]) not in done]
+        if not specs:
+            say(f"throughput: every selected row is already in {out}; nothing to measure")
+            return old
     libs = sorted({s["library"] for s in specs})
     flops = {lib: count_flops(env, lib) for lib in libs}
     params = {}
@@ -781,15 +833,25 @@ def _run(args: argparse.Namespace, argv) -> dict:
         "rows": [],
         "summary": {},
     }
-    kept: list[dict] = []
-    if args.merge and out.is_file():
-        old = json.loads(out.read_text())
-        mine = {(s["library"], s["what"], s["name"]) for s in specs}
-        kept = [r for r in old.get("rows", []) if (r["library"], r["what"], r["name"]) not in mine]
-    say(f"throughput: {len(specs)} rows on {env.gpu_name} ({env.net_name}, {params}) -> {out}")
+    mine = {(s["library"], s["what"], s["name"]) for s in specs}
+    kept = [r for r in old["rows"] if (r["library"], r["what"], r["name"]) not in mine]
+    budget = f", time budget {args.time_budget:g} s" if args.time_budget else ""
+    say(f"throughput: {len(specs)} rows on {env.gpu_name} ({env.net_name}, {params}){budget} -> {out}")
+    slowest: dict[tuple[str, bool], float] = {}  # seconds of the slowest row of each kind so far
+    skipped = result["meta"]["skipped"] = []
     for spec in specs:
+        kind = row_kind(spec)
+        if args.time_budget is not None:
+            left = args.time_budget - (time.perf_counter() - started)
+            need = slowest.get(kind) or (TINY_ROW_COST_GUESS_S if env.tiny else ROW_COST_GUESS_S[kind])
+            if need > left:
+                skipped.append({"library": spec["library"], "what": spec["what"], "name": spec["name"],
+                                "reason": f"needs ~{need:.0f} s, {max(left, 0):.0f} s of the budget left"})
+                say(f"  [skipped] {spec['what']:<6} {spec['library']:<9} {spec['name']:<28} {skipped[-1]['reason']}")
+                continue
         t0 = time.perf_counter()
         row = measure(spec, env, flops)
+        slowest[kind] = max(slowest.get(kind, 0.0), time.perf_counter() - t0)
         result["rows"].append(row)
         rows = kept + result["rows"]
         result["summary"] = summarize(rows)
@@ -799,6 +861,9 @@ def _run(args: argparse.Namespace, argv) -> dict:
     result["rows"] = kept + result["rows"]
     result["summary"] = summarize(result["rows"])
     write(result, out)
+    if skipped:
+        say(f"throughput: {len(skipped)} rows skipped for the time budget; measure them later with "
+            f"--merge --missing --out {out}")
     if not args.quiet:
         print_table(result)
     env.tmp.cleanup()

@@ -93,3 +93,41 @@ def test_throughput_helpers():
     assert bench._kind("pytorch_flash::flash_fwd_kernel") == "attention"
     with pytest.raises(SystemExit):
         bench.parse_args(["--batch", "0"])
+
+
+def test_rows_in_pattern_order_time_budget_and_missing(tmp_path, capsys):
+    """The GPU session runs the rows that matter first, within a time budget, and the skipped
+    ones in a later call: --rows order, --time-budget, --merge --missing, one profile file."""
+    bench = load()
+    specs = bench.row_specs(cpu=False)
+    key = lambda s: f"{s['library']}/{s['what']}/{s['name']}"  # noqa: E731
+    order = [key(s) for s in bench.select_rows(specs, ["difflab/sample/bf16+cl+compile+graph",
+                                                       "diffusers/train/*", "*"])]
+    assert order[0] == "difflab/sample/bf16+cl+compile+graph"
+    assert order[1:5] == [key(s) for s in specs if key(s).startswith("diffusers/train/")]
+    assert sorted(order) == sorted(map(key, specs))  # every row once
+
+    out, prof = tmp_path / "t.json", tmp_path / "profile.txt"
+    common = ["--device", "cpu", "--out", str(out), "--sample-steps", "2", "--train-iters", "1", "--repeats", "1",
+              "--quiet", "--rows", "difflab/sample/fp32+cl", "diffusers/sample/fp32", "--profile", str(prof)]
+    bench.main(common + ["--time-budget", "1e-3"])  # no row fits
+    first = json.loads(out.read_text())
+    assert first["rows"] == [] and [(r["library"], r["name"]) for r in first["meta"]["skipped"]] == [
+        ("difflab", "fp32+cl"), ("diffusers", "fp32")]
+    assert "budget" in first["meta"]["skipped"][0]["reason"]
+    bench.main(["--report", str(out)])
+    assert "not measured: sample difflab fp32+cl" in capsys.readouterr().out
+
+    bench.main(common + ["--merge", "--missing", "--time-budget", "600"])
+    second = json.loads(out.read_text())
+    assert [(r["library"], r["name"]) for r in second["rows"]] == [("difflab", "fp32+cl"), ("diffusers", "fp32")]
+    assert second["meta"]["skipped"] == [] and second["summary"]["sample"]["ratio"] > 0
+    assert prof.read_text().count("by kind") == 2  # both rows' tables in the one file
+    assert all(r["profile"]["file"] == str(prof) for r in second["rows"])
+
+    bench.main(common + ["--merge", "--missing"])  # nothing missing: nothing measured, file untouched
+    assert json.loads(out.read_text()) == second
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--missing"])  # needs --merge
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--time-budget", "0"])
