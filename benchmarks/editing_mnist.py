@@ -3,6 +3,7 @@
     python benchmarks/editing_mnist.py train-base   # unconditional MNIST model (CPU-sized), runs/editing/base
     python benchmarks/editing_mnist.py train-sr     # configs/mnist_superres_cpu.yaml -> runs/editing/superres
     python benchmarks/editing_mnist.py evaluate --out docs/editing     # numbers + pictures
+    python benchmarks/editing_mnist.py evaluate --only inversion interpolation   # re-measure two parts
 
 or point ``evaluate`` at any trained runs: ``--base runs/mnist --sr runs/mnist_superres
 --classifier classifiers/mnist`` (a GPU-trained configs/mnist.yaml model gives better
@@ -121,6 +122,9 @@ def _describe(run):
             "batch_size": run.config.batch_size}
 
 
+PARTS = ("inpaint", "sdedit", "inversion", "interpolation", "superres")
+
+
 def evaluate(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +141,39 @@ def evaluate(args) -> dict:
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads()}
     result["classifier_accuracy_originals"] = _accuracy(clf, x, y)
+    parts = set(args.only or PARTS)
+    if args.only and (out / "editing_mnist.json").is_file():  # update those sections, keep the others
+        result = {**json.loads((out / "editing_mnist.json").read_text()), **result}
 
-    # ------------------------------------------------------------------ inpainting
     base = dl.load(args.base)
     model, proc = base.ema_model, base.proc
     result["base_model"] = _describe(base)
     log(f"base model: {result['base_model']['params']} parameters, {base.step} steps")
+    m = min(args.n, 100)
+
+    # ------------------------------------------------------------------ inpainting
+    if "inpaint" in parts:
+        _inpaint(model, proc, x, y, clf, result, out, log)
+    # ---------------------------------------------------------------------- SDEdit
+    if "sdedit" in parts:
+        _sdedit(model, proc, x, y, m, clf, result, out, log)
+    # ----------------------------------------------------------- inversion round trip
+    if "inversion" in parts:
+        _inversion(model, proc, x, m, result, out, log)
+    # --------------------------------------------------------------- interpolation
+    if "interpolation" in parts:
+        _interpolation(model, proc, x, out, log)
+    # ------------------------------------------------------------ super-resolution
+    if "superres" in parts:
+        _superres(args, x, y, clf, result, out, log)
+
+    result["seconds" if not args.only else f"seconds_{'_'.join(sorted(parts))}"] = time.perf_counter() - t_all
+    (out / "editing_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {out / 'editing_mnist.json'}")
+    return result
+
+
+def _inpaint(model, proc, x, y, clf, result, out, log) -> None:
     mask = E.parse_mask("half:bottom", (28, 28))
     masked_input = E.paste(torch.full_like(x, -1.0), x, mask)  # the lower half erased to background
     result["classifier_accuracy_masked_input"] = _accuracy(clf, masked_input, y)
@@ -174,8 +205,8 @@ def evaluate(args) -> dict:
     result["inpainting_lower_half"] = inpaint
     E.save_images(torch.cat(pictures), out / "inpaint.png", nrow=10)
 
-    # ---------------------------------------------------------------------- SDEdit
-    m = min(args.n, 100)
+
+def _sdedit(model, proc, x, y, m, clf, result, out, log) -> None:
     eps = torch.randn(x[:m].shape, generator=torch.Generator().manual_seed(1))
     strengths = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     rows, sd = [x[:8]], {}
@@ -191,7 +222,8 @@ def evaluate(args) -> dict:
     E.save_images(torch.cat(rows), out / "sdedit.png", nrow=8)
     log(f"SDEdit distances {[round(v, 2) for v in d]} monotone={result['sdedit_ddim_50']['monotone']}")
 
-    # ----------------------------------------------------------- inversion round trip
+
+def _inversion(model, proc, x, m, result, out, log) -> None:
     inv, rows = {}, [x[:10]]
     for steps in (20, 50, 100):
         rec = E.reconstruct(model, proc, x[:m], steps)
@@ -203,7 +235,8 @@ def evaluate(args) -> dict:
     result["ddim_inversion_round_trip"] = {"n": m, "spacing": "trailing", **inv}
     E.save_images(torch.cat(rows), out / "inversion.png", nrow=10)
 
-    # --------------------------------------------------------------- interpolation
+
+def _interpolation(model, proc, x, out, log) -> None:
     strips = [E.interpolate(model, proc, x[i], x[i + 1], frames=8, steps=50) for i in (0, 2)]
     g = torch.Generator().manual_seed(5)
     strips.append(E.interpolate(model, proc, torch.randn(1, 28, 28, generator=g),
@@ -211,7 +244,8 @@ def evaluate(args) -> dict:
     E.save_images(torch.cat(strips), out / "interpolation.png", nrow=8)
     log("interpolation strips written")
 
-    # ------------------------------------------------------------ super-resolution
+
+def _superres(args, x, y, clf, result, out, log) -> None:
     if Path(args.sr).exists():
         sr = dl.load(args.sr)
         result["superres_model"] = _describe(sr)
@@ -239,11 +273,6 @@ def evaluate(args) -> dict:
     else:
         log(f"no super-resolution run at {args.sr}: skipped (python benchmarks/editing_mnist.py train-sr)")
 
-    result["seconds"] = time.perf_counter() - t_all
-    (out / "editing_mnist.json").write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wrote {out / 'editing_mnist.json'}")
-    return result
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -255,6 +284,8 @@ def main(argv=None) -> int:
                         "present, else one is trained here on t10k into runs/editing/classifier)")
     p.add_argument("--out", default=str(REPO / "docs" / "editing"), help="pictures and editing_mnist.json")
     p.add_argument("--n", type=int, default=200, help="held-out digits per measurement")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=None,
+                   help="evaluate: only these parts, updating their sections of an existing editing_mnist.json")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override (training)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")

@@ -90,18 +90,46 @@ def test_model_returning_the_wrong_shape(proc):
 
 def test_guidance_and_labels(proc, model):
     with pytest.raises(ValueError, match="guidance=3.0 needs a class-conditional model"):
+        dl.sample(model, proc, (2, 2), "ddim", 5, guidance=3)
+    with pytest.raises(ValueError, match="not class-conditional"):
         dl.sample(model, proc, (2, 2), "ddim", 5, cond=torch.tensor([0, 1]), guidance=3)
     cond_model = dl.models.GaussianMixtureDenoiser(proc, [[0.0, 0.0], [1.0, 1.0]], 1.0, conditional=True)
     with pytest.raises(ValueError, match="needs class labels"):
         dl.sample(cond_model, proc, (2, 2), "ddim", 5, guidance=3)
     with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
         dl.sample(cond_model, proc, (2, 2), "ddim", 5, cond=torch.tensor([0, 1]), guidance=-1)
-    with pytest.raises(ValueError, match="cond must be a long tensor of 2 class labels"):
+    with pytest.raises(ValueError, match=r"cond must be a long tensor of class labels with shape \[2\]"):
         dl.sample(cond_model, proc, (2, 2), "ddim", 5, cond=torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="model is unconditional"):
+    with pytest.raises(ValueError, match="not class-conditional"):
         proc.training_loss(dl.models.MLPDenoiser(2), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"class labels must lie in 0 \.\. 1"):
         proc.training_loss(cond_model, torch.zeros(2, 2), torch.tensor([0, 5]))
+
+
+def test_labels_are_checked_by_sample_and_invert(proc):
+    mlp = dl.models.MLPDenoiser(2, width=16, depth=1, num_classes=3)
+    with pytest.raises(ValueError, match=r"class labels must lie in 0 \.\. 2"):
+        dl.sample(mlp, proc, (2, 2), "ddim", 3, cond=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"class labels must lie in 0 \.\. 2"):
+        dl.sample(mlp, proc, (2, 2), "ddim", 3, cond=torch.tensor([-1, 0]))
+    unconditional = dl.models.GaussianMixtureDenoiser(proc, [[0.0, 0.0], [1.0, 1.0]], 1.0)
+    with pytest.raises(ValueError, match="not class-conditional"):  # it used to ignore them silently
+        dl.sample(unconditional, proc, (2, 2), "ddim", 3, cond=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"with shape \[3\]"):
+        dl.invert(mlp, proc, torch.zeros(3, 2), 3, cond=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"class labels must lie in 0 \.\. 2"):
+        dl.invert(mlp, proc, torch.zeros(2, 2), 3, cond=torch.tensor([0, 7]))
+    # a plain function has no num_classes to check against: shape and dtype only
+    fn = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
+    assert dl.sample(fn, proc, (2, 2), "ddim", 3, cond=torch.tensor([0, 9])).shape == (2, 2)
+
+
+def test_timesteps_out_of_range_are_refused(proc, model):
+    T = proc.T
+    for ts in ([T + 500.0, 50.0], [T, 50], [-T + 5, -T + 2], [5.0, -0.5]):  # floats clamped, ints wrapped
+        with pytest.raises(ValueError, match=rf"timesteps must lie in 0 \.\. T-1 = {T - 1}"):
+            dl.sample(model, proc, (2, 2), "ddim", timesteps=torch.tensor(ts))
+    assert dl.samplers.timesteps(1000, 1, "linspace").tolist() == [0]  # diffusers' 1-step linspace grid
 
 
 def test_shapes_and_noise(proc, model):

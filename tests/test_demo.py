@@ -17,6 +17,7 @@ def test_demo_end_to_end_short(tmp_path):
             assert im.size[0] > 100
     with Image.open(out / "reverse_process.gif") as gif:
         assert gif.n_frames > 10
+        assert gif.info["duration"] == 100  # ms: fps = 10 (a duration of 1 / fps was read as 0.1 ms)
     m = json.loads((out / "metrics.json").read_text())
     sw = m["sliced_wasserstein"]
     assert set(sw) == {"ddpm_200", "ddim_10", "noise_floor"}

@@ -236,7 +236,7 @@ def test_inpaint_bad_input(proc, mixture):
         E.inpaint(model, proc, img, torch.zeros(8, 8), steps=0)
     with pytest.raises(ValueError, match="noise must have the image's shape"):
         E.inpaint(model, proc, img, torch.zeros(8, 8), noise=torch.zeros(2, 64))
-    with pytest.raises(ValueError, match="cond .* model is unconditional"):
+    with pytest.raises(ValueError, match="cond .* not class-conditional"):
         E.inpaint(model, proc, img, torch.zeros(8, 8), cond=torch.zeros(2, dtype=torch.long))
 
 
@@ -323,6 +323,13 @@ def test_slerp_closed_form():
         E.slerp(a, torch.zeros(3), 0.5)
     with pytest.raises(ValueError, match="zero vector"):
         E.slerp(a, torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="opposite"):  # no unique great circle: it returned 0 at u = 0.5
+        E.slerp(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, -2.0, -3.0]), 0.5)
+    with pytest.raises(ValueError, match="opposite"):
+        E.slerp(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1e-9]), 0.5)  # it returned 8e6
+    # a batch is one vector: the angle is that of the flattened tensors
+    a2, b2 = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    assert torch.allclose(E.slerp(a2, b2, 0.5), torch.tensor([[1.0, 0.0], [1.0, 0.0]]) * math.sqrt(0.5))
 
 
 def test_slerp_keeps_gaussian_norms():

@@ -135,6 +135,19 @@ def test_terms_add_up_and_are_nonnegative(gaussian_case):
     torch.testing.assert_close(terms["total"], terms["prior"] + terms["decoder"] + terms["diffusion"])
 
 
+def test_prior_term_is_the_kl_to_the_standard_normal_on_a_short_chain():
+    """L_T = KL(q(x_T | x0) || N(0, I)) = 1/2 sum(abar_T x0^2 + (1 - abar_T) - 1 - log(1 - abar_T)).
+    With T = 1000 it is ~1e-6 bits/dim, below what the other tests resolve; a 6-step chain
+    (abar_T = 0.16) makes it the size of the other terms."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(6, beta_start=0.02, beta_end=0.5))
+    x0 = torch.randint(0, 256, (3, 1, 2, 2), generator=torch.Generator().manual_seed(0)).double() / 127.5 - 1
+    terms = proc.vlb_terms(lambda x, t: 0.4 * x, x0, generator=torch.Generator().manual_seed(5))
+    abar = float(proc.alphas_cumprod[-1])
+    ref = 0.5 * (abar * x0**2 + (1 - abar) - 1 - math.log(1 - abar)).flatten(1).sum(1)
+    assert ref.min() > 0.05  # not negligible
+    torch.testing.assert_close(terms["prior"].double(), ref, rtol=1e-6, atol=1e-9)
+
+
 def test_discretized_gaussian_is_a_probability_over_the_bins():
     x = torch.linspace(-1, 1, 256, dtype=torch.float64)
     for mean, scale in [(0.3, 0.01), (-0.99, 0.5), (4.0, 0.1), (0.0, 1e-3)]:

@@ -490,8 +490,9 @@ def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
         )
     if num_classes is None:
         raise ValueError(
-            "cond was given but the model is unconditional (it has no num_classes); "
-            "build the model with num_classes=K to train or sample with labels"
+            "cond (class labels) was given but the model is not class-conditional (its num_classes "
+            "is None): drop cond (and guidance), or build the model with num_classes=K to train or "
+            "sample with labels"
         )
     # Range check on CPU labels only: on an accelerator it would stall the step loop on a sync
     # (and not under torch.compile, where it would split the graph).

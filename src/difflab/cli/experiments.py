@@ -431,9 +431,10 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     x = _on_grid(held[: S["bpd_n"]]).reshape(-1, *run.sample_shape).to(device)  # a random subset (order above)
     cond = torch.full((len(x),), 10, dtype=torch.long, device=device)
     t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(4)  # one stream: each batch its own timesteps and noise
     bpd = torch.cat([run.proc.vlb_bits_per_dim(run.ema_model, x[i : i + S["batch"]], cond[i : i + S["batch"]],
                                                num_timesteps=S["bpd_timesteps"], clip_x0=True,
-                                               generator=torch.Generator().manual_seed(4)).cpu()
+                                               generator=gen).cpu()
                      for i in range(0, len(x), S["batch"])])
     res["bits_per_dim"] = {"n": len(bpd), "mean": float(bpd.mean()), "stderr": float(bpd.std() / math.sqrt(len(bpd))),
                            "timesteps": S["bpd_timesteps"], "seconds": time.perf_counter() - t0}

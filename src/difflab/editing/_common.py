@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, _check_cond
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
 
@@ -37,20 +37,9 @@ def check_cond(model: Callable, cond: Optional[Tensor], batch: int, device) -> O
     """Class labels: a long tensor [B] (or one int for the whole batch) for a conditional model."""
     if cond is None:
         return None
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        raise ValueError("cond (class labels) was given but the model is unconditional (it has no num_classes)")
     if isinstance(cond, int) and not isinstance(cond, bool):
         cond = torch.full((batch,), cond, dtype=torch.long)
-    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
-        raise ValueError(
-            f"cond must be an int or a long tensor of {batch} class labels (one per image), got "
-            f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
-        )
-    if (cond < 0).any() or (cond > num_classes).any():
-        raise ValueError(f"class labels must lie in 0 .. {num_classes - 1} ({num_classes} = no label), "
-                         f"got values in [{int(cond.min())}, {int(cond.max())}]")
-    return cond.long().to(device)
+    return _check_cond(model, cond, batch).to(device)
 
 
 def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]] = None):

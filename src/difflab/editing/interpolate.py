@@ -18,6 +18,7 @@ u = 0 .. 1 with DDIM, from two noises or from two inverted images.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -31,10 +32,13 @@ __all__ = ["slerp", "interpolate", "reconstruct"]
 
 
 def slerp(a: Tensor, b: Tensor, u) -> Tensor:
-    """Spherical interpolation between ``a`` and ``b`` [...], per leading-dimension item when a is a
-    batch. ``u``: a float (-> a's shape) or a 1-D tensor of n weights (-> [n, *a.shape]).
+    """Spherical interpolation (Shoemake 1985) between ``a`` and ``b``, each taken whole as one
+    vector (as DDIM interpolates latents): sin((1-u)θ)/sin θ · a + sin(uθ)/sin θ · b, θ the angle
+    between them. ``u``: a float (-> a's shape) or a 1-D tensor of n weights (-> [n, *a.shape]).
+    For a batch of pairs, call it per pair.
 
-    Nearly parallel a and b (theta < 1e-4) fall back to linear interpolation.
+    Nearly parallel a and b (θ < 1e-4) fall back to linear interpolation; nearly opposite ones
+    (π - θ < 1e-4) are refused: no single great circle joins them.
     """
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
         raise ValueError(f"slerp needs two tensors of the same shape, got "
@@ -49,6 +53,9 @@ def slerp(a: Tensor, b: Tensor, u) -> Tensor:
         raise ValueError("slerp is undefined for a zero vector (it has no direction)")
     cos = ((a64 * b64).sum(1) / (na * nb)).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
+    if math.pi - float(theta) < 1e-4:
+        raise ValueError("slerp is undefined for opposite vectors a and -a (every great circle joins them); "
+                         "perturb one of them or interpolate linearly")
     uu = u[:, None]
     if float(theta) < 1e-4:
         out = (1 - uu) * a64 + uu * b64

@@ -95,18 +95,15 @@ def frechet_distance(real_features: Tensor, fake_features: Tensor) -> float:
 @torch.no_grad()
 def fid(real: Tensor, fake: Tensor, features: nn.Module, batch_size: int = 500) -> float:
     """FID between two image sets [N, C, H, W] in [-1, 1] in the space of ``features``
-    (a module with ``num_features``, e.g. ClassifierFeatures or inception_features())."""
+    (a module with ``num_features``, e.g. ClassifierFeatures or inception_features()). The images
+    go to the network's device batch by batch; the statistics are float64 on the CPU."""
     _num_features(features)
-    metric = _torchmetrics_fid(features)
-    for images, is_real in ((real, True), (fake, False)):
+    for images, name in ((real, "real"), (fake, "fake")):
         if not isinstance(images, Tensor) or images.ndim != 4 or len(images) < 2:
             raise ValueError(
-                f"{'real' if is_real else 'fake'} must be at least 2 images [N, C, H, W], "
-                f"got {getattr(images, 'shape', type(images).__name__)}"
+                f"{name} must be at least 2 images [N, C, H, W], got {getattr(images, 'shape', type(images).__name__)}"
             )
-        for i in range(0, len(images), batch_size):
-            metric.update(images[i : i + batch_size], real=is_real)
-    return max(float(metric.compute()), 0.0)
+    return frechet_distance(extract_features(features, real, batch_size), extract_features(features, fake, batch_size))
 
 
 class _InceptionFeatures(nn.Module):

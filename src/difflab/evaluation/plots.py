@@ -91,6 +91,8 @@ def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float
     """An animated GIF of 2D point clouds, one frame per entry (e.g. the reverse process)."""
     import imageio.v2 as imageio
 
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0 frames per second, got {fps!r}")
     plt = _plt()
     images = []
     fig, ax = plt.subplots(figsize=(3.6, 3.8))
@@ -101,6 +103,6 @@ def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float
         images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     images += [images[-1]] * hold_last
-    imageio.mimsave(path, images, duration=1.0 / fps, loop=0)
+    imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
     return Path(path)
 

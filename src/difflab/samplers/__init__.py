@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, _check_cond
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
@@ -187,9 +187,7 @@ def sample(
     net = fast_model(model, precision, channels_last, compile, cuda_graph)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:
-        if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (shape[0],):
-            raise ValueError(f"cond must be a long tensor of {shape[0]} class labels (one per sample)")
-        cond = cond.to(device)
+        cond = _check_labels(model, cond, shape[0]).to(device)
     if noise is None:
         noise = randn(shape, generator, device)
     elif tuple(noise.shape) != shape:
@@ -222,6 +220,17 @@ def sample(
     return x.contiguous() if nhwc else x
 
 
+def _check_labels(model, cond, batch: int) -> Tensor:
+    """Class labels for ``model``: [batch] integers; for a difflab model (one with a
+    ``num_classes`` attribute) also conditional, with labels in 0 .. num_classes (the null label)."""
+    if hasattr(model, "num_classes"):
+        return _check_cond(model, cond, batch)
+    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
+        raise ValueError(f"cond must be a long tensor of {batch} class labels (one per sample), got "
+                         f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}")
+    return cond
+
+
 def invert(
     model: Callable,
     proc: GaussianDiffusion,
@@ -235,24 +244,30 @@ def invert(
 ) -> Tensor:
     """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, app. F): x0 -> x_T.
 
-    Runs the eta = 0 DDIM update up the same noise levels ``sample(sampler="ddim")`` walks
-    down, so ``sample(..., noise=invert(x0), steps=steps, spacing=spacing)`` reconstructs x0
-    up to the ODE's discretisation error. x0 is taken as the state at the lowest level.
+    Walks up the noise levels ``sample(sampler="ddim")`` walks down, from sigma = 0 (x0) to
+    the top, so ``sample(..., noise=invert(x0), steps=steps, spacing=spacing)`` reconstructs x0
+    up to the ODE's discretisation error. The first interval 0 -> sigma_1 has no prediction at
+    its start (sigma = 0): as in diffusers' DDIMInverseScheduler, it takes the prediction at
+    sigma_1 of x0 itself, x_1 = x0 + sigma_1 eps_hat(x0, sigma_1); then eta = 0 DDIM updates.
     """
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
     sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
     if cond is not None:
-        cond = cond.to(x0.device)
+        cond = _check_labels(model, cond, x0.shape[0]).to(x0.device)
     denoiser = Denoiser(model, proc, cond, guidance)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(sig) - 1, desc="invert", leave=False)
+        bar = tqdm(total=len(sig), desc="invert", leave=False)
     try:
-        with eval_mode(model):
-            x = sample_ddim(denoiser, x0.clone(), sig, callback=(lambda _: bar.update(1)) if bar else None)
+        with eval_mode(model), torch.no_grad():
+            s1 = float(sig[0])
+            x = 2 * x0 - denoiser(x0, s1)  # x0 + s1 * eps_hat, eps_hat = (x0 - D(x0, s1)) / s1
+            if bar is not None:
+                bar.update(1)
+            x = sample_ddim(denoiser, x, sig, callback=(lambda _: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()

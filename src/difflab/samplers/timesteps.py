@@ -51,10 +51,10 @@ def timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int =
     elif spacing == "trailing":
         ts = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
     elif spacing == "linspace":
-        ts = np.round(np.linspace(0, T - 1, steps))[::-1]
+        ts = np.round(np.linspace(0, T - 1, steps))[::-1].astype(np.int64)
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(DISCRETE_SPACINGS)}")
-    ts = torch.from_numpy(np.ascontiguousarray(ts)).long()
+    ts = torch.from_numpy(ts.copy()).long()  # copy: numpy keeps a reversed 1-element view's negative stride
     if (ts < 0).any() or (ts >= T).any():
         raise ValueError(f"steps_offset={steps_offset} puts timesteps outside 0 .. {T - 1}")
     return ts
@@ -92,6 +92,11 @@ def sigmas_from_timesteps(proc, ts: Tensor) -> Tensor:
     ts = torch.as_tensor(ts)
     if ts.ndim != 1 or ts.numel() < 1:
         raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
+    if ts.dtype == torch.bool or ts.is_complex():
+        raise ValueError(f"timesteps must be integers or floats in 0 .. T-1, got dtype {ts.dtype}")
+    if not torch.isfinite(ts).all() or (ts < 0).any() or (ts > proc.T - 1).any():
+        raise ValueError(f"timesteps must lie in 0 .. T-1 = {proc.T - 1} (0-based, as diffusers counts them), "
+                         f"got values in [{ts.min().item()}, {ts.max().item()}]")
     sig = proc.sigma_of(ts.cpu())
     if (sig[1:] >= sig[:-1]).any():
         raise ValueError("timesteps must be strictly decreasing")
