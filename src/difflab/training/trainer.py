@@ -32,6 +32,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._devices import resolve_device
 from ..diffusion import GaussianDiffusion
 from .build import build_model, build_process
 from .checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint, save_checkpoint
@@ -57,11 +58,10 @@ def _dist_env() -> tuple[int, int, int]:
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"config field 'device': got {spec!r} but CUDA is not available; use auto or cpu")
+    dev = resolve_device(spec, "config field 'device'")
     if spec == "cuda":
         return torch.device(f"cuda:{local_rank}")
-    return torch.device(spec)
+    return dev
 
 
 def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
