@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from difflab._files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
     run = dl.load(run_dir, device=dev)
     result["checkpoint"] = str(run.path)
     result["config"] = run.config.to_dict()
+    result["steps_configured"] = run.config.steps
+    result["stopped_by_max_time"] = steps[-1] < run.config.steps  # max_time ended the run early
 
     # judge: a small CNN trained on train5k (held out from the diffusion model's t10k)
     from difflab.evaluation import classifier
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
                 grid = x.view(K, args.per_class, *x.shape[1:])[:, :n].reshape(-1, *x.shape[1:])
                 dl.evaluation.save_image_grid(grid, docs / "grid.png", nrow=n)
     result["command"] = "python benchmarks/mnist_cond_gpu.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-    (docs / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(docs / "results.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
     return 0
 
