@@ -13,6 +13,15 @@ MNIST_DIR = SHARED / "data" / "mnist"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread, whatever an earlier test (or the code it ran) set."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)

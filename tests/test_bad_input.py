@@ -1,5 +1,6 @@
 """Every entry point of the core rejects bad input with a message naming the argument and what is allowed."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,162 @@ def test_shapes_and_noise(proc, model):
         dl.sample(model, "linear", (3, 2))
     with pytest.raises(ValueError, match="MLPDenoiser\\(dim=2\\) takes x of shape"):
         dl.models.MLPDenoiser(2)(torch.zeros(3, 5), torch.zeros(3))
+
+
+def test_sample_refuses_devices_this_machine_lacks(proc, model):
+    """A device that does not exist here: a ValueError naming the argument (it was a deep
+    "Torch not compiled with CUDA enabled" AssertionError, or a RuntimeError for "gpu")."""
+    bad = ["gpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(ValueError, match=rf"device: .*'{device}'.*(use auto|cuda:0)"):
+            dl.sample(model, proc, (2, 2), "ddim", 3, device=device)
+    noise = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    ref = dl.sample(model, proc, (2, 2), "ddim", 3, noise=noise)
+    for device in ("cpu", torch.device("cpu")):
+        assert torch.equal(dl.sample(model, proc, (2, 2), "ddim", 3, noise=noise, device=device), ref)
+
+
+def test_one_dtype_rule(proc, model):
+    """Integer data/noise are refused; float tensors are cast to the model's parameter dtype
+    (a model without parameters runs in the input's float dtype)."""
+    torch.manual_seed(0)
+    mlp = dl.models.MLPDenoiser(2, width=16, depth=1)
+    torch.nn.init.normal_(mlp.out[-1].weight)  # a non-zero output, so the loss depends on the input
+    x0, noise, t = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 10, 50, 99])
+    ref = proc.training_loss(mlp, x0, t=t, noise=noise)
+    assert torch.equal(proc.training_loss(mlp, x0.double(), t=t, noise=noise.double()), ref)
+    half = proc.training_loss(mlp, x0.half(), t=t, noise=noise.half())
+    assert torch.equal(half, proc.training_loss(mlp, x0.half().float(), t=t, noise=noise.half().float()))
+    with pytest.raises(TypeError, match=r"x0 must be a float tensor, got torch.int64; scale the data to \[-1, 1\]"):
+        proc.training_loss(mlp, torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="noise must be a float tensor, got torch.int64"):
+        proc.training_loss(mlp, x0, noise=torch.zeros(4, 2, dtype=torch.long))
+
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    out = dl.sample(mlp, proc, (4, 2), "ddim", 3, noise=z)
+    assert out.dtype == torch.float32
+    assert torch.equal(dl.sample(mlp, proc, (4, 2), "ddim", 3, noise=z.double()), out)
+    assert dl.sample(mlp, proc, (4, 2), "ddim", 3, noise=z.half()).dtype == torch.float32
+    with pytest.raises(TypeError, match="noise must be a float tensor, got torch.int64"):
+        dl.sample(mlp, proc, (4, 2), "ddim", 3, noise=torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="noise must be a torch tensor, got ndarray"):
+        dl.sample(mlp, proc, (4, 2), "ddim", 3, noise=z.numpy())
+    assert torch.equal(dl.invert(mlp, proc, x0.double(), 3), dl.invert(mlp, proc, x0, 3))
+    with pytest.raises(TypeError, match="x0 must be a float tensor, got torch.int64"):
+        dl.invert(mlp, proc, torch.zeros(4, 2, dtype=torch.long), 3)
+    # the analytic model has no parameters: it runs in the noise's dtype
+    assert dl.sample(model, proc, (4, 2), "ddim", 3, noise=z.double()).dtype == torch.float64
+
+
+def test_mlp_labels_and_null_cond(proc):
+    mlp = dl.models.MLPDenoiser(2, width=16, depth=1, num_classes=3)
+    x, t = torch.zeros(2, 2), torch.zeros(2)
+    with pytest.raises(ValueError, match=r"class labels must lie in 0 \.\. 2 \(or 3 for 'no label'\), got .*99"):
+        mlp(x, t, torch.tensor([0, 99]))
+    for bad in (torch.tensor([True, False]), torch.tensor([0.0, 1.0])):
+        with pytest.raises(ValueError, match=r"cond must be a long tensor of class labels with shape \[2\]"):
+            mlp(x, t, bad)
+    with pytest.raises(ValueError, match=r"cond must be a long tensor .*torch.bool"):
+        dl.sample(mlp, proc, (2, 2), "ddim", 2, cond=torch.tensor([True, False]))
+    cond = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"null_cond must lie in 0 \.\. 3 .* got 99"):
+        dl.sample(mlp, proc, (2, 2), "ddim", 2, cond=cond, guidance=2.0, null_cond=99)
+    with pytest.raises(TypeError, match="null_cond must be an integer class label"):
+        dl.sample(mlp, proc, (2, 2), "ddim", 2, cond=cond, guidance=2.0, null_cond="3")
+    z = torch.randn(2, 2)
+    assert torch.equal(dl.sample(mlp, proc, (2, 2), "ddim", 2, cond=cond, guidance=2.0, noise=z, null_cond=np.int64(3)),
+                       dl.sample(mlp, proc, (2, 2), "ddim", 2, cond=cond, guidance=2.0, noise=z))
+    with pytest.raises(ValueError, match=r"num_classes must be None \(unconditional\) or an integer >= 1"):
+        dl.models.MLPDenoiser(2, num_classes=0)
+
+
+@pytest.mark.parametrize("weighting", ["min_snr_-5", "min_snr_0", "min_snr_nan"])
+def test_min_snr_gamma_must_be_positive(proc, weighting):
+    from difflab.training.loss import DiffusionLoss
+
+    with pytest.raises(ValueError, match=rf"weighting '{weighting}': Min-SNR's gamma must be > 0"):
+        proc.training_loss(dl.models.MLPDenoiser(2, width=16, depth=1), torch.zeros(2, 2), weighting=weighting)
+    with pytest.raises(ValueError, match="gamma must be > 0"):  # when the trainer builds its loss
+        DiffusionLoss(proc, weighting)
+    t = torch.tensor([0, 99])
+    assert torch.equal(proc.loss_weight(t, "min_snr_0.5"), proc.loss_weight(t, "min_snr_0.5"))
+    assert (proc.loss_weight(t, "min_snr_0.5") > 0).all()
+
+
+def test_editing_refuses_images_outside_minus_one_one(proc):
+    from difflab import editing as E
+
+    model = dl.models.GaussianDenoiser(proc, torch.zeros(16), 0.5)  # images [B, 1, 4, 4]
+    pixels = torch.arange(32.0).reshape(2, 1, 4, 4) * 8  # 0..248: unscaled 0..255 pixels
+    msg = r"image must be scaled to \[-1, 1\], got values in \[0, 248\]; scale 0\.\.255 pixels with x / 127\.5 - 1"
+    with pytest.raises(ValueError, match=msg):
+        E.img2img(model, proc, pixels, 0.5, steps=3)
+    with pytest.raises(ValueError, match=msg):
+        E.inpaint(model, proc, pixels, torch.zeros(4, 4), steps=3)
+    with pytest.raises(ValueError, match=msg):
+        E.reconstruct(model, proc, pixels, steps=3)
+    with pytest.raises(ValueError, match=r"a must be scaled to \[-1, 1\]"):
+        E.interpolate(model, proc, pixels[0], pixels[1], frames=2, steps=3)
+    sr = E.LowResConditioned(base="unet_tiny", scale=2, image_channels=1)
+    with pytest.raises(ValueError, match=r"lowres must be scaled to \[-1, 1\]"):
+        E.upscale(sr, proc, pixels)
+    scaled = pixels / 127.5 - 1
+    assert E.img2img(model, proc, scaled * (1 + 5e-4), 0.5, steps=3).shape == pixels.shape  # rounding tolerated
+    # vectors [B, D] are data in the model's own scale; latents are not images
+    assert E.img2img(model, proc, 3 * torch.ones(2, 16), 0.5, steps=3).shape == (2, 16)
+    z = 3 * torch.randn(2, 1, 4, 4)
+    assert E.interpolate(model, proc, z[0], z[1], frames=2, steps=3, latents=True).shape == (2, 1, 4, 4)
+    # float64 images with a float32 network: cast to the network's dtype
+    mlp = dl.models.MLPDenoiser(2, width=16, depth=1)
+    x = torch.rand(3, 2) * 2 - 1
+    assert torch.equal(E.img2img(mlp, proc, x.double(), 0.5, steps=3, noise=x), E.img2img(mlp, proc, x, 0.5, steps=3, noise=x))
+    assert E.inpaint(mlp, proc, x.double(), torch.tensor([0.0, 1.0]), steps=3).dtype == torch.float32
+
+
+def test_numpy_scalars_are_numbers(proc, model):
+    from difflab import editing as E
+
+    z = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    ref = dl.sample(model, proc, (2, 2), "ddim", 3, eta=0.5, noise=z, generator=torch.Generator().manual_seed(1))
+    got = dl.sample(model, proc, (np.int64(2), np.int32(2)), "ddim", np.int64(3), eta=np.float32(0.5), noise=z,
+                    generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, ref)
+    assert torch.equal(dl.sample(model, proc, (2, 2), "euler", 3, noise=z, s_churn=np.float64(0.0)),
+                       dl.sample(model, proc, (2, 2), "euler", 3, noise=z))
+    assert torch.equal(dl.sample(model, proc, (2, 2), "ddim", 3, noise=z, clip_x0=np.float32(0.5)),
+                       dl.sample(model, proc, (2, 2), "ddim", 3, noise=z, clip_x0=0.5))
+    x = torch.zeros(2, 2)
+    assert torch.equal(E.img2img(model, proc, x, np.float32(0.5), "ddim", np.int64(4), noise=z),
+                       E.img2img(model, proc, x, 0.5, "ddim", 4, noise=z))
+    mask = torch.tensor([0.0, 1.0])
+    assert torch.equal(E.inpaint(model, proc, x, mask, "ddim", np.int64(4), resample=np.int64(2),
+                                 jump_length=np.int64(1), noise=z, generator=torch.Generator().manual_seed(0)),
+                       E.inpaint(model, proc, x, mask, "ddim", 4, resample=2, jump_length=1, noise=z,
+                                 generator=torch.Generator().manual_seed(0)))
+    assert E.interpolate(model, proc, z[0], z[1], frames=np.int64(3), steps=np.int64(3), latents=True).shape == (3, 2)
+    assert E.box_mask((np.int64(4), 4), 0, 0, 2, 2).sum() == 4
+    assert dl.samplers.karras_sigmas(np.int64(3), 0.1, 10.0).shape == (3,)
+    with pytest.raises(TypeError, match="eta must be a number in \\[0, 1\\].*got str"):
+        dl.sample(model, proc, (2, 2), "ddim", 3, eta="0.5")
+
+
+def test_minor_type_and_value_errors(proc, model):
+    from difflab import editing as E
+
+    with pytest.raises(ValueError, match=r"sigmas must be finite noise levels"):
+        dl.sample(model, proc, (2, 2), sigmas=torch.tensor([float("nan"), 1.0, 0.0]))
+    with pytest.raises(TypeError, match="clip_x0 must be a number.*got str '1'"):
+        dl.sample(model, proc, (2, 2), "ddim", 2, clip_x0="1")
+    with pytest.raises(TypeError, match="guidance must be a number"):
+        dl.sample(model, proc, (2, 2), "ddim", 2, guidance="3")
+    with pytest.raises(TypeError, match="s_noise must be a number, got str"):
+        dl.sample(model, proc, (2, 2), "euler", 2, s_noise="a")
+    for shape in ("22", (2.5, 2), (2, True)):
+        with pytest.raises(TypeError, match="shape must be a sequence of ints like"):
+            dl.sample(model, proc, shape)
+    with pytest.raises(ValueError, match=r"size must be \(height, width\), two integers, got '88'"):
+        E.box_mask("88", 0, 0, 1, 1)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        dl.sample(model, proc, (2, 2), "ddim", 2, generator=0)
+    with pytest.raises(TypeError, match="model must be a callable"):
+        dl.sample("mlp", proc, (2, 2), "ddim", 2)

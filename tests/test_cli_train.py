@@ -12,14 +12,6 @@ from difflab.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds hand-off cost on a busy machine
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_sample_resume_with_digits_config(tmp_path, capsys):
     run = tmp_path / "digits"
     rc = main(["train", "--config", str(REPO / "configs" / "digits.yaml"), "--out", str(run), "--steps", "4",

@@ -45,14 +45,6 @@ TOL = 1e-4
 N, D = 64, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup():
     proc = dl.GaussianDiffusion(dl.schedules.linear(T), "eps")

@@ -4,21 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from difflab.cli import main
 from difflab.cli.eval import parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -29,15 +29,6 @@ def net(**kw) -> UNet:
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU kernels on a shared 2-core machine: one thread (waiting threads cost more)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def proc():
     return dl.GaussianDiffusion(dl.schedules.linear())

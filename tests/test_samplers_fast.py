@@ -23,15 +23,6 @@ MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 S = 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small tensor ops: one intra-op thread is fastest (and kind to a shared CI machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def proc():
     return dl.GaussianDiffusion(dl.schedules.linear(1000))

@@ -16,16 +16,6 @@ from difflab.training.data import GlobalBatches
 from difflab.training.loss import DiffusionLoss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine the
-    threads' hand-offs cost more than the arithmetic (here 15x): run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**changes) -> TrainConfig:
     d = {
         "model": {"name": "mlp", "kwargs": {"dim": 2, "width": 32, "depth": 2, "num_classes": 2, "dropout": 0.1}},
@@ -279,6 +269,7 @@ def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
         ({"compile_options": {"mode": 3}}, ["'compile_options.mode'", "torch.compile mode"]),
         ({"compile_options": {"fullgraph": "yes"}}, ["'compile_options.fullgraph'", "true or false"]),
         ({"max_time": 0}, ["'max_time'", "> 0"]),
+        ({"diffusion": {"weighting": "min_snr_-5"}}, ["'diffusion.weighting'", "gamma must be > 0"]),
         ({"max_time": "1h"}, ["'max_time'", "a number"]),
     ],
 )

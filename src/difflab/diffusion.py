@@ -16,6 +16,7 @@ Samplers work with the equivalent "variance exploding" noise level
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -29,6 +30,8 @@ __all__ = [
     "convert_prediction",
     "call_model",
     "discretized_gaussian_log_likelihood",
+    "check_weighting",
+    "model_dtype",
 ]
 
 PREDICTION_TYPES = ("eps", "x0", "v")
@@ -60,6 +63,57 @@ def convert_prediction(
     if target == "v":
         return alpha * eps - sigma * x0
     raise ValueError(f"unknown prediction type {target!r}; choose one of {PREDICTION_TYPES}")
+
+
+def model_dtype(model: Callable) -> Optional[torch.dtype]:
+    """The floating dtype of ``model``'s parameters, which its inputs are cast to; None for a model
+    without floating parameters (a function, an analytic model), which takes any float dtype."""
+    if isinstance(model, torch.nn.Module) and not torch.compiler.is_compiling():
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def _float_input(x, name: str, model: Callable, fix: str) -> Tensor:
+    """``x`` as the model computes: the one dtype rule of the library's entry points.
+
+    Integer, bool or complex tensors are refused (TypeError naming ``name`` and ``fix``); float
+    tensors of another dtype than the model's parameters (float64 or float16 data for a float32
+    network) are cast to the parameters' dtype; a model without parameters takes any float dtype.
+    A dtype check and a cast: no host-device synchronisation.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {x.dtype}; {fix}")
+    dtype = model_dtype(model)
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def check_weighting(weighting: Weighting) -> Optional[float]:
+    """Check a loss weighting (see :meth:`GaussianDiffusion.loss_weight`); returns Min-SNR's gamma
+    for ``"min_snr"`` / ``"min_snr_<gamma>"``, else None."""
+    if weighting is None or callable(weighting) or (isinstance(weighting, str) and weighting == "uniform"):
+        return None
+    if isinstance(weighting, str) and weighting.startswith("min_snr"):
+        gamma_txt = weighting[len("min_snr"):]
+        if gamma_txt.startswith("_"):
+            gamma_txt = gamma_txt[1:]
+        try:
+            gamma = float(gamma_txt) if gamma_txt else 5.0
+        except ValueError:
+            raise ValueError(f"cannot read gamma from weighting {weighting!r}; use e.g. 'min_snr_5'") from None
+        if not gamma > 0:  # also NaN
+            raise ValueError(
+                f"weighting {weighting!r}: Min-SNR's gamma must be > 0 (the SNR at which the weight is "
+                f"clipped; 5 in Hang et al. 2023), got {gamma}; use e.g. 'min_snr_5'"
+            )
+        return gamma
+    raise ValueError(
+        f"unknown weighting {weighting!r}; use None/'uniform', 'min_snr', 'min_snr_<gamma>' "
+        "or a callable of SNR(t)"
+    )
 
 
 def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
@@ -297,28 +351,19 @@ class GaussianDiffusion:
 
         ``None`` / ``"uniform"``: L_simple (Ho et al. 2020, eq. 14) on the model's own target.
         ``"min_snr"`` or ``"min_snr_<gamma>"``: Min-SNR-gamma (Hang et al. 2023, gamma = 5 by
-        default), expressed for the prediction type so that the weight on the x0 error is
-        min(SNR, gamma). A callable receives SNR(t) and returns the weights.
+        default; gamma > 0), expressed for the prediction type so that the weight on the x0 error
+        is min(SNR, gamma). A callable receives SNR(t) and returns the weights.
         """
-        if weighting is None or weighting == "uniform":
+        gamma = check_weighting(weighting)
+        if weighting is None or (isinstance(weighting, str) and weighting == "uniform"):
             return torch.ones(t.shape, device=t.device)
         snr = self.snr(t).to(t.device)
         if callable(weighting):
             w = weighting(snr)
-        elif isinstance(weighting, str) and weighting.startswith("min_snr"):
-            gamma_txt = weighting[len("min_snr"):].lstrip("_")
-            try:
-                gamma = float(gamma_txt) if gamma_txt else 5.0
-            except ValueError:
-                raise ValueError(f"cannot read gamma from weighting {weighting!r}; use e.g. 'min_snr_5'") from None
+        else:
             clipped = snr.clamp(max=gamma)
             # ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR = ||v - v_hat||^2 / (SNR + 1)
             w = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[self.prediction]
-        else:
-            raise ValueError(
-                f"unknown weighting {weighting!r}; use None/'uniform', 'min_snr', 'min_snr_<gamma>' "
-                "or a callable of SNR(t)"
-            )
         if not isinstance(w, Tensor) or w.shape != t.shape:
             raise ValueError("a weighting callable must return one weight per sample, shape [B]")
         return w.to(torch.float32)
@@ -342,9 +387,13 @@ class GaussianDiffusion:
         replaced by the null label ``model.num_classes`` with probability p, training the
         unconditional model used by classifier-free guidance (Ho & Salimans 2022).
         ``reduction="none"`` returns the per-sample weighted losses.
+
+        dtypes: ``x0`` (and ``noise``) must be float tensors (integer data is refused); they are
+        cast to the dtype of the model's parameters (e.g. float64 data for a float32 network).
         """
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
+        x0 = _float_input(x0, "x0", model, _X0_FIX)
         B = x0.shape[0]
         if t is None:  # drawn here, so in range: no validation (and no host-device sync)
             t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
@@ -352,8 +401,11 @@ class GaussianDiffusion:
             self._check_t(t, x0)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        elif noise.shape != x0.shape:
-            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        else:
+            noise = _float_input(noise, "noise", model, _NOISE_FIX)
+            if noise.shape != x0.shape:
+                raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+            noise = noise.to(x0.dtype)
         if cond is not None:
             cond = _check_cond(model, cond, B)
             if cond_drop_prob > 0:
@@ -401,13 +453,15 @@ class GaussianDiffusion:
         one t uniformly from each of K equal strata of 2..T and weights it by its stratum's size:
         an unbiased estimate of the sum with K + 1 model calls. Each term uses fresh noise
         (``generator``). Returns ``prior``, ``decoder``, ``diffusion``, ``total`` ([B], float64)
-        and the 0-based ``timesteps`` evaluated with their ``weights``.
+        and the 0-based ``timesteps`` evaluated with their ``weights``. ``x0`` must be a float
+        tensor; the model sees it in its parameters' dtype (as in :meth:`training_loss`).
         """
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
+        x0 = _float_input(x0, "x0", model, _X0_FIX)
         if variance not in ("posterior", "beta"):
             raise ValueError(f"variance must be 'posterior' (beta~_t) or 'beta' (beta_t), got {variance!r}")
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2 (256 for 8-bit images), got {bins!r}")
         if self.T < 2:
             raise ValueError("the variational bound needs a schedule with T >= 2 steps")
@@ -480,10 +534,14 @@ _TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "posterior_me
            "posterior_mean_coef2", "posterior_variance", "posterior_log_variance_clipped")
 _TABLES_FLOAT64 = ("sigmas", "_log_sigmas")
 
+_X0_FIX = "scale the data to [-1, 1] and use .float() (e.g. x.float() / 127.5 - 1 for 0..255 pixels)"
+_NOISE_FIX = "use standard normal noise, e.g. torch.randn(shape)"
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 
 def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
     num_classes = getattr(model, "num_classes", None)
-    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
+    if not isinstance(cond, Tensor) or cond.dtype not in _LABEL_DTYPES or cond.shape != (batch,):
         raise ValueError(
             f"cond must be a long tensor of class labels with shape [{batch}], got "
             f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
@@ -515,13 +573,14 @@ def _stratified_timesteps(
     fastest at small t, which therefore get small strata (exact for the first few steps), so the
     estimate's variance is far below that of equal strata."""
     n = T - 1
-    if num_timesteps is None or num_timesteps >= n:
-        return torch.arange(1, T), torch.ones(n, dtype=torch.float64)
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
+    if num_timesteps is not None and (isinstance(num_timesteps, bool) or
+                                      not isinstance(num_timesteps, numbers.Integral) or num_timesteps < 1):
         raise ValueError(
             f"num_timesteps must be None (all {n} terms) or a positive integer, got {num_timesteps!r}"
         )
-    K = num_timesteps
+    if num_timesteps is None or num_timesteps >= n:
+        return torch.arange(1, T), torch.ones(n, dtype=torch.float64)
+    K = int(num_timesteps)
     geo = torch.logspace(0, math.log10(T), K + 1, dtype=torch.float64).round().long().tolist()
     edges = [1] + [0] * K
     for j in range(1, K + 1):  # strictly increasing, ending at T, each stratum non-empty

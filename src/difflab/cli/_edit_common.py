@@ -8,9 +8,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._devices import resolve_device
 from ..editing.io import load_images
+from ..evaluation.grids import check_image_path
 
-__all__ = ["add_run_args", "load_run", "read_inputs", "labels", "Shapes"]
+__all__ = ["add_run_args", "load_run", "read_inputs", "labels", "Shapes", "check_out"]
 
 
 def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -> None:
@@ -27,11 +29,23 @@ def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -
                    help="don't clamp the model's x0 estimates to the image range [-1, 1] (clamped by default)")
 
 
-def load_run(args):
+def load_run(args, superres: bool = False):
+    """The run of ``--ckpt`` on ``--device`` and the network to use (``--raw``: not the EMA).
+    A super-resolution model is refused unless ``superres`` (only upscale feeds it low-res images)."""
+    from ..editing.superres import refuse_superres
     from ..training.checkpoint import load
 
-    run = load(args.ckpt, device=args.device)
-    return run, (run.model if args.raw else run.ema_model)
+    run = load(args.ckpt, device=resolve_device(args.device, "--device"))
+    model = run.model if args.raw else run.ema_model
+    if not superres:
+        refuse_superres(model, f"`difflab {getattr(args, 'command', None) or 'this command'}`")
+    return run, model
+
+
+def check_out(args, default: Optional[str] = None):
+    """``--out`` as a Path, checked (an image suffix, not a folder) and its folder created before
+    any sampling, so a bad output path costs no work."""
+    return check_image_path(args.out if args.out is not None else default, "--out", mkdir=True)
 
 
 class Shapes:

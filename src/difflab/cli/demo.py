@@ -22,6 +22,17 @@ from ..training import EMA
 
 __all__ = ["run_demo", "add_parser"]
 
+T = 1000  # diffusion steps of the demo's linear schedule: the samplers take 1 .. T steps
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """A ValueError naming the argument and its flag (``ddpm_steps`` / ``--ddpm-steps``)."""
+    flag = "--" + name.replace("_", "-")
+    allowed = f"{low} .. {high}" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        why = f" (the schedule has T = {T} steps)" if high == T else ""
+        raise ValueError(f"{name} ({flag}) must be an integer in {allowed}{why}, got {value!r}")
+
 
 def _train(model, proc, points, steps, batch, lr, seed, progress):
     """Plain AdamW with one-cycle LR and an EMA of the weights; returns (ema_model, losses)."""
@@ -68,15 +79,24 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Train, sample, evaluate and draw; returns the metrics written to ``out/metrics.json``."""
-    if train_steps < 1 or n < 2:
-        raise ValueError(f"need train_steps >= 1 and n >= 2, got {train_steps}, {n}")
+    # every argument is checked before training, so a bad sampler setting does not waste the run
+    _check_int("train_steps", train_steps, 1)
+    _check_int("batch", batch, 1)
+    _check_int("n", n, 2)
+    _check_int("ddpm_steps", ddpm_steps, 1, T)
+    _check_int("ddim_steps", ddim_steps, 1, T)
+    _check_int("seed", seed, 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if dataset not in data.toy2d.NAMES:
+        raise ValueError(f"dataset (--dataset) must be one of {', '.join(data.toy2d.NAMES)}, got {dataset!r}")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
 
-    proc = GaussianDiffusion(schedules.linear(1000), prediction="eps")
+    proc = GaussianDiffusion(schedules.linear(T), prediction="eps")
     points = data.toy2d.make(dataset, 100_000, g)
     model = models.MLPDenoiser(dim=2, width=128, depth=3)
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ sample grids into ``--out``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import data
+from .._devices import resolve_device
 from ..evaluation import report
 from ..evaluation.classifier import ClassifierFeatures, load_classifier
 from ..evaluation.fid import inception_features
@@ -109,12 +111,8 @@ def load_images(name_or_path: Optional[str], run, split: Optional[str]) -> tuple
     else:
         p = Path(name_or_path)
         if p.is_file():
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-            x = obj["images"] if isinstance(obj, dict) else obj
-            y = obj.get("labels") if isinstance(obj, dict) else None
-            if not isinstance(x, Tensor) or x.ndim != 4:
-                raise ValueError(f"--ref {p}: expected a tensor of images [N, C, H, W] (or a dict with 'images'), got {type(x).__name__}")
-            return x.float(), y, str(p)
+            x, y = _read_ref_file(p)
+            return _as_model_images(x, run, f"--ref {p}"), y, str(p)
         if p.is_dir():
             name, kwargs = "mnist", {"root": str(p), "split": split or "t10k"}
         elif name_or_path in data.registry.names():
@@ -129,14 +127,45 @@ def load_images(name_or_path: Optional[str], run, split: Optional[str]) -> tuple
                 f"({', '.join(data.registry.names())})"
             )
     x, y = data.load(name, **kwargs)
+    desc = f"{name} ({kwargs.get('split', 'all')})"
+    return _as_model_images(x, run, "the reference images"), y, desc
+
+
+_REF_HELP = ("--ref takes a .pt file holding a tensor of images [N, C, H, W] in [-1, 1] (or a dict with "
+             "'images' and optionally 'labels'), a folder of MNIST IDX files, or a data set name")
+
+
+def _read_ref_file(p: Path) -> tuple[Tensor, Optional[Tensor]]:
+    """Images (and labels) from a ``--ref`` file written by ``torch.save``."""
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a zip), EOFError, ...
+        raise ValueError(f"--ref {str(p)!r} cannot be read by torch.load ({type(err).__name__}); "
+                         f"{_REF_HELP}") from None
+    if isinstance(obj, dict):
+        if "images" not in obj:
+            raise ValueError(f"--ref {str(p)!r} holds a dict with keys {sorted(map(str, obj))} but no 'images'; "
+                             f"{_REF_HELP}")
+        x, y = obj["images"], obj.get("labels")
+    else:
+        x, y = obj, None
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"--ref {str(p)!r}: expected a float tensor of images [N, C, H, W], got {got}; {_REF_HELP}")
+    if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),)):
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"--ref {str(p)!r}: 'labels' must be a tensor [{len(x)}] (one per image), got {got}")
+    return x.float(), y
+
+
+def _as_model_images(x: Tensor, run, what: str) -> Tensor:
+    """``x`` in the model's image shape (flat data reshaped), or ValueError naming ``what``."""
     image_shape = tuple(run.image_shape)
     if tuple(x.shape[1:]) != image_shape:
         if x[0].numel() == math.prod(image_shape):
-            x = x.reshape(len(x), *image_shape)
-        else:
-            raise ValueError(f"the reference images have shape {tuple(x.shape[1:])} but the model makes {image_shape}")
-    desc = f"{name} ({kwargs.get('split', 'all')})"
-    return x, y, desc
+            return x.reshape(len(x), *image_shape)
+        raise ValueError(f"{what}: images of shape {tuple(x.shape[1:])} but the model makes {image_shape}")
+    return x
 
 
 def _feature_network(args, dataset: str):
@@ -173,12 +202,23 @@ def _settings(args) -> list[EvalSetting]:
 
 def run_eval(args) -> dict:
     """The eval command's work, from parsed arguments; returns what it writes to metrics.json."""
-    out = Path(args.out or f"eval/{Path(args.ckpt).name}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
     if args.n < 2:
         raise ValueError(f"--n must be >= 2 (FID needs two samples at least), got {args.n}")
-    run = load_run(args.ckpt, device=args.device or "cpu")
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--bpd-n", args.bpd_n), ("--bpd-timesteps", args.bpd_timesteps)):
+        if value < 0:
+            raise ValueError(f"{flag} must be >= 0 (0: {'skip' if flag == '--bpd-n' else 'all T'}), got {value}")
+    args = argparse.Namespace(**vars(args))  # the caller's namespace keeps its --device text
+    args.device = resolve_device(args.device, "--device", default=torch.device("cpu"))
+    out = Path(args.out or f"eval/{Path(args.ckpt).name}")
+    run = load_run(args.ckpt, device=args.device)
+    from ..editing.superres import refuse_superres
+
+    refuse_superres(run.ema_model, "`difflab eval`")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
     settings = _settings(args)
     dataset = _dataset(run)
     toy = dataset == "toy2d"

@@ -810,6 +810,10 @@ def _main(args) -> int:
         res = json.loads(metrics.read_text())
         print(f"difflab experiments: rewrote {write_report(res, Path(args.out), res.get('command', cmd))}")
         return 0
+    if args.device is not None:  # a device that isn't here fails now, not after an hour of 2D experiments
+        from .._devices import resolve_device
+
+        args.device = str(resolve_device(args.device, "--device"))
     res = run_experiments(args.out, args.size, args.mnist_root, args.classifier, args.device, not args.quiet, cmd,
                           args.mnist_run)
     print(f"difflab experiments: wrote {Path(args.out) / 'report.md'} in {res['seconds'] / 60:.1f} min")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..editing import img2img, save_images
 from ..samplers import SAMPLERS
-from ._edit_common import Shapes, add_run_args, clip_x0, generator, labels, load_run, read_inputs
+from ._edit_common import Shapes, add_run_args, check_out, clip_x0, generator, labels, load_run, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -30,13 +30,14 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
+    out = check_out(args)
     run, model = load_run(args)
     shapes = Shapes(run)
     x = shapes.check(read_inputs(args.input, run, args.n))
     y = img2img(model, run.proc, shapes.to_model(x), args.strength, args.sampler, args.steps, eta=args.eta,
                 cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
                 clip_x0=clip_x0(args))
-    out = save_images(shapes.to_image(y), args.out, nrow=args.n)
+    out = save_images(shapes.to_image(y), out, nrow=args.n)
     print(f"difflab img2img: {len(args.input)} image(s) x {args.n} at strength {args.strength} "
           f"({args.sampler}, {args.steps} steps) -> {Path(out).resolve()}")
     return 0

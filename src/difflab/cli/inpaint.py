@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..editing import inpaint, parse_mask, save_images
 from ..editing.inpaint import STEPWISE_SAMPLERS
-from ._edit_common import Shapes, add_run_args, clip_x0, generator, labels, load_run, read_inputs
+from ._edit_common import Shapes, add_run_args, check_out, clip_x0, generator, labels, load_run, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
+    out = check_out(args)
     run, model = load_run(args)
     shapes = Shapes(run)
     x = shapes.check(read_inputs(args.input, run, args.n))
@@ -47,7 +48,7 @@ def _main(args) -> int:
                 jump_length=args.jump if args.resample > 1 else 1, resample=args.resample,
                 cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
                 clip_x0=clip_x0(args), **options)
-    out = save_images(shapes.to_image(y), args.out, nrow=args.n)
+    out = save_images(shapes.to_image(y), out, nrow=args.n)
     kept = float((1 - mask).mean())
     print(f"difflab inpaint: {len(args.input)} image(s) x {args.n}, {100 * (1 - kept):.0f}% of the pixels filled "
           f"({args.sampler}, {args.steps} steps, resample {args.resample}) -> {Path(out).resolve()}")

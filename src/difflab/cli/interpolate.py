@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..editing import interpolate, reconstruct, save_images
-from ._edit_common import Shapes, labels, load_run, read_inputs
+from ._edit_common import Shapes, check_out, labels, load_run, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
+    out = check_out(args)
     run, model = load_run(args)
     shapes = Shapes(run)
     cond = labels(args, run, 1)
@@ -50,7 +51,7 @@ def _main(args) -> int:
             y = reconstruct(model, run.proc, shapes.to_model(x), args.steps, cond=c)
             y = shapes.to_image(y)
             err = (y - x).abs().mean().item()
-            out = save_images(torch.cat([x, y]), args.out, nrow=len(x))
+            out = save_images(torch.cat([x, y]), out, nrow=len(x))
             print(f"difflab interpolate --reconstruct: mean |x - x'| = {err:.4f} (pixels in [-1, 1]) -> "
                   f"{Path(out).resolve()} (inputs on top, round trips below)")
             return 0
@@ -64,6 +65,6 @@ def _main(args) -> int:
         b = torch.randn(shape, generator=torch.Generator().manual_seed(args.seeds[1]))
         strip = interpolate(model, run.proc, a, b, args.frames, args.steps, latents=True, cond=label,
                             guidance=args.guidance)
-    out = save_images(shapes.to_image(strip), args.out, nrow=args.frames)
+    out = save_images(shapes.to_image(strip), out, nrow=args.frames)
     print(f"difflab interpolate: {args.frames} frames ({args.steps} DDIM steps) -> {Path(out).resolve()}")
     return 0

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from .._devices import resolve_device
+from ..editing.superres import refuse_superres
+from ..evaluation.grids import check_image_path, make_parent
 from ..samplers import SAMPLERS
 from ..training.checkpoint import load
 from ..training.generate import class_rows, save_grid
@@ -42,8 +45,22 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    run = load(args.ckpt, device=args.device)
+    # everything that can be checked is checked before sampling, so a typo costs no samples
+    out = check_image_path(args.out, "--out", mkdir=True)
+    tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
+    device = resolve_device(args.device, "--device")
+    run = load(args.ckpt, device=device)
+    refuse_superres(run.model if args.raw else run.ema_model, "`difflab sample`")
+    if len(run.image_shape) != 3 and tensor_out is None:
+        raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "
+                         "no PNG grid to write; pass --save-tensor FILE.pt")
     labels, n, nrow = None, args.n, args.nrow
+    if args.label is None and args.guidance != 1.0:
+        if run.num_classes is None:
+            raise ValueError(f"--guidance {args.guidance:g} needs a class-conditional model; {args.ckpt} is "
+                             "unconditional: leave --guidance at 1")
+        raise ValueError(f"--guidance {args.guidance:g} needs --label: the class to guide towards "
+                         f"(0..{run.num_classes - 1}), or 'all' for a row per class")
     if args.label is not None:
         if run.num_classes is None:
             raise ValueError(f"--label needs a class-conditional model; {args.ckpt} is unconditional")
@@ -58,11 +75,23 @@ def _main(args) -> int:
                                  f"got {args.label!r}") from None
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                   clip_x0=clip, ema=not args.raw, device=args.device)
-    if args.save_tensor:
-        torch.save(x.cpu(), args.save_tensor)
-    if x.ndim != 4:
-        raise ValueError(f"samples of shape {tuple(x.shape[1:])} are not images; use --save-tensor FILE.pt")
-    out = save_grid(x, args.out, nrow or max(1, round(math.sqrt(n))))
-    print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> {Path(out).resolve()}")
+                   clip_x0=clip, ema=not args.raw, device=device)
+    written = []
+    if x.ndim == 4:
+        written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
+    if tensor_out is not None:
+        torch.save(x.cpu(), tensor_out)
+        written.append(tensor_out)
+    print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> "
+          f"{', '.join(str(Path(w).resolve()) for w in written)}")
     return 0
+
+
+def _tensor_path(path: str) -> Path:
+    """``--save-tensor``'s file, its folder created (as for --out), before any sampling."""
+    p = Path(path)
+    if path == "" or p.is_dir():
+        raise ValueError(f"--save-tensor {path!r} is {'empty' if path == '' else 'a folder'}; name a file such as "
+                         "samples.pt")
+    make_parent(p, "--save-tensor")
+    return p

@@ -93,8 +93,11 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
+    from .._devices import resolve_device
+
+    device = resolve_device(args.device, "--device")  # None: cuda when available
     meta = run_train_classifier(args.data, args.out, args.root, args.train_split, args.test_split, args.epochs,
-                                args.batch_size, args.lr, args.seed, args.limit, args.device, not args.quiet)
+                                args.batch_size, args.lr, args.seed, args.limit, str(device), not args.quiet)
     print(f"difflab train-classifier: {meta['dataset']} {meta['train_split']} ({meta['num_train']} images, "
           f"{meta['epochs']} epochs, {meta['train_seconds']:.0f} s)")
     print(f"test accuracy on {meta['test_split']} ({meta['num_test']} held-out images): {100 * meta['test_accuracy']:.2f}%")

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..editing import downsample, save_images, upscale
 from ..editing.superres import lowres_model
 from ..samplers import SAMPLERS
-from ._edit_common import clip_x0, generator, labels, read_inputs
+from ._edit_common import check_out, clip_x0, generator, labels, load_run, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -45,10 +45,8 @@ def _main(args) -> int:
     if not args.ckpt or not args.input:
         raise ValueError("give --ckpt RUN and --input PNG... to upscale (train a model with "
                          "`difflab train --config configs/mnist_superres.yaml --out RUN`)")
-    from ..training.checkpoint import load
-
-    run = load(args.ckpt, device=args.device)
-    model = run.model if args.raw else run.ema_model
+    out = check_out(args, "upscaled.png")
+    run, model = load_run(args, superres=True)
     sr = lowres_model(model)
     if sr is None:
         raise ValueError(f"{args.ckpt} holds a {run.config.model.name!r} model without low-resolution "
@@ -65,7 +63,7 @@ def _main(args) -> int:
                          f"model (got {x.shape[-1]}x{x.shape[-2]}); pass full-size images with --from-highres")
     y = upscale(model, run.proc, x, args.sampler, args.steps, eta=args.eta, cond=labels(args, run, len(x)),
                 guidance=args.guidance, generator=generator(args), clip_x0=clip_x0(args))
-    out = save_images(y, args.out or "upscaled.png", nrow=args.n)
+    out = save_images(y, out, nrow=args.n)
     print(f"difflab upscale: {len(args.input)} image(s) x {args.n}, {x.shape[-1]}x{x.shape[-2]} -> "
           f"{y.shape[-1]}x{y.shape[-2]} ({args.sampler}, {args.steps} steps) -> {Path(out).resolve()}")
     return 0

@@ -8,20 +8,30 @@ functions ``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.sampl
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion, _check_cond
+from ..diffusion import GaussianDiffusion, _check_cond, model_dtype
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
 
-__all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device"]
+__all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "to_model"]
+
+# How far outside [-1, 1] an image may reach (rounding of x / 127.5 - 1, resampling overshoot).
+IMAGE_RANGE_TOL = 1e-3
 
 
-def check_image(x, name: str = "image") -> Tensor:
-    """A float batch tensor [B, ...] (images [B, C, H, W] in about [-1, 1], or vectors [B, D])."""
+def check_image(x, name: str = "image", check_range: bool = True) -> Tensor:
+    """A float batch tensor [B, ...]: images [B, C, H, W] scaled to [-1, 1], or vectors [B, D].
+
+    Images (3 or more dimensions) must lie in [-1, 1] (up to ``IMAGE_RANGE_TOL``): pixels in
+    0..255 or 0..1 floats would be edited as if they were far off the data. Vectors [B, D] are
+    data in the model's own scale (e.g. the 2D toy sets, about unit variance) and are not range
+    checked; nor is anything with ``check_range=False`` (e.g. latents x_T).
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch tensor [B, C, H, W] (or [B, D]), got {type(x).__name__}")
     if x.ndim < 2 or x.shape[0] < 1 or x.numel() == 0:
@@ -30,15 +40,28 @@ def check_image(x, name: str = "image") -> Tensor:
         raise TypeError(f"{name} must be a float tensor scaled to [-1, 1], got dtype {x.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
+    if check_range and x.ndim >= 3:
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if lo < -1 - IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
+            raise ValueError(
+                f"{name} must be scaled to [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; scale 0..255 "
+                f"pixels with x / 127.5 - 1 (0..1 floats with 2 * x - 1), as dl.editing.load_images does"
+            )
     return x
+
+
+def to_model(x: Tensor, model: Callable, device) -> Tensor:
+    """``x`` on ``device`` in the dtype of the model's parameters (its own float dtype for a model
+    without parameters): float64 or float16 images work with a float32 network."""
+    return x.to(device=device, dtype=model_dtype(model) or x.dtype)
 
 
 def check_cond(model: Callable, cond: Optional[Tensor], batch: int, device) -> Optional[Tensor]:
     """Class labels: a long tensor [B] (or one int for the whole batch) for a conditional model."""
     if cond is None:
         return None
-    if isinstance(cond, int) and not isinstance(cond, bool):
-        cond = torch.full((batch,), cond, dtype=torch.long)
+    if isinstance(cond, numbers.Integral) and not isinstance(cond, bool):
+        cond = torch.full((batch,), int(cond), dtype=torch.long)
     return _check_cond(model, cond, batch).to(device)
 
 
@@ -59,9 +82,10 @@ def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]
 
 
 def check_steps(steps, proc: GaussianDiffusion, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= proc.T:
+    """An integer (Python or numpy) in 1 .. T."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= proc.T:
         raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def ve_to_vp(x: Tensor, sigma: float) -> Tensor:

@@ -16,6 +16,7 @@ schedule with T = 1000, is dropped so that the two agree).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -24,13 +25,13 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
-from ._common import check_cond, check_image, check_sampler, check_steps, model_device
+from ._common import check_cond, check_image, check_sampler, check_steps, model_device, to_model
 
 __all__ = ["img2img", "sdedit_sigmas", "check_strength"]
 
 
 def check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
         raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(
@@ -81,7 +82,8 @@ def img2img(
     ``steps`` is the size of the whole grid (strength 1 runs all of it). ``noise`` is eps,
     the image's shape (drawn from ``generator`` when None). Every sampler and its options
     work, ``cond``/``guidance`` steer the result (e.g. towards another class), ``clip_x0=1``
-    clamps the x0 estimates to the image range.
+    clamps the x0 estimates to the image range. Images [B, C, H, W] must be scaled to [-1, 1]
+    (vectors [B, D] are in the model's own scale); they run in the model's parameter dtype.
     """
     image = check_image(image, "image")
     strength = check_strength(strength)
@@ -91,20 +93,23 @@ def img2img(
     steps = check_steps(steps, proc)
     device = model_device(model, image)
     cond = check_cond(model, cond, image.shape[0], device)
+    x0 = to_model(image, model, device)
     if noise is None:
-        noise = randn(image.shape, generator, device, image.dtype)
+        noise = randn(image.shape, generator, device, x0.dtype)
     elif not isinstance(noise, Tensor) or noise.shape != image.shape:
         raise ValueError(f"noise must have the image's shape {tuple(image.shape)}, got "
                          f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+    elif not noise.is_floating_point():
+        raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")
     if strength == 0.0:
         return image.clone()
-    noise = noise.to(device, image.dtype)
+    noise = noise.to(device, x0.dtype)
     sigmas = sdedit_sigmas(proc, strength, steps, spacing or spec.default_spacing)
     if strength == 1.0:
         x_start = noise  # the prior N(0, I): plain sampling
     else:
         s = float(sigmas[0])
-        x_start = (image.to(device) + s * noise) / math.sqrt(1.0 + s * s)  # q(x_t | y), VP state
+        x_start = (x0 + s * noise) / math.sqrt(1.0 + s * s)  # q(x_t | y), VP state
     return sample(model, proc, image.shape, sampler, eta=eta, cond=cond, guidance=guidance, noise=x_start,
                   generator=generator, device=device, progress=progress, sigmas=sigmas, callback=callback,
                   clip_x0=clip_x0, **options)

@@ -25,6 +25,7 @@ N + (r - 1) j floor((N - 1) / j) times (times the sampler's evaluations per step
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -34,7 +35,7 @@ from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
 from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode,
-                      model_device)
+                      model_device, to_model)
 from .masks import check_mask
 
 __all__ = ["inpaint", "repaint_schedule", "paste", "STEPWISE_SAMPLERS"]
@@ -51,9 +52,9 @@ def paste(x: Tensor, image: Tensor, mask: Tensor) -> Tensor:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def repaint_schedule(steps: int, jump_length: int = 10, resample: int = 10) -> list[int]:
@@ -116,6 +117,8 @@ def inpaint(
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
+    Images [B, C, H, W] must be scaled to [-1, 1] (vectors [B, D] are in the model's own scale);
+    they run in the model's parameter dtype.
     """
     image = check_image(image, "image")
     mask = check_mask(mask, image)
@@ -127,7 +130,8 @@ def inpaint(
     steps = check_steps(steps, proc)
     path = repaint_schedule(steps, jump_length, resample)
     device = model_device(model, image)
-    image, mask = image.to(device), mask.to(device)
+    image = to_model(image, model, device)
+    mask = mask.to(device, image.dtype)
     cond = check_cond(model, cond, image.shape[0], device)
     denoiser = Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
     sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
@@ -139,6 +143,8 @@ def inpaint(
     elif not isinstance(noise, Tensor) or noise.shape != image.shape:
         raise ValueError(f"noise must have the image's shape {tuple(image.shape)}, got "
                          f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+    elif not noise.is_floating_point():
+        raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")
     x = noise.to(device, image.dtype) * math.sqrt(1.0 + s0 * s0)  # VP x_T -> VE
     x = mask * x + keep * (image + s0 * randn_like(image, generator))
 

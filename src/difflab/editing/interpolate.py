@@ -19,6 +19,7 @@ u = 0 .. 1 with DDIM, from two noises or from two inverted images.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
 from ..samplers import invert, sample
-from ._common import check_cond, check_image, check_steps, model_device
+from ._common import check_cond, check_image, check_steps, model_device, to_model
 
 __all__ = ["slerp", "interpolate", "reconstruct"]
 
@@ -43,6 +44,8 @@ def slerp(a: Tensor, b: Tensor, u) -> Tensor:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape:
         raise ValueError(f"slerp needs two tensors of the same shape, got "
                          f"{tuple(getattr(a, 'shape', ()))} and {tuple(getattr(b, 'shape', ()))}")
+    if not a.is_floating_point() or not b.is_floating_point():
+        raise TypeError(f"slerp needs float tensors, got {a.dtype} and {b.dtype}")
     scalar = not isinstance(u, Tensor) or u.ndim == 0
     u = torch.as_tensor(u, dtype=torch.float64).reshape(-1)
     if not torch.isfinite(u).all():
@@ -80,13 +83,14 @@ def reconstruct(
     """DDIM inversion of ``image`` to x_T and DDIM sampling back: the round trip x0 -> x_T -> x0'.
 
     Returns x0' (and x_T with ``return_latent=True``); the error |x0' - x0| measures how
-    well the model's probability-flow ODE is discretised by ``steps`` steps.
+    well the model's probability-flow ODE is discretised by ``steps`` steps. Images [B, C, H, W]
+    must be scaled to [-1, 1]; they run in the model's parameter dtype.
     """
     image = check_image(image, "image")
     steps = check_steps(steps, proc)
     device = model_device(model, image)
     cond = check_cond(model, cond, image.shape[0], device)
-    image = image.to(device)
+    image = to_model(image, model, device)
     x_T = invert(model, proc, image, steps, cond=cond, spacing=spacing)
     x0 = sample(model, proc, image.shape, "ddim", steps, cond=cond, noise=x_T, spacing=spacing)
     return (x0, x_T) if return_latent else x0
@@ -112,9 +116,10 @@ def interpolate(
     invert with DDIM, or, with ``latents=True``, two noises x_T of that shape (``torch.randn``).
     Each frame is DDIM-decoded (eta = 0, ``steps`` steps) from slerp(x_T^a, x_T^b; u),
     u = 0, 1/(frames-1), ..., 1; ``cond`` (one label for all frames) and ``guidance`` apply to
-    the decoding (inversion uses cond only).
+    the decoding (inversion uses cond only). Images must be scaled to [-1, 1] (latents are not
+    range checked); they run in the model's parameter dtype.
     """
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+    if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2 (the strip includes both ends), got {frames!r}")
     steps = check_steps(steps, proc)
     for name, x in (("a", a), ("b", b)):
@@ -123,9 +128,10 @@ def interpolate(
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape (one image each, no batch dimension), got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    a, b = check_image(a[None], "a"), check_image(b[None], "b")
+    frames = int(frames)
+    a, b = check_image(a[None], "a", check_range=not latents), check_image(b[None], "b", check_range=not latents)
     device = model_device(model, a)
-    a, b = a.to(device), b.to(device)
+    a, b = to_model(a, model, device), to_model(b, model, device)
     if cond is not None:
         if isinstance(cond, Tensor) and cond.numel() == 1:
             cond = cond.reshape(1)

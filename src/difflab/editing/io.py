@@ -59,13 +59,11 @@ def load_images(paths: Union[PathLike, Sequence[PathLike]], channels: Optional[i
 def save_images(images: Tensor, path: PathLike, nrow: Optional[int] = None) -> Path:
     """Write images [N, C, H, W] in [-1, 1] to ``path``: one image as it is, several as a grid
     with ``nrow`` per row (white 2-pixel padding)."""
-    from ..evaluation import save_image_grid
+    from ..evaluation.grids import check_image_path, save_image_grid
 
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"images must be a tensor [N, C, H, W], got {getattr(images, 'shape', type(images).__name__)}")
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"):
-        raise ValueError(f"output {str(path)!r} needs an image suffix such as .png")
+    path = check_image_path(path, "output")
     if len(images) == 1:
         return save_image_grid(images, path, nrow=1, padding=0)
     return save_image_grid(images, path, nrow=nrow or len(images))

@@ -12,6 +12,7 @@ or the image's own shape).
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -26,9 +27,14 @@ SIDES = ("left", "right", "top", "bottom")
 
 def _size(size) -> tuple[int, int]:
     try:
-        h, w = (int(s) for s in size)
+        if isinstance(size, (str, bytes)):  # "28" would read as (2, 8)
+            raise TypeError
+        h, w = size
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (h, w)):
+            raise TypeError
+        h, w = int(h), int(w)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be (height, width), got {size!r}") from None
+        raise ValueError(f"size must be (height, width), two integers, got {size!r}") from None
     if h < 1 or w < 1:
         raise ValueError(f"size must be (height, width) with both >= 1, got {size!r}")
     return h, w

@@ -33,7 +33,7 @@ from ._common import check_cond, check_image, model_device
 from ..training.loss import register_loss
 
 __all__ = ["LowResConditioned", "WithLowRes", "SuperResLoss", "downsample", "upsample", "upscale",
-           "train_superres", "lowres_model", "UPSAMPLE_MODES"]
+           "train_superres", "lowres_model", "refuse_superres", "UPSAMPLE_MODES"]
 
 UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
 
@@ -73,8 +73,8 @@ class LowResConditioned(nn.Module):
     ``forward(x_t, t, cond=None, lowres=None)``: ``lowres`` [B, C, H / scale, W / scale]. A
     batch of k * B states (classifier-free guidance doubles it) reuses the B low-res images in
     order. Without ``lowres`` a training-mode call is an error (train with :class:`SuperResLoss`);
-    in eval mode the null image (zeros) is used, for shape checks only.
-    """
+    in eval mode the null image (zeros) is used, for shape checks only (the trainer's first forward
+    pass); the sampling and editing entry points refuse the bare model (:func:`refuse_superres`)."""
 
     def __init__(self, base: str = "unet_mnist", scale: int = 2, image_channels: int = 1,
                  upsample: str = "bicubic", **kwargs) -> None:
@@ -138,6 +138,18 @@ def lowres_model(model) -> Optional[LowResConditioned]:
         model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         seen += 1
     return None
+
+
+def refuse_superres(model, what: str) -> None:
+    """ValueError when ``model`` is a bare super-resolution model: ``what`` (a sampling or editing
+    entry point that passes no low-resolution image) would run it on the eval-mode fallback, a
+    blank low-res image, and return plausible-looking garbage. ``WithLowRes`` (images bound) passes."""
+    if lowres_model(model) is not None:
+        raise ValueError(
+            f"this is a super-resolution model: it needs a low-resolution image to condition on, which {what} "
+            "does not give it (it would sample from a blank image); use `difflab upscale --ckpt RUN --input "
+            "LOW.png` / dl.editing.upscale(model, proc, lowres)"
+        )
 
 
 class WithLowRes(nn.Module):

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["to_image_grid", "save_image_grid"]
+__all__ = ["to_image_grid", "save_image_grid", "check_image_path", "make_parent", "IMAGE_SUFFIXES"]
+
+# What Pillow writes by suffix and the image commands accept for their outputs.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def to_image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -43,12 +46,38 @@ def to_image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: fl
     return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def check_image_path(path: Union[str, Path], what: str = "output", mkdir: bool = False) -> Path:
+    """``path`` as a Path if it names an image file Pillow can write (a suffix of
+    :data:`IMAGE_SUFFIXES`, not a folder), else ValueError naming ``what`` (the argument or flag).
+    ``mkdir``: also create its folder (what saving does), so a bad folder fails before any work."""
+    shown = str(path)
+    path = Path(path)
+    if shown == "" or path.is_dir():
+        raise ValueError(f"{what} {shown!r} is {'empty' if shown == '' else 'a folder'}; "
+                         "name an image file such as samples.png")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{what} {shown!r} needs an image suffix such as .png "
+                         f"(one of {', '.join(IMAGE_SUFFIXES)})")
+    if mkdir:
+        make_parent(path, what)
+    return path
+
+
+def make_parent(path: Path, what: str) -> None:
+    """Create ``path``'s folder, or ValueError naming ``what`` when it cannot be created."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r}: cannot create its folder {str(path.parent)!r} "
+                         f"({err.strerror or err}); choose a writable location") from None
+
+
 def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8, **kwargs) -> Path:
     """Write ``to_image_grid(images, nrow)`` to ``path`` (PNG, JPEG, ... by its suffix; Pillow)."""
     from PIL import Image
 
+    path = check_image_path(path, "path")
     grid = to_image_grid(images, nrow, **kwargs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path, "path")
     Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(path)
     return path

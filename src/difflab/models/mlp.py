@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..diffusion import _check_cond
 from .embeddings import LabelEmbedding, TimestepEmbedding
 
 __all__ = ["MLPDenoiser"]
@@ -32,7 +34,8 @@ class _Block(nn.Module):
 class MLPDenoiser(nn.Module):
     """model(x_t, t[, cond]) for flat data [B, dim]: time (and label) embedding, residual MLP blocks.
 
-    With ``num_classes=K`` it takes labels 0..K-1 and the null label K (API.md).
+    With ``num_classes=K`` it takes labels 0..K-1 and the null label K (API.md): an integer
+    tensor [B] (checked against that range when it lives on the CPU, as in the UNet).
     """
 
     def __init__(
@@ -44,8 +47,17 @@ class MLPDenoiser(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim < 1 or width < 2 or depth < 1:
-            raise ValueError(f"need dim >= 1, width >= 2 and depth >= 1, got {dim}, {width}, {depth}")
+        for name, value, low in (("dim", dim, 1), ("width", width, 2), ("depth", depth, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"MLPDenoiser: {name} must be an integer >= {low}, got {value!r}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                                        or num_classes < 1):
+            raise ValueError(f"MLPDenoiser: num_classes must be None (unconditional) or an integer >= 1, "
+                             f"got {num_classes!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"MLPDenoiser: dropout must be a probability in [0, 1), got {dropout!r}")
+        dim, width, depth = int(dim), int(width), int(depth)
+        num_classes = int(num_classes) if num_classes is not None else None
         self.dim, self.num_classes = dim, num_classes
         self.time_embed = TimestepEmbedding(width)
         self.label_embed = LabelEmbedding(num_classes, width) if num_classes else None
@@ -62,6 +74,8 @@ class MLPDenoiser(nn.Module):
         if self.label_embed is not None:
             if cond is None:  # no label given: the unconditional model
                 cond = t.new_full((x.shape[0],), self.num_classes, dtype=torch.long)
+            else:  # integer labels [B] in 0 .. num_classes (range checked on the CPU only: no sync)
+                cond = _check_cond(self, cond, x.shape[0])
             emb = emb + self.label_embed(cond)
         elif cond is not None:
             raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but got labels")

@@ -78,6 +78,7 @@ class ResBlock(nn.Module):
         resample: Optional[str] = None,
     ) -> None:
         super().__init__()
+        _positive_int("norm_groups", norm_groups)
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = resample
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
@@ -115,6 +116,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32) -> None:
         super().__init__()
+        _positive_int("norm_groups", norm_groups)
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -174,6 +176,19 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+def _int_sequence(name: str, value, example: str) -> tuple:
+    """A list or tuple as a tuple (its entries are checked by the caller); anything else is refused."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of integers, e.g. {example}, got {value!r}")
+    return tuple(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 class UNet(nn.Module):
     """model(x_t, t, cond=None) -> x_t's shape: the DDPM / ADM U-Net.
 
@@ -229,14 +244,17 @@ class UNet(nn.Module):
         in_channels = _positive_int("in_channels", in_channels)
         out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
         channels = _positive_int("channels", channels)
-        channel_mult = tuple(channel_mult)
+        channel_mult = _int_sequence("channel_mult", channel_mult, "(1, 2, 2, 2)")
         if not channel_mult:
             raise ValueError("channel_mult must list at least one level, e.g. (1, 2, 2, 2)")
         for m in channel_mult:
             _positive_int("each channel_mult entry", m)
         levels = len(channel_mult)
-        if isinstance(num_res_blocks, int):
+        if isinstance(num_res_blocks, int) and not isinstance(num_res_blocks, bool):
             num_res_blocks = (num_res_blocks,) * levels
+        if isinstance(num_res_blocks, (str, bytes)) or not isinstance(num_res_blocks, (list, tuple)):
+            raise ValueError(f"num_res_blocks must be a positive integer or one per level, e.g. 2 or (2, 2, 1), "
+                             f"got {num_res_blocks!r}")
         num_res_blocks = tuple(num_res_blocks)
         if len(num_res_blocks) != levels:
             raise ValueError(
@@ -245,9 +263,16 @@ class UNet(nn.Module):
             )
         for n in num_res_blocks:
             _positive_int("num_res_blocks", n)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        if resample not in RESAMPLE_MODES:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        _flag("use_scale_shift_norm", use_scale_shift_norm)
+        _flag("mid_attention", mid_attention)
+        if num_classes is not None:
+            _positive_int("num_classes", num_classes)
+        if emb_dim is not None:
+            _positive_int("emb_dim", emb_dim)
+        _positive_int("norm_groups", norm_groups)
+        if not isinstance(resample, str) or resample not in RESAMPLE_MODES:
             raise ValueError(f"resample must be one of {', '.join(RESAMPLE_MODES)}, got {resample!r}")
         if image_size is not None:
             _positive_int("image_size", image_size)
@@ -324,15 +349,18 @@ class UNet(nn.Module):
                     "attention_resolutions needs image_size (the resolution of level 0), "
                     "or give attention_levels instead"
                 )
+            resolutions = _int_sequence("attention_resolutions", resolutions, "(16,)")
             sizes = {image_size // 2**i: i for i in range(levels)}
-            bad = [r for r in resolutions if r not in sizes]
+            bad = [r for r in resolutions if isinstance(r, bool) or not isinstance(r, int) or r not in sizes]
             if bad:
                 raise ValueError(
                     f"attention_resolutions {bad} are not resolutions of this U-Net; with image_size="
                     f"{image_size} its levels work at {sorted(sizes, reverse=True)}"
                 )
             return tuple(sorted(sizes[r] for r in resolutions))
-        out = tuple(levels_ or ())
+        if levels_ is None:
+            return ()
+        out = _int_sequence("attention_levels", levels_, "(1,) or [] for none")
         for i in out:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < levels:
                 raise ValueError(

@@ -11,13 +11,15 @@ state x_t of the process.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion, _check_cond
+from .._devices import resolve_device
+from ..diffusion import _LABEL_DTYPES, _NOISE_FIX, _X0_FIX, GaussianDiffusion, _check_cond, _float_input, model_dtype
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
@@ -89,6 +91,8 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
         sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         if sig.ndim != 1 or sig.numel() < 2:
             raise ValueError("sigmas must be a 1-D tensor of at least 2 noise levels")
+        if not torch.isfinite(sig).all():
+            raise ValueError(f"sigmas must be finite noise levels, got {sig.tolist()}")
         if sig[-1] != 0:
             sig = torch.cat([sig, sig.new_zeros(1)])
         if (sig[1:] >= sig[:-1]).any() or (sig < 0).any():
@@ -113,10 +117,14 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
 
 
 def _check_shape(shape) -> tuple[int, ...]:
+    entries = None if isinstance(shape, (str, bytes)) else shape
     try:
-        shape = tuple(int(s) for s in shape)
+        entries = tuple(entries)
     except TypeError:
-        raise TypeError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}") from None
+        entries = None
+    if entries is None or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in entries):
+        raise TypeError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}")
+    shape = tuple(int(s) for s in entries)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
     return shape
@@ -158,6 +166,11 @@ def sample(
     VP state ``x``, the estimate ``denoised``, the noise level ``sigma`` and the index ``i``.
     Returns x0 (unclamped).
 
+    dtypes: ``noise`` must be a float tensor; it is cast to the dtype of the model's parameters
+    (a model without parameters, e.g. an analytic one, runs in the noise's dtype), and noise drawn
+    here is in that dtype (float32 for a function). Integer noise is refused. ``device``: "auto",
+    "cpu", "cuda", "cuda:<i>" or a torch.device that exists here (default: the model's device).
+
     Speed (same function, see :mod:`.fast`): ``precision="bf16"`` autocasts the network,
     ``channels_last=True`` runs it (and the sampler's state) in NHWC order, ``compile=True``
     torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph.
@@ -169,8 +182,10 @@ def sample(
     if not isinstance(proc, GaussianDiffusion):
         raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
     shape = _check_shape(shape)
-    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta must be a number in [0, 1] (0 = deterministic DDIM), got {type(eta).__name__} {eta!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {float(eta)}")
     if eta != 0.0:
         if "eta" not in spec.options:
             raise ValueError(f"eta is an option of {[n for n, s in SAMPLERS.items() if 'eta' in s.options]}, not of {sampler!r}")
@@ -181,7 +196,19 @@ def sample(
             f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}; its options: "
             f"{', '.join(spec.options) or 'none'}"
         )
-    device = torch.device(device) if device is not None else model_device(model, noise)
+    if not callable(model):
+        raise TypeError(f"model must be a callable model(x_t, t[, cond]), got {type(model).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+                        f"got {type(generator).__name__}")
+    if noise is not None:  # a float tensor in the model's dtype (see the docstring)
+        noise = _float_input(noise, "noise", model, _NOISE_FIX)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    if device is not None:
+        device = resolve_device(device, "device")
+    else:
+        device = model_device(model, noise)
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
     net = fast_model(model, precision, channels_last, compile, cuda_graph)
@@ -189,9 +216,7 @@ def sample(
     if cond is not None:
         cond = _check_labels(model, cond, shape[0]).to(device)
     if noise is None:
-        noise = randn(shape, generator, device)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        noise = randn(shape, generator, device, model_dtype(model) or torch.float32)
     denoiser = Denoiser(net, proc, cond, guidance, null_cond, clip_x0, dynamic_threshold)
     x = noise.to(device) * math.sqrt(1.0 + float(sig[0]) ** 2)  # VP x_T -> VE x = x_T / sqrt(abar_T)
     nhwc = channels_last and x.ndim == 4
@@ -225,7 +250,7 @@ def _check_labels(model, cond, batch: int) -> Tensor:
     ``num_classes`` attribute) also conditional, with labels in 0 .. num_classes (the null label)."""
     if hasattr(model, "num_classes"):
         return _check_cond(model, cond, batch)
-    if not isinstance(cond, Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
+    if not isinstance(cond, Tensor) or cond.dtype not in _LABEL_DTYPES or cond.shape != (batch,):
         raise ValueError(f"cond must be a long tensor of {batch} class labels (one per sample), got "
                          f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}")
     return cond
@@ -252,6 +277,7 @@ def invert(
     """
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
+    x0 = _float_input(x0, "x0", model, _X0_FIX)  # cast to the model's dtype, as in sample
     sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
     if cond is not None:
         cond = _check_labels(model, cond, x0.shape[0]).to(x0.device)

@@ -16,6 +16,8 @@ which equals guiding eps, x0 or v alike, because the conversions are affine in t
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -46,18 +48,26 @@ class Denoiser:
     ) -> None:
         if not isinstance(proc, GaussianDiffusion):
             raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
-        try:
-            guidance = float(guidance)
-        except (TypeError, ValueError):
-            raise TypeError(f"guidance must be a number, got {guidance!r}") from None
-        if not guidance >= 0 or guidance != guidance or guidance == float("inf"):
+        from ..editing.superres import refuse_superres  # here, not at the top: editing imports samplers
+
+        refuse_superres(model, "plain sampling")
+        for name, value in (("guidance", guidance), ("clip_x0", clip_x0), ("dynamic_threshold", dynamic_threshold)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise TypeError(f"{name} must be a number (a Python or numpy float), got {type(value).__name__} "
+                                f"{value!r}")
+        guidance = float(guidance)
+        if not (guidance >= 0 and math.isfinite(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance}")
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0 must be > 0, got {clip_x0}")
         if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
             raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold}")
+        clip_x0 = float(clip_x0) if clip_x0 is not None else None
+        dynamic_threshold = float(dynamic_threshold) if dynamic_threshold is not None else None
         num_classes = getattr(model, "num_classes", None)
-        if null_cond is None and num_classes is not None:
+        if null_cond is not None:
+            null_cond = _check_null_cond(null_cond, num_classes)
+        elif num_classes is not None:
             null_cond = num_classes
         if guidance != 1.0:
             if null_cond is None:
@@ -111,3 +121,18 @@ class Denoiser:
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0
+
+
+def _check_null_cond(null_cond, num_classes: Optional[int]) -> int:
+    """The label of the unconditional branch of guidance: an integer, in 0 .. num_classes when
+    the model has ``num_classes`` (the null label is num_classes itself)."""
+    if isinstance(null_cond, bool) or not isinstance(null_cond, numbers.Integral):
+        raise TypeError(f"null_cond must be an integer class label (or None for the model's null label), "
+                        f"got {type(null_cond).__name__} {null_cond!r}")
+    null_cond = int(null_cond)
+    if num_classes is not None and not 0 <= null_cond <= num_classes:
+        raise ValueError(f"null_cond must lie in 0 .. {num_classes} (the null label of this model is "
+                         f"{num_classes}; None uses it), got {null_cond}")
+    if null_cond < 0:
+        raise ValueError(f"null_cond must be a label >= 0, got {null_cond}")
+    return null_cond

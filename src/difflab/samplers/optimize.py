@@ -89,7 +89,7 @@ def optimize_sigmas(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if (
         isinstance(reference_steps, bool)
-        or not isinstance(reference_steps, int)
+        or not isinstance(reference_steps, (int, np.integer))
         or reference_steps < 4 * steps
     ):
         raise ValueError(

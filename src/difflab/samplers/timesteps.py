@@ -18,6 +18,7 @@ Spacings (the names and meanings of diffusers' ``timestep_spacing``; Lin et al. 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -62,12 +63,13 @@ def timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int =
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho  (Karras et al. 2022, eq. 5)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    if rho <= 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0:
+        raise ValueError(f"rho must be a number > 0, got {rho!r}")
+    steps = int(steps)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho

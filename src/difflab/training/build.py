@@ -12,8 +12,18 @@ __all__ = ["build_model", "build_process"]
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """``dl.models.build(cfg.model.name, **cfg.model.kwargs)``, checked against the config."""
-    model = models.build(cfg.model.name, **cfg.model.kwargs)
+    """``dl.models.build(cfg.model.name, **cfg.model.kwargs)``, checked against the config.
+
+    A constructor that rejects its arguments (a wrong type, a value out of range) becomes a
+    ValueError naming ``model.kwargs``, the model and the kwargs, with the constructor's message."""
+    try:
+        model = models.build(cfg.model.name, **cfg.model.kwargs)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"config field 'model.kwargs': model {cfg.model.name!r} cannot be built from "
+            f"{cfg.model.kwargs!r}: {err}. Check the names, types (integers where sizes are meant) "
+            "and ranges of its arguments"
+        ) from None
     nc = cfg.model.kwargs.get("num_classes")
     if nc is not None and getattr(model, "num_classes", None) != nc:
         raise ValueError(f"model {cfg.model.name!r} was given num_classes={nc} but has "

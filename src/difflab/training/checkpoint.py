@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._devices import resolve_device
 from .._files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
 from .build import build_model, build_process
@@ -143,12 +144,66 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     return {
         "path": ck,
         "config": load_config(ck / "config.yaml"),
-        "model": load_file(str(ck / "model.safetensors")),
-        "ema": load_file(str(ck / "ema.safetensors")),
-        "optimizer": torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True),
-        "rng": torch.load(ck / "rng.pt", map_location="cpu", weights_only=True),
-        "state": json.loads((ck / "state.json").read_text()),
+        "model": _read_weights(ck / "model.safetensors"),
+        "ema": _read_weights(ck / "ema.safetensors"),
+        "optimizer": _read_torch(ck / "optimizer.pt"),
+        "rng": _read_torch(ck / "rng.pt"),
+        "state": _read_state(ck / "state.json"),
     }
+
+
+# A hand-damaged checkpoint (truncated, overwritten or edited file) gets an error naming the
+# file, not the parser's traceback.
+def _damaged(file: Path, what: str) -> ValueError:
+    return ValueError(f"checkpoint file {str(file)!r} is damaged ({what}); restore it, or load an older "
+                      f"checkpoint of the run (another step_* folder in {str(file.parent.parent)!r})")
+
+
+def _read_weights(file: Path) -> dict[str, Tensor]:
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(file))
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: all mean a bad file
+        raise _damaged(file, f"not a readable safetensors file: {err}") from None
+
+
+def _read_torch(file: Path):
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ...
+        raise _damaged(file, f"cannot be read by torch.load: {type(err).__name__}") from None
+
+
+def _check_state(state, file: Path) -> dict:
+    """The fields of state.json that loading needs: step (int) and sample_shape (positive ints)."""
+    if not isinstance(state, dict):
+        raise _damaged(file, f"expected a JSON object, got {type(state).__name__}")
+    for key in ("step", "sample_shape"):
+        if key not in state:
+            raise _damaged(file, f"no {key!r} field")
+    if isinstance(state["step"], bool) or not isinstance(state["step"], int):
+        raise _damaged(file, f"'step' must be an integer, got {state['step']!r}")
+    for key in ("sample_shape", "image_shape"):
+        shape = state.get(key)
+        if key == "image_shape" and shape is None:
+            continue
+        if (not isinstance(shape, list) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise _damaged(file, f"{key!r} must be a list of positive integers, got {shape!r}")
+    return state
+
+
+def _read_state(file: Path) -> dict:
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete")
+    try:
+        state = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise _damaged(file, f"not valid JSON: {err}") from None
+    return _check_state(state, file)
 
 
 # ------------------------------------------------------------------ dl.load
@@ -186,9 +241,21 @@ class LoadedRun:
         **options,
     ) -> Tensor:
         """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
-        or None (unconditional); ``guidance`` w > 1 needs labels. Same seed, same samples.
-        ``clip_x0`` defaults to the run's ``sample.clip_x0`` (None: no clipping)."""
+        or None (unconditional); ``guidance`` w != 1 needs labels. Same seed, same samples.
+        ``clip_x0`` defaults to the run's ``sample.clip_x0`` (None: no clipping). ``device``:
+        where to sample (None: where the model is)."""
+        from ..editing.superres import refuse_superres
+
         model = self.ema_model if ema else self.model
+        refuse_superres(model, "run.sample")
+        if labels is None and _is_number(guidance) and guidance != 1.0:
+            if self.num_classes is None:
+                raise ValueError(f"guidance={guidance} needs a class-conditional model; this run's "
+                                 f"{self.config.model.name!r} model is unconditional: use guidance=1")
+            raise ValueError(f"guidance={guidance} needs labels= (the class to guide towards: an int, or n "
+                             f"ints in 0 .. {self.num_classes - 1}); e.g. run.sample(n, guidance={guidance}, labels=3)")
+        if device is not None:
+            device = resolve_device(device, "device")
         if clip_x0 is ...:
             clip_x0 = self.config.sample.clip_x0
         return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
@@ -196,6 +263,7 @@ class LoadedRun:
                         eta=eta, device=device, progress=progress, clip_x0=clip_x0, **options)
 
     def to(self, device) -> "LoadedRun":
+        device = resolve_device(device, "device")
         self.model.to(device)
         self.ema_model.to(device)
         return self
@@ -204,14 +272,19 @@ class LoadedRun:
 def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     """Load a run folder, a checkpoint folder or an exported ``.safetensors`` file
     (:func:`export_model`) for sampling: ``dl.load("runs/digits").sample(16, labels=3)``."""
+    device = resolve_device(device, "device")
     if Path(path).is_file() and Path(path).suffix == ".safetensors":
         return _load_export(Path(path), device)
     ck = resolve_checkpoint(path)
     cfg = load_config(ck / "config.yaml")
-    state = json.loads((ck / "state.json").read_text())
-    model = _for_sampling(build_model(cfg), load_file(str(ck / "model.safetensors")), device)
-    ema_model = _for_sampling(build_model(cfg), load_file(str(ck / "ema.safetensors")), device)
+    state = _read_state(ck / "state.json")
+    model = _for_sampling(build_model(cfg), _read_weights(ck / "model.safetensors"), device, ck / "config.yaml")
+    ema_model = _for_sampling(build_model(cfg), _read_weights(ck / "ema.safetensors"), device, ck / "config.yaml")
     return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------- export
@@ -234,10 +307,10 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
     if out.suffix != ".safetensors":
         raise ValueError(f"out must name a .safetensors file, got {str(out)!r}")
     ck = resolve_checkpoint(path)
-    weights = load_file(str(ck / ("ema.safetensors" if ema else "model.safetensors")))
+    weights = _read_weights(ck / ("ema.safetensors" if ema else "model.safetensors"))
     cast = EXPORT_DTYPES[dtype]
     weights = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
-    state = json.loads((ck / "state.json").read_text())
+    state = _read_state(ck / "state.json")
     meta = {
         "format": _EXPORT_FORMAT,
         "config": (ck / "config.yaml").read_text(),
@@ -263,13 +336,36 @@ def _load_export(path: Path, device: Any) -> LoadedRun:
     if meta.get("format") != _EXPORT_FORMAT:
         raise ValueError(f"{str(path)!r} holds no difflab model (no 'format: {_EXPORT_FORMAT}' in its "
                          "metadata); export one with `difflab export --ckpt RUN --out FILE`")
+    if "config" not in meta or "state" not in meta:
+        raise ValueError(f"exported model {str(path)!r} is damaged: its metadata lacks "
+                         f"{'config' if 'config' not in meta else 'state'}; export it again with `difflab export`")
     cfg = config_from_text(meta["config"])
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model = _for_sampling(build_model(cfg), weights, device)
+    try:
+        state = json.loads(meta["state"])
+    except ValueError as err:
+        raise ValueError(f"exported model {str(path)!r} is damaged: its 'state' metadata is not valid JSON "
+                         f"({err}); export it again with `difflab export`") from None
+    try:
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    except Exception as err:  # noqa: BLE001 - a bad tensor section after a good header
+        raise ValueError(f"exported model {str(path)!r} is damaged ({err}); export it again with "
+                         "`difflab export`") from None
+    model = _for_sampling(build_model(cfg), weights, device, path)
     # one network: .model and .ema_model are the same module (the exported weights)
-    return LoadedRun(cfg, model, model, build_process(cfg), json.loads(meta["state"]), path)
+    return LoadedRun(cfg, model, model, build_process(cfg), _check_state(state, path), path)
 
 
-def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any) -> nn.Module:
-    model.load_state_dict(weights)
+def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any, config_file: Path) -> nn.Module:
+    """``model`` with ``weights`` loaded, on ``device``, in eval mode without gradients. Weights
+    that don't fit the network the config builds (a hand-edited config.yaml, weights from another
+    run) raise ValueError naming ``config_file``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise ValueError(
+            f"the weights do not match the model that {str(config_file)!r} describes (model "
+            f"{type(model).__name__}): the checkpoint is damaged or its config was edited after training. "
+            f"Restore the config the run was trained with. First difference: {detail[0] if detail else err}"
+        ) from None
     return model.to(device).eval().requires_grad_(False)

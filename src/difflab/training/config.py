@@ -154,6 +154,12 @@ class DiffusionConfig:
             _kind(f"{prefix}.weighting", self.weighting, str, "null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
             if not (self.weighting == "uniform" or self.weighting.startswith("min_snr")):
                 _fail(f"{prefix}.weighting", self.weighting, "use null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
+            from ..diffusion import check_weighting
+
+            try:
+                check_weighting(self.weighting)
+            except ValueError as err:
+                raise ValueError(f"config field '{prefix}.weighting': {err}") from None
 
 
 @dataclass
@@ -346,7 +352,26 @@ class TrainConfig:
             _number("max_time", self.max_time, low=0, low_open=True)
         if self.tensorboard not in ("auto", True, False):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
+        self._check_sample_steps()
         return self
+
+    def _check_sample_steps(self) -> None:
+        """``sample.steps`` against ``diffusion.T``: a sampler whose default spacing lies on the
+        training grid (leading/trailing/linspace, see samplers/timesteps.py) visits ``steps``
+        distinct timesteps of 0 .. T-1, so it needs steps <= T; karras/logsnr spacings take any
+        number of steps. Checked here, so a bad value stops the run before training, not after;
+        a run that never samples (``sample.every: -1``) does not use the field."""
+        from ..samplers import SAMPLERS
+        from ..samplers.timesteps import DISCRETE_SPACINGS
+
+        if self.sample.every < 0:
+            return
+        spacing = SAMPLERS[self.sample.sampler].default_spacing
+        if spacing in DISCRETE_SPACINGS and self.sample.steps > self.diffusion.T:
+            _fail("sample.steps", self.sample.steps,
+                  f"sampler {self.sample.sampler!r} ({spacing} spacing on the training grid) takes "
+                  f"1 .. diffusion.T = {self.diffusion.T} steps; lower sample.steps, raise diffusion.T, "
+                  "or use a sampler with continuous noise levels (dpmpp_2m, euler, heun)")
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -400,6 +425,13 @@ def _from_dict(cls, d: Any, prefix: str):
 def load_config(path: Union[str, Path]) -> TrainConfig:
     """Read a YAML (.yaml/.yml) or JSON (.json) config file and validate it."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))[:5]
+        hint = f" (it holds {', '.join(found)})" if found else ""
+        raise ValueError(
+            f"config file {str(path)!r} is a directory{hint}; give a YAML or JSON config file, "
+            "e.g. configs/digits.yaml (to continue a run in a folder: --resume --out FOLDER)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     text = path.read_text()

@@ -15,14 +15,14 @@ summation order.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from .config import DataConfig
 
-__all__ = ["dataset_names", "load_data", "GlobalBatches", "mix_seed", "step_generator"]
+__all__ = ["dataset_names", "load_data", "check_data", "GlobalBatches", "mix_seed", "step_generator"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -73,9 +73,49 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
             raise TypeError(f"data {spec.name!r} (config field data.kwargs): {err}") from None
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
         raise ValueError(f"data {spec.name!r} gave no float tensor [N, ...] of samples")
-    if y is not None and (y.shape != (len(x),) or y.is_floating_point()):
-        raise ValueError(f"data {spec.name!r} gave labels of shape {tuple(y.shape)}, expected long [{len(x)}]")
-    return x.float().contiguous(), (y.long() if y is not None else None)
+    if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),) or y.is_floating_point()):
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"data {spec.name!r} gave labels of shape {got}, expected long [{len(x)}]")
+    return check_data((x, y), name=f"data {spec.name!r}")
+
+
+def check_data(data: Any, num_classes: Optional[int] = None,
+               name: str = "data") -> tuple[Tensor, Optional[Tensor]]:
+    """``data = (x, labels or None)`` given directly (``Trainer(..., data=...)``), checked as the
+    config's data is: x a float tensor [N, ...] (N >= 1) of finite values, labels an integer
+    tensor [N] in 0 .. num_classes-1. NumPy arrays are taken (``torch.as_tensor``). Returns
+    (x as float32, labels as long or None); errors name ``name``."""
+    if isinstance(data, Tensor) or not isinstance(data, (tuple, list)) or len(data) != 2:
+        got = f"a tensor of shape {tuple(data.shape)}" if isinstance(data, Tensor) else repr(type(data).__name__)
+        raise ValueError(f"{name} must be a pair (images, labels or None), e.g. data=(x, None); got {got}")
+    x, y = data
+    try:
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y) if y is not None else None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name}: the images and labels must be tensors or NumPy arrays ({err})") from None
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: the images must be a float tensor in about [-1, 1], got dtype {x.dtype}"
+                         + (" (for 8-bit images: x.float() / 127.5 - 1)" if x.dtype == torch.uint8 else ""))
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{name}: the images must have shape [N, ...] with N >= 1 samples, got {tuple(x.shape)}")
+    if not torch.isfinite(x.sum(dtype=torch.float64)):  # NaN/inf propagate; no [N, ...] mask unless needed
+        bad = ~torch.isfinite(x)
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"{name}: the images hold {int(bad.sum())} NaN/inf values (the first in sample "
+                         f"{first}); remove or fix those samples")
+    if y is not None:
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            raise ValueError(f"{name}: the labels must be integers (class indices), got dtype {y.dtype}")
+        if y.shape != (len(x),):
+            raise ValueError(f"{name}: the labels must have shape [N] = [{len(x)}] (one per image), "
+                             f"got {tuple(y.shape)}")
+        if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{name}: the labels lie in [{int(y.min())}, {int(y.max())}] but the model has "
+                             f"num_classes = {num_classes} (labels 0 .. {num_classes - 1}); "
+                             "set model.kwargs.num_classes")
+        y = y.long()
+    return x.float().contiguous(), y
 
 
 class GlobalBatches:

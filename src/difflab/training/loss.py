@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import Tensor, nn
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, check_weighting
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -55,6 +55,7 @@ class DiffusionLoss:
     """``proc.training_loss`` on the trainer's draws: mean of w(t) ||model(x_t, t, c) - target||^2."""
 
     def __init__(self, proc: GaussianDiffusion, weighting=None) -> None:
+        check_weighting(weighting)  # a bad weighting (e.g. 'min_snr_-5') fails here, before training starts
         self.proc, self.weighting = proc, weighting
 
     def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:

@@ -37,7 +37,7 @@ from ..diffusion import GaussianDiffusion
 from .build import build_model, build_process
 from .checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_diff, config_to_text, load_config
-from .data import GlobalBatches, load_data, step_generator
+from .data import GlobalBatches, check_data, load_data, step_generator
 from .ema import EMA
 from .generate import class_rows, generate, save_grid
 from .loss import LossFn, TrainBatch, build_loss
@@ -84,7 +84,9 @@ class Trainer:
     """Train ``cfg`` into the run folder ``out``; ``train()`` runs to ``cfg.steps``.
 
     ``loss_fn(model, batch: TrainBatch) -> scalar`` replaces the default diffusion loss;
-    ``data=(x, labels)`` replaces the config's dataset (tests; the config still names one).
+    ``data=(x, labels)`` replaces the config's dataset (tests; the config still names one): x a
+    float tensor (or NumPy array) [N, ...] of finite values, labels None or N integers in
+    0 .. num_classes-1, checked up front like the config's data.
     ``resume=True`` continues from the run folder's latest checkpoint, which must hold a
     compatible config (only the fields in ``config.RESUMABLE_FIELDS`` may differ).
     """
@@ -123,15 +125,21 @@ class Trainer:
         self.is_main = self.rank == 0
 
         # ---- data
-        x, y = data if data is not None else load_data(cfg.data)
+        self.num_classes = cfg.num_classes
+        if data is not None:
+            x, y = check_data(data, self.num_classes, name="Trainer argument 'data'")
+            data_name = "given as the Trainer argument 'data'"
+        else:
+            x, y = load_data(cfg.data)
+            data_name = repr(cfg.data.name)
+        self.data_name = data_name
         self.image_shape = tuple(x.shape[1:])  # what samples look like (grids, dl.load)
         if cfg.data.flatten:
             x = x.flatten(1)
         self.sample_shape = tuple(x.shape[1:])  # what the network takes
-        self.num_classes = cfg.num_classes
         if self.num_classes is not None and y is None:
             raise ValueError(f"the model is class-conditional (model.kwargs.num_classes = {self.num_classes}) "
-                             f"but data {cfg.data.name!r} has no labels")
+                             f"but the data {data_name} has no labels")
         if y is not None and self.num_classes is not None and (y.min() < 0 or y.max() >= self.num_classes):
             raise ValueError(f"data labels lie in [{int(y.min())}, {int(y.max())}] but the model has "
                              f"num_classes = {self.num_classes}; set model.kwargs.num_classes")
@@ -276,6 +284,7 @@ class Trainer:
                 "Resume with the checkpoint's settings (omit --config to reuse them), or start a new "
                 "run in another output folder"
             )
+        self._check_same_data(saved["state"], ck)
         self.model.load_state_dict(saved["model"])
         self.ema.model.load_state_dict(saved["ema"])
         st = saved["state"]
@@ -296,6 +305,24 @@ class Trainer:
             self._say(f"note: resuming a {st.get('world_size', 1)}-process run on {self.world}; "
                       "batches and draws are unchanged (they are global), dropout draws are not")
         self._say(f"resuming from {ck} at step {self.step}")
+
+    def _check_same_data(self, st: dict, ck: Path) -> None:
+        """Refuse to resume on data of another size or shape: the batch stream (a permutation of
+        0..N-1 per epoch) and the checkpoint's position in it would silently mean other samples."""
+        then_n = (st.get("data_stream") or {}).get("n")
+        if then_n is not None and then_n != len(self.x):
+            raise ValueError(
+                f"cannot resume {str(ck)!r}: the dataset ({self.data_name}) had {then_n} samples "
+                f"when the checkpoint was written and has {len(self.x)} now; the data changed. Restore the "
+                "data as it was, or start a new run in another output folder"
+            )
+        then_shape = st.get("sample_shape")
+        if then_shape is not None and tuple(then_shape) != self.sample_shape:
+            raise ValueError(
+                f"cannot resume {str(ck)!r}: the samples had shape {tuple(then_shape)} when the checkpoint "
+                f"was written and have shape {self.sample_shape} now; the data changed. Restore the data "
+                "as it was, or start a new run in another output folder"
+            )
 
     # ------------------------------------------------------------------ step
     def _micro_batches(self, s: int):
@@ -502,7 +529,13 @@ class Trainer:
 
     def sample_grid(self, path: Union[str, Path]) -> Path:
         """A grid from the EMA weights with the config's sample settings (a row per class)."""
+        from ..editing.superres import lowres_model  # here: editing.superres registers a loss of training
+
         sc = self.cfg.sample
+        if lowres_model(self.ema.model) is not None:
+            self._say("note: no sample grid for a super-resolution model (it needs low-res images: "
+                      "difflab upscale --ckpt RUN --input LOW.png)")
+            return Path(path)
         if self.num_classes is not None:
             labels, nrow = class_rows(self.num_classes, sc.per_class), sc.per_class
         else:
