@@ -66,7 +66,8 @@ fi
 # Issue 7's rows, most important first: diffusers' best reference configuration (bf16 + compile)
 # and difflab's best candidate, for training and then sampling; then the cheap eager ladders;
 # then everything else.
-PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step'
+PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step+graphs'
+          'difflab/train/bf16+fused+compile_step' 'difflab/train/bf16+fused+cl+compile_step'
           'diffusers/sample/bf16+compile' 'difflab/sample/bf16+cl+compile+graph'
           '*/*/fp32' '*/*/bf16' '*/*/bf16+fused' '*/*/bf16+fused+cl' '*/*/bf16+cl' '*')
 

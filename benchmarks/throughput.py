@@ -152,6 +152,11 @@ def row_specs(cpu: bool) -> list[dict]:
           compile="model"),
         r("difflab", "train", "bf16+fused+cl+compile_step", precision="bf16", fused=True, channels_last=True,
           compile="step"),
+        # measured 2026-11-26 (H200): the compiled step is host-bound (GPU busy ~50%), so replay it
+        # as CUDA graphs; and without channels_last, whose layout copies cost 3.4 ms per step
+        r("difflab", "train", "bf16+fused+cl+compile_step+graphs", precision="bf16", fused=True,
+          channels_last=True, compile="step", compile_options={"mode": "reduce-overhead"}),
+        r("difflab", "train", "bf16+fused+compile_step", precision="bf16", fused=True, compile="step"),
         r("diffusers", "train", "bf16+compile+cl+fused", precision="bf16", compile=True, channels_last=True,
           fused=True),
         r("diffusers", "sample", "fp32", True, precision="fp32"),
@@ -280,7 +285,7 @@ class DifflabTrain:
             sample=SampleConfig(every=-1),
             batch_size=env.batch, steps=10**9, seed=0, device=str(env.device), tensorboard=False,
             precision=opts.get("precision", "fp32"), channels_last=opts.get("channels_last", False),
-            compile=opts.get("compile", "none"),
+            compile=opts.get("compile", "none"), compile_options=opts.get("compile_options", {}),
         )
         self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False)
         self.s = 0

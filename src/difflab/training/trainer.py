@@ -208,6 +208,10 @@ class Trainer:
                 return loss_fn_(net, batch)
 
             self._loss_call = torch.compile(_loss, **cfg.compile_options)
+        # compile modes that replay CUDA graphs reuse their output buffers: each call starts a new
+        # "step" for torch's cudagraph trees (the previous outputs are consumed by then)
+        self._graph_replay = compile_mode != "none" and cfg.compile_options.get("mode") in (
+            "reduce-overhead", "max-autotune")
         self._draw_gen = torch.Generator(device=self.device)
 
         self.step = 0
@@ -372,6 +376,8 @@ class Trainer:
             if self.world > 1 and m < A - 1:
                 sync = self.net.no_sync()
             with sync:
+                if self._graph_replay:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast:
                     loss = self._loss_call(self.net, batch)
                 if loss.ndim:
