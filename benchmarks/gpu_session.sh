@@ -58,8 +58,9 @@ export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED
 python3 -c "import torch, diffusers, difflab; print('torch', torch.__version__, '| diffusers', diffusers.__version__, \
 '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
 
-# rest, throughput: add to the rows of docs/benchmarks/throughput.json (--merge); 'all' starts afresh
-if [[ $stage =~ ^(rest|throughput)$ && -f docs/benchmarks/throughput.json ]]; then
+# rest, throughput: add to the rows of docs/benchmarks/throughput.json (--merge); 'all' starts afresh,
+# and so does FRESH=1 (another kind of GPU than the file's: ratios only within one run and device)
+if [[ $stage =~ ^(rest|throughput)$ && -f docs/benchmarks/throughput.json && -z ${FRESH:-} ]]; then
     cp docs/benchmarks/throughput.json "$OUT/throughput.json"
 fi
 
