@@ -16,12 +16,12 @@ Samplers work with the equivalent "variance exploding" noise level
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ._checks import is_int
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -461,7 +461,7 @@ class GaussianDiffusion:
         x0 = _float_input(x0, "x0", model, _X0_FIX)
         if variance not in ("posterior", "beta"):
             raise ValueError(f"variance must be 'posterior' (beta~_t) or 'beta' (beta_t), got {variance!r}")
-        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        if not is_int(bins) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2 (256 for 8-bit images), got {bins!r}")
         if self.T < 2:
             raise ValueError("the variational bound needs a schedule with T >= 2 steps")
@@ -573,8 +573,7 @@ def _stratified_timesteps(
     fastest at small t, which therefore get small strata (exact for the first few steps), so the
     estimate's variance is far below that of equal strata."""
     n = T - 1
-    if num_timesteps is not None and (isinstance(num_timesteps, bool) or
-                                      not isinstance(num_timesteps, numbers.Integral) or num_timesteps < 1):
+    if num_timesteps is not None and (not is_int(num_timesteps) or num_timesteps < 1):
         raise ValueError(
             f"num_timesteps must be None (all {n} terms) or a positive integer, got {num_timesteps!r}"
         )

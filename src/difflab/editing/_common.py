@@ -8,12 +8,12 @@ functions ``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.sampl
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from ..diffusion import GaussianDiffusion, _check_cond, model_dtype
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
@@ -60,7 +60,7 @@ def check_cond(model: Callable, cond: Optional[Tensor], batch: int, device) -> O
     """Class labels: a long tensor [B] (or one int for the whole batch) for a conditional model."""
     if cond is None:
         return None
-    if isinstance(cond, numbers.Integral) and not isinstance(cond, bool):
+    if is_int(cond):
         cond = torch.full((batch,), int(cond), dtype=torch.long)
     return _check_cond(model, cond, batch).to(device)
 
@@ -83,7 +83,7 @@ def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]
 
 def check_steps(steps, proc: GaussianDiffusion, name: str = "steps") -> int:
     """An integer (Python or numpy) in 1 .. T."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= proc.T:
+    if not is_int(steps) or not 1 <= steps <= proc.T:
         raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
     return int(steps)
 

@@ -16,12 +16,12 @@ schedule with T = 1000, is dropped so that the two agree).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_real
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
@@ -31,7 +31,7 @@ __all__ = ["img2img", "sdedit_sigmas", "check_strength"]
 
 
 def check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+    if not is_real(strength) or not math.isfinite(strength):
         raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(

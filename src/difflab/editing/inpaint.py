@@ -25,12 +25,12 @@ N + (r - 1) j floor((N - 1) / j) times (times the sampler's evaluations per step
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
@@ -52,7 +52,7 @@ def paste(x: Tensor, image: Tensor, mask: Tensor) -> Tensor:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 

@@ -19,12 +19,12 @@ u = 0 .. 1 with DDIM, from two noises or from two inverted images.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from ..diffusion import GaussianDiffusion
 from ..samplers import invert, sample
 from ._common import check_cond, check_image, check_steps, model_device, to_model
@@ -119,7 +119,7 @@ def interpolate(
     the decoding (inversion uses cond only). Images must be scaled to [-1, 1] (latents are not
     range checked); they run in the model's parameter dtype.
     """
-    if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or frames < 2:
+    if not is_int(frames) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2 (the strip includes both ends), got {frames!r}")
     steps = check_steps(steps, proc)
     for name, x in (("a", a), ("b", b)):

@@ -12,13 +12,14 @@ or the image's own shape).
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._checks import is_int
 
 __all__ = ["box_mask", "half_mask", "parse_mask", "load_mask", "check_mask", "SIDES"]
 
@@ -30,7 +31,7 @@ def _size(size) -> tuple[int, int]:
         if isinstance(size, (str, bytes)):  # "28" would read as (2, 8)
             raise TypeError
         h, w = size
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (h, w)):
+        if any(not is_int(s) for s in (h, w)):
             raise TypeError
         h, w = int(h), int(w)
     except (TypeError, ValueError):

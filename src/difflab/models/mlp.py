@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from .._checks import is_int, is_real
 from ..diffusion import _check_cond
 from .embeddings import LabelEmbedding, TimestepEmbedding
 
@@ -48,13 +48,12 @@ class MLPDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 2), ("depth", depth, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"MLPDenoiser: {name} must be an integer >= {low}, got {value!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-                                        or num_classes < 1):
+        if num_classes is not None and (not is_int(num_classes) or num_classes < 1):
             raise ValueError(f"MLPDenoiser: num_classes must be None (unconditional) or an integer >= 1, "
                              f"got {num_classes!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        if not is_real(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"MLPDenoiser: dropout must be a probability in [0, 1), got {dropout!r}")
         dim, width, depth = int(dim), int(width), int(depth)
         num_classes = int(num_classes) if num_classes is not None else None

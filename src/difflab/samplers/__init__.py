@@ -11,13 +11,13 @@ state x_t of the process.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .._checks import is_int, is_real
 from .._devices import resolve_device
 from ..diffusion import _LABEL_DTYPES, _NOISE_FIX, _X0_FIX, GaussianDiffusion, _check_cond, _float_input, model_dtype
 from .base import eval_mode, model_device, randn
@@ -122,7 +122,7 @@ def _check_shape(shape) -> tuple[int, ...]:
         entries = tuple(entries)
     except TypeError:
         entries = None
-    if entries is None or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in entries):
+    if entries is None or any(not is_int(s) for s in entries):
         raise TypeError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}")
     shape = tuple(int(s) for s in entries)
     if len(shape) < 2 or any(s < 1 for s in shape):
@@ -182,7 +182,7 @@ def sample(
     if not isinstance(proc, GaussianDiffusion):
         raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
     shape = _check_shape(shape)
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+    if not is_real(eta):
         raise TypeError(f"eta must be a number in [0, 1] (0 = deterministic DDIM), got {type(eta).__name__} {eta!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {float(eta)}")

@@ -17,12 +17,12 @@ which equals guiding eps, x0 or v alike, because the conversions are affine in t
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_int, is_real
 from ..diffusion import GaussianDiffusion, call_model, convert_prediction
 
 __all__ = ["Denoiser"]
@@ -52,7 +52,7 @@ class Denoiser:
 
         refuse_superres(model, "plain sampling")
         for name, value in (("guidance", guidance), ("clip_x0", clip_x0), ("dynamic_threshold", dynamic_threshold)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            if value is not None and not is_real(value):
                 raise TypeError(f"{name} must be a number (a Python or numpy float), got {type(value).__name__} "
                                 f"{value!r}")
         guidance = float(guidance)
@@ -126,7 +126,7 @@ class Denoiser:
 def _check_null_cond(null_cond, num_classes: Optional[int]) -> int:
     """The label of the unconditional branch of guidance: an integer, in 0 .. num_classes when
     the model has ``num_classes`` (the null label is num_classes itself)."""
-    if isinstance(null_cond, bool) or not isinstance(null_cond, numbers.Integral):
+    if not is_int(null_cond):
         raise TypeError(f"null_cond must be an integer class label (or None for the model's null label), "
                         f"got {type(null_cond).__name__} {null_cond!r}")
     null_cond = int(null_cond)

@@ -18,12 +18,12 @@ sigma_hat^2 - sigma_i^2, with gamma_i = min(S_churn / N, sqrt(2) - 1) for sigma_
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import is_real
 from .base import Callback, randn_like
 
 __all__ = ["sample_euler", "churn"]
@@ -55,7 +55,7 @@ def churn(
 
 def check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> None:
     for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_real(value):
             raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not s_churn >= 0:
         raise ValueError(f"s_churn must be >= 0 (0 = deterministic ODE), got {s_churn}")

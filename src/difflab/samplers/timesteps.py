@@ -18,11 +18,12 @@ Spacings (the names and meanings of diffusers' ``timestep_spacing``; Lin et al. 
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._checks import is_real
 
 __all__ = [
     "SPACINGS",
@@ -67,7 +68,7 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0:
+    if not is_real(rho) or not rho > 0:
         raise ValueError(f"rho must be a number > 0, got {rho!r}")
     steps = int(steps)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
