@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._checks import is_real
 from .._devices import resolve_device
 from .._files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
@@ -248,7 +249,7 @@ class LoadedRun:
 
         model = self.ema_model if ema else self.model
         refuse_superres(model, "run.sample")
-        if labels is None and _is_number(guidance) and guidance != 1.0:
+        if labels is None and is_real(guidance) and guidance != 1.0:
             if self.num_classes is None:
                 raise ValueError(f"guidance={guidance} needs a class-conditional model; this run's "
                                  f"{self.config.model.name!r} model is unconditional: use guidance=1")
@@ -281,10 +282,6 @@ def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     model = _for_sampling(build_model(cfg), _read_weights(ck / "model.safetensors"), device, ck / "config.yaml")
     ema_model = _for_sampling(build_model(cfg), _read_weights(ck / "ema.safetensors"), device, ck / "config.yaml")
     return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------- export
