@@ -354,3 +354,34 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     atomic_write_text(path, "new")
     assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_ema_decay_zero_is_the_model_itself(tmp_path, monkeypatch):
+    """decay 0 averages nothing: the EMA weights equal the model's after every step, so no copy
+    is kept; checkpoints, resume and the (eval-mode) sample grid still work."""
+    from difflab.training import trainer as trainer_mod
+
+    modes = []
+    real_generate = trainer_mod.generate
+
+    def spy(model, *a, **k):
+        modes.append(model.training)
+        return real_generate(model, *a, **k)
+
+    monkeypatch.setattr(trainer_mod, "generate", spy)
+    cfg = tiny(ema={"decay": 0.0, "warmup": 2}, sample={"every": 0, "n": 4, "steps": 3})
+    t = Trainer(cfg, tmp_path / "r", progress=False)
+    assert t.ema.model is t.model
+    t.train()
+    assert modes == [False] and t.model.training  # the grid sampled in eval mode, then back to training
+    ck = read_checkpoint(tmp_path / "r")
+    _states_equal(ck["ema"], ck["model"])
+    again = Trainer(apply_overrides(cfg, ["steps=10"]), tmp_path / "r", resume=True, progress=False)
+    _states_equal({k: v.cpu() for k, v in again.model.state_dict().items()}, ck["model"])
+    again.train()
+    # a small decay keeps a copy that lags the model
+    lag = Trainer(tiny(ema={"decay": 0.5, "warmup": 0}), tmp_path / "lag", progress=False)
+    assert lag.ema.model is not lag.model
+    lag.train()
+    ck = read_checkpoint(tmp_path / "lag")
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])

@@ -31,6 +31,7 @@ _FLAGS = {
     "sample_every": "sample.every",
     "grad_accum": "grad_accum",
     "compile": "compile",
+    "cuda_graph": "cuda_graph",
     "max_time": "max_time",
 }
 
@@ -51,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:<i>")
     p.add_argument("--precision", choices=cfgmod.PRECISIONS)
     p.add_argument("--compile", choices=cfgmod.COMPILE_MODES)
+    p.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="capture the whole step as one CUDA graph and replay it (CUDA, bf16/fp32, one process)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--sample-every", type=int, help="sample grid every N steps (0: at the end only, -1: never)")

@@ -47,6 +47,21 @@ def _state_dict_cpu(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
+def _plain_numbers(state: dict, *keys: str) -> dict:
+    """``state`` with 0-dim tensors under ``keys`` (a learning rate kept on the GPU for a captured
+    step, training/step_graph.py) as Python floats, so the checkpoint resumes in any mode."""
+    def plain(v):
+        if isinstance(v, torch.Tensor) and v.ndim == 0:
+            return float(v)
+        if isinstance(v, dict):
+            return {k: v2 if k == "params" else plain(v2) for k, v2 in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    return {k: plain(v) if k in keys else v for k, v in state.items()}
+
+
 def save_checkpoint(
     root: Union[str, Path],
     step: int,
@@ -72,7 +87,8 @@ def save_checkpoint(
         (tmp / "config.yaml").write_text(config_to_text(config))
         save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
         save_file(_state_dict_cpu(ema.model), str(tmp / "ema.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"optimizer": _plain_numbers(optimizer.state_dict(), "param_groups"),
+                    "scheduler": _plain_numbers(scheduler.state_dict(), "base_lrs", "_last_lr"),
                     "scaler": scaler.state_dict() if scaler is not None else None},
                    tmp / "optimizer.pt")
         torch.save(list(rng), tmp / "rng.pt")

@@ -220,7 +220,8 @@ class OptimConfig:
 
 @dataclass
 class EMAConfig:
-    """EMA of the weights (``difflab.training.EMA``): decay d, warm-up (1 + k) / (warmup + k)."""
+    """EMA of the weights (``difflab.training.EMA``): decay d, warm-up (1 + k) / (warmup + k).
+    ``decay: 0`` turns averaging off: samples use the trained weights and no copy is kept."""
 
     decay: float = 0.999
     warmup: int = 10
@@ -276,7 +277,8 @@ class TrainConfig:
     eagerly, so a GPU config also runs (small) on a laptop; ``compile_options`` are
     torch.compile's keywords (mode, backend, fullgraph, dynamic, options), and a CPU run that
     sets them compiles too (a deliberate choice, e.g. backend "aot_eager" to check for graph
-    breaks) -- and ``channels_last`` memory
+    breaks) -- ``cuda_graph`` (CUDA, one process, not fp16: the whole step -- forward, backward,
+    clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py), and ``channels_last`` memory
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
     threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
     wait for each other cost more than they compute).
@@ -308,6 +310,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: str = "none"
     compile_options: dict = field(default_factory=dict)
+    cuda_graph: bool = False
     cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
     max_time: Optional[float] = None
@@ -347,6 +350,14 @@ class TrainConfig:
         for key, (types, what) in _COMPILE_OPTION_TYPES.items():
             if key in self.compile_options:
                 _kind(f"compile_options.{key}", self.compile_options[key], types, what)
+        _kind("cuda_graph", self.cuda_graph, bool, "true or false")
+        if self.cuda_graph and self.precision == "fp16":
+            _fail("cuda_graph", self.cuda_graph, "cannot capture fp16 training: its loss scaling reads a "
+                  "found-inf flag on the host every step; use precision bf16 (no scaling) or cuda_graph: false")
+        if self.cuda_graph and self.compile_options.get("mode") in ("reduce-overhead", "max-autotune"):
+            _fail("cuda_graph", self.cuda_graph,
+                  f"compile_options.mode {self.compile_options['mode']!r} replays CUDA graphs itself; "
+                  "with cuda_graph: true use mode default or max-autotune-no-cudagraphs")
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:
             _number("max_time", self.max_time, low=0, low_open=True)
@@ -488,7 +499,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 # and speed/memory options that leave the maths alone (grad_accum splits the same global batch,
 # e.g. to resume on fewer GPUs). Everything else must match the checkpoint.
 RESUMABLE_FIELDS = (
-    "steps", "max_time", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options",
+    "steps", "max_time", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options", "cuda_graph",
     "tensorboard", "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
 )
 

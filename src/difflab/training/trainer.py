@@ -41,6 +41,7 @@ from .data import GlobalBatches, check_data, load_data, step_generator
 from .ema import EMA
 from .generate import class_rows, generate, save_grid
 from .loss import LossFn, TrainBatch, build_loss
+from .step_graph import StepGraph
 
 __all__ = ["Trainer", "train"]
 
@@ -53,6 +54,11 @@ def _dist_env() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     return rank, world, local
+
+
+def _graphs_supported(device: torch.device) -> bool:
+    """Can this device replay a captured training step (``cuda_graph``)? CUDA only."""
+    return device.type == "cuda"
 
 
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
@@ -167,9 +173,18 @@ class Trainer:
         cuda = self.device.type == "cuda"
         fused = cuda if cfg.optim.fused == "auto" else bool(cfg.optim.fused)
         o = cfg.optim
+        self.cuda_graph = cfg.cuda_graph and _graphs_supported(self.device)
+        if cfg.cuda_graph and not self.cuda_graph:
+            self._say("note: cuda_graph is a CUDA option; this CPU run steps eagerly")
+        if self.cuda_graph and self.world > 1:
+            raise ValueError(
+                f"config field 'cuda_graph': a captured training step runs in one process; this run has "
+                f"{self.world} (torchrun). Set cuda_graph: false for multi-GPU training"
+            )
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
             **({"fused": True} if fused else {"foreach": True}),
+            **({"capturable": True} if self.cuda_graph else {}),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
         self.autocast_dtype = None
@@ -189,7 +204,8 @@ class Trainer:
             self._say(f"note: compile {compile_mode!r} is a CUDA option (a CPU compile takes minutes); "
                       "this CPU run runs eagerly (set compile_options to compile anyway)")
             compile_mode = "none"
-        if compile_mode != "none":  # the coefficient tables on the device first: compiled once
+        if compile_mode != "none" or self.cuda_graph:  # the coefficient tables on the device first:
+            # compiled once, and no host-to-device copy inside a captured step
             self.proc.cache_tables(self.device, self.x.dtype)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -213,6 +229,7 @@ class Trainer:
         self._graph_replay = compile_mode != "none" and cfg.compile_options.get("mode") in (
             "reduce-overhead", "max-autotune")
         self._draw_gen = torch.Generator(device=self.device)
+        self._graph = StepGraph(self._update, self.optimizer, self.device) if self.cuda_graph else None
 
         self.step = 0
         self.start_step = 0
@@ -290,10 +307,16 @@ class Trainer:
             )
         self._check_same_data(saved["state"], ck)
         self.model.load_state_dict(saved["model"])
-        self.ema.model.load_state_dict(saved["ema"])
+        if not self.ema.is_model:  # ema.decay 0: the EMA weights are the model's
+            self.ema.model.load_state_dict(saved["ema"])
         st = saved["state"]
         self.ema.num_updates = st["ema"]["num_updates"]
         opt = saved["optimizer"]
+        # how AdamW runs (fused / foreach / capturable) is this run's choice, not the checkpoint's:
+        # the flags decide where the loaded step counts are placed, so set them before loading
+        now = self.optimizer.param_groups
+        for g_saved, g_now in zip(opt["optimizer"]["param_groups"], now):
+            g_saved.update({k: g_now[k] for k in ("fused", "foreach", "capturable") if k in g_now})
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
         if self.scaler is not None and opt.get("scaler"):
@@ -361,17 +384,30 @@ class Trainer:
         """Optimizer step ``s`` (default: the run's current step) exactly as :meth:`train` runs
         it -- draws, forward, backward, clipping, AdamW, EMA -- without advancing the run,
         logging or checkpointing (benchmarks time this). Returns (mean loss, grad norm) as
-        device tensors; no host-device synchronisation."""
+        device tensors; no host-device synchronisation. With ``cuda_graph`` they are the
+        graph's output buffers: read or clone them before the next step."""
         return self._train_step(self.step if s is None else s)
 
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
+        batches = list(self._micro_batches(s))
+        if self._graph is None:
+            out = self._update(batches)
+        else:  # the same body, captured once and replayed (training/step_graph.py)
+            out = self._graph(batches, self.ema.current_decay())
+            self.ema.num_updates += 1
+        self.scheduler.step()
+        return out
+
+    def _update(self, batches: list[TrainBatch], ema_decay: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The step's computation on its micro-batches: forward, backward, clipping, AdamW, EMA
+        (with ``ema_decay``, a device tensor, when a CUDA graph replays it; else the EMA's own)."""
         cfg, A = self.cfg, self.cfg.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         total = None
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.cuda_graph)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
-        for m, batch in enumerate(self._micro_batches(s)):
+        for m, batch in enumerate(batches):
             sync = contextlib.nullcontext()
             if self.world > 1 and m < A - 1:
                 sync = self.net.no_sync()
@@ -397,8 +433,10 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.model)
+        if ema_decay is None:
+            self.ema.update(self.model)
+        else:
+            self.ema.apply(self.model, ema_decay)
         return total, grad_norm
 
     # ------------------------------------------------------------------ loop
@@ -451,7 +489,7 @@ class Trainer:
                     now = time.perf_counter()
                     ips = window_steps * cfg.batch_size / max(1e-9, now - window_start - pause)
                     run_images += window_steps * cfg.batch_size
-                    lr = self.scheduler.get_last_lr()[0]
+                    lr = float(self.scheduler.get_last_lr()[0])  # a device tensor under cuda_graph
                     gn = float(grad_norm)
                     last = {"loss": mean_loss, "images_per_sec": ips}
                     self.history.append({"step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": gn,
@@ -548,9 +586,14 @@ class Trainer:
             labels, nrow = None, max(1, int(math.sqrt(sc.n)))
         n = len(labels) if labels is not None else sc.n
         guidance = sc.guidance if labels is not None else 1.0
-        images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
-                          sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                          seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
+        was_training = self.ema.model.training  # the live model itself when ema.decay = 0
+        self.ema.model.eval()
+        try:
+            images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+                              sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
+                              seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
+        finally:
+            self.ema.model.train(was_training)
         if images.ndim != 4:
             self._say(f"note: no sample grid for data of shape {self.sample_shape} (not images)")
             return Path(path)

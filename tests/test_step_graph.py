@@ -1,0 +1,171 @@
+"""The captured training step (``cuda_graph``): same maths as the eager step, checkpoints that
+resume in either mode, clear refusals.
+
+CUDA graphs need a GPU, so on the CPU a stand-in replaces the two CUDA parts of StepGraph (the
+side-stream warm-up and the capture): its "replay" re-runs the step body on the static batch
+and checks that the graph's inputs are the ones it was captured with -- the learning-rate
+tensors and the EMA-decay tensor, filled in place each step. Everything else (static batches,
+tensor learning rate through AdamW and the LR scheduler, the EMA update with a device decay,
+warm-up count, checkpoint conversion) is the real code. The last test captures for real and
+runs where CUDA is available.
+"""
+
+import json
+
+import pytest
+import torch
+
+from difflab.training import Trainer, TrainConfig, apply_overrides, read_checkpoint
+from difflab.training import trainer as trainer_mod
+from difflab.training.ema import EMA
+from difflab.training.step_graph import StepGraph
+
+
+def tiny(**changes) -> TrainConfig:
+    d = {
+        "model": {"name": "mlp", "kwargs": {"dim": 2, "width": 32, "depth": 2, "num_classes": 2, "dropout": 0.0}},
+        "diffusion": {"schedule": "linear", "T": 100},
+        "data": {"name": "toy2d", "kwargs": {"dataset": "swiss_roll", "n": 100}},
+        "optim": {"lr": 1e-3, "warmup_steps": 6, "decay": "constant", "fused": True},  # LR changes after capture
+        "ema": {"decay": 0.9, "warmup": 2},
+        "sample": {"every": -1},
+        "batch_size": 16, "grad_accum": 2, "steps": 8, "log_every": 2, "ckpt_every": 4, "device": "cpu",
+        "seed": 3,
+    }
+    return apply_overrides(TrainConfig.from_dict(d), [f"{k}={json.dumps(v)}" for k, v in changes.items()])
+
+
+class CPUReplay(StepGraph):
+    """StepGraph with its CUDA parts replaced (see the module docstring)."""
+
+    def _eager(self, batches):
+        self.eager_steps = getattr(self, "eager_steps", 0) + 1
+        return self.update(batches, self.ema_decay)
+
+    def _capture(self):
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        decay, static = self.ema_decay, self.static
+        assert all(isinstance(lr, torch.Tensor) for lr in lrs), "the graph must read the LR from memory"
+        self.out = (torch.zeros(()), torch.zeros(()))
+        self.replays = 0
+
+        def replay():
+            assert all(g["lr"] is lr for g, lr in zip(self.optimizer.param_groups, lrs))
+            assert self.ema_decay is decay and self.static is static
+            loss, norm = self.update(static, decay)
+            self.out[0].copy_(loss)
+            self.out[1].copy_(norm)
+            self.replays += 1
+
+        return replay
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch):
+    monkeypatch.setattr(trainer_mod, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(trainer_mod, "StepGraph", CPUReplay)
+
+
+def _close(a: dict, b: dict, atol=1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def test_ema_apply_with_a_device_decay_is_the_lerp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    a, b = EMA(model, 0.9, warmup=0), EMA(model, 0.9, warmup=0)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        a.update(model)
+        b.apply(model, torch.tensor(0.9))
+        b.num_updates += 1
+    _close(a.model.state_dict(), b.model.state_dict())
+    expect = {k: v for k, v in model.state_dict().items()}
+    assert not all(torch.allclose(a.model.state_dict()[k], expect[k]) for k in expect)  # it did average
+
+
+def test_captured_step_trains_like_the_eager_step_and_resumes_either_way(tmp_path, cpu_graphs):
+    eager = Trainer(tiny(steps=12), tmp_path / "eager", progress=False)
+    eager.train()
+
+    graph = Trainer(tiny(cuda_graph=True), tmp_path / "graph", progress=False)
+    assert isinstance(graph._graph, CPUReplay)
+    assert graph.optimizer.param_groups[0]["capturable"]
+    graph.train()
+    g = graph._graph
+    assert g.eager_steps == 3 and g.replays == 5  # warm-up, then the captured step replayed from step 4
+    assert torch.is_tensor(g.lrs[0]) and g.lrs[0].item() == pytest.approx(1e-3)  # the LR the graph reads
+    ck = read_checkpoint(tmp_path / "graph")
+    assert isinstance(ck["optimizer"]["optimizer"]["param_groups"][0]["lr"], float)  # plain numbers on disk
+    assert all(isinstance(v, float) for v in ck["optimizer"]["scheduler"]["_last_lr"])
+
+    # the graph run's step 8 continued eagerly, and continued captured, both match 12 eager steps
+    for mode, where in ((False, "to_eager"), (True, "to_graph")):
+        import shutil
+
+        shutil.copytree(tmp_path / "graph", tmp_path / where)
+        more = Trainer(tiny(steps=12, cuda_graph=mode), tmp_path / where, resume=True, progress=False)
+        assert more.step == 8
+        more.train()
+        ref = read_checkpoint(tmp_path / "eager")
+        out = read_checkpoint(tmp_path / where)
+        _close(out["model"], ref["model"])
+        _close(out["ema"], ref["ema"])
+        assert out["state"]["ema"]["num_updates"] == 12
+        lr_ref = ref["optimizer"]["optimizer"]["param_groups"][0]["lr"]
+        assert out["optimizer"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_ref, rel=1e-6)
+    # and an eager checkpoint resumes captured (the AdamW flags are the run's, not the file's)
+    shutil.copytree(tmp_path / "eager", tmp_path / "e2g")
+    cont = Trainer(tiny(steps=14, cuda_graph=True), tmp_path / "e2g", resume=True, progress=False)
+    assert cont.optimizer.param_groups[0]["capturable"]
+    cont.train()
+    assert cont.step == 14
+
+
+def test_cuda_graph_on_a_cpu_run_is_noted_and_runs_eagerly(tmp_path, capsys):
+    t = Trainer(tiny(steps=2, cuda_graph=True), tmp_path / "r", progress=False)
+    assert t._graph is None and "cuda_graph is a CUDA option" in capsys.readouterr().err
+    t.train()
+    assert t.step == 2
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"cuda_graph": "yes"}, ["cuda_graph", "true or false"]),
+    ({"cuda_graph": True, "precision": "fp16"}, ["cuda_graph", "fp16", "bf16"]),
+    ({"cuda_graph": True, "compile_options": {"mode": "reduce-overhead"}}, ["reduce-overhead", "max-autotune-no-cudagraphs"]),
+])
+def test_cuda_graph_config_refusals_name_the_fix(changes, words):
+    with pytest.raises(ValueError) as err:
+        tiny(**changes).validate()
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_step_graph_needs_a_warmup_step():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        StepGraph(lambda b, d: None, opt, torch.device("cpu"), warmup=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a real CUDA graph")
+def test_real_cuda_graph_matches_eager_on_the_gpu(tmp_path):
+    """On a GPU: 10 captured steps of a small U-Net land where 10 eager steps do (no dropout;
+    cuDNN and the two EMA formulas differ in rounding only)."""
+    cfg = dict(model={"name": "unet", "kwargs": {"in_channels": 1, "channels": 16, "channel_mult": [1, 2],
+                                                "num_res_blocks": 1, "attention_levels": [1], "image_size": 8,
+                                                "dropout": 0.0, "norm_groups": 8}},
+               data={"name": "digits", "kwargs": {"image_size": 8}}, device="cuda", steps=10, grad_accum=1,
+               precision="bf16")
+    runs = {}
+    for mode in (False, True):
+        t = Trainer(tiny(**cfg, cuda_graph=mode), tmp_path / str(mode), progress=False)
+        t.train()
+        assert (t._graph is not None) == mode
+        runs[mode] = read_checkpoint(tmp_path / str(mode))
+    _close(runs[True]["model"], runs[False]["model"], atol=2e-3)
+    _close(runs[True]["ema"], runs[False]["ema"], atol=2e-3)
