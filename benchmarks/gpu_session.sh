@@ -2,38 +2,45 @@
 # The GPU measurements of issues 3 and 7, as the device tool runs them.
 #
 # A session that is lent a GPU gets 15 minutes of device time in all (the machine's start, each
-# call and each idle wait count), at most 10 minutes a call. So the must-shows run as ONE call,
-# ordered by what matters and held to a time budget, and a second call mops up what it skipped:
+# call and each idle wait count), at most 10 minutes a call. So a measurement is ONE call,
+# ordered by what matters and held to a time budget:
 #
 #   here, once (with network):  bash benchmarks/gpu_session.sh prepare     # fills .gpu/ (git-ignored)
-#   call 1: run(command="bash benchmarks/gpu_session.sh all", carry=[".gpu"], timeout_s=600)
-#       issue 3: class-conditional MNIST, at most 150 s of training (eager bf16), then the docs
-#                artefacts and the trained network in fp16;
-#       issue 7: throughput rows in priority order -- diffusers' best reference (bf16 + compile)
-#                and difflab's best candidate, training then sampling, then the eager rows, then
-#                the rest -- each started only if it should end within BUDGET (default 560 s)
-#                of the stage's start; every row profiled (one table each, in profile.txt).
-#   here: copy the returned throughput.json to docs/benchmarks/throughput.json, then, if at least
-#   ~2 minutes of device time are left and the machine is still warm:
-#   call 2: run(command="BUDGET=150 bash benchmarks/gpu_session.sh rest", carry=[".gpu"])
-#       the rows call 1 skipped or lost (throughput.py --merge --missing), within BUDGET.
+#   issue 7 (open):
+#     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
+#       first the real-capture test of the trainer's cuda_graph (tests/test_step_graph.py, a
+#       minute at most), then issue 7's rows in priority order (PRIORITY below: diffusers' best
+#       reference and difflab's captured-step candidates, then sampling, then the rest), each
+#       started only if it should end within BUDGET (default 530 s) of the call's start; every
+#       row profiled into profile.txt. A new throughput.json (one run, one device), unless MERGE=1.
+#   issue 3 (resolved 2026-11-26; kept to re-run):
+#     run(command="bash benchmarks/gpu_session.sh all", carry=[".gpu"], timeout_s=600)
+#       class-conditional MNIST, at most 150 s of training (eager bf16), then the docs artefacts
+#       and the trained network in fp16; then throughput rows within BUDGET (default 560 s).
+#   a second call, if ~2 minutes of device time are left and the machine is still warm:
+#     run(command="BUDGET=150 bash benchmarks/gpu_session.sh rest", carry=[".gpu"])
+#       the rows the first call skipped or lost (throughput.py --merge --missing), within BUDGET;
+#       copy the first call's throughput.json to docs/benchmarks/throughput.json before it.
 #
 # What comes back ($OUT; at most 8 files, two folders deep, names of [A-Za-z0-9._-]):
-#   all:  mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
-#         throughput.json, profile.txt, session.log
-#   rest: throughput.json (merged), profile.txt, session.log
+#   issue7: throughput.json, profile.txt, session.log (the test's output first)
+#   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
+#           throughput.json, profile.txt, session.log
+#   rest:   throughput.json (merged), profile.txt, session.log
 # throughput.json is rewritten after every row: a call stopped at its limit returns what it measured.
 # Single stages for a longer lease: check (tiny smoke run, two compilations), mnist (the full
 # configs/mnist_cond.yaml run, about 10 minutes), throughput [throughput.py args].
 # Outside the device tool ($OUT unset) results go to out/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|all|rest|check|mnist|throughput [ARGS]"}
+stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|all|rest|check|mnist|throughput [ARGS]"}
 shift  # ARGS: all, mnist: to difflab train (after MNIST_ARGS to mnist_cond_gpu.py); others: to throughput.py
 GPU_DIR=.gpu
 MNIST_SRC=${MNIST_SRC:-../shared/data/mnist}
-# diffusers (benchmark peer) and what it needs beyond the device image (Python 3.12 there).
-WHEELS=(diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer zipp==3.23.0)
+# diffusers (benchmark peer) and what it needs beyond the device image (Python 3.12 there);
+# pytest for the GPU-only tests.
+WHEELS=(diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer zipp==3.23.0
+        pytest==8.4.2 pluggy==1.6.0 iniconfig==2.1.0 packaging==25.0 pygments==2.19.2)
 
 if [[ $stage == prepare ]]; then
     mkdir -p "$GPU_DIR/mnist" "$GPU_DIR/whl"
@@ -60,16 +67,22 @@ python3 -c "import torch, diffusers, difflab; print('torch', torch.__version__, 
 
 # rest, throughput: add to the rows of docs/benchmarks/throughput.json (--merge); 'all' starts afresh,
 # and so does FRESH=1 (another kind of GPU than the file's: ratios only within one run and device)
-if [[ $stage =~ ^(rest|throughput)$ && -f docs/benchmarks/throughput.json && -z ${FRESH:-} ]]; then
+if [[ ( $stage =~ ^(rest|throughput)$ && -z ${FRESH:-} || $stage == issue7 && -n ${MERGE:-} )
+      && -f docs/benchmarks/throughput.json ]]; then
     cp docs/benchmarks/throughput.json "$OUT/throughput.json"
 fi
 
 # Issue 7's rows, most important first: diffusers' best reference configuration (bf16 + compile)
-# and difflab's best candidate, for training and then sampling; then the cheap eager ladders;
-# then everything else.
-PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step+graphs'
-          'difflab/train/bf16+fused+compile_step' 'difflab/train/bf16+fused+cl+compile_step'
+# and difflab's best candidates (the compiled step captured whole as a CUDA graph: with the EMA,
+# and without it -- the work of diffusers' step), sampling's pair (peak memory re-measured with
+# the capture counted), then the other graph variants and the step they improve on; then the
+# cheap eager ladders; then everything else.
+PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step+step_graph'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'diffusers/sample/bf16+compile' 'difflab/sample/bf16+cl+compile+graph'
+          'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
+          'difflab/train/bf16+fused+compile_step+step_graph' 'difflab/train/bf16+fused+cl+compile_step+graphs'
+          'difflab/train/bf16+fused+cl+compile_step' 'difflab/train/bf16+fused+cl+step_graph'
           '*/*/fp32' '*/*/bf16' '*/*/bf16+fused' '*/*/bf16+fused+cl' '*/*/bf16+cl' '*')
 
 mnist() {  # issue 3: train configs/mnist_cond.yaml (with the overrides given), grid + loss + accuracy
@@ -90,6 +103,20 @@ mnist() {  # issue 3: train configs/mnist_cond.yaml (with the overrides given), 
 }
 
 case $stage in
+    issue7)
+        BUDGET=${BUDGET:-530}
+        # the trainer's CUDA-graph step, captured for real (CPU tests use a stand-in replay)
+        timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py 2>&1 \
+            | tee -a "$OUT/session.log" || echo "gpu_session: the step-graph test failed or timed out (above)" \
+            | tee -a "$OUT/session.log"
+        [[ -n ${MERGE:-} ]] && merge=(--merge) || merge=()
+        left=$((BUDGET - SECONDS))
+        echo "gpu_session: ${SECONDS} s spent, ${left} s of the ${BUDGET} s budget left for the throughput rows" \
+            | tee -a "$OUT/session.log"
+        python3 benchmarks/throughput.py --rows "${PRIORITY[@]}" --time-budget "$((left > 1 ? left : 1))" \
+            --profile "$OUT/profile.txt" "${merge[@]}" --out "$OUT/throughput.json" "$@" 2>&1 \
+            | tee -a "$OUT/session.log"
+        ;;
     all)
         BUDGET=${BUDGET:-560}
         # 2,000 steps x 256 images (51 epochs of t10k), eager: no compile time to pay back in a
@@ -120,7 +147,7 @@ case $stage in
         python3 benchmarks/throughput.py --merge --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/session.log"
         ;;
     *)
-        echo "unknown stage '$stage': prepare, all, rest, check, mnist or throughput" >&2
+        echo "unknown stage '$stage': prepare, issue7, all, rest, check, mnist or throughput" >&2
         exit 2
         ;;
 esac

@@ -14,7 +14,9 @@ same device, batch and precision:
 * sample: images/s of a full 50-step DDIM batch. difflab: ``dl.sample(..., sampler="ddim",
   steps=50, clip_x0=1)``; diffusers: DDIMScheduler's loop as DDIMPipeline runs it
   (clip_sample as in the hub config).
-* peak memory (``torch.cuda.max_memory_allocated`` over the timed iterations, reset per row),
+* peak memory (``torch.cuda.max_memory_allocated`` from the row's start: building, compiling,
+  warm-up and CUDA-graph capture included -- a graph allocates its working memory while it is
+  captured and nothing when it replays; ``peak_mem_steady_bytes`` is the timed iterations alone),
   FLOPs per image (``torch.utils.flop_counter`` on one eager step: forward + backward for
   training, forward x steps for sampling) and MFU against the GPU's dense bf16 peak.
 
@@ -157,6 +159,18 @@ def row_specs(cpu: bool) -> list[dict]:
         r("difflab", "train", "bf16+fused+cl+compile_step+graphs", precision="bf16", fused=True,
           channels_last=True, compile="step", compile_options={"mode": "reduce-overhead"}),
         r("difflab", "train", "bf16+fused+compile_step", precision="bf16", fused=True, compile="step"),
+        # the trainer's own capture of the whole step (forward, backward, clip, AdamW, EMA): one graph
+        r("difflab", "train", "bf16+fused+cl+compile_step+step_graph", precision="bf16", fused=True,
+          channels_last=True, compile="step", cuda_graph=True),
+        r("difflab", "train", "bf16+fused+compile_step+step_graph", precision="bf16", fused=True,
+          compile="step", cuda_graph=True),
+        r("difflab", "train", "bf16+fused+cl+step_graph", precision="bf16", fused=True, channels_last=True,
+          cuda_graph=True),
+        # the same work as diffusers' step, which keeps no EMA (ema.decay 0: no copy, no update)
+        r("difflab", "train", "bf16+fused+cl+compile_step+step_graph+no_ema", precision="bf16", fused=True,
+          channels_last=True, compile="step", cuda_graph=True, ema=False),
+        r("difflab", "train", "bf16+fused+compile_step+step_graph+no_ema", precision="bf16", fused=True,
+          compile="step", cuda_graph=True, ema=False),
         r("diffusers", "train", "bf16+compile+cl+fused", precision="bf16", compile=True, channels_last=True,
           fused=True),
         r("diffusers", "sample", "fp32", True, precision="fp32"),
@@ -281,11 +295,12 @@ class DifflabTrain:
             diffusion=DiffusionConfig(schedule="linear", T=T),
             data=DataConfig(name="digits", on_device=True),  # replaced by data= below
             optim=OptimConfig(lr=2e-4, grad_clip=1.0, fused=opts.get("fused", "auto")),
-            ema=EMAConfig(decay=0.9999, warmup=10),
+            ema=EMAConfig(decay=0.9999 if opts.get("ema", True) else 0.0, warmup=10),  # 0: no EMA copy
             sample=SampleConfig(every=-1),
             batch_size=env.batch, steps=10**9, seed=0, device=str(env.device), tensorboard=False,
             precision=opts.get("precision", "fp32"), channels_last=opts.get("channels_last", False),
             compile=opts.get("compile", "none"), compile_options=opts.get("compile_options", {}),
+            cuda_graph=opts.get("cuda_graph", False),
         )
         self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False)
         self.s = 0
@@ -556,7 +571,8 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             case.step()
         env.sync()
         row["setup_and_warmup_s"] = time.perf_counter() - t0  # includes torch.compile and graph capture
-        if env.cuda:
+        if env.cuda:  # the peak of building, compiling, warming up and capturing
+            setup_peak = torch.cuda.max_memory_allocated(env.device)
             torch.cuda.reset_peak_memory_stats(env.device)
         times = []
         for _ in range(env.repeats):
@@ -567,7 +583,11 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             env.sync()
             times.append(time.perf_counter() - t1)
         if env.cuda:
-            row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(env.device)
+            # A CUDA graph allocates its working memory once, while it is captured (in the warm-up);
+            # replays allocate nothing, so the timed steps alone would not count a graph's
+            # activations. The row's peak is therefore over everything from its start.
+            row["peak_mem_steady_bytes"] = torch.cuda.max_memory_allocated(env.device)
+            row["peak_mem_bytes"] = max(setup_peak, row["peak_mem_steady_bytes"])
         ips = [case.images * iters / s for s in times]
         row["images_per_s"] = statistics.median(ips)
         row["images_per_s_runs"] = ips
