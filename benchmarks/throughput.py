@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 import difflab as dl
 from difflab._files import atomic_write_text
+from difflab.models.norm import set_nhwc_group_norm
 from difflab.models.unet import UNet
 from difflab.samplers.fast import release
 from difflab.training import Trainer, TrainConfig
@@ -141,6 +142,7 @@ def row_specs(cpu: bool) -> list[dict]:
             r("diffusers", "sample", "fp32", True, precision="fp32"),
             r("difflab", "sample", "fp32", precision="fp32"),
             r("difflab", "sample", "fp32+cl", precision="fp32", channels_last=True),
+            r("difflab", "sample", "fp32+cl+gn_nhwc", precision="fp32", channels_last=True, gn_nhwc="always"),
         ]
     return [
         r("diffusers", "train", "fp32", True, precision="fp32"),
@@ -171,6 +173,11 @@ def row_specs(cpu: bool) -> list[dict]:
           channels_last=True, compile="step", cuda_graph=True, ema=False),
         r("difflab", "train", "bf16+fused+compile_step+step_graph+no_ema", precision="bf16", fused=True,
           compile="step", cuda_graph=True, ema=False),
+        # GroupNorm on the NHWC view (no layout copies; models/norm.py): eager, and as Inductor sees it
+        r("difflab", "train", "bf16+fused+cl+gn_nhwc", precision="bf16", fused=True, channels_last=True,
+          gn_nhwc="always"),
+        r("difflab", "train", "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc", precision="bf16",
+          fused=True, channels_last=True, compile="step", cuda_graph=True, ema=False, gn_nhwc="compile"),
         r("diffusers", "train", "bf16+compile+cl+fused", precision="bf16", compile=True, channels_last=True,
           fused=True),
         r("diffusers", "sample", "fp32", True, precision="fp32"),
@@ -182,6 +189,9 @@ def row_specs(cpu: bool) -> list[dict]:
         r("difflab", "sample", "bf16+cl+compile", precision="bf16", channels_last=True, compile=True),
         r("difflab", "sample", "bf16+cl+compile+graph", precision="bf16", channels_last=True, compile=True,
           cuda_graph=True),
+        r("difflab", "sample", "bf16+cl+compile+graph+gn_nhwc", precision="bf16", channels_last=True,
+          compile=True, cuda_graph=True, gn_nhwc="compile"),
+        r("difflab", "sample", "bf16+cl+gn_nhwc", precision="bf16", channels_last=True, gn_nhwc="always"),
         r("diffusers", "sample", "bf16+compile+cl", precision="bf16", compile=True, channels_last=True),
     ]
 
@@ -559,6 +569,8 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
     # a file name of letters, digits, '.', '_' and '-' (what the device tool hands back): '+' -> '_'
     label = f"{what}-{lib}-{spec['name']}".replace("+", "_")
     case = None
+    # difflab's GroupNorm on the NHWC view for channels_last activations (models/norm.py), per row
+    previous_gn = set_nhwc_group_norm(opts.get("gn_nhwc", "never"))
     try:
         if env.cuda:
             torch.cuda.reset_peak_memory_stats(env.device)
@@ -615,6 +627,7 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             case.close()
         del case
         torch._dynamo.reset()
+        set_nhwc_group_norm(previous_gn)
         _free(env)
     return row
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, TimestepEmbedding
+from .norm import GroupNorm
 
 __all__ = [
     "UNet",
@@ -81,10 +82,10 @@ class ResBlock(nn.Module):
         _positive_int("norm_groups", norm_groups)
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = resample
-        self.norm1 = nn.GroupNorm(norm_groups, in_channels)
+        self.norm1 = GroupNorm(norm_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if use_scale_shift_norm else 1))
-        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.norm2 = GroupNorm(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -118,7 +119,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         _positive_int("norm_groups", norm_groups)
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = GroupNorm(norm_groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = _zero(nn.Linear(channels, channels))
 
@@ -338,7 +339,7 @@ class UNet(nn.Module):
                     self.up.append(Upsample(ch, with_conv=resample == "conv"))
         assert not skips
 
-        self.norm_out = nn.GroupNorm(norm_groups, ch)
+        self.norm_out = GroupNorm(norm_groups, ch)
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @staticmethod

@@ -1,0 +1,90 @@
+"""Group normalization that keeps channels_last activations in their layout.
+
+    GN(x)_{b,c,h,w} = (x_{b,c,h,w} - mu_{b,g}) / sqrt(var_{b,g} + eps) * gamma_c + beta_c,
+
+with mu, var the mean and (biased) variance of x over the channels of group g = c // (C / G)
+and all positions (Wu & He 2018).
+
+``F.group_norm`` reshapes x to [B, G, -1], which is a view only in NCHW memory order. For an
+NHWC (channels_last) tensor -- the layout tensor-core convolutions read -- that reshape is a
+copy, and so is the way back: in eager mode two transposes per normalization (measured on an
+H200: 18 ms of layout copies per bf16 training step of the CIFAR-10 U-Net). Under torch.compile,
+Inductor's fused GroupNorm kernels (named ..._to_copy_clone_convolution_native_group_norm...)
+took about half of a compiled U-Net call's GPU time, moving data at about a tenth of the
+memory bandwidth -- in both difflab and diffusers; a read in one memory order and a write in
+the other is the suspected cause, not yet confirmed. :func:`group_norm_nhwc` computes the same
+function on the NHWC view [B, H*W, G, C/G] of the same memory: no copy, and the result is
+channels_last again (benchmarks/throughput.py's rows "+gn_nhwc" measure it).
+
+Which one :class:`GroupNorm` uses for channels_last inputs is a process-wide setting
+(:func:`set_nhwc_group_norm`): "never" (the default, torch's kernel), "compile" (only while
+torch.compile traces, where the extra eager kernels fuse away) or "always". NCHW inputs always
+take ``F.group_norm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm"]
+
+MODES = ("never", "compile", "always")
+_mode = "never"
+
+
+def set_nhwc_group_norm(mode: str) -> str:
+    """Set when :class:`GroupNorm` uses :func:`group_norm_nhwc` for channels_last inputs
+    ("never", "compile" or "always"); returns the previous mode."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"nhwc group norm mode must be one of {', '.join(MODES)}, got {mode!r}")
+    previous, _mode = _mode, mode
+    return previous
+
+
+@contextlib.contextmanager
+def nhwc_group_norm(mode: str = "always") -> Iterator[None]:
+    """``with nhwc_group_norm("compile"): ...`` -- the setting for a block of code."""
+    previous = set_nhwc_group_norm(mode)
+    try:
+        yield
+    finally:
+        set_nhwc_group_norm(previous)
+
+
+def _is_nhwc(x: Tensor) -> bool:
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+                    eps: float = 1e-5) -> Tensor:
+    """GN(x) for a 4-D x, computed on its NHWC view; a channels_last input gives a channels_last
+    output and no copies. Statistics in float32. The result has F.group_norm's dtype: float32
+    under CUDA autocast (whose policy runs group_norm in float32), x's otherwise (CPU autocast
+    leaves group_norm alone)."""
+    B, C, H, W = x.shape
+    if C % num_groups:
+        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
+    out_dtype = torch.float32 if x.device.type == "cuda" and torch.is_autocast_enabled("cuda") else x.dtype
+    xg = x.permute(0, 2, 3, 1).reshape(B, H * W, num_groups, C // num_groups).float()  # a view for NHWC
+    var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(B, H, W, C)
+    if weight is not None:
+        y = y * weight.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype).permute(0, 3, 1, 2)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same state-dict keys) that may compute channels_last
+    inputs with :func:`group_norm_nhwc` (see :func:`set_nhwc_group_norm`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _mode != "never" and _is_nhwc(x) and (_mode == "always" or torch.compiler.is_compiling()):
+            return group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
