@@ -39,7 +39,8 @@ Prints a table and the ratios difflab / diffusers; writes JSON to --out after ev
 cut short keeps what it measured). ``--rows`` runs the rows in the order of its patterns, so the
 ones that matter come first; with ``--time-budget`` a row starts only if it should end within the
 budget (judged from the slowest row of its kind so far, or a guess), the others are listed as
-skipped in the JSON, and ``--merge --missing`` measures them in a later run. ``--profile DIR`` writes, per row, a torch.profiler table
+skipped in the JSON, and ``--merge --missing`` measures them in a later run. A row whose options
+include all of a failed row's is skipped too (it would fail the same way, after compiling). ``--profile DIR`` writes, per row, a torch.profiler table
 with device time split by kind of kernel (and ``--trace`` a Chrome trace); ``--profile FILE.txt``
 puts every row's table into that one file. On a CPU (or with
 ``--tiny``) the network shrinks (ch 16, mult (1, 2), 8x8 images, batch 4) so the whole script
@@ -117,6 +118,16 @@ def select_rows(specs: list[dict], globs: Optional[list[str]]) -> list[dict]:
     for g in globs:
         out += [s for s in specs if s not in out and fnmatch.fnmatch(f"{s['library']}/{s['what']}/{s['name']}", g)]
     return out
+
+
+def doomed_by(spec: dict, failed: list[dict]) -> Optional[dict]:
+    """A failed row of the same library and kind whose options ``spec`` all has (with the same
+    values): ``spec`` would fail the same way, so it need not spend its compile time finding out."""
+    for f in failed:
+        if (f["library"], f["what"]) == (spec["library"], spec["what"]) and \
+                all(spec["options"].get(k, object()) == v for k, v in f["options"].items()):
+            return f
+    return None
 
 
 def detect_peak_tflops(name: str) -> Optional[float]:
@@ -877,8 +888,15 @@ def _run(args: argparse.Namespace, argv) -> dict:
     say(f"throughput: {len(specs)} rows on {env.gpu_name} ({env.net_name}, {params}){budget} -> {out}")
     slowest: dict[tuple[str, bool], float] = {}  # seconds of the slowest row of each kind so far
     skipped = result["meta"]["skipped"] = []
+    failed: list[dict] = []
     for spec in specs:
         kind = row_kind(spec)
+        cause = doomed_by(spec, failed)
+        if cause is not None:
+            skipped.append({"library": spec["library"], "what": spec["what"], "name": spec["name"],
+                            "reason": f"row {cause['name']!r}, whose options it includes, failed"})
+            say(f"  [skipped] {spec['what']:<6} {spec['library']:<9} {spec['name']:<28} {skipped[-1]['reason']}")
+            continue
         if args.time_budget is not None:
             left = args.time_budget - (time.perf_counter() - started)
             need = slowest.get(kind) or (TINY_ROW_COST_GUESS_S if env.tiny else ROW_COST_GUESS_S[kind])
@@ -890,6 +908,8 @@ def _run(args: argparse.Namespace, argv) -> dict:
         t0 = time.perf_counter()
         row = measure(spec, env, flops)
         slowest[kind] = max(slowest.get(kind, 0.0), time.perf_counter() - t0)
+        if "error" in row:
+            failed.append(spec)
         result["rows"].append(row)
         rows = kept + result["rows"]
         result["summary"] = summarize(rows)

@@ -93,6 +93,13 @@ def test_throughput_helpers():
     assert bench._kind("pytorch_flash::flash_fwd_kernel") == "attention"
     with pytest.raises(SystemExit):
         bench.parse_args(["--batch", "0"])
+    # a failed row dooms the rows that include all of its options (same library and kind)
+    by = {(r["library"], r["what"], r["name"]): r for r in gpu}
+    failed = [by[("difflab", "train", "bf16+fused+cl+compile_step+step_graph")]]
+    doomed = {r["name"] for r in gpu if bench.doomed_by(r, failed)}
+    assert doomed == {"bf16+fused+cl+compile_step+step_graph", "bf16+fused+cl+compile_step+step_graph+no_ema",
+                      "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc"}
+    assert not bench.doomed_by(by[("difflab", "sample", "bf16+cl+compile+graph")], failed)
 
 
 def test_rows_in_pattern_order_time_budget_and_missing(tmp_path, capsys):
