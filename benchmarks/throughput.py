@@ -16,7 +16,9 @@ same device, batch and precision:
   (clip_sample as in the hub config).
 * peak memory (``torch.cuda.max_memory_allocated`` from the row's start: building, compiling,
   warm-up and CUDA-graph capture included -- a graph allocates its working memory while it is
-  captured and nothing when it replays; ``peak_mem_steady_bytes`` is the timed iterations alone),
+  captured and nothing when it replays; ``peak_mem_steady_bytes`` is the timed iterations alone;
+  ``allocated_between_iterations_bytes``, "held" in --report, what stays allocated between
+  iterations: weights, optimizer state, EMA, graph outputs),
   FLOPs per image (``torch.utils.flop_counter`` on one eager step: forward + backward for
   training, forward x steps for sampling) and MFU against the GPU's dense bf16 peak.
 
@@ -597,6 +599,9 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
         if env.cuda:  # the peak of building, compiling, warming up and capturing
             setup_peak = torch.cuda.max_memory_allocated(env.device)
             torch.cuda.reset_peak_memory_stats(env.device)
+            # what stays allocated between iterations (weights, optimizer state, EMA, graph
+            # outputs, caches): the peak minus this is an iteration's working memory
+            row["allocated_between_iterations_bytes"] = torch.cuda.memory_allocated(env.device)
         times = []
         for _ in range(env.repeats):
             env.sync()
@@ -726,17 +731,19 @@ def markdown(result: dict) -> str:
              f"{v.get('diffusers')}; median of {meta['repeats']} runs; `{meta['command']}` ({meta['date']})"
              + (" -- **tiny configuration: tests the code path, not the libraries**" if meta["tiny"] else ""),
              "",
-             "| what | library | configuration | images/s | ms/iter | peak MiB | MFU | vs diffusers' best "
-             "| host syncs |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| what | library | configuration | images/s | ms/iter | peak MiB | held MiB | MFU "
+             "| vs diffusers' best | host syncs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['what']} | {r['library']} | {r['name']} | error: {r['error'][:100]} | | | | | |")
+            lines.append(f"| {r['what']} | {r['library']} | {r['name']} | error: {r['error'][:100]} | | | | | | |")
             continue
         mem = r.get("peak_mem_bytes")
         name = f"{r['name']} (reference)" if r["reference"] else r["name"]
+        held = r.get("allocated_between_iterations_bytes")
         lines.append(f"| {r['what']} | {r['library']} | {name} | {r['images_per_s']:.1f} | "
                      f"{r['ms_per_iteration']:.2f} | {_fmt(mem and mem / 2**20, '.0f')} | "
+                     f"{_fmt(held and held / 2**20, '.0f')} | "
                      f"{_fmt(r.get('mfu') and 100 * r['mfu'], '.1f%')} | {_fmt(r.get('vs_diffusers_best'), '.2f')}x | "
                      f"{r.get('host_syncs_in_iteration') or '-'} |")
     lines.append("")
