@@ -85,11 +85,8 @@ def _config(args):
 
 def _main(args) -> int:
     cfg, out = _config(args)
-    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.quiet)
-    try:
+    with Trainer(cfg, out, resume=args.resume, progress=not args.quiet) as trainer:
         result = trainer.train()
-    finally:
-        trainer.close()
     if trainer.is_main:
         early = " (stopped by max_time)" if result["stopped_by_max_time"] else ""
         print(f"difflab train: {result['step']} steps{early}, final loss {result['loss']:.4f}, "

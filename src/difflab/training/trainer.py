@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import math
 import os
 import sys
@@ -599,10 +600,30 @@ class Trainer:
             return Path(path)
         return save_grid(images, path, nrow)
 
-    def close(self) -> None:
-        if self._own_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self._own_group = False
+    def close(self, failed: bool = False) -> None:
+        """Release the process group this trainer started (torchrun runs; otherwise nothing).
+
+        After a run that ended normally on every process, all of them wait for each other and
+        then destroy the group, DDP's reference to it dropped first: a process that tore down its
+        connections while another still held the group made that one abort at exit (gloo,
+        "terminate called without an active exception", 7 of 100 two-process runs). After a
+        failure (``failed=True``) the group is left alone: another process may never reach the
+        wait, and torchrun ends the workers."""
+        if not (self._own_group and torch.distributed.is_initialized()):
+            return
+        self._own_group = False
+        if failed:
+            return
+        self.net = self.model  # the DDP wrapper holds the group
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
 
 
 class _Logger:
@@ -659,8 +680,5 @@ def train(
     """Train a config (object or file) into ``out``; the one-call form of :class:`Trainer`."""
     if not isinstance(cfg, TrainConfig):
         cfg = load_config(cfg)
-    trainer = Trainer(cfg, out, loss_fn=loss_fn, resume=resume, progress=progress)
-    try:
+    with Trainer(cfg, out, loss_fn=loss_fn, resume=resume, progress=progress) as trainer:
         return trainer.train()
-    finally:
-        trainer.close()
