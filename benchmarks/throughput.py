@@ -205,6 +205,10 @@ def row_specs(cpu: bool) -> list[dict]:
         r("difflab", "sample", "bf16+cl+compile+graph+gn_nhwc", precision="bf16", channels_last=True,
           compile=True, cuda_graph=True, gn_nhwc="compile"),
         r("difflab", "sample", "bf16+cl+gn_nhwc", precision="bf16", channels_last=True, gn_nhwc="always"),
+        # Inductor's coordinate-descent tuning of its Triton kernels' launch configurations (the
+        # fused GroupNorm kernels ran at ~1/10 of the memory bandwidth); costs compile time only
+        r("difflab", "sample", "bf16+cl+compile_cdt+graph", precision="bf16", channels_last=True,
+          compile={"options": {"coordinate_descent_tuning": True}}, cuda_graph=True),
         r("diffusers", "sample", "bf16+compile+cl", precision="bf16", compile=True, channels_last=True),
     ]
 
