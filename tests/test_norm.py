@@ -95,3 +95,17 @@ def test_unet_compiles_with_nhwc_group_norm_in_one_graph():
             compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
             got = compiled(x, t)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_nhwc_gradients_are_torchs(x):
+    """Training through it: the same gradients for the input, the scale and the shift."""
+    x = x.double().contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    grads = []
+    for fn in (lambda x, w, b: group_norm_nhwc(x, 4, w, b), lambda x, w, b: F.group_norm(x.contiguous(), 4, w, b)):
+        xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+        (fn(xs, ws, bs) * g).sum().backward()
+        grads.append((xs.grad, ws.grad, bs.grad))
+    for a, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)  # float64 throughout

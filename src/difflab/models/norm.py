@@ -63,20 +63,21 @@ def _is_nhwc(x: Tensor) -> bool:
 def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
                     eps: float = 1e-5) -> Tensor:
     """GN(x) for a 4-D x, computed on its NHWC view; a channels_last input gives a channels_last
-    output and no copies. Statistics in float32. The result has F.group_norm's dtype: float32
+    output and no copies. Statistics in float32 (float64 for float64 input). The result has F.group_norm's dtype: float32
     under CUDA autocast (whose policy runs group_norm in float32), x's otherwise (CPU autocast
     leaves group_norm alone)."""
     B, C, H, W = x.shape
     if C % num_groups:
         raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
     out_dtype = torch.float32 if x.device.type == "cuda" and torch.is_autocast_enabled("cuda") else x.dtype
-    xg = x.permute(0, 2, 3, 1).reshape(B, H * W, num_groups, C // num_groups).float()  # a view for NHWC
+    compute = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
+    xg = x.permute(0, 2, 3, 1).reshape(B, H * W, num_groups, C // num_groups).to(compute)  # a view for NHWC
     var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
     y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(B, H, W, C)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(compute)
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias.to(compute)
     return y.to(out_dtype).permute(0, 3, 1, 2)
 
 
