@@ -76,6 +76,7 @@ class StepGraph:
         self.static: Optional[list[TrainBatch]] = None
         self.out: Optional[tuple[Tensor, Tensor]] = None
         self._replay: Optional[Callable[[], None]] = None
+        self._side = None  # the warm-up stream (CUDA)
 
     @property
     def captured(self) -> bool:
@@ -113,7 +114,9 @@ class StepGraph:
     def _eager(self, batches: list[TrainBatch]) -> tuple[Tensor, Tensor]:
         """One step on a side stream, as capture requires of the steps before it."""
         main = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(device=self.device)
+        if self._side is None:  # one side stream for all warm-up steps (its cached memory is reused)
+            self._side = torch.cuda.Stream(device=self.device)
+        side = self._side
         side.wait_stream(main)
         with torch.cuda.stream(side):
             out = self.update(batches, self.ema_decay)
