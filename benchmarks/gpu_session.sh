@@ -76,12 +76,14 @@ fi
 # and difflab's best candidates (the compiled step captured whole as a CUDA graph: with the EMA,
 # and without it -- the work of diffusers' step), sampling's pair (peak memory re-measured with
 # the capture counted), the NHWC GroupNorm (models/norm.py) in sampling and training and
-# Inductor's coordinate-descent tuning in sampling (both aimed at the slow GroupNorm kernels), then the
+# Inductor's coordinate-descent tuning in sampling (both aimed at the slow GroupNorm kernels) and
+# its freezing (weight casts done once), then the
 # other graph variants and the step they improve on; then the cheap eager ladders; then the rest.
 PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step+step_graph'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'diffusers/sample/bf16+compile' 'difflab/sample/bf16+cl+compile+graph'
           'difflab/sample/bf16+cl+compile+graph+gn_nhwc' 'difflab/sample/bf16+cl+compile_cdt+graph'
+          'difflab/sample/bf16+cl+compile_frozen+graph'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
           'difflab/train/bf16+fused+compile_step+step_graph' 'difflab/train/bf16+fused+cl+compile_step+graphs'

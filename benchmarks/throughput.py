@@ -209,6 +209,11 @@ def row_specs(cpu: bool) -> list[dict]:
         # fused GroupNorm kernels ran at ~1/10 of the memory bandwidth); costs compile time only
         r("difflab", "sample", "bf16+cl+compile_cdt+graph", precision="bf16", channels_last=True,
           compile={"options": {"coordinate_descent_tuning": True}}, cuda_graph=True),
+        # Inductor's freezing: weights become constants, their bf16 casts and layouts computed once
+        # at compile time instead of every call (for a finished model only: later weight updates
+        # are not seen)
+        r("difflab", "sample", "bf16+cl+compile_frozen+graph", precision="bf16", channels_last=True,
+          compile={"options": {"freezing": True}}, cuda_graph=True),
         r("diffusers", "sample", "bf16+compile+cl", precision="bf16", compile=True, channels_last=True),
     ]
 
