@@ -69,7 +69,9 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
     B, C, H, W = x.shape
     if C % num_groups:
         raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
-    out_dtype = torch.float32 if x.device.type == "cuda" and torch.is_autocast_enabled("cuda") else x.dtype
+    autocast_fp32 = x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
+        x.dtype in (torch.float16, torch.bfloat16)  # autocast raises half types to float32, no others
+    out_dtype = torch.float32 if autocast_fp32 else x.dtype
     compute = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
     xg = x.permute(0, 2, 3, 1).reshape(B, H * W, num_groups, C // num_groups).to(compute)  # a view for NHWC
     var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)

@@ -26,6 +26,7 @@ buffers, overwritten by the next replay.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -70,7 +71,7 @@ class StepGraph:
             raise ValueError(f"StepGraph needs warmup >= 1 eager step (the optimizer's state must exist "
                              f"before capture), got {warmup}")
         self.update, self.optimizer, self.device = update, optimizer, torch.device(device)
-        self.warmup_left = warmup
+        self.warmup = self.warmup_left = warmup
         self.ema_decay = torch.zeros((), device=self.device)
         self.lrs: list[Optional[Tensor]] = [None] * len(optimizer.param_groups)
         self.static: Optional[list[TrainBatch]] = None
@@ -89,6 +90,7 @@ class StepGraph:
             self.warmup_left -= 1
             return self._eager(batches)
         if self._replay is None:
+            self._check_state()
             self.static = [_clone_batch(b) for b in batches]
             self._replay = self._capture()
         elif len(batches) != len(self.static):
@@ -102,13 +104,32 @@ class StepGraph:
     def _sync_lrs(self) -> None:
         """Each group's learning rate as a device tensor the graph reads. A scheduler fills the
         tensor in place (torch >= 2.2); one that stores a float gets it copied in here."""
-        for i, group in enumerate(self.optimizer.param_groups):
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.lrs):
+            if self._replay is not None:
+                raise ValueError("optimizer parameter groups were added after the CUDA graph was captured")
+            self.lrs += [None] * (len(groups) - len(self.lrs))
+        for i, group in enumerate(groups):
             lr, mine = group["lr"], self.lrs[i]
             if mine is None:
                 mine = self.lrs[i] = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
             elif lr is not mine:
                 mine.fill_(float(lr) if not isinstance(lr, Tensor) else lr)
             group["lr"] = mine
+
+    def _check_state(self) -> None:
+        """Every trained parameter must have its AdamW moments before capture: a state created
+        inside the graph would be created (zeroed) again by every replay."""
+        state = self.optimizer.state
+        missing = sum(1 for g in self.optimizer.param_groups for p in g["params"]
+                      if p.requires_grad and p not in state)
+        if missing:
+            raise ValueError(
+                f"{missing} trained parameter(s) got no gradient in the {self.warmup} eager warm-up "
+                "steps, so AdamW has no state for them to capture (a state made inside the CUDA graph "
+                "would be reset by every replay). Freeze unused parameters (requires_grad_(False)) "
+                "or set cuda_graph: false"
+            )
 
     # ---- the CUDA parts (a CPU test replaces these two)
     def _eager(self, batches: list[TrainBatch]) -> tuple[Tensor, Tensor]:
@@ -118,7 +139,9 @@ class StepGraph:
             self._side = torch.cuda.Stream(device=self.device)
         side = self._side
         side.wait_stream(main)
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # capturable AdamW warns when it steps uncaptured; here that is the point
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             out = self.update(batches, self.ema_decay)
         main.wait_stream(side)
         return out
@@ -127,8 +150,8 @@ class StepGraph:
         """Record one step on the static batch; returns the replay function."""
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's memory
-        try:
-            with torch.cuda.graph(graph):
+        try:  # on the trainer's device, which need not be the current one (device: cuda:1)
+            with torch.cuda.device(self.device), torch.cuda.graph(graph):
                 self.out = self.update(self.static, self.ema_decay)
         except Exception as err:
             raise RuntimeError(
@@ -137,4 +160,9 @@ class StepGraph:
                 "a value with .item()/float() or builds CPU tensors, or fp16 loss scaling. Set "
                 "cuda_graph: false (or make the loss a pure function of the batch's tensors)"
             ) from err
-        return graph.replay
+
+        def replay() -> None:
+            with torch.cuda.device(self.device):
+                graph.replay()
+
+        return replay
