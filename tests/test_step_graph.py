@@ -1,13 +1,12 @@
 """The captured training step (``cuda_graph``): same maths as the eager step, checkpoints that
 resume in either mode, clear refusals.
 
-CUDA graphs need a GPU, so on the CPU a stand-in replaces the two CUDA parts of StepGraph (the
-side-stream warm-up and the capture): its "replay" re-runs the step body on the static batch
-and checks that the graph's inputs are the ones it was captured with -- the learning-rate
-tensors and the EMA-decay tensor, filled in place each step. Everything else (static batches,
-tensor learning rate through AdamW and the LR scheduler, the EMA update with a device decay,
-warm-up count, checkpoint conversion) is the real code. The last test captures for real and
-runs where CUDA is available.
+CUDA graphs need a GPU, so on the CPU a faithful stand-in replaces the two CUDA parts of
+StepGraph (the side-stream warm-up and the capture): tests/graph_emulator.py records the step's
+aten calls while it runs once, and a replay re-issues them on the same tensors without running
+any of the step's Python -- so, as in a CUDA graph, Python numbers are frozen at capture and only
+device memory (the LR tensors, the EMA-decay tensor, the static batch) changes between replays.
+Everything else is the real code. The last test captures for real and runs where CUDA is.
 """
 
 import json
@@ -20,6 +19,8 @@ from difflab.training import trainer as trainer_mod
 from difflab.training.ema import EMA
 from difflab.training.loss import TrainBatch
 from difflab.training.step_graph import StepGraph
+
+from graph_emulator import HostSyncInCapture, RecordedGraph
 
 
 def tiny(**changes) -> TrainConfig:
@@ -37,25 +38,30 @@ def tiny(**changes) -> TrainConfig:
 
 
 class CPUReplay(StepGraph):
-    """StepGraph with its CUDA parts replaced (see the module docstring)."""
+    """StepGraph with its CUDA parts replaced by a faithful CPU stand-in (tests/graph_emulator.py):
+    the capture records the step's aten calls, a replay re-issues them without running any of the
+    step's Python, so Python values are frozen at capture exactly as in a CUDA graph."""
 
     def _eager(self, batches):
         self.eager_steps = getattr(self, "eager_steps", 0) + 1
         return self.update(batches, self.ema_decay)
 
+    strict = False  # the trainer's CPU-only value checks read on the host; a GPU run skips them
+
     def _capture(self):
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        decay, static = self.ema_decay, self.static
-        assert all(isinstance(lr, torch.Tensor) for lr in lrs), "the graph must read the LR from memory"
-        self.out = (torch.zeros(()), torch.zeros(()))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.recorded = RecordedGraph(strict=self.strict)
+        try:
+            self.out = self.recorded.capture(lambda: self.update(self.static, self.ema_decay))
+        except HostSyncInCapture as err:
+            raise RuntimeError(f"capturing the training step as a CUDA graph failed ({err})") from err
         self.replays = 0
+        captured_step = [True]  # the CPU capture computed its step; a CUDA capture only records it
 
         def replay():
-            assert all(g["lr"] is lr for g, lr in zip(self.optimizer.param_groups, lrs))
-            assert self.ema_decay is decay and self.static is static
-            loss, norm = self.update(static, decay)
-            self.out[0].copy_(loss)
-            self.out[1].copy_(norm)
+            if captured_step.pop() if captured_step else False:
+                return
+            self.recorded.replay()
             self.replays += 1
 
         return replay
@@ -98,7 +104,7 @@ def test_captured_step_trains_like_the_eager_step_and_resumes_either_way(tmp_pat
     assert graph.optimizer.param_groups[0]["capturable"]
     graph.train()
     g = graph._graph
-    assert g.eager_steps == 3 and g.replays == 5  # warm-up, then the captured step replayed from step 4
+    assert g.eager_steps == 3 and g.replays == 4  # 3 warm-up steps, the captured one, 4 replays
     assert torch.is_tensor(g.lrs[0]) and g.lrs[0].item() == pytest.approx(1e-3)  # the LR the graph reads
     ck = read_checkpoint(tmp_path / "graph")
     assert isinstance(ck["optimizer"]["optimizer"]["param_groups"][0]["lr"], float)  # plain numbers on disk
@@ -173,8 +179,44 @@ def test_capture_refuses_parameters_that_have_no_optimizer_state():
     with pytest.raises(ValueError, match="2 trained parameter.*requires_grad_.False.*cuda_graph: false"):
         g([batch], 0.9)
     unused.requires_grad_(False)
-    g([batch], 0.9)  # now it captures
+    g([batch], 0.9)  # now it captures (the CPU stand-in computes that step while recording)
+    g([batch], 0.9)
     assert g.captured and g.replays == 1
+
+
+def test_the_stand_in_freezes_python_values_and_refuses_host_reads():
+    """What makes the CPU stand-in worth trusting: a Python number read by the step is frozen at
+    capture (as in a CUDA graph), a device tensor is read afresh, and a host read fails capture."""
+    scale, w = [2.0], torch.ones(3)
+    factor = torch.tensor(2.0)
+    g = RecordedGraph()
+    out = g.capture(lambda: w * scale[0] * factor)
+    scale[0], _ = 10.0, factor.fill_(3.0)
+    g.replay()
+    assert torch.equal(out, torch.full((3,), 6.0))  # 2.0 frozen, the tensor factor read: 1 * 2 * 3
+    with pytest.raises(HostSyncInCapture, match="_local_scalar_dense"):
+        RecordedGraph().capture(lambda: w * float(factor))
+
+    # through the trainer: a loss that reads a value on the host cannot be captured
+    class Strict(CPUReplay):
+        strict = True
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+
+    def update(batches, decay):
+        opt.zero_grad(set_to_none=True)
+        loss = model(batches[0].x0).square().mean() * float(batches[0].u.mean())  # a host read
+        loss.backward()
+        opt.step()
+        return loss.detach(), loss.detach()
+
+    batch = TrainBatch(x0=torch.randn(3, 2), cond=None, labels=None, t=torch.zeros(3, dtype=torch.long),
+                       noise=torch.randn(3, 2), u=torch.rand(3), step=0, index=torch.arange(3))
+    sg = Strict(update, opt, torch.device("cpu"), warmup=1)
+    sg([batch], 0.9)
+    with pytest.raises(RuntimeError, match="capturing the training step as a CUDA graph failed.*host"):
+        sg([batch], 0.9)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a real CUDA graph")
