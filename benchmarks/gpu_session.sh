@@ -72,14 +72,18 @@ if [[ ( $stage =~ ^(rest|throughput)$ && -z ${FRESH:-} || $stage == issue7 && -n
     cp docs/benchmarks/throughput.json "$OUT/throughput.json"
 fi
 
-# Issue 7's rows, most important first: diffusers' best reference configuration (bf16 + compile)
-# and difflab's best candidates (the compiled step captured whole as a CUDA graph: with the EMA,
-# and without it -- the work of diffusers' step), sampling's pair (peak memory re-measured with
-# the capture counted), the NHWC GroupNorm (models/norm.py) in sampling and training and
-# Inductor's coordinate-descent tuning in sampling (both aimed at the slow GroupNorm kernels) and
-# its freezing (weight casts done once), then the
-# other graph variants and the step they improve on; then the cheap eager ladders; then the rest.
-PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+cl+compile_step+step_graph'
+# Issue 7's rows, most important first:
+#   diffusers' best reference configuration (bf16 + compile);
+#   a cheap eager captured step -- a canary: if capture fails, every captured row (whose options
+#   include the canary's) is skipped instead of compiling first;
+#   difflab's best candidates: the compiled step captured whole as a CUDA graph, with the EMA and
+#   without it (the work of diffusers' step);
+#   sampling's pair (peak memory re-measured with the capture counted), then the leads on the slow
+#   GroupNorm kernels: NHWC GroupNorm (models/norm.py), coordinate-descent tuning, freezing;
+#   the NHWC GroupNorm in training, the other graph variants and the step they improve on;
+#   then the cheap eager ladders; then the rest.
+PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
+          'difflab/train/bf16+fused+cl+compile_step+step_graph'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'diffusers/sample/bf16+compile' 'difflab/sample/bf16+cl+compile+graph'
           'difflab/sample/bf16+cl+compile+graph+gn_nhwc' 'difflab/sample/bf16+cl+compile_cdt+graph'

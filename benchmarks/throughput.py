@@ -181,6 +181,9 @@ def row_specs(cpu: bool) -> list[dict]:
           compile="step", cuda_graph=True),
         r("difflab", "train", "bf16+fused+cl+step_graph", precision="bf16", fused=True, channels_last=True,
           cuda_graph=True),
+        # eager + graph, no layout option: the cheap canary whose options every captured row includes
+        # (if it fails, they are skipped instead of each compiling first)
+        r("difflab", "train", "bf16+fused+step_graph", precision="bf16", fused=True, cuda_graph=True),
         # the same work as diffusers' step, which keeps no EMA (ema.decay 0: no copy, no update)
         r("difflab", "train", "bf16+fused+cl+compile_step+step_graph+no_ema", precision="bf16", fused=True,
           channels_last=True, compile="step", cuda_graph=True, ema=False),

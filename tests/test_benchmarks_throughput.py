@@ -100,6 +100,9 @@ def test_throughput_helpers():
     assert doomed == {"bf16+fused+cl+compile_step+step_graph", "bf16+fused+cl+compile_step+step_graph+no_ema",
                       "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc"}
     assert not bench.doomed_by(by[("difflab", "sample", "bf16+cl+compile+graph")], failed)
+    canary = [by[("difflab", "train", "bf16+fused+step_graph")]]  # every captured training row includes it
+    assert {r["name"] for r in gpu if bench.doomed_by(r, canary)} == \
+        {r["name"] for r in gpu if r["library"] == "difflab" and r["what"] == "train" and r["options"].get("cuda_graph")}
 
 
 def test_rows_in_pattern_order_time_budget_and_missing(tmp_path, capsys):
