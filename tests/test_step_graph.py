@@ -56,10 +56,11 @@ class CPUReplay(StepGraph):
         except HostSyncInCapture as err:
             raise RuntimeError(f"capturing the training step as a CUDA graph failed ({err})") from err
         self.replays = 0
-        captured_step = [True]  # the CPU capture computed its step; a CUDA capture only records it
+        self.skip_next = True  # the CPU capture computed its step; a CUDA capture only records it
 
         def replay():
-            if captured_step.pop() if captured_step else False:
+            if self.skip_next:
+                self.skip_next = False
                 return
             self.recorded.replay()
             self.replays += 1
@@ -180,21 +181,30 @@ def test_step_graph_needs_a_warmup_step():
         StepGraph(lambda b, d: None, opt, torch.device("cpu"), warmup=0)
 
 
+def _adamw_step(opt, loss_of):
+    """A minimal step body of StepGraph's form: AdamW on ``loss_of(first micro-batch)``."""
+    def update(batches, decay):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(batches[0])
+        loss.backward()
+        opt.step()
+        return loss.detach(), loss.detach()
+
+    return update
+
+
+def _batch() -> TrainBatch:
+    return TrainBatch(x0=torch.randn(3, 2), cond=None, labels=None, t=torch.zeros(3, dtype=torch.long),
+                      noise=torch.randn(3, 2), u=torch.rand(3), step=0, index=torch.arange(3))
+
+
 def test_capture_refuses_parameters_that_have_no_optimizer_state():
     """A parameter without a gradient in the warm-up would get its AdamW state inside the graph,
     re-zeroed by every replay: refused, with the fix."""
     used, unused = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW([*used.parameters(), *unused.parameters()], fused=True)
-
-    def update(batches, decay):
-        opt.zero_grad(set_to_none=True)
-        loss = used(batches[0].x0).square().mean()
-        loss.backward()
-        opt.step()
-        return loss.detach(), loss.detach()
-
-    batch = TrainBatch(x0=torch.randn(3, 2), cond=None, labels=None, t=torch.zeros(3, dtype=torch.long),
-                       noise=torch.randn(3, 2), u=torch.rand(3), step=0, index=torch.arange(3))
+    update = _adamw_step(opt, lambda b: used(b.x0).square().mean())
+    batch = _batch()
     g = CPUReplay(update, opt, torch.device("cpu"), warmup=1)
     g([batch], 0.9)  # the warm-up step
     with pytest.raises(ValueError, match="2 trained parameter.*requires_grad_.False.*cuda_graph: false"):
@@ -224,16 +234,8 @@ def test_the_stand_in_freezes_python_values_and_refuses_host_reads():
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters(), fused=True)
-
-    def update(batches, decay):
-        opt.zero_grad(set_to_none=True)
-        loss = model(batches[0].x0).square().mean() * float(batches[0].u.mean())  # a host read
-        loss.backward()
-        opt.step()
-        return loss.detach(), loss.detach()
-
-    batch = TrainBatch(x0=torch.randn(3, 2), cond=None, labels=None, t=torch.zeros(3, dtype=torch.long),
-                       noise=torch.randn(3, 2), u=torch.rand(3), step=0, index=torch.arange(3))
+    update = _adamw_step(opt, lambda b: model(b.x0).square().mean() * float(b.u.mean()))  # a host read
+    batch = _batch()
     sg = Strict(update, opt, torch.device("cpu"), warmup=1)
     sg([batch], 0.9)
     with pytest.raises(RuntimeError, match="capturing the training step as a CUDA graph failed.*host"):

@@ -73,7 +73,7 @@ class StepGraph:
         self.update, self.optimizer, self.device = update, optimizer, torch.device(device)
         self.warmup = self.warmup_left = warmup
         self.ema_decay = torch.zeros((), device=self.device)
-        self.lrs: list[Optional[Tensor]] = [None] * len(optimizer.param_groups)
+        self.lrs: list[Optional[Tensor]] = []  # one per parameter group, made on the first step
         self.static: Optional[list[TrainBatch]] = None
         self.out: Optional[tuple[Tensor, Tensor]] = None
         self._replay: Optional[Callable[[], None]] = None
