@@ -77,6 +77,8 @@ def test_group_norm_module_modes(x):
     assert norm._mode == "never"
     with pytest.raises(ValueError, match="never, compile, always"):
         set_nhwc_group_norm("sometimes")
+    with pytest.raises(ValueError, match="16 channels do not split into 5 groups"):
+        group_norm_nhwc(x, 5)
 
 
 def test_unet_compiles_with_nhwc_group_norm_in_one_graph():
