@@ -18,30 +18,47 @@ channels_last again (benchmarks/throughput.py's rows "+gn_nhwc" measure it).
 
 Which one :class:`GroupNorm` uses for channels_last inputs is a process-wide setting
 (:func:`set_nhwc_group_norm`): "never" (the default, torch's kernel), "compile" (only while
-torch.compile traces, where the extra eager kernels fuse away) or "always". NCHW inputs always
-take ``F.group_norm``.
+torch.compile traces, where the extra eager kernels fuse away), "always", or "triton": the
+hand-written kernels of :mod:`difflab.models.group_norm_triton` (three kernels that read x twice
+and write once, with the neighbouring add, scale-shift and SiLU fused in) wherever no gradient
+is needed -- sampling -- and "compile" otherwise. NCHW inputs always take ``F.group_norm``.
+
+:class:`GroupNorm` also takes the U-Net's neighbours of the norm as keywords,
+``norm(x, add=e, scale=s, shift=b, silu=True)`` = SiLU((GN(x + e)) * (1 + s) + b), so that the
+"triton" mode can fuse them; in the other modes they are the same torch operations as written
+out by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import importlib.util
+from typing import Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm"]
 
-MODES = ("never", "compile", "always")
+MODES = ("never", "compile", "always", "triton")
 _mode = "never"
+_kernels = None  # difflab.models.group_norm_triton, imported by the first "triton" setting
 
 
 def set_nhwc_group_norm(mode: str) -> str:
     """Set when :class:`GroupNorm` uses :func:`group_norm_nhwc` for channels_last inputs
-    ("never", "compile" or "always"); returns the previous mode."""
-    global _mode
+    ("never", "compile", "always" or "triton"); returns the previous mode."""
+    global _mode, _kernels
     if mode not in MODES:
         raise ValueError(f"nhwc group norm mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "triton" and importlib.util.find_spec("triton") is None:
+        raise ValueError("nhwc group norm mode 'triton' needs the triton package (CUDA builds of "
+                         "torch install it; else `pip install triton`); use 'compile' without it")
+    if mode == "triton" and _kernels is None:
+        from . import group_norm_triton
+
+        _kernels = group_norm_triton
     previous, _mode = _mode, mode
     return previous
 
@@ -83,11 +100,34 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
     return y.to(out_dtype).permute(0, 3, 1, 2)
 
 
+def _triton_ready(x: Tensor, *operands: Optional[Tensor]) -> bool:
+    """The Triton kernels apply: channels_last x where they run, and no gradient needed."""
+    if not _is_nhwc(x) or (x.device.type != "cuda" and not _kernels.INTERPRETED):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters, same state-dict keys) that may compute channels_last
-    inputs with :func:`group_norm_nhwc` (see :func:`set_nhwc_group_norm`)."""
+    inputs with :func:`group_norm_nhwc` or the Triton kernels (see :func:`set_nhwc_group_norm`).
 
-    def forward(self, x: Tensor) -> Tensor:
+    ``forward(x, *, add=None, scale=None, shift=None, silu=False)`` =
+    act(GN(x + add) * (1 + scale) + shift), with add, scale, shift per image and channel
+    ([B, C, 1, 1]) and act SiLU if ``silu``: the U-Net's uses of the norm, fusable as one."""
+
+    def forward(self, x: Tensor, *, add: Optional[Tensor] = None, scale: Optional[Tensor] = None,
+                shift: Optional[Tensor] = None, silu: bool = False) -> Tensor:
+        if _mode == "triton" and _triton_ready(x, self.weight, self.bias, add, scale, shift):
+            return _kernels.group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, add=add,
+                                  scale=scale, shift=shift, silu=silu)
+        if add is not None:
+            x = x + add
         if _mode != "never" and _is_nhwc(x) and (_mode == "always" or torch.compiler.is_compiling()):
-            return group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
-        return super().forward(x)
+            y = group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
+        else:
+            y = super().forward(x)
+        if scale is not None:
+            y = y * (1 + scale)
+        if shift is not None:
+            y = y + shift
+        return F.silu(y) if silu else y

@@ -91,7 +91,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
-        h = F.silu(self.norm1(x))
+        h = self.norm1(x, silu=True)
         if self.resample == "down":
             h, x = _down(h), _down(x)
         elif self.resample == "up":
@@ -100,10 +100,10 @@ class ResBlock(nn.Module):
         e = self.emb_proj(emb_act)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = self.norm2(h, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = self.norm2(h, add=e, silu=True)  # SiLU(norm2(h + e))
+        h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 
 
@@ -456,7 +456,7 @@ class UNet(nn.Module):
             if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
                 h = torch.cat([h, hs.pop()], dim=1)
             h = block(h, emb_act)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, silu=True))
 
 
 def unet_cifar10(**overrides) -> UNet:

@@ -1,0 +1,216 @@
+"""GroupNorm with its neighbours fused, as Triton kernels on channels_last memory (inference).
+
+    y = act((GN(x + a) * gamma + beta) * (1 + s) + b)
+
+with GN the group normalization of :mod:`difflab.models.norm` (statistics over the C/G channels
+of a group and all H*W positions, biased variance), gamma, beta its per-channel affine, a an
+optional per-(image, channel) addition before the norm (DDPM's time embedding, ``norm2(h + e)``),
+s, b an optional per-(image, channel) scale and shift after it (ADM's ``use_scale_shift_norm``)
+and act SiLU or the identity. These are every use of GroupNorm in the U-Net; in eager PyTorch
+they take five to eight kernels and, for channels_last input, two layout copies.
+
+Here it is three kernels over the NHWC memory, which read x twice and write y once:
+
+1. ``_partial_stats``: each program loads a tile of ``BLOCK_HW`` positions x all C channels (one
+   contiguous stretch of memory), and writes each group's mean and sum of squared deviations
+   over the tile (M2 about the tile's own mean, not a raw sum of squares: no cancellation when
+   |mean| >> std).
+2. ``_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
+   mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2.
+3. ``_apply``: each program loads its tile again and writes act(x * k_c + d_c) with the
+   per-(image, channel) k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b.
+
+Groups are mapped to channels by a [C, G] indicator matrix, so C / G need not be a power of two
+(the U-Net's up path has 384 channels in 32 groups of 12). Statistics are float32; y has x's
+dtype (under autocast the composite path returns float32 instead, which every consumer in the
+U-Net -- a convolution or a linear layer -- casts back to bf16 before use; the values agree to
+that rounding).
+
+Inference only: there is no backward. :class:`difflab.models.norm.GroupNorm` takes this path
+only in the "triton" mode and only when no gradient is needed, and computes the composite
+otherwise. The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1``, set before this module is imported), which is how the tests check them
+without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["group_norm_act", "INTERPRETED"]
+
+# Triton's interpreter runs the kernels (on the CPU, with NumPy): decided when @triton.jit runs,
+# i.e. when this module is imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, CG, NB,
+                   HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_G: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // NB
+    blk = pid % NB
+    hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.arange(0, BLOCK_C)
+    g = tl.arange(0, BLOCK_G)
+    c_ok = c < C
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    x = tl.load(x_ptr + b * HW * C + hw[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        x = tl.where(mask, x + a[None, :], 0.0)
+    in_group = ((c[:, None] // CG) == g[None, :]) & c_ok[:, None]  # [BLOCK_C, BLOCK_G]
+    n = (tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)  # elements per group here
+    sum_c = tl.sum(x, axis=0)
+    mean_g = tl.sum(tl.where(in_group, sum_c[:, None], 0.0), axis=0) / n
+    mean_c = tl.sum(tl.where(in_group, mean_g[None, :], 0.0), axis=1)
+    dev = tl.where(mask, x - mean_c[None, :], 0.0)
+    m2_c = tl.sum(dev * dev, axis=0)
+    m2_g = tl.sum(tl.where(in_group, m2_c[:, None], 0.0), axis=0)
+    out = part_ptr + (b * NB + blk) * 2 * G
+    tl.store(out + g, mean_g, mask=g < G)
+    tl.store(out + G + g, m2_g, mask=g < G)
+
+
+@triton.jit
+def _finalize_stats(part_ptr, stats_ptr, HW, G, CG, NB, eps,
+                    BLOCK_HW: tl.constexpr, BLOCK_NB: tl.constexpr, BLOCK_G: tl.constexpr):
+    b = tl.program_id(0)
+    i = tl.arange(0, BLOCK_NB)
+    g = tl.arange(0, BLOCK_G)
+    mask = (i[:, None] < NB) & (g[None, :] < G)
+    rows = part_ptr + (b * NB + i[:, None]) * 2 * G + g[None, :]
+    mean_i = tl.load(rows, mask=mask, other=0.0)
+    m2_i = tl.load(rows + G, mask=mask, other=0.0)
+    n_i = (tl.minimum(HW - i * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)
+    n_i = tl.where(i < NB, n_i, 0.0)[:, None]
+    total = (HW * CG).to(tl.float32)
+    mean = tl.sum(n_i * mean_i, axis=0) / total
+    dm = mean_i - mean[None, :]
+    m2 = tl.sum(tl.where(mask, m2_i + n_i * dm * dm, 0.0), axis=0)
+    rstd = 1.0 / tl.sqrt(m2 / total + eps)
+    tl.store(stats_ptr + b * 2 * G + g, mean, mask=g < G)
+    tl.store(stats_ptr + b * 2 * G + G + g, rstd, mask=g < G)
+
+
+@triton.jit
+def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
+           HW, C, G, CG, NB,
+           HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+           HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // NB
+    blk = pid % NB
+    hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.arange(0, BLOCK_C)
+    g = tl.arange(0, BLOCK_G)
+    c_ok = c < C
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    offs = b * HW * C + hw[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    in_group = ((c[:, None] // CG) == g[None, :]) & c_ok[:, None]
+    mean_g = tl.load(stats_ptr + b * 2 * G + g, mask=g < G, other=0.0)
+    rstd_g = tl.load(stats_ptr + b * 2 * G + G + g, mask=g < G, other=0.0)
+    mean_c = tl.sum(tl.where(in_group, mean_g[None, :], 0.0), axis=1)
+    k = tl.sum(tl.where(in_group, rstd_g[None, :], 0.0), axis=1)  # x^ = (x - mean) k, then affine
+    d = -mean_c * k
+    if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
+        d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
+    if HAS_W:
+        w = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        k *= w
+        d *= w
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s1 = 1.0 + tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        k *= s1
+        d *= s1
+    if HAS_SHIFT:
+        d += tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    y = x * k[None, :] + d[None, :]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tensor]:
+    """A per-(image, channel) operand as a contiguous [B, C] tensor ([B, C, 1, 1] and [B, C] accepted)."""
+    if t is None:
+        return None
+    if t.shape not in ((B, C), (B, C, 1, 1)):
+        raise ValueError(f"group_norm_act: {name} must have shape [{B}, {C}] or [{B}, {C}, 1, 1] "
+                         f"(one value per image and channel), got {list(t.shape)}")
+    return t.reshape(B, C).contiguous()
+
+
+@torch.library.custom_op("difflab::group_norm_act", mutates_args=())
+def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                    add: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
+                    eps: float, silu: bool) -> Tensor:
+    B, C, H, W = x.shape
+    HW, G = H * W, num_groups
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    block_c = triton.next_power_of_2(C)
+    block_g = triton.next_power_of_2(G)
+    block_hw = max(1, min(triton.next_power_of_2(HW), 4096 // block_c))  # ~4096 elements a tile
+    nb = triton.cdiv(HW, block_hw)
+    part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
+    stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
+    dummy = stats  # stands in for absent operands (never read: their HAS_ flag is off)
+    _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, C // G, nb,
+                              HAS_ADD=add is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
+                              BLOCK_G=block_g)
+    _finalize_stats[(B,)](part, stats, HW, G, C // G, nb, eps, BLOCK_HW=block_hw,
+                          BLOCK_NB=triton.next_power_of_2(nb), BLOCK_G=block_g)
+    _apply[(B * nb,)](x, add if add is not None else dummy, stats,
+                      weight if weight is not None else dummy, bias if bias is not None else dummy,
+                      scale if scale is not None else dummy, shift if shift is not None else dummy,
+                      y, HW, C, G, C // G, nb,
+                      HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
+                      HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu,
+                      BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_G=block_g)
+    return y
+
+
+@_group_norm_act.register_fake
+def _(x, num_groups, weight, bias, add, scale, shift, eps, silu):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
+                   bias: Optional[Tensor] = None, eps: float = 1e-5, *, add: Optional[Tensor] = None,
+                   scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                   silu: bool = False) -> Tensor:
+    """act((GN(x + add) * weight + bias) * (1 + scale) + shift) for a 4-D x, by the Triton kernels;
+    the result is channels_last with x's dtype. add, scale, shift: [B, C] or [B, C, 1, 1].
+    No gradient: for training use :func:`difflab.models.norm.group_norm_nhwc`."""
+    if x.ndim != 4:
+        raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")
+    B, C, H, W = x.shape
+    if C % num_groups:
+        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
+    if x.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(f"group_norm_act runs Triton kernels on CUDA tensors, got a {x.device.type} "
+                         "tensor; use difflab.models.norm.group_norm_nhwc (or set TRITON_INTERPRET=1 "
+                         "before importing difflab, to test the kernels on the CPU)")
+    operands = (x, weight, bias, add, scale, shift)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
+        raise RuntimeError("group_norm_act has no backward (it is for sampling); call it under "
+                           "torch.no_grad(), or use difflab.models.norm.group_norm_nhwc to train")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (C,):
+            raise ValueError(f"group_norm_act: {name} must have shape [{C}], got {list(t.shape)}")
+    x = x.contiguous(memory_format=torch.channels_last)
+    return _group_norm_act(x, num_groups, weight, bias, _per_image("add", add, B, C),
+                           _per_image("scale", scale, B, C), _per_image("shift", shift, B, C),
+                           float(eps), bool(silu))

@@ -1,0 +1,216 @@
+"""The fused GroupNorm kernels (Triton): against the definition in float64, inside the U-Net,
+under torch.compile, and their refusals. Without a GPU they run in Triton's interpreter
+(conftest sets TRITON_INTERPRET=1); the last test runs the compiled kernels on a GPU."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from difflab.models import norm  # noqa: E402
+from difflab.models.norm import GroupNorm, nhwc_group_norm, set_nhwc_group_norm  # noqa: E402
+from difflab.models.unet import UNet  # noqa: E402
+
+gnt = pytest.importorskip("difflab.models.group_norm_triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def quiet_interpreter():
+    # The interpreter's NumPy sigmoid overflows to inf (and gives the right 0) for very negative y.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "overflow encountered in exp", RuntimeWarning)
+        yield
+
+
+def definition(x, groups, weight=None, bias=None, eps=1e-5, add=None, scale=None, shift=None, silu=False):
+    """act((GN(x + add) gamma + beta)(1 + scale) + shift), group by group in float64."""
+    B, C, H, W = x.shape
+    x = x.double()
+    if add is not None:
+        x = x + add.double().reshape(B, C, 1, 1)
+    xg = x.reshape(B, groups, -1)
+    mean, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
+    y = ((xg - mean) / (var + eps).sqrt()).reshape(B, C, H, W)
+    if weight is not None:
+        y = y * weight.double().reshape(C, 1, 1)
+    if bias is not None:
+        y = y + bias.double().reshape(C, 1, 1)
+    if scale is not None:
+        y = y * (1 + scale.double().reshape(B, C, 1, 1))
+    if shift is not None:
+        y = y + shift.double().reshape(B, C, 1, 1)
+    return F.silu(y) if silu else y
+
+
+def nhwc(*shape, mean=0.0, std=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * std + mean).to(DEVICE).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("B,C,H,W,G", [
+    (2, 8, 5, 7, 4),      # 35 positions: one partial tile
+    (2, 128, 32, 32, 32),  # the U-Net's first level: 32 tiles of 32 positions
+    (3, 384, 4, 4, 32),   # 12 channels a group: not a power of two
+    (2, 96, 3, 3, 32),    # 3 channels a group, C padded to 128 lanes
+    (2, 64, 16, 16, 1),   # one group: layer norm over C, H, W
+    (1, 12, 1, 1, 3),     # one position
+])
+@pytest.mark.parametrize("fused", ["plain", "affine", "add", "scale_shift"])
+def test_kernels_compute_the_definition(B, C, H, W, G, fused):
+    x = nhwc(B, C, H, W, mean=1.0, std=2.0)
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    kw = {}
+    if fused != "plain":
+        kw.update(weight=r(C), bias=r(C), silu=True)
+    if fused == "add":
+        kw.update(add=r(B, C, 1, 1))
+    if fused == "scale_shift":
+        kw.update(scale=r(B, C, 1, 1), shift=r(B, C))
+    weight, bias = kw.pop("weight", None), kw.pop("bias", None)
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, G, weight, bias, 1e-5, **kw)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.double(), definition(x, G, weight, bias, **kw), rtol=1e-5, atol=2e-5)
+
+
+def test_variance_has_no_cancellation_for_a_large_mean():
+    """x = 10^4 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance entirely (both terms
+    are 1e8, with float32 steps of 8); tile-centred sums and Chan's combination keep it."""
+    x = nhwc(2, 64, 16, 16, mean=1e4, std=1.0)
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, 8)
+    want = definition(x, 8)  # the float32 input, exactly, in float64
+    assert (y.double() - want).abs().max() < 5e-3  # float32 x itself carries 1e-3 of 1e4
+    xg = x.reshape(2, 8, -1)
+    naive_var = (xg * xg).mean(-1) - xg.mean(-1) ** 2
+    assert (naive_var.double() - xg.double().var(-1, unbiased=False)).abs().max() > 0.5  # the trap is real
+
+
+def test_bf16_input_gives_bf16_output_within_its_rounding():
+    x = nhwc(2, 64, 8, 8, std=3.0).to(torch.bfloat16)
+    w, b = torch.randn(64).to(DEVICE), torch.randn(64).to(DEVICE)
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, 32, w, b, silu=True)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), definition(x, 32, w, b, silu=True), rtol=2e-2, atol=2e-2)
+
+
+def tiny_unet(scale_shift: bool) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+               image_size=8, norm_groups=4, use_scale_shift_norm=scale_shift)
+    for p in net.parameters():  # zero-initialised output convolutions would hide the blocks
+        if not p.any():
+            p.data.normal_(0, 0.1)
+    return net.eval().to(DEVICE).to(memory_format=torch.channels_last)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    set_nhwc_group_norm("triton")  # imports the kernels module into norm._kernels
+    set_nhwc_group_norm("never")
+    calls = []
+    real = norm._kernels.group_norm_act
+    monkeypatch.setattr(norm._kernels, "group_norm_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_unet_samples_the_same_with_the_kernels(scale_shift, kernel_calls):
+    """Every GroupNorm of the U-Net (2 per residual block, attention's, the output's) takes the
+    kernels, with the time embedding's add or scale-shift and the SiLU fused in."""
+    net = tiny_unet(scale_shift)
+    x = nhwc(2, 3, 8, 8)
+    t = torch.tensor([3, 700], device=DEVICE)
+    with torch.no_grad():
+        want = net(x, t)
+        assert not kernel_calls
+        with nhwc_group_norm("triton"):
+            got = net(x, t)
+    n_norms = sum(isinstance(m, GroupNorm) for m in net.modules())
+    assert len(kernel_calls) == n_norms
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_training_takes_the_composite_and_gets_gradients(kernel_calls):
+    """A gradient is needed: "triton" computes what "compile" does, and backward works."""
+    net = tiny_unet(False).train()
+    x = nhwc(2, 3, 8, 8)
+    t = torch.tensor([3, 700], device=DEVICE)
+    with nhwc_group_norm("triton"):
+        net(x, t).square().mean().backward()
+    assert not kernel_calls
+    assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(RuntimeError, match="no backward.*torch.no_grad"):
+        gnt.group_norm_act(x.requires_grad_(True), 1)
+
+
+def test_unet_compiles_with_the_kernels_in_one_graph(kernel_calls):
+    """torch.compile traces the custom op (its fake implementation) without a graph break."""
+    net = tiny_unet(False)
+    x = nhwc(2, 3, 8, 8)
+    t = torch.tensor([3, 700], device=DEVICE)
+    with torch.no_grad():
+        want = net(x, t)
+        with nhwc_group_norm("triton"):
+            got = torch.compile(net, backend="aot_eager", fullgraph=True)(x, t)
+    assert kernel_calls  # traced through the module, then run as the custom op
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_refusals(monkeypatch):
+    x = nhwc(2, 8, 4, 4)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="8 channels do not split into 3 groups"):
+            gnt.group_norm_act(x, 3)
+        with pytest.raises(ValueError, match=r"add must have shape \[2, 8\] or \[2, 8, 1, 1\]"):
+            gnt.group_norm_act(x, 4, add=torch.zeros(8, device=DEVICE))
+        with pytest.raises(ValueError, match=r"weight must have shape \[8\]"):
+            gnt.group_norm_act(x, 4, torch.ones(4, device=DEVICE))
+        with pytest.raises(ValueError, match=r"must be \[B, C, H, W\]"):
+            gnt.group_norm_act(x[0], 4)
+        monkeypatch.setattr(gnt, "INTERPRETED", False)
+        if DEVICE == "cpu":
+            with pytest.raises(ValueError, match="CUDA tensors.*group_norm_nhwc"):
+                gnt.group_norm_act(x, 4)
+    monkeypatch.setattr(norm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="needs the triton package.*pip install triton"):
+        set_nhwc_group_norm("triton")
+    assert norm._mode == "never"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a GPU")
+def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph():
+    """On the GPU: the CIFAR-10 U-Net's GroupNorm shapes in bf16 against torch's kernel, and the
+    compiled (Inductor) U-Net with the kernels captured in a CUDA graph."""
+    for C, S in [(128, 32), (256, 16), (256, 8), (384, 32), (512, 4)]:
+        x = nhwc(128, C, S, S, std=2.0).to(torch.bfloat16)
+        w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+        with torch.no_grad():
+            got = gnt.group_norm_act(x, 32, w, b, silu=True)
+            want = F.silu(F.group_norm(x.float(), 32, w, b))
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    net = tiny_unet(False)
+    x = nhwc(4, 3, 8, 8)
+    t = torch.tensor([3, 700, 10, 999], device="cuda")
+    with torch.no_grad():
+        want = net(x, t)
+        with nhwc_group_norm("triton"):
+            compiled = torch.compile(net, fullgraph=True)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    compiled(x, t)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = compiled(x, t)
+            graph.replay()
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
