@@ -8,11 +8,13 @@
 #   here, once (with network):  bash benchmarks/gpu_session.sh prepare     # fills .gpu/ (git-ignored)
 #   issue 7 (open):
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
-#       first the real-capture test of the trainer's cuda_graph (tests/test_step_graph.py, a
-#       minute at most), then issue 7's rows in priority order (PRIORITY below: diffusers' best
-#       reference and difflab's captured-step candidates, then sampling, then the rest), each
-#       started only if it should end within BUDGET (default 530 s) of the call's start; every
-#       row profiled into profile.txt. A new throughput.json (one run, one device), unless MERGE=1.
+#       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
+#       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: two minutes at
+#       most), then benchmarks/group_norm.py (GroupNorm + SiLU alone at the U-Net's shapes, each
+#       implementation against the memory bandwidth: about a minute), then issue 7's rows in
+#       priority order (PRIORITY below), each started only if it should end within BUDGET
+#       (default 530 s) of the call's start; every row profiled into profile.txt. A new
+#       throughput.json (one run, one device), unless MERGE=1.
 #   issue 3 (resolved 2026-11-26; kept to re-run):
 #     run(command="bash benchmarks/gpu_session.sh all", carry=[".gpu"], timeout_s=600)
 #       class-conditional MNIST, at most 150 s of training (eager bf16), then the docs artefacts
@@ -23,7 +25,7 @@
 #       copy the first call's throughput.json to docs/benchmarks/throughput.json before it.
 #
 # What comes back ($OUT; at most 8 files, two folders deep, names of [A-Za-z0-9._-]):
-#   issue7: throughput.json, profile.txt, session.log (the test's output first)
+#   issue7: throughput.json, group_norm.json, profile.txt, session.log (the tests' output first)
 #   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
 #           throughput.json, profile.txt, session.log
 #   rest:   throughput.json (merged), profile.txt, session.log
@@ -72,22 +74,24 @@ if [[ ( $stage =~ ^(rest|throughput)$ && -z ${FRESH:-} || $stage == issue7 && -n
     cp docs/benchmarks/throughput.json "$OUT/throughput.json"
 fi
 
-# Issue 7's rows, most important first:
-#   diffusers' best reference configuration (bf16 + compile);
+# Issue 7's rows, most important first, so that one call measures both targets:
+#   diffusers' best training configuration (bf16 + compile);
 #   a cheap eager captured step -- a canary: if capture fails, every captured row (whose options
 #   include the canary's) is skipped instead of compiling first;
-#   difflab's best candidates: the compiled step captured whole as a CUDA graph, with the EMA and
-#   without it (the work of diffusers' step);
+#   difflab's best training candidate: the compiled step captured whole as a CUDA graph;
 #   sampling's pair (peak memory re-measured with the capture counted), then the leads on the slow
-#   GroupNorm kernels: NHWC GroupNorm (models/norm.py), coordinate-descent tuning, freezing;
+#   GroupNorm kernels: difflab's Triton kernels, the NHWC view under Inductor (models/norm.py);
+#   training without the EMA copy (the work of diffusers' step), coordinate-descent tuning,
+#   freezing, the eager Triton kernels;
 #   the NHWC GroupNorm in training, the other graph variants and the step they improve on;
 #   then the cheap eager ladders; then the rest.
 PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'difflab/train/bf16+fused+cl+compile_step+step_graph'
-          'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'diffusers/sample/bf16+compile' 'difflab/sample/bf16+cl+compile+graph'
-          'difflab/sample/bf16+cl+compile+graph+gn_nhwc' 'difflab/sample/bf16+cl+compile_cdt+graph'
-          'difflab/sample/bf16+cl+compile_frozen+graph'
+          'difflab/sample/bf16+cl+compile+graph+gn_triton' 'difflab/sample/bf16+cl+compile+graph+gn_nhwc'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
+          'difflab/sample/bf16+cl+compile_cdt+graph' 'difflab/sample/bf16+cl+compile_frozen+graph'
+          'difflab/sample/bf16+cl+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
           'difflab/train/bf16+fused+compile_step+step_graph' 'difflab/train/bf16+fused+cl+compile_step+graphs'
@@ -114,10 +118,14 @@ mnist() {  # issue 3: train configs/mnist_cond.yaml (with the overrides given), 
 case $stage in
     issue7)
         BUDGET=${BUDGET:-530}
-        # the trainer's CUDA-graph step, captured for real (CPU tests use a stand-in replay)
-        timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py 2>&1 \
-            | tee -a "$OUT/session.log" || echo "gpu_session: the step-graph test failed or timed out (above)" \
-            | tee -a "$OUT/session.log"
+        # the trainer's CUDA-graph step captured for real (CPU tests use a stand-in replay), and the
+        # Triton GroupNorm kernels compiled for the GPU (CPU tests run them in the interpreter)
+        timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py \
+            tests/test_group_norm_triton.py 2>&1 | tee -a "$OUT/session.log" \
+            || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
+        # GroupNorm + SiLU alone at the U-Net's shapes: which implementation reaches the bandwidth
+        timeout 150 python3 benchmarks/group_norm.py --out "$OUT/group_norm.json" 2>&1 | tee -a "$OUT/session.log" \
+            || echo "gpu_session: benchmarks/group_norm.py failed or timed out (above)" | tee -a "$OUT/session.log"
         [[ -n ${MERGE:-} ]] && merge=(--merge) || merge=()
         left=$((BUDGET - SECONDS))
         echo "gpu_session: ${SECONDS} s spent, ${left} s of the ${BUDGET} s budget left for the throughput rows" \

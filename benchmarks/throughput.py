@@ -208,6 +208,11 @@ def row_specs(cpu: bool) -> list[dict]:
         r("difflab", "sample", "bf16+cl+compile+graph+gn_nhwc", precision="bf16", channels_last=True,
           compile=True, cuda_graph=True, gn_nhwc="compile"),
         r("difflab", "sample", "bf16+cl+gn_nhwc", precision="bf16", channels_last=True, gn_nhwc="always"),
+        # difflab's own GroupNorm kernels (models/group_norm_triton.py: two reads and one write of
+        # the activations, the time embedding and SiLU fused in), compiled around and eager
+        r("difflab", "sample", "bf16+cl+compile+graph+gn_triton", precision="bf16", channels_last=True,
+          compile=True, cuda_graph=True, gn_nhwc="triton"),
+        r("difflab", "sample", "bf16+cl+gn_triton", precision="bf16", channels_last=True, gn_nhwc="triton"),
         # Inductor's coordinate-descent tuning of its Triton kernels' launch configurations (the
         # fused GroupNorm kernels ran at ~1/10 of the memory bandwidth); costs compile time only
         r("difflab", "sample", "bf16+cl+compile_cdt+graph", precision="bf16", channels_last=True,

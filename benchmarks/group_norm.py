@@ -1,0 +1,190 @@
+"""GroupNorm + SiLU alone, at every shape the DDPM CIFAR-10 U-Net normalizes: how fast is each way
+of computing it, and how near the memory bandwidth?
+
+    python benchmarks/group_norm.py                      # GPU: batch 128, bf16, ~1 minute
+    python benchmarks/group_norm.py --out gn.json        # also as JSON
+    python benchmarks/group_norm.py --device cpu --tiny  # CPU smoke run (Triton's interpreter)
+
+Why: in the H200 profile of compiled sampling (docs/benchmarks/profile.txt) about half of the
+GPU time was in Inductor's fused GroupNorm kernels, moving data at about a tenth of the memory
+bandwidth, in difflab and diffusers alike. This measures that one operation, without the rest of
+the network, so the cause and the cure show in a minute instead of a whole throughput run.
+
+The shapes come from the network itself (forward hooks on every GroupNorm, on the meta device).
+Each variant computes y = SiLU(GN(x)) in bf16 as the U-Net does under autocast (GroupNorm and
+SiLU in float32, the result cast to bf16 by the next convolution) for channels_last x:
+
+- ``eager_nchw``  torch's kernel on NCHW memory (no layout copy: the eager reference);
+- ``eager_nhwc``  torch's kernel on channels_last memory (two layout copies);
+- ``compiled``    torch.compile of the same function (Inductor's fused kernels, as in the model);
+- ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
+- ``triton``      difflab's hand-written kernels (``models/group_norm_triton.py``).
+
+Per shape: microseconds per call (median of --repeats timings of --iters calls each, CUDA
+events), the effective bandwidth (x read once plus y written once, over the time: the least
+traffic any implementation needs) and the largest difference from ``eager_nchw``. Then the
+whole forward pass: the sum over shapes of calls x time, and x 50 for a 50-step DDIM batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # the Triton kernels in the interpreter (before difflab imports them)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import NETWORKS  # noqa: E402  (the same network as the throughput rows)
+
+from difflab._files import atomic_write_text  # noqa: E402
+from difflab.models.norm import GroupNorm, group_norm_nhwc  # noqa: E402
+from difflab.models.unet import UNet  # noqa: E402
+
+# HBM bandwidth (GB/s) by GPU name, the first match wins: for the "% of peak" column only.
+HBM_GBPS = (("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H200", 4800.0), ("GH200", 4000.0),
+            ("H100", 3350.0), ("A100", 2039.0), ("B200", 8000.0), ("L40S", 864.0), ("RTX 4090", 1008.0))
+
+
+def norm_shapes(net: dict, batch: int) -> Counter:
+    """(C, H, W, groups) -> calls per forward pass, read off the U-Net by hooks (meta device)."""
+    with torch.device("meta"):
+        model = UNet(in_channels=3, **net)
+    seen: Counter = Counter()
+    for m in model.modules():
+        if isinstance(m, GroupNorm):
+            m.register_forward_pre_hook(lambda mod, args: seen.update([(*args[0].shape[1:], mod.num_groups)]))
+    with torch.device("meta"), torch.no_grad():
+        model(torch.empty(batch, 3, net["image_size"], net["image_size"]), torch.zeros(batch, dtype=torch.long))
+    return seen
+
+
+def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
+    cuda = weight.is_cuda
+
+    def composite(x):  # the U-Net's eager computation under autocast, cast for the next conv
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            return F.silu(F.group_norm(x, groups, weight, bias)).to(x.dtype)
+
+    def nhwc_view(x):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            return F.silu(group_norm_nhwc(x, groups, weight, bias)).to(x.dtype)
+
+    out = {"eager_nchw": ("nchw", composite), "eager_nhwc": ("nhwc", composite)}
+    if compile_:  # a fresh compile per shape: no recompilation limits, no dynamic shapes
+        out["compiled"] = ("nhwc", torch.compile(composite, dynamic=False))
+        out["compiled_gn_nhwc"] = ("nhwc", torch.compile(nhwc_view, dynamic=False))
+    if triton:
+        from difflab.models.group_norm_triton import group_norm_act
+
+        out["triton"] = ("nhwc", lambda x: group_norm_act(x, groups, weight, bias, silu=True))
+    return out
+
+
+def time_call(fn, x, iters: int, repeats: int) -> float:
+    """Median seconds per call."""
+    for _ in range(3):
+        fn(x)  # warm-up: compilation, autotuning
+    times = []
+    for _ in range(repeats):
+        if x.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / iters)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn(x)
+            times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="throughput.py's tiny network, batch 2 (CPU)")
+    ap.add_argument("--batch", type=int, default=None, help="images per call (128; tiny 2)")
+    ap.add_argument("--iters", type=int, default=None, help="calls per timing (50; CPU 2)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps, for the per-batch total")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    net = NETWORKS["tiny" if args.tiny else "ddpm_cifar10"]
+    batch = args.batch or (2 if args.tiny else 128)
+    iters = args.iters or (50 if cuda else 2)
+    try:
+        import triton  # noqa: F401
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = next((bw for key, bw in HBM_GBPS if key in name), None) if cuda else None
+    dtype = torch.bfloat16 if cuda else torch.float32  # CPU: float32 (bf16 GroupNorm is slow there)
+
+    shapes = norm_shapes(net, batch)
+    print(f"{name}: SiLU(GroupNorm(x)) at the {sum(shapes.values())} GroupNorm calls of one forward pass "
+          f"({len(shapes)} shapes), batch {batch}, {str(dtype)[6:]}, channels_last; peak {peak or '?'} GB/s")
+    header = f"{'C x H x W / groups':>22} {'calls':>5} {'variant':>17} {'us/call':>9} {'GB/s':>7} {'% peak':>6} {'max diff':>9}"
+    print(header)
+    rows, per_forward = [], Counter()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for (C, H, W, G), calls in sorted(shapes.items()):
+        x = (torch.randn(batch, C, H, W, generator=g) * 2 + 0.5).to(device, dtype)
+        weight = torch.randn(C, generator=g).to(device)
+        bias = torch.randn(C, generator=g).to(device)
+        inputs = {"nchw": x.contiguous(), "nhwc": x.contiguous(memory_format=torch.channels_last)}
+        fns = variants(G, weight, bias, compile_=not args.no_compile, triton=has_triton)
+        with torch.no_grad():
+            ref = fns["eager_nchw"][1](inputs["nchw"]).float()
+            for variant, (layout, fn) in fns.items():
+                try:
+                    y = fn(inputs[layout])
+                    diff = (y.float() - ref).abs().max().item()
+                    seconds = time_call(fn, inputs[layout], iters, args.repeats)
+                except Exception as e:  # noqa: BLE001 -- a failing variant is a result, not the end
+                    rows.append({"shape": [C, H, W], "groups": G, "calls": calls, "variant": variant,
+                                 "error": f"{type(e).__name__}: {e}"[:300]})
+                    print(f"{f'{C} x {H} x {W} / {G}':>22} {calls:>5} {variant:>17}  failed: {rows[-1]['error']}")
+                    continue
+                gbps = 2 * x.numel() * x.element_size() / seconds / 1e9
+                rows.append({"shape": [C, H, W], "groups": G, "calls": calls, "variant": variant,
+                             "us_per_call": seconds * 1e6, "effective_gbps": gbps,
+                             "fraction_of_peak": gbps / peak if peak else None, "max_abs_diff": diff})
+                per_forward[variant] += calls * seconds
+                pct = f"{100 * gbps / peak:5.1f}%" if peak else "     -"
+                print(f"{f'{C} x {H} x {W} / {G}':>22} {calls:>5} {variant:>17} {seconds * 1e6:9.1f} "
+                      f"{gbps:7.0f} {pct:>6} {diff:9.2e}")
+    complete = {v for v in per_forward if all(r["variant"] != v or "error" not in r for r in rows)}
+    totals = {v: {"ms_per_forward": s * 1e3, "ms_per_sampled_batch": s * 1e3 * args.steps}
+              for v, s in per_forward.items() if v in complete}
+    print(f"\nAll GroupNorm + SiLU calls of one forward pass (and of a {args.steps}-step sampled batch):")
+    for v, t in totals.items():
+        print(f"  {v:>17}: {t['ms_per_forward']:8.3f} ms  ({t['ms_per_sampled_batch']:8.1f} ms)")
+    result = {"meta": {"device": name, "torch": torch.__version__, "batch": batch, "dtype": str(dtype),
+                       "network": "tiny" if args.tiny else "ddpm_cifar10", "iters": iters,
+                       "repeats": args.repeats, "peak_gbps": peak, "steps": args.steps,
+                       "command": "python benchmarks/group_norm.py " + " ".join(argv if argv is not None else sys.argv[1:])},
+              "rows": rows, "totals": totals}
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

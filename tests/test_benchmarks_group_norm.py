@@ -1,0 +1,51 @@
+"""benchmarks/group_norm.py on the CPU: the U-Net's GroupNorm shapes, every variant timed and
+checked against torch's kernel (the Triton kernels in the interpreter), JSON written."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from difflab.models.norm import GroupNorm
+from difflab.models.unet import UNet
+
+pytest.importorskip("triton")
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "group_norm.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("group_norm_bench", PATH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_shapes_are_read_off_the_network():
+    bench = load()
+    shapes = bench.norm_shapes(bench.NETWORKS["ddpm_cifar10"], 4)
+    net = UNet(in_channels=3, **bench.NETWORKS["ddpm_cifar10"])
+    assert sum(shapes.values()) == sum(isinstance(m, GroupNorm) for m in net.modules())  # each called once
+    assert shapes[(128, 32, 32, 32)] >= 4 and (384, 32, 32, 32) in shapes  # first level; the up path's concat
+    assert all(c % g == 0 for c, _, _, g in shapes)
+
+
+def test_cpu_run_times_and_checks_every_variant(tmp_path):
+    bench = load()
+    out = tmp_path / "gn.json"
+    res = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
+                      "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    variants = {r["variant"] for r in res["rows"]}
+    assert variants == {"eager_nchw", "eager_nhwc", "triton"}
+    shapes = bench.norm_shapes(bench.NETWORKS["tiny"], 2)
+    assert len(res["rows"]) == 3 * len(shapes)
+    for r in res["rows"]:
+        assert "error" not in r, r
+        assert r["us_per_call"] > 0 and r["effective_gbps"] > 0 and r["fraction_of_peak"] is None
+        assert r["max_abs_diff"] < 1e-5, r  # float32 on the CPU: the same function
+    calls = sum(shapes.values())
+    for v, t in res["totals"].items():
+        per_call = [r["us_per_call"] for r in res["rows"] if r["variant"] == v]
+        assert min(per_call) * calls / 1e3 <= t["ms_per_forward"] * (1 + 1e-9) <= max(per_call) * calls / 1e3 * (1 + 1e-9)
+        assert t["ms_per_sampled_batch"] == pytest.approx(50 * t["ms_per_forward"])
