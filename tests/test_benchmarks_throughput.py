@@ -141,3 +141,17 @@ def test_rows_in_pattern_order_time_budget_and_missing(tmp_path, capsys):
         bench.parse_args(["--missing"])  # needs --merge
     with pytest.raises(SystemExit):
         bench.parse_args(["--time-budget", "0"])
+
+
+def test_gpu_session_priority_names_real_rows():
+    """benchmarks/gpu_session.sh orders the GPU call's rows by name: a misspelt name would
+    silently fall to the end (the final '*'), so every name without a wildcard must be a row."""
+    bench = load()
+    script = (PATH.parent / "gpu_session.sh").read_text()
+    block = re.search(r"^PRIORITY=\((.*?)\)$", script, re.S | re.M).group(1)
+    names = re.findall(r"'([^']+)'", block)
+    rows = {f"{r['library']}/{r['what']}/{r['name']}" for r in bench.row_specs(cpu=False)}
+    exact = [n for n in names if "*" not in n]
+    assert len(exact) > 10 and len(set(exact)) == len(exact)
+    assert [n for n in exact if n not in rows] == []
+    assert names[-1] == "*"  # and every other row after them
