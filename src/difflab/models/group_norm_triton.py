@@ -20,8 +20,9 @@ Here it is three kernels over the NHWC memory, which read x twice and write y on
 3. ``_apply``: each program loads its tile again and writes act(x * k_c + d_c) with the
    per-(image, channel) k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b.
 
-Groups are mapped to channels by a [C, G] indicator matrix, so C / G need not be a power of two
-(the U-Net's up path has 384 channels in 32 groups of 12). Statistics are float32; y has x's
+Per-channel sums become per-group sums by reshaping [C] to [G, C/G] when C and C/G are powers of
+two (128, 256 and 512 channels in 32 groups), and otherwise by a [C, G] indicator matrix, so
+C / G need not be a power of two (the U-Net's up path has 384 channels in 32 groups of 12). Statistics are float32; y has x's
 dtype (under autocast the composite path returns float32 instead, which every consumer in the
 U-Net -- a convolution or a linear layer -- casts back to bf16 before use; the values agree to
 that rounding).
@@ -51,7 +52,29 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, CG, NB,
+def _group_sum(v, c, g, C, CG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """[BLOCK_C] per channel -> [BLOCK_G] per group (channel c in group c // CG)."""
+    if BLOCK_G * CG == BLOCK_C:  # powers of two: a reshape
+        out = tl.sum(tl.reshape(v, (BLOCK_G, CG)), axis=1)
+    else:
+        in_group = ((c[:, None] // CG) == g[None, :]) & (c < C)[:, None]
+        out = tl.sum(tl.where(in_group, v[:, None], 0.0), axis=0)
+    return out
+
+
+@triton.jit
+def _per_channel(vg, c, g, C, CG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """[BLOCK_G] per group -> [BLOCK_C]: each channel gets its group's value."""
+    if BLOCK_G * CG == BLOCK_C:
+        out = tl.reshape(tl.broadcast_to(vg[:, None], (BLOCK_G, CG)), (BLOCK_C,))
+    else:
+        in_group = ((c[:, None] // CG) == g[None, :]) & (c < C)[:, None]
+        out = tl.sum(tl.where(in_group, vg[None, :], 0.0), axis=1)
+    return out
+
+
+@triton.jit
+def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
                    HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_G: tl.constexpr):
     pid = tl.program_id(0)
@@ -66,21 +89,18 @@ def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, CG, NB,
     if HAS_ADD:
         a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
         x = tl.where(mask, x + a[None, :], 0.0)
-    in_group = ((c[:, None] // CG) == g[None, :]) & c_ok[:, None]  # [BLOCK_C, BLOCK_G]
     n = (tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)  # elements per group here
-    sum_c = tl.sum(x, axis=0)
-    mean_g = tl.sum(tl.where(in_group, sum_c[:, None], 0.0), axis=0) / n
-    mean_c = tl.sum(tl.where(in_group, mean_g[None, :], 0.0), axis=1)
+    mean_g = _group_sum(tl.sum(x, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n
+    mean_c = _per_channel(mean_g, c, g, C, CG, BLOCK_C, BLOCK_G)
     dev = tl.where(mask, x - mean_c[None, :], 0.0)
-    m2_c = tl.sum(dev * dev, axis=0)
-    m2_g = tl.sum(tl.where(in_group, m2_c[:, None], 0.0), axis=0)
+    m2_g = _group_sum(tl.sum(dev * dev, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G)
     out = part_ptr + (b * NB + blk) * 2 * G
     tl.store(out + g, mean_g, mask=g < G)
     tl.store(out + G + g, m2_g, mask=g < G)
 
 
 @triton.jit
-def _finalize_stats(part_ptr, stats_ptr, HW, G, CG, NB, eps,
+def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
                     BLOCK_HW: tl.constexpr, BLOCK_NB: tl.constexpr, BLOCK_G: tl.constexpr):
     b = tl.program_id(0)
     i = tl.arange(0, BLOCK_NB)
@@ -102,7 +122,7 @@ def _finalize_stats(part_ptr, stats_ptr, HW, G, CG, NB, eps,
 
 @triton.jit
 def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
-           HW, C, G, CG, NB,
+           HW, C, G, NB, CG: tl.constexpr,
            HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
            BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
@@ -117,11 +137,10 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
     offs = b * HW * C + hw[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
-    in_group = ((c[:, None] // CG) == g[None, :]) & c_ok[:, None]
     mean_g = tl.load(stats_ptr + b * 2 * G + g, mask=g < G, other=0.0)
     rstd_g = tl.load(stats_ptr + b * 2 * G + G + g, mask=g < G, other=0.0)
-    mean_c = tl.sum(tl.where(in_group, mean_g[None, :], 0.0), axis=1)
-    k = tl.sum(tl.where(in_group, rstd_g[None, :], 0.0), axis=1)  # x^ = (x - mean) k, then affine
+    mean_c = _per_channel(mean_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    k = _per_channel(rstd_g, c, g, C, CG, BLOCK_C, BLOCK_G)  # x^ = (x - mean) k, then the affine
     d = -mean_c * k
     if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
         d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
@@ -167,15 +186,15 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
     stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
     dummy = stats  # stands in for absent operands (never read: their HAS_ flag is off)
-    _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, C // G, nb,
+    _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, nb, CG=C // G,
                               HAS_ADD=add is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
                               BLOCK_G=block_g)
-    _finalize_stats[(B,)](part, stats, HW, G, C // G, nb, eps, BLOCK_HW=block_hw,
+    _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=block_hw,
                           BLOCK_NB=triton.next_power_of_2(nb), BLOCK_G=block_g)
     _apply[(B * nb,)](x, add if add is not None else dummy, stats,
                       weight if weight is not None else dummy, bias if bias is not None else dummy,
                       scale if scale is not None else dummy, shift if shift is not None else dummy,
-                      y, HW, C, G, C // G, nb,
+                      y, HW, C, G, nb, CG=C // G,
                       HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
                       HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu,
                       BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_G=block_g)
