@@ -111,7 +111,7 @@ def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
     m2_i = tl.load(rows + G, mask=mask, other=0.0)
     n_i = (tl.minimum(HW - i * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)
     n_i = tl.where(i < NB, n_i, 0.0)[:, None]
-    total = (HW * CG).to(tl.float32)
+    total = HW * CG * 1.0  # (not .to(): Triton makes an HW of 1 a compile-time int)
     mean = tl.sum(n_i * mean_i, axis=0) / total
     dm = mean_i - mean[None, :]
     m2 = tl.sum(tl.where(mask, m2_i + n_i * dm * dm, 0.0), axis=0)
@@ -172,6 +172,16 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
     return t.reshape(B, C).contiguous()
 
 
+def _plan(C: int, G: int, HW: int) -> dict:
+    """Tile sizes (powers of two): all C channels of BLOCK_HW positions, ~4096 elements a tile;
+    NB tiles per image."""
+    block_c = triton.next_power_of_2(C)
+    block_hw = max(1, min(triton.next_power_of_2(HW), 4096 // block_c))
+    nb = triton.cdiv(HW, block_hw)
+    return dict(BLOCK_C=block_c, BLOCK_G=triton.next_power_of_2(G), BLOCK_HW=block_hw, NB=nb,
+                BLOCK_NB=triton.next_power_of_2(nb))
+
+
 @torch.library.custom_op("difflab::group_norm_act", mutates_args=())
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                     add: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
@@ -179,10 +189,8 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     B, C, H, W = x.shape
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    block_c = triton.next_power_of_2(C)
-    block_g = triton.next_power_of_2(G)
-    block_hw = max(1, min(triton.next_power_of_2(HW), 4096 // block_c))  # ~4096 elements a tile
-    nb = triton.cdiv(HW, block_hw)
+    p = _plan(C, G, HW)
+    block_c, block_g, block_hw, nb = p["BLOCK_C"], p["BLOCK_G"], p["BLOCK_HW"], p["NB"]
     part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
     stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
     dummy = stats  # stands in for absent operands (never read: their HAS_ flag is off)
@@ -190,7 +198,7 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
                               HAS_ADD=add is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
                               BLOCK_G=block_g)
     _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=block_hw,
-                          BLOCK_NB=triton.next_power_of_2(nb), BLOCK_G=block_g)
+                          BLOCK_NB=p["BLOCK_NB"], BLOCK_G=block_g)
     _apply[(B * nb,)](x, add if add is not None else dummy, stats,
                       weight if weight is not None else dummy, bias if bias is not None else dummy,
                       scale if scale is not None else dummy, shift if shift is not None else dummy,
@@ -229,6 +237,9 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (C,):
             raise ValueError(f"group_norm_act: {name} must have shape [{C}], got {list(t.shape)}")
+    if x.numel() >= 2**31:
+        raise ValueError(f"group_norm_act indexes with 32-bit offsets: {x.numel()} elements is too many; "
+                         "split the batch")
     x = x.contiguous(memory_format=torch.channels_last)
     return _group_norm_act(x, num_groups, weight, bias, _per_image("add", add, B, C),
                            _per_image("scale", scale, B, C), _per_image("shift", shift, B, C),

@@ -1,0 +1,76 @@
+"""Compile difflab's GroupNorm kernels ahead of time for a GPU target, without a GPU.
+
+Run as a script, without TRITON_INTERPRET (the interpreter replaces the kernels by Python
+functions): ``python tests/triton_aot.py 90`` compiles every specialization the DDPM CIFAR-10
+U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-position and
+one-tile images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
+cubin) for sm_90, and prints one line per kernel. Used by tests/test_group_norm_triton.py.
+"""
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from difflab.models import group_norm_triton as gnt
+
+
+def ints(**values) -> tuple[dict, dict]:
+    """Triton's specialization of integer arguments: a 1 is compiled in as a constant."""
+    return ({k: "constexpr" if v == 1 else "i32" for k, v in values.items()},
+            {k: v for k, v in values.items() if v == 1})
+
+
+def specializations():
+    cifar = [(128, 16, 16), (128, 32, 32), (256, 4, 4), (256, 8, 8), (256, 16, 16), (256, 32, 32),
+             (384, 16, 16), (384, 32, 32), (512, 4, 4), (512, 8, 8), (512, 16, 16)]
+    shapes = [(c, 32, h * w) for c, h, w in cifar] + [(12, 3, 1), (8, 4, 35)]  # one position; C/G = 2
+    variants = [dict(HAS_ADD=False, HAS_SCALE=False, SILU=True),    # norm1, norm_out
+                dict(HAS_ADD=True, HAS_SCALE=False, SILU=True),     # norm2 (DDPM)
+                dict(HAS_ADD=False, HAS_SCALE=True, SILU=True),     # norm2 (ADM scale-shift)
+                dict(HAS_ADD=False, HAS_SCALE=False, SILU=False)]   # attention's norm
+    for C, G, HW in shapes:
+        p = gnt._plan(C, G, HW)
+        tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_C=p["BLOCK_C"], BLOCK_G=p["BLOCK_G"], CG=C // G)
+        for v in variants:
+            sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
+            yield (gnt._partial_stats,
+                   {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
+                    **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_C", "BLOCK_G")}},
+                   {**const, **tiles, "HAS_ADD": v["HAS_ADD"]})
+            flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
+                         HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
+            yield (gnt._apply,
+                   {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
+                    "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
+                    **{k: "constexpr" for k in (*tiles, *flags)}},
+                   {**const, **tiles, **flags})
+        sig, const = ints(HW=HW, G=G, NB=p["NB"])
+        yield (gnt._finalize_stats,
+               {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
+                **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}},
+               {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]})
+
+
+def main(arch: int) -> None:
+    target = GPUTarget("cuda", arch, 32)
+    seen = set()
+    for fn, signature, constexprs in specializations():
+        key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+        except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
+            print(f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}")
+            sys.exit(1)
+        ptx = compiled.asm["ptx"]
+        print(f"ok {fn.__name__} {constexprs} cubin {len(compiled.asm['cubin'])} B, "
+              f"local-memory loads {ptx.count('ld.local')}")
+    print(f"compiled {len(seen)} kernels for sm_{arch}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90)
