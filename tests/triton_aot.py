@@ -44,8 +44,8 @@ def specializations():
             yield (gnt._apply,
                    {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                     "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
-                    **{k: "constexpr" for k in (*tiles, *flags)}},
-                   {**const, **tiles, **flags})
+                    **{k: "constexpr" for k in ("BLOCK_HW", "BLOCK_C", "CG", *flags)}},
+                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags})
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         yield (gnt._finalize_stats,
                {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
