@@ -84,6 +84,17 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused):
     torch.testing.assert_close(y.double(), definition(x, G, weight, bias, **kw), rtol=1e-5, atol=2e-5)
 
 
+def test_the_custom_op_accepts_any_strides():
+    """Inside a compiled graph Inductor hands the op its inputs with strides of its choosing:
+    an NCHW x and a non-contiguous add give the same result."""
+    x = nhwc(2, 16, 4, 4)
+    add = torch.randn(16, 2).to(DEVICE).t()  # [2, 16], not contiguous
+    w, b = torch.randn(16).to(DEVICE), torch.randn(16).to(DEVICE)
+    with torch.no_grad():
+        got = torch.ops.difflab.group_norm_act(x.contiguous(), 4, w, b, add, None, None, 1e-5, True)
+    torch.testing.assert_close(got.double(), definition(x, 4, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
+
+
 def test_variance_has_no_cancellation_for_a_large_mean():
     """x = 10^4 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance entirely (both terms
     are 1e8, with float32 steps of 8); tile-centred sums and Chan's combination keep it."""

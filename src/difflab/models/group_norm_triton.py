@@ -185,6 +185,10 @@ def _plan(C: int, G: int, HW: int) -> dict:
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                     add: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     eps: float, silu: bool) -> Tensor:
+    # The kernels index NHWC memory and dense [B, C] / [C] operands. Inside a compiled graph the
+    # inputs come with whatever strides Inductor chose, so make sure here (no copy when they are).
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias, add, scale, shift = (t if t is None else t.contiguous() for t in (weight, bias, add, scale, shift))
     B, C, H, W = x.shape
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
