@@ -209,9 +209,13 @@ def row_specs(cpu: bool) -> list[dict]:
           compile=True, cuda_graph=True, gn_nhwc="compile"),
         r("difflab", "sample", "bf16+cl+gn_nhwc", precision="bf16", channels_last=True, gn_nhwc="always"),
         # difflab's own GroupNorm kernels (models/group_norm_triton.py: two reads and one write of
-        # the activations, the time embedding and SiLU fused in), compiled around and eager
+        # the activations, the time embedding and SiLU fused in): compiled around them; eager around
+        # them and captured (cuDNN adds the convolutions' bias in its epilogue, where under compile
+        # Inductor adds it in a kernel of its own before the opaque norm); eager
         r("difflab", "sample", "bf16+cl+compile+graph+gn_triton", precision="bf16", channels_last=True,
           compile=True, cuda_graph=True, gn_nhwc="triton"),
+        r("difflab", "sample", "bf16+cl+graph+gn_triton", precision="bf16", channels_last=True,
+          cuda_graph=True, gn_nhwc="triton"),
         r("difflab", "sample", "bf16+cl+gn_triton", precision="bf16", channels_last=True, gn_nhwc="triton"),
         # Inductor's coordinate-descent tuning of its Triton kernels' launch configurations (the
         # fused GroupNorm kernels ran at ~1/10 of the memory bandwidth); costs compile time only

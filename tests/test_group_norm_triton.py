@@ -36,7 +36,7 @@ def definition(x, groups, weight=None, bias=None, eps=1e-5, add=None, scale=None
     B, C, H, W = x.shape
     x = x.double()
     if add is not None:
-        x = x + add.double().reshape(B, C, 1, 1)
+        x = x + add.double().reshape(-1, C, 1, 1)
     xg = x.reshape(B, groups, -1)
     mean, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
     y = ((xg - mean) / (var + eps).sqrt()).reshape(B, C, H, W)
@@ -74,8 +74,8 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused):
         kw.update(weight=r(C), bias=r(C), silu=True)
     if fused == "add":
         kw.update(add=r(B, C, 1, 1))
-    if fused == "scale_shift":
-        kw.update(scale=r(B, C, 1, 1), shift=r(B, C))
+    if fused == "scale_shift":  # with a per-channel add, as the U-Net's conv1 bias
+        kw.update(add=r(C, 1, 1), scale=r(B, C, 1, 1), shift=r(B, C))
     weight, bias = kw.pop("weight", None), kw.pop("bias", None)
     with torch.no_grad():
         y = gnt.group_norm_act(x, G, weight, bias, 1e-5, **kw)
@@ -185,8 +185,10 @@ def test_refusals(monkeypatch):
     with torch.no_grad():
         with pytest.raises(ValueError, match="8 channels do not split into 3 groups"):
             gnt.group_norm_act(x, 3)
-        with pytest.raises(ValueError, match=r"add must have shape \[2, 8\] or \[2, 8, 1, 1\]"):
+        with pytest.raises(ValueError, match=r"add must have shape \[2, 8\], \[2, 8, 1, 1\] or \[8, 1, 1\]"):
             gnt.group_norm_act(x, 4, add=torch.zeros(8, device=DEVICE))
+        with pytest.raises(ValueError, match=r"shift must have shape"):
+            gnt.group_norm_act(x, 4, shift=torch.zeros(3, 8, 1, 1, device=DEVICE))
         with pytest.raises(ValueError, match=r"weight must have shape \[8\]"):
             gnt.group_norm_act(x, 4, torch.ones(4, device=DEVICE))
         with pytest.raises(ValueError, match=r"must be \[B, C, H, W\]"):

@@ -162,13 +162,17 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
 
 
 def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tensor]:
-    """A per-(image, channel) operand as a contiguous [B, C] tensor ([B, C, 1, 1] and [B, C] accepted)."""
+    """A per-(image, channel) operand as a contiguous [B, C] tensor: [B, C], or anything that
+    broadcasts to [B, C, 1, 1] ([C, 1, 1]: the same for every image)."""
     if t is None:
         return None
-    if t.shape not in ((B, C), (B, C, 1, 1)):
-        raise ValueError(f"group_norm_act: {name} must have shape [{B}, {C}] or [{B}, {C}, 1, 1] "
-                         f"(one value per image and channel), got {list(t.shape)}")
-    return t.reshape(B, C).contiguous()
+    if tuple(t.shape) == (B, C):
+        return t.contiguous()
+    if t.ndim in (3, 4) and tuple(t.shape[-2:]) == (1, 1) and tuple(t.shape[-3:-2]) == (C,) \
+            and (t.ndim == 3 or t.shape[0] in (1, B)):
+        return t.reshape(-1, C).expand(B, C).contiguous()
+    raise ValueError(f"group_norm_act: {name} must have shape [{B}, {C}], [{B}, {C}, 1, 1] or [{C}, 1, 1] "
+                     f"(one value per image and channel, or per channel), got {list(t.shape)}")
 
 
 def _plan(C: int, G: int, HW: int) -> dict:
@@ -222,7 +226,8 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                    scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                    silu: bool = False) -> Tensor:
     """act((GN(x + add) * weight + bias) * (1 + scale) + shift) for a 4-D x, by the Triton kernels;
-    the result is channels_last with x's dtype. add, scale, shift: [B, C] or [B, C, 1, 1].
+    the result is channels_last with x's dtype. add, scale, shift: [B, C], [B, C, 1, 1] or
+    [C, 1, 1].
     No gradient: for training use :func:`difflab.models.norm.group_norm_nhwc`."""
     if x.ndim != 4:
         raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")

@@ -96,13 +96,16 @@ class ResBlock(nn.Module):
             h, x = _down(h), _down(x)
         elif self.resample == "up":
             h, x = _up(h), _up(x)
-        h = self.conv1(h)
+        # conv1's bias is added inside norm2, with the embedding: no pass of its own over h (under
+        # torch.compile, Inductor adds a convolution's bias in a kernel that a fused norm cannot join)
+        h = F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding)
         e = self.emb_proj(emb_act)[:, :, None, None]
+        bias = self.conv1.bias.to(e.dtype)[:, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
+            h = self.norm2(h, add=bias, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
         else:
-            h = self.norm2(h, add=e, silu=True)  # SiLU(norm2(h + e))
+            h = self.norm2(h, add=e + bias, silu=True)  # SiLU(norm2(h + e))
         h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 
