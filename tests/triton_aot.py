@@ -30,44 +30,57 @@ def specializations():
                 dict(HAS_ADD=True, HAS_SCALE=False, SILU=True),     # norm2 (DDPM)
                 dict(HAS_ADD=False, HAS_SCALE=True, SILU=True),     # norm2 (ADM scale-shift)
                 dict(HAS_ADD=False, HAS_SCALE=False, SILU=False)]   # attention's norm
+    ptrs = {"add_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "scale_ptr": "*bf16",
+            "shift_ptr": "*bf16", "y_ptr": "*bf16"}
     for C, G, HW in shapes:
         p = gnt._plan(C, G, HW)
         tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_C=p["BLOCK_C"], BLOCK_G=p["BLOCK_G"], CG=C // G)
+        if p["NB"] == 1:  # the whole image in one program
+            for v in variants:
+                flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
+                             HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
+                sig, const = ints(HW=HW, C=C, G=G)
+                yield (gnt._single_pass,
+                       {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
+                        **{k: "constexpr" for k in (*tiles, *flags)}},
+                       {**const, **tiles, **flags}, p["num_warps"])
+            continue
         for v in variants:
             sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
             yield (gnt._partial_stats,
                    {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
                     **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_C", "BLOCK_G")}},
-                   {**const, **tiles, "HAS_ADD": v["HAS_ADD"]})
+                   {**const, **tiles, "HAS_ADD": v["HAS_ADD"]}, 4)
             flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                          HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
             yield (gnt._apply,
                    {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                     "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
                     **{k: "constexpr" for k in ("BLOCK_HW", "BLOCK_C", "CG", *flags)}},
-                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags})
+                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags}, 4)
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         yield (gnt._finalize_stats,
                {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
                 **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}},
-               {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]})
+               {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]}, 4)
 
 
 def main(arch: int) -> None:
     target = GPUTarget("cuda", arch, 32)
     seen = set()
-    for fn, signature, constexprs in specializations():
-        key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())))
+    for fn, signature, constexprs, num_warps in specializations():
+        key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())), num_warps)
         if key in seen:
             continue
         seen.add(key)
         try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
+                                      options={"num_warps": num_warps})
         except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
             print(f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}")
             sys.exit(1)
         ptx = compiled.asm["ptx"]
-        print(f"ok {fn.__name__} {constexprs} cubin {len(compiled.asm['cubin'])} B, "
+        print(f"ok {fn.__name__} {constexprs} {num_warps} warps, cubin {len(compiled.asm['cubin'])} B, "
               f"local-memory loads {ptx.count('ld.local')}")
     print(f"compiled {len(seen)} kernels for sm_{arch}")
 

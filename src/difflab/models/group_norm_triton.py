@@ -9,7 +9,9 @@ s, b an optional per-(image, channel) scale and shift after it (ADM's ``use_scal
 and act SiLU or the identity. These are every use of GroupNorm in the U-Net; in eager PyTorch
 they take five to eight kernels and, for channels_last input, two layout copies.
 
-Here it is three kernels over the NHWC memory, which read x twice and write y once:
+Here it is three kernels over the NHWC memory, which read x twice and write y once (an image of
+at most ``SINGLE_PASS_MAX`` elements -- the U-Net's 4x4 level -- takes one kernel that holds it
+whole: one read, one write, one launch):
 
 1. ``_partial_stats``: each program loads a tile of ``BLOCK_HW`` positions x all C channels (one
    contiguous stretch of memory), and writes each group's mean and sum of squared deviations
@@ -122,24 +124,11 @@ def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
 
 
 @triton.jit
-def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
-           HW, C, G, NB, CG: tl.constexpr,
-           HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-           HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    b = pid // NB
-    blk = pid % NB
-    hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    mask = (hw[:, None] < HW) & c_ok[None, :]
-    offs = b * HW * C + hw[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-    group = b * 2 * G + c // CG  # each channel reads its group's statistics (a cached gather)
-    mean_c = tl.load(stats_ptr + group, mask=c_ok, other=0.0)
-    k = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)  # x^ = (x - mean) k, then the affine
+def _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+              HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+              HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr):
+    """act(((x + a - mean) rstd gamma + beta)(1 + s) + b) for a tile x [BLOCK_HW, BLOCK_C] of
+    image b, as x k + d with per-channel k, d; mean_c, k: the channels' group mean and rstd."""
     d = -mean_c * k
     if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
         d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
@@ -158,6 +147,57 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
     y = x * k[None, :] + d[None, :]
     if SILU:
         y = y * tl.sigmoid(y)
+    return y
+
+
+@triton.jit
+def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
+           HW, C, G, NB, CG: tl.constexpr,
+           HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+           HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // NB
+    blk = pid % NB
+    hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    offs = b * HW * C + hw[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    group = b * 2 * G + c // CG  # each channel reads its group's statistics (a cached gather)
+    mean_c = tl.load(stats_ptr + group, mask=c_ok, other=0.0)
+    k = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)
+    y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                  HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT, SILU)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, eps,
+                 CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+                 BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """A small image whole in one program: statistics and output from one read of x."""
+    b = tl.program_id(0)
+    hw = tl.arange(0, BLOCK_HW)
+    c = tl.arange(0, BLOCK_C)
+    g = tl.arange(0, BLOCK_G)
+    c_ok = c < C
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    offs = b * HW * C + hw[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xa = x
+    if HAS_ADD:
+        xa = tl.where(mask, x + tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)[None, :], 0.0)
+    n = HW * CG * 1.0
+    mean_g = _group_sum(tl.sum(xa, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n
+    mean_c = _per_channel(mean_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    dev = tl.where(mask, xa - mean_c[None, :], 0.0)
+    rstd_g = 1.0 / tl.sqrt(_group_sum(tl.sum(dev * dev, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n + eps)
+    k = _per_channel(rstd_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                  HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT, SILU)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -175,14 +215,21 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
                      f"(one value per image and channel, or per channel), got {list(t.shape)}")
 
 
+# An image of at most this many (padded) elements is normalized by one program in one kernel
+# (_single_pass: one read of x); larger ones by the three kernels, in tiles of ~4096 elements.
+SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 233 registers a thread (ptxas, sm_90)
+
+
 def _plan(C: int, G: int, HW: int) -> dict:
-    """Tile sizes (powers of two): all C channels of BLOCK_HW positions, ~4096 elements a tile;
-    NB tiles per image."""
+    """Tile sizes (powers of two): all C channels of BLOCK_HW positions; NB tiles per image (1:
+    the single-pass kernel)."""
     block_c = triton.next_power_of_2(C)
-    block_hw = max(1, min(triton.next_power_of_2(HW), 4096 // block_c))
+    whole = triton.next_power_of_2(HW)
+    block_hw = whole if whole * block_c <= SINGLE_PASS_MAX else max(1, 4096 // block_c)
     nb = triton.cdiv(HW, block_hw)
     return dict(BLOCK_C=block_c, BLOCK_G=triton.next_power_of_2(G), BLOCK_HW=block_hw, NB=nb,
-                BLOCK_NB=triton.next_power_of_2(nb))
+                BLOCK_NB=triton.next_power_of_2(nb),
+                num_warps=8 if nb == 1 and block_hw * block_c > 4096 else 4)
 
 
 @torch.library.custom_op("difflab::group_norm_act", mutates_args=())
@@ -198,20 +245,22 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     y = torch.empty_like(x, memory_format=torch.channels_last)
     p = _plan(C, G, HW)
     block_c, block_g, block_hw, nb = p["BLOCK_C"], p["BLOCK_G"], p["BLOCK_HW"], p["NB"]
+    flags = dict(HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
+                 HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
+    dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
+    operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
+    if nb == 1:
+        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, BLOCK_HW=block_hw,
+                           BLOCK_C=block_c, BLOCK_G=block_g, num_warps=p["num_warps"])
+        return y
     part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
     stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
-    dummy = stats  # stands in for absent operands (never read: their HAS_ flag is off)
     _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, nb, CG=C // G,
                               HAS_ADD=add is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
                               BLOCK_G=block_g)
     _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=block_hw,
                           BLOCK_NB=p["BLOCK_NB"], BLOCK_G=block_g)
-    _apply[(B * nb,)](x, add if add is not None else dummy, stats,
-                      weight if weight is not None else dummy, bias if bias is not None else dummy,
-                      scale if scale is not None else dummy, shift if shift is not None else dummy,
-                      y, HW, C, G, nb, CG=C // G,
-                      HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
-                      HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu,
+    _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags,
                       BLOCK_HW=block_hw, BLOCK_C=block_c)
     return y
 
