@@ -164,6 +164,26 @@ def test_unet_samples_the_same_with_the_kernels(scale_shift, kernel_calls):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_sampler_option_group_norm(kernel_calls):
+    """dl.sample(..., group_norm="triton"): the kernels in every network call of the sampler,
+    the same samples, the process-wide setting untouched; a bad mode is refused up front."""
+    import difflab as dl
+
+    net = tiny_unet(True)
+    proc = dl.GaussianDiffusion(dl.schedules.linear())
+    noise = nhwc(2, 3, 8, 8, seed=3)
+    want = dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, channels_last=True)
+    assert not kernel_calls
+    got = dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, channels_last=True, group_norm="triton")
+    n_norms = sum(isinstance(m, GroupNorm) for m in net.modules())
+    assert len(kernel_calls) == 3 * n_norms and norm._mode == "never"
+    # x0 = x - sigma eps: the first step multiplies the network's float32 rounding (~1e-6) by
+    # sigma_T = sqrt((1 - abar_T) / abar_T) ~ 157
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="group_norm must be None or one of 'never', 'compile', 'always', 'triton'"):
+        dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, group_norm="fast")
+
+
 def test_training_takes_the_composite_and_gets_gradients(kernel_calls):
     """A gradient is needed: "triton" computes what "compile" does, and backward works."""
     net = tiny_unet(False).train()
@@ -260,3 +280,36 @@ def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph():
                 out = compiled(x, t)
             graph.replay()
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_trainer_option_group_norm(tmp_path, kernel_calls, monkeypatch):
+    """config group_norm: "triton" trains through torch's autograd path (the NHWC view where
+    torch.compile traces, here eager: torch's kernel) and samples the grid by the kernels;
+    the same run as "never"; a bad mode names the field."""
+    from difflab.training import Trainer, TrainConfig, apply_overrides, read_checkpoint
+
+    cfg = TrainConfig.from_dict(dict(
+        model={"name": "unet", "kwargs": {"in_channels": 1, "channels": 16, "channel_mult": [1, 2],
+                                          "num_res_blocks": 1, "attention_levels": [1], "image_size": 8,
+                                          "dropout": 0.0, "norm_groups": 4}},
+        diffusion={"schedule": "linear", "T": 100}, optim={"lr": 1e-3}, ema={"decay": 0.9},
+        sample={"every": 0, "n": 2, "steps": 2}, batch_size=8, steps=3, log_every=1, ckpt_every=3,
+        device=DEVICE, seed=0, channels_last=True, cond_drop_prob=0.0))
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    runs = {}
+    for mode in ("never", "triton"):
+        with Trainer(apply_overrides(cfg, [f"group_norm={mode}"]), tmp_path / mode, data=(images, None),
+                     progress=False) as t:
+            t.train()
+        runs[mode] = read_checkpoint(tmp_path / mode)
+        assert norm._mode == "never"  # the process-wide setting is left as it was
+    n_norms = sum(isinstance(m, GroupNorm) for m in t.model.modules())
+    assert len(kernel_calls) == 2 * n_norms  # the grid's two DDIM steps; no training step
+    for k in runs["never"]["model"]:
+        torch.testing.assert_close(runs["triton"]["model"][k], runs["never"]["model"][k], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "triton" / "samples").exists() or any((tmp_path / "triton").rglob("*.png"))
+    with pytest.raises(ValueError, match="config field 'group_norm'.*never, compile, always, triton"):
+        apply_overrides(cfg, ["group_norm=fast"]).validate()
+    monkeypatch.setattr(norm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="config field 'group_norm'.*needs the triton package"):
+        apply_overrides(cfg, ["group_norm=triton"]).validate()

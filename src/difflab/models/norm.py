@@ -39,17 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm"]
+__all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm", "check_nhwc_group_norm_mode"]
 
 MODES = ("never", "compile", "always", "triton")
 _mode = "never"
 _kernels = None  # difflab.models.group_norm_triton, imported by the first "triton" setting
 
 
-def set_nhwc_group_norm(mode: str) -> str:
-    """Set when :class:`GroupNorm` uses :func:`group_norm_nhwc` for channels_last inputs
-    ("never", "compile", "always" or "triton"); returns the previous mode."""
-    global _mode, _kernels
+def check_nhwc_group_norm_mode(mode: str) -> None:
+    """Raise ValueError unless ``mode`` can be set (a known mode; "triton" needs the package)."""
+    global _kernels
     if mode not in MODES:
         raise ValueError(f"nhwc group norm mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "triton" and importlib.util.find_spec("triton") is None:
@@ -59,6 +58,13 @@ def set_nhwc_group_norm(mode: str) -> str:
         from . import group_norm_triton
 
         _kernels = group_norm_triton
+
+
+def set_nhwc_group_norm(mode: str) -> str:
+    """Set when :class:`GroupNorm` uses :func:`group_norm_nhwc` for channels_last inputs
+    ("never", "compile", "always" or "triton"); returns the previous mode."""
+    global _mode
+    check_nhwc_group_norm_mode(mode)
     previous, _mode = _mode, mode
     return previous
 

@@ -155,6 +155,7 @@ def sample(
     channels_last: bool = False,
     compile=False,
     cuda_graph: bool = False,
+    group_norm: Optional[str] = None,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -173,8 +174,10 @@ def sample(
 
     Speed (same function, see :mod:`.fast`): ``precision="bf16"`` autocasts the network,
     ``channels_last=True`` runs it (and the sampler's state) in NHWC order, ``compile=True``
-    torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph.
-    The compiled network and graphs are kept on the model for later calls.
+    torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph,
+    ``group_norm="triton"`` computes the U-Net's GroupNorms by difflab's Triton kernels
+    ("compile": on the NHWC view under torch.compile). The compiled network and graphs are kept
+    on the model for later calls.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
@@ -211,7 +214,7 @@ def sample(
         device = model_device(model, noise)
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
-    net = fast_model(model, precision, channels_last, compile, cuda_graph)
+    net = fast_model(model, precision, channels_last, compile, cuda_graph, group_norm)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:
         cond = _check_labels(model, cond, shape[0]).to(device)

@@ -9,6 +9,10 @@ DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only
   read natively (the model's 4-D weights are converted once, in place; values are unchanged);
 - ``compile=True`` (or a torch.compile mode, or a dict of torch.compile keyword arguments):
   the network traced and fused once, then reused for every step and every later call;
+- ``group_norm="compile" | "always" | "triton"``: how the U-Net's GroupNorms compute
+  channels_last activations during these calls (:func:`difflab.models.norm.set_nhwc_group_norm`):
+  on the NHWC view under torch.compile, always, or by difflab's Triton kernels; None (the
+  default) leaves the process-wide setting alone;
 - ``cuda_graph=True``: the whole network call captured once per input signature (shapes,
   dtypes) as a CUDA graph and replayed each step: one launch instead of hundreds. The inputs
   are copied into the graph's static buffers and the output is copied out, so a sampler may
@@ -16,7 +20,7 @@ DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only
   ``load_state_dict``) are seen by later replays; parameters replaced by new tensors (e.g.
   ``model.to(other_device)``) are not: call :func:`release` after such a change.
 
-``dl.sample(..., precision=, channels_last=, compile=, cuda_graph=)`` builds one per model
+``dl.sample(..., precision=, channels_last=, compile=, cuda_graph=, group_norm=)`` builds one per model
 and keeps it on the model (:func:`fast_model`), so a second call reuses the compiled network
 and its graphs; :func:`release` drops them (and the graphs' memory).
 """
@@ -28,6 +32,9 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..models.norm import MODES as GROUP_NORM_MODES
+from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
 __all__ = ["FastModel", "fast_model", "release", "PRECISIONS"]
 
@@ -63,9 +70,12 @@ def _compile_kwargs(compile: CompileSpec) -> Optional[dict]:
     )
 
 
-def _check_options(precision, channels_last, compile, cuda_graph) -> None:
+def _check_options(precision, channels_last, compile, cuda_graph, group_norm=None) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of None, 'fp32', 'bf16', 'fp16', got {precision!r}")
+    if group_norm is not None and group_norm not in GROUP_NORM_MODES:
+        raise ValueError(f"group_norm must be None or one of {', '.join(map(repr, GROUP_NORM_MODES))}, "
+                         f"got {group_norm!r}")
     for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -116,13 +126,17 @@ class FastModel(nn.Module):
         channels_last: bool = False,
         compile: CompileSpec = False,
         cuda_graph: bool = False,
+        group_norm: Optional[str] = None,
     ) -> None:
         super().__init__()
-        _check_options(precision, channels_last, compile, cuda_graph)
+        _check_options(precision, channels_last, compile, cuda_graph, group_norm)
+        if group_norm is not None:
+            check_nhwc_group_norm_mode(group_norm)  # "triton" without the package: refused now
         if not callable(model):
             raise TypeError(f"model must be callable as model(x_t, t[, cond]), got {type(model).__name__}")
         self.model = model
         self.precision, self.channels_last, self.cuda_graph = precision, channels_last, cuda_graph
+        self.group_norm = group_norm
         self.compile_kwargs = _compile_kwargs(compile)
         self.num_classes = getattr(model, "num_classes", None)
         if channels_last and isinstance(model, nn.Module):
@@ -136,7 +150,7 @@ class FastModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"precision={self.precision}, channels_last={self.channels_last}, "
-                f"compile={self.compile_kwargs}, cuda_graph={self.cuda_graph}")
+                f"compile={self.compile_kwargs}, cuda_graph={self.cuda_graph}, group_norm={self.group_norm}")
 
     def _call(self, x: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
         dtype = PRECISIONS[self.precision]
@@ -145,7 +159,8 @@ class FastModel(nn.Module):
                              f"{x.device.type!r} does not support; use precision=None")
         ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not self.cuda_graph)
                if dtype is not None else contextlib.nullcontext())
-        with ctx:
+        norm = nhwc_group_norm(self.group_norm) if self.group_norm is not None else contextlib.nullcontext()
+        with ctx, norm:
             out = self._fn(x, t) if cond is None else self._fn(x, t, cond)
         return out.to(x.dtype) if isinstance(out, Tensor) else out
 
@@ -178,15 +193,17 @@ def fast_model(
     channels_last: bool = False,
     compile: CompileSpec = False,
     cuda_graph: bool = False,
+    group_norm: Optional[str] = None,
 ) -> Callable:
     """The model itself when no option is set; else a :class:`FastModel`, kept on the model
     (one per set of options) so later calls reuse its compiled network and CUDA graphs."""
-    _check_options(precision, channels_last, compile, cuda_graph)
-    if PRECISIONS[precision] is None and not channels_last and compile in (False, None) and not cuda_graph:
+    _check_options(precision, channels_last, compile, cuda_graph, group_norm)
+    if (PRECISIONS[precision] is None and not channels_last and compile in (False, None) and not cuda_graph
+            and group_norm is None):
         return model
     if isinstance(model, FastModel):
         return model
-    key = (precision, channels_last, repr(_compile_kwargs(compile)), cuda_graph)
+    key = (precision, channels_last, repr(_compile_kwargs(compile)), cuda_graph, group_norm)
     cache = getattr(model, _CACHE_ATTR, None) if isinstance(model, nn.Module) else None
     if cache is not None and key in cache:
         return cache[key]
@@ -194,7 +211,7 @@ def fast_model(
                                        for p in model.parameters()):
         for other in cache.values():  # the weights move to new tensors: graphs of the old ones go
             other.release()
-    fast = FastModel(model, precision, channels_last, compile, cuda_graph)
+    fast = FastModel(model, precision, channels_last, compile, cuda_graph, group_norm)
     if isinstance(model, nn.Module):
         if cache is None:
             cache = _Cache()

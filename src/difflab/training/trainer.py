@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .._devices import resolve_device
 from ..diffusion import GaussianDiffusion
+from ..models.norm import nhwc_group_norm
 from .build import build_model, build_process
 from .checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, config_diff, config_to_text, load_config
@@ -392,11 +393,12 @@ class Trainer:
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
         batches = list(self._micro_batches(s))
-        if self._graph is None:
-            out = self._update(batches)
-        else:  # the same body, captured once and replayed (training/step_graph.py)
-            out = self._graph(batches, self.ema.current_decay())
-            self.ema.num_updates += 1
+        with nhwc_group_norm(self.cfg.group_norm):  # read while compiling, capturing or running eagerly
+            if self._graph is None:
+                out = self._update(batches)
+            else:  # the same body, captured once and replayed (training/step_graph.py)
+                out = self._graph(batches, self.ema.current_decay())
+                self.ema.num_updates += 1
         self.scheduler.step()
         return out
 
@@ -590,9 +592,10 @@ class Trainer:
         was_training = self.ema.model.training  # the live model itself when ema.decay = 0
         self.ema.model.eval()
         try:
-            images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
-                              sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                              seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
+            with nhwc_group_norm(self.cfg.group_norm):
+                images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+                                  sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
+                                  seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
         finally:
             self.ema.model.train(was_training)
         if images.ndim != 4:
