@@ -143,6 +143,10 @@ def main(argv=None) -> dict:
     header = f"{'C x H x W / groups':>22} {'calls':>5} {'variant':>17} {'us/call':>9} {'GB/s':>7} {'% peak':>6} {'max diff':>9}"
     print(header)
     rows, per_forward = [], Counter()
+    meta = {"device": name, "torch": torch.__version__, "batch": batch, "dtype": str(dtype),
+            "network": "tiny" if args.tiny else "ddpm_cifar10", "iters": iters, "repeats": args.repeats,
+            "peak_gbps": peak, "steps": args.steps,
+            "command": "python benchmarks/group_norm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     g = torch.Generator(device="cpu").manual_seed(0)
     for (C, H, W, G), calls in sorted(shapes.items()):
         x = (torch.randn(batch, C, H, W, generator=g) * 2 + 0.5).to(device, dtype)
@@ -170,17 +174,15 @@ def main(argv=None) -> dict:
                 pct = f"{100 * gbps / peak:5.1f}%" if peak else "     -"
                 print(f"{f'{C} x {H} x {W} / {G}':>22} {calls:>5} {variant:>17} {seconds * 1e6:9.1f} "
                       f"{gbps:7.0f} {pct:>6} {diff:9.2e}")
+        if args.out:  # after every shape: a run stopped by a time limit keeps what it measured
+            atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows, "totals": None}, indent=1))
     complete = {v for v in per_forward if all(r["variant"] != v or "error" not in r for r in rows)}
     totals = {v: {"ms_per_forward": s * 1e3, "ms_per_sampled_batch": s * 1e3 * args.steps}
               for v, s in per_forward.items() if v in complete}
     print(f"\nAll GroupNorm + SiLU calls of one forward pass (and of a {args.steps}-step sampled batch):")
     for v, t in totals.items():
         print(f"  {v:>17}: {t['ms_per_forward']:8.3f} ms  ({t['ms_per_sampled_batch']:8.1f} ms)")
-    result = {"meta": {"device": name, "torch": torch.__version__, "batch": batch, "dtype": str(dtype),
-                       "network": "tiny" if args.tiny else "ddpm_cifar10", "iters": iters,
-                       "repeats": args.repeats, "peak_gbps": peak, "steps": args.steps,
-                       "command": "python benchmarks/group_norm.py " + " ".join(argv if argv is not None else sys.argv[1:])},
-              "rows": rows, "totals": totals}
+    result = {"meta": meta, "rows": rows, "totals": totals}
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
