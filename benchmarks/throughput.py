@@ -345,6 +345,8 @@ class DifflabTrain:
             precision=opts.get("precision", "fp32"), channels_last=opts.get("channels_last", False),
             compile=opts.get("compile", "none"), compile_options=opts.get("compile_options", {}),
             cuda_graph=opts.get("cuda_graph", False),
+            # the Trainer enters its config's mode around each step, over the process-wide one
+            group_norm=opts.get("gn_nhwc", "never"),
         )
         self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False)
         self.s = 0

@@ -155,3 +155,24 @@ def test_gpu_session_priority_names_real_rows():
     assert len(exact) > 10 and len(set(exact)) == len(exact)
     assert [n for n in exact if n not in rows] == []
     assert names[-1] == "*"  # and every other row after them
+
+
+def test_a_training_row_trains_with_its_group_norm_mode(monkeypatch):
+    """A row's gn_nhwc reaches the Trainer: the Trainer enters its own config's group_norm around
+    every step, so the process-wide setting alone would be replaced by the config's default
+    "never" and a "+gn_nhwc" training row would time torch's kernel instead."""
+    bench = load()
+    from difflab.models import norm
+
+    calls = []
+    real = norm.group_norm_nhwc
+    monkeypatch.setattr(norm, "group_norm_nhwc", lambda *a, **k: calls.append(1) or real(*a, **k))
+    env = bench.Env(bench.parse_args(["--device", "cpu", "--train-iters", "1", "--repeats", "1",
+                                      "--train-warmup", "0"]))
+    spec = {"library": "difflab", "what": "train", "name": "fp32+cl+gn_nhwc", "reference": False,
+            "options": dict(precision="fp32", fused=False, channels_last=True, gn_nhwc="always")}
+    flops = {"difflab": {"train": 1.0, "forward": 1.0}}
+    row = bench.measure(spec, env, flops)
+    assert "error" not in row, row.get("error")
+    assert calls  # the NHWC view computed the training steps' GroupNorms
+    assert norm._mode == "never"
