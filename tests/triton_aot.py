@@ -10,16 +10,31 @@ cubin) for sm_90, and prints one line per kernel. Used by tests/test_group_norm_
 import sys
 
 import triton
-from triton.backends.compiler import GPUTarget
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from difflab.models import group_norm_triton as gnt
 
 
 def ints(**values) -> tuple[dict, dict]:
-    """Triton's specialization of integer arguments: a 1 is compiled in as a constant."""
+    """Triton's specialization of integer arguments: a 1 is compiled in as a constant (and one
+    divisible by 16 is marked so, see ``aligned``)."""
     return ({k: "constexpr" if v == 1 else "i32" for k, v in values.items()},
             {k: v for k, v in values.items() if v == 1})
+
+
+def aligned(signature: dict, **values) -> dict:
+    """The ``tt.divisibility`` attributes a launch adds (BaseBackend's rule, as the JIT applies
+    it): every pointer (torch's allocations are 16-byte aligned) and every integer argument
+    divisible by 16. They change the code (vector loads, about half the registers of _apply),
+    so the compiled kernels are the launched ones only with them."""
+    attrs = {}
+    for i, (name, ty) in enumerate(signature.items()):
+        desc = "D" if ty.startswith("*") else BaseBackend.get_int_specialization(values[name], align=True) \
+            if ty == "i32" else ""
+        if desc:
+            attrs[(i,)] = BaseBackend.parse_attr(desc)
+    return attrs
 
 
 def specializations():
@@ -40,47 +55,52 @@ def specializations():
                 flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                              HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
                 sig, const = ints(HW=HW, C=C, G=G)
-                yield (gnt._single_pass,
-                       {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
-                        **{k: "constexpr" for k in (*tiles, *flags)}},
-                       {**const, **tiles, **flags}, p["num_warps"])
+                signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
+                             **{k: "constexpr" for k in (*tiles, *flags)}}
+                yield (gnt._single_pass, signature, {**const, **tiles, **flags},
+                       aligned(signature, HW=HW, C=C, G=G), p["num_warps"])
             continue
         for v in variants:
             sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
-            yield (gnt._partial_stats,
-                   {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
-                    **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_C", "BLOCK_G")}},
-                   {**const, **tiles, "HAS_ADD": v["HAS_ADD"]}, 4)
+            signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
+                         **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_C", "BLOCK_G")}}
+            yield (gnt._partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
+                   aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
             flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                          HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
-            yield (gnt._apply,
-                   {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
-                    "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
-                    **{k: "constexpr" for k in ("BLOCK_HW", "BLOCK_C", "CG", *flags)}},
-                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags}, 4)
+            signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
+                         "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
+                         **{k: "constexpr" for k in ("BLOCK_HW", "BLOCK_C", "CG", *flags)}}
+            yield (gnt._apply, signature,
+                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags},
+                   aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
-        yield (gnt._finalize_stats,
-               {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
-                **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}},
-               {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]}, 4)
+        signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
+                     **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}}
+        yield (gnt._finalize_stats, signature,
+               {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]},
+               aligned(signature, HW=HW, G=G, NB=p["NB"]), 4)
 
 
 def main(arch: int) -> None:
     target = GPUTarget("cuda", arch, 32)
     seen = set()
-    for fn, signature, constexprs, num_warps in specializations():
-        key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())), num_warps)
+    for fn, signature, constexprs, attrs, num_warps in specializations():
+        key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())),
+               tuple(sorted(attrs)), num_warps)
         if key in seen:
             continue
         seen.add(key)
         try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
-                                      options={"num_warps": num_warps})
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                                      target=target, options={"num_warps": num_warps})
         except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
             print(f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}")
             sys.exit(1)
         ptx = compiled.asm["ptx"]
-        print(f"ok {fn.__name__} {constexprs} {num_warps} warps, cubin {len(compiled.asm['cubin'])} B, "
+        divisible = [name for i, name in enumerate(signature) if (i,) in attrs]
+        print(f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {num_warps} warps, "
+              f"cubin {len(compiled.asm['cubin'])} B, "
               f"local-memory loads {ptx.count('ld.local')}")
     print(f"compiled {len(seen)} kernels for sm_{arch}")
 
