@@ -196,6 +196,19 @@ def test_sampler_option_group_norm(kernel_calls):
         dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, group_norm="fast")
 
 
+def test_float64_keeps_its_precision(kernel_calls):
+    """The kernels compute in float32; a float64 input takes the composite (float64 throughout,
+    as torch's kernel), not a float64 result with float32 accuracy."""
+    m = GroupNorm(4, 16).double()
+    x = nhwc(2, 16, 4, 4, mean=3.0).double()
+    add = torch.randn(2, 16, 1, 1, dtype=torch.float64).to(DEVICE)
+    with torch.no_grad(), nhwc_group_norm("triton"):
+        y = m(x, add=add, silu=True)
+    assert y.dtype == torch.float64 and not kernel_calls
+    want = definition(x, 4, m.weight, m.bias, eps=m.eps, add=add, silu=True)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+
+
 def test_training_takes_the_composite_and_gets_gradients(kernel_calls):
     """A gradient is needed: "triton" computes what "compile" does, and backward works."""
     net = tiny_unet(False).train()

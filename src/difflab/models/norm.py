@@ -107,8 +107,11 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
 
 
 def _triton_ready(x: Tensor, *operands: Optional[Tensor]) -> bool:
-    """The Triton kernels apply: channels_last x where they run, and no gradient needed."""
+    """The Triton kernels apply: channels_last x where they run, of a dtype whose precision their
+    float32 arithmetic keeps (not float64), and no gradient needed."""
     if not _is_nhwc(x) or (x.device.type != "cuda" and not _kernels.INTERPRETED):
+        return False
+    if x.dtype == torch.float64:
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
 
