@@ -71,15 +71,15 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     """Every shape both ways: as chosen (one kernel for an image of <= 8192 elements) and
     forced through the three tiled kernels in small tiles (35 and 9 positions: a partial last
     tile; 96 channels: padded lanes and the indicator sums in every kernel)."""
-    if path == "tiled":  # in tiles of at most 8 positions: several per image, partial ones too
+    if path == "tiled":  # an image that would be one tile: in tiles of 8 positions, the last partial
         monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
         plan = gnt._plan
 
         def small_tiles(C, G, HW):
             p = plan(C, G, HW)
-            block_hw = min(p["BLOCK_HW"], 8)
-            nb = -(-HW // block_hw)
-            return p if nb == 1 else dict(p, BLOCK_HW=block_hw, NB=nb, BLOCK_NB=gnt.triton.next_power_of_2(nb))
+            nb = -(-HW // 8)
+            return p if p["NB"] > 1 or nb == 1 else \
+                dict(p, BLOCK_HW=8, NB=nb, BLOCK_NB=gnt.triton.next_power_of_2(nb))
 
         monkeypatch.setattr(gnt, "_plan", small_tiles)
         assert gnt._plan(C, G, H * W)["NB"] > 1 or H * W == 1  # (one position is one tile)
