@@ -10,7 +10,7 @@ cubin) for sm_90, and prints one line per kernel. Used by tests/test_group_norm_
 import sys
 
 import triton
-from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from difflab.models import group_norm_triton as gnt
@@ -24,17 +24,13 @@ def ints(**values) -> tuple[dict, dict]:
 
 
 def aligned(signature: dict, **values) -> dict:
-    """The ``tt.divisibility`` attributes a launch adds (BaseBackend's rule, as the JIT applies
-    it): every pointer (torch's allocations are 16-byte aligned) and every integer argument
-    divisible by 16. They change the code (vector loads, about half the registers of _apply),
-    so the compiled kernels are the launched ones only with them."""
-    attrs = {}
-    for i, (name, ty) in enumerate(signature.items()):
-        desc = "D" if ty.startswith("*") else BaseBackend.get_int_specialization(values[name], align=True) \
-            if ty == "i32" else ""
-        if desc:
-            attrs[(i,)] = BaseBackend.parse_attr(desc)
-    return attrs
+    """The ``tt.divisibility`` attributes a launch adds: every pointer (torch's allocations are
+    16-byte aligned) and every integer argument divisible by 16 (Triton's BaseBackend rule:
+    get_arg_specialization in 3.5, get_int_specialization from 3.6). They change the code
+    (vector loads, about half the registers of _apply), so the compiled kernels are the
+    launched ones only with them."""
+    return {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
+            if ty.startswith("*") or (ty == "i32" and values[name] % 16 == 0)}
 
 
 def specializations():
