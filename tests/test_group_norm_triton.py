@@ -194,6 +194,8 @@ def test_sampler_option_group_norm(kernel_calls):
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="group_norm must be None or one of 'never', 'compile', 'always', 'triton'"):
         dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, group_norm="fast")
+    with pytest.raises(ValueError, match="channels_last activations; pass channels_last=True"):
+        dl.sample(net, proc, (2, 3, 8, 8), "ddim", 3, noise=noise, group_norm="triton")
 
 
 def test_float64_keeps_its_precision(kernel_calls):
@@ -239,7 +241,7 @@ def test_unet_compiles_with_the_kernels_in_one_graph(kernel_calls):
 def test_refusals(monkeypatch):
     x = nhwc(2, 8, 4, 4)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="8 channels do not split into 3 groups"):
+        with pytest.raises(ValueError, match="8 channels do not split into 3 groups; choose a number of groups that divides 8"):
             gnt.group_norm_act(x, 3)
         with pytest.raises(ValueError, match=r"add must have shape \[2, 8\], \[2, 8, 1, 1\] or \[8, 1, 1\]"):
             gnt.group_norm_act(x, 4, add=torch.zeros(8, device=DEVICE))
@@ -329,7 +331,8 @@ def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph():
 def test_trainer_option_group_norm(tmp_path, kernel_calls, monkeypatch):
     """config group_norm: "triton" trains through torch's autograd path (the NHWC view where
     torch.compile traces, here eager: torch's kernel) and samples the grid by the kernels;
-    the same run as "never"; a bad mode names the field."""
+    the same run as "never"; null (the default) leaves the process-wide setting in force; a
+    bad mode names the field."""
     from difflab.training import Trainer, TrainConfig, apply_overrides, read_checkpoint
 
     cfg = TrainConfig.from_dict(dict(
@@ -351,7 +354,11 @@ def test_trainer_option_group_norm(tmp_path, kernel_calls, monkeypatch):
     assert len(kernel_calls) == 2 * n_norms  # the grid's two DDIM steps; no training step
     for k in runs["never"]["model"]:
         torch.testing.assert_close(runs["triton"]["model"][k], runs["never"]["model"][k], rtol=1e-5, atol=1e-6)
-    assert (tmp_path / "triton" / "samples").exists() or any((tmp_path / "triton").rglob("*.png"))
+    assert any((tmp_path / "triton").rglob("*.png"))
+    assert cfg.group_norm is None
+    with nhwc_group_norm("triton"), Trainer(cfg, tmp_path / "inherit", data=(images, None), progress=False) as t:
+        t.train()  # the process-wide "triton": the grid by the kernels again
+    assert len(kernel_calls) == 4 * n_norms
     with pytest.raises(ValueError, match="config field 'group_norm'.*never, compile, always, triton"):
         apply_overrides(cfg, ["group_norm=fast"]).validate()
     monkeypatch.setattr(norm.importlib.util, "find_spec", lambda name: None)

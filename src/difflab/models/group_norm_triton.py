@@ -217,7 +217,7 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
 
 # An image of at most this many (padded) elements is normalized by one program in one kernel
 # (_single_pass: one read of x); larger ones by the three kernels, in tiles of ~4096 elements.
-SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 233 registers a thread (ptxas, sm_90)
+SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 173 registers a thread at 8 warps (ptxas, sm_90)
 
 
 def _plan(C: int, G: int, HW: int) -> dict:
@@ -282,7 +282,8 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
         raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")
     B, C, H, W = x.shape
     if C % num_groups:
-        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
+        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups; "
+                         f"choose a number of groups that divides {C}")
     if x.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"group_norm_act runs Triton kernels on CUDA tensors, got a {x.device.type} "
                          "tensor; use difflab.models.norm.group_norm_nhwc (or set TRITON_INTERPRET=1 "
@@ -296,7 +297,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
             raise ValueError(f"group_norm_act: {name} must have shape [{C}], got {list(t.shape)}")
     if x.numel() >= 2**31:
         raise ValueError(f"group_norm_act indexes with 32-bit offsets: {x.numel()} elements is too many; "
-                         "split the batch")
+                         "split the batch, or use difflab.models.norm.group_norm_nhwc")
     x = x.contiguous(memory_format=torch.channels_last)
     return _group_norm_act(x, num_groups, weight, bias, _per_image("add", add, B, C),
                            _per_image("scale", scale, B, C), _per_image("shift", shift, B, C),

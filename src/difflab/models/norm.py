@@ -91,7 +91,8 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
     leaves group_norm alone)."""
     B, C, H, W = x.shape
     if C % num_groups:
-        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups")
+        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups; "
+                         f"choose a number of groups that divides {C}")
     autocast_fp32 = x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
         x.dtype in (torch.float16, torch.bfloat16)  # autocast raises half types to float32, no others
     out_dtype = torch.float32 if autocast_fp32 else x.dtype

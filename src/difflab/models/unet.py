@@ -96,16 +96,15 @@ class ResBlock(nn.Module):
             h, x = _down(h), _down(x)
         elif self.resample == "up":
             h, x = _up(h), _up(x)
-        # conv1's bias is added inside norm2, with the embedding: no pass of its own over h (under
-        # torch.compile, Inductor adds a convolution's bias in a kernel that a fused norm cannot join)
-        h = F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding)
         e = self.emb_proj(emb_act)[:, :, None, None]
-        bias = self.conv1.bias.to(e.dtype)[:, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h, add=bias, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
+            h = self.norm2(self.conv1(h), scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
         else:
-            h = self.norm2(h, add=e + bias, silu=True)  # SiLU(norm2(h + e))
+            # conv1's bias joins e, one [B, C] add, instead of a pass of its own over h (on a GPU,
+            # torch.compile adds a convolution's bias in a kernel that a fused norm cannot join)
+            h = F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding)
+            h = self.norm2(h, add=e + self.conv1.bias.to(e.dtype)[:, None, None], silu=True)  # SiLU(norm2(h + e))
         h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 

@@ -214,6 +214,9 @@ def sample(
         device = model_device(model, noise)
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
+    if group_norm == "triton" and not channels_last:
+        raise ValueError("group_norm='triton' computes GroupNorm on channels_last activations; pass "
+                         "channels_last=True with it (or choose group_norm=None)")
     net = fast_model(model, precision, channels_last, compile, cuda_graph, group_norm)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:

@@ -282,9 +282,10 @@ class TrainConfig:
     sets them compiles too (a deliberate choice, e.g. backend "aot_eager" to check for graph
     breaks) -- ``cuda_graph`` (CUDA, one process, not fp16: the whole step -- forward, backward,
     clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py), ``group_norm`` (how
-    the U-Net's GroupNorms compute channels_last activations, models/norm.py: "never" = torch's
-    kernel, "compile" = on the NHWC view under torch.compile, "always", or "triton" = difflab's
-    Triton kernels for the sample grids and "compile" for the training steps), and ``channels_last`` memory
+    the U-Net's GroupNorms compute channels_last activations, models/norm.py: null = as the
+    process is set (``set_nhwc_group_norm``; torch's kernel by default), "never" = torch's kernel,
+    "compile" = on the NHWC view under torch.compile, "always", or "triton" = difflab's Triton
+    kernels for the sample grids and "compile" for the training steps), and ``channels_last`` memory
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
     threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
     wait for each other cost more than they compute).
@@ -317,7 +318,7 @@ class TrainConfig:
     compile: str = "none"
     compile_options: dict = field(default_factory=dict)
     cuda_graph: bool = False
-    group_norm: str = "never"
+    group_norm: Optional[str] = None
     cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
     max_time: Optional[float] = None
@@ -349,11 +350,12 @@ class TrainConfig:
         _number("keep_last", self.keep_last, integer=True, low=1)
         _kind("channels_last", self.channels_last, bool, "true or false")
         _choice("compile", self.compile, COMPILE_MODES)
-        _choice("group_norm", self.group_norm, GROUP_NORM_MODES)
-        try:
-            check_nhwc_group_norm_mode(self.group_norm)
-        except ValueError as e:
-            _fail("group_norm", self.group_norm, str(e))
+        if self.group_norm is not None:
+            _choice("group_norm", self.group_norm, GROUP_NORM_MODES)
+            try:
+                check_nhwc_group_norm_mode(self.group_norm)
+            except ValueError as e:
+                _fail("group_norm", self.group_norm, str(e))
         _kind("compile_options", self.compile_options, dict, "a mapping of torch.compile keywords")
         unknown = sorted(set(self.compile_options) - set(COMPILE_OPTIONS))
         if unknown:

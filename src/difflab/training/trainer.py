@@ -390,10 +390,15 @@ class Trainer:
         graph's output buffers: read or clone them before the next step."""
         return self._train_step(self.step if s is None else s)
 
+    def _group_norm(self):
+        """The config's GroupNorm mode for a block (null: the process-wide setting, untouched)."""
+        mode = self.cfg.group_norm
+        return nhwc_group_norm(mode) if mode is not None else contextlib.nullcontext()
+
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
         batches = list(self._micro_batches(s))
-        with nhwc_group_norm(self.cfg.group_norm):  # read while compiling, capturing or running eagerly
+        with self._group_norm():  # read while compiling, capturing or running eagerly
             if self._graph is None:
                 out = self._update(batches)
             else:  # the same body, captured once and replayed (training/step_graph.py)
@@ -592,7 +597,7 @@ class Trainer:
         was_training = self.ema.model.training  # the live model itself when ema.decay = 0
         self.ema.model.eval()
         try:
-            with nhwc_group_norm(self.cfg.group_norm):
+            with self._group_norm():
                 images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                                   sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
                                   seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
