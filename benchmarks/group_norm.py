@@ -20,8 +20,9 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
 - ``triton``      difflab's hand-written kernels (``models/group_norm_triton.py``).
 
-Per shape: microseconds per call (median of --repeats timings of --iters calls each, CUDA
-events), the effective bandwidth (x read once plus y written once, over the time: the least
+Per shape: microseconds per call (median of --repeats timings of --iters calls each; on a GPU
+the calls are captured as one CUDA graph and its replays timed with CUDA events, since the
+Python and dispatch around an eager call cost more than a small norm's GPU time), the effective bandwidth (x read once plus y written once, over the time: the least
 traffic any implementation needs) and the largest difference from ``eager_nchw``. Then the
 whole forward pass: the sum over shapes of calls x time, and x 50 for a 50-step DDIM batch.
 """
@@ -90,26 +91,52 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
     return out
 
 
-def time_call(fn, x, iters: int, repeats: int) -> float:
-    """Median seconds per call."""
-    for _ in range(3):
-        fn(x)  # warm-up: compilation, autotuning
-    times = []
-    for _ in range(repeats):
-        if x.is_cuda:
+def time_call(fn, x, iters: int, repeats: int) -> tuple[float, bool]:
+    """Median seconds per call, and whether it was timed as CUDA graph replays.
+
+    On a GPU the ``iters`` calls are captured as one CUDA graph and the replays timed: a norm
+    of the U-Net takes a few microseconds of GPU time, less than the Python and dispatch
+    around one eager call, so eager timing would measure the host. The sampler replays graphs
+    too (``cuda_graph=True``). Where a capture fails, the calls are timed eagerly."""
+    if x.is_cuda:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn(x)  # warm-up off the capture: compilation, autotuning, Triton's JIT
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(iters):
+                    fn(x)
+            run, graphed = graph.replay, True
+        except Exception:  # noqa: BLE001 -- not capturable: time the eager calls instead
+            torch.cuda.synchronize()
+
+            def run():
+                for _ in range(iters):
+                    fn(x)
+            graphed = False
+        run()
+        times = []
+        for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            for _ in range(iters):
-                fn(x)
+            run()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3 / iters)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                fn(x)
-            times.append((time.perf_counter() - t0) / iters)
-    return statistics.median(times)
+        return statistics.median(times), graphed
+    for _ in range(3):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn(x)
+        times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times), False
 
 
 def main(argv=None) -> dict:
@@ -160,7 +187,7 @@ def main(argv=None) -> dict:
                 try:
                     y = fn(inputs[layout])
                     diff = (y.float() - ref).abs().max().item()
-                    seconds = time_call(fn, inputs[layout], iters, args.repeats)
+                    seconds, graphed = time_call(fn, inputs[layout], iters, args.repeats)
                 except Exception as e:  # noqa: BLE001 -- a failing variant is a result, not the end
                     rows.append({"shape": [C, H, W], "groups": G, "calls": calls, "variant": variant,
                                  "error": f"{type(e).__name__}: {e}"[:300]})
@@ -169,11 +196,12 @@ def main(argv=None) -> dict:
                 gbps = 2 * x.numel() * x.element_size() / seconds / 1e9
                 rows.append({"shape": [C, H, W], "groups": G, "calls": calls, "variant": variant,
                              "us_per_call": seconds * 1e6, "effective_gbps": gbps,
-                             "fraction_of_peak": gbps / peak if peak else None, "max_abs_diff": diff})
+                             "fraction_of_peak": gbps / peak if peak else None, "max_abs_diff": diff,
+                             "cuda_graph": graphed})
                 per_forward[variant] += calls * seconds
                 pct = f"{100 * gbps / peak:5.1f}%" if peak else "     -"
                 print(f"{f'{C} x {H} x {W} / {G}':>22} {calls:>5} {variant:>17} {seconds * 1e6:9.1f} "
-                      f"{gbps:7.0f} {pct:>6} {diff:9.2e}")
+                      f"{gbps:7.0f} {pct:>6} {diff:9.2e}{'' if graphed or not cuda else '  (eager: not capturable)'}")
         if args.out:  # after every shape: a run stopped by a time limit keeps what it measured
             atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows, "totals": None}, indent=1))
     complete = {v for v in per_forward if all(r["variant"] != v or "error" not in r for r in rows)}
