@@ -211,6 +211,24 @@ def test_float64_keeps_its_precision(kernel_calls):
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
 
 
+def test_module_takes_the_kernels_only_for_what_they_compute(kernel_calls):
+    """GroupNorm(x, add=...) in "triton" mode: a per-channel add ([B, C, 1, 1] or [C, 1, 1]) by
+    the kernels; a full-size add or an NCHW x by the composite; all the same function."""
+    m = GroupNorm(4, 8).to(DEVICE)
+    x = nhwc(2, 8, 4, 4)
+    cases = [(x, torch.randn(2, 8, 1, 1).to(DEVICE), True), (x, torch.randn(8, 1, 1).to(DEVICE), True),
+             (x, torch.randn(2, 8, 4, 4).to(DEVICE), False), (x.contiguous(), None, False)]
+    for inp, add, fused in cases:
+        with torch.no_grad():
+            want = m.double()(inp.double(), add=None if add is None else add.double(), silu=True)
+            m.float()
+            before = len(kernel_calls)
+            with nhwc_group_norm("triton"):
+                got = m(inp, add=add, silu=True)
+        assert (len(kernel_calls) > before) == fused, (inp.shape, None if add is None else add.shape)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=2e-5)
+
+
 def test_training_takes_the_composite_and_gets_gradients(kernel_calls):
     """A gradient is needed: "triton" computes what "compile" does, and backward works."""
     net = tiny_unet(False).train()

@@ -107,13 +107,22 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
     return y.to(out_dtype).permute(0, 3, 1, 2)
 
 
-def _triton_ready(x: Tensor, *operands: Optional[Tensor]) -> bool:
+def _per_channel(t: Optional[Tensor], x: Tensor) -> bool:
+    """None, or one value per image and channel ([B, C, 1, 1], [1, C, 1, 1] or [C, 1, 1])."""
+    return t is None or (t.ndim in (3, 4) and tuple(t.shape[-3:]) == (x.shape[1], 1, 1)
+                         and (t.ndim == 3 or t.shape[0] in (1, x.shape[0])))
+
+
+def _triton_ready(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], add: Optional[Tensor],
+                  scale: Optional[Tensor], shift: Optional[Tensor]) -> bool:
     """The Triton kernels apply: channels_last x where they run, of a dtype whose precision their
-    float32 arithmetic keeps (not float64), and no gradient needed."""
+    float32 arithmetic keeps (not float64), add / scale / shift per image and channel (others
+    broadcast in the composite), and no gradient needed."""
     if not _is_nhwc(x) or (x.device.type != "cuda" and not _kernels.INTERPRETED):
         return False
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or not all(_per_channel(t, x) for t in (add, scale, shift)):
         return False
+    operands = (x, weight, bias, add, scale, shift)
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
 
 
