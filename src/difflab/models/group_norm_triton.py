@@ -25,10 +25,11 @@ whole: one read, one write, one launch):
 
 Per-channel sums become per-group sums by reshaping [C] to [G, C/G] when C and C/G are powers of
 two (128, 256 and 512 channels in 32 groups), and otherwise by a [C, G] indicator matrix, so
-C / G need not be a power of two (the U-Net's up path has 384 channels in 32 groups of 12). Statistics are float32; y has x's
-dtype (under autocast the composite path returns float32 instead, which every consumer in the
-U-Net -- a convolution or a linear layer -- casts back to bf16 before use; the values agree to
-that rounding).
+C / G need not be a power of two (the U-Net's up path has 384 channels in 32 groups of 12).
+
+Statistics are float32; y has x's dtype (under autocast the composite path returns float32
+instead, which every consumer in the U-Net -- a convolution or a linear layer -- casts back to
+bf16 before use; the values agree to that rounding).
 
 Inference only: there is no backward. :class:`difflab.models.norm.GroupNorm` takes this path
 only in the "triton" mode and only when no gradient is needed, and computes the composite
