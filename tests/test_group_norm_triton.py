@@ -70,16 +70,18 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
 def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch):
     """Every shape both ways: as chosen (one kernel for an image of <= 8192 elements) and
     forced through the three tiled kernels in small tiles (35 and 9 positions: a partial last
-    tile; 96 channels: padded lanes and the indicator sums in every kernel)."""
+    tile; 96 channels: padded lanes and the indicator sums in every kernel), their statistics
+    combined two tiles at a time (5 tiles: a partial last chunk)."""
     if path == "tiled":  # an image that would be one tile: in tiles of 8 positions, the last partial
         monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
+        monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)  # tiles combined 2 at a time: chunks merged too
         plan = gnt._plan
 
         def small_tiles(C, G, HW):
             p = plan(C, G, HW)
             nb = -(-HW // 8)
             return p if p["NB"] > 1 or nb == 1 else \
-                dict(p, BLOCK_HW=8, NB=nb, BLOCK_NB=gnt.triton.next_power_of_2(nb))
+                dict(p, BLOCK_HW=8, NB=nb, BLOCK_NB=min(gnt.triton.next_power_of_2(nb), gnt.FINALIZE_CHUNK))
 
         monkeypatch.setattr(gnt, "_plan", small_tiles)
         assert gnt._plan(C, G, H * W)["NB"] > 1 or H * W == 1  # (one position is one tile)
@@ -119,6 +121,7 @@ def test_variance_has_no_cancellation_for_a_large_mean(path, monkeypatch):
     """x = 10^4 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance entirely (both terms
     are 1e8, with float32 steps of 8); centred sums (and Chan's combination of tiles) keep it."""
     monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 16384 if path == "single" else 0)  # 64 x 256
+    monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)  # tiled: 4 tiles in 2 chunks, merged by Chan's rule
     assert (gnt._plan(64, 8, 256)["NB"] == 1) == (path == "single")
     x = nhwc(2, 64, 16, 16, mean=1e4, std=1.0)
     with torch.no_grad():

@@ -2,8 +2,8 @@
 
 Run as a script, without TRITON_INTERPRET (the interpreter replaces the kernels by Python
 functions): ``python tests/triton_aot.py 90`` compiles every specialization the DDPM CIFAR-10
-U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-position and
-one-tile images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
+U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-position,
+one-tile and 256x256 images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
 cubin) for sm_90, and prints one line per kernel. Used by tests/test_group_norm_triton.py.
 """
 
@@ -37,6 +37,7 @@ def specializations():
     cifar = [(128, 16, 16), (128, 32, 32), (256, 4, 4), (256, 8, 8), (256, 16, 16), (256, 32, 32),
              (384, 16, 16), (384, 32, 32), (512, 4, 4), (512, 8, 8), (512, 16, 16)]
     shapes = [(c, 32, h * w) for c, h, w in cifar] + [(12, 3, 1), (8, 4, 35)]  # one position; C/G = 2
+    shapes += [(128, 32, 256 * 256)]  # a 256x256 image: 2048 tiles, combined 64 at a time
     variants = [dict(HAS_ADD=False, HAS_SCALE=False, SILU=True),    # norm1, norm_out
                 dict(HAS_ADD=True, HAS_SCALE=False, SILU=True),     # norm2 (DDPM)
                 dict(HAS_ADD=False, HAS_SCALE=True, SILU=True),     # norm2 (ADM scale-shift)

@@ -18,7 +18,8 @@ whole: one read, one write, one launch):
    over the tile (M2 about the tile's own mean, not a raw sum of squares: no cancellation when
    |mean| >> std).
 2. ``_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
-   mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2.
+   mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2
+   (``FINALIZE_CHUNK`` tiles at a time, the chunks merged by the same rule: any image size).
 3. ``_apply``: each program loads its tile again and writes act(x * k_c + d_c) with the
    per-(image, channel) k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b,
    each channel reading its group's mean and rstd by index.
@@ -106,22 +107,33 @@ def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
 @triton.jit
 def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
                     BLOCK_HW: tl.constexpr, BLOCK_NB: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Per image: Chan's combination of its NB tiles, BLOCK_NB tiles at a time (any image size)."""
     b = tl.program_id(0)
-    i = tl.arange(0, BLOCK_NB)
     g = tl.arange(0, BLOCK_G)
-    mask = (i[:, None] < NB) & (g[None, :] < G)
-    rows = part_ptr + (b * NB + i[:, None]) * 2 * G + g[None, :]
-    mean_i = tl.load(rows, mask=mask, other=0.0)
-    m2_i = tl.load(rows + G, mask=mask, other=0.0)
-    n_i = (tl.minimum(HW - i * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)
-    n_i = tl.where(i < NB, n_i, 0.0)[:, None]
-    total = HW * CG * 1.0  # (not .to(): Triton makes an HW of 1 a compile-time int)
-    mean = tl.sum(n_i * mean_i, axis=0) / total
-    dm = mean_i - mean[None, :]
-    m2 = tl.sum(tl.where(mask, m2_i + n_i * dm * dm, 0.0), axis=0)
-    rstd = 1.0 / tl.sqrt(m2 / total + eps)
-    tl.store(stats_ptr + b * 2 * G + g, mean, mask=g < G)
-    tl.store(stats_ptr + b * 2 * G + G + g, rstd, mask=g < G)
+    g_ok = g < G
+    n = tl.zeros((BLOCK_G,), dtype=tl.float32)  # (count, mean, M2) of the tiles so far
+    mean = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for start in range(0, NB, BLOCK_NB):
+        i = start + tl.arange(0, BLOCK_NB)
+        mask = (i[:, None] < NB) & g_ok[None, :]
+        rows = part_ptr + (b * NB + i[:, None]) * 2 * G + g[None, :]
+        mean_i = tl.load(rows, mask=mask, other=0.0)
+        m2_i = tl.load(rows + G, mask=mask, other=0.0)
+        n_i = (tl.minimum(HW - i * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)
+        n_i = tl.where(i < NB, n_i, 0.0)[:, None]
+        n_c = tl.sum(n_i, axis=0)  # this chunk: count, mean, M2
+        mean_c = tl.sum(n_i * mean_i, axis=0) / n_c
+        dm = mean_i - mean_c[None, :]
+        m2_c = tl.sum(tl.where(mask, m2_i + n_i * dm * dm, 0.0), axis=0)
+        total = n + n_c  # merged with the chunks before it
+        delta = mean_c - mean
+        mean = mean + delta * (n_c / total)
+        m2 = m2 + m2_c + delta * delta * (n * n_c / total)
+        n = total
+    rstd = 1.0 / tl.sqrt(m2 / n + eps)
+    tl.store(stats_ptr + b * 2 * G + g, mean, mask=g_ok)
+    tl.store(stats_ptr + b * 2 * G + G + g, rstd, mask=g_ok)
 
 
 @triton.jit
@@ -221,6 +233,9 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
 SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 173 registers a thread at 8 warps (ptxas, sm_90)
 
 
+FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups: 2048 values)
+
+
 def _plan(C: int, G: int, HW: int) -> dict:
     """Tile sizes (powers of two): all C channels of BLOCK_HW positions; NB tiles per image (1:
     the single-pass kernel)."""
@@ -229,7 +244,7 @@ def _plan(C: int, G: int, HW: int) -> dict:
     block_hw = whole if whole * block_c <= SINGLE_PASS_MAX else max(1, 4096 // block_c)
     nb = triton.cdiv(HW, block_hw)
     return dict(BLOCK_C=block_c, BLOCK_G=triton.next_power_of_2(G), BLOCK_HW=block_hw, NB=nb,
-                BLOCK_NB=triton.next_power_of_2(nb),
+                BLOCK_NB=min(triton.next_power_of_2(nb), FINALIZE_CHUNK),
                 num_warps=8 if nb == 1 and block_hw * block_c > 4096 else 4)
 
 
