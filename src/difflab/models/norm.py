@@ -137,8 +137,8 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor, *, add: Optional[Tensor] = None, scale: Optional[Tensor] = None,
                 shift: Optional[Tensor] = None, silu: bool = False) -> Tensor:
         if _mode == "triton" and _triton_ready(x, self.weight, self.bias, add, scale, shift):
-            return _kernels.group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, add=add,
-                                  scale=scale, shift=shift, silu=silu)
+            return _kernels.group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps,
+                                           add=add, scale=scale, shift=shift, silu=silu)
         if add is not None:
             x = x + add
         if _mode != "never" and _is_nhwc(x) and (_mode == "always" or torch.compiler.is_compiling()):
