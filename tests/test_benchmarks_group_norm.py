@@ -1,24 +1,20 @@
 """benchmarks/group_norm.py on the CPU: the U-Net's GroupNorm shapes, every variant timed and
 checked against torch's kernel (the Triton kernels in the interpreter), JSON written."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from scripts import load_script
 
 from difflab.models.norm import GroupNorm
 from difflab.models.unet import UNet
 
 pytest.importorskip("triton")
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "group_norm.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("group_norm_bench", PATH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("benchmarks/group_norm.py")
 
 
 def test_shapes_are_read_off_the_network():

@@ -1,23 +1,18 @@
 """benchmarks/throughput.py on the CPU: the tiny configuration runs every code path the GPU
 run uses (both libraries, training and sampling, FLOP counting, profiling, JSON, merging)."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+from scripts import REPO, load_script
 
 pytest.importorskip("diffusers")
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-
 
 def load():
-    spec = importlib.util.spec_from_file_location("throughput", PATH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("benchmarks/throughput.py")
 
 
 def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
@@ -147,7 +142,7 @@ def test_gpu_session_priority_names_real_rows():
     """benchmarks/gpu_session.sh orders the GPU call's rows by name: a misspelt name would
     silently fall to the end (the final '*'), so every name without a wildcard must be a row."""
     bench = load()
-    script = (PATH.parent / "gpu_session.sh").read_text()
+    script = (REPO / "benchmarks" / "gpu_session.sh").read_text()
     block = re.search(r"^PRIORITY=\((.*?)\)$", script, re.S | re.M).group(1)
     names = re.findall(r"'([^']+)'", block)
     rows = {f"{r['library']}/{r['what']}/{r['name']}" for r in bench.row_specs(cpu=False)}

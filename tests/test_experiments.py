@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 from difflab.cli import main
 
@@ -64,12 +65,7 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys):
 
     # the MNIST FID-vs-NFE benchmark runs on the same (reduced-size) run: its digits and the
     # classifier's input are resized to match, and every row is finite
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_quality.py"
-    spec = importlib.util.spec_from_file_location("sampler_quality", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/sampler_quality.py")
     torch.set_num_threads(1)
     try:
         res = bench.main(["--mnist", str(tmp_path / "runs" / "mnist_cond"), "--classifier", str(tmp_path / "classifier"),

@@ -2,7 +2,6 @@
 under torch.compile, and their refusals. Without a GPU they run in Triton's interpreter
 (conftest sets TRITON_INTERPRET=1); the last test runs the compiled kernels on a GPU."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from scripts import load_script
 
 pytest.importorskip("triton")
 
@@ -304,9 +304,7 @@ def test_the_ahead_of_time_compile_specializes_as_a_launch_does():
     tt.divisibility (BaseBackend.get_int_specialization), and that changes the code: vector
     loads, about half of _apply's registers (ptxas, sm_90: 104 -> 48 at 128 channels). Without
     those marks triton_aot.py would compile, and check for spills, kernels that never run."""
-    spec = importlib.util.spec_from_file_location("triton_aot", Path(__file__).with_name("triton_aot.py"))
-    aot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(aot)
+    aot = load_script("tests/triton_aot.py")
     seen = {}
     for fn, signature, constexprs, attrs, _ in aot.specializations():
         divisible = {name for i, name in enumerate(signature) if (i,) in attrs}

@@ -344,14 +344,11 @@ def test_optimize_sigmas_rejects_stochastic_samplers(proc):
 # ------------------------------------------------------------------ the benchmark's smoke test
 def test_sampler_quality_benchmark_quick(tmp_path):
     """benchmarks/sampler_quality.py --quick: the whole table's code path on few samples."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_quality.py"
-    spec = importlib.util.spec_from_file_location("sampler_quality", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from scripts import load_script
+
+    bench = load_script("benchmarks/sampler_quality.py")
     res = bench.main(["--quick", "--out", str(tmp_path), "--quiet", "--n", "200"])
     for suffix in ("md", "json", "png"):
         assert (tmp_path / f"sampler_quality.{suffix}").stat().st_size > 0
