@@ -61,7 +61,8 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
     (2, 8, 5, 7, 4),      # 35 positions: one partial tile
     (2, 128, 32, 32, 32),  # the U-Net's first level: 32 tiles of 32 positions
     (3, 384, 4, 4, 32),   # 12 channels a group: not a power of two
-    (2, 96, 3, 3, 32),    # 3 channels a group, C padded to 128 lanes
+    (2, 96, 3, 3, 32),    # 3 channels a group: 32 x 4 lanes
+    (2, 72, 3, 5, 6),     # 6 groups of 12: 8 x 16 lanes, two groups of them padding
     (2, 64, 16, 16, 1),   # one group: layer norm over C, H, W
     (1, 12, 1, 1, 3),     # one position
 ])
@@ -69,8 +70,8 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
 @pytest.mark.parametrize("path", ["auto", "tiled"])
 def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch):
     """Every shape both ways: as chosen (one kernel for an image of <= 8192 elements) and
-    forced through the three tiled kernels in small tiles (35 and 9 positions: a partial last
-    tile; 96 channels: padded lanes and the indicator sums in every kernel), their statistics
+    forced through the three tiled kernels in small tiles (35, 15 and 9 positions: a partial
+    last tile; 384, 96 and 72 channels: padding lanes in every kernel), their statistics
     combined two tiles at a time (5 tiles: a partial last chunk)."""
     if path == "tiled":  # an image that would be one tile: in tiles of 8 positions, the last partial
         monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
@@ -297,6 +298,11 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
     assert n >= 40 and "_single_pass" in done.stdout and "_partial_stats" in done.stdout
     spills = re.findall(r"local-memory loads (\d+)", done.stdout)
     assert len(spills) == n and set(spills) == {"0"}  # no PTX-level spills to local memory
+    # Registers bound occupancy, and these kernels live on memory bandwidth: none above 128 a
+    # thread (the 384-channel statistics kernel needed 157 when it summed groups with a [C, G]
+    # indicator matrix; as [G, C/G] lanes, 48).
+    regs = [int(r) for r in re.findall(r"registers (\d+)", done.stdout)]
+    assert len(regs) == n and max(regs) <= 128, max(regs)
 
 
 def test_the_ahead_of_time_compile_specializes_as_a_launch_does():

@@ -4,10 +4,15 @@ Run as a script, without TRITON_INTERPRET (the interpreter replaces the kernels 
 functions): ``python tests/triton_aot.py 90`` compiles every specialization the DDPM CIFAR-10
 U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-position,
 one-tile and 256x256 images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
-cubin) for sm_90, and prints one line per kernel. Used by tests/test_group_norm_triton.py.
+cubin) for sm_90, and prints one line per kernel: its registers a thread and local-memory
+(spill) loads. Used by tests/test_group_norm_triton.py.
 """
 
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -46,7 +51,7 @@ def specializations():
             "shift_ptr": "*bf16", "y_ptr": "*bf16"}
     for C, G, HW in shapes:
         p = gnt._plan(C, G, HW)
-        tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_C=p["BLOCK_C"], BLOCK_G=p["BLOCK_G"], CG=C // G)
+        tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], CG=C // G)
         if p["NB"] == 1:  # the whole image in one program
             for v in variants:
                 flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
@@ -60,16 +65,16 @@ def specializations():
         for v in variants:
             sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
             signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
-                         **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_C", "BLOCK_G")}}
+                         **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
             yield (gnt._partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
                    aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
             flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                          HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
             signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                          "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
-                         **{k: "constexpr" for k in ("BLOCK_HW", "BLOCK_C", "CG", *flags)}}
+                         **{k: "constexpr" for k in (*tiles, *flags)}}
             yield (gnt._apply, signature,
-                   {**const, **{k: tiles[k] for k in ("BLOCK_HW", "BLOCK_C", "CG")}, **flags},
+                   {**const, **tiles, **flags},
                    aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
@@ -77,6 +82,19 @@ def specializations():
         yield (gnt._finalize_stats, signature,
                {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]},
                aligned(signature, HW=HW, G=G, NB=p["NB"]), 4)
+
+
+def registers(cubin: bytes) -> str:
+    """Registers a thread of the kernel needs (cuobjdump, which comes with triton), or "?"."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return "?"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+)", out)
+    return found.group(1) if found else "?"
 
 
 def main(arch: int) -> None:
@@ -97,7 +115,7 @@ def main(arch: int) -> None:
         ptx = compiled.asm["ptx"]
         divisible = [name for i, name in enumerate(signature) if (i,) in attrs]
         print(f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {num_warps} warps, "
-              f"cubin {len(compiled.asm['cubin'])} B, "
+              f"cubin {len(compiled.asm['cubin'])} B, registers {registers(compiled.asm['cubin'])}, "
               f"local-memory loads {ptx.count('ld.local')}")
     print(f"compiled {len(seen)} kernels for sm_{arch}")
 

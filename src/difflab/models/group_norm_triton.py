@@ -24,9 +24,10 @@ whole: one read, one write, one launch):
    per-(image, channel) k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b,
    each channel reading its group's mean and rstd by index.
 
-Per-channel sums become per-group sums by reshaping [C] to [G, C/G] when C and C/G are powers of
-two (128, 256 and 512 channels in 32 groups), and otherwise by a [C, G] indicator matrix, so
-C / G need not be a power of two (the U-Net's up path has 384 channels in 32 groups of 12).
+The channel axis of a tile is laid out as [G, C/G] padded to powers of two, [BLOCK_G, BLOCK_CG]
+flattened: lane i holds channel (i // BLOCK_CG) * C/G + i % BLOCK_CG (the lanes are the channels
+when C/G is a power of two), so a group's sum is a reshape and a sum, and C / G need not be a
+power of two (the U-Net's up path has 384 channels in 32 groups of 12: 512 lanes).
 
 Statistics are float32; y has x's dtype (under autocast the composite path returns float32
 instead, which every consumer in the U-Net -- a convolution or a linear layer -- casts back to
@@ -57,48 +58,52 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _group_sum(v, c, g, C, CG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
-    """[BLOCK_C] per channel -> [BLOCK_G] per group (channel c in group c // CG)."""
-    if BLOCK_G * CG == BLOCK_C:  # powers of two: a reshape
-        out = tl.sum(tl.reshape(v, (BLOCK_G, CG)), axis=1)
+def _lanes(G, CG: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """The lanes of the channel axis, [G, CG] padded to [BLOCK_G, BLOCK_CG] and flattened: each
+    lane's channel and whether it is one."""
+    i = tl.arange(0, BLOCK_G * BLOCK_CG)
+    if BLOCK_CG == CG:  # C/G a power of two: lane i is channel i
+        c = i
+        ok = i < G * CG
     else:
-        in_group = ((c[:, None] // CG) == g[None, :]) & (c < C)[:, None]
-        out = tl.sum(tl.where(in_group, v[:, None], 0.0), axis=0)
-    return out
+        j = i % BLOCK_CG
+        c = (i // BLOCK_CG) * CG + j
+        ok = (j < CG) & (i < G * BLOCK_CG)
+    return c, ok
 
 
 @triton.jit
-def _per_channel(vg, c, g, C, CG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
-    """[BLOCK_G] per group -> [BLOCK_C]: each channel gets its group's value."""
-    if BLOCK_G * CG == BLOCK_C:
-        out = tl.reshape(tl.broadcast_to(vg[:, None], (BLOCK_G, CG)), (BLOCK_C,))
-    else:
-        in_group = ((c[:, None] // CG) == g[None, :]) & (c < C)[:, None]
-        out = tl.sum(tl.where(in_group, vg[None, :], 0.0), axis=1)
-    return out
+def _group_sum(v, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """[BLOCK_G * BLOCK_CG] per lane (zero in the padding) -> [BLOCK_G] per group."""
+    return tl.sum(tl.reshape(v, (BLOCK_G, BLOCK_CG)), axis=1)
+
+
+@triton.jit
+def _per_lane(vg, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """[BLOCK_G] per group -> [BLOCK_G * BLOCK_CG]: each lane gets its group's value."""
+    return tl.reshape(tl.broadcast_to(vg[:, None], (BLOCK_G, BLOCK_CG)), (BLOCK_G * BLOCK_CG,))
 
 
 @triton.jit
 def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
-                   HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_G: tl.constexpr):
+                   HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr,
+                   BLOCK_CG: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // NB
     blk = pid % NB
     hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.arange(0, BLOCK_C)
+    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
     g = tl.arange(0, BLOCK_G)
-    c_ok = c < C
     mask = (hw[:, None] < HW) & c_ok[None, :]
     x = tl.load(x_ptr + b * HW * C + hw[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_ADD:
         a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
         x = tl.where(mask, x + a[None, :], 0.0)
     n = (tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)  # elements per group here
-    mean_g = _group_sum(tl.sum(x, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n
-    mean_c = _per_channel(mean_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    mean_g = _group_sum(tl.sum(x, axis=0), BLOCK_G, BLOCK_CG) / n
+    mean_c = _per_lane(mean_g, BLOCK_G, BLOCK_CG)
     dev = tl.where(mask, x - mean_c[None, :], 0.0)
-    m2_g = _group_sum(tl.sum(dev * dev, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G)
+    m2_g = _group_sum(tl.sum(dev * dev, axis=0), BLOCK_G, BLOCK_CG)
     out = part_ptr + (b * NB + blk) * 2 * G
     tl.store(out + g, mean_g, mask=g < G)
     tl.store(out + G + g, m2_g, mask=g < G)
@@ -168,17 +173,16 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
            HW, C, G, NB, CG: tl.constexpr,
            HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+           BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // NB
     blk = pid % NB
     hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
     mask = (hw[:, None] < HW) & c_ok[None, :]
     offs = b * HW * C + hw[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    group = b * 2 * G + c // CG  # each channel reads its group's statistics (a cached gather)
+    group = b * 2 * G + c // CG  # each lane reads its channel's group statistics (a cached gather)
     mean_c = tl.load(stats_ptr + group, mask=c_ok, other=0.0)
     k = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)
     y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
@@ -190,13 +194,11 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
 def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, eps,
                  CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
-                 BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+                 BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
     """A small image whole in one program: statistics and output from one read of x."""
     b = tl.program_id(0)
     hw = tl.arange(0, BLOCK_HW)
-    c = tl.arange(0, BLOCK_C)
-    g = tl.arange(0, BLOCK_G)
-    c_ok = c < C
+    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
     mask = (hw[:, None] < HW) & c_ok[None, :]
     offs = b * HW * C + hw[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -204,11 +206,11 @@ def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, H
     if HAS_ADD:
         xa = tl.where(mask, x + tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)[None, :], 0.0)
     n = HW * CG * 1.0
-    mean_g = _group_sum(tl.sum(xa, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n
-    mean_c = _per_channel(mean_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    mean_g = _group_sum(tl.sum(xa, axis=0), BLOCK_G, BLOCK_CG) / n
+    mean_c = _per_lane(mean_g, BLOCK_G, BLOCK_CG)
     dev = tl.where(mask, xa - mean_c[None, :], 0.0)
-    rstd_g = 1.0 / tl.sqrt(_group_sum(tl.sum(dev * dev, axis=0), c, g, C, CG, BLOCK_C, BLOCK_G) / n + eps)
-    k = _per_channel(rstd_g, c, g, C, CG, BLOCK_C, BLOCK_G)
+    rstd_g = 1.0 / tl.sqrt(_group_sum(tl.sum(dev * dev, axis=0), BLOCK_G, BLOCK_CG) / n + eps)
+    k = _per_lane(rstd_g, BLOCK_G, BLOCK_CG)
     y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                   HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT, SILU)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -237,13 +239,14 @@ FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups
 
 
 def _plan(C: int, G: int, HW: int) -> dict:
-    """Tile sizes (powers of two): all C channels of BLOCK_HW positions; NB tiles per image (1:
-    the single-pass kernel)."""
-    block_c = triton.next_power_of_2(C)
+    """Tile sizes (powers of two): BLOCK_HW positions x all channels, in BLOCK_G x BLOCK_CG lanes
+    (BLOCK_C of them); NB tiles per image (1: the single-pass kernel)."""
+    block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
+    block_c = block_g * block_cg
     whole = triton.next_power_of_2(HW)
     block_hw = whole if whole * block_c <= SINGLE_PASS_MAX else max(1, 4096 // block_c)
     nb = triton.cdiv(HW, block_hw)
-    return dict(BLOCK_C=block_c, BLOCK_G=triton.next_power_of_2(G), BLOCK_HW=block_hw, NB=nb,
+    return dict(BLOCK_C=block_c, BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=block_hw, NB=nb,
                 BLOCK_NB=min(triton.next_power_of_2(nb), FINALIZE_CHUNK),
                 num_warps=8 if nb == 1 and block_hw * block_c > 4096 else 4)
 
@@ -260,24 +263,23 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
     p = _plan(C, G, HW)
-    block_c, block_g, block_hw, nb = p["BLOCK_C"], p["BLOCK_G"], p["BLOCK_HW"], p["NB"]
+    tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"])
+    nb = p["NB"]
     flags = dict(HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
                  HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
     operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
     if nb == 1:
-        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, BLOCK_HW=block_hw,
-                           BLOCK_C=block_c, BLOCK_G=block_g, num_warps=p["num_warps"])
+        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile,
+                           num_warps=p["num_warps"])
         return y
     part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
     stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
     _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, nb, CG=C // G,
-                              HAS_ADD=add is not None, BLOCK_HW=block_hw, BLOCK_C=block_c,
-                              BLOCK_G=block_g)
-    _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=block_hw,
-                          BLOCK_NB=p["BLOCK_NB"], BLOCK_G=block_g)
-    _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags,
-                      BLOCK_HW=block_hw, BLOCK_C=block_c)
+                              HAS_ADD=add is not None, **tile)
+    _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
+                          BLOCK_NB=p["BLOCK_NB"], BLOCK_G=tile["BLOCK_G"])
+    _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
     return y
 
 
