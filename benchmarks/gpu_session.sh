@@ -10,6 +10,8 @@
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
+#       then the two ways of the Triton GroupNorm kernels (tiled, looped) timed alone at the
+#       U-Net's shapes (half a minute), the faster exported as DIFFLAB_GN_KERNEL for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
 #       end within BUDGET (default 530 s) less GN_RESERVE (90 s) of the call's start, every row
 #       profiled into profile.txt; then benchmarks/group_norm.py (GroupNorm + SiLU alone at the
@@ -25,7 +27,8 @@
 #       copy the first call's throughput.json to docs/benchmarks/throughput.json before it.
 #
 # What comes back ($OUT; at most 8 files, two folders deep, names of [A-Za-z0-9._-]):
-#   issue7: throughput.json, group_norm.json, profile.txt, session.log (the tests' output first)
+#   issue7: throughput.json, group_norm.json, group_norm_kernels.json, profile.txt, session.log
+#           (the tests' output first)
 #   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
 #           throughput.json, profile.txt, session.log
 #   rest:   throughput.json (merged), profile.txt, session.log
@@ -129,6 +132,16 @@ case $stage in
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_group_norm_triton.py \
             -k "real_cuda_graph or gpu or (definition and auto) or unet_samples" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
+        # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice) or
+        # looped (one launch, the second read from L2 where it holds the slab): the faster of the
+        # two at the U-Net's shapes, for every row after
+        timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_tiled triton_looped \
+            --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
+            || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
+        if kernel=$(python3 benchmarks/group_norm.py --faster-kernel "$OUT/group_norm_kernels.json" 2>/dev/null); then
+            export DIFFLAB_GN_KERNEL=$kernel
+        fi
+        echo "gpu_session: DIFFLAB_GN_KERNEL=${DIFFLAB_GN_KERNEL:-unset (the size rule of _plan)}" | tee -a "$OUT/session.log"
         [[ -n ${MERGE:-} ]] && merge=(--merge) || merge=()
         # the rows, keeping GN_RESERVE seconds of the budget for benchmarks/group_norm.py after them
         left=$((BUDGET - GN_RESERVE - SECONDS))

@@ -18,7 +18,13 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``eager_nhwc``  torch's kernel on channels_last memory (two layout copies);
 - ``compiled``    torch.compile of the same function (Inductor's fused kernels, as in the model);
 - ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
-- ``triton``      difflab's hand-written kernels (``models/group_norm_triton.py``).
+- ``triton_tiled``, ``triton_looped``  difflab's hand-written kernels
+  (``models/group_norm_triton.py``), large images by the tiled kernels (three launches, x read
+  twice) or by the looped one (one launch, the second read from L2 where it holds the slab);
+  an image of at most 8192 elements takes the single-pass kernel in both.
+
+``--faster-kernel FILE`` prints which of the two was faster over a forward pass in a JSON written
+by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL to it for the throughput rows).
 
 Per shape: microseconds per call (median of --repeats timings of --iters calls each; on a GPU
 the calls are captured as one CUDA graph and its replays timed with CUDA events, since the
@@ -70,6 +76,7 @@ def norm_shapes(net: dict, batch: int) -> Counter:
 
 
 def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
+    """name -> (input layout, function) for SiLU(GN(x)) with these groups and affine."""
     cuda = weight.is_cuda
 
     def composite(x):  # the U-Net's eager computation under autocast, cast for the next conv
@@ -85,10 +92,29 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
         out["compiled"] = ("nhwc", torch.compile(composite, dynamic=False))
         out["compiled_gn_nhwc"] = ("nhwc", torch.compile(nhwc_view, dynamic=False))
     if triton:
-        from difflab.models.group_norm_triton import group_norm_act
+        from difflab.models import group_norm_triton as gnt
 
-        out["triton"] = ("nhwc", lambda x: group_norm_act(x, groups, weight, bias, silu=True))
+        def kernels(kernel):
+            def fn(x):
+                saved, gnt.KERNEL = gnt.KERNEL, kernel
+                try:
+                    return gnt.group_norm_act(x, groups, weight, bias, silu=True)
+                finally:
+                    gnt.KERNEL = saved
+            return fn
+
+        for kernel in gnt.KERNELS:
+            out[f"triton_{kernel}"] = ("nhwc", kernels(kernel))
     return out
+
+
+def faster_kernel(result: dict) -> str:
+    """The Triton kernels ("tiled" or "looped") with the shorter forward pass in a result."""
+    totals = result.get("totals") or {}
+    timed = {k: totals[f"triton_{k}"]["ms_per_forward"] for k in ("tiled", "looped") if f"triton_{k}" in totals}
+    if not timed:
+        raise ValueError("no complete timing of triton_tiled or triton_looped in this result")
+    return min(timed, key=timed.get)
 
 
 def time_call(fn, x, iters: int, repeats: int) -> tuple[float, bool]:
@@ -148,8 +174,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps, for the per-batch total")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                    help="only these variants (eager_nchw, the reference, is always run)")
+    ap.add_argument("--faster-kernel", type=Path, default=None, metavar="JSON",
+                    help="print tiled or looped, whichever was faster in this --out file, and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
+    if args.faster_kernel is not None:
+        kernel = faster_kernel(json.loads(args.faster_kernel.read_text()))
+        print(kernel)
+        return {"faster_kernel": kernel}
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     net = NETWORKS["tiny" if args.tiny else "ddpm_cifar10"]
@@ -181,6 +215,11 @@ def main(argv=None) -> dict:
         bias = torch.randn(C, generator=g).to(device)
         inputs = {"nchw": x.contiguous(), "nhwc": x.contiguous(memory_format=torch.channels_last)}
         fns = variants(G, weight, bias, compile_=not args.no_compile, triton=has_triton)
+        if args.variants is not None:
+            unknown = set(args.variants) - set(fns)
+            if unknown:
+                raise SystemExit(f"--variants: no variant {sorted(unknown)}; there are {sorted(fns)}")
+            fns = {k: v for k, v in fns.items() if k == "eager_nchw" or k in args.variants}
         with torch.no_grad():
             ref = fns["eager_nchw"][1](inputs["nchw"]).float()
             for variant, (layout, fn) in fns.items():

@@ -57,6 +57,7 @@ import contextlib
 import fnmatch
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -795,6 +796,7 @@ def _versions() -> dict:
         v["diffusers"] = diffusers.__version__
     except ImportError:
         v["diffusers"] = None
+    v["DIFFLAB_GN_KERNEL"] = os.environ.get("DIFFLAB_GN_KERNEL")  # the Triton GroupNorm kernels, if set
     if torch.cuda.is_available():
         v["cuda"] = torch.version.cuda
         v["cudnn"] = torch.backends.cudnn.version()

@@ -33,9 +33,9 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
                       "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     variants = {r["variant"] for r in res["rows"]}
-    assert variants == {"eager_nchw", "eager_nhwc", "triton"}
+    assert variants == {"eager_nchw", "eager_nhwc", "triton_tiled", "triton_looped"}
     shapes = bench.norm_shapes(bench.NETWORKS["tiny"], 2)
-    assert len(res["rows"]) == 3 * len(shapes)
+    assert len(res["rows"]) == 4 * len(shapes)
     for r in res["rows"]:
         assert "error" not in r, r
         assert r["us_per_call"] > 0 and r["effective_gbps"] > 0 and r["fraction_of_peak"] is None
@@ -45,3 +45,23 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
         per_call = [r["us_per_call"] for r in res["rows"] if r["variant"] == v]
         assert min(per_call) * calls / 1e3 <= t["ms_per_forward"] * (1 + 1e-9) <= max(per_call) * calls / 1e3 * (1 + 1e-9)
         assert t["ms_per_sampled_batch"] == pytest.approx(50 * t["ms_per_forward"])
+
+
+def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
+    """--variants keeps the reference and the named ones; --faster-kernel reads a result back
+    and names the Triton kernels with the shorter forward pass (what gpu_session.sh exports
+    as DIFFLAB_GN_KERNEL)."""
+    bench = load()
+    out = tmp_path / "gn.json"
+    res = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
+                      "--variants", "triton_tiled", "triton_looped", "--out", str(out)])
+    assert {r["variant"] for r in res["rows"]} == {"eager_nchw", "triton_tiled", "triton_looped"}
+    capsys.readouterr()
+    for fast, slow in (("tiled", "looped"), ("looped", "tiled")):
+        res["totals"][f"triton_{fast}"]["ms_per_forward"] = 1.0
+        res["totals"][f"triton_{slow}"]["ms_per_forward"] = 2.0
+        out.write_text(json.dumps(res))
+        assert bench.main(["--faster-kernel", str(out)]) == {"faster_kernel": fast}
+        assert capsys.readouterr().out.strip() == fast
+    with pytest.raises(SystemExit, match="no variant"):
+        bench.main(["--device", "cpu", "--tiny", "--no-compile", "--variants", "triton"])

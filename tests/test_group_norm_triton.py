@@ -57,6 +57,30 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
     return (torch.randn(*shape, generator=g) * std + mean).to(DEVICE).contiguous(memory_format=torch.channels_last)
 
 
+def small_tiles(monkeypatch, kernel: str) -> None:
+    """Every image through the tiled or the looped kernels; one that would be a single tile
+    (at most 8192 elements) in tiles of 8 positions (the last one partial) and, looped,
+    programs 2 groups wide; the tiled statistics combined 2 tiles at a time (chunks merged too)."""
+    monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
+    monkeypatch.setattr(gnt, "KERNEL", kernel)
+    monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)
+    plan = gnt._plan
+
+    def small(C, G, HW, B=1):
+        p = plan(C, G, HW, B)
+        if HW * C > 8192:  # large enough to be tiled as it is
+            return p
+        p.update(BLOCK_HW=min(p["BLOCK_HW"], 8))
+        if kernel == "tiled":
+            p.update(NB=-(-HW // p["BLOCK_HW"]))
+            p.update(BLOCK_NB=min(gnt.triton.next_power_of_2(p["NB"]), gnt.FINALIZE_CHUNK))
+        else:
+            p.update(BLOCK_G=min(p["BLOCK_G"], 2), NS=-(-G // min(p["BLOCK_G"], 2)))
+        return p
+
+    monkeypatch.setattr(gnt, "_plan", small)
+
+
 @pytest.mark.parametrize("B,C,H,W,G", [
     (2, 8, 5, 7, 4),      # 35 positions: one partial tile
     (2, 128, 32, 32, 32),  # the U-Net's first level: 32 tiles of 32 positions
@@ -67,27 +91,20 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
     (1, 12, 1, 1, 3),     # one position
 ])
 @pytest.mark.parametrize("fused", ["plain", "affine", "add", "scale_shift"])
-@pytest.mark.parametrize("path", ["auto", "tiled"])
+@pytest.mark.parametrize("path", ["auto", "tiled", "looped"])
 def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch):
-    """Every shape both ways: as chosen (one kernel for an image of <= 8192 elements) and
-    forced through the three tiled kernels in small tiles (35, 15 and 9 positions: a partial
-    last tile; 384, 96 and 72 channels: padding lanes in every kernel), their statistics
-    combined two tiles at a time (5 tiles: a partial last chunk)."""
-    if path == "tiled":  # an image that would be one tile: in tiles of 8 positions, the last partial
-        monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
-        monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)  # tiles combined 2 at a time: chunks merged too
-        plan = gnt._plan
-
-        def small_tiles(C, G, HW):
-            p = plan(C, G, HW)
-            nb = -(-HW // 8)
-            return p if p["NB"] > 1 or nb == 1 else \
-                dict(p, BLOCK_HW=8, NB=nb, BLOCK_NB=min(gnt.triton.next_power_of_2(nb), gnt.FINALIZE_CHUNK))
-
-        monkeypatch.setattr(gnt, "_plan", small_tiles)
-        assert gnt._plan(C, G, H * W)["NB"] > 1 or H * W == 1  # (one position is one tile)
+    """Every shape three ways: as chosen (one kernel for an image of <= 8192 elements), and
+    forced through the tiled and the looped kernels in small tiles (35, 15 and 9 positions: a
+    partial last tile; 384, 96 and 72 channels: padding lanes in every kernel): the tiled
+    statistics combined two tiles at a time (5 tiles: a partial last chunk), the looped ones
+    over slabs of two groups (3 groups: a partial slab)."""
+    if path != "auto":
+        small_tiles(monkeypatch, path)
+        p = gnt._plan(C, G, H * W, B)
+        assert p["kernel"] == path and (p["BLOCK_HW"] <= 8 or H * W > 64)
+        assert path == "tiled" or p["NS"] == -(-G // p["BLOCK_G"]) > 1 or G == 1
     elif C * H * W <= 4096:
-        assert gnt._plan(C, G, H * W)["NB"] == 1  # small: the single-pass kernel
+        assert gnt._plan(C, G, H * W, B)["kernel"] == "single"
     x = nhwc(B, C, H, W, mean=1.0, std=2.0)
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
@@ -117,13 +134,17 @@ def test_the_custom_op_accepts_any_strides():
     torch.testing.assert_close(got.double(), definition(x, 4, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("path", ["single", "tiled"])
+@pytest.mark.parametrize("path", ["single", "tiled", "looped"])
 def test_variance_has_no_cancellation_for_a_large_mean(path, monkeypatch):
     """x = 10^4 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance entirely (both terms
     are 1e8, with float32 steps of 8); centred sums (and Chan's combination of tiles) keep it."""
-    monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 16384 if path == "single" else 0)  # 64 x 256
-    monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)  # tiled: 4 tiles in 2 chunks, merged by Chan's rule
-    assert (gnt._plan(64, 8, 256)["NB"] == 1) == (path == "single")
+    if path == "single":
+        monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 16384)  # 256 positions x 64 channels
+    else:
+        monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
+        monkeypatch.setattr(gnt, "KERNEL", path)
+        monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)  # tiled: 4 tiles in 2 chunks, merged by Chan's rule
+    assert gnt._plan(64, 8, 256, 2)["kernel"] == path
     x = nhwc(2, 64, 16, 16, mean=1e4, std=1.0)
     with torch.no_grad():
         y = gnt.group_norm_act(x, 8)
@@ -283,6 +304,35 @@ def test_refusals(monkeypatch):
     assert norm._mode == "never"
 
 
+def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_images(monkeypatch):
+    """The rule of _plan: one program for an image of <= 8192 elements; else the looped kernel
+    when (image, slab) programs are plentiful -- the U-Net's batch of 128 at every larger level
+    -- and the tiled kernels when they are not (one 256 x 256 image: 2 slabs, but 512 tiles);
+    KERNEL (DIFFLAB_GN_KERNEL) overrides the rule for larger images only."""
+    monkeypatch.setattr(gnt, "KERNEL", None)
+    assert gnt._plan(256, 32, 16, 128)["kernel"] == "single"  # 4 x 4
+    for C, HW in ((128, 1024), (256, 1024), (384, 1024), (256, 256), (512, 64)):
+        p = gnt._plan(C, 32, HW, 128)
+        assert p["kernel"] == "looped" and p["NS"] * p["BLOCK_G"] >= 32, (C, HW)
+        assert p["BLOCK_G"] * p["BLOCK_CG"] == gnt.SLAB_LANES  # 64 lanes: 128 bytes of a bf16 position
+    p = gnt._plan(128, 32, 256 * 256, 1)
+    assert p["kernel"] == "tiled" and p["NB"] == 256 * 256 // p["BLOCK_HW"] == 2048
+    monkeypatch.setattr(gnt, "KERNEL", "tiled")
+    assert gnt._plan(128, 32, 1024, 128)["kernel"] == "tiled"
+    assert gnt._plan(256, 32, 16, 128)["kernel"] == "single"
+
+
+def test_the_environment_variable_names_the_kernels():
+    code = "import difflab.models.group_norm_triton as g; print(g.KERNEL)"
+    env = dict(os.environ, TRITON_INTERPRET="1", DIFFLAB_GN_KERNEL="looped")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "looped", done.stderr[-2000:]
+    env["DIFFLAB_GN_KERNEL"] = "fast"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped (or unset), got 'fast'" \
+        in done.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the next test compiles and runs them")
 def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
     """The interpreter runs Python, not the compiler: Triton's whole pipeline down to an sm_90
@@ -323,16 +373,20 @@ def test_the_ahead_of_time_compile_specializes_as_a_launch_does():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a GPU")
-def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph():
-    """On the GPU: the CIFAR-10 U-Net's GroupNorm shapes in bf16 against torch's kernel, and the
-    compiled (Inductor) U-Net with the kernels captured in a CUDA graph."""
-    for C, S in [(128, 32), (256, 16), (256, 8), (384, 32), (512, 4)]:
-        x = nhwc(128, C, S, S, std=2.0).to(torch.bfloat16)
-        w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
-        with torch.no_grad():
-            got = gnt.group_norm_act(x, 32, w, b, silu=True)
-            want = F.silu(F.group_norm(x.float(), 32, w, b))
-        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph(monkeypatch):
+    """On the GPU: the CIFAR-10 U-Net's GroupNorm shapes in bf16 against torch's kernel, by the
+    tiled and the looped kernels, and the compiled (Inductor) U-Net with the kernels captured
+    in a CUDA graph."""
+    for kernel in gnt.KERNELS:
+        monkeypatch.setattr(gnt, "KERNEL", kernel)
+        for C, S in [(128, 32), (256, 16), (256, 8), (384, 32), (512, 4)]:
+            x = nhwc(128, C, S, S, std=2.0).to(torch.bfloat16)
+            w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+            with torch.no_grad():
+                got = gnt.group_norm_act(x, 32, w, b, silu=True)
+                want = F.silu(F.group_norm(x.float(), 32, w, b))
+            torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2, msg=lambda m: f"{kernel}: {m}")
+    monkeypatch.setattr(gnt, "KERNEL", None)
     net = tiny_unet(False)
     x = nhwc(4, 3, 8, 8)
     t = torch.tensor([3, 700, 10, 999], device="cuda")

@@ -50,32 +50,45 @@ def specializations():
     ptrs = {"add_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "scale_ptr": "*bf16",
             "shift_ptr": "*bf16", "y_ptr": "*bf16"}
     for C, G, HW in shapes:
-        p = gnt._plan(C, G, HW)
-        tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], CG=C // G)
-        if p["NB"] == 1:  # the whole image in one program
-            for v in variants:
-                flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
-                             HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
-                sig, const = ints(HW=HW, C=C, G=G)
-                signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
-                             **{k: "constexpr" for k in (*tiles, *flags)}}
-                yield (gnt._single_pass, signature, {**const, **tiles, **flags},
-                       aligned(signature, HW=HW, C=C, G=G), p["num_warps"])
-            continue
-        for v in variants:
-            sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
-            signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
-                         **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
-            yield (gnt._partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
-                   aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
-            flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
-                         HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
-            signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
-                         "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
+        for kernel in gnt.KERNELS:  # a large image: the tiled and the looped kernels, either may run
+            yield from _kernels(plan(C, G, HW, kernel), C, G, HW, variants, ptrs)
+            if plan(C, G, HW, kernel)["kernel"] == "single":
+                break
+
+
+def plan(C: int, G: int, HW: int, kernel: str) -> dict:
+    """The launch plan for the U-Net's batch of 128, with the given kernels for large images."""
+    saved, gnt.KERNEL = gnt.KERNEL, kernel
+    try:
+        return gnt._plan(C, G, HW, 128)
+    finally:
+        gnt.KERNEL = saved
+
+
+def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
+    tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], CG=C // G)
+    for v in variants:
+        flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
+                     HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
+        if p["kernel"] in ("single", "looped"):  # one kernel: the whole image, or slabs of it
+            fn, extra = (gnt._single_pass, {}) if p["kernel"] == "single" else (gnt._looped, {"NS": p["NS"]})
+            sig, const = ints(HW=HW, C=C, G=G, **extra)
+            signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}
-            yield (gnt._apply, signature,
-                   {**const, **tiles, **flags},
-                   aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), 4)
+            yield (fn, signature, {**const, **tiles, **flags}, aligned(signature, HW=HW, C=C, G=G, **extra),
+                   p["num_warps"])
+            continue
+        sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
+        signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
+                     **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
+        yield (gnt._partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
+               aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
+        signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
+                     "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
+                     **{k: "constexpr" for k in (*tiles, *flags)}}
+        yield (gnt._apply, signature, {**const, **tiles, **flags},
+               aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
+    if p["kernel"] == "tiled":
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
                      **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}}

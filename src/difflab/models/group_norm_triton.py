@@ -9,20 +9,27 @@ s, b an optional per-(image, channel) scale and shift after it (ADM's ``use_scal
 and act SiLU or the identity. These are every use of GroupNorm in the U-Net; in eager PyTorch
 they take five to eight kernels and, for channels_last input, two layout copies.
 
-Here it is three kernels over the NHWC memory, which read x twice and write y once (an image of
-at most ``SINGLE_PASS_MAX`` elements -- the U-Net's 4x4 level -- takes one kernel that holds it
-whole: one read, one write, one launch):
+Here, over the NHWC memory, an image of at most ``SINGLE_PASS_MAX`` elements (the U-Net's 4x4
+level) takes one kernel, ``_single_pass``, whose program holds the image whole: one read of x,
+one write of y, one launch. A larger image takes one of two ways (``KERNEL``, ``_plan``):
 
-1. ``_partial_stats``: each program loads a tile of ``BLOCK_HW`` positions x all C channels (one
-   contiguous stretch of memory), and writes each group's mean and sum of squared deviations
-   over the tile (M2 about the tile's own mean, not a raw sum of squares: no cancellation when
-   |mean| >> std).
-2. ``_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
-   mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2
-   (``FINALIZE_CHUNK`` tiles at a time, the chunks merged by the same rule: any image size).
-3. ``_apply``: each program loads its tile again and writes act(x * k_c + d_c) with the
-   per-(image, channel) k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b,
-   each channel reading its group's mean and rstd by index.
+- **tiled**, three kernels over tiles of ``BLOCK_HW`` positions x all C channels (one
+  contiguous stretch of memory), any number of programs an image:
+
+  1. ``_partial_stats``: each tile's group means and sums of squared deviations (M2 about the
+     tile's own mean, not a raw sum of squares: no cancellation when |mean| >> std);
+  2. ``_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
+     mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2
+     (``FINALIZE_CHUNK`` tiles at a time, the chunks merged by the same rule: any image size);
+  3. ``_apply``: each tile again, y = act(x * k_c + d_c) with the per-(image, channel)
+     k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b.
+
+  x is read twice and y written once;
+- **looped**, one kernel, ``_looped``: a program per (image, slab of whole groups, about
+  ``SLAB_LANES`` channels) sweeps the image's positions twice, the statistics (tile by tile,
+  merged by Chan's rule) and then the output. One launch and no statistics in memory; the
+  second sweep re-reads what the first read moments before, from L2 when it still holds it.
+  It needs several programs an SM, so it is chosen only when B x slabs is large (a batch).
 
 The channel axis of a tile is laid out as [G, C/G] padded to powers of two, [BLOCK_G, BLOCK_CG]
 flattened: lane i holds channel (i // BLOCK_CG) * C/G + i % BLOCK_CG (the lanes are the channels
@@ -58,17 +65,18 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _lanes(G, CG: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
-    """The lanes of the channel axis, [G, CG] padded to [BLOCK_G, BLOCK_CG] and flattened: each
-    lane's channel and whether it is one."""
+def _lanes(g0, G, CG: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """The lanes of groups g0 .. g0 + BLOCK_G - 1 of the channel axis, [G, CG] padded to
+    [BLOCK_G, BLOCK_CG] and flattened: each lane's channel and whether it is one."""
     i = tl.arange(0, BLOCK_G * BLOCK_CG)
-    if BLOCK_CG == CG:  # C/G a power of two: lane i is channel i
-        c = i
-        ok = i < G * CG
+    if BLOCK_CG == CG:  # C/G a power of two: the lanes are consecutive channels
+        c = g0 * CG + i
+        ok = c < G * CG
     else:
         j = i % BLOCK_CG
-        c = (i // BLOCK_CG) * CG + j
-        ok = (j < CG) & (i < G * BLOCK_CG)
+        group = g0 + i // BLOCK_CG
+        c = group * CG + j
+        ok = (j < CG) & (group < G)
     return c, ok
 
 
@@ -85,6 +93,73 @@ def _per_lane(vg, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD: tl.constexpr):
+    """Positions hw x lanes c of image b in float32, a added (x, for the statistics; zero
+    outside the image and in padding lanes) and the mask."""
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    x = tl.load(x_ptr + b * HW * C + hw[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        x = tl.where(mask, x + a[None, :], 0.0)
+    return x, mask
+
+
+@triton.jit
+def _tile_stats(x, mask, n, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """Each group's mean and M2 (sum of squared deviations about that mean) over a tile x, n
+    elements a group (M2 about the tile's own mean: no cancellation when |mean| >> std)."""
+    mean = _group_sum(tl.sum(x, axis=0), BLOCK_G, BLOCK_CG) / n
+    dev = tl.where(mask, x - _per_lane(mean, BLOCK_G, BLOCK_CG)[None, :], 0.0)
+    return mean, _group_sum(tl.sum(dev * dev, axis=0), BLOCK_G, BLOCK_CG)
+
+
+@triton.jit
+def _merge(n, mean, m2, n_b, mean_b, m2_b):
+    """Chan et al.'s parallel combination: (count, mean, M2) of two sets -> of their union,
+    N = n + n_b, mean + (mean_b - mean) n_b / N, M2 + M2_b + (mean_b - mean)^2 n n_b / N."""
+    total = n + n_b
+    delta = mean_b - mean
+    w = n_b / total
+    return total, mean + delta * w, m2 + m2_b + delta * delta * (n * w)
+
+
+@triton.jit
+def _coefficients(mean_c, rstd_c, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                  HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """Per lane k, d with ((x + a - mean) rstd gamma + beta)(1 + s) + b = x k + d, for image b;
+    mean_c, rstd_c: each lane's group statistics."""
+    k = rstd_c
+    d = -mean_c * k
+    if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
+        d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
+    if HAS_W:
+        w = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        k *= w
+        d *= w
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s1 = 1.0 + tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        k *= s1
+        d *= s1
+    if HAS_SHIFT:
+        d += tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    return k, d
+
+
+@triton.jit
+def _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU: tl.constexpr):
+    """y = act(x k + d) at positions hw x lanes c of image b (x as stored, without a)."""
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    offs = b * HW * C + hw[:, None] * C + c[None, :]
+    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * k[None, :] + d[None, :]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
                    HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr,
                    BLOCK_CG: tl.constexpr):
@@ -92,21 +167,14 @@ def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
     b = pid // NB
     blk = pid % NB
     hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
-    g = tl.arange(0, BLOCK_G)
-    mask = (hw[:, None] < HW) & c_ok[None, :]
-    x = tl.load(x_ptr + b * HW * C + hw[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_ADD:
-        a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
-        x = tl.where(mask, x + a[None, :], 0.0)
+    c, c_ok = _lanes(0, G, CG, BLOCK_G, BLOCK_CG)
+    x, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD)
     n = (tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)  # elements per group here
-    mean_g = _group_sum(tl.sum(x, axis=0), BLOCK_G, BLOCK_CG) / n
-    mean_c = _per_lane(mean_g, BLOCK_G, BLOCK_CG)
-    dev = tl.where(mask, x - mean_c[None, :], 0.0)
-    m2_g = _group_sum(tl.sum(dev * dev, axis=0), BLOCK_G, BLOCK_CG)
+    mean, m2 = _tile_stats(x, mask, n, BLOCK_G, BLOCK_CG)
+    g = tl.arange(0, BLOCK_G)
     out = part_ptr + (b * NB + blk) * 2 * G
-    tl.store(out + g, mean_g, mask=g < G)
-    tl.store(out + G + g, m2_g, mask=g < G)
+    tl.store(out + g, mean, mask=g < G)
+    tl.store(out + G + g, m2, mask=g < G)
 
 
 @triton.jit
@@ -131,41 +199,10 @@ def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
         mean_c = tl.sum(n_i * mean_i, axis=0) / n_c
         dm = mean_i - mean_c[None, :]
         m2_c = tl.sum(tl.where(mask, m2_i + n_i * dm * dm, 0.0), axis=0)
-        total = n + n_c  # merged with the chunks before it
-        delta = mean_c - mean
-        mean = mean + delta * (n_c / total)
-        m2 = m2 + m2_c + delta * delta * (n * n_c / total)
-        n = total
+        n, mean, m2 = _merge(n, mean, m2, n_c, mean_c, m2_c)  # with the chunks before it
     rstd = 1.0 / tl.sqrt(m2 / n + eps)
     tl.store(stats_ptr + b * 2 * G + g, mean, mask=g_ok)
     tl.store(stats_ptr + b * 2 * G + G + g, rstd, mask=g_ok)
-
-
-@triton.jit
-def _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
-              HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-              HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr):
-    """act(((x + a - mean) rstd gamma + beta)(1 + s) + b) for a tile x [BLOCK_HW, BLOCK_C] of
-    image b, as x k + d with per-channel k, d; mean_c, k: the channels' group mean and rstd."""
-    d = -mean_c * k
-    if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
-        d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
-    if HAS_W:
-        w = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-        k *= w
-        d *= w
-    if HAS_BIAS:
-        d += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        s1 = 1.0 + tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
-        k *= s1
-        d *= s1
-    if HAS_SHIFT:
-        d += tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    y = x * k[None, :] + d[None, :]
-    if SILU:
-        y = y * tl.sigmoid(y)
-    return y
 
 
 @triton.jit
@@ -178,16 +215,13 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
     b = pid // NB
     blk = pid % NB
     hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
-    mask = (hw[:, None] < HW) & c_ok[None, :]
-    offs = b * HW * C + hw[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c, c_ok = _lanes(0, G, CG, BLOCK_G, BLOCK_CG)
     group = b * 2 * G + c // CG  # each lane reads its channel's group statistics (a cached gather)
     mean_c = tl.load(stats_ptr + group, mask=c_ok, other=0.0)
-    k = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)
-    y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
-                  HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT, SILU)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    rstd_c = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)
+    k, d = _coefficients(mean_c, rstd_c, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+    _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU)
 
 
 @triton.jit
@@ -198,22 +232,47 @@ def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, H
     """A small image whole in one program: statistics and output from one read of x."""
     b = tl.program_id(0)
     hw = tl.arange(0, BLOCK_HW)
-    c, c_ok = _lanes(G, CG, BLOCK_G, BLOCK_CG)
-    mask = (hw[:, None] < HW) & c_ok[None, :]
+    c, c_ok = _lanes(0, G, CG, BLOCK_G, BLOCK_CG)
+    xa, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD)
+    mean, m2 = _tile_stats(xa, mask, HW * CG * 1.0, BLOCK_G, BLOCK_CG)
+    rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
+    # the coefficients for x + a itself (a is in xa, not folded into d)
+    k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
+                         C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         False, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+    y = xa * k[None, :] + d[None, :]
+    if SILU:
+        y = y * tl.sigmoid(y)
     offs = b * HW * C + hw[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    xa = x
-    if HAS_ADD:
-        xa = tl.where(mask, x + tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)[None, :], 0.0)
-    n = HW * CG * 1.0
-    mean_g = _group_sum(tl.sum(xa, axis=0), BLOCK_G, BLOCK_CG) / n
-    mean_c = _per_lane(mean_g, BLOCK_G, BLOCK_CG)
-    dev = tl.where(mask, xa - mean_c[None, :], 0.0)
-    rstd_g = 1.0 / tl.sqrt(_group_sum(tl.sum(dev * dev, axis=0), BLOCK_G, BLOCK_CG) / n + eps)
-    k = _per_lane(rstd_g, BLOCK_G, BLOCK_CG)
-    y = _norm_act(x, mean_c, k, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
-                  HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT, SILU)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
+            CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+            BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """One program per (image, slab of BLOCK_G groups), in two sweeps over the image's
+    positions: the statistics (tiles merged by Chan's rule), then the output. One launch; the
+    second sweep re-reads what the first read moments before (from L2 when it still holds it)."""
+    pid = tl.program_id(0)
+    b = pid // NS
+    c, c_ok = _lanes((pid % NS) * BLOCK_G, G, CG, BLOCK_G, BLOCK_CG)
+    rows = tl.arange(0, BLOCK_HW)
+    n = tl.zeros((BLOCK_G,), dtype=tl.float32)  # (count, mean, M2) of the tiles so far
+    mean = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        x, mask = _load_tile(x_ptr, add_ptr, b, start + rows, c, c_ok, HW, C, HAS_ADD)
+        n_t = (tl.minimum(HW - start, BLOCK_HW) * CG).to(tl.float32)
+        mean_t, m2_t = _tile_stats(x, mask, n_t, BLOCK_G, BLOCK_CG)
+        n, mean, m2 = _merge(n, mean, m2, n_t, mean_t, m2_t)
+    rstd = 1.0 / tl.sqrt(m2 / n + eps)
+    k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
+                         C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+    for start in range(0, HW, BLOCK_HW):
+        _store_tile(y_ptr, x_ptr, b, start + rows, c, c_ok, HW, C, k, d, SILU)
 
 
 def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tensor]:
@@ -231,24 +290,49 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
 
 
 # An image of at most this many (padded) elements is normalized by one program in one kernel
-# (_single_pass: one read of x); larger ones by the three kernels, in tiles of ~4096 elements.
+# (_single_pass: one read of x); larger ones by the tiled or the looped kernels.
 SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 173 registers a thread at 8 warps (ptxas, sm_90)
 
+TILE = 4096  # elements a program of the tiled or looped kernels holds at a time
 
 FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups: 2048 values)
 
+# The looped kernel: one program per (image, slab of whole groups, about SLAB_LANES channels --
+# 128 contiguous bytes of a bf16 position), taken when that makes at least LOOPED_MIN_PROGRAMS
+# programs (a few per SM); fewer, larger images (batch 1 at 256 x 256) take the tiled kernels,
+# whose programs are tiles of positions.
+SLAB_LANES = 64
+LOOPED_MIN_PROGRAMS = 256
 
-def _plan(C: int, G: int, HW: int) -> dict:
-    """Tile sizes (powers of two): BLOCK_HW positions x all channels, in BLOCK_G x BLOCK_CG lanes
-    (BLOCK_C of them); NB tiles per image (1: the single-pass kernel)."""
+# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", or None for the rule
+# above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
+# sets it to whichever benchmarks/group_norm.py measured faster on the GPU at hand).
+KERNELS = ("tiled", "looped")
+KERNEL: Optional[str] = os.environ.get("DIFFLAB_GN_KERNEL") or None
+if KERNEL not in (None, *KERNELS):
+    raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
+
+
+def _plan(C: int, G: int, HW: int, B: int = 1) -> dict:
+    """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
+    lanes: all groups (single, tiled) or a slab of them (looped, NS slabs an image); a tile is
+    BLOCK_HW positions by those lanes; the tiled kernels cut an image into NB tiles."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
-    block_c = block_g * block_cg
+    lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
-    block_hw = whole if whole * block_c <= SINGLE_PASS_MAX else max(1, 4096 // block_c)
+    if whole * lanes <= SINGLE_PASS_MAX:
+        return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
+                    num_warps=8 if whole * lanes > 4096 else 4)
+    slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
+    ns = triton.cdiv(G, slab_g)
+    kernel = KERNEL or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS else "tiled")
+    if kernel == "looped":
+        return dict(kernel="looped", BLOCK_G=slab_g, BLOCK_CG=block_cg, NS=ns,
+                    BLOCK_HW=min(whole, max(1, TILE // (slab_g * block_cg))), num_warps=4)
+    block_hw = max(1, TILE // lanes)
     nb = triton.cdiv(HW, block_hw)
-    return dict(BLOCK_C=block_c, BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=block_hw, NB=nb,
-                BLOCK_NB=min(triton.next_power_of_2(nb), FINALIZE_CHUNK),
-                num_warps=8 if nb == 1 and block_hw * block_c > 4096 else 4)
+    return dict(kernel="tiled", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=block_hw, NB=nb,
+                BLOCK_NB=min(triton.next_power_of_2(nb), FINALIZE_CHUNK), num_warps=4)
 
 
 @torch.library.custom_op("difflab::group_norm_act", mutates_args=())
@@ -262,24 +346,24 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     B, C, H, W = x.shape
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    p = _plan(C, G, HW)
-    tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"])
-    nb = p["NB"]
+    p = _plan(C, G, HW, B)
+    tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], num_warps=p["num_warps"])
     flags = dict(HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
                  HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
     operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
-    if nb == 1:
-        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile,
-                           num_warps=p["num_warps"])
-        return y
-    part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
-    stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
-    _partial_stats[(B * nb,)](x, add if add is not None else dummy, part, HW, C, G, nb, CG=C // G,
-                              HAS_ADD=add is not None, **tile)
-    _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
-                          BLOCK_NB=p["BLOCK_NB"], BLOCK_G=tile["BLOCK_G"])
-    _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
+    if p["kernel"] == "single":
+        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile)
+    elif p["kernel"] == "looped":
+        _looped[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
+    else:
+        nb = p["NB"]
+        part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
+        stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
+        _partial_stats[(B * nb,)](x, operands[0], part, HW, C, G, nb, CG=C // G, HAS_ADD=add is not None, **tile)
+        _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
+                              BLOCK_NB=p["BLOCK_NB"], BLOCK_G=tile["BLOCK_G"])
+        _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
     return y
 
 
