@@ -87,6 +87,7 @@ def small_tiles(monkeypatch, kernel: str) -> None:
     (3, 384, 4, 4, 32),   # 12 channels a group: not a power of two
     (2, 96, 3, 3, 32),    # 3 channels a group: 32 x 4 lanes
     (2, 72, 3, 5, 6),     # 6 groups of 12: 8 x 16 lanes, two groups of them padding
+    (2, 60, 3, 5, 5),     # 5 groups of 12: looped, the last slab of two is half padding lanes
     (2, 64, 16, 16, 1),   # one group: layer norm over C, H, W
     (1, 12, 1, 1, 3),     # one position
 ])
@@ -97,7 +98,8 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     forced through the tiled and the looped kernels in small tiles (35, 15 and 9 positions: a
     partial last tile; 384, 96 and 72 channels: padding lanes in every kernel): the tiled
     statistics combined two tiles at a time (5 tiles: a partial last chunk), the looped ones
-    over slabs of two groups (3 groups: a partial slab)."""
+    over slabs of two groups (3 groups of 4, 5 groups of 12 channels: a partial slab, its
+    padding group past the last channel)."""
     if path != "auto":
         small_tiles(monkeypatch, path)
         p = gnt._plan(C, G, H * W, B)
@@ -286,6 +288,8 @@ def test_refusals(monkeypatch):
     with torch.no_grad():
         with pytest.raises(ValueError, match="8 channels do not split into 3 groups; choose a number of groups that divides 8"):
             gnt.group_norm_act(x, 3)
+        with pytest.raises(ValueError, match="8 channels do not split into 0 groups"):
+            gnt.group_norm_act(x, 0)
         with pytest.raises(ValueError, match=r"add must have shape \[2, 8\], \[2, 8, 1, 1\] or \[8, 1, 1\]"):
             gnt.group_norm_act(x, 4, add=torch.zeros(8, device=DEVICE))
         with pytest.raises(ValueError, match=r"shift must have shape"):
@@ -302,6 +306,16 @@ def test_refusals(monkeypatch):
     with pytest.raises(ValueError, match="needs the triton package.*pip install triton"):
         set_nhwc_group_norm("triton")
     assert norm._mode == "never"
+
+
+def test_an_empty_batch_or_image_gives_an_empty_output():
+    """As torch's group_norm: no image, or images of no position, normalize to nothing (no
+    kernel launched: a zero-size tile does not compile)."""
+    for shape in ((0, 8, 4, 4), (2, 8, 0, 4)):
+        x = nhwc(*shape)
+        with torch.no_grad():
+            y = gnt.group_norm_act(x, 4, silu=True)
+        assert y.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_images(monkeypatch):

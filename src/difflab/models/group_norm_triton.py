@@ -254,7 +254,13 @@ def _looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C,
             BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
     """One program per (image, slab of BLOCK_G groups), in two sweeps over the image's
     positions: the statistics (tiles merged by Chan's rule), then the output. One launch; the
-    second sweep re-reads what the first read moments before (from L2 when it still holds it)."""
+    second sweep re-reads what the first read moments before (from L2 when it still holds it).
+
+    The grid may be as few as two programs an SM, so each program keeps loads in flight itself: both
+    loops are software-pipelined (``num_stages``: the next tiles' loads are issued, cp.async
+    into shared memory, while this tile is reduced or written). The second sweep runs backwards,
+    so it starts on the tiles the first read last, the ones L2 most likely still holds when the
+    whole tensor (every program's slab, all read at once) is larger than L2."""
     pid = tl.program_id(0)
     b = pid // NS
     c, c_ok = _lanes((pid % NS) * BLOCK_G, G, CG, BLOCK_G, BLOCK_CG)
@@ -262,7 +268,7 @@ def _looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C,
     n = tl.zeros((BLOCK_G,), dtype=tl.float32)  # (count, mean, M2) of the tiles so far
     mean = tl.zeros((BLOCK_G,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for start in range(0, HW, BLOCK_HW):
+    for start in tl.range(0, HW, BLOCK_HW, num_stages=3):
         x, mask = _load_tile(x_ptr, add_ptr, b, start + rows, c, c_ok, HW, C, HAS_ADD)
         n_t = (tl.minimum(HW - start, BLOCK_HW) * CG).to(tl.float32)
         mean_t, m2_t = _tile_stats(x, mask, n_t, BLOCK_G, BLOCK_CG)
@@ -271,8 +277,9 @@ def _looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C,
     k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
                          C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
-    for start in range(0, HW, BLOCK_HW):
-        _store_tile(y_ptr, x_ptr, b, start + rows, c, c_ok, HW, C, k, d, SILU)
+    last = tl.cdiv(HW, BLOCK_HW) - 1
+    for t in tl.range(0, last + 1, num_stages=3):  # the last tile first: the likeliest still in L2
+        _store_tile(y_ptr, x_ptr, b, (last - t) * BLOCK_HW + rows, c, c_ok, HW, C, k, d, SILU)
 
 
 def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tensor]:
@@ -346,6 +353,8 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     B, C, H, W = x.shape
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
+    if y.numel() == 0:  # no image or no position: nothing to normalize (a zero-size arange otherwise)
+        return y
     p = _plan(C, G, HW, B)
     tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], num_warps=p["num_warps"])
     flags = dict(HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
@@ -383,7 +392,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     if x.ndim != 4:
         raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")
     B, C, H, W = x.shape
-    if C % num_groups:
+    if num_groups < 1 or C % num_groups:
         raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups; "
                          f"choose a number of groups that divides {C}")
     if x.device.type != "cuda" and not INTERPRETED:
