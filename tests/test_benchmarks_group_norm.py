@@ -50,7 +50,7 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
 def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
     """--variants keeps the reference and the named ones; --faster-kernel reads a result back
     and names the Triton kernels with the shorter forward pass (what gpu_session.sh exports
-    as DIFFLAB_GN_KERNEL)."""
+    as DIFFLAB_GN_KERNEL), of those that match torch's kernel at every shape."""
     bench = load()
     out = tmp_path / "gn.json"
     res = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
@@ -63,5 +63,14 @@ def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
         out.write_text(json.dumps(res))
         assert bench.main(["--faster-kernel", str(out)]) == {"faster_kernel": fast}
         assert capsys.readouterr().out.strip() == fast
+    res["totals"]["triton_tiled"]["ms_per_forward"] = 1.0  # faster, but wrong at one shape: not chosen
+    res["totals"]["triton_looped"]["ms_per_forward"] = 2.0
+    next(r for r in res["rows"] if r["variant"] == "triton_tiled")["max_abs_diff"] = 1.0
+    out.write_text(json.dumps(res))
+    assert bench.main(["--faster-kernel", str(out)]) == {"faster_kernel": "looped"}
+    for r in res["rows"]:
+        r["max_abs_diff"] = 1.0
+    with pytest.raises(ValueError, match="no complete and correct timing"):
+        bench.faster_kernel(res)
     with pytest.raises(SystemExit, match="no variant"):
         bench.main(["--device", "cpu", "--tiny", "--no-compile", "--variants", "triton"])
