@@ -500,6 +500,7 @@ def count_flops(env: Env, library: str) -> dict:
 
 # ----------------------------------------------------------------------------- profiling
 _KINDS = (  # (kind, substrings of kernel/op names); first match wins -- a heuristic, the table is exact
+    ("GroupNorm (difflab triton)", ("_gn_", "group_norm_act")),  # models/group_norm_triton.py's kernels
     ("fused (triton): norm", ("triton_per_fused_native_group_norm", "triton_red_fused_native_group_norm")),
     ("fused (triton): other", ("triton",)),
     ("optimizer + EMA", ("adam", "multi_tensor", "foreach", "lerp")),

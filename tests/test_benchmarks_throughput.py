@@ -83,6 +83,7 @@ def test_throughput_helpers():
     assert refs == {"fp32", "bf16", "bf16+compile"}  # the reference configurations
     assert ("difflab", "sample", "bf16+cl+compile+graph") in names
     assert bench._kind("triton_red_fused_native_group_norm_silu_3") == "fused (triton): norm"
+    assert bench._kind("_gn_looped") == bench._kind("_gn_apply") == "GroupNorm (difflab triton)"
     assert bench._kind("sm90_xmma_fprop_implicit_gemm_bf16") == "convolution"
     assert bench._kind("void at::native::(anonymous)::multi_tensor_apply_kernel<FusedAdamW>") == "optimizer + EMA"
     assert bench._kind("pytorch_flash::flash_fwd_kernel") == "attention"

@@ -359,7 +359,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
     done = subprocess.run([sys.executable, str(script), "90"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     n = int(re.search(r"compiled (\d+) kernels for sm_90", done.stdout).group(1))
-    assert n >= 40 and "_single_pass" in done.stdout and "_partial_stats" in done.stdout
+    assert n >= 40 and "_gn_single_pass" in done.stdout and "_gn_partial_stats" in done.stdout
     spills = re.findall(r"local-memory loads (\d+)", done.stdout)
     assert len(spills) == n and set(spills) == {"0"}  # no PTX-level spills to local memory
     # Registers bound occupancy, and these kernels live on memory bandwidth: none above 128 a
@@ -372,7 +372,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
 def test_the_ahead_of_time_compile_specializes_as_a_launch_does():
     """A launch marks every 16-byte aligned pointer and every integer divisible by 16 with
     tt.divisibility (BaseBackend.get_int_specialization), and that changes the code: vector
-    loads, about half of _apply's registers (ptxas, sm_90: 104 -> 48 at 128 channels). Without
+    loads, about half of _gn_apply's registers (ptxas, sm_90: 104 -> 48 at 128 channels). Without
     those marks triton_aot.py would compile, and check for spills, kernels that never run."""
     aot = load_script("tests/triton_aot.py")
     seen = {}
@@ -381,9 +381,9 @@ def test_the_ahead_of_time_compile_specializes_as_a_launch_does():
         assert {n for n, t in signature.items() if t.startswith("*")} <= divisible, fn.__name__
         seen.setdefault(fn.__name__, []).append((divisible, constexprs))
     # the 32 x 32 level at 128 channels: H*W, C, G and 32 tiles all divisible by 16; 16 x 16: 8 tiles
-    assert any({"HW", "C", "G", "NB"} <= d for d, _ in seen["_partial_stats"])
-    assert any({"HW", "C", "G"} <= d and "NB" not in d for d, _ in seen["_partial_stats"])
-    assert any(c.get("HW") == 1 and "HW" not in d for d, c in seen["_single_pass"])  # a 1: a constant
+    assert any({"HW", "C", "G", "NB"} <= d for d, _ in seen["_gn_partial_stats"])
+    assert any({"HW", "C", "G"} <= d and "NB" not in d for d, _ in seen["_gn_partial_stats"])
+    assert any(c.get("HW") == 1 and "HW" not in d for d, c in seen["_gn_single_pass"])  # a 1: a constant
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a GPU")

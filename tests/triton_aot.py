@@ -32,7 +32,7 @@ def aligned(signature: dict, **values) -> dict:
     """The ``tt.divisibility`` attributes a launch adds: every pointer (torch's allocations are
     16-byte aligned) and every integer argument divisible by 16 (Triton's BaseBackend rule:
     get_arg_specialization in 3.5, get_int_specialization from 3.6). They change the code
-    (vector loads, about half the registers of _apply), so the compiled kernels are the
+    (vector loads, about half the registers of _gn_apply), so the compiled kernels are the
     launched ones only with them."""
     return {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(signature.items())
             if ty.startswith("*") or (ty == "i32" and values[name] % 16 == 0)}
@@ -71,7 +71,7 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
         flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                      HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
         if p["kernel"] in ("single", "looped"):  # one kernel: the whole image, or slabs of it
-            fn, extra = (gnt._single_pass, {}) if p["kernel"] == "single" else (gnt._looped, {"NS": p["NS"]})
+            fn, extra = (gnt._gn_single_pass, {}) if p["kernel"] == "single" else (gnt._gn_looped, {"NS": p["NS"]})
             sig, const = ints(HW=HW, C=C, G=G, **extra)
             signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}
@@ -81,18 +81,18 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
         sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
                      **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
-        yield (gnt._partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
+        yield (gnt._gn_partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
                aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                      "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
                      **{k: "constexpr" for k in (*tiles, *flags)}}
-        yield (gnt._apply, signature, {**const, **tiles, **flags},
+        yield (gnt._gn_apply, signature, {**const, **tiles, **flags},
                aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
     if p["kernel"] == "tiled":
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
                      **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}}
-        yield (gnt._finalize_stats, signature,
+        yield (gnt._gn_finalize_stats, signature,
                {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]},
                aligned(signature, HW=HW, G=G, NB=p["NB"]), 4)
 

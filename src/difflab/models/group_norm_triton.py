@@ -10,22 +10,22 @@ and act SiLU or the identity. These are every use of GroupNorm in the U-Net; in 
 they take five to eight kernels and, for channels_last input, two layout copies.
 
 Here, over the NHWC memory, an image of at most ``SINGLE_PASS_MAX`` elements (the U-Net's 4x4
-level) takes one kernel, ``_single_pass``, whose program holds the image whole: one read of x,
+level) takes one kernel, ``_gn_single_pass``, whose program holds the image whole: one read of x,
 one write of y, one launch. A larger image takes one of two ways (``KERNEL``, ``_plan``):
 
 - **tiled**, three kernels over tiles of ``BLOCK_HW`` positions x all C channels (one
   contiguous stretch of memory), any number of programs an image:
 
-  1. ``_partial_stats``: each tile's group means and sums of squared deviations (M2 about the
+  1. ``_gn_partial_stats``: each tile's group means and sums of squared deviations (M2 about the
      tile's own mean, not a raw sum of squares: no cancellation when |mean| >> std);
-  2. ``_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
+  2. ``_gn_finalize_stats``: per image, Chan et al.'s parallel combination of the tiles,
      mean = sum_i n_i m_i / N,  M2 = sum_i [M2_i + n_i (m_i - mean)^2],  rstd = (M2 / N + eps)^-1/2
      (``FINALIZE_CHUNK`` tiles at a time, the chunks merged by the same rule: any image size);
-  3. ``_apply``: each tile again, y = act(x * k_c + d_c) with the per-(image, channel)
+  3. ``_gn_apply``: each tile again, y = act(x * k_c + d_c) with the per-(image, channel)
      k = rstd_g gamma (1 + s), d = (beta - mean_g gamma rstd_g)(1 + s) + b.
 
   x is read twice and y written once;
-- **looped**, one kernel, ``_looped``: a program per (image, slab of whole groups, about
+- **looped**, one kernel, ``_gn_looped``: a program per (image, slab of whole groups, about
   ``SLAB_LANES`` channels) sweeps the image's positions twice, the statistics (tile by tile,
   merged by Chan's rule) and then the output. One launch and no statistics in memory; the
   second sweep re-reads what the first read moments before, from L2 when it still holds it.
@@ -160,7 +160,7 @@ def _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU: tl.constexpr):
 
 
 @triton.jit
-def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
+def _gn_partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
                    HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr,
                    BLOCK_CG: tl.constexpr):
     pid = tl.program_id(0)
@@ -178,7 +178,7 @@ def _partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
 
 
 @triton.jit
-def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
+def _gn_finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
                     BLOCK_HW: tl.constexpr, BLOCK_NB: tl.constexpr, BLOCK_G: tl.constexpr):
     """Per image: Chan's combination of its NB tiles, BLOCK_NB tiles at a time (any image size)."""
     b = tl.program_id(0)
@@ -206,7 +206,7 @@ def _finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
 
 
 @triton.jit
-def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
+def _gn_apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
            HW, C, G, NB, CG: tl.constexpr,
            HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
@@ -225,7 +225,7 @@ def _apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_p
 
 
 @triton.jit
-def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, eps,
+def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, eps,
                  CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                  BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -248,7 +248,7 @@ def _single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, H
 
 
 @triton.jit
-def _looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
+def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
             CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
             BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -297,7 +297,7 @@ def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tenso
 
 
 # An image of at most this many (padded) elements is normalized by one program in one kernel
-# (_single_pass: one read of x); larger ones by the tiled or the looped kernels.
+# (_gn_single_pass: one read of x); larger ones by the tiled or the looped kernels.
 SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 173 registers a thread at 8 warps (ptxas, sm_90)
 
 TILE = 4096  # elements a program of the tiled or looped kernels holds at a time
@@ -362,17 +362,17 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
     operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
     if p["kernel"] == "single":
-        _single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile)
+        _gn_single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile)
     elif p["kernel"] == "looped":
-        _looped[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
+        _gn_looped[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
     else:
         nb = p["NB"]
         part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
         stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
-        _partial_stats[(B * nb,)](x, operands[0], part, HW, C, G, nb, CG=C // G, HAS_ADD=add is not None, **tile)
-        _finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
+        _gn_partial_stats[(B * nb,)](x, operands[0], part, HW, C, G, nb, CG=C // G, HAS_ADD=add is not None, **tile)
+        _gn_finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
                               BLOCK_NB=p["BLOCK_NB"], BLOCK_G=tile["BLOCK_G"])
-        _apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
+        _gn_apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
     return y
 
 
