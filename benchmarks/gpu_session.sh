@@ -87,22 +87,25 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   include the canary's) is skipped instead of compiling first;
 #   diffusers' best sampling configuration and difflab's sampling candidates, its Triton
 #   GroupNorm kernels under Inductor and eagerly captured (cheap, so before the next training row);
-#   difflab's best training candidate: the compiled step captured whole as a CUDA graph;
+#   difflab's best training candidate: the compiled step captured whole as a CUDA graph, first
+#   without the EMA copy -- the work of diffusers' step (forward, backward, AdamW, as the issue
+#   defines it), so its speed and its peak memory compare like for like -- then with it;
 #   the sampling row without the Triton kernels (their effect), the NHWC view under Inductor;
-#   training without the EMA copy (the work of diffusers' step), coordinate-descent tuning,
+#   training without channels_last, coordinate-descent tuning,
 #   freezing, the eager Triton kernels;
 #   the NHWC GroupNorm in training, the other graph variants and the step they improve on;
 #   then the cheap eager ladders; then the rest.
 PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'diffusers/sample/bf16+compile'
           'difflab/sample/bf16+cl+compile+graph+gn_triton' 'difflab/sample/bf16+cl+graph+gn_triton'
+          'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
+          'difflab/sample/bf16+cl+compile+graph'
           'difflab/train/bf16+fused+cl+compile_step+step_graph'
-          'difflab/sample/bf16+cl+compile+graph' 'difflab/sample/bf16+cl+compile+graph+gn_nhwc'
+          'difflab/sample/bf16+cl+compile+graph+gn_nhwc'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'difflab/sample/bf16+cl+compile_cdt+graph' 'difflab/sample/bf16+cl+compile_frozen+graph'
           'difflab/sample/bf16+cl+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
-          'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
           'difflab/train/bf16+fused+compile_step+step_graph' 'difflab/train/bf16+fused+cl+compile_step+graphs'
           'difflab/train/bf16+fused+cl+compile_step' 'difflab/train/bf16+fused+cl+step_graph'
           '*/*/fp32' '*/*/bf16' '*/*/bf16+fused' '*/*/bf16+fused+cl' '*/*/bf16+cl' '*')
