@@ -709,7 +709,16 @@ def summarize(rows: list[dict]) -> dict:
             }
         if best.get("peak_mem_bytes") and ref.get("peak_mem_bytes"):
             s["peak_mem_ratio"] = best["peak_mem_bytes"] / ref["peak_mem_bytes"]
-            s["target_met"] = s["ratio"] >= TARGETS[what] and s["peak_mem_ratio"] <= 1.0
+            # the issue's bar is speed and memory in one configuration: the fastest row that holds
+            # no more memory than diffusers' reference (e.g. training without the EMA copy, which
+            # diffusers' step does not keep) meets it or nothing does
+            lean = [r for r in ours if r.get("peak_mem_bytes") and r["peak_mem_bytes"] <= ref["peak_mem_bytes"]]
+            if lean:
+                fit = max(lean, key=lambda r: r["images_per_s"])
+                s["difflab_best_within_memory"] = fit["name"]
+                s["ratio_within_memory"] = fit["images_per_s"] / ref["images_per_s"]
+                s["peak_mem_ratio_within_memory"] = fit["peak_mem_bytes"] / ref["peak_mem_bytes"]
+            s["target_met"] = s.get("ratio_within_memory", 0.0) >= TARGETS[what]
         summary[what] = s
     return summary
 
@@ -744,7 +753,15 @@ def print_table(result: dict, file=sys.stdout) -> None:
         print(f"{what}: difflab {s['difflab_best']} {s['difflab_images_per_s']:.1f} img/s / diffusers "
               f"{s['diffusers_best']} {s['diffusers_images_per_s']:.1f} img/s = {s['ratio']:.2f}x "
               f"(target {s['target_ratio']}x{mem}); vs diffusers' fastest row of any kind "
-              f"({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x", file=file)
+              f"({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x{_within_memory(s)}", file=file)
+
+
+def _within_memory(s: dict) -> str:
+    """The summary's fastest difflab row within diffusers' peak memory, when it is not the fastest."""
+    if "difflab_best_within_memory" not in s or s["difflab_best_within_memory"] == s["difflab_best"]:
+        return ""
+    return (f"; the fastest within diffusers' peak memory: {s['difflab_best_within_memory']} "
+            f"{s['ratio_within_memory']:.2f}x at {s['peak_mem_ratio_within_memory']:.2f}x the memory")
 
 
 def markdown(result: dict) -> str:
@@ -779,7 +796,8 @@ def markdown(result: dict) -> str:
         met = {True: " -- **target met**", False: " -- **target not met**"}.get(s.get("target_met"), "")
         lines.append(f"- **{what}**: difflab {s['difflab_best']} / diffusers {s['diffusers_best']} = "
                      f"**{s['ratio']:.2f}x** (target {s['target_ratio']}x{mem}){met}; against diffusers' fastest "
-                     f"row of any kind ({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x")
+                     f"row of any kind ({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x"
+                     f"{_within_memory(s)}")
         if "profile" in s:
             t = s["profile"]["ms_per_iteration"]
             kinds = ", ".join(f"{k} {v:+.2f}" for k, v in s["profile"]["by_kind_ms_difflab_minus_diffusers"].items())
