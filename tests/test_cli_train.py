@@ -8,11 +8,12 @@ from PIL import Image
 
 import difflab as dl
 from difflab.cli import main
+from difflab.training.checkpoint import LoadedRun
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_train_sample_resume_with_digits_config(tmp_path, capsys):
+def test_train_sample_resume_with_digits_config(tmp_path, capsys, monkeypatch):
     run = tmp_path / "digits"
     rc = main(["train", "--config", str(REPO / "configs" / "digits.yaml"), "--out", str(run), "--steps", "4",
                "--log-every", "2", "--ckpt-every", "2", "--set", "sample.steps=2", "--set", "sample.per_class=2",
@@ -32,6 +33,28 @@ def test_train_sample_resume_with_digits_config(tmp_path, capsys):
     assert torch.equal(x, dl.load(run).sample(6, "ddim", 3, guidance=3.0, labels=7, seed=0))
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--label", "all",
                  "--out", str(tmp_path / "rows.png")]) == 0
+    # the speed flags reach dl.sample as its keywords of the same names; --fast is a preset of them
+    # (CUDA only: refused before any work on the CPU, as are impossible combinations)
+    seen = []
+    real_sample = LoadedRun.sample
+
+    def record(self, *args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("precision", "channels_last", "compile", "cuda_graph", "group_norm")
+                     if k in kwargs})
+        return real_sample(self, *args, **{k: v for k, v in kwargs.items() if k not in seen[-1]})
+
+    monkeypatch.setattr(LoadedRun, "sample", record)
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--precision", "bf16",
+                 "--channels-last", "--group-norm", "always", "--out", str(out)]) == 0
+    assert seen == [{"precision": "bf16", "channels_last": True, "group_norm": "always"}]
+    capsys.readouterr()
+    for flags, message in ((["--fast"], "--fast replays CUDA graphs, which needs a CUDA device"),
+                           (["--cuda-graph"], "--cuda-graph replays CUDA graphs"),
+                           (["--group-norm", "triton"], "add --channels-last")):
+        assert main(["sample", "--ckpt", str(run), "--device", "cpu", *flags, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert len(seen) == 1
+    monkeypatch.undo()
 
     # continue the run to 6 steps, reusing its stored config; --cuda-graph (a speed option a resume
     # may change) is a CUDA option: noted on the CPU, which steps eagerly

@@ -2,6 +2,7 @@
 
     difflab sample --ckpt runs/digits --n 64 --sampler ddim --steps 50 --guidance 3 --label 7 --seed 0 --out grid.png
     difflab sample --ckpt runs/digits --label all --n 10 --guidance 3 --out rows.png   # a row per class
+    difflab sample --ckpt runs/mnist_cond --device cuda --fast --n 1024 --out grid.png  # bf16, compiled, graphs
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from .._devices import resolve_device
 from ..editing.superres import refuse_superres
 from ..evaluation.grids import check_image_path, make_parent
+from ..models.norm import MODES as GROUP_NORM_MODES
 from ..samplers import SAMPLERS
 from ..training.checkpoint import load
 from ..training.generate import class_rows, save_grid
@@ -41,7 +43,35 @@ def add_parser(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--save-tensor", metavar="FILE", help="also save the samples as a torch tensor (.pt)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    speed = p.add_argument_group("speed", "the sampler's speed options (dl.sample's keywords of the same names)")
+    speed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast the network (default fp32)")
+    speed.add_argument("--channels-last", action="store_true", help="NHWC activations (faster convolutions on GPUs)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the network (minutes once, then faster)")
+    speed.add_argument("--cuda-graph", action="store_true",
+                       help="replay each network call as a CUDA graph (CUDA only; no host overhead per step)")
+    speed.add_argument("--group-norm", choices=GROUP_NORM_MODES,
+                       help="how the U-Net's GroupNorms run: torch's kernel (never), on the NHWC view (compile, "
+                            "always), or difflab's Triton kernels (triton: CUDA, with --channels-last)")
+    speed.add_argument("--fast", action="store_true",
+                       help="the fastest GPU setting measured so far: --precision bf16 --channels-last --compile "
+                            "--cuda-graph (CUDA only)")
     p.set_defaults(func=_main)
+
+
+def speed_options(args, device: torch.device) -> dict:
+    """dl.sample's speed keywords from the flags, refused before any work where they cannot run."""
+    if args.fast:
+        args.precision = args.precision or "bf16"
+        args.channels_last = args.compile = args.cuda_graph = True
+    if args.cuda_graph and device.type != "cuda":
+        flag = "--fast" if args.fast else "--cuda-graph"
+        raise ValueError(f"{flag} replays CUDA graphs, which needs a CUDA device; got --device {device}. Use "
+                         "--device cuda, or leave it out (on a CPU: --precision bf16 --channels-last --compile)")
+    if args.group_norm == "triton" and not args.channels_last:
+        raise ValueError("--group-norm triton runs on channels_last activations: add --channels-last (or --fast)")
+    options = {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+               "cuda_graph": args.cuda_graph, "group_norm": args.group_norm}
+    return {k: v for k, v in options.items() if v not in (None, False)}
 
 
 def _main(args) -> int:
@@ -49,6 +79,7 @@ def _main(args) -> int:
     out = check_image_path(args.out, "--out", mkdir=True)
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
+    options = speed_options(args, device)
     run = load(args.ckpt, device=device)
     refuse_superres(run.model if args.raw else run.ema_model, "`difflab sample`")
     if len(run.image_shape) != 3 and tensor_out is None:
@@ -75,7 +106,7 @@ def _main(args) -> int:
                                  f"got {args.label!r}") from None
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                   clip_x0=clip, ema=not args.raw, device=device)
+                   clip_x0=clip, ema=not args.raw, device=device, **options)
     written = []
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
