@@ -66,8 +66,8 @@ def small_tiles(monkeypatch, kernel: str) -> None:
     monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)
     plan = gnt._plan
 
-    def small(C, G, HW, B=1):
-        p = plan(C, G, HW, B)
+    def small(C, G, HW, B=1, kernel_=None):
+        p = plan(C, G, HW, B, kernel_)
         if HW * C > 8192:  # large enough to be tiled as it is
             return p
         p.update(BLOCK_HW=min(p["BLOCK_HW"], 8))

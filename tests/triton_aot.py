@@ -58,11 +58,7 @@ def specializations():
 
 def plan(C: int, G: int, HW: int, kernel: str) -> dict:
     """The launch plan for the U-Net's batch of 128, with the given kernels for large images."""
-    saved, gnt.KERNEL = gnt.KERNEL, kernel
-    try:
-        return gnt._plan(C, G, HW, 128)
-    finally:
-        gnt.KERNEL = saved
+    return gnt._plan(C, G, HW, 128, kernel)
 
 
 def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):

@@ -57,6 +57,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .norm import check_groups
+
 __all__ = ["group_norm_act", "INTERPRETED"]
 
 # Triton's interpreter runs the kernels (on the CPU, with NumPy): decided when @triton.jit runs,
@@ -320,10 +322,11 @@ if KERNEL not in (None, *KERNELS):
     raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
 
 
-def _plan(C: int, G: int, HW: int, B: int = 1) -> dict:
+def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> dict:
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
     lanes: all groups (single, tiled) or a slab of them (looped, NS slabs an image); a tile is
-    BLOCK_HW positions by those lanes; the tiled kernels cut an image into NB tiles."""
+    BLOCK_HW positions by those lanes; the tiled kernels cut an image into NB tiles. ``kernel``:
+    "tiled" or "looped" for a large image (default ``KERNEL``, else the rule above)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
@@ -332,7 +335,7 @@ def _plan(C: int, G: int, HW: int, B: int = 1) -> dict:
                     num_warps=8 if whole * lanes > 4096 else 4)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
-    kernel = KERNEL or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS else "tiled")
+    kernel = kernel or KERNEL or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS else "tiled")
     if kernel == "looped":
         return dict(kernel="looped", BLOCK_G=slab_g, BLOCK_CG=block_cg, NS=ns,
                     BLOCK_HW=min(whole, max(1, TILE // (slab_g * block_cg))), num_warps=4)
@@ -392,9 +395,7 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     if x.ndim != 4:
         raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")
     B, C, H, W = x.shape
-    if num_groups < 1 or C % num_groups:
-        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups; "
-                         f"choose a number of groups that divides {C}")
+    check_groups(C, num_groups)
     if x.device.type != "cuda" and not INTERPRETED:
         raise ValueError(f"group_norm_act runs Triton kernels on CUDA tensors, got a {x.device.type} "
                          "tensor; use difflab.models.norm.group_norm_nhwc (or set TRITON_INTERPRET=1 "
@@ -409,7 +410,6 @@ def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     if x.numel() >= 2**31:
         raise ValueError(f"group_norm_act indexes with 32-bit offsets: {x.numel()} elements is too many; "
                          "split the batch, or use difflab.models.norm.group_norm_nhwc")
-    x = x.contiguous(memory_format=torch.channels_last)
     return _group_norm_act(x, num_groups, weight, bias, _per_image("add", add, B, C),
                            _per_image("scale", scale, B, C), _per_image("shift", shift, B, C),
                            float(eps), bool(silu))

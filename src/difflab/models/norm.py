@@ -19,9 +19,9 @@ channels_last again (benchmarks/throughput.py's rows "+gn_nhwc" measure it).
 Which one :class:`GroupNorm` uses for channels_last inputs is a process-wide setting
 (:func:`set_nhwc_group_norm`): "never" (the default, torch's kernel), "compile" (only while
 torch.compile traces, where the extra eager kernels fuse away), "always", or "triton": the
-hand-written kernels of :mod:`difflab.models.group_norm_triton` (three kernels that read x twice
-and write once, with the neighbouring add, scale-shift and SiLU fused in) wherever no gradient
-is needed -- sampling -- and "compile" otherwise. NCHW inputs always take ``F.group_norm``.
+hand-written kernels of :mod:`difflab.models.group_norm_triton` (the neighbouring add,
+scale-shift and SiLU fused in) wherever no gradient is needed -- sampling -- and "compile"
+otherwise. NCHW inputs always take ``F.group_norm``.
 
 :class:`GroupNorm` also takes the U-Net's neighbours of the norm as keywords,
 ``norm(x, add=e, scale=s, shift=b, silu=True)`` = SiLU((GN(x + e)) * (1 + s) + b), so that the
@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm", "check_nhwc_group_norm_mode"]
+__all__ = ["GroupNorm", "group_norm_nhwc", "set_nhwc_group_norm", "nhwc_group_norm", "check_nhwc_group_norm_mode",
+           "check_groups"]
 
 MODES = ("never", "compile", "always", "triton")
 _mode = "never"
@@ -79,6 +80,13 @@ def nhwc_group_norm(mode: str = "always") -> Iterator[None]:
         set_nhwc_group_norm(previous)
 
 
+def check_groups(channels: int, num_groups: int) -> None:
+    """Raise ValueError unless ``num_groups`` (>= 1) divides ``channels``."""
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"group norm: {channels} channels do not split into {num_groups} groups; "
+                         f"choose a number of groups that divides {channels}")
+
+
 def _is_nhwc(x: Tensor) -> bool:
     return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -90,9 +98,7 @@ def group_norm_nhwc(x: Tensor, num_groups: int, weight: Tensor | None = None, bi
     under CUDA autocast (whose policy runs group_norm in float32), x's otherwise (CPU autocast
     leaves group_norm alone)."""
     B, C, H, W = x.shape
-    if C % num_groups:
-        raise ValueError(f"group norm: {C} channels do not split into {num_groups} groups; "
-                         f"choose a number of groups that divides {C}")
+    check_groups(C, num_groups)
     autocast_fp32 = x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and \
         x.dtype in (torch.float16, torch.bfloat16)  # autocast raises half types to float32, no others
     out_dtype = torch.float32 if autocast_fp32 else x.dtype

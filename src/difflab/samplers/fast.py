@@ -76,6 +76,8 @@ def _check_options(precision, channels_last, compile, cuda_graph, group_norm=Non
     if group_norm is not None and group_norm not in GROUP_NORM_MODES:
         raise ValueError(f"group_norm must be None or one of {', '.join(map(repr, GROUP_NORM_MODES))}, "
                          f"got {group_norm!r}")
+    if group_norm is not None:
+        check_nhwc_group_norm_mode(group_norm)  # "triton" without the package: refused now
     for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -130,8 +132,6 @@ class FastModel(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(precision, channels_last, compile, cuda_graph, group_norm)
-        if group_norm is not None:
-            check_nhwc_group_norm_mode(group_norm)  # "triton" without the package: refused now
         if not callable(model):
             raise TypeError(f"model must be callable as model(x_t, t[, cond]), got {type(model).__name__}")
         self.model = model
