@@ -32,6 +32,17 @@ def quiet_interpreter():
         yield
 
 
+@pytest.fixture(autouse=True)
+def full_float32():
+    # On a GPU cuDNN's convolutions default to TF32 (10-bit mantissa): a 1e-7 difference in a
+    # norm's output flips roundings in the next convolution and shows as 1e-3 at the U-Net's
+    # output. The U-Net comparisons below are of the norms, so they run in full float32.
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 def definition(x, groups, weight=None, bias=None, eps=1e-5, add=None, scale=None, shift=None, silu=False):
     """act((GN(x + add) gamma + beta)(1 + scale) + shift), group by group in float64."""
     B, C, H, W = x.shape
