@@ -10,8 +10,8 @@
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
-#       then the two ways of the Triton GroupNorm kernels (tiled, looped) timed alone at the
-#       U-Net's shapes (half a minute), the faster exported as DIFFLAB_GN_KERNEL for the rows,
+#       then the ways of the Triton GroupNorm kernels (auto, tiled, looped, resident) timed alone at the
+#       U-Net's shapes (half a minute), the fastest exported as DIFFLAB_GN_KERNEL for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
 #       end within BUDGET (default 530 s) less GN_RESERVE (0 s) of the call's start, every row
 #       profiled into profile.txt; then, if 45 s are left, benchmarks/group_norm.py with every
@@ -80,33 +80,36 @@ fi
 GN_RESERVE=${GN_RESERVE:-0}  # issue7: seconds of BUDGET kept for the full benchmarks/group_norm.py
 CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600), less a margin
 
-# Issue 7's rows, most important first, so that one call measures both targets (a compiled
-# training row costs ~95 s on the H200, a compiled sampling row ~35 s, an eager one ~15 s):
+# Issue 7's rows, most important first, so that one call measures both targets (H200, 2026-11-26:
+# a compiled training row costs 50-85 s, a compiled sampling row 25-50 s, cdt ~100 s, an eager
+# one 6-18 s):
 #   diffusers' best training configuration (bf16 + compile);
 #   a cheap eager captured step -- a canary: if capture fails, every captured row (whose options
 #   include the canary's) is skipped instead of compiling first;
-#   diffusers' best sampling configuration and difflab's sampling candidates, its Triton
-#   GroupNorm kernels under Inductor and eagerly captured (cheap, so before the next training row);
-#   difflab's best training candidate: the compiled step captured whole as a CUDA graph, first
-#   without the EMA copy -- the work of diffusers' step (forward, backward, AdamW, as the issue
-#   defines it), so its speed and its peak memory compare like for like -- then with it;
-#   the sampling row without the Triton kernels (their effect), the NHWC view under Inductor;
-#   training without channels_last, coordinate-descent tuning,
-#   freezing, the eager Triton kernels;
-#   the NHWC GroupNorm in training, the other graph variants and the step they improve on;
-#   then the cheap eager ladders; then the rest.
+#   difflab's best training row (measured 1.56x at 1.006x diffusers' own peak memory: the
+#   compiled step captured whole, without the EMA copy, i.e. diffusers' work), then the same
+#   with the partitioner's activation memory budget at 0.9 (the memory bar);
+#   diffusers' best sampling configuration and difflab's best (Triton GroupNorm, 1.74x), then
+#   the same with Inductor's freezing (no per-forward weight casts) and coordinate-descent tuning;
+#   channels_last and EMA variants of the training row; the sampling rows without the Triton
+#   kernels or without Inductor (their effects); the NHWC view; the other graph variants; then
+#   the cheap eager ladders; then the rest.
 PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'diffusers/sample/bf16+compile'
-          'difflab/sample/bf16+cl+compile+graph+gn_triton' 'difflab/sample/bf16+cl+graph+gn_triton'
+          'difflab/sample/bf16+cl+compile+graph+gn_triton'
+          'difflab/sample/bf16+cl+compile_frozen+graph+gn_triton'
+          'difflab/sample/bf16+cl+compile_cdt+graph+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
-          'difflab/sample/bf16+cl+compile+graph'
+          'difflab/train/bf16+fused+compile_step+step_graph'
+          'difflab/sample/bf16+cl+graph+gn_triton' 'difflab/sample/bf16+cl+compile+graph'
           'difflab/train/bf16+fused+cl+compile_step+step_graph'
           'difflab/sample/bf16+cl+compile+graph+gn_nhwc'
-          'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'difflab/sample/bf16+cl+compile_cdt+graph' 'difflab/sample/bf16+cl+compile_frozen+graph'
           'difflab/sample/bf16+cl+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
-          'difflab/train/bf16+fused+compile_step+step_graph' 'difflab/train/bf16+fused+cl+compile_step+graphs'
+          'difflab/train/bf16+fused+cl+compile_step+graphs'
           'difflab/train/bf16+fused+cl+compile_step' 'difflab/train/bf16+fused+cl+step_graph'
           '*/*/fp32' '*/*/bf16' '*/*/bf16+fused' '*/*/bf16+fused+cl' '*/*/bf16+cl' '*')
 
@@ -137,20 +140,21 @@ case $stage in
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_group_norm_triton.py \
             -k "real_cuda_graph or gpu or (definition and auto) or unet_samples" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
-        # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice) or
-        # looped (one launch, the second read from L2 where it holds the slab): the faster of the
-        # two at the U-Net's shapes, for every row after
-        timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_tiled triton_looped \
+        # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice),
+        # looped (one launch, the second read from L2 where it holds the slab), resident (one
+        # launch, one read) or as _plan's rule picks them per shape: the fastest at the U-Net's
+        # shapes, for every row after
+        timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_auto triton_tiled triton_looped triton_resident \
             --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
-        # (no verdict -- the comparison failed, or neither way matched torch -- : the tiled kernels,
-        # the plainer code, rather than _plan's untested size rule)
-        if kernel=$(python3 benchmarks/group_norm.py --faster-kernel "$OUT/group_norm_kernels.json" 2>/dev/null); then
+        # (auto, or no verdict -- the comparison failed, or no way matched torch --: the rule in
+        # _plan, set from the H200 measurement of 2026-11-26, shape by shape)
+        unset DIFFLAB_GN_KERNEL
+        if kernel=$(python3 benchmarks/group_norm.py --faster-kernel "$OUT/group_norm_kernels.json" 2>/dev/null) \
+                && [[ $kernel != auto ]]; then
             export DIFFLAB_GN_KERNEL=$kernel
-        else
-            export DIFFLAB_GN_KERNEL=tiled
         fi
-        echo "gpu_session: DIFFLAB_GN_KERNEL=$DIFFLAB_GN_KERNEL" | tee -a "$OUT/session.log"
+        echo "gpu_session: DIFFLAB_GN_KERNEL=${DIFFLAB_GN_KERNEL:-unset, the rule of _plan}" | tee -a "$OUT/session.log"
         [[ -n ${MERGE:-} ]] && merge=(--merge) || merge=()
         # the rows, keeping GN_RESERVE seconds of the budget for benchmarks/group_norm.py after them
         left=$((BUDGET - GN_RESERVE - SECONDS))

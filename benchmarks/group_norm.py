@@ -18,13 +18,17 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``eager_nhwc``  torch's kernel on channels_last memory (two layout copies);
 - ``compiled``    torch.compile of the same function (Inductor's fused kernels, as in the model);
 - ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
-- ``triton_tiled``, ``triton_looped``  difflab's hand-written kernels
+- ``triton_tiled``, ``triton_looped``, ``triton_resident``  difflab's hand-written kernels
   (``models/group_norm_triton.py``), large images by the tiled kernels (three launches, x read
-  twice) or by the looped one (one launch, the second read from L2 where it holds the slab);
-  an image of at most 8192 elements takes the single-pass kernel in both.
+  twice), by the looped one (one launch, the second read from L2 where it holds the slab) or
+  by the resident one (one launch, one read: a program holds all positions of a narrow slab);
+  an image of at most 8192 elements takes the single-pass kernel in each;
+- ``triton_auto``  the same kernels as ``_plan``'s rule picks them shape by shape (what runs
+  when DIFFLAB_GN_KERNEL is unset).
 
-``--faster-kernel FILE`` prints which of the two was faster over a forward pass in a JSON written
-by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL to it for the throughput rows).
+``--faster-kernel FILE`` prints which of them (auto, tiled, looped, resident) was fastest over a
+forward pass in a JSON written by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL
+to it for the throughput rows, or leaves it unset for auto).
 
 Per shape: microseconds per call (median of --repeats timings of --iters calls each; on a GPU
 the calls are captured as one CUDA graph and its replays timed with CUDA events, since the
@@ -105,6 +109,7 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
 
         for kernel in gnt.KERNELS:
             out[f"triton_{kernel}"] = ("nhwc", kernels(kernel))
+        out["triton_auto"] = ("nhwc", kernels(None))  # _plan's rule, shape by shape
     return out
 
 
@@ -115,18 +120,19 @@ SAME_FUNCTION_ATOL = 0.25
 
 
 def faster_kernel(result: dict) -> str:
-    """The Triton kernels ("tiled" or "looped") with the shorter forward pass in a result, of
-    those timed at every shape and within SAME_FUNCTION_ATOL of torch's kernel at each (a
-    wrong kernel is not chosen however fast)."""
+    """The Triton kernels ("tiled", "looped", "resident", or "auto": _plan's rule) with the shortest forward
+    pass in a result, of those timed at every shape and within SAME_FUNCTION_ATOL of torch's
+    kernel at each (a wrong kernel is not chosen however fast); on a tie the first of them."""
     totals = result.get("totals") or {}
     timed = {}
-    for k in ("tiled", "looped"):
+    for k in ("auto", "tiled", "looped", "resident"):
         rows = [r for r in result.get("rows", []) if r["variant"] == f"triton_{k}"]
         if f"triton_{k}" in totals and rows and all(r.get("max_abs_diff", float("inf")) <= SAME_FUNCTION_ATOL
                                                     for r in rows):
             timed[k] = totals[f"triton_{k}"]["ms_per_forward"]
     if not timed:
-        raise ValueError("no complete and correct timing of triton_tiled or triton_looped in this result")
+        raise ValueError("no complete and correct timing of triton_auto, triton_tiled, triton_looped or "
+                         "triton_resident in this result")
     return min(timed, key=timed.get)
 
 
@@ -190,7 +196,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                     help="only these variants (eager_nchw, the reference, is always run)")
     ap.add_argument("--faster-kernel", type=Path, default=None, metavar="JSON",
-                    help="print tiled or looped, whichever was faster in this --out file, and exit")
+                    help="print auto, tiled, looped or resident, whichever was fastest in this --out file, and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
     if args.faster_kernel is not None:

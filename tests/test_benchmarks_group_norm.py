@@ -33,9 +33,10 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
                       "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     variants = {r["variant"] for r in res["rows"]}
-    assert variants == {"eager_nchw", "eager_nhwc", "triton_tiled", "triton_looped"}
+    assert variants == {"eager_nchw", "eager_nhwc", "triton_tiled", "triton_looped", "triton_resident",
+                        "triton_auto"}
     shapes = bench.norm_shapes(bench.NETWORKS["tiny"], 2)
-    assert len(res["rows"]) == 4 * len(shapes)
+    assert len(res["rows"]) == 6 * len(shapes)
     for r in res["rows"]:
         assert "error" not in r, r
         assert r["us_per_call"] > 0 and r["effective_gbps"] > 0 and r["fraction_of_peak"] is None
@@ -63,6 +64,13 @@ def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
         out.write_text(json.dumps(res))
         assert bench.main(["--faster-kernel", str(out)]) == {"faster_kernel": fast}
         assert capsys.readouterr().out.strip() == fast
+    res_auto = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
+                           "--variants", "triton_auto", "triton_looped", "--out", str(out)])
+    res_auto["totals"]["triton_auto"]["ms_per_forward"] = 1.0  # _plan's rule fastest: DIFFLAB_GN_KERNEL unset
+    res_auto["totals"]["triton_looped"]["ms_per_forward"] = 1.5
+    assert bench.faster_kernel(res_auto) == "auto"
+    res_auto["totals"]["triton_looped"]["ms_per_forward"] = 0.5
+    assert bench.faster_kernel(res_auto) == "looped"
     res["totals"]["triton_tiled"]["ms_per_forward"] = 1.0  # faster, but wrong at one shape: not chosen
     res["totals"]["triton_looped"]["ms_per_forward"] = 2.0
     next(r for r in res["rows"] if r["variant"] == "triton_tiled")["max_abs_diff"] = 1.0

@@ -196,3 +196,23 @@ def test_summary_meets_the_bar_only_with_speed_and_memory_in_one_row():
     assert bench.summarize([ref, fast_fat, lean])["train"]["target_met"] is False
     s = bench.summarize([ref, fast_fat])["train"]  # no row within memory
     assert s["target_met"] is False and "difflab_best_within_memory" not in s
+
+
+def test_peak_memory_is_each_rows_own():
+    """A row's peak counts what it allocated, not what earlier rows left allocated: a later row
+    must not be charged for them (measured: rows left up to 400 MiB before the headline row)."""
+    bench = load()
+    ref = {"library": "diffusers", "what": "train", "name": "bf16+compile", "reference": True,
+           "images_per_s": 1000.0, "peak_mem_bytes": 3069, "allocated_before_bytes": 66}
+    ours = {"library": "difflab", "what": "train", "name": "no_ema", "reference": False,
+            "images_per_s": 1600.0, "peak_mem_bytes": 3400, "allocated_before_bytes": 462,
+            "allocated_between_iterations_bytes": 1100}
+    assert bench.own_peak(ours) == 3400 - 462 and bench.own_held(ours) == 1100 - 462
+    s = bench.summarize([ref, ours])["train"]
+    assert s["peak_mem_ratio"] == pytest.approx((3400 - 462) / (3069 - 66))
+    assert s["difflab_best_within_memory"] == "no_ema" and s["target_met"] is True
+    ours["peak_mem_own_bytes"] = 3100  # measured directly (new rows) wins over the difference
+    assert bench.own_peak(ours) == 3100
+    s = bench.summarize([ref, ours])["train"]
+    assert s["target_met"] is False and s["peak_mem_ratio"] == pytest.approx(3100 / 3003)
+    assert bench.own_peak({"images_per_s": 1.0}) is None  # CPU rows: no memory figures

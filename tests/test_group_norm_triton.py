@@ -69,9 +69,10 @@ def nhwc(*shape, mean=0.0, std=1.0, seed=0):
 
 
 def small_tiles(monkeypatch, kernel: str) -> None:
-    """Every image through the tiled or the looped kernels; one that would be a single tile
-    (at most 8192 elements) in tiles of 8 positions (the last one partial) and, looped,
-    programs 2 groups wide; the tiled statistics combined 2 tiles at a time (chunks merged too)."""
+    """Every image through the tiled, looped or resident kernels; one that would be a single
+    tile (at most 8192 elements) in tiles of 8 positions (the last one partial) and, looped or
+    resident, programs 2 groups wide; the tiled statistics combined 2 tiles at a time (chunks
+    merged too)."""
     monkeypatch.setattr(gnt, "SINGLE_PASS_MAX", 0)
     monkeypatch.setattr(gnt, "KERNEL", kernel)
     monkeypatch.setattr(gnt, "FINALIZE_CHUNK", 2)
@@ -79,7 +80,11 @@ def small_tiles(monkeypatch, kernel: str) -> None:
 
     def small(C, G, HW, B=1, kernel_=None):
         p = plan(C, G, HW, B, kernel_)
-        if HW * C > 8192:  # large enough to be tiled as it is
+        if HW * C > 8192:  # large enough to be tiled (or cut in slabs) as it is
+            return p
+        if kernel == "resident":  # all positions in one program: slabs of two groups instead of tiles
+            assert p["kernel"] == "resident" and p["BLOCK_HW"] >= HW
+            p.update(BLOCK_G=min(p["BLOCK_G"], 2), NS=-(-G // min(p["BLOCK_G"], 2)))
             return p
         p.update(BLOCK_HW=min(p["BLOCK_HW"], 8))
         if kernel == "tiled":
@@ -103,10 +108,11 @@ def small_tiles(monkeypatch, kernel: str) -> None:
     (1, 12, 1, 1, 3),     # one position
 ])
 @pytest.mark.parametrize("fused", ["plain", "affine", "add", "scale_shift"])
-@pytest.mark.parametrize("path", ["auto", "tiled", "looped"])
+@pytest.mark.parametrize("path", ["auto", "tiled", "looped", "resident"])
 def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch):
-    """Every shape three ways: as chosen (one kernel for an image of <= 8192 elements), and
-    forced through the tiled and the looped kernels in small tiles (35, 15 and 9 positions: a
+    """Every shape four ways: as chosen (one kernel for an image of <= 8192 elements), forced
+    through the resident kernel over slabs of two groups, and through the tiled and the looped
+    kernels in small tiles (35, 15 and 9 positions: a
     partial last tile; 384, 96 and 72 channels: padding lanes in every kernel): the tiled
     statistics combined two tiles at a time (5 tiles: a partial last chunk), the looped ones
     over slabs of two groups (3 groups of 4, 5 groups of 12 channels: a partial slab, its
@@ -114,7 +120,7 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     if path != "auto":
         small_tiles(monkeypatch, path)
         p = gnt._plan(C, G, H * W, B)
-        assert p["kernel"] == path and (p["BLOCK_HW"] <= 8 or H * W > 64)
+        assert p["kernel"] == path and (p["BLOCK_HW"] <= 8 or H * W > 64 or path == "resident")
         assert path == "tiled" or p["NS"] == -(-G // p["BLOCK_G"]) > 1 or G == 1
     elif C * H * W <= 4096:
         assert gnt._plan(C, G, H * W, B)["kernel"] == "single"
@@ -147,7 +153,7 @@ def test_the_custom_op_accepts_any_strides():
     torch.testing.assert_close(got.double(), definition(x, 4, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("path", ["single", "tiled", "looped"])
+@pytest.mark.parametrize("path", ["single", "tiled", "looped", "resident"])
 def test_variance_has_no_cancellation_for_a_large_mean(path, monkeypatch):
     """x = 10^4 + N(0, 1): E[x^2] - E[x]^2 in float32 loses the variance entirely (both terms
     are 1e8, with float32 steps of 8); centred sums (and Chan's combination of tiles) keep it."""
@@ -332,19 +338,30 @@ def test_an_empty_batch_or_image_gives_an_empty_output():
 def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_images(monkeypatch):
     """The rule of _plan: one program for an image of <= 8192 elements; else the looped kernel
     when (image, slab) programs are plentiful -- the U-Net's batch of 128 at every larger level
-    -- and the tiled kernels when they are not (one 256 x 256 image: 2 slabs, but 512 tiles);
+    -- and the tiled kernels when they are not (one 256 x 256 image: 2 slabs, but 512 tiles) or
+    when C/G is not a power of two (as measured on an H200);
     KERNEL (DIFFLAB_GN_KERNEL) overrides the rule for larger images only."""
     monkeypatch.setattr(gnt, "KERNEL", None)
     assert gnt._plan(256, 32, 16, 128)["kernel"] == "single"  # 4 x 4
-    for C, HW in ((128, 1024), (256, 1024), (384, 1024), (256, 256), (512, 64)):
+    for C, HW in ((128, 1024), (256, 1024), (256, 256), (512, 64)):
         p = gnt._plan(C, 32, HW, 128)
         assert p["kernel"] == "looped" and p["NS"] * p["BLOCK_G"] >= 32, (C, HW)
         assert p["BLOCK_G"] * p["BLOCK_CG"] == gnt.SLAB_LANES  # 64 lanes: 128 bytes of a bf16 position
+    for HW in (256, 1024):  # groups of 12 channels (the up path's 384 / 32): measured faster tiled
+        assert gnt._plan(384, 32, HW, 128)["kernel"] == "tiled"
+    assert gnt._plan(384, 32, 1024, 128, kernel="looped")["kernel"] == "looped"
     p = gnt._plan(128, 32, 256 * 256, 1)
     assert p["kernel"] == "tiled" and p["NB"] == 256 * 256 // p["BLOCK_HW"] == 2048
     monkeypatch.setattr(gnt, "KERNEL", "tiled")
     assert gnt._plan(128, 32, 1024, 128)["kernel"] == "tiled"
     assert gnt._plan(256, 32, 16, 128)["kernel"] == "single"
+    # resident (on request): all positions of a slab in one program, at most RESIDENT_MAX elements
+    monkeypatch.setattr(gnt, "KERNEL", "resident")
+    for C, HW, lanes in ((128, 1024, 16), (384, 1024, 16), (256, 256, 64), (512, 64, 64)):
+        p = gnt._plan(C, 32, HW, 128)
+        assert p["kernel"] == "resident" and p["BLOCK_HW"] == HW and p["BLOCK_G"] * p["BLOCK_CG"] == lanes
+        assert p["BLOCK_HW"] * lanes <= gnt.RESIDENT_MAX and p["NS"] * p["BLOCK_G"] >= 32
+    assert gnt._plan(256, 32, 64 * 64, 128)["kernel"] == "looped"  # a group of 8 x 4096 does not fit: the rule
 
 
 def test_the_environment_variable_names_the_kernels():
@@ -354,7 +371,7 @@ def test_the_environment_variable_names_the_kernels():
     assert done.returncode == 0 and done.stdout.strip() == "looped", done.stderr[-2000:]
     env["DIFFLAB_GN_KERNEL"] = "fast"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped (or unset), got 'fast'" \
+    assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped, resident (or unset), got 'fast'" \
         in done.stderr
 
 

@@ -271,6 +271,8 @@ def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
         ({"max_time": 0}, ["'max_time'", "> 0"]),
         ({"diffusion": {"weighting": "min_snr_-5"}}, ["'diffusion.weighting'", "gamma must be > 0"]),
         ({"max_time": "1h"}, ["'max_time'", "a number"]),
+        ({"activation_memory_budget": 0}, ["'activation_memory_budget'", "> 0", "<= 1"]),
+        ({"activation_memory_budget": 1.5}, ["'activation_memory_budget'", "<= 1"]),
     ],
 )
 def test_config_errors_name_the_field_and_the_allowed_values(changes, words):

@@ -50,7 +50,7 @@ def specializations():
     ptrs = {"add_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "scale_ptr": "*bf16",
             "shift_ptr": "*bf16", "y_ptr": "*bf16"}
     for C, G, HW in shapes:
-        for kernel in gnt.KERNELS:  # a large image: the tiled and the looped kernels, either may run
+        for kernel in gnt.KERNELS:  # a large image: the tiled, looped or resident kernels, any may run
             yield from _kernels(plan(C, G, HW, kernel), C, G, HW, variants, ptrs)
             if plan(C, G, HW, kernel)["kernel"] == "single":
                 break
@@ -66,8 +66,8 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
     for v in variants:
         flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
                      HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
-        if p["kernel"] in ("single", "looped"):  # one kernel: the whole image, or slabs of it
-            fn, extra = (gnt._gn_single_pass, {}) if p["kernel"] == "single" else (gnt._gn_looped, {"NS": p["NS"]})
+        if p["kernel"] in ("single", "resident", "looped"):  # one kernel: the whole image, or slabs of it
+            fn, extra = (gnt._gn_looped if p["kernel"] == "looped" else gnt._gn_single_pass), {"NS": p["NS"]}
             sig, const = ints(HW=HW, C=C, G=G, **extra)
             signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}

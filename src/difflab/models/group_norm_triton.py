@@ -11,7 +11,7 @@ they take five to eight kernels and, for channels_last input, two layout copies.
 
 Here, over the NHWC memory, an image of at most ``SINGLE_PASS_MAX`` elements (the U-Net's 4x4
 level) takes one kernel, ``_gn_single_pass``, whose program holds the image whole: one read of x,
-one write of y, one launch. A larger image takes one of two ways (``KERNEL``, ``_plan``):
+one write of y, one launch. A larger image takes one of three ways (``KERNEL``, ``_plan``):
 
 - **tiled**, three kernels over tiles of ``BLOCK_HW`` positions x all C channels (one
   contiguous stretch of memory), any number of programs an image:
@@ -29,7 +29,11 @@ one write of y, one launch. A larger image takes one of two ways (``KERNEL``, ``
   ``SLAB_LANES`` channels) sweeps the image's positions twice, the statistics (tile by tile,
   merged by Chan's rule) and then the output. One launch and no statistics in memory; the
   second sweep re-reads what the first read moments before, from L2 when it still holds it.
-  It needs several programs an SM, so it is chosen only when B x slabs is large (a batch).
+  It needs several programs an SM, so it is chosen only when B x slabs is large (a batch), and
+  only when C/G is a power of two (measured: slower than tiled for groups of 12 channels);
+- **resident**, one kernel, ``_gn_single_pass`` over slabs: a program per (image, slab of whole
+  groups) small enough (``RESIDENT_MAX`` elements) to hold all its positions at once, so x is
+  read once. Only on request (``KERNEL = "resident"``) until a GPU has measured it.
 
 The channel axis of a tile is laid out as [G, C/G] padded to powers of two, [BLOCK_G, BLOCK_CG]
 flattened: lane i holds channel (i // BLOCK_CG) * C/G + i % BLOCK_CG (the lanes are the channels
@@ -227,14 +231,16 @@ def _gn_apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, 
 
 
 @triton.jit
-def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, eps,
+def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
                  CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                  BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
-    """A small image whole in one program: statistics and output from one read of x."""
-    b = tl.program_id(0)
+    """All positions of an image's slab of BLOCK_G groups (NS slabs an image; a small image: one
+    slab of all groups) held in one program: statistics and output from one read of x."""
+    pid = tl.program_id(0)
+    b = pid // NS
     hw = tl.arange(0, BLOCK_HW)
-    c, c_ok = _lanes(0, G, CG, BLOCK_G, BLOCK_CG)
+    c, c_ok = _lanes((pid % NS) * BLOCK_G, G, CG, BLOCK_G, BLOCK_CG)
     xa, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD)
     mean, m2 = _tile_stats(xa, mask, HW * CG * 1.0, BLOCK_G, BLOCK_CG)
     rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
@@ -308,15 +314,25 @@ FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups
 
 # The looped kernel: one program per (image, slab of whole groups, about SLAB_LANES channels --
 # 128 contiguous bytes of a bf16 position), taken when that makes at least LOOPED_MIN_PROGRAMS
-# programs (a few per SM); fewer, larger images (batch 1 at 256 x 256) take the tiled kernels,
-# whose programs are tiles of positions.
+# programs (a few per SM) and C/G is a power of two; fewer, larger images (batch 1 at 256 x 256)
+# take the tiled kernels, whose programs are tiles of positions, and so do groups of 12 channels:
+# a slab of 4 such groups is 48 channels, 96 bytes, so slabs straddle 128-byte lines.
+# Measured (H200, bf16, batch 128, docs/benchmarks/group_norm_kernels.json): looped 1.3-2.3x
+# faster than tiled at C/G = 4, 8, 16 (equal at 4 x 4), tiled 1.25-1.3x faster at 384 / 32.
 SLAB_LANES = 64
 LOOPED_MIN_PROGRAMS = 256
 
-# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", or None for the rule
-# above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
+# The resident way (not in the rule until a GPU has measured it): one program per (image, slab of
+# whole groups) that holds all of the slab's positions at once, at most RESIDENT_MAX elements
+# (32 float32 values a thread at 16 warps), so x is read once, as for a small image, instead of
+# twice (looped, tiled). At 32 x 32 a slab is 16 lanes (32 bytes of a bf16 position); images
+# whose single group does not fit take the rule's way.
+RESIDENT_MAX = 16384
+
+# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", "resident" (where a
+# slab fits, else the rule), or None for the rule above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
 # sets it to whichever benchmarks/group_norm.py measured faster on the GPU at hand).
-KERNELS = ("tiled", "looped")
+KERNELS = ("tiled", "looped", "resident")
 KERNEL: Optional[str] = os.environ.get("DIFFLAB_GN_KERNEL") or None
 if KERNEL not in (None, *KERNELS):
     raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
@@ -324,18 +340,28 @@ if KERNEL not in (None, *KERNELS):
 
 def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> dict:
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
-    lanes: all groups (single, tiled) or a slab of them (looped, NS slabs an image); a tile is
-    BLOCK_HW positions by those lanes; the tiled kernels cut an image into NB tiles. ``kernel``:
-    "tiled" or "looped" for a large image (default ``KERNEL``, else the rule above)."""
+    lanes: all groups (single, tiled) or a slab of them (looped, resident; NS slabs an image); a
+    tile is BLOCK_HW positions by those lanes (single, resident: all of them); the tiled kernels
+    cut an image into NB tiles. ``kernel``: "tiled", "looped" or "resident" for a large image
+    (default ``KERNEL``, else the measured rule above)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
     if whole * lanes <= SINGLE_PASS_MAX:
-        return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
+        return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
                     num_warps=8 if whole * lanes > 4096 else 4)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
-    kernel = kernel or KERNEL or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS else "tiled")
+    kernel = kernel or KERNEL
+    if kernel == "resident":  # where a slab of whole groups fits a program; else the rule
+        fit_g = min(slab_g, RESIDENT_MAX // (whole * block_cg))
+        if fit_g >= 1:
+            elements = whole * fit_g * block_cg
+            return dict(kernel="resident", BLOCK_G=fit_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
+                        NS=triton.cdiv(G, fit_g), num_warps=max(4, min(16, elements // 1024)))
+        kernel = None
+    aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
+    kernel = kernel or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS and aligned else "tiled")
     if kernel == "looped":
         return dict(kernel="looped", BLOCK_G=slab_g, BLOCK_CG=block_cg, NS=ns,
                     BLOCK_HW=min(whole, max(1, TILE // (slab_g * block_cg))), num_warps=4)
@@ -364,8 +390,8 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
                  HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
     operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
-    if p["kernel"] == "single":
-        _gn_single_pass[(B,)](x, *operands, y, HW, C, G, eps, CG=C // G, **flags, **tile)
+    if p["kernel"] in ("single", "resident"):
+        _gn_single_pass[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
     elif p["kernel"] == "looped":
         _gn_looped[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
     else:

@@ -92,15 +92,15 @@ def _number(name: str, value: Any, *, integer: bool = False, low=None, high=None
         _fail(name, value, f"must be {kind}")
     if value != value:  # NaN
         _fail(name, value, f"must be {kind}, not NaN")
-    bounds = []
+    bounds = []  # both bounds in the message, whichever is broken
     if low is not None:
         bounds.append(f"{'>' if low_open else '>='} {low}")
-        if value < low or (low_open and value == low):
-            _fail(name, value, f"must be {kind} {' and '.join(bounds)}")
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
-        if value > high or (high_open and value == high):
-            _fail(name, value, f"must be {kind} {' and '.join(bounds)}")
+    too_low = low is not None and (value < low or (low_open and value == low))
+    too_high = high is not None and (value > high or (high_open and value == high))
+    if too_low or too_high:
+        _fail(name, value, f"must be {kind} {' and '.join(bounds)}")
 
 
 def _choice(name: str, value: Any, choices) -> None:
@@ -280,7 +280,11 @@ class TrainConfig:
     eagerly, so a GPU config also runs (small) on a laptop; ``compile_options`` are
     torch.compile's keywords (mode, backend, fullgraph, dynamic, options), and a CPU run that
     sets them compiles too (a deliberate choice, e.g. backend "aot_eager" to check for graph
-    breaks) -- ``cuda_graph`` (CUDA, one process, not fp16: the whole step -- forward, backward,
+    breaks); ``activation_memory_budget`` (with compile: the fraction, in (0, 1], of the
+    activations a compiled forward keeps for the backward, the rest recomputed there -- torch's
+    min-cut partitioner, ``torch._functorch.config.activation_memory_budget``; null = torch's
+    default, 1: keep whatever is not cheaper to recompute) -- ``cuda_graph`` (CUDA, one process,
+    not fp16: the whole step -- forward, backward,
     clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py), ``group_norm`` (how
     the U-Net's GroupNorms compute channels_last activations, models/norm.py: null = as the
     process is set (``set_nhwc_group_norm``; torch's kernel by default), "never" = torch's kernel,
@@ -317,6 +321,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: str = "none"
     compile_options: dict = field(default_factory=dict)
+    activation_memory_budget: Optional[float] = None
     cuda_graph: bool = False
     group_norm: Optional[str] = None
     cpu_threads: int = 0
@@ -364,6 +369,8 @@ class TrainConfig:
         for key, (types, what) in _COMPILE_OPTION_TYPES.items():
             if key in self.compile_options:
                 _kind(f"compile_options.{key}", self.compile_options[key], types, what)
+        if self.activation_memory_budget is not None:
+            _number("activation_memory_budget", self.activation_memory_budget, low=0, high=1, low_open=True)
         _kind("cuda_graph", self.cuda_graph, bool, "true or false")
         if self.cuda_graph and self.precision == "fp16":
             _fail("cuda_graph", self.cuda_graph, "cannot capture fp16 training: its loss scaling reads a "

@@ -226,6 +226,18 @@ class Trainer:
                 return loss_fn_(net, batch)
 
             self._loss_call = torch.compile(_loss, **cfg.compile_options)
+        # torch's min-cut partitioner decides, when the step is first compiled (its first call),
+        # which activations the forward keeps for the backward; a budget below 1 recomputes more
+        self._memory_budget = contextlib.nullcontext
+        if cfg.activation_memory_budget is not None:
+            if compile_mode == "none":
+                self._say("note: activation_memory_budget acts on a compiled step or model; this run "
+                          "does not compile, so it is unused")
+            else:
+                import torch._functorch.config as functorch_config
+
+                budget = float(cfg.activation_memory_budget)
+                self._memory_budget = lambda: functorch_config.patch(activation_memory_budget=budget)
         # compile modes that replay CUDA graphs reuse their output buffers: each call starts a new
         # "step" for torch's cudagraph trees (the previous outputs are consumed by then)
         self._graph_replay = compile_mode != "none" and cfg.compile_options.get("mode") in (
@@ -422,7 +434,7 @@ class Trainer:
             with sync:
                 if self._graph_replay:
                     torch.compiler.cudagraph_mark_step_begin()
-                with autocast:
+                with autocast, self._memory_budget():
                     loss = self._loss_call(self.net, batch)
                 if loss.ndim:
                     loss = loss.mean()
