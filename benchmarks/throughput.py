@@ -19,7 +19,11 @@ same device, batch and precision:
   allocates its working memory while it is captured and nothing when it replays) less what was
   allocated when it started (``allocated_before_bytes``: tensors earlier rows left behind, which
   the summary must not charge to whichever row happens to run later; ``left_allocated_bytes``
-  and ``left_tensors`` name them). ``peak_mem_bytes`` is the raw peak, ``peak_mem_steady_bytes``
+  and ``left_tensors`` name them), plus one cuBLAS workspace (``graph_stream_workspace_bytes``
+  in the meta, 32 MiB on Hopper): each row's GEMMs run on one stream, the default one (eager
+  and compiled steps) or difflab's graph stream (captured ones), and cuBLAS holds a workspace
+  per stream for the life of the process. Both are allocated before the rows (the FLOP count,
+  ``graph_stream_workspace``), so every row is charged the one it needs, whichever runs first. ``peak_mem_bytes`` is the raw peak, ``peak_mem_steady_bytes``
   the timed iterations alone; ``allocated_between_iterations_bytes``, "held" in --report (less
   ``allocated_before_bytes``), what stays allocated between iterations: weights, optimizer
   state, EMA, graph outputs),
@@ -278,6 +282,7 @@ class Env:
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")
         self.cuda = self.device.type == "cuda"
+        self.graph_workspace = 0  # bytes of a cuBLAS workspace (difflab's graph stream's; set before the rows)
         self.tiny = args.tiny or not self.cuda
         self.net_name = "tiny" if self.tiny else "ddpm_cifar10"
         self.net = dict(NETWORKS[self.net_name], dropout=args.dropout)
@@ -616,6 +621,30 @@ def _free(env: Env) -> None:
         torch.cuda.empty_cache()
 
 
+def graph_stream_workspace(env: Env) -> int:
+    """Bytes cuBLAS holds for difflab's graph stream (``difflab._devices.graph_stream``: where the
+    trainer and the sampler warm up and capture their CUDA graphs), allocated here, once, before
+    any row: a workspace per stream for the life of the process (32 MiB on Hopper), the same
+    size as the default stream's, which the FLOP count allocated before the rows too."""
+    if not env.cuda:
+        return 0
+    from difflab._devices import graph_stream
+
+    _free(env)
+    before = torch.cuda.memory_allocated(env.device)
+    side = graph_stream(env.device)
+    side.wait_stream(torch.cuda.current_stream(env.device))
+    with torch.cuda.stream(side):
+        a = torch.ones(16, 16, device=env.device)
+        for dtype in (torch.float32, torch.bfloat16):
+            (a.to(dtype) @ a.to(dtype)).sum()
+    torch.cuda.current_stream(env.device).wait_stream(side)
+    env.sync()
+    del a
+    _free(env)
+    return torch.cuda.memory_allocated(env.device) - before
+
+
 def own_peak(row: dict) -> Optional[int]:
     """The row's own peak memory: its raw peak less what was allocated when it started (rows
     measured before this field existed have both figures)."""
@@ -706,7 +735,11 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             # activations. The row's peak is therefore over everything from its start.
             row["peak_mem_steady_bytes"] = torch.cuda.max_memory_allocated(env.device)
             row["peak_mem_bytes"] = max(setup_peak, row["peak_mem_steady_bytes"])
-            row["peak_mem_own_bytes"] = row["peak_mem_bytes"] - row["allocated_before_bytes"]
+            # every row is charged the one cuBLAS workspace its GEMMs use -- the default stream's
+            # (eager and compiled steps, both libraries) or difflab's graph stream's (captured
+            # ones) -- both allocated before the rows, so no row pays for it by running first
+            row["peak_mem_own_bytes"] = (row["peak_mem_bytes"] - row["allocated_before_bytes"]
+                                         + env.graph_workspace)
         ips = [case.images * iters / s for s in times]
         row["images_per_s"] = statistics.median(ips)
         row["images_per_s_runs"] = ips
@@ -997,6 +1030,7 @@ def _run(args: argparse.Namespace, argv) -> dict:
             return old
     libs = sorted({s["library"] for s in specs})
     flops = {lib: count_flops(env, lib) for lib in libs}
+    env.graph_workspace = graph_stream_workspace(env)
     params = {}
     with torch.device("meta"):
         params["difflab"] = sum(p.numel() for p in difflab_unet(env.net).parameters())
@@ -1011,6 +1045,7 @@ def _run(args: argparse.Namespace, argv) -> dict:
             "sample_steps": env.sample_steps, "train_iters": env.train_iters, "train_warmup": env.train_warmup,
             "sample_warmup": env.sample_warmup, "repeats": env.repeats, "dataset_size": env.dataset_size,
             "flops_per_image": flops, "versions": _versions(),
+            "graph_stream_workspace_bytes": env.graph_workspace,
         },
         "rows": [],
         "summary": {},

@@ -134,20 +134,22 @@ def test_captured_step_trains_like_the_eager_step_and_resumes_either_way(tmp_pat
     assert cont.step == 14
 
 
-def test_captured_compiled_step_compiles_once_and_trains_like_eager(tmp_path, cpu_graphs, monkeypatch):
+def test_captured_compiled_step_compiles_once_and_trains_like_eager(tmp_path, cpu_graphs):
     """``compile: step`` + ``cuda_graph``, the GPU benchmark's candidate, with torch.compile's
     aot_eager backend (its compiled forward and backward are aten calls the stand-in records):
     no recompilation at capture (the static batch passes the warm-up's guards), same weights."""
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    # (config.patch, not monkeypatch: undoing a monkeypatch deletes the option from dynamo's config
+    # module, and a later test that patches it then fails)
     torch._dynamo.reset()
     eager = Trainer(tiny(steps=8), tmp_path / "eager", progress=False)
     eager.train()
     counters = torch._dynamo.utils.counters
     counters.clear()
     try:
-        graph = Trainer(tiny(steps=8, cuda_graph=True, compile="step", compile_options={"backend": "aot_eager"}),
-                        tmp_path / "graph", progress=False)
-        graph.train()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            graph = Trainer(tiny(steps=8, cuda_graph=True, compile="step", compile_options={"backend": "aot_eager"}),
+                            tmp_path / "graph", progress=False)
+            graph.train()
     finally:
         torch._dynamo.reset()
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._devices import graph_stream
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
@@ -95,14 +96,14 @@ class _Graph:
     def __init__(self, fn: Callable, x: Tensor, t: Tensor, cond: Optional[Tensor], warmup: int = 2) -> None:
         self.x, self.t = x.clone(), t.clone()  # clone keeps the memory format
         self.cond = cond.clone() if cond is not None else None
-        side = torch.cuda.Stream(device=x.device)
+        side = graph_stream(x.device)  # difflab's one graph stream: no cuBLAS workspace per graph
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up (and compilation) off the capture
             for _ in range(warmup):
                 fn(self.x, self.t, self.cond)
         torch.cuda.current_stream(x.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=side):
             self.out = fn(self.x, self.t, self.cond)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .._devices import graph_stream
 from .loss import TrainBatch
 
 __all__ = ["StepGraph"]
@@ -77,7 +78,7 @@ class StepGraph:
         self.static: Optional[list[TrainBatch]] = None
         self.out: Optional[tuple[Tensor, Tensor]] = None
         self._replay: Optional[Callable[[], None]] = None
-        self._side = None  # the warm-up stream (CUDA)
+        self._side = None  # the warm-up and capture stream (CUDA: difflab's graph_stream)
 
     @property
     def captured(self) -> bool:
@@ -135,8 +136,8 @@ class StepGraph:
     def _eager(self, batches: list[TrainBatch]) -> tuple[Tensor, Tensor]:
         """One step on a side stream, as capture requires of the steps before it."""
         main = torch.cuda.current_stream(self.device)
-        if self._side is None:  # one side stream for all warm-up steps (its cached memory is reused)
-            self._side = torch.cuda.Stream(device=self.device)
+        if self._side is None:  # difflab's one graph stream: warm-up and capture on it (one cuBLAS
+            self._side = graph_stream(self.device)  # workspace for all of difflab's graphs)
         side = self._side
         side.wait_stream(main)
         with torch.cuda.stream(side), warnings.catch_warnings():
@@ -151,7 +152,7 @@ class StepGraph:
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph's memory
         try:  # on the trainer's device, which need not be the current one (device: cuda:1)
-            with torch.cuda.device(self.device), torch.cuda.graph(graph):
+            with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=graph_stream(self.device)):
                 self.out = self.update(self.static, self.ema_decay)
         except Exception as err:
             raise RuntimeError(
