@@ -164,6 +164,23 @@ def test_cuda_graph_on_a_cpu_run_is_noted_and_runs_eagerly(tmp_path, capsys):
     assert t.step == 2
 
 
+def test_cuda_graph_in_a_multi_process_run_is_noted_and_runs_eagerly(tmp_path, capsys, monkeypatch):
+    """configs/mnist_cond.yaml sets cuda_graph for one GPU; the same file under torchrun steps
+    eagerly with a note instead of failing. (Rank 0 of a claimed 2 in a real 1-process gloo
+    group: enough to build the trainer, DDP included.)"""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(trainer_mod, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(trainer_mod, "_dist_env", lambda: (0, 2, 0))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        t = Trainer(tiny(steps=2, cuda_graph=True), tmp_path / "r", progress=False)
+        assert t._graph is None and not t.cuda_graph
+        assert "this run has 2 processes (torchrun), which step eagerly" in capsys.readouterr().err
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"cuda_graph": "yes"}, ["cuda_graph", "true or false"]),
     ({"cuda_graph": True, "precision": "fp16"}, ["cuda_graph", "fp16", "bf16"]),

@@ -283,9 +283,10 @@ class TrainConfig:
     breaks); ``activation_memory_budget`` (with compile: the fraction, in (0, 1], of the
     activations a compiled forward keeps for the backward, the rest recomputed there -- torch's
     min-cut partitioner, ``torch._functorch.config.activation_memory_budget``; null = torch's
-    default, 1: keep whatever is not cheaper to recompute) -- ``cuda_graph`` (CUDA, one process,
-    not fp16: the whole step -- forward, backward,
-    clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py), ``group_norm`` (how
+    default, 1: keep whatever is not cheaper to recompute) -- ``cuda_graph`` (CUDA, one process
+    -- a torchrun run notes it and steps eagerly --, not fp16: the whole step -- forward,
+    backward, clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py),
+    ``group_norm`` (how
     the U-Net's GroupNorms compute channels_last activations, models/norm.py: null = as the
     process is set (``set_nhwc_group_norm``; torch's kernel by default), "never" = torch's kernel,
     "compile" = on the NHWC view under torch.compile, "always", or "triton" = difflab's Triton

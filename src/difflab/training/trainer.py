@@ -178,11 +178,10 @@ class Trainer:
         self.cuda_graph = cfg.cuda_graph and _graphs_supported(self.device)
         if cfg.cuda_graph and not self.cuda_graph:
             self._say("note: cuda_graph is a CUDA option; this CPU run steps eagerly")
-        if self.cuda_graph and self.world > 1:
-            raise ValueError(
-                f"config field 'cuda_graph': a captured training step runs in one process; this run has "
-                f"{self.world} (torchrun). Set cuda_graph: false for multi-GPU training"
-            )
+        if self.cuda_graph and self.world > 1:  # a config shared by one- and many-GPU runs keeps working
+            self.cuda_graph = False
+            self._say(f"note: cuda_graph captures one process's step; this run has {self.world} processes "
+                      "(torchrun), which step eagerly")
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
             **({"fused": True} if fused else {"foreach": True}),
