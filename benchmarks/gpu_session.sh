@@ -11,7 +11,7 @@
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
 #       then the ways of the Triton GroupNorm kernels (auto, tiled, looped, resident) timed alone at the
-#       U-Net's shapes (half a minute), the fastest exported as DIFFLAB_GN_KERNEL for the rows,
+#       U-Net's shapes (half a minute), the fastest at each shape exported as DIFFLAB_GN_PLAN for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
 #       end within BUDGET (default 530 s) less GN_RESERVE (0 s) of the call's start, every row
 #       profiled into profile.txt; then, if 45 s are left, benchmarks/group_norm.py with every
@@ -27,8 +27,8 @@
 #       copy the first call's throughput.json to docs/benchmarks/throughput.json before it.
 #
 # What comes back ($OUT; at most 8 files, two folders deep, names of [A-Za-z0-9._-]):
-#   issue7: throughput.json, group_norm.json, group_norm_kernels.json, profile.txt, session.log
-#           (the tests' output first)
+#   issue7: throughput.json, group_norm.json, group_norm_kernels.json, gn_plan.json, profile.txt,
+#           session.log (the tests' output first)
 #   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
 #           throughput.json, profile.txt, session.log
 #   rest:   throughput.json (merged), profile.txt, session.log
@@ -148,14 +148,20 @@ case $stage in
         timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_auto triton_tiled triton_looped triton_resident \
             --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
-        # (auto, or no verdict -- the comparison failed, or no way matched torch --: the rule in
-        # _plan, set from the H200 measurement of 2026-11-26, shape by shape)
-        unset DIFFLAB_GN_KERNEL
-        if kernel=$(python3 benchmarks/group_norm.py --faster-kernel "$OUT/group_norm_kernels.json" 2>/dev/null) \
+        # the fastest correct way at each shape as a table (DIFFLAB_GN_PLAN); failing that, the
+        # fastest single way over the forward pass (DIFFLAB_GN_KERNEL); failing that (auto, or no
+        # verdict: the comparison failed, or no way matched torch) the rule in _plan, set from the
+        # H200 measurement of 2026-11-26
+        unset DIFFLAB_GN_KERNEL DIFFLAB_GN_PLAN
+        if plan=$(python3 benchmarks/group_norm.py --best-per-shape "$OUT/group_norm_kernels.json" "$OUT/gn_plan.json" \
+                  2>/dev/null); then
+            export DIFFLAB_GN_PLAN=$OUT/gn_plan.json
+            echo "gpu_session: DIFFLAB_GN_PLAN (C,G,HW:way) $plan" | tee -a "$OUT/session.log"
+        elif kernel=$(python3 benchmarks/group_norm.py --faster-kernel "$OUT/group_norm_kernels.json" 2>/dev/null) \
                 && [[ $kernel != auto ]]; then
             export DIFFLAB_GN_KERNEL=$kernel
         fi
-        echo "gpu_session: DIFFLAB_GN_KERNEL=${DIFFLAB_GN_KERNEL:-unset, the rule of _plan}" | tee -a "$OUT/session.log"
+        echo "gpu_session: DIFFLAB_GN_KERNEL=${DIFFLAB_GN_KERNEL:-unset}" | tee -a "$OUT/session.log"
         [[ -n ${MERGE:-} ]] && merge=(--merge) || merge=()
         # the rows, keeping GN_RESERVE seconds of the budget for benchmarks/group_norm.py after them
         left=$((BUDGET - GN_RESERVE - SECONDS))

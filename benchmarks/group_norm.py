@@ -26,6 +26,9 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``triton_auto``  the same kernels as ``_plan``'s rule picks them shape by shape (what runs
   when DIFFLAB_GN_KERNEL is unset).
 
+``--best-per-shape FILE PLAN`` writes the fastest correct way at each shape as the table that
+``DIFFLAB_GN_PLAN=PLAN`` hands the kernels (per shape, overriding the rule).
+
 ``--faster-kernel FILE`` prints which of them (auto, tiled, looped, resident) was fastest over a
 forward pass in a JSON written by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL
 to it for the throughput rows, or leaves it unset for auto).
@@ -136,6 +139,27 @@ def faster_kernel(result: dict) -> str:
     return min(timed, key=timed.get)
 
 
+def best_per_shape(result: dict) -> dict[str, str]:
+    """For each shape of a result, the Triton way (tiled, looped, resident) with the shortest
+    call among those within SAME_FUNCTION_ATOL of torch's kernel there: {"C,G,HW": way}, the
+    table ``DIFFLAB_GN_PLAN`` takes (models/group_norm_triton.py). A shape that no way computed
+    correctly is left out (the rule decides it)."""
+    best: dict[str, tuple[float, str]] = {}
+    for r in result.get("rows", []):
+        way = r["variant"].removeprefix("triton_")
+        if way not in ("tiled", "looped", "resident") or "us_per_call" not in r:
+            continue
+        if r.get("max_abs_diff", float("inf")) > SAME_FUNCTION_ATOL:
+            continue
+        C, H, W = r["shape"]
+        key = f"{C},{r['groups']},{H * W}"
+        if key not in best or r["us_per_call"] < best[key][0]:
+            best[key] = (r["us_per_call"], way)
+    if not best:
+        raise ValueError("no correct timing of triton_tiled, triton_looped or triton_resident in this result")
+    return {k: way for k, (_, way) in sorted(best.items())}
+
+
 def time_call(fn, x, iters: int, repeats: int) -> tuple[float, bool]:
     """Median seconds per call, and whether it was timed as CUDA graph replays.
 
@@ -197,12 +221,21 @@ def main(argv=None) -> dict:
                     help="only these variants (eager_nchw, the reference, is always run)")
     ap.add_argument("--faster-kernel", type=Path, default=None, metavar="JSON",
                     help="print auto, tiled, looped or resident, whichever was fastest in this --out file, and exit")
+    ap.add_argument("--best-per-shape", type=Path, nargs=2, default=None, metavar=("JSON", "PLAN"),
+                    help="write the fastest correct Triton way per shape of this --out file as a "
+                         "DIFFLAB_GN_PLAN table to PLAN, and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
     if args.faster_kernel is not None:
         kernel = faster_kernel(json.loads(args.faster_kernel.read_text()))
         print(kernel)
         return {"faster_kernel": kernel}
+    if args.best_per_shape is not None:
+        source, plan_path = args.best_per_shape
+        plan = best_per_shape(json.loads(source.read_text()))
+        plan_path.write_text(json.dumps(plan, indent=1) + "\n")
+        print(" ".join(f"{k}:{v}" for k, v in plan.items()))
+        return {"plan": plan}
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     net = NETWORKS["tiny" if args.tiny else "ddpm_cifar10"]

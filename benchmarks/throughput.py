@@ -928,6 +928,11 @@ def _versions() -> dict:
     except ImportError:
         v["diffusers"] = None
     v["DIFFLAB_GN_KERNEL"] = os.environ.get("DIFFLAB_GN_KERNEL")  # the Triton GroupNorm kernels, if set
+    if os.environ.get("DIFFLAB_GN_PLAN"):  # or their way per shape, as measured before the rows
+        try:
+            v["DIFFLAB_GN_PLAN"] = json.loads(Path(os.environ["DIFFLAB_GN_PLAN"]).read_text())
+        except (OSError, ValueError) as err:
+            v["DIFFLAB_GN_PLAN"] = f"unreadable: {err}"
     if torch.cuda.is_available():
         v["cuda"] = torch.version.cuda
         v["cudnn"] = torch.backends.cudnn.version()

@@ -82,3 +82,27 @@ def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
         bench.faster_kernel(res)
     with pytest.raises(SystemExit, match="no variant"):
         bench.main(["--device", "cpu", "--tiny", "--no-compile", "--variants", "triton"])
+
+
+def test_best_per_shape_is_the_fastest_correct_way_at_each_shape(tmp_path):
+    """--best-per-shape: per shape, the Triton way (tiled, looped, resident) with the shortest call
+    among those that match torch's kernel there -- the table DIFFLAB_GN_PLAN loads."""
+    bench = load()
+
+    def row(shape, variant, us, diff=0.01):
+        return {"shape": list(shape), "groups": 32, "variant": variant, "us_per_call": us, "max_abs_diff": diff}
+
+    res = {"rows": [row((128, 32, 32), "eager_nchw", 5.0), row((128, 32, 32), "triton_tiled", 60.0),
+                    row((128, 32, 32), "triton_looped", 46.0), row((128, 32, 32), "triton_resident", 30.0, diff=1.0),
+                    row((384, 16, 16), "triton_tiled", 26.0), row((384, 16, 16), "triton_looped", 32.5),
+                    row((384, 16, 16), "triton_auto", 1.0)]}
+    assert bench.best_per_shape(res) == {"128,32,1024": "looped", "384,32,256": "tiled"}  # resident: wrong there
+    src, plan = tmp_path / "gn.json", tmp_path / "plan.json"
+    src.write_text(json.dumps(res))
+    assert bench.main(["--best-per-shape", str(src), str(plan)]) == {"plan": {"128,32,1024": "looped",
+                                                                              "384,32,256": "tiled"}}
+    from difflab.models import group_norm_triton as gnt
+
+    assert gnt.load_plan(plan) == {(128, 32, 1024): "looped", (384, 32, 256): "tiled"}
+    with pytest.raises(ValueError, match="no correct timing"):
+        bench.best_per_shape({"rows": [row((128, 32, 32), "triton_tiled", 1.0, diff=9.0)]})

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -364,11 +365,44 @@ def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_
     assert gnt._plan(256, 32, 64 * 64, 128)["kernel"] == "looped"  # a group of 8 x 4096 does not fit: the rule
 
 
+def test_a_per_shape_plan_picks_the_way_shape_by_shape(tmp_path, monkeypatch):
+    """DIFFLAB_GN_PLAN's table (benchmarks/group_norm.py --best-per-shape) sets the way for the
+    shapes it names; the rule keeps the others; KERNEL or an explicit kernel overrides it. A bad
+    table is refused with the entry and the fix."""
+    path = tmp_path / "plan.json"
+    path.write_text('{"384,32,1024": "looped", "128,32,1024": "resident"}')
+    plan = gnt.load_plan(path)
+    assert plan == {(384, 32, 1024): "looped", (128, 32, 1024): "resident"}
+    monkeypatch.setattr(gnt, "KERNEL", None)
+    monkeypatch.setattr(gnt, "PLAN", plan)
+    assert gnt._plan(384, 32, 1024, 128)["kernel"] == "looped"  # the rule says tiled here
+    assert gnt._plan(128, 32, 1024, 128)["kernel"] == "resident"
+    assert gnt._plan(256, 32, 1024, 128)["kernel"] == "looped"  # not in the table: the rule
+    assert gnt._plan(384, 32, 1024, 128, kernel="tiled")["kernel"] == "tiled"
+    monkeypatch.setattr(gnt, "KERNEL", "tiled")
+    assert gnt._plan(128, 32, 1024, 128)["kernel"] == "tiled"
+    for text, words in (('{"384,32": "looped"}', ["'384,32'", "C,G,HW"]),
+                        ('{"384,32,1024": "fast"}', ["'fast'", "tiled, looped, resident"]),
+                        ('["looped"]', ["JSON object"]), ("{", ["cannot read"])):
+        path.write_text(text)
+        with pytest.raises(ValueError) as err:
+            gnt.load_plan(path)
+        assert all(w in str(err.value) for w in words), str(err.value)
+
+
 def test_the_environment_variable_names_the_kernels():
     code = "import difflab.models.group_norm_triton as g; print(g.KERNEL)"
     env = dict(os.environ, TRITON_INTERPRET="1", DIFFLAB_GN_KERNEL="looped")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "looped", done.stderr[-2000:]
+    env["DIFFLAB_GN_KERNEL"] = ""
+    plan = Path(tempfile.mkdtemp()) / "plan.json"
+    plan.write_text('{"128,32,1024": "resident"}')
+    env["DIFFLAB_GN_PLAN"] = str(plan)
+    code_plan = "import difflab.models.group_norm_triton as g; print(g._plan(128, 32, 1024, 128)['kernel'])"
+    done = subprocess.run([sys.executable, "-c", code_plan], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "resident", done.stderr[-2000:]
+    del env["DIFFLAB_GN_PLAN"]
     env["DIFFLAB_GN_KERNEL"] = "fast"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped, resident (or unset), got 'fast'" \

@@ -53,8 +53,10 @@ without a GPU.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
 import triton
@@ -338,6 +340,32 @@ if KERNEL not in (None, *KERNELS):
     raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
 
 
+def load_plan(path: Union[str, os.PathLike]) -> dict[tuple[int, int, int], str]:
+    """A per-shape table of ways, {"C,G,HW": "tiled" | "looped" | "resident"} in a JSON file (what
+    ``benchmarks/group_norm.py --best-per-shape`` writes from timings on the GPU at hand), as
+    {(C, G, HW): way}. The environment variable DIFFLAB_GN_PLAN names one to load at import."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"DIFFLAB_GN_PLAN: cannot read the per-shape plan {str(path)!r} ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"DIFFLAB_GN_PLAN {str(path)!r}: expected a JSON object {{\"C,G,HW\": way}}")
+    plan = {}
+    for key, way in raw.items():
+        parts = key.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or way not in KERNELS:
+            raise ValueError(f"DIFFLAB_GN_PLAN {str(path)!r}: entry {key!r}: {way!r} is not \"C,G,HW\": one of "
+                             f"{', '.join(KERNELS)}")
+        plan[tuple(int(p) for p in parts)] = way
+    return plan
+
+
+# Which way each shape (C, G, H*W) takes, measured per shape on the GPU at hand: overrides the
+# rule; an explicit kernel argument or KERNEL overrides it.
+PLAN: dict[tuple[int, int, int], str] = load_plan(os.environ["DIFFLAB_GN_PLAN"]) if os.environ.get(
+    "DIFFLAB_GN_PLAN") else {}
+
+
 def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> dict:
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
     lanes: all groups (single, tiled) or a slab of them (looped, resident; NS slabs an image); a
@@ -352,7 +380,7 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
                     num_warps=8 if whole * lanes > 4096 else 4)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
-    kernel = kernel or KERNEL
+    kernel = kernel or KERNEL or PLAN.get((C, G, HW))
     if kernel == "resident":  # where a slab of whole groups fits a program; else the rule
         fit_g = min(slab_g, RESIDENT_MAX // (whole * block_cg))
         if fit_g >= 1:
