@@ -236,6 +236,10 @@ def row_specs(cpu: bool) -> list[dict]:
           compile={"options": {"freezing": True}}, cuda_graph=True, gn_nhwc="triton"),
         r("difflab", "sample", "bf16+cl+compile_cdt+graph+gn_triton", precision="bf16", channels_last=True,
           compile={"options": {"coordinate_descent_tuning": True}}, cuda_graph=True, gn_nhwc="triton"),
+        # Inductor's combo kernels: independent small pointwise kernels (the ~105 weight casts of
+        # a forward pass, 1-3.5 us each, ~10 ms a batch) launched as a few
+        r("difflab", "sample", "bf16+cl+compile_combo+graph+gn_triton", precision="bf16", channels_last=True,
+          compile={"options": {"combo_kernels": True}}, cuda_graph=True, gn_nhwc="triton"),
         # Inductor's coordinate-descent tuning of its Triton kernels' launch configurations (the
         # fused GroupNorm kernels ran at ~1/10 of the memory bandwidth); costs compile time only
         r("difflab", "sample", "bf16+cl+compile_cdt+graph", precision="bf16", channels_last=True,
@@ -661,33 +665,35 @@ def own_held(row: dict) -> Optional[int]:
     return None if held is None else held - row.get("allocated_before_bytes", 0)
 
 
+def _live_cuda_storages(device_type: str = "cuda") -> list[tuple[list, str, int]]:
+    """(shape, dtype, bytes) of each storage on ``device_type`` that live Python tensors hold,
+    each storage counted once (a view and its base are one)."""
+    found = {}
+    with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, Tensor) and obj.device.type == device_type:
+                    st = obj.untyped_storage()
+                    found.setdefault(st.data_ptr(), (list(obj.shape), str(obj.dtype).removeprefix("torch."),
+                                                     st.nbytes()))
+            except Exception:  # noqa: BLE001 - objects that fail isinstance/attribute access are not tensors
+                continue
+    return list(found.values())
+
+
 def _live_cuda_tensors(top: int = 5) -> list[list]:
     """The largest CUDA tensors the garbage collector can see: [shape, dtype, MiB] (what a row
     left behind)."""
-    found = {}
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, Tensor) and obj.is_cuda:
-                st = obj.untyped_storage()
-                found[st.data_ptr()] = [list(obj.shape), str(obj.dtype).removeprefix("torch."), st.nbytes() / 2**20]
-        except Exception:  # noqa: BLE001 - objects that fail isinstance/attribute access are not tensors
-            continue
-    return sorted(found.values(), key=lambda v: -v[2])[:top]
+    big = sorted(_live_cuda_storages(), key=lambda v: -v[2])[:top]
+    return [[shape, dtype, round(n / 2**20, 1)] for shape, dtype, n in big]
 
 
 def _live_cuda_mib_by_dtype() -> dict[str, float]:
-    """MiB of the CUDA storages live Python tensors hold, by dtype (each storage counted once)."""
-    seen, out = set(), {}
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, Tensor) and obj.is_cuda:
-                st = obj.untyped_storage()
-                if st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
-                    key = str(obj.dtype).removeprefix("torch.")
-                    out[key] = out.get(key, 0.0) + st.nbytes() / 2**20
-        except Exception:  # noqa: BLE001 - objects that fail isinstance/attribute access are not tensors
-            continue
+    """MiB of the CUDA storages live Python tensors hold, by dtype."""
+    out: dict[str, float] = {}
+    for _, dtype, n in _live_cuda_storages():
+        out[dtype] = out.get(dtype, 0.0) + n / 2**20
     return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 

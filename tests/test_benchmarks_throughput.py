@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from scripts import REPO, load_script
 
 pytest.importorskip("diffusers")
@@ -216,3 +217,13 @@ def test_peak_memory_is_each_rows_own():
     s = bench.summarize([ref, ours])["train"]
     assert s["target_met"] is False and s["peak_mem_ratio"] == pytest.approx(3100 / 3003)
     assert bench.own_peak({"images_per_s": 1.0}) is None  # CPU rows: no memory figures
+
+
+def test_live_storages_count_each_storage_once():
+    """What a row leaves behind or holds is read from the storages live tensors hold: a view and
+    its base are one storage (run on CPU tensors here; the benchmark reads CUDA ones)."""
+    bench = load()
+    base = torch.zeros(1000, 1000, dtype=torch.float64)  # 8,000,000 bytes
+    view = base[:10]  # noqa: F841 - alive on purpose: the same storage
+    mine = [s for s in bench._live_cuda_storages("cpu") if s[2] == 8_000_000]
+    assert len(mine) == 1 and mine[0][1] == "float64"
