@@ -69,6 +69,8 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
         if p["kernel"] in ("single", "resident", "looped"):  # one kernel: the whole image, or slabs of it
             fn, extra = (gnt._gn_looped if p["kernel"] == "looped" else gnt._gn_single_pass), {"NS": p["NS"]}
             sig, const = ints(HW=HW, C=C, G=G, **extra)
+            if fn is gnt._gn_single_pass:  # H*W is a compile-time constant of the single-pass kernel
+                sig["HW"], const["HW"] = "constexpr", HW
             signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}
             yield (fn, signature, {**const, **tiles, **flags}, aligned(signature, HW=HW, C=C, G=G, **extra),

@@ -233,27 +233,41 @@ def _gn_apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, 
 
 
 @triton.jit
-def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
+def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW: tl.constexpr, C, G, NS, eps,
                  CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                  BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
     """All positions of an image's slab of BLOCK_G groups (NS slabs an image; a small image: one
-    slab of all groups) held in one program: statistics and output from one read of x."""
+    slab of all groups) held in one program: statistics and output from one read of x.
+
+    The statistics are taken in two levels, per lane (channel) over the positions, then per
+    group over its lanes: a channel's mean and M2 about it, the addition a_c shifting the mean
+    only, merged by Chan's rule, mean_g = avg_c (m_c + a_c), M2_g = sum_c [M2_c + HW (m_c + a_c -
+    mean_g)^2]. So x + a is never formed as a tile (a folds into the output's shift, as in the
+    other kernels), which keeps the registers of the norm with the time embedding's add at
+    those of the plain norm."""
     pid = tl.program_id(0)
     b = pid // NS
     hw = tl.arange(0, BLOCK_HW)
     c, c_ok = _lanes((pid % NS) * BLOCK_G, G, CG, BLOCK_G, BLOCK_CG)
-    xa, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD)
-    mean, m2 = _tile_stats(xa, mask, HW * CG * 1.0, BLOCK_G, BLOCK_CG)
+    mask = (hw[:, None] < HW) & c_ok[None, :]
+    offs = b * HW * C + hw[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mean_c = tl.sum(x, axis=0) / HW  # per lane (zero in padding lanes)
+    dev = tl.where(mask, x - mean_c[None, :], 0.0)
+    m2_c = tl.sum(dev * dev, axis=0)
+    if HAS_ADD:
+        mean_c += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    mean = _group_sum(mean_c, BLOCK_G, BLOCK_CG) / CG
+    spread = tl.where(c_ok, mean_c - _per_lane(mean, BLOCK_G, BLOCK_CG), 0.0)
+    m2 = _group_sum(m2_c + HW * spread * spread, BLOCK_G, BLOCK_CG)
     rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
-    # the coefficients for x + a itself (a is in xa, not folded into d)
     k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
                          C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
-                         False, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
-    y = xa * k[None, :] + d[None, :]
+                         HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+    y = x * k[None, :] + d[None, :]
     if SILU:
         y = y * tl.sigmoid(y)
-    offs = b * HW * C + hw[:, None] * C + c[None, :]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
