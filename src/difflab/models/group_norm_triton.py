@@ -357,7 +357,9 @@ if KERNEL not in (None, *KERNELS):
 def load_plan(path: Union[str, os.PathLike]) -> dict[tuple[int, int, int], str]:
     """A per-shape table of ways, {"C,G,HW": "tiled" | "looped" | "resident"} in a JSON file (what
     ``benchmarks/group_norm.py --best-per-shape`` writes from timings on the GPU at hand), as
-    {(C, G, HW): way}. The environment variable DIFFLAB_GN_PLAN names one to load at import."""
+    {(C, G, HW): way}. The environment variable DIFFLAB_GN_PLAN names one to load at import.
+    A table holds for the batch size it was timed at (the ways differ in how many programs a
+    batch gives): time it at the batch you sample with."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
