@@ -156,6 +156,37 @@ def test_resblock_equations():
         torch.testing.assert_close(block(x, F.silu(emb)), expected)
 
 
+@pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
+def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W):
+    """The sub-pixel form conv3x3(nearest_2x(x)) = interleave of four 2x2 convolutions of x with
+    folded weights, against the definition in float64 (square and odd sizes, one pixel), its
+    gradients with respect to x, the weight and the bias, and the module on channels_last input
+    (which it keeps)."""
+    from difflab.models.unet import Upsample, upsample_conv3x3
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, C_in, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C_out, C_in, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C_out, generator=g, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    got = upsample_conv3x3(x, w, b)
+    assert got.shape == (B, C_out, 2 * H, 2 * W)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    grads_want = torch.autograd.grad((want * probe).sum(), (x, w, b))
+    grads_got = torch.autograd.grad((upsample_conv3x3(x, w, b) * probe).sum(), (x, w, b))
+    for gw, gg in zip(grads_want, grads_got):
+        torch.testing.assert_close(gg, gw, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(upsample_conv3x3(x, w, None), want - b[:, None, None])
+    up = perturb(Upsample(C_in), 0.3).float()
+    if C_in != C_out:
+        return
+    xc = x.detach().float().contiguous(memory_format=torch.channels_last)
+    out = up(xc)
+    torch.testing.assert_close(out, up.conv(F.interpolate(xc, scale_factor=2.0, mode="nearest")), rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) or min(H, W) == 1
+
+
 def test_attention_equation():
     """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
     torch.manual_seed(0)
