@@ -187,6 +187,27 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
     assert out.is_contiguous(memory_format=torch.channels_last) or min(H, W) == 1
 
 
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resblock_resampling_equations(scale_shift):
+    """ADM's resblock_updown: resample h after norm1 + SiLU and x before the skip, written out
+    (up: conv1 of the upsampled h and the skip of the upsampled x, which the block computes in
+    the sub-pixel form and at low resolution)."""
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(2, 8, 4, 6, generator=g), torch.randn(2, 12, generator=g)
+    for resample, op in (("up", lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")),
+                         ("down", lambda t: F.avg_pool2d(t, 2))):
+        block = perturb(ResBlock(8, 16, 12, norm_groups=4, use_scale_shift_norm=scale_shift, resample=resample),
+                        scale=0.3).eval()
+        h = op(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias)))
+        h = F.conv2d(h, block.conv1.weight, block.conv1.bias, padding=1)
+        e = (F.silu(emb) @ block.emb_proj.weight.T + block.emb_proj.bias)[:, :, None, None]
+        w2, b2 = block.norm2.weight, block.norm2.bias
+        h = F.group_norm(h, 4, w2, b2) * (1 + e[:, :16]) + e[:, 16:] if scale_shift else F.group_norm(h + e, 4, w2, b2)
+        h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
+        expected = F.conv2d(op(x), block.skip.weight, block.skip.bias) + h
+        torch.testing.assert_close(block(x, F.silu(emb)), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_equation():
     """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
     torch.manual_seed(0)

@@ -126,21 +126,23 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
         h = self.norm1(x, silu=True)
+        up = self.resample == "up"  # conv1(up(h)) in the sub-pixel form; skip(up(x)) = up(skip(x))
         if self.resample == "down":
             h, x = _down(h), _down(x)
-        elif self.resample == "up":
-            h, x = _up(h), _up(x)
         e = self.emb_proj(emb_act)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(self.conv1(h), scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
+            h = upsample_conv3x3(h, self.conv1.weight, self.conv1.bias) if up else self.conv1(h)
+            h = self.norm2(h, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
         else:
             # conv1's bias joins e, one [B, C] add, instead of a pass of its own over h (on a GPU,
             # torch.compile adds a convolution's bias in a kernel that a fused norm cannot join)
-            h = F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding)
+            h = (upsample_conv3x3(h, self.conv1.weight, None) if up
+                 else F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding))
             h = self.norm2(h, add=e + self.conv1.bias.to(e.dtype)[:, None, None], silu=True)  # SiLU(norm2(h + e))
         h = self.conv2(self.dropout(h))
-        return self.skip(x) + h
+        skip = self.skip(x)  # a 1x1 convolution (or nothing): it commutes with nearest upsampling
+        return (_up(skip) if up else skip) + h
 
 
 class AttentionBlock(nn.Module):
