@@ -147,6 +147,7 @@ case $stage in
         # looped (one launch, the second read from L2 where it holds the slab), resident (one
         # launch, one read) or as _plan's rule picks them per shape: the fastest at the U-Net's
         # shapes, for every row after
+        unset DIFFLAB_GN_KERNEL DIFFLAB_GN_PLAN  # the comparison and the choice start from the rule
         timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_auto triton_tiled triton_looped triton_resident \
             --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
@@ -154,7 +155,6 @@ case $stage in
         # fastest single way over the forward pass (DIFFLAB_GN_KERNEL); failing that (auto, or no
         # verdict: the comparison failed, or no way matched torch) the rule in _plan, set from the
         # H200 measurement of 2026-11-26
-        unset DIFFLAB_GN_KERNEL DIFFLAB_GN_PLAN
         if plan=$(python3 benchmarks/group_norm.py --best-per-shape "$OUT/group_norm_kernels.json" "$OUT/gn_plan.json" \
                   2>/dev/null); then
             export DIFFLAB_GN_PLAN=$OUT/gn_plan.json

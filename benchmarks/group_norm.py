@@ -101,13 +101,13 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
     if triton:
         from difflab.models import group_norm_triton as gnt
 
-        def kernels(kernel):
+        def kernels(kernel):  # one way for large images; None: _plan's rule (no per-shape table either)
             def fn(x):
-                saved, gnt.KERNEL = gnt.KERNEL, kernel
+                saved, gnt.KERNEL, gnt.PLAN = (gnt.KERNEL, gnt.PLAN), kernel, {}
                 try:
                     return gnt.group_norm_act(x, groups, weight, bias, silu=True)
                 finally:
-                    gnt.KERNEL = saved
+                    gnt.KERNEL, gnt.PLAN = saved
             return fn
 
         for kernel in gnt.KERNELS:

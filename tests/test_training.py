@@ -51,6 +51,16 @@ def _opt_equal(a, b) -> None:
         assert a == b
 
 
+def test_resume_may_change_how_but_not_what_it_trains(tmp_path):
+    """A resume may change the fields that change how a step runs (here activation_memory_budget,
+    the backward's recomputation), not what it computes (here the learning rate)."""
+    Trainer(tiny(steps=4), tmp_path / "r", progress=False).train()
+    t = Trainer(tiny(steps=6, activation_memory_budget=0.5), tmp_path / "r", resume=True, progress=False)
+    assert t.step == 4 and t.cfg.activation_memory_budget == 0.5
+    with pytest.raises(ValueError, match="cannot resume .* optim.lr"):
+        Trainer(tiny(steps=6, **{"optim.lr": 0.5}), tmp_path / "r", resume=True, progress=False)
+
+
 def test_resume_after_kill_is_bit_identical(tmp_path):
     """8 steps straight == 4 steps, a crash (at step 7), then a resume from the step-4 checkpoint.
 

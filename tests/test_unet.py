@@ -184,7 +184,12 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
     xc = x.detach().float().contiguous(memory_format=torch.channels_last)
     out = up(xc)
     torch.testing.assert_close(out, up.conv(F.interpolate(xc, scale_factor=2.0, mode="nearest")), rtol=1e-5, atol=1e-5)
-    assert out.is_contiguous(memory_format=torch.channels_last) or min(H, W) == 1
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.stride() == up.conv(
+        F.interpolate(xc, scale_factor=2.0, mode="nearest")).stride()
+    w_cl = w.detach().contiguous(memory_format=torch.channels_last)  # a channels_last weight alone
+    x_c = x.detach().contiguous()  # makes the convolution's output channels_last too
+    assert upsample_conv3x3(x_c, w_cl, None).stride() == F.conv2d(
+        F.interpolate(x_c, scale_factor=2.0, mode="nearest"), w_cl, None, padding=1).stride()
 
 
 @pytest.mark.parametrize("scale_shift", [False, True])

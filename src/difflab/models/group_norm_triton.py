@@ -369,7 +369,8 @@ def load_plan(path: Union[str, os.PathLike]) -> dict[tuple[int, int, int], str]:
     plan = {}
     for key, way in raw.items():
         parts = key.split(",")
-        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or way not in KERNELS:
+        if len(parts) != 3 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts) \
+                or way not in KERNELS:
             raise ValueError(f"DIFFLAB_GN_PLAN {str(path)!r}: entry {key!r}: {way!r} is not \"C,G,HW\": one of "
                              f"{', '.join(KERNELS)}")
         plan[tuple(int(p) for p in parts)] = way

@@ -80,12 +80,17 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     rows = _fold_taps(weight, 2)  # phase a: [C_out, C_in, 2, 3]
     phases = [_fold_taps(rows[a], 3)[b] for a in (0, 1) for b in (0, 1)]  # (a, b): [C_out, C_in, 2, 2]
     w4 = torch.cat(phases, 0)  # channel (2a + b) C_out + o
-    b4 = bias.repeat(4) if bias is not None else None
-    full = F.conv2d(x, w4, b4, padding=1).unflatten(1, (2, 2, C_out))  # [B, a, b, C_out, H+1, W+1]
-    y = torch.stack([full[:, a, b, :, a:a + H, b:b + W] for a in (0, 1) for b in (0, 1)], -1)
-    y = y.unflatten(-1, (2, 2)).permute(0, 1, 2, 4, 3, 5).reshape(B, C_out, 2 * H, 2 * W)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
+    full = F.conv2d(x, w4, bias.repeat(4) if bias is not None else None, padding=1)  # [B, 4 C_out, H+1, W+1]
+    # the layout the convolution of the upsampled input would have had: channels_last if an
+    # operand is (full, (H+1) x (W+1) >= 2 x 2, says so unambiguously; so does a 4-D weight)
+    cl = torch.channels_last
+    nhwc = any(t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in (full, weight))
+    y = torch.empty(B, C_out, 2 * H, 2 * W, dtype=full.dtype, device=full.device,
+                    memory_format=cl if nhwc else torch.contiguous_format)
+    full = full.unflatten(1, (2, 2, C_out))  # [B, a, b, C_out, H+1, W+1]
+    for a in (0, 1):
+        for b in (0, 1):  # phase (a, b) read at offset (a, b), written to every other row and column
+            y[:, :, a::2, b::2] = full[:, a, b, :, a:a + H, b:b + W]
     return y
 
 

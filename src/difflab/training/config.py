@@ -523,6 +523,7 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
 RESUMABLE_FIELDS = (
     "steps", "max_time", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options", "cuda_graph", "group_norm",
     "tensorboard", "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
+    "activation_memory_budget",  # what the backward recomputes, not what it computes
 )
 
 
