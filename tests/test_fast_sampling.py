@@ -11,7 +11,9 @@ import torch
 
 import difflab as dl
 from difflab.models.unet import UNet
+from difflab.samplers import fast as fast_mod
 from difflab.samplers.fast import FastModel, fast_model, release
+from graph_emulator import RecordedGraph
 from difflab.training import Trainer, TrainConfig
 from difflab.training.config import DiffusionConfig, ModelConfig, SampleConfig
 
@@ -282,3 +284,99 @@ def test_graphs_released_leave_no_memory_behind():
         torch.cuda.synchronize()
         after.append(torch.cuda.memory_allocated())
     assert after[2] - after[1] < 2**20, after  # the first round may allocate process-wide state once
+
+
+class CPUCapture(fast_mod.CapturedCall):
+    """CapturedCall with its CUDA parts replaced by the CPU stand-in of tests/graph_emulator.py:
+    the capture records the run's aten calls, a replay re-issues them without any of its Python.
+    (Not strict: the samplers read their noise levels, a CPU tensor, on the host, which a GPU
+    capture allows; that the run reads no device value is test_no_host_reads_..., on the meta
+    device.)"""
+
+    captures = 0
+
+    def _warm_up(self, n):
+        for _ in range(n):
+            self.fn(*self.inputs)
+
+    def _capture(self):
+        type(self).captures += 1
+        self.recorded = RecordedGraph(strict=False)
+        self.out = self.recorded.capture(lambda: self.fn(*self.inputs))
+
+    def _replay(self):
+        self.recorded.replay()
+
+
+@pytest.fixture
+def cpu_capture(monkeypatch):
+    import difflab.samplers as samplers_mod
+
+    monkeypatch.setattr(samplers_mod, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(fast_mod, "CapturedCall", CPUCapture)
+    CPUCapture.captures = 0
+
+
+@pytest.mark.parametrize("sampler,kw", [("ddim", {}), ("dpmpp_2m", {}), ("heun", {}),
+                                        ("ddim", {"channels_last": True, "clip_x0": 1.0})])
+def test_a_captured_run_replays_the_run(proc, cpu_capture, sampler, kw):
+    """cuda_graph="loop": the whole run captured once, then replayed for new noise and labels;
+    each replay equals the uncaptured run on the same inputs, with classifier-free guidance."""
+    model = net(num_classes=3)
+    g = torch.Generator().manual_seed(2)
+    runs = [(torch.randn(4, 3, 8, 8, generator=g), torch.tensor(c)) for c in ([0, 1, 2, 1], [2, 2, 0, 1])]
+    for noise_, cond in runs:
+        ref = dl.sample(model, proc, (4, 3, 8, 8), sampler, 4, noise=noise_, cond=cond, guidance=2.0, **kw)
+        got = dl.sample(model, proc, (4, 3, 8, 8), sampler, 4, noise=noise_, cond=cond, guidance=2.0,
+                        cuda_graph="loop", **kw)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert got.is_contiguous()
+    assert CPUCapture.captures == 1  # the second run replayed the first one's capture
+    dl.sample(model, proc, (4, 3, 8, 8), sampler, 3, noise=runs[0][0], cond=runs[0][1], guidance=2.0,
+              cuda_graph="loop", **kw)
+    assert CPUCapture.captures == 2  # another number of steps is another run
+    release(model)
+    assert not fast_mod.loop_graphs(model)
+
+
+def test_a_captured_stochastic_run_draws_new_noise_each_replay(proc, cpu_capture):
+    """DDPM (and DDIM with eta > 0) captured whole draw their noise inside the graph from the
+    default generator: two replays from the same x_T differ (as two uncaptured runs would)."""
+    model = net()
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    a = dl.sample(model, proc, x_T.shape, "ddpm", 4, noise=x_T, cuda_graph="loop")
+    b = dl.sample(model, proc, x_T.shape, "ddpm", 4, noise=x_T, cuda_graph="loop")
+    assert CPUCapture.captures == 1 and not torch.allclose(a, b)
+
+
+def test_a_captured_run_refuses_what_it_cannot_replay(proc, noise, cpu_capture):
+    model = net()
+    for kw, words in (({"callback": lambda step: None}, ["callback", "cuda_graph=True"]),
+                      ({"sampler": "ddpm", "generator": torch.Generator()}, ["'ddpm'", "torch.manual_seed"]),
+                      ({"eta": 0.5, "generator": torch.Generator()}, ["'ddim'", "default generator"]),
+                      ({"cuda_graph": "yes"}, ["False, True", "'loop'"])):
+        kw = {"sampler": "ddim", "cuda_graph": "loop", **kw}
+        with pytest.raises(ValueError) as err:
+            dl.sample(model, proc, noise.shape, steps=3, noise=noise, **kw)
+        assert all(w in str(err.value) for w in words), str(err.value)
+    # a deterministic run may name a generator: it only draws x_T, before the captured run
+    dl.sample(model, proc, noise.shape, "ddim", 3, generator=torch.Generator().manual_seed(0), cuda_graph="loop")
+
+
+def test_a_captured_run_needs_cuda(proc, noise):
+    with pytest.raises(ValueError, match="'loop' needs a CUDA device"):
+        dl.sample(net(), proc, noise.shape, "ddim", 3, noise=noise, cuda_graph="loop", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a real CUDA graph")
+def test_a_captured_run_matches_per_call_graphs_on_the_gpu(proc):
+    """On a GPU, the whole run as one graph gives the samples of per-call graphs."""
+    model = net(num_classes=3).cuda()
+    x_T = torch.randn(4, 3, 8, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    cond = torch.tensor([0, 1, 2, 1], device="cuda")
+    kw = dict(noise=x_T, cond=cond, guidance=2.0, clip_x0=1.0, precision="bf16", channels_last=True)
+    per_call = dl.sample(model, proc, x_T.shape, "ddim", 5, cuda_graph=True, **kw)
+    for _ in range(2):
+        whole = dl.sample(model, proc, x_T.shape, "ddim", 5, cuda_graph="loop", **kw)
+        torch.testing.assert_close(whole, per_call, rtol=1e-3, atol=1e-3)
+    release(model)

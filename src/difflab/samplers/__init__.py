@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -26,7 +26,8 @@ from .ddpm import sample_ddpm
 from .denoiser import Denoiser
 from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
 from .euler import sample_euler
-from .fast import FastModel, fast_model
+from . import fast as fast_module
+from .fast import FastModel, fast_model, loop_graphs
 from .heun import sample_heun
 from .optimize import optimize_sigmas
 from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
@@ -64,6 +65,7 @@ class SamplerSpec:
     options: tuple[str, ...] = ()
     evals_per_step: int = 1  # model evaluations per step (the last step may use fewer)
     description: str = ""
+    stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
@@ -74,16 +76,20 @@ def register(name: str, spec: SamplerSpec) -> None:
     SAMPLERS[name] = spec
 
 
-register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)"))
-register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)"))
+register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)",
+                            stochastic=lambda o: True))
+register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)",
+                            stochastic=lambda o: o.get("eta", 0.0) > 0))
 register("dpmpp_2m", SamplerSpec(sample_dpmpp_2m, "logsnr", (), 1, "DPM-Solver++(2M), data prediction (Lu et al. 2022)"))
 register(
     "dpmpp_3m",
     SamplerSpec(sample_dpmpp_3m, "logsnr", ("lower_order_final", "variant"), 1, "DPM-Solver++ 3rd-order multistep"),
 )
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
-register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)"))
-register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)"))
+register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)",
+                             stochastic=lambda o: o.get("s_churn", 0.0) > 0))
+register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)",
+                            stochastic=lambda o: o.get("s_churn", 0.0) > 0))
 
 
 def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
@@ -154,7 +160,7 @@ def sample(
     precision: Optional[str] = None,
     channels_last: bool = False,
     compile=False,
-    cuda_graph: bool = False,
+    cuda_graph: Union[bool, str] = False,
     group_norm: Optional[str] = None,
     **options,
 ) -> Tensor:
@@ -174,7 +180,9 @@ def sample(
 
     Speed (same function, see :mod:`.fast`): ``precision="bf16"`` autocasts the network,
     ``channels_last=True`` runs it (and the sampler's state) in NHWC order, ``compile=True``
-    torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph,
+    torch.compiles it, ``cuda_graph=True`` replays each step's network call as one CUDA graph
+    (``cuda_graph="loop"``: the whole run as one graph, captured once per run signature; not
+    with a ``callback``, nor a ``generator`` for a sampler that draws noise as it runs),
     ``group_norm="triton"`` computes the U-Net's GroupNorms by difflab's Triton kernels
     ("compile": on the NHWC view under torch.compile). The compiled network and graphs are kept
     on the model for later calls.
@@ -212,22 +220,42 @@ def sample(
         device = resolve_device(device, "device")
     else:
         device = model_device(model, noise)
-    if cuda_graph and device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}; use cuda_graph=False")
+    loop = _check_cuda_graph(cuda_graph, device, callback, generator, spec, options, sampler)
     if group_norm == "triton" and not channels_last:
         raise ValueError("group_norm='triton' computes GroupNorm on channels_last activations; pass "
                          "channels_last=True with it (or choose group_norm=None)")
-    net = fast_model(model, precision, channels_last, compile, cuda_graph, group_norm)
+    net = fast_model(model, precision, channels_last, compile, bool(cuda_graph) and not loop, group_norm)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:
         cond = _check_labels(model, cond, shape[0]).to(device)
     if noise is None:
         noise = randn(shape, generator, device, model_dtype(model) or torch.float32)
-    denoiser = Denoiser(net, proc, cond, guidance, null_cond, clip_x0, dynamic_threshold)
-    x = noise.to(device) * math.sqrt(1.0 + float(sig[0]) ** 2)  # VP x_T -> VE x = x_T / sqrt(abar_T)
-    nhwc = channels_last and x.ndim == 4
-    if nhwc:  # the whole state in NHWC: the network's output comes back in that order
-        x = x.contiguous(memory_format=torch.channels_last)
+    nhwc = channels_last and len(shape) == 4
+
+    def run(x_T: Tensor, cond_: Optional[Tensor], generator_=None, callback_=None) -> Tensor:
+        denoiser = Denoiser(net, proc, cond_, guidance, null_cond, clip_x0, dynamic_threshold)
+        x = x_T * math.sqrt(1.0 + float(sig[0]) ** 2)  # VP x_T -> VE x = x_T / sqrt(abar_T)
+        if nhwc:  # the whole state in NHWC: the network's output comes back in that order
+            x = x.contiguous(memory_format=torch.channels_last)
+        return spec.fn(denoiser, x, sig, generator=generator_, callback=callback_, **options)
+
+    if loop:  # the whole run as one CUDA graph, captured once per run signature (kept on the model)
+        key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(device),
+               float(guidance), null_cond, clip_x0, dynamic_threshold,
+               None if cond is None else (tuple(cond.shape), cond.dtype),
+               precision, channels_last, repr(compile), group_norm)
+        loops = loop_graphs(model)
+        with eval_mode(model):
+            graph = loops.get(key)
+            if graph is None:
+                graph = loops[key] = fast_module.CapturedCall(run, (noise.to(device), cond), warmup=1)
+            x = graph(noise.to(device), cond)
+        if progress:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(sig) - 1, desc=sampler, leave=False) as bar:
+                bar.update(len(sig) - 1)
+        return x.contiguous() if nhwc else x
 
     bar = None
     if progress:
@@ -244,11 +272,36 @@ def sample(
 
     try:
         with eval_mode(model):
-            x = spec.fn(denoiser, x, sig, generator=generator, callback=report, **options)
+            x = run(noise.to(device), cond, generator, report)
     finally:
         if bar is not None:
             bar.close()
     return x.contiguous() if nhwc else x
+
+
+def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec, options: dict,
+                      sampler: str) -> bool:
+    """Whether the run is captured whole (``cuda_graph="loop"``); refuses what cannot be."""
+    if cuda_graph not in (False, True, "loop"):
+        raise ValueError(f"cuda_graph must be False, True (each network call captured) or 'loop' (the whole "
+                         f"run captured), got {cuda_graph!r}")
+    if cuda_graph and not graphs_supported(device):
+        raise ValueError(f"cuda_graph={cuda_graph!r} needs a CUDA device, got device {device}; use cuda_graph=False")
+    if cuda_graph != "loop":
+        return False
+    if callback is not None:
+        raise ValueError("cuda_graph='loop' replays the whole run without running Python, so it cannot call a "
+                         "callback at each step; use cuda_graph=True with a callback")
+    if generator is not None and spec.stochastic(options):
+        raise ValueError(f"cuda_graph='loop': sampler {sampler!r} with these options draws noise as it runs, and a "
+                         "captured run draws it from the device's default generator, not from a torch.Generator; "
+                         "seed with torch.manual_seed instead, or use cuda_graph=True")
+    return True
+
+
+def graphs_supported(device: torch.device) -> bool:
+    """Can ``dl.sample`` capture CUDA graphs on this device? CUDA only."""
+    return device.type == "cuda"
 
 
 def _check_labels(model, cond, batch: int) -> Tensor:

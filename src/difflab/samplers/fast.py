@@ -13,6 +13,10 @@ DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only
   channels_last activations during these calls (:func:`difflab.models.norm.set_nhwc_group_norm`):
   on the NHWC view under torch.compile, always, or by difflab's Triton kernels; None (the
   default) leaves the process-wide setting alone;
+- ``cuda_graph="loop"`` (``dl.sample`` only): the whole sampling run -- every step's network
+  calls and the sampler's own arithmetic -- captured once per run signature and replayed as
+  one graph: no launch or host gap between steps. Deterministic samplers, or stochastic ones
+  drawing from the device's default generator (a ``generator`` is refused); no ``callback``;
 - ``cuda_graph=True``: the whole network call captured once per input signature (shapes,
   dtypes) as a CUDA graph and replayed each step: one launch instead of hundreds. The inputs
   are copied into the graph's static buffers and the output is copied out, so a sampler may
@@ -37,7 +41,7 @@ from .._devices import graph_stream
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
-__all__ = ["FastModel", "fast_model", "release", "PRECISIONS"]
+__all__ = ["FastModel", "fast_model", "release", "loop_graphs", "CapturedCall", "PRECISIONS"]
 
 PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHE_ATTR = "_difflab_fast_models"
@@ -90,28 +94,46 @@ def _check_options(precision, channels_last, compile, cuda_graph, group_norm=Non
         )
 
 
-class _Graph:
-    """One captured network call: static inputs, the graph, its static output."""
+class CapturedCall:
+    """``fn(*inputs)`` captured once as a CUDA graph and replayed on static copies of its inputs.
 
-    def __init__(self, fn: Callable, x: Tensor, t: Tensor, cond: Optional[Tensor], warmup: int = 2) -> None:
-        self.x, self.t = x.clone(), t.clone()  # clone keeps the memory format
-        self.cond = cond.clone() if cond is not None else None
-        side = graph_stream(x.device)  # difflab's one graph stream: no cuBLAS workspace per graph
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up (and compilation) off the capture
-            for _ in range(warmup):
-                fn(self.x, self.t, self.cond)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+    ``inputs`` are example tensors (None for an absent one); each call copies its tensors into
+    the static inputs (clones of the examples: same shapes, dtypes and memory formats), replays
+    and returns a copy of the static output, so a caller may keep earlier outputs. ``warmup``
+    eager calls run first on difflab's graph stream (compilation, cuDNN autotuning, lazy
+    initialisation: none of it may happen inside a capture). A network call per sampler step
+    (``cuda_graph=True``) and a whole sampling run (``cuda_graph="loop"``) are both one of these.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], inputs: tuple, warmup: int = 2) -> None:
+        self.fn = fn
+        self.inputs = tuple(t.clone() if t is not None else None for t in inputs)  # clone keeps the format
+        self.device = next(t.device for t in inputs if t is not None)
+        self._warm_up(warmup)
+        self._capture()
+
+    # ---- the CUDA parts (a CPU test replaces these three)
+    def _warm_up(self, n: int) -> None:
+        side = graph_stream(self.device)  # difflab's one graph stream: no cuBLAS workspace per graph
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(n):
+                self.fn(*self.inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def _capture(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=side):
-            self.out = fn(self.x, self.t, self.cond)
+        with torch.cuda.graph(self.graph, stream=graph_stream(self.device)):
+            self.out = self.fn(*self.inputs)
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Optional[Tensor]) -> Tensor:
-        self.x.copy_(x)
-        self.t.copy_(t)
-        if cond is not None:
-            self.cond.copy_(cond)
+    def _replay(self) -> None:
         self.graph.replay()
+
+    def __call__(self, *inputs) -> Tensor:
+        for static, value in zip(self.inputs, inputs):
+            if static is not None:
+                static.copy_(value)
+        self._replay()
         return self.out.clone()
 
 
@@ -180,7 +202,7 @@ class FastModel(nn.Module):
                None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled())
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[key] = _Graph(self._call, x, t, cond.to(x.device) if cond is not None else None)
+            graph = self._graphs[key] = CapturedCall(self._call, (x, t, cond.to(x.device) if cond is not None else None))
         return graph(x, t, cond)
 
     def release(self) -> None:
@@ -219,6 +241,26 @@ def fast_model(
             object.__setattr__(model, _CACHE_ATTR, cache)  # not a submodule: no state_dict entry
         cache[key] = fast
     return fast
+
+
+class _Loops(dict):
+    """The captured sampling runs kept on a model (``cuda_graph="loop"``), by everything that
+    shapes a run: sampler, noise levels, options, shapes, guidance, speed options."""
+
+    def release(self) -> None:
+        self.clear()
+
+
+def loop_graphs(model: Callable) -> dict:
+    """The dict of captured sampling runs kept on ``model`` (a fresh one for a plain function,
+    which has nowhere to keep it)."""
+    if not isinstance(model, nn.Module):
+        return _Loops()
+    cache = getattr(model, _CACHE_ATTR, None)
+    if cache is None:
+        cache = _Cache()
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    return cache.setdefault("loops", _Loops())
 
 
 def release(model: Callable) -> None:
