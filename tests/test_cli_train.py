@@ -133,3 +133,7 @@ def test_fast_preset_takes_the_triton_norms_on_cuda_where_triton_is_installed(mo
 
     monkeypatch.setattr(cli_sample, "check_nhwc_group_norm_mode", no_triton)
     assert cli_sample.speed_options(flags(), cuda) == want
+    assert cli_sample.speed_options(flags(cuda_graph="loop"), cuda) == {**want, "cuda_graph": "loop"}
+    assert cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), cuda) == {"cuda_graph": "loop"}
+    with pytest.raises(ValueError, match="--cuda-graph replays CUDA graphs"):
+        cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), torch.device("cpu"))

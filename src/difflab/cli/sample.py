@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
     speed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast the network (default fp32)")
     speed.add_argument("--channels-last", action="store_true", help="NHWC activations (faster convolutions on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the network (minutes once, then faster)")
-    speed.add_argument("--cuda-graph", action="store_true",
-                       help="replay each network call as a CUDA graph (CUDA only; no host overhead per step)")
+    speed.add_argument("--cuda-graph", nargs="?", const=True, default=False, choices=["loop"],
+                       help="replay each network call as a CUDA graph (CUDA only; no host overhead per step); "
+                            "--cuda-graph loop: the whole run as one graph")
     speed.add_argument("--group-norm", choices=GROUP_NORM_MODES,
                        help="how the U-Net's GroupNorms run: torch's kernel (never), on the NHWC view (compile, "
                             "always), or difflab's Triton kernels (triton: CUDA, with --channels-last)")
@@ -63,7 +64,8 @@ def speed_options(args, device: torch.device) -> dict:
     """dl.sample's speed keywords from the flags, refused before any work where they cannot run."""
     if args.fast:
         args.precision = args.precision or "bf16"
-        args.channels_last = args.compile = args.cuda_graph = True
+        args.channels_last = args.compile = True
+        args.cuda_graph = args.cuda_graph or True  # --fast --cuda-graph loop keeps the loop
         if args.group_norm is None and device.type == "cuda":
             try:  # difflab's Triton GroupNorm where the triton package is there (1.74x vs 1.42x, H200)
                 check_nhwc_group_norm_mode("triton")
