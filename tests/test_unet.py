@@ -213,6 +213,27 @@ def test_resblock_resampling_equations(scale_shift):
         torch.testing.assert_close(block(x, F.silu(emb)), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_upsample_is_the_same_function():
+    """Under torch.compile the sub-pixel interleave is one gather (stack, permute, reshape) in
+    place of the eager slice writes: the same values, gradients and layout (aot_eager: the
+    traced graph, no C++ compiler needed)."""
+    from difflab.models.unet import upsample_conv3x3
+
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
+    compiled = torch.compile(upsample_conv3x3, backend="aot_eager", fullgraph=True)
+    for x in (torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 4, 4, 4, generator=g).contiguous(
+            memory_format=torch.channels_last)):
+        x.requires_grad_(True)
+        want, got = upsample_conv3x3(x, w, b), compiled(x, w, b)
+        torch.testing.assert_close(got, want)
+        assert got.stride() == want.stride()
+        probe = torch.randn(want.shape, generator=g)
+        torch.testing.assert_close(torch.autograd.grad((got * probe).sum(), x)[0],
+                                   torch.autograd.grad((want * probe).sum(), x)[0])
+    torch._dynamo.reset()
+
+
 def test_attention_equation():
     """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
     torch.manual_seed(0)

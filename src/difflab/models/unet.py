@@ -85,10 +85,14 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     # operand is (full, (H+1) x (W+1) >= 2 x 2, says so unambiguously; so does a 4-D weight)
     cl = torch.channels_last
     nhwc = any(t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in (full, weight))
-    y = torch.empty(B, C_out, 2 * H, 2 * W, dtype=full.dtype, device=full.device,
-                    memory_format=cl if nhwc else torch.contiguous_format)
     full = full.unflatten(1, (2, 2, C_out))  # [B, a, b, C_out, H+1, W+1]
-    for a in (0, 1):
+    fmt = cl if nhwc else torch.contiguous_format
+    if torch.compiler.is_compiling():  # one gather, which Inductor fuses into a single kernel
+        y = torch.stack([full[:, a, b, :, a:a + H, b:b + W] for a in (0, 1) for b in (0, 1)], -1)
+        return y.unflatten(-1, (2, 2)).permute(0, 1, 2, 4, 3, 5).reshape(B, C_out, 2 * H, 2 * W).contiguous(
+            memory_format=fmt)
+    y = torch.empty(B, C_out, 2 * H, 2 * W, dtype=full.dtype, device=full.device, memory_format=fmt)
+    for a in (0, 1):  # eager: one write of the output, a quarter per phase
         for b in (0, 1):  # phase (a, b) read at offset (a, b), written to every other row and column
             y[:, :, a::2, b::2] = full[:, a, b, :, a:a + H, b:b + W]
     return y
