@@ -142,7 +142,8 @@ case $stage in
         # run them in the interpreter) against the definition at every odd shape, in the U-Net
         # under Inductor and in a CUDA graph
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_group_norm_triton.py \
-            tests/test_fast_sampling.py -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released" \
+            tests/test_fast_sampling.py tests/test_unet.py \
+            -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released" \
             2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
         # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice),

@@ -234,6 +234,24 @@ def test_compiled_upsample_is_the_same_function():
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's convolutions need a GPU")
+def test_upsample_on_the_gpu_in_fp32_and_bf16(monkeypatch):
+    """cuDNN: the sub-pixel form against conv3x3(nearest_2x(x)) in fp32 (no TF32) and under bf16
+    autocast, channels_last, at a U-Net size."""
+    from difflab.models.unet import upsample_conv3x3
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 64, 16, 16, device="cuda", generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = 0.05 * torch.randn(64, 64, 3, 3, device="cuda", generator=g), torch.randn(64, device="cuda", generator=g)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    torch.testing.assert_close(upsample_conv3x3(x, w, b), want, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = upsample_conv3x3(x, w, b)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
+
+
 def test_attention_equation():
     """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
     torch.manual_seed(0)
