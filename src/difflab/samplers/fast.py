@@ -180,9 +180,11 @@ class FastModel(nn.Module):
         if dtype is not None and not torch.amp.is_autocast_available(x.device.type):
             raise ValueError(f"precision={self.precision!r} autocasts the network, which device type "
                              f"{x.device.type!r} does not support; use precision=None")
-        # no autocast weight cache inside a CUDA graph capture (this call's, or a whole run's)
-        capturing = self.cuda_graph or (x.is_cuda and torch.cuda.is_current_stream_capturing())
-        ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not capturing)
+        # No autocast weight cache on a GPU: a CUDA graph capture (this call's, or a whole run's)
+        # must not keep cast weights, and the setting must be the same in the warm-up and the
+        # capture (torch.compile guards on it: a change would recompile inside the capture). Each
+        # weight is cast once a call anyway.
+        ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not (self.cuda_graph or x.is_cuda))
                if dtype is not None else contextlib.nullcontext())
         norm = nhwc_group_norm(self.group_norm) if self.group_norm is not None else contextlib.nullcontext()
         with ctx, norm:
