@@ -241,7 +241,7 @@ def sample(
 
     if loop:  # the whole run as one CUDA graph, captured once per run signature (kept on the model)
         key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(device),
-               float(guidance), null_cond, clip_x0, dynamic_threshold,
+               repr(guidance), null_cond, repr(clip_x0), repr(dynamic_threshold),
                None if cond is None else (tuple(cond.shape), cond.dtype),
                precision, channels_last, repr(compile), group_norm)
         loops = loop_graphs(model)
