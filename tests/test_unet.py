@@ -213,6 +213,28 @@ def test_resblock_resampling_equations(scale_shift):
         torch.testing.assert_close(block(x, F.silu(emb)), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("c_in,c_out", [(3, 16), (16, 3), (1, 1), (8, 16)])
+def test_channel_padded_convolution_is_the_same_function(c_in, c_out):
+    """The first and last convolutions with their channels zero-padded to multiples of 8 (what
+    the U-Net does on CUDA): the same values and gradients (float64, forced on the CPU), the
+    output's channels the layer's own."""
+    from difflab.models.unet import conv_padded_channels
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).double()
+    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64, requires_grad=True)
+    want, got = conv(x), conv_padded_channels(x, conv, force=True)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(want.shape, dtype=torch.float64)
+    for gw, gg in zip(torch.autograd.grad((want * probe).sum(), (x, conv.weight, conv.bias)),
+                      torch.autograd.grad((got * probe).sum(), (x, conv.weight, conv.bias))):
+        torch.testing.assert_close(gg, gw, rtol=1e-12, atol=1e-12)
+    xc = x.detach().contiguous(memory_format=torch.channels_last)  # the layout of conv(x) is kept
+    assert conv_padded_channels(xc, conv, force=True).stride() == conv(xc).stride()
+    assert conv_padded_channels(x.detach(), conv, force=True).stride() == conv(x.detach()).stride()
+
+
 def test_compiled_upsample_is_the_same_function():
     """Under torch.compile the sub-pixel interleave is one gather (stack, permute, reshape) in
     place of the eager slice writes: the same values, gradients and layout (aot_eager: the
@@ -237,7 +259,7 @@ def test_compiled_upsample_is_the_same_function():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's convolutions need a GPU")
 def test_upsample_on_the_gpu_in_fp32_and_bf16(monkeypatch):
     """cuDNN: the sub-pixel form against conv3x3(nearest_2x(x)) in fp32 (no TF32) and under bf16
-    autocast, channels_last, at a U-Net size."""
+    autocast, channels_last, at a U-Net size; and the channel-padded first and last convolutions."""
     from difflab.models.unet import upsample_conv3x3
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -250,6 +272,17 @@ def test_upsample_on_the_gpu_in_fp32_and_bf16(monkeypatch):
         got = upsample_conv3x3(x, w, b)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
+    # the first and last convolutions with channels padded to 8 (what the U-Net does on CUDA)
+    from difflab.models.unet import conv_padded_channels
+
+    for c_in, c_out in ((3, 64), (64, 3)):
+        conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).cuda().to(memory_format=torch.channels_last)
+        x = torch.randn(8, c_in, 32, 32, device="cuda", generator=g).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(conv_padded_channels(x, conv), conv(x), rtol=1e-4, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got, want_bf16 = conv_padded_channels(x, conv), conv(x)
+        assert got.stride() == want_bf16.stride()
+        torch.testing.assert_close(got.float(), want_bf16.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_attention_equation():

@@ -56,6 +56,29 @@ def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
+def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: bool = False) -> Tensor:
+    """``conv(x)`` with its input and output channels zero-padded to multiples of ``multiple``
+    (on CUDA, or with ``force``): the same function, since padded input channels meet zero
+    weights and padded output channels are dropped. cuDNN's tensor-core kernels want channel
+    counts that are multiples of 8; an image's 3 channels otherwise take a generic kernel
+    (measured on an H200 in bf16 at batch 128: 47 us for the CIFAR-10 U-Net's first convolution,
+    40 us for its last, about 7x the time their memory traffic needs)."""
+    w, b = conv.weight, conv.bias
+    c_out, c_in = w.shape[0], w.shape[1]
+    pad_in, pad_out = -c_in % multiple, -c_out % multiple
+    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or conv.groups != 1:
+        return conv(x)
+    w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))  # [C_out + pad, C_in + pad, kh, kw]
+    if pad_in:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_in))
+    y = F.conv2d(x, w, F.pad(b, (0, pad_out)) if b is not None else None, conv.stride, conv.padding,
+                 conv.dilation)
+    if not pad_out:
+        return y
+    nhwc = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    return y[:, :c_out].contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
 def _fold_taps(w: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """A 3-tap kernel along ``dim`` seen on a nearest-upsampled grid, as the two 2-tap kernels of
     the low-resolution grid: output phase 0 reads rows (y-1, y) with (w0, w1 + w2), phase 1 reads
@@ -492,7 +515,7 @@ class UNet(nn.Module):
             )
         emb_act = F.silu(emb)  # every block projects SiLU(emb): compute it once
 
-        h = self.conv_in(x)
+        h = conv_padded_channels(x, self.conv_in)  # = self.conv_in(x), on tensor cores
         hs = [h]
         for block in self.down:
             h = block(h, emb_act)
@@ -505,7 +528,7 @@ class UNet(nn.Module):
             if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
                 h = torch.cat([h, hs.pop()], dim=1)
             h = block(h, emb_act)
-        return self.conv_out(self.norm_out(h, silu=True))
+        return conv_padded_channels(self.norm_out(h, silu=True), self.conv_out)  # = self.conv_out(...)
 
 
 def unet_cifar10(**overrides) -> UNet:
