@@ -87,23 +87,24 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   a cheap eager captured step -- a canary: if capture fails, every captured row (whose options
 #   include the canary's) is skipped instead of compiling first;
 #   difflab's best training row (measured 1.56x at 1.006x diffusers' own peak memory: the
-#   compiled step captured whole, without the EMA copy, i.e. diffusers' work), then the same
-#   with the partitioner's activation memory budget at 0.9 (the memory bar);
+#   compiled step captured whole, without the EMA copy, i.e. diffusers' work);
 #   diffusers' best sampling configuration and difflab's best (Triton GroupNorm, 1.74x), then
 #   the same with the whole run as one graph (cuda_graph="loop"), with Inductor's freezing (no
-#   per-forward weight casts), combo kernels (the casts in a few launches) and coordinate-descent
-#   tuning;
+#   per-forward weight casts) and with combo kernels (the casts in a few launches);
+#   the training row with the partitioner's activation memory budget at 0.9 (margin for the
+#   memory bar; after the sampling rows, as its knapsack solve may lengthen the compile);
+#   coordinate-descent tuning of the Triton sampling row;
 #   channels_last and EMA variants of the training row; the sampling rows without the Triton
 #   kernels or without Inductor (their effects); the NHWC view; the other graph variants; then
 #   the cheap eager ladders; then the rest.
 PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
-          'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'diffusers/sample/bf16+compile'
           'difflab/sample/bf16+cl+compile+graph+gn_triton'
           'difflab/sample/bf16+cl+compile+loop+gn_triton'
           'difflab/sample/bf16+cl+compile_frozen+graph+gn_triton'
           'difflab/sample/bf16+cl+compile_combo+graph+gn_triton'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'difflab/sample/bf16+cl+compile_cdt+graph+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
           'difflab/train/bf16+fused+compile_step+step_graph'
