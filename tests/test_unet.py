@@ -157,7 +157,7 @@ def test_resblock_equations():
 
 
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
-def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W):
+def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, monkeypatch):
     """The sub-pixel form conv3x3(nearest_2x(x)) = interleave of four 2x2 convolutions of x with
     folded weights, against the definition in float64 (square and odd sizes, one pixel), its
     gradients with respect to x, the weight and the bias, and the module on channels_last input
@@ -181,6 +181,10 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
     up = perturb(Upsample(C_in), 0.3).float()
     if C_in != C_out:
         return
+    import difflab.models.unet as unet_mod
+
+    monkeypatch.setattr(unet_mod, "SUBPIXEL_MIN_WORK", 0)  # the module takes the sub-pixel form
+    w = up.conv.weight.detach().double()
     xc = x.detach().float().contiguous(memory_format=torch.channels_last)
     out = up(xc)
     torch.testing.assert_close(out, up.conv(F.interpolate(xc, scale_factor=2.0, mode="nearest")), rtol=1e-5, atol=1e-5)
@@ -192,11 +196,31 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
         F.interpolate(x_c, scale_factor=2.0, mode="nearest"), w_cl, None, padding=1).stride()
 
 
+def test_upsampling_takes_the_sub_pixel_form_above_a_size(monkeypatch):
+    """Tiny layers compute conv3x3(nearest_2x(x)) as written (the sub-pixel form's extra small
+    operations would cost more than they save); larger ones take the sub-pixel form."""
+    import difflab.models.unet as unet_mod
+
+    calls = []
+    real = unet_mod.upsample_conv3x3
+    monkeypatch.setattr(unet_mod, "upsample_conv3x3", lambda *a: calls.append(1) or real(*a))
+    up = unet_mod.Upsample(16)
+    up(torch.randn(2, 16, 4, 4))  # 2 x 16 x 16 x 4 x 4 = 8192 < SUBPIXEL_MIN_WORK
+    assert not calls
+    up(torch.randn(4, 16, 64, 64))  # 4 x 16 x 16 x 64 x 64 = 2^22
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("subpixel", [False, True])
 @pytest.mark.parametrize("scale_shift", [False, True])
-def test_resblock_resampling_equations(scale_shift):
+def test_resblock_resampling_equations(scale_shift, subpixel, monkeypatch):
     """ADM's resblock_updown: resample h after norm1 + SiLU and x before the skip, written out
     (up: conv1 of the upsampled h and the skip of the upsampled x, which the block computes in
-    the sub-pixel form and at low resolution)."""
+    the sub-pixel form, or as written for a tiny layer, and at low resolution)."""
+    import difflab.models.unet as unet_mod
+
+    if subpixel:
+        monkeypatch.setattr(unet_mod, "SUBPIXEL_MIN_WORK", 0)
     g = torch.Generator().manual_seed(0)
     x, emb = torch.randn(2, 8, 4, 6, generator=g), torch.randn(2, 12, generator=g)
     for resample, op in (("up", lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")),
