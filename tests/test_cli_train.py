@@ -137,3 +137,6 @@ def test_fast_preset_takes_the_triton_norms_on_cuda_where_triton_is_installed(mo
     assert cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), cuda) == {"cuda_graph": "loop"}
     with pytest.raises(ValueError, match="--cuda-graph replays CUDA graphs"):
         cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), torch.device("cpu"))
+    for stochastic in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.5)):  # --seed would not hold
+        with pytest.raises(ValueError, match="not from --seed"):
+            cli_sample.speed_options(flags(fast=False, cuda_graph="loop", **stochastic), cuda)

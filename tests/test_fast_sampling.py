@@ -296,13 +296,15 @@ class CPUCapture(fast_mod.CapturedCall):
     captures = 0
 
     def _warm_up(self, n):
-        for _ in range(n):
-            self.fn(*self.inputs)
+        with torch.random.fork_rng():  # as the real warm-up: its random draws are given back
+            for _ in range(n):
+                self.fn(*self.inputs)
 
     def _capture(self):
         type(self).captures += 1
         self.recorded = RecordedGraph(strict=False)
-        self.out = self.recorded.capture(lambda: self.fn(*self.inputs))
+        with torch.random.fork_rng():  # a CUDA capture records its draws without making them
+            self.out = self.recorded.capture(lambda: self.fn(*self.inputs))
 
     def _replay(self):
         self.recorded.replay()
@@ -349,12 +351,57 @@ def test_a_captured_stochastic_run_draws_new_noise_each_replay(proc, cpu_capture
     assert CPUCapture.captures == 1 and not torch.allclose(a, b)
 
 
+def test_a_captured_stochastic_run_is_the_seeded_run(proc, cpu_capture):
+    """Seeded alike, the first replay of a captured DDPM run draws what an uncaptured run draws
+    (the warm-up's draws are given back), and so does a later one."""
+    model = net()
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    for _ in range(2):
+        torch.manual_seed(7)
+        want = dl.sample(model, proc, x_T.shape, "ddpm", 4, noise=x_T)
+        torch.manual_seed(7)
+        got = dl.sample(model, proc, x_T.shape, "ddpm", 4, noise=x_T, cuda_graph="loop")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert CPUCapture.captures == 1
+
+
+def test_a_captured_run_is_keyed_by_everything_that_shapes_it(cpu_capture):
+    """Another process (here v-prediction instead of eps on the same schedule) is another run;
+    a plain function model keeps its runs too (captured once for two calls)."""
+    model = net()
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    for prediction in ("eps", "v", "eps"):
+        p = dl.GaussianDiffusion(dl.schedules.linear(), prediction=prediction)
+        want = dl.sample(model, p, x_T.shape, "ddim", 3, noise=x_T)
+        got = dl.sample(model, p, x_T.shape, "ddim", 3, noise=x_T, cuda_graph="loop")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert CPUCapture.captures == 2
+
+    def shrink(x, t):  # an analytic eps-model: no parameters, nowhere to keep a capture on
+        return 0.5 * x
+
+    p = dl.GaussianDiffusion(dl.schedules.linear())
+    for _ in range(2):
+        dl.sample(shrink, p, x_T.shape, "ddim", 3, noise=x_T, cuda_graph="loop")
+    assert CPUCapture.captures == 3
+    release(shrink)
+    assert not fast_mod.loop_graphs(shrink)
+
+
 def test_a_captured_run_refuses_what_it_cannot_replay(proc, noise, cpu_capture):
     model = net()
     for kw, words in (({"callback": lambda step: None}, ["callback", "cuda_graph=True"]),
                       ({"sampler": "ddpm", "generator": torch.Generator()}, ["'ddpm'", "torch.manual_seed"]),
                       ({"eta": 0.5, "generator": torch.Generator()}, ["'ddim'", "default generator"]),
-                      ({"cuda_graph": "yes"}, ["False, True", "'loop'"])):
+                      ({"cuda_graph": "yes"}, ["False, True", "'loop'"]),
+                      ({"compile": "reduce-overhead"}, ["'reduce-overhead'", "max-autotune-no-cudagraphs"]),
+                      ({"euler_churn": True}, None)):
+        if words is None:  # a non-numeric option is the sampler's to refuse, not the capture's
+            with pytest.raises((ValueError, TypeError)) as err:
+                dl.sample(model, proc, noise.shape, "euler", 3, noise=noise, s_churn="lots",
+                          generator=torch.Generator(), cuda_graph="loop")
+            assert "default generator" not in str(err.value)
+            continue
         kw = {"sampler": "ddim", "cuda_graph": "loop", **kw}
         with pytest.raises(ValueError) as err:
             dl.sample(model, proc, noise.shape, steps=3, noise=noise, **kw)

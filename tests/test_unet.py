@@ -254,6 +254,9 @@ def test_channel_padded_convolution_is_the_same_function(c_in, c_out):
     for gw, gg in zip(torch.autograd.grad((want * probe).sum(), (x, conv.weight, conv.bias)),
                       torch.autograd.grad((got * probe).sum(), (x, conv.weight, conv.bias))):
         torch.testing.assert_close(gg, gw, rtol=1e-12, atol=1e-12)
+    for mode in ("reflect", "circular"):  # another padding: the layer's own forward
+        other = torch.nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=mode).double()
+        torch.testing.assert_close(conv_padded_channels(x, other, force=True), other(x))
     xc = x.detach().contiguous(memory_format=torch.channels_last)  # the layout of conv(x) is kept
     assert conv_padded_channels(xc, conv, force=True).stride() == conv(xc).stride()
     assert conv_padded_channels(x.detach(), conv, force=True).stride() == conv(x.detach()).stride()

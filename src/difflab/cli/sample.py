@@ -76,6 +76,10 @@ def speed_options(args, device: torch.device) -> dict:
         flag = "--fast" if args.fast else "--cuda-graph"
         raise ValueError(f"{flag} replays CUDA graphs, which needs a CUDA device; got --device {device}. Use "
                          "--device cuda, or leave it out (on a CPU: --precision bf16 --channels-last --compile)")
+    if args.cuda_graph == "loop" and (getattr(args, "sampler", "ddim") == "ddpm" or getattr(args, "eta", 0.0) > 0):
+        raise ValueError("--cuda-graph loop captures the whole run, whose noise then comes from the GPU's own "
+                         "generator, not from --seed: for --sampler ddpm or --eta > 0 use --cuda-graph (per "
+                         "network call)")
     if args.group_norm == "triton" and not args.channels_last:
         raise ValueError("--group-norm triton runs on channels_last activations: add --channels-last (or --fast)")
     options = {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,

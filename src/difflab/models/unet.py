@@ -83,7 +83,9 @@ def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: b
     w, b = conv.weight, conv.bias
     c_out, c_in = w.shape[0], w.shape[1]
     pad_in, pad_out = -c_in % multiple, -c_out % multiple
-    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or conv.groups != 1:
+    plain = (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and conv.groups == 1
+             and not (conv._forward_hooks or conv._forward_pre_hooks))  # else its own forward: a subclass,
+    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or not plain:  # another padding, hooks
         return conv(x)
     w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))  # [C_out + pad, C_in + pad, kh, kw]
     if pad_in:

@@ -71,6 +71,12 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
+def _positive(value) -> bool:
+    """A sampler option that switches noise on (eta, s_churn) when positive; anything else is
+    left to the sampler's own check."""
+    return is_real(value) and value > 0
+
+
 def register(name: str, spec: SamplerSpec) -> None:
     """Make a sampler available to :func:`sample` and the CLI under ``name``."""
     SAMPLERS[name] = spec
@@ -79,7 +85,7 @@ def register(name: str, spec: SamplerSpec) -> None:
 register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)",
                             stochastic=lambda o: True))
 register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)",
-                            stochastic=lambda o: o.get("eta", 0.0) > 0))
+                            stochastic=lambda o: _positive(o.get("eta"))))
 register("dpmpp_2m", SamplerSpec(sample_dpmpp_2m, "logsnr", (), 1, "DPM-Solver++(2M), data prediction (Lu et al. 2022)"))
 register(
     "dpmpp_3m",
@@ -87,9 +93,9 @@ register(
 )
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)",
-                             stochastic=lambda o: o.get("s_churn", 0.0) > 0))
+                             stochastic=lambda o: _positive(o.get("s_churn"))))
 register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)",
-                            stochastic=lambda o: o.get("s_churn", 0.0) > 0))
+                            stochastic=lambda o: _positive(o.get("s_churn"))))
 
 
 def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
@@ -220,7 +226,7 @@ def sample(
         device = resolve_device(device, "device")
     else:
         device = model_device(model, noise)
-    loop = _check_cuda_graph(cuda_graph, device, callback, generator, spec, options, sampler)
+    loop = _check_cuda_graph(cuda_graph, device, callback, generator, spec, options, sampler, compile)
     if group_norm == "triton" and not channels_last:
         raise ValueError("group_norm='triton' computes GroupNorm on channels_last activations; pass "
                          "channels_last=True with it (or choose group_norm=None)")
@@ -240,7 +246,9 @@ def sample(
         return spec.fn(denoiser, x, sig, generator=generator_, callback=callback_, **options)
 
     if loop:  # the whole run as one CUDA graph, captured once per run signature (kept on the model)
-        key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(device),
+        x_T = noise.to(device)
+        key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(x_T.device),
+               proc.prediction, proc.T, tuple(proc.alphas_cumprod.tolist()),  # what a noise level means
                repr(guidance), null_cond, repr(clip_x0), repr(dynamic_threshold),
                None if cond is None else (tuple(cond.shape), cond.dtype),
                precision, channels_last, repr(compile), group_norm)
@@ -248,8 +256,8 @@ def sample(
         with eval_mode(model):
             graph = loops.get(key)
             if graph is None:
-                graph = loops[key] = fast_module.CapturedCall(run, (noise.to(device), cond), warmup=1)
-            x = graph(noise.to(device), cond)
+                graph = loops[key] = fast_module.CapturedCall(run, (x_T, cond), warmup=1)
+            x = graph(x_T, cond)
         if progress:
             from tqdm.auto import tqdm
 
@@ -280,7 +288,7 @@ def sample(
 
 
 def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec, options: dict,
-                      sampler: str) -> bool:
+                      sampler: str, compile=False) -> bool:
     """Whether the run is captured whole (``cuda_graph="loop"``); refuses what cannot be."""
     if cuda_graph not in (False, True, "loop"):
         raise ValueError(f"cuda_graph must be False, True (each network call captured) or 'loop' (the whole "
@@ -292,6 +300,11 @@ def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec
     if callback is not None:
         raise ValueError("cuda_graph='loop' replays the whole run without running Python, so it cannot call a "
                          "callback at each step; use cuda_graph=True with a callback")
+    if isinstance(compile, str) and compile in ("reduce-overhead", "max-autotune") or (
+            isinstance(compile, dict) and compile.get("mode") in ("reduce-overhead", "max-autotune")):
+        raise ValueError(f"compile mode {compile if isinstance(compile, str) else compile['mode']!r} replays CUDA "
+                         "graphs of its own, which cannot run inside a captured run; with cuda_graph='loop' use "
+                         "compile=True or compile='max-autotune-no-cudagraphs'")
     if generator is not None and spec.stochastic(options):
         raise ValueError(f"cuda_graph='loop': sampler {sampler!r} with these options draws noise as it runs, and a "
                          "captured run draws it from the device's default generator, not from a torch.Generator; "

@@ -32,6 +32,7 @@ and its graphs; :func:`release` drops them (and the graphs' memory).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -116,7 +117,9 @@ class CapturedCall:
     def _warm_up(self, n: int) -> None:
         side = graph_stream(self.device)  # difflab's one graph stream: no cuBLAS workspace per graph
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        # the warm-up's random draws (a stochastic sampler's) are given back, so the first replay
+        # draws what an uncaptured run seeded alike would
+        with torch.random.fork_rng(devices=[self.device]), torch.cuda.stream(side):
             for _ in range(n):
                 self.fn(*self.inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
@@ -255,11 +258,17 @@ class _Loops(dict):
         self.clear()
 
 
+_FUNCTION_LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def loop_graphs(model: Callable) -> dict:
-    """The dict of captured sampling runs kept on ``model`` (a fresh one for a plain function,
-    which has nowhere to keep it)."""
+    """The dict of captured sampling runs kept on ``model`` (for a plain function, in a table
+    that forgets it with the function; a fresh one for what cannot be referenced weakly)."""
     if not isinstance(model, nn.Module):
-        return _Loops()
+        try:
+            return _FUNCTION_LOOPS.setdefault(model, _Loops())
+        except TypeError:
+            return _Loops()
     cache = getattr(model, _CACHE_ATTR, None)
     if cache is None:
         cache = _Cache()
@@ -269,6 +278,10 @@ def loop_graphs(model: Callable) -> dict:
 
 def release(model: Callable) -> None:
     """Forget the fast wrappers kept on ``model`` (compiled networks, CUDA graphs)."""
+    try:
+        _FUNCTION_LOOPS.pop(model, None)
+    except TypeError:
+        pass
     cache = getattr(model, _CACHE_ATTR, None)
     if cache:
         for fast in cache.values():
