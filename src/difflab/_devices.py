@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["resolve_device", "graph_stream"]
+__all__ = ["resolve_device", "graph_stream", "graphs_supported"]
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -40,6 +40,11 @@ def resolve_device(device: DeviceLike, name: str = "device", default: Optional[t
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"{name}: got {str(device)!r} but MPS is not available on this machine; use auto or cpu")
     return dev
+
+
+def graphs_supported(device: torch.device) -> bool:
+    """Can difflab capture CUDA graphs (a training step, sampler calls) on this device? CUDA only."""
+    return device.type == "cuda"
 
 
 _GRAPH_STREAMS: dict = {}

@@ -71,8 +71,12 @@ def set_nhwc_group_norm(mode: str) -> str:
 
 
 @contextlib.contextmanager
-def nhwc_group_norm(mode: str = "always") -> Iterator[None]:
-    """``with nhwc_group_norm("compile"): ...`` -- the setting for a block of code."""
+def nhwc_group_norm(mode: Optional[str] = "always") -> Iterator[None]:
+    """``with nhwc_group_norm("compile"): ...`` -- the setting for a block of code (None: the
+    process-wide setting, untouched)."""
+    if mode is None:
+        yield
+        return
     previous = set_nhwc_group_norm(mode)
     try:
         yield

@@ -72,6 +72,11 @@ def _upsample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return upsample_conv3x3(x, weight, bias)
 
 
+def _nhwc(t: Tensor) -> bool:
+    """Is ``t`` laid out channels_last (and not also plainly contiguous, as 1x1 images are)?"""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: bool = False) -> Tensor:
     """``conv(x)`` with its input and output channels zero-padded to multiples of ``multiple``
     (on CUDA, or with ``force``): the same function, since padded input channels meet zero
@@ -94,8 +99,7 @@ def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: b
                  conv.dilation)
     if not pad_out:
         return y
-    nhwc = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-    return y[:, :c_out].contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    return y[:, :c_out].contiguous(memory_format=torch.channels_last if _nhwc(y) else torch.contiguous_format)
 
 
 def _fold_taps(w: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -125,10 +129,8 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     full = F.conv2d(x, w4, bias.repeat(4) if bias is not None else None, padding=1)  # [B, 4 C_out, H+1, W+1]
     # the layout the convolution of the upsampled input would have had: channels_last if an
     # operand is (full, (H+1) x (W+1) >= 2 x 2, says so unambiguously; so does a 4-D weight)
-    cl = torch.channels_last
-    nhwc = any(t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in (full, weight))
+    fmt = torch.channels_last if _nhwc(full) or _nhwc(weight) else torch.contiguous_format
     full = full.unflatten(1, (2, 2, C_out))  # [B, a, b, C_out, H+1, W+1]
-    fmt = cl if nhwc else torch.contiguous_format
     if torch.compiler.is_compiling():  # one gather, which Inductor fuses into a single kernel
         y = torch.stack([full[:, a, b, :, a:a + H, b:b + W] for a in (0, 1) for b in (0, 1)], -1)
         return y.unflatten(-1, (2, 2)).permute(0, 1, 2, 4, 3, 5).reshape(B, C_out, 2 * H, 2 * W).contiguous(

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import is_int, is_real
-from .._devices import resolve_device
+from .._devices import graphs_supported, resolve_device
 from ..diffusion import _LABEL_DTYPES, _NOISE_FIX, _X0_FIX, GaussianDiffusion, _check_cond, _float_input, model_dtype
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
@@ -300,21 +300,12 @@ def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec
     if callback is not None:
         raise ValueError("cuda_graph='loop' replays the whole run without running Python, so it cannot call a "
                          "callback at each step; use cuda_graph=True with a callback")
-    if isinstance(compile, str) and compile in ("reduce-overhead", "max-autotune") or (
-            isinstance(compile, dict) and compile.get("mode") in ("reduce-overhead", "max-autotune")):
-        raise ValueError(f"compile mode {compile if isinstance(compile, str) else compile['mode']!r} replays CUDA "
-                         "graphs of its own, which cannot run inside a captured run; with cuda_graph='loop' use "
-                         "compile=True or compile='max-autotune-no-cudagraphs'")
+    fast_module.check_compile_under_capture(compile)
     if generator is not None and spec.stochastic(options):
         raise ValueError(f"cuda_graph='loop': sampler {sampler!r} with these options draws noise as it runs, and a "
                          "captured run draws it from the device's default generator, not from a torch.Generator; "
                          "seed with torch.manual_seed instead, or use cuda_graph=True")
     return True
-
-
-def graphs_supported(device: torch.device) -> bool:
-    """Can ``dl.sample`` capture CUDA graphs on this device? CUDA only."""
-    return device.type == "cuda"
 
 
 def _check_labels(model, cond, batch: int) -> Tensor:

@@ -87,10 +87,16 @@ def _check_options(precision, channels_last, compile, cuda_graph, group_norm=Non
     for name, value in (("channels_last", channels_last), ("cuda_graph", cuda_graph)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+    if cuda_graph:
+        check_compile_under_capture(compile)
+
+
+def check_compile_under_capture(compile: CompileSpec) -> None:
+    """Refuse a torch.compile mode that replays CUDA graphs of its own where difflab captures."""
     kw = _compile_kwargs(compile)
-    if kw is not None and cuda_graph and kw.get("mode") in ("reduce-overhead", "max-autotune"):
+    if kw is not None and kw.get("mode") in ("reduce-overhead", "max-autotune"):
         raise ValueError(
-            f"compile mode {kw['mode']!r} captures CUDA graphs itself; with cuda_graph=True use "
+            f"compile mode {kw['mode']!r} captures CUDA graphs itself; with difflab's cuda_graph use "
             "compile=True or compile='max-autotune-no-cudagraphs'"
         )
 
@@ -187,10 +193,9 @@ class FastModel(nn.Module):
         # must not keep cast weights, and the setting must be the same in the warm-up and the
         # capture (torch.compile guards on it: a change would recompile inside the capture). Each
         # weight is cast once a call anyway.
-        ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not (self.cuda_graph or x.is_cuda))
+        ctx = (torch.autocast(x.device.type, dtype=dtype, cache_enabled=not x.is_cuda)
                if dtype is not None else contextlib.nullcontext())
-        norm = nhwc_group_norm(self.group_norm) if self.group_norm is not None else contextlib.nullcontext()
-        with ctx, norm:
+        with ctx, nhwc_group_norm(self.group_norm):
             out = self._fn(x, t) if cond is None else self._fn(x, t, cond)
         return out.to(x.dtype) if isinstance(out, Tensor) else out
 

@@ -33,6 +33,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._devices import graphs_supported as _graphs_supported
 from .._devices import resolve_device
 from ..diffusion import GaussianDiffusion
 from ..models.norm import nhwc_group_norm
@@ -56,11 +57,6 @@ def _dist_env() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     return rank, world, local
-
-
-def _graphs_supported(device: torch.device) -> bool:
-    """Can this device replay a captured training step (``cuda_graph``)? CUDA only."""
-    return device.type == "cuda"
 
 
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
@@ -403,8 +399,7 @@ class Trainer:
 
     def _group_norm(self):
         """The config's GroupNorm mode for a block (null: the process-wide setting, untouched)."""
-        mode = self.cfg.group_norm
-        return nhwc_group_norm(mode) if mode is not None else contextlib.nullcontext()
+        return nhwc_group_norm(self.cfg.group_norm)
 
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
