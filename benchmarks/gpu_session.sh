@@ -89,8 +89,9 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   difflab's best training row (measured 1.56x at 1.006x diffusers' own peak memory: the
 #   compiled step captured whole, without the EMA copy, i.e. diffusers' work);
 #   diffusers' best sampling configuration and difflab's best (Triton GroupNorm, 1.74x), then
-#   the same with the whole run as one graph (cuda_graph="loop"), with Inductor's freezing (no
-#   per-forward weight casts) and with combo kernels (the casts in a few launches);
+#   the candidate: the same with Inductor's freezing (no per-forward weight casts) and the whole
+#   run as one graph (cuda_graph="loop"); then each of those alone (their effects) and combo
+#   kernels (the casts in a few launches);
 #   the training row with the partitioner's activation memory budget at 0.9 (margin for the
 #   memory bar; after the sampling rows, as its knapsack solve may lengthen the compile);
 #   coordinate-descent tuning of the Triton sampling row;
@@ -101,6 +102,7 @@ PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
           'diffusers/sample/bf16+compile'
           'difflab/sample/bf16+cl+compile+graph+gn_triton'
+          'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton'
           'difflab/sample/bf16+cl+compile+loop+gn_triton'
           'difflab/sample/bf16+cl+compile_frozen+graph+gn_triton'
           'difflab/sample/bf16+cl+compile_combo+graph+gn_triton'

@@ -233,6 +233,10 @@ def row_specs(cpu: bool) -> list[dict]:
         # between steps (measured: 8.9 ms of the 249.7 ms batch were gaps)
         r("difflab", "sample", "bf16+cl+compile+loop+gn_triton", precision="bf16", channels_last=True,
           compile=True, cuda_graph="loop", gn_nhwc="triton"),
+        # the candidate best: the whole run as one graph around a frozen network (no gaps between
+        # steps, no per-forward weight casts), with the Triton norms
+        r("difflab", "sample", "bf16+cl+compile_frozen+loop+gn_triton", precision="bf16", channels_last=True,
+          compile={"options": {"freezing": True}}, cuda_graph="loop", gn_nhwc="triton"),
         r("difflab", "sample", "bf16+cl+gn_triton", precision="bf16", channels_last=True, gn_nhwc="triton"),
         # with the Triton norms, the next costs (H200 profile): ~10 ms a batch of weight casts
         # (fp32 -> bf16, every forward; freezing does them once) and 35 ms of Inductor's kernels

@@ -341,6 +341,22 @@ def test_a_captured_run_replays_the_run(proc, cpu_capture, sampler, kw):
     assert not fast_mod.loop_graphs(model)
 
 
+def test_a_captured_run_around_a_frozen_compiled_network(proc, cpu_capture):
+    """The candidate fastest sampler on a GPU: torch.compile with Inductor's freezing (weights as
+    constants: their casts done once) inside a whole-run capture. The warm-up compiles, the
+    capture records the compiled calls, and replays give the uncompiled run's samples."""
+    model = net()
+    frozen = {"options": {"freezing": True}}
+    for seed in (6, 7):
+        x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+        want = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T)
+        got = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, compile=frozen, channels_last=True,
+                        cuda_graph="loop")
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-4)  # Inductor's float32 reorderings
+    assert CPUCapture.captures == 1
+    release(model)
+
+
 def test_a_captured_stochastic_run_draws_new_noise_each_replay(proc, cpu_capture):
     """DDPM (and DDIM with eta > 0) captured whole draw their noise inside the graph from the
     default generator: two replays from the same x_T differ (as two uncaptured runs would)."""
