@@ -154,6 +154,41 @@ def test_resblock_equations():
         h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
         expected = F.conv2d(x, block.skip.weight, block.skip.bias) + h
         torch.testing.assert_close(block(x, F.silu(emb)), expected)
+        torch.testing.assert_close(block(x, e=block.embedding(F.silu(emb))), expected)
+    with pytest.raises(ValueError, match="emb_act or its projection e"):
+        block(x)
+
+
+@pytest.mark.parametrize("kw", [dict(num_classes=3), dict(use_scale_shift_norm=True, resample="resblock",
+                                                            channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 1))])
+def test_each_block_gets_its_own_embedding_from_the_one_product(kw, monkeypatch):
+    """The U-Net projects SiLU(emb) for all residual blocks in one matrix product and splits it:
+    each block must receive its own W_e SiLU(emb) + b_e (+ its conv1 bias in the additive form),
+    checked against the formula per block, whatever order the product stacks them in."""
+    model = perturb(small(**kw))
+    x, t = inputs()
+    seen, received = [], {}
+    product = model.block_embeddings
+
+    def record_emb_act(emb_act):
+        seen.append(emb_act)
+        return product(emb_act)
+
+    def record_e(block, args, kwargs):
+        received[block] = kwargs["e"]
+
+    monkeypatch.setattr(model, "block_embeddings", record_emb_act)
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    for block in blocks:
+        block.register_forward_pre_hook(record_e, with_kwargs=True)
+    model(x, t, torch.tensor([0, 2, 3]) if "num_classes" in kw else None)
+    (a,) = seen
+    assert len(received) == len(blocks) == (8 if "num_classes" in kw else 17)  # down, middle, up (+ resampling)
+    for block in blocks:
+        want = a @ block.emb_proj.weight.T + block.emb_proj.bias
+        if not block.use_scale_shift_norm:
+            want = want + block.conv1.bias
+        torch.testing.assert_close(received[block], want)
 
 
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
