@@ -131,9 +131,9 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     kw = {}
     if fused != "plain":
         kw.update(weight=r(C), bias=r(C), silu=True)
-    if fused == "add":
-        kw.update(add=r(B, C, 1, 1))
-    if fused == "scale_shift":  # with a per-channel add, as the U-Net's conv1 bias
+    if fused == "add":  # a slice of a wider tensor, as the U-Net's blocks' embeddings: rows C + 5 apart
+        kw.update(add=r(B, C + 5)[:, 3:C + 3, None, None])
+    if fused == "scale_shift":  # with a per-channel add (rows 0 apart), so the operands are copied
         kw.update(add=r(C, 1, 1), scale=r(B, C, 1, 1), shift=r(B, C))
     weight, bias = kw.pop("weight", None), kw.pop("bias", None)
     with torch.no_grad():
@@ -152,6 +152,36 @@ def test_the_custom_op_accepts_any_strides():
     with torch.no_grad():
         got = torch.ops.difflab.group_norm_act(x.contiguous(), 4, w, b, add, None, None, 1e-5, True)
     torch.testing.assert_close(got.double(), definition(x, 4, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
+
+
+def test_per_image_operands_are_read_in_place_when_their_rows_agree():
+    """add, scale and shift are read as rows OS elements apart, without a copy, when they share
+    OS: a slice of a wider tensor (the U-Net's blocks' embeddings: one product, split), chunks of
+    one [B, 2C] (ADM's scale and shift), one row for every image (OS = 0). Else, or for rows
+    past 32-bit offsets, they are copied dense. Each way computes the definition."""
+    B, C = 3, 8
+    e = torch.randn(B, 40).to(DEVICE)
+    scale, shift = e[:, 4:20].chunk(2, dim=1)
+    per_channel = gnt._per_image("add", torch.randn(C, 1, 1).to(DEVICE), B, C)
+    for ops, os_, copied in (((e[:, 5:13], None, None), 40, False),
+                             ((None, scale, shift), 40, False),
+                             ((per_channel, None, None), 0, False),
+                             ((per_channel, scale, None), C, True),        # rows 0 and 40 apart
+                             ((e[:, 0:16:2], None, None), C, True)):       # channels 2 apart
+        got, stride = gnt._operand_rows(ops, B, C)
+        assert stride == os_
+        for given, used in zip(ops, got):
+            if given is not None:
+                assert (used.data_ptr() != given.data_ptr()) == copied
+                assert used.stride() == ((C, 1) if copied else given.stride())
+        x = nhwc(B, C, 4, 4)
+        with torch.no_grad():
+            y = gnt.group_norm_act(x, 4, add=ops[0], scale=ops[1], shift=ops[2])
+        want = definition(x, 4, add=ops[0], scale=ops[1], shift=ops[2])
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-5)
+    assert gnt._operand_rows((e[:1, :C], None, None), 1, C)[1] == C  # one image: any OS reads row 0
+    huge = torch.empty_strided((B, C), (2**30, 1), device="meta")  # (B - 1) OS past 2^31: copied
+    assert gnt._operand_rows((huge, None, None), B, C)[1] == C
 
 
 @pytest.mark.parametrize("path", ["single", "tiled", "looped", "resident"])

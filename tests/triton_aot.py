@@ -61,6 +61,12 @@ def plan(C: int, G: int, HW: int, kernel: str) -> dict:
     return gnt._plan(C, G, HW, 128, kernel)
 
 
+# The row stride of the per-image operands (add, scale, shift) the U-Net passes: slices of its one
+# product of all blocks' embeddings, 4992 values a row in DDPM's CIFAR-10 net (divisible by 16,
+# as is a dense row of C channels)
+OS = 4992
+
+
 def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
     tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], CG=C // G)
     for v in variants:
@@ -68,24 +74,24 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
                      HAS_SHIFT=v["HAS_SCALE"], SILU=v["SILU"])
         if p["kernel"] in ("single", "resident", "looped"):  # one kernel: the whole image, or slabs of it
             fn, extra = (gnt._gn_looped if p["kernel"] == "looped" else gnt._gn_single_pass), {"NS": p["NS"]}
-            sig, const = ints(HW=HW, C=C, G=G, **extra)
+            sig, const = ints(HW=HW, C=C, OS=OS, G=G, **extra)
             if fn is gnt._gn_single_pass:  # H*W is a compile-time constant of the single-pass kernel
                 sig["HW"], const["HW"] = "constexpr", HW
             signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}
-            yield (fn, signature, {**const, **tiles, **flags}, aligned(signature, HW=HW, C=C, G=G, **extra),
+            yield (fn, signature, {**const, **tiles, **flags}, aligned(signature, HW=HW, C=C, OS=OS, G=G, **extra),
                    p["num_warps"])
             continue
-        sig, const = ints(HW=HW, C=C, G=G, NB=p["NB"])
+        sig, const = ints(HW=HW, C=C, OS=OS, G=G, NB=p["NB"])
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
                      **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
         yield (gnt._gn_partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
-               aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
+               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), p["num_warps"])
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                      "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
                      **{k: "constexpr" for k in (*tiles, *flags)}}
         yield (gnt._gn_apply, signature, {**const, **tiles, **flags},
-               aligned(signature, HW=HW, C=C, G=G, NB=p["NB"]), p["num_warps"])
+               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), p["num_warps"])
     if p["kernel"] == "tiled":
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",

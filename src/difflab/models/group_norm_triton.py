@@ -101,13 +101,13 @@ def _per_lane(vg, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD: tl.constexpr):
+def _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, OS, HAS_ADD: tl.constexpr):
     """Positions hw x lanes c of image b in float32, a added (x, for the statistics; zero
     outside the image and in padding lanes) and the mask."""
     mask = (hw[:, None] < HW) & c_ok[None, :]
     x = tl.load(x_ptr + b * HW * C + hw[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_ADD:
-        a = tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        a = tl.load(add_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
         x = tl.where(mask, x + a[None, :], 0.0)
     return x, mask
 
@@ -132,15 +132,15 @@ def _merge(n, mean, m2, n_b, mean_b, m2_b):
 
 
 @triton.jit
-def _coefficients(mean_c, rstd_c, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+def _coefficients(mean_c, rstd_c, b, c, c_ok, OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                   HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                   HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
     """Per lane k, d with ((x + a - mean) rstd gamma + beta)(1 + s) + b = x k + d, for image b;
-    mean_c, rstd_c: each lane's group statistics."""
+    mean_c, rstd_c: each lane's group statistics; a, s, b: rows OS elements apart."""
     k = rstd_c
     d = -mean_c * k
     if HAS_ADD:  # GN(x + a): fold a into the shift, d += a k
-        d += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32) * k
+        d += tl.load(add_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32) * k
     if HAS_W:
         w = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         k *= w
@@ -148,11 +148,11 @@ def _coefficients(mean_c, rstd_c, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale
     if HAS_BIAS:
         d += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_SCALE:
-        s1 = 1.0 + tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        s1 = 1.0 + tl.load(scale_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
         k *= s1
         d *= s1
     if HAS_SHIFT:
-        d += tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        d += tl.load(shift_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
     return k, d
 
 
@@ -168,7 +168,7 @@ def _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU: tl.constexpr):
 
 
 @triton.jit
-def _gn_partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
+def _gn_partial_stats(x_ptr, add_ptr, part_ptr, HW, C, OS, G, NB, CG: tl.constexpr,
                    HAS_ADD: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr,
                    BLOCK_CG: tl.constexpr):
     pid = tl.program_id(0)
@@ -176,7 +176,7 @@ def _gn_partial_stats(x_ptr, add_ptr, part_ptr, HW, C, G, NB, CG: tl.constexpr,
     blk = pid % NB
     hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c, c_ok = _lanes(0, G, CG, BLOCK_G, BLOCK_CG)
-    x, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, HAS_ADD)
+    x, mask = _load_tile(x_ptr, add_ptr, b, hw, c, c_ok, HW, C, OS, HAS_ADD)
     n = (tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW) * CG).to(tl.float32)  # elements per group here
     mean, m2 = _tile_stats(x, mask, n, BLOCK_G, BLOCK_CG)
     g = tl.arange(0, BLOCK_G)
@@ -215,7 +215,7 @@ def _gn_finalize_stats(part_ptr, stats_ptr, HW, G, NB, eps, CG: tl.constexpr,
 
 @triton.jit
 def _gn_apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
-           HW, C, G, NB, CG: tl.constexpr,
+           HW, C, OS, G, NB, CG: tl.constexpr,
            HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
            BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -227,13 +227,14 @@ def _gn_apply(x_ptr, add_ptr, stats_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, 
     group = b * 2 * G + c // CG  # each lane reads its channel's group statistics (a cached gather)
     mean_c = tl.load(stats_ptr + group, mask=c_ok, other=0.0)
     rstd_c = tl.load(stats_ptr + group + G, mask=c_ok, other=0.0)
-    k, d = _coefficients(mean_c, rstd_c, b, c, c_ok, C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+    k, d = _coefficients(mean_c, rstd_c, b, c, c_ok, OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
     _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU)
 
 
 @triton.jit
-def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW: tl.constexpr, C, G, NS, eps,
+def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW: tl.constexpr, C, OS, G, NS,
+                 eps,
                  CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
                  BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -257,13 +258,13 @@ def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr
     dev = tl.where(mask, x - mean_c[None, :], 0.0)
     m2_c = tl.sum(dev * dev, axis=0)
     if HAS_ADD:
-        mean_c += tl.load(add_ptr + b * C + c, mask=c_ok, other=0.0).to(tl.float32)
+        mean_c += tl.load(add_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
     mean = _group_sum(mean_c, BLOCK_G, BLOCK_CG) / CG
     spread = tl.where(c_ok, mean_c - _per_lane(mean, BLOCK_G, BLOCK_CG), 0.0)
     m2 = _group_sum(m2_c + HW * spread * spread, BLOCK_G, BLOCK_CG)
     rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
     k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
-                         C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
     y = x * k[None, :] + d[None, :]
     if SILU:
@@ -272,7 +273,7 @@ def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr
 
 
 @triton.jit
-def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, G, NS, eps,
+def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, OS, G, NS, eps,
             CG: tl.constexpr, HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr,
             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
             BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -293,13 +294,13 @@ def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW,
     mean = tl.zeros((BLOCK_G,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
     for start in tl.range(0, HW, BLOCK_HW, num_stages=3):
-        x, mask = _load_tile(x_ptr, add_ptr, b, start + rows, c, c_ok, HW, C, HAS_ADD)
+        x, mask = _load_tile(x_ptr, add_ptr, b, start + rows, c, c_ok, HW, C, OS, HAS_ADD)
         n_t = (tl.minimum(HW - start, BLOCK_HW) * CG).to(tl.float32)
         mean_t, m2_t = _tile_stats(x, mask, n_t, BLOCK_G, BLOCK_CG)
         n, mean, m2 = _merge(n, mean, m2, n_t, mean_t, m2_t)
     rstd = 1.0 / tl.sqrt(m2 / n + eps)
     k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
-                         C, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
     last = tl.cdiv(HW, BLOCK_HW) - 1
     for t in tl.range(0, last + 1, num_stages=3):  # the last tile first: the likeliest still in L2
@@ -307,17 +308,34 @@ def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW,
 
 
 def _per_image(name: str, t: Optional[Tensor], B: int, C: int) -> Optional[Tensor]:
-    """A per-(image, channel) operand as a contiguous [B, C] tensor: [B, C], or anything that
-    broadcasts to [B, C, 1, 1] ([C, 1, 1]: the same for every image)."""
+    """A per-(image, channel) operand as a [B, C] view (no copy): [B, C], or anything that
+    broadcasts to [B, C, 1, 1] ([C, 1, 1]: the same for every image, rows 0 apart)."""
     if t is None:
         return None
     if tuple(t.shape) == (B, C):
-        return t.contiguous()
+        return t
     if t.ndim in (3, 4) and tuple(t.shape[-2:]) == (1, 1) and tuple(t.shape[-3:-2]) == (C,) \
             and (t.ndim == 3 or t.shape[0] in (1, B)):
-        return t.reshape(-1, C).expand(B, C).contiguous()
+        return t.reshape(-1, C).expand(B, C)
     raise ValueError(f"group_norm_act: {name} must have shape [{B}, {C}], [{B}, {C}, 1, 1] or [{C}, 1, 1] "
                      f"(one value per image and channel, or per channel), got {list(t.shape)}")
+
+
+def _operand_rows(operands: tuple, B: int, C: int) -> tuple[tuple, int]:
+    """The per-image operands (add, scale, shift; [B, C] or None) as the kernels read them: a
+    row of C values with unit stride per image, row b at b * OS for one OS shared by all -- as
+    given when they agree (a slice of a wider tensor, e.g. of the U-Net's one product of all its
+    blocks' embeddings; OS = 0 for one row broadcast to every image), else dense copies (OS = C).
+    Returns the operands and OS."""
+    given = [t for t in operands if t is not None]
+    if B == 1 or not given:
+        return operands, C  # one image: b * OS is 0 whatever OS is
+    strides = {t.stride(0) for t in given}
+    if all(t.stride(1) == 1 for t in given) and len(strides) == 1:
+        (os_,) = strides
+        if (B - 1) * os_ + C < 2**31:  # 32-bit offsets
+            return operands, os_
+    return tuple(t if t is None else t.contiguous() for t in operands), C
 
 
 # An image of at most this many (padded) elements is normalized by one program in one kernel
@@ -420,11 +438,13 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                     add: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
                     eps: float, silu: bool) -> Tensor:
-    # The kernels index NHWC memory and dense [B, C] / [C] operands. Inside a compiled graph the
-    # inputs come with whatever strides Inductor chose, so make sure here (no copy when they are).
+    # The kernels index NHWC memory, dense [C] operands and [B, C] rows OS apart. Inside a compiled
+    # graph the inputs come with whatever strides Inductor chose, so make sure here (no copy when
+    # they are).
     x = x.contiguous(memory_format=torch.channels_last)
-    weight, bias, add, scale, shift = (t if t is None else t.contiguous() for t in (weight, bias, add, scale, shift))
+    weight, bias = (t if t is None else t.contiguous() for t in (weight, bias))
     B, C, H, W = x.shape
+    (add, scale, shift), OS = _operand_rows((add, scale, shift), B, C)
     HW, G = H * W, num_groups
     y = torch.empty_like(x, memory_format=torch.channels_last)
     if y.numel() == 0:  # no image or no position: nothing to normalize (a zero-size arange otherwise)
@@ -436,17 +456,18 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
     operands = [t if t is not None else dummy for t in (add, weight, bias, scale, shift)]
     if p["kernel"] in ("single", "resident"):
-        _gn_single_pass[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
+        _gn_single_pass[(B * p["NS"],)](x, *operands, y, HW, C, OS, G, p["NS"], eps, CG=C // G, **flags, **tile)
     elif p["kernel"] == "looped":
-        _gn_looped[(B * p["NS"],)](x, *operands, y, HW, C, G, p["NS"], eps, CG=C // G, **flags, **tile)
+        _gn_looped[(B * p["NS"],)](x, *operands, y, HW, C, OS, G, p["NS"], eps, CG=C // G, **flags, **tile)
     else:
         nb = p["NB"]
         part = torch.empty(B, nb, 2, G, device=x.device, dtype=torch.float32)
         stats = torch.empty(B, 2, G, device=x.device, dtype=torch.float32)
-        _gn_partial_stats[(B * nb,)](x, operands[0], part, HW, C, G, nb, CG=C // G, HAS_ADD=add is not None, **tile)
+        _gn_partial_stats[(B * nb,)](x, operands[0], part, HW, C, OS, G, nb, CG=C // G, HAS_ADD=add is not None,
+                                     **tile)
         _gn_finalize_stats[(B,)](part, stats, HW, G, nb, eps, CG=C // G, BLOCK_HW=tile["BLOCK_HW"],
                               BLOCK_NB=p["BLOCK_NB"], BLOCK_G=tile["BLOCK_G"])
-        _gn_apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, G, nb, CG=C // G, **flags, **tile)
+        _gn_apply[(B * nb,)](x, operands[0], stats, *operands[1:], y, HW, C, OS, G, nb, CG=C // G, **flags, **tile)
     return y
 
 
