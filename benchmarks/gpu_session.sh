@@ -90,10 +90,12 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   compiled step captured whole, without the EMA copy, i.e. diffusers' work);
 #   diffusers' best sampling configuration and difflab's best (Triton GroupNorm, 1.74x), then
 #   the candidate: the same with Inductor's freezing (no per-forward weight casts) and the whole
-#   run as one graph (cuda_graph="loop"); then each of those alone (their effects) and combo
-#   kernels (the casts in a few launches);
+#   run as one graph (cuda_graph="loop"); the network stored in bf16 instead of freezing (half
+#   the weights' memory; freezing keeps bf16 copies beside them), with diffusers' network stored
+#   in bf16 as a reference of its own;
 #   the training row with the partitioner's activation memory budget at 0.9 (margin for the
-#   memory bar; after the sampling rows, as its knapsack solve may lengthen the compile);
+#   memory bar; its knapsack solve may lengthen the compile);
+#   the loop and freezing each alone (their effects) and combo kernels (the casts in a few launches);
 #   coordinate-descent tuning of the Triton sampling row;
 #   channels_last and EMA variants of the training row; the sampling rows without the Triton
 #   kernels or without Inductor (their effects); the NHWC view; the other graph variants; then
@@ -103,10 +105,11 @@ PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'diffusers/sample/bf16+compile'
           'difflab/sample/bf16+cl+compile+graph+gn_triton'
           'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton'
+          'diffusers/sample/bf16w+compile' 'difflab/sample/bf16w+cl+compile+loop+gn_triton'
+          'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'difflab/sample/bf16+cl+compile+loop+gn_triton'
           'difflab/sample/bf16+cl+compile_frozen+graph+gn_triton'
           'difflab/sample/bf16+cl+compile_combo+graph+gn_triton'
-          'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'difflab/sample/bf16+cl+compile_cdt+graph+gn_triton'
           'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema'
           'difflab/train/bf16+fused+compile_step+step_graph'

@@ -237,6 +237,12 @@ def row_specs(cpu: bool) -> list[dict]:
         # steps, no per-forward weight casts), with the Triton norms
         r("difflab", "sample", "bf16+cl+compile_frozen+loop+gn_triton", precision="bf16", channels_last=True,
           compile={"options": {"freezing": True}}, cuda_graph="loop", gn_nhwc="triton"),
+        # the same without freezing, the network stored in bf16 instead (no casts to fold, and half
+        # the weights' memory, where freezing keeps bf16 copies beside the float32 weights); and
+        # diffusers' network stored in bf16 as a reference of its own, since that is its users' way too
+        r("difflab", "sample", "bf16w+cl+compile+loop+gn_triton", precision="bf16", weights="bf16",
+          channels_last=True, compile=True, cuda_graph="loop", gn_nhwc="triton"),
+        r("diffusers", "sample", "bf16w+compile", True, precision="bf16", weights="bf16", compile=True),
         r("difflab", "sample", "bf16+cl+gn_triton", precision="bf16", channels_last=True, gn_nhwc="triton"),
         # with the Triton norms, the next costs (H200 profile): ~10 ms a batch of weight casts
         # (fp32 -> bf16, every forward; freezing does them once) and 35 ms of Inductor's kernels
@@ -447,7 +453,7 @@ class DifflabSample:
 
     def __init__(self, env: Env, opts: dict) -> None:
         self.env = env
-        self.model = copy.deepcopy(env.template("difflab")).to(env.device)
+        self.model = copy.deepcopy(env.template("difflab")).to(env.device, WEIGHTS[opts.get("weights")])
         self.kw = {k: opts[k] for k in ("channels_last", "compile", "cuda_graph") if k in opts}
         if opts.get("precision", "fp32") != "fp32":
             self.kw["precision"] = opts["precision"]
@@ -473,7 +479,7 @@ class DiffusersSample:
         from diffusers import DDIMScheduler
 
         self.env, self.opts = env, opts
-        model = copy.deepcopy(env.template("diffusers")).to(env.device)
+        model = copy.deepcopy(env.template("diffusers")).to(env.device, WEIGHTS[opts.get("weights")])
         self.cl = opts.get("channels_last", False)
         if self.cl:
             model.to(memory_format=torch.channels_last)
@@ -501,6 +507,11 @@ class DiffusersSample:
     def close(self) -> None:
         pass
 
+
+# a sampling row's "weights" option: the network stored in float32 (default), or in bf16 -- what
+# diffusers' users get from torch_dtype=torch.bfloat16 -- under the same bf16 autocast: half the
+# weights' memory and no weight casts in each forward (difflab's sampler keeps its state float32)
+WEIGHTS = {None: None, "bf16": torch.bfloat16}
 
 CASES = {("difflab", "train"): DifflabTrain, ("diffusers", "train"): DiffusersTrain,
          ("difflab", "sample"): DifflabSample, ("diffusers", "sample"): DiffusersSample}

@@ -75,19 +75,19 @@ def model_dtype(model: Callable) -> Optional[torch.dtype]:
     return None
 
 
-def _float_input(x, name: str, model: Callable, fix: str) -> Tensor:
+def _float_input(x, name: str, model: Callable, fix: str, dtype: Optional[torch.dtype] = None) -> Tensor:
     """``x`` as the model computes: the one dtype rule of the library's entry points.
 
     Integer, bool or complex tensors are refused (TypeError naming ``name`` and ``fix``); float
     tensors of another dtype than the model's parameters (float64 or float16 data for a float32
-    network) are cast to the parameters' dtype; a model without parameters takes any float dtype.
-    A dtype check and a cast: no host-device synchronisation.
+    network) are cast to the parameters' dtype (or to ``dtype`` when given); a model without
+    parameters takes any float dtype. A dtype check and a cast: no host-device synchronisation.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor, got {x.dtype}; {fix}")
-    dtype = model_dtype(model)
+    dtype = dtype or model_dtype(model)
     return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
 

@@ -181,7 +181,10 @@ def sample(
 
     dtypes: ``noise`` must be a float tensor; it is cast to the dtype of the model's parameters
     (a model without parameters, e.g. an analytic one, runs in the noise's dtype), and noise drawn
-    here is in that dtype (float32 for a function). Integer noise is refused. ``device``: "auto",
+    here is in that dtype (float32 for a function). Integer noise is refused. A model stored in
+    bf16 or fp16 with ``precision`` set (``model.to(torch.bfloat16)``, ``precision="bf16"``:
+    half the weights' memory, and no weight casts in each forward) computes under autocast while
+    the sampler's state stays float32. ``device``: "auto",
     "cpu", "cuda", "cuda:<i>" or a torch.device that exists here (default: the model's device).
 
     Speed (same function, see :mod:`.fast`): ``precision="bf16"`` autocasts the network,
@@ -218,8 +221,9 @@ def sample(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
                         f"got {type(generator).__name__}")
+    state_dtype = _state_dtype(model, precision)
     if noise is not None:  # a float tensor in the model's dtype (see the docstring)
-        noise = _float_input(noise, "noise", model, _NOISE_FIX)
+        noise = _float_input(noise, "noise", model, _NOISE_FIX, state_dtype)
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     if device is not None:
@@ -235,7 +239,7 @@ def sample(
     if cond is not None:
         cond = _check_labels(model, cond, shape[0]).to(device)
     if noise is None:
-        noise = randn(shape, generator, device, model_dtype(model) or torch.float32)
+        noise = randn(shape, generator, device, state_dtype or torch.float32)
     nhwc = channels_last and len(shape) == 4
 
     def run(x_T: Tensor, cond_: Optional[Tensor], generator_=None, callback_=None) -> Tensor:
@@ -285,6 +289,16 @@ def sample(
         if bar is not None:
             bar.close()
     return x.contiguous() if nhwc else x
+
+
+def _state_dtype(model: Callable, precision: Optional[str]) -> Optional[torch.dtype]:
+    """The dtype of the sampler's state x: the model's, except float32 for a half-precision model
+    under autocast (``precision`` set), whose updates would otherwise round to 8 or 11 bits each
+    step. None for a model without parameters (it runs in the noise's dtype)."""
+    dtype = model_dtype(model)
+    if dtype in (torch.float16, torch.bfloat16) and precision in ("bf16", "fp16"):
+        return torch.float32
+    return dtype
 
 
 def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec, options: dict,
