@@ -55,6 +55,14 @@ def test_train_sample_resume_with_digits_config(tmp_path, capsys, monkeypatch):
         assert message in capsys.readouterr().err
     assert len(seen) == 1
     monkeypatch.undo()
+    # --weights bf16: the network stored in bf16, under the bf16 autocast it implies; the samples
+    # (the sampler's state) stay float32
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--weights", "bf16",
+                 "--save-tensor", str(tmp_path / "w.pt"), "--out", str(out)]) == 0
+    assert torch.load(tmp_path / "w.pt").dtype == torch.float32
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(run), "--weights", "bf16", "--precision", "fp16", "--out", str(out)]) == 2
+    assert "leave --precision out or set it to bf16" in capsys.readouterr().err
 
     # continue the run to 6 steps, reusing its stored config; --cuda-graph (a speed option a resume
     # may change) is a CUDA option: noted on the CPU, which steps eagerly

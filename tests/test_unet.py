@@ -374,6 +374,19 @@ def test_gradient_reaches_every_parameter():
     assert not dead, f"no gradient reaches {dead}"
 
 
+def test_models_stored_in_bf16_run_without_autocast():
+    """The float32 sinusoidal time features are cast to the network's dtype: a U-Net or an MLP
+    stored in bf16 (model.to(torch.bfloat16)) takes bf16 input and gives bf16 output."""
+    from difflab.models import MLPDenoiser
+
+    x, t = inputs()
+    for model, inp in ((perturb(small(num_classes=3)), x), (perturb(MLPDenoiser(dim=2, width=16, depth=2), 0.3), x[:, 0, 0, :2])):
+        ref = model(inp, t)
+        out = model.to(torch.bfloat16)(inp.bfloat16(), t)
+        assert out.dtype == torch.bfloat16 and ref.abs().max() > 0.1
+        torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.05)
+
+
 def test_channels_last_and_autocast():
     model = perturb(small(attention_levels=(0, 1), num_heads=2)).eval()
     x, t = inputs(C=1, H=8, W=8)

@@ -18,6 +18,7 @@ from ..evaluation.grids import check_image_path, make_parent
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode
 from ..samplers import SAMPLERS
+from ..samplers.fast import PRECISIONS
 from ..training.checkpoint import load
 from ..training.generate import class_rows, save_grid
 
@@ -54,6 +55,10 @@ def add_parser(sub) -> None:
     speed.add_argument("--group-norm", choices=GROUP_NORM_MODES,
                        help="how the U-Net's GroupNorms run: torch's kernel (never), on the NHWC view (compile, "
                             "always), or difflab's Triton kernels (triton: CUDA, with --channels-last)")
+    speed.add_argument("--weights", choices=["fp32", "bf16", "fp16"],
+                       help="the dtype the network is stored in while sampling (default: as saved, fp32); bf16 / "
+                            "fp16 halve its memory and need no weight casts, and compute under --precision of "
+                            "that type, which they imply (the sampler's own updates stay fp32)")
     speed.add_argument("--fast", action="store_true",
                        help="the fastest GPU setting measured so far: --precision bf16 --channels-last --compile "
                             "--cuda-graph, and --group-norm triton where triton is installed (CUDA only)")
@@ -62,6 +67,12 @@ def add_parser(sub) -> None:
 
 def speed_options(args, device: torch.device) -> dict:
     """dl.sample's speed keywords from the flags, refused before any work where they cannot run."""
+    weights = getattr(args, "weights", None)
+    if weights in ("bf16", "fp16"):
+        if args.precision not in (None, weights):
+            raise ValueError(f"--weights {weights} stores the network in {weights}, which computes under {weights} "
+                             f"autocast: leave --precision out or set it to {weights} (got --precision {args.precision})")
+        args.precision = weights
     if args.fast:
         args.precision = args.precision or "bf16"
         args.channels_last = args.compile = True
@@ -94,6 +105,8 @@ def _main(args) -> int:
     device = resolve_device(args.device, "--device")
     options = speed_options(args, device)
     run = load(args.ckpt, device=device)
+    if args.weights is not None:  # the network sampled from, stored in that dtype (the other is not used)
+        (run.model if args.raw else run.ema_model).to(PRECISIONS[args.weights] or torch.float32)
     refuse_superres(run.model if args.raw else run.ema_model, "`difflab sample`")
     if len(run.image_shape) != 3 and tensor_out is None:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "

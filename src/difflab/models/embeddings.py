@@ -40,6 +40,10 @@ class TimestepEmbedding(nn.Sequential):
         freq_dim = freq_dim or dim
         super().__init__(SinusoidalEmbedding(freq_dim), nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
+    def forward(self, t: Tensor) -> Tensor:
+        sinusoid, fc1, act, fc2 = self
+        return fc2(act(fc1(sinusoid(t).to(fc1.weight.dtype))))  # float32 features; match a bf16 model
+
 
 class LabelEmbedding(nn.Embedding):
     """Class labels 0..K-1 plus the null label K ("no label", for classifier-free guidance)."""

@@ -552,8 +552,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self._check(x)
         t = self._time(t, x)
-        sinusoid, fc1, act, fc2 = self.time_embed  # TimestepEmbedding: features, Linear-SiLU-Linear
-        emb = fc2(act(fc1(sinusoid(t).to(fc1.weight.dtype))))  # features are float32; match a bf16 model
+        emb = self.time_embed(t)
         if self.label_embed is not None:
             emb = emb + self.label_embed(self._label(cond, x))
         elif cond is not None:
