@@ -372,7 +372,8 @@ def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_
     when (image, slab) programs are plentiful -- the U-Net's batch of 128 at every larger level
     -- and the tiled kernels when they are not (one 256 x 256 image: 2 slabs, but 512 tiles) or
     when C/G is not a power of two (as measured on an H200);
-    KERNEL (DIFFLAB_GN_KERNEL) overrides the rule for larger images only."""
+    KERNEL (DIFFLAB_GN_KERNEL) overrides the rule for larger images, and "resident" for small
+    ones too (the single-pass kernel in slabs: more programs for a batch)."""
     monkeypatch.setattr(gnt, "KERNEL", None)
     assert gnt._plan(256, 32, 16, 128)["kernel"] == "single"  # 4 x 4
     for C, HW in ((128, 1024), (256, 1024), (256, 256), (512, 64)):
@@ -394,6 +395,8 @@ def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_
         assert p["kernel"] == "resident" and p["BLOCK_HW"] == HW and p["BLOCK_G"] * p["BLOCK_CG"] == lanes
         assert p["BLOCK_HW"] * lanes <= gnt.RESIDENT_MAX and p["NS"] * p["BLOCK_G"] >= 32
     assert gnt._plan(256, 32, 64 * 64, 128)["kernel"] == "looped"  # a group of 8 x 4096 does not fit: the rule
+    p = gnt._plan(256, 32, 16, 128)  # 4 x 4: slabs of 64 lanes, 4 programs an image instead of 1
+    assert p["kernel"] == "resident" and p["NS"] == 4 and p["BLOCK_G"] * p["BLOCK_CG"] == 64
 
 
 def test_a_per_shape_plan_picks_the_way_shape_by_shape(tmp_path, monkeypatch):

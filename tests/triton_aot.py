@@ -50,10 +50,8 @@ def specializations():
     ptrs = {"add_ptr": "*bf16", "w_ptr": "*fp32", "bias_ptr": "*fp32", "scale_ptr": "*bf16",
             "shift_ptr": "*bf16", "y_ptr": "*bf16"}
     for C, G, HW in shapes:
-        for kernel in gnt.KERNELS:  # a large image: the tiled, looped or resident kernels, any may run
+        for kernel in gnt.KERNELS:  # any may run (a small image: single, or resident in slabs; main dedupes)
             yield from _kernels(plan(C, G, HW, kernel), C, G, HW, variants, ptrs)
-            if plan(C, G, HW, kernel)["kernel"] == "single":
-                break
 
 
 def plan(C: int, G: int, HW: int, kernel: str) -> dict:

@@ -364,7 +364,7 @@ LOOPED_MIN_PROGRAMS = 256
 RESIDENT_MAX = 16384
 
 # Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", "resident" (where a
-# slab fits, else the rule), or None for the rule above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
+# slab fits, else the rule; small images too, in slabs), or None for the rule above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
 # sets it to whichever benchmarks/group_norm.py measured faster on the GPU at hand).
 KERNELS = ("tiled", "looped", "resident")
 KERNEL: Optional[str] = os.environ.get("DIFFLAB_GN_KERNEL") or None
@@ -405,24 +405,27 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
     lanes: all groups (single, tiled) or a slab of them (looped, resident; NS slabs an image); a
     tile is BLOCK_HW positions by those lanes (single, resident: all of them); the tiled kernels
-    cut an image into NB tiles. ``kernel``: "tiled", "looped" or "resident" for a large image
-    (default ``KERNEL``, else the measured rule above)."""
+    cut an image into NB tiles. ``kernel``: "tiled" or "looped" for a large image, "resident" for
+    any (default ``KERNEL``, else the per-shape ``PLAN``, else the measured rule above)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
-    if whole * lanes <= SINGLE_PASS_MAX:
-        return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
-                    num_warps=8 if whole * lanes > 4096 else 4)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
     kernel = kernel or KERNEL or PLAN.get((C, G, HW))
-    if kernel == "resident":  # where a slab of whole groups fits a program; else the rule
+    if whole * lanes <= SINGLE_PASS_MAX and kernel != "resident":
+        return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
+                    num_warps=8 if whole * lanes > 4096 else 4)
+    # resident: where a slab of whole groups fits a program, else the rule; for a small image the
+    # single-pass kernel in slabs, so a batch gives NS times the programs (one per image leaves
+    # most of a GPU's SMs idle at batch 128)
+    if kernel == "resident":
         fit_g = min(slab_g, RESIDENT_MAX // (whole * block_cg))
         if fit_g >= 1:
             elements = whole * fit_g * block_cg
             return dict(kernel="resident", BLOCK_G=fit_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
                         NS=triton.cdiv(G, fit_g), num_warps=max(4, min(16, elements // 1024)))
-        kernel = None
+        kernel = None  # (a small image's slab always fits: whole * block_cg <= SINGLE_PASS_MAX)
     aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
     kernel = kernel or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS and aligned else "tiled")
     if kernel == "looped":
