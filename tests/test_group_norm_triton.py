@@ -143,6 +143,22 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     torch.testing.assert_close(y.double(), definition(x, G, weight, bias, **kw), rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("H,W", [(5, 7), (9, 9)])
+def test_looped_statistics_over_tiles_longer_than_what_is_left(H, W, monkeypatch):
+    """The looped kernel's running per-element statistics at its own tile size (64 positions at
+    512 channels): 35 positions in one tile (29 rows that see no tile), 81 in a full and a
+    partial tile; with the time embedding's add, against the definition."""
+    monkeypatch.setattr(gnt, "KERNEL", "looped")
+    B, C, G = 2, 512, 32
+    assert gnt._plan(C, G, H * W, B)["BLOCK_HW"] == 64
+    x = nhwc(B, C, H, W, mean=3.0, std=2.0)
+    g = torch.Generator().manual_seed(1)
+    add, w, b = (torch.randn(*s, generator=g).to(DEVICE) for s in ((B, C, 1, 1), (C,), (C,)))
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, G, w, b, add=add, silu=True)
+    torch.testing.assert_close(y.double(), definition(x, G, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
+
+
 def test_the_custom_op_accepts_any_strides():
     """Inside a compiled graph Inductor hands the op its inputs with strides of its choosing:
     an NCHW x and a non-contiguous add give the same result."""

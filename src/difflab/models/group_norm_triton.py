@@ -157,6 +157,22 @@ def _coefficients(mean_c, rstd_c, b, c, c_ok, OS, add_ptr, w_ptr, bias_ptr, scal
 
 
 @triton.jit
+def _lane_group_stats(mean_c, m2_c, b, c, c_ok, OS, add_ptr, HW, eps, CG: tl.constexpr, HAS_ADD: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """Each lane's group mean and 1/std from each lane's (channel's) mean over its HW positions
+    and M2 about that mean (zero in padding lanes). The addition a_c (HAS_ADD) shifts a lane's
+    mean only, and the lanes merge by Chan's rule for equal counts: mean_g = avg_c (m_c + a_c),
+    M2_g = sum_c [M2_c + HW (m_c + a_c - mean_g)^2]. So x + a is never formed as a tile."""
+    if HAS_ADD:
+        mean_c += tl.load(add_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
+    mean = _group_sum(mean_c, BLOCK_G, BLOCK_CG) / CG
+    spread = tl.where(c_ok, mean_c - _per_lane(mean, BLOCK_G, BLOCK_CG), 0.0)
+    m2 = _group_sum(m2_c + HW * spread * spread, BLOCK_G, BLOCK_CG)
+    rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
+    return _per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG)
+
+
+@triton.jit
 def _store_tile(y_ptr, x_ptr, b, hw, c, c_ok, HW, C, k, d, SILU: tl.constexpr):
     """y = act(x k + d) at positions hw x lanes c of image b (x as stored, without a)."""
     mask = (hw[:, None] < HW) & c_ok[None, :]
@@ -256,15 +272,9 @@ def _gn_single_pass(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean_c = tl.sum(x, axis=0) / HW  # per lane (zero in padding lanes)
     dev = tl.where(mask, x - mean_c[None, :], 0.0)
-    m2_c = tl.sum(dev * dev, axis=0)
-    if HAS_ADD:
-        mean_c += tl.load(add_ptr + b * OS + c, mask=c_ok, other=0.0).to(tl.float32)
-    mean = _group_sum(mean_c, BLOCK_G, BLOCK_CG) / CG
-    spread = tl.where(c_ok, mean_c - _per_lane(mean, BLOCK_G, BLOCK_CG), 0.0)
-    m2 = _group_sum(m2_c + HW * spread * spread, BLOCK_G, BLOCK_CG)
-    rstd = 1.0 / tl.sqrt(m2 / (HW * CG * 1.0) + eps)
-    k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
-                         OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+    mean, rstd = _lane_group_stats(mean_c, tl.sum(dev * dev, axis=0), b, c, c_ok, OS, add_ptr, HW, eps,
+                                   CG, HAS_ADD, BLOCK_G, BLOCK_CG)
+    k, d = _coefficients(mean, rstd, b, c, c_ok, OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
     y = x * k[None, :] + d[None, :]
     if SILU:
@@ -278,8 +288,15 @@ def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW,
             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
             BLOCK_HW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
     """One program per (image, slab of BLOCK_G groups), in two sweeps over the image's
-    positions: the statistics (tiles merged by Chan's rule), then the output. One launch; the
-    second sweep re-reads what the first read moments before (from L2 when it still holds it).
+    positions: the statistics, then the output. One launch; the second sweep re-reads what the
+    first read moments before (from L2 when it still holds it).
+
+    The first sweep only streams: each element of the tile keeps its own running mean and M2
+    over the tiles (Welford: delta = x - m, m += delta / k, M2 += delta (x - m) at the k-th
+    tile), so no tile needs a reduction across the program's threads (two of them a tile, each a
+    barrier, were this kernel's bound at about 30% of the H200's bandwidth); the tile's rows
+    merge by Chan's rule once at the end (a row past the image's end in the last tile has one
+    tile fewer), then the lanes as in the single-pass kernel.
 
     The grid may be as few as two programs an SM, so each program keeps loads in flight itself: both
     loops are software-pipelined (``num_stages``: the next tiles' loads are issued, cp.async
@@ -290,17 +307,22 @@ def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW,
     b = pid // NS
     c, c_ok = _lanes((pid % NS) * BLOCK_G, G, CG, BLOCK_G, BLOCK_CG)
     rows = tl.arange(0, BLOCK_HW)
-    n = tl.zeros((BLOCK_G,), dtype=tl.float32)  # (count, mean, M2) of the tiles so far
-    mean = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    m2 = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    mean_e = tl.zeros((BLOCK_HW, BLOCK_G * BLOCK_CG), dtype=tl.float32)  # per element: over the tiles so far
+    m2_e = tl.zeros((BLOCK_HW, BLOCK_G * BLOCK_CG), dtype=tl.float32)
     for start in tl.range(0, HW, BLOCK_HW, num_stages=3):
-        x, mask = _load_tile(x_ptr, add_ptr, b, start + rows, c, c_ok, HW, C, OS, HAS_ADD)
-        n_t = (tl.minimum(HW - start, BLOCK_HW) * CG).to(tl.float32)
-        mean_t, m2_t = _tile_stats(x, mask, n_t, BLOCK_G, BLOCK_CG)
-        n, mean, m2 = _merge(n, mean, m2, n_t, mean_t, m2_t)
-    rstd = 1.0 / tl.sqrt(m2 / n + eps)
-    k, d = _coefficients(_per_lane(mean, BLOCK_G, BLOCK_CG), _per_lane(rstd, BLOCK_G, BLOCK_CG), b, c, c_ok,
-                         OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
+        mask = ((start + rows)[:, None] < HW) & c_ok[None, :]
+        x = tl.load(x_ptr + b * HW * C + (start + rows)[:, None] * C + c[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        delta = x - mean_e
+        mean_e += tl.where(mask, delta * (1.0 / (start // BLOCK_HW + 1)), 0.0)
+        m2_e += tl.where(mask, delta * (x - mean_e), 0.0)
+    tiles = tl.cdiv(HW, BLOCK_HW)
+    n_r = (tiles - 1 + (rows < HW - (tiles - 1) * BLOCK_HW).to(tl.int32)).to(tl.float32)  # tiles a row saw
+    mean_c = tl.sum(n_r[:, None] * mean_e, axis=0) / HW  # per lane
+    spread = mean_e - mean_c[None, :]
+    m2_c = tl.sum(m2_e + n_r[:, None] * spread * spread, axis=0)
+    mean, rstd = _lane_group_stats(mean_c, m2_c, b, c, c_ok, OS, add_ptr, HW, eps, CG, HAS_ADD, BLOCK_G, BLOCK_CG)
+    k, d = _coefficients(mean, rstd, b, c, c_ok, OS, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr,
                          HAS_ADD, HAS_W, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
     last = tl.cdiv(HW, BLOCK_HW) - 1
     for t in tl.range(0, last + 1, num_stages=3):  # the last tile first: the likeliest still in L2
@@ -430,7 +452,7 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
     kernel = kernel or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS and aligned else "tiled")
     if kernel == "looped":
         return dict(kernel="looped", BLOCK_G=slab_g, BLOCK_CG=block_cg, NS=ns,
-                    BLOCK_HW=min(whole, max(1, TILE // (slab_g * block_cg))), num_warps=4)
+                    BLOCK_HW=min(whole, max(1, TILE // (slab_g * block_cg))), num_warps=8)
     block_hw = max(1, TILE // lanes)
     nb = triton.cdiv(HW, block_hw)
     return dict(kernel="tiled", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=block_hw, NB=nb,
