@@ -153,7 +153,7 @@ case $stage in
         # under Inductor and in a CUDA graph
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_group_norm_triton.py \
             tests/test_fast_sampling.py tests/test_unet.py \
-            -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released" \
+            -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released or longer or in_place" \
             2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
         # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice),
