@@ -57,9 +57,17 @@ def test_train_sample_resume_with_digits_config(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     # --weights bf16: the network stored in bf16, under the bf16 autocast it implies; the samples
     # (the sampler's state) stay float32
+    stored = []
+
+    def spy(self, *args, **kwargs):
+        stored.append((next(self.ema_model.parameters()).dtype, kwargs.get("precision")))
+        return real_sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedRun, "sample", spy)
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--weights", "bf16",
                  "--save-tensor", str(tmp_path / "w.pt"), "--out", str(out)]) == 0
-    assert torch.load(tmp_path / "w.pt").dtype == torch.float32
+    assert stored == [(torch.bfloat16, "bf16")] and torch.load(tmp_path / "w.pt").dtype == torch.float32
+    monkeypatch.undo()
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(run), "--weights", "bf16", "--precision", "fp16", "--out", str(out)]) == 2
     assert "leave --precision out or set it to bf16" in capsys.readouterr().err

@@ -376,6 +376,20 @@ def test_a_captured_run_around_a_frozen_compiled_network(proc, cpu_capture):
     release(model)
 
 
+def test_a_captured_run_of_a_model_converted_to_bf16_is_captured_anew(proc, cpu_capture):
+    """Under precision="bf16" the state is float32 for a float32 and a bf16 model alike, so the
+    run's key holds the weights' dtype: after model.to(torch.bfloat16) the run is captured again
+    (a replay of the old capture would read the float32 weights)."""
+    model = net()
+    x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, precision="bf16", cuda_graph="loop")
+    model.to(torch.bfloat16)
+    want = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, precision="bf16")
+    got = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, precision="bf16", cuda_graph="loop")
+    assert CPUCapture.captures == 2
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_a_captured_stochastic_run_draws_new_noise_each_replay(proc, cpu_capture):
     """DDPM (and DDIM with eta > 0) captured whole draw their noise inside the graph from the
     default generator: two replays from the same x_T differ (as two uncaptured runs would)."""

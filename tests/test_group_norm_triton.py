@@ -159,6 +159,24 @@ def test_looped_statistics_over_tiles_longer_than_what_is_left(H, W, monkeypatch
     torch.testing.assert_close(y.double(), definition(x, G, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("C,G,H,W", [(256, 32, 4, 4), (96, 8, 3, 5), (512, 32, 1, 1)])
+def test_resident_small_images_in_slabs_compute_the_definition(C, G, H, W, monkeypatch):
+    """A small image (one program would hold it: the single-pass kernel) through the resident
+    way at the real sizes: slabs of 64 lanes, so NS programs an image (C/G = 8, 12 and 16)."""
+    monkeypatch.setattr(gnt, "KERNEL", "resident")
+    p = gnt._plan(C, G, H * W, 3)
+    assert p["kernel"] == "resident" and p["NS"] > 1 and p["BLOCK_HW"] * p["BLOCK_G"] * p["BLOCK_CG"] <= gnt.SINGLE_PASS_MAX
+    x = nhwc(3, C, H, W, mean=1.0, std=2.0)
+    g = torch.Generator().manual_seed(2)
+    wide = torch.randn(3, 3 * C, generator=g).to(DEVICE)
+    w, b = torch.randn(C, generator=g).to(DEVICE), torch.randn(C, generator=g).to(DEVICE)
+    scale, shift = wide[:, :C], wide[:, C:2 * C]
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, G, w, b, scale=scale, shift=shift, silu=True)
+    want = definition(x, G, w, b, scale=scale, shift=shift, silu=True)
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-5)
+
+
 def test_the_custom_op_accepts_any_strides():
     """Inside a compiled graph Inductor hands the op its inputs with strides of its choosing:
     an NCHW x and a non-contiguous add give the same result."""
@@ -196,6 +214,15 @@ def test_per_image_operands_are_read_in_place_when_their_rows_agree():
         want = definition(x, 4, add=ops[0], scale=ops[1], shift=ops[2])
         torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-5)
     assert gnt._operand_rows((e[:1, :C], None, None), 1, C)[1] == C  # one image: any OS reads row 0
+    # one image still needs its channels one after another: strided or broadcast channels are copied
+    x1 = nhwc(1, C, 4, 4)
+    for add in (e[:1, 0:16:2], torch.tensor(0.5).to(DEVICE).expand(1, C), torch.randn(16).to(DEVICE)[::2, None, None]):
+        (used, _, _), _ = gnt._operand_rows((gnt._per_image("add", add, 1, C), None, None), 1, C)
+        assert used.stride(1) == 1
+        with torch.no_grad():
+            y = gnt.group_norm_act(x1, 4, add=add, shift=add.reshape(1, C) if add.ndim == 2 else None)
+        want = definition(x1, 4, add=add, shift=add.reshape(1, C) if add.ndim == 2 else None)
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-5)
     huge = torch.empty_strided((B, C), (2**30, 1), device="meta")  # (B - 1) OS past 2^31: copied
     assert gnt._operand_rows((huge, None, None), B, C)[1] == C
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import difflab as dl
+from difflab.models.norm import nhwc_group_norm
 from difflab.models.unet import AttentionBlock, ResBlock, UNet, unet_cifar10, unet_mnist, unet_tiny
 
 SMALL = dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, attention_levels=None)
@@ -189,6 +190,31 @@ def test_each_block_gets_its_own_embedding_from_the_one_product(kw, monkeypatch)
         if not block.use_scale_shift_norm:
             want = want + block.conv1.bias
         torch.testing.assert_close(received[block], want)
+
+
+def test_block_embeddings_follow_replaced_blocks_hooks_and_mixed_precision():
+    """The one product is built from the blocks forward calls now: a block replaced after
+    construction gets its own projection; an emb_proj with a hook (a wrapper, LoRA) projects by
+    its own forward, hook included; a bf16 network under fp16 autocast still runs (autocast's
+    dtype promotion refuses to concatenate bf16 weights there)."""
+    model = perturb(small())
+    x, t = inputs()
+    model.mid_res1 = perturb(ResBlock(32, 32, model.time_embed[1].out_features, norm_groups=4), scale=0.3)
+    got = {}
+    model.mid_res1.register_forward_pre_hook(lambda m, a, kw: got.update(e=kw["e"]), with_kwargs=True)
+    with torch.no_grad():
+        emb_act = F.silu(model.time_embed(t))
+        model(x, t)
+        want = emb_act @ model.mid_res1.emb_proj.weight.T + model.mid_res1.emb_proj.bias + model.mid_res1.conv1.bias
+        torch.testing.assert_close(got["e"], want)
+        model.mid_res1.emb_proj.register_forward_hook(lambda m, a, out: 2 * out)
+        model(x, t)
+        want = 2 * (emb_act @ model.mid_res1.emb_proj.weight.T + model.mid_res1.emb_proj.bias) + model.mid_res1.conv1.bias
+        torch.testing.assert_close(got["e"], want)
+        half = perturb(small()).to(torch.bfloat16, memory_format=torch.channels_last)
+        x_nhwc = x.bfloat16().contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.float16), nhwc_group_norm("always"):  # (CPU group_norm: no mixed dtypes)
+            assert torch.isfinite(half(x_nhwc, t).float()).all()
 
 
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])

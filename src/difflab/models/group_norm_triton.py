@@ -350,13 +350,14 @@ def _operand_rows(operands: tuple, B: int, C: int) -> tuple[tuple, int]:
     blocks' embeddings; OS = 0 for one row broadcast to every image), else dense copies (OS = C).
     Returns the operands and OS."""
     given = [t for t in operands if t is not None]
-    if B == 1 or not given:
-        return operands, C  # one image: b * OS is 0 whatever OS is
-    strides = {t.stride(0) for t in given}
-    if all(t.stride(1) == 1 for t in given) and len(strides) == 1:
-        (os_,) = strides
-        if (B - 1) * os_ + C < 2**31:  # 32-bit offsets
-            return operands, os_
+    if all(t.stride(1) == 1 or C == 1 for t in given):  # each row's channels one after another
+        if B == 1:
+            return operands, C  # one image: b * OS is 0 whatever OS is
+        strides = {t.stride(0) for t in given}
+        if len(strides) <= 1:
+            os_ = strides.pop() if strides else C
+            if (B - 1) * os_ + C < 2**31:  # 32-bit offsets
+                return operands, os_
     return tuple(t if t is None else t.contiguous() for t in operands), C
 
 

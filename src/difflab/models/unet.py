@@ -18,6 +18,7 @@ starts at zero.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Union
 
 import torch
@@ -188,7 +189,8 @@ class ResBlock(nn.Module):
     def embedding(self, emb_act: Tensor) -> Tensor:
         """e = W_e SiLU(emb) + b_e, [B, C] (scale-shift: [B, 2C] = [s, b]). In the additive form
         conv1's bias joins b_e: norm2(conv1(h) + e) needs one [B, C] add, not a pass over h."""
-        return F.linear(emb_act, self.emb_proj.weight, self.embedding_bias())
+        e = self.emb_proj(emb_act)
+        return e if self.use_scale_shift_norm else e + self.conv1.bias.to(e.dtype)
 
     def forward(self, x: Tensor, emb_act: Optional[Tensor] = None, *, e: Optional[Tensor] = None) -> Tensor:
         if (emb_act is None) == (e is None):
@@ -449,9 +451,6 @@ class UNet(nn.Module):
 
         self.norm_out = GroupNorm(norm_groups, ch)
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
-        # the residual blocks in the order forward calls them (registration order: down, middle,
-        # up); a plain tuple, not submodules (they are registered above)
-        self._res_blocks = tuple(m for m in self.modules() if isinstance(m, ResBlock))
 
     @staticmethod
     def _attention_levels(levels_, resolutions, image_size, levels: int) -> tuple[int, ...]:
@@ -540,13 +539,28 @@ class UNet(nn.Module):
                 )
         return cond if cond.dtype in (torch.long, torch.int32) else cond.long()  # nn.Embedding: int32/64
 
+    def res_blocks(self) -> list[ResBlock]:
+        """The residual blocks in the order :meth:`forward` calls them: down, middle, up."""
+        steps = (*self.down, self.mid_res1, self.mid_res2, *self.up)
+        return [s.res if isinstance(s, _ResAttn) else s for s in steps if isinstance(s, (_ResAttn, ResBlock))]
+
     def block_embeddings(self, emb_act: Tensor) -> tuple[Tensor, ...]:
         """Every residual block's e = W_e SiLU(emb) + b_e (:meth:`ResBlock.embedding`), in forward
         order, as one matrix product [W_e1; W_e2; ...] SiLU(emb): one GEMM (and one weight cast
-        under autocast) instead of one small GEMM per block (22 in DDPM's CIFAR-10 net)."""
-        blocks = self._res_blocks
-        weight = torch.cat([b.emb_proj.weight for b in blocks])
-        bias = torch.cat([b.embedding_bias() for b in blocks])
+        under autocast) instead of one small GEMM per block (22 in DDPM's CIFAR-10 net). Blocks
+        whose emb_proj is not a plain nn.Linear, or has hooks (a wrapper, pruning, LoRA), project
+        each by its own forward."""
+        blocks = self.res_blocks()
+        if not all(type(b.emb_proj) is nn.Linear and not (b.emb_proj._forward_hooks or b.emb_proj._forward_pre_hooks)
+                   for b in blocks):
+            return tuple(b.embedding(emb_act) for b in blocks)
+        device = emb_act.device.type
+        # The weights share one dtype: no autocast "promote" (it refuses bf16 weights under fp16 autocast)
+        no_autocast = (torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device)
+                       and torch.is_autocast_enabled(device) else contextlib.nullcontext())
+        with no_autocast:
+            weight = torch.cat([b.emb_proj.weight for b in blocks])
+            bias = torch.cat([b.embedding_bias() for b in blocks])
         return F.linear(emb_act, weight, bias).split([b.emb_proj.out_features for b in blocks], dim=1)
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:

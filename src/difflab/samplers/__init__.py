@@ -252,6 +252,7 @@ def sample(
     if loop:  # the whole run as one CUDA graph, captured once per run signature (kept on the model)
         x_T = noise.to(device)
         key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(x_T.device),
+               model_dtype(model),  # the weights' (a bf16 model under autocast keeps a float32 state)
                proc.prediction, proc.T, tuple(proc.alphas_cumprod.tolist()),  # what a noise level means
                repr(guidance), null_cond, repr(clip_x0), repr(dynamic_threshold),
                None if cond is None else (tuple(cond.shape), cond.dtype),

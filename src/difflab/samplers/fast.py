@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .._devices import graph_stream
+from ..diffusion import model_dtype
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
@@ -211,7 +212,8 @@ class FastModel(nn.Module):
             t = torch.full((x.shape[0],), t, device=x.device)
         t = t.to(x.device)
         key = (tuple(x.shape), x.dtype, x.stride(), tuple(t.shape), t.dtype,
-               None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled())
+               None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled(),
+               model_dtype(self.model))  # the weights' dtype: x's is float32 for a bf16 model under autocast
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = CapturedCall(self._call, (x, t, cond.to(x.device) if cond is not None else None))
