@@ -243,6 +243,8 @@ def row_specs(cpu: bool) -> list[dict]:
         r("difflab", "sample", "bf16w+cl+compile+loop+gn_triton", precision="bf16", weights="bf16",
           channels_last=True, compile=True, cuda_graph="loop", gn_nhwc="triton"),
         r("diffusers", "sample", "bf16w+compile", True, precision="bf16", weights="bf16", compile=True),
+        r("difflab", "sample", "bf16w+cl+compile+graph+gn_triton", precision="bf16", weights="bf16",
+          channels_last=True, compile=True, cuda_graph=True, gn_nhwc="triton"),
         r("difflab", "sample", "bf16+cl+gn_triton", precision="bf16", channels_last=True, gn_nhwc="triton"),
         # with the Triton norms, the next costs (H200 profile): ~10 ms a batch of weight casts
         # (fp32 -> bf16, every forward; freezing does them once) and 35 ms of Inductor's kernels
