@@ -97,7 +97,8 @@ def test_throughput_helpers():
     failed = [by[("difflab", "train", "bf16+fused+cl+compile_step+step_graph")]]
     doomed = {r["name"] for r in gpu if bench.doomed_by(r, failed)}
     assert doomed == {"bf16+fused+cl+compile_step+step_graph", "bf16+fused+cl+compile_step+step_graph+no_ema",
-                      "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc"}
+                      "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc",
+                      "bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc+amb0.9"}
     assert not bench.doomed_by(by[("difflab", "sample", "bf16+cl+compile+graph")], failed)
     canary = [by[("difflab", "train", "bf16+fused+step_graph")]]  # every captured training row includes it
     assert {r["name"] for r in gpu if bench.doomed_by(r, canary)} == \
