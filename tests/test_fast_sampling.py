@@ -388,6 +388,28 @@ def test_a_captured_run_of_a_model_converted_to_bf16_is_captured_anew(proc, cpu_
     got = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, precision="bf16", cuda_graph="loop")
     assert CPUCapture.captures == 2
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # weights moved without a change of dtype (a round trip; load_state_dict(assign=True)): the
+    # captures of the old tensors are dropped, not replayed
+    old = [p.data for p in model.parameters()]  # kept alive: the new tensors cannot reuse their memory
+    model.to(torch.float32).to(torch.bfloat16)
+    got = dl.sample(model, proc, x_T.shape, "ddim", 3, noise=x_T, precision="bf16", cuda_graph="loop")
+    assert CPUCapture.captures == 3 and len(fast_mod.loop_graphs(model)) == 1 and old
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_per_call_graphs_of_moved_weights_are_dropped():
+    """fast_model (what dl.sample calls) drops a FastModel's captured graphs when the model's
+    weights have moved since the capture; in-place updates (an optimizer, EMA) keep them."""
+    model = net()
+    fast = fast_model(model, cuda_graph=True)
+    fast._graphs["captured"] = object()  # stands in for a capture (a real one needs a GPU)
+    object.__setattr__(fast, "_weights", fast_mod.weights_fingerprint(model))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    assert fast_model(model, cuda_graph=True) is fast and fast._graphs
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    assert fast_model(model, cuda_graph=True) is fast and not fast._graphs
 
 
 def test_a_captured_stochastic_run_draws_new_noise_each_replay(proc, cpu_capture):

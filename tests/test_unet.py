@@ -217,6 +217,32 @@ def test_block_embeddings_follow_replaced_blocks_hooks_and_mixed_precision():
             assert torch.isfinite(half(x_nhwc, t).float()).all()
 
 
+def test_block_embeddings_with_wrapped_middle_blocks_and_any_hooks():
+    """A middle block wrapped after construction (torch.compile of the block) still gets its
+    own embedding; a global module hook or a backward hook on an emb_proj sees its calls (those
+    blocks project by their own forward)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = perturb(small(num_classes=3), scale=0.3)
+    x, t = inputs()
+    with torch.no_grad():
+        want = model(x, t)
+        model.mid_res1 = torch.compile(model.mid_res1, backend="eager")
+        torch.testing.assert_close(model(x, t), want)
+    seen = []
+    handle = register_module_forward_hook(lambda m, a, out: seen.append(m) if isinstance(m, torch.nn.Linear) else None)
+    try:
+        with torch.no_grad():
+            model(x, t)
+    finally:
+        handle.remove()
+    assert sum(any(m is b.emb_proj for m in seen) for b in model.res_blocks()) == len(model.res_blocks())
+    fired = []
+    model.up[0].res.emb_proj.register_full_backward_hook(lambda m, gi, go: fired.append(1))
+    model(x, t).square().mean().backward()
+    assert fired == [1]
+
+
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
 def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, monkeypatch):
     """The sub-pixel form conv3x3(nearest_2x(x)) = interleave of four 2x2 convolutions of x with

@@ -73,6 +73,17 @@ def _upsample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return upsample_conv3x3(x, weight, bias)
 
 
+def _plain(module: nn.Module, cls: type) -> bool:
+    """``module`` is exactly ``cls`` and no hook would see its call (its own forward or backward
+    hooks, or global module hooks): computing its function another way is then unobservable."""
+    from torch.nn.modules import module as m
+
+    return type(module) is cls and not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+        or m._global_backward_pre_hooks)
+
+
 def _nhwc(t: Tensor) -> bool:
     """Is ``t`` laid out channels_last (and not also plainly contiguous, as 1x1 images are)?"""
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
@@ -89,9 +100,8 @@ def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: b
     w, b = conv.weight, conv.bias
     c_out, c_in = w.shape[0], w.shape[1]
     pad_in, pad_out = -c_in % multiple, -c_out % multiple
-    plain = (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and conv.groups == 1
-             and not (conv._forward_hooks or conv._forward_pre_hooks))  # else its own forward: a subclass,
-    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or not plain:  # another padding, hooks
+    plain = _plain(conv, nn.Conv2d) and conv.padding_mode == "zeros" and conv.groups == 1  # else its own
+    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or not plain:  # forward: a subclass, hooks
         return conv(x)
     w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))  # [C_out + pad, C_in + pad, kh, kw]
     if pad_in:
@@ -279,6 +289,11 @@ class _ResAttn(nn.Module):
     def forward(self, h: Tensor, emb_act: Optional[Tensor] = None, *, e: Optional[Tensor] = None) -> Tensor:
         h = self.res(h, emb_act, e=e)
         return self.attn(h) if self.attn is not None else h
+
+
+def _takes_embedding(step: nn.Module) -> bool:
+    """A step of the down or up path that is (or holds) a residual block, not a plain resampler."""
+    return isinstance(step, (_ResAttn, ResBlock))
 
 
 def _positive_int(name: str, value) -> int:
@@ -540,9 +555,12 @@ class UNet(nn.Module):
         return cond if cond.dtype in (torch.long, torch.int32) else cond.long()  # nn.Embedding: int32/64
 
     def res_blocks(self) -> list[ResBlock]:
-        """The residual blocks in the order :meth:`forward` calls them: down, middle, up."""
-        steps = (*self.down, self.mid_res1, self.mid_res2, *self.up)
-        return [s.res if isinstance(s, _ResAttn) else s for s in steps if isinstance(s, (_ResAttn, ResBlock))]
+        """The residual blocks in the order :meth:`forward` gives them their embeddings: the
+        down path's, the two middle ones (whatever wraps them, e.g. torch.compile), the up path's."""
+        def path(steps):
+            return [s.res if isinstance(s, _ResAttn) else s for s in steps if _takes_embedding(s)]
+
+        return [*path(self.down), self.mid_res1, self.mid_res2, *path(self.up)]
 
     def block_embeddings(self, emb_act: Tensor) -> tuple[Tensor, ...]:
         """Every residual block's e = W_e SiLU(emb) + b_e (:meth:`ResBlock.embedding`), in forward
@@ -551,8 +569,7 @@ class UNet(nn.Module):
         whose emb_proj is not a plain nn.Linear, or has hooks (a wrapper, pruning, LoRA), project
         each by its own forward."""
         blocks = self.res_blocks()
-        if not all(type(b.emb_proj) is nn.Linear and not (b.emb_proj._forward_hooks or b.emb_proj._forward_pre_hooks)
-                   for b in blocks):
+        if not all(_plain(b.emb_proj, nn.Linear) for b in blocks):
             return tuple(b.embedding(emb_act) for b in blocks)
         device = emb_act.device.type
         # The weights share one dtype: no autocast "promote" (it refuses bf16 weights under fp16 autocast)
@@ -579,7 +596,7 @@ class UNet(nn.Module):
         h = conv_padded_channels(x, self.conv_in)  # = self.conv_in(x), on tensor cores
         hs = [h]
         for block in self.down:
-            h = block(h, e=next(es)) if isinstance(block, (_ResAttn, ResBlock)) else block(h)
+            h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
             hs.append(h)
         h = self.mid_res1(h, e=next(es))
         if self.mid_attn is not None:
@@ -588,7 +605,7 @@ class UNet(nn.Module):
         for block in self.up:
             if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = block(h, e=next(es)) if isinstance(block, (_ResAttn, ResBlock)) else block(h)
+            h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
         return conv_padded_channels(self.norm_out(h, silu=True), self.conv_out)  # = self.conv_out(...)
 
 

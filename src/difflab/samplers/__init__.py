@@ -258,6 +258,7 @@ def sample(
                None if cond is None else (tuple(cond.shape), cond.dtype),
                precision, channels_last, repr(compile), group_norm)
         loops = loop_graphs(model)
+        loops.check_weights(model)  # runs captured with weights since moved are dropped
         with eval_mode(model):
             graph = loops.get(key)
             if graph is None:

@@ -21,8 +21,10 @@ DDIM batch). :class:`FastModel` wraps ``model(x_t, t[, cond])`` and changes only
   dtypes) as a CUDA graph and replayed each step: one launch instead of hundreds. The inputs
   are copied into the graph's static buffers and the output is copied out, so a sampler may
   keep earlier outputs (multistep solvers do). Parameters updated in place (EMA, an optimizer,
-  ``load_state_dict``) are seen by later replays; parameters replaced by new tensors (e.g.
-  ``model.to(other_device)``) are not: call :func:`release` after such a change.
+  ``load_state_dict``) are seen by later replays; when they are replaced by new tensors
+  (``model.to(...)``, ``load_state_dict(assign=True)``), ``dl.sample`` drops the captures of the
+  old ones and captures anew (:func:`weights_fingerprint`); a FastModel called directly needs
+  :func:`release` after such a change.
 
 ``dl.sample(..., precision=, channels_last=, compile=, cuda_graph=, group_norm=)`` builds one per model
 and keeps it on the model (:func:`fast_model`), so a second call reuses the compiled network
@@ -32,6 +34,7 @@ and its graphs; :func:`release` drops them (and the graphs' memory).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 from typing import Any, Callable, Optional, Union
 
@@ -43,7 +46,7 @@ from ..diffusion import model_dtype
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
-__all__ = ["FastModel", "fast_model", "release", "loop_graphs", "CapturedCall", "PRECISIONS"]
+__all__ = ["FastModel", "fast_model", "release", "loop_graphs", "weights_fingerprint", "CapturedCall", "PRECISIONS"]
 
 PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHE_ATTR = "_difflab_fast_models"
@@ -216,8 +219,17 @@ class FastModel(nn.Module):
                model_dtype(self.model))  # the weights' dtype: x's is float32 for a bf16 model under autocast
         graph = self._graphs.get(key)
         if graph is None:
+            if not self._graphs:  # where the weights are now: check_weights compares later calls with it
+                object.__setattr__(self, "_weights", weights_fingerprint(self.model))
             graph = self._graphs[key] = CapturedCall(self._call, (x, t, cond.to(x.device) if cond is not None else None))
         return graph(x, t, cond)
+
+    def check_weights(self) -> None:
+        """Drop the captured graphs if the model's weights moved since they were captured
+        (``model.to(...)``, ``load_state_dict(..., assign=True)``, a replaced submodule): a
+        replay would read the old tensors' memory. :func:`fast_model` calls this."""
+        if self._graphs and getattr(self, "_weights", None) != weights_fingerprint(self.model):
+            self.release()
 
     def release(self) -> None:
         """Drop the captured graphs (their memory returns to the allocator on the next collection)."""
@@ -243,6 +255,7 @@ def fast_model(
     key = (precision, channels_last, repr(_compile_kwargs(compile)), cuda_graph, group_norm)
     cache = getattr(model, _CACHE_ATTR, None) if isinstance(model, nn.Module) else None
     if cache is not None and key in cache:
+        cache[key].check_weights()
         return cache[key]
     if cache and channels_last and any(p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last)
                                        for p in model.parameters()):
@@ -257,9 +270,27 @@ def fast_model(
     return fast
 
 
+def weights_fingerprint(model: Callable) -> tuple:
+    """Where, and in what dtype, a model's parameters and buffers are: a CUDA graph reads them at
+    the addresses it was captured with, so a change makes its captures stale (() for a function)."""
+    if not isinstance(model, nn.Module):
+        return ()
+    return tuple((t.data_ptr(), t.dtype) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 class _Loops(dict):
     """The captured sampling runs kept on a model (``cuda_graph="loop"``), by everything that
-    shapes a run: sampler, noise levels, options, shapes, guidance, speed options."""
+    shapes a run: sampler, noise levels, options, shapes, guidance, speed options; all of them
+    for the weights where they were captured (:meth:`check_weights`)."""
+
+    weights: tuple = ()
+
+    def check_weights(self, model: Callable) -> None:
+        """Drop the runs captured with weights that have moved since (see FastModel.check_weights)."""
+        now = weights_fingerprint(model)
+        if self and self.weights != now:
+            self.clear()
+        self.weights = now
 
     def release(self) -> None:
         self.clear()
