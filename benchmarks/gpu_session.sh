@@ -96,7 +96,7 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   the headline training row in channels_last with GroupNorm on the NHWC view: the H200 profile
 #   of the NCHW headline shows 5.4 ms a step (of 23.1) in cuDNN's NCHW <-> NHWC transposes, and
 #   of its channels_last twin 3.4 ms of strided copies and 1.4 ms of 'clone' kernels at 340 us,
-#   the layout copies of GroupNorm's reshape, which the NHWC view does not make;
+#   by their names layout copies around GroupNorm (not confirmed), which the NHWC view avoids;
 #   the training row with the partitioner's activation memory budget at 0.9 (margin for the
 #   memory bar; its knapsack solve may lengthen the compile);
 #   the loop and freezing each alone (their effects) and combo kernels (the casts in a few launches);
