@@ -372,6 +372,12 @@ class Env:
 
 
 # ----------------------------------------------------------------------------- the measured cases
+# a sampling row's "weights" option: the network stored in float32 (default), or in bf16 -- what
+# diffusers' users get from torch_dtype=torch.bfloat16 -- under the same bf16 autocast: half the
+# weights' memory and no weight casts in each forward (difflab's sampler keeps its state float32)
+WEIGHTS = {None: None, "bf16": torch.bfloat16}
+
+
 class DifflabTrain:
     """``difflab.training.Trainer`` on in-memory data; one iteration = ``train_step``."""
 
@@ -512,11 +518,6 @@ class DiffusersSample:
     def close(self) -> None:
         pass
 
-
-# a sampling row's "weights" option: the network stored in float32 (default), or in bf16 -- what
-# diffusers' users get from torch_dtype=torch.bfloat16 -- under the same bf16 autocast: half the
-# weights' memory and no weight casts in each forward (difflab's sampler keeps its state float32)
-WEIGHTS = {None: None, "bf16": torch.bfloat16}
 
 CASES = {("difflab", "train"): DifflabTrain, ("diffusers", "train"): DiffusersTrain,
          ("difflab", "sample"): DifflabSample, ("diffusers", "sample"): DiffusersSample}

@@ -105,9 +105,10 @@ def _main(args) -> int:
     device = resolve_device(args.device, "--device")
     options = speed_options(args, device)
     run = load(args.ckpt, device=device)
-    if args.weights is not None:  # the network sampled from, stored in that dtype (the other is not used)
-        (run.model if args.raw else run.ema_model).to(PRECISIONS[args.weights] or torch.float32)
-    refuse_superres(run.model if args.raw else run.ema_model, "`difflab sample`")
+    net = run.model if args.raw else run.ema_model  # the network sampled from
+    if args.weights is not None:  # stored in that dtype (the other network is not used)
+        net.to(PRECISIONS[args.weights] or torch.float32)
+    refuse_superres(net, "`difflab sample`")
     if len(run.image_shape) != 3 and tensor_out is None:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "
                          "no PNG grid to write; pass --save-tensor FILE.pt")

@@ -252,13 +252,12 @@ def sample(
     if loop:  # the whole run as one CUDA graph, captured once per run signature (kept on the model)
         x_T = noise.to(device)
         key = (sampler, tuple(sig.tolist()), tuple(sorted(options.items())), shape, noise.dtype, str(x_T.device),
-               model_dtype(model),  # the weights' (a bf16 model under autocast keeps a float32 state)
                proc.prediction, proc.T, tuple(proc.alphas_cumprod.tolist()),  # what a noise level means
                repr(guidance), null_cond, repr(clip_x0), repr(dynamic_threshold),
                None if cond is None else (tuple(cond.shape), cond.dtype),
                precision, channels_last, repr(compile), group_norm)
         loops = loop_graphs(model)
-        loops.check_weights(model)  # runs captured with weights since moved are dropped
+        loops.check_weights(model)  # runs captured with weights since moved (or recast) are dropped
         with eval_mode(model):
             graph = loops.get(key)
             if graph is None:

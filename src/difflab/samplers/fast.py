@@ -42,7 +42,6 @@ import torch
 from torch import Tensor, nn
 
 from .._devices import graph_stream
-from ..diffusion import model_dtype
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode, nhwc_group_norm
 
@@ -215,8 +214,7 @@ class FastModel(nn.Module):
             t = torch.full((x.shape[0],), t, device=x.device)
         t = t.to(x.device)
         key = (tuple(x.shape), x.dtype, x.stride(), tuple(t.shape), t.dtype,
-               None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled(),
-               model_dtype(self.model))  # the weights' dtype: x's is float32 for a bf16 model under autocast
+               None if cond is None else (tuple(cond.shape), cond.dtype), torch.is_grad_enabled())
         graph = self._graphs.get(key)
         if graph is None:
             if not self._graphs:  # where the weights are now: check_weights compares later calls with it
