@@ -10,7 +10,7 @@
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
-#       then the ways of the Triton GroupNorm kernels (tiled, looped, resident) timed alone at the
+#       then the ways of the Triton GroupNorm kernels (tiled, looped, resident, resident2) timed alone at the
 #       U-Net's shapes (half a minute), the fastest at each shape exported as DIFFLAB_GN_PLAN for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
 #       end within BUDGET (default 560 s) less GN_RESERVE (0 s) of the call's start, every row
@@ -160,10 +160,10 @@ case $stage in
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
         # the Triton GroupNorm kernels for larger images, tiled (three launches, x read twice),
         # looped (one launch, the second read from L2 where it holds the slab) or resident (one
-        # launch, one read): the fastest at each of the U-Net's shapes, for every row after (the
+        # launch, one read; resident2: registers capped for two programs an SM): the fastest at each of the U-Net's shapes, for every row after (the
         # rule's own choice at a shape is one of the first two, so it needs no timing of its own)
         unset DIFFLAB_GN_KERNEL DIFFLAB_GN_PLAN  # the comparison and the choice start from the rule
-        timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_tiled triton_looped triton_resident \
+        timeout 120 python3 benchmarks/group_norm.py --no-compile --variants triton_tiled triton_looped triton_resident triton_resident2 \
             --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
         # the fastest correct way at each shape as a table (DIFFLAB_GN_PLAN); failing that, the

@@ -18,10 +18,11 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``eager_nhwc``  torch's kernel on channels_last memory (two layout copies);
 - ``compiled``    torch.compile of the same function (Inductor's fused kernels, as in the model);
 - ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
-- ``triton_tiled``, ``triton_looped``, ``triton_resident``  difflab's hand-written kernels
+- ``triton_tiled``, ``triton_looped``, ``triton_resident``, ``triton_resident2``  difflab's hand-written kernels
   (``models/group_norm_triton.py``), large images by the tiled kernels (three launches, x read
   twice), by the looped one (one launch, the second read from L2 where it holds the slab) or
-  by the resident one (one launch, one read: a program holds all positions of a narrow slab);
+  by the resident one (one launch, one read: a program holds all positions of a narrow slab;
+  resident2: with the registers capped so that two programs share an SM);
   an image of at most 8192 elements takes the single-pass kernel in each;
 - ``triton_auto``  the same kernels as ``_plan``'s rule picks them shape by shape (what runs
   when DIFFLAB_GN_KERNEL is unset).
@@ -29,7 +30,7 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 ``--best-per-shape FILE PLAN`` writes the fastest correct way at each shape as the table that
 ``DIFFLAB_GN_PLAN=PLAN`` hands the kernels (per shape, overriding the rule).
 
-``--faster-kernel FILE`` prints which of them (auto, tiled, looped, resident) was fastest over a
+``--faster-kernel FILE`` prints which of them (auto, tiled, looped, resident, resident2) was fastest over a
 forward pass in a JSON written by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL
 to it for the throughput rows, or leaves it unset for auto).
 
@@ -121,33 +122,37 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
 # wrong statistic or a misplaced tile is off by O(1).
 SAME_FUNCTION_ATOL = 0.25
 
+# The ways of difflab's Triton kernels for large images (group_norm_triton.KERNELS, which needs
+# triton to import; tests check that the two agree)
+WAYS = ("tiled", "looped", "resident", "resident2")
+
 
 def faster_kernel(result: dict) -> str:
-    """The Triton kernels ("tiled", "looped", "resident", or "auto": _plan's rule) with the shortest forward
+    """The Triton kernels (one of WAYS, or "auto": _plan's rule) with the shortest forward
     pass in a result, of those timed at every shape and within SAME_FUNCTION_ATOL of torch's
     kernel at each (a wrong kernel is not chosen however fast); on a tie the first of them."""
     totals = result.get("totals") or {}
     timed = {}
-    for k in ("auto", "tiled", "looped", "resident"):
+    for k in ("auto", *WAYS):
         rows = [r for r in result.get("rows", []) if r["variant"] == f"triton_{k}"]
         if f"triton_{k}" in totals and rows and all(r.get("max_abs_diff", float("inf")) <= SAME_FUNCTION_ATOL
                                                     for r in rows):
             timed[k] = totals[f"triton_{k}"]["ms_per_forward"]
     if not timed:
-        raise ValueError("no complete and correct timing of triton_auto, triton_tiled, triton_looped or "
-                         "triton_resident in this result")
+        raise ValueError("no complete and correct timing of triton_auto or "
+                         f"{', '.join('triton_' + w for w in WAYS)} in this result")
     return min(timed, key=timed.get)
 
 
 def best_per_shape(result: dict) -> dict[str, str]:
-    """For each shape of a result, the Triton way (tiled, looped, resident) with the shortest
+    """For each shape of a result, the Triton way (one of WAYS) with the shortest
     call among those within SAME_FUNCTION_ATOL of torch's kernel there: {"C,G,HW": way}, the
     table ``DIFFLAB_GN_PLAN`` takes (models/group_norm_triton.py). A shape that no way computed
     correctly is left out (the rule decides it)."""
     best: dict[str, tuple[float, str]] = {}
     for r in result.get("rows", []):
         way = r["variant"].removeprefix("triton_")
-        if way not in ("tiled", "looped", "resident") or "us_per_call" not in r:
+        if way not in WAYS or "us_per_call" not in r:
             continue
         if r.get("max_abs_diff", float("inf")) > SAME_FUNCTION_ATOL:
             continue
@@ -156,7 +161,7 @@ def best_per_shape(result: dict) -> dict[str, str]:
         if key not in best or r["us_per_call"] < best[key][0]:
             best[key] = (r["us_per_call"], way)
     if not best:
-        raise ValueError("no correct timing of triton_tiled, triton_looped or triton_resident in this result")
+        raise ValueError(f"no correct timing of {', '.join('triton_' + w for w in WAYS)} in this result")
     return {k: way for k, (_, way) in sorted(best.items())}
 
 
@@ -220,7 +225,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                     help="only these variants (eager_nchw, the reference, is always run)")
     ap.add_argument("--faster-kernel", type=Path, default=None, metavar="JSON",
-                    help="print auto, tiled, looped or resident, whichever was fastest in this --out file, and exit")
+                    help="print auto, tiled, looped, resident or resident2, whichever was fastest in this --out file, and exit")
     ap.add_argument("--best-per-shape", type=Path, nargs=2, default=None, metavar=("JSON", "PLAN"),
                     help="write the fastest correct Triton way per shape of this --out file as a "
                          "DIFFLAB_GN_PLAN table to PLAN, and exit")

@@ -34,9 +34,12 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     variants = {r["variant"] for r in res["rows"]}
     assert variants == {"eager_nchw", "eager_nhwc", "triton_tiled", "triton_looped", "triton_resident",
-                        "triton_auto"}
+                        "triton_resident2", "triton_auto"}
+    from difflab.models import group_norm_triton as gnt
+
+    assert bench.WAYS == gnt.KERNELS  # the ways the plan may pick are the kernels' own
     shapes = bench.norm_shapes(bench.NETWORKS["tiny"], 2)
-    assert len(res["rows"]) == 6 * len(shapes)
+    assert len(res["rows"]) == 7 * len(shapes)
     for r in res["rows"]:
         assert "error" not in r, r
         assert r["us_per_call"] > 0 and r["effective_gbps"] > 0 and r["fraction_of_peak"] is None

@@ -143,6 +143,31 @@ def test_kernels_compute_the_definition(B, C, H, W, G, fused, path, monkeypatch)
     torch.testing.assert_close(y.double(), definition(x, G, weight, bias, **kw), rtol=1e-5, atol=2e-5)
 
 
+def test_resident2_launches_the_resident_kernel_with_its_register_cap(monkeypatch):
+    """The resident2 way runs the resident kernel with ptxas' register cap as a launch option
+    (Triton's interpreter ignores it: what the cap does to the machine code is checked by the
+    ahead-of-time compile below), and computes the definition."""
+    monkeypatch.setattr(gnt, "KERNEL", "resident2")
+    launches, kernel = [], gnt._gn_single_pass
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                launches.append((grid, options["num_warps"], options.get("maxnreg")))
+                return kernel[grid](*args, **options)
+            return launch
+
+    monkeypatch.setattr(gnt, "_gn_single_pass", Recorder())
+    B, C, G, H, W = 2, 128, 32, 32, 32
+    x = nhwc(B, C, H, W, mean=1.0, std=2.0)
+    g = torch.Generator().manual_seed(3)
+    add, w, b = (torch.randn(*s, generator=g).to(DEVICE) for s in ((B, C), (C,), (C,)))
+    with torch.no_grad():
+        y = gnt.group_norm_act(x, G, w, b, add=add, silu=True)
+    assert launches == [((B * 8,), 16, 64)]  # slabs of 4 groups (16 lanes) of all 1024 positions
+    torch.testing.assert_close(y.double(), definition(x, G, w, b, add=add, silu=True), rtol=1e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("H,W", [(5, 7), (9, 9)])
 def test_looped_statistics_over_tiles_longer_than_what_is_left(H, W, monkeypatch):
     """The looped kernel's running per-element statistics at its own tile size (64 positions at
@@ -440,6 +465,14 @@ def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_
     assert gnt._plan(256, 32, 64 * 64, 128)["kernel"] == "looped"  # a group of 8 x 4096 does not fit: the rule
     p = gnt._plan(256, 32, 16, 128)  # 4 x 4: slabs of 64 lanes, 4 programs an image instead of 1
     assert p["kernel"] == "resident" and p["NS"] == 4 and p["BLOCK_G"] * p["BLOCK_CG"] == 64
+    assert all("maxnreg" not in gnt._plan(C, 32, HW, 128) for C, HW in ((128, 1024), (256, 16)))
+    # resident2: the resident programs, with a thread's registers capped so that two programs of
+    # 16 warps share an SM's 65536 registers; programs of 4 warps (the small images) uncapped
+    monkeypatch.setattr(gnt, "KERNEL", "resident2")
+    for C, HW, cap in ((128, 1024, 64), (384, 1024, 64), (256, 256, 64), (256, 16, None), (256, 64 * 64, None)):
+        p = gnt._plan(C, 32, HW, 128)
+        assert p.pop("maxnreg", None) == cap and p == gnt._plan(C, 32, HW, 128, kernel="resident"), (C, HW)
+        assert cap is None or 2 * p["num_warps"] * 32 * cap == gnt.REGISTERS_PER_SM
 
 
 def test_a_per_shape_plan_picks_the_way_shape_by_shape(tmp_path, monkeypatch):
@@ -474,15 +507,15 @@ def test_the_environment_variable_names_the_kernels():
     assert done.returncode == 0 and done.stdout.strip() == "looped", done.stderr[-2000:]
     env["DIFFLAB_GN_KERNEL"] = ""
     plan = Path(tempfile.mkdtemp()) / "plan.json"
-    plan.write_text('{"128,32,1024": "resident"}')
+    plan.write_text('{"128,32,1024": "resident2"}')
     env["DIFFLAB_GN_PLAN"] = str(plan)
-    code_plan = "import difflab.models.group_norm_triton as g; print(g._plan(128, 32, 1024, 128)['kernel'])"
+    code_plan = "import difflab.models.group_norm_triton as g; p = g._plan(128, 32, 1024, 128); print(p['kernel'], p['maxnreg'])"
     done = subprocess.run([sys.executable, "-c", code_plan], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "resident", done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.strip() == "resident 64", done.stderr[-2000:]
     del env["DIFFLAB_GN_PLAN"]
     env["DIFFLAB_GN_KERNEL"] = "fast"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped, resident (or unset), got 'fast'" \
+    assert done.returncode != 0 and "DIFFLAB_GN_KERNEL must be one of tiled, looped, resident, resident2 (or unset), got 'fast'" \
         in done.stderr
 
 
@@ -501,6 +534,13 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
     assert n >= 40 and "_gn_single_pass" in done.stdout and "_gn_partial_stats" in done.stdout
     spills = re.findall(r"local-memory loads (\d+)", done.stdout)
     assert len(spills) == n and set(spills) == {"0"}  # no PTX-level spills to local memory
+    # and none in the machine code either, except where resident2 caps the registers: there at
+    # most a few values, each spilled once (the single-pass kernel has no loop)
+    kernels = re.findall(r"maxnreg (\S+), .*registers (\d+), .*spilled loads (\d+)", done.stdout)
+    assert len(kernels) == n
+    assert all(cap == "-" and spilled == "0" or cap != "-" and int(spilled) <= 8 for cap, _, spilled in kernels)
+    capped = [(int(cap), int(r)) for cap, r, _ in kernels if cap != "-"]
+    assert capped and all(r <= cap for cap, r in capped)
     # Registers bound occupancy, and these kernels live on memory bandwidth: none above 128 a
     # thread (the 384-channel statistics kernel needed 157 when it summed groups with a [C, G]
     # indicator matrix; as [G, C/G] lanes, 48).

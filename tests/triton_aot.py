@@ -4,8 +4,9 @@ Run as a script, without TRITON_INTERPRET (the interpreter replaces the kernels 
 functions): ``python tests/triton_aot.py 90`` compiles every specialization the DDPM CIFAR-10
 U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-position,
 one-tile and 256x256 images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
-cubin) for sm_90, and prints one line per kernel: its registers a thread and local-memory
-(spill) loads. Used by tests/test_group_norm_triton.py.
+cubin) for sm_90, and prints one line per kernel: its registers a thread and its local-memory
+(spill) loads, in the PTX and in the machine code (ptxas spills where a register cap,
+``maxnreg``, is below what the kernel needs). Used by tests/test_group_norm_triton.py.
 """
 
 import os
@@ -66,6 +67,7 @@ OS = 4992
 
 
 def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
+    options = {"num_warps": p["num_warps"], **({"maxnreg": p["maxnreg"]} if "maxnreg" in p else {})}
     tiles = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], CG=C // G)
     for v in variants:
         flags = dict(HAS_ADD=v["HAS_ADD"], HAS_W=True, HAS_BIAS=True, HAS_SCALE=v["HAS_SCALE"],
@@ -78,60 +80,71 @@ def _kernels(p: dict, C: int, G: int, HW: int, variants: list, ptrs: dict):
             signature = {"x_ptr": "*bf16", **ptrs, **sig, "eps": "fp32",
                          **{k: "constexpr" for k in (*tiles, *flags)}}
             yield (fn, signature, {**const, **tiles, **flags}, aligned(signature, HW=HW, C=C, OS=OS, G=G, **extra),
-                   p["num_warps"])
+                   options)
             continue
         sig, const = ints(HW=HW, C=C, OS=OS, G=G, NB=p["NB"])
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "part_ptr": "*fp32", **sig,
                      **{k: "constexpr" for k in ("CG", "HAS_ADD", "BLOCK_HW", "BLOCK_G", "BLOCK_CG")}}
         yield (gnt._gn_partial_stats, signature, {**const, **tiles, "HAS_ADD": v["HAS_ADD"]},
-               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), p["num_warps"])
+               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), options)
         signature = {"x_ptr": "*bf16", "add_ptr": "*bf16", "stats_ptr": "*fp32", "w_ptr": "*fp32",
                      "bias_ptr": "*fp32", "scale_ptr": "*bf16", "shift_ptr": "*bf16", "y_ptr": "*bf16", **sig,
                      **{k: "constexpr" for k in (*tiles, *flags)}}
         yield (gnt._gn_apply, signature, {**const, **tiles, **flags},
-               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), p["num_warps"])
+               aligned(signature, HW=HW, C=C, OS=OS, G=G, NB=p["NB"]), options)
     if p["kernel"] == "tiled":
         sig, const = ints(HW=HW, G=G, NB=p["NB"])
         signature = {"part_ptr": "*fp32", "stats_ptr": "*fp32", **sig, "eps": "fp32",
                      **{k: "constexpr" for k in ("CG", "BLOCK_HW", "BLOCK_NB", "BLOCK_G")}}
         yield (gnt._gn_finalize_stats, signature,
                {**const, "CG": C // G, "BLOCK_HW": p["BLOCK_HW"], "BLOCK_NB": p["BLOCK_NB"], "BLOCK_G": p["BLOCK_G"]},
-               aligned(signature, HW=HW, G=G, NB=p["NB"]), 4)
+               aligned(signature, HW=HW, G=G, NB=p["NB"]), {"num_warps": 4})
 
 
-def registers(cubin: bytes) -> str:
-    """Registers a thread of the kernel needs (cuobjdump, which comes with triton), or "?"."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """cuobjdump's output for a cubin (the tool comes with triton), or "" without it."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
-        return "?"
+        return ""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+)", out)
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
+
+
+def registers(cubin: bytes) -> str:
+    """Registers a thread of the kernel needs, or "?"."""
+    found = re.search(r"REG:(\d+)", _cuobjdump(cubin, "-res-usage"))
     return found.group(1) if found else "?"
+
+
+def spilled_loads(cubin: bytes) -> str:
+    """Local-memory loads in the machine code (LDL: what ptxas spilled), or "?"."""
+    sass = _cuobjdump(cubin, "-sass")
+    return str(len(re.findall(r"\bLDL\b", sass))) if sass else "?"
 
 
 def main(arch: int) -> None:
     target = GPUTarget("cuda", arch, 32)
     seen = set()
-    for fn, signature, constexprs, attrs, num_warps in specializations():
+    for fn, signature, constexprs, attrs, options in specializations():
         key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())),
-               tuple(sorted(attrs)), num_warps)
+               tuple(sorted(attrs)), tuple(sorted(options.items())))
         if key in seen:
             continue
         seen.add(key)
         try:
             compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                                      target=target, options={"num_warps": num_warps})
+                                      target=target, options=options)
         except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
             print(f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}")
             sys.exit(1)
         ptx = compiled.asm["ptx"]
         divisible = [name for i, name in enumerate(signature) if (i,) in attrs]
-        print(f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {num_warps} warps, "
-              f"cubin {len(compiled.asm['cubin'])} B, registers {registers(compiled.asm['cubin'])}, "
-              f"local-memory loads {ptx.count('ld.local')}")
+        cubin = compiled.asm["cubin"]
+        print(f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {options['num_warps']} warps, "
+              f"maxnreg {options.get('maxnreg', '-')}, cubin {len(cubin)} B, registers {registers(cubin)}, "
+              f"local-memory loads {ptx.count('ld.local')}, spilled loads {spilled_loads(cubin)}")
     print(f"compiled {len(seen)} kernels for sm_{arch}")
 
 

@@ -33,7 +33,9 @@ one write of y, one launch. A larger image takes one of three ways (``KERNEL``, 
   only when C/G is a power of two (measured: slower than tiled for groups of 12 channels);
 - **resident**, one kernel, ``_gn_single_pass`` over slabs: a program per (image, slab of whole
   groups) small enough (``RESIDENT_MAX`` elements) to hold all its positions at once, so x is
-  read once. Only on request (``KERNEL = "resident"``) until a GPU has measured it.
+  read once. Only on request (``KERNEL = "resident"``) until a GPU has measured it;
+  ``"resident2"`` is the same kernel with each thread's registers capped (ptxas' ``maxnreg``) so
+  that two of its 16-warp programs share an SM.
 
 The channel axis of a tile is laid out as [G, C/G] padded to powers of two, [BLOCK_G, BLOCK_CG]
 flattened: lane i holds channel (i // BLOCK_CG) * C/G + i % BLOCK_CG (the lanes are the channels
@@ -386,17 +388,27 @@ LOOPED_MIN_PROGRAMS = 256
 # whose single group does not fit take the rule's way.
 RESIDENT_MAX = 16384
 
-# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", "resident" (where a
-# slab fits, else the rule; small images too, in slabs), or None for the rule above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
+# "resident2": the resident way with each thread's registers capped at REGISTERS_PER_SM /
+# (2 x threads a program), so that two programs share an SM, one loading while the other
+# reduces. Uncapped, the 16-warp resident programs need 64-79 registers a thread (ptxas, sm_90),
+# and above 64 an SM holds one, its memory idle while it reduces; capped at 64, at most 7
+# values spill, each stored and loaded once (the single-pass kernel has no loop). Programs of at
+# most 4 warps fit several an SM anyway and are not capped.
+REGISTERS_PER_SM = 65536  # sm_70 to sm_90
+
+# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", "resident" or
+# "resident2" (where a slab fits, else the rule; small images too, in slabs), or None for the rule
+# above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
 # sets it to whichever benchmarks/group_norm.py measured faster on the GPU at hand).
-KERNELS = ("tiled", "looped", "resident")
+KERNELS = ("tiled", "looped", "resident", "resident2")
+RESIDENT = ("resident", "resident2")
 KERNEL: Optional[str] = os.environ.get("DIFFLAB_GN_KERNEL") or None
 if KERNEL not in (None, *KERNELS):
     raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
 
 
 def load_plan(path: Union[str, os.PathLike]) -> dict[tuple[int, int, int], str]:
-    """A per-shape table of ways, {"C,G,HW": "tiled" | "looped" | "resident"} in a JSON file (what
+    """A per-shape table of ways, {"C,G,HW": "tiled" | "looped" | "resident" | "resident2"} in a JSON file (what
     ``benchmarks/group_norm.py --best-per-shape`` writes from timings on the GPU at hand), as
     {(C, G, HW): way}. The environment variable DIFFLAB_GN_PLAN names one to load at import.
     A table holds for the batch size it was timed at (the ways differ in how many programs a
@@ -428,26 +440,32 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
     lanes: all groups (single, tiled) or a slab of them (looped, resident; NS slabs an image); a
     tile is BLOCK_HW positions by those lanes (single, resident: all of them); the tiled kernels
-    cut an image into NB tiles. ``kernel``: "tiled" or "looped" for a large image, "resident" for
-    any (default ``KERNEL``, else the per-shape ``PLAN``, else the measured rule above)."""
+    cut an image into NB tiles; maxnreg (resident2 only) caps a thread's registers. ``kernel``:
+    "tiled" or "looped" for a large image, "resident" or "resident2" for any (default ``KERNEL``,
+    else the per-shape ``PLAN``, else the measured rule above)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
     kernel = kernel or KERNEL or PLAN.get((C, G, HW))
-    if whole * lanes <= SINGLE_PASS_MAX and kernel != "resident":
+    if whole * lanes <= SINGLE_PASS_MAX and kernel not in RESIDENT:
         return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
                     num_warps=8 if whole * lanes > 4096 else 4)
     # resident: where a slab of whole groups fits a program, else the rule; for a small image the
     # single-pass kernel in slabs, so a batch gives NS times the programs (one per image leaves
     # most of a GPU's SMs idle at batch 128)
-    if kernel == "resident":
+    if kernel in RESIDENT:
         fit_g = min(slab_g, RESIDENT_MAX // (whole * block_cg))
         if fit_g >= 1:
             elements = whole * fit_g * block_cg
-            return dict(kernel="resident", BLOCK_G=fit_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
-                        NS=triton.cdiv(G, fit_g), num_warps=max(4, min(16, elements // 1024)))
+            warps = max(4, min(16, elements // 1024))
+            p = dict(kernel="resident", BLOCK_G=fit_g, BLOCK_CG=block_cg, BLOCK_HW=whole,
+                     NS=triton.cdiv(G, fit_g), num_warps=warps)
+            cap = REGISTERS_PER_SM // (2 * 32 * warps)
+            if kernel == "resident2" and cap < 255:  # 255: a thread's most
+                p["maxnreg"] = cap
+            return p
         kernel = None  # (a small image's slab always fits: whole * block_cg <= SINGLE_PASS_MAX)
     aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
     kernel = kernel or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS and aligned else "tiled")
@@ -477,6 +495,8 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
         return y
     p = _plan(C, G, HW, B)
     tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], num_warps=p["num_warps"])
+    if "maxnreg" in p:  # a compile option (Triton's interpreter ignores it)
+        tile["maxnreg"] = p["maxnreg"]
     flags = dict(HAS_ADD=add is not None, HAS_W=weight is not None, HAS_BIAS=bias is not None,
                  HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
     dummy = y  # stands in for absent operands (never read: their HAS_ flag is off)
