@@ -92,7 +92,8 @@ CALL_LIMIT=${CALL_LIMIT:-595}  # issue7: the device call's limit (timeout_s=600)
 #   the candidate: the same with Inductor's freezing (no per-forward weight casts) and the whole
 #   run as one graph (cuda_graph="loop"); the network stored in bf16 instead of freezing (half
 #   the weights' memory; freezing keeps bf16 copies beside them), with diffusers' network stored
-#   in bf16 as a reference of its own;
+#   in bf16 as a reference of its own -- before the next training row, since sampling is the
+#   target not yet met and the first nine rows may not all fit;
 #   the headline training row in channels_last with GroupNorm on the NHWC view: the H200 profile
 #   of the NCHW headline shows 5.4 ms a step (of 23.1) in cuDNN's NCHW <-> NHWC transposes, and
 #   of its channels_last twin 3.4 ms of strided copies and 1.4 ms of 'clone' kernels at 340 us,
@@ -109,8 +110,8 @@ PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'diffusers/sample/bf16+compile'
           'difflab/sample/bf16+cl+compile+graph+gn_triton'
           'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton'
-          'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
           'diffusers/sample/bf16w+compile' 'difflab/sample/bf16w+cl+compile+loop+gn_triton'
+          'difflab/train/bf16+fused+cl+compile_step+step_graph+no_ema+gn_nhwc'
           'difflab/train/bf16+fused+compile_step+step_graph+no_ema+amb0.9'
           'difflab/sample/bf16+cl+compile+loop+gn_triton'
           'difflab/sample/bf16w+cl+compile+graph+gn_triton'
