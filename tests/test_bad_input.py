@@ -1,5 +1,7 @@
 """Every entry point of the core rejects bad input with a message naming the argument and what is allowed."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -223,8 +225,10 @@ def test_min_snr_gamma_must_be_positive(proc, weighting):
         proc.training_loss(dl.models.MLPDenoiser(2, width=16, depth=1), torch.zeros(2, 2), weighting=weighting)
     with pytest.raises(ValueError, match="gamma must be > 0"):  # when the trainer builds its loss
         DiffusionLoss(proc, weighting)
-    t = torch.tensor([0, 99])
-    assert torch.equal(proc.loss_weight(t, "min_snr_0.5"), proc.loss_weight(t, "min_snr_0.5"))
+    t = torch.tensor([0, 99])  # a gamma below 1 is valid: eps weights min(SNR, 0.5) / SNR
+    snr = proc.snr(t)
+    assert proc.prediction == "eps"
+    torch.testing.assert_close(proc.loss_weight(t, "min_snr_0.5"), (snr.clamp(max=0.5) / snr).float())
     assert (proc.loss_weight(t, "min_snr_0.5") > 0).all()
 
 
@@ -305,3 +309,78 @@ def test_minor_type_and_value_errors(proc, model):
         dl.sample(model, proc, (2, 2), "ddim", 2, generator=0)
     with pytest.raises(TypeError, match="model must be a callable"):
         dl.sample("mlp", proc, (2, 2), "ddim", 2)
+
+
+def test_non_finite_or_out_of_range_timesteps_are_refused_everywhere(proc):
+    """A NaN float t passed every comparison and became an index of about -9.2e18; loss_weight,
+    snr and sigma_of did not check t at all (an integer -1 read the last step)."""
+    x0 = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="t must be finite"):
+        proc.q_sample(x0, torch.tensor([float("nan"), 1.0]))
+    with pytest.raises(ValueError, match=r"t must lie in 0 \.\. 99"):
+        proc.loss_weight(torch.tensor([150]), "min_snr")
+    with pytest.raises(ValueError, match=r"t must lie in 0 \.\. 99"):
+        proc.sigma_of(torch.tensor([-1]))
+    with pytest.raises(ValueError, match="t must be finite"):
+        proc.snr(torch.tensor([float("nan")]))
+    assert torch.equal(proc.sigma_of(torch.tensor([99])), proc.sigmas[-1:])  # in range: unchanged
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: dl.schedules.cosine(5, s=float("nan")), "cosine offset s must be finite"),
+    (lambda: dl.schedules.cosine(5, s=float("inf")), "cosine offset s must be finite"),
+    (lambda: dl.schedules.sqrt(5, s=2.0), r"sqrt schedule offset s must lie in \(0, 1\)"),
+    (lambda: dl.schedules.sqrt(5, s=float("nan")), r"sqrt schedule offset s must lie in \(0, 1\)"),
+    (lambda: dl.schedules.from_alpha_bar(lambda u: float("nan"), 5), "alpha_bar.u. must be finite"),
+])
+def test_schedule_parameters_that_would_give_a_useless_schedule_are_refused(make, match):
+    """cosine(s=nan) and sqrt(s=2) gave betas of max_beta at every step, without an error."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_the_bound_refuses_non_finite_data(proc):
+    model = dl.models.MLPDenoiser(2, width=16, depth=1)
+    x0 = torch.zeros(2, 2)
+    x0[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        proc.vlb_bits_per_dim(model, x0)
+
+
+@pytest.mark.parametrize("p", [-0.5, 1.5, float("nan")])
+def test_cond_drop_prob_must_be_a_probability(proc, p):
+    model = dl.models.MLPDenoiser(2, width=16, depth=1, num_classes=3)
+    with pytest.raises(ValueError, match=r"cond_drop_prob must be a probability in \[0, 1\]"):
+        proc.training_loss(model, torch.zeros(2, 2), torch.tensor([0, 1]), cond_drop_prob=p)
+
+
+def test_a_one_step_process_has_a_finite_clipped_posterior_log_variance():
+    """No beta~_1 to clip at: beta_0 instead (it was an empty table, an IndexError in q_posterior)."""
+    one = dl.GaussianDiffusion(dl.schedules.linear(1))
+    x0 = torch.ones(2, 3)
+    mean, var, log_var = one.q_posterior(x0, x0, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(log_var, torch.full_like(x0, math.log(float(one.betas[0]))))
+
+
+def test_sampler_options_that_would_be_ignored_or_give_nan_are_refused(proc):
+    model = dl.models.MLPDenoiser(2, width=16, depth=1)
+    with pytest.raises(ValueError, match="s_noise must be finite"):
+        dl.sample(model, proc, (2, 2), "euler", 3, s_churn=1.0, s_noise=float("inf"))
+    with pytest.raises(ValueError, match="spacing and timesteps each set the noise levels"):
+        dl.sample(model, proc, (2, 2), "ddim", 3, spacing="leading", timesteps=torch.tensor([90, 50, 10]))
+    with pytest.raises(ValueError, match="timesteps and sigmas each set the noise levels"):
+        dl.sample(model, proc, (2, 2), "ddim", 3, timesteps=torch.tensor([90, 50, 10]),
+                  sigmas=proc.sigmas[[90, 50, 10]])
+    from difflab.samplers.timesteps import timesteps
+
+    with pytest.raises(TypeError, match="steps_offset must be an integer"):
+        timesteps(100, 10, "leading", steps_offset=0.5)
+    with pytest.raises(TypeError, match="T must be an integer"):
+        timesteps(10.5, 5)
+
+
+def test_ddim_inversion_refuses_eta():
+    from difflab.samplers.ddim import sample_ddim
+
+    with pytest.raises(ValueError, match="inversion .an increasing grid. cannot undo: use eta = 0"):
+        sample_ddim(lambda x, s: x, torch.zeros(2, 2), torch.tensor([0.1, 0.5, 1.0]), eta=0.5)

@@ -159,10 +159,10 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = (1 - abar).sqrt()
         # Posterior q(x_{t-1} | x_t, x_0) = N(c1 x_0 + c2 x_t, beta~_t I)   (Ho et al., eqs. 6-7)
         self.posterior_variance = betas * (1 - abar_prev) / (1 - abar)
-        # beta~ is 0 at t = 0: clip the log at beta~_1 as DDPM's code does.
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
-        )
+        # beta~ is 0 at t = 0: clip the log at beta~_1 as DDPM's code does (a one-step process
+        # has no beta~_1: there at beta_0, the other choice of Ho et al. sec. 3.2)
+        first = self.posterior_variance[1:2] if len(betas) > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * abar_prev.sqrt() / (1 - abar)
         self.posterior_mean_coef2 = (1 - abar_prev) * self.alphas.sqrt() / (1 - abar)
         # VE noise level sigma_t = sqrt((1 - abar_t) / abar_t), increasing in t.
@@ -207,8 +207,15 @@ class GaussianDiffusion:
         # Range checks on CPU timesteps only: on an accelerator reading the values would stall
         # the step loop on a host-device sync (as for class labels in _check_cond); and not while
         # torch.compile traces (a data-dependent branch would split the graph).
+        return self._check_t_values(t)
+
+    def _check_t_values(self, t: Tensor) -> Tensor:
+        """t's dtype, and its values where reading them costs no host-device sync: integers in
+        0..T-1, floats finite and in [0, T-1]."""
         values = t.device.type == "cpu" and not torch.compiler.is_compiling()
         if t.is_floating_point():
+            if values and not torch.isfinite(t).all():
+                raise ValueError(f"t must be finite, got {t.tolist() if t.numel() <= 8 else 'non-finite values'}")
             if values and ((t < 0).any() or (t > self.T - 1).any()):
                 raise ValueError(f"t must lie in [0, {self.T - 1}], got values in [{t.min()}, {t.max()}]")
         elif t.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
@@ -240,6 +247,10 @@ class GaussianDiffusion:
     def sigma_of(self, t: Tensor) -> Tensor:
         """VE noise level sigma(t) = sqrt((1 - abar_t)/abar_t); float t interpolates log sigma linearly."""
         t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            self._check_t_values(t)  # integers index a table (a negative one from its end)
+        elif t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.isfinite(t).all():
+            raise ValueError("t must be finite (a NaN would pass the clamp to [0, T-1] below)")
         if not t.is_floating_point():
             return self._table("sigmas", t.device, torch.float64)[t.long()]
         t = t.to(torch.float64).clamp(0, self.T - 1)
@@ -393,6 +404,8 @@ class GaussianDiffusion:
         """
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
+        if not isinstance(cond_drop_prob, (int, float)) or not 0 <= cond_drop_prob <= 1:
+            raise ValueError(f"cond_drop_prob must be a probability in [0, 1] (0.1 is usual), got {cond_drop_prob!r}")
         x0 = _float_input(x0, "x0", model, _X0_FIX)
         B = x0.shape[0]
         if t is None:  # drawn here, so in range: no validation (and no host-device sync)
@@ -466,6 +479,8 @@ class GaussianDiffusion:
         if self.T < 2:
             raise ValueError("the variational bound needs a schedule with T >= 2 steps")
         lo, hi = float(x0.min()), float(x0.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("x0 must be finite: it holds NaN or infinite values")
         if lo < -1 - 1e-4 or hi > 1 + 1e-4:
             raise ValueError(
                 f"x0 must lie in [-1, 1] (images scaled from 0..255) for the discretized decoder, "

@@ -118,6 +118,9 @@ def from_alpha_bar(
     betas = []
     for i in range(T):
         a0, a1 = alpha_bar(i / T), alpha_bar((i + 1) / T)
+        if not (math.isfinite(a0) and math.isfinite(a1)):
+            raise ValueError(f"alpha_bar(u) must be finite on [0, 1], got {a0} at u = {i / T} and {a1} at "
+                             f"u = {(i + 1) / T}: check the schedule's parameters")
         beta = 1.0 - a1 / a0 if a0 > 0 else max_beta
         betas.append(min(max(beta, 0.0), max_beta))
     return NoiseSchedule(torch.tensor(betas, dtype=torch.float64), name)
@@ -128,8 +131,8 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSch
 
     beta_t is clipped at max_beta (their sec. 3.2), which only touches the last steps.
     """
-    if s < 0:
-        raise ValueError(f"cosine offset s must be >= 0, got {s}")
+    if not (math.isfinite(s) and s >= 0):
+        raise ValueError(f"cosine offset s must be finite and >= 0 (0.008 in the paper), got {s}")
 
     def f(u: float) -> float:
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -139,8 +142,8 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSch
 
 def sqrt(T: int = 1000, s: float = 1e-4, max_beta: float = 0.999) -> NoiseSchedule:
     """abar(u) = 1 - sqrt(u + s)  (Li et al. 2022, Diffusion-LM, eq. 8)."""
-    if s <= 0:
-        raise ValueError(f"sqrt schedule offset s must be > 0, got {s}")
+    if not 0 < s < 1:  # abar(0) = 1 - sqrt(s) must be positive
+        raise ValueError(f"sqrt schedule offset s must lie in (0, 1) (1e-4 in the paper), got {s}")
     return from_alpha_bar(lambda u: 1.0 - math.sqrt(u + s), T, max_beta, "sqrt")
 
 

@@ -99,6 +99,10 @@ register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-O
 
 
 def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
+    given = [name for name, v in (("spacing", spacing), ("timesteps", timesteps_), ("sigmas", sigmas))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} each set the noise levels: give one of them")
     if sigmas is not None:
         sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         if sig.ndim != 1 or sig.numel() < 2:

@@ -36,6 +36,8 @@ def sample_ddim(
     """DDIM from x at sigmas[0] to sigmas[-1] (decreasing to 0 to sample; increasing, eta = 0, to invert)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    if eta > 0 and len(sigmas) > 1 and float(sigmas[-1]) > float(sigmas[0]):
+        raise ValueError(f"eta = {eta} adds noise, which inversion (an increasing grid) cannot undo: use eta = 0")
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoiser(x, s)
