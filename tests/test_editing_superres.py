@@ -121,8 +121,14 @@ def test_train_superres_and_upscale(tmp_path):
     g = torch.Generator().manual_seed(0)
     hi = E.upscale(run.ema_model, run.proc, low, "ddim", 5, generator=g)
     assert hi.shape == (4, 1, 8, 8) and torch.isfinite(hi).all()
-    guided = E.upscale(run.ema_model, run.proc, low, "ddim", 5, cond=torch.arange(4), guidance=2.0, generator=g)
+    up = lambda **kw: E.upscale(run.ema_model, run.proc, low, "ddim", 5, cond=torch.arange(4),  # noqa: E731
+                                generator=torch.Generator().manual_seed(1), **kw)
+    guided, labelled = up(guidance=2.0), up(guidance=1.0)
     assert guided.shape == (4, 1, 8, 8)
+    # the guidance reaches the sampler: same noise, a different result (eps_u + 2 (eps_c - eps_u);
+    # after two steps of training the labels move the output by about 1e-4, and dropping the
+    # guidance would leave the two bitwise equal)
+    assert (guided - labelled).abs().max() > 1e-5
     assert not run.ema_model.training  # the samplers gave the model back in eval mode
     # resuming continues the same run
     more = E.train_superres(cfg.replace(steps=3), tmp_path / "sr", resume=True, progress=False)

@@ -78,3 +78,35 @@ def test_eval_mistakes_get_clear_messages(digits_run, tmp_path, capsys):
     assert "train-classifier" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(run), "--sweep", "eta=1", "--out", str(tmp_path / "ev")]) == 2
     assert "--sweep" in capsys.readouterr().err
+
+
+def test_a_reference_file_is_range_checked_and_never_its_own_floor(digits_run, tmp_path, capsys):
+    """A --ref file has no held-out split: the floor was the file scored against itself (FID 0)
+    and bits/dim ran on it; images in [0, 1] or 0..255 gave FIDs off by orders of magnitude."""
+    import torch
+
+    from difflab import data
+
+    run, clf = digits_run
+    x, _ = data.load("digits")
+    ref = tmp_path / "ref.pt"
+    torch.save(x[:40].clone(), ref)
+    common = ["eval", "--ckpt", str(run), "--classifier", str(clf), "--steps", "1", "--quiet"]
+    res_path = tmp_path / "ev"
+    assert main([*common, "--ref", str(ref), "--n", "8", "--floor-split", "test", "--bpd-n", "2",
+                 "--bpd-timesteps", "1", "--out", str(res_path)]) == 0
+    res = json.loads((res_path / "metrics.json").read_text())
+    assert "floor" not in res and "no held-out split" in res["floor_skipped"]
+    assert res["bits_per_dim"]["images"] != str(ref)  # the run's own data, not the reference file
+    capsys.readouterr()
+    torch.save((x[:40] + 1) * 127.5, ref)  # 0..255
+    assert main([*common, "--ref", str(ref), "--n", "8", "--out", str(res_path)]) == 2
+    assert "images must lie in [-1, 1] as the samples do" in capsys.readouterr().err
+    torch.save((x[:40] + 1) / 2, ref)  # [0, 1]: in range, but most likely scaled the other way
+    assert main([*common, "--ref", str(ref), "--n", "4", "--bpd-n", "0", "--out", str(res_path)]) == 0
+    assert "if its images are in [0, 1], scale them by 2 * x - 1" in capsys.readouterr().err
+    torch.save(x[:3].clone(), ref)
+    assert main([*common, "--ref", str(ref), "--n", "8", "--out", str(res_path)]) == 2
+    assert "holds 3 images; precision and recall need 4 at least" in capsys.readouterr().err
+    assert main([*common, "--n", "3", "--out", str(res_path)]) == 2
+    assert "--n must be >= 4" in capsys.readouterr().err

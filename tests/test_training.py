@@ -185,6 +185,37 @@ def test_checkpoint_write_failure_leaves_last_good_checkpoint(tmp_path, monkeypa
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000004"]
 
 
+def test_a_crash_while_re_saving_a_step_keeps_it_resumable(tmp_path, monkeypatch):
+    """Re-saving the step of an existing checkpoint moves the old copy aside, then renames the
+    new one into place: a crash between the two left ``latest`` naming a missing folder and
+    nothing to resume. The copy moved aside is found instead."""
+    import os
+
+    cfg = tiny(steps=2, ckpt_every=2)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    root = tmp_path / "checkpoints"
+    renames, real = [], os.rename
+
+    def crash_on_second(src, dst):
+        renames.append((str(src), str(dst)))
+        if len(renames) == 2:  # the old copy is aside; the new one is not yet in place
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save()
+    monkeypatch.setattr(checkpoint.os, "rename", real)
+    assert not (root / "step_00000002").exists() and (root / "latest").read_text().strip() == "step_00000002"
+    found = checkpoint.latest_checkpoint(tmp_path)
+    assert found is not None and found.name.startswith(".old-step_00000002-")
+    assert dl.load(tmp_path).step == 2
+    Trainer(tiny(steps=4, ckpt_every=2), tmp_path, resume=True, progress=False).train()
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000004"]  # the copy aside pruned
+    assert dl.load(tmp_path).step == 4
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny(steps=12, ckpt_every=2, log_every=3)
     base = DiffusionLoss(dl.training.trainer.build_process(cfg))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -38,6 +39,8 @@ __all__ = ["add_parser", "run_eval", "parse_sweep", "EvalSetting"]
 SWEEP_KEYS = ("steps", "guidance")
 # Held-out split (floor and bits/dim) and reference split per data set.
 SPLITS = {"mnist": {"ref": "t10k", "heldout": "train5k"}}
+
+PR_K = 3  # neighbours of the precision / recall radii (Kynkaanniemi et al. 2019)
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -94,6 +97,11 @@ def draw_samples(run, n: int, sampler: str, steps: int, guidance: float, labels:
     seconds = time.perf_counter() - start
     return torch.cat(out), {"seconds": seconds, "model_calls": model.calls,
                             "calls_per_batch": model.calls / math.ceil(n / batch_size)}
+
+
+def _ref_file(args) -> bool:
+    """Whether --ref names a file of images (which has no splits), not a folder or a data set."""
+    return bool(args.ref) and Path(args.ref).is_file()
 
 
 def _dataset(run) -> str:
@@ -155,7 +163,15 @@ def _read_ref_file(p: Path) -> tuple[Tensor, Optional[Tensor]]:
     if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),)):
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"--ref {str(p)!r}: 'labels' must be a tensor [{len(x)}] (one per image), got {got}")
-    return x.float(), y
+    x = x.float()
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1 - 1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"--ref {str(p)!r}: images must lie in [-1, 1] as the samples do, got values in "
+                         f"[{lo:.4g}, {hi:.4g}]; scale [0, 1] images by 2 * x - 1 and 0..255 ones by x / 127.5 - 1")
+    if lo >= 0 and hi > 0:
+        print(f"difflab eval: warning: --ref {str(p)!r} has no negative value (range [{lo:.4g}, {hi:.4g}]): if "
+              "its images are in [0, 1], scale them by 2 * x - 1 (samples lie in [-1, 1])", file=sys.stderr)
+    return x, y
 
 
 def _as_model_images(x: Tensor, run, what: str) -> Tensor:
@@ -202,8 +218,9 @@ def _settings(args) -> list[EvalSetting]:
 
 def run_eval(args) -> dict:
     """The eval command's work, from parsed arguments; returns what it writes to metrics.json."""
-    if args.n < 2:
-        raise ValueError(f"--n must be >= 2 (FID needs two samples at least), got {args.n}")
+    if args.n < PR_K + 1:
+        raise ValueError(f"--n must be >= {PR_K + 1} (precision and recall use each sample's {PR_K} nearest "
+                         f"neighbours among the others), got {args.n}")
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -233,19 +250,29 @@ def run_eval(args) -> dict:
         ref, ref_labels = _data.toy2d.make(toy_name, max(args.n, 2000), g, labels=True)
         other = _data.toy2d.make(toy_name, args.n, g)
         result["reference"] = f"fresh draws of {toy_name}"
-        result["floor"] = report.toy_metrics(other, ref, ref_labels)
+        result["floor"] = report.toy_metrics(other, ref, ref_labels, k=PR_K)
         ref_obj = None
     else:
         ref_split = args.ref_split or SPLITS.get(dataset, {}).get("ref")
         ref, ref_labels, desc = load_images(args.ref, run, ref_split)
+        if len(ref) < PR_K + 1:
+            raise ValueError(f"the reference {desc} holds {len(ref)} images; precision and recall need "
+                             f"{PR_K + 1} at least (thousands for a meaningful FID)")
         features, clf = _feature_network(args, dataset)
-        ref_obj = report.ImageReference(ref, features, clf, batch_size=args.batch_size)
+        ref_obj = report.ImageReference(ref, features, clf, batch_size=args.batch_size, k=PR_K)
+        dims = ref_obj.feats.shape[1]
+        if args.n < dims and not args.quiet:
+            print(f"difflab eval: note: {args.n} samples are fewer than the {dims} feature dimensions: the FID "
+                  "is biased upward at this --n; compare FIDs at equal --n only", file=sys.stderr)
         result["reference"] = desc
         result["metric"] = ref_obj.fid_name
         if clf is not None:
             result["classifier"] = {k: clf.meta.get(k) for k in ("dataset", "train_split", "test_split", "test_accuracy")}
         floor_split = args.floor_split or SPLITS.get(dataset, {}).get("heldout")
-        if floor_split and floor_split != "none":
+        if floor_split and floor_split != "none" and _ref_file(args):
+            # a file has no held-out split: the floor would score the reference against itself
+            result["floor_skipped"] = f"--ref is a file ({args.ref}): no held-out split of it for a floor"
+        elif floor_split and floor_split != "none":
             held, held_labels, hdesc = load_images(args.ref if args.ref else None, run, floor_split)
             result["floor"] = {"images": hdesc, **ref_obj(held, held_labels)}
     for setting in settings:
@@ -257,7 +284,7 @@ def run_eval(args) -> dict:
                                        args.seed, args.batch_size, args.device, args.eta)
         row = dict(setting, **timing)
         if toy:
-            row.update(report.toy_metrics(samples, ref, ref_labels))
+            row.update(report.toy_metrics(samples, ref, ref_labels, k=PR_K))
             from ..evaluation.plots import scatter_panels
 
             scatter_panels({"data": ref[: args.n], f"{setting['sampler']}, {setting['steps']} steps": samples},
@@ -283,7 +310,8 @@ def run_eval(args) -> dict:
 def bits_per_dim(run, args, dataset: str) -> dict:
     """The variational bound on held-out images, in bits/dim (mean and standard error)."""
     split = args.bpd_split or SPLITS.get(dataset, {}).get("heldout")
-    x, _, desc = load_images(args.ref if args.ref else None, run, split)
+    # held-out images of the reference's source; a --ref file has no split: the run's own data
+    x, _, desc = load_images(args.ref if args.ref and not _ref_file(args) else None, run, split)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # splits may be sorted by class
     x = x[order[: args.bpd_n]].reshape(-1, *run.sample_shape)
     bins = args.bpd_bins or (17 if dataset == "digits" else 256)

@@ -2,7 +2,8 @@
 
 A pixel value v in 0..255 maps to v / 127.5 - 1 and back by round((x + 1) * 127.5) (the
 mapping of :mod:`difflab.data.images` and :func:`difflab.evaluation.save_image_grid`), so a
-PNG written from a read tensor holds the same pixels.
+PNG written from a read tensor holds the same pixels. A grayscale image of more than 8 bits
+(a 16-bit PNG; a float image in [0, 1]) is read at its own depth: v / full scale x 2 - 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,26 @@ from torch import Tensor
 __all__ = ["load_images", "save_images"]
 
 PathLike = Union[str, Path]
+
+# Pillow's single-channel modes of more than 8 bits and their full scale: 16-bit PNGs open as
+# I;16 (Pillow >= 10) or I (older), float images as F. convert("L") clips them at 255 instead of
+# rescaling, which turned a 16-bit image white.
+HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+
+
+def grey_levels(img, what: str) -> Optional[np.ndarray]:
+    """A single-channel image of more than 8 bits as float64 levels in [0, 1] (0 black, 1 white),
+    or None for an image of another mode. ``what`` names the file in the error for values
+    outside the mode's range."""
+    full = HIGH_DEPTH.get(img.mode)
+    if full is None:
+        return None
+    a = np.asarray(img, dtype=np.float64)
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > full):
+        expected = "0..65535 (16 bits)" if full > 1 else "floats in [0, 1]"
+        raise ValueError(f"{what}: a {img.mode} image with values in [{a.min():g}, {a.max():g}], expected "
+                         f"{expected}; save it as an 8- or 16-bit PNG")
+    return a / full
 
 
 def load_images(paths: Union[PathLike, Sequence[PathLike]], channels: Optional[int] = None) -> Tensor:
@@ -44,14 +65,21 @@ def load_images(paths: Union[PathLike, Sequence[PathLike]], channels: Optional[i
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read {str(p)!r} as an image: {err}") from None
     if channels is None:
-        channels = 1 if all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 3
+        channels = 1 if all(img.mode in ("1", "L", "LA", *HIGH_DEPTH) for img in images) else 3
     mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(img.convert(mode), dtype=np.uint8) for img in images]
+    arrays = []  # pixel values on the 0..255 scale
+    for p, img in zip(paths, images):
+        levels = grey_levels(img, f"input image {str(p)!r}")
+        if levels is None:
+            arrays.append(np.asarray(img.convert(mode), dtype=np.float32))
+        else:
+            a = (levels * 255).astype(np.float32)
+            arrays.append(a if channels == 1 else np.repeat(a[..., None], 3, axis=-1))
     for p, a in zip(paths, arrays):
         if a.shape != arrays[0].shape:
             raise ValueError(f"input images differ in size: {paths[0].name} is {arrays[0].shape[1]}x"
                              f"{arrays[0].shape[0]} but {p.name} is {a.shape[1]}x{a.shape[0]} (width x height)")
-    x = torch.from_numpy(np.stack(arrays).astype(np.float32))
+    x = torch.from_numpy(np.stack(arrays))
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     return (x / 127.5 - 1.0).contiguous()
 

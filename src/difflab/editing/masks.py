@@ -77,16 +77,19 @@ def half_mask(size: Sequence[int], side: str) -> Tensor:
 
 
 def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tensor:
-    """A mask from an image file: pixels brighter than mid-grey (>= 128) are filled (1)."""
+    """A mask from an image file: pixels brighter than mid-grey (>= 128 of 255) are filled (1)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"mask file {str(path)!r} does not exist (or give a shape: box:x0,y0,x1,y1 or half:SIDE)")
+    from .io import grey_levels
+
     try:
         with Image.open(path) as img:
-            a = np.asarray(img.convert("L"), dtype=np.uint8)
+            levels = grey_levels(img, f"mask {str(path)!r}")  # more than 8 bits: at its own depth
+            a = np.asarray(img.convert("L"), dtype=np.uint8) if levels is None else levels * 255
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read mask {str(path)!r} as an image: {err}") from None
     if size is not None and a.shape != _size(size):

@@ -10,7 +10,9 @@ A run folder holds ``config.yaml``, ``log.csv``, ``samples/`` and ``checkpoints/
 
 A checkpoint is written into a temporary folder, every file fsync'ed, then renamed into place,
 and only then does ``latest`` (replaced atomically itself) point to it. A crash at any moment
-leaves ``latest`` naming a complete checkpoint; the older ones are pruned to ``keep_last``.
+leaves ``latest`` naming a complete checkpoint -- or, when the same step was being re-saved,
+the old copy moved aside, which :func:`latest_checkpoint` finds; the older ones are pruned to
+``keep_last``.
 """
 
 from __future__ import annotations
@@ -128,14 +130,23 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
 
 # --------------------------------------------------------------------- finding
 def latest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
-    """The newest complete checkpoint of a run folder (or of its ``checkpoints/``), else None."""
+    """The newest complete checkpoint of a run folder (or of its ``checkpoints/``), else None.
+
+    ``latest`` names it. Should that folder be missing -- a crash while re-saving the same step,
+    between moving the old copy aside and renaming the new one into place -- the copy moved
+    aside (``.old-<name>-*``) is it; failing that, the newest complete ``step_*`` folder."""
     run_dir = Path(run_dir)
+    complete = lambda p: (p / "state.json").is_file()  # noqa: E731 -- written last, before the rename
     for root in (run_dir / "checkpoints", run_dir):
         pointer = root / LATEST
         if pointer.is_file():
-            ck = root / pointer.read_text().strip()
-            if (ck / "state.json").is_file():
-                return ck
+            name = pointer.read_text().strip()
+            if complete(root / name):
+                return root / name
+            aside = sorted((p for p in root.glob(f".old-{name}-*") if complete(p)), key=lambda p: p.stat().st_mtime)
+            done = sorted(p for p in root.glob(f"{PREFIX}*") if complete(p))
+            if aside or done:
+                return (aside or done)[-1]
     return None
 
 
