@@ -237,3 +237,10 @@ def test_eval_argument_mistakes(digits_run, tmp_path, err):
     assert "no 'images'" in err([*ev, "--ref", pt])
     torch.save(torch.zeros(4, 1, 9, 9), pt)
     assert "(1, 9, 9) but the model makes (1, 8, 8)" in err([*ev, "--ref", pt])
+
+
+def test_sample_nrow_must_be_positive(digits_run, err, no_sampling):
+    """--nrow 0 was taken as "unset" (the default grid), while -2 was refused."""
+    for bad in (0, -2):
+        assert f"--nrow (images per grid row) must be >= 1, got {bad}" in err(
+            ["sample", "--ckpt", digits_run, "--nrow", bad])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import difflab as dl
 from difflab.cli import main
 from difflab.models import UNet
 from difflab.training import Trainer, TrainConfig, apply_overrides, load_config, save_config
@@ -185,3 +186,51 @@ def test_a_directory_as_config_file_is_named_as_such(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a directory" in err and "does not exist" not in err
     assert str(tmp_path) in err
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noise": "x"}, "noise must be a finite number >= 0"),
+    ({"noise": float("nan")}, "noise must be a finite number >= 0"),
+    ({"bogus": 1}, "has no option 'bogus'; its options: noise"),
+    ({"seed": "abc"}, r"data.kwargs.seed\): an integer"),
+    ({"dataset": "checkerboard", "squares": 3}, "squares must be an even integer >= 2"),
+    ({"dataset": "checkerboard", "squares": 1}, "squares must be an even integer >= 2"),
+])
+def test_toy2d_kwargs_are_checked_and_named(kwargs, match):
+    """toy2d's options went to the makers unchecked: torch's index and random_ errors, an
+    unexpected keyword, or (an odd checkerboard) dark squares of the last column never drawn."""
+    from difflab.training.config import DataConfig
+    from difflab.training.data import load_data
+
+    with pytest.raises(ValueError, match=match) as info:
+        load_data(DataConfig("toy2d", {"n": 50, **kwargs}))
+    assert "config field data.kwargs" in str(info.value)
+
+
+def test_model_timesteps_and_heads_where_attention_is():
+    """The MLP broadcast a t of shape [1] to every sample (and gave torch's size error for [2]);
+    the U-Net required num_heads to divide widths that have no attention."""
+    net = dl.models.MLPDenoiser(dim=2, width=16, depth=1)
+    for t in (torch.tensor([5]), torch.tensor([5, 6])):
+        with pytest.raises(ValueError, match=r"t must be a tensor of shape \[B\] = \[4\]"):
+            net(torch.zeros(4, 2), t)
+    assert net(torch.zeros(4, 2), 5).shape == (4, 2)  # a number is every sample's t
+    unet = dl.models.UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_heads=3, mid_attention=False,
+                          attention_levels=(), norm_groups=4, image_size=8)
+    assert unet(torch.zeros(1, 1, 8, 8), torch.tensor([3])).shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="num_heads=3 must divide every attention width"):
+        dl.models.UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_heads=3, norm_groups=4, image_size=8)
+
+
+def test_config_flags_are_booleans_and_save_config_is_atomic(tmp_path, monkeypatch):
+    """optim.fused: 1 and tensorboard: 0 passed as booleans (1 == True); save_config wrote in place."""
+    from difflab.training import TrainConfig, config as config_module
+
+    base = TrainConfig.from_dict({"model": {"name": "mlp", "kwargs": {"dim": 2}}, "data": {"name": "toy2d"}})
+    for bad, field in (({"optim": {"fused": 1}}, "optim.fused"), ({"tensorboard": 0}, "tensorboard")):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig.from_dict({**base.to_dict(), **bad})
+    writes = []
+    monkeypatch.setattr(config_module, "atomic_write_text", lambda path, text: writes.append(path))
+    config_module.save_config(base, tmp_path / "c.yaml")
+    assert writes == [tmp_path / "c.yaml"]

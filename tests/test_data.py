@@ -204,6 +204,25 @@ def test_image_folder(tmp_path):
     assert dl.data.images.load_folder(tmp_path / "grays")[0].shape == (1, 1, 5, 5)
 
 
+def test_image_folder_reads_16_bit_images_at_their_depth(tmp_path):
+    """A 16-bit PNG was clipped at 255 by Pillow's convert("L"): a ramp over 0..65535 read as
+    mean 0.97 (nearly all white). It is read as v / 65535, alone, in colour and resized."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    (tmp_path / "deep").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "deep" / "a.png")
+    want = torch.from_numpy(ramp / 65535 * 2 - 1).float()
+    x, _ = dl.data.images.load_folder(tmp_path / "deep")
+    assert x.shape == (1, 1, 8, 8) and abs(float(x.mean())) < 1e-3  # (white: 0.97)
+    torch.testing.assert_close(x[0, 0], want, rtol=0, atol=1e-6)
+    rgba, _ = dl.data.images.load_folder(tmp_path / "deep", channels=4)
+    torch.testing.assert_close(rgba[0, :3], want.expand(3, 8, 8), rtol=0, atol=1e-6)
+    assert torch.equal(rgba[0, 3], torch.ones(8, 8))  # opaque
+    small, _ = dl.data.images.load_folder(tmp_path / "deep", image_size=4)
+    assert small.shape == (1, 1, 4, 4) and abs(float(small.mean())) < 0.05  # still a ramp, not white
+
+
 def test_image_folder_errors(tmp_path):
     write_png(tmp_path / "mixed" / "a.png", np.zeros((8, 8, 3)))
     write_png(tmp_path / "mixed" / "b.jpg", np.zeros((6, 9, 3)))

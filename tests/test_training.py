@@ -216,6 +216,25 @@ def test_a_crash_while_re_saving_a_step_keeps_it_resumable(tmp_path, monkeypatch
     assert dl.load(tmp_path).step == 4
 
 
+def test_resuming_from_files_of_another_model_is_refused_with_the_file(tmp_path):
+    """Weights or optimizer state copied from another run raised torch's size-mismatch traceback
+    (the optimizer's only inside the first AdamW step); now a ValueError naming the file."""
+    import shutil
+
+    Trainer(tiny(steps=2, ckpt_every=2), tmp_path / "a", progress=False).train()
+    Trainer(tiny(steps=2, ckpt_every=2, **{"model.kwargs.width": 16}), tmp_path / "b", progress=False).train()
+    ck_a, ck_b = (tmp_path / r / "checkpoints" / "step_00000002" for r in ("a", "b"))
+    for name, match in (("model.safetensors", "its weights do not fit the network"),
+                        ("ema.safetensors", "its weights do not fit the network"),
+                        ("optimizer.pt", r"its exp_avg of parameter 0 has shape \[16, .*the parameter \[32, ")):
+        shutil.copy(ck_a / name, tmp_path / "keep")
+        shutil.copy(ck_b / name, ck_a / name)
+        with pytest.raises(ValueError, match=rf"cannot resume from .*{name.replace('.', '.')}': {match}"):
+            Trainer(tiny(steps=4, ckpt_every=2), tmp_path / "a", resume=True, progress=False).train()
+        shutil.copy(tmp_path / "keep", ck_a / name)
+    Trainer(tiny(steps=4, ckpt_every=2), tmp_path / "a", resume=True, progress=False).train()  # restored: fine
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny(steps=12, ckpt_every=2, log_every=3)
     base = DiffusionLoss(dl.training.trainer.build_process(cfg))
@@ -428,3 +447,18 @@ def test_ema_decay_zero_is_the_model_itself(tmp_path, monkeypatch):
     lag.train()
     ck = read_checkpoint(tmp_path / "lag")
     assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
+
+
+def test_grad_clip_bounds_the_gradient_that_adamw_steps_with(tmp_path):
+    """optim.grad_clip scales the gradient to norm <= grad_clip before AdamW (the logged norm is
+    the one before clipping); 0 leaves it as computed. No test failed with clipping turned off."""
+    norms = {}
+    for clip in (1e-3, 0.0):
+        trainer = Trainer(tiny(steps=1, **{"optim.grad_clip": clip}), tmp_path / f"c{clip}", progress=False)
+        _, logged = trainer.train_step()
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.model.parameters()]))
+        norms[clip] = (float(logged), float(after))
+    logged, after = norms[1e-3]
+    assert logged > 1e-2 and after == pytest.approx(1e-3, rel=1e-4)  # clipped, the norm before it logged
+    logged, after = norms[0.0]
+    assert after == pytest.approx(logged, rel=1e-5) and after > 1e-2  # not clipped

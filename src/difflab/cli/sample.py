@@ -100,6 +100,8 @@ def speed_options(args, device: torch.device) -> dict:
 
 def _main(args) -> int:
     # everything that can be checked is checked before sampling, so a typo costs no samples
+    if args.nrow is not None and args.nrow < 1:
+        raise ValueError(f"--nrow (images per grid row) must be >= 1, got {args.nrow}")
     out = check_image_path(args.out, "--out", mkdir=True)
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")

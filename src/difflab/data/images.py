@@ -21,9 +21,31 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F", "P;L")
 _CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
+# Pillow's single-channel modes of more than 8 bits and their full scale: 16-bit PNGs open as
+# I;16 (Pillow >= 10) or I (older), float images as F. convert("L") clips them at 255 instead of
+# rescaling, which turned a 16-bit image white.
+HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+
+
+def grey_levels(img, what: str) -> Optional[np.ndarray]:
+    """A single-channel image of more than 8 bits as float64 levels in [0, 1] (0 black, 1 white),
+    or None for an image of another mode. ``what`` names the file in the error for values
+    outside the mode's range."""
+    full = HIGH_DEPTH.get(img.mode)
+    if full is None:
+        return None
+    a = np.asarray(img, dtype=np.float64)
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > full):
+        expected = "0..65535 (16 bits)" if full > 1 else "floats in [0, 1]"
+        raise ValueError(f"{what}: a {img.mode} image with values in [{a.min():g}, {a.max():g}], expected "
+                         f"{expected}; save it as an 8- or 16-bit PNG")
+    return a / full
+
 
 def _open(path: Path, mode: Optional[str] = None):
-    """The image at ``path`` decoded and converted to ``mode``; without a mode, only its (size, mode)."""
+    """The image at ``path`` decoded and converted to ``mode``; without a mode, only its (size, mode).
+    An image of more than 8 bits comes back as a float image ("F") of values on the 0..255
+    scale, whatever ``mode``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -31,6 +53,9 @@ def _open(path: Path, mode: Optional[str] = None):
             if mode is None:
                 return img.size, img.mode
             img.load()
+            levels = grey_levels(img, str(path))
+            if levels is not None:
+                return Image.fromarray((levels * 255).astype(np.float32), mode="F")
             return img.convert(mode) if img.mode != mode else img.copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ValueError(
@@ -94,7 +119,11 @@ def load_folder(
         img = _open(p, mode)
         if image_size is not None:
             img = _square(img, image_size)
-        a = np.asarray(img, dtype=np.uint8)
-        arrays.append(a[:, :, None] if a.ndim == 2 else a)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        a = np.asarray(img, dtype=np.float32)  # 0..255 (a float image of more than 8 bits: unrounded)
+        if a.ndim == 2:  # grayscale, or a grey image of more than 8 bits wanted in colour (opaque)
+            a = np.repeat(a[:, :, None], min(channels, 3), axis=2)
+            if channels == 4:
+                a = np.concatenate([a, np.full_like(a[:, :, :1], 255.0)], axis=2)
+        arrays.append(a)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
     return x.contiguous(), None

@@ -7,6 +7,7 @@ squares' colour, the roll's two halves), for unconditional and class-conditional
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional
 
@@ -53,7 +54,10 @@ def eight_gaussians(n: int, std: float = 0.1, radius: float = 1.4, generator: Op
 
 
 def checkerboard(n: int, squares: int = 4, generator: Optional[torch.Generator] = None):
-    """Uniform on the dark squares of a squares x squares board on [-2, 2]^2, / 1.15; labels: row parity."""
+    """Uniform on the dark squares of a squares x squares board on [-2, 2]^2, / 1.15; labels: row parity.
+    ``squares`` is even (every row then has squares / 2 dark squares)."""
+    if isinstance(squares, bool) or not isinstance(squares, int) or squares < 2 or squares % 2:
+        raise ValueError(f"checkerboard squares must be an even integer >= 2 (4 by default), got {squares!r}")
     size = 4.0 / squares
     i = torch.randint(0, squares, (n,), generator=generator)
     j = (2 * torch.randint(0, squares // 2, (n,), generator=generator) + i % 2) % squares
@@ -77,5 +81,12 @@ def make(name: str, n: int, generator: Optional[torch.Generator] = None, labels:
         raise ValueError(f"unknown 2D dataset {name!r}; choose one of {', '.join(NAMES)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n (the number of points) must be a positive integer, got {n!r}")
+    options = [k for k in inspect.signature(_MAKERS[name]).parameters if k not in ("n", "generator")]
+    for key, value in kwargs.items():
+        if key not in options:
+            raise ValueError(f"2D dataset {name!r} has no option {key!r}; its options: {', '.join(options)}")
+        if key != "squares" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                 or not math.isfinite(value) or value < 0):
+            raise ValueError(f"2D dataset {name!r}: {key} must be a finite number >= 0, got {value!r}")
     x, y = _MAKERS[name](n, generator=generator, **kwargs)
     return (x.float(), y) if labels else x.float()

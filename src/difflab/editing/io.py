@@ -15,30 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.images import HIGH_DEPTH, grey_levels
+
 __all__ = ["load_images", "save_images"]
 
 PathLike = Union[str, Path]
-
-# Pillow's single-channel modes of more than 8 bits and their full scale: 16-bit PNGs open as
-# I;16 (Pillow >= 10) or I (older), float images as F. convert("L") clips them at 255 instead of
-# rescaling, which turned a 16-bit image white.
-HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1}
-
-
-def grey_levels(img, what: str) -> Optional[np.ndarray]:
-    """A single-channel image of more than 8 bits as float64 levels in [0, 1] (0 black, 1 white),
-    or None for an image of another mode. ``what`` names the file in the error for values
-    outside the mode's range."""
-    full = HIGH_DEPTH.get(img.mode)
-    if full is None:
-        return None
-    a = np.asarray(img, dtype=np.float64)
-    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > full):
-        expected = "0..65535 (16 bits)" if full > 1 else "floats in [0, 1]"
-        raise ValueError(f"{what}: a {img.mode} image with values in [{a.min():g}, {a.max():g}], expected "
-                         f"{expected}; save it as an 8- or 16-bit PNG")
-    return a / full
-
 
 def load_images(paths: Union[PathLike, Sequence[PathLike]], channels: Optional[int] = None) -> Tensor:
     """Image files (all the same size) as float32 [N, C, H, W] in [-1, 1].

@@ -84,7 +84,7 @@ def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tens
     if not path.is_file():
         raise FileNotFoundError(
             f"mask file {str(path)!r} does not exist (or give a shape: box:x0,y0,x1,y1 or half:SIDE)")
-    from .io import grey_levels
+    from ..data.images import grey_levels
 
     try:
         with Image.open(path) as img:

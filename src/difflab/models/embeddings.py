@@ -8,7 +8,21 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "LabelEmbedding"]
+__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "LabelEmbedding", "batch_timesteps"]
+
+
+def batch_timesteps(t, x: Tensor) -> Tensor:
+    """t as one timestep per sample of x, [B]: a number or a 0-dim tensor is repeated; anything
+    else but a real tensor of shape [B] is refused (a [1] once broadcast to every sample)."""
+    if not isinstance(t, Tensor):
+        t = torch.full((x.shape[0],), float(t), device=x.device)
+    elif t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(
+            f"t must be a tensor of shape [B] = [{x.shape[0]}] (long or float), got {t.dtype} {tuple(t.shape)}"
+        )
+    return t
 
 
 class SinusoidalEmbedding(nn.Module):

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .._checks import is_int, is_real
 from ..diffusion import _check_cond
-from .embeddings import LabelEmbedding, TimestepEmbedding
+from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
 
 __all__ = ["MLPDenoiser"]
 
@@ -69,6 +69,7 @@ class MLPDenoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPDenoiser(dim={self.dim}) takes x of shape [B, {self.dim}], got {tuple(x.shape)}")
+        t = batch_timesteps(t, x)
         emb = self.time_embed(t)
         if self.label_embed is not None:
             if cond is None:  # no label given: the unconditional model

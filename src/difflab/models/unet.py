@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, TimestepEmbedding
+from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
 from .norm import GroupNorm
 
 __all__ = [
@@ -415,7 +415,8 @@ class UNet(nn.Module):
                     f"norm_groups={norm_groups} must divide every channel count; {w} is not divisible "
                     f"(channels={channels}, channel_mult={channel_mult})"
                 )
-        heads = {w: self._heads(w, num_heads, head_dim) for w in widths}
+        attended = {widths[level] for level in attention_levels} | ({widths[-1]} if mid_attention else set())
+        heads = {w: self._heads(w, num_heads, head_dim) for w in sorted(attended)}  # widths with attention only
         emb_dim = emb_dim or 4 * channels
 
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
@@ -521,17 +522,6 @@ class UNet(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]} (pad or resize the images, or use fewer levels)"
             )
 
-    def _time(self, t, x: Tensor) -> Tensor:
-        if not isinstance(t, Tensor):
-            t = torch.full((x.shape[0],), float(t), device=x.device)
-        elif t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.ndim != 1 or t.shape[0] != x.shape[0] or t.dtype == torch.bool or t.is_complex():
-            raise ValueError(
-                f"t must be a tensor of shape [B] = [{x.shape[0]}] (long or float), got {t.dtype} {tuple(t.shape)}"
-            )
-        return t
-
     def _label(self, cond: Optional[Tensor], x: Tensor) -> Tensor:
         B = x.shape[0]
         if cond is None:
@@ -582,7 +572,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self._check(x)
-        t = self._time(t, x)
+        t = batch_timesteps(t, x)
         emb = self.time_embed(t)
         if self.label_embed is not None:
             emb = emb + self.label_embed(self._label(cond, x))

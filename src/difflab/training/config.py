@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .._files import atomic_write_text
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode
 
@@ -217,7 +218,7 @@ class OptimConfig:
         _number(f"{prefix}.warmup_steps", self.warmup_steps, integer=True, low=0)
         _choice(f"{prefix}.decay", self.decay, LR_DECAYS)
         _number(f"{prefix}.grad_clip", self.grad_clip, low=0)
-        if self.fused not in ("auto", True, False):
+        if not (self.fused == "auto" or isinstance(self.fused, bool)):  # (1 == True: a bool, not a number)
             _fail(f"{prefix}.fused", self.fused, "choose one of auto, true, false")
 
 
@@ -383,7 +384,7 @@ class TrainConfig:
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:
             _number("max_time", self.max_time, low=0, low_open=True)
-        if self.tensorboard not in ("auto", True, False):
+        if not (self.tensorboard == "auto" or isinstance(self.tensorboard, bool)):
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
         self._check_sample_steps()
         return self
@@ -480,7 +481,7 @@ def save_config(cfg: TrainConfig, path: Union[str, Path]) -> None:
     path = Path(path)
     d = cfg.to_dict()
     text = json.dumps(d, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
-    path.write_text(text)
+    atomic_write_text(path, text)
 
 
 def config_to_text(cfg: TrainConfig) -> str:

@@ -64,8 +64,13 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
     if spec.name == "toy2d":
         name = kw.pop("dataset", "swiss_roll")
         n = kw.pop("n", 10_000)
-        g = torch.Generator().manual_seed(int(kw.pop("seed", 0)))
-        x, y = data.toy2d.make(name, n, g, labels=True, **kw)
+        seed = kw.pop("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"data 'toy2d' (config field data.kwargs.seed): an integer, got {seed!r}")
+        try:
+            x, y = data.toy2d.make(name, n, torch.Generator().manual_seed(seed), labels=True, **kw)
+        except ValueError as err:
+            raise ValueError(f"data 'toy2d' (config field data.kwargs): {err}") from None
     else:
         try:
             x, y = data.load(spec.name, **kw)

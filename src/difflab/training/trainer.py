@@ -315,12 +315,13 @@ class Trainer:
                 "run in another output folder"
             )
         self._check_same_data(saved["state"], ck)
-        self.model.load_state_dict(saved["model"])
+        _load_matching(self.model, saved["model"], ck / "model.safetensors")
         if not self.ema.is_model:  # ema.decay 0: the EMA weights are the model's
-            self.ema.model.load_state_dict(saved["ema"])
+            _load_matching(self.ema.model, saved["ema"], ck / "ema.safetensors")
         st = saved["state"]
         self.ema.num_updates = st["ema"]["num_updates"]
         opt = saved["optimizer"]
+        _check_optimizer_state(opt["optimizer"], self.optimizer, ck / "optimizer.pt")
         # how AdamW runs (fused / foreach / capturable) is this run's choice, not the checkpoint's:
         # the flags decide where the loaded step counts are placed, so set them before loading
         now = self.optimizer.param_groups
@@ -696,3 +697,33 @@ def train(
         cfg = load_config(cfg)
     with Trainer(cfg, out, loss_fn=loss_fn, resume=resume, progress=progress) as trainer:
         return trainer.train()
+
+
+def _mismatch(file: Path, what: str) -> ValueError:
+    return ValueError(f"cannot resume from {str(file)!r}: {what}. The file belongs to another model than the "
+                      "checkpoint's config.yaml describes (copied from another run, or the config edited); "
+                      "restore it, or resume from another checkpoint")
+
+
+def _load_matching(model: nn.Module, weights: dict, file: Path) -> None:
+    """``model.load_state_dict(weights)``, a mismatch raised as ValueError naming ``file``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise _mismatch(file, f"its weights do not fit the network ({detail[0] if detail else err})") from None
+
+
+def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer, file: Path) -> None:
+    """Every per-parameter state tensor (AdamW's moments) of ``saved`` has its parameter's shape:
+    torch's load_state_dict checks only the number of parameters, so a mismatch surfaced as a
+    shape error inside the first optimizer step."""
+    params = [q for g in optimizer.param_groups for q in g["params"]]
+    ids = [i for g in saved.get("param_groups", []) for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise _mismatch(file, f"it holds state for {len(ids)} parameters, the model has {len(params)}")
+    for index, param in zip(ids, params):
+        for name, value in saved.get("state", {}).get(index, {}).items():
+            if isinstance(value, Tensor) and value.ndim > 0 and value.shape != param.shape:
+                raise _mismatch(file, f"its {name} of parameter {index} has shape {list(value.shape)}, "
+                                      f"the parameter {list(param.shape)}")
