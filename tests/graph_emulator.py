@@ -22,7 +22,20 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal", "item"}
+HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal", "item",
+              # data-dependent shapes: on a GPU the host reads the count (nonzero) first
+              "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
+
+
+def _reads_the_host(func, args) -> bool:
+    """Whether the op needs a value on the host: one of HOST_READS, or indexing with a boolean
+    mask (x[x > 0], which a GPU runs through nonzero; the CPU's dispatcher shows only index)."""
+    name = func.__name__.split(".")[0]
+    if name in HOST_READS:
+        return True
+    if name in ("index", "index_put", "index_put_") and len(args) > 1:
+        return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] or ())
+    return False
 
 
 class HostSyncInCapture(RuntimeError):
@@ -37,7 +50,7 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.strict and func.__name__.split(".")[0] in HOST_READS:
+        if self.strict and _reads_the_host(func, args):
             raise HostSyncInCapture(f"{func} reads a tensor's value on the host during capture")
         out = func(*args, **kwargs)
         self.calls.append((func, args, kwargs, out))

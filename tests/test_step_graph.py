@@ -185,6 +185,7 @@ def test_cuda_graph_in_a_multi_process_run_is_noted_and_runs_eagerly(tmp_path, c
     ({"cuda_graph": "yes"}, ["cuda_graph", "true or false"]),
     ({"cuda_graph": True, "precision": "fp16"}, ["cuda_graph", "fp16", "bf16"]),
     ({"cuda_graph": True, "compile_options": {"mode": "reduce-overhead"}}, ["reduce-overhead", "max-autotune-no-cudagraphs"]),
+    ({"compile_options": {"mode": "default", "options": {"freezing": True}}}, ["compile_options", "mode or options"]),
 ])
 def test_cuda_graph_config_refusals_name_the_fix(changes, words):
     with pytest.raises(ValueError) as err:
@@ -246,6 +247,8 @@ def test_the_stand_in_freezes_python_values_and_refuses_host_reads():
     assert torch.equal(out, torch.full((3,), 6.0))  # 2.0 frozen, the tensor factor read: 1 * 2 * 3
     with pytest.raises(HostSyncInCapture, match="_local_scalar_dense"):
         RecordedGraph().capture(lambda: w * float(factor))
+    with pytest.raises(HostSyncInCapture, match="index"):  # a boolean mask: a GPU reads the count
+        RecordedGraph(strict=True).capture(lambda: w[w > 0].sum())
 
     # through the trainer: a loss that reads a value on the host cannot be captured
     class Strict(CPUReplay):

@@ -396,8 +396,12 @@ def test_label_dropout_and_lr_schedule(tmp_path):
     f = dl.training.trainer._lr_factor(cfg)
     assert [f(k) for k in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert f(3 + (40 - 3) // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 18 / 37)))
+    lrs = []  # the rate each AdamW step uses
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
     trainer.train()
     assert abs(sum(seen) / len(seen) - 0.25) < 0.04  # 2560 Bernoulli(0.25) draws: sd 0.009
+    # the trainer steps with these rates (not only the helper): lr x f(k) at step k
+    assert lrs == pytest.approx([1e-3 * f(k) for k in range(40)], rel=1e-6)
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -462,3 +466,59 @@ def test_grad_clip_bounds_the_gradient_that_adamw_steps_with(tmp_path):
     assert logged > 1e-2 and after == pytest.approx(1e-3, rel=1e-4)  # clipped, the norm before it logged
     logged, after = norms[0.0]
     assert after == pytest.approx(logged, rel=1e-5) and after > 1e-2  # not clipped
+
+
+def test_processes_draw_their_own_dropout_masks_from_one_network(tmp_path, monkeypatch):
+    """Under torchrun every process seeded its generator alike, so process r's dropout masks
+    copied process 0's. The network is still built alike (the same weights), then process r > 0
+    reseeds; process 0 keeps one process's stream."""
+    states, weights = {}, {}
+    for rank in (0, 1):
+        monkeypatch.setattr(dl.training.trainer, "_dist_env", lambda r=rank: (r, 1, 0))
+        trainer = Trainer(tiny(), tmp_path / f"r{rank}", progress=False)
+        states[rank], weights[rank] = torch.get_rng_state(), trainer.model.state_dict()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(states[0], states[1])
+    monkeypatch.setattr(dl.training.trainer, "_dist_env", lambda: (0, 1, 0))
+    torch.manual_seed(tiny().seed)
+    dl.training.build.build_model(tiny())
+    assert torch.equal(torch.get_rng_state(), states[0])  # process 0: the stream right after building
+
+
+def test_a_nan_stop_names_the_checkpoint_in_every_process(tmp_path):
+    """Only process 0 writes checkpoints and knew the path: the others said none was written."""
+    trainer = Trainer(tiny(steps=2, ckpt_every=2), tmp_path, progress=False)
+    trainer.train()
+    with pytest.raises(FloatingPointError, match=r"the last good checkpoint is .*step_00000002"):
+        trainer._stop_on_nan(3, None)
+
+
+
+def test_grids_and_plots_are_written_atomically(tmp_path, monkeypatch):
+    """A sample grid (written during training) or a plot cut off mid-write left a truncated file;
+    now the old file stays and no temporary one is left."""
+    from pathlib import Path
+
+    import matplotlib.figure
+    from PIL import Image
+
+    from difflab.evaluation.grids import save_image_grid
+    from difflab.evaluation.plots import loss_curve
+
+    grid, plot = tmp_path / "g.png", tmp_path / "loss.png"
+    save_image_grid(torch.zeros(1, 1, 4, 4), grid)
+    loss_curve([1.0, 0.5, 0.25], plot)
+    before = {p: p.read_bytes() for p in (grid, plot)}
+
+    def disk_full(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_image_grid(torch.ones(1, 1, 4, 4), grid)
+    with pytest.raises(OSError, match="No space"):
+        loss_curve([3.0, 2.0], plot)
+    assert {p: p.read_bytes() for p in (grid, plot)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "loss.png"]

@@ -27,7 +27,8 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
     """Make ``path`` with ``write(tmp)`` on a temporary file beside it, then rename: readers see
     the old or the new file, never a part (the temporary file is removed if ``write`` fails)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # the suffix kept last: writers that pick a format by it (Pillow, matplotlib, imageio) see it
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         write(tmp)
         fsync_path(tmp)

@@ -39,13 +39,13 @@ import torch
 import yaml
 
 from .. import data
+from .._files import atomic_write, atomic_write_text
 from ..evaluation import plots, report
 from ..evaluation.classifier import AtResolution, ClassifierFeatures, accuracy, load_classifier
 from ..evaluation.grids import save_image_grid
 from ..samplers import optimize_sigmas, sample
 from ..training import load as load_run
 from ..training import train
-from ..training.checkpoint import atomic_write_text
 from ..training.generate import generate
 from .eval import _Counted
 from .train_classifier import DEFAULT_MNIST_ROOT, run_train_classifier
@@ -498,7 +498,7 @@ def _plot_steps(rows: list, tol: float, metric: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return Path(path)
 

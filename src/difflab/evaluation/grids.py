@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import atomic_write
+
 __all__ = ["to_image_grid", "save_image_grid", "check_image_path", "make_parent", "IMAGE_SUFFIXES"]
 
 # What Pillow writes by suffix and the image commands accept for their outputs.
@@ -79,5 +81,5 @@ def save_image_grid(images: Tensor, path: Union[str, Path], nrow: int = 8, **kwa
     path = check_image_path(path, "path")
     grid = to_image_grid(images, nrow, **kwargs)
     make_parent(path, "path")
-    Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(path)
-    return path
+    image = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+    return atomic_write(path, image.save)  # a crash leaves the old file or none, never a part

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import atomic_write
+
 __all__ = ["scatter_panels", "forward_process_2d", "loss_curve", "animate_2d"]
 
 
@@ -47,7 +49,7 @@ def scatter_panels(panels: Mapping[str, Tensor], path, lim: float = 2.5, suptitl
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return Path(path)
 
@@ -81,7 +83,7 @@ def loss_curve(losses: Sequence[float], path, smooth: int = 50, title: str = "tr
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return Path(path)
 
@@ -103,6 +105,6 @@ def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float
         images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     images += [images[-1]] * hold_last
-    imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
+    atomic_write(path, lambda tmp: imageio.mimsave(tmp, images, duration=1000.0 / fps, loop=0))  # ms a frame (imageio >= 2.28)
     return Path(path)
 

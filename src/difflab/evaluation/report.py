@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._files import atomic_write_text
+from .._files import atomic_write, atomic_write_text
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, metric_name
@@ -119,7 +119,7 @@ def plot_sweep(rows: Sequence[dict], x: str, ys: Sequence[str], path, group: Opt
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return Path(path)
 

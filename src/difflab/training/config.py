@@ -371,6 +371,9 @@ class TrainConfig:
         for key, (types, what) in _COMPILE_OPTION_TYPES.items():
             if key in self.compile_options:
                 _kind(f"compile_options.{key}", self.compile_options[key], types, what)
+        if self.compile_options.get("mode") is not None and self.compile_options.get("options"):
+            _fail("compile_options", self.compile_options, "torch.compile takes mode or options, not both: "
+                  "keep mode, or move its settings into options")
         if self.activation_memory_budget is not None:
             _number("activation_memory_budget", self.activation_memory_budget, low=0, high=1, low_open=True)
         _kind("cuda_graph", self.cuda_graph, bool, "true or false")

@@ -10,6 +10,8 @@ Per optimizer step s (global batch B over K processes and A accumulation micro-b
 
 Process r of K takes slice r of each micro-batch, so the draws (and the batches) do not depend
 on K: DDP's gradient average then equals one process's mean gradient up to summation order.
+Dropout masks are each process's own (its generator seeded by (seed, r) for r > 0), so with
+dropout the K-process run is another draw of the same training, not the same numbers.
 
 No host-device synchronisation inside the step loop: the loss is summed on the device and read
 every ``log_every`` steps, together with the first step whose loss (or gradient norm) was not
@@ -163,6 +165,8 @@ class Trainer:
         self.model = model
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
         self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
+        if self.rank > 0:  # dropout masks: the network was built alike everywhere, the masks differ
+            torch.manual_seed(cfg.seed * 1_000_003 + self.rank)  # (process 0's stream as in one process)
         if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1:
             self._say("note: cond_drop_prob = 0 never trains the null label, so classifier-free guidance "
                       f"(sample.guidance = {cfg.sample.guidance}) has no unconditional model to use")
@@ -561,6 +565,7 @@ class Trainer:
         return float(loss_sum) / window, int(first_bad)
 
     def _stop_on_nan(self, bad: int, ckpt: Optional[Path]) -> None:
+        ckpt = ckpt or latest_checkpoint(self.out)  # (only process 0 writes, and knows the path)
         keep = f"the last good checkpoint is {str(ckpt)!r} (resume with --resume)" if ckpt else \
             "no checkpoint was written before it"
         raise FloatingPointError(
