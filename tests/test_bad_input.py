@@ -384,3 +384,56 @@ def test_ddim_inversion_refuses_eta():
 
     with pytest.raises(ValueError, match="inversion .an increasing grid. cannot undo: use eta = 0"):
         sample_ddim(lambda x, s: x, torch.zeros(2, 2), torch.tensor([0.1, 0.5, 1.0]), eta=0.5)
+
+
+def test_classifier_labels_are_checked_and_count_every_class():
+    """accuracy() broadcast labels [N, 1] (an accuracy of 50 from 0..1); the class count came from
+    the training labels alone (a subset lacking class 9 made a 9-class network); labels past
+    num_classes failed inside torch's cross entropy."""
+    from difflab.evaluation.classifier import accuracy, train_classifier
+
+    x = torch.randn(12, 1, 8, 8)
+    y = torch.arange(12) % 3
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with pytest.raises(ValueError, match=r"labels \[N\] with N = 12.*shape \(12, 1\)"):
+        accuracy(net, x, y[:, None])
+    model, _ = train_classifier(x, torch.zeros(12, dtype=torch.long), test_images=x, test_labels=y, epochs=1,
+                                device="cpu")
+    assert model(x).shape == (12, 3)  # the test labels' classes count too
+    with pytest.raises(ValueError, match=r"labels must lie in 0 \.\. num_classes - 1 = 1, got values in \[0, 2\]"):
+        train_classifier(x, y, num_classes=2, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"test_labels must have shape \[12\]"):
+        train_classifier(x, y, test_images=x, test_labels=y[:, None], epochs=1, device="cpu")
+
+
+def test_fast_options_that_would_be_ignored_are_refused():
+    """A FastModel given other options ignored them; bf16 autocast left a float64 network as it
+    was; a list as precision raised 'unhashable type'."""
+    from difflab.samplers.fast import fast_model
+
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    net = dl.models.MLPDenoiser(2, width=16, depth=1)
+    wrapped = fast_model(net, precision="bf16")
+    assert fast_model(wrapped, precision="bf16") is wrapped and fast_model(wrapped) is wrapped
+    with pytest.raises(ValueError, match="already a FastModel .precision=bf16.*pass its .model"):
+        dl.sample(wrapped, proc, (2, 2), "ddim", 2, precision="fp16")
+    with pytest.raises(ValueError, match="this network is float64"):
+        dl.sample(dl.models.MLPDenoiser(2, width=16, depth=1).double(), proc, (2, 2), "ddim", 2, precision="bf16")
+    with pytest.raises(ValueError, match=r"precision must be one of None, 'fp32', 'bf16', 'fp16', got \['bf16'\]"):
+        dl.sample(net, proc, (2, 2), "ddim", 2, precision=["bf16"])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"max_evals": 0}, ValueError, "max_evals must be a positive integer"),
+    ({"max_evals": "10"}, ValueError, "max_evals must be a positive integer"),
+    ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
+])
+def test_optimize_sigmas_checks_its_budget_and_generator_first(kwargs, error, match, monkeypatch):
+    """max_evals=0 ended in scipy's 'Too many function calls', and '10' or generator=3 in a
+    TypeError or AttributeError -- after the reference run had been paid for."""
+    import difflab.samplers as S
+
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    monkeypatch.setattr(S, "sample", lambda *a, **k: pytest.fail("sampled before checking the arguments"))
+    with pytest.raises(error, match=match):
+        dl.samplers.optimize_sigmas(dl.models.MLPDenoiser(2, width=16, depth=1), proc, (4, 2), 3, "ddim", **kwargs)

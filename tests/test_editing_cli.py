@@ -1,6 +1,7 @@
 """The editing commands end to end on a tiny checkpoint: PNGs in, PNGs out, clear errors."""
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -62,11 +63,20 @@ def test_img2img_and_interpolate(run_dir, pngs, tmp_path):
     assert main(["interpolate", "--ckpt", str(run_dir), "--input", *pngs, "--frames", "4", "--steps", "4",
                  "--out", str(strip)]) == 0
     assert pixels(strip).shape == (12, 2 + 4 * 10)
+    # the strip is the API's interpolation of the two inputs (DDIM: deterministic), pixel for pixel
+    run, want = dl.load(run_dir), tmp_path / "want.png"
+    a, b = dl.editing.load_images(pngs)  # each [1, 8, 8]
+    dl.editing.save_images(dl.editing.interpolate(run.ema_model, run.proc, a, b, 4, 4), want, nrow=4)
+    assert np.array_equal(pixels(strip), pixels(want))
     assert main(["interpolate", "--ckpt", str(run_dir), "--seeds", "1", "2", "--frames", "3", "--steps", "3",
                  "--out", str(strip)]) == 0
     assert pixels(strip).shape == (12, 2 + 3 * 10)
     assert main(["interpolate", "--ckpt", str(run_dir), "--input", pngs[0], "--reconstruct", "--steps", "3",
                  "--out", str(strip)]) == 0
+    # the input above its reconstruction (DDIM inversion, then DDIM from the inverted noise)
+    dl.editing.save_images(torch.cat([a[None], dl.editing.reconstruct(run.ema_model, run.proc, a[None], 3)]), want,
+                           nrow=1)
+    assert np.array_equal(pixels(strip), pixels(want))
 
 
 def test_upscale_train_and_run(tmp_path, pngs):

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from .. import data, evaluation, models, schedules
+from .._checks import is_int, is_real
+from .._files import atomic_write_text
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
 from ..training import EMA
@@ -29,7 +31,7 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
     """A ValueError naming the argument and its flag (``ddpm_steps`` / ``--ddpm-steps``)."""
     flag = "--" + name.replace("_", "-")
     allowed = f"{low} .. {high}" if high is not None else f">= {low}"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    if not is_int(value) or value < low or (high is not None and value > high):
         why = f" (the schedule has T = {T} steps)" if high == T else ""
         raise ValueError(f"{name} ({flag}) must be an integer in {allowed}{why}, got {value!r}")
 
@@ -86,7 +88,7 @@ def run_demo(
     _check_int("ddpm_steps", ddpm_steps, 1, T)
     _check_int("ddim_steps", ddim_steps, 1, T)
     _check_int("seed", seed, 0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+    if not is_real(lr) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if dataset not in data.toy2d.NAMES:
         raise ValueError(f"dataset (--dataset) must be one of {', '.join(data.toy2d.NAMES)}, got {dataset!r}")
@@ -153,7 +155,7 @@ def run_demo(
     plots.forward_process_2d(proc, fresh, out / "forward_process.png")
     plots.loss_curve(losses, out / "loss.png")
     metrics["seconds"]["total"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

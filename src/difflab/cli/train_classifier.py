@@ -61,10 +61,16 @@ def run_train_classifier(
         raise ValueError(f"--data must be one of {', '.join(DEFAULT_SPLITS)}, got {dataset!r}")
     train_split = train_split or DEFAULT_SPLITS[dataset][0]
     test_split = test_split or DEFAULT_SPLITS[dataset][1]
+    if test_split == train_split:
+        raise ValueError(f"--test-split {test_split!r} is the training split: the test accuracy would not be "
+                         "held out; choose another split")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 training images, got {limit}")
     x, y = load_split(dataset, root, train_split)
     xt, yt = load_split(dataset, root, test_split)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
+    if limit is not None:  # a random subset: splits may be sorted by class (mnist's train5k is)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
+        x, y = x[keep], y[keep]
     model, record = train_classifier(
         x, y, test_images=xt, test_labels=yt, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         device=device, progress=progress,
@@ -86,7 +92,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
+    p.add_argument("--limit", type=int, default=None, help="use only N training images, drawn at random (quick runs)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)

@@ -79,9 +79,11 @@ def _shift(x: Tensor, max_shift: int, g: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
-    """Fraction of ``images`` whose argmax class is ``labels``."""
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(f"need as many labels as images (> 0), got {len(images)} images and {len(labels)} labels")
+    """Fraction of ``images`` whose argmax class is ``labels`` (integers [N])."""
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need one integer label per image, labels [N] with N = {len(images)} > 0; got "
+                         f"{len(images)} images and labels of shape {tuple(labels.shape)}")
     model.eval()
     device = next(model.parameters()).device
     correct = 0
@@ -119,7 +121,19 @@ def train_classifier(
         raise ValueError(f"labels must have shape [{len(images)}], got {tuple(labels.shape)}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    num_classes = num_classes or int(labels.max()) + 1
+    if test_labels is not None:
+        test_labels = torch.as_tensor(test_labels).long()
+        if test_images is None or test_labels.shape != (len(test_images),):
+            raise ValueError(f"test_labels must have shape [{len(test_images) if test_images is not None else 'N'}] "
+                             f"(one per test image), got {tuple(test_labels.shape)}")
+    if len(labels) == 0:
+        raise ValueError("no training images")
+    # the classes of all labels given, not the training labels' alone (a subset may lack the last)
+    every = labels if test_labels is None else torch.cat([labels, test_labels])
+    lo, hi = int(every.min()), int(every.max())
+    num_classes = num_classes or hi + 1
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must lie in 0 .. num_classes - 1 = {num_classes - 1}, got values in [{lo}, {hi}]")
     if max_shift is None:  # 2 pixels for 28x28 digits, 1 for 8x8 ones
         max_shift = max(1, images.shape[-1] // 14)
     torch.manual_seed(seed)

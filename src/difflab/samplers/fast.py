@@ -80,7 +80,7 @@ def _compile_kwargs(compile: CompileSpec) -> Optional[dict]:
 
 
 def _check_options(precision, channels_last, compile, cuda_graph, group_norm=None) -> None:
-    if precision not in PRECISIONS:
+    if not isinstance(precision, (str, type(None))) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of None, 'fp32', 'bf16', 'fp16', got {precision!r}")
     if group_norm is not None and group_norm not in GROUP_NORM_MODES:
         raise ValueError(f"group_norm must be None or one of {', '.join(map(repr, GROUP_NORM_MODES))}, "
@@ -248,9 +248,17 @@ def fast_model(
     if (PRECISIONS[precision] is None and not channels_last and compile in (False, None) and not cuda_graph
             and group_norm is None):
         return model
-    if isinstance(model, FastModel):
-        return model
     key = (precision, channels_last, repr(_compile_kwargs(compile)), cuda_graph, group_norm)
+    if isinstance(model, FastModel):  # already wrapped: with these options, or refused
+        own = (model.precision, model.channels_last, repr(model.compile_kwargs), model.cuda_graph, model.group_norm)
+        if own != key:
+            raise ValueError(f"the model is already a FastModel ({model.extra_repr()}); pass its .model with the "
+                             "options wanted, or no options")
+        return model
+    if PRECISIONS[precision] is not None and isinstance(model, nn.Module) and any(
+            p.dtype == torch.float64 for p in model.parameters()):
+        raise ValueError(f"precision={precision!r} autocasts float32 work, and this network is float64, which "
+                         "autocast leaves as it is; use model.float() with it, or precision=None")
     cache = getattr(model, _CACHE_ATTR, None) if isinstance(model, nn.Module) else None
     if cache is not None and key in cache:
         cache[key].check_weights()

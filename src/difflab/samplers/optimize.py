@@ -99,6 +99,12 @@ def optimize_sigmas(
         raise ValueError(f"method must be one of {', '.join(_OPTIONS)}, got {method!r}")
     if max_evals is None:
         max_evals = 50 * steps
+    if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive integer (evaluations of J; default 50 * steps), "
+                         f"got {max_evals!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+                        f"got {type(generator).__name__}")
     log_hi, log_lo = math.log(proc.sigma_max), math.log(proc.sigma_min)
     if steps == 1:
         return _gap_sigmas(np.zeros(1), log_hi, log_lo)

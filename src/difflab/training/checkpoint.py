@@ -330,6 +330,8 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out must name a .safetensors file, got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"out {str(out)!r} is a folder; name a file, e.g. {str(out / 'model.safetensors')!r}")
     ck = resolve_checkpoint(path)
     weights = _read_weights(ck / ("ema.safetensors" if ema else "model.safetensors"))
     cast = EXPORT_DTYPES[dtype]
