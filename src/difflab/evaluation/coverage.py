@@ -1,7 +1,7 @@
 """Per-mode coverage of samples from a labelled toy distribution (mode collapse, mode dropping).
 
 Each sample is given the label of its nearest reference point and counts as on the data manifold
-if it lies within that point's k-NN radius (the manifold of precision_recall.py). A mode is
+if it lies within any reference point's k-NN radius (the manifold of precision_recall.py). A mode is
 covered when it receives at least ``min_share`` of the share of samples it holds in the reference,
 as in the mode counts of the GAN literature (Metz et al. 2017; Srivastava et al. 2017), with the
 reference's own labels in place of hand-placed centres, so it works for any labelled toy set.
@@ -28,7 +28,12 @@ def mode_coverage(
     reference's k-NN balls: the "high-quality samples" rate).
     """
     x, ref = _features(samples, "samples"), _features(reference, "reference")
-    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers (the reference's mode of each point), got {labels.dtype}")
+    labels = labels.long()
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
     if len(labels) != len(ref):
         raise ValueError(f"labels must have one entry per reference point ({len(ref)}), got {len(labels)}")
     if x.shape[1] != ref.shape[1]:

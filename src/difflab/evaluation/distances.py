@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from .._checks import is_int, is_real
 
 __all__ = ["sliced_wasserstein", "mmd"]
 
@@ -20,14 +23,34 @@ def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _wasserstein_pp(px: Tensor, py: Tensor, p: float) -> Tensor:
+    """W_p^p between the empirical distributions of the columns of sorted px [n, P] and py [m, P]
+    (uniform weights): the integral over u in (0, 1) of |F^-1(u) - G^-1(u)|^p, the quantile
+    functions being steps, F^-1(u) = px[ceil(u n) - 1]. Exact: on each interval between the
+    levels i/n and j/m both are constant."""
+    n, m = len(px), len(py)
+    if n == m:
+        return ((px - py).abs() ** p).mean(0)
+    edges = torch.unique(torch.cat([torch.arange(n + 1, dtype=torch.float64) / n,
+                                    torch.arange(m + 1, dtype=torch.float64) / m]))  # (i/n = j/m: one double)
+    mid, width = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
+    ix, iy = (mid * n).floor().long().clamp(max=n - 1), (mid * m).floor().long().clamp(max=m - 1)
+    return (width[:, None] * (px[ix] - py[iy]).abs() ** p).sum(0)
+
+
 def sliced_wasserstein(
-    x: Tensor, y: Tensor, n_projections: int = 512, p: int = 2, generator: Optional[torch.Generator] = None
+    x: Tensor, y: Tensor, n_projections: int = 512, p: float = 2, generator: Optional[torch.Generator] = None
 ) -> float:
     """SW_p(x, y) = (E_theta W_p^p(<theta, x>, <theta, y>))^(1/p), theta uniform on the unit sphere.
 
-    Each 1-D W_p compares quantiles of the projections (sorted values; sets of different
-    sizes are compared at a common grid of quantile levels). ``generator`` fixes the directions.
+    Each 1-D W_p is exact between the two empirical distributions of the projections (sets of
+    any sizes: their step quantile functions compared on every interval between the levels
+    i/n and j/m). ``generator`` fixes the directions.
     """
+    if not is_real(p) or not 1 <= p < math.inf:
+        raise ValueError(f"p must be a number >= 1 (W_p is a distance for p >= 1), got {p!r}")
+    if not is_int(n_projections) or n_projections < 1:
+        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
     x, y = _pair(x, y)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
@@ -35,11 +58,7 @@ def sliced_wasserstein(
     theta = theta / theta.norm(dim=0, keepdim=True)
     px, _ = torch.sort(x @ theta, dim=0)
     py, _ = torch.sort(y @ theta, dim=0)
-    if len(px) != len(py):
-        levels = (torch.arange(max(len(px), len(py)), dtype=torch.float64) + 0.5) / max(len(px), len(py))
-        px = torch.quantile(px, levels, dim=0)
-        py = torch.quantile(py, levels, dim=0)
-    return float(((px - py).abs() ** p).mean() ** (1.0 / p))
+    return float(_wasserstein_pp(px, py, p).mean() ** (1.0 / p))
 
 
 def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)) -> float:
@@ -48,6 +67,9 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] = (0.05, 0.1, 0.2, 0.5
     Zero in expectation when x and y come from the same distribution (it can then be
     slightly negative), positive otherwise.
     """
+    bandwidths = tuple(bandwidths)
+    if not bandwidths or not all(is_real(h) and 0 < h < math.inf for h in bandwidths):
+        raise ValueError(f"bandwidths must be one or more numbers > 0, got {bandwidths!r}")
     x, y = _pair(x, y)
 
     def k(a: Tensor, b: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import GaussianDiffusion, convert_prediction
+from ..diffusion import GaussianDiffusion, _check_cond, convert_prediction
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser"]
 
@@ -82,7 +82,7 @@ class GaussianMixtureDenoiser(nn.Module):
         if cond is None:
             return lw
         K = self.means.shape[0]
-        cond = cond.to(self.means.device).long()
+        cond = _check_cond(self, cond, batch).to(self.means.device)  # integers in 0 .. K (K: no label)
         onehot = torch.full_like(lw, -math.inf).scatter(1, cond.clamp(max=K - 1)[:, None], 0.0)
         return torch.where((cond == K)[:, None], lw, onehot)
 
@@ -118,10 +118,12 @@ class GaussianMixtureDenoiser(nn.Module):
         sigma_ve = self.proc.sigma_of(t.to(self.means.device))
         alpha = (1 + sigma_ve**2).rsqrt()
         sigma = sigma_ve * alpha
-        x0 = self.posterior_mean(x_t, alpha, sigma, cond)
+        x0 = self.posterior_mean(x_t.to(torch.float64), alpha, sigma, cond)
         bshape = (-1,) + (1,) * (x_t.ndim - 1)
-        a, s = alpha.to(x_t.dtype).view(bshape), sigma.to(x_t.dtype).view(bshape)
-        return convert_prediction(x0, x_t, a, s, "x0", self.proc.prediction)
+        # converted in float64, then cast: (x_t - alpha x0) / sigma at small sigma loses digits in float32
+        out = convert_prediction(x0, x_t.to(torch.float64), alpha.view(bshape), sigma.view(bshape), "x0",
+                                 self.proc.prediction)
+        return out.to(x_t.dtype)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None, return_labels: bool = False):
