@@ -231,3 +231,48 @@ def test_x_t_callback_and_timesteps_seen_by_the_model(proc):
     steps = []
     dl.sample(Spy(), proc, (2, 2), "ddim", 4, noise=noise, callback=steps.append)
     assert len(steps) == 4 and torch.allclose(steps[0]["x"], noise, atol=1e-5)
+
+
+def test_exact_posterior_mean_against_bayes_by_hand():
+    """E[x0 | x_t] of the analytic models, the ground truth of these tests, against independent
+    computations: the Gaussian's closed form m + a v / (a^2 v + s^2) (x_t - a m), and the
+    mixture's by Bayes' rule with scipy's normal densities (unequal weights and variances)."""
+    from scipy.stats import multivariate_normal
+
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(1000))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64) * 2
+    a, s = torch.tensor([0.9] * 5, dtype=torch.float64), torch.tensor([0.4] * 5, dtype=torch.float64)
+    gauss = dl.models.GaussianDenoiser(proc, MU, S)
+    want = MU.double() + a[0] * S**2 / (a[0] ** 2 * S**2 + s[0] ** 2) * (x - a[0] * MU.double())
+    torch.testing.assert_close(gauss.posterior_mean(x, a, s), want, rtol=1e-12, atol=1e-12)
+    means, stds, weights = [[0.0, 0.0], [3.0, -1.0], [-2.0, 2.0]], [[0.5, 1.0], [0.3, 0.3], [1.0, 0.7]], [0.6, 0.3, 0.1]
+    mix = dl.models.GaussianMixtureDenoiser(proc, means, torch.tensor(stds), weights=weights)
+    for alpha, sigma in ((0.9, 0.4), (0.2, 0.98), (0.999, 0.04)):
+        ab, sb = torch.full((5,), alpha, dtype=torch.float64), torch.full((5,), sigma, dtype=torch.float64)
+        got = mix.posterior_mean(x, ab, sb)
+        for i, xi in enumerate(x.numpy()):
+            lik, cond_means = [], []
+            for m, sd, w in zip(means, stds, weights):
+                m, v = torch.tensor(m, dtype=torch.float64).numpy(), torch.tensor(sd, dtype=torch.float64).numpy() ** 2
+                lik.append(w * multivariate_normal(alpha * m, alpha**2 * v + sigma**2).pdf(xi))
+                cond_means.append(m + alpha * v / (alpha**2 * v + sigma**2) * (xi - alpha * m))
+            post = sum(l * c for l, c in zip(lik, cond_means)) / sum(lik)
+            torch.testing.assert_close(got[i], torch.tensor(post), rtol=1e-7, atol=1e-7)  # (scipy: densities, not logs)
+        # and the two code paths (one noise level for the batch, or one per sample) agree
+        sb2 = sb.clone()
+        sb2[0] = sb2[0] * (1 + 1e-15)
+        torch.testing.assert_close(mix.posterior_mean(x, ab, sb2), got, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "heun"])
+def test_samples_do_not_depend_on_the_prediction_type(sampler):
+    """The same exact model predicting eps, x0 or v: each sampler converts to its own
+    parameterization, so the samples agree (only eps was tested before)."""
+    out = {}
+    for prediction in ("eps", "x0", "v"):
+        proc = dl.GaussianDiffusion(dl.schedules.linear(1000), prediction=prediction)
+        model = dl.models.GaussianMixtureDenoiser(proc, [[-1.5, 0.0], [1.5, 1.0]], 0.5)
+        out[prediction] = dl.sample(model, proc, (256, 2), sampler, 20, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out["x0"], out["eps"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["v"], out["eps"], rtol=0, atol=1e-4)
