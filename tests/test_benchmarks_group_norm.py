@@ -44,6 +44,9 @@ def test_cpu_run_times_and_checks_every_variant(tmp_path):
         assert "error" not in r, r
         assert r["us_per_call"] > 0 and r["effective_gbps"] > 0 and r["fraction_of_peak"] is None
         assert r["max_abs_diff"] < 1e-5, r  # float32 on the CPU: the same function
+        # the Triton ways are also checked with the time embedding added (norm2's specialization)
+        assert ("max_abs_diff_fused" in r) == r["variant"].startswith("triton_")
+        assert r.get("max_abs_diff_fused", 0.0) < 1e-5, r
     calls = sum(shapes.values())
     for v, t in res["totals"].items():
         per_call = [r["us_per_call"] for r in res["rows"] if r["variant"] == v]
@@ -109,3 +112,9 @@ def test_best_per_shape_is_the_fastest_correct_way_at_each_shape(tmp_path):
     assert gnt.load_plan(plan) == {(128, 32, 1024): "looped", (384, 32, 256): "tiled"}
     with pytest.raises(ValueError, match="no correct timing"):
         bench.best_per_shape({"rows": [row((128, 32, 32), "triton_tiled", 1.0, diff=9.0)]})
+    # a NaN output (nan > 0.25 is False) and a way wrong only with the embedding added are not correct
+    nan, fused_wrong = row((128, 32, 32), "triton_resident2", 20.0, diff=float("nan")), row((128, 32, 32),
+                                                                                             "triton_resident", 25.0)
+    fused_wrong["max_abs_diff_fused"] = 3.0
+    assert bench.best_per_shape({"rows": [nan, fused_wrong, row((128, 32, 32), "triton_looped", 50.0)]}) == {
+        "128,32,1024": "looped"}

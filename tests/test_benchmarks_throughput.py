@@ -69,6 +69,12 @@ def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
     bench.main(common + ["--rows", "difflab/sample/fp32", "--no-diffusers", "--merge"])
     merged = json.loads(out.read_text())
     assert len(merged["rows"]) == len(saved["rows"]) and merged["summary"].keys() == saved["summary"].keys()
+    # rows of another run are not divided by this run's references (another process, maybe another GPU)
+    again = {(r["library"], r["what"], r["name"]): r for r in merged["rows"]}[("difflab", "sample", "fp32")]
+    assert again["run"] != rows[("difflab", "sample", "fp32")]["run"] and again["vs_diffusers_best"] is None
+    assert merged["meta"]["earlier_runs"][0]["command"] == saved["meta"]["command"]  # the first call's kept
+    # no diffusers bf16 + compile in these CPU rows: ratios, but no verdict
+    assert all(s.get("target_met") is None and "no_verdict" in s for s in merged["summary"].values())
 
 
 def test_throughput_helpers():
@@ -230,3 +236,61 @@ def test_live_storages_count_each_storage_once():
     view = base[:10]  # noqa: F841 - alive on purpose: the same storage
     mine = [s for s in bench._live_cuda_storages("cpu") if s[2] == 8_000_000]
     assert len(mine) == 1 and mine[0][1] == "float64"
+
+
+def _row(lib, name, ips, mem, ref=False, run="r1", what="train", **extra):
+    return {"library": lib, "what": what, "name": name, "reference": ref, "images_per_s": ips,
+            "peak_mem_own_bytes": mem, "run": run, **extra}
+
+
+def test_the_verdict_needs_the_issues_reference_in_the_same_run():
+    """Without diffusers' bf16 + compile (failed, skipped) the best reference fell to its eager
+    rows and 'target met' followed (1.56x read 2.49x); rows of different runs (processes,
+    machines) were divided by each other."""
+    bench = load()
+    eager = _row("diffusers", "fp32", 600.0, 200, ref=True)
+    ours = _row("difflab", "no_ema", 1600.0, 90)
+    s = bench.summarize([eager, ours])["train"]
+    assert s["ratio"] == pytest.approx(1600 / 600) and s["target_met"] is None and "bf16+compile" in s["no_verdict"]
+    compiled = _row("diffusers", "bf16+compile", 1000.0, 100, ref=True)
+    assert bench.summarize([eager, compiled, ours])["train"]["target_met"] is True
+    # the same rows, the reference from another run: difflab's row there has no reference to divide by
+    other = dict(compiled, run="r0")
+    summary = bench.summarize([dict(eager, run="r0"), other, ours])
+    assert ours["vs_diffusers_best"] is None and "train" not in summary  # no difflab row in the judged run
+
+
+def test_bf16_stored_rows_and_broken_samples_in_the_verdict():
+    """A difflab row with its network stored in bf16 is held to diffusers' bf16-stored memory too
+    (it would otherwise gain ~68 MiB of weights on a float32 reference), and a sample row with
+    non-finite samples takes no part."""
+    bench = load()
+    ref = _row("diffusers", "bf16+compile", 300.0, 700, ref=True, what="sample")
+    ref_w = _row("diffusers", "bf16w+compile", 290.0, 640, ref=True, what="sample", options={"weights": "bf16"})
+    ours_w = _row("difflab", "bf16w+loop", 650.0, 660, what="sample", options={"weights": "bf16"})
+    ours = _row("difflab", "loop", 600.0, 690, what="sample")
+    s = bench.summarize([ref, ref_w, ours_w, ours])["sample"]
+    assert s["difflab_best_within_memory"] == "loop"  # bf16w: 660 > diffusers' bf16w 640
+    s = bench.summarize([ref, ours_w, ours])["sample"]  # no bf16-stored reference measured: bf16w cannot count
+    assert s["difflab_best_within_memory"] == "loop"
+    ours_w["peak_mem_own_bytes"] = 630
+    assert bench.summarize([ref, ref_w, ours_w, ours])["sample"]["difflab_best_within_memory"] == "bf16w+loop"
+    broken = _row("difflab", "fast_but_nan", 900.0, 100, what="sample", sample_finite=False)
+    s = bench.summarize([ref, ref_w, ours_w, ours, broken])["sample"]
+    assert s["difflab_best"] == "bf16w+loop" and broken.get("vs_diffusers_best") is None
+
+
+def test_merge_keeps_the_stored_rows_a_run_skips(tmp_path):
+    """--merge without --missing dropped every stored row this run selected, measured or not: a
+    time budget that skipped them all left an empty file."""
+    bench = load()
+    out = tmp_path / "t.json"
+    common = ["--device", "cpu", "--out", str(out), "--sample-steps", "2", "--train-iters", "1", "--repeats", "1",
+              "--quiet", "--rows", "difflab/train/fp32", "diffusers/train/fp32"]
+    first = bench.main(common)
+    assert len(first["rows"]) == 2
+    bench.main(common + ["--merge", "--time-budget", "0.001"])  # everything skipped
+    kept = json.loads(out.read_text())
+    assert [r["name"] for r in kept["rows"]] == [r["name"] for r in first["rows"]]
+    assert len(kept["meta"]["skipped"]) == 2 and kept["summary"]["train"]["ratio"] == first["summary"]["train"]["ratio"]
+

@@ -575,10 +575,15 @@ def test_gpu_kernels_match_torch_at_the_unet_shapes_and_capture_in_a_graph(monke
         for C, S in [(128, 32), (256, 16), (256, 8), (384, 32), (512, 4)]:
             x = nhwc(128, C, S, S, std=2.0).to(torch.bfloat16)
             w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+            e = torch.randn(128, C, device="cuda").to(torch.bfloat16)  # the time embedding (norm2)
             with torch.no_grad():
                 got = gnt.group_norm_act(x, 32, w, b, silu=True)
                 want = F.silu(F.group_norm(x.float(), 32, w, b))
+                got_add = gnt.group_norm_act(x, 32, w, b, add=e, silu=True)  # a specialization of its own
+                want_add = F.silu(F.group_norm(x.float() + e.float()[:, :, None, None], 32, w, b))
             torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2, msg=lambda m: f"{kernel}: {m}")
+            torch.testing.assert_close(got_add.float(), want_add, rtol=2e-2, atol=2e-2,
+                                       msg=lambda m: f"{kernel} with add: {m}")
     monkeypatch.setattr(gnt, "KERNEL", None)
     net = tiny_unet(False)
     x = nhwc(4, 3, 8, 8)
