@@ -67,6 +67,10 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "$GPU_DIR"/whl/*.whl
 export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# one benchmark run per machine lease: throughput.py divides only rows of one run, and a second
+# call on the same warm machine (rest) joins the first's run; a fresh machine starts a new one
+[[ -s /tmp/difflab_bench_run ]] || echo "$(date -u +%Y-%m-%dT%H:%M:%S) $(hostname)" > /tmp/difflab_bench_run
+export DIFFLAB_BENCH_RUN=${DIFFLAB_BENCH_RUN:-$(cat /tmp/difflab_bench_run)}
 python3 -c "import torch, diffusers, difflab; print('torch', torch.__version__, '| diffusers', diffusers.__version__, \
 '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
 

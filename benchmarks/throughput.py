@@ -1129,7 +1129,9 @@ def _run(args: argparse.Namespace, argv) -> dict:
         "rows": [],
         "summary": {},
     }
-    run = f"{result['meta']['date']} {env.gpu_name}"  # each row's run: only rows of one run are divided
+    # each row's run: only rows of one run are divided. DIFFLAB_BENCH_RUN names it across calls on
+    # one machine (benchmarks/gpu_session.sh: a second call on the same warm machine joins the first)
+    run = os.environ.get("DIFFLAB_BENCH_RUN") or f"{result['meta']['date']} {env.gpu_name}"
 
     def kept() -> list[dict]:  # stored rows that this run has not measured (again): a skipped row keeps its old one
         measured = {(r["library"], r["what"], r["name"]) for r in result["rows"]}

@@ -16,7 +16,7 @@ def load():
     return load_script("benchmarks/throughput.py")
 
 
-def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
+def test_throughput_cpu_run_writes_every_field(tmp_path, capsys, monkeypatch):
     bench = load()
     out = tmp_path / "throughput.json"
     common = ["--device", "cpu", "--out", str(out), "--sample-steps", "3", "--train-iters", "1",
@@ -73,6 +73,11 @@ def test_throughput_cpu_run_writes_every_field(tmp_path, capsys):
     again = {(r["library"], r["what"], r["name"]): r for r in merged["rows"]}[("difflab", "sample", "fp32")]
     assert again["run"] != rows[("difflab", "sample", "fp32")]["run"] and again["vs_diffusers_best"] is None
     assert merged["meta"]["earlier_runs"][0]["command"] == saved["meta"]["command"]  # the first call's kept
+    # a run named across calls (gpu_session.sh: one per machine lease) joins them
+    monkeypatch.setenv("DIFFLAB_BENCH_RUN", rows[("difflab", "sample", "fp32")]["run"])
+    bench.main(common + ["--rows", "difflab/sample/fp32", "--no-diffusers", "--merge"])
+    joined = {(r["library"], r["what"], r["name"]): r for r in json.loads(out.read_text())["rows"]}
+    assert joined[("difflab", "sample", "fp32")]["vs_diffusers_best"] > 0
     # no diffusers bf16 + compile in these CPU rows: ratios, but no verdict
     assert all(s.get("target_met") is None and "no_verdict" in s for s in merged["summary"].values())
 
