@@ -143,3 +143,28 @@ def test_plain_trainer_refuses_a_superres_model(tmp_path):
         trainer.train()
     with pytest.raises(ValueError, match="needs model 'superres'"):
         E.train_superres(sr_config(model={"name": "unet_tiny", "kwargs": {}}), tmp_path / "x", progress=False)
+
+
+def test_upsampling_is_bicubic_and_bad_input_is_named():
+    """The conditioning's upsampling against torch's bicubic on a non-constant image (a constant
+    one, the earlier test, comes out alike for every mode); the speed options no longer hide a
+    super-resolution model from the refusal; inputs and options are checked up front."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    want = F.interpolate(low, size=(8, 8), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(E.upsample(low, (8, 8)), want)
+    assert (want - F.interpolate(low, size=(8, 8), mode="nearest")).abs().max() > 0.1  # modes differ here
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    for options in ({"channels_last": True}, {"precision": "bf16"}):
+        with pytest.raises(ValueError, match="super-resolution model"):
+            dl.sample(tiny_sr(), proc, (2, 1, 8, 8), "ddim", 3, **options)
+    with pytest.raises(ValueError, match=r"downsample needs a float tensor"):
+        E.downsample(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2)
+    with pytest.raises(ValueError, match=r"upsample needs a float tensor of images \[B, C, h, w\]"):
+        E.upsample(torch.zeros(1, 4, 4), (8, 8))
+    assert E.downsample(torch.zeros(1, 1, 4, 4), np.int64(2)).shape == (1, 1, 2, 2)  # numpy integers are integers
+    with pytest.raises(ValueError, match="nope"):
+        E.SuperResLoss(proc, 2, weighting="nope")

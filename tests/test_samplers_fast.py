@@ -363,3 +363,19 @@ def test_sampler_quality_benchmark_quick(tmp_path):
     }
     assert "Headline" in (tmp_path / "sampler_quality.md").read_text()
     assert len(res["rows"]) == len(rows)
+
+
+def test_dynamic_threshold_is_imagens_rule():
+    """s = max(1, quantile_p |x0|) per sample, x0 <- clamp(x0, -s, s) / s (Saharia et al. 2022,
+    sec. 2.3), on a network whose x0 is known: the bound alone (|x| <= 1) also held for a plain
+    clamp to [-1, 1], which moved samples by up to 0.25."""
+    from difflab.samplers.denoiser import Denoiser
+
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100), prediction="x0")
+    x0 = torch.tensor([[0.5, -3.0, 2.0, 1.5], [0.2, 0.4, -0.6, 0.8]])  # a sample above 1, one within
+    den = Denoiser(lambda x, t: x0, proc, dynamic_threshold=0.5)
+    got = den(torch.zeros(2, 4), 1.0)
+    s = torch.quantile(x0.abs(), 0.5, dim=1).clamp(min=1.0)[:, None]  # 1.75 and 1 (0.6 < 1)
+    torch.testing.assert_close(got, torch.maximum(torch.minimum(x0, s), -s) / s)
+    assert got[0].tolist() == pytest.approx([0.5 / 1.75, -1.0, 1.0, 1.5 / 1.75])  # not a clamp to [-1, 1]
+    torch.testing.assert_close(got[1], x0[1])  # within [-1, 1]: unchanged

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
-from ..diffusion import GaussianDiffusion
+from .._checks import is_int
+from ..diffusion import GaussianDiffusion, check_weighting
 from ..samplers import sample
 from ._common import check_cond, check_image, model_device
 from ..training.loss import register_loss
@@ -40,8 +41,12 @@ UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
 
 def downsample(x: Tensor, scale: int) -> Tensor:
     """Area downsampling by an integer factor: the mean of each ``scale`` x ``scale`` block."""
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+    if not is_int(scale) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError(f"downsample needs a float tensor of images [B, C, H, W] in [-1, 1], got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
     if x.ndim != 4 or x.shape[-1] % scale or x.shape[-2] % scale:
         raise ValueError(f"downsample needs images [B, C, H, W] with H and W divisible by scale = {scale}, "
                          f"got shape {tuple(x.shape)}")
@@ -52,6 +57,9 @@ def upsample(x: Tensor, size, mode: str = "bicubic") -> Tensor:
     """Resample [B, C, h, w] to ``size`` = (H, W) by ``mode`` (bicubic: Keys' a = -0.75, as PyTorch)."""
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"upsample mode must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"upsample needs a float tensor of images [B, C, h, w] in [-1, 1], got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
@@ -81,9 +89,10 @@ class LowResConditioned(nn.Module):
         super().__init__()
         if base == "superres":
             raise ValueError("base must be an ordinary network (e.g. unet_mnist), not 'superres' itself")
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        if not is_int(scale) or scale < 1:
             raise ValueError(f"scale must be a positive integer (2 for 14x14 -> 28x28), got {scale!r}")
-        if isinstance(image_channels, bool) or not isinstance(image_channels, int) or image_channels < 1:
+        scale = int(scale)
+        if not is_int(image_channels) or image_channels < 1:
             raise ValueError(f"image_channels must be a positive integer, got {image_channels!r}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
@@ -130,12 +139,18 @@ class LowResConditioned(nn.Module):
 
 
 def lowres_model(model) -> Optional[LowResConditioned]:
-    """The :class:`LowResConditioned` inside ``model`` (unwrapping DDP / torch.compile), else None."""
+    """The :class:`LowResConditioned` inside ``model`` (unwrapping DDP, torch.compile and the
+    samplers' speed wrapper; not :class:`WithLowRes`, whose images are bound), else None."""
+    from ..samplers.fast import FastModel
+
     seen = 0
-    while model is not None and seen < 4:
+    while model is not None and seen < 5:
         if isinstance(model, LowResConditioned):
             return model
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(model, FastModel):
+            model = model.model
+        else:
+            model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         seen += 1
     return None
 
@@ -172,9 +187,10 @@ class SuperResLoss:
     batch's images with ``lowres = downsample(x0, scale)`` (see the module doc)."""
 
     def __init__(self, proc: GaussianDiffusion, scale: int = 2, weighting=None) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        if not is_int(scale) or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
-        self.proc, self.scale, self.weighting = proc, scale, weighting
+        check_weighting(weighting)  # now, not at the first call after a forward pass
+        self.proc, self.scale, self.weighting = proc, int(scale), weighting
 
     def __call__(self, model: nn.Module, batch) -> Tensor:
         lowres = downsample(batch.x0, self.scale)
