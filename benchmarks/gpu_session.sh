@@ -170,7 +170,8 @@ case $stage in
         # the U-Net's shapes, for every row after (the rule's own choice at a shape is one of the
         # first two, so it needs no timing of its own)
         unset DIFFLAB_GN_KERNEL DIFFLAB_GN_PLAN  # the comparison and the choice start from the rule
-        timeout 180 python3 benchmarks/group_norm.py --no-compile --variants triton_tiled triton_looped triton_resident triton_resident2 \
+        timeout 180 python3 benchmarks/group_norm.py --no-compile \
+            --variants triton_tiled triton_looped triton_resident triton_resident2 \
             --out "$OUT/group_norm_kernels.json" 2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: the GroupNorm kernel comparison failed or timed out (above)" | tee -a "$OUT/session.log"
         # the fastest correct way at each shape as a table (DIFFLAB_GN_PLAN); failing that, the

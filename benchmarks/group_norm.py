@@ -250,7 +250,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                     help="only these variants (eager_nchw, the reference, is always run)")
     ap.add_argument("--faster-kernel", type=Path, default=None, metavar="JSON",
-                    help="print auto, tiled, looped, resident or resident2, whichever was fastest in this --out file, and exit")
+                    help="print auto, tiled, looped, resident or resident2, whichever was fastest in this "
+                         "--out file, and exit")
     ap.add_argument("--best-per-shape", type=Path, nargs=2, default=None, metavar=("JSON", "PLAN"),
                     help="write the fastest correct Triton way per shape of this --out file as a "
                          "DIFFLAB_GN_PLAN table to PLAN, and exit")

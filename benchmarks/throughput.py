@@ -843,7 +843,8 @@ def summarize(rows: list[dict]) -> dict:
             if theirs:
                 refs[run] = max([r for r in theirs if r["reference"]] or theirs, key=lambda r: r["images_per_s"])
         for r in ok:
-            r["vs_diffusers_best"] = r["images_per_s"] / refs[_run_of(r)]["images_per_s"] if _run_of(r) in refs else None
+            ref_r = refs.get(_run_of(r))
+            r["vs_diffusers_best"] = r["images_per_s"] / ref_r["images_per_s"] if ref_r else None
         issue_runs = [run for run in runs if any(_run_of(r) == run and r["library"] == "diffusers"
                                                  and r["name"] == ISSUE_REFERENCE for r in ok)]
         judged = issue_runs[-1] if issue_runs else (max(refs) if refs else None)  # (no verdict: the newest run)

@@ -259,7 +259,8 @@ def _mnist_config(S: dict, root: str, device: str) -> dict:
                 "warmup": S.get("mnist_ema_warmup", 10)},
         "sample": {"every": -1},
         "batch_size": S["mnist_batch"], "steps": S["mnist_steps"], "cond_drop_prob": 0.1,
-        "precision": "bf16" if torch.device(device).type == "cuda" else "fp32", "device": device, "seed": 0, "log_every": 100,
+        "precision": "bf16" if torch.device(device).type == "cuda" else "fp32", "device": device, "seed": 0,
+        "log_every": 100,
         "ckpt_every": max(1, S["mnist_steps"] // 4),
     }
     return cfg

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     add_run_args(p, sorted(SAMPLERS), "ddim", 50)
     p.add_argument("--input", nargs="+", required=True, metavar="PNG", help="image file(s), all the model's size")
-    p.add_argument("--strength", type=float, default=0.5, help="noise strength in [0, 1] (0: the input as it is; default 0.5)")
+    p.add_argument("--strength", type=float, default=0.5,
+                   help="noise strength in [0, 1] (0: the input as it is; default 0.5)")
     p.add_argument("--n", type=int, default=1, help="results per input image")
     p.add_argument("--out", default="img2img.png", help="PNG to write (a grid when there are several results)")
     p.set_defaults(func=_main)

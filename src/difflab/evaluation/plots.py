@@ -105,6 +105,7 @@ def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float
         images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     images += [images[-1]] * hold_last
-    atomic_write(path, lambda tmp: imageio.mimsave(tmp, images, duration=1000.0 / fps, loop=0))  # ms a frame (imageio >= 2.28)
+    # duration: milliseconds a frame (imageio >= 2.28)
+    atomic_write(path, lambda tmp: imageio.mimsave(tmp, images, duration=1000.0 / fps, loop=0))
     return Path(path)
 

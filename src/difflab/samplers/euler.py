@@ -62,7 +62,8 @@ def check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) ->
     if not 0 <= s_tmin <= s_tmax:
         raise ValueError(f"need 0 <= s_tmin <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
     if not (math.isfinite(s_noise) and s_noise > 0):
-        raise ValueError(f"s_noise must be finite and > 0 (1 = the exact noise; Karras et al. use 1.003), got {s_noise}")
+        raise ValueError(f"s_noise must be finite and > 0 (1 = the exact noise; Karras et al. use 1.003), "
+                         f"got {s_noise}")
 
 
 @torch.no_grad()
