@@ -878,7 +878,7 @@ def summarize(rows: list[dict]) -> dict:
             }
         if own_peak(best) and own_peak(ref):
             s["peak_mem_ratio"] = own_peak(best) / own_peak(ref)
-            stored = {w: r for r in theirs if (w := _stored_weights(r)) and own_peak(r)}
+            stored = {_stored_weights(r): r for r in theirs if _stored_weights(r) and own_peak(r)}
 
             def bar(r: dict) -> Optional[int]:  # the memory a row must stay within
                 w = _stored_weights(r)

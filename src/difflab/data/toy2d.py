@@ -14,6 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .._checks import is_int, is_real
+
 __all__ = ["swiss_roll", "two_moons", "eight_gaussians", "checkerboard", "make", "NAMES", "NUM_CLASSES"]
 
 
@@ -56,7 +58,7 @@ def eight_gaussians(n: int, std: float = 0.1, radius: float = 1.4, generator: Op
 def checkerboard(n: int, squares: int = 4, generator: Optional[torch.Generator] = None):
     """Uniform on the dark squares of a squares x squares board on [-2, 2]^2, / 1.15; labels: row parity.
     ``squares`` is even (every row then has squares / 2 dark squares)."""
-    if isinstance(squares, bool) or not isinstance(squares, int) or squares < 2 or squares % 2:
+    if not is_int(squares) or squares < 2 or squares % 2:
         raise ValueError(f"checkerboard squares must be an even integer >= 2 (4 by default), got {squares!r}")
     size = 4.0 / squares
     i = torch.randint(0, squares, (n,), generator=generator)
@@ -85,8 +87,7 @@ def make(name: str, n: int, generator: Optional[torch.Generator] = None, labels:
     for key, value in kwargs.items():
         if key not in options:
             raise ValueError(f"2D dataset {name!r} has no option {key!r}; its options: {', '.join(options)}")
-        if key != "squares" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                 or not math.isfinite(value) or value < 0):
+        if key != "squares" and (not is_real(value) or not math.isfinite(value) or value < 0):
             raise ValueError(f"2D dataset {name!r}: {key} must be a finite number >= 0, got {value!r}")
     x, y = _MAKERS[name](n, generator=generator, **kwargs)
     return (x.float(), y) if labels else x.float()

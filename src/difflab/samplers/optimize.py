@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from ..diffusion import GaussianDiffusion
 from .base import randn
 
@@ -99,7 +100,7 @@ def optimize_sigmas(
         raise ValueError(f"method must be one of {', '.join(_OPTIONS)}, got {method!r}")
     if max_evals is None:
         max_evals = 50 * steps
-    if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
+    if not is_int(max_evals) or max_evals < 1:
         raise ValueError(f"max_evals must be a positive integer (evaluations of J; default 50 * steps), "
                          f"got {max_evals!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import is_real
+from .._checks import is_int, is_real
 
 __all__ = [
     "SPACINGS",
@@ -48,7 +48,7 @@ def _check_steps(steps: int, T: int) -> None:
 def timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> Tensor:
     """``steps`` decreasing integer timesteps in 0 .. T-1 (a torch.long tensor)."""
     for name, value in (("T", T), ("steps_offset", steps_offset)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_int(value):
             raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     _check_steps(steps, T)
     if spacing == "leading":

@@ -385,13 +385,22 @@ def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any, con
     """``model`` with ``weights`` loaded, on ``device``, in eval mode without gradients. Weights
     that don't fit the network the config builds (a hand-edited config.yaml, weights from another
     run) raise ValueError naming ``config_file``."""
+    difference = load_matching(model, weights)
+    if difference is not None:
+        raise ValueError(
+            f"the weights do not match the model that {str(config_file)!r} describes (model "
+            f"{type(model).__name__}): the checkpoint is damaged or its config was edited after training. "
+            f"Restore the config the run was trained with. First difference: {difference}"
+        )
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_matching(model: nn.Module, weights: dict[str, Tensor]) -> Optional[str]:
+    """``model.load_state_dict(weights)``; None, or (weights that don't fit the network) torch's
+    first difference, for an error that names the file and the fix instead of its traceback."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        raise ValueError(
-            f"the weights do not match the model that {str(config_file)!r} describes (model "
-            f"{type(model).__name__}): the checkpoint is damaged or its config was edited after training. "
-            f"Restore the config the run was trained with. First difference: {detail[0] if detail else err}"
-        ) from None
-    return model.to(device).eval().requires_grad_(False)
+        return detail[0] if detail else str(err)
+    return None

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from .config import DataConfig
 
 __all__ = ["dataset_names", "load_data", "check_data", "GlobalBatches", "mix_seed", "step_generator"]
@@ -65,10 +66,10 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
         name = kw.pop("dataset", "swiss_roll")
         n = kw.pop("n", 10_000)
         seed = kw.pop("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not is_int(seed):
             raise ValueError(f"data 'toy2d' (config field data.kwargs.seed): an integer, got {seed!r}")
         try:
-            x, y = data.toy2d.make(name, n, torch.Generator().manual_seed(seed), labels=True, **kw)
+            x, y = data.toy2d.make(name, n, torch.Generator().manual_seed(int(seed)), labels=True, **kw)
         except ValueError as err:
             raise ValueError(f"data 'toy2d' (config field data.kwargs): {err}") from None
     else:

@@ -40,7 +40,8 @@ from .._devices import resolve_device
 from ..diffusion import GaussianDiffusion
 from ..models.norm import nhwc_group_norm
 from .build import build_model, build_process
-from .checkpoint import atomic_write_text, latest_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig, config_diff, config_to_text, load_config
 from .data import GlobalBatches, check_data, load_data, step_generator
 from .ema import EMA
@@ -712,11 +713,9 @@ def _mismatch(file: Path, what: str) -> ValueError:
 
 def _load_matching(model: nn.Module, weights: dict, file: Path) -> None:
     """``model.load_state_dict(weights)``, a mismatch raised as ValueError naming ``file``."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        detail = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        raise _mismatch(file, f"its weights do not fit the network ({detail[0] if detail else err})") from None
+    difference = load_matching(model, weights)
+    if difference is not None:
+        raise _mismatch(file, f"its weights do not fit the network ({difference})")
 
 
 def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer, file: Path) -> None:
