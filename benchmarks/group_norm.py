@@ -5,7 +5,7 @@ of computing it, and how near the memory bandwidth?
     python benchmarks/group_norm.py --out gn.json        # also as JSON
     python benchmarks/group_norm.py --device cpu --tiny  # CPU smoke run (Triton's interpreter)
 
-Why: in the H200 profile of compiled sampling (docs/benchmarks/profile.txt) about half of the
+Why: in the H200 profile of compiled sampling (docs/benchmarks/profile_2026-11-26b.txt) about half of the
 GPU time was in Inductor's fused GroupNorm kernels, moving data at about a tenth of the memory
 bandwidth, in difflab and diffusers alike. This measures that one operation, without the rest of
 the network, so the cause and the cure show in a minute instead of a whole throughput run.

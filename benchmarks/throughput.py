@@ -896,8 +896,46 @@ def summarize(rows: list[dict]) -> dict:
                 s["ratio_within_memory"] = fit["images_per_s"] / ref["images_per_s"]
                 s["peak_mem_ratio_within_memory"] = own_peak(fit) / own_peak(ref)
             s["target_met"] = (s.get("ratio_within_memory", 0.0) >= TARGETS[what]) if issue_runs else None
+        if issue_runs:
+            s.update(_against_issue_reference(ours, theirs, TARGETS[what]))
         summary[what] = s
     return summary
+
+
+def _against_issue_reference(ours: list[dict], theirs: list[dict], target: float) -> dict:
+    """The comparison the issue names, beside the stricter verdict above: difflab's fastest row
+    within the memory of diffusers' ISSUE_REFERENCE row (bf16 autocast + torch.compile, weights
+    float32), over that row; and like for like, difflab's fastest row that also keeps its weights
+    float32 under autocast. The verdict above divides by diffusers' fastest reference of any
+    kind, which may store its network in bf16 (``bf16w``), a configuration the issue does not
+    name."""
+    issue_ref = next((r for r in theirs if r["name"] == ISSUE_REFERENCE), None)
+    if issue_ref is None or not own_peak(issue_ref):
+        return {}
+    lean = [r for r in ours if own_peak(r) and own_peak(r) <= own_peak(issue_ref)]
+    out = {}
+    for key, rows in (("issue_reference", lean), ("issue_reference_like_for_like",
+                                                   [r for r in lean if not _stored_weights(r)])):
+        if rows:
+            fit = max(rows, key=lambda r: r["images_per_s"])
+            out[key] = {"difflab": fit["name"], "diffusers": issue_ref["name"],
+                        "ratio": fit["images_per_s"] / issue_ref["images_per_s"],
+                        "peak_mem_ratio": own_peak(fit) / own_peak(issue_ref),
+                        "target_met": fit["images_per_s"] / issue_ref["images_per_s"] >= target}
+    return out
+
+
+def _issue_reference_text(s: dict) -> str:
+    """The issue's own comparison (``_against_issue_reference``) as one clause, or ''."""
+    parts = []
+    named, alike = s.get("issue_reference"), s.get("issue_reference_like_for_like")
+    for label, c in ((f"against the issue's named configuration, diffusers' {ISSUE_REFERENCE} "
+                      "(weights float32 under autocast)", named),
+                     ("like for like (difflab's weights float32 under autocast too)", alike)):
+        if c and not (c is alike and named and c["difflab"] == named["difflab"]):
+            met = "target met" if c["target_met"] else "target not met"
+            parts.append(f"{label}: {c['difflab']} {c['ratio']:.2f}x at {c['peak_mem_ratio']:.2f}x the memory ({met})")
+    return "; ".join(parts)
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -932,6 +970,8 @@ def print_table(result: dict, file=sys.stdout) -> None:
               f"(target {s['target_ratio']}x{mem}); vs diffusers' fastest row of any kind "
               f"({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x{_within_memory(s)}"
               + (f" -- no verdict: {s['no_verdict']}" if "no_verdict" in s else ""), file=file)
+        if _issue_reference_text(s):
+            print(f"  {what}, {_issue_reference_text(s)}", file=file)
 
 
 def _within_memory(s: dict) -> str:
@@ -985,6 +1025,8 @@ def markdown(result: dict) -> str:
                      f"**{s['ratio']:.2f}x** (target {s['target_ratio']}x{mem}){met}; against diffusers' fastest "
                      f"row of any kind ({s['diffusers_best_any_row']}): {s['ratio_vs_best_any_row']:.2f}x"
                      f"{_within_memory(s)}")
+        if _issue_reference_text(s):
+            lines.append(f"  - {_issue_reference_text(s)}")
         if "profile" in s:
             t = s["profile"]["ms_per_iteration"]
             kinds = ", ".join(f"{k} {v:+.2f}" for k, v in s["profile"]["by_kind_ms_difflab_minus_diffusers"].items())

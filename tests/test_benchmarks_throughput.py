@@ -299,3 +299,26 @@ def test_merge_keeps_the_stored_rows_a_run_skips(tmp_path):
     assert [r["name"] for r in kept["rows"]] == [r["name"] for r in first["rows"]]
     assert len(kept["meta"]["skipped"]) == 2 and kept["summary"]["train"]["ratio"] == first["summary"]["train"]["ratio"]
 
+
+
+def test_the_issues_named_reference_is_reported_beside_the_stricter_verdict():
+    """The verdict divides by diffusers' fastest reference of any kind (its network stored in bf16
+    may be faster than the issue's bf16 autocast + compile); the issue's own comparison is
+    reported beside it: difflab's fastest row within that reference's memory, and like for like
+    (weights float32 under autocast on both sides)."""
+    bench = load()
+    ref = _row("diffusers", "bf16+compile", 250.0, 600, ref=True, what="sample")
+    ref_w = _row("diffusers", "bf16w+compile", 300.0, 500, ref=True, what="sample", options={"weights": "bf16"})
+    ours_w = _row("difflab", "bf16w+loop", 520.0, 420, what="sample", options={"weights": "bf16"})
+    ours = _row("difflab", "frozen+loop", 495.0, 500, what="sample")
+    fat = _row("difflab", "fat", 560.0, 700, what="sample")  # faster, but over the memory
+    s = bench.summarize([ref, ref_w, ours_w, ours, fat])["sample"]
+    assert s["ratio_within_memory"] == pytest.approx(520 / 300) and s["target_met"] is False
+    named, alike = s["issue_reference"], s["issue_reference_like_for_like"]
+    assert named["difflab"] == "bf16w+loop" and named["ratio"] == pytest.approx(520 / 250)
+    assert named["peak_mem_ratio"] == pytest.approx(420 / 600) and named["target_met"] is True
+    assert alike["difflab"] == "frozen+loop" and alike["ratio"] == pytest.approx(495 / 250)
+    assert alike["target_met"] is False  # 1.98x
+    text = bench._issue_reference_text(s)
+    assert "bf16w+loop 2.08x at 0.70x the memory (target met)" in text and "frozen+loop 1.98x" in text
+    assert "issue_reference" not in bench.summarize([ref_w, ours_w])["sample"]  # no named reference: none
