@@ -462,6 +462,25 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(x, t, torch.tensor([0, 1, 2])), model(x, t, torch.tensor([0, 1, 2])))
 
 
+def test_compiles_under_autocast_when_the_availability_check_is_untraceable(monkeypatch):
+    """Dynamo of torch 2.11 cannot trace torch.amp.is_autocast_available (a C function): the
+    embedding product's autocast check broke the graph, and fullgraph=True failed (H100, the
+    GPU test). The check is a constant to the compiler now; here an untraceable stand-in."""
+    original = torch.amp.is_autocast_available
+
+    def untraceable(device_type):
+        torch._dynamo.graph_break()
+        return original(device_type)
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    torch._dynamo.reset()
+    model = small(attention_levels=(1,)).eval()
+    x, t = inputs()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(compiled(x, t), model(x, t))
+
+
 def test_cifar10_preset_has_ddpm_parameter_count():
     # DDPM's CIFAR-10 model: 35.7M parameters (Ho et al. 2020, App. B); diffusers' UNet2DModel
     # in that configuration (google/ddpm-cifar10-32) has 35,746,307.

@@ -315,6 +315,13 @@ def _flag(name: str, value) -> bool:
     return value
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    """torch.amp.is_autocast_available, a constant to torch.compile: Dynamo of torch 2.11 cannot
+    trace the C function behind it (a graph break, an error with fullgraph=True; seen on the H100)."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 class UNet(nn.Module):
     """model(x_t, t, cond=None) -> x_t's shape: the DDPM / ADM U-Net.
 
@@ -563,7 +570,7 @@ class UNet(nn.Module):
             return tuple(b.embedding(emb_act) for b in blocks)
         device = emb_act.device.type
         # The weights share one dtype: no autocast "promote" (it refuses bf16 weights under fp16 autocast)
-        no_autocast = (torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device)
+        no_autocast = (torch.autocast(device, enabled=False) if _autocast_available(device)
                        and torch.is_autocast_enabled(device) else contextlib.nullcontext())
         with no_autocast:
             weight = torch.cat([b.emb_proj.weight for b in blocks])
