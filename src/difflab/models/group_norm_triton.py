@@ -381,12 +381,16 @@ FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups
 SLAB_LANES = 64
 LOOPED_MIN_PROGRAMS = 256
 
-# The resident way (not in the rule until a GPU has measured it): one program per (image, slab of
-# whole groups) that holds all of the slab's positions at once, at most RESIDENT_MAX elements
-# (32 float32 values a thread at 16 warps), so x is read once, as for a small image, instead of
-# twice (looped, tiled). At 32 x 32 a slab is 16 lanes (32 bytes of a bf16 position); images
-# whose single group does not fit take the rule's way.
+# The resident way: one program per (image, slab of whole groups) that holds all of the slab's
+# positions at once, at most RESIDENT_MAX elements (32 float32 values a thread at 16 warps), so x
+# is read once, as for a small image, instead of twice (looped, tiled). At 32 x 32 a slab is 16
+# lanes (32 bytes of a bf16 position); images whose single group does not fit take the rule's way.
+# In the rule for images of at most RESIDENT_RULE_HW positions too large for the single pass:
+# measured (H100, bf16, batch 128, docs/benchmarks/group_norm_kernels.json), at 8 x 8 it is 1.7x
+# (256 channels) and 2.0x (512) faster than the looped kernel; at larger images the two are within
+# +-7% except 256 x 32 x 32 (resident 1.18x), too little to change the rule on one GPU's numbers.
 RESIDENT_MAX = 16384
+RESIDENT_RULE_HW = 64
 
 # "resident2": the resident way with each thread's registers capped at REGISTERS_PER_SM /
 # (2 x threads a program), so that two programs share an SM, one loading while the other
@@ -442,13 +446,16 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
     tile is BLOCK_HW positions by those lanes (single, resident: all of them); the tiled kernels
     cut an image into NB tiles; maxnreg (resident2 only) caps a thread's registers. ``kernel``:
     "tiled" or "looped" for a large image, "resident" or "resident2" for any (default ``KERNEL``,
-    else the per-shape ``PLAN``, else the measured rule above)."""
+    else the per-shape ``PLAN``, else the measured rule above: single pass, resident at 8 x 8,
+    looped, or tiled)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
     kernel = kernel or KERNEL or PLAN.get((C, G, HW))
+    if kernel is None and whole * lanes > SINGLE_PASS_MAX and HW <= RESIDENT_RULE_HW:
+        kernel = "resident"  # (the rule: measured faster at 8 x 8, above)
     if whole * lanes <= SINGLE_PASS_MAX and kernel not in RESIDENT:
         return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
                     num_warps=8 if whole * lanes > 4096 else 4)
