@@ -127,29 +127,41 @@ def test_digits_config_short_run_gives_guided_digits_of_the_asked_class(tmp_path
 
 
 def test_fast_preset_takes_the_triton_norms_on_cuda_where_triton_is_installed(monkeypatch):
-    """``--fast`` is the fastest setting measured on a GPU: bf16, channels_last, compile, CUDA
-    graphs and (1.74x diffusers' sampling vs 1.42x without) difflab's Triton GroupNorm, which it
-    leaves out where the triton package is missing; an explicit --group-norm wins."""
+    """``--fast`` is the fastest setting measured on a GPU: the network stored in bf16,
+    channels_last, compile, the whole run as one CUDA graph (a graph per call where --seed must
+    drive the noise) and difflab's Triton GroupNorm, which it leaves out where the triton package
+    is missing; explicit flags win."""
     import argparse
 
     from difflab.cli import sample as cli_sample
 
     def flags(**kw):
-        base = dict(fast=True, precision=None, channels_last=False, compile=False, cuda_graph=False, group_norm=None)
+        base = dict(fast=True, precision=None, channels_last=False, compile=False, cuda_graph=False, group_norm=None,
+                    weights=None)
         return argparse.Namespace(**{**base, **kw})
 
     cuda = torch.device("cuda")
-    want = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graph": True}
+    # the whole run as one graph (deterministic runs), and the network stored in bf16 (args.weights)
+    want = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graph": "loop"}
     pytest.importorskip("triton")
-    assert cli_sample.speed_options(flags(), cuda) == {**want, "group_norm": "triton"}
+    args = flags()
+    assert cli_sample.speed_options(args, cuda) == {**want, "group_norm": "triton"} and args.weights == "bf16"
     assert cli_sample.speed_options(flags(group_norm="compile"), cuda) == {**want, "group_norm": "compile"}
+    for stochastic in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.5)):  # --seed holds: a graph per call
+        assert cli_sample.speed_options(flags(**stochastic), cuda)["cuda_graph"] is True
+    args = flags(weights="fp32")  # an explicit choice wins
+    assert cli_sample.speed_options(args, cuda)["precision"] == "bf16" and args.weights == "fp32"
+    args = flags(precision="fp16")
+    assert cli_sample.speed_options(args, cuda)["precision"] == "fp16" and args.weights == "fp16"
+    with pytest.raises(ValueError, match="--weights bf16 stores the network in bf16"):
+        cli_sample.speed_options(flags(weights="bf16", precision="fp16"), cuda)
 
     def no_triton(mode):
         raise ValueError("group_norm 'triton' needs the triton package")
 
     monkeypatch.setattr(cli_sample, "check_nhwc_group_norm_mode", no_triton)
     assert cli_sample.speed_options(flags(), cuda) == want
-    assert cli_sample.speed_options(flags(cuda_graph="loop"), cuda) == {**want, "cuda_graph": "loop"}
+    assert cli_sample.speed_options(flags(cuda_graph=True), cuda) == {**want, "cuda_graph": True}
     assert cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), cuda) == {"cuda_graph": "loop"}
     with pytest.raises(ValueError, match="--cuda-graph replays CUDA graphs"):
         cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), torch.device("cpu"))
