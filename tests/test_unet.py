@@ -2,6 +2,8 @@
 
 import math
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,14 +245,18 @@ def test_block_embeddings_with_wrapped_middle_blocks_and_any_hooks():
     assert fired == [1]
 
 
+@pytest.mark.parametrize("form", ["subpixel", "transposed"])
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
-def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, monkeypatch):
-    """The sub-pixel form conv3x3(nearest_2x(x)) = interleave of four 2x2 convolutions of x with
-    folded weights, against the definition in float64 (square and odd sizes, one pixel), its
-    gradients with respect to x, the weight and the bias, and the module on channels_last input
-    (which it keeps)."""
-    from difflab.models.unet import Upsample, upsample_conv3x3
+def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, form, monkeypatch):
+    """The folded forms of conv3x3(nearest_2x(x)) -- sub-pixel: the interleave of four 2x2
+    convolutions of x; transposed: one stride-2 transposed convolution with a 4x4 kernel --
+    against the definition in float64 (square and odd sizes, one pixel), their gradients with
+    respect to x, the weight and the bias, and the module on channels_last input (which it keeps)."""
+    import difflab.models.unet as unet_mod
+    from difflab.models.unet import Upsample
 
+    upsample_conv3x3 = {"subpixel": unet_mod.upsample_conv3x3,
+                        "transposed": unet_mod.upsample_conv3x3_transposed}[form]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, C_in, H, W, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(C_out, C_in, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -268,9 +274,8 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
     up = perturb(Upsample(C_in), 0.3).float()
     if C_in != C_out:
         return
-    import difflab.models.unet as unet_mod
-
-    monkeypatch.setattr(unet_mod, "SUBPIXEL_MIN_WORK", 0)  # the module takes the sub-pixel form
+    monkeypatch.setattr(unet_mod, "FOLDED_MIN_WORK", 0)  # the module takes the folded form
+    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", form)
     w = up.conv.weight.detach().double()
     xc = x.detach().float().contiguous(memory_format=torch.channels_last)
     out = up(xc)
@@ -283,31 +288,56 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
         F.interpolate(x_c, scale_factor=2.0, mode="nearest"), w_cl, None, padding=1).stride()
 
 
-def test_upsampling_takes_the_sub_pixel_form_above_a_size(monkeypatch):
-    """Tiny layers compute conv3x3(nearest_2x(x)) as written (the sub-pixel form's extra small
-    operations would cost more than they save); larger ones take the sub-pixel form."""
+def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
+    """Tiny layers compute conv3x3(nearest_2x(x)) as written (a folded form's extra small
+    operations would cost more than they save); larger ones take the form UPSAMPLE_CONV names
+    (the transposed convolution unless set otherwise), and "plain" keeps them as written."""
     import difflab.models.unet as unet_mod
 
     calls = []
-    real = unet_mod.upsample_conv3x3
-    monkeypatch.setattr(unet_mod, "upsample_conv3x3", lambda *a: calls.append(1) or real(*a))
+    for name in ("upsample_conv3x3", "upsample_conv3x3_transposed"):
+        real = getattr(unet_mod, name)
+        monkeypatch.setattr(unet_mod, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     up = unet_mod.Upsample(16)
-    up(torch.randn(2, 16, 4, 4))  # 2 x 16 x 16 x 4 x 4 = 8192 < SUBPIXEL_MIN_WORK
+    small, large = torch.randn(2, 16, 4, 4), torch.randn(4, 16, 64, 64)  # 8192 and 2^22 < / >= FOLDED_MIN_WORK
+    assert unet_mod.UPSAMPLE_CONV == "transposed"
+    up(small)
     assert not calls
-    up(torch.randn(4, 16, 64, 64))  # 4 x 16 x 16 x 64 x 64 = 2^22
-    assert calls == [1]
+    up(large)
+    assert calls == ["upsample_conv3x3_transposed"]
+    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", "subpixel")
+    up(large)
+    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", "plain")
+    up(large)
+    assert calls == ["upsample_conv3x3_transposed", "upsample_conv3x3"]
 
 
-@pytest.mark.parametrize("subpixel", [False, True])
+def test_upsample_form_from_the_environment_is_checked():
+    """DIFFLAB_UPSAMPLE_CONV picks the form at import; a misspelt one is refused by name."""
+    import subprocess
+    import sys
+
+    code = "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"
+    for value, ok in (("subpixel", True), ("transpose", False)):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "DIFFLAB_UPSAMPLE_CONV": value})
+        if ok:
+            assert res.returncode == 0 and res.stdout.strip() == value, res.stderr
+        else:
+            assert res.returncode != 0 and "DIFFLAB_UPSAMPLE_CONV must be one of transposed, subpixel, plain" in res.stderr
+
+
+@pytest.mark.parametrize("form", [None, "transposed", "subpixel"])
 @pytest.mark.parametrize("scale_shift", [False, True])
-def test_resblock_resampling_equations(scale_shift, subpixel, monkeypatch):
+def test_resblock_resampling_equations(scale_shift, form, monkeypatch):
     """ADM's resblock_updown: resample h after norm1 + SiLU and x before the skip, written out
     (up: conv1 of the upsampled h and the skip of the upsampled x, which the block computes in
-    the sub-pixel form, or as written for a tiny layer, and at low resolution)."""
+    a folded form, or as written for a tiny layer (None), and at low resolution)."""
     import difflab.models.unet as unet_mod
 
-    if subpixel:
-        monkeypatch.setattr(unet_mod, "SUBPIXEL_MIN_WORK", 0)
+    if form:
+        monkeypatch.setattr(unet_mod, "FOLDED_MIN_WORK", 0)
+        monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", form)
     g = torch.Generator().manual_seed(0)
     x, emb = torch.randn(2, 8, 4, 6, generator=g), torch.randn(2, 12, generator=g)
     for resample, op in (("up", lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")),
@@ -349,12 +379,15 @@ def test_channel_padded_convolution_is_the_same_function(c_in, c_out):
     assert conv_padded_channels(x.detach(), conv, force=True).stride() == conv(x.detach()).stride()
 
 
-def test_compiled_upsample_is_the_same_function():
-    """Under torch.compile the sub-pixel interleave is one gather (stack, permute, reshape) in
-    place of the eager slice writes: the same values, gradients and layout (aot_eager: the
-    traced graph, no C++ compiler needed)."""
-    from difflab.models.unet import upsample_conv3x3
+@pytest.mark.parametrize("form", ["subpixel", "transposed"])
+def test_compiled_upsample_is_the_same_function(form):
+    """Under torch.compile (the sub-pixel interleave is one gather -- stack, permute, reshape --
+    in place of the eager slice writes) the folded forms give the same values, gradients and
+    layout (aot_eager: the traced graph, no C++ compiler needed)."""
+    import difflab.models.unet as unet_mod
 
+    upsample_conv3x3 = {"subpixel": unet_mod.upsample_conv3x3,
+                        "transposed": unet_mod.upsample_conv3x3_transposed}[form]
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
     compiled = torch.compile(upsample_conv3x3, backend="aot_eager", fullgraph=True)
@@ -372,20 +405,22 @@ def test_compiled_upsample_is_the_same_function():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's convolutions need a GPU")
 def test_upsample_on_the_gpu_in_fp32_and_bf16(monkeypatch):
-    """cuDNN: the sub-pixel form against conv3x3(nearest_2x(x)) in fp32 (no TF32) and under bf16
-    autocast, channels_last, at a U-Net size; and the channel-padded first and last convolutions."""
-    from difflab.models.unet import upsample_conv3x3
+    """cuDNN: the folded forms (sub-pixel, transposed) against conv3x3(nearest_2x(x)) in fp32
+    (no TF32) and under bf16 autocast, channels_last, at a U-Net size; and the channel-padded
+    first and last convolutions."""
+    from difflab.models.unet import upsample_conv3x3, upsample_conv3x3_transposed
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(8, 64, 16, 16, device="cuda", generator=g).contiguous(memory_format=torch.channels_last)
     w, b = 0.05 * torch.randn(64, 64, 3, 3, device="cuda", generator=g), torch.randn(64, device="cuda", generator=g)
     want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
-    torch.testing.assert_close(upsample_conv3x3(x, w, b), want, rtol=1e-4, atol=1e-4)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        got = upsample_conv3x3(x, w, b)
-    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
+    for folded in (upsample_conv3x3, upsample_conv3x3_transposed):
+        torch.testing.assert_close(folded(x, w, b), want, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = folded(x, w, b)
+        assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
     # the first and last convolutions with channels padded to 8 (what the U-Net does on CUDA)
     from difflab.models.unet import conv_padded_channels
 

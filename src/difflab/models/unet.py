@@ -19,6 +19,7 @@ starts at zero.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "Downsample",
     "Upsample",
     "upsample_conv3x3",
+    "upsample_conv3x3_transposed",
     "unet_cifar10",
     "unet_mnist",
     "unet_tiny",
@@ -58,18 +60,37 @@ def _up(x: Tensor) -> Tensor:
 
 
 # Below this much work (B C_in C_out H W of the low-resolution input) the upsampling convolution
-# is computed as written, conv3x3(nearest_2x(x)): the sub-pixel form's few extra small
-# operations (folding the weights, four phase writes) then cost more than its 5/9 of the
-# multiply-adds save (CPU, fwd + bwd, 1 thread: 0.40 vs 0.85 ms at 4 x 32 x 32 x 4 x 4; 11.1 vs
-# 7.5 ms at 8 x 64 x 64 x 14 x 14).
-SUBPIXEL_MIN_WORK = 2**20
+# is computed as written, conv3x3(nearest_2x(x)): the folded forms' few extra small operations
+# (folding the weights; the sub-pixel form's phase writes) then cost more than their 4/9 of the
+# multiply-adds save (CPU, fwd + bwd, 1 thread: 0.31 ms plain, 0.51 transposed, 0.67 sub-pixel at
+# 4 x 32 x 32 x 4 x 4; 7.1, 4.1 and 5.3 ms at 8 x 64 x 64 x 14 x 14).
+FOLDED_MIN_WORK = 2**20
+
+# How the larger upsampling convolutions are computed: "transposed" (one stride-2 transposed
+# convolution with a 4x4 kernel, which writes the interleaved output itself:
+# upsample_conv3x3_transposed), "subpixel" (four 2x2 convolutions in one, then a gather of the
+# phases: upsample_conv3x3) or "plain" (as written). All three are the same function; the
+# first two take 16 multiply-adds per output pixel and channel pair where "plain" takes 36.
+# Measured (benchmarks/upsampling.py, docs/benchmarks/upsampling.json): the CIFAR-10 U-Net's
+# forward pass at batch 128 as the fastest sampling row runs it (H200, bf16, compiled, CUDA
+# graph) 4.409 ms transposed, 4.433 plain, 4.577 sub-pixel (whose gather Inductor compiles to
+# slow kernels: two at ~150 us a forward pass on an H100); CPU, fp32, fwd + bwd of one layer at
+# 8 x 128 x 16 x 16: 19.4 ms transposed, 30.4 sub-pixel, 43.3 plain. The environment variable
+# DIFFLAB_UPSAMPLE_CONV sets it at import.
+UPSAMPLE_CONV_FORMS = ("transposed", "subpixel", "plain")
+UPSAMPLE_CONV: str = os.environ.get("DIFFLAB_UPSAMPLE_CONV") or "transposed"
+if UPSAMPLE_CONV not in UPSAMPLE_CONV_FORMS:
+    raise ValueError(f"DIFFLAB_UPSAMPLE_CONV must be one of {', '.join(UPSAMPLE_CONV_FORMS)} (or unset), "
+                     f"got {UPSAMPLE_CONV!r}")
 
 
 def _upsample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """conv3x3(nearest_2x(x)), in the sub-pixel form where that is faster."""
+    """conv3x3(nearest_2x(x)), in the form ``UPSAMPLE_CONV`` names where the layer is not tiny."""
     B, C_in, H, W = x.shape
-    if B * C_in * weight.shape[0] * H * W < SUBPIXEL_MIN_WORK:
+    if UPSAMPLE_CONV == "plain" or B * C_in * weight.shape[0] * H * W < FOLDED_MIN_WORK:
         return F.conv2d(_up(x), weight, bias, padding=1)
+    if UPSAMPLE_CONV == "transposed":
+        return upsample_conv3x3_transposed(x, weight, bias)
     return upsample_conv3x3(x, weight, bias)
 
 
@@ -153,6 +174,29 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     return y
 
 
+def _transposed_taps(w: Tensor, dim: int) -> Tensor:
+    """A 3-tap kernel along ``dim`` seen on a nearest-upsampled grid, as the 4-tap kernel of a
+    stride-2 transposed convolution with padding 1 (which puts input row i on output rows
+    2i - 1 + k, k = 0..3): output row 2y reads input rows (y-1, y) with (w0, w1 + w2) and row
+    2y + 1 reads (y, y+1) with (w0 + w1, w2), so the taps k = 0..3 are w2, w1 + w2, w0 + w1, w0."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+
+def upsample_conv3x3_transposed(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """conv3x3(nearest_upsample_2x(x)) (padding 1) as one transposed convolution of x: stride 2,
+    padding 1, the 3x3 kernel folded to 4x4 along each axis (:func:`_transposed_taps`).
+
+    The same function and multiply-adds as the sub-pixel form (:func:`upsample_conv3x3`: 16 per
+    output pixel and channel pair instead of 36), but the convolution writes the interleaved
+    output itself: no gather of four phases afterwards. (The folded weights are sums formed in
+    the weights' dtype, outside autocast.)"""
+    k = _transposed_taps(_transposed_taps(weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
+    if _nhwc(x) or _nhwc(weight):  # the layout the plain form's output would have
+        k = k.contiguous(memory_format=torch.channels_last)
+    return F.conv_transpose2d(x, k, bias, stride=2, padding=1)
+
+
 class ResBlock(nn.Module):
     """out = skip(x) + conv2(dropout(SiLU(norm2(conv1(SiLU(norm1(x))), e))))   (DDPM App. B; ADM Sec. 3)
 
@@ -206,7 +250,7 @@ class ResBlock(nn.Module):
         if (emb_act is None) == (e is None):
             raise ValueError("ResBlock takes the activated embedding emb_act or its projection e (one of them)")
         h = self.norm1(x, silu=True)
-        up = self.resample == "up"  # conv1(up(h)) in the sub-pixel form; skip(up(x)) = up(skip(x))
+        up = self.resample == "up"  # conv1(up(h)) in a folded form (_upsample_conv); skip(up(x)) = up(skip(x))
         if self.resample == "down":
             h, x = _down(h), _down(x)
         e = (self.embedding(emb_act) if e is None else e)[:, :, None, None]
@@ -264,7 +308,8 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (``with_conv``),
-    computed in the sub-pixel form (:func:`upsample_conv3x3`) unless the layer is tiny."""
+    computed as one transposed convolution (:func:`upsample_conv3x3_transposed`; ``UPSAMPLE_CONV``)
+    unless the layer is tiny."""
 
     def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
