@@ -35,10 +35,20 @@ class SinusoidalEmbedding(nn.Module):
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"sinusoidal embedding dim must be an even number >= 2, got {dim}")
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
-        self.dim = dim
+        self.dim, self.max_period = dim, max_period
+        self.register_buffer("freqs", self._frequencies(None), persistent=False)  # (None: the default device)
+
+    def _frequencies(self, device: Optional[torch.device]) -> Tensor:
+        half = self.dim // 2
+        return torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Conversions (``model.to(torch.bfloat16)``, ``.half()``) keep the frequencies float32 (or
+        float64): in bf16 the phases t w_i at t ~ 1000 would be off by up to ~2 radians."""
+        super()._apply(fn, recurse)
+        if self.freqs.dtype not in (torch.float32, torch.float64):
+            self.freqs = self._frequencies(self.freqs.device)
+        return self
 
     def forward(self, t: Tensor) -> Tensor:
         if t.ndim != 1:
