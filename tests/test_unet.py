@@ -288,6 +288,38 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
         F.interpolate(x_c, scale_factor=2.0, mode="nearest"), w_cl, None, padding=1).stride()
 
 
+@pytest.mark.parametrize("form", ["subpixel", "transposed"])
+def test_folded_upsample_in_bf16_rounds_like_the_plain_form(form):
+    """With bf16 weights, or float32 ones under bf16 autocast (CPU here), the folded forms sum
+    their taps in float32 and round once: their error against the float64 definition is the
+    plain bf16 convolution's, not the larger one of sums rounded at every step; the output is
+    bf16 and keeps channels_last."""
+    import difflab.models.unet as unet_mod
+
+    folded = {"subpixel": unet_mod.upsample_conv3x3, "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 32, 5, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w, b = 0.1 * torch.randn(32, 32, 3, 3, generator=g, dtype=torch.float64), torch.randn(32, generator=g, dtype=torch.float64)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+
+    def rms(y):
+        return (y.double() - want).pow(2).mean().sqrt().item()
+
+    plain = F.conv2d(F.interpolate(x.bfloat16(), scale_factor=2.0, mode="nearest"), w.bfloat16(), b.bfloat16(), padding=1)
+    got = folded(x.bfloat16(), w.bfloat16(), b.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert rms(got) < 1.3 * rms(plain), (rms(got), rms(plain))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = folded(x.float(), w.float(), b.float())
+    assert auto.dtype == torch.bfloat16 and auto.is_contiguous(memory_format=torch.channels_last)
+    assert rms(auto) < 1.3 * rms(plain), (rms(auto), rms(plain))
+    if form == "transposed":  # exactly: the kernel folded in float64 and rounded once to bf16
+        fold = unet_mod._transposed_taps
+        k = fold(fold(w.bfloat16().double(), 2), 3).transpose(0, 1).bfloat16().contiguous(
+            memory_format=torch.channels_last)
+        assert torch.equal(got, F.conv_transpose2d(x.bfloat16(), k, b.bfloat16(), stride=2, padding=1))
+
+
 def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
     """Tiny layers compute conv3x3(nearest_2x(x)) as written (a folded form's extra small
     operations would cost more than they save); larger ones take the form UPSAMPLE_CONV names
@@ -300,7 +332,9 @@ def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
         monkeypatch.setattr(unet_mod, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     up = unet_mod.Upsample(16)
     small, large = torch.randn(2, 16, 4, 4), torch.randn(4, 16, 64, 64)  # 8192 and 2^22 < / >= FOLDED_MIN_WORK
-    assert unet_mod.UPSAMPLE_CONV == "transposed"
+    default = subprocess_default_form()
+    assert default == "transposed"
+    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", default)  # (whatever DIFFLAB_UPSAMPLE_CONV says here)
     up(small)
     assert not calls
     up(large)
@@ -310,6 +344,17 @@ def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
     monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", "plain")
     up(large)
     assert calls == ["upsample_conv3x3_transposed", "upsample_conv3x3"]
+
+
+def subprocess_default_form() -> str:
+    """UPSAMPLE_CONV as a fresh import without DIFFLAB_UPSAMPLE_CONV sets it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DIFFLAB_UPSAMPLE_CONV"}
+    res = subprocess.run([sys.executable, "-c", "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"],
+                         capture_output=True, text=True, env=env, check=True)
+    return res.stdout.strip()
 
 
 def test_upsample_form_from_the_environment_is_checked():

@@ -134,6 +134,12 @@ def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: b
     return y[:, :c_out].contiguous(memory_format=torch.channels_last if _nhwc(y) else torch.contiguous_format)
 
 
+def _at_least_float32(w: Tensor) -> Tensor:
+    """w in float32 if it is a 16-bit float: folded weights are sums of up to four taps (nine in
+    2-D), which bf16 would round at every step."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
 def _fold_taps(w: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """A 3-tap kernel along ``dim`` seen on a nearest-upsampled grid, as the two 2-tap kernels of
     the low-resolution grid: output phase 0 reads rows (y-1, y) with (w0, w1 + w2), phase 1 reads
@@ -150,14 +156,15 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     phase (a, b) sees, with the 3x3 weights summed accordingly (``_fold_taps`` along each axis).
     So the four phases are one 2x2 convolution of x (padding 1, 4 x C_out channels, output
     (H+1) x (W+1)), phase (a, b) read at offset (a, b), interleaved. The same function (up to
-    rounding: the summed weights are formed in float32), with 16 instead of 36 multiply-adds per
+    rounding: the summed weights are formed in float32, then rounded once to the weights' dtype),
+    with 16 instead of 36 multiply-adds per
     output pixel and channel pair, and no 4x-larger upsampled copy of x to write and read.
     """
     B, C_in, H, W = x.shape
     C_out = weight.shape[0]
-    rows = _fold_taps(weight, 2)  # phase a: [C_out, C_in, 2, 3]
+    rows = _fold_taps(_at_least_float32(weight), 2)  # phase a: [C_out, C_in, 2, 3]
     phases = [_fold_taps(rows[a], 3)[b] for a in (0, 1) for b in (0, 1)]  # (a, b): [C_out, C_in, 2, 2]
-    w4 = torch.cat(phases, 0)  # channel (2a + b) C_out + o
+    w4 = torch.cat(phases, 0).to(weight.dtype)  # channel (2a + b) C_out + o
     full = F.conv2d(x, w4, bias.repeat(4) if bias is not None else None, padding=1)  # [B, 4 C_out, H+1, W+1]
     # the layout the convolution of the upsampled input would have had: channels_last if an
     # operand is (full, (H+1) x (W+1) >= 2 x 2, says so unambiguously; so does a 4-D weight)
@@ -190,8 +197,9 @@ def upsample_conv3x3_transposed(x: Tensor, weight: Tensor, bias: Optional[Tensor
     The same function and multiply-adds as the sub-pixel form (:func:`upsample_conv3x3`: 16 per
     output pixel and channel pair instead of 36), but the convolution writes the interleaved
     output itself: no gather of four phases afterwards. (The folded weights are sums formed in
-    the weights' dtype, outside autocast.)"""
-    k = _transposed_taps(_transposed_taps(weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
+    float32, outside autocast, then rounded once to the weights' dtype.)"""
+    k = _transposed_taps(_transposed_taps(_at_least_float32(weight), 2), 3)
+    k = k.transpose(0, 1).to(weight.dtype)  # [C_in, C_out, 4, 4]: conv_transpose2d's layout
     if _nhwc(x) or _nhwc(weight):  # the layout the plain form's output would have
         k = k.contiguous(memory_format=torch.channels_last)
     return F.conv_transpose2d(x, k, bias, stride=2, padding=1)
