@@ -453,6 +453,8 @@ def test_plan_takes_the_looped_kernel_for_a_batch_and_the_tiled_for_a_few_large_
         p = gnt._plan(C, 32, 64, 128)
         assert p["kernel"] == "resident" and p["BLOCK_HW"] == 64 and "maxnreg" not in p, C
     assert gnt._plan(512, 32, 64, 128, kernel="looped")["kernel"] == "looped"
+    # only where measured: a batch of programs, C/G a power of two
+    assert gnt._plan(256, 32, 64, 1)["kernel"] == "tiled" and gnt._plan(384, 32, 64, 128)["kernel"] == "tiled"
     for HW in (256, 1024):  # groups of 12 channels (the up path's 384 / 32): measured faster tiled
         assert gnt._plan(384, 32, HW, 128)["kernel"] == "tiled"
     assert gnt._plan(384, 32, 1024, 128, kernel="looped")["kernel"] == "looped"

@@ -385,7 +385,8 @@ LOOPED_MIN_PROGRAMS = 256
 # positions at once, at most RESIDENT_MAX elements (32 float32 values a thread at 16 warps), so x
 # is read once, as for a small image, instead of twice (looped, tiled). At 32 x 32 a slab is 16
 # lanes (32 bytes of a bf16 position); images whose single group does not fit take the rule's way.
-# In the rule for images of at most RESIDENT_RULE_HW positions too large for the single pass:
+# In the rule for images of at most RESIDENT_RULE_HW positions too large for the single pass, in
+# a batch that makes LOOPED_MIN_PROGRAMS (image, slab) programs, C/G a power of two:
 # measured (H100, bf16, batch 128, docs/benchmarks/group_norm_kernels.json), at 8 x 8 it is 1.7x
 # (256 channels) and 2.0x (512) faster than the looped kernel; at larger images the two are within
 # +-7% except 256 x 32 x 32 (resident 1.18x), too little to change the rule on one GPU's numbers.
@@ -454,7 +455,9 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
     kernel = kernel or KERNEL or PLAN.get((C, G, HW))
-    if kernel is None and whole * lanes > SINGLE_PASS_MAX and HW <= RESIDENT_RULE_HW:
+    aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
+    if (kernel is None and whole * lanes > SINGLE_PASS_MAX and HW <= RESIDENT_RULE_HW and aligned
+            and B * ns >= LOOPED_MIN_PROGRAMS):  # where measured: a batch's many programs, C/G 8 or 16
         kernel = "resident"  # (the rule: measured faster at 8 x 8, above)
     if whole * lanes <= SINGLE_PASS_MAX and kernel not in RESIDENT:
         return dict(kernel="single", BLOCK_G=block_g, BLOCK_CG=block_cg, BLOCK_HW=whole, NS=1,
@@ -473,8 +476,7 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
             if kernel == "resident2" and cap < 255:  # 255: a thread's most
                 p["maxnreg"] = cap
             return p
-        kernel = None  # (a small image's slab always fits: whole * block_cg <= SINGLE_PASS_MAX)
-    aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
+        kernel = None  # (a slab of one group does not fit: the rule below)
     kernel = kernel or ("looped" if B * ns >= LOOPED_MIN_PROGRAMS and aligned else "tiled")
     if kernel == "looped":
         return dict(kernel="looped", BLOCK_G=slab_g, BLOCK_CG=block_cg, NS=ns,
