@@ -22,14 +22,18 @@ DIFFLAB_UPSAMPLE_CONV). Results as JSON (``--out``), written after every measure
 
 Measured (H200, 2026-11-26, docs/benchmarks/upsampling.json): the network's forward pass
 4.577 ms sub-pixel, 4.409 ms transposed, 4.433 ms plain, so the U-Net now takes the transposed
-form. The layers alone are launch-bound at these sizes (no CUDA graph around them) and say little.
-That run compared the outputs of a freshly initialised network, whose output layer is zero, so
-its ``max_abs_diff_vs_plain`` of 0 checks nothing; the parameters are perturbed since.
+form (transposed against plain is within that run's noise; against sub-pixel it is not, and on
+the CPU transposed is much the fastest with the backward). The layers alone are launch-bound at
+these sizes (no CUDA graph around them) and say little. Since that run: the forms are timed in
+rotating rounds rather than one block each; the fp32 check runs without TF32; the outputs come
+from a perturbed network (a fresh one's output layer is zero, so that run's
+``max_abs_diff_vs_plain`` of 0 checked nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -96,6 +100,17 @@ def time_ms(fn, iters: int, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """float32 convolutions without TF32 (cuDNN's default on), for the checks against plain."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def time_layers(shapes, device, dtype, modes: tuple, iters: int, repeats: int, result: dict, out) -> None:
     """Each form at each shape, eager and/or compiled (``modes``: False, True), against plain in float32."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -104,10 +119,12 @@ def time_layers(shapes, device, dtype, modes: tuple, iters: int, repeats: int, r
         w32 = (torch.randn(C, C, 3, 3, generator=g) / (3 * C ** 0.5)).to(device)
         b32 = torch.randn(C, generator=g).to(device)
         with torch.no_grad():
-            want = layer_fn("plain")(x32, w32, b32)
+            with full_fp32():
+                want = layer_fn("plain")(x32, w32, b32)
+                diffs = {form: (layer_fn(form)(x32, w32, b32) - want).abs().max().item() for form in FORMS}
             x, w, b = x32.to(dtype), w32.to(dtype), b32.to(dtype)
             for form in FORMS:
-                diff = (layer_fn(form)(x32, w32, b32) - want).abs().max().item()
+                diff = diffs[form]
                 for compiled in modes:
                     fn = layer_fn(form)
                     if compiled:
@@ -149,28 +166,37 @@ def time_network(net: dict, batch: int, device, iters: int, repeats: int, result
     base.to(device)
     x = torch.randn(batch, ch, size, size, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-    outputs, chosen = {}, unet_mod.UPSAMPLE_CONV
+    outputs, models, times, chosen = {}, {}, {form: [] for form in FORMS}, unet_mod.UPSAMPLE_CONV
+    torch._dynamo.reset()
     try:
-        for form in FORMS:
+        for form in FORMS:  # each compiled (and its graph captured) with its form set
             unet_mod.UPSAMPLE_CONV = form
-            torch._dynamo.reset()
-            model = copy.deepcopy(base).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-            fm = fast_model(model, **opts)
+            models[form] = copy.deepcopy(base).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+            fm = fast_model(models[form], **opts)
             t0 = time.perf_counter()
             with torch.no_grad():
                 outputs[form] = fm(x, t).float()
-                first_s = time.perf_counter() - t0
-                ms = time_ms(lambda: fm(x, t), iters, repeats, device)
-            release(model)
-            result["network"].append({"form": form, "ms_per_forward": ms, "first_call_s": first_s,
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result["network"].append({"form": form, "first_call_s": time.perf_counter() - t0,
                                       "options": {k: v for k, v in opts.items() if v is not None}})
-            print(f"  network forward, batch {batch}: {form:<10} {ms:8.3f} ms  (first call {first_s:.1f} s)",
-                  flush=True)
-            write(result, out)
+        # then timed in rounds, the forms in a rotating order (drift and order effects spread alike)
+        for r in range(repeats):
+            for form in FORMS[r % len(FORMS):] + FORMS[:r % len(FORMS)]:
+                unet_mod.UPSAMPLE_CONV = form
+                fm = fast_model(models[form], **opts)
+                with torch.no_grad():
+                    times[form].append(time_ms(lambda: fm(x, t), iters, 1, device))
     finally:
         unet_mod.UPSAMPLE_CONV = chosen
+        for model in models.values():
+            release(model)
     for row in result["network"]:
-        row["max_abs_diff_vs_plain"] = (outputs[row["form"]] - outputs["plain"]).abs().max().item()
+        ms = times[row["form"]]
+        row.update(ms_per_forward=statistics.median(ms), ms_per_forward_runs=ms,
+                   max_abs_diff_vs_plain=(outputs[row["form"]] - outputs["plain"]).abs().max().item())
+        print(f"  network forward, batch {batch}: {row['form']:<10} {row['ms_per_forward']:8.3f} ms "
+              f"(runs {min(ms):.3f}-{max(ms):.3f}; first call {row['first_call_s']:.1f} s)", flush=True)
     write(result, out)
 
 

@@ -4,6 +4,7 @@ timed and checked against the plain form, the network's forward pass per form, J
 import json
 
 import pytest
+import torch
 from scripts import load_script
 
 import difflab.models.unet as unet_mod
@@ -32,5 +33,19 @@ def test_cpu_run_times_and_checks_every_form(tmp_path, monkeypatch):
     assert [r["form"] for r in res["network"]] == list(unet_mod.UPSAMPLE_CONV_FORMS)
     for r in res["network"]:
         assert r["ms_per_forward"] > 0 and r["max_abs_diff_vs_plain"] == pytest.approx(0, abs=1e-4), r
-        assert (r["max_abs_diff_vs_plain"] > 0) == (r["form"] != "plain")  # (rounding: each form ran)
+        assert len(r["ms_per_forward_runs"]) == 1
     assert unet_mod.UPSAMPLE_CONV == before  # the network timing sets the form for itself only
+
+
+def test_the_network_timing_runs_each_form(monkeypatch):
+    """Each form's network calls its own layer function (the global is set around every call)."""
+    bench = load()
+    monkeypatch.setattr(unet_mod, "FOLDED_MIN_WORK", 0)
+    calls = []
+    for name in ("upsample_conv3x3", "upsample_conv3x3_transposed"):
+        real = getattr(unet_mod, name)
+        monkeypatch.setattr(unet_mod, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    res = {"network": []}
+    bench.time_network(bench.NETWORKS["tiny"], 2, torch.device("cpu"), 1, 2, res, None)
+    assert set(calls) == {"upsample_conv3x3", "upsample_conv3x3_transposed"}
+    assert [len(r["ms_per_forward_runs"]) for r in res["network"]] == [2, 2, 2]
