@@ -60,9 +60,10 @@ def add_parser(sub) -> None:
                             "fp16 halve its memory and need no weight casts, and compute under --precision of "
                             "that type, which they imply (the sampler's own updates stay fp32)")
     speed.add_argument("--fast", action="store_true",
-                       help="the fastest GPU setting measured so far: --weights bf16 (so --precision bf16) "
-                            "--channels-last --compile --cuda-graph loop (per call for --sampler ddpm or --eta > 0), "
-                            "and --group-norm triton where triton is installed (CUDA only)")
+                       help="the fastest GPU setting measured so far: --weights bf16 (so --precision bf16; "
+                            "with --precision fp16 the weights are stored in fp16) --channels-last --compile "
+                            "--cuda-graph loop (per call for --sampler ddpm or --eta > 0), and --group-norm triton "
+                            "where triton is installed (CUDA only; explicit flags win)")
     p.set_defaults(func=_main)
 
 
