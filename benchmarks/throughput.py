@@ -788,6 +788,8 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             row["sample_finite"] = bool(torch.isfinite(out).all())
             ref = env.sample_reference.setdefault(lib, out.clone())
             row["max_abs_diff_vs_first_row"] = float((out - ref).abs().max())
+            # (the max alone says little: bf16 rows drift apart over 50 steps, up to ~0.4 at a pixel)
+            row["mean_abs_diff_vs_first_row"] = float((out - ref).abs().mean())
         if env.profile_dir is not None:
             row["profile"] = profile_case(case, env, label)
         row["host_syncs_in_iteration"] = host_sync_check(case, env)
