@@ -6,7 +6,7 @@
 # ordered by what matters and held to a time budget:
 #
 #   here, once (with network):  bash benchmarks/gpu_session.sh prepare     # fills .gpu/ (git-ignored)
-#   issue 7 (open):
+#   issue 7 (measured on an H100 2026-11-26, resolved; kept to re-run):
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
