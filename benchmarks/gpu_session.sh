@@ -14,9 +14,10 @@
 #       U-Net's shapes (half a minute), the fastest at each shape exported as DIFFLAB_GN_PLAN for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
 #       end within BUDGET (default 560 s) less GN_RESERVE (0 s) of the call's start, every row
-#       profiled into profile.txt; then, if 45 s are left, benchmarks/group_norm.py with every
-#       implementation (Inductor's too) against the memory bandwidth, for as long as the call
-#       has left. A new throughput.json (one run, one device), unless MERGE=1.
+#       profiled into profile.txt; then, if 100 s are left, benchmarks/upsampling.py (the
+#       upsampling convolutions' forms in the network); then, if 45 s are left,
+#       benchmarks/group_norm.py with every implementation (Inductor's too) against the memory
+#       bandwidth, for as long as the call has left. A new throughput.json (one run, one device), unless MERGE=1.
 #   issue 3 (resolved 2026-11-26; kept to re-run):
 #     run(command="bash benchmarks/gpu_session.sh all", carry=[".gpu"], timeout_s=600)
 #       class-conditional MNIST, at most 150 s of training (eager bf16), then the docs artefacts
@@ -28,7 +29,7 @@
 #
 # What comes back ($OUT; at most 8 files, two folders deep, names of [A-Za-z0-9._-]):
 #   issue7: throughput.json, group_norm.json, group_norm_kernels.json, gn_plan.json, profile.txt,
-#           session.log (the tests' output first)
+#           upsampling.json, session.log (the tests' output first)
 #   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
 #           throughput.json, profile.txt, session.log
 #   rest:   throughput.json (merged), profile.txt, session.log
@@ -195,6 +196,14 @@ case $stage in
         python3 benchmarks/throughput.py --rows "${PRIORITY[@]}" --time-budget "$((left > 1 ? left : 1))" \
             --profile "$OUT/profile.txt" "${merge[@]}" --out "$OUT/throughput.json" "$@" 2>&1 \
             | tee -a "$OUT/session.log"
+        # the upsampling convolutions' forms (transposed, the default; sub-pixel; plain) in the
+        # network's compiled forward pass, timed in rotating rounds (about 90 s on an H200)
+        up_left=$((CALL_LIMIT - 10 - SECONDS))
+        if ((up_left >= 100)); then
+            timeout "$up_left" python3 benchmarks/upsampling.py --no-compile --out "$OUT/upsampling.json" 2>&1 \
+                | tee -a "$OUT/session.log" \
+                || echo "gpu_session: benchmarks/upsampling.py failed or timed out (above)" | tee -a "$OUT/session.log"
+        fi
         # GroupNorm + SiLU alone at the U-Net's shapes, every implementation (Inductor's too): which
         # reaches the bandwidth (JSON written after every shape; in whatever time the call has left)
         gn_left=$((CALL_LIMIT - 10 - SECONDS))
