@@ -61,8 +61,8 @@ def _up(x: Tensor) -> Tensor:
 
 # Below this much work (B C_in C_out H W of the low-resolution input) the upsampling convolution
 # is computed as written, conv3x3(nearest_2x(x)): the folded forms' few extra small operations
-# (folding the weights; the sub-pixel form's phase writes) then cost more than their 4/9 of the
-# multiply-adds save (CPU, fwd + bwd, 1 thread: 0.31 ms plain, 0.51 transposed, 0.67 sub-pixel at
+# (folding the weights; the sub-pixel form's phase writes) then cost more than the 5/9 of the
+# multiply-adds they save (CPU, fwd + bwd, 1 thread: 0.31 ms plain, 0.51 transposed, 0.67 sub-pixel at
 # 4 x 32 x 32 x 4 x 4; 7.1, 4.1 and 5.3 ms at 8 x 64 x 64 x 14 x 14).
 FOLDED_MIN_WORK = 2**20
 
@@ -157,8 +157,8 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tenso
     So the four phases are one 2x2 convolution of x (padding 1, 4 x C_out channels, output
     (H+1) x (W+1)), phase (a, b) read at offset (a, b), interleaved. The same function (up to
     rounding: the summed weights are formed in float32, then rounded once to the weights' dtype),
-    with 16 instead of 36 multiply-adds per
-    output pixel and channel pair, and no 4x-larger upsampled copy of x to write and read.
+    with 16 instead of 36 multiply-adds per output pixel and channel pair, and no 4x-larger
+    upsampled copy of x to write and read.
     """
     B, C_in, H, W = x.shape
     C_out = weight.shape[0]
