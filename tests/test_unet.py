@@ -245,6 +245,13 @@ def test_block_embeddings_with_wrapped_middle_blocks_and_any_hooks():
     assert fired == [1]
 
 
+def folded_form(form: str):
+    """The layer function of a folded upsampling form, by its UPSAMPLE_CONV name."""
+    import difflab.models.unet as unet_mod
+
+    return {"subpixel": unet_mod.upsample_conv3x3, "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+
+
 @pytest.mark.parametrize("form", ["subpixel", "transposed"])
 @pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
 def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, form, monkeypatch):
@@ -255,8 +262,7 @@ def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W
     import difflab.models.unet as unet_mod
     from difflab.models.unet import Upsample
 
-    upsample_conv3x3 = {"subpixel": unet_mod.upsample_conv3x3,
-                        "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+    upsample_conv3x3 = folded_form(form)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, C_in, H, W, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(C_out, C_in, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -296,7 +302,7 @@ def test_folded_upsample_in_bf16_rounds_like_the_plain_form(form):
     bf16 and keeps channels_last."""
     import difflab.models.unet as unet_mod
 
-    folded = {"subpixel": unet_mod.upsample_conv3x3, "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+    folded = folded_form(form)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 32, 5, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     w, b = 0.1 * torch.randn(32, 32, 3, 3, generator=g, dtype=torch.float64), torch.randn(32, generator=g, dtype=torch.float64)
@@ -346,30 +352,32 @@ def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
     assert calls == ["upsample_conv3x3_transposed", "upsample_conv3x3"]
 
 
-def subprocess_default_form() -> str:
-    """UPSAMPLE_CONV as a fresh import without DIFFLAB_UPSAMPLE_CONV sets it."""
+def imported_form(value):
+    """A fresh import's UPSAMPLE_CONV with DIFFLAB_UPSAMPLE_CONV set to ``value`` (None: unset):
+    the finished process (its stdout holds the form)."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "DIFFLAB_UPSAMPLE_CONV"}
-    res = subprocess.run([sys.executable, "-c", "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"],
-                         capture_output=True, text=True, env=env, check=True)
+    if value is not None:
+        env["DIFFLAB_UPSAMPLE_CONV"] = value
+    return subprocess.run([sys.executable, "-c", "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"],
+                          capture_output=True, text=True, env=env)
+
+
+def subprocess_default_form() -> str:
+    """UPSAMPLE_CONV as a fresh import without DIFFLAB_UPSAMPLE_CONV sets it."""
+    res = imported_form(None)
+    assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
 
 def test_upsample_form_from_the_environment_is_checked():
     """DIFFLAB_UPSAMPLE_CONV picks the form at import; a misspelt one is refused by name."""
-    import subprocess
-    import sys
-
-    code = "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"
-    for value, ok in (("subpixel", True), ("transpose", False)):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={**os.environ, "DIFFLAB_UPSAMPLE_CONV": value})
-        if ok:
-            assert res.returncode == 0 and res.stdout.strip() == value, res.stderr
-        else:
-            assert res.returncode != 0 and "DIFFLAB_UPSAMPLE_CONV must be one of transposed, subpixel, plain" in res.stderr
+    res = imported_form("subpixel")
+    assert res.returncode == 0 and res.stdout.strip() == "subpixel", res.stderr
+    res = imported_form("transpose")
+    assert res.returncode != 0 and "DIFFLAB_UPSAMPLE_CONV must be one of transposed, subpixel, plain" in res.stderr
 
 
 @pytest.mark.parametrize("form", [None, "transposed", "subpixel"])
@@ -429,10 +437,8 @@ def test_compiled_upsample_is_the_same_function(form):
     """Under torch.compile (the sub-pixel interleave is one gather -- stack, permute, reshape --
     in place of the eager slice writes) the folded forms give the same values, gradients and
     layout (aot_eager: the traced graph, no C++ compiler needed)."""
-    import difflab.models.unet as unet_mod
 
-    upsample_conv3x3 = {"subpixel": unet_mod.upsample_conv3x3,
-                        "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+    upsample_conv3x3 = folded_form(form)
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
     compiled = torch.compile(upsample_conv3x3, backend="aot_eager", fullgraph=True)
