@@ -437,7 +437,6 @@ def test_compiled_upsample_is_the_same_function(form):
     """Under torch.compile (the sub-pixel interleave is one gather -- stack, permute, reshape --
     in place of the eager slice writes) the folded forms give the same values, gradients and
     layout (aot_eager: the traced graph, no C++ compiler needed)."""
-
     upsample_conv3x3 = folded_form(form)
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
