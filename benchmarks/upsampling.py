@@ -217,6 +217,9 @@ def main(argv=None) -> dict:
                     help="also time the whole forward pass per form (default: on CUDA)")
     ap.add_argument("--out", default=None, help="JSON results (written after every measurement)")
     args = ap.parse_args(argv)
+    for name in ("batch", "iters", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     device = torch.device(args.device)
     net = NETWORKS["tiny" if args.tiny else "ddpm_cifar10"]
     batch = args.batch or (2 if args.tiny else 128)

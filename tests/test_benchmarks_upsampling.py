@@ -49,3 +49,9 @@ def test_the_network_timing_runs_each_form(monkeypatch):
     bench.time_network(bench.NETWORKS["tiny"], 2, torch.device("cpu"), 1, 2, res, None)
     assert set(calls) == {"upsample_conv3x3", "upsample_conv3x3_transposed"}
     assert [len(r["ms_per_forward_runs"]) for r in res["network"]] == [2, 2, 2]
+
+
+def test_bad_counts_are_refused_by_name():
+    bench = load()
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--tiny", "--repeats", "0"])
