@@ -1,17 +1,6 @@
-"""Type predicates shared by the argument checks: Python and numpy numbers alike, never bool."""
+"""Alias of :mod:`difflab.validation` for modules being rewritten (samplers/denoiser.py,
+editing/superres.py); remove after they import from difflab.validation."""
 
-from __future__ import annotations
-
-import numbers
+from .validation import is_int, is_real  # noqa: F401
 
 __all__ = ["is_int", "is_real"]
-
-
-def is_int(x) -> bool:
-    """An integer (int, numpy integer), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def is_real(x) -> bool:
-    """A real number (int, float, numpy scalar), not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)

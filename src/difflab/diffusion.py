@@ -21,8 +21,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ._checks import is_int
 from .schedules import NoiseSchedule
+from .validation import is_int
 
 __all__ = [
     "GaussianDiffusion",

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from .. import data, evaluation, models, schedules
-from .._checks import is_int, is_real
 from .._files import atomic_write_text
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
 from ..training import EMA
+from ..validation import is_int, is_real
 
 __all__ = ["run_demo", "add_parser"]
 

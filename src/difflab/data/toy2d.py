@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int, is_real
+from ..validation import is_int, is_real
 
 __all__ = ["swiss_roll", "two_moons", "eight_gaussians", "checkerboard", "make", "NAMES", "NUM_CLASSES"]
 

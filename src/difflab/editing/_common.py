@@ -13,10 +13,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int
 from ..diffusion import GaussianDiffusion, _check_cond, model_dtype
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
+from ..validation import is_int
 
 __all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "to_model"]
 

@@ -21,10 +21,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_real
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
+from ..validation import is_real
 from ._common import check_cond, check_image, check_sampler, check_steps, model_device, to_model
 
 __all__ = ["img2img", "sdedit_sigmas", "check_strength"]

@@ -30,10 +30,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int
 from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
+from ..validation import is_int
 from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode,
                       model_device, to_model)
 from .masks import check_mask

@@ -24,9 +24,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int
 from ..diffusion import GaussianDiffusion
 from ..samplers import invert, sample
+from ..validation import is_int
 from ._common import check_cond, check_image, check_steps, model_device, to_model
 
 __all__ = ["slerp", "interpolate", "reconstruct"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import is_int
+from ..validation import is_int
 
 __all__ = ["box_mask", "half_mask", "parse_mask", "load_mask", "check_mask", "SIDES"]
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._checks import is_int, is_real
+from ..validation import is_int, is_real
 
 __all__ = ["sliced_wasserstein", "mmd"]
 

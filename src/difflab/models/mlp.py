@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._checks import is_int, is_real
 from ..diffusion import _check_cond
+from ..validation import is_int, is_real
 from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
 
 __all__ = ["MLPDenoiser"]

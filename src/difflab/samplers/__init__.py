@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import is_int, is_real
+from ..validation import is_int, is_real
 from .._devices import graphs_supported, resolve_device
 from ..diffusion import _LABEL_DTYPES, _NOISE_FIX, _X0_FIX, GaussianDiffusion, _check_cond, _float_input, model_dtype
 from .base import eval_mode, model_device, randn

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_real
+from ..validation import is_real
 from .base import Callback, randn_like
 
 __all__ = ["sample_euler", "churn"]

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import is_int
 from ..diffusion import GaussianDiffusion
+from ..validation import is_int
 from .base import randn
 
 __all__ = ["optimize_sigmas"]

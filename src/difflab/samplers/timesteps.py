@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import is_int, is_real
+from ..validation import is_int, is_real
 
 __all__ = [
     "SPACINGS",

@@ -29,10 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .._checks import is_real
 from .._devices import resolve_device
 from .._files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
+from ..validation import is_real
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate

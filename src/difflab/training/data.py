@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int
+from ..validation import is_int
 from .config import DataConfig
 
 __all__ = ["dataset_names", "load_data", "check_data", "GlobalBatches", "mix_seed", "step_generator"]

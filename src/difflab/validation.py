@@ -1,0 +1,133 @@
+"""Argument checks shared by difflab's public functions.
+
+The rule: inputs are checked once, at the public function that receives them (``dl.sample``,
+``GaussianDiffusion.training_loss``, a model's ``forward``, an editing function), and every
+such function checks a given kind of input the same way, with the same message, through the
+helpers here. Code behind the public boundary trusts what it is handed.
+
+- numbers: :func:`is_int`, :func:`is_real` (Python and numpy numbers, never bool) and
+  :func:`positive_int`;
+- data and noise: :func:`float_input`, the one dtype rule (float tensors only, cast to the
+  model's parameter dtype :func:`model_dtype`), with the hints :data:`X0_FIX` and
+  :data:`NOISE_FIX`;
+- class labels: :func:`check_labels` (dtypes :data:`LABEL_DTYPES`), with the null label
+  ``num_classes`` of classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "is_int",
+    "is_real",
+    "positive_int",
+    "model_dtype",
+    "float_input",
+    "X0_FIX",
+    "NOISE_FIX",
+    "LABEL_DTYPES",
+    "check_labels",
+]
+
+
+# ----------------------------------------------------------------------------- numbers
+def is_int(x) -> bool:
+    """An integer (int, numpy integer), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+    """A real number (int, float, numpy scalar), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else a ValueError naming ``name`` (e.g. ``"n (the number of
+    points)"``); numpy integers are accepted, bools are not."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------- data and noise
+# The fix each float_input error suggests, by what the tensor is.
+X0_FIX = "scale the data to [-1, 1] and use .float() (e.g. x.float() / 127.5 - 1 for 0..255 pixels)"
+NOISE_FIX = "use standard normal noise, e.g. torch.randn(shape)"
+
+
+def model_dtype(model: Callable) -> Optional[torch.dtype]:
+    """The floating dtype of ``model``'s parameters, which its inputs are cast to; None for a model
+    without floating parameters (a function, an analytic model), which takes any float dtype."""
+    if isinstance(model, torch.nn.Module) and not torch.compiler.is_compiling():
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def float_input(x, name: str, model: Callable, fix: str, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``x`` as the model computes: the one dtype rule of the library's entry points.
+
+    Integer, bool or complex tensors are refused (TypeError naming ``name`` and ``fix``); float
+    tensors of another dtype than the model's parameters (float64 or float16 data for a float32
+    network) are cast to the parameters' dtype (or to ``dtype`` when given); a model without
+    parameters takes any float dtype. A dtype check and a cast: no host-device synchronisation.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {x.dtype}; {fix}")
+    dtype = dtype or model_dtype(model)
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+# ------------------------------------------------------------------------ class labels
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Tensor]:
+    """Class labels for ``model`` as a long tensor [batch] (on ``device`` when given).
+
+    ``cond`` is None (no labels: returned as is), one integer for the whole batch, or an integer
+    tensor [batch]. A model with a ``num_classes`` attribute (every difflab model) must be
+    class-conditional (``num_classes`` not None), and its labels lie in 0 .. num_classes, the
+    last being the null label ("no label") of classifier-free guidance. A plain function has no
+    ``num_classes`` to check against: shape and dtype only.
+    """
+    if cond is None:
+        return None
+    if is_int(cond):
+        cond = torch.full((batch,), int(cond), dtype=torch.long)
+    if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or cond.shape != (batch,):
+        raise ValueError(
+            f"cond must be a long tensor of class labels with shape [{batch}], got "
+            f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
+        )
+    if hasattr(model, "num_classes"):
+        _check_label_range(cond, model.num_classes)
+    cond = cond.long()
+    return cond if device is None else cond.to(device)
+
+
+def _check_label_range(cond: Tensor, num_classes: Optional[int]) -> None:
+    """Labels in 0 .. num_classes (num_classes: the null label); None: an unconditional model."""
+    if num_classes is None:
+        raise ValueError(
+            "cond (class labels) was given but the model is not class-conditional (its num_classes "
+            "is None): drop cond (and guidance), or build the model with num_classes=K to train or "
+            "sample with labels"
+        )
+    # Values on CPU only: reading labels on an accelerator would stall the step loop on a
+    # host-device sync; and not under torch.compile, where the branch would split the graph.
+    if cond.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if (cond < 0).any() or (cond > num_classes).any():
+        raise ValueError(
+            f"class labels must lie in 0 .. {num_classes - 1} (or {num_classes} for 'no label'), "
+            f"got values in [{int(cond.min())}, {int(cond.max())}]"
+        )
