@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .schedules import NoiseSchedule
-from .validation import is_int
+from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, model_dtype
 
 __all__ = [
     "GaussianDiffusion",
@@ -63,32 +63,6 @@ def convert_prediction(
     if target == "v":
         return alpha * eps - sigma * x0
     raise ValueError(f"unknown prediction type {target!r}; choose one of {PREDICTION_TYPES}")
-
-
-def model_dtype(model: Callable) -> Optional[torch.dtype]:
-    """The floating dtype of ``model``'s parameters, which its inputs are cast to; None for a model
-    without floating parameters (a function, an analytic model), which takes any float dtype."""
-    if isinstance(model, torch.nn.Module) and not torch.compiler.is_compiling():
-        for p in model.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return None
-
-
-def _float_input(x, name: str, model: Callable, fix: str, dtype: Optional[torch.dtype] = None) -> Tensor:
-    """``x`` as the model computes: the one dtype rule of the library's entry points.
-
-    Integer, bool or complex tensors are refused (TypeError naming ``name`` and ``fix``); float
-    tensors of another dtype than the model's parameters (float64 or float16 data for a float32
-    network) are cast to the parameters' dtype (or to ``dtype`` when given); a model without
-    parameters takes any float dtype. A dtype check and a cast: no host-device synchronisation.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor, got {x.dtype}; {fix}")
-    dtype = dtype or model_dtype(model)
-    return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
 
 def check_weighting(weighting: Weighting) -> Optional[float]:
@@ -205,7 +179,7 @@ class GaussianDiffusion:
                 f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
             )
         # Range checks on CPU timesteps only: on an accelerator reading the values would stall
-        # the step loop on a host-device sync (as for class labels in _check_cond); and not while
+        # the step loop on a host-device sync (as for class labels in check_labels); and not while
         # torch.compile traces (a data-dependent branch would split the graph).
         return self._check_t_values(t)
 
@@ -406,7 +380,7 @@ class GaussianDiffusion:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
         if not isinstance(cond_drop_prob, (int, float)) or not 0 <= cond_drop_prob <= 1:
             raise ValueError(f"cond_drop_prob must be a probability in [0, 1] (0.1 is usual), got {cond_drop_prob!r}")
-        x0 = _float_input(x0, "x0", model, _X0_FIX)
+        x0 = float_input(x0, "x0", model, X0_FIX)
         B = x0.shape[0]
         if t is None:  # drawn here, so in range: no validation (and no host-device sync)
             t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
@@ -415,13 +389,16 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         else:
-            noise = _float_input(noise, "noise", model, _NOISE_FIX)
+            noise = float_input(noise, "noise", model, NOISE_FIX)
             if noise.shape != x0.shape:
                 raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
             noise = noise.to(x0.dtype)
         if cond is not None:
-            cond = _check_cond(model, cond, B)
+            cond = check_labels(model, cond, B)
             if cond_drop_prob > 0:
+                if not hasattr(model, "num_classes"):  # a plain function: no null label to drop to
+                    raise ValueError("cond_drop_prob > 0 replaces labels by the null label model.num_classes, "
+                                     "but the model has no num_classes attribute")
                 null = torch.full_like(cond, model.num_classes)
                 drop = torch.rand(B, device=cond.device, generator=generator) < cond_drop_prob
                 cond = torch.where(drop, null, cond)
@@ -471,7 +448,7 @@ class GaussianDiffusion:
         """
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
-        x0 = _float_input(x0, "x0", model, _X0_FIX)
+        x0 = float_input(x0, "x0", model, X0_FIX)
         if variance not in ("posterior", "beta"):
             raise ValueError(f"variance must be 'posterior' (beta~_t) or 'beta' (beta_t), got {variance!r}")
         if not is_int(bins) or bins < 2:
@@ -488,7 +465,7 @@ class GaussianDiffusion:
             )
         B = x0.shape[0]
         if cond is not None:
-            cond = _check_cond(model, cond, B)
+            cond = check_labels(model, cond, B)
         timesteps, weights = _stratified_timesteps(self.T, num_timesteps, generator)
         f64 = torch.float64
         x0_64 = x0.to(f64)
@@ -548,35 +525,6 @@ class GaussianDiffusion:
 _TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "posterior_mean_coef1",
            "posterior_mean_coef2", "posterior_variance", "posterior_log_variance_clipped")
 _TABLES_FLOAT64 = ("sigmas", "_log_sigmas")
-
-_X0_FIX = "scale the data to [-1, 1] and use .float() (e.g. x.float() / 127.5 - 1 for 0..255 pixels)"
-_NOISE_FIX = "use standard normal noise, e.g. torch.randn(shape)"
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _check_cond(model, cond: Tensor, batch: int) -> Tensor:
-    num_classes = getattr(model, "num_classes", None)
-    if not isinstance(cond, Tensor) or cond.dtype not in _LABEL_DTYPES or cond.shape != (batch,):
-        raise ValueError(
-            f"cond must be a long tensor of class labels with shape [{batch}], got "
-            f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
-        )
-    if num_classes is None:
-        raise ValueError(
-            "cond (class labels) was given but the model is not class-conditional (its num_classes "
-            "is None): drop cond (and guidance), or build the model with num_classes=K to train or "
-            "sample with labels"
-        )
-    # Range check on CPU labels only: on an accelerator it would stall the step loop on a sync
-    # (and not under torch.compile, where it would split the graph).
-    values = cond.device.type == "cpu" and not torch.compiler.is_compiling()
-    if values and ((cond < 0).any() or (cond > num_classes).any()):
-        raise ValueError(
-            f"class labels must lie in 0 .. {num_classes - 1} (or {num_classes} for 'no label'), "
-            f"got values in [{int(cond.min())}, {int(cond.max())}]"
-        )
-    return cond.long()
-
 
 def _stratified_timesteps(
     T: int, num_timesteps: Optional[int], generator: Optional[torch.Generator]

@@ -13,10 +13,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion, _check_cond, model_dtype
+from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
-from ..validation import is_int
+from ..validation import check_labels, is_int, model_dtype
 
 __all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "to_model"]
 
@@ -56,13 +56,8 @@ def to_model(x: Tensor, model: Callable, device) -> Tensor:
     return x.to(device=device, dtype=model_dtype(model) or x.dtype)
 
 
-def check_cond(model: Callable, cond: Optional[Tensor], batch: int, device) -> Optional[Tensor]:
-    """Class labels: a long tensor [B] (or one int for the whole batch) for a conditional model."""
-    if cond is None:
-        return None
-    if is_int(cond):
-        cond = torch.full((batch,), int(cond), dtype=torch.long)
-    return _check_cond(model, cond, batch).to(device)
+# alias for editing/superres.py, which is being rewritten; remove after (use check_labels)
+check_cond = check_labels
 
 
 def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]] = None):

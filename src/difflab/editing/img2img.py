@@ -24,8 +24,8 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
-from ..validation import is_real
-from ._common import check_cond, check_image, check_sampler, check_steps, model_device, to_model
+from ..validation import check_labels, is_real
+from ._common import check_image, check_sampler, check_steps, model_device, to_model
 
 __all__ = ["img2img", "sdedit_sigmas", "check_strength"]
 
@@ -92,7 +92,7 @@ def img2img(
     spec = check_sampler(sampler, {k: v for k, v in options.items()})
     steps = check_steps(steps, proc)
     device = model_device(model, image)
-    cond = check_cond(model, cond, image.shape[0], device)
+    cond = check_labels(model, cond, image.shape[0], device)
     x0 = to_model(image, model, device)
     if noise is None:
         noise = randn(image.shape, generator, device, x0.dtype)

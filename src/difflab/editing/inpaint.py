@@ -33,9 +33,8 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
-from ..validation import is_int
-from ._common import (check_cond, check_image, check_sampler, check_steps, eval_mode,
-                      model_device, to_model)
+from ..validation import check_labels, is_int
+from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .masks import check_mask
 
 __all__ = ["inpaint", "repaint_schedule", "paste", "STEPWISE_SAMPLERS"]
@@ -132,7 +131,7 @@ def inpaint(
     device = model_device(model, image)
     image = to_model(image, model, device)
     mask = mask.to(device, image.dtype)
-    cond = check_cond(model, cond, image.shape[0], device)
+    cond = check_labels(model, cond, image.shape[0], device)
     denoiser = Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
     sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
     keep = 1 - mask

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
 from ..samplers import invert, sample
-from ..validation import is_int
-from ._common import check_cond, check_image, check_steps, model_device, to_model
+from ..validation import check_labels, is_int
+from ._common import check_image, check_steps, model_device, to_model
 
 __all__ = ["slerp", "interpolate", "reconstruct"]
 
@@ -89,7 +89,7 @@ def reconstruct(
     image = check_image(image, "image")
     steps = check_steps(steps, proc)
     device = model_device(model, image)
-    cond = check_cond(model, cond, image.shape[0], device)
+    cond = check_labels(model, cond, image.shape[0], device)
     image = to_model(image, model, device)
     x_T = invert(model, proc, image, steps, cond=cond, spacing=spacing)
     x0 = sample(model, proc, image.shape, "ddim", steps, cond=cond, noise=x_T, spacing=spacing)
@@ -135,7 +135,7 @@ def interpolate(
     if cond is not None:
         if isinstance(cond, Tensor) and cond.numel() == 1:
             cond = cond.reshape(1)
-        cond = check_cond(model, cond, 1, device)  # one label (an int or a 1-element tensor)
+        cond = check_labels(model, cond, 1, device)  # one label (an int or a 1-element tensor)
     if not latents:
         a = invert(model, proc, a, steps, cond=cond, spacing=spacing)
         b = invert(model, proc, b, steps, cond=cond, spacing=spacing)

@@ -20,7 +20,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import GaussianDiffusion, _check_cond, convert_prediction
+from ..diffusion import GaussianDiffusion, convert_prediction
+from ..validation import check_labels
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser"]
 
@@ -82,7 +83,7 @@ class GaussianMixtureDenoiser(nn.Module):
         if cond is None:
             return lw
         K = self.means.shape[0]
-        cond = _check_cond(self, cond, batch).to(self.means.device)  # integers in 0 .. K (K: no label)
+        cond = check_labels(self, cond, batch, self.means.device)  # integers in 0 .. K (K: no label)
         onehot = torch.full_like(lw, -math.inf).scatter(1, cond.clamp(max=K - 1)[:, None], 0.0)
         return torch.where((cond == K)[:, None], lw, onehot)
 

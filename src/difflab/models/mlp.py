@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import _check_cond
-from ..validation import is_int, is_real
+from ..validation import check_labels, is_int, is_real
 from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
 
 __all__ = ["MLPDenoiser"]
@@ -75,7 +74,7 @@ class MLPDenoiser(nn.Module):
             if cond is None:  # no label given: the unconditional model
                 cond = t.new_full((x.shape[0],), self.num_classes, dtype=torch.long)
             else:  # integer labels [B] in 0 .. num_classes (range checked on the CPU only: no sync)
-                cond = _check_cond(self, cond, x.shape[0])
+                cond = check_labels(self, cond, x.shape[0])
             emb = emb + self.label_embed(cond)
         elif cond is not None:
             raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but got labels")

@@ -17,9 +17,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..validation import is_int, is_real
 from .._devices import graphs_supported, resolve_device
-from ..diffusion import _LABEL_DTYPES, _NOISE_FIX, _X0_FIX, GaussianDiffusion, _check_cond, _float_input, model_dtype
+from ..diffusion import GaussianDiffusion
+from ..validation import check_labels, is_int, is_real, model_dtype
+# local names of the code below, which is being rewritten; use the public names after
+from ..validation import NOISE_FIX as _NOISE_FIX, X0_FIX as _X0_FIX, float_input as _float_input
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
@@ -241,7 +243,7 @@ def sample(
     net = fast_model(model, precision, channels_last, compile, bool(cuda_graph) and not loop, group_norm)
     sig = _sigmas(proc, spec, steps, spacing, sigmas, timesteps)
     if cond is not None:
-        cond = _check_labels(model, cond, shape[0]).to(device)
+        cond = check_labels(model, cond, shape[0], device)
     if noise is None:
         noise = randn(shape, generator, device, state_dtype or torch.float32)
     nhwc = channels_last and len(shape) == 4
@@ -327,17 +329,6 @@ def _check_cuda_graph(cuda_graph, device, callback, generator, spec: SamplerSpec
     return True
 
 
-def _check_labels(model, cond, batch: int) -> Tensor:
-    """Class labels for ``model``: [batch] integers; for a difflab model (one with a
-    ``num_classes`` attribute) also conditional, with labels in 0 .. num_classes (the null label)."""
-    if hasattr(model, "num_classes"):
-        return _check_cond(model, cond, batch)
-    if not isinstance(cond, Tensor) or cond.dtype not in _LABEL_DTYPES or cond.shape != (batch,):
-        raise ValueError(f"cond must be a long tensor of {batch} class labels (one per sample), got "
-                         f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}")
-    return cond
-
-
 def invert(
     model: Callable,
     proc: GaussianDiffusion,
@@ -362,7 +353,7 @@ def invert(
     x0 = _float_input(x0, "x0", model, _X0_FIX)  # cast to the model's dtype, as in sample
     sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
     if cond is not None:
-        cond = _check_labels(model, cond, x0.shape[0]).to(x0.device)
+        cond = check_labels(model, cond, x0.shape[0], x0.device)
     denoiser = Denoiser(model, proc, cond, guidance)
     bar = None
     if progress:
