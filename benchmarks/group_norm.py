@@ -62,7 +62,7 @@ if not torch.cuda.is_available():  # the Triton kernels in the interpreter (befo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import NETWORKS  # noqa: E402  (the same network as the throughput rows)
 
-from difflab._files import atomic_write_text  # noqa: E402
+from difflab.files import atomic_write_text  # noqa: E402
 from difflab.models.norm import GroupNorm, group_norm_nhwc  # noqa: E402
 from difflab.models.unet import UNet  # noqa: E402
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from difflab._files import atomic_write_text
+from difflab.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from throughput import NETWORKS  # noqa: E402  (the same network as the throughput rows)
 
 import difflab.models.unet as unet_mod  # noqa: E402
-from difflab._files import atomic_write_text  # noqa: E402
+from difflab.files import atomic_write_text  # noqa: E402
 from difflab.models.unet import UNet, Upsample  # noqa: E402
 from difflab.samplers.fast import fast_model, release  # noqa: E402
 

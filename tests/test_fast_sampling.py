@@ -281,7 +281,7 @@ def test_one_graph_stream_per_device(monkeypatch):
     holds a 32 MiB workspace (Hopper) per stream it ran on, for the life of the process, so a
     stream per sampler or trainer would keep one more each (measured: 34 MiB after every sampling
     benchmark row). Checked here with a stand-in stream class; on a GPU the next test measures."""
-    from difflab import _devices
+    from difflab import devices
 
     made = []
 
@@ -289,12 +289,12 @@ def test_one_graph_stream_per_device(monkeypatch):
         def __init__(self, device):
             made.append(device)
 
-    monkeypatch.setattr(_devices, "_GRAPH_STREAMS", {})
+    monkeypatch.setattr(devices, "_GRAPH_STREAMS", {})
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    a = _devices.graph_stream("cuda")
-    assert _devices.graph_stream("cuda:0") is a and _devices.graph_stream(torch.device("cuda", 0)) is a
-    assert _devices.graph_stream("cuda:1") is not a and len(made) == 2
+    a = devices.graph_stream("cuda")
+    assert devices.graph_stream("cuda:0") is a and devices.graph_stream(torch.device("cuda", 0)) is a
+    assert devices.graph_stream("cuda:1") is not a and len(made) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and cuBLAS workspaces need a GPU")

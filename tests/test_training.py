@@ -406,7 +406,7 @@ def test_label_dropout_and_lr_schedule(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     """The one atomic-write mechanism (checkpoints, exports, metrics, classifiers, downloads)."""
-    from difflab._files import atomic_write, atomic_write_text
+    from difflab.files import atomic_write, atomic_write_text
 
     path = tmp_path / "metrics.json"
     atomic_write_text(path, "old")

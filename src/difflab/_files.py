@@ -1,48 +1,6 @@
-"""Atomic files: a temporary file beside the target, fsync'ed, then renamed over it.
+"""Alias of :mod:`difflab.files` for modules being rewritten (cli/experiments.py,
+benchmarks/throughput.py, benchmarks/sampler_quality.py); remove after they import difflab.files."""
 
-Readers (and a resumed run after a crash) see the old file or the new one, never a part.
-Every writer in difflab that must not leave a half-written file goes through here.
-"""
-
-from __future__ import annotations
-
-import os
-import uuid
-from pathlib import Path
-from typing import Callable, Union
+from .files import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path  # noqa: F401
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "fsync_path"]
-
-
-def fsync_path(path: Union[str, Path]) -> None:
-    """Flush a file's or a folder's entry to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
-    """Make ``path`` with ``write(tmp)`` on a temporary file beside it, then rename: readers see
-    the old or the new file, never a part (the temporary file is removed if ``write`` fails)."""
-    path = Path(path)
-    # the suffix kept last: writers that pick a format by it (Pillow, matplotlib, imageio) see it
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-    return path
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))

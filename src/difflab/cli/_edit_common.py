@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._devices import resolve_device
+from ..devices import resolve_device
 from ..editing.io import load_images
 from ..evaluation.grids import check_image_path
 

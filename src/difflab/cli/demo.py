@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import data, evaluation, models, schedules
-from .._files import atomic_write_text
+from ..files import atomic_write_text
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
 from ..training import EMA

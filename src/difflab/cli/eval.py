@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import data
-from .._devices import resolve_device
+from ..devices import resolve_device
 from ..evaluation import report
 from ..evaluation.classifier import ClassifierFeatures, load_classifier
 from ..evaluation.fid import inception_features

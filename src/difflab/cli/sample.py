@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .._devices import resolve_device
+from ..devices import resolve_device
 from ..editing.superres import refuse_superres
 from ..evaluation.grids import check_image_path, make_parent
 from ..models.norm import MODES as GROUP_NORM_MODES

@@ -99,7 +99,7 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    from .._devices import resolve_device
+    from ..devices import resolve_device
 
     device = resolve_device(args.device, "--device")  # None: cuda when available
     meta = run_train_classifier(args.data, args.out, args.root, args.train_split, args.test_split, args.epochs,

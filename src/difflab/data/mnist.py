@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._files import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ._resize import resize_square
 
 __all__ = ["load", "read_idx", "MIRRORS", "MD5"]

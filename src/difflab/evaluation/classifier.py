@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._files import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 __all__ = ["SmallCNN", "train_classifier", "accuracy", "save_classifier", "load_classifier", "ClassifierFeatures",
            "AtResolution"]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._files import atomic_write
+from ..files import atomic_write
 
 __all__ = ["to_image_grid", "save_image_grid", "check_image_path", "make_parent", "IMAGE_SUFFIXES"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._files import atomic_write
+from ..files import atomic_write
 
 __all__ = ["scatter_panels", "forward_process_2d", "loss_curve", "animate_2d"]
 

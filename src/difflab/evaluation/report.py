@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, metric_name

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._devices import graphs_supported, resolve_device
+from ..devices import graphs_supported, resolve_device
 from ..diffusion import GaussianDiffusion
 from ..validation import check_labels, is_int, is_real, model_dtype
 # local names of the code below, which is being rewritten; use the public names after

@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .._devices import resolve_device
-from .._files import atomic_write, atomic_write_text, fsync_path
+from ..devices import resolve_device
+from ..files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
 from ..validation import is_real
 from .build import build_model, build_process

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .._files import atomic_write_text
+from ..files import atomic_write_text
 from ..models.norm import MODES as GROUP_NORM_MODES
 from ..models.norm import check_nhwc_group_norm_mode
 

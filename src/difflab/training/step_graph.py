@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._devices import graph_stream
+from ..devices import graph_stream
 from .loss import TrainBatch
 
 __all__ = ["StepGraph"]

@@ -35,8 +35,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .._devices import graphs_supported as _graphs_supported
-from .._devices import resolve_device
+from ..devices import graphs_supported as _graphs_supported
+from ..devices import resolve_device
 from ..diffusion import GaussianDiffusion
 from ..models.norm import nhwc_group_norm
 from .build import build_model, build_process
