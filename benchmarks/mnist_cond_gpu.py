@@ -126,9 +126,9 @@ def main(argv=None) -> int:
 
 
 def _loss_plot(steps, losses, path) -> None:
-    from difflab.evaluation.plots import _plt
+    from difflab.evaluation.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, lw=1.2)
     ax.set_yscale("log")

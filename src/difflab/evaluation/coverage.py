@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .precision_recall import _features, knn_radii
+from .precision_recall import as_features, knn_radii
 
 __all__ = ["mode_coverage"]
 
@@ -27,7 +27,7 @@ def mode_coverage(
     >= min_share x expected), ``num_modes`` and ``on_manifold`` (fraction of samples within the
     reference's k-NN balls: the "high-quality samples" rate).
     """
-    x, ref = _features(samples, "samples"), _features(reference, "reference")
+    x, ref = as_features(samples, "samples"), as_features(reference, "reference")
     labels = torch.as_tensor(labels).reshape(-1).cpu()
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integers (the reference's mode of each point), got {labels.dtype}")

@@ -14,16 +14,21 @@ from torch import Tensor
 
 from ..files import atomic_write
 
-__all__ = ["scatter_panels", "forward_process_2d", "loss_curve", "animate_2d"]
+__all__ = ["scatter_panels", "forward_process_2d", "loss_curve", "animate_2d", "pyplot"]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot, on the file-only Agg backend unless one was chosen (imported on first
+    use: matplotlib is needed only to plot)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_plt = pyplot  # alias for cli/experiments.py, which is being rewritten; remove after
 
 
 def _np(x) -> np.ndarray:
@@ -42,7 +47,7 @@ def _panel(ax, pts: np.ndarray, title: str, lim: float, color: str = "C0") -> No
 
 def scatter_panels(panels: Mapping[str, Tensor], path, lim: float = 2.5, suptitle: str = "") -> Path:
     """One scatter per entry {title: points [N, 2]}, side by side."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for i, (ax, (title, pts)) in enumerate(zip(axes[0], panels.items())):
         _panel(ax, _np(pts), title, lim, f"C{i}")
@@ -69,7 +74,7 @@ def forward_process_2d(proc, x0: Tensor, path, ts: Sequence[int] = (0, 50, 100, 
 
 def loss_curve(losses: Sequence[float], path, smooth: int = 50, title: str = "training loss") -> Path:
     """The loss per step and its running mean over ``smooth`` steps, log scale."""
-    plt = _plt()
+    plt = pyplot()
     y = np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(1, len(y) + 1), y, lw=0.5, alpha=0.35, label="per step")
@@ -95,7 +100,7 @@ def animate_2d(frames: Sequence[Tensor], titles: Sequence[str], path, lim: float
 
     if not fps > 0:
         raise ValueError(f"fps must be > 0 frames per second, got {fps!r}")
-    plt = _plt()
+    plt = pyplot()
     images = []
     fig, ax = plt.subplots(figsize=(3.6, 3.8))
     for pts, title in zip(frames, titles):

@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["precision_recall", "knn_radii", "in_manifold"]
+__all__ = ["precision_recall", "knn_radii", "in_manifold", "as_features"]
 
 
-def _features(x, name: str) -> Tensor:
+def as_features(x, name: str) -> Tensor:
+    """``x`` as N >= 2 feature vectors [N, d] (each item flattened), float64 on the CPU."""
     if not isinstance(x, Tensor):
         x = torch.as_tensor(x)
     if x.ndim < 2 or len(x) < 2:
@@ -49,7 +50,7 @@ def in_manifold(queries: Tensor, support: Tensor, radii: Tensor, chunk: int = 20
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
     """``{"precision": ..., "recall": ...}`` of ``fake`` against ``real`` (feature vectors [N, d]), k-NN radii."""
-    real, fake = _features(real, "real"), _features(fake, "fake")
+    real, fake = as_features(real, "real"), as_features(fake, "fake")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"real and fake features must have the same dimension, got {real.shape[1]} and {fake.shape[1]}")
     precision = in_manifold(fake, real, knn_radii(real, k)).double().mean().item()

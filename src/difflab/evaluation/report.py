@@ -98,9 +98,9 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Option
 def plot_sweep(rows: Sequence[dict], x: str, ys: Sequence[str], path, group: Optional[str] = None,
                labels: Optional[dict] = None, logx: bool = False, title: str = "") -> Path:
     """One panel per metric in ``ys`` against ``x``, one line per value of ``group`` (e.g. the sampler)."""
-    from .plots import _plt
+    from .plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, len(ys), figsize=(4.6 * len(ys), 3.6), squeeze=False)
     groups = sorted({r.get(group) for r in rows}, key=str) if group else [None]
