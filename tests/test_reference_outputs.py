@@ -92,12 +92,13 @@ def _samplers():
     cases["sample_analytic_heun"] = lambda: dl.sample(
         dl.models.GaussianMixtureDenoiser(_proc(), torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), 0.2),
         _proc(), (16, 2), "heun", 5, noise=_noise((16, 2)).double())
-    cases["sample_channels_last"] = lambda: dl.sample(
-        _unet(), _proc(), shape, "ddim", 6, noise=_noise(shape), channels_last=True)
-    # batch 16 of 32 channels: the upsampling convolution takes its folded (transposed) form
+    cases["sample_channels_last"] = lambda: dl.sample(  # recorded as dl.sample(..., channels_last=True)
+        dl.accel.accelerate(_unet(), channels_last=True), _proc(), shape, "ddim", 6, noise=_noise(shape))
+    # batch 16 of 32 channels: the upsampling convolution in its folded (transposed) form, which
+    # the model computed by default before the speed layer took the folded forms out of it
     cases["sample_unet_folded_upsample"] = lambda: dl.sample(
-        _perturbed(dl.models.unet_tiny(channels=32), 5), _proc(), (16, 1, 8, 8), "ddim", 3,
-        noise=_noise((16, 1, 8, 8)))
+        dl.accel.accelerate(_perturbed(dl.models.unet_tiny(channels=32), 5), upsample="transposed"), _proc(),
+        (16, 1, 8, 8), "ddim", 3, noise=_noise((16, 1, 8, 8)))
     cases["invert"] = lambda: dl.invert(_unet(), _proc(), _images(), steps=6)
     return cases
 

@@ -9,7 +9,7 @@ See API.md for the public names; the modules follow the data flow: ``schedules``
 -> ``editing`` -> ``cli``.
 """
 
-from . import data, editing, evaluation, models, samplers, schedules, training
+from . import accel, data, editing, evaluation, models, samplers, schedules, training
 from .diffusion import GaussianDiffusion
 from .samplers import invert, sample
 from .training import load
@@ -18,5 +18,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "training", "load",
-    "data", "evaluation", "editing",
+    "data", "evaluation", "editing", "accel",
 ]

@@ -61,8 +61,13 @@ NOISE_FIX = "use standard normal noise, e.g. torch.randn(shape)"
 
 
 def model_dtype(model: Callable) -> Optional[torch.dtype]:
-    """The floating dtype of ``model``'s parameters, which its inputs are cast to; None for a model
-    without floating parameters (a function, an analytic model), which takes any float dtype."""
+    """The floating dtype ``model``'s inputs are cast to: its ``dtype`` attribute where it has one
+    (a wrapper that autocasts a 16-bit network takes float32, :class:`difflab.accel.Accelerated`),
+    else its parameters'; None for a model without floating parameters (a function, an analytic
+    model), which takes any float dtype."""
+    declared = getattr(model, "dtype", None)
+    if isinstance(declared, torch.dtype):
+        return declared
     if isinstance(model, torch.nn.Module) and not torch.compiler.is_compiling():
         for p in model.parameters():
             if p.is_floating_point():

@@ -8,9 +8,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..data.grids import check_image_path
 from ..devices import resolve_device
 from ..editing.io import load_images
-from ..evaluation.grids import check_image_path
+from ..training.checkpoint import load
+from .speed import accelerated, add_speed_args
 
 __all__ = ["add_run_args", "load_run", "read_inputs", "labels", "Shapes", "check_out"]
 
@@ -25,21 +27,20 @@ def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    add_speed_args(p)
     p.add_argument("--no-clip", action="store_true",
                    help="don't clamp the model's x0 estimates to the image range [-1, 1] (clamped by default)")
 
 
-def load_run(args, superres: bool = False):
-    """The run of ``--ckpt`` on ``--device`` and the network to use (``--raw``: not the EMA).
-    A super-resolution model is refused unless ``superres`` (only upscale feeds it low-res images)."""
-    from ..editing.superres import refuse_superres
-    from ..training.checkpoint import load
-
-    run = load(args.ckpt, device=resolve_device(args.device, "--device"))
-    model = run.model if args.raw else run.ema_model
-    if not superres:
-        refuse_superres(model, f"`difflab {getattr(args, 'command', None) or 'this command'}`")
-    return run, model
+def load_run(args, stochastic: bool = False):
+    """The run of ``--ckpt`` on ``--device`` and the network to use (``--raw``: not the EMA), as
+    the speed flags ask (``stochastic``: the command draws noise as it runs whatever its sampler,
+    as inpainting does). A super-resolution network refuses, at its first call, any command that
+    gives it no low-res image."""
+    deterministic = not stochastic and args.sampler != "ddpm" and args.eta == 0
+    device = resolve_device(args.device, "--device")
+    run = load(args.ckpt, device=device)
+    return run, accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
 
 
 def check_out(args, default: Optional[str] = None):

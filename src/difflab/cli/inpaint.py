@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 
 def _main(args) -> int:
     out = check_out(args)
-    run, model = load_run(args)
+    run, model = load_run(args, stochastic=True)
     shapes = Shapes(run)
     x = shapes.check(read_inputs(args.input, run, args.n))
     mask = parse_mask(args.mask, x.shape[-2:]).expand_as(x)

@@ -2,7 +2,7 @@
 
     difflab sample --ckpt runs/digits --n 64 --sampler ddim --steps 50 --guidance 3 --label 7 --seed 0 --out grid.png
     difflab sample --ckpt runs/digits --label all --n 10 --guidance 3 --out rows.png   # a row per class
-    difflab sample --ckpt runs/mnist_cond --device cuda --fast --n 1024 --out grid.png  # bf16, compiled, graphs, Triton norms
+    difflab sample --ckpt runs/mnist_cond --device cuda --fast --n 1024 --out grid.png  # cli/speed.py
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ from pathlib import Path
 import torch
 
 from ..devices import resolve_device
-from ..editing.superres import refuse_superres
-from ..evaluation.grids import check_image_path, make_parent
-from ..models.norm import MODES as GROUP_NORM_MODES
-from ..models.norm import check_nhwc_group_norm_mode
+from ..data.grids import check_image_path, make_parent
 from ..samplers import SAMPLERS
-from ..samplers.fast import PRECISIONS
 from ..training.checkpoint import load
 from ..training.generate import class_rows, save_grid
+from .speed import accelerated, add_speed_args
 
 __all__ = ["add_parser"]
 
@@ -45,67 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--save-tensor", metavar="FILE", help="also save the samples as a torch tensor (.pt)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
-    speed = p.add_argument_group("speed", "the sampler's speed options (dl.sample's keywords of the same names)")
-    speed.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast the network (default fp32)")
-    speed.add_argument("--channels-last", action="store_true", help="NHWC activations (faster convolutions on GPUs)")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the network (minutes once, then faster)")
-    speed.add_argument("--cuda-graph", nargs="?", const=True, default=False, choices=["loop"],
-                       help="replay each network call as a CUDA graph (CUDA only; no host overhead per step); "
-                            "--cuda-graph loop: the whole run as one graph")
-    speed.add_argument("--group-norm", choices=GROUP_NORM_MODES,
-                       help="how the U-Net's GroupNorms run: torch's kernel (never), on the NHWC view (compile, "
-                            "always), or difflab's Triton kernels (triton: CUDA, with --channels-last)")
-    speed.add_argument("--weights", choices=["fp32", "bf16", "fp16"],
-                       help="the dtype the network is stored in while sampling (default: as saved, fp32); bf16 / "
-                            "fp16 halve its memory and need no weight casts, and compute under --precision of "
-                            "that type, which they imply (the sampler's own updates stay fp32)")
-    speed.add_argument("--fast", action="store_true",
-                       help="the fastest GPU setting measured so far: --weights bf16 (so --precision bf16; "
-                            "with --precision fp16 the weights are stored in fp16) --channels-last --compile "
-                            "--cuda-graph loop (per call for --sampler ddpm or --eta > 0), and --group-norm triton "
-                            "where triton is installed (CUDA only; explicit flags win)")
+    add_speed_args(p)
     p.set_defaults(func=_main)
-
-
-def speed_options(args, device: torch.device) -> dict:
-    """dl.sample's speed keywords from the flags, refused before any work where they cannot run
-    (``args.weights`` is set by ``--fast``: the caller stores the network in that dtype)."""
-    deterministic = getattr(args, "sampler", "ddim") != "ddpm" and getattr(args, "eta", 0.0) == 0
-    if args.fast and device.type == "cuda":
-        # the fastest measured (H100, 2026-11-26): the network stored in bf16 and the whole run as
-        # one CUDA graph, 519 images/s against 494 with float32 weights and a graph per call
-        args.weights = getattr(args, "weights", None) or args.precision or "bf16"
-        if deterministic:  # (a stochastic run's noise must come from --seed: a graph per call)
-            args.cuda_graph = args.cuda_graph or "loop"
-    weights = getattr(args, "weights", None)
-    if weights in ("bf16", "fp16"):
-        if args.precision not in (None, weights):
-            raise ValueError(f"--weights {weights} stores the network in {weights}, which computes under {weights} "
-                             f"autocast: leave --precision out or set it to {weights} (got --precision {args.precision})")
-        args.precision = weights
-    if args.fast:
-        args.precision = args.precision or "bf16"
-        args.channels_last = args.compile = True
-        args.cuda_graph = args.cuda_graph or True  # --fast --cuda-graph loop keeps the loop
-        if args.group_norm is None and device.type == "cuda":
-            try:  # difflab's Triton GroupNorm where the triton package is there (1.74x vs 1.42x, H200)
-                check_nhwc_group_norm_mode("triton")
-                args.group_norm = "triton"
-            except ValueError:
-                pass
-    if args.cuda_graph and device.type != "cuda":
-        flag = "--fast" if args.fast else "--cuda-graph"
-        raise ValueError(f"{flag} replays CUDA graphs, which needs a CUDA device; got --device {device}. Use "
-                         "--device cuda, or leave it out (on a CPU: --precision bf16 --channels-last --compile)")
-    if args.cuda_graph == "loop" and not deterministic:
-        raise ValueError("--cuda-graph loop captures the whole run, whose noise then comes from the GPU's own "
-                         "generator, not from --seed: for --sampler ddpm or --eta > 0 use --cuda-graph (per "
-                         "network call)")
-    if args.group_norm == "triton" and not args.channels_last:
-        raise ValueError("--group-norm triton runs on channels_last activations: add --channels-last (or --fast)")
-    options = {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
-               "cuda_graph": args.cuda_graph, "group_norm": args.group_norm}
-    return {k: v for k, v in options.items() if v not in (None, False)}
 
 
 def _main(args) -> int:
@@ -115,12 +53,9 @@ def _main(args) -> int:
     out = check_image_path(args.out, "--out", mkdir=True)
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
-    options = speed_options(args, device)
+    deterministic = args.sampler != "ddpm" and args.eta == 0
     run = load(args.ckpt, device=device)
-    net = run.model if args.raw else run.ema_model  # the network sampled from
-    if args.weights is not None:  # stored in that dtype (the other network is not used)
-        net.to(PRECISIONS[args.weights] or torch.float32)
-    refuse_superres(net, "`difflab sample`")
+    net = accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
     if len(run.image_shape) != 3 and tensor_out is None:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "
                          "no PNG grid to write; pass --save-tensor FILE.pt")
@@ -145,7 +80,7 @@ def _main(args) -> int:
                                  f"got {args.label!r}") from None
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                   clip_x0=clip, ema=not args.raw, device=device, **options)
+                   clip_x0=clip, model=net, device=device)
     written = []
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..editing import downsample, save_images, upscale
-from ..editing.superres import lowres_model
+from ..models.superres import lowres_model
 from ..samplers import SAMPLERS
 from ._edit_common import check_out, clip_x0, generator, labels, load_run, read_inputs
 
@@ -46,7 +46,7 @@ def _main(args) -> int:
         raise ValueError("give --ckpt RUN and --input PNG... to upscale (train a model with "
                          "`difflab train --config configs/mnist_superres.yaml --out RUN`)")
     out = check_out(args, "upscaled.png")
-    run, model = load_run(args, superres=True)
+    run, model = load_run(args)
     sr = lowres_model(model)
     if sr is None:
         raise ValueError(f"{args.ckpt} holds a {run.config.model.name!r} model without low-resolution "

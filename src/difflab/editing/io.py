@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.grids import check_image_path, save_image_grid
 from ..data.images import HIGH_DEPTH, grey_levels
 
 __all__ = ["load_images", "save_images"]
@@ -68,8 +69,6 @@ def load_images(paths: Union[PathLike, Sequence[PathLike]], channels: Optional[i
 def save_images(images: Tensor, path: PathLike, nrow: Optional[int] = None) -> Path:
     """Write images [N, C, H, W] in [-1, 1] to ``path``: one image as it is, several as a grid
     with ``nrow`` per row (white 2-pixel padding)."""
-    from ..evaluation.grids import check_image_path, save_image_grid
-
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"images must be a tensor [N, C, H, W], got {getattr(images, 'shape', type(images).__name__)}")
     path = check_image_path(path, "output")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.images import grey_levels
 from ..validation import is_int
 
 __all__ = ["box_mask", "half_mask", "parse_mask", "load_mask", "check_mask", "SIDES"]
@@ -84,8 +85,6 @@ def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tens
     if not path.is_file():
         raise FileNotFoundError(
             f"mask file {str(path)!r} does not exist (or give a shape: box:x0,y0,x1,y1 or half:SIDE)")
-    from ..data.images import grey_levels
-
     try:
         with Image.open(path) as img:
             levels = grey_levels(img, f"mask {str(path)!r}")  # more than 8 bits: at its own depth

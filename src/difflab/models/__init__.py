@@ -5,18 +5,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import nn
-
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
+from .registry import build, names, register
+from .superres import LowResConditioned, WithLowRes
 from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
 
 __all__ = [
     "MLPDenoiser",
     "UNet",
+    "LowResConditioned",
+    "WithLowRes",
     "GaussianMixtureDenoiser",
     "GaussianDenoiser",
     "SinusoidalEmbedding",
@@ -27,29 +27,9 @@ __all__ = [
     "names",
 ]
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLPDenoiser}
-
-
-def register(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Make a network buildable by name from configs."""
-    _REGISTRY[name] = factory
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build(name: str, **kwargs) -> nn.Module:
-    """A network by name: ``build("mlp", dim=2, width=128)``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
-    try:
-        return _REGISTRY[name](**kwargs)
-    except TypeError as err:
-        raise TypeError(f"model {name!r}: {err}") from None
-
-
+register("mlp", MLPDenoiser)
 register("unet", UNet)
 register("unet_mnist", unet_mnist)
 register("unet_cifar10", unet_cifar10)
 register("unet_tiny", unet_tiny)
+register("superres", LowResConditioned)

@@ -19,7 +19,6 @@ starts at zero.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -35,8 +34,7 @@ __all__ = [
     "AttentionBlock",
     "Downsample",
     "Upsample",
-    "upsample_conv3x3",
-    "upsample_conv3x3_transposed",
+    "unhooked",
     "unet_cifar10",
     "unet_mnist",
     "unet_tiny",
@@ -59,150 +57,13 @@ def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-# Below this much work (B C_in C_out H W of the low-resolution input) the upsampling convolution
-# is computed as written, conv3x3(nearest_2x(x)): the folded forms' few extra small operations
-# (folding the weights; the sub-pixel form's phase writes) then cost more than the 5/9 of the
-# multiply-adds they save (CPU, fwd + bwd, 1 thread: 0.31 ms plain, 0.51 transposed, 0.67 sub-pixel at
-# 4 x 32 x 32 x 4 x 4; 7.1, 4.1 and 5.3 ms at 8 x 64 x 64 x 14 x 14).
-FOLDED_MIN_WORK = 2**20
-
-# How the larger upsampling convolutions are computed: "transposed" (one stride-2 transposed
-# convolution with a 4x4 kernel, which writes the interleaved output itself:
-# upsample_conv3x3_transposed), "subpixel" (four 2x2 convolutions in one, then a gather of the
-# phases: upsample_conv3x3) or "plain" (as written). All three are the same function; the
-# first two take 16 multiply-adds per output pixel and channel pair where "plain" takes 36.
-# Measured (benchmarks/upsampling.py, docs/benchmarks/upsampling.json): the CIFAR-10 U-Net's
-# forward pass at batch 128 as the fastest sampling row runs it (H200, bf16, compiled, CUDA
-# graph) 4.409 ms transposed, 4.433 plain, 4.577 sub-pixel (whose gather Inductor compiles to
-# slow kernels: two at ~150 us a forward pass on an H100); CPU, fp32, fwd + bwd of one layer at
-# 8 x 128 x 16 x 16: 19.4 ms transposed, 30.4 sub-pixel, 43.3 plain. The environment variable
-# DIFFLAB_UPSAMPLE_CONV sets it at import.
-UPSAMPLE_CONV_FORMS = ("transposed", "subpixel", "plain")
-UPSAMPLE_CONV: str = os.environ.get("DIFFLAB_UPSAMPLE_CONV") or "transposed"
-if UPSAMPLE_CONV not in UPSAMPLE_CONV_FORMS:
-    raise ValueError(f"DIFFLAB_UPSAMPLE_CONV must be one of {', '.join(UPSAMPLE_CONV_FORMS)} (or unset), "
-                     f"got {UPSAMPLE_CONV!r}")
-
-
-def _upsample_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """conv3x3(nearest_2x(x)), in the form ``UPSAMPLE_CONV`` names where the layer is not tiny."""
-    B, C_in, H, W = x.shape
-    if UPSAMPLE_CONV == "plain" or B * C_in * weight.shape[0] * H * W < FOLDED_MIN_WORK:
-        return F.conv2d(_up(x), weight, bias, padding=1)
-    if UPSAMPLE_CONV == "transposed":
-        return upsample_conv3x3_transposed(x, weight, bias)
-    return upsample_conv3x3(x, weight, bias)
-
-
-def _plain(module: nn.Module, cls: type) -> bool:
+def unhooked(module: nn.Module, cls: type) -> bool:
     """``module`` is exactly ``cls`` and no hook would see its call (its own forward or backward
     hooks, or global module hooks): computing its function another way is then unobservable."""
-    from torch.nn.modules import module as m
-
     return type(module) is cls and not (
         module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-        or m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-        or m._global_backward_pre_hooks)
-
-
-def _nhwc(t: Tensor) -> bool:
-    """Is ``t`` laid out channels_last (and not also plainly contiguous, as 1x1 images are)?"""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
-def conv_padded_channels(x: Tensor, conv: nn.Conv2d, multiple: int = 8, force: bool = False) -> Tensor:
-    """``conv(x)`` with its input and output channels zero-padded to multiples of ``multiple``
-    (on CUDA, or with ``force``): the same function, since padded input channels meet zero
-    weights and padded output channels are dropped. cuDNN's tensor-core kernels want channel
-    counts that are multiples of 8; an image's 3 channels otherwise take a generic kernel (the
-    H200 profile of the CIFAR-10 U-Net in bf16 at batch 128 has an "indexed" sm80 kernel at 47 us
-    and a CUTLASS one at 40 us, once a forward pass each: by their calls and kinds most likely
-    these two convolutions, at about 7x the time their memory traffic needs)."""
-    w, b = conv.weight, conv.bias
-    c_out, c_in = w.shape[0], w.shape[1]
-    pad_in, pad_out = -c_in % multiple, -c_out % multiple
-    plain = _plain(conv, nn.Conv2d) and conv.padding_mode == "zeros" and conv.groups == 1  # else its own
-    if not (x.is_cuda or force) or (pad_in == 0 and pad_out == 0) or not plain:  # forward: a subclass, hooks
-        return conv(x)
-    w = F.pad(w, (0, 0, 0, 0, 0, pad_in, 0, pad_out))  # [C_out + pad, C_in + pad, kh, kw]
-    if pad_in:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad_in))
-    y = F.conv2d(x, w, F.pad(b, (0, pad_out)) if b is not None else None, conv.stride, conv.padding,
-                 conv.dilation)
-    if not pad_out:
-        return y
-    return y[:, :c_out].contiguous(memory_format=torch.channels_last if _nhwc(y) else torch.contiguous_format)
-
-
-def _at_least_float32(w: Tensor) -> Tensor:
-    """w in float32 if it is a 16-bit float: folded weights are sums of up to four taps (nine in
-    2-D), which bf16 would round at every step."""
-    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-
-
-def _fold_taps(w: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """A 3-tap kernel along ``dim`` seen on a nearest-upsampled grid, as the two 2-tap kernels of
-    the low-resolution grid: output phase 0 reads rows (y-1, y) with (w0, w1 + w2), phase 1 reads
-    (y, y+1) with (w0 + w1, w2)."""
-    w0, w1, w2 = w.unbind(dim)
-    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
-
-
-def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """conv3x3(nearest_upsample_2x(x)) (padding 1) without the upsampled input: the "sub-pixel"
-    form.
-
-    Output pixel (2y + a, 2x + b) only ever reads the 2x2 input pixels around (y, x) that its
-    phase (a, b) sees, with the 3x3 weights summed accordingly (``_fold_taps`` along each axis).
-    So the four phases are one 2x2 convolution of x (padding 1, 4 x C_out channels, output
-    (H+1) x (W+1)), phase (a, b) read at offset (a, b), interleaved. The same function (up to
-    rounding: the summed weights are formed in float32, then rounded once to the weights' dtype),
-    with 16 instead of 36 multiply-adds per output pixel and channel pair, and no 4x-larger
-    upsampled copy of x to write and read.
-    """
-    B, C_in, H, W = x.shape
-    C_out = weight.shape[0]
-    rows = _fold_taps(_at_least_float32(weight), 2)  # phase a: [C_out, C_in, 2, 3]
-    phases = [_fold_taps(rows[a], 3)[b] for a in (0, 1) for b in (0, 1)]  # (a, b): [C_out, C_in, 2, 2]
-    w4 = torch.cat(phases, 0).to(weight.dtype)  # channel (2a + b) C_out + o
-    full = F.conv2d(x, w4, bias.repeat(4) if bias is not None else None, padding=1)  # [B, 4 C_out, H+1, W+1]
-    # the layout the convolution of the upsampled input would have had: channels_last if an
-    # operand is (full, (H+1) x (W+1) >= 2 x 2, says so unambiguously; so does a 4-D weight)
-    fmt = torch.channels_last if _nhwc(full) or _nhwc(weight) else torch.contiguous_format
-    full = full.unflatten(1, (2, 2, C_out))  # [B, a, b, C_out, H+1, W+1]
-    if torch.compiler.is_compiling():  # one gather, which Inductor fuses into a single kernel
-        y = torch.stack([full[:, a, b, :, a:a + H, b:b + W] for a in (0, 1) for b in (0, 1)], -1)
-        return y.unflatten(-1, (2, 2)).permute(0, 1, 2, 4, 3, 5).reshape(B, C_out, 2 * H, 2 * W).contiguous(
-            memory_format=fmt)
-    y = torch.empty(B, C_out, 2 * H, 2 * W, dtype=full.dtype, device=full.device, memory_format=fmt)
-    for a in (0, 1):  # eager: one write of the output, a quarter per phase
-        for b in (0, 1):  # phase (a, b) read at offset (a, b), written to every other row and column
-            y[:, :, a::2, b::2] = full[:, a, b, :, a:a + H, b:b + W]
-    return y
-
-
-def _transposed_taps(w: Tensor, dim: int) -> Tensor:
-    """A 3-tap kernel along ``dim`` seen on a nearest-upsampled grid, as the 4-tap kernel of a
-    stride-2 transposed convolution with padding 1 (which puts input row i on output rows
-    2i - 1 + k, k = 0..3): output row 2y reads input rows (y-1, y) with (w0, w1 + w2) and row
-    2y + 1 reads (y, y+1) with (w0 + w1, w2), so the taps k = 0..3 are w2, w1 + w2, w0 + w1, w0."""
-    w0, w1, w2 = w.unbind(dim)
-    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
-
-
-def upsample_conv3x3_transposed(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """conv3x3(nearest_upsample_2x(x)) (padding 1) as one transposed convolution of x: stride 2,
-    padding 1, the 3x3 kernel folded to 4x4 along each axis (:func:`_transposed_taps`).
-
-    The same function and multiply-adds as the sub-pixel form (:func:`upsample_conv3x3`: 16 per
-    output pixel and channel pair instead of 36), but the convolution writes the interleaved
-    output itself: no gather of four phases afterwards. (The folded weights are sums formed in
-    float32, outside autocast, then rounded once to the weights' dtype.)"""
-    k = _transposed_taps(_transposed_taps(_at_least_float32(weight), 2), 3)
-    k = k.transpose(0, 1).to(weight.dtype)  # [C_in, C_out, 4, 4]: conv_transpose2d's layout
-    if _nhwc(x) or _nhwc(weight):  # the layout the plain form's output would have
-        k = k.contiguous(memory_format=torch.channels_last)
-    return F.conv_transpose2d(x, k, bias, stride=2, padding=1)
+        or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+        or nn.modules.module._global_backward_hooks or nn.modules.module._global_backward_pre_hooks)
 
 
 class ResBlock(nn.Module):
@@ -254,22 +115,27 @@ class ResBlock(nn.Module):
         e = self.emb_proj(emb_act)
         return e if self.use_scale_shift_norm else e + self.conv1.bias.to(e.dtype)
 
+    def conv1_up(self, h: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """conv1(nearest_2x(h)) with ``bias`` (conv1's, or None where it joined the embedding);
+        the speed layer swaps in folded forms of the same function (:mod:`difflab.accel.upsample`)."""
+        return F.conv2d(_up(h), self.conv1.weight, bias, padding=1)
+
     def forward(self, x: Tensor, emb_act: Optional[Tensor] = None, *, e: Optional[Tensor] = None) -> Tensor:
         if (emb_act is None) == (e is None):
             raise ValueError("ResBlock takes the activated embedding emb_act or its projection e (one of them)")
         h = self.norm1(x, silu=True)
-        up = self.resample == "up"  # conv1(up(h)) in a folded form (_upsample_conv); skip(up(x)) = up(skip(x))
+        up = self.resample == "up"  # conv1(up(h)) by conv1_up; skip(up(x)) = up(skip(x))
         if self.resample == "down":
             h, x = _down(h), _down(x)
         e = (self.embedding(emb_act) if e is None else e)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = _upsample_conv(h, self.conv1.weight, self.conv1.bias) if up else self.conv1(h)
+            h = self.conv1_up(h, self.conv1.bias) if up else self.conv1(h)
             h = self.norm2(h, scale=scale, shift=shift, silu=True)  # SiLU(norm2(h) (1 + s) + b)
         else:
             # conv1's bias is in e (embedding_bias), not a pass of its own over h (on a GPU,
             # torch.compile adds a convolution's bias in a kernel that a fused norm cannot join)
-            h = (_upsample_conv(h, self.conv1.weight, None) if up
+            h = (self.conv1_up(h, None) if up
                  else F.conv2d(h, self.conv1.weight, None, self.conv1.stride, self.conv1.padding))
             h = self.norm2(h, add=e, silu=True)  # SiLU(norm2(conv1(h) + e))
         h = self.conv2(self.dropout(h))
@@ -315,9 +181,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (``with_conv``),
-    computed as one transposed convolution (:func:`upsample_conv3x3_transposed`; ``UPSAMPLE_CONV``)
-    unless the layer is tiny."""
+    """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (``with_conv``).
+    The speed layer swaps in folded forms of the same function (:mod:`difflab.accel.upsample`)."""
 
     def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
@@ -326,7 +191,7 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor, emb_act: Optional[Tensor] = None) -> Tensor:
         if self.conv is None:
             return _up(x)
-        return _upsample_conv(x, self.conv.weight, self.conv.bias)  # = self.conv(_up(x))
+        return self.conv(_up(x))
 
 
 class _ResAttn(nn.Module):
@@ -371,7 +236,7 @@ def _flag(name: str, value) -> bool:
 @torch.compiler.assume_constant_result
 def _autocast_available(device_type: str) -> bool:
     """torch.amp.is_autocast_available, a constant to torch.compile: Dynamo of torch 2.11 cannot
-    trace the C function behind it (a graph break, an error with fullgraph=True; seen on the H100)."""
+    trace the C function behind it (a graph break, an error with fullgraph=True)."""
     return torch.amp.is_autocast_available(device_type)
 
 
@@ -619,7 +484,7 @@ class UNet(nn.Module):
         whose emb_proj is not a plain nn.Linear, or has hooks (a wrapper, pruning, LoRA), project
         each by its own forward."""
         blocks = self.res_blocks()
-        if not all(_plain(b.emb_proj, nn.Linear) for b in blocks):
+        if not all(unhooked(b.emb_proj, nn.Linear) for b in blocks):
             return tuple(b.embedding(emb_act) for b in blocks)
         device = emb_act.device.type
         # The weights share one dtype: no autocast "promote" (it refuses bf16 weights under fp16 autocast)
@@ -643,7 +508,7 @@ class UNet(nn.Module):
             )
         es = iter(self.block_embeddings(F.silu(emb)))
 
-        h = conv_padded_channels(x, self.conv_in)  # = self.conv_in(x), on tensor cores
+        h = self.conv_in(x)
         hs = [h]
         for block in self.down:
             h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
@@ -656,7 +521,7 @@ class UNet(nn.Module):
             if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
                 h = torch.cat([h, hs.pop()], dim=1)
             h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
-        return conv_padded_channels(self.norm_out(h, silu=True), self.conv_out)  # = self.conv_out(...)
+        return self.conv_out(self.norm_out(h, silu=True))
 
 
 def unet_cifar10(**overrides) -> UNet:

@@ -48,9 +48,6 @@ class Denoiser:
     ) -> None:
         if not isinstance(proc, GaussianDiffusion):
             raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
-        from ..editing.superres import refuse_superres  # here, not at the top: editing imports samplers
-
-        refuse_superres(model, "plain sampling")
         for name, value in (("guidance", guidance), ("clip_x0", clip_x0), ("dynamic_threshold", dynamic_threshold)):
             if value is not None and not is_real(value):
                 raise TypeError(f"{name} must be a number (a Python or numpy float), got {type(value).__name__} "

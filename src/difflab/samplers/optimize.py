@@ -30,6 +30,8 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..validation import is_int
 from .base import randn
+from .registry import SAMPLERS
+from .sampling import sample
 
 __all__ = ["optimize_sigmas"]
 
@@ -74,8 +76,6 @@ def optimize_sigmas(
     fewest evaluations here) or "Nelder-Mead". Returns float64 sigmas on the CPU.
     """
     from scipy.optimize import minimize  # scipy comes with scikit-learn, a core dependency
-
-    from . import SAMPLERS, sample
 
     if sampler not in SAMPLERS:
         raise ValueError(

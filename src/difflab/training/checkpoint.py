@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -264,6 +264,7 @@ class LoadedRun:
         eta: float = 0.0,
         clip_x0: Optional[float] = ...,  # type: ignore[assignment]
         ema: bool = True,
+        model: Optional[Callable] = None,
         device=None,
         progress: bool = False,
         **options,
@@ -271,11 +272,11 @@ class LoadedRun:
         """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
         or None (unconditional); ``guidance`` w != 1 needs labels. Same seed, same samples.
         ``clip_x0`` defaults to the run's ``sample.clip_x0`` (None: no clipping). ``device``:
-        where to sample (None: where the model is)."""
-        from ..editing.superres import refuse_superres
-
-        model = self.ema_model if ema else self.model
-        refuse_superres(model, "run.sample")
+        where to sample (None: where the model is). ``model``: the network to sample with instead
+        of the EMA (or, ``ema=False``, the raw) weights, e.g. one of them accelerated
+        (``dl.accel.accelerate(run.ema_model, ...)``)."""
+        if model is None:
+            model = self.ema_model if ema else self.model
         if labels is None and is_real(guidance) and guidance != 1.0:
             if self.num_classes is None:
                 raise ValueError(f"guidance={guidance} needs a class-conditional model; this run's "

@@ -28,8 +28,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..files import atomic_write_text
-from ..models.norm import MODES as GROUP_NORM_MODES
-from ..models.norm import check_nhwc_group_norm_mode
+from ..accel import GROUP_NORM_MODES, check_group_norm_mode
 
 __all__ = [
     "ModelConfig",
@@ -288,10 +287,10 @@ class TrainConfig:
     -- a torchrun run notes it and steps eagerly --, not fp16: the whole step -- forward,
     backward, clipping, AdamW, EMA -- captured once and replayed, training/step_graph.py),
     ``group_norm`` (how
-    the U-Net's GroupNorms compute channels_last activations, models/norm.py: null = as the
-    process is set (``set_nhwc_group_norm``; torch's kernel by default), "never" = torch's kernel,
-    "compile" = on the NHWC view under torch.compile, "always", or "triton" = difflab's Triton
-    kernels for the sample grids and "compile" for the training steps), and ``channels_last`` memory
+    the U-Net's GroupNorms compute channels_last activations, a module swap of
+    ``difflab.accel.set_group_norm``: null or "never" = torch's kernel, "compile" = on the NHWC
+    view under torch.compile, "always", or "triton" = difflab's Triton kernels for the sample
+    grids and "compile" for the training steps), and ``channels_last`` memory
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
     threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
     wait for each other cost more than they compute).
@@ -360,7 +359,7 @@ class TrainConfig:
         if self.group_norm is not None:
             _choice("group_norm", self.group_norm, GROUP_NORM_MODES)
             try:
-                check_nhwc_group_norm_mode(self.group_norm)
+                check_group_norm_mode(self.group_norm)
             except ValueError as e:
                 _fail("group_norm", self.group_norm, str(e))
         _kind("compile_options", self.compile_options, dict, "a mapping of torch.compile keywords")

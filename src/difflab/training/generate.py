@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..data.grids import save_image_grid
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
 
@@ -75,6 +76,4 @@ def generate(
 
 def save_grid(images: Tensor, path: Union[str, Path], nrow: int) -> Path:
     """Images in [-1, 1], shape [N, C, H, W], as a PNG grid with ``nrow`` images per row."""
-    from ..evaluation import save_image_grid
-
     return save_image_grid(images.detach().float().cpu(), path, nrow=nrow)

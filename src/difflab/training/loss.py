@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Callable, Optional
 from torch import Tensor, nn
 
 from ..diffusion import GaussianDiffusion, check_weighting
+from ..models.superres import WithLowRes, downsample
+from ..validation import is_int
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["TrainBatch", "DiffusionLoss", "LossFn", "register_loss", "loss_names", "build_loss"]
+__all__ = ["TrainBatch", "DiffusionLoss", "SuperResLoss", "LossFn", "register_loss", "loss_names", "build_loss"]
 
 
 @dataclass
@@ -66,14 +68,43 @@ class DiffusionLoss:
         return f"DiffusionLoss({self.proc!r}, weighting={self.weighting!r})"
 
 
+class SuperResLoss:
+    """The trainer's loss for a super-resolution model (:mod:`difflab.models.superres`):
+    ``proc.training_loss`` on x0 = the batch's images with ``lowres = downsample(x0, scale)``,
+
+        E_{x0, t, eps} || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, lowres=down(x0)) - target ||^2."""
+
+    def __init__(self, proc: GaussianDiffusion, scale: int = 2, weighting=None) -> None:
+        if not is_int(scale) or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        check_weighting(weighting)  # now, not at the first call after a forward pass
+        self.proc, self.scale, self.weighting = proc, int(scale), weighting
+
+    def __call__(self, model: nn.Module, batch) -> Tensor:
+        lowres = downsample(batch.x0, self.scale)
+        return self.proc.training_loss(WithLowRes(model, lowres), batch.x0, batch.cond, t=batch.t,
+                                       noise=batch.noise, weighting=self.weighting)
+
+    def __repr__(self) -> str:
+        return f"SuperResLoss({self.proc!r}, scale={self.scale}, weighting={self.weighting!r})"
+
+
+def _superres_loss(proc: GaussianDiffusion, cfg) -> SuperResLoss:
+    if cfg.model.name != "superres":
+        raise ValueError(f"config field 'loss' is 'superres' but model.name is {cfg.model.name!r}: "
+                         "the super-resolution loss needs model 'superres'")
+    return SuperResLoss(proc, cfg.model.kwargs.get("scale", 2), weighting=cfg.diffusion.weighting)
+
+
 # A config's ``loss`` field names one of these: factory(proc, cfg) -> loss_fn.
 _LOSSES: dict[str, Callable[[GaussianDiffusion, "TrainConfig"], LossFn]] = {
     "diffusion": lambda proc, cfg: DiffusionLoss(proc, cfg.diffusion.weighting),
+    "superres": _superres_loss,
 }
 
 
 def register_loss(name: str, factory: Callable[[GaussianDiffusion, "TrainConfig"], LossFn]) -> None:
-    """Make ``loss: name`` in a config build ``factory(proc, cfg)`` (e.g. editing's "superres")."""
+    """Make ``loss: name`` in a config build ``factory(proc, cfg)``."""
     _LOSSES[name] = factory
 
 

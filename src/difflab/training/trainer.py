@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..devices import graphs_supported as _graphs_supported
 from ..devices import resolve_device
 from ..diffusion import GaussianDiffusion
-from ..models.norm import nhwc_group_norm
+from ..accel import set_module_forms
 from .build import build_model, build_process
 from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint,
                          save_checkpoint)
@@ -46,6 +46,7 @@ from .config import TrainConfig, config_diff, config_to_text, load_config
 from .data import GlobalBatches, check_data, load_data, step_generator
 from .ema import EMA
 from .generate import class_rows, generate, save_grid
+from ..models.superres import lowres_model
 from .loss import LossFn, TrainBatch, build_loss
 from .step_graph import StepGraph
 
@@ -159,13 +160,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.proc: GaussianDiffusion = build_process(cfg)
         model = build_model(cfg)
+        set_module_forms(model, group_norm=cfg.group_norm)  # faster forms of the same function, in place
+        self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
         self._check_model(model)
         self.channels_last = cfg.channels_last and len(self.sample_shape) == 3
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         model.train()
         self.model = model
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
-        self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
         if self.rank > 0:  # dropout masks: the network was built alike everywhere, the masks differ
             torch.manual_seed(cfg.seed * 1_000_003 + self.rank)  # (process 0's stream as in one process)
         if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1:
@@ -268,15 +270,18 @@ class Trainer:
             tqdm.write(msg, file=sys.stderr)
 
     def _check_model(self, model: nn.Module) -> None:
-        """One forward pass on two samples, so a shape mismatch fails here with a clear message."""
+        """The loss on two samples (the model called as training will call it), so a model that
+        cannot take the data fails here with a clear message."""
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
         t = torch.zeros(k, dtype=torch.long)
         cond = torch.zeros(k, dtype=torch.long) if self.num_classes is not None else None
+        batch = TrainBatch(x0=x, cond=cond, labels=cond, t=t, noise=torch.zeros_like(x), u=torch.zeros(k), step=0,
+                           index=torch.arange(k))
         model.eval()
         try:
             with torch.no_grad():
-                out = model(x, t, cond) if cond is not None else model(x, t)
+                self.loss_fn(model, batch)
         except Exception as err:  # noqa: BLE001 - re-raised with the config's names
             raise ValueError(
                 f"model {self.cfg.model.name!r} cannot take data {self.cfg.data.name!r} of shape "
@@ -285,9 +290,6 @@ class Trainer:
             ) from None
         finally:
             model.train()
-        if out.shape != x.shape:
-            raise ValueError(f"model {self.cfg.model.name!r} returned shape {tuple(out.shape[1:])} for "
-                             f"data of shape {tuple(x.shape[1:])}")
 
     def _rng_state(self) -> dict:
         s = {"cpu": torch.get_rng_state()}
@@ -403,19 +405,14 @@ class Trainer:
         graph's output buffers: read or clone them before the next step."""
         return self._train_step(self.step if s is None else s)
 
-    def _group_norm(self):
-        """The config's GroupNorm mode for a block (null: the process-wide setting, untouched)."""
-        return nhwc_group_norm(self.cfg.group_norm)
-
     def _train_step(self, s: int) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors (no sync)."""
         batches = list(self._micro_batches(s))
-        with self._group_norm():  # read while compiling, capturing or running eagerly
-            if self._graph is None:
-                out = self._update(batches)
-            else:  # the same body, captured once and replayed (training/step_graph.py)
-                out = self._graph(batches, self.ema.current_decay())
-                self.ema.num_updates += 1
+        if self._graph is None:
+            out = self._update(batches)
+        else:  # the same body, captured once and replayed (training/step_graph.py)
+            out = self._graph(batches, self.ema.current_decay())
+            self.ema.num_updates += 1
         self.scheduler.step()
         return out
 
@@ -594,8 +591,6 @@ class Trainer:
 
     def sample_grid(self, path: Union[str, Path]) -> Path:
         """A grid from the EMA weights with the config's sample settings (a row per class)."""
-        from ..editing.superres import lowres_model  # here: editing.superres registers a loss of training
-
         sc = self.cfg.sample
         if lowres_model(self.ema.model) is not None:
             self._say("note: no sample grid for a super-resolution model (it needs low-res images: "
@@ -610,10 +605,9 @@ class Trainer:
         was_training = self.ema.model.training  # the live model itself when ema.decay = 0
         self.ema.model.eval()
         try:
-            with self._group_norm():
-                images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
-                                  sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                                  seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
+            images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+                              sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
+                              seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
         finally:
             self.ema.model.train(was_training)
         if images.ndim != 4:

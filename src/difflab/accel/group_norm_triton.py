@@ -2,7 +2,7 @@
 
     y = act((GN(x + a) * gamma + beta) * (1 + s) + b)
 
-with GN the group normalization of :mod:`difflab.models.norm` (statistics over the C/G channels
+with GN the group normalization of :class:`difflab.models.norm.GroupNorm` (statistics over the C/G channels
 of a group and all H*W positions, biased variance), gamma, beta its per-channel affine, a an
 optional per-(image, channel) addition before the norm (DDPM's time embedding, ``norm2(h + e)``),
 s, b an optional per-(image, channel) scale and shift after it (ADM's ``use_scale_shift_norm``)
@@ -11,7 +11,8 @@ they take five to eight kernels and, for channels_last input, two layout copies.
 
 Here, over the NHWC memory, an image of at most ``SINGLE_PASS_MAX`` elements (the U-Net's 4x4
 level) takes one kernel, ``_gn_single_pass``, whose program holds the image whole: one read of x,
-one write of y, one launch. A larger image takes one of three ways (``KERNEL``, ``_plan``):
+one write of y, one launch. A larger image takes one of three ways (``kernel``, ``plan``,
+else the rule of :func:`choose_kernels`):
 
 - **tiled**, three kernels over tiles of ``BLOCK_HW`` positions x all C channels (one
   contiguous stretch of memory), any number of programs an image:
@@ -33,7 +34,7 @@ one write of y, one launch. A larger image takes one of three ways (``KERNEL``, 
   only when C/G is a power of two (measured: slower than tiled for groups of 12 channels);
 - **resident**, one kernel, ``_gn_single_pass`` over slabs: a program per (image, slab of whole
   groups) small enough (``RESIDENT_MAX`` elements) to hold all its positions at once, so x is
-  read once. Only on request (``KERNEL = "resident"``) until a GPU has measured it;
+  read once. Taken by the rule only where it was measured faster (see :func:`choose_kernels`);
   ``"resident2"`` is the same kernel with each thread's registers capped (ptxas' ``maxnreg``) so
   that two of its 16-warp programs share an SM.
 
@@ -46,11 +47,12 @@ Statistics are float32; y has x's dtype (under autocast the composite path retur
 instead, which every consumer in the U-Net -- a convolution or a linear layer -- casts back to
 bf16 before use; the values agree to that rounding).
 
-Inference only: there is no backward. :class:`difflab.models.norm.GroupNorm` takes this path
-only in the "triton" mode and only when no gradient is needed, and computes the composite
-otherwise. The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
-(``TRITON_INTERPRET=1``, set before this module is imported), which is how the tests check them
-without a GPU.
+Inference only: there is no backward. :class:`difflab.accel.group_norm.TritonGroupNorm` takes
+this path only when no gradient is needed, and computes the composite otherwise. The kernels run
+on CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, set before
+this module is imported: Triton reads it when a kernel is defined), which is how the tests check
+them without a GPU. Which kernels each shape takes on which GPU was measured by
+``benchmarks/group_norm.py``; the figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -63,15 +65,18 @@ from typing import Optional, Union
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 from torch import Tensor
 
-from .norm import check_groups
+from ..models.norm import check_groups
 
-__all__ = ["group_norm_act", "INTERPRETED"]
+__all__ = ["group_norm_act", "interpreted", "load_plan", "choose_kernels", "KERNELS"]
 
-# Triton's interpreter runs the kernels (on the CPU, with NumPy): decided when @triton.jit runs,
-# i.e. when this module is imported.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+def interpreted() -> bool:
+    """Whether Triton's interpreter runs the kernels (on the CPU, with NumPy): Triton decides it
+    from TRITON_INTERPRET when a kernel is defined, i.e. when this module is imported."""
+    return isinstance(_gn_single_pass, InterpretedFunction)
 
 
 @triton.jit
@@ -401,60 +406,45 @@ RESIDENT_RULE_HW = 64
 # most 4 warps fit several an SM anyway and are not capped.
 REGISTERS_PER_SM = 65536  # sm_70 to sm_90
 
-# Which kernels images larger than SINGLE_PASS_MAX take: "tiled", "looped", "resident" or
-# "resident2" (where a slab fits, else the rule; small images too, in slabs), or None for the rule
-# above. The environment variable DIFFLAB_GN_KERNEL sets it at import (benchmarks/gpu_session.sh
-# sets it to whichever benchmarks/group_norm.py measured faster on the GPU at hand).
+# The ways a large image can take (``kernel`` of :func:`group_norm_act`, the values of a plan).
 KERNELS = ("tiled", "looped", "resident", "resident2")
 RESIDENT = ("resident", "resident2")
-KERNEL: Optional[str] = os.environ.get("DIFFLAB_GN_KERNEL") or None
-if KERNEL not in (None, *KERNELS):
-    raise ValueError(f"DIFFLAB_GN_KERNEL must be one of {', '.join(KERNELS)} (or unset), got {KERNEL!r}")
 
 
 def load_plan(path: Union[str, os.PathLike]) -> dict[tuple[int, int, int], str]:
     """A per-shape table of ways, {"C,G,HW": "tiled" | "looped" | "resident" | "resident2"} in a JSON file (what
     ``benchmarks/group_norm.py --best-per-shape`` writes from timings on the GPU at hand), as
-    {(C, G, HW): way}. The environment variable DIFFLAB_GN_PLAN names one to load at import.
-    A table holds for the batch size it was timed at (the ways differ in how many programs a
+    {(C, G, HW): way}. A table holds for the batch size it was timed at (the ways differ in how many programs a
     batch gives): time it at the batch you sample with."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"DIFFLAB_GN_PLAN: cannot read the per-shape plan {str(path)!r} ({err})") from None
+        raise ValueError(f"group norm plan: cannot read the per-shape plan {str(path)!r} ({err})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"DIFFLAB_GN_PLAN {str(path)!r}: expected a JSON object {{\"C,G,HW\": way}}")
+        raise ValueError(f"group norm plan {str(path)!r}: expected a JSON object {{\"C,G,HW\": way}}")
     plan = {}
     for key, way in raw.items():
         parts = key.split(",")
         if len(parts) != 3 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts) \
                 or way not in KERNELS:
-            raise ValueError(f"DIFFLAB_GN_PLAN {str(path)!r}: entry {key!r}: {way!r} is not \"C,G,HW\": one of "
+            raise ValueError(f"group norm plan {str(path)!r}: entry {key!r}: {way!r} is not \"C,G,HW\": one of "
                              f"{', '.join(KERNELS)}")
         plan[tuple(int(p) for p in parts)] = way
     return plan
 
 
-# Which way each shape (C, G, H*W) takes, measured per shape on the GPU at hand: overrides the
-# rule; an explicit kernel argument or KERNEL overrides it.
-PLAN: dict[tuple[int, int, int], str] = load_plan(os.environ["DIFFLAB_GN_PLAN"]) if os.environ.get(
-    "DIFFLAB_GN_PLAN") else {}
-
-
-def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> dict:
+def choose_kernels(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> dict:
     """Which kernels and their tile sizes (powers of two). The channel axis is BLOCK_G x BLOCK_CG
     lanes: all groups (single, tiled) or a slab of them (looped, resident; NS slabs an image); a
     tile is BLOCK_HW positions by those lanes (single, resident: all of them); the tiled kernels
     cut an image into NB tiles; maxnreg (resident2 only) caps a thread's registers. ``kernel``:
-    "tiled" or "looped" for a large image, "resident" or "resident2" for any (default ``KERNEL``,
-    else the per-shape ``PLAN``, else the measured rule above: single pass, resident at 8 x 8,
-    looped, or tiled)."""
+    "tiled" or "looped" for a large image, "resident" or "resident2" for any (None: the measured
+    rule above: single pass, resident at 8 x 8, looped, or tiled)."""
     block_g, block_cg = triton.next_power_of_2(G), triton.next_power_of_2(C // G)
     lanes = block_g * block_cg
     whole = triton.next_power_of_2(HW)
     slab_g = min(block_g, max(1, SLAB_LANES // block_cg))
     ns = triton.cdiv(G, slab_g)
-    kernel = kernel or KERNEL or PLAN.get((C, G, HW))
     aligned = block_cg == C // G  # C/G a power of two: slabs of whole 128-byte lines
     if (kernel is None and whole * lanes > SINGLE_PASS_MAX and HW <= RESIDENT_RULE_HW and aligned
             and B * ns >= LOOPED_MIN_PROGRAMS):  # where measured: a batch's many programs, C/G 8 or 16
@@ -490,7 +480,7 @@ def _plan(C: int, G: int, HW: int, B: int = 1, kernel: Optional[str] = None) -> 
 @torch.library.custom_op("difflab::group_norm_act", mutates_args=())
 def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                     add: Optional[Tensor], scale: Optional[Tensor], shift: Optional[Tensor],
-                    eps: float, silu: bool) -> Tensor:
+                    eps: float, silu: bool, kernel: Optional[str]) -> Tensor:
     # The kernels index NHWC memory, dense [C] operands and [B, C] rows OS apart. Inside a compiled
     # graph the inputs come with whatever strides Inductor chose, so make sure here (no copy when
     # they are).
@@ -502,7 +492,7 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
     y = torch.empty_like(x, memory_format=torch.channels_last)
     if y.numel() == 0:  # no image or no position: nothing to normalize (a zero-size arange otherwise)
         return y
-    p = _plan(C, G, HW, B)
+    p = choose_kernels(C, G, HW, B, kernel)
     tile = dict(BLOCK_HW=p["BLOCK_HW"], BLOCK_G=p["BLOCK_G"], BLOCK_CG=p["BLOCK_CG"], num_warps=p["num_warps"])
     if "maxnreg" in p:  # a compile option (Triton's interpreter ignores it)
         tile["maxnreg"] = p["maxnreg"]
@@ -527,36 +517,41 @@ def _group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: 
 
 
 @_group_norm_act.register_fake
-def _(x, num_groups, weight, bias, add, scale, shift, eps, silu):
+def _(x, num_groups, weight, bias, add, scale, shift, eps, silu, kernel):
     return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 def group_norm_act(x: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                    bias: Optional[Tensor] = None, eps: float = 1e-5, *, add: Optional[Tensor] = None,
                    scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
-                   silu: bool = False) -> Tensor:
+                   silu: bool = False, kernel: Optional[str] = None,
+                   plan: Optional[dict] = None) -> Tensor:
     """act((GN(x + add) * weight + bias) * (1 + scale) + shift) for a 4-D x, by the Triton kernels;
     the result is channels_last with x's dtype. add, scale, shift: [B, C], [B, C, 1, 1] or
-    [C, 1, 1].
-    No gradient: for training use :func:`difflab.models.norm.group_norm_nhwc`."""
+    [C, 1, 1]. ``kernel`` forces a way for every shape; else ``plan`` ({(C, G, HW): way},
+    :func:`load_plan`) for the shapes it names; else the rule (:func:`choose_kernels`).
+    No gradient: for training use :func:`difflab.accel.group_norm.group_norm_nhwc`."""
     if x.ndim != 4:
         raise ValueError(f"group_norm_act: x must be [B, C, H, W], got shape {list(x.shape)}")
     B, C, H, W = x.shape
     check_groups(C, num_groups)
-    if x.device.type != "cuda" and not INTERPRETED:
+    if x.device.type != "cuda" and not interpreted():
         raise ValueError(f"group_norm_act runs Triton kernels on CUDA tensors, got a {x.device.type} "
-                         "tensor; use difflab.models.norm.group_norm_nhwc (or set TRITON_INTERPRET=1 "
+                         "tensor; use difflab.accel.group_norm.group_norm_nhwc (or set TRITON_INTERPRET=1 "
                          "before importing difflab, to test the kernels on the CPU)")
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"group_norm_act: kernel must be one of {', '.join(KERNELS)} or None (the rule), "
+                         f"got {kernel!r}")
     operands = (x, weight, bias, add, scale, shift)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
         raise RuntimeError("group_norm_act has no backward (it is for sampling); call it under "
-                           "torch.no_grad(), or use difflab.models.norm.group_norm_nhwc to train")
+                           "torch.no_grad(), or use difflab.accel.group_norm.group_norm_nhwc to train")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (C,):
             raise ValueError(f"group_norm_act: {name} must have shape [{C}], got {list(t.shape)}")
     if x.numel() >= 2**31:
         raise ValueError(f"group_norm_act indexes with 32-bit offsets: {x.numel()} elements is too many; "
-                         "split the batch, or use difflab.models.norm.group_norm_nhwc")
+                         "split the batch, or use difflab.accel.group_norm.group_norm_nhwc")
     return _group_norm_act(x, num_groups, weight, bias, _per_image("add", add, B, C),
                            _per_image("scale", scale, B, C), _per_image("shift", shift, B, C),
-                           float(eps), bool(silu))
+                           float(eps), bool(silu), kernel or (plan or {}).get((C, num_groups, H * W)))

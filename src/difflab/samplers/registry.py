@@ -1,0 +1,57 @@
+"""The samplers by name: each one's function, default spacing, options and whether it draws noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..validation import is_real
+from .ddim import sample_ddim
+from .ddpm import sample_ddpm
+from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
+from .euler import sample_euler
+from .heun import sample_heun
+
+__all__ = ["SamplerSpec", "SAMPLERS", "register"]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its function, default spacing and the options it takes."""
+
+    fn: Callable
+    default_spacing: str = "trailing"
+    options: tuple[str, ...] = ()
+    evals_per_step: int = 1  # model evaluations per step (the last step may use fewer)
+    description: str = ""
+    stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def _positive(value) -> bool:
+    """A sampler option that switches noise on (eta, s_churn) when positive; anything else is
+    left to the sampler's own check."""
+    return is_real(value) and value > 0
+
+
+def register(name: str, spec: SamplerSpec) -> None:
+    """Make a sampler available to :func:`sample` and the CLI under ``name``."""
+    SAMPLERS[name] = spec
+
+
+register("ddpm", SamplerSpec(sample_ddpm, "trailing", ("variance",), 1, "DDPM ancestral (Ho et al. 2020)",
+                            stochastic=lambda o: True))
+register("ddim", SamplerSpec(sample_ddim, "trailing", ("eta",), 1, "DDIM with eta (Song et al. 2021)",
+                            stochastic=lambda o: _positive(o.get("eta"))))
+register("dpmpp_2m", SamplerSpec(sample_dpmpp_2m, "logsnr", (), 1, "DPM-Solver++(2M), data prediction (Lu et al. 2022)"))
+register(
+    "dpmpp_3m",
+    SamplerSpec(sample_dpmpp_3m, "logsnr", ("lower_order_final", "variant"), 1, "DPM-Solver++ 3rd-order multistep"),
+)
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the PF-ODE (Karras et al. 2022)",
+                             stochastic=lambda o: _positive(o.get("s_churn"))))
+register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)",
+                            stochastic=lambda o: _positive(o.get("s_churn"))))

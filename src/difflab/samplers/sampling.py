@@ -1,0 +1,278 @@
+"""``dl.sample`` and ``dl.invert``: the samplers run on a network of the model convention.
+
+:func:`sample` checks its arguments once, builds the noise levels (a timestep spacing, or
+explicit timesteps or sigmas), draws x_T and hands a :class:`SamplingSettings` -- everything
+but the inputs that determines the run -- to the registered sampler function, which runs in
+the VE parameterisation x = x0 + sigma eps on the network seen as a denoiser (:mod:`.denoiser`).
+
+Speed is not an argument here: it is applied to the model from outside (:mod:`difflab.accel`),
+and the accelerated model follows the model convention like any other. A model may take over
+how a whole run executes by defining ``sampling_run`` (the speed layer's whole-run CUDA graph);
+everything it computes is still :meth:`SamplingSettings.run`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..devices import resolve_device
+from ..diffusion import GaussianDiffusion
+from ..validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real, model_dtype
+from .base import eval_mode, model_device, randn
+from .ddim import sample_ddim
+from .denoiser import Denoiser
+from .registry import SAMPLERS, SamplerSpec
+from .timesteps import SPACINGS, sampling_sigmas, sigmas_from_timesteps
+
+__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
+
+# Keyword options of sample() that every sampler takes (the rest of **options are the sampler's own).
+SAMPLING_OPTIONS = ("spacing", "timesteps", "sigmas", "clip_x0", "dynamic_threshold", "null_cond")
+
+# Keywords of sample() that moved to the speed layer, and what to write instead.
+MOVED_TO_ACCEL = ("precision", "channels_last", "compile", "cuda_graph", "group_norm")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Everything but the inputs (x_T, labels, generator) that determines a sampling run: the
+    sampler, its noise levels (decreasing, ending at 0) and options, the process and the
+    denoiser's guidance and thresholding. Hashable, so a run can be cached by it."""
+
+    sampler: str
+    sigmas: tuple[float, ...]
+    options: tuple[tuple[str, Any], ...]
+    proc: GaussianDiffusion
+    guidance: float = 1.0
+    null_cond: Optional[int] = None
+    clip_x0: Optional[float] = None
+    dynamic_threshold: Optional[float] = None
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the sampler draws noise as it runs (DDPM, DDIM with eta > 0, churn)."""
+        return SAMPLERS[self.sampler].stochastic(dict(self.options))
+
+    def run(self, model: Callable, x_T: Tensor, cond: Optional[Tensor] = None,
+            generator: Optional[torch.Generator] = None, callback: Optional[Callable[[dict], None]] = None) -> Tensor:
+        """x0 from the VP state x_T: x = x_T / sqrt(abar_T) = x_T sqrt(1 + sigma_max^2), then the sampler."""
+        denoiser = Denoiser(model, self.proc, cond, self.guidance, self.null_cond, self.clip_x0,
+                            self.dynamic_threshold)
+        x = x_T * math.sqrt(1.0 + self.sigmas[0] ** 2)
+        sig = torch.tensor(self.sigmas, dtype=torch.float64)
+        return SAMPLERS[self.sampler].fn(denoiser, x, sig, generator=generator, callback=callback,
+                                         **dict(self.options))
+
+
+class _StepReport:
+    """The per-step callback of a run: advances the progress bar and calls the user's callback
+    with the VP state x_t = x / sqrt(1 + sigma^2)."""
+
+    def __init__(self, callback: Optional[Callable[[dict], None]], bar) -> None:
+        self.callback, self.bar = callback, bar
+        self.has_user_callback = callback is not None
+
+    def __call__(self, step: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.callback is not None:
+            self.callback(dict(step, x=step["x"] / math.sqrt(1.0 + step["sigma"] ** 2)))
+
+
+def _refuse_moved_keywords(options: dict) -> None:
+    moved = [k for k in MOVED_TO_ACCEL if k in options]
+    if moved:
+        given = ", ".join(f"{k}={options[k]!r}" for k in moved)
+        raise TypeError(
+            f"dl.sample no longer takes speed options ({given}): speed is applied to the model from outside, "
+            f"fast = dl.accel.accelerate(model, {given}); then dl.sample(fast, ...), dl.invert(fast, ...) or any "
+            "editing function"
+        )
+
+
+def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tensor:
+    given = [name for name, v in (("spacing", spacing), ("timesteps", timesteps_), ("sigmas", sigmas))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} each set the noise levels: give one of them")
+    if sigmas is not None:
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+        if sig.ndim != 1 or sig.numel() < 2:
+            raise ValueError("sigmas must be a 1-D tensor of at least 2 noise levels")
+        if not torch.isfinite(sig).all():
+            raise ValueError(f"sigmas must be finite noise levels, got {sig.tolist()}")
+        if sig[-1] != 0:
+            sig = torch.cat([sig, sig.new_zeros(1)])
+        if (sig[1:] >= sig[:-1]).any() or (sig < 0).any():
+            raise ValueError("sigmas must be strictly decreasing and non-negative (ending at 0)")
+        # The network only knows the levels of its training grid: outside them it would be
+        # evaluated at the clamped end of the grid while the solver assumes another level.
+        lo, hi = proc.sigma_min * (1 - 1e-6), proc.sigma_max * (1 + 1e-6)
+        inside = sig[:-1]
+        if (inside < lo).any() or (inside > hi).any():
+            raise ValueError(
+                f"sigmas (except the final 0) must lie in the process's range [sigma_min, sigma_max] = "
+                f"[{proc.sigma_min:.4g}, {proc.sigma_max:.4g}], got values in [{float(inside.min()):.4g}, "
+                f"{float(inside.max()):.4g}]; e.g. karras_sigmas(steps, proc.sigma_min, proc.sigma_max)"
+            )
+        return sig
+    if timesteps_ is not None:
+        return sigmas_from_timesteps(proc, timesteps_)
+    spacing = spacing or spec.default_spacing
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    return sampling_sigmas(proc, steps, spacing)
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    entries = None if isinstance(shape, (str, bytes)) else shape
+    try:
+        entries = tuple(entries)
+    except TypeError:
+        entries = None
+    if entries is None or any(not is_int(s) for s in entries):
+        raise TypeError(f"shape must be a sequence of ints like (B, C, H, W), got {shape!r}")
+    shape = tuple(int(s) for s in entries)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with every size >= 1, got {shape}")
+    return shape
+
+
+def sample(
+    model: Callable,
+    proc: GaussianDiffusion,
+    shape: Sequence[int],
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    noise: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    progress: bool = False,
+    *,
+    callback: Optional[Callable[[dict], None]] = None,
+    **options,
+) -> Tensor:
+    """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
+
+    ``options`` are the sampler's own (e.g. ``variance="beta"`` for DDPM, ``s_churn`` for Euler)
+    and these, which every sampler takes:
+
+    - the noise levels: ``spacing`` picks the timesteps (:mod:`.timesteps`; default per sampler);
+      ``timesteps`` (decreasing ints) or ``sigmas`` (decreasing VE noise levels) give them
+      explicitly, and then ``steps`` is ignored;
+    - thresholding of the x0 estimates: ``clip_x0=c`` clamps them to [-c, c];
+      ``dynamic_threshold=p`` is Imagen's dynamic thresholding at quantile p;
+    - ``null_cond``: the label of guidance's unconditional branch (default: the model's null label).
+
+    ``callback`` receives a dict per step with the VP state ``x``, the estimate ``denoised``, the
+    noise level ``sigma`` and the index ``i``. Returns x0 (unclamped).
+
+    dtypes: ``noise`` must be a float tensor; it is cast to the model's dtype (its parameters',
+    or its ``dtype`` attribute: an accelerated 16-bit network keeps float32 state); a model
+    without parameters runs in the noise's dtype, and noise drawn here is float32. ``device``:
+    "auto", "cpu", "cuda", "cuda:<i>" or a torch.device that exists here (default: the model's).
+
+    Speed: ``dl.sample(dl.accel.accelerate(model, precision="bf16", compile=True, ...), ...)``.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+    spec = SAMPLERS[sampler]
+    if not isinstance(proc, GaussianDiffusion):
+        raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+    _refuse_moved_keywords(options)
+    common = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
+    shape = _check_shape(shape)
+    if not is_real(eta):
+        raise TypeError(f"eta must be a number in [0, 1] (0 = deterministic DDIM), got {type(eta).__name__} {eta!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {float(eta)}")
+    if eta != 0.0:
+        if "eta" not in spec.options:
+            raise ValueError(f"eta is an option of {[n for n, s in SAMPLERS.items() if 'eta' in s.options]}, not of {sampler!r}")
+        options["eta"] = float(eta)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise ValueError(
+            f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}; its options: "
+            f"{', '.join(spec.options) or 'none'} (and {', '.join(SAMPLING_OPTIONS)}, which every sampler takes)"
+        )
+    if not callable(model):
+        raise TypeError(f"model must be a callable model(x_t, t[, cond]), got {type(model).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+                        f"got {type(generator).__name__}")
+    state_dtype = model_dtype(model)
+    if noise is not None:  # a float tensor in the model's dtype (see the docstring)
+        noise = float_input(noise, "noise", model, NOISE_FIX, state_dtype)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    device = resolve_device(device, "device") if device is not None else model_device(model, noise)
+    sig = _sigmas(proc, spec, steps, common.get("spacing"), common.get("sigmas"), common.get("timesteps"))
+    cond = check_labels(model, cond, shape[0], device)
+    x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
+    settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,
+                                common.get("null_cond"), common.get("clip_x0"), common.get("dynamic_threshold"))
+    bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False) if progress else None
+    report = _StepReport(callback, bar)
+    runner = getattr(model, "sampling_run", None)  # a model that runs a whole run its own way
+    try:
+        with eval_mode(model):
+            if runner is None:
+                x = settings.run(model, x_T, cond, generator, report)
+            else:
+                x = runner(lambda *a: settings.run(model, *a), settings, x_T, cond, generator, report)
+        if bar is not None:
+            bar.update(bar.total - bar.n)  # (a run captured whole reports no steps)
+    finally:
+        if bar is not None:
+            bar.close()
+    return x
+
+
+def invert(
+    model: Callable,
+    proc: GaussianDiffusion,
+    x0: Tensor,
+    steps: int = 50,
+    cond: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    *,
+    spacing: str = "trailing",
+    progress: bool = False,
+) -> Tensor:
+    """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, app. F): x0 -> x_T.
+
+    Walks up the noise levels ``sample(sampler="ddim")`` walks down, from sigma = 0 (x0) to
+    the top, so ``sample(..., noise=invert(x0), steps=steps, spacing=spacing)`` reconstructs x0
+    up to the ODE's discretisation error. The first interval 0 -> sigma_1 has no prediction at
+    its start (sigma = 0): as in diffusers' DDIMInverseScheduler, it takes the prediction at
+    sigma_1 of x0 itself, x_1 = x0 + sigma_1 eps_hat(x0, sigma_1); then eta = 0 DDIM updates.
+    """
+    if not isinstance(x0, Tensor) or x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
+    x0 = float_input(x0, "x0", model, X0_FIX)  # cast to the model's dtype, as in sample
+    sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
+    if cond is not None:
+        cond = check_labels(model, cond, x0.shape[0], x0.device)
+    denoiser = Denoiser(model, proc, cond, guidance)
+    bar = tqdm(total=len(sig), desc="invert", leave=False) if progress else None
+    try:
+        with eval_mode(model), torch.no_grad():
+            s1 = float(sig[0])
+            x = 2 * x0 - denoiser(x0, s1)  # x0 + s1 * eps_hat, eps_hat = (x0 - D(x0, s1)) / s1
+            if bar is not None:
+                bar.update(1)
+            x = sample_ddim(denoiser, x, sig, callback=(lambda _: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return x / math.sqrt(1.0 + float(sig[-1]) ** 2)
