@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .validation import positive_int
+
 __all__ = [
     "NoiseSchedule",
     "linear",
@@ -73,9 +75,7 @@ class NoiseSchedule:
 
 
 def _check_T(T: int) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T <= 0:
-        raise ValueError(f"T (the number of diffusion steps) must be a positive integer, got {T!r}")
-    return T
+    return positive_int("T (the number of diffusion steps)", T)
 
 
 def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
@@ -84,7 +84,7 @@ def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> N
     The defaults are the paper's for T = 1000; for another T, scale both by 1000 / T
     to keep the same abar_T, as improved-diffusion does.
     """
-    _check_T(T)
+    T = _check_T(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(
             f"linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, "
@@ -95,7 +95,7 @@ def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> N
 
 def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> NoiseSchedule:
     """sqrt(beta_t) linear (Stable Diffusion's "scaled_linear", as in diffusers)."""
-    _check_T(T)
+    T = _check_T(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(
             f"scaled_linear needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}"
@@ -112,7 +112,7 @@ def from_alpha_bar(
     This is improved-diffusion's ``betas_for_alpha_bar``; clipping at max_beta < 1
     avoids the singularity where abar reaches 0 at u = 1.
     """
-    _check_T(T)
+    T = _check_T(T)
     if not 0 < max_beta < 1:
         raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
     betas = []
@@ -154,7 +154,7 @@ def sigmoid(
 
     GeoDiff's schedule (Xu et al. 2022), the meaning of "sigmoid" in diffusers' DDPMScheduler.
     """
-    _check_T(T)
+    T = _check_T(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(
             f"sigmoid schedule needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import positive_int
 from ._resize import resize_square
 
 __all__ = ["load"]
@@ -21,8 +22,7 @@ def load(image_size: int = 8) -> tuple[Tensor, Tensor]:
     """
     from sklearn.datasets import load_digits
 
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    image_size = positive_int("image_size", image_size)
     bunch = load_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     y = torch.as_tensor(bunch.target, dtype=torch.long)

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..validation import is_int, is_real
+from ..validation import is_int, is_real, positive_int
 
 __all__ = ["swiss_roll", "two_moons", "eight_gaussians", "checkerboard", "make", "NAMES", "NUM_CLASSES"]
 
@@ -81,8 +81,7 @@ def make(name: str, n: int, generator: Optional[torch.Generator] = None, labels:
     """n points of the toy set ``name`` as float32 [n, 2] (and long labels [n] if ``labels``)."""
     if name not in _MAKERS:
         raise ValueError(f"unknown 2D dataset {name!r}; choose one of {', '.join(NAMES)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of points) must be a positive integer, got {n!r}")
+    n = positive_int("n (the number of points)", n)
     options = [k for k in inspect.signature(_MAKERS[name]).parameters if k not in ("n", "generator")]
     for key, value in kwargs.items():
         if key not in options:

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
-from ..validation import check_labels, is_int
+from ..validation import check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .masks import check_mask
 
@@ -50,12 +50,6 @@ def paste(x: Tensor, image: Tensor, mask: Tensor) -> Tensor:
     return mask * x + (1 - mask) * image
 
 
-def _positive_int(name: str, value) -> int:
-    if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def repaint_schedule(steps: int, jump_length: int = 10, resample: int = 10) -> list[int]:
     """The indices of the noise levels RePaint visits, from 0 (sigmas[0]) to ``steps`` (x0).
 
@@ -64,7 +58,7 @@ def repaint_schedule(steps: int, jump_length: int = 10, resample: int = 10) -> l
     t = 0, j, 2j, ... < steps - j (t counts levels above x0, t = steps - 1 - index) it jumps
     back up j levels ``resample - 1`` times. ``resample = 1`` is the monotone walk 0, 1, ..., steps.
     """
-    steps, j, r = (_positive_int(n, v) for n, v in (("steps", steps), ("jump_length", jump_length),
+    steps, j, r = (positive_int(n, v) for n, v in (("steps", steps), ("jump_length", jump_length),
                                                     ("resample", resample)))
     if r > 1 and j >= steps:
         raise ValueError(f"jump_length={j} must be smaller than steps={steps} for RePaint to resample "

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..validation import is_int, is_real
+from ..validation import is_real, positive_int
 
 __all__ = ["sliced_wasserstein", "mmd"]
 
@@ -49,8 +49,7 @@ def sliced_wasserstein(
     """
     if not is_real(p) or not 1 <= p < math.inf:
         raise ValueError(f"p must be a number >= 1 (W_p is a distance for p >= 1), got {p!r}")
-    if not is_int(n_projections) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
+    n_projections = positive_int("n_projections", n_projections)
     x, y = _pair(x, y)
     if generator is None:
         generator = torch.Generator().manual_seed(0)

@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..validation import positive_int
+
 __all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "LabelEmbedding", "batch_timesteps"]
 
 
@@ -73,7 +75,6 @@ class LabelEmbedding(nn.Embedding):
     """Class labels 0..K-1 plus the null label K ("no label", for classifier-free guidance)."""
 
     def __init__(self, num_classes: int, dim: int) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = positive_int("num_classes", num_classes)
         super().__init__(num_classes + 1, dim)
         self.num_classes = num_classes

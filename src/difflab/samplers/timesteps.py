@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..validation import is_int, is_real
+from ..validation import is_int, is_real, positive_int
 
 __all__ = [
     "SPACINGS",
@@ -67,13 +67,11 @@ def timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int =
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho  (Karras et al. 2022, eq. 5)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = positive_int("steps", steps)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     if not is_real(rho) or not rho > 0:
         raise ValueError(f"rho must be a number > 0, got {rho!r}")
-    steps = int(steps)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
@@ -85,8 +83,7 @@ def logsnr_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
     The step size h = log(sigma_i / sigma_{i+1}) of the exponential integrators (DPM-Solver,
     Lu et al. 2022, sec. 3.3) is then constant; it is Karras' eq. 5 in the limit rho -> inf.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = positive_int("steps", steps)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
@@ -112,9 +109,7 @@ def sigmas_from_timesteps(proc, ts: Tensor) -> Tensor:
 def sampling_sigmas(proc, steps: int, spacing: str = "trailing", rho: float = 7.0) -> Tensor:
     """``steps + 1`` decreasing noise levels ending in 0 for the process ``proc``."""
     if spacing == "karras":
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        sig = karras_sigmas(int(steps), proc.sigma_min, proc.sigma_max, rho)
+        sig = karras_sigmas(steps, proc.sigma_min, proc.sigma_max, rho)
         return torch.cat([sig, sig.new_zeros(1)])
     if spacing == "logsnr":
         sig = logsnr_sigmas(steps, proc.sigma_min, proc.sigma_max)
