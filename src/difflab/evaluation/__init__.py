@@ -1,6 +1,7 @@
 """Evaluation: distances between sample sets, metrics (FID, precision/recall, coverage) and pictures."""
 
 from . import fid, plots  # fid.fid(real, fake, features) for images; plots: figures and animations
+from .counting import CountedModel
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, inception_features, metric_name
@@ -10,4 +11,5 @@ from .precision_recall import precision_recall
 __all__ = [
     "fid", "plots", "sliced_wasserstein", "mmd", "mode_coverage", "frechet_distance", "extract_features",
     "inception_features", "metric_name", "precision_recall", "to_image_grid", "save_image_grid",
+    "CountedModel",
 ]

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import data
 from ..files import atomic_write_bytes
 
 __all__ = ["SmallCNN", "train_classifier", "accuracy", "save_classifier", "load_classifier", "ClassifierFeatures",
-           "AtResolution"]
+           "AtResolution", "CLASSIFIER_SPLITS", "load_split", "train_and_save_classifier"]
 
 
 class SmallCNN(nn.Module):
@@ -194,6 +195,71 @@ def save_classifier(model: SmallCNN, directory, meta: Optional[dict] = None) -> 
     info = {"architecture": "SmallCNN", "config": model.config, **(meta or {})}
     atomic_write_bytes(directory / "classifier.json", (json.dumps(info, indent=2) + "\n").encode())
     return directory
+
+
+# (train split, held-out test split) of each labelled data set. MNIST: trained on t10k (the split
+# the diffusion models train on), tested on the held-out train5k, so the FID floor (train5k against
+# t10k) is measured exactly as samples are. digits: a fixed 80/20 split of scikit-learn's 8x8 set.
+CLASSIFIER_SPLITS = {"mnist": ("t10k", "train5k"), "digits": ("train", "test")}
+
+
+def load_split(name: str, root, split: str) -> tuple[Tensor, Tensor]:
+    """(images, labels) of a labelled data set's split: MNIST's IDX splits by name from the folder
+    ``root``, digits' fixed 80/20 split (``root`` unused)."""
+    if name == "mnist":
+        if root is None:
+            raise ValueError("mnist needs root, the folder of its IDX files (e.g. ../shared/data/mnist)")
+        return data.load("mnist", root=root, split=split)
+    if name == "digits":
+        if split not in ("train", "test"):
+            raise ValueError(f"digits has the splits 'train' and 'test' (a fixed 80/20 split), got {split!r}")
+        x, y = data.load("digits")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(x))
+        idx = order[:cut] if split == "train" else order[cut:]
+        return x[idx], y[idx]
+    raise ValueError(f"--data must be 'mnist' or 'digits' (labelled image sets), got {name!r}")
+
+
+def train_and_save_classifier(
+    dataset: str = "mnist",
+    out="classifiers/mnist",
+    root=None,
+    train_split: Optional[str] = None,
+    test_split: Optional[str] = None,
+    epochs: int = 8,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    limit: Optional[int] = None,
+    device: Optional[str] = None,
+    progress: bool = True,
+) -> dict:
+    """Train the classifier of a labelled data set (``CLASSIFIER_SPLITS``) on its training split,
+    test it on the held-out one, save it into ``out`` (:func:`save_classifier`); returns the record
+    written to ``out/classifier.json``. ``limit``: train on that many random training images."""
+    if dataset not in CLASSIFIER_SPLITS:
+        raise ValueError(f"--data must be one of {', '.join(CLASSIFIER_SPLITS)}, got {dataset!r}")
+    train_split = train_split or CLASSIFIER_SPLITS[dataset][0]
+    test_split = test_split or CLASSIFIER_SPLITS[dataset][1]
+    if test_split == train_split:
+        raise ValueError(f"--test-split {test_split!r} is the training split: the test accuracy would not be "
+                         "held out; choose another split")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 training images, got {limit}")
+    x, y = load_split(dataset, root, train_split)
+    xt, yt = load_split(dataset, root, test_split)
+    if limit is not None:  # a random subset: splits may be sorted by class (mnist's train5k is)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
+        x, y = x[keep], y[keep]
+    model, record = train_classifier(
+        x, y, test_images=xt, test_labels=yt, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        device=device, progress=progress,
+    )
+    meta = {"dataset": dataset, "train_split": train_split, "test_split": test_split,
+            "image_shape": list(x.shape[1:]), "seed": seed, **record}
+    save_classifier(model, out, meta)
+    return meta
 
 
 def load_classifier(directory) -> SmallCNN:
