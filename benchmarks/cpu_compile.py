@@ -3,7 +3,7 @@
     python benchmarks/cpu_compile.py                  # 1 thread, then 2; eager, compile: step, channels_last
     python benchmarks/cpu_compile.py --threads 2 --steps 10
 
-The network is the CPU experiments' MNIST U-Net (difflab experiments --size cpu: 14x14,
+The network is the CPU experiments' MNIST U-Net (experiments/classic.py --size cpu: 14x14,
 32-64 channels, attention at 7x7, class-conditional, 0.76M parameters), batch 128, on random
 images (speed does not depend on the pixels). Prints the compile time (the first step) and
 seconds per step (median of three timed runs); docs/benchmarks.md quotes the result, which is
@@ -21,14 +21,16 @@ from pathlib import Path
 
 import torch
 
-from difflab.cli.experiments import _UNET_CPU
 from difflab.training import Trainer, TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: experiments/
+from experiments.settings import UNET_CPU  # noqa: E402
 
 
 def seconds_per_step(threads: int, compile_mode: str, channels_last: bool, steps: int) -> tuple[float, float]:
     """(first step's seconds, median seconds per step after warm-up)."""
     cfg = TrainConfig.from_dict({
-        "model": {"name": "unet", "kwargs": {**_UNET_CPU["kwargs"], "image_size": 14}},
+        "model": {"name": "unet", "kwargs": {**UNET_CPU["kwargs"], "image_size": 14}},
         "diffusion": {"schedule": "linear", "T": 1000}, "sample": {"every": -1},
         "batch_size": 128, "steps": 10**9, "device": "cpu", "tensorboard": False, "cpu_threads": threads,
         "compile": compile_mode, "compile_options": {"backend": "inductor"} if compile_mode != "none" else {},

@@ -246,17 +246,15 @@ def test_sample_nrow_must_be_positive(digits_run, err, no_sampling):
             ["sample", "--ckpt", digits_run, "--nrow", bad])
 
 
-def test_train_classifier_export_demo_and_experiments_arguments(digits_run, tmp_path, err):
+def test_train_classifier_export_and_demo_arguments(digits_run, tmp_path, err):
     """--limit 0 raised torch's reduction error and -1300 trained on the last 137 images; testing on
     the training split was reported as held out; --limit took the first images of a split sorted
     by class (a 2-class network); export to a folder raised IsADirectoryError; numpy integers
-    were refused by the demo; 'cuda:0' ran the experiments in fp32; the fitted levels were fitted
-    on evaluation batch 7's noise."""
+    were refused by the demo. (The experiments' settings: tests/test_experiments.py.)"""
     import json
 
     import numpy as np
 
-    from difflab.cli import experiments
     from difflab.cli.demo import _check_int
 
     assert "--limit must be >= 1" in err(["train-classifier", "--data", "digits", "--limit", 0, "--out", tmp_path / "c"])
@@ -269,6 +267,3 @@ def test_train_classifier_export_demo_and_experiments_arguments(digits_run, tmp_
     (tmp_path / "d.safetensors").mkdir()
     assert "is a folder; name a file" in err(["export", "--ckpt", digits_run, "--out", tmp_path / "d.safetensors"])
     _check_int("n", np.int64(50), 2)  # numpy integers are integers
-    assert experiments._mnist_config(experiments.SIZES["cpu"], "/x", "cuda:0")["precision"] == "bf16"
-    batches = max(-(-S["n"] // S["batch"]) for S in experiments.SIZES.values())
-    assert experiments.FIT_SEED >= batches  # evaluation batch b is seeded b

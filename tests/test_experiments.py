@@ -1,26 +1,64 @@
-"""`difflab experiments --size tiny`: the whole report's code path in seconds (numbers meaningless)."""
+"""experiments/classic.py --size tiny: the whole report's code path in seconds (numbers meaningless),
+on a small generated MNIST-format data set (no real MNIST needed); and `difflab experiments`
+saying where the experiments moved."""
 
+import gzip
 import json
 import math
-from pathlib import Path
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
-from scripts import load_script
+from scripts import REPO, load_script
 
-from difflab.cli import main
+from difflab.cli import build_parser, main
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
+    sys.path.insert(0, str(REPO))
+
+from experiments import classic  # noqa: E402
+from experiments.mnist import mnist_config  # noqa: E402
+from experiments.settings import FIT_SEED, SIZES  # noqa: E402
 
 
-@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="the project's MNIST files are absent")
-def test_experiments_tiny_writes_the_report(tmp_path, capsys):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["experiments", "--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(MNIST), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(n)
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file of uint8 values (magic 0x00000800 + ndim, big-endian uint32 sizes), gzipped."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()))
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    """MNIST's layout (t10k and train5k IDX files) made from scikit-learn's 8x8 digits: each digit
+    upsampled to 20x20 and centred in 28x28, as MNIST's are; 1200 in t10k, the other 597 in train5k."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    images = (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    labels = bunch.target.astype(np.uint8)
+    root = tmp_path_factory.mktemp("mnist")
+    for split, idx in (("t10k", slice(0, 1200)), ("train5k", slice(1200, None))):
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images[idx])
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels[idx])
+    return root
+
+
+def test_the_generated_mnist_reads_as_mnist(mnist_root):
+    from difflab import data
+
+    x, y = data.load("mnist", root=str(mnist_root), split="train5k", image_size=14)
+    assert x.shape == (597, 1, 14, 14) and y.shape == (597,) and set(y.tolist()) == set(range(10))
+    assert x.min() == -1 and x.max() > 0.9
+
+
+def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_root):
+    args = ["--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(mnist_root), "--quiet"]
+    assert classic.main(args) == 0
     report = (tmp_path / "report.md").read_text()
     for heading in ("Swiss roll", "Classifier-free guidance", "MNIST", "floor", "Unconditional against conditional",
                     "Guidance scale", "Accelerated sampling", "bits/dim", "FID (mnist-cnn features)"):
@@ -29,6 +67,8 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys):
                 "mnist_conditional", "mnist_guidance_grid", "mnist_guidance", "mnist_steps"):
         assert (tmp_path / f"{fig}.png").is_file() and f"({fig}.png)" in report, fig
     m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["command"] == "python experiments/classic.py " + " ".join(args)
+    assert f"Made by `{m['command']}`" in report
     assert m["mnist"]["metric"] == "FID (mnist-cnn features)"
     assert {r["guidance"] for r in m["mnist"]["guidance"]} == {0.0, 1.0, 3.0}
     mn = m["mnist"]
@@ -48,31 +88,57 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys):
     # a second call on the trained run (--mnist-run) evaluates nothing again: every finished row
     # comes from the row cache (a GPU run cut off at a time limit continues the same way)
     again = tmp_path / "again.json"
-    torch.set_num_threads(1)
-    try:
-        assert main(["experiments", "--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(MNIST), "--quiet",
-                     "--mnist-run", str(tmp_path / "runs" / "mnist_cond")]) == 0
-        (tmp_path / "metrics.json").rename(again)
-        capsys.readouterr()
-        assert main(["experiments", "--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(MNIST), "--quiet",
-                     "--mnist-run", str(tmp_path / "runs" / "8gaussians_cond")]) == 2
-        assert "must be a class-conditional MNIST model (10 classes)" in capsys.readouterr().err
-    finally:
-        torch.set_num_threads(n)
+    assert classic.main(args + ["--mnist-run", str(tmp_path / "runs" / "mnist_cond")]) == 0
+    (tmp_path / "metrics.json").rename(again)
+    capsys.readouterr()
+    assert classic.main(args + ["--mnist-run", str(tmp_path / "runs" / "8gaussians_cond")]) == 2
+    assert "must be a class-conditional MNIST model (10 classes)" in capsys.readouterr().err
     m2 = json.loads(again.read_text())["mnist"]
     assert m2["steps"] == mn["steps"] and m2["guidance"] == mn["guidance"] and m2["fid_noise"] == mn["fid_noise"]
     assert m2["train"]["run"] == str(tmp_path / "runs" / "mnist_cond")
 
+    # run as a script (its parts imported from the repository root): --report-only rewrites
+    # report.md from metrics.json, the same text
+    again.rename(tmp_path / "metrics.json")
+    before = (tmp_path / "report.md").read_text()
+    (tmp_path / "report.md").unlink()
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "classic.py"), "--report-only", "--out",
+                           str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "rewrote" in done.stdout and (tmp_path / "report.md").read_text() == before
+
     # the MNIST FID-vs-NFE benchmark runs on the same (reduced-size) run: its digits and the
     # classifier's input are resized to match, and every row is finite
     bench = load_script("benchmarks/sampler_quality.py")
-    torch.set_num_threads(1)
-    try:
-        res = bench.main(["--mnist", str(tmp_path / "runs" / "mnist_cond"), "--classifier", str(tmp_path / "classifier"),
-                          "--mnist-root", str(MNIST), "--n", "20", "--batch", "20", "--nfe", "2",
-                          "--optimise-up-to", "0", "--out", str(tmp_path / "nfe"), "--quiet", "--device", "cpu"])
-    finally:
-        torch.set_num_threads(n)
+    res = bench.main(["--mnist", str(tmp_path / "runs" / "mnist_cond"), "--classifier", str(tmp_path / "classifier"),
+                      "--mnist-root", str(mnist_root), "--n", "20", "--batch", "20", "--nfe", "2",
+                      "--optimise-up-to", "0", "--out", str(tmp_path / "nfe"), "--quiet", "--device", "cpu"])
     assert res["image_size"] == 14 and len(res["rows"]) >= 1 + 6
     assert all(math.isfinite(r["fid"]) for r in res["rows"])
     assert (tmp_path / "nfe" / "sampler_quality_mnist.md").is_file()
+
+
+def test_experiments_settings():
+    """'cuda:0' ran the experiments in fp32; the fitted levels were fitted on evaluation batch 7's noise."""
+    assert mnist_config(SIZES["cpu"], "/x", "cuda:0")["precision"] == "bf16"
+    batches = max(-(-S["n"] // S["batch"]) for S in SIZES.values())
+    assert FIT_SEED >= batches  # evaluation batch b is seeded b
+
+
+def test_experiments_refuses_a_missing_report_and_an_absent_device(tmp_path, capsys):
+    assert classic.main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert "--report-only needs" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert classic.main(["--size", "tiny", "--out", str(tmp_path), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not (tmp_path / "runs").exists()  # refused before any training
+
+
+def test_difflab_experiments_says_where_it_moved(capsys):
+    assert main(["experiments", "--size", "tiny", "--out", "my out"]) == 2
+    err = capsys.readouterr().err
+    assert "`difflab experiments` moved out of the package" in err
+    assert "python experiments/classic.py --size tiny --out 'my out'" in err
+    assert main(["experiments", "--help"]) == 2
+    assert "moved out of the package" in capsys.readouterr().err
+    assert "experiments" not in build_parser().format_help()  # not listed among the commands

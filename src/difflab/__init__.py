@@ -4,15 +4,30 @@
     proc = dl.GaussianDiffusion(dl.schedules.cosine(1000), prediction="eps")
     x0 = dl.sample(model, proc, (16, 2), sampler="ddim", steps=50)
 
-See API.md for the public names; the modules follow the data flow: ``schedules`` ->
-``diffusion`` (the process) -> ``models`` -> ``samplers`` -> ``training`` -> ``evaluation``
--> ``editing`` -> ``cli``.
+See API.md for the public names; the packages follow the data flow, ``LAYERS`` below.
 """
 
-from . import accel, data, editing, evaluation, models, samplers, schedules, training
-from .diffusion import GaussianDiffusion
-from .samplers import invert, sample
-from .training import load
+# The packages in the order data flows: a module imports only from its own package or from
+# packages of earlier layers, never from a later one, not even inside a function
+# (tests/test_layers.py walks every import). Speed (accel) comes after the numerical packages:
+# it transforms their models, and none of them knows it.
+LAYERS = (
+    ("validation", "files", "devices"),  # argument checks, atomic writes, devices
+    ("schedules",),  # beta_t
+    ("diffusion",),  # the process
+    ("data",),  # datasets in, image grids out
+    ("models",),  # networks and exact denoisers
+    ("samplers",),  # sample, invert
+    ("accel",),  # speed: transforms of a model
+    ("training",),  # the trainer, losses, checkpoints
+    ("evaluation", "editing"),  # metrics; inpainting, SDEdit, super-resolution, interpolation
+    ("cli",),  # the difflab command
+)
+
+from . import accel, data, editing, evaluation, models, samplers, schedules, training  # noqa: E402
+from .diffusion import GaussianDiffusion  # noqa: E402
+from .samplers import invert, sample  # noqa: E402
+from .training import load  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .. import __version__
 from . import demo, export, sample, train
 from . import img2img, inpaint, interpolate, upscale
 from . import eval as eval_cmd, experiments, train_classifier
@@ -15,7 +16,8 @@ __all__ = ["main", "build_parser"]
 # Each module exposes add_parser(subparsers), registering a sub-command with func=handler(args) -> int.
 COMMANDS = [demo, train, sample, export]
 COMMANDS += [inpaint, img2img, upscale, interpolate]  # editing (issue 6)
-COMMANDS += [eval_cmd, train_classifier, experiments]  # evaluation (issue 5)
+COMMANDS += [eval_cmd, train_classifier]  # evaluation (issue 5)
+COMMANDS += [experiments]  # only says where the experiments moved (python experiments/classic.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +33,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from .. import __version__
-
         print(f"difflab {__version__}")
         return 0
     if not getattr(args, "func", None):

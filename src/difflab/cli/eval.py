@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import data
 from ..devices import resolve_device
-from ..evaluation import report
+from ..data.grids import save_image_grid
+from ..evaluation import CountedModel, report
+from ..evaluation.plots import scatter_panels
 from ..evaluation.classifier import ClassifierFeatures, load_classifier
 from ..evaluation.fid import inception_features
 from ..training import load as load_run
@@ -63,19 +65,6 @@ class EvalSetting(dict):
     """One way of sampling: sampler, steps, guidance (and the sweep it belongs to)."""
 
 
-class _Counted(nn.Module):
-    """The model with a count of its forward passes (a guided step is one pass on a 2B batch)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.calls = model, 0
-        self.num_classes = getattr(model, "num_classes", None)
-
-    def forward(self, *args):
-        self.calls += 1
-        return self.inner(*args)
-
-
 def _balanced_labels(n: int, num_classes: int) -> Tensor:
     return torch.arange(n) % num_classes
 
@@ -84,7 +73,7 @@ def _balanced_labels(n: int, num_classes: int) -> Tensor:
 def draw_samples(run, n: int, sampler: str, steps: int, guidance: float, labels: Optional[Tensor],
                  seed: int, batch_size: int, device=None, eta: float = 0.0) -> tuple[Tensor, dict]:
     """n samples in batches (batch i seeded seed + i), with wall time and model evaluations."""
-    model = _Counted(run.ema_model)
+    model = CountedModel(run.ema_model)
     out, start = [], time.perf_counter()
     for b, i in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - i)
@@ -231,9 +220,7 @@ def run_eval(args) -> dict:
     args.device = resolve_device(args.device, "--device", default=torch.device("cpu"))
     out = Path(args.out or f"eval/{Path(args.ckpt).name}")
     run = load_run(args.ckpt, device=args.device)
-    from ..editing.superres import refuse_superres
 
-    refuse_superres(run.ema_model, "`difflab eval`")
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     settings = _settings(args)
@@ -243,11 +230,9 @@ def run_eval(args) -> dict:
     result: dict = {"ckpt": str(Path(args.ckpt).resolve()), "dataset": dataset, "n": args.n, "seed": args.seed,
                     "num_classes": nc, "rows": []}
     if toy:
-        from .. import data as _data
-
         toy_name = run.config.data.kwargs.get("dataset", "swiss_roll")
         g = torch.Generator().manual_seed(args.seed + 10_007)
-        ref, ref_labels = _data.toy2d.make(toy_name, max(args.n, 2000), g, labels=True)
+        ref, ref_labels = data.toy2d.make(toy_name, max(args.n, 2000), g, labels=True)
         other = _data.toy2d.make(toy_name, args.n, g)
         result["reference"] = f"fresh draws of {toy_name}"
         result["floor"] = report.toy_metrics(other, ref, ref_labels, k=PR_K)
@@ -285,14 +270,10 @@ def run_eval(args) -> dict:
         row = dict(setting, **timing)
         if toy:
             row.update(report.toy_metrics(samples, ref, ref_labels, k=PR_K))
-            from ..evaluation.plots import scatter_panels
-
             scatter_panels({"data": ref[: args.n], f"{setting['sampler']}, {setting['steps']} steps": samples},
                            out / "samples" / f"{setting['sampler']}_{setting['steps']}_g{guidance:g}.png")
         else:
             row.update(ref_obj(samples, labels))
-            from ..evaluation.grids import save_image_grid
-
             k = min(100, args.n)
             save_image_grid(samples[:k], out / "samples" / f"{setting['sampler']}_{setting['steps']}_g{guidance:g}.png",
                             nrow=10)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..files import atomic_write, atomic_write_text
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
+from .plots import pyplot
 from .fid import extract_features, frechet_distance, metric_name
 from .precision_recall import precision_recall
 
@@ -98,8 +99,6 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Option
 def plot_sweep(rows: Sequence[dict], x: str, ys: Sequence[str], path, group: Optional[str] = None,
                labels: Optional[dict] = None, logx: bool = False, title: str = "") -> Path:
     """One panel per metric in ``ys`` against ``x``, one line per value of ``group`` (e.g. the sampler)."""
-    from .plots import pyplot
-
     plt = pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, len(ys), figsize=(4.6 * len(ys), 3.6), squeeze=False)

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .._checks import is_int, is_real
+from ..validation import is_int, is_real
 from ..diffusion import GaussianDiffusion, call_model, convert_prediction
 
 __all__ = ["Denoiser"]

@@ -27,8 +27,14 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from ..files import atomic_write_text
+from .. import models, schedules
 from ..accel import GROUP_NORM_MODES, check_group_norm_mode
+from ..diffusion import check_weighting
+from ..files import atomic_write_text
+from ..samplers import SAMPLERS
+from ..samplers.timesteps import DISCRETE_SPACINGS
+from .data import dataset_names
+from .loss import loss_names
 
 __all__ = [
     "ModelConfig",
@@ -124,8 +130,6 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
     def validate(self, prefix: str = "model") -> None:
-        from .. import models
-
         _kind(f"{prefix}.name", self.name, str, "a model name (a string)")
         _choice(f"{prefix}.name", self.name, models.names())
         _kind(f"{prefix}.kwargs", self.kwargs, dict, "a mapping of keyword arguments")
@@ -146,8 +150,6 @@ class DiffusionConfig:
     weighting: Optional[str] = None
 
     def validate(self, prefix: str = "diffusion") -> None:
-        from .. import schedules
-
         _kind(f"{prefix}.schedule", self.schedule, str, "a schedule name (a string)")
         _choice(f"{prefix}.schedule", self.schedule, schedules.names())
         _number(f"{prefix}.T", self.T, integer=True, low=2)
@@ -157,8 +159,6 @@ class DiffusionConfig:
             _kind(f"{prefix}.weighting", self.weighting, str, "null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
             if not (self.weighting == "uniform" or self.weighting.startswith("min_snr")):
                 _fail(f"{prefix}.weighting", self.weighting, "use null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
-            from ..diffusion import check_weighting
-
             try:
                 check_weighting(self.weighting)
             except ValueError as err:
@@ -181,8 +181,6 @@ class DataConfig:
     on_device: bool = True
 
     def validate(self, prefix: str = "data") -> None:
-        from .data import dataset_names
-
         _kind(f"{prefix}.name", self.name, str, "a dataset name (a string)")
         _choice(f"{prefix}.name", self.name, dataset_names())
         _kind(f"{prefix}.kwargs", self.kwargs, dict, "a mapping of keyword arguments")
@@ -252,8 +250,6 @@ class SampleConfig:
     clip_x0: Optional[float] = None
 
     def validate(self, prefix: str = "sample") -> None:
-        from ..samplers import SAMPLERS
-
         _number(f"{prefix}.every", self.every, integer=True, low=-1)
         _kind(f"{prefix}.sampler", self.sampler, str, "a sampler name")
         _choice(f"{prefix}.sampler", self.sampler, sorted(SAMPLERS))
@@ -336,8 +332,6 @@ class TrainConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
-        from .loss import loss_names
-
         _kind("loss", self.loss, str, "a loss name (a string)")
         _choice("loss", self.loss, loss_names())
         _number("batch_size", self.batch_size, integer=True, low=1)
@@ -397,9 +391,6 @@ class TrainConfig:
         distinct timesteps of 0 .. T-1, so it needs steps <= T; karras/logsnr spacings take any
         number of steps. Checked here, so a bad value stops the run before training, not after;
         a run that never samples (``sample.every: -1``) does not use the field."""
-        from ..samplers import SAMPLERS
-        from ..samplers.timesteps import DISCRETE_SPACINGS
-
         if self.sample.every < 0:
             return
         spacing = SAMPLERS[self.sample.sampler].default_spacing

@@ -15,13 +15,16 @@ summation order.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
 
+from .. import data as datasets
 from ..validation import is_int
-from .config import DataConfig
+
+if TYPE_CHECKING:  # (for the annotations only: config.py checks dataset names with this module)
+    from .config import DataConfig
 
 __all__ = ["dataset_names", "load_data", "check_data", "GlobalBatches", "mix_seed", "step_generator"]
 
@@ -48,9 +51,7 @@ def step_generator(generator: torch.Generator, seed: int, step: int) -> torch.Ge
 
 
 def dataset_names() -> tuple[str, ...]:
-    from ..data import registry
-
-    return tuple(registry.names()) + ("toy2d",)
+    return tuple(datasets.registry.names()) + ("toy2d",)
 
 
 def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
@@ -59,8 +60,6 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
     ``toy2d`` takes kwargs ``dataset`` (default swiss_roll), ``n`` (10000) and ``seed`` (0)
     and carries class labels; every other name goes to ``dl.data.load(name, **kwargs)``.
     """
-    from .. import data
-
     kw = dict(spec.kwargs)
     if spec.name == "toy2d":
         name = kw.pop("dataset", "swiss_roll")
@@ -69,12 +68,12 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
         if not is_int(seed):
             raise ValueError(f"data 'toy2d' (config field data.kwargs.seed): an integer, got {seed!r}")
         try:
-            x, y = data.toy2d.make(name, n, torch.Generator().manual_seed(int(seed)), labels=True, **kw)
+            x, y = datasets.toy2d.make(name, n, torch.Generator().manual_seed(int(seed)), labels=True, **kw)
         except ValueError as err:
             raise ValueError(f"data 'toy2d' (config field data.kwargs): {err}") from None
     else:
         try:
-            x, y = data.load(spec.name, **kw)
+            x, y = datasets.load(spec.name, **kw)
         except TypeError as err:
             raise TypeError(f"data {spec.name!r} (config field data.kwargs): {err}") from None
     return check_data((x, y), name=f"data {spec.name!r}")  # float images [N, ...], integer labels [N]
