@@ -1,4 +1,4 @@
-"""`difflab eval`, `difflab train-classifier` and `difflab experiments` end to end at tiny sizes."""
+"""`difflab eval` and `difflab train-classifier` end to end at tiny sizes."""
 
 import json
 from pathlib import Path

@@ -6,12 +6,13 @@ import pytest
 import torch
 from scipy import linalg
 
-from difflab.cli.train_classifier import load_split, run_train_classifier
 from difflab.evaluation.classifier import (
     ClassifierFeatures,
     SmallCNN,
     accuracy,
     load_classifier,
+    load_split,
+    train_and_save_classifier,
 )
 from difflab.evaluation.fid import extract_features, fid, frechet_distance, inception_features, metric_name
 
@@ -20,7 +21,7 @@ from difflab.evaluation.fid import extract_features, fid, frechet_distance, ince
 def digits_classifier(tmp_path_factory):
     """A CNN trained on scikit-learn's 8x8 digits (80% split) in a few seconds, saved and reloaded."""
     out = tmp_path_factory.mktemp("clf")
-    meta = run_train_classifier("digits", out, epochs=6, progress=False)
+    meta = train_and_save_classifier("digits", out, epochs=6, progress=False)
     return load_classifier(out), meta
 
 
