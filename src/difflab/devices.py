@@ -55,11 +55,10 @@ def graph_stream(device: Union[str, torch.device]) -> "torch.cuda.Stream":
     (the trainer's captured step, the sampler's captured network calls).
 
     One stream, not one per graph: cuBLAS keeps a workspace per (handle, stream), allocated from
-    PyTorch's caching allocator and held for the life of the process (32 MiB on Hopper; torch's
-    CublasHandlePool.cpp). A new stream for every sampler or trainer would each hold one more --
-    measured as 34 MiB left allocated after every sampling benchmark row and 64-130 MiB after
-    every captured training row -- and warming up on one stream but capturing on torch's
-    default capture stream held two.
+    PyTorch's caching allocator and held for the life of the process (torch's
+    CublasHandlePool.cpp). A new stream for every sampler or trainer would each hold one more
+    (docs/benchmarks.md has the memory measured), and warming up on one stream but capturing on
+    torch's default capture stream held two.
     """
     device = torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -301,7 +301,7 @@ def _gn_looped(x_ptr, add_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, HW,
     The first sweep only streams: each element of the tile keeps its own running mean and M2
     over the tiles (Welford: delta = x - m, m += delta / k, M2 += delta (x - m) at the k-th
     tile), so no tile needs a reduction across the program's threads (two of them a tile, each a
-    barrier, were this kernel's bound at about 30% of the H200's bandwidth); the tile's rows
+    barrier, bounded this kernel well below the memory bandwidth: docs/benchmarks.md); the tile's rows
     merge by Chan's rule once at the end (a row past the image's end in the last tile has one
     tile fewer), then the lanes as in the single-pass kernel.
 
@@ -370,7 +370,7 @@ def _operand_rows(operands: tuple, B: int, C: int) -> tuple[tuple, int]:
 
 # An image of at most this many (padded) elements is normalized by one program in one kernel
 # (_gn_single_pass: one read of x); larger ones by the tiled or the looped kernels.
-SINGLE_PASS_MAX = 8192  # 16384 (8 x 8 x 256) would need 173 registers a thread at 8 warps (ptxas, sm_90)
+SINGLE_PASS_MAX = 8192  # twice as many would spill registers at 8 warps (ptxas, sm_90)
 
 TILE = 4096  # elements a program of the tiled or looped kernels holds at a time
 
@@ -380,9 +380,8 @@ FINALIZE_CHUNK = 64  # tiles the finalize kernel combines at a time (x 32 groups
 # 128 contiguous bytes of a bf16 position), taken when that makes at least LOOPED_MIN_PROGRAMS
 # programs (a few per SM) and C/G is a power of two; fewer, larger images (batch 1 at 256 x 256)
 # take the tiled kernels, whose programs are tiles of positions, and so do groups of 12 channels:
-# a slab of 4 such groups is 48 channels, 96 bytes, so slabs straddle 128-byte lines.
-# Measured (H200, bf16, batch 128, docs/benchmarks/group_norm_kernels.json): looped 1.3-2.3x
-# faster than tiled at C/G = 4, 8, 16 (equal at 4 x 4), tiled 1.25-1.3x faster at 384 / 32.
+# a slab of 4 such groups is 48 channels, 96 bytes, so slabs straddle 128-byte lines. (The
+# measurements behind this rule: docs/benchmarks.md, "The rules in the source".)
 SLAB_LANES = 64
 LOOPED_MIN_PROGRAMS = 256
 
@@ -391,10 +390,8 @@ LOOPED_MIN_PROGRAMS = 256
 # is read once, as for a small image, instead of twice (looped, tiled). At 32 x 32 a slab is 16
 # lanes (32 bytes of a bf16 position); images whose single group does not fit take the rule's way.
 # In the rule for images of at most RESIDENT_RULE_HW positions too large for the single pass, in
-# a batch that makes LOOPED_MIN_PROGRAMS (image, slab) programs, C/G a power of two:
-# measured (H100, bf16, batch 128, docs/benchmarks/group_norm_kernels.json), at 8 x 8 it is 1.7x
-# (256 channels) and 2.0x (512) faster than the looped kernel; at larger images the two are within
-# +-7% except 256 x 32 x 32 (resident 1.18x), too little to change the rule on one GPU's numbers.
+# a batch that makes LOOPED_MIN_PROGRAMS (image, slab) programs, C/G a power of two: only where it
+# was measured faster than the looped kernel (docs/benchmarks.md, "The rules in the source").
 RESIDENT_MAX = 16384
 RESIDENT_RULE_HW = 64
 

@@ -1,8 +1,7 @@
 """The whole optimizer step as one CUDA graph (``TrainConfig.cuda_graph``).
 
 A small network's training step is thousands of short kernels; launching them from Python
-can take longer than running them (measured: the DDPM CIFAR-10 U-Net's compiled bf16 step on
-an H200 kept the GPU busy 26 of its 52 ms). A CUDA graph records the kernels once and replays
+can take longer than running them (docs/benchmarks.md has the measurement). A CUDA graph records the kernels once and replays
 them with one launch. :class:`StepGraph` captures everything the trainer does in a step --
 forward, backward, gradient clipping, AdamW, the EMA update -- as PyTorch's "whole-network
 capture" recipe does (torch.cuda.graphs docs):
