@@ -233,7 +233,7 @@ def run_eval(args) -> dict:
         toy_name = run.config.data.kwargs.get("dataset", "swiss_roll")
         g = torch.Generator().manual_seed(args.seed + 10_007)
         ref, ref_labels = data.toy2d.make(toy_name, max(args.n, 2000), g, labels=True)
-        other = _data.toy2d.make(toy_name, args.n, g)
+        other = data.toy2d.make(toy_name, args.n, g)
         result["reference"] = f"fresh draws of {toy_name}"
         result["floor"] = report.toy_metrics(other, ref, ref_labels, k=PR_K)
         ref_obj = None
