@@ -1,6 +1,6 @@
 """From samples to numbers, tables and plots: the metrics of one sample set against a reference,
 Markdown tables of sweeps, and the sweep plots (FID vs steps per sampler; FID and accuracy vs
-guidance). Used by ``difflab eval`` and ``difflab experiments``.
+guidance). Used by ``difflab eval`` and experiments/classic.py.
 """
 
 from __future__ import annotations
