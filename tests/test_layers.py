@@ -49,8 +49,13 @@ def _package(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+# The old name of a renamed module, kept as an alias for a script being rewritten (issue 21): no
+# layer of its own, and no module of difflab imports it (tests/test_architecture.py). Remove with it.
+ALIASES = {"_files"}
+
+
 def test_every_package_has_a_layer():
-    packages = {_package(name) for name, _ in _modules()} - {""}
+    packages = {_package(name) for name, _ in _modules()} - {""} - ALIASES
     assert packages <= set(LAYER), f"packages without a layer in difflab.LAYERS: {sorted(packages - set(LAYER))}"
 
 

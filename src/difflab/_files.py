@@ -1,5 +1,5 @@
-"""Alias of :mod:`difflab.files` for modules being rewritten (cli/experiments.py,
-benchmarks/throughput.py, benchmarks/sampler_quality.py); remove after they import difflab.files."""
+"""Alias of :mod:`difflab.files` for benchmarks/sampler_quality.py, which is being rewritten;
+remove after it imports difflab.files."""
 
 from .files import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path  # noqa: F401
 

@@ -28,9 +28,6 @@ def pyplot():
     return plt
 
 
-_plt = pyplot  # alias for cli/experiments.py, which is being rewritten; remove after
-
-
 def _np(x) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 

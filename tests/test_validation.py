@@ -1,0 +1,129 @@
+"""difflab.validation: the argument checks every public function shares."""
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.validation import (LABEL_DTYPES, NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real,
+                                model_dtype, positive_int)
+
+
+class Conditional(torch.nn.Module):
+    """A stand-in difflab model: K = 3 classes, label 3 the null label."""
+
+    num_classes = 3
+
+
+class Unconditional(torch.nn.Module):
+    num_classes = None
+
+
+def plain_function(x, t, cond=None):
+    return x
+
+
+# ------------------------------------------------------------------------------ numbers
+@pytest.mark.parametrize("x", [0, 7, -2, np.int64(3), np.int8(-1), np.uint8(255)])
+def test_integers_python_and_numpy(x):
+    assert is_int(x) and is_real(x)
+
+
+@pytest.mark.parametrize("x", [True, False, np.bool_(True), 3.0, "3", None, torch.tensor(3), 1 + 0j])
+def test_not_integers_bool_above_all(x):
+    assert not is_int(x)
+
+
+@pytest.mark.parametrize("x", [0.5, -1e9, float("inf"), np.float32(0.1), np.float64(2)])
+def test_reals(x):
+    assert is_real(x) and not is_int(x)
+
+
+@pytest.mark.parametrize("x", [True, np.bool_(False), "1.0", None, 1j, torch.tensor(1.0)])
+def test_not_reals(x):
+    assert not is_real(x)
+
+
+def test_positive_int_returns_a_python_int():
+    assert positive_int("steps", 5) == 5
+    n = positive_int("steps", np.int64(5))
+    assert n == 5 and type(n) is int
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 2.0, "4", None])
+def test_positive_int_names_the_argument(value):
+    with pytest.raises(ValueError, match=rf"^n \(the number of points\) must be a positive integer, got {value!r}$"):
+        positive_int("n (the number of points)", value)
+
+
+# ------------------------------------------------------------------------ data and noise
+def test_model_dtype_is_the_parameters_dtype():
+    assert model_dtype(torch.nn.Linear(2, 2)) == torch.float32
+    assert model_dtype(torch.nn.Linear(2, 2).double()) == torch.float64
+    assert model_dtype(plain_function) is None  # no parameters: any float dtype
+
+
+def test_float_input_casts_float_data_to_the_models_dtype():
+    net = torch.nn.Linear(2, 2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    assert float_input(x, "x0", net, X0_FIX).dtype == torch.float32
+    assert float_input(x, "x0", net, X0_FIX, dtype=torch.float16).dtype == torch.float16
+    assert float_input(x, "x0", plain_function, X0_FIX) is x  # a function takes any float dtype
+    same = x.float()
+    assert float_input(same, "x0", net, X0_FIX) is same  # no copy when nothing changes
+
+
+def test_float_input_refuses_integers_with_the_fix():
+    pixels = torch.zeros(4, 2, dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"x0 must be a float tensor, got torch.uint8; scale the data to \[-1, 1\]"):
+        float_input(pixels, "x0", plain_function, X0_FIX)
+    with pytest.raises(TypeError, match="noise must be a float tensor, got torch.bool; use standard normal noise"):
+        float_input(torch.ones(2, dtype=torch.bool), "noise", plain_function, NOISE_FIX)
+    with pytest.raises(TypeError, match="noise must be a torch tensor, got ndarray"):
+        float_input(np.zeros(2), "noise", plain_function, NOISE_FIX)
+
+
+# --------------------------------------------------------------------------- class labels
+def test_label_dtypes_are_the_integer_dtypes():
+    assert torch.int64 in LABEL_DTYPES and torch.uint8 in LABEL_DTYPES
+    assert torch.bool not in LABEL_DTYPES and torch.float32 not in LABEL_DTYPES
+
+
+def test_labels_come_back_as_a_long_tensor():
+    assert check_labels(Conditional(), None, 2) is None  # no labels: the unconditional model
+    cond = check_labels(Conditional(), torch.tensor([0, 3], dtype=torch.int32), 2)
+    assert cond.dtype == torch.long and cond.tolist() == [0, 3]  # 3 = K: the null label
+    assert check_labels(Conditional(), np.int64(2), 3).tolist() == [2, 2, 2]  # one int labels the batch
+    assert check_labels(Conditional(), 1, 2, torch.device("meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([0.0, 1.0]), torch.tensor([True, False]), torch.tensor([0, 1, 2]),
+                                 torch.zeros(2, 1, dtype=torch.long), [0, 1], True])
+def test_labels_of_the_wrong_dtype_or_shape(bad):
+    with pytest.raises(ValueError, match=r"cond must be a long tensor of class labels with shape \[2\], got"):
+        check_labels(Conditional(), bad, 2)
+
+
+@pytest.mark.parametrize("labels", [[0, 4], [-1, 0]])
+def test_labels_out_of_range_name_the_range_and_the_null_label(labels):
+    lo, hi = min(labels), max(labels)
+    msg = rf"^class labels must lie in 0 \.\. 2 \(or 3 for 'no label'\), got values in \[{lo}, {hi}\]$"
+    with pytest.raises(ValueError, match=msg):
+        check_labels(Conditional(), torch.tensor(labels), 2)
+
+
+def test_labels_for_an_unconditional_model_are_refused():
+    with pytest.raises(ValueError, match="the model is not class-conditional"):
+        check_labels(Unconditional(), torch.tensor([0, 1]), 2)
+
+
+def test_a_plain_function_has_no_range_to_check():
+    assert check_labels(plain_function, torch.tensor([0, 99]), 2).tolist() == [0, 99]
+    with pytest.raises(ValueError, match="cond must be a long tensor"):
+        check_labels(plain_function, torch.tensor([0.5, 1.0]), 2)
+
+
+def test_labels_on_an_accelerator_are_not_read():
+    """Reading values off a GPU would stall the step loop on a host-device sync: shape and dtype
+    only there (a meta tensor stands in: it has no values to read)."""
+    cond = torch.full((2,), 99, dtype=torch.long, device="meta")
+    assert check_labels(Conditional(), cond, 2).device.type == "meta"
