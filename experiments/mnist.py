@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from difflab import data
-from difflab.evaluation import report, save_image_grid
+from difflab.data import save_image_grid
+from difflab.evaluation import report
 from difflab.evaluation.classifier import (
     AtResolution,
     ClassifierFeatures,

@@ -10,7 +10,8 @@ from typing import Optional
 
 import torch
 
-from difflab.evaluation import CountedModel, plots, save_image_grid
+from difflab.data import save_image_grid
+from difflab.evaluation import CountedModel, plots
 from difflab.files import atomic_write
 from difflab.samplers import optimize_sigmas
 from difflab.training.generate import generate
