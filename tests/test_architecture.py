@@ -30,7 +30,7 @@ class Import:
 
     @property
     def target(self) -> str:
-        """What is imported: the module, or the name in it (``difflab.diffusion.model_dtype``)."""
+        """What is imported: the module, or the name in it (``difflab.validation.is_int``)."""
         return self.module if self.name is None else f"{self.module}.{self.name}"
 
     def __str__(self) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .schedules import NoiseSchedule
-from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, model_dtype
+from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int
 
 __all__ = [
     "GaussianDiffusion",
@@ -31,7 +31,6 @@ __all__ = [
     "call_model",
     "discretized_gaussian_log_likelihood",
     "check_weighting",
-    "model_dtype",
 ]
 
 PREDICTION_TYPES = ("eps", "x0", "v")
