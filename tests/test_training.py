@@ -502,7 +502,7 @@ def test_grids_and_plots_are_written_atomically(tmp_path, monkeypatch):
     import matplotlib.figure
     from PIL import Image
 
-    from difflab.evaluation.grids import save_image_grid
+    from difflab.data.grids import save_image_grid
     from difflab.evaluation.plots import loss_curve
 
     grid, plot = tmp_path / "g.png", tmp_path / "loss.png"

@@ -5,7 +5,7 @@ from .counting import CountedModel
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, inception_features, metric_name
-from .grids import save_image_grid, to_image_grid
+from ..data.grids import save_image_grid, to_image_grid
 from .precision_recall import precision_recall
 
 __all__ = [
