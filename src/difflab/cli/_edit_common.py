@@ -37,7 +37,7 @@ def load_run(args, stochastic: bool = False):
     the speed flags ask (``stochastic``: the command draws noise as it runs whatever its sampler,
     as inpainting does). A super-resolution network refuses, at its first call, any command that
     gives it no low-res image."""
-    deterministic = not stochastic and args.sampler != "ddpm" and args.eta == 0
+    deterministic = not stochastic and getattr(args, "sampler", "ddim") != "ddpm" and getattr(args, "eta", 0) == 0
     device = resolve_device(args.device, "--device")
     run = load(args.ckpt, device=device)
     return run, accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)

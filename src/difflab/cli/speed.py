@@ -44,9 +44,16 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                             "where triton is installed (CUDA only; explicit flags win)")
 
 
+_DEFAULTS = {"precision": None, "channels_last": False, "compile": False, "cuda_graph": False, "group_norm": None,
+             "weights": None, "fast": False}
+
+
 def _resolve(args, device: torch.device, deterministic: bool) -> dict:
     """accelerate()'s options from the flags, refused before any work where they cannot run;
     sets ``args.weights`` (the dtype to store the network in) as --fast implies it."""
+    for flag, default in _DEFAULTS.items():  # a namespace built without the speed flags: none set
+        if not hasattr(args, flag):
+            setattr(args, flag, default)
     if args.fast and device.type == "cuda":
         args.weights = args.weights or args.precision or "bf16"
         if deterministic:  # (a stochastic run's noise must come from --seed: a graph per call)
