@@ -133,11 +133,12 @@ def test_superres_model_is_refused_outside_upscale(sr_run, png, tmp_path, err):
     for ema in (True, False):
         with pytest.raises(ValueError, match=SR_MSG):
             run.sample(2, steps=2, ema=ema)
-    # upscale still works, and the wrapper's eval-mode fallback still serves shape checks
+    # upscale still works; the network itself refuses a call without its low-res image
     assert main(["upscale", "--ckpt", str(sr_run), "--input", png, "--from-highres", "--steps", "2",
                  "--out", str(tmp_path / "up.png")]) == 0
     assert (tmp_path / "up.png").is_file()
-    assert run.ema_model(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=SR_MSG):
+        run.ema_model(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
 
 
 # --------------------------------------------------------------------- 4. output paths

@@ -30,6 +30,7 @@ from ..devices import resolve_device
 from ..data.grids import save_image_grid
 from ..evaluation import CountedModel, report
 from ..evaluation.plots import scatter_panels
+from ..models.superres import NEEDS_LOWRES, lowres_model
 from ..evaluation.classifier import ClassifierFeatures, load_classifier
 from ..evaluation.fid import inception_features
 from ..training import load as load_run
@@ -220,6 +221,8 @@ def run_eval(args) -> dict:
     args.device = resolve_device(args.device, "--device", default=torch.device("cpu"))
     out = Path(args.out or f"eval/{Path(args.ckpt).name}")
     run = load_run(args.ckpt, device=args.device)
+    if lowres_model(run.ema_model) is not None:  # before the feature network is looked for
+        raise ValueError(NEEDS_LOWRES)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)

@@ -22,9 +22,14 @@ from torch import Tensor, nn
 from ..validation import is_int
 from .registry import build
 
-__all__ = ["LowResConditioned", "WithLowRes", "downsample", "upsample", "lowres_model", "UPSAMPLE_MODES"]
+__all__ = ["LowResConditioned", "WithLowRes", "downsample", "upsample", "lowres_model", "UPSAMPLE_MODES",
+           "NEEDS_LOWRES"]
 
 UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
+
+NEEDS_LOWRES = ("this is a super-resolution model: it needs a low-resolution image to condition on (lowres=); "
+                "sample it with `difflab upscale --ckpt RUN --input LOW.png` / dl.editing.upscale(model, proc, "
+                "lowres), and train it with `loss: superres` in the config (configs/mnist_superres.yaml)")
 
 
 def downsample(x: Tensor, scale: int) -> Tensor:
@@ -106,11 +111,7 @@ class LowResConditioned(nn.Module):
                 f"this super-resolution model takes x_t of shape [B, {self.image_channels}, H, W], got {got}")
         B = x_t.shape[0]
         if lowres is None:
-            raise ValueError(
-                "this is a super-resolution model: it needs a low-resolution image to condition on (lowres=); "
-                "sample it with `difflab upscale --ckpt RUN --input LOW.png` / dl.editing.upscale(model, proc, "
-                "lowres), and train it with `loss: superres` in the config (configs/mnist_superres.yaml)"
-            )
+            raise ValueError(NEEDS_LOWRES)
         want = self.lowres_shape(x_t)
         if lowres.ndim != 4 or tuple(lowres.shape[1:]) != want or B % lowres.shape[0]:
             raise ValueError(
