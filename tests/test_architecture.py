@@ -1,7 +1,9 @@
 """The package's structure, checked on its source: who may import what.
 
 Every import in src/difflab is read with ``ast`` (those inside functions too) and resolved to
-absolute module names, so each rule below is a short test over :func:`difflab_imports`.
+absolute module names, so each rule below is a short test over :func:`difflab_imports`:
+imports point down the data flow (``difflab.LAYERS``), none waits inside a function to dodge
+a cycle, and no module reaches into another's private names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from conftest import REPO
+
+import difflab
 
 SRC = REPO / "src"
 PACKAGE = "difflab"
@@ -148,3 +152,70 @@ def test_the_privacy_rule_itself():
     assert use("difflab.cli.img2img", "difflab.editing._common", "check_image") is not None
     assert use("difflab.editing.img2img", "difflab.editing._common", "_helper") is not None
     assert use("difflab.cli", "difflab", "__version__") is None
+
+
+# ---------------------------------------------------------------- imports point down the data flow
+LAYER = {name: i for i, names in enumerate(difflab.LAYERS) for name in names}
+
+
+def top_package(module: str) -> str:
+    """The package of difflab a module belongs to (difflab.samplers.ddim -> samplers; "" for the
+    package itself, the facade ``difflab/__init__.py``)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward(imp: Import) -> Optional[str]:
+    """Why ``imp`` points up (or sideways) the data flow, or None. The facade gathers every
+    package; the command line may read the facade (its version)."""
+    own, other = top_package(imp.importer), top_package(imp.module)
+    if own == "" or other == own or (other == "" and own == "cli"):
+        return None
+    if other == "" or LAYER[other] >= LAYER[own]:
+        return f"{own} (layer {LAYER[own]}) imports from {other or 'the facade difflab'} (layer {LAYER.get(other)})"
+    return None
+
+
+def test_every_package_has_a_layer():
+    packages = {top_package(module_name(p)) for p in (SRC / PACKAGE).rglob("*.py")} - {""}
+    assert packages <= set(LAYER), f"packages without a layer in difflab.LAYERS: {sorted(packages - set(LAYER))}"
+
+
+def test_imports_point_down():
+    bad = [f"{imp}: {why}" for imp in difflab_imports() if (why := upward(imp))]
+    assert not bad, "imports that point up (or sideways) the data flow:\n" + "\n".join(bad)
+
+
+def test_the_direction_rule_itself():
+    def use(importer: str, module: str, name: Optional[str] = None) -> Optional[str]:
+        return upward(Import(importer, module, name, SRC / "x.py", 1))
+
+    assert use("difflab.samplers.ddim", "difflab.diffusion", "GaussianDiffusion") is None
+    assert use("difflab.samplers.denoiser", "difflab.editing.superres") is not None  # up
+    assert use("difflab.samplers.sampling", "difflab.accel") is not None  # speed: after the numerics
+    assert use("difflab.evaluation.report", "difflab.editing.io") is not None  # sideways
+    assert use("difflab.cli", "difflab", "__version__") is None
+    assert use("difflab.training.trainer", "difflab", "__version__") is not None
+
+
+# Imports that stay inside a function, each for an optional package it needs (never for a cycle).
+OPTIONAL_IMPORTS = {("difflab.accel", "difflab.accel.group_norm_triton")}  # triton: CUDA builds / Linux only
+
+
+def imports_inside_functions() -> set[tuple[str, str]]:
+    """(importer, module) of every difflab import placed inside a function."""
+    found = set()
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        lines = {n.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        found |= {(imp.importer, imp.module) for imp in imports_in(path.read_text(), module_name(path), path)
+                  if imp.line in lines}
+    return found
+
+
+def test_no_import_inside_a_function():
+    """A difflab import placed inside a function hides a cycle or an upward import; only imports
+    of modules that need an optional package may wait for their first use."""
+    found = imports_inside_functions()
+    assert found <= OPTIONAL_IMPORTS, f"imports inside functions: {sorted(found - OPTIONAL_IMPORTS)}"

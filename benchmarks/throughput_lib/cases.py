@@ -20,7 +20,7 @@ from difflab.training.config import DataConfig, DiffusionConfig, EMAConfig, Mode
 
 from .env import Env
 from .networks import T, diffusers_unet
-from .speed import release_model, sampling_call, sampling_speed, trainer_speed
+from .speed import accelerated, release_model, sampling_call, sampling_speed, trainer_speed
 
 # a sampling row's "weights" option: the network stored in float32 (default), or in bf16 -- what
 # diffusers' users get from torch_dtype=torch.bfloat16 -- under the same bf16 autocast: half the
@@ -105,18 +105,18 @@ class DiffusersTrain(_Case):
 
 
 class DifflabSample(_Case):
-    """``dl.sample(..., "ddim", steps)`` on one batch; speed options as keyword arguments."""
+    """``dl.sample(..., "ddim", steps)`` on one batch of the network made fast by the row's options."""
 
     def __init__(self, env: Env, opts: dict) -> None:
         self.env = env
-        self.model = copy.deepcopy(env.template("difflab")).to(env.device, WEIGHTS[opts.get("weights")])
-        self.kw = sampling_speed(opts)
+        network = copy.deepcopy(env.template("difflab")).to(env.device, WEIGHTS[opts.get("weights")])
+        self.model = accelerated(network, sampling_speed(opts))
         self.images = env.sample_batch
         self.out: Optional[Tensor] = None
 
     def step(self) -> None:
         env = self.env
-        self.out = sampling_call(self.model, env.proc, env.noise, env.sample_steps, self.kw, env.device)
+        self.out = sampling_call(self.model, env.proc, env.noise, env.sample_steps, env.device)
 
     def close(self) -> None:
         release_model(self.model)

@@ -18,7 +18,6 @@ from .cases import CASES
 from .env import Env
 from .networks import T, difflab_unet, diffusers_unet
 from .profiling import host_sync_check, profile_case
-from .speed import set_group_norm_mode
 
 
 def count_flops(env: Env, library: str) -> dict:
@@ -51,7 +50,6 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
     # a file name of letters, digits, '.', '_' and '-' (what the device tool hands back): '+' -> '_'
     label = f"{what}-{lib}-{spec['name']}".replace("+", "_")
     case = None
-    previous_gn = set_group_norm_mode(opts.get("gn_nhwc", "never"))  # per row
     try:
         memory.start_row(env, row)
         t0 = time.perf_counter()
@@ -77,7 +75,6 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
             case.close()
         del case  # before the leftover is counted
         torch._dynamo.reset()
-        set_group_norm_mode(previous_gn)
         env.free()
         memory.record_leftover(env, row)
     return row

@@ -1,19 +1,18 @@
 """The one place where this harness hands difflab its speed options, and reads their environment.
 
-difflab's speed options -- precision, channels_last, compile, cuda_graph and the GroupNorm mode,
-and the release of what the fast sampler caches -- are moving to their own package
-(``difflab.accel``). Every use of them by benchmarks/throughput.py goes through a function here,
-so that such a move changes this file only (and they are imported when called, so that the
-rest of the harness -- the network table, --report -- imports whatever their state):
+difflab's speed is a transform of the model (``difflab.accel.accelerate``); every use of it by
+benchmarks/throughput.py goes through a function here (imported when called, so that the rest
+of the harness -- the network table, --report -- imports whatever their state):
 
+* ``sampling_speed``: a sampling row's options as ``accelerate``'s keyword arguments;
+* ``accelerated``: the row's network made fast with them (or as it is, without any);
 * ``sampling_call``: the one ``dl.sample`` call of the sampling rows;
 * ``trainer_speed``: the speed fields of the training rows' ``TrainConfig``;
-* ``set_group_norm_mode``: the process-wide GroupNorm mode a row runs under;
-* ``release_model``: what the fast sampler cached for a network, given back;
+* ``release_model``: the compiled code and CUDA graphs an accelerated network holds, given back;
 * ``kernel_environment``: the environment variables that choose difflab's kernels. This
   harness sets none of DIFFLAB_GN_KERNEL, DIFFLAB_GN_PLAN and DIFFLAB_UPSAMPLE_CONV
-  (benchmarks/gpu_session.sh sets them before a run); it reads the first two here, and only
-  here, to record them in the results.
+  (benchmarks/gpu_session.sh sets them before a run; ``accelerate`` reads them when called); it
+  reads the first two here, and only here, to record them in the results.
 """
 
 from __future__ import annotations
@@ -28,29 +27,37 @@ import difflab as dl
 
 
 def sampling_speed(opts: dict) -> dict:
-    """A sampling row's options as ``dl.sample``'s keyword arguments (fp32 is its default)."""
+    """A sampling row's options as ``dl.accel.accelerate``'s keyword arguments (fp32, no
+    GroupNorm swap: its defaults)."""
     kw = {k: opts[k] for k in ("channels_last", "compile", "cuda_graph") if k in opts}
     if opts.get("precision", "fp32") != "fp32":
         kw["precision"] = opts["precision"]
+    if opts.get("gn_nhwc", "never") != "never":
+        kw["group_norm"] = opts["gn_nhwc"]
     return kw
 
 
-def sampling_call(model: nn.Module, proc, noise: Tensor, steps: int, speed: dict, device) -> Tensor:
-    """One DDIM batch from ``noise``, x0 clipped to [-1, 1], with the speed options ``speed``
-    (``sampling_speed``'s keyword arguments)."""
-    return dl.sample(model, proc, noise.shape, "ddim", steps, noise=noise, clip_x0=1.0, device=device, **speed)
+def accelerated(model: nn.Module, speed: dict) -> nn.Module:
+    """``model`` made fast with ``speed`` (``sampling_speed``'s keyword arguments): the module
+    forms and the wrapper of ``dl.accel.accelerate``; always, so a plain row computes the
+    upsampling in the same form as the others."""
+    return dl.accel.accelerate(model, **speed)
+
+
+def sampling_call(model: nn.Module, proc, noise: Tensor, steps: int, device) -> Tensor:
+    """One DDIM batch from ``noise``, x0 clipped to [-1, 1]."""
+    return dl.sample(model, proc, noise.shape, "ddim", steps, noise=noise, clip_x0=1.0, device=device)
 
 
 def release_model(model: nn.Module) -> None:
-    """Give back what the fast sampler keeps for ``model`` (compiled code, CUDA graphs)."""
-    from difflab.samplers.fast import release
-
-    release(model)
+    """Give back the compiled code and CUDA graphs an accelerated ``model`` holds."""
+    if isinstance(model, dl.accel.Accelerated):
+        model.release()
 
 
 def trainer_speed(opts: dict) -> dict:
-    """A training row's options as ``TrainConfig`` fields. The Trainer enters its config's
-    GroupNorm mode around each step, over the process-wide one."""
+    """A training row's options as ``TrainConfig`` fields (the Trainer swaps its network's
+    GroupNorms to the config's mode)."""
     return dict(
         precision=opts.get("precision", "fp32"), channels_last=opts.get("channels_last", False),
         compile=opts.get("compile", "none"), compile_options=opts.get("compile_options", {}),
@@ -58,14 +65,6 @@ def trainer_speed(opts: dict) -> dict:
         cuda_graph=opts.get("cuda_graph", False),
         group_norm=opts.get("gn_nhwc", "never"),
     )
-
-
-def set_group_norm_mode(mode: str) -> str:
-    """Set difflab's process-wide GroupNorm mode (the NHWC view for channels_last activations,
-    models/norm.py) and return the one it replaces."""
-    from difflab.models.norm import set_nhwc_group_norm
-
-    return set_nhwc_group_norm(mode)
 
 
 def kernel_environment() -> dict:
