@@ -52,22 +52,31 @@ def set_module_forms(model: nn.Module, *, group_norm: Optional[str] = None, upsa
     convolutions with channel counts padded to multiples of 8 on CUDA (``pad``). ``gn_kernel``
     / ``gn_plan`` (a JSON file of benchmarks/group_norm.py) choose the Triton kernels (None:
     $DIFFLAB_GN_KERNEL / $DIFFLAB_GN_PLAN, else the measured rule). Returns ``model``."""
+    # every choice resolved and checked first: a refused one leaves the model as it was
     upsample = upsample or os.environ.get(ENV_UPSAMPLE) or "transposed"
     if upsample not in UPSAMPLE_FORMS:
         raise ValueError(f"upsample (or ${ENV_UPSAMPLE}) must be one of {', '.join(UPSAMPLE_FORMS)}, "
                          f"got {upsample!r}")
+    kernel, plan = None, None
+    if group_norm is not None:
+        check_group_norm_mode(group_norm)
+        if group_norm == "triton":
+            from .group_norm_triton import KERNELS, load_plan  # triton: an optional package
+
+            kernel = gn_kernel or os.environ.get(ENV_GN_KERNEL) or None
+            if kernel is not None and kernel not in KERNELS:
+                raise ValueError(f"gn_kernel (or ${ENV_GN_KERNEL}) must be one of {', '.join(KERNELS)} (or unset: "
+                                 f"the measured rule), got {kernel!r}")
+            plan_path = gn_plan or os.environ.get(ENV_GN_PLAN) or None
+            if plan_path:
+                try:
+                    plan = load_plan(plan_path)
+                except ValueError as err:
+                    raise ValueError(f"gn_plan (or ${ENV_GN_PLAN}): {err}") from None
     set_upsample(model, upsample)
     if pad:
         pad_channels(model)
     if group_norm is not None:
-        kernel, plan = None, None
-        if group_norm == "triton":
-            kernel = gn_kernel or os.environ.get(ENV_GN_KERNEL) or None
-            plan_path = gn_plan or os.environ.get(ENV_GN_PLAN) or None
-            if plan_path:
-                from .group_norm_triton import load_plan  # triton: an optional package
-
-                plan = load_plan(plan_path)
         set_group_norm(model, group_norm, kernel, plan)
     return model
 
