@@ -9,7 +9,7 @@
 #   issue 7 (measured on an H100 2026-11-26, resolved; kept to re-run):
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
 #       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
-#       the compiled Triton GroupNorm kernels, tests/test_group_norm_triton.py: a minute or two),
+#       the compiled Triton GroupNorm kernels, tests/accel/test_group_norm_triton.py: a minute or two),
 #       then the ways of the Triton GroupNorm kernels (tiled, looped, resident, resident2) timed alone at the
 #       U-Net's shapes (half a minute), the fastest at each shape exported as DIFFLAB_GN_PLAN for the rows,
 #       then issue 7's rows in priority order (PRIORITY below), each started only if it should
@@ -159,8 +159,8 @@ case $stage in
         # tests use a stand-in replay); the Triton GroupNorm kernels compiled for the GPU (CPU tests
         # run them in the interpreter) against the definition at every odd shape, in the U-Net
         # under Inductor and in a CUDA graph
-        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_group_norm_triton.py \
-            tests/test_fast_sampling.py tests/test_unet.py \
+        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/accel/test_group_norm_triton.py \
+            tests/test_fast_sampling.py tests/accel/test_upsample.py tests/accel/test_channels.py \
             -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released or longer or in_place" \
             2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"

@@ -19,16 +19,17 @@ SiLU in float32, the result cast to bf16 by the next convolution) for channels_l
 - ``compiled``    torch.compile of the same function (Inductor's fused kernels, as in the model);
 - ``compiled_gn_nhwc``  torch.compile of difflab's NHWC-view formulation (``gn_nhwc`` rows);
 - ``triton_tiled``, ``triton_looped``, ``triton_resident``, ``triton_resident2``  difflab's hand-written kernels
-  (``models/group_norm_triton.py``), large images by the tiled kernels (three launches, x read
+  (``difflab/accel/group_norm_triton.py``), large images by the tiled kernels (three launches, x read
   twice), by the looped one (one launch, the second read from L2 where it holds the slab) or
   by the resident one (one launch, one read: a program holds all positions of a narrow slab;
   resident2: with the registers capped so that two programs share an SM);
   an image of at most 8192 elements takes the single-pass kernel in each;
-- ``triton_auto``  the same kernels as ``_plan``'s rule picks them shape by shape (what runs
+- ``triton_auto``  the same kernels as ``choose_kernels``' rule picks them shape by shape (what runs
   when DIFFLAB_GN_KERNEL is unset).
 
 ``--best-per-shape FILE PLAN`` writes the fastest correct way at each shape as the table that
-``DIFFLAB_GN_PLAN=PLAN`` hands the kernels (per shape, overriding the rule).
+``DIFFLAB_GN_PLAN=PLAN`` (or ``set_module_forms(..., gn_plan=PLAN)``) hands the kernels (per shape,
+overriding the rule).
 
 ``--faster-kernel FILE`` prints which of them (auto, tiled, looped, resident, resident2) was fastest over a
 forward pass in a JSON written by ``--out`` (benchmarks/gpu_session.sh sets DIFFLAB_GN_KERNEL
@@ -63,7 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import NETWORKS  # noqa: E402  (the same network as the throughput rows)
 
 from difflab.files import atomic_write_text  # noqa: E402
-from difflab.models.norm import GroupNorm, group_norm_nhwc  # noqa: E402
+from difflab.accel.group_norm import group_norm_nhwc  # noqa: E402
+from difflab.models.norm import GroupNorm  # noqa: E402
 from difflab.models.unet import UNet  # noqa: E402
 
 # HBM bandwidth (GB/s) by GPU name, the first match wins: for the "% of peak" column only.
@@ -101,15 +103,11 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
         out["compiled"] = ("nhwc", torch.compile(composite, dynamic=False))
         out["compiled_gn_nhwc"] = ("nhwc", torch.compile(nhwc_view, dynamic=False))
     if triton:
-        from difflab.models import group_norm_triton as gnt
+        from difflab.accel import group_norm_triton as gnt
 
-        def kernels(kernel):  # one way for large images; None: _plan's rule (no per-shape table either)
+        def kernels(kernel):  # one way for large images; None: choose_kernels' rule (no per-shape plan)
             def fused(x, **operands):
-                saved, gnt.KERNEL, gnt.PLAN = (gnt.KERNEL, gnt.PLAN), kernel, {}
-                try:
-                    return gnt.group_norm_act(x, groups, weight, bias, silu=True, **operands)
-                finally:
-                    gnt.KERNEL, gnt.PLAN = saved
+                return gnt.group_norm_act(x, groups, weight, bias, silu=True, kernel=kernel, **operands)
 
             def fn(x):
                 return fused(x)
@@ -119,7 +117,7 @@ def variants(groups: int, weight, bias, compile_: bool, triton: bool) -> dict:
 
         for kernel in gnt.KERNELS:
             out[f"triton_{kernel}"] = ("nhwc", kernels(kernel))
-        out["triton_auto"] = ("nhwc", kernels(None))  # _plan's rule, shape by shape
+        out["triton_auto"] = ("nhwc", kernels(None))  # choose_kernels' rule, shape by shape
     return out
 
 
@@ -154,7 +152,7 @@ def fused_difference(fn, x, groups: int, weight, bias) -> float:
 
 
 def faster_kernel(result: dict) -> str:
-    """The Triton kernels (one of WAYS, or "auto": _plan's rule) with the shortest forward
+    """The Triton kernels (one of WAYS, or "auto": choose_kernels' rule) with the shortest forward
     pass in a result, of those timed at every shape and within SAME_FUNCTION_ATOL of torch's
     kernel at each (a wrong kernel is not chosen however fast); on a tie the first of them."""
     totals = result.get("totals") or {}
@@ -172,7 +170,7 @@ def faster_kernel(result: dict) -> str:
 def best_per_shape(result: dict) -> dict[str, str]:
     """For each shape of a result, the Triton way (one of WAYS) with the shortest
     call among those within SAME_FUNCTION_ATOL of torch's kernel there: {"C,G,HW": way}, the
-    table ``DIFFLAB_GN_PLAN`` takes (models/group_norm_triton.py). A shape that no way computed
+    table ``DIFFLAB_GN_PLAN`` takes (accel/group_norm_triton.py's load_plan). A shape that no way computed
     correctly is left out (the rule decides it)."""
     best: dict[str, tuple[float, str]] = {}
     for r in result.get("rows", []):

@@ -17,8 +17,9 @@ convolution itself. Which is fastest on a GPU is a measurement, so this times ea
   fastest sampling row runs it (bf16 weights, channels_last, compiled, a CUDA graph per call,
   difflab's Triton GroupNorm where triton is installed).
 
-The fastest form overall is the one to set as ``difflab.models.unet.UPSAMPLE_CONV`` (or
-DIFFLAB_UPSAMPLE_CONV). Results as JSON (``--out``), written after every measurement.
+The fastest form overall is the one to pass as ``difflab.accel.accelerate(..., upsample=FORM)``
+(or to export as DIFFLAB_UPSAMPLE_CONV, which ``difflab.accel.set_module_forms`` reads when the
+argument is left open). Results as JSON (``--out``), written after every measurement.
 
 Measured (H200, 2026-11-26, docs/benchmarks/upsampling.json): the network's forward pass
 4.577 ms sub-pixel, 4.409 ms transposed, 4.433 ms plain, so the U-Net now takes the transposed
@@ -49,19 +50,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from throughput import NETWORKS  # noqa: E402  (the same network as the throughput rows)
 
-import difflab.models.unet as unet_mod  # noqa: E402
+import difflab.accel.upsample as accel_up  # noqa: E402
+from difflab.accel import accelerate  # noqa: E402
 from difflab.files import atomic_write_text  # noqa: E402
 from difflab.models.unet import UNet, Upsample  # noqa: E402
-from difflab.samplers.fast import fast_model, release  # noqa: E402
 
-FORMS = unet_mod.UPSAMPLE_CONV_FORMS
+FORMS = accel_up.UPSAMPLE_FORMS
 
 
 def layer_fn(form: str):
     """The layer in one form, as a function of (x, weight, bias)."""
-    return {"plain": lambda x, w, b: F.conv2d(unet_mod._up(x), w, b, padding=1),
-            "subpixel": unet_mod.upsample_conv3x3,
-            "transposed": unet_mod.upsample_conv3x3_transposed}[form]
+    return {"plain": lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1),
+            "subpixel": accel_up.upsample_conv3x3,
+            "transposed": accel_up.upsample_conv3x3_transposed}[form]
 
 
 def upsample_shapes(net: dict, batch: int) -> list[tuple[int, int, int, int]]:
@@ -166,13 +167,12 @@ def time_network(net: dict, batch: int, device, iters: int, repeats: int, result
     base.to(device)
     x = torch.randn(batch, ch, size, size, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-    outputs, models, times, chosen = {}, {}, {form: [] for form in FORMS}, unet_mod.UPSAMPLE_CONV
+    outputs, fast, times = {}, {}, {form: [] for form in FORMS}
     torch._dynamo.reset()
     try:
-        for form in FORMS:  # each compiled (and its graph captured) with its form set
-            unet_mod.UPSAMPLE_CONV = form
-            models[form] = copy.deepcopy(base).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-            fm = fast_model(models[form], **opts)
+        for form in FORMS:  # each a copy of the network with its own form (and its compile and graphs)
+            model = copy.deepcopy(base).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+            fm = fast[form] = accelerate(model, upsample=form, **opts)
             t0 = time.perf_counter()
             with torch.no_grad():
                 outputs[form] = fm(x, t).float()
@@ -183,14 +183,12 @@ def time_network(net: dict, batch: int, device, iters: int, repeats: int, result
         # then timed in rounds, the forms in a rotating order (drift and order effects spread alike)
         for r in range(repeats):
             for form in FORMS[r % len(FORMS):] + FORMS[:r % len(FORMS)]:
-                unet_mod.UPSAMPLE_CONV = form
-                fm = fast_model(models[form], **opts)
+                fm = fast[form]
                 with torch.no_grad():
                     times[form].append(time_ms(lambda: fm(x, t), iters, 1, device))
     finally:
-        unet_mod.UPSAMPLE_CONV = chosen
-        for model in models.values():
-            release(model)
+        for fm in fast.values():
+            fm.release()  # the captured graphs' memory
     for row in result["network"]:
         ms = times[row["form"]]
         row.update(ms_per_forward=statistics.median(ms), ms_per_forward_runs=ms,

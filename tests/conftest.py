@@ -13,7 +13,7 @@ MNIST_DIR = SHARED / "data" / "mnist"
 # threads that wait for each other made the suite 4x slower (351 s against 85 s, measured).
 torch.set_num_threads(1)
 
-# Without a GPU, Triton's kernels (difflab.models.group_norm_triton) run in Triton's interpreter,
+# Without a GPU, Triton's kernels (difflab.accel.group_norm_triton) run in Triton's interpreter,
 # on CPU tensors. It is chosen when a kernel is defined, so before any test imports them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -6,7 +6,7 @@ U-Net launches (its 11 GroupNorm shapes x the fused variants it uses), plus one-
 one-tile and 256x256 images, through Triton's whole pipeline (TTIR, TTGIR, LLVM IR, PTX, and ptxas to
 cubin) for sm_90, and prints one line per kernel: its registers a thread and its local-memory
 (spill) loads, in the PTX and in the machine code (ptxas spills where a register cap,
-``maxnreg``, is below what the kernel needs). Used by tests/test_group_norm_triton.py.
+``maxnreg``, is below what the kernel needs). Used by tests/accel/test_group_norm_triton.py.
 """
 
 import os
@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from difflab.models import group_norm_triton as gnt
+from difflab.accel import group_norm_triton as gnt
 
 
 def ints(**values) -> tuple[dict, dict]:
@@ -57,7 +57,7 @@ def specializations():
 
 def plan(C: int, G: int, HW: int, kernel: str) -> dict:
     """The launch plan for the U-Net's batch of 128, with the given kernels for large images."""
-    return gnt._plan(C, G, HW, 128, kernel)
+    return gnt.choose_kernels(C, G, HW, 128, kernel)
 
 
 # The row stride of the per-image operands (add, scale, shift) the U-Net passes: slices of its one

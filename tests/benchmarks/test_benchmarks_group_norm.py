@@ -26,18 +26,21 @@ def test_shapes_are_read_off_the_network():
     assert all(c % g == 0 for c, _, _, g in shapes)
 
 
-def test_cpu_run_times_and_checks_every_variant(tmp_path):
+def test_cpu_run_times_and_checks_every_variant(tmp_path, monkeypatch):
+    from difflab.accel import group_norm_triton as gnt
+
     bench = load()
     out = tmp_path / "gn.json"
+    chosen, real = set(), gnt.choose_kernels
+    monkeypatch.setattr(gnt, "choose_kernels", lambda *a: chosen.add(a[4]) or real(*a))
     res = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
                       "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     variants = {r["variant"] for r in res["rows"]}
     assert variants == {"eager_nchw", "eager_nhwc", "triton_tiled", "triton_looped", "triton_resident",
                         "triton_resident2", "triton_auto"}
-    from difflab.models import group_norm_triton as gnt
-
     assert bench.WAYS == gnt.KERNELS  # the ways the plan may pick are the kernels' own
+    assert chosen == {None, *gnt.KERNELS}  # each triton_ variant by its own kernels, triton_auto by the rule
     shapes = bench.norm_shapes(bench.NETWORKS["tiny"], 2)
     assert len(res["rows"]) == 7 * len(shapes)
     for r in res["rows"]:
@@ -72,7 +75,7 @@ def test_variants_subset_and_the_faster_kernel(tmp_path, capsys):
         assert capsys.readouterr().out.strip() == fast
     res_auto = bench.main(["--device", "cpu", "--tiny", "--no-compile", "--iters", "1", "--repeats", "1",
                            "--variants", "triton_auto", "triton_looped", "--out", str(out)])
-    res_auto["totals"]["triton_auto"]["ms_per_forward"] = 1.0  # _plan's rule fastest: DIFFLAB_GN_KERNEL unset
+    res_auto["totals"]["triton_auto"]["ms_per_forward"] = 1.0  # choose_kernels' rule fastest: DIFFLAB_GN_KERNEL unset
     res_auto["totals"]["triton_looped"]["ms_per_forward"] = 1.5
     assert bench.faster_kernel(res_auto) == "auto"
     res_auto["totals"]["triton_looped"]["ms_per_forward"] = 0.5
@@ -107,7 +110,7 @@ def test_best_per_shape_is_the_fastest_correct_way_at_each_shape(tmp_path):
     src.write_text(json.dumps(res))
     assert bench.main(["--best-per-shape", str(src), str(plan)]) == {"plan": {"128,32,1024": "looped",
                                                                               "384,32,256": "tiled"}}
-    from difflab.models import group_norm_triton as gnt
+    from difflab.accel import group_norm_triton as gnt
 
     assert gnt.load_plan(plan) == {(128, 32, 1024): "looped", (384, 32, 256): "tiled"}
     with pytest.raises(ValueError, match="no correct timing"):

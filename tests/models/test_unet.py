@@ -1,15 +1,14 @@
-"""The U-Net: shapes, conditioning, the block equations, initialisation, bad input, presets."""
+"""The U-Net: shapes, conditioning, the block equations, initialisation, bad input, presets.
+(Its faster forms -- folded upsampling, channel padding, NHWC GroupNorm -- are the speed
+layer's module swaps: tests/accel.)"""
 
 import math
-
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import difflab as dl
-from difflab.models.norm import nhwc_group_norm
 from difflab.models.unet import AttentionBlock, ResBlock, UNet, unet_cifar10, unet_mnist, unet_tiny
 
 SMALL = dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, attention_levels=None)
@@ -213,10 +212,15 @@ def test_block_embeddings_follow_replaced_blocks_hooks_and_mixed_precision():
         model(x, t)
         want = 2 * (emb_act @ model.mid_res1.emb_proj.weight.T + model.mid_res1.emb_proj.bias) + model.mid_res1.conv1.bias
         torch.testing.assert_close(got["e"], want)
-        half = perturb(small()).to(torch.bfloat16, memory_format=torch.channels_last)
-        x_nhwc = x.bfloat16().contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.float16), nhwc_group_norm("always"):  # (CPU group_norm: no mixed dtypes)
-            assert torch.isfinite(half(x_nhwc, t).float()).all()
+        half = perturb(small()).to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.float16):  # the one product, as the forward pass makes it
+            emb_act = F.silu(half.time_embed(t))
+            es = half.block_embeddings(emb_act)
+            each = [b.embedding(emb_act) for b in half.res_blocks()]
+        assert len(es) == len(each)
+        for e, want in zip(es, each):
+            assert torch.isfinite(e).all()
+            torch.testing.assert_close(e.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_block_embeddings_with_wrapped_middle_blocks_and_any_hooks():
@@ -245,152 +249,11 @@ def test_block_embeddings_with_wrapped_middle_blocks_and_any_hooks():
     assert fired == [1]
 
 
-def folded_form(form: str):
-    """The layer function of a folded upsampling form, by its UPSAMPLE_CONV name."""
-    import difflab.models.unet as unet_mod
-
-    return {"subpixel": unet_mod.upsample_conv3x3, "transposed": unet_mod.upsample_conv3x3_transposed}[form]
-
-
-@pytest.mark.parametrize("form", ["subpixel", "transposed"])
-@pytest.mark.parametrize("B,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 8, 8, 3, 5), (2, 4, 6, 1, 1), (1, 2, 2, 2, 7)])
-def test_upsample_is_the_convolution_of_the_upsampled_input(B, C_in, C_out, H, W, form, monkeypatch):
-    """The folded forms of conv3x3(nearest_2x(x)) -- sub-pixel: the interleave of four 2x2
-    convolutions of x; transposed: one stride-2 transposed convolution with a 4x4 kernel --
-    against the definition in float64 (square and odd sizes, one pixel), their gradients with
-    respect to x, the weight and the bias, and the module on channels_last input (which it keeps)."""
-    import difflab.models.unet as unet_mod
-    from difflab.models.unet import Upsample
-
-    upsample_conv3x3 = folded_form(form)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C_in, H, W, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(C_out, C_in, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(C_out, generator=g, dtype=torch.float64, requires_grad=True)
-    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
-    got = upsample_conv3x3(x, w, b)
-    assert got.shape == (B, C_out, 2 * H, 2 * W)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    probe = torch.randn(want.shape, generator=g, dtype=torch.float64)
-    grads_want = torch.autograd.grad((want * probe).sum(), (x, w, b))
-    grads_got = torch.autograd.grad((upsample_conv3x3(x, w, b) * probe).sum(), (x, w, b))
-    for gw, gg in zip(grads_want, grads_got):
-        torch.testing.assert_close(gg, gw, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(upsample_conv3x3(x, w, None), want - b[:, None, None])
-    up = perturb(Upsample(C_in), 0.3).float()
-    if C_in != C_out:
-        return
-    monkeypatch.setattr(unet_mod, "FOLDED_MIN_WORK", 0)  # the module takes the folded form
-    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", form)
-    w = up.conv.weight.detach().double()
-    xc = x.detach().float().contiguous(memory_format=torch.channels_last)
-    out = up(xc)
-    torch.testing.assert_close(out, up.conv(F.interpolate(xc, scale_factor=2.0, mode="nearest")), rtol=1e-5, atol=1e-5)
-    assert out.is_contiguous(memory_format=torch.channels_last) and out.stride() == up.conv(
-        F.interpolate(xc, scale_factor=2.0, mode="nearest")).stride()
-    w_cl = w.detach().contiguous(memory_format=torch.channels_last)  # a channels_last weight alone
-    x_c = x.detach().contiguous()  # makes the convolution's output channels_last too
-    assert upsample_conv3x3(x_c, w_cl, None).stride() == F.conv2d(
-        F.interpolate(x_c, scale_factor=2.0, mode="nearest"), w_cl, None, padding=1).stride()
-
-
-@pytest.mark.parametrize("form", ["subpixel", "transposed"])
-def test_folded_upsample_in_bf16_rounds_like_the_plain_form(form):
-    """With bf16 weights, or float32 ones under bf16 autocast (CPU here), the folded forms sum
-    their taps in float32 and round once: their error against the float64 definition is the
-    plain bf16 convolution's, not the larger one of sums rounded at every step; the output is
-    bf16 and keeps channels_last."""
-    import difflab.models.unet as unet_mod
-
-    folded = folded_form(form)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 32, 5, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    w, b = 0.1 * torch.randn(32, 32, 3, 3, generator=g, dtype=torch.float64), torch.randn(32, generator=g, dtype=torch.float64)
-    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
-
-    def rms(y):
-        return (y.double() - want).pow(2).mean().sqrt().item()
-
-    plain = F.conv2d(F.interpolate(x.bfloat16(), scale_factor=2.0, mode="nearest"), w.bfloat16(), b.bfloat16(), padding=1)
-    got = folded(x.bfloat16(), w.bfloat16(), b.bfloat16())
-    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
-    assert rms(got) < 1.3 * rms(plain), (rms(got), rms(plain))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        auto = folded(x.float(), w.float(), b.float())
-    assert auto.dtype == torch.bfloat16 and auto.is_contiguous(memory_format=torch.channels_last)
-    assert rms(auto) < 1.3 * rms(plain), (rms(auto), rms(plain))
-    if form == "transposed":  # exactly: the kernel folded in float64 and rounded once to bf16
-        fold = unet_mod._transposed_taps
-        k = fold(fold(w.bfloat16().double(), 2), 3).transpose(0, 1).bfloat16().contiguous(
-            memory_format=torch.channels_last)
-        assert torch.equal(got, F.conv_transpose2d(x.bfloat16(), k, b.bfloat16(), stride=2, padding=1))
-
-
-def test_upsampling_takes_the_folded_form_above_a_size(monkeypatch):
-    """Tiny layers compute conv3x3(nearest_2x(x)) as written (a folded form's extra small
-    operations would cost more than they save); larger ones take the form UPSAMPLE_CONV names
-    (the transposed convolution unless set otherwise), and "plain" keeps them as written."""
-    import difflab.models.unet as unet_mod
-
-    calls = []
-    for name in ("upsample_conv3x3", "upsample_conv3x3_transposed"):
-        real = getattr(unet_mod, name)
-        monkeypatch.setattr(unet_mod, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
-    up = unet_mod.Upsample(16)
-    small, large = torch.randn(2, 16, 4, 4), torch.randn(4, 16, 64, 64)  # 8192 and 2^22 < / >= FOLDED_MIN_WORK
-    default = subprocess_default_form()
-    assert default == "transposed"
-    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", default)  # (whatever DIFFLAB_UPSAMPLE_CONV says here)
-    up(small)
-    assert not calls
-    up(large)
-    assert calls == ["upsample_conv3x3_transposed"]
-    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", "subpixel")
-    up(large)
-    monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", "plain")
-    up(large)
-    assert calls == ["upsample_conv3x3_transposed", "upsample_conv3x3"]
-
-
-def imported_form(value):
-    """A fresh import's UPSAMPLE_CONV with DIFFLAB_UPSAMPLE_CONV set to ``value`` (None: unset):
-    the finished process (its stdout holds the form)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "DIFFLAB_UPSAMPLE_CONV"}
-    if value is not None:
-        env["DIFFLAB_UPSAMPLE_CONV"] = value
-    return subprocess.run([sys.executable, "-c", "import difflab.models.unet as u; print(u.UPSAMPLE_CONV)"],
-                          capture_output=True, text=True, env=env)
-
-
-def subprocess_default_form() -> str:
-    """UPSAMPLE_CONV as a fresh import without DIFFLAB_UPSAMPLE_CONV sets it."""
-    res = imported_form(None)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
-def test_upsample_form_from_the_environment_is_checked():
-    """DIFFLAB_UPSAMPLE_CONV picks the form at import; a misspelt one is refused by name."""
-    res = imported_form("subpixel")
-    assert res.returncode == 0 and res.stdout.strip() == "subpixel", res.stderr
-    res = imported_form("transpose")
-    assert res.returncode != 0 and "DIFFLAB_UPSAMPLE_CONV must be one of transposed, subpixel, plain" in res.stderr
-
-
-@pytest.mark.parametrize("form", [None, "transposed", "subpixel"])
 @pytest.mark.parametrize("scale_shift", [False, True])
-def test_resblock_resampling_equations(scale_shift, form, monkeypatch):
+def test_resblock_resampling_equations(scale_shift):
     """ADM's resblock_updown: resample h after norm1 + SiLU and x before the skip, written out
-    (up: conv1 of the upsampled h and the skip of the upsampled x, which the block computes in
-    a folded form, or as written for a tiny layer (None), and at low resolution)."""
-    import difflab.models.unet as unet_mod
-
-    if form:
-        monkeypatch.setattr(unet_mod, "FOLDED_MIN_WORK", 0)
-        monkeypatch.setattr(unet_mod, "UPSAMPLE_CONV", form)
+    (up: conv1 of the upsampled h and the skip of the upsampled x, which the block computes at
+    low resolution; the folded forms of conv1(nearest_2x(h)): tests/accel/test_upsample.py)."""
     g = torch.Generator().manual_seed(0)
     x, emb = torch.randn(2, 8, 4, 6, generator=g), torch.randn(2, 12, generator=g)
     for resample, op in (("up", lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")),
@@ -405,83 +268,6 @@ def test_resblock_resampling_equations(scale_shift, form, monkeypatch):
         h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
         expected = F.conv2d(op(x), block.skip.weight, block.skip.bias) + h
         torch.testing.assert_close(block(x, F.silu(emb)), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("c_in,c_out", [(3, 16), (16, 3), (1, 1), (8, 16)])
-def test_channel_padded_convolution_is_the_same_function(c_in, c_out):
-    """The first and last convolutions with their channels zero-padded to multiples of 8 (what
-    the U-Net does on CUDA): the same values and gradients (float64, forced on the CPU), the
-    output's channels the layer's own."""
-    from difflab.models.unet import conv_padded_channels
-
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).double()
-    x = torch.randn(2, c_in, 5, 6, dtype=torch.float64, requires_grad=True)
-    want, got = conv(x), conv_padded_channels(x, conv, force=True)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    probe = torch.randn(want.shape, dtype=torch.float64)
-    for gw, gg in zip(torch.autograd.grad((want * probe).sum(), (x, conv.weight, conv.bias)),
-                      torch.autograd.grad((got * probe).sum(), (x, conv.weight, conv.bias))):
-        torch.testing.assert_close(gg, gw, rtol=1e-12, atol=1e-12)
-    for mode in ("reflect", "circular"):  # another padding: the layer's own forward
-        other = torch.nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=mode).double()
-        torch.testing.assert_close(conv_padded_channels(x, other, force=True), other(x))
-    xc = x.detach().contiguous(memory_format=torch.channels_last)  # the layout of conv(x) is kept
-    assert conv_padded_channels(xc, conv, force=True).stride() == conv(xc).stride()
-    assert conv_padded_channels(x.detach(), conv, force=True).stride() == conv(x.detach()).stride()
-
-
-@pytest.mark.parametrize("form", ["subpixel", "transposed"])
-def test_compiled_upsample_is_the_same_function(form):
-    """Under torch.compile (the sub-pixel interleave is one gather -- stack, permute, reshape --
-    in place of the eager slice writes) the folded forms give the same values, gradients and
-    layout (aot_eager: the traced graph, no C++ compiler needed)."""
-    upsample_conv3x3 = folded_form(form)
-    g = torch.Generator().manual_seed(1)
-    w, b = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
-    compiled = torch.compile(upsample_conv3x3, backend="aot_eager", fullgraph=True)
-    for x in (torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 4, 4, 4, generator=g).contiguous(
-            memory_format=torch.channels_last)):
-        x.requires_grad_(True)
-        want, got = upsample_conv3x3(x, w, b), compiled(x, w, b)
-        torch.testing.assert_close(got, want)
-        assert got.stride() == want.stride()
-        probe = torch.randn(want.shape, generator=g)
-        torch.testing.assert_close(torch.autograd.grad((got * probe).sum(), x)[0],
-                                   torch.autograd.grad((want * probe).sum(), x)[0])
-    torch._dynamo.reset()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's convolutions need a GPU")
-def test_upsample_on_the_gpu_in_fp32_and_bf16(monkeypatch):
-    """cuDNN: the folded forms (sub-pixel, transposed) against conv3x3(nearest_2x(x)) in fp32
-    (no TF32) and under bf16 autocast, channels_last, at a U-Net size; and the channel-padded
-    first and last convolutions."""
-    from difflab.models.unet import upsample_conv3x3, upsample_conv3x3_transposed
-
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(8, 64, 16, 16, device="cuda", generator=g).contiguous(memory_format=torch.channels_last)
-    w, b = 0.05 * torch.randn(64, 64, 3, 3, device="cuda", generator=g), torch.randn(64, device="cuda", generator=g)
-    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
-    for folded in (upsample_conv3x3, upsample_conv3x3_transposed):
-        torch.testing.assert_close(folded(x, w, b), want, rtol=1e-4, atol=1e-4)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            got = folded(x, w, b)
-        assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
-    # the first and last convolutions with channels padded to 8 (what the U-Net does on CUDA)
-    from difflab.models.unet import conv_padded_channels
-
-    for c_in, c_out in ((3, 64), (64, 3)):
-        conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).cuda().to(memory_format=torch.channels_last)
-        x = torch.randn(8, c_in, 32, 32, device="cuda", generator=g).contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(conv_padded_channels(x, conv), conv(x), rtol=1e-4, atol=1e-4)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            got, want_bf16 = conv_padded_channels(x, conv), conv(x)
-        assert got.stride() == want_bf16.stride()
-        torch.testing.assert_close(got.float(), want_bf16.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_attention_equation():
