@@ -113,6 +113,18 @@ class TritonGroupNorm(NHWCGroupNorm):
                                                plan=self.plan)
         return super().forward(x, add=add, scale=scale, shift=shift, silu=silu)
 
+    # ``kernels`` is a Python module, which neither pickles nor deep-copies: a model with these
+    # norms is copied (the trainer's EMA, copy.deepcopy, torch.save) without it, and imports it again.
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop("kernels", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.kernels = importlib.import_module(f"{__package__}.group_norm_triton")
+        self.interpreted = self.kernels.interpreted()
+
     def _fusable(self, x: Tensor, add, scale, shift) -> bool:
         if not is_nhwc(x) or (x.device.type != "cuda" and not self.interpreted):
             return False
