@@ -14,7 +14,7 @@ everything it computes is still :meth:`SamplingSettings.run`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -43,16 +43,22 @@ MOVED_TO_ACCEL = ("precision", "channels_last", "compile", "cuda_graph", "group_
 class SamplingSettings:
     """Everything but the inputs (x_T, labels, generator) that determines a sampling run: the
     sampler, its noise levels (decreasing, ending at 0) and options, the process and the
-    denoiser's guidance and thresholding. Hashable, so a run can be cached by it."""
+    denoiser's guidance and thresholding. Hashable, so a run can be cached by it; the process
+    compares by what it means (prediction and noise levels), so an equal one built anew (a
+    GaussianDiffusion has identity equality) is the same run."""
 
     sampler: str
     sigmas: tuple[float, ...]
     options: tuple[tuple[str, Any], ...]
-    proc: GaussianDiffusion
+    proc: GaussianDiffusion = field(compare=False)
     guidance: float = 1.0
     null_cond: Optional[int] = None
     clip_x0: Optional[float] = None
     dynamic_threshold: Optional[float] = None
+    process: tuple = field(init=False, repr=False)  # proc by value: (prediction, alphas_cumprod)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "process", (self.proc.prediction, tuple(self.proc.alphas_cumprod.tolist())))
 
     @property
     def stochastic(self) -> bool:
