@@ -152,7 +152,7 @@ class Accelerated(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.cuda_graph is not True:
             return self._call(x, t, cond, **kwargs)
-        if not isinstance(x, Tensor) or x.device.type != "cuda":
+        if not isinstance(x, Tensor) or not graphs_supported(x.device):
             where = x.device if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"cuda_graph=True needs CUDA inputs, got x on {where}; use cuda_graph=False")
         if not isinstance(t, Tensor):
