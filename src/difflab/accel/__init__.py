@@ -95,6 +95,8 @@ def accelerate(model: Callable, *, precision: Optional[str] = None, channels_las
         if group_norm == "triton" and not channels_last:
             raise ValueError("group_norm='triton' computes GroupNorm on channels_last activations; pass "
                              "channels_last=True with it (or choose group_norm=None)")
+    # the module forms checked before the wrapper converts the weights: a refusal leaves the model as it was
+    set_module_forms(nn.Module(), group_norm=group_norm, upsample=upsample)
     fast = Accelerated(model, precision, channels_last, compile, cuda_graph)  # checks the options first
     if isinstance(model, nn.Module):
         set_module_forms(model, group_norm=group_norm, upsample=upsample)
