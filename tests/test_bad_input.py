@@ -406,21 +406,22 @@ def test_classifier_labels_are_checked_and_count_every_class():
         train_classifier(x, y, test_images=x, test_labels=y[:, None], epochs=1, device="cpu")
 
 
-def test_fast_options_that_would_be_ignored_are_refused():
-    """A FastModel given other options ignored them; bf16 autocast left a float64 network as it
-    was; a list as precision raised 'unhashable type'."""
-    from difflab.samplers.fast import fast_model
-
+def test_speed_options_that_would_be_ignored_are_refused():
+    """An accelerated model accelerated again would ignore one set of options; bf16 autocast
+    leaves a float64 network as it is; a list as precision raised 'unhashable type'; dl.sample's
+    old speed keywords name the call that replaced them."""
     proc = dl.GaussianDiffusion(dl.schedules.linear(100))
     net = dl.models.MLPDenoiser(2, width=16, depth=1)
-    wrapped = fast_model(net, precision="bf16")
-    assert fast_model(wrapped, precision="bf16") is wrapped and fast_model(wrapped) is wrapped
-    with pytest.raises(ValueError, match="already a FastModel .precision=bf16.*pass its .model"):
-        dl.sample(wrapped, proc, (2, 2), "ddim", 2, precision="fp16")
+    wrapped = dl.accel.accelerate(net, precision="bf16")
+    for options in ({"precision": "bf16"}, {"precision": "fp16"}, {}):
+        with pytest.raises(ValueError, match=r"already accelerated \(precision=bf16.*pass its \.module"):
+            dl.accel.accelerate(wrapped, **options)
     with pytest.raises(ValueError, match="this network is float64"):
-        dl.sample(dl.models.MLPDenoiser(2, width=16, depth=1).double(), proc, (2, 2), "ddim", 2, precision="bf16")
+        dl.accel.accelerate(dl.models.MLPDenoiser(2, width=16, depth=1).double(), precision="bf16")
     with pytest.raises(ValueError, match=r"precision must be one of None, 'fp32', 'bf16', 'fp16', got \['bf16'\]"):
-        dl.sample(net, proc, (2, 2), "ddim", 2, precision=["bf16"])
+        dl.accel.accelerate(net, precision=["bf16"])
+    with pytest.raises(TypeError, match=r"no longer takes speed options \(precision='fp16'\).*dl\.accel\.accelerate"):
+        dl.sample(wrapped, proc, (2, 2), "ddim", 2, precision="fp16")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

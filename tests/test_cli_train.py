@@ -33,40 +33,51 @@ def test_train_sample_resume_with_digits_config(tmp_path, capsys, monkeypatch):
     assert torch.equal(x, dl.load(run).sample(6, "ddim", 3, guidance=3.0, labels=7, seed=0))
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--label", "all",
                  "--out", str(tmp_path / "rows.png")]) == 0
-    # the speed flags reach dl.sample as its keywords of the same names; --fast is a preset of them
-    # (CUDA only: refused before any work on the CPU, as are impossible combinations)
-    seen = []
-    real_sample = LoadedRun.sample
+    # the speed flags reach dl.accel.accelerate (cli/speed.py), and the run samples with the wrapper;
+    # --fast is a preset of them (CUDA only: refused before any work on the CPU, as are impossible
+    # combinations)
+    from difflab.cli import speed as cli_speed
+
+    seen, options = [], []
+    real_sample, real_accelerate = LoadedRun.sample, cli_speed.accelerate
 
     def record(self, *args, **kwargs):
-        seen.append({k: kwargs[k] for k in ("precision", "channels_last", "compile", "cuda_graph", "group_norm")
-                     if k in kwargs})
-        return real_sample(self, *args, **{k: v for k, v in kwargs.items() if k not in seen[-1]})
+        seen.append(kwargs["model"])
+        return real_sample(self, *args, **kwargs)
+
+    def accelerate(model, **kwargs):
+        options.append(kwargs)
+        return real_accelerate(model, **kwargs)
 
     monkeypatch.setattr(LoadedRun, "sample", record)
+    monkeypatch.setattr(cli_speed, "accelerate", accelerate)
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--precision", "bf16",
                  "--channels-last", "--group-norm", "always", "--out", str(out)]) == 0
-    assert seen == [{"precision": "bf16", "channels_last": True, "group_norm": "always"}]
+    assert options == [{"precision": "bf16", "channels_last": True, "compile": False, "cuda_graph": False,
+                        "group_norm": "always"}]
+    (fast,) = seen
+    assert isinstance(fast, dl.accel.Accelerated) and fast.precision == "bf16" and fast.channels_last
     capsys.readouterr()
     for flags, message in ((["--fast"], "--fast replays CUDA graphs, which needs a CUDA device"),
                            (["--cuda-graph"], "--cuda-graph replays CUDA graphs"),
                            (["--group-norm", "triton"], "add --channels-last")):
         assert main(["sample", "--ckpt", str(run), "--device", "cpu", *flags, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
-    assert len(seen) == 1
+    assert len(seen) == 1 and len(options) == 1
     monkeypatch.undo()
     # --weights bf16: the network stored in bf16, under the bf16 autocast it implies; the samples
     # (the sampler's state) stay float32
     stored = []
 
     def spy(self, *args, **kwargs):
-        stored.append((next(self.ema_model.parameters()).dtype, kwargs.get("precision")))
+        model = kwargs["model"]
+        stored.append((next(self.ema_model.parameters()).dtype, model.precision, model.dtype))
         return real_sample(self, *args, **kwargs)
 
     monkeypatch.setattr(LoadedRun, "sample", spy)
     assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--weights", "bf16",
                  "--save-tensor", str(tmp_path / "w.pt"), "--out", str(out)]) == 0
-    assert stored == [(torch.bfloat16, "bf16")] and torch.load(tmp_path / "w.pt").dtype == torch.float32
+    assert stored == [(torch.bfloat16, "bf16", torch.float32)] and torch.load(tmp_path / "w.pt").dtype == torch.float32
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(run), "--weights", "bf16", "--precision", "fp16", "--out", str(out)]) == 2
@@ -126,45 +137,65 @@ def test_digits_config_short_run_gives_guided_digits_of_the_asked_class(tmp_path
     assert hit.mean() >= 0.9, hit.mean()
 
 
+def speed_setting(model) -> dict:
+    """What the speed flags made of a network: accelerate()'s options, read back from the
+    wrapper and the swapped GroupNorm classes, and the dtype the network is stored in."""
+    from difflab.accel.group_norm import NHWCGroupNorm, TritonGroupNorm
+    from difflab.models.norm import GroupNorm
+
+    net = model.module if isinstance(model, dl.accel.Accelerated) else model
+    norm = next(m for m in net.modules() if isinstance(m, GroupNorm))  # (a U-Net's)
+    group_norm = ("triton" if isinstance(norm, TritonGroupNorm) else norm.when if isinstance(norm, NHWCGroupNorm)
+                  else None)
+    setting = {"group_norm": group_norm, "weights": next(net.parameters()).dtype}
+    if isinstance(model, dl.accel.Accelerated):
+        setting.update(precision=model.precision, channels_last=model.channels_last,
+                       compile=model.compile_kwargs is not None, cuda_graph=model.cuda_graph)
+    return setting
+
+
 def test_fast_preset_takes_the_triton_norms_on_cuda_where_triton_is_installed(monkeypatch):
     """``--fast`` is the fastest setting measured on a GPU: the network stored in bf16,
     channels_last, compile, the whole run as one CUDA graph (a graph per call where --seed must
     drive the noise) and difflab's Triton GroupNorm, which it leaves out where the triton package
-    is missing; explicit flags win."""
+    is missing; explicit flags win. (cli/speed.py's ``accelerated``, as every sampling and editing
+    command applies it; the network is a CPU one, which accelerate() does not move.)"""
     import argparse
+    import importlib.util
 
-    from difflab.cli import sample as cli_sample
+    from difflab.cli.speed import accelerated
 
-    def flags(**kw):
+    def speed(device="cuda", deterministic=True, **kw):
         base = dict(fast=True, precision=None, channels_last=False, compile=False, cuda_graph=False, group_norm=None,
                     weights=None)
-        return argparse.Namespace(**{**base, **kw})
+        args = argparse.Namespace(**{**base, **kw})
+        return speed_setting(accelerated(dl.models.unet_tiny(), args, torch.device(device), deterministic)), args
 
-    cuda = torch.device("cuda")
     # the whole run as one graph (deterministic runs), and the network stored in bf16 (args.weights)
-    want = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graph": "loop"}
+    want = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graph": "loop",
+            "weights": torch.bfloat16}
     pytest.importorskip("triton")
-    args = flags()
-    assert cli_sample.speed_options(args, cuda) == {**want, "group_norm": "triton"} and args.weights == "bf16"
-    assert cli_sample.speed_options(flags(group_norm="compile"), cuda) == {**want, "group_norm": "compile"}
-    for stochastic in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.5)):  # --seed holds: a graph per call
-        assert cli_sample.speed_options(flags(**stochastic), cuda)["cuda_graph"] is True
-    args = flags(weights="fp32")  # an explicit choice wins
-    assert cli_sample.speed_options(args, cuda)["precision"] == "bf16" and args.weights == "fp32"
-    args = flags(precision="fp16")
-    assert cli_sample.speed_options(args, cuda)["precision"] == "fp16" and args.weights == "fp16"
+    got, args = speed()
+    assert got == {**want, "group_norm": "triton"} and args.weights == "bf16"
+    assert speed(group_norm="compile")[0] == {**want, "group_norm": "compile"}
+    assert speed(deterministic=False)[0]["cuda_graph"] is True  # --seed holds: a graph per call
+    got, args = speed(weights="fp32")  # an explicit choice wins
+    assert got["precision"] == "bf16" and got["weights"] == torch.float32 and args.weights == "fp32"
+    got, args = speed(precision="fp16")
+    assert got["precision"] == "fp16" and got["weights"] == torch.float16 and args.weights == "fp16"
     with pytest.raises(ValueError, match="--weights bf16 stores the network in bf16"):
-        cli_sample.speed_options(flags(weights="bf16", precision="fp16"), cuda)
+        speed(weights="bf16", precision="fp16")
 
-    def no_triton(mode):
-        raise ValueError("group_norm 'triton' needs the triton package")
-
-    monkeypatch.setattr(cli_sample, "check_nhwc_group_norm_mode", no_triton)
-    assert cli_sample.speed_options(flags(), cuda) == want
-    assert cli_sample.speed_options(flags(cuda_graph=True), cuda) == {**want, "cuda_graph": True}
-    assert cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), cuda) == {"cuda_graph": "loop"}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "triton" else real_find_spec(name, *a, **k))
+    assert speed()[0] == {**want, "group_norm": None}
+    assert speed(cuda_graph=True)[0] == {**want, "group_norm": None, "cuda_graph": True}
+    assert speed(fast=False, cuda_graph="loop")[0] == {"precision": None, "channels_last": False, "compile": False,
+                                                       "cuda_graph": "loop", "group_norm": None,
+                                                       "weights": torch.float32}
+    assert speed(fast=False)[0] == {"group_norm": None, "weights": torch.float32}  # no flag: not wrapped
     with pytest.raises(ValueError, match="--cuda-graph replays CUDA graphs"):
-        cli_sample.speed_options(flags(fast=False, cuda_graph="loop"), torch.device("cpu"))
-    for stochastic in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.5)):  # --seed would not hold
-        with pytest.raises(ValueError, match="not from --seed"):
-            cli_sample.speed_options(flags(fast=False, cuda_graph="loop", **stochastic), cuda)
+        speed(device="cpu", fast=False, cuda_graph="loop")
+    with pytest.raises(ValueError, match="not from --seed"):  # a sampler that draws noise: --seed would not hold
+        speed(deterministic=False, fast=False, cuda_graph="loop")
