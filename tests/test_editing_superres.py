@@ -54,10 +54,10 @@ def test_wrapper_concatenates_the_upsampled_low_res():
     # a guidance-doubled batch reuses the low-res images in order
     out2 = model(torch.cat([x, x]), torch.cat([t, t]), lowres=low)
     assert torch.allclose(out2, torch.cat([out, out]), atol=1e-6)
-    # no low-res: the null image in eval mode (the trainer's shape check), an error in training
-    assert model(x, t).shape == x.shape
-    with pytest.raises(ValueError, match="trained with its low-resolution images"):
-        model.train()(x, t)
+    # no low-res image: an error in either mode, which names upscale and the superres loss
+    for mode in (model.eval(), model.train()):
+        with pytest.raises(ValueError, match="super-resolution model.*upscale.*loss: superres"):
+            mode(x, t)
 
 
 def test_wrapper_bad_input():
@@ -138,9 +138,8 @@ def test_train_superres_and_upscale(tmp_path):
 def test_plain_trainer_refuses_a_superres_model(tmp_path):
     from difflab.training.trainer import Trainer
 
-    trainer = Trainer(sr_config(), tmp_path / "plain", progress=False)
-    with pytest.raises(ValueError, match="loss: superres"):
-        trainer.train()
+    with pytest.raises(ValueError, match="loss: superres"):  # before any step: the trainer's first call
+        Trainer(sr_config(), tmp_path / "plain", progress=False)
     with pytest.raises(ValueError, match="needs model 'superres'"):
         E.train_superres(sr_config(model={"name": "unet_tiny", "kwargs": {}}), tmp_path / "x", progress=False)
 
@@ -160,7 +159,7 @@ def test_upsampling_is_bicubic_and_bad_input_is_named():
     proc = dl.GaussianDiffusion(dl.schedules.linear(100))
     for options in ({"channels_last": True}, {"precision": "bf16"}):
         with pytest.raises(ValueError, match="super-resolution model"):
-            dl.sample(tiny_sr(), proc, (2, 1, 8, 8), "ddim", 3, **options)
+            dl.sample(dl.accel.accelerate(tiny_sr(), **options), proc, (2, 1, 8, 8), "ddim", 3)
     with pytest.raises(ValueError, match=r"downsample needs a float tensor"):
         E.downsample(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2)
     with pytest.raises(ValueError, match=r"upsample needs a float tensor of images \[B, C, h, w\]"):

@@ -270,18 +270,19 @@ class Trainer:
             tqdm.write(msg, file=sys.stderr)
 
     def _check_model(self, model: nn.Module) -> None:
-        """The loss on two samples (the model called as training will call it), so a model that
-        cannot take the data fails here with a clear message."""
+        """The config's loss on two samples (the model called as its loss calls it: a
+        super-resolution model with its low-res images), so a model that cannot take the data
+        fails here with a clear message."""
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
         t = torch.zeros(k, dtype=torch.long)
         cond = torch.zeros(k, dtype=torch.long) if self.num_classes is not None else None
-        batch = TrainBatch(x0=x, cond=cond, labels=cond, t=t, noise=torch.zeros_like(x), u=torch.zeros(k), step=0,
-                           index=torch.arange(k))
+        batch = TrainBatch(x0=x, cond=cond, labels=cond, t=t, noise=torch.zeros_like(x), u=torch.ones(k), step=0,
+                           index=torch.arange(k))  # u = 1: no label dropped
         model.eval()
         try:
             with torch.no_grad():
-                self.loss_fn(model, batch)
+                build_loss(self.proc, self.cfg)(model, batch)
         except Exception as err:  # noqa: BLE001 - re-raised with the config's names
             raise ValueError(
                 f"model {self.cfg.model.name!r} cannot take data {self.cfg.data.name!r} of shape "
