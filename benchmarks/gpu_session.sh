@@ -8,7 +8,7 @@
 #   here, once (with network):  bash benchmarks/gpu_session.sh prepare     # fills .gpu/ (git-ignored)
 #   issue 7 (measured on an H100 2026-11-26, resolved; kept to re-run):
 #     run(command="bash benchmarks/gpu_session.sh issue7", carry=[".gpu"], timeout_s=600)
-#       first the GPU-only tests (the trainer's real cuda_graph capture, tests/test_step_graph.py;
+#       first the GPU-only tests (the trainer's real cuda_graph capture, tests/training/test_step_graph.py;
 #       the compiled Triton GroupNorm kernels, tests/accel/test_group_norm_triton.py: a minute or two),
 #       then the ways of the Triton GroupNorm kernels (tiled, looped, resident, resident2) timed alone at the
 #       U-Net's shapes (half a minute), the fastest at each shape exported as DIFFLAB_GN_PLAN for the rows,
@@ -39,7 +39,7 @@
 # Outside the device tool ($OUT unset) results go to out/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|all|rest|check|mnist|throughput [ARGS]"}
+stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|issue21|all|rest|check|mnist|throughput [ARGS]"}
 shift  # ARGS: all, mnist: to difflab train (after MNIST_ARGS to mnist_cond_gpu.py); others: to throughput.py
 GPU_DIR=.gpu
 MNIST_SRC=${MNIST_SRC:-../shared/data/mnist}
@@ -159,8 +159,8 @@ case $stage in
         # tests use a stand-in replay); the Triton GroupNorm kernels compiled for the GPU (CPU tests
         # run them in the interpreter) against the definition at every odd shape, in the U-Net
         # under Inductor and in a CUDA graph
-        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/accel/test_group_norm_triton.py \
-            tests/test_fast_sampling.py tests/accel/test_upsample.py tests/accel/test_channels.py \
+        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/training/test_step_graph.py tests/accel/test_group_norm_triton.py \
+            tests/accel/test_accel_model.py tests/accel/test_upsample.py tests/accel/test_channels.py \
             -k "real_cuda_graph or gpu or (definition and auto) or unet_samples or released or longer or in_place" \
             2>&1 | tee -a "$OUT/session.log" \
             || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
@@ -215,6 +215,23 @@ case $stage in
             echo "gpu_session: ${gn_left} s left, too few for the full benchmarks/group_norm.py" | tee -a "$OUT/session.log"
         fi
         ;;
+    issue21)  # after the speed layer moved out of the models and samplers (difflab.accel): the GPU
+        # tests of the moved code, then the headline rows again (within noise of the committed
+        # figures, docs/benchmarks.md) and the row no session measured yet: the compiled step
+        # captured as one CUDA graph WITH its EMA update (the headline training row has none)
+        BUDGET=${BUDGET:-540}
+        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/training/test_step_graph.py \
+            tests/accel/test_group_norm_triton.py tests/accel/test_accel_model.py tests/accel/test_upsample.py \
+            tests/accel/test_channels.py -k "real_cuda_graph or gpu or (definition and auto) or unet_samples" \
+            2>&1 | tee -a "$OUT/session.log" \
+            || echo "gpu_session: a GPU test failed or timed out (above)" | tee -a "$OUT/session.log"
+        left=$((BUDGET - SECONDS))
+        python3 benchmarks/throughput.py --rows 'diffusers/train/bf16+compile' \
+            'difflab/train/bf16+fused+compile_step+step_graph+no_ema' 'difflab/train/bf16+fused+compile_step+step_graph' \
+            'diffusers/sample/bf16+compile' 'difflab/sample/bf16w+cl+compile+loop+gn_triton' \
+            'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton' 'diffusers/sample/bf16w+compile' \
+            --time-budget "$((left > 1 ? left : 1))" --out "$OUT/throughput.json" "$@" 2>&1 | tee -a "$OUT/session.log"
+        ;;
     all)
         BUDGET=${BUDGET:-560}
         # 2,000 steps x 256 images (51 epochs of t10k), eager: no compile time to pay back in a
@@ -245,7 +262,7 @@ case $stage in
         python3 benchmarks/throughput.py --merge --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/session.log"
         ;;
     *)
-        echo "unknown stage '$stage': prepare, issue7, all, rest, check, mnist or throughput" >&2
+        echo "unknown stage '$stage': prepare, issue7, issue21, all, rest, check, mnist or throughput" >&2
         exit 2
         ;;
 esac
