@@ -251,7 +251,7 @@ def test_train_classifier_export_and_demo_arguments(digits_run, tmp_path, err):
     """--limit 0 raised torch's reduction error and -1300 trained on the last 137 images; testing on
     the training split was reported as held out; --limit took the first images of a split sorted
     by class (a 2-class network); export to a folder raised IsADirectoryError; numpy integers
-    were refused by the demo. (The experiments' settings: tests/test_experiments.py.)"""
+    were refused by the demo. (The experiments' settings: tests/experiments/test_experiments.py.)"""
     import json
 
     import numpy as np

@@ -2,7 +2,7 @@
 
 Each case runs on the CPU from a fixed seed with small perturbed networks (a U-Net at zero
 initialisation outputs zeros, which would pin nothing) and is compared with the outputs recorded
-before the speed layer moved out of the samplers (``tests/data/reference_outputs.npz``):
+before the speed layer moved out of the samplers (``tests/fixtures/reference_outputs.npz``):
 
 - with the torch build that recorded them (``torch_version`` in the file) bit for bit, by the
   SHA-256 of the output's bytes: a refactor must not change one rounding;
@@ -28,7 +28,7 @@ import torch
 
 import difflab as dl
 
-DATA = Path(__file__).parent / "data" / "reference_outputs.npz"
+DATA = Path(__file__).parent / "fixtures" / "reference_outputs.npz"
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -12,7 +12,7 @@ import torch
 import difflab as dl
 from difflab.data import mnist
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -10,7 +10,7 @@ import difflab as dl
 from difflab.cli import main
 from difflab.training.checkpoint import LoadedRun
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/cli/ -> the repository root
 
 
 def test_train_sample_resume_with_digits_config(tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import yaml
 from difflab.cli import main
 from difflab.cli.eval import parse_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/cli/ -> the repository root
 
 
 @pytest.fixture(scope="module")
