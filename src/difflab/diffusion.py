@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .schedules import NoiseSchedule
-from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int
+from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real
 
 __all__ = [
     "GaussianDiffusion",
@@ -105,10 +105,15 @@ class GaussianDiffusion:
     """The forward process of a :class:`~difflab.schedules.NoiseSchedule` and its posterior.
 
     ``prediction`` is what the network outputs: ``"eps"`` (the noise, Ho et al.),
-    ``"x0"`` (the clean data) or ``"v"`` (Salimans & Ho 2022).
+    ``"x0"`` (the clean data) or ``"v"`` (Salimans & Ho 2022). ``clip_x0``: the range of the
+    data, |x0| <= clip_x0 (1 for images scaled to [-1, 1]), to which the samplers clip their x0
+    estimates unless told otherwise (diffusers' ``clip_sample``); None: data without a known
+    bound. With eps prediction the estimate x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    multiplies the network's error by up to 1 / sqrt(abar_T) (20,000 for the cosine schedule at
+    T = 1000), so an unclipped run can leave the data's range far behind.
     """
 
-    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: Optional[float] = None) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(
                 f"schedule must be a NoiseSchedule (e.g. dl.schedules.linear()), got {type(schedule).__name__}"
@@ -117,8 +122,12 @@ class GaussianDiffusion:
             raise ValueError(
                 f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTION_TYPES)}"
             )
+        if clip_x0 is not None and not (is_real(clip_x0) and math.isfinite(clip_x0) and clip_x0 > 0):
+            raise ValueError(f"clip_x0 (the data's range |x0| <= clip_x0) must be a finite number > 0 or None, "
+                             f"got {clip_x0!r}")
         self.schedule = schedule
         self.prediction = prediction
+        self.clip_x0 = None if clip_x0 is None else float(clip_x0)
         self.T = schedule.T
 
         betas = schedule.betas
@@ -144,7 +153,8 @@ class GaussianDiffusion:
         self._cache: dict[tuple, Tensor] = {}
 
     def __repr__(self) -> str:
-        return f"GaussianDiffusion({self.schedule!r}, prediction={self.prediction!r})"
+        clip = "" if self.clip_x0 is None else f", clip_x0={self.clip_x0:g}"
+        return f"GaussianDiffusion({self.schedule!r}, prediction={self.prediction!r}{clip})"
 
     # ------------------------------------------------------------------ helpers
     def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -135,6 +135,13 @@ def test_digits_config_short_run_gives_guided_digits_of_the_asked_class(tmp_path
     assert samples.shape == (200, 1, 8, 8)
     hit = judge.predict(samples.clamp(-1, 1).flatten(1).numpy()) == labels.numpy()
     assert hit.mean() >= 0.9, hit.mean()
+    # the public function with its defaults on the loaded run (issue 29: [-1315, 3332] before the
+    # run's process knew its data's range): the same digits, in [-1, 1]
+    run = dl.load(tmp_path)
+    plain = dl.sample(run.ema_model, run.proc, (200, 64), cond=labels, guidance=3.0,
+                      generator=torch.Generator().manual_seed(0))
+    assert float(plain.abs().max()) <= 1.0
+    assert (judge.predict(plain.numpy()) == labels.numpy()).mean() >= 0.9
 
 
 def speed_setting(model) -> dict:

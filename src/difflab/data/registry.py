@@ -13,7 +13,10 @@ from torch import Tensor
 
 from . import digits, images, mnist
 
-__all__ = ["load", "register", "names"]
+__all__ = ["load", "register", "names", "DATA_RANGE"]
+
+# Every data set here is images scaled to [-1, 1]: |x| <= DATA_RANGE.
+DATA_RANGE = 1.0
 
 _LOADERS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
     "mnist": mnist.load,

@@ -72,7 +72,7 @@ def img2img(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     spacing: Optional[str] = None,
-    clip_x0: Optional[float] = None,
+    clip_x0: Optional[float] = ...,  # type: ignore[assignment]  # the process's data range
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
     **options,

@@ -93,7 +93,7 @@ def inpaint(
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     spacing: Optional[str] = None,
-    clip_x0: Optional[float] = None,
+    clip_x0: Optional[float] = ...,  # type: ignore[assignment]  # the process's data range
     paste_final: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
@@ -106,7 +106,8 @@ def inpaint(
     ``jump_length`` j: RePaint's resampling (r = 1: the replacement method; the paper uses
     r = j = 10). ``noise``: the starting x_T (the image's shape); ``generator`` seeds every
     other draw. ``cond``/``guidance``: class labels and classifier-free guidance, and
-    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`.
+    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`
+    (default: the process's ``clip_x0``; None: no clipping).
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
@@ -126,7 +127,7 @@ def inpaint(
     image = to_model(image, model, device)
     mask = mask.to(device, image.dtype)
     cond = check_labels(model, cond, image.shape[0], device)
-    denoiser = Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
+    denoiser = Denoiser(model, proc, cond, guidance, clip_x0=proc.clip_x0 if clip_x0 is ... else clip_x0)
     sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
     keep = 1 - mask
 

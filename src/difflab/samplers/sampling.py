@@ -175,12 +175,15 @@ def sample(
     - the noise levels: ``spacing`` picks the timesteps (:mod:`.timesteps`; default per sampler);
       ``timesteps`` (decreasing ints) or ``sigmas`` (decreasing VE noise levels) give them
       explicitly, and then ``steps`` is ignored;
-    - thresholding of the x0 estimates: ``clip_x0=c`` clamps them to [-c, c];
-      ``dynamic_threshold=p`` is Imagen's dynamic thresholding at quantile p;
+    - thresholding of the x0 estimates: ``clip_x0=c`` clamps them to [-c, c] (default: the
+      process's ``clip_x0``, the data's range where it is known -- a loaded run's process knows
+      it; ``clip_x0=None``: no clipping); ``dynamic_threshold=p`` is Imagen's dynamic
+      thresholding at quantile p;
     - ``null_cond``: the label of guidance's unconditional branch (default: the model's null label).
 
     ``callback`` receives a dict per step with the VP state ``x``, the estimate ``denoised``, the
-    noise level ``sigma`` and the index ``i``. Returns x0 (unclamped).
+    noise level ``sigma`` and the index ``i``. Returns x0 (clamped only as the thresholding
+    above clamps the last estimate).
 
     dtypes: ``noise`` must be a float tensor; it is cast to the model's dtype (its parameters',
     or its ``dtype`` attribute: an accelerated 16-bit network keeps float32 state); a model
@@ -225,8 +228,10 @@ def sample(
     sig = _sigmas(proc, spec, steps, common.get("spacing"), common.get("sigmas"), common.get("timesteps"))
     cond = check_labels(model, cond, shape[0], device)
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
+    clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping
     settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,
-                                common.get("null_cond"), common.get("clip_x0"), common.get("dynamic_threshold"))
+                                common.get("null_cond"), proc.clip_x0 if clip_x0 is ... else clip_x0,
+                                common.get("dynamic_threshold"))
     bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False) if progress else None
     report = _StepReport(callback, bar)
     runner = getattr(model, "sampling_run", None)  # a model that runs a whole run its own way

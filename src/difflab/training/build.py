@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 from .. import models, schedules
+from ..data.registry import DATA_RANGE
 from ..diffusion import GaussianDiffusion
 from .config import TrainConfig
 
-__all__ = ["build_model", "build_process"]
+__all__ = ["build_model", "build_process", "data_range"]
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -37,4 +40,13 @@ def build_process(cfg: TrainConfig) -> GaussianDiffusion:
         schedule = schedules.get(d.schedule, d.T, **d.schedule_kwargs)
     except TypeError as err:
         raise TypeError(f"config field diffusion.schedule_kwargs: {err}") from None
-    return GaussianDiffusion(schedule, prediction=d.prediction)
+    return GaussianDiffusion(schedule, prediction=d.prediction, clip_x0=data_range(cfg))
+
+
+def data_range(cfg: TrainConfig) -> Optional[float]:
+    """The range |x0| <= c the run's samplers clip their x0 estimates to by default: the config's
+    ``sample.clip_x0`` where set, else the range of its data (every image data set: [-1, 1]; the
+    2D toy sets: unbounded)."""
+    if cfg.sample.clip_x0 is not None:
+        return cfg.sample.clip_x0
+    return None if cfg.data.name == "toy2d" else DATA_RANGE

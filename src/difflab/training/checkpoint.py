@@ -5,7 +5,8 @@ A run folder holds ``config.yaml``, ``log.csv``, ``samples/`` and ``checkpoints/
     checkpoints/step_00001000/   config.yaml, model.safetensors, ema.safetensors,
                                  optimizer.pt (optimizer, LR scheduler, grad scaler),
                                  rng.pt (CPU and CUDA generator states of every process),
-                                 state.json (step, data-stream position, shapes, versions)
+                                 state.json (step, data-stream position, shapes, versions),
+                                 checksums.sha256 (a SHA-256 of each file above: `sha256sum -c`)
     checkpoints/latest           the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder, every file fsync'ed, then renamed into place,
@@ -13,13 +14,23 @@ and only then does ``latest`` (replaced atomically itself) point to it. A crash 
 leaves ``latest`` naming a complete checkpoint -- or, when the same step was being re-saved,
 the old copy moved aside, which :func:`latest_checkpoint` finds; the older ones are pruned to
 ``keep_last``.
+
+Loading checks each file in three stages, so the most precise message wins: its format (a
+file that does not parse is named with what is wrong), then its SHA-256 against
+``checksums.sha256`` (a file that parses but changed since it was saved: flipped bits, an edit,
+an export written over it), then the weights' values (NaN or inf: a corruption that still
+parses, in a checkpoint too old to have checksums). Each failure names the damaged file and the
+run's other complete checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +49,8 @@ from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
-           "LoadedRun", "atomic_write", "atomic_write_text", "export_model", "EXPORT_DTYPES"]
+           "LoadedRun", "atomic_write", "atomic_write_text", "export_model", "EXPORT_DTYPES",
+           "verify_checkpoint", "MANIFEST"]
 
 LATEST = "latest"
 PREFIX = "step_"
@@ -98,6 +110,7 @@ def save_checkpoint(
                                            "num_updates": ema.num_updates},
                     torch_version=torch.__version__, time=time.strftime("%Y-%m-%d %H:%M:%S"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _write_manifest(tmp)  # inside the temporary folder: renamed into place with the rest
         for f in tmp.iterdir():
             fsync_path(f)
         fsync_path(tmp)
@@ -115,6 +128,68 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     _prune(root, keep_last, keep=name)
     return final
+
+
+# ------------------------------------------------------------------ checksums
+MANIFEST = "checksums.sha256"
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9_.-]+)$")
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """``checksums.sha256``: a SHA-256 of every other file of the checkpoint, in the format of
+    ``sha256sum`` (``cd step_N && sha256sum -c checksums.sha256`` checks it by hand)."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != MANIFEST)
+    (folder / MANIFEST).write_text("".join(f"{_sha256(f)}  {f.name}\n" for f in files))
+
+
+def _read_manifest(ck: Path) -> Optional[dict[str, str]]:
+    """{file name: SHA-256} of a checkpoint, or None for a checkpoint written before difflab
+    recorded checksums (those still load: their files are checked by format and values only)."""
+    file = ck / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _damaged(file, f"unreadable: {err}") from None
+    sums = {}
+    for line in lines:
+        m = _MANIFEST_LINE.match(line)
+        if m is None:
+            raise _damaged(file, f"not a list of '<sha256>  <file>' lines: {line[:60]!r}")
+        sums[m.group(2)] = m.group(1)
+    return sums
+
+
+def verify_checkpoint(path: Union[str, Path], files: Optional[Sequence[str]] = None) -> Path:
+    """Check the checkpoint's files (``files``: those names; default: every file in its
+    ``checksums.sha256``) against the SHA-256 recorded when it was saved; ValueError naming the
+    first damaged file and the run's other complete checkpoints. A checkpoint without the
+    manifest (written before difflab recorded one) passes. Returns the checkpoint folder."""
+    ck = resolve_checkpoint(path)
+    sums = _read_manifest(ck)
+    if sums is None:
+        return ck
+    for name in (files if files is not None else sorted(sums)):
+        file = ck / name
+        if name not in sums:
+            raise _damaged(ck / MANIFEST, f"it records no checksum for {name}")
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete"
+                                    f"{_others(ck)}")
+        if _sha256(file) != sums[name]:
+            raise _damaged(file, f"its SHA-256 differs from the one recorded in {MANIFEST} when it was "
+                                 "saved: it changed since (bit rot, a partial copy, an edit, or a file "
+                                 "written over it)")
+    return ck
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:
@@ -136,18 +211,50 @@ def latest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
     between moving the old copy aside and renaming the new one into place -- the copy moved
     aside (``.old-<name>-*``) is it; failing that, the newest complete ``step_*`` folder."""
     run_dir = Path(run_dir)
-    complete = lambda p: (p / "state.json").is_file()  # noqa: E731 -- written last, before the rename
     for root in (run_dir / "checkpoints", run_dir):
         pointer = root / LATEST
         if pointer.is_file():
-            name = pointer.read_text().strip()
-            if complete(root / name):
+            name = _pointer_name(pointer)
+            if name is not None and _complete(root / name):
                 return root / name
-            aside = sorted((p for p in root.glob(f".old-{name}-*") if complete(p)), key=lambda p: p.stat().st_mtime)
-            done = sorted(p for p in root.glob(f"{PREFIX}*") if complete(p))
+            aside = [] if name is None else sorted(
+                (p for p in root.glob(f".old-{name}-*") if _complete(p)), key=lambda p: p.stat().st_mtime)
+            done = _complete_checkpoints(root)
+            if name is None:  # a damaged pointer (binary junk, an edit): say which, and what is used
+                _note_once(f"note: {str(pointer)!r} is damaged (not the name of a checkpoint folder); " + (
+                    f"using the newest complete checkpoint, {str(done[-1])!r} (the next checkpoint saved "
+                    "rewrites the pointer)" if done else "and no complete checkpoint is left"))
             if aside or done:
                 return (aside or done)[-1]
     return None
+
+
+def _complete(p: Path) -> bool:
+    return (p / "state.json").is_file()  # written last, before the rename
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    """The complete ``step_*`` folders of a checkpoints folder, oldest first."""
+    return sorted(p for p in root.glob(f"{PREFIX}*") if _complete(p))
+
+
+def _pointer_name(pointer: Path) -> Optional[str]:
+    """The checkpoint name ``latest`` holds, or None when it holds anything else."""
+    try:
+        name = pointer.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if re.fullmatch(rf"{PREFIX}[0-9]+", name) else None
+
+
+_noted: set = set()
+
+
+def _note_once(msg: str) -> None:
+    """Print a note to stderr once per process (the finder runs several times per command)."""
+    if msg not in _noted:
+        _noted.add(msg)
+        print(msg, file=sys.stderr)
 
 
 def resolve_checkpoint(path: Union[str, Path]) -> Path:
@@ -166,10 +273,11 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     return ck
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict:
-    """Everything in a checkpoint, on the CPU: config, model, ema, optimizer, rng, state."""
+def read_checkpoint(path: Union[str, Path], verify: bool = True) -> dict:
+    """Everything in a checkpoint, on the CPU: config, model, ema, optimizer, rng, state. Each
+    file is checked as it is parsed, then (``verify``) against its recorded SHA-256."""
     ck = resolve_checkpoint(path)
-    return {
+    out = {
         "path": ck,
         "config": load_config(ck / "config.yaml"),
         "model": _read_weights(ck / "model.safetensors"),
@@ -178,22 +286,49 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         "rng": _read_torch(ck / "rng.pt"),
         "state": _read_state(ck / "state.json"),
     }
+    if verify:
+        verify_checkpoint(ck)
+    return out
 
 
 # A hand-damaged checkpoint (truncated, overwritten or edited file) gets an error naming the
-# file, not the parser's traceback.
+# file, not the parser's traceback, and the run's other complete checkpoints.
 def _damaged(file: Path, what: str) -> ValueError:
-    return ValueError(f"checkpoint file {str(file)!r} is damaged ({what}); restore it, or load an older "
-                      f"checkpoint of the run (another step_* folder in {str(file.parent.parent)!r})")
+    return ValueError(f"checkpoint file {str(file)!r} is damaged ({what}); restore it{_others(file.parent)}")
+
+
+def _others(ck: Path) -> str:
+    """The run's complete checkpoints other than ``ck``, as the end of an error message."""
+    if not ck.name.startswith((PREFIX, ".old-")):  # not a checkpoint folder (an exported file's)
+        return ""
+    others = [p.name for p in _complete_checkpoints(ck.parent) if p.resolve() != ck.resolve()]
+    if not others:
+        return f"; the run has no other complete checkpoint in {str(ck.parent)!r}"
+    return (f", or use another complete checkpoint of the run in {str(ck.parent)!r}: {', '.join(others)} "
+            f"(--ckpt that folder; to resume from it, move {ck.name} out of {str(ck.parent)!r})")
 
 
 def _read_weights(file: Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete")
     try:
-        return load_file(str(file))
+        weights = load_file(str(file))
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: all mean a bad file
         raise _damaged(file, f"not a readable safetensors file: {err}") from None
+    bad = _non_finite(weights)
+    if bad:  # a checkpoint is written only after the NaN check: its weights are finite
+        raise _damaged(file, bad)
+    return weights
+
+
+def _non_finite(weights: dict[str, Tensor]) -> Optional[str]:
+    """What is not finite in ``weights`` (corrupted bytes that still parse), or None."""
+    for k, v in weights.items():
+        if v.is_floating_point():
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                return f"{n} of the {v.numel()} values of weight {k!r} are NaN or inf"
+    return None
 
 
 def _read_torch(file: Path):
@@ -271,7 +406,8 @@ class LoadedRun:
     ) -> Tensor:
         """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
         or None (unconditional); ``guidance`` w != 1 needs labels. Same seed, same samples.
-        ``clip_x0`` defaults to the run's ``sample.clip_x0`` (None: no clipping). ``device``:
+        ``clip_x0`` defaults to the run's process's: the config's ``sample.clip_x0``, else the
+        data's range (None: no clipping). ``device``:
         where to sample (None: where the model is). ``model``: the network to sample with instead
         of the EMA (or, ``ema=False``, the raw) weights, e.g. one of them accelerated
         (``dl.accel.accelerate(run.ema_model, ...)``)."""
@@ -285,8 +421,6 @@ class LoadedRun:
                              f"ints in 0 .. {self.num_classes - 1}); e.g. run.sample(n, guidance={guidance}, labels=3)")
         if device is not None:
             device = resolve_device(device, "device")
-        if clip_x0 is ...:
-            clip_x0 = self.config.sample.clip_x0
         return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                         sampler=sampler, steps=steps, guidance=guidance, labels=labels, seed=seed,
                         eta=eta, device=device, progress=progress, clip_x0=clip_x0, **options)
@@ -309,7 +443,11 @@ def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     state = _read_state(ck / "state.json")
     model = _for_sampling(build_model(cfg), _read_weights(ck / "model.safetensors"), device, ck / "config.yaml")
     ema_model = _for_sampling(build_model(cfg), _read_weights(ck / "ema.safetensors"), device, ck / "config.yaml")
+    verify_checkpoint(ck, _SAMPLING_FILES)  # after the format checks, whose messages say more
     return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
+
+
+_SAMPLING_FILES = ("config.yaml", "state.json", "model.safetensors", "ema.safetensors")
 
 
 # --------------------------------------------------------------------- export
@@ -322,10 +460,12 @@ _EXPORT_FORMAT = "difflab-model/1"
 
 
 def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = True,
-                 dtype: str = "fp32") -> Path:
+                 dtype: str = "fp32", force: bool = False) -> Path:
     """Write one network of a run (``ema=True``: the EMA weights, which sampling uses) to
     ``out``, a single ``.safetensors`` file with the config in its metadata; written atomically.
-    ``dtype``: "fp32" (exact), "fp16" or "bf16" (half the size). Returns ``out``."""
+    ``dtype``: "fp32" (exact), "fp16" or "bf16" (half the size). Returns ``out``.
+    Never inside a run's ``checkpoints/`` folder (it would replace or sit among a checkpoint's
+    files); an existing ``out`` is replaced only with ``force=True``."""
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -333,10 +473,23 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
         raise ValueError(f"out must name a .safetensors file, got {str(out)!r}")
     if out.is_dir():
         raise ValueError(f"out {str(out)!r} is a folder; name a file, e.g. {str(out / 'model.safetensors')!r}")
+    inside = _checkpoints_folder_of(out)
+    if inside is not None:
+        raise ValueError(f"out {str(out)!r} lies inside the checkpoints folder {str(inside)!r}, whose files "
+                         "the run's checkpoints own (an export there replaces or shadows them); write it "
+                         f"elsewhere, e.g. {str(inside.parent / out.name)!r}")
+    if out.exists() and not force:
+        raise FileExistsError(f"out {str(out)!r} exists; pass --force (force=True) to replace it, or choose "
+                              "another file name")
     ck = resolve_checkpoint(path)
     weights = _read_weights(ck / ("ema.safetensors" if ema else "model.safetensors"))
+    verify_checkpoint(ck, ["config.yaml", "state.json", "ema.safetensors" if ema else "model.safetensors"])
     cast = EXPORT_DTYPES[dtype]
     weights = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    bad = _non_finite(weights)
+    if bad:  # finite in float32, beyond the range of the narrower type (fp16: |w| > 65504)
+        raise ValueError(f"cannot export as {dtype}: {bad} after the cast (weights beyond {dtype}'s range); "
+                         "export as bf16 or fp32")
     state = _read_state(ck / "state.json")
     meta = {
         "format": _EXPORT_FORMAT,
@@ -349,6 +502,17 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda tmp: save_file(weights, str(tmp), metadata=meta))
+
+
+def _checkpoints_folder_of(out: Path) -> Optional[Path]:
+    """The run's ``checkpoints/`` folder that ``out`` lies in (in it, or in one of its
+    checkpoints), else None."""
+    for folder in out.resolve().parents:
+        if folder.name == "checkpoints" and ((folder / LATEST).is_file() or _complete_checkpoints(folder)):
+            return folder
+        if _complete(folder) and folder.name.startswith((PREFIX, ".old-", ".tmp-")):
+            return folder.parent
+    return None
 
 
 def _load_export(path: Path, device: Any) -> LoadedRun:
@@ -377,6 +541,10 @@ def _load_export(path: Path, device: Any) -> LoadedRun:
     except Exception as err:  # noqa: BLE001 - a bad tensor section after a good header
         raise ValueError(f"exported model {str(path)!r} is damaged ({err}); export it again with "
                          "`difflab export`") from None
+    bad = _non_finite(weights)
+    if bad:  # export refuses non-finite weights: these are corrupted bytes that still parse
+        raise ValueError(f"exported model {str(path)!r} is damaged ({bad}); export it again with "
+                         "`difflab export`")
     model = _for_sampling(build_model(cfg), weights, device, path)
     # one network: .model and .ema_model are the same module (the exported weights)
     return LoadedRun(cfg, model, model, build_process(cfg), _check_state(state, path), path)

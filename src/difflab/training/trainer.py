@@ -608,7 +608,7 @@ class Trainer:
         try:
             images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                               sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                              seed=sc.seed, device=self.device, clip_x0=sc.clip_x0)
+                              seed=sc.seed, device=self.device)  # clipped to the process's data range
         finally:
             self.ema.model.train(was_training)
         if images.ndim != 4:

@@ -1,0 +1,75 @@
+"""Every shipped config (configs/*.yaml) samples within its data's range with dl.sample's defaults.
+
+A loaded run's process knows the data's range (``build_process``: the config's
+``sample.clip_x0``, else [-1, 1] for every image data set), and the samplers clip their x0
+estimates to it unless told otherwise. Without it, an eps-prediction network's error is
+multiplied by up to 1 / sqrt(abar_T) in the x0 estimate: 20,000 for digits' cosine schedule,
+where an imperfect network's samples reached [-2400, 5600] (issue 29). The networks here are
+untrained and perturbed, the worst case of an imperfect network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab.training.build import build_model, build_process
+from difflab.training.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _sample(cfg, model, proc, **options) -> torch.Tensor:
+    """Two samples with dl.sample's defaults (upscale's for a super-resolution network)."""
+    g = torch.Generator().manual_seed(1)
+    shape = (64,) if cfg.data.flatten else (1, 28, 28)  # digits flattened; MNIST
+    cond = torch.tensor([3, 10]) if getattr(model, "num_classes", None) else None
+    if cfg.model.name == "superres":
+        low = torch.rand(2, 1, 14, 14, generator=g) * 2 - 1
+        return dl.editing.upscale(model, proc, low, "ddim", 5, cond=cond, generator=g, **options)
+    return dl.sample(model, proc, (2, *shape), "ddim", 5, cond=cond, generator=g, **options)
+
+
+def test_the_configs_are_found():
+    assert len(CONFIGS) >= 5 and any(p.name == "digits.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_default_sampling_stays_in_the_data_range(path):
+    cfg = load_config(path)
+    proc = build_process(cfg)
+    assert proc.clip_x0 == 1.0  # every shipped config trains on images scaled to [-1, 1]
+    torch.manual_seed(0)
+    x = _sample(cfg, _perturbed(build_model(cfg)), proc)
+    assert torch.isfinite(x).all() and float(x.abs().max()) <= 1.0
+
+
+def test_without_the_range_an_imperfect_eps_network_leaves_it_far_behind():
+    """The check above can fail: the same digits network, its clipping switched off."""
+    cfg = load_config(next(p for p in CONFIGS if p.name == "digits.yaml"))
+    torch.manual_seed(0)
+    x = _sample(cfg, _perturbed(build_model(cfg)), build_process(cfg), clip_x0=None)
+    assert float(x.abs().max()) > 10
+
+
+def test_a_2d_toy_run_has_no_range_and_an_explicit_clip_wins():
+    cfg = load_config(next(p for p in CONFIGS if p.name == "digits.yaml"))
+    toy = cfg.replace(data=cfg.data.__class__(name="toy2d"), sample=cfg.sample.__class__(clip_x0=None))
+    assert build_process(toy).clip_x0 is None
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100), clip_x0=1.0)
+    model = lambda x, t: torch.full_like(x, 3.0)  # noqa: E731 - eps = 3 everywhere: x0 far outside
+    wide = dl.sample(model, proc, (2, 2), "ddim", 5, generator=torch.Generator().manual_seed(0), clip_x0=2.0)
+    assert 1.0 < float(wide.abs().max()) <= 2.0
+    with pytest.raises(ValueError, match="clip_x0 .*finite number > 0"):
+        dl.GaussianDiffusion(dl.schedules.linear(100), clip_x0=0.0)
