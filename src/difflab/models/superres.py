@@ -13,7 +13,7 @@ pixels): :class:`difflab.training.loss.SuperResLoss`. Sampling: :func:`difflab.e
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
