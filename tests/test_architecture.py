@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from conftest import REPO
+from scripts import REPO  # not conftest: tests/<package>/conftest.py files share that module name
 
 import difflab
 

@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import REPO
+from scripts import REPO  # not conftest: tests/<package>/conftest.py files share that module name
 
 import difflab as dl
 

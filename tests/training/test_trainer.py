@@ -1,33 +1,20 @@
-"""The trainer: exact resume, config checks, atomic checkpoints, NaN stop, dl.load round trip.
+"""The trainer (difflab.training.trainer): exact resume, max_time, NaN stop, label dropout and LR
+schedule, EMA, gradient clipping, per-process dropout streams. Its config: test_config.py; its
+checkpoints, dl.load and export: test_checkpoint.py.
 
 Every run here is a tiny MLP on a 2D toy set with labels (a few steps, well under a second).
 """
 
 import csv
-import json
 import math
 
 import pytest
 import torch
+from tiny_config import tiny
 
 import difflab as dl
-from difflab.training import Trainer, TrainConfig, apply_overrides, checkpoint, load_config, read_checkpoint
-from difflab.training.data import GlobalBatches
+from difflab.training import Trainer, apply_overrides, checkpoint, read_checkpoint
 from difflab.training.loss import DiffusionLoss
-
-
-def tiny(**changes) -> TrainConfig:
-    d = {
-        "model": {"name": "mlp", "kwargs": {"dim": 2, "width": 32, "depth": 2, "num_classes": 2, "dropout": 0.1}},
-        "diffusion": {"schedule": "linear", "T": 100},
-        "data": {"name": "toy2d", "kwargs": {"dataset": "swiss_roll", "n": 100}},
-        "optim": {"lr": 1e-3, "warmup_steps": 3, "decay": "cosine"},
-        "ema": {"decay": 0.9, "warmup": 2},
-        "sample": {"every": -1},
-        "batch_size": 16, "steps": 8, "log_every": 2, "ckpt_every": 4, "device": "cpu", "seed": 3,
-    }
-    cfg = TrainConfig.from_dict(d)
-    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in changes.items()])
 
 
 def _states_equal(a: dict, b: dict) -> None:
@@ -155,67 +142,6 @@ def test_max_time_stops_with_a_checkpoint_and_the_resume_is_exact(tmp_path, monk
     _opt_equal(a["optimizer"], b["optimizer"])
 
 
-def test_checkpoint_write_failure_leaves_last_good_checkpoint(tmp_path, monkeypatch):
-    """The second checkpoint fails half-way (disk full while writing ema.safetensors)."""
-    cfg = tiny(steps=4, ckpt_every=2)
-    calls = {"n": 0}
-    real = checkpoint.save_file
-
-    def flaky(tensors, path, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # checkpoint 2: model written, ema fails
-            raise OSError(28, "No space left on device")
-        return real(tensors, path, *a, **k)
-
-    monkeypatch.setattr(checkpoint, "save_file", flaky)
-    with pytest.raises(OSError, match="No space"):
-        Trainer(cfg, tmp_path, progress=False).train()
-    root = tmp_path / "checkpoints"
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002"]
-    run = dl.load(tmp_path)
-    assert run.step == 2
-
-    # a hard kill (no cleanup) leaves a temporary folder: it is never taken for a checkpoint
-    junk = root / ".tmp-step_00000004-deadbeef"
-    junk.mkdir()
-    (junk / "model.safetensors").write_bytes(b"\x00" * 10)
-    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000002"
-    monkeypatch.setattr(checkpoint, "save_file", real)
-    Trainer(cfg, tmp_path, resume=True, progress=False).train()
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000004"]
-
-
-def test_a_crash_while_re_saving_a_step_keeps_it_resumable(tmp_path, monkeypatch):
-    """Re-saving the step of an existing checkpoint moves the old copy aside, then renames the
-    new one into place: a crash between the two left ``latest`` naming a missing folder and
-    nothing to resume. The copy moved aside is found instead."""
-    import os
-
-    cfg = tiny(steps=2, ckpt_every=2)
-    trainer = Trainer(cfg, tmp_path, progress=False)
-    trainer.train()
-    root = tmp_path / "checkpoints"
-    renames, real = [], os.rename
-
-    def crash_on_second(src, dst):
-        renames.append((str(src), str(dst)))
-        if len(renames) == 2:  # the old copy is aside; the new one is not yet in place
-            raise KeyboardInterrupt
-        return real(src, dst)
-
-    monkeypatch.setattr(checkpoint.os, "rename", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.save()
-    monkeypatch.setattr(checkpoint.os, "rename", real)
-    assert not (root / "step_00000002").exists() and (root / "latest").read_text().strip() == "step_00000002"
-    found = checkpoint.latest_checkpoint(tmp_path)
-    assert found is not None and found.name.startswith(".old-step_00000002-")
-    assert dl.load(tmp_path).step == 2
-    Trainer(tiny(steps=4, ckpt_every=2), tmp_path, resume=True, progress=False).train()
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000004"]  # the copy aside pruned
-    assert dl.load(tmp_path).step == 4
-
-
 def test_resuming_from_files_of_another_model_is_refused_with_the_file(tmp_path):
     """Weights or optimizer state copied from another run raised torch's size-mismatch traceback
     (the optimizer's only inside the first AdamW step); now a ValueError naming the file."""
@@ -253,133 +179,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
 
 
-def test_load_round_trip_gives_identical_samples(tmp_path):
-    cfg = tiny(steps=3, ckpt_every=3)
-    trainer = Trainer(cfg, tmp_path, progress=False)
-    trainer.train()
-    before = dl.training.generate.generate(trainer.ema.model.eval(), trainer.proc, 6, (2,), sampler="ddim",
-                                           steps=5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
-    run = dl.load(tmp_path)
-    assert run.num_classes == 2 and run.step == 3 and not run.ema_model.training
-    assert isinstance(run.proc, dl.GaussianDiffusion) and run.proc.T == 100
-    after = run.sample(6, "ddim", 5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
-    assert torch.equal(before, after)
-    assert not torch.equal(after, run.sample(6, "ddim", 5, guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=12))
-    with pytest.raises(ValueError, match="labels must lie in 0 .. 1"):
-        run.sample(2, labels=5)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        dl.load(tmp_path / "samples" if (tmp_path / "samples").exists() else tmp_path / "log.csv")
-
-
-def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
-    """``difflab export`` writes one .safetensors file (weights + config in its metadata):
-    fp32 samples exactly as the run's EMA model, fp16 within its rounding, --raw the raw weights."""
-    from difflab.cli import main
-
-    trainer = Trainer(tiny(steps=3, ckpt_every=3), tmp_path / "run", progress=False)
-    trainer.train()
-    run = dl.load(tmp_path / "run")
-    kw = dict(guidance=2.0, labels=[0, 1, 0, 1, 1, 0], seed=11)
-    ref = run.sample(6, "ddim", 5, **kw)
-    assert main(["export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors")]) == 0
-    assert "m.safetensors" in capsys.readouterr().out
-    one = dl.load(tmp_path / "m.safetensors")
-    assert one.num_classes == 2 and one.step == 3 and one.proc.T == 100 and one.sample_shape == run.sample_shape
-    assert torch.equal(one.sample(6, "ddim", 5, **kw), ref)
-    half = dl.load(dl.training.export_model(tmp_path / "run", tmp_path / "h.safetensors", dtype="fp16"))
-    assert next(half.ema_model.parameters()).dtype == torch.float32  # cast back on loading
-    err = (half.sample(6, "ddim", 5, **kw) - ref).abs().max()
-    assert 0 < err < 1e-2, err  # fp16 weights: rounding only
-    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * (tmp_path / "m.safetensors").stat().st_size
-    raw = dl.load(dl.training.export_model(tmp_path / "run", tmp_path / "r.safetensors", ema=False))
-    torch.testing.assert_close(dict(raw.model.state_dict()), dict(run.model.state_dict()), rtol=0, atol=0)
-    # mistakes: named, with the fix
-    with pytest.raises(ValueError, match="dtype must be one of fp32, fp16, bf16"):
-        dl.training.export_model(tmp_path / "run", tmp_path / "x.safetensors", dtype="int8")
-    with pytest.raises(ValueError, match="must name a .safetensors file"):
-        dl.training.export_model(tmp_path / "run", tmp_path / "x.pt")
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="holds no difflab model"):
-        dl.load(tmp_path / "other.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
-    with pytest.raises(ValueError, match="is not a safetensors file"):
-        dl.load(tmp_path / "junk.safetensors")
-    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
-
-
-@pytest.mark.parametrize(
-    "changes, words",
-    [
-        ({"precision": "fp8"}, ["'precision'", "fp8", "fp32, bf16, fp16"]),
-        ({"optim": {"lr": -1}}, ["'optim.lr'", "-1", "> 0"]),
-        ({"optim": {"lrr": 1}}, ["'optim.lrr'", "lr, betas"]),
-        ({"model": {"name": "resnet"}}, ["'model.name'", "resnet", "mlp"]),
-        ({"diffusion": {"prediction": "score"}}, ["'diffusion.prediction'", "eps, x0, v"]),
-        ({"sample": {"sampler": "plms"}}, ["'sample.sampler'", "ddim"]),
-        ({"batch_size": 10, "grad_accum": 3}, ["'batch_size'", "grad_accum = 3"]),
-        ({"cond_drop_prob": 1.5}, ["'cond_drop_prob'", "< 1"]),
-        ({"steps": 2.5}, ["'steps'", "integer"]),
-        ({"data": {"name": "imagenet"}}, ["'data.name'", "digits", "toy2d"]),
-        ({"ema": {"decay": 1.0}}, ["'ema.decay'", "< 1"]),
-        ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, superres"]),
-        ({"compile_options": {"modes": "max-autotune"}}, ["'compile_options'", "modes", "mode, backend"]),
-        ({"compile_options": "max-autotune"}, ["'compile_options'", "mapping"]),
-        ({"compile_options": {"mode": 3}}, ["'compile_options.mode'", "torch.compile mode"]),
-        ({"compile_options": {"fullgraph": "yes"}}, ["'compile_options.fullgraph'", "true or false"]),
-        ({"max_time": 0}, ["'max_time'", "> 0"]),
-        ({"diffusion": {"weighting": "min_snr_-5"}}, ["'diffusion.weighting'", "gamma must be > 0"]),
-        ({"max_time": "1h"}, ["'max_time'", "a number"]),
-        ({"activation_memory_budget": 0}, ["'activation_memory_budget'", "> 0", "<= 1"]),
-        ({"activation_memory_budget": 1.5}, ["'activation_memory_budget'", "<= 1"]),
-    ],
-)
-def test_config_errors_name_the_field_and_the_allowed_values(changes, words):
-    d = tiny().to_dict()
-    for k, v in changes.items():
-        if isinstance(v, dict):
-            d[k].update(v)
-        else:
-            d[k] = v
-    with pytest.raises(ValueError) as err:
-        TrainConfig.from_dict(d)
-    for w in words:
-        assert w in str(err.value), (w, str(err.value))
-
-
-def test_config_files_and_overrides(tmp_path):
-    cfg = tiny()
-    for name in ("c.yaml", "c.json"):
-        dl.training.save_config(cfg, tmp_path / name)
-        assert load_config(tmp_path / name) == cfg
-    assert apply_overrides(cfg, ["optim.lr=5e-4", "model.kwargs.width=8"]).optim.lr == 5e-4
-    opts = apply_overrides(cfg, ["compile_options.mode=max-autotune"]).compile_options
-    assert opts == {"mode": "max-autotune"}
-    with pytest.raises(ValueError, match="no config field 'optim.nope'"):
-        apply_overrides(cfg, ["optim.nope=1"])
-    with pytest.raises(ValueError, match="field.path=value"):
-        apply_overrides(cfg, ["steps"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
-    # the data must fit the model: a clear message, not a matmul error from deep inside
-    with pytest.raises(ValueError, match="cannot take data 'toy2d' of shape"):
-        Trainer(apply_overrides(cfg, ["model.kwargs.dim=3"]), tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="cannot be split evenly"):
-        with pytest.MonkeyPatch.context() as mp:  # as if under torchrun with 3 processes
-            mp.setenv("WORLD_SIZE", "3")
-            Trainer(cfg, tmp_path / "run", progress=False)
-
-
-def test_batches_and_draws_are_functions_of_step():
-    gb = GlobalBatches(10, 4, seed=0)
-    seen = torch.cat([gb.indices(s) for s in range(5)])  # 20 = two epochs exactly
-    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
-    assert torch.equal(GlobalBatches(10, 4, seed=0).indices(3), gb.indices(3))
-    assert not torch.equal(GlobalBatches(10, 4, seed=1).indices(0), gb.indices(0))
-    assert gb.state(5) == {"epoch": 2, "position": 0, "n": 10, "batch_size": 4, "seed": 0}
-
-
 def test_label_dropout_and_lr_schedule(tmp_path):
     """Labels are replaced by the null label at rate p; LR: linear warm-up, then cosine to 0."""
     cfg = tiny(cond_drop_prob=0.25, batch_size=64, steps=40, log_every=40, ckpt_every=40)
@@ -402,24 +201,6 @@ def test_label_dropout_and_lr_schedule(tmp_path):
     assert abs(sum(seen) / len(seen) - 0.25) < 0.04  # 2560 Bernoulli(0.25) draws: sd 0.009
     # the trainer steps with these rates (not only the helper): lr x f(k) at step k
     assert lrs == pytest.approx([1e-3 * f(k) for k in range(40)], rel=1e-6)
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    """The one atomic-write mechanism (checkpoints, exports, metrics, classifiers, downloads)."""
-    from difflab.files import atomic_write, atomic_write_text
-
-    path = tmp_path / "metrics.json"
-    atomic_write_text(path, "old")
-
-    def broken(tmp):
-        tmp.write_text("half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(path, broken)
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-    atomic_write_text(path, "new")
-    assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_ema_decay_zero_is_the_model_itself(tmp_path, monkeypatch):
@@ -491,34 +272,3 @@ def test_a_nan_stop_names_the_checkpoint_in_every_process(tmp_path):
     trainer.train()
     with pytest.raises(FloatingPointError, match=r"the last good checkpoint is .*step_00000002"):
         trainer._stop_on_nan(3, None)
-
-
-
-def test_grids_and_plots_are_written_atomically(tmp_path, monkeypatch):
-    """A sample grid (written during training) or a plot cut off mid-write left a truncated file;
-    now the old file stays and no temporary one is left."""
-    from pathlib import Path
-
-    import matplotlib.figure
-    from PIL import Image
-
-    from difflab.data.grids import save_image_grid
-    from difflab.evaluation.plots import loss_curve
-
-    grid, plot = tmp_path / "g.png", tmp_path / "loss.png"
-    save_image_grid(torch.zeros(1, 1, 4, 4), grid)
-    loss_curve([1.0, 0.5, 0.25], plot)
-    before = {p: p.read_bytes() for p in (grid, plot)}
-
-    def disk_full(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"\x89PNG half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Image.Image, "save", disk_full)
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        save_image_grid(torch.ones(1, 1, 4, 4), grid)
-    with pytest.raises(OSError, match="No space"):
-        loss_curve([3.0, 2.0], plot)
-    assert {p: p.read_bytes() for p in (grid, plot)} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "loss.png"]

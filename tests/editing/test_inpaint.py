@@ -1,0 +1,188 @@
+"""Inpainting (difflab.editing.inpaint) with exact models: replacement and RePaint against the exact
+conditional of a two-mode mixture, plain sampling, the forward process (fixtures: conftest.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import difflab as dl
+from difflab import editing as E
+
+
+def exact_mode_prob(x1, means=(-1.5, 1.5), std=0.5):
+    """p(mode 2 | x1) for equal weights: the exact conditional's mixing weight."""
+    lw = torch.tensor([-(x1 - m) ** 2 / (2 * std**2) for m in means])
+    return torch.softmax(lw, 0)[1].item()
+
+
+def test_repaint_schedule_by_hand():
+    # Lugmayr et al. 2022, app. B with N = 10, j = 3, r = 2: jumps at RePaint times t = 0, 3, 6
+    # (indices 9, 6, 3), each going back up 3 levels once.
+    assert E.repaint_schedule(10, 3, 2) == [
+        0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 4, 5, 6, 7, 8, 9, 8, 7, 6, 7, 8, 9, 10]
+    assert E.repaint_schedule(7, 10, 1) == list(range(8))
+    path = E.repaint_schedule(250, 10, 10)
+    moves = np.diff(path)
+    assert set(moves.tolist()) == {-1, 1} and path[0] == 0 and path[-1] == 250
+    assert (moves == 1).sum() == 250 + 9 * 10 * 24  # N + (r - 1) j floor((N - 1) / j)
+    with pytest.raises(ValueError, match="jump_length=10 must be smaller than steps=10"):
+        E.repaint_schedule(10, 10, 2)
+    with pytest.raises(ValueError, match="resample must be a positive integer"):
+        E.repaint_schedule(10, 2, 0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_kept_region_is_the_input(proc, mixture, sampler):
+    g = torch.Generator().manual_seed(0)
+    x = mixture.sample(64, g)
+    mask = torch.tensor([0.0, 1.0])
+    noise = torch.randn(x.shape, generator=g)
+    out = E.inpaint(mixture, proc, x, mask, sampler, 50, noise=noise, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, 0], x[:, 0])  # exact after the final paste
+    raw = E.inpaint(mixture, proc, x, mask, sampler, 50, noise=noise, generator=torch.Generator().manual_seed(1),
+                    paste_final=False)
+    assert torch.equal(raw[:, 1], out[:, 1])  # the paste touches only the kept pixels
+    err = (raw[:, 0] - x[:, 0]).abs()
+    sigma_last = float(dl.samplers.sampling_sigmas(proc, 50)[-2])  # the last noisy level the model sees
+    assert 0 < err.mean() < sigma_last and err.max() < 5 * sigma_last  # its own estimate, close to the input
+
+
+def test_mask_extremes(proc, mixture):
+    g = torch.Generator().manual_seed(0)
+    x = mixture.sample(64, g)
+    noise = torch.randn(x.shape, generator=g)
+    keep_all = E.inpaint(mixture, proc, x, torch.zeros(2), "ddim", 20, noise=noise)
+    assert torch.equal(keep_all, x)
+    fill_all = E.inpaint(mixture, proc, x, torch.ones(2), "ddim", 20, noise=noise)
+    assert torch.allclose(fill_all, dl.sample(mixture, proc, x.shape, "ddim", 20, noise=noise), atol=1e-5)
+
+
+def test_inpainting_independent_coordinates_is_exact(proc):
+    """Data N(m, diag(s^2)): x2 is independent of x1, so p(x2 | x1) = p(x2) and the filled
+    coordinate must be what plain sampling gives -- the kept pixel must not leak into it.
+    The exact denoiser works coordinate-wise, so with DDIM this holds sample by sample."""
+    model = dl.models.GaussianDenoiser(proc, [1.0, -0.5], [0.3, 0.7])
+    n = 2000
+    x = torch.tensor([[3.0, 0.0]]).repeat(n, 1)  # kept value far out in the tail
+    mask = torch.tensor([0.0, 1.0])
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    filled = E.inpaint(model, proc, x, mask, "ddim", 50, noise=z)[:, 1]
+    assert torch.allclose(filled, dl.sample(model, proc, (n, 2), "ddim", 50, noise=z)[:, 1], atol=1e-6)
+    # DDPM: the same distribution as plain DDPM sampling with as many steps
+    y = E.inpaint(model, proc, x, mask, "ddpm", 50, generator=torch.Generator().manual_seed(1))[:, 1]
+    ref = dl.sample(model, proc, (n, 2), "ddpm", 50, generator=torch.Generator().manual_seed(2))[:, 1]
+    se = 0.7 / math.sqrt(n)
+    assert abs(y.mean().item() + 0.5) < 4 * se
+    assert abs(y.std().item() - ref.std().item()) < 0.04
+
+
+def test_inpainting_mixture_against_exact_conditional(proc, mixture):
+    """Two modes: x1 = 0.3 puts 97% of p(x2 | x1) on the upper mode. Replacement is known to
+    under-use the kept pixel (its noised copy carries little information when the modes split);
+    RePaint's resampling harmonises and moves the result towards the exact conditional."""
+    x1, n = 0.3, 1000
+    exact = exact_mode_prob(x1)
+    assert exact > 0.97
+    x = torch.tensor([[x1, 0.0]]).repeat(n, 1)
+    mask = torch.tensor([0.0, 1.0])
+
+    def upper(**kw):
+        y = E.inpaint(mixture, proc, x, mask, "ddpm", 25, generator=torch.Generator().manual_seed(0), **kw)
+        return (y[:, 1] > 0).float().mean().item()
+
+    replacement = upper()
+    repaint = upper(resample=8, jump_length=3)
+    se = 0.5 / math.sqrt(n)
+    assert 0.5 + 4 * se < replacement < exact  # informative, but not exact
+    assert repaint > replacement + 6 * se  # resampling helps...
+    assert exact - repaint < 0.7 * (exact - replacement)  # ...substantially
+    assert repaint < exact + 4 * se
+
+
+def test_inpaint_guidance_passes_through(proc):
+    """With the class-conditional mixture, label k and guidance 1 fill x2 from component k;
+    guidance 3 (eps_u + 3 (eps_c - eps_u)) pushes the fill further from the other component and
+    narrows it (measured: mean 1.52 -> 2.09, std 0.47 -> 0.28), which a dropped guidance
+    argument would not."""
+    model = dl.models.GaussianMixtureDenoiser(proc, [[-1.5, -1.5], [1.5, 1.5]], 0.5, conditional=True)
+    x = torch.zeros(400, 2)
+    for k, sign in ((0, -1), (1, 1)):
+        cond = torch.full((400,), k)
+        y = E.inpaint(model, proc, x, torch.tensor([0.0, 1.0]), "ddim", 20, cond=cond,
+                      generator=torch.Generator().manual_seed(0))
+        assert (sign * y[:, 1] > 0).float().mean() > 0.99
+        assert (sign * y[:, 1]).mean() == pytest.approx(1.5, abs=0.1)  # component k's mean
+        z = E.inpaint(model, proc, x, torch.tensor([0.0, 1.0]), "ddim", 20, cond=cond, guidance=3.0,
+                      generator=torch.Generator().manual_seed(0))
+        assert (sign * z[:, 1]).mean() > (sign * y[:, 1]).mean() + 0.3
+        assert z[:, 1].std() < 0.8 * y[:, 1].std()
+
+
+def test_renoise_matches_forward_process(proc, mixture):
+    """The up-step of RePaint: from q(x | x0) at sigma_a, adding N(0, sigma_b^2 - sigma_a^2) gives q at sigma_b."""
+    g = torch.Generator().manual_seed(0)
+    sig = dl.samplers.sampling_sigmas(proc, 10)
+    x0 = torch.zeros(5000, 2)
+    # A mask of ones fills every coordinate, so the states of the walk (up and down, r = 2) follow
+    # the mixture's marginals q(x_t) at every level: the forward steps' variance is checked there.
+    seen = {}
+
+    def record(step):
+        seen.setdefault(step["i"], step)
+
+    E.inpaint(mixture, proc, x0, torch.ones(2), "ddpm", 10, resample=2, jump_length=3, generator=g,
+              callback=record)
+    path = E.repaint_schedule(10, 3, 2)
+    # At move 6 the walk is back at index 0 after going up from index 3: the state there must have
+    # the variance of index 0 (1 + sigma_0^2 in VP terms: x_t = x / sqrt(1 + sigma^2) has unit variance).
+    denoise_moves = [k for k, (a, b) in enumerate(zip(path[:-1], path[1:])) if b == a + 1]
+    k = denoise_moves[3]  # the first denoising step after the jump back up to index 0
+    assert path[k] == 0
+    state = seen[k]
+    assert state["sigma"] == pytest.approx(float(sig[0]))
+    # the VP state at the top level is nearly N(0, 1) for any x0 when sigma_0 is large
+    assert state["x"].std().item() == pytest.approx(1.0, abs=0.02)
+    # and a level lower down (after a jump back up to index 3) matches q(x_t) of the mixture
+    k6 = [k for k in denoise_moves if path[k] == 3][1]
+    s3 = float(sig[3])
+    var_vp = (mixture.means.pow(2).mean() + 0.25 + s3**2) / (1 + s3**2)
+    assert seen[k6]["x"].pow(2).mean().item() == pytest.approx(var_vp.item(), rel=0.05)
+
+
+def test_inpaint_bad_input(proc, mixture):
+    img = torch.zeros(2, 1, 8, 8)
+    model = dl.models.GaussianDenoiser(proc, torch.zeros(64), 1.0)
+    with pytest.raises(ValueError, match=r"mask of shape \(9, 8\) does not fit the image of shape \(2, 1, 8, 8\)"):
+        E.inpaint(model, proc, img, torch.zeros(9, 8))
+    with pytest.raises(ValueError, match=r"mask values must lie in \[0, 1\]"):
+        E.inpaint(model, proc, img, torch.full((8, 8), 2.0))
+    with pytest.raises(TypeError, match="mask must be a torch tensor"):
+        E.inpaint(model, proc, img, "half:left")
+    with pytest.raises(ValueError, match="cannot be used here.*multistep.*choose one of ddpm, ddim"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="dpmpp_2m")
+    with pytest.raises(ValueError, match="sampler 'dddim' cannot be used here"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="dddim")
+    with pytest.raises(ValueError, match="takes no option eta"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="ddpm", eta=0.5)
+    if "euler" in dl.samplers.SAMPLERS:
+        with pytest.raises(ValueError, match="s_churn .* does not apply to inpainting"):
+            E.inpaint(model, proc, img, torch.zeros(8, 8), sampler="euler", s_churn=1.0)
+    with pytest.raises(ValueError, match="steps must be an integer in 1 .. T = 1000"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), steps=0)
+    with pytest.raises(ValueError, match="noise must have the image's shape"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), noise=torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="cond .* not class-conditional"):
+        E.inpaint(model, proc, img, torch.zeros(8, 8), cond=torch.zeros(2, dtype=torch.long))
+
+
+def test_clip_x0_passes_through(proc, mixture):
+    """clip_x0 = c clamps every x0 estimate to [-c, c]; DDIM's last step returns that estimate."""
+    x = mixture.sample(100, torch.Generator().manual_seed(0))
+    filled = E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), "ddim", 10, clip_x0=0.5)
+    assert filled[:, 1].abs().max() <= 0.5 and torch.equal(filled[:, 0], x[:, 0])
+    edited = E.img2img(mixture, proc, x, 0.5, "ddim", 10, clip_x0=0.5)
+    assert edited.abs().max() <= 0.5
+    with pytest.raises(ValueError, match="clip_x0 must be > 0"):
+        E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), "ddim", 10, clip_x0=0.0)

@@ -1,0 +1,210 @@
+"""The denoiser every sampler calls (difflab.samplers.denoiser): classifier-free guidance (one
+batched pass of 2B per evaluation, checked on the conditional Gaussian mixture, whose guided
+denoiser is known exactly), x0 clipping and Imagen's dynamic thresholding, on every sampler."""
+
+import pytest
+import torch
+
+import difflab as dl
+
+FAST = ["dpmpp_2m", "dpmpp_3m", "euler", "heun"]
+ALL = ["ddpm", "ddim"] + FAST
+MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
+S = 0.5
+# the three-mode mixture of the guidance test on DDIM (exact conditional mixture)
+MIX_MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+MIX_WEIGHTS = torch.tensor([0.2, 0.3, 0.5])
+MIX_STD = 0.3
+# the mixture of the guidance tests on every sampler
+MEANS = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+WEIGHTS = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+
+
+def test_classifier_free_guidance_on_exact_conditional_mixture(proc):
+    model = dl.models.GaussianMixtureDenoiser(proc, MIX_MEANS, MIX_STD, MIX_WEIGHTS, conditional=True)
+    n = 3000
+    labels = torch.full((n,), 2)
+    x = dl.sample(model, proc, (n, 2), "ddim", 50, cond=labels, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    assert (torch.cdist(x, MIX_MEANS).argmin(1) == 2).float().mean() > 0.999
+    # guidance 0: the unconditional model, whatever the labels
+    x = dl.sample(model, proc, (n, 2), "ddim", 50, cond=labels, guidance=0.0, generator=torch.Generator().manual_seed(0))
+    frac = torch.bincount(torch.cdist(x, MIX_MEANS).argmin(1), minlength=3).float() / n
+    assert ((frac - MIX_WEIGHTS).abs() < 5 * (MIX_WEIGHTS * (1 - MIX_WEIGHTS) / n).sqrt()).all()
+    # guidance > 1 sharpens towards the class: the within-mode spread shrinks
+    x3 = dl.sample(model, proc, (n, 2), "ddim", 50, cond=labels, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    assert (torch.cdist(x3, MIX_MEANS).argmin(1) == 2).all()
+    assert x3.std(0).mean() < x.new_tensor(MIX_STD) * 0.95
+
+
+def test_guidance_is_one_batched_call_per_step(proc):
+    calls = []
+
+    class Spy(torch.nn.Module):
+        num_classes = 3
+
+        def forward(self, x, t, cond):
+            calls.append((x.shape[0], cond.clone()))
+            return torch.zeros_like(x)
+
+    dl.sample(Spy(), proc, (4, 2), "ddim", 7, cond=torch.tensor([0, 1, 2, 0]), guidance=2.0)
+    assert len(calls) == 7
+    assert all(b == 8 for b, _ in calls)
+    assert torch.equal(calls[0][1], torch.tensor([0, 1, 2, 0, 3, 3, 3, 3]))
+    calls.clear()
+    dl.sample(Spy(), proc, (4, 2), "ddpm", 9, cond=torch.tensor([0, 1, 2, 0]))
+    assert len(calls) == 9 and all(b == 4 for b, _ in calls)
+
+
+class Counting(torch.nn.Module):
+    """The model, counting forward passes and their batch sizes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.num_classes, self.batches = model, model.num_classes, []
+
+    def forward(self, x_t, t, cond=None):
+        self.batches.append(len(x_t))
+        return self.model(x_t, t, cond)
+
+
+def mixture(proc):
+    return dl.models.GaussianMixtureDenoiser(proc, MEANS, 0.3, WEIGHTS, conditional=True)
+
+
+def nearest(x):
+    return torch.cdist(x.double(), MEANS).argmin(1)
+
+
+def expected_calls(sampler, steps):
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_guidance_one_samples_the_requested_component(proc, sampler):
+    n, steps = 600, 20
+    model = Counting(mixture(proc))
+    cond = torch.arange(n) % 3
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        steps=steps,
+        cond=cond,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert (nearest(x) == cond).all()
+    for k in range(3):
+        assert torch.allclose(x[cond == k].mean(0).double(), MEANS[k], atol=0.1)
+    # one forward pass of size B per evaluation; Heun evaluates twice per step but on the last
+    assert model.batches == [n] * expected_calls(sampler, steps)
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_guidance_zero_samples_the_unconditional_mixture(proc, sampler):
+    n, steps = 3000, 20
+    model = Counting(mixture(proc))
+    cond = torch.zeros(n, dtype=torch.long)  # ignored at guidance 0: only the null label is used
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        steps=steps,
+        cond=cond,
+        guidance=0.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    share = torch.bincount(nearest(x), minlength=3).double() / n
+    se = (WEIGHTS * (1 - WEIGHTS) / n).sqrt()
+    assert ((share - WEIGHTS).abs() < 5 * se).all(), share
+    assert model.batches == [n] * expected_calls(sampler, steps)
+
+
+class PreGuided(torch.nn.Module):
+    """eps_uncond + w (eps_cond - eps_uncond) computed in one call: the guided model, by hand."""
+
+    def __init__(self, model, w):
+        super().__init__()
+        self.model, self.w = model, w
+
+    def forward(self, x_t, t, cond=None):
+        null = torch.full_like(cond, self.model.num_classes)
+        e_c, e_u = self.model(x_t, t, cond), self.model(x_t, t, null)
+        return e_u + self.w * (e_c - e_u)
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_guidance_is_one_batched_pass_of_2b(proc, sampler):
+    n, steps, w = 64, 8, 3.0
+    model = Counting(mixture(proc))
+    cond = torch.arange(n) % 3
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(4))
+    kw = dict(steps=steps, noise=noise)
+    x = dl.sample(
+        model,
+        proc,
+        (n, 2),
+        sampler,
+        cond=cond,
+        guidance=w,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
+    assert model.batches == [2 * n] * expected_calls(sampler, steps)
+    ref = dl.sample(
+        PreGuided(model.model, w),
+        proc,
+        (n, 2),
+        sampler,
+        cond=cond,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
+    assert torch.allclose(x, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", FAST)
+def test_guidance_needs_a_conditional_model(proc, sampler):
+    model = dl.models.GaussianDenoiser(proc, MU, S)
+    with pytest.raises(ValueError, match="class-conditional"):
+        dl.sample(
+            model,
+            proc,
+            (4, 2),
+            sampler,
+            steps=5,
+            guidance=2.0,
+            cond=torch.zeros(4, dtype=torch.long),
+        )
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_clip_and_dynamic_threshold_bound_the_samples(proc, sampler):
+    """Every sampler ends on the clipped x0 estimate: |x| <= c, and <= 1 with dynamic thresholding."""
+    model = dl.models.GaussianMixtureDenoiser(proc, MEANS, 0.3)
+    g = torch.Generator().manual_seed(6)
+    x = dl.sample(model, proc, (200, 2), sampler, steps=10, clip_x0=0.5, generator=g)
+    assert x.abs().max() <= 0.5 + 1e-6
+    free = dl.sample(
+        model, proc, (200, 2), sampler, steps=10, generator=torch.Generator().manual_seed(6)
+    )
+    assert free.abs().max() > 2  # the unclipped samples do leave the box
+    x = dl.sample(model, proc, (200, 2), sampler, steps=10, dynamic_threshold=0.9, generator=g)
+    assert x.abs().max() <= 1 + 1e-6
+
+
+def test_dynamic_threshold_is_imagens_rule():
+    """s = max(1, quantile_p |x0|) per sample, x0 <- clamp(x0, -s, s) / s (Saharia et al. 2022,
+    sec. 2.3), on a network whose x0 is known: the bound alone (|x| <= 1) also held for a plain
+    clamp to [-1, 1], which moved samples by up to 0.25."""
+    from difflab.samplers.denoiser import Denoiser
+
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100), prediction="x0")
+    x0 = torch.tensor([[0.5, -3.0, 2.0, 1.5], [0.2, 0.4, -0.6, 0.8]])  # a sample above 1, one within
+    den = Denoiser(lambda x, t: x0, proc, dynamic_threshold=0.5)
+    got = den(torch.zeros(2, 4), 1.0)
+    s = torch.quantile(x0.abs(), 0.5, dim=1).clamp(min=1.0)[:, None]  # 1.75 and 1 (0.6 < 1)
+    torch.testing.assert_close(got, torch.maximum(torch.minimum(x0, s), -s) / s)
+    assert got[0].tolist() == pytest.approx([0.5 / 1.75, -1.0, 1.0, 1.5 / 1.75])  # not a clamp to [-1, 1]
+    torch.testing.assert_close(got[1], x0[1])  # within [-1, 1]: unchanged

@@ -1,0 +1,21 @@
+"""The tiny run the trainer's tests share: a small MLP on a 2D toy set with labels (a few steps,
+well under a second). A helper module, imported by name (``from tiny_config import tiny``), as
+pytest puts a test file's folder on sys.path."""
+
+import json
+
+from difflab.training import TrainConfig, apply_overrides
+
+
+def tiny(**changes) -> TrainConfig:
+    d = {
+        "model": {"name": "mlp", "kwargs": {"dim": 2, "width": 32, "depth": 2, "num_classes": 2, "dropout": 0.1}},
+        "diffusion": {"schedule": "linear", "T": 100},
+        "data": {"name": "toy2d", "kwargs": {"dataset": "swiss_roll", "n": 100}},
+        "optim": {"lr": 1e-3, "warmup_steps": 3, "decay": "cosine"},
+        "ema": {"decay": 0.9, "warmup": 2},
+        "sample": {"every": -1},
+        "batch_size": 16, "steps": 8, "log_every": 2, "ckpt_every": 4, "device": "cpu", "seed": 3,
+    }
+    cfg = TrainConfig.from_dict(d)
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in changes.items()])
