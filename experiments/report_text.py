@@ -171,7 +171,7 @@ def same_step_claims(st: list) -> list:
     if pairs and all(abs(r["fid"] - q["fid"]) <= 1e-5 * max(abs(q["fid"]), 1e-3) for r, q in pairs):
         L += ["- DDIM with eta = 1 repeats DDPM's numbers at the same steps: its step is DDPM's ancestral step "
               "with the posterior variance (Song et al. 2021, eq. 16), and both draw the same noise from the same "
-              "seed, so the samples coincide up to float rounding (`tests/test_sampling_exact.py` checks this on an "
+              "seed, so the samples coincide up to float rounding (`tests/samplers/test_ddim.py` checks this on an "
               "exact model); only the wall-clock times differ."]
     for r in (r for r in st if r.get("fitted")):
         plain = next((q for q in st if q["sampler"] == r["sampler"] and q["steps"] == r["steps"]

@@ -22,7 +22,7 @@ shows why, by reproducing diffusers' number from the documented difference:
    wrapper that gives the network the scheduler's own sigma, diffusers matches difflab to 1e-4.
 4. Third order: diffusers' 3M (DPM-Solver's reference code) weights the second divided
    difference by phi_3, half the Taylor integral, and converges at second order
-   (test_samplers_fast.py measures it); difflab's dpmpp_3m uses 2 phi_3.
+   (tests/samplers/test_dpm_solver.py measures it); difflab's dpmpp_3m uses 2 phi_3.
    ``variant="dpmsolver"`` is diffusers' update, and matches it to 1e-4.
 Precision: diffusers keeps alphas_cumprod in float32 (its sigmas differ from difflab's float64
 ones by up to 5e-5 relative at small t, where 1 - abar cancels) and casts the state to float32

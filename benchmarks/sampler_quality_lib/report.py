@@ -39,7 +39,7 @@ NOTES = """## What won, and the defaults
   schedule reaches sigma_max = 157, twice EDM's 80).
 - `dpmpp_3m` is third order: DPM-Solver's reference 3M (diffusers', k-diffusion's) weights its
   second difference by phi_3, half the Taylor integral, and converges at second order
-  (tests/test_samplers_fast.py measures both; `variant="dpmsolver"` gives the reference update).
+  (tests/samplers/test_dpm_solver.py measures both; `variant="dpmsolver"` gives the reference update).
   The extra accuracy costs a little robustness at 5-10 NFE on uniform steps (it extrapolates
   further), none on optimised steps.
 - DDPM-1000 is not the ceiling: its reverse variance (beta~) ignores Var[x0 | x_t] and leaves

@@ -9,7 +9,7 @@ See API.md for the public names; the packages follow the data flow, ``LAYERS`` b
 
 # The packages in the order data flows: a module imports only from its own package or from
 # packages of earlier layers, never from a later one, not even inside a function
-# (tests/test_layers.py walks every import). Speed (accel) comes after the numerical packages:
+# (tests/test_architecture.py walks every import). Speed (accel) comes after the numerical packages:
 # it transforms their models, and none of them knows it.
 LAYERS = (
     ("validation", "files", "devices"),  # argument checks, atomic writes, devices
