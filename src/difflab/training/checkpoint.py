@@ -530,7 +530,7 @@ def _load_export(path: Path, device: Any) -> LoadedRun:
     if "config" not in meta or "state" not in meta:
         raise ValueError(f"exported model {str(path)!r} is damaged: its metadata lacks "
                          f"{'config' if 'config' not in meta else 'state'}; export it again with `difflab export`")
-    cfg = config_from_text(meta["config"])
+    cfg = config_from_text(meta["config"], f"the 'config' metadata of exported model {str(path)!r}")
     try:
         state = json.loads(meta["state"])
     except ValueError as err:

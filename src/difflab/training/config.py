@@ -52,7 +52,24 @@ __all__ = [
 ]
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; configs mean the number (as YAML 1.2 does)."""
+    """YAML 1.1 reads ``1e-4`` as a string; configs mean the number (as YAML 1.2 does). A key
+    given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice ("
+                        f"{f'lines {seen[key]} and {line}' if seen[key] != line else f'both on line {line}'}); a config "
+                        "names each field once: delete one", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -68,6 +85,15 @@ _Loader.add_implicit_resolver(
 
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)
+
+
+def _parse_error(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where (line and column of the text)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{context + ': ' if context else ''}{problem}{where}".split())
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -462,11 +488,7 @@ def load_config(path: Union[str, Path]) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
-    try:
-        d = json.loads(text) if path.suffix == ".json" else _yaml(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot parse config file {str(path)!r}: {err}") from None
-    return TrainConfig.from_dict(d or {})
+    return config_from_text(text, f"config file {str(path)!r}", json_text=path.suffix == ".json")
 
 
 def save_config(cfg: TrainConfig, path: Union[str, Path]) -> None:
@@ -481,9 +503,42 @@ def config_to_text(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def config_from_text(text: str) -> TrainConfig:
-    """The inverse of :func:`config_to_text` (validated)."""
-    return TrainConfig.from_dict(_yaml(text) or {})
+def config_from_text(text: str, source: Optional[str] = None, *, json_text: bool = False) -> TrainConfig:
+    """The inverse of :func:`config_to_text` (validated). ``source`` names where the text comes
+    from (e.g. "config file 'a.yaml'"): a YAML error, a key given twice, an empty text or one
+    that is no mapping of fields raise ValueError naming it, and the config's own errors are
+    prefixed with it."""
+    where = source or "config text"
+    if json_text:
+        try:
+            d = json.loads(text, object_pairs_hook=_unique_keys)
+        except ValueError as err:  # JSONDecodeError, or a key given twice
+            raise ValueError(f"cannot parse {where}: {err}") from None
+    else:
+        try:
+            d = _yaml(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"cannot parse {where}: {_parse_error(err)}") from None
+    if d is None or d == {}:
+        raise ValueError(f"{where} is empty; a config needs at least model, data and diffusion "
+                         "(see configs/digits.yaml)")
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds a {type(d).__name__}, not a mapping of config fields "
+                         "(model:, data:, steps: ...; see configs/digits.yaml)")
+    if source is None:
+        return TrainConfig.from_dict(d)
+    try:
+        return TrainConfig.from_dict(d)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key {twice[0]!r} is given twice in one object; a config names each field once")
+    return dict(pairs)
 
 
 def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
@@ -493,7 +548,11 @@ def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like field.path=value, e.g. optim.lr=1e-4")
         key, text = item.split("=", 1)
-        value = _yaml(text)
+        try:
+            value = _yaml(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: its value {text!r} is not valid YAML ({_parse_error(err)}); "
+                             "quote the value for the shell, e.g. --set 'optim.betas=[0.9, 0.99]'") from None
         node, parts = d, key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:
