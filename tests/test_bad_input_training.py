@@ -234,3 +234,252 @@ def test_config_flags_are_booleans_and_save_config_is_atomic(tmp_path, monkeypat
     monkeypatch.setattr(config_module, "atomic_write_text", lambda path, text: writes.append(path))
     config_module.save_config(base, tmp_path / "c.yaml")
     assert writes == [tmp_path / "c.yaml"]
+
+
+# ------------------------------------------------------------------ 6. nothing lost or silently changed
+# (issue 29) one training per run folder, the user's config and a checkpoint's files never written
+# over, damaged checkpoints named, and a resume that says what it does. The mechanisms:
+# tests/training/test_lock.py, test_checksums.py, test_run_config.py, test_resume_horizon.py.
+def _cli_run(tmp_path, *overrides, name="run", steps=4):
+    """A tiny run trained by ``difflab train``: checkpoints at steps 2 and 4."""
+    save_config(tiny(*overrides, steps=steps), tmp_path / f"{name}.yaml")
+    run = tmp_path / name
+    assert main(["train", "--config", str(tmp_path / f"{name}.yaml"), "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_folder_one_is_refused(tmp_path, capsys):
+    """Two ``difflab train`` processes started at once into one --out: exactly one trains, the
+    other exits 2 naming the folder and the owner's process id, and writes nothing. The winner,
+    killed with SIGKILL, leaves complete checkpoints and a stale lock, which the next training
+    takes over with a note. (Before the lock both exited 0 and one run's work vanished.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from difflab.training.checkpoint import latest_checkpoint, verify_checkpoint
+    from difflab.training.lock import LOCK_NAME
+
+    save_config(tiny(steps=100_000, ckpt_every=20, log_every=20), tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "difflab.cli", "train", "--config", str(tmp_path / "c.yaml"), "--out", str(run),
+            "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = [p for p in procs if p.poll() is not None]
+        assert len(refused) == 1, "neither training was refused"
+        loser, winner = refused[0], next(p for p in procs if p is not refused[0])
+        err = loser.stderr.read()
+        assert loser.returncode == 2, err
+        assert f"run folder {str(run)!r} is in use by another training (process {winner.pid}" in err, err
+        assert "Traceback" not in err and err.count("\n") == 1
+        while latest_checkpoint(run) is None and time.monotonic() < deadline:  # the winner trains on
+            time.sleep(0.1)
+        assert winner.poll() is None and latest_checkpoint(run) is not None
+        winner.send_signal(signal.SIGKILL)
+        winner.wait(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert (run / LOCK_NAME).is_file()  # a hard kill cannot release it
+    ck = verify_checkpoint(run)  # complete, every file as saved
+    step = dl.load(run).step
+    assert step >= 20 and step % 20 == 0
+    rows = (run / "log.csv").read_text().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:] if r]
+    assert rows[0].startswith("step,") and steps == sorted(set(steps))  # one run's rows, not two interleaved
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(step + 2), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"taking over the lock of run folder {str(run)!r}" in err and f"process {winner.pid}" in err
+    assert not (run / LOCK_NAME).exists() and dl.load(run).step == step + 2 and ck.name.startswith("step_")
+
+
+def test_train_never_writes_over_the_users_config_in_the_run_folder(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    save_config(tiny(), exp / "config.yaml")
+    mine = "# my experiment: the run goes beside its config\n" + (exp / "config.yaml").read_text()
+    (exp / "config.yaml").write_text(mine)
+    argv = ["train", "--config", str(exp / "config.yaml"), "--out", str(exp), "--quiet"]
+    assert main([*argv, "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(exp / 'config.yaml')!r} holds another config than this run's" in err
+    assert "steps: 2 there, 3 in this run" in err and "--config" in err
+    assert (exp / "config.yaml").read_text() == mine and [p.name for p in exp.iterdir()] == ["config.yaml"]
+    assert main(argv) == 0  # the same config: trains, and leaves the file as it is
+    assert (exp / "config.yaml").read_text() == mine
+
+
+def test_export_never_writes_over_a_checkpoint_or_an_existing_file(tmp_path, capsys):
+    run = _cli_run(tmp_path)
+    ck = run / "checkpoints" / "step_00000004"
+    before = _files(run / "checkpoints")
+    for out, extra in ((ck / "ema.safetensors", ["--dtype", "fp16"]), (ck / "ema.safetensors", ["--force"]),
+                       (ck / "new.safetensors", []), (run / "checkpoints" / "x.safetensors", [])):
+        assert main(["export", "--ckpt", str(run), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "inside the checkpoints folder" in err and str(out) in err
+    assert _files(run / "checkpoints") == before
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"mine")
+    assert main(["export", "--ckpt", str(run), "--out", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == b"mine"
+    assert main(["export", "--ckpt", str(run), "--out", str(out), "--force"]) == 0
+    assert dl.load(out).step == 4
+
+
+def _spray(file, byte=b"\xff", n=4000):
+    """n bytes inside a safetensors file's tensor data: it still parses (0xFF...: NaN weights;
+    0x3F...: finite ones, 0.75)."""
+    import struct
+
+    data = bytearray(file.read_bytes())
+    start = 8 + struct.unpack("<Q", data[:8])[0] + 64
+    data[start:start + n] = byte * n
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("checksums, byte, words", [
+    (True, b"\xff", "NaN or inf"), (False, b"\xff", "NaN or inf"), (True, b"\x3f", "SHA-256 differs")],
+    ids=["nan", "nan-old-checkpoint", "finite"])
+def test_sample_refuses_corrupted_weights_that_still_parse(tmp_path, capsys, checksums, byte, words):
+    """Before: 4,000 bytes of 0xFF gave NaN weights, a blank sample and exit 0. Checkpoints
+    from before checksums still get the NaN check; a finite corruption only the checksum sees."""
+    run = _cli_run(tmp_path, "model.kwargs.width=64")
+    ck = run / "checkpoints" / "step_00000004"
+    if not checksums:
+        (ck / "checksums.sha256").unlink()
+    _spray(ck / "ema.safetensors", byte)
+    out = tmp_path / "x.pt"
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--save-tensor", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(ck / 'ema.safetensors')!r} is damaged" in err and words in err and "step_00000002" in err
+    assert not out.exists()
+
+
+def test_resume_refuses_an_export_written_over_a_checkpoints_weights(tmp_path, capsys):
+    run = _cli_run(tmp_path)
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "h.safetensors"), "--dtype", "fp16"]) == 0
+    ck = run / "checkpoints" / "step_00000004"
+    (ck / "ema.safetensors").write_bytes((tmp_path / "h.safetensors").read_bytes())  # by hand, say
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(ck / 'ema.safetensors')!r} is damaged (its SHA-256 differs" in err
+
+
+def test_a_binary_latest_pointer_falls_back_to_the_newest_complete_checkpoint(tmp_path, capsys):
+    run = _cli_run(tmp_path)
+    (run / "checkpoints" / "latest").write_bytes(bytes(range(256)))
+    out = tmp_path / "x.pt"
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "2", "--save-tensor", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{str(run / 'checkpoints' / 'latest')!r} is damaged" in err and "step_00000004" in err
+    assert "UnicodeDecodeError" not in err and out.is_file()
+
+
+def test_resume_names_the_edits_of_the_run_config_it_would_ignore(tmp_path, capsys):
+    run = _cli_run(tmp_path)
+    text = (run / "config.yaml").read_text()
+    edited = text.replace("steps: 4", "steps: 6").replace("batch_size: 8", "batch_size: 16")
+    (run / "config.yaml").write_text(edited)
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was edited" in err and "steps: 6 there, 4 in this run" in err and "batch_size: 16 there, 8" in err
+    assert (run / "config.yaml").read_text() == edited
+
+
+def test_resume_refuses_a_learning_rate_edited_in_the_checkpoint(tmp_path, capsys):
+    """Before: the new lr was recorded in the resumed run's config but the old one trained."""
+    run = _cli_run(tmp_path)
+    ck = run / "checkpoints" / "step_00000004"
+    lr = tiny().optim.lr
+    (ck / "config.yaml").write_text((ck / "config.yaml").read_text().replace(f"lr: {lr}", f"lr: {lr * 10}"))
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml was edited after the checkpoint was written" in err and f"optim.lr = {lr * 10}" in err
+
+
+def test_resume_with_more_steps_says_the_schedule_horizon_moves(tmp_path, capsys):
+    run = _cli_run(tmp_path, "optim.decay=cosine")
+    assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "now ends at step 8 instead of 4" in err and "not bit-identical to an uninterrupted 8-step run" in err
+    assert dl.load(run).step == 8
+
+
+# ------------------------------------------------------------------ 7. config files (issue 29)
+@pytest.mark.parametrize("name, text, words", [
+    ("dup.yaml", "steps: 2\nbatch_size: 8\nsteps: 3\n", r"the key 'steps' is given twice \(lines 1 and 3\)"),
+    ("nested.yaml", "model:\n  name: mlp\n  kwargs: {dim: 2, width: 16, dim: 3}\n",
+     r"the key 'dim' is given twice \(both on line 3\)"),
+    ("dup.json", '{"steps": 2, "steps": 3}', r"the key 'steps' is given twice"),
+    ("broken.yaml", "steps: [1\n", r"cannot parse config file .*broken\.yaml.*line 2"),
+    ("empty.yaml", "", r"config file .*empty\.yaml' is empty; a config needs at least model, data and diffusion"),
+    ("comments.yaml", "# nothing yet\n", r"config file .*comments\.yaml' is empty"),
+    ("list.yaml", "- steps: 2\n", r"holds a list, not a mapping of config fields"),
+])
+def test_config_files_that_would_be_misread_are_refused_naming_the_file(name, text, words, tmp_path, capsys):
+    """A key given twice kept the last silently; an empty file trained the default config and
+    failed on "MLPDenoiser(dim=2)"; YAML errors were tracebacks."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=words) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "MLPDenoiser" not in str(info.value)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_a_config_error_names_the_file_it_is_in(tmp_path):
+    save_config(tiny(), tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text((tmp_path / "c.yaml").read_text().replace("steps: 2", "steps: -2"))
+    with pytest.raises(ValueError, match=r"^config file '.*c\.yaml': config field 'steps': got -2"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("steps=[1", r"override 'steps=\[1': its value '\[1' is not valid YAML"),
+    ("model.kwargs={width: 8, width: 9}", r"the key 'width' is given twice"),
+])
+def test_yaml_errors_in_set_name_the_override(override, words, tmp_path, capsys):
+    with pytest.raises(ValueError, match=words):
+        apply_overrides(tiny(), [override])
+    save_config(tiny(), tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"override {override!r}" in err
+
+
+def test_an_exported_model_with_a_damaged_config_names_the_file(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    x, y = _xy()
+    Trainer(tiny(), tmp_path / "run", data=(x, y), progress=False).train()
+    out = dl.training.checkpoint.export_model(tmp_path / "run", tmp_path / "m.safetensors")
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    for config, words in (("steps: [1\n", "cannot parse"), ("steps: 1\nsteps: 2\n", "given twice"), ("", "is empty")):
+        save_file(load_file(str(out)), str(out), metadata={**meta, "config": config})
+        with pytest.raises(ValueError, match=words) as info:
+            dl.load(out)
+        assert f"'config' metadata of exported model {str(out)!r}" in str(info.value)

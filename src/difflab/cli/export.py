@@ -20,11 +20,12 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=sorted(EXPORT_DTYPES),
                    help="weight precision in the file (fp16/bf16: half the size; loaded back as float32)")
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never a checkpoint's files)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    out = export_model(args.ckpt, args.out, ema=not args.raw, dtype=args.dtype)
+    out = export_model(args.ckpt, args.out, ema=not args.raw, dtype=args.dtype, force=args.force)
     size = out.stat().st_size / 2**20
     print(f"difflab export: {'raw' if args.raw else 'EMA'} weights of {args.ckpt} ({args.dtype}, {size:.1f} MiB) "
           f"-> {out}  (sample: difflab sample --ckpt {out})")

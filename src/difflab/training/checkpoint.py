@@ -15,12 +15,12 @@ leaves ``latest`` naming a complete checkpoint -- or, when the same step was bei
 the old copy moved aside, which :func:`latest_checkpoint` finds; the older ones are pruned to
 ``keep_last``.
 
-Loading checks each file in three stages, so the most precise message wins: its format (a
-file that does not parse is named with what is wrong), then its SHA-256 against
-``checksums.sha256`` (a file that parses but changed since it was saved: flipped bits, an edit,
-an export written over it), then the weights' values (NaN or inf: a corruption that still
-parses, in a checkpoint too old to have checksums). Each failure names the damaged file and the
-run's other complete checkpoints.
+Loading checks each file in two stages, so the most precise message wins: first its format
+and values (a file that does not parse, a config the weights do not fit, NaN or inf weights:
+each named with what is wrong), then its SHA-256 against ``checksums.sha256`` (a file that
+parses but changed since it was saved: flipped bits, an edit, an export written over it).
+Checkpoints from before checksums get the first stage only. Each failure names the damaged
+file and the run's other complete checkpoints.
 """
 
 from __future__ import annotations

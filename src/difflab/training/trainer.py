@@ -40,9 +40,11 @@ from ..devices import resolve_device
 from ..diffusion import GaussianDiffusion
 from ..accel import set_module_forms
 from .build import build_model, build_process
-from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint,
+from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint, verify_checkpoint,
                          save_checkpoint)
-from .config import TrainConfig, config_diff, config_to_text, load_config
+from .config import TrainConfig, config_diff, load_config
+from .lock import RunLock, RunLocked
+from .run_config import render_run_config, run_config_action
 from .data import GlobalBatches, check_data, load_data, step_generator
 from .ema import EMA
 from .generate import class_rows, generate, save_grid
@@ -131,6 +133,10 @@ class Trainer:
             self._own_group = True
         self.micro_batch = per // self.world
         self.is_main = self.rank == 0
+        # one training per run folder: process 0 takes the lock when train() starts; refuse now
+        # already if a living process holds it (before reading a checkpoint it may be rewriting)
+        self._lock = RunLock(self.out, say=self._say)
+        self._lock.check()
 
         # ---- data
         self.num_classes = cfg.num_classes
@@ -253,6 +259,7 @@ class Trainer:
         self._run_start = time.perf_counter()
         self.history: list[dict] = []  # the rows of log.csv, as numbers
         ckpt_root = self.out / "checkpoints"
+        self._resumed_config: Optional[TrainConfig] = None
         if resume:
             self._resume()
         elif latest_checkpoint(self.out) is not None:
@@ -261,6 +268,9 @@ class Trainer:
                 "(resume=True) to continue it, or choose another output folder"
             )
         self.ckpt_root = ckpt_root
+        # what this trainer found: train() checks, holding the lock, that nobody changed it since
+        self._known_checkpoint = latest_checkpoint(self.out)
+        run_config_action(self.out / "config.yaml", cfg, self._resumed_config)  # refuse now, not after training
 
     # ------------------------------------------------------------------ helpers
     def _say(self, msg: str) -> None:
@@ -313,7 +323,8 @@ class Trainer:
             raise FileNotFoundError(
                 f"nothing to resume in {str(self.out)!r}: no checkpoints/latest; start without --resume"
             )
-        saved = read_checkpoint(ck)
+        saved = read_checkpoint(ck, verify=False)  # checksums after the checks below, which say more
+        self._resumed_config = saved["config"]
         diff = config_diff(saved["config"], self.cfg)
         if diff:
             lines = ", ".join(f"{k} (checkpoint: {a!r}, now: {b!r})" for k, a, b in diff)
@@ -330,6 +341,8 @@ class Trainer:
         self.ema.num_updates = st["ema"]["num_updates"]
         opt = saved["optimizer"]
         _check_optimizer_state(opt["optimizer"], self.optimizer, ck / "optimizer.pt")
+        _check_optimizer_settings(opt, saved["config"], ck)
+        verify_checkpoint(ck)
         # how AdamW runs (fused / foreach / capturable) is this run's choice, not the checkpoint's:
         # the flags decide where the loaded step counts are placed, so set them before loading
         now = self.optimizer.param_groups
@@ -337,6 +350,7 @@ class Trainer:
             g_saved.update({k: g_now[k] for k in ("fused", "foreach", "capturable") if k in g_now})
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
+        self._apply_horizon(saved["config"], int(saved["state"]["step"]))
         if self.scaler is not None and opt.get("scaler"):
             self.scaler.load_state_dict(opt["scaler"])
         rng = saved["rng"]
@@ -350,6 +364,24 @@ class Trainer:
             self._say(f"note: resuming a {st.get('world_size', 1)}-process run on {self.world}; "
                       "batches and draws are unchanged (they are global), dropout draws are not")
         self._say(f"resuming from {ck} at step {self.step}")
+
+    def _apply_horizon(self, saved: TrainConfig, step: int) -> None:
+        """A resume with another ``steps`` under a decaying LR schedule: the schedule's horizon
+        becomes the new total (as diffusers' scripts rebuild theirs from --max_train_steps), from
+        this step on, and the note says so. The learning rate of the next update is set at once
+        (the optimizer state holds the rate the old schedule chose for it)."""
+        cfg = self.cfg
+        if saved.steps == cfg.steps or cfg.optim.decay == "constant" or step >= cfg.steps:
+            return  # constant decay: steps does not enter the schedule, the resume stays exact
+        old = _lr_factor(saved)(step) * cfg.optim.lr
+        new = _lr_factor(cfg)(step) * cfg.optim.lr
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * _lr_factor(cfg)(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._say(f"note: the learning-rate schedule ({cfg.optim.decay} decay) now ends at step {cfg.steps} instead "
+                  f"of {saved.steps}: from step {step} on it follows a {cfg.steps}-step run's schedule (lr {new:.3g} "
+                  f"now, where the {saved.steps}-step schedule gives {old:.3g}); the steps before followed the "
+                  f"{saved.steps}-step one, so the result is not bit-identical to an uninterrupted {cfg.steps}-step run")
 
     def _check_same_data(self, st: dict, ck: Path) -> None:
         """Refuse to resume on data of another size or shape: the batch stream (a permutation of
@@ -460,11 +492,47 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
         """Run to ``cfg.steps`` (or until ``cfg.max_time`` is spent); returns a summary (final loss,
-        checkpoint, images/s, seconds, whether max_time stopped it)."""
-        cfg = self.cfg
+        checkpoint, images/s, seconds, whether max_time stopped it). Process 0 holds the run
+        folder's lock meanwhile (training/lock.py), released however the run ends."""
+        self._take_lock()
+        try:
+            return self._train_locked()
+        finally:
+            self._lock.release()
+
+    def _take_lock(self) -> None:
+        """Process 0 takes the run folder's lock and, holding it, checks that the folder is as this
+        trainer found it (no other training wrote a checkpoint meanwhile), then writes the run's
+        config.yaml (never over a file a person wrote: training/run_config.py). Every process
+        learns whether it could."""
+        error: Optional[BaseException] = None
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.yaml", config_to_text(cfg))
+            try:
+                self._lock.acquire()
+                now = latest_checkpoint(self.out)
+                if now != self._known_checkpoint:
+                    was = repr(str(self._known_checkpoint)) if self._known_checkpoint else "none"
+                    raise FileExistsError(
+                        f"run folder {str(self.out)!r} changed while this training was being set up: another "
+                        f"training wrote the checkpoint {str(now)!r} meanwhile (this one found {was}); start "
+                        "again with --resume (resume=True) to continue from it, or train into another --out")
+                path = self.out / "config.yaml"
+                if run_config_action(path, self.cfg, self._resumed_config) == "write":
+                    atomic_write_text(path, render_run_config(self.cfg))
+            except BaseException as err:  # noqa: BLE001 - re-raised below, after the others learn of it
+                self._lock.release()
+                error = err
+        if self.world > 1:
+            flag = torch.tensor(float(error is not None), device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            if error is None and bool(flag):
+                raise RunLocked(f"run folder {str(self.out)!r}: process 0 could not start the training "
+                                "(its message says why)")
+        if error is not None:
+            raise error
+
+    def _train_locked(self) -> dict:
+        cfg = self.cfg
         logger = _Logger(self.out, self.start_step, cfg.tensorboard) if self.is_main else None
         bar = None
         if self.progress and self.is_main:
@@ -586,6 +654,7 @@ class Trainer:
             path = save_checkpoint(self.ckpt_root, self.step, config=self.cfg, model=self.model, ema=self.ema,
                                    optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                                    rng=rng, state=state, keep_last=self.cfg.keep_last)
+            self._known_checkpoint = path
         if self.world > 1:
             torch.distributed.barrier()
         return path
@@ -625,6 +694,7 @@ class Trainer:
         "terminate called without an active exception", 7 of 100 two-process runs). After a
         failure (``failed=True``) the group is left alone: another process may never reach the
         wait, and torchrun ends the workers."""
+        self._lock.release()  # (train() releases it already; a no-op then)
         if not (self._own_group and torch.distributed.is_initialized()):
             return
         self._own_group = False
@@ -711,6 +781,27 @@ def _load_matching(model: nn.Module, weights: dict, file: Path) -> None:
     difference = load_matching(model, weights)
     if difference is not None:
         raise _mismatch(file, f"its weights do not fit the network ({difference})")
+
+
+def _check_optimizer_settings(saved: dict, cfg: TrainConfig, ck: Path) -> None:
+    """The checkpoint's config.yaml gives the AdamW settings its optimizer state was trained
+    with: an edit of its optim.lr (or betas, eps, weight_decay) would be recorded by the resumed
+    run but not applied (the loaded state brings its own), so it is refused. (Checkpoints with
+    checksums catch such an edit anyway; this holds for older ones too.)"""
+    o = cfg.optim
+    group = (saved.get("optimizer", {}).get("param_groups") or [{}])[0]
+    base = (saved.get("scheduler", {}).get("base_lrs") or [group.get("initial_lr", o.lr)])[0]
+    found = {"optim.lr": (float(base), o.lr), "optim.eps": (group.get("eps", o.eps), o.eps),
+             "optim.weight_decay": (group.get("weight_decay", o.weight_decay), o.weight_decay),
+             "optim.betas": (list(group.get("betas", o.betas)), list(o.betas))}
+    edited = [f"{k} = {b!r} in the config, {float(a) if not isinstance(a, list) else [float(x) for x in a]!r} "
+              "in the optimizer state" for k, (a, b) in found.items()
+              if (list(map(float, a)) != list(map(float, b)) if isinstance(a, list) else float(a) != float(b))]
+    if edited:
+        raise ValueError(
+            f"cannot resume {str(ck)!r}: its config.yaml was edited after the checkpoint was written ({'; '.join(edited)}); "
+            "a resumed run trains with the optimizer settings it was trained with, so the edit would be recorded "
+            "but not applied. Restore the value in config.yaml, or start a new run with the new settings")
 
 
 def _check_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer, file: Path) -> None:
