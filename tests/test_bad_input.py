@@ -438,3 +438,111 @@ def test_optimize_sigmas_checks_its_budget_and_generator_first(kwargs, error, ma
     monkeypatch.setattr(S, "sample", lambda *a, **k: pytest.fail("sampled before checking the arguments"))
     with pytest.raises(error, match=match):
         dl.samplers.optimize_sigmas(dl.models.MLPDenoiser(2, width=16, depth=1), proc, (4, 2), 3, "ddim", **kwargs)
+
+
+# --------------------------------------------- silent acceptances and misleading messages (issue 29)
+def test_training_loss_refuses_images_far_off_the_scale(proc):
+    """0..255 pixels trained silently (a model of the wrong data); the rule of the editing
+    functions (difflab.validation.check_image_range), with room for standardised data."""
+    net = dl.models.UNet(in_channels=1, channels=8, channel_mult=(1,), num_res_blocks=1, norm_groups=4,
+                         attention_levels=(), image_size=4)
+    pixels = torch.arange(32.0).reshape(2, 1, 4, 4) * 8  # 0..248
+    with pytest.raises(ValueError, match=r"x0 \(image-shaped data\) must be scaled to \[-1, 1\].*got values in "
+                                         r"\[0, 248\]; scale 0\.\.255 pixels with x / 127\.5 - 1"):
+        proc.training_loss(net, pixels)
+    assert torch.isfinite(proc.training_loss(net, pixels / 127.5 - 1))
+    standardised = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2.5  # within +-10
+    assert torch.isfinite(proc.training_loss(net, standardised))
+    # vectors [B, D] are data in the model's own scale (the 2D toys): not range checked
+    assert torch.isfinite(proc.training_loss(dl.models.MLPDenoiser(2, width=16, depth=1), 100 * torch.ones(4, 2)))
+
+
+def test_nan_or_inf_noise_is_refused_by_sample_and_the_editing_functions(proc):
+    """NaN noise gave NaN samples (a grey grid) and no error."""
+    from difflab import editing as E
+
+    model = dl.models.GaussianDenoiser(proc, torch.zeros(16), 0.5)  # images [B, 1, 4, 4]
+    image = torch.zeros(2, 1, 4, 4)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        noise = torch.randn(2, 1, 4, 4)
+        noise[1, 0, 2, 3] = bad
+        with pytest.raises(ValueError, match=r"noise contains 1 NaN/inf value; use standard normal noise"):
+            dl.sample(model, proc, (2, 1, 4, 4), "ddim", 3, noise=noise)
+        with pytest.raises(ValueError, match="noise contains 1 NaN/inf value"):
+            E.img2img(model, proc, image, 0.5, steps=3, noise=noise)
+        with pytest.raises(ValueError, match="noise contains 1 NaN/inf value"):
+            E.inpaint(model, proc, image, E.half_mask((4, 4), "top"), steps=3, noise=noise)
+        with pytest.raises(ValueError, match="a contains NaN or inf"):
+            E.interpolate(model, proc, noise[1], noise[0], frames=2, steps=3, latents=True)
+    sr = E.LowResConditioned(base="unet_tiny", scale=2, image_channels=1)
+    noise = torch.randn(2, 1, 8, 8)
+    noise[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="noise contains 1 NaN/inf value"):
+        E.upscale(sr, proc, torch.zeros(2, 1, 4, 4), steps=2, noise=noise)
+
+
+def test_labels_given_as_text_are_named(proc):
+    """run.sample(labels='3') said "new(): invalid data type 'str'"."""
+    from difflab.training.generate import generate
+
+    net = dl.models.MLPDenoiser(2, width=16, depth=1, num_classes=4)
+    with pytest.raises(TypeError, match=r"labels must be an int, a sequence of ints or a long tensor, got str '3' "
+                                        r"\(the class index as a number: labels=3\)"):
+        generate(net, proc, 2, (2,), labels="3", steps=2)
+    with pytest.raises(TypeError, match=r"got \['a', 'b'\]"):
+        generate(net, proc, 2, (2,), labels=["a", "b"], steps=2)
+    assert generate(net, proc, 2, (2,), labels=np.int64(3), steps=2, seed=0).shape == (2, 2)
+
+
+def test_a_mask_png_with_no_white_pixel_is_refused(tmp_path):
+    """It filled nothing and the edit returned the input, while an empty box is refused."""
+    from PIL import Image
+
+    from difflab import editing as E
+
+    Image.fromarray(np.full((8, 8), 127, np.uint8)).save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match=r"mask '.*grey\.png' has no white pixel \(none >= 128 of 255, "
+                                         r"brightest 127\)"):
+        E.parse_mask(str(tmp_path / "grey.png"), (8, 8))
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "white.png")
+    assert E.load_mask(tmp_path / "white.png").eq(1).all()
+
+
+class _Payload:
+    """A pickle that runs code when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (exec, ("import builtins; builtins.PWNED = True",))
+
+
+def test_inception_weights_are_loaded_with_weights_only(tmp_path, monkeypatch):
+    """The FID weights went to torch-fidelity's torch.load without weights_only: a crafted file ran
+    code. They are read with weights_only=True, and the network gets those tensors only."""
+    import builtins
+
+    import torchmetrics.image.fid as tm_fid
+    import torchmetrics.utilities.imports as imports
+
+    from difflab.evaluation import fid
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "x": _Payload()}, evil)
+    handed = []
+
+    class FakeInception(torch.nn.Module):  # stands in for torch-fidelity's network (not installed in CI)
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            handed.append(torch.load(feature_extractor_weights_path))  # what torch-fidelity does with it
+
+    monkeypatch.setattr(imports, "_TORCH_FIDELITY_AVAILABLE", True)
+    monkeypatch.setattr(tm_fid, "NoTrainInceptionV3", FakeInception)
+    with pytest.raises(ValueError, match=r"inception weights '.*evil\.pth' cannot be loaded safely \(weights_only"):
+        fid.inception_features(evil)
+    assert not hasattr(builtins, "PWNED") and handed == []
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="hold no state dict"):
+        fid.inception_features(tmp_path / "list.pth")
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.arange(3.0)}, good)
+    assert fid.inception_features(good).num_features == 2048
+    assert list(handed[0]) == ["w"] and torch.equal(handed[0]["w"], torch.arange(3.0))

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from .schedules import NoiseSchedule
-from .validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real
+from .validation import (DATA_RANGE_LIMIT, NOISE_FIX, X0_FIX, check_image_range, check_labels, float_input,
+                         is_int, is_real)
 
 __all__ = [
     "GaussianDiffusion",
@@ -384,12 +385,19 @@ class GaussianDiffusion:
 
         dtypes: ``x0`` (and ``noise``) must be float tensors (integer data is refused); they are
         cast to the dtype of the model's parameters (e.g. float64 data for a float32 network).
+        Image-shaped ``x0`` (3 or more dimensions) on the CPU must be on the [-1, 1] scale: values
+        beyond +-10 (0..255 pixels) are refused (:func:`difflab.validation.check_image_range`).
         """
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
         if not isinstance(cond_drop_prob, (int, float)) or not 0 <= cond_drop_prob <= 1:
             raise ValueError(f"cond_drop_prob must be a probability in [0, 1] (0.1 is usual), got {cond_drop_prob!r}")
         x0 = float_input(x0, "x0", model, X0_FIX)
+        # images far off the [-1, 1] scale (0..255 pixels) would train silently on the wrong data; the
+        # values are read on the CPU only (on an accelerator a per-step host-device sync; and not
+        # under torch.compile), as check_labels reads labels
+        if x0.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_image_range(x0, "x0 (image-shaped data)", DATA_RANGE_LIMIT)
         B = x0.shape[0]
         if t is None:  # drawn here, so in range: no validation (and no host-device sync)
             t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)

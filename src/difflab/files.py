@@ -7,6 +7,7 @@ Every writer in difflab that must not leave a half-written file goes through her
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Callable, Union
@@ -33,11 +34,29 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
         write(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        failed = _os_error_of(err, path)
+        if failed is not None:
+            raise failed from err
         raise
     fsync_path(path.parent)
     return path
+
+
+def _os_error_of(err: BaseException, path: Path):
+    """An OS error of writing ``path`` that names ``path`` (the file the caller asked for, not the
+    temporary one; a failed write() names no file at all), or None to re-raise ``err`` as it is.
+    Writers in other languages report errno in their text ("... (os error 28)": safetensors)."""
+    if isinstance(err, OSError):
+        if err.errno is None or str(err.filename) == str(path):
+            return None
+        return OSError(err.errno, err.strerror, str(path))  # the subclass by errno (PermissionError, ...)
+    found = re.search(r"os error (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:

@@ -9,7 +9,9 @@ helpers here. Code behind the public boundary trusts what it is handed.
   :func:`positive_int`;
 - data and noise: :func:`float_input`, the one dtype rule (float tensors only, cast to the
   model's parameter dtype :func:`model_dtype`), with the hints :data:`X0_FIX` and
-  :data:`NOISE_FIX`;
+  :data:`NOISE_FIX`; :func:`check_finite` (no NaN or inf) and :func:`check_image_range`, the
+  one scale rule of image-shaped data ([-1, 1]; :data:`IMAGE_RANGE_TOL` where the pixels are
+  edited, :data:`DATA_RANGE_LIMIT` where a model trains on them);
 - class labels: :func:`check_labels` (dtypes :data:`LABEL_DTYPES`), with the null label
   ``num_classes`` of classifier-free guidance.
 """
@@ -30,6 +32,11 @@ __all__ = [
     "float_input",
     "X0_FIX",
     "NOISE_FIX",
+    "check_finite",
+    "IMAGE_RANGE_TOL",
+    "DATA_RANGE_LIMIT",
+    "PIXELS_FIX",
+    "check_image_range",
     "LABEL_DTYPES",
     "check_labels",
 ]
@@ -89,6 +96,48 @@ def float_input(x, name: str, model: Callable, fix: str, dtype: Optional[torch.d
         raise TypeError(f"{name} must be a float tensor, got {x.dtype}; {fix}")
     dtype = dtype or model_dtype(model)
     return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def check_finite(x: Tensor, name: str, fix: str = "") -> Tensor:
+    """``x`` unchanged, or ValueError naming ``name`` when it holds NaN or inf (with ``fix``).
+    Reads the values: a host-device sync for a tensor on an accelerator, so only at a call made
+    once (``dl.sample``'s noise), never per step."""
+    if x.is_floating_point() or x.is_complex():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            count = int(bad.sum())
+            raise ValueError(f"{name} contains {count} NaN/inf value{'s' if count > 1 else ''}"
+                             + (f"; {fix}" if fix else ""))
+    return x
+
+
+# How far outside [-1, 1] an image may reach where its pixels are edited and pasted back
+# (rounding of x / 127.5 - 1, resampling overshoot).
+IMAGE_RANGE_TOL = 1e-3
+# Where a model trains on image-shaped data, the values may be standardised rather than scaled
+# (ImageNet-normalised pixels lie within about +-2.7); 0..255 pixels are ~100 times off the scale
+# the process assumes (x_T ~ N(0, I) needs data of about unit size): refused beyond this.
+DATA_RANGE_LIMIT = 10.0
+PIXELS_FIX = ("scale 0..255 pixels with x / 127.5 - 1 (0..1 floats with 2 * x - 1), "
+              "as dl.editing.load_images and dl.data.load do")
+
+
+def check_image_range(x: Tensor, name: str, limit: float = 1 + IMAGE_RANGE_TOL) -> Tensor:
+    """The one scale rule of image-shaped data: ``x`` unchanged when it is not an image batch
+    (fewer than 3 dimensions: vectors [B, D] are data in the model's own scale) or its values
+    lie in [-limit, limit], else ValueError naming ``name``, the range found and the fix.
+
+    ``limit``: 1 + :data:`IMAGE_RANGE_TOL` (the editing functions, whose inputs are pixels) or
+    :data:`DATA_RANGE_LIMIT` (``training_loss``: data far outside the scale). Reads the values
+    (a host-device sync on an accelerator): callers in a step loop call it for CPU tensors only.
+    """
+    if x.ndim < 3 or x.numel() == 0:
+        return x
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < -limit or hi > limit:
+        scale = "scaled to [-1, 1]" if limit < 2 else f"scaled to [-1, 1] (values beyond +-{limit:g} are refused)"
+        raise ValueError(f"{name} must be {scale}, got values in [{lo:.4g}, {hi:.4g}]; {PIXELS_FIX}")
+    return x
 
 
 # ------------------------------------------------------------------------ class labels

@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from .. import __version__
+from . import _errors
 from . import demo, export, sample, train
 from . import img2img, inpaint, interpolate, upscale
 from . import eval as eval_cmd, experiments, train_classifier
@@ -23,9 +24,14 @@ COMMANDS += [experiments]  # only says where the experiments moved (python exper
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="difflab", description="Diffusion models: train, sample, evaluate.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
+    for command in sub.choices.values():  # --debug after the sub-command too; SUPPRESS: the global one stays
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error instead of its one-line message")
     return parser
 
 
@@ -38,11 +44,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # One line per failure (cli/_errors.py): exit 2 for bad input, 1 for the environment (OS,
+    # memory, a missing package); --debug shows the traceback; anything else is a bug: traceback.
     try:
+        _errors.check_out_paths(args)
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"difflab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - sorted by _errors.describe; unknown ones re-raised
+        reported = None if args.debug else _errors.describe(err, args)
+        if reported is None:
+            raise
+        code, message = reported
+        print(f"difflab {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # python -m difflab.cli

@@ -54,6 +54,12 @@ class Shapes:
 
     def __init__(self, run) -> None:
         self.image_shape, self.sample_shape = tuple(run.image_shape), tuple(run.sample_shape)
+        if len(self.image_shape) < 2:  # a 2-D toy model: its samples are points, there is no PNG to edit
+            raise ValueError(
+                f"{run.path} makes vectors of shape {self.image_shape} (e.g. 2-D points), not images: the editing "
+                "commands read and write PNG images. Edit vectors in Python, e.g. dl.editing.inpaint(run.ema_model, "
+                "run.proc, x, mask) with x and mask of shape [B, "
+                f"{self.image_shape[0] if self.image_shape else 'D'}]")
 
     def check(self, x: Tensor, what: str = "input image", scale: int = 1) -> Tensor:
         want = self.image_shape[:-2] + tuple(s // scale for s in self.image_shape[-2:])

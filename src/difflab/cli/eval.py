@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import data
 from ..devices import resolve_device
+from ..files import atomic_write_text
 from ..data.grids import save_image_grid
 from ..evaluation import CountedModel, report
 from ..evaluation.plots import scatter_panels
@@ -35,6 +36,7 @@ from ..evaluation.classifier import ClassifierFeatures, load_classifier
 from ..evaluation.fid import inception_features
 from ..training import load as load_run
 from ..training.generate import generate
+from ._errors import check_memory
 from .train_classifier import DEFAULT_MNIST_ROOT
 
 __all__ = ["add_parser", "run_eval", "parse_sweep", "EvalSetting"]
@@ -217,12 +219,18 @@ def run_eval(args) -> dict:
     for flag, value in (("--bpd-n", args.bpd_n), ("--bpd-timesteps", args.bpd_timesteps)):
         if value < 0:
             raise ValueError(f"{flag} must be >= 0 (0: {'skip' if flag == '--bpd-n' else 'all T'}), got {value}")
+    if args.bpd_bins is not None and args.bpd_bins < 2:  # 0 read as "unset" (17 or 256) before
+        raise ValueError(f"--bpd-bins (levels of the data) must be >= 2, got {args.bpd_bins}; 256 for 8-bit "
+                         "images, 17 for digits (leave it out for the data set's own)")
     args = argparse.Namespace(**vars(args))  # the caller's namespace keeps its --device text
     args.device = resolve_device(args.device, "--device", default=torch.device("cpu"))
     out = Path(args.out or f"eval/{Path(args.ckpt).name}")
     run = load_run(args.ckpt, device=args.device)
     if lowres_model(run.ema_model) is not None:  # before the feature network is looked for
         raise ValueError(NEEDS_LOWRES)
+    # the samples are kept on the CPU (in batches, then gathered: twice at once), before hours of sampling
+    check_memory(2 * args.n * math.prod(run.sample_shape) * 4, torch.device("cpu"), f"--n {args.n}",
+                 "lower --n (FID and precision/recall settle with a few thousand samples)")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
@@ -298,7 +306,7 @@ def bits_per_dim(run, args, dataset: str) -> dict:
     x, _, desc = load_images(args.ref if args.ref and not _ref_file(args) else None, run, split)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # splits may be sorted by class
     x = x[order[: args.bpd_n]].reshape(-1, *run.sample_shape)
-    bins = args.bpd_bins or (17 if dataset == "digits" else 256)
+    bins = args.bpd_bins if args.bpd_bins is not None else (17 if dataset == "digits" else 256)
     cond = None if not run.num_classes else torch.full((len(x),), run.num_classes, dtype=torch.long)
     g = torch.Generator().manual_seed(args.seed)
     device = args.device or "cpu"
@@ -358,7 +366,7 @@ def write_outputs(result: dict, out: Path, toy: bool) -> None:
                   f"Variational bound on {b['n']} held-out images ({b['images']}): **{b['mean']:.3f} ± {b['stderr']:.3f} bits/dim** "
                   f"({b['cond']}; {b['timesteps']} KL terms{' (stratified estimate)' if b['timesteps'] != 'all' else ''}; "
                   f"{b['bins']}-level discretized decoder).", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    atomic_write_text(out / "summary.md", "\n".join(lines))
 
 
 def add_parser(sub) -> None:

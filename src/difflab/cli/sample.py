@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import torch
 
 from ..devices import resolve_device
 from ..data.grids import check_image_path, make_parent
+from ..files import atomic_write_bytes
 from ..samplers import SAMPLERS
 from ..training.checkpoint import load
 from ..training.generate import class_rows, save_grid
+from ._errors import check_memory
 from .speed import accelerated, add_speed_args
 
 __all__ = ["add_parser"]
@@ -78,6 +81,10 @@ def _main(args) -> int:
             except ValueError:
                 raise ValueError(f"--label must be a class index 0..{run.num_classes - 1} or 'all', "
                                  f"got {args.label!r}") from None
+    # the samples, the noise and two per-step tensors at least (the network's activations come on top)
+    what = f"--n {args.n}" + (f" ({n} samples, a row per class)" if n != args.n else "")
+    check_memory(4 * n * math.prod(run.sample_shape) * 4, device, what,
+                 "lower --n (for more samples, run again with another --seed)")
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
                    clip_x0=clip, model=net, device=device)
@@ -85,8 +92,9 @@ def _main(args) -> int:
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
     if tensor_out is not None:
-        torch.save(x.cpu(), tensor_out)
-        written.append(tensor_out)
+        buffer = io.BytesIO()  # serialised here, written by Python: a failed write names the file
+        torch.save(x.cpu(), buffer)
+        written.append(atomic_write_bytes(tensor_out, buffer.getvalue()))
     print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> "
           f"{', '.join(str(Path(w).resolve()) for w in written)}")
     return 0

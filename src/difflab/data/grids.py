@@ -66,10 +66,13 @@ def check_image_path(path: Union[str, Path], what: str = "output", mkdir: bool =
 
 
 def make_parent(path: Path, what: str) -> None:
-    """Create ``path``'s folder, or ValueError naming ``what`` when it cannot be created."""
+    """Create ``path``'s folder, or ValueError naming ``what`` when a file is in the way; an OS
+    failure (a read-only folder, a full disk) stays an OSError naming the folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if not isinstance(err, (FileExistsError, NotADirectoryError)):
+            raise
         raise ValueError(f"{what} {str(path)!r}: cannot create its folder {str(path.parent)!r} "
                          f"({err.strerror or err}); choose a writable location") from None
 

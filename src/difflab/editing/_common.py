@@ -16,18 +16,16 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
-from ..validation import check_labels, is_int, model_dtype
+from ..validation import IMAGE_RANGE_TOL, check_image_range, check_labels, is_int, model_dtype
 
 __all__ = ["check_image", "check_cond", "check_sampler", "eval_mode", "model_device", "to_model"]
-
-# How far outside [-1, 1] an image may reach (rounding of x / 127.5 - 1, resampling overshoot).
-IMAGE_RANGE_TOL = 1e-3
 
 
 def check_image(x, name: str = "image", check_range: bool = True) -> Tensor:
     """A float batch tensor [B, ...]: images [B, C, H, W] scaled to [-1, 1], or vectors [B, D].
 
-    Images (3 or more dimensions) must lie in [-1, 1] (up to ``IMAGE_RANGE_TOL``): pixels in
+    Images (3 or more dimensions) must lie in [-1, 1] (up to ``IMAGE_RANGE_TOL``,
+    :func:`difflab.validation.check_image_range`): pixels in
     0..255 or 0..1 floats would be edited as if they were far off the data. Vectors [B, D] are
     data in the model's own scale (e.g. the 2D toy sets, about unit variance) and are not range
     checked; nor is anything with ``check_range=False`` (e.g. latents x_T).
@@ -40,13 +38,8 @@ def check_image(x, name: str = "image", check_range: bool = True) -> Tensor:
         raise TypeError(f"{name} must be a float tensor scaled to [-1, 1], got dtype {x.dtype}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
-    if check_range and x.ndim >= 3:
-        lo, hi = (float(v) for v in torch.aminmax(x))
-        if lo < -1 - IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
-            raise ValueError(
-                f"{name} must be scaled to [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; scale 0..255 "
-                f"pixels with x / 127.5 - 1 (0..1 floats with 2 * x - 1), as dl.editing.load_images does"
-            )
+    if check_range:  # the library's one scale rule of images (difflab.validation)
+        check_image_range(x, name, 1 + IMAGE_RANGE_TOL)
     return x
 
 

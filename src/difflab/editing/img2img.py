@@ -24,7 +24,7 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
-from ..validation import check_labels, is_real
+from ..validation import NOISE_FIX, check_finite, check_labels, is_real
 from ._common import check_image, check_sampler, check_steps, model_device, to_model
 
 __all__ = ["img2img", "sdedit_sigmas", "check_strength"]
@@ -101,6 +101,8 @@ def img2img(
                          f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
     elif not noise.is_floating_point():
         raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")
+    else:
+        check_finite(noise, "noise", NOISE_FIX)
     if strength == 0.0:
         return image.clone()
     noise = noise.to(device, x0.dtype)

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..diffusion import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
-from ..validation import check_labels, positive_int
+from ..validation import NOISE_FIX, check_finite, check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .masks import check_mask
 
@@ -139,6 +139,8 @@ def inpaint(
                          f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
     elif not noise.is_floating_point():
         raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")
+    else:
+        check_finite(noise, "noise", NOISE_FIX)
     x = noise.to(device, image.dtype) * math.sqrt(1.0 + s0 * s0)  # VP x_T -> VE
     x = mask * x + keep * (image + s0 * randn_like(image, generator))
 

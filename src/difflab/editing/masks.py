@@ -78,7 +78,8 @@ def half_mask(size: Sequence[int], side: str) -> Tensor:
 
 
 def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tensor:
-    """A mask from an image file: pixels brighter than mid-grey (>= 128 of 255) are filled (1)."""
+    """A mask from an image file: pixels brighter than mid-grey (>= 128 of 255) are filled (1);
+    a mask with no such pixel (nothing to fill) is refused, as an empty box is."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -95,7 +96,11 @@ def load_mask(path: Union[str, Path], size: Sequence[int] | None = None) -> Tens
         h, w = _size(size)
         raise ValueError(f"mask {str(path)!r} is {a.shape[1]}x{a.shape[0]} (width x height) but the image is "
                          f"{w}x{h}; mask and image must have the same size")
-    return torch.from_numpy((a >= 128).astype(np.float32))
+    fill = a >= 128
+    if not fill.any():  # as an empty box is refused: an edit that changes nothing hides the mistake
+        raise ValueError(f"mask {str(path)!r} has no white pixel (none >= 128 of 255, brightest {int(a.max())}), "
+                         "so nothing would be filled; paint the region to fill white (or invert the mask)")
+    return torch.from_numpy(fill.astype(np.float32))
 
 
 def parse_mask(spec: str, size: Sequence[int]) -> Tensor:

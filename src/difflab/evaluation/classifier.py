@@ -273,9 +273,30 @@ def load_classifier(directory) -> SmallCNN:
             f"no classifier in {directory} (need classifier.safetensors and classifier.json); "
             "make one with `difflab train-classifier --data mnist --out DIR`"
         )
-    info = json.loads(info_path.read_text())
-    model = SmallCNN(**info["config"])
-    model.load_state_dict(load_file(str(weights)))
+    again = "train it again with `difflab train-classifier`"
+    try:
+        info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(info_path)!r} is damaged: not valid JSON ({err}); {again}") from None
+    config = info.get("config") if isinstance(info, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(info_path)!r} is damaged: no 'config' mapping (the network's architecture); {again}")
+    try:
+        model = SmallCNN(**config)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{str(info_path)!r} is damaged: its 'config' {config} does not build the classifier "
+                         f"({err}); {again}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type: a damaged header or data
+        raise ValueError(f"{str(weights)!r} is damaged: not a readable safetensors file ({err}); {again}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(f"{str(weights)!r} does not match the classifier {str(info_path)!r} describes "
+                         f"({detail}): the two files come from different classifiers or one is damaged; "
+                         f"{again}") from None
     model.meta = info
     return model.eval()
 

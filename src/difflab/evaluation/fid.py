@@ -13,6 +13,7 @@ computed by torchmetrics' FrechetInceptionDistance with a feature network of our
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional, Union
 
@@ -111,12 +112,14 @@ class _InceptionFeatures(nn.Module):
 
     name = "inception-v3"
 
-    def __init__(self, weights_path: Optional[str]) -> None:
+    def __init__(self, weights: Optional[io.BytesIO]) -> None:
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
+        # torch-fidelity torch.loads what it is given, without weights_only: it gets the tensors
+        # read safely by _safe_inception_weights, re-serialised in memory, never the user's file
         self.net = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights
         )
         self.num_features = 2048
 
@@ -126,6 +129,25 @@ class _InceptionFeatures(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return self.net(uint8).reshape(len(images), -1).to(torch.float64)
+
+
+def _safe_inception_weights(path: Path) -> io.BytesIO:
+    """The state dict in ``path`` read with ``weights_only=True`` (tensors and plain containers:
+    a pickle that would run code is refused, naming the file), written back to an in-memory
+    buffer for torch-fidelity's loader, which unpickles what it is given without that guard."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, a damaged zip, a foreign format
+        raise ValueError(f"inception weights {str(path)!r} cannot be loaded safely (weights_only=True: tensors "
+                         f"only, no code): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
+                         "use the FID weights file pt_inception-2015-12-05-6726825d.pth") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"inception weights {str(path)!r} hold no state dict (a mapping of tensors), got "
+                         f"{type(state).__name__}; use the FID weights file pt_inception-2015-12-05-6726825d.pth")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def inception_features(weights_path: Union[str, Path, None] = None) -> nn.Module:
@@ -144,9 +166,13 @@ def inception_features(weights_path: Union[str, Path, None] = None) -> nn.Module
         )
     if weights_path is not None and not Path(weights_path).is_file():
         raise FileNotFoundError(f"inception weights {weights_path} not found; give the path of the .pth file")
+    weights = None if weights_path is None else _safe_inception_weights(Path(weights_path))
     try:
-        return _InceptionFeatures(None if weights_path is None else str(weights_path))
-    except Exception as err:  # the download failed: offline
+        return _InceptionFeatures(weights)
+    except Exception as err:  # the download failed: offline (or the tensors do not fit the network)
+        if weights is not None:
+            raise ValueError(f"inception weights {str(weights_path)!r} do not fit the FID Inception-v3 network "
+                             f"({type(err).__name__}: {err}); use pt_inception-2015-12-05-6726825d.pth") from None
         raise FileNotFoundError(
             f"could not load the Inception weights ({type(err).__name__}: {err}); without internet pass "
             "--inception-weights PATH, or use a classifier's features (difflab train-classifier)"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..diffusion import GaussianDiffusion
-from ..validation import NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real, model_dtype
+from ..validation import NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .denoiser import Denoiser
@@ -224,6 +224,7 @@ def sample(
         noise = float_input(noise, "noise", model, NOISE_FIX, state_dtype)
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        check_finite(noise, "noise", NOISE_FIX)  # NaN noise would give NaN samples, not an error
     device = resolve_device(device, "device") if device is not None else model_device(model, noise)
     sig = _sigmas(proc, spec, steps, common.get("spacing"), common.get("sigmas"), common.get("timesteps"))
     cond = check_labels(model, cond, shape[0], device)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.grids import save_image_grid
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
+from ..validation import is_int
 
 __all__ = ["generate", "labels_for", "class_rows", "save_grid"]
 
@@ -23,12 +25,19 @@ def labels_for(labels: Labels, n: int, num_classes: Optional[int]) -> Optional[T
         return None
     if num_classes is None:
         raise ValueError("labels were given but the model is unconditional (trained without num_classes)")
-    if isinstance(labels, bool):
-        raise TypeError(f"labels must be an int, a sequence of ints or a long tensor, got {labels!r}")
-    if isinstance(labels, int):
-        cond = torch.full((n,), labels, dtype=torch.long)
+    if isinstance(labels, (bool, str, bytes)) or not (is_int(labels) or isinstance(labels, (Sequence, Tensor,
+                                                                                          np.ndarray))):
+        digits = isinstance(labels, str) and labels.isdigit()
+        hint = f" (the class index as a number: labels={int(labels)})" if digits else ""
+        raise TypeError(f"labels must be an int, a sequence of ints or a long tensor, got "
+                        f"{type(labels).__name__} {labels!r}{hint}")
+    if is_int(labels):
+        cond = torch.full((n,), int(labels), dtype=torch.long)
     else:
-        cond = torch.as_tensor(labels)
+        try:
+            cond = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):  # a sequence of strings, ragged lists, ...
+            raise TypeError(f"labels must be an int, a sequence of ints or a long tensor, got {labels!r}") from None
         if cond.is_floating_point() or cond.shape != (n,):
             raise ValueError(f"labels must be {n} integers (one per sample), got shape {tuple(cond.shape)}")
         cond = cond.long().cpu()
