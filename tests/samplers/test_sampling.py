@@ -82,7 +82,7 @@ def test_gaussian_mixture_mode_weights_and_shapes(proc, sampler, steps):
     # (first order); the bounds are these rounded up. The order test shows they vanish.
     [("dpmpp_2m", 20, 0.02), ("dpmpp_3m", 20, 0.005), ("heun", 25, 0.035), ("euler", 100, 0.03)],
 )
-def test_gaussian_data_mean_and_std_of_the_fast_samplers(proc, sampler, steps, max_rel_bias):
+def test_gaussian_data_mean_and_std_of_the_higher_order_samplers(proc, sampler, steps, max_rel_bias):
     n = 20_000
     model = dl.models.GaussianDenoiser(proc, MU64, S)
     x = dl.sample(

@@ -1,4 +1,4 @@
-"""Optimised noise levels: the few steps of a fast sampler placed where a given model needs them.
+"""Optimised noise levels: the few steps of a higher-order sampler placed where a given model needs them.
 
 A deterministic sampler with n steps maps starting noise z to a sample x_n(z; sigmas). The
 exact probability-flow ODE maps z to x_ref(z), and its samples have the model's own
