@@ -3,10 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from mnist_idx import write_mnist_like
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-MNIST_DIR = SHARED / "data" / "mnist"
 
 # One intra-op thread: the tests run many small ops, where a second thread costs more in
 # synchronisation than it computes; and when the 2-core CI machine has any other load, two
@@ -31,3 +30,12 @@ def one_thread():
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A folder in MNIST's layout written by the tests (tests/mnist_idx.py: t10k gzipped, train5k
+    raw, from scikit-learn's digits), so that no test needs the real MNIST beside the checkout."""
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist_like(root)
+    return root

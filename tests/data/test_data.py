@@ -1,4 +1,6 @@
-"""Image data: MNIST IDX files (real and damaged), sklearn digits, image folders, load-by-name, grids."""
+"""Image data: MNIST IDX files (MNIST-format files the tests write, and damaged ones), sklearn
+digits, image folders, load-by-name, grids. No test reads the real MNIST: ``mnist_dir``
+(tests/conftest.py) is a small MNIST-format set written by tests/mnist_idx.py."""
 
 import gzip
 import hashlib
@@ -8,57 +10,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mnist_idx import idx_bytes, mnist_like_arrays, write_split
 
 import difflab as dl
 from difflab.data import mnist
 
-MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file written independently of the reader: magic 0x0000 08 ndim, big-endian dims, bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_split(root: Path, images: np.ndarray, labels: np.ndarray, split="toy", gz=True) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for kind, arr, nd in (("images", images, 3), ("labels", labels, 1)):
-        data = idx_bytes(arr)
-        name = f"{split}-{kind}-idx{nd}-ubyte"
-        if gz:
-            (root / f"{name}.gz").write_bytes(gzip.compress(data))
-        else:
-            (root / name).write_bytes(data)
-
-
-@pytest.fixture(scope="module")
-def t10k():
-    return mnist.load(MNIST, split="t10k")
-
-
-def test_shared_mnist_files_are_the_published_ones():
-    digest = hashlib.md5((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes()).hexdigest()
-    assert digest == "9fb629c4189551a2d022fa330f9573f3" == mnist.MD5["t10k-images-idx3-ubyte.gz"]
-
-
-def test_t10k(t10k):
-    images, labels = t10k
-    assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.float32
-    assert labels.shape == (10000,) and labels.dtype == torch.long
+def test_t10k(mnist_dir):
+    """The gzipped split: shapes, dtypes, [-1, 1], and the bytes written round-trip."""
+    images, labels = mnist.load(mnist_dir, split="t10k")
+    want_images, want_labels = mnist_like_arrays()
+    assert images.shape == (1200, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (1200,) and labels.dtype == torch.long
     assert images.min() == -1.0 and images.max() == 1.0
     # 0 -> -1 and 255 -> 1 linearly: background is exactly -1, and the raw bytes round-trip
-    raw = np.frombuffer(gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8)
+    raw = np.frombuffer(gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8)
     np.testing.assert_array_equal(((images.numpy().ravel() + 1) * 127.5).round().astype(np.uint8), raw)
-    # the official test split: its first labels and its class counts are published facts
-    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    np.testing.assert_array_equal(raw.reshape(-1, 28, 28), want_images[:1200])
+    assert labels.tolist() == want_labels[:1200].tolist()
 
 
-def test_train5k_has_500_per_class():
-    images, labels = dl.data.load("mnist", root=str(MNIST), split="train5k")
-    assert images.shape == (5000, 1, 28, 28)
-    assert torch.bincount(labels, minlength=10).tolist() == [500] * 10
+def test_raw_split_loads_by_name(mnist_dir):
+    """The uncompressed split (train5k), through dl.data.load by name."""
+    assert (mnist_dir / "train5k-images-idx3-ubyte").is_file()
+    images, labels = dl.data.load("mnist", root=str(mnist_dir), split="train5k")
+    want_images, want_labels = mnist_like_arrays()
+    assert images.shape == (597, 1, 28, 28)
+    assert torch.equal(labels, torch.from_numpy(want_labels[1200:].astype(np.int64)))
+    assert torch.bincount(labels, minlength=10).min() > 0  # every class
+    torch.testing.assert_close(images, torch.from_numpy(want_images[1200:]).float().unsqueeze(1) / 127.5 - 1)
 
 
 def test_image_size_pads_or_resizes(tmp_path):
@@ -97,14 +77,15 @@ def test_raw_and_gzipped_files_read_alike(tmp_path):
     np.testing.assert_array_equal(mnist.read_idx(tmp_path / "raw" / "toy-images-idx3-ubyte"), images)
 
 
-def test_missing_folder_and_files(tmp_path):
+def test_missing_folder_and_files(tmp_path, mnist_dir):
     with pytest.raises(FileNotFoundError) as err:
         mnist.load(tmp_path / "nowhere")
     message = str(err.value)
-    for part in ("nowhere", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "shared/data/mnist", "download=True"):
+    for part in ("nowhere", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "download=True"):
         assert part in message
+    assert "/work" not in message and "shared" not in message  # no machine's own path
     (tmp_path / "half").mkdir()
-    shutil.copy(MNIST / "t10k-images-idx3-ubyte.gz", tmp_path / "half")
+    shutil.copy(mnist_dir / "t10k-images-idx3-ubyte.gz", tmp_path / "half")
     with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found.*t10k-images"):
         mnist.load(tmp_path / "half")
     with pytest.raises(FileNotFoundError, match="only the official splits"):
@@ -142,19 +123,21 @@ def test_damaged_files_give_clear_errors(tmp_path):
             mnist.load(root, split="toy")
 
 
-def test_download_from_a_mirror(tmp_path):
-    """download=True fetches missing files (md5-checked) from a mirror; here a local file:// one."""
+def test_download_from_a_mirror(tmp_path, mnist_dir, monkeypatch):
+    """download=True fetches missing files (md5-checked) from a mirror; here a local file:// one
+    serving the tests' own t10k files, with their md5 sums in place of the published ones."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(MNIST / name, mirror / name)
+        shutil.copy(mnist_dir / name, mirror / name)
+        monkeypatch.setitem(mnist.MD5, name, hashlib.md5((mnist_dir / name).read_bytes()).hexdigest())
     bad = tmp_path / "bad_mirror"
     bad.mkdir()
     (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"not mnist")
     (bad / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not mnist")
     root = tmp_path / "downloads"
     images, labels = mnist.load(root, download=True, mirrors=(bad.as_uri() + "/", mirror.as_uri() + "/"))
-    assert images.shape == (10000, 1, 28, 28) and len(labels) == 10000
+    assert images.shape == (1200, 1, 28, 28) and len(labels) == 1200
     assert sorted(p.name for p in root.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     with pytest.raises(RuntimeError, match="md5"):
         mnist.load(tmp_path / "again", download=True, mirrors=(bad.as_uri() + "/",))

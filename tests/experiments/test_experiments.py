@@ -1,15 +1,12 @@
 """experiments/classic.py --size tiny: the whole report's code path in seconds (numbers meaningless),
-on a small generated MNIST-format data set (no real MNIST needed); and `difflab experiments`
-saying where the experiments moved."""
+on the small MNIST-format data set the tests write (``mnist_dir``, tests/conftest.py: no real
+MNIST needed); and `difflab experiments` saying where the experiments moved."""
 
-import gzip
 import json
 import math
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 import torch
 from scripts import REPO, load_script
 
@@ -23,41 +20,16 @@ from experiments.mnist import mnist_config  # noqa: E402
 from experiments.settings import FIT_SEED, SIZES  # noqa: E402
 
 
-def write_idx(path, array: np.ndarray) -> None:
-    """An IDX file of uint8 values (magic 0x00000800 + ndim, big-endian uint32 sizes), gzipped."""
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()))
-
-
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    """MNIST's layout (t10k and train5k IDX files) made from scikit-learn's 8x8 digits: each digit
-    upsampled to 20x20 and centred in 28x28, as MNIST's are; 1200 in t10k, the other 597 in train5k."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
-    x = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    images = (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    labels = bunch.target.astype(np.uint8)
-    root = tmp_path_factory.mktemp("mnist")
-    for split, idx in (("t10k", slice(0, 1200)), ("train5k", slice(1200, None))):
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images[idx])
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels[idx])
-    return root
-
-
-def test_the_generated_mnist_reads_as_mnist(mnist_root):
+def test_the_generated_mnist_reads_as_mnist(mnist_dir):
     from difflab import data
 
-    x, y = data.load("mnist", root=str(mnist_root), split="train5k", image_size=14)
+    x, y = data.load("mnist", root=str(mnist_dir), split="train5k", image_size=14)
     assert x.shape == (597, 1, 14, 14) and y.shape == (597,) and set(y.tolist()) == set(range(10))
     assert x.min() == -1 and x.max() > 0.9
 
 
-def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_root):
-    args = ["--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(mnist_root), "--quiet"]
+def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_dir):
+    args = ["--size", "tiny", "--out", str(tmp_path), "--mnist-root", str(mnist_dir), "--quiet"]
     assert classic.main(args) == 0
     report = (tmp_path / "report.md").read_text()
     for heading in ("Swiss roll", "Classifier-free guidance", "MNIST", "floor", "Unconditional against conditional",
@@ -111,7 +83,7 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_root):
     # classifier's input are resized to match, and every row is finite
     bench = load_script("benchmarks/sampler_quality.py")
     res = bench.main(["--mnist", str(tmp_path / "runs" / "mnist_cond"), "--classifier", str(tmp_path / "classifier"),
-                      "--mnist-root", str(mnist_root), "--n", "20", "--batch", "20", "--nfe", "2",
+                      "--mnist-root", str(mnist_dir), "--n", "20", "--batch", "20", "--nfe", "2",
                       "--optimise-up-to", "0", "--out", str(tmp_path / "nfe"), "--quiet", "--device", "cpu"])
     assert res["image_size"] == 14 and len(res["rows"]) >= 1 + 6
     assert all(math.isfinite(r["fid"]) for r in res["rows"])

@@ -12,10 +12,12 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from .. import data, evaluation, models, schedules
+from ..devices import count_flops, use_cpu_threads
 from ..files import atomic_write_text
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
@@ -40,7 +42,9 @@ def _train(model, proc, points, steps, batch, lr, seed, progress):
     """Plain AdamW with one-cycle LR and an EMA of the weights; returns (ema_model, losses)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    # OneCycleLR divides by its warm-up's length, pct_start * steps - 1: zero for 5% of 20 steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.05 if steps != 20 else 0.1)
     ema = EMA(model, decay=0.995)
     losses = []
     bar = None
@@ -79,8 +83,15 @@ def run_demo(
     ddim_steps: int = 50,
     seed: int = 0,
     progress: bool = True,
+    threads: int = 0,
+    say: Optional[Callable[[str], None]] = None,
 ) -> dict:
-    """Train, sample, evaluate and draw; returns the metrics written to ``out/metrics.json``."""
+    """Train, sample, evaluate and draw; returns the metrics written to ``out/metrics.json``.
+
+    ``threads``: torch's intra-op threads, set for the process as the trainer does (0: the rule of
+    ``difflab.devices.choose_cpu_threads``, which gives the demo's small MLP one thread);
+    ``say`` receives the line that says what was chosen.
+    """
     # every argument is checked before training, so a bad sampler setting does not waste the run
     _check_int("train_steps", train_steps, 1)
     _check_int("batch", batch, 1)
@@ -88,6 +99,7 @@ def run_demo(
     _check_int("ddpm_steps", ddpm_steps, 1, T)
     _check_int("ddim_steps", ddim_steps, 1, T)
     _check_int("seed", seed, 0)
+    _check_int("threads", threads, 0)
     if not is_real(lr) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if dataset not in data.toy2d.NAMES:
@@ -101,6 +113,11 @@ def run_demo(
     proc = GaussianDiffusion(schedules.linear(T), prediction="eps")
     points = data.toy2d.make(dataset, 100_000, g)
     model = models.MLPDenoiser(dim=2, width=128, depth=3)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # a step: forward + backward (~3x) of a batch
+        step_flops = 3 * count_flops(lambda: model(points[:2], torch.zeros(2, dtype=torch.long))) / 2 * batch
+    line = use_cpu_threads(step_flops, threads)
+    if say is not None:
+        say(line)
     t0 = time.perf_counter()
     ema_model, losses = _train(model, proc, points, train_steps, batch, lr, seed, progress)
     train_seconds = time.perf_counter() - t0
@@ -141,6 +158,7 @@ def run_demo(
         },
         "final_loss": sum(losses[-100:]) / len(losses[-100:]),
         "train_steps": train_steps,
+        "cpu_threads": torch.get_num_threads(),
         "seconds": {"train": train_seconds, "ddpm": ddpm_seconds, "ddim": ddim_seconds},
     }
     if not all(math.isfinite(v) for v in metrics["sliced_wasserstein"].values()):
@@ -168,13 +186,16 @@ def add_parser(sub) -> None:
     p.add_argument("--ddpm-steps", type=int, default=1000)
     p.add_argument("--ddim-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch's CPU threads (default 0: one for the demo's small model, see difflab.devices)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     m = run_demo(args.out, args.dataset, args.train_steps, n=args.n, ddpm_steps=args.ddpm_steps,
-                 ddim_steps=args.ddim_steps, seed=args.seed, progress=not args.quiet)
+                 ddim_steps=args.ddim_steps, seed=args.seed, progress=not args.quiet, threads=args.threads,
+                 say=print)
     sw = m["sliced_wasserstein"]
     print(f"difflab demo: {m['dataset']}, {m['train_steps']} training steps in {m['seconds']['train']:.1f} s, "
           f"{m['seconds']['total']:.1f} s in all")

@@ -33,6 +33,7 @@ _FLAGS = {
     "compile": "compile",
     "cuda_graph": "cuda_graph",
     "max_time": "max_time",
+    "threads": "cpu_threads",
 }
 
 
@@ -50,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:<i>")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch's CPU threads (config cpu_threads; default: one for a small model, else torch's)")
     p.add_argument("--precision", choices=cfgmod.PRECISIONS)
     p.add_argument("--compile", choices=cfgmod.COMPILE_MODES)
     p.add_argument("--cuda-graph", action="store_true", default=None,
@@ -86,6 +89,8 @@ def _config(args):
 def _main(args) -> int:
     cfg, out = _config(args)
     with Trainer(cfg, out, resume=args.resume, progress=not args.quiet) as trainer:
+        if trainer.is_main and trainer.cpu_threads_note:
+            print(trainer.cpu_threads_note, flush=True)
         result = trainer.train()
     if trainer.is_main:
         early = " (stopped by max_time)" if result["stopped_by_max_time"] else ""

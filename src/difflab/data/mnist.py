@@ -139,9 +139,8 @@ def load(
     if not root.is_dir():
         raise FileNotFoundError(
             f"MNIST folder {str(root)!r} does not exist. It should hold {names[0]}[.gz] and "
-            f"{names[1]}[.gz] (the layout of /work/shared/data/mnist, i.e. ../shared/data/mnist from "
-            "the project root, or of the official MNIST files); pass download=True to fetch "
-            "the official train / t10k files into it"
+            f"{names[1]}[.gz] (the official MNIST files' names, gzipped or not); pass download=True "
+            "to fetch the official train / t10k files into it"
         )
     paths = [_find(root, n) for n in names]
     missing = [n for n, p in zip(names, paths) if p is None]

@@ -314,8 +314,9 @@ class TrainConfig:
     view under torch.compile, "always", or "triton" = difflab's Triton kernels for the sample
     grids and "compile" for the training steps), and ``channels_last`` memory
     format, ``optim.fused``, ``data.on_device``; ``cpu_threads`` (CPU runs: torch's intra-op
-    threads, 0 = torch's default; 1 suits small models on a busy machine, where threads that
-    wait for each other cost more than they compute).
+    threads; 0 = chosen by the work, ``difflab.devices.choose_cpu_threads``: one thread for a
+    step under 2 GFLOP, where threads that wait for each other cost more than they compute,
+    else torch's default; ``difflab train`` prints the choice, ``--threads`` sets it).
 
     ``max_time``: a wall-clock budget in seconds for the whole run, resumes included (null = none,
     the default). When it is spent the trainer writes a checkpoint and stops early, as after the

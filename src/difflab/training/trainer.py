@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..devices import graphs_supported as _graphs_supported
-from ..devices import resolve_device
+from ..devices import count_flops, resolve_device, use_cpu_threads
 from ..diffusion import GaussianDiffusion
 from ..accel import set_module_forms
 from .build import build_model, build_process
@@ -116,8 +116,6 @@ class Trainer:
         self.progress = progress
         self.rank, self.world, local = _dist_env()
         self.device = _resolve_device(cfg.device, local)
-        if cfg.cpu_threads and self.device.type == "cpu":
-            torch.set_num_threads(cfg.cpu_threads)  # process-wide, like torchrun's OMP_NUM_THREADS
         per = cfg.batch_size // cfg.grad_accum
         if per % self.world:
             raise ValueError(
@@ -168,7 +166,12 @@ class Trainer:
         model = build_model(cfg)
         set_module_forms(model, group_norm=cfg.group_norm)  # faster forms of the same function, in place
         self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
-        self._check_model(model)
+        sample_flops = self._check_model(model)
+        # CPU runs: torch's threads, process-wide like torchrun's OMP_NUM_THREADS, by the rule of
+        # difflab.devices (one for a small step: forward + backward ~ 3x the forward of a micro-batch)
+        self.cpu_threads_note: Optional[str] = None
+        if self.device.type == "cpu":
+            self.cpu_threads_note = use_cpu_threads(3 * sample_flops * self.micro_batch, cfg.cpu_threads)
         self.channels_last = cfg.channels_last and len(self.sample_shape) == 3
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         model.train()
@@ -279,10 +282,11 @@ class Trainer:
 
             tqdm.write(msg, file=sys.stderr)
 
-    def _check_model(self, model: nn.Module) -> None:
+    def _check_model(self, model: nn.Module) -> float:
         """The config's loss on two samples (the model called as its loss calls it: a
         super-resolution model with its low-res images), so a model that cannot take the data
-        fails here with a clear message."""
+        fails here with a clear message. Returns its FLOPs per sample (counted on CPU runs only,
+        for the choice of threads; 0 on others)."""
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
         t = torch.zeros(k, dtype=torch.long)
@@ -292,7 +296,10 @@ class Trainer:
         model.eval()
         try:
             with torch.no_grad():
-                build_loss(self.proc, self.cfg)(model, batch)
+                if self.device.type != "cpu":
+                    build_loss(self.proc, self.cfg)(model, batch)
+                    return 0.0
+                return count_flops(lambda: build_loss(self.proc, self.cfg)(model, batch)) / k
         except Exception as err:  # noqa: BLE001 - re-raised with the config's names
             raise ValueError(
                 f"model {self.cfg.model.name!r} cannot take data {self.cfg.data.name!r} of shape "
