@@ -199,19 +199,46 @@ def test_the_direction_rule_itself():
 
 
 # Imports that stay inside a function, each for an optional package it needs (never for a cycle).
-OPTIONAL_IMPORTS = {("difflab.accel", "difflab.accel.group_norm_triton")}  # triton: CUDA builds / Linux only
+OPTIONAL_IMPORTS = {("difflab.accel", "difflab.accel.group_norm_triton"),  # triton: CUDA builds / Linux only
+                    ("difflab.accel.group_norm", "difflab.accel.group_norm_triton")}
+
+
+def import_module_calls(tree: ast.AST, importer: str) -> list[tuple[str, int]]:
+    """The modules named by ``importlib.import_module(...)`` calls: a string, or an f-string of
+    ``__package__`` and a string (``f"{__package__}.group_norm_triton"``); (name, line)."""
+    package = package_of(importer)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.append((arg.value, node.lineno))
+            elif isinstance(arg, ast.JoinedStr):
+                parts = [package if isinstance(v, ast.FormattedValue) and getattr(v.value, "id", "") == "__package__"
+                         else v.value if isinstance(v, ast.Constant) else "?" for v in arg.values]
+                found.append(("".join(parts), node.lineno))
+    return found
 
 
 def imports_inside_functions() -> set[tuple[str, str]]:
-    """(importer, module) of every difflab import placed inside a function."""
+    """(importer, module) of every difflab import placed inside a function, import statements
+    and ``importlib.import_module`` calls alike."""
     found = set()
     for path in sorted((SRC / PACKAGE).rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        lines = {n.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-                 for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
-        found |= {(imp.importer, imp.module) for imp in imports_in(path.read_text(), module_name(path), path)
+        tree, importer = ast.parse(path.read_text(), str(path)), module_name(path)
+        functions = [fn for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        lines = {n.lineno for fn in functions for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        found |= {(imp.importer, imp.module) for imp in imports_in(path.read_text(), importer, path)
                   if imp.line in lines}
+        calls = {n.lineno for fn in functions for n in ast.walk(fn) if isinstance(n, ast.Call)}
+        found |= {(importer, name) for name, line in import_module_calls(tree, importer)
+                  if line in calls and name.startswith(PACKAGE)}
     return found
+
+
+def test_import_module_calls_are_seen():
+    tree = ast.parse('import importlib\ndef f():\n    return importlib.import_module(f"{__package__}.kernels")\n')
+    assert import_module_calls(tree, "difflab.accel.group_norm") == [("difflab.accel.kernels", 3)]
 
 
 def test_no_import_inside_a_function():

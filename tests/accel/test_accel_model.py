@@ -626,3 +626,18 @@ def test_a_captured_run_matches_per_call_graphs_on_the_gpu(proc):
     assert len(whole._runs) == 1 and len(per_call._calls) == 1
     per_call.release()
     whole.release()
+
+
+def test_a_labelled_function_keeps_its_labels_once_accelerated():
+    """A plain function has no num_classes to check labels against; the wrapper must not invent
+    one (None would call it unconditional and refuse its labels)."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+
+    def f(x, t, cond):
+        return 0.1 * x + cond.float().view(-1, 1)
+
+    labels, noise = torch.tensor([0, 1]), torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    want = dl.sample(f, proc, (2, 2), "ddim", 3, cond=labels, noise=noise)
+    fast = dl.accel.accelerate(f)
+    assert not hasattr(fast, "num_classes")
+    torch.testing.assert_close(dl.sample(fast, proc, (2, 2), "ddim", 3, cond=labels, noise=noise), want)

@@ -120,3 +120,20 @@ def test_cli_errors(run_dir, pngs, tmp_path, capsys):
     assert "exactly two images" in err(["interpolate", *ck, "--input", pngs[0]])
     assert "--label needs a class-conditional model" in err(
         ["img2img", *ck, "--input", pngs[0], "--label", "3"])
+
+
+def test_every_editing_command_takes_the_speed_flags(run_dir, pngs, tmp_path, capsys):
+    """inpaint, img2img, interpolate and upscale accept the speed flags of `difflab sample`
+    (cli/speed.py): on the CPU channels_last computes the same images, up to the float32 rounding
+    of another memory order -- at most one grey level of 255 in the PNG."""
+    for argv in (["img2img", "--input", pngs[0], "--strength", "0.3", "--steps", "3"],
+                 ["inpaint", "--input", pngs[0], "--mask", "half:bottom", "--steps", "3"],
+                 ["interpolate", "--input", *pngs, "--frames", "3", "--steps", "3"]):
+        plain, fast = tmp_path / f"{argv[0]}_plain.png", tmp_path / f"{argv[0]}_cl.png"
+        assert main([argv[0], "--ckpt", str(run_dir), *argv[1:], "--out", str(plain)]) == 0
+        assert main([argv[0], "--ckpt", str(run_dir), *argv[1:], "--channels-last", "--out", str(fast)]) == 0
+        assert np.abs(pixels(plain) - pixels(fast)).max() <= 1, argv[0]
+    for command in ("upscale", "interpolate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--fast" in capsys.readouterr().out

@@ -98,3 +98,18 @@ def test_plain_trainer_refuses_a_superres_model(tmp_path):
         Trainer(sr_config(), tmp_path / "plain", progress=False)
     with pytest.raises(ValueError, match="needs model 'superres'"):
         E.train_superres(sr_config(model={"name": "unet_tiny", "kwargs": {}}), tmp_path / "x", progress=False)
+
+
+def test_upscale_with_an_accelerated_model_keeps_float32_state_and_refuses_a_whole_run_capture():
+    """The bound low-res wrapper reports the accelerated model's dtype (a bf16-stored network
+    under bf16 autocast samples in float32), and refuses cuda_graph='loop', whose capture would
+    keep the first call's low-res images for every later call."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    model = tiny_sr().to(torch.bfloat16)
+    fast = dl.accel.accelerate(model, precision="bf16")
+    assert E.WithLowRes(fast, torch.zeros(1, 1, 4, 4)).dtype == torch.float32
+    seen = []
+    hi = E.upscale(fast, proc, torch.zeros(2, 1, 4, 4), "ddim", 3, callback=lambda s: seen.append(s["x"].dtype))
+    assert hi.dtype == torch.float32 and set(seen) == {torch.float32}
+    with pytest.raises(ValueError, match="low-resolution images for every later run"):
+        E.upscale(dl.accel.accelerate(tiny_sr(), cuda_graph="loop"), proc, torch.zeros(2, 1, 4, 4), "ddim", 3)

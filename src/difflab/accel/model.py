@@ -106,7 +106,8 @@ class Accelerated(nn.Module):
         self.module = module
         self.precision, self.channels_last, self.cuda_graph = precision, channels_last, cuda_graph
         self.compile_kwargs = compile_kwargs(compile)
-        self.num_classes = getattr(module, "num_classes", None)
+        if hasattr(module, "num_classes"):  # (a labelled function without it keeps its labels unchecked)
+            self.num_classes = module.num_classes
         if channels_last and isinstance(module, nn.Module):
             module.to(memory_format=torch.channels_last)  # 4-D weights only; values unchanged
         fn = module if self.compile_kwargs is None else torch.compile(module, **self.compile_kwargs)

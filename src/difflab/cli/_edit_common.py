@@ -29,15 +29,17 @@ def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     add_speed_args(p)
     p.add_argument("--no-clip", action="store_true",
-                   help="don't clamp the model's x0 estimates to the image range [-1, 1] (clamped by default)")
+                   help="don't clamp the model's x0 estimates to the run's data range ([-1, 1] for images; clamped by default)")
 
 
-def load_run(args, stochastic: bool = False):
+def load_run(args, stochastic: bool = False, whole_run: bool = True):
     """The run of ``--ckpt`` on ``--device`` and the network to use (``--raw``: not the EMA), as
     the speed flags ask (``stochastic``: the command draws noise as it runs whatever its sampler,
     as inpainting does). A super-resolution network refuses, at its first call, any command that
-    gives it no low-res image."""
+    gives it no low-res image. ``whole_run=False``: --fast captures each network call, never a
+    whole run."""
     deterministic = not stochastic and getattr(args, "sampler", "ddim") != "ddpm" and getattr(args, "eta", 0) == 0
+    deterministic = deterministic and whole_run
     device = resolve_device(args.device, "--device")
     run = load(args.ckpt, device=device)
     return run, accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
@@ -98,8 +100,9 @@ def labels(args, run, batch: int) -> Optional[Tensor]:
     return torch.full((batch,), args.label, dtype=torch.long)
 
 
-def clip_x0(args) -> Optional[float]:
-    return None if getattr(args, "no_clip", False) else 1.0
+def clip_x0(args):
+    """None (no clipping) with --no-clip, else ``...``: the run's process's data range."""
+    return None if getattr(args, "no_clip", False) else ...
 
 
 def generator(args) -> torch.Generator:

@@ -16,6 +16,7 @@ import torch
 
 from ..editing import interpolate, reconstruct, save_images
 from ._edit_common import Shapes, check_out, labels, load_run, read_inputs
+from .speed import add_speed_args
 
 __all__ = ["add_parser"]
 
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
+    add_speed_args(p)
     p.set_defaults(func=_main)
 
 

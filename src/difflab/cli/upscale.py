@@ -17,6 +17,7 @@ from ..editing import downsample, save_images, upscale
 from ..models.superres import lowres_model
 from ..samplers import SAMPLERS
 from ._edit_common import check_out, clip_x0, generator, labels, load_run, read_inputs
+from .speed import add_speed_args
 
 __all__ = ["add_parser"]
 
@@ -36,8 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--no-clip", action="store_true", help="don't clamp the x0 estimates to [-1, 1]")
+    p.add_argument("--no-clip", action="store_true",
+                   help="don't clamp the x0 estimates to the run's data range ([-1, 1] for images)")
     p.add_argument("--out", default=None, help="PNG to write (default upscaled.png)")
+    add_speed_args(p)
     p.set_defaults(func=_main)
 
 
@@ -46,7 +49,7 @@ def _main(args) -> int:
         raise ValueError("give --ckpt RUN and --input PNG... to upscale (train a model with "
                          "`difflab train --config configs/mnist_superres.yaml --out RUN`)")
     out = check_out(args, "upscaled.png")
-    run, model = load_run(args)
+    run, model = load_run(args, whole_run=False)  # (a captured run would keep the first low-res images)
     sr = lowres_model(model)
     if sr is None:
         raise ValueError(f"{args.ckpt} holds a {run.config.model.name!r} model without low-resolution "

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..accel import set_module_forms
 from ..devices import resolve_device
 from ..files import atomic_write, atomic_write_text, fsync_path
 from ..diffusion import GaussianDiffusion
@@ -561,6 +562,7 @@ def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any, con
             f"{type(model).__name__}): the checkpoint is damaged or its config was edited after training. "
             f"Restore the config the run was trained with. First difference: {difference}"
         )
+    set_module_forms(model)  # computed in the forms the trainer trained and sampled its grids with
     return model.to(device).eval().requires_grad_(False)
 
 
