@@ -94,6 +94,47 @@ def test_an_unreadable_lock_is_respected_while_young_and_taken_over_when_old(tmp
     assert notes and "unreadable" in notes[0]
 
 
+@pytest.mark.parametrize("stale", ["", "{garbled", "dead pid"])
+@pytest.mark.parametrize("fresh", ["taken", "being written"])
+def test_a_fresh_lock_taken_while_a_stale_one_is_removed_is_never_deleted(tmp_path, monkeypatch, stale, fresh):
+    """Process B judges the lock stale; before B moves it aside, process A removes that stale lock
+    and takes a fresh one (written, or still empty). B's rename then moves A's lock: B must see that
+    it is not the file it judged (empty and garbled locks have no content to compare: their
+    identity, inode + mtime + size, tells), put it back and be refused, so only A holds the lock."""
+    path = tmp_path / LOCK_NAME
+    if stale == "dead pid":
+        _write_lock(tmp_path, pid=_dead_pid())
+    else:
+        path.write_text(stale)
+        old = time.time() - 60
+        os.utime(path, (old, old))
+    a = RunLock(tmp_path, say=lambda msg: None)
+    calls = []
+
+    def a_moves_in(lock):  # RunLock._judged_stale: between judging and renaming
+        calls.append(lock)
+        if len(calls) > 1:
+            return  # A's own take-over (fresh == "taken") passes this hook too
+        if fresh == "taken":
+            a.acquire()  # A judges the same lock stale, removes it and takes its own
+        else:
+            path.unlink()
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # A's lock, created, not yet written
+
+    monkeypatch.setattr(RunLock, "_judged_stale", a_moves_in)
+    b = RunLock(tmp_path, say=lambda msg: None)
+    with pytest.raises(RunLocked, match=f"process {os.getpid()}" if fresh == "taken" else "being written"):
+        b.acquire()
+    assert not b.held and calls[0] is b
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # A's lock, back in place; nothing aside
+    if fresh == "taken":
+        assert a.held and json.loads(path.read_text())["token"] == a.token
+        a.release()
+        assert not path.exists()
+    else:
+        assert path.read_text() == ""
+
+
 # ------------------------------------------------------------------ the trainer
 def test_the_trainer_holds_the_lock_while_training_and_releases_it(tmp_path):
     seen = []

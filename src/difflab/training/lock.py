@@ -62,6 +62,12 @@ def _alive(pid: int, started: Optional[str]) -> bool:
     return True
 
 
+def _identity(st: os.stat_result) -> tuple:
+    """What tells one lock file from another, even one created at the same path after it was
+    deleted (which may reuse its inode number): (inode, mtime in ns, size)."""
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class RunLock:
     """The lock of one run folder. ``acquire()`` takes it (raising :class:`RunLocked` when a
     living process holds it; taking over a stale one with a note), ``release()`` gives it back;
@@ -81,25 +87,43 @@ class RunLock:
     def owner(self) -> Optional[dict]:
         """The lock file's content (pid, host, started, since, command, token); None when there is
         no lock file; ``{}`` when it cannot be read as one."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[Optional[dict], Optional[tuple]]:
+        """(what :meth:`owner` returns, the identity of the file it was read from): the identity
+        (inode, mtime in ns, size) is taken from the same open file as the content, so it names
+        exactly the lock that was read; None where the file could not be opened or stat'ed."""
         try:
-            text = self.path.read_text(errors="replace")
+            with open(self.path, "rb") as f:
+                ident = _identity(os.fstat(f.fileno()))
+                text = f.read().decode(errors="replace")
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError:
-            return {}
+            try:
+                return {}, _identity(os.stat(self.path))
+            except FileNotFoundError:
+                return None, None
+            except OSError:
+                return {}, None
         try:
             info = json.loads(text)
         except ValueError:
-            return {}
-        return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else {}
+            return {}, ident
+        return (info if isinstance(info, dict) and isinstance(info.get("pid"), int) else {}), ident
 
-    def _stale(self, info: dict) -> Optional[str]:
-        """Why the lock described by ``info`` is stale, or None when its owner may still run."""
+    def _stale(self, info: dict, ident: Optional[tuple] = None) -> Optional[str]:
+        """Why the lock described by ``info`` (read from the file ``ident``, when known) is stale,
+        or None when its owner may still run."""
         if not info:
-            try:
-                age = time.time() - self.path.stat().st_mtime
-            except FileNotFoundError:
-                return "it is gone"
+            if ident is not None:
+                mtime = ident[1] / 1e9
+            else:
+                try:
+                    mtime = self.path.stat().st_mtime
+                except FileNotFoundError:
+                    return "it is gone"
+            age = time.time() - mtime
             return f"the lock file is unreadable and {age:.0f} s old" if age > _WRITE_GRACE_S else None
         if info.get("host") != socket.gethostname():
             return None  # a process on another machine: cannot tell from here
@@ -140,14 +164,14 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                info = self.owner()
+                info, ident = self._read()
                 if info is None:
                     continue  # released meanwhile
-                why = self._stale(info)
+                why = self._stale(info, ident)
                 if why is None:
                     raise self._refusal(info) from None
-                self._remove_stale(info, why)
-                continue
+                self._remove_stale(info, why, ident)
+                continue  # removed: take it next round; put back (not the one judged): judge it then
             try:
                 os.write(fd, (json.dumps(me) + "\n").encode())
                 os.fsync(fd)
@@ -158,10 +182,17 @@ class RunLock:
         raise RunLocked(f"run folder {str(self.folder)!r}: could not take its lock {str(self.path)!r} (other "
                         "processes keep taking it); make sure one training at a time uses this folder")
 
-    def _remove_stale(self, info: dict, why: str) -> None:
+    def _judged_stale(self) -> None:
+        """Called between judging a lock stale and moving it aside: a no-op, where tests put what
+        another process may do in that moment (remove the stale lock and take a fresh one)."""
+
+    def _remove_stale(self, info: dict, why: str, ident: Optional[tuple]) -> None:
         """Move the stale lock aside (an atomic rename: of several processes doing this at once,
         one wins) and delete it, unless what was moved is not the lock judged stale (another
-        process took over meanwhile): that one is put back."""
+        process removed that one and took a fresh lock meanwhile): that one is put back. The
+        file moved is compared by identity (inode, mtime, size: ``ident``, taken when it was
+        judged) in every case, an empty or garbled lock included, and by content where it had one."""
+        self._judged_stale()
         aside = self.folder / f".{LOCK_NAME}.stale-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(self.path, aside)
@@ -169,11 +200,17 @@ class RunLock:
             return  # another process removed it first
         moved = RunLock(self.folder)
         moved.path = aside
-        if info and moved.owner() != info:
+        moved_info, moved_ident = moved._read()
+        if ident is None or moved_ident != ident or (info and moved_info != info):
             try:  # put it back, unless a new lock was created meanwhile (then its owner goes on)
                 os.link(aside, self.path)
-            except OSError:
+            except FileExistsError:
                 pass
+            except OSError:  # a file system without hard links: move it back
+                try:
+                    os.rename(aside, self.path)
+                except OSError:
+                    pass
             aside.unlink(missing_ok=True)
             return
         aside.unlink(missing_ok=True)
