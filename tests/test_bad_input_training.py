@@ -142,6 +142,58 @@ def test_trainer_data_takes_numpy_arrays_like_tensors(tmp_path):
         assert torch.equal(v, b.model.state_dict()[k]), k
 
 
+def _images(lo, hi, n=8):
+    """n 1x8x8 images whose values run evenly from lo to hi (both reached)."""
+    return torch.linspace(lo, hi, n * 64).reshape(n, 1, 8, 8)
+
+
+def _image_cfg(*overrides):
+    """A run on images: the config names the image data set 'digits' (not loaded: data= replaces it)."""
+    return tiny(*overrides, model={"name": "unet_tiny", "kwargs": {}}, data={"name": "digits"})
+
+
+def test_0_255_pixels_given_as_data_are_refused_as_data_not_blamed_on_the_model(tmp_path):
+    """The scale is checked with the data, before the model is tried: the message names the data's
+    source (not the config's data set, not the model) and the fix, not model.kwargs."""
+    with pytest.raises(ValueError) as err:
+        Trainer(_image_cfg(), tmp_path, data=(_images(0, 255), None), progress=False)
+    msg = str(err.value)
+    assert msg.startswith("Trainer argument 'data': the images must be scaled to [-1, 1]")
+    assert "[0, 255]" in msg and "x / 127.5 - 1" in msg
+    assert "unet_tiny" not in msg and "model.kwargs" not in msg and "digits" not in msg
+    # a model that does not fit the data given: named as given, not as the config's data set
+    with pytest.raises(ValueError, match=r"model 'unet_tiny' cannot take the data given to Trainer\(data=\.\.\.\) "
+                                         r"of shape \(1, 9, 9\)") as err:
+        Trainer(_image_cfg(), tmp_path, data=(torch.zeros(8, 1, 9, 9), None), progress=False)
+    assert "digits" not in str(err.value)
+
+
+def test_data_beyond_the_sampling_clip_range_is_refused_with_the_range_and_the_fix(tmp_path):
+    """The clip range comes from the config (data set 'digits': [-1, 1]); data in [-3, 3] given
+    directly would be sampled clamped to [-1, 1] without a word: refused, naming the range found."""
+    with pytest.raises(ValueError) as err:
+        Trainer(_image_cfg(), tmp_path / "a", data=(_images(-3, 3), None), progress=False)
+    msg = str(err.value)
+    assert msg.startswith("the data given to Trainer(data=...) lies in [-3, 3], beyond the range |x0| <= 1")
+    assert "set sample.clip_x0: 3 in the config" in msg and "\n" not in msg
+    # the fix works: the run's samplers then clip to [-3, 3]
+    assert Trainer(_image_cfg("sample.clip_x0=3"), tmp_path / "b", data=(_images(-3, 3), None),
+                   progress=False).proc.clip_x0 == 3.0
+    # an explicit clip_x0 smaller than the data is refused too, naming the field
+    with pytest.raises(ValueError, match=r"lies in \[-1, 1\].*config field sample.clip_x0 = 0.5.*clip_x0: 1 "):
+        Trainer(_image_cfg("sample.clip_x0=0.5"), tmp_path / "c", data=(_images(-1, 1), None), progress=False)
+
+
+def test_image_data_in_minus_1_1_and_toy_data_are_unaffected_by_the_clip_range_check(tmp_path):
+    for i, (lo, hi) in enumerate([(-1, 1), (-1.0005, 1.0005)]):  # rounding of x / 127.5 - 1: within 1e-3
+        run = Trainer(_image_cfg(), tmp_path / str(i), data=(_images(lo, hi), None), progress=False)
+        assert run.proc.clip_x0 == 1.0
+    run = Trainer(_image_cfg(), tmp_path / "train", data=(_images(-1, 1), None), progress=False)
+    assert run.train()["step"] == 2
+    x, y = _xy()  # a 2D toy run (config data toy2d): no clip range, any scale
+    assert Trainer(tiny(), tmp_path / "toy", data=(5 * x, y), progress=False).proc.clip_x0 is None
+
+
 # ------------------------------------------------------------------ 4. resume on changed data
 def _write_images(folder, n, start=0):
     folder.mkdir(exist_ok=True)

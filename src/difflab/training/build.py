@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .. import models, schedules
 from ..data.registry import DATA_RANGE
 from ..diffusion import GaussianDiffusion
+from ..validation import IMAGE_RANGE_TOL
 from .config import TrainConfig
 
-__all__ = ["build_model", "build_process", "data_range"]
+__all__ = ["build_model", "build_process", "data_range", "check_data_range"]
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -46,7 +48,28 @@ def build_process(cfg: TrainConfig) -> GaussianDiffusion:
 def data_range(cfg: TrainConfig) -> Optional[float]:
     """The range |x0| <= c the run's samplers clip their x0 estimates to by default: the config's
     ``sample.clip_x0`` where set, else the range of its data (every image data set: [-1, 1]; the
-    2D toy sets: unbounded)."""
+    2D toy sets: unbounded). The data a run trains on must lie within it: :func:`check_data_range`."""
     if cfg.sample.clip_x0 is not None:
         return cfg.sample.clip_x0
     return None if cfg.data.name == "toy2d" else DATA_RANGE
+
+
+def check_data_range(cfg: TrainConfig, x: Tensor, name: str) -> None:
+    """Refuse data that reaches beyond the range its run's samplers clip to (:func:`data_range`,
+    up to a relative IMAGE_RANGE_TOL for rounding): the range comes from the config (its
+    ``sample.clip_x0`` or its data set's name), not from the data, so data given another way
+    (``Trainer(data=...)``) in, say, [-3, 3] would otherwise be sampled clamped to [-1, 1].
+    ``name`` names the data in the ValueError, which gives the measured range and the fix."""
+    clip = data_range(cfg)
+    if clip is None or x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    reach = max(-lo, hi)
+    if reach <= clip * (1 + IMAGE_RANGE_TOL):
+        return
+    why = (f"config field sample.clip_x0 = {clip:g}" if cfg.sample.clip_x0 is not None
+           else f"sample.clip_x0 unset: the range of image data set {cfg.data.name!r}")
+    raise ValueError(
+        f"{name} lies in [{lo:.4g}, {hi:.4g}], beyond the range |x0| <= {clip:g} its samples are clipped to "
+        f"({why}), so samples would be clamped to [-{clip:g}, {clip:g}]; set sample.clip_x0: {reach:.4g} in "
+        f"the config, or scale the data to [-{clip:g}, {clip:g}]")

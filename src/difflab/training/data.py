@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import data as datasets
-from ..validation import is_int
+from ..validation import DATA_RANGE_LIMIT, check_image_range, is_int
 
 if TYPE_CHECKING:  # (for the annotations only: config.py checks dataset names with this module)
     from .config import DataConfig
@@ -82,7 +82,9 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
 def check_data(data: Any, num_classes: Optional[int] = None,
                name: str = "data") -> tuple[Tensor, Optional[Tensor]]:
     """``data = (x, labels or None)`` given directly (``Trainer(..., data=...)``), checked as the
-    config's data is: x a float tensor [N, ...] (N >= 1) of finite values, labels an integer
+    config's data is: x a float tensor [N, ...] (N >= 1) of finite values, image-shaped x
+    ([N, C, H, W]) on the scale the process assumes (within +-DATA_RANGE_LIMIT: 0..255 pixels are
+    refused, the scale rule of :func:`difflab.validation.check_image_range`), labels an integer
     tensor [N] in 0 .. num_classes-1. NumPy arrays are taken (``torch.as_tensor``). Returns
     (x as float32, labels as long or None); errors name ``name``."""
     if isinstance(data, Tensor) or not isinstance(data, (tuple, list)) or len(data) != 2:
@@ -104,6 +106,7 @@ def check_data(data: Any, num_classes: Optional[int] = None,
         first = int(bad.flatten(1).any(1).nonzero()[0])
         raise ValueError(f"{name}: the images hold {int(bad.sum())} NaN/inf values (the first in sample "
                          f"{first}); remove or fix those samples")
+    check_image_range(x, f"{name}: the images", DATA_RANGE_LIMIT)  # before any model sees them
     if y is not None:
         if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
             raise ValueError(f"{name}: the labels must be integers (class indices), got dtype {y.dtype}")

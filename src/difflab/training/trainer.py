@@ -39,7 +39,7 @@ from ..devices import graphs_supported as _graphs_supported
 from ..devices import count_flops, resolve_device, use_cpu_threads
 from ..diffusion import GaussianDiffusion
 from ..accel import set_module_forms
-from .build import build_model, build_process
+from .build import build_model, build_process, check_data_range
 from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint, verify_checkpoint,
                          save_checkpoint)
 from .config import TrainConfig, config_diff, load_config
@@ -95,8 +95,10 @@ class Trainer:
 
     ``loss_fn(model, batch: TrainBatch) -> scalar`` replaces the default diffusion loss;
     ``data=(x, labels)`` replaces the config's dataset (tests; the config still names one): x a
-    float tensor (or NumPy array) [N, ...] of finite values, labels None or N integers in
-    0 .. num_classes-1, checked up front like the config's data.
+    float tensor (or NumPy array) [N, ...] of finite values (images scaled to about [-1, 1]),
+    labels None or N integers in 0 .. num_classes-1, checked up front like the config's data.
+    The range its samples are clipped to still comes from the config (``sample.clip_x0``, else
+    its data set's), so x reaching beyond it is refused (``build.check_data_range``).
     ``resume=True`` continues from the run folder's latest checkpoint, which must hold a
     compatible config (only the fields in ``config.RESUMABLE_FIELDS`` may differ).
     """
@@ -138,12 +140,14 @@ class Trainer:
 
         # ---- data
         self.num_classes = cfg.num_classes
-        if data is not None:
+        if data is not None:  # (checked like the config's data: type, shape, finite, scale, labels)
             x, y = check_data(data, self.num_classes, name="Trainer argument 'data'")
             data_name = "given as the Trainer argument 'data'"
+            self._data_label = "the data given to Trainer(data=...)"  # not the config's data set
         else:
             x, y = load_data(cfg.data)
             data_name = repr(cfg.data.name)
+            self._data_label = f"data {cfg.data.name!r}"
         self.data_name = data_name
         self.image_shape = tuple(x.shape[1:])  # what samples look like (grids, dl.load)
         if cfg.data.flatten:
@@ -155,6 +159,7 @@ class Trainer:
         if y is not None and self.num_classes is not None and (y.min() < 0 or y.max() >= self.num_classes):
             raise ValueError(f"data labels lie in [{int(y.min())}, {int(y.max())}] but the model has "
                              f"num_classes = {self.num_classes}; set model.kwargs.num_classes")
+        check_data_range(cfg, x, self._data_label)  # within the range its samples are clipped to
         data_device = self.device if cfg.data.on_device else torch.device("cpu")
         self.x = x.to(data_device)
         self.y = y.to(data_device) if (y is not None and self.num_classes is not None) else None
@@ -285,8 +290,9 @@ class Trainer:
     def _check_model(self, model: nn.Module) -> float:
         """The config's loss on two samples (the model called as its loss calls it: a
         super-resolution model with its low-res images), so a model that cannot take the data
-        fails here with a clear message. Returns its FLOPs per sample (counted on CPU runs only,
-        for the choice of threads; 0 on others)."""
+        fails here with a clear message. The data itself (its scale, labels, range) was checked
+        before, so what fails here is the model's fit to the data's shape. Returns its FLOPs per
+        sample (counted on CPU runs only, for the choice of threads; 0 on others)."""
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
         t = torch.zeros(k, dtype=torch.long)
@@ -302,7 +308,7 @@ class Trainer:
                 return count_flops(lambda: build_loss(self.proc, self.cfg)(model, batch)) / k
         except Exception as err:  # noqa: BLE001 - re-raised with the config's names
             raise ValueError(
-                f"model {self.cfg.model.name!r} cannot take data {self.cfg.data.name!r} of shape "
+                f"model {self.cfg.model.name!r} cannot take {self._data_label} of shape "
                 f"{tuple(x.shape[1:])}: {type(err).__name__}: {err}. Check model.kwargs "
                 "(channels, image size, dim) and data.flatten"
             ) from None
