@@ -14,7 +14,7 @@ with sliced Wasserstein / MMD / coverage, classifier-free guidance on the labell
 several scales (accuracy of the requested mode, precision, coverage). (2) MNIST
 (experiments/mnist.py, experiments/sampling.py): the forward process on example digits,
 unconditional (null label) against conditional generation from one network, the guidance sweep
-(FID, precision, recall, accuracy), accelerated sampling against 1000-step DDPM (respaced DDPM,
+(FID, precision, recall, accuracy), few-step sampling against 1000-step DDPM (respaced DDPM,
 DDIM with eta = 1 and 0, DPM-Solver++ 2M/3M, Euler, Heun, dpmpp_3m on fitted noise levels; FID,
 network passes, wall-clock speed-up), the FID's own sampling noise (one setting from independent
 noise) as the yardstick for "nearly the same quality", bits/dim on held-out digits and the FID

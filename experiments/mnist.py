@@ -1,6 +1,6 @@
 """The MNIST experiments: the classifier and reference the metrics are measured in, the floor (real
 held-out digits), the forward process, unconditional against conditional generation, the guidance
-sweep, accelerated sampling (experiments/sampling.py) and bits/dim on held-out digits."""
+sweep, few-step sampling (experiments/sampling.py) and bits/dim on held-out digits."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from difflab.evaluation.classifier import (
     train_and_save_classifier,
 )
 from experiments.runs import RowCache, given_mnist_run, logged_seconds, sd, train_or_reuse
-from experiments.sampling import SampleEvaluator, accelerated_rows, fid_noise, plot_steps, tolerance
+from experiments.sampling import SampleEvaluator, few_step_rows, fid_noise, plot_steps, tolerance
 
 
 def mnist_kwargs(S: dict, root: str, split: str) -> dict:
@@ -188,8 +188,8 @@ def mnist_part(S: dict, out: Path, root: str, device: str, classifier: Optional[
     # the FID's own sampling noise: the conditional DDIM-50 setting again from fresh noise
     res["fid_noise"] = fid_noise([cond_row] + [ev.evaluate("ddim", 50, 1.0, labels, seed=10_000 * k)
                                                for k in range(1, S["noise_seeds"])])
-    # accelerated sampling at w = 1 (one network pass per step) against DDPM with all T steps
-    steps_rows = accelerated_rows(ev, labels)
+    # few-step sampling at w = 1 (one network pass per step) against DDPM with all T steps
+    steps_rows = few_step_rows(ev, labels)
     res["steps"] = steps_rows
     res["tolerance"] = tolerance(steps_rows[0]["fid"], res["fid_noise"])
     for r in steps_rows:

@@ -83,7 +83,7 @@ def label(r: dict) -> str:
 
 
 def steps_text(m: dict, S: dict, name: str) -> list:
-    """The accelerated-sampling section: the yardstick, the table and what it shows."""
+    """The few-step sampling section: the yardstick, the table and what it shows."""
     return (steps_intro(m, S, name) + tolerance_claims(m["steps"], m["tolerance"], name)
             + family_claims(m["steps"]) + same_step_claims(m["steps"]) + [""])
 
@@ -93,7 +93,7 @@ def steps_intro(m: dict, S: dict, name: str) -> list:
     st, tol, nz = m["steps"], m["tolerance"], m["fid_noise"]
     ref = st[0]
     refname = label(ref)
-    return ["### Accelerated sampling", "",
+    return ["### Few-step sampling", "",
             f"Every setting draws {S['n']} class-conditional samples (w = 1, one network pass per step; Heun takes "
             "two) from its own spacing of the noise levels (DDPM and DDIM: trailing timesteps; the "
             "DPM-Solver++ / Euler / Heun solvers: uniform in log-SNR; `fitted levels`: dpmpp_3m on noise levels "

@@ -1,5 +1,5 @@
 """Drawing and scoring MNIST samples for the experiments: one evaluation row per setting (cached),
-the FID's own sampling noise as the yardstick, and accelerated samplers against DDPM with all T steps."""
+the FID's own sampling noise as the yardstick, and few-step samplers against DDPM with all T steps."""
 
 from __future__ import annotations
 
@@ -109,11 +109,11 @@ def fitted_levels(ev: SampleEvaluator, setting: dict) -> tuple[torch.Tensor, flo
     return sigmas, seconds
 
 
-def accelerated_rows(ev: SampleEvaluator, labels: torch.Tensor) -> list:
-    """One row per setting of S["accel"] at w = 1, the first (DDPM with all T steps) the reference:
+def few_step_rows(ev: SampleEvaluator, labels: torch.Tensor) -> list:
+    """One row per setting of S["few_step"] at w = 1, the first (DDPM with all T steps) the reference:
     speed-ups in network passes and seconds against it."""
     rows = []
-    for setting in ev.S["accel"]:
+    for setting in ev.S["few_step"]:
         opts = {"eta": setting["eta"]} if setting.get("eta") else {}
         fit_seconds = None
         if setting.get("fitted"):

@@ -17,10 +17,10 @@ TOY_RUN = {
     "seed": 0,
 }
 
-# Accelerated sampling at w = 1: every setting against the first one, DDPM with all T steps.
+# Few-step sampling at w = 1: every setting against the first one, DDPM with all T steps.
 # eta: DDIM's noise (1 = DDPM's posterior variance); fitted: dpmpp_3m on noise levels fitted to
 # the trained network by dl.samplers.optimize_sigmas (docs/sampler_quality.md's winner).
-ACCEL_CPU = ([{"sampler": "ddpm", "steps": k} for k in (1000, 500, 250, 200, 100, 50)]
+FEW_STEP_CPU = ([{"sampler": "ddpm", "steps": k} for k in (1000, 500, 250, 200, 100, 50)]
              + [{"sampler": "ddim", "steps": k, "eta": 1.0} for k in (200, 100, 50)]
              + [{"sampler": "ddim", "steps": k} for k in (200, 100, 50, 20, 10)]
              + [{"sampler": s, "steps": k} for s in ("dpmpp_2m", "dpmpp_3m", "euler") for k in (10, 20, 50)]
@@ -39,7 +39,7 @@ SIZES = {
                  mnist_model={"name": "mlp", "kwargs": {"dim": 196, "width": 64, "depth": 1, "num_classes": 10}},
                  mnist_flatten=True, mnist_steps=4, mnist_batch=32, mnist_lr=1e-3, n=40, ref_n=400,
                  guidance=[0.0, 1.0, 3.0], ddpm_steps=8, clip_x0=1.0,
-                 accel=[{"sampler": "ddpm", "steps": 8}, {"sampler": "ddpm", "steps": 4},
+                 few_step=[{"sampler": "ddpm", "steps": 8}, {"sampler": "ddpm", "steps": 4},
                         {"sampler": "ddim", "steps": 4, "eta": 1.0}, {"sampler": "ddim", "steps": 2},
                         {"sampler": "dpmpp_2m", "steps": 2}, {"sampler": "dpmpp_3m", "steps": 2, "fitted": True}],
                  fit_n=4, fit_evals=4, fit_reference_steps=8, noise_seeds=2, floor_draws=2,
@@ -47,14 +47,14 @@ SIZES = {
     "cpu": dict(mnist_size=14, toy_steps=1200, swiss_steps=4000, toy_n=2000, toy_ddpm_steps=1000, toy_width=128,
                 mnist_model=UNET_CPU, mnist_flatten=False, mnist_steps=10000, mnist_batch=128, mnist_lr=2e-3,
                 mnist_warmup=500, mnist_ema=0.999, mnist_ema_warmup=10, n=2000, ref_n=10000,
-                guidance=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0], ddpm_steps=1000, clip_x0=1.0, accel=ACCEL_CPU,
+                guidance=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0], ddpm_steps=1000, clip_x0=1.0, few_step=FEW_STEP_CPU,
                 fit_n=64, fit_evals=None, fit_reference_steps=500, noise_seeds=5, floor_draws=5,
                 bpd_n=200, bpd_timesteps=50, clf_epochs=8, clf_limit=None, batch=250),
     "gpu": dict(mnist_size=28, toy_steps=10000, toy_n=10000, toy_ddpm_steps=1000, toy_width=256,
                 mnist_model={"name": "unet_mnist", "kwargs": {"num_classes": 10}},
                 mnist_flatten=False, mnist_steps=5000, mnist_batch=256, mnist_lr=5e-4, n=10000, ref_n=10000,
                 guidance=[0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0], ddpm_steps=1000, clip_x0=1.0,
-                accel=ACCEL_CPU + [{"sampler": s, "steps": 100} for s in ("dpmpp_2m", "euler")],
+                few_step=FEW_STEP_CPU + [{"sampler": s, "steps": 100} for s in ("dpmpp_2m", "euler")],
                 fit_n=256, fit_evals=None, fit_reference_steps=500, noise_seeds=5, floor_draws=5,
                 bpd_n=1000, bpd_timesteps=100, clf_epochs=8, clf_limit=None, batch=1000),
 }

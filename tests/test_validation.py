@@ -127,3 +127,57 @@ def test_labels_on_an_accelerator_are_not_read():
     only there (a meta tensor stands in: it has no values to read)."""
     cond = torch.full((2,), 99, dtype=torch.long, device="meta")
     assert check_labels(Conditional(), cond, 2).device.type == "meta"
+
+
+# ------------------------------------------------- numpy integers wherever Python ints are
+def test_numpy_integers_are_taken_wherever_python_ints_are(tmp_path, mnist_dir):
+    """A count read from an array (``np.int64``) works as the Python int would, with the same
+    result: every public function checks integers through :func:`is_int` / :func:`positive_int`."""
+    import difflab as dl
+    from difflab.data import images as images_mod
+    from difflab.data import mnist as mnist_mod
+    from difflab.data.grids import to_image_grid
+    from difflab.evaluation.precision_recall import knn_radii, precision_recall
+    from difflab.training.generate import generate
+
+    # the U-Net's sizes: the same network, its config plain Python (it serializes)
+    net = dl.models.unet_tiny(num_classes=np.int64(10), norm_groups=np.int64(4), num_res_blocks=np.int64(1),
+                              channel_mult=(np.int64(1), np.int64(2)), image_size=np.int64(8), num_heads=np.int64(2))
+    ref = dl.models.unet_tiny(num_classes=10)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert all(type(v) is int for v in (net.config["norm_groups"], net.config["num_classes"], net.image_size))
+    assert dl.models.UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4,
+                          attention_levels=[np.int64(1)], head_dim=np.int64(8)).attention_levels == (1,)
+    with pytest.raises(ValueError, match=r"^norm_groups must be a positive integer, got True$"):
+        dl.models.unet_tiny(norm_groups=True)
+
+    # the number of samples (run.sample passes n to generate)
+    proc = dl.GaussianDiffusion(dl.schedules.linear(50))
+    torch.manual_seed(0)
+    small = dl.models.unet_tiny()
+    x = generate(small, proc, np.int64(2), (1, 8, 8), steps=np.int64(2), seed=np.int64(0))
+    assert torch.equal(x, generate(small, proc, 2, (1, 8, 8), steps=2, seed=0)) and x.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"^n \(the number of samples\) must be a positive integer, got "):
+        generate(small, proc, np.int64(0), (1, 8, 8))
+
+    # image grids, image folders, MNIST sizes
+    imgs = torch.rand(5, 1, 4, 4) * 2 - 1
+    assert np.array_equal(to_image_grid(imgs, nrow=np.int64(2)), to_image_grid(imgs, nrow=2))
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(np.full((6, 6), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    folder, _ = images_mod.load_folder(tmp_path, image_size=np.int64(4))
+    assert torch.equal(folder, images_mod.load_folder(tmp_path, image_size=4)[0]) and folder.shape == (2, 1, 4, 4)
+    for mode in ("pad", "resize"):
+        digits, _ = mnist_mod.load(mnist_dir, "t10k", image_size=np.int64(32), mode=mode)
+        assert torch.equal(digits, mnist_mod.load(mnist_dir, "t10k", image_size=32, mode=mode)[0])
+        assert digits.shape[-2:] == (32, 32)
+
+    # k of k-NN precision / recall, box masks, timestep grids
+    feats = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(knn_radii(feats, np.int64(3)), knn_radii(feats, 3))
+    assert precision_recall(feats, feats[:10], k=np.int64(3)) == precision_recall(feats, feats[:10], k=3)
+    assert torch.equal(dl.editing.masks.box_mask((8, 8), *map(np.int64, (1, 2, 5, 6))),
+                       dl.editing.masks.box_mask((8, 8), 1, 2, 5, 6))
+    assert torch.equal(dl.samplers.timesteps(1000, np.int64(10)), dl.samplers.timesteps(1000, 10))

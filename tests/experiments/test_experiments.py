@@ -33,7 +33,7 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_dir):
     assert classic.main(args) == 0
     report = (tmp_path / "report.md").read_text()
     for heading in ("Swiss roll", "Classifier-free guidance", "MNIST", "floor", "Unconditional against conditional",
-                    "Guidance scale", "Accelerated sampling", "bits/dim", "FID (mnist-cnn features)"):
+                    "Guidance scale", "Few-step sampling", "bits/dim", "FID (mnist-cnn features)"):
         assert heading in report, heading
     for fig in ("swiss_forward", "swiss_reverse", "swiss_samples", "guidance_2d", "mnist_forward", "mnist_unconditional",
                 "mnist_conditional", "mnist_guidance_grid", "mnist_guidance", "mnist_steps"):
@@ -45,7 +45,7 @@ def test_experiments_tiny_writes_the_report(tmp_path, capsys, mnist_dir):
     assert {r["guidance"] for r in m["mnist"]["guidance"]} == {0.0, 1.0, 3.0}
     mn = m["mnist"]
     assert mn["steps"][0]["sampler"] == "ddpm" and mn["bits_per_dim"]["mean"] > 0
-    # accelerated sampling: speed-ups in network passes against DDPM-T, a tolerance from the FID's noise
+    # few-step sampling: speed-ups in network passes against DDPM-T, a tolerance from the FID's noise
     ref, tol = mn["steps"][0], mn["tolerance"]
     assert [r["calls_per_batch"] for r in mn["steps"]] == [r["steps"] for r in mn["steps"]]  # one pass per step at w = 1
     assert all(r["speedup_passes"] == ref["calls_per_batch"] / r["calls_per_batch"] for r in mn["steps"])

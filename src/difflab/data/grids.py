@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_write
+from ..validation import positive_int
 
 __all__ = ["to_image_grid", "save_image_grid", "check_image_path", "make_parent", "IMAGE_SUFFIXES"]
 
@@ -32,8 +33,7 @@ def to_image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: fl
     ):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty tensor [N, C, H, W] with C = 1, 3 or 4, got {got}")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow (images per row) must be a positive integer, got {nrow!r}")
+    nrow = positive_int("nrow (images per row)", nrow)
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     x = images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..validation import is_int
+
 __all__ = ["load_folder", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -88,10 +90,9 @@ def load_folder(
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {str(root)!r} {what}")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
+    if image_size is not None and (not is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    image_size = None if image_size is None else int(image_size)
     if channels is not None and channels not in _CHANNEL_MODES:
         raise ValueError(f"channels must be 1, 3, 4 or None (infer), got {channels!r}")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

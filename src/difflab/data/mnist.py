@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_write_bytes
+from ..validation import is_int
 from ._resize import resize_square
 
 __all__ = ["load", "read_idx", "MIRRORS", "MD5"]
@@ -131,7 +132,7 @@ def load(
     antialiased when shrinking); ``"auto"`` pads for 32 and resizes otherwise.
     ``download=True`` fetches missing ``train`` / ``t10k`` files from ``mirrors`` (md5-checked).
     """
-    _check_size(image_size, mode)
+    image_size = _check_size(image_size, mode)
     root = Path(root).expanduser()
     names = [f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"]
     if download:
@@ -171,11 +172,13 @@ def load(
     return x, y
 
 
-def _check_size(size: Optional[int], mode: str) -> None:
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+def _check_size(size: Optional[int], mode: str) -> Optional[int]:
+    """``size`` as an int (numpy integers accepted) or None, once ``mode`` is checked too."""
+    if size is not None and (not is_int(size) or size < 1):
         raise ValueError(f"image_size must be a positive integer or None, got {size!r}")
     if mode not in ("auto", "pad", "resize"):
         raise ValueError(f"mode must be 'auto', 'pad' or 'resize', got {mode!r}")
+    return None if size is None else int(size)
 
 
 def _change_size(x: Tensor, size: int, mode: str) -> Tensor:

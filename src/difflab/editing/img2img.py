@@ -81,9 +81,12 @@ def img2img(
 
     ``steps`` is the size of the whole grid (strength 1 runs all of it). ``noise`` is eps,
     the image's shape (drawn from ``generator`` when None). Every sampler and its options
-    work, ``cond``/``guidance`` steer the result (e.g. towards another class), ``clip_x0=1``
-    clamps the x0 estimates to the image range. Images [B, C, H, W] must be scaled to [-1, 1]
-    (vectors [B, D] are in the model's own scale); they run in the model's parameter dtype.
+    work, ``cond``/``guidance`` steer the result (e.g. towards another class). ``clip_x0=c``
+    clamps the x0 estimates to [-c, c] (``clip_x0=1``: the image range), as in
+    :func:`difflab.sample`; by default to the process's data range (``proc.clip_x0``; a loaded
+    run's process knows it), and ``clip_x0=None`` does not clip. Images [B, C, H, W] must be
+    scaled to [-1, 1] (vectors [B, D] are in the model's own scale); they run in the model's
+    parameter dtype.
     """
     image = check_image(image, "image")
     strength = check_strength(strength)

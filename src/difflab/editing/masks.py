@@ -47,7 +47,7 @@ def box_mask(size: Sequence[int], x0: int, y0: int, x1: int, y1: int) -> Tensor:
     0 elsewhere; a float tensor [H, W]."""
     h, w = _size(size)
     coords = (x0, y0, x1, y1)
-    if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in coords):
+    if not all(is_int(c) for c in coords):
         raise ValueError(f"box corners must be integers x0,y0,x1,y1, got {coords}")
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise ValueError(

@@ -20,6 +20,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..validation import is_int
+
 __all__ = ["fid", "frechet_distance", "extract_features", "inception_features", "metric_name"]
 
 
@@ -31,12 +33,12 @@ def metric_name(features: Union[nn.Module, str], metric: str = "FID") -> str:
 
 def _num_features(net: nn.Module) -> int:
     n = getattr(net, "num_features", None)
-    if not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise TypeError(
             f"the feature network must have an integer attribute num_features (its output width), "
             f"got {type(net).__name__} with num_features={n!r}"
         )
-    return n
+    return int(n)
 
 
 @torch.no_grad()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..validation import is_int
+
 __all__ = ["precision_recall", "knn_radii", "in_manifold", "as_features"]
 
 
@@ -29,8 +31,9 @@ def as_features(x, name: str) -> Tensor:
 
 def knn_radii(x: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
     """Distance of each point to its k-th nearest neighbour in x, itself excluded: [N]."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(x):
+    if not is_int(k) or not 1 <= k < len(x):
         raise ValueError(f"k must be an integer in 1 .. {len(x) - 1} (the set has {len(x)} points), got {k!r}")
+    k = int(k)
     radii = torch.empty(len(x), dtype=x.dtype)
     for i in range(0, len(x), chunk):
         d = torch.cdist(x[i : i + chunk], x)

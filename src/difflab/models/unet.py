@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import is_int, positive_int
 from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
 from .norm import GroupNorm
 
@@ -92,7 +93,7 @@ class ResBlock(nn.Module):
         resample: Optional[str] = None,
     ) -> None:
         super().__init__()
-        _positive_int("norm_groups", norm_groups)
+        norm_groups = positive_int("norm_groups", norm_groups)
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = resample
         self.norm1 = GroupNorm(norm_groups, in_channels)
@@ -153,7 +154,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32) -> None:
         super().__init__()
-        _positive_int("norm_groups", norm_groups)
+        norm_groups = positive_int("norm_groups", norm_groups)
         self.num_heads = num_heads
         self.norm = GroupNorm(norm_groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -214,9 +215,13 @@ def _takes_embedding(step: nn.Module) -> bool:
     return isinstance(step, (_ResAttn, ResBlock))
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _plain(value):
+    """An argument with its numpy integers as Python ints (lists and tuples alike), so the
+    recorded config serializes; anything else as it is (the checks refuse what they must)."""
+    if is_int(value):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
     return value
 
 
@@ -291,17 +296,16 @@ class UNet(nn.Module):
         emb_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
-        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
-        channels = _positive_int("channels", channels)
+        self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
+        in_channels = positive_int("in_channels", in_channels)
+        out_channels = in_channels if out_channels is None else positive_int("out_channels", out_channels)
+        channels = positive_int("channels", channels)
         channel_mult = _int_sequence("channel_mult", channel_mult, "(1, 2, 2, 2)")
         if not channel_mult:
             raise ValueError("channel_mult must list at least one level, e.g. (1, 2, 2, 2)")
-        for m in channel_mult:
-            _positive_int("each channel_mult entry", m)
+        channel_mult = tuple(positive_int("each channel_mult entry", m) for m in channel_mult)
         levels = len(channel_mult)
-        if isinstance(num_res_blocks, int) and not isinstance(num_res_blocks, bool):
+        if is_int(num_res_blocks):
             num_res_blocks = (num_res_blocks,) * levels
         if isinstance(num_res_blocks, (str, bytes)) or not isinstance(num_res_blocks, (list, tuple)):
             raise ValueError(f"num_res_blocks must be a positive integer or one per level, e.g. 2 or (2, 2, 1), "
@@ -312,21 +316,20 @@ class UNet(nn.Module):
                 f"num_res_blocks lists {len(num_res_blocks)} levels but channel_mult has {levels}; "
                 "give an int or one entry per level"
             )
-        for n in num_res_blocks:
-            _positive_int("num_res_blocks", n)
+        num_res_blocks = tuple(positive_int("num_res_blocks", n) for n in num_res_blocks)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         _flag("use_scale_shift_norm", use_scale_shift_norm)
         _flag("mid_attention", mid_attention)
         if num_classes is not None:
-            _positive_int("num_classes", num_classes)
+            num_classes = positive_int("num_classes", num_classes)
         if emb_dim is not None:
-            _positive_int("emb_dim", emb_dim)
-        _positive_int("norm_groups", norm_groups)
+            emb_dim = positive_int("emb_dim", emb_dim)
+        norm_groups = positive_int("norm_groups", norm_groups)
         if not isinstance(resample, str) or resample not in RESAMPLE_MODES:
             raise ValueError(f"resample must be one of {', '.join(RESAMPLE_MODES)}, got {resample!r}")
         if image_size is not None:
-            _positive_int("image_size", image_size)
+            image_size = positive_int("image_size", image_size)
             if image_size % 2 ** (levels - 1):
                 raise ValueError(
                     f"image_size={image_size} is not divisible by 2^(levels - 1) = {2 ** (levels - 1)} "
@@ -403,7 +406,7 @@ class UNet(nn.Module):
                 )
             resolutions = _int_sequence("attention_resolutions", resolutions, "(16,)")
             sizes = {image_size // 2**i: i for i in range(levels)}
-            bad = [r for r in resolutions if isinstance(r, bool) or not isinstance(r, int) or r not in sizes]
+            bad = [r for r in resolutions if not is_int(r) or r not in sizes]
             if bad:
                 raise ValueError(
                     f"attention_resolutions {bad} are not resolutions of this U-Net; with image_size="
@@ -414,21 +417,23 @@ class UNet(nn.Module):
             return ()
         out = _int_sequence("attention_levels", levels_, "(1,) or [] for none")
         for i in out:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < levels:
+            if not is_int(i) or not 0 <= i < levels:
                 raise ValueError(
                     f"attention_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}"
                 )
-        return tuple(sorted(set(out)))
+        return tuple(sorted({int(i) for i in out}))
 
     @staticmethod
     def _heads(width: int, num_heads: int, head_dim: Optional[int]) -> int:
         if head_dim is not None:
-            if width % _positive_int("head_dim", head_dim):
+            head_dim = positive_int("head_dim", head_dim)
+            if width % head_dim:
                 raise ValueError(
                     f"head_dim={head_dim} must divide every attention width; {width} is not divisible"
                 )
             return width // head_dim
-        if width % _positive_int("num_heads", num_heads):
+        num_heads = positive_int("num_heads", num_heads)
+        if width % num_heads:
             raise ValueError(
                 f"num_heads={num_heads} must divide every attention width; {width} is not divisible"
             )

@@ -86,13 +86,9 @@ def optimize_sigmas(
             f"optimize_sigmas needs a deterministic sampler (one of {', '.join(DETERMINISTIC)}, "
             f"without eta or s_churn): its error is measured against the exact ODE from the same noise; got {sampler!r}"
         )
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if (
-        isinstance(reference_steps, bool)
-        or not isinstance(reference_steps, (int, np.integer))
-        or reference_steps < 4 * steps
-    ):
+    if not is_int(reference_steps) or reference_steps < 4 * steps:
         raise ValueError(
             f"reference_steps must be an integer >= 4 * steps = {4 * steps}, got {reference_steps!r}"
         )

@@ -39,7 +39,7 @@ DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _check_steps(steps: int, T: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+    if not is_int(steps):
         raise TypeError(f"steps must be an integer, got {type(steps).__name__}")
     if not 1 <= steps <= T:
         raise ValueError(f"steps must lie in 1 .. T = {T} for a spacing on the training grid, got {steps}")

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..data.grids import save_image_grid
 from ..diffusion import GaussianDiffusion
 from ..samplers import sample
-from ..validation import is_int
+from ..validation import is_int, positive_int
 
 __all__ = ["generate", "labels_for", "class_rows", "save_grid"]
 
@@ -72,8 +72,7 @@ def generate(
 ) -> Tensor:
     """n samples [n, *image_shape] (or sample_shape) from ``model``; the starting noise comes
     from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of samples) must be a positive integer, got {n!r}")
+    n = positive_int("n (the number of samples)", n)
     cond = labels_for(labels, n, getattr(model, "num_classes", None))
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
