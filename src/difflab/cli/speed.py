@@ -75,9 +75,10 @@ def _resolve(args, device: torch.device, deterministic: bool) -> dict:
         raise ValueError(f"{flag} replays CUDA graphs, which needs a CUDA device; got --device {device}. Use "
                          "--device cuda, or leave it out (on a CPU: --precision bf16 --channels-last --compile)")
     if args.cuda_graph == "loop" and not deterministic:
-        raise ValueError("--cuda-graph loop captures the whole run, which this command cannot: its sampler draws "
-                         "noise as it runs (--sampler ddpm, --eta > 0, inpainting), which must come from --seed, or "
-                         "it binds its inputs to the network (upscale); use --cuda-graph (per network call)")
+        raise ValueError("--cuda-graph loop captures the whole run, which this command cannot: either its sampler "
+                         "draws noise as it runs (--sampler ddpm, --eta > 0, inpainting), which a captured run takes "
+                         "from the GPU's own generator, not from --seed, or it binds its inputs to the network "
+                         "(upscale); use --cuda-graph (per network call)")
     if args.group_norm == "triton" and not args.channels_last:
         raise ValueError("--group-norm triton runs on channels_last activations: add --channels-last (or --fast)")
     return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
