@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from networks import perturb
 import difflab as dl
 from difflab.accel import upsample as accel_up
 from difflab.accel.upsample import (FoldedUpResBlock, FoldedUpsample, set_upsample, upsample_conv3x3,
@@ -22,16 +23,6 @@ FOLDED = {"subpixel": upsample_conv3x3, "transposed": upsample_conv3x3_transpose
 
 def up2(t):
     return F.interpolate(t, scale_factor=2.0, mode="nearest")
-
-
-def perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
-    """Give the zero-initialised weights random values, so every path carries signal."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 @pytest.mark.parametrize("form", ["subpixel", "transposed"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from networks import perturb
 import difflab as dl
 from difflab.models.unet import AttentionBlock, ResBlock, UNet, unet_cifar10, unet_mnist, unet_tiny
 
@@ -17,16 +18,6 @@ SMALL = dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, 
 def small(**kw) -> UNet:
     torch.manual_seed(0)
     return UNet(**{"in_channels": 1, **SMALL, **kw})
-
-
-def perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
-    """Give the zero-initialised weights random values, so every path carries signal."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def inputs(B=3, C=1, H=8, W=8, seed=0):

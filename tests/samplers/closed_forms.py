@@ -56,3 +56,12 @@ def gain_error(proc, sampler, steps, spacing, **options) -> float:
     assert torch.allclose(g[0, 0], g[0, 1], rtol=1e-9)  # a linear, isotropic map, as it must be
     exact = math.sqrt(S**2 + float(sig[-1]) ** 2) / math.sqrt(S**2 + float(sig[0]) ** 2)
     return float(g[0, 0]) / exact - 1
+
+
+def assert_convergence_order(proc, sampler: str, spacing: str, order: int, **options) -> None:
+    """The gain error's ratio is 2^order (within -15%, +35%) each time the steps double
+    (32, 64, 128): the sampler converges at ``order`` on the closed-form ODE solution."""
+    errs = [abs(gain_error(proc, sampler, n, spacing, **options)) for n in (32, 64, 128)]
+    ratios = [a / b for a, b in zip(errs, errs[1:])]
+    lo, hi = 2**order * 0.85, 2**order * 1.35
+    assert all(lo < r < hi for r in ratios), (errs, ratios)
