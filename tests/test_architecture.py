@@ -42,7 +42,7 @@ class Import:
 
 
 def module_name(path: Path) -> str:
-    """difflab.samplers for src/difflab/samplers/__init__.py, difflab.diffusion for diffusion.py."""
+    """difflab.samplers for src/difflab/samplers/__init__.py, difflab.validation for validation.py."""
     parts = path.relative_to(SRC).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -114,24 +114,24 @@ def private_use(imp: Import) -> Optional[str]:
 def test_the_import_scan_resolves_relative_nested_and_absolute_imports():
     source = """
 import torch
-import difflab.diffusion
+import difflab.processes
 from . import ddim
 from .base import randn
 from ..validation import is_int as _is_int
 
 def f():
     from .. import schedules
-    from ..diffusion import _hidden
+    from ..processes import _hidden
 """
     path = SRC / PACKAGE / "samplers" / "example.py"
     got = [(i.module, i.name, i.line) for i in imports_in(source, "difflab.samplers.example", path)]
     assert got == [
-        ("difflab.diffusion", None, 3),
+        ("difflab.processes", None, 3),
         ("difflab.samplers.ddim", None, 4),
         ("difflab.samplers.base", "randn", 5),
         ("difflab.validation", "is_int", 6),  # the name imported, not its local alias
         ("difflab.schedules", None, 9),  # inside a function
-        ("difflab.diffusion", "_hidden", 10),
+        ("difflab.processes", "_hidden", 10),
     ]
     assert len(difflab_imports()) > 100
 
@@ -145,7 +145,7 @@ def test_the_privacy_rule_itself():
     def use(importer: str, module: str, name: Optional[str] = None) -> Optional[str]:
         return private_use(Import(importer, module, name, SRC / "x.py", 1))
 
-    assert use("difflab.samplers", "difflab.diffusion", "_check_cond") == "the private name _check_cond"
+    assert use("difflab.samplers", "difflab.processes", "_check_cond") == "the private name _check_cond"
     assert use("difflab.samplers", "difflab._devices") == "the private module difflab._devices from outside difflab"
     assert use("difflab.editing.img2img", "difflab.editing._common", "check_image") is None  # its own package
     assert use("difflab.editing", "difflab.editing._common") is None  # the package's __init__
@@ -190,7 +190,7 @@ def test_the_direction_rule_itself():
     def use(importer: str, module: str, name: Optional[str] = None) -> Optional[str]:
         return upward(Import(importer, module, name, SRC / "x.py", 1))
 
-    assert use("difflab.samplers.ddim", "difflab.diffusion", "GaussianDiffusion") is None
+    assert use("difflab.samplers.ddim", "difflab.processes", "GaussianDiffusion") is None
     assert use("difflab.samplers.denoiser", "difflab.editing.superres") is not None  # up
     assert use("difflab.samplers.sampling", "difflab.accel") is not None  # speed: after the numerics
     assert use("difflab.evaluation.report", "difflab.editing.io") is not None  # sideways

@@ -26,8 +26,8 @@ def test_unknown_names(proc, model):
         dl.sample(model, proc, (2, 2), sampler="dddim")
     with pytest.raises(ValueError, match=r"unknown prediction type 'epsilon'.*eps"):
         dl.GaussianDiffusion(dl.schedules.linear(10), prediction="epsilon")
-    with pytest.raises(ValueError, match=r"unknown timestep spacing 'uniform'.*trailing"):
-        dl.sample(model, proc, (2, 2), steps=5, spacing="uniform")
+    with pytest.raises(ValueError, match=r"unknown timestep spacing 'equal'.*trailing"):
+        dl.sample(model, proc, (2, 2), steps=5, spacing="equal")
     with pytest.raises(ValueError, match=r"unknown DDPM variance 'large'.*posterior"):
         dl.sample(model, proc, (2, 2), "ddpm", 5, variance="large")
     with pytest.raises(ValueError, match=r"takes no option variance"):
@@ -144,7 +144,7 @@ def test_shapes_and_noise(proc, model):
         dl.sample(model, proc, (3, 2), noise=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="sigmas must be strictly decreasing"):
         dl.sample(model, proc, (3, 2), sigmas=torch.tensor([1.0, 2.0, 0.0]))
-    with pytest.raises(TypeError, match="proc must be a dl.GaussianDiffusion"):
+    with pytest.raises(TypeError, match="proc must be a process of dl.processes"):
         dl.sample(model, "linear", (3, 2))
     with pytest.raises(ValueError, match="MLPDenoiser\\(dim=2\\) takes x of shape"):
         dl.models.MLPDenoiser(2)(torch.zeros(3, 5), torch.zeros(3))

@@ -14,7 +14,7 @@ See API.md for the public names; the packages follow the data flow, ``LAYERS`` b
 LAYERS = (
     ("validation", "files", "devices"),  # argument checks, atomic writes, devices
     ("schedules",),  # beta_t
-    ("diffusion",),  # the process
+    ("processes",),  # the diffusion processes: DDPM, score SDEs, EDM, flow matching
     ("data",),  # datasets in, image grids out
     ("models",),  # networks and exact denoisers
     ("samplers",),  # sample, invert
@@ -24,14 +24,14 @@ LAYERS = (
     ("cli",),  # the difflab command
 )
 
-from . import accel, data, editing, evaluation, models, samplers, schedules, training  # noqa: E402
-from .diffusion import GaussianDiffusion  # noqa: E402
+from . import accel, data, editing, evaluation, models, processes, samplers, schedules, training  # noqa: E402
+from .processes import GaussianDiffusion  # noqa: E402
 from .samplers import invert, sample  # noqa: E402
 from .training import load  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "schedules", "GaussianDiffusion", "models", "samplers", "sample", "invert", "training", "load",
+    "schedules", "processes", "GaussianDiffusion", "models", "samplers", "sample", "invert", "training", "load",
     "data", "evaluation", "editing", "accel",
 ]

@@ -19,7 +19,7 @@ import torch
 from .. import data, evaluation, models, schedules
 from ..devices import count_flops, use_cpu_threads
 from ..files import atomic_write_text
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import sample
 from ..training import EMA
 from ..validation import is_int, is_real

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
 from ..validation import IMAGE_RANGE_TOL, check_image_range, check_labels, is_int, model_dtype

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
 from ..validation import NOISE_FIX, check_finite, check_labels, is_real

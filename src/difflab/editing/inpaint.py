@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
 from ..validation import NOISE_FIX, check_finite, check_labels, positive_int

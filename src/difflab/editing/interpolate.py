@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import invert, sample
 from ..validation import check_labels, is_int
 from ._common import check_image, check_steps, model_device, to_model

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..models.superres import UPSAMPLE_MODES, LowResConditioned, WithLowRes, downsample, lowres_model, upsample
 from ..samplers import sample
 from ..training.config import TrainConfig, load_config

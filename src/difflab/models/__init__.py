@@ -8,6 +8,7 @@ from __future__ import annotations
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
+from .precond import EDMPrecond
 from .registry import build, names, register
 from .superres import LowResConditioned, WithLowRes
 from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
@@ -15,6 +16,7 @@ from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
 __all__ = [
     "MLPDenoiser",
     "UNet",
+    "EDMPrecond",
     "LowResConditioned",
     "WithLowRes",
     "GaussianMixtureDenoiser",

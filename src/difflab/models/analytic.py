@@ -7,7 +7,8 @@ Data x0 ~ sum_k w_k N(m_k, diag(s_k^2)). Under x_t = alpha x0 + sigma eps,
     E[x0 | x_t, k] = m_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha m_k)
     E[x0 | x_t]    = sum_k r_k E[x0 | x_t, k]
 
-and the optimal eps-, x0- and v-predictions follow from E[x0 | x_t]. A sampler driven by
+and the optimal eps-, x0-, v- and velocity predictions follow from E[x0 | x_t], for every process
+of :mod:`difflab.processes` (a = proc.scale(sigma), sigma at the network's time input). A sampler driven by
 this model has no training error, so what it gets wrong is its own discretisation error:
 the test bed for samplers, likelihoods and guidance (tests, benchmarks/sampler_quality.py).
 """
@@ -20,7 +21,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import GaussianDiffusion, convert_prediction
+from ..processes import Process, convert_prediction
 from ..validation import check_labels
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser"]
@@ -40,7 +41,7 @@ class GaussianMixtureDenoiser(nn.Module):
 
     def __init__(
         self,
-        proc: GaussianDiffusion,
+        proc: Process,
         means: Floats,
         stds: Floats = 1.0,
         weights: Optional[Floats] = None,
@@ -116,8 +117,8 @@ class GaussianMixtureDenoiser(nn.Module):
         return x0.reshape(shape).to(dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        sigma_ve = self.proc.sigma_of(t.to(self.means.device))
-        alpha = (1 + sigma_ve**2).rsqrt()
+        sigma_ve = self.proc.sigma_of_timestep(t.to(self.means.device))
+        alpha = self.proc.scale(sigma_ve).to(self.means.device)
         sigma = sigma_ve * alpha
         x0 = self.posterior_mean(x_t.to(torch.float64), alpha, sigma, cond)
         bshape = (-1,) + (1,) * (x_t.ndim - 1)
@@ -142,7 +143,7 @@ class GaussianMixtureDenoiser(nn.Module):
         return torch.logsumexp(ll + self.log_weights, dim=1)
 
 
-def GaussianDenoiser(proc: GaussianDiffusion, mean: Floats, std: Floats = 1.0) -> GaussianMixtureDenoiser:
+def GaussianDenoiser(proc: Process, mean: Floats, std: Floats = 1.0) -> GaussianMixtureDenoiser:
     """The one-component case: data N(mean, diag(std^2)); ``mean`` of shape [D]."""
     mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
     std = torch.as_tensor(std, dtype=torch.float64)

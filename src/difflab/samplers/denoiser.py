@@ -1,10 +1,11 @@
 """A network of the model convention, seen as a denoiser D(x, sigma) ~ E[x0 | x].
 
 Samplers work in the VE parameterisation x = x0 + sigma eps (Karras et al. 2022, sec. 2),
-where the VP state of the process is x_t = x / sqrt(1 + sigma^2). The denoiser converts:
+where the process's own state is x_t = a x (:mod:`difflab.processes.base`; a = 1 / sqrt(1 + sigma^2)
+for the VP processes, 1 for VE and EDM, 1 / (1 + sigma) for flow matching). The denoiser converts:
 
-    x_t = alpha x,  alpha = 1 / sqrt(1 + sigma^2),  t = t(sigma)       (process's own grid)
-    D(x, sigma) = predict_x0(x_t, t, model(x_t, t, cond))
+    x_t = a x,  a = proc.scale(sigma),  t = proc.timestep(sigma)        (the network's time input)
+    D(x, sigma) = x0 of model(x_t, t, cond), by the process's prediction type
 
 Classifier-free guidance (Ho & Salimans 2022, eq. 6) combines the conditional and the
 unconditional outputs in one batched forward pass of size 2B:
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..validation import is_int, is_real
-from ..diffusion import GaussianDiffusion, call_model, convert_prediction
+from ..processes import Process, call_model, convert_prediction
 
 __all__ = ["Denoiser"]
 
@@ -39,15 +40,16 @@ class Denoiser:
     def __init__(
         self,
         model: Callable,
-        proc: GaussianDiffusion,
+        proc: Process,
         cond: Optional[Tensor] = None,
         guidance: float = 1.0,
         null_cond: Optional[int] = None,
         clip_x0: Optional[float] = None,
         dynamic_threshold: Optional[float] = None,
     ) -> None:
-        if not isinstance(proc, GaussianDiffusion):
-            raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+        if not isinstance(proc, Process):
+            raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
+                            f"{type(proc).__name__}")
         for name, value in (("guidance", guidance), ("clip_x0", clip_x0), ("dynamic_threshold", dynamic_threshold)):
             if value is not None and not is_real(value):
                 raise TypeError(f"{name} must be a number (a Python or numpy float), got {type(value).__name__} "
@@ -80,12 +82,9 @@ class Denoiser:
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         self.calls = 0
 
-    def _t(self, sigma: float, batch: int, device: torch.device) -> Tensor:
-        """The timestep of sigma: a long tensor on the training grid, else a float tensor."""
-        t = float(self.proc.t_of(torch.tensor(sigma, dtype=torch.float64)))
-        if abs(t - round(t)) < 1e-6:
-            return torch.full((batch,), int(round(t)), dtype=torch.long, device=device)
-        return torch.full((batch,), t, dtype=torch.float32, device=device)
+    def scale(self, sigma: float) -> float:
+        """a(sigma): the process's state is x_t = a x."""
+        return float(self.proc.scale(float(sigma)))
 
     def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The (guided) network output at VP state x_t."""
@@ -107,9 +106,9 @@ class Denoiser:
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """E[x0 | x] at VE noise level sigma (a python float)."""
         sigma = float(sigma)
-        alpha = (1.0 + sigma * sigma) ** -0.5
+        alpha = self.scale(sigma)
         x_t = x * alpha
-        out = self.model_output(x_t, self._t(sigma, x.shape[0], x.device))
+        out = self.model_output(x_t, self.proc.timestep(sigma, x.shape[0], x.device))
         x0 = convert_prediction(out, x_t, alpha, sigma * alpha, self.proc.prediction, "x0")
         if self.dynamic_threshold is not None:
             s = torch.quantile(x0.flatten(1).abs().float(), self.dynamic_threshold, dim=1)

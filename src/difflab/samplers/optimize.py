@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..validation import is_int
 from .base import randn
 from .registry import SAMPLERS

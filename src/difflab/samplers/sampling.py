@@ -22,13 +22,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
-from ..diffusion import GaussianDiffusion
+from ..processes import Process
 from ..validation import NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .denoiser import Denoiser
 from .registry import SAMPLERS, SamplerSpec
-from .timesteps import SPACINGS, sampling_sigmas, sigmas_from_timesteps
+from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
 __all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
 
@@ -44,21 +44,21 @@ class SamplingSettings:
     """Everything but the inputs (x_T, labels, generator) that determines a sampling run: the
     sampler, its noise levels (decreasing, ending at 0) and options, the process and the
     denoiser's guidance and thresholding. Hashable, so a run can be cached by it; the process
-    compares by what it means (prediction and noise levels), so an equal one built anew (a
-    GaussianDiffusion has identity equality) is the same run."""
+    compares by what it means (``proc.signature()``: its kind, prediction and parameters), so an
+    equal one built anew (processes have identity equality) is the same run."""
 
     sampler: str
     sigmas: tuple[float, ...]
     options: tuple[tuple[str, Any], ...]
-    proc: GaussianDiffusion = field(compare=False)
+    proc: Process = field(compare=False)
     guidance: float = 1.0
     null_cond: Optional[int] = None
     clip_x0: Optional[float] = None
     dynamic_threshold: Optional[float] = None
-    process: tuple = field(init=False, repr=False)  # proc by value: (prediction, alphas_cumprod)
+    process: tuple = field(init=False, repr=False)  # proc by value: its signature()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "process", (self.proc.prediction, tuple(self.proc.alphas_cumprod.tolist())))
+        object.__setattr__(self, "process", self.proc.signature())
 
     @property
     def stochastic(self) -> bool:
@@ -67,7 +67,10 @@ class SamplingSettings:
 
     def run(self, model: Callable, x_T: Tensor, cond: Optional[Tensor] = None,
             generator: Optional[torch.Generator] = None, callback: Optional[Callable[[dict], None]] = None) -> Tensor:
-        """x0 from the VP state x_T: x = x_T / sqrt(abar_T) = x_T sqrt(1 + sigma_max^2), then the sampler."""
+        """x0 from the noise x_T: x = x_T sqrt(1 + sigma_0^2) at the top level sigma_0, then the sampler.
+
+        For the VP processes x_T is the state itself (x_T / sqrt(abar_T)); for any process it is
+        the standard normal draw scaled to the marginal spread sqrt(1 + sigma_0^2) of unit-variance data."""
         denoiser = Denoiser(model, self.proc, cond, self.guidance, self.null_cond, self.clip_x0,
                             self.dynamic_threshold)
         x = x_T * math.sqrt(1.0 + self.sigmas[0] ** 2)
@@ -78,17 +81,18 @@ class SamplingSettings:
 
 class _StepReport:
     """The per-step callback of a run: advances the progress bar and calls the user's callback
-    with the VP state x_t = x / sqrt(1 + sigma^2)."""
+    with the process's state x_t = a(sigma) x (the VP state x / sqrt(1 + sigma^2) for DDPM)."""
 
-    def __init__(self, callback: Optional[Callable[[dict], None]], bar) -> None:
-        self.callback, self.bar = callback, bar
+    def __init__(self, callback: Optional[Callable[[dict], None]], bar, proc: Process) -> None:
+        self.callback, self.bar, self.proc = callback, bar, proc
         self.has_user_callback = callback is not None
 
     def __call__(self, step: dict) -> None:
         if self.bar is not None:
             self.bar.update(1)
         if self.callback is not None:
-            self.callback(dict(step, x=step["x"] / math.sqrt(1.0 + step["sigma"] ** 2)))
+            a = float(self.proc.scale(float(step["sigma"])))
+            self.callback(dict(step, x=step["x"] * a))
 
 
 def _refuse_moved_keywords(options: dict) -> None:
@@ -130,7 +134,7 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
         return sig
     if timesteps_ is not None:
         return sigmas_from_timesteps(proc, timesteps_)
-    spacing = spacing or spec.default_spacing
+    spacing = spacing or default_spacing(proc, spec.default_spacing)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return sampling_sigmas(proc, steps, spacing)
@@ -152,7 +156,7 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 def sample(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     shape: Sequence[int],
     sampler: str = "ddim",
     steps: int = 50,
@@ -195,8 +199,9 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
     spec = SAMPLERS[sampler]
-    if not isinstance(proc, GaussianDiffusion):
-        raise TypeError(f"proc must be a dl.GaussianDiffusion, got {type(proc).__name__}")
+    if not isinstance(proc, Process):
+        raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
+                        f"{type(proc).__name__}")
     _refuse_moved_keywords(options)
     common = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
     shape = _check_shape(shape)
@@ -234,7 +239,7 @@ def sample(
                                 common.get("null_cond"), proc.clip_x0 if clip_x0 is ... else clip_x0,
                                 common.get("dynamic_threshold"))
     bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False) if progress else None
-    report = _StepReport(callback, bar)
+    report = _StepReport(callback, bar, proc)
     runner = getattr(model, "sampling_run", None)  # a model that runs a whole run its own way
     try:
         with eval_mode(model):
@@ -252,13 +257,13 @@ def sample(
 
 def invert(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     x0: Tensor,
     steps: int = 50,
     cond: Optional[Tensor] = None,
     guidance: float = 1.0,
     *,
-    spacing: str = "trailing",
+    spacing: Optional[str] = None,
     progress: bool = False,
 ) -> Tensor:
     """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, app. F): x0 -> x_T.
@@ -272,6 +277,7 @@ def invert(
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
     x0 = float_input(x0, "x0", model, X0_FIX)  # cast to the model's dtype, as in sample
+    spacing = spacing or default_spacing(proc, "trailing")
     sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
     if cond is not None:
         cond = check_labels(model, cond, x0.shape[0], x0.device)

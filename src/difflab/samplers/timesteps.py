@@ -13,6 +13,10 @@ Spacings (the names and meanings of diffusers' ``timestep_spacing``; Lin et al. 
   sigma_min and sigma_max (continuous levels: networks get a fractional t).
 - ``"logsnr"``:   uniform in log-SNR = -2 log sigma between sigma_max and sigma_min (Lu et al.
   2022, DPM-Solver, sec. 3.3; diffusers' ``use_lu_lambdas``), continuous levels like "karras".
+- ``"uniform"``:  equal steps in the process's own time, t_i = t_max - i (t_max - t_min) / steps
+  (Song et al. 2021's grid for the SDEs; a flow's Euler steps in t), then the final sigma = 0.
+
+The three grid spacings need a discrete process (a GaussianDiffusion); the others work for every process.
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ __all__ = [
     "logsnr_sigmas",
     "sampling_sigmas",
     "sigmas_from_timesteps",
+    "default_spacing",
 ]
 
-SPACINGS = ("leading", "trailing", "linspace", "karras", "logsnr")
+SPACINGS = ("leading", "trailing", "linspace", "karras", "logsnr", "uniform")
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def default_spacing(proc, preferred: str) -> str:
+    """``preferred`` (a sampler's default spacing) unless it is a grid spacing and ``proc`` has no
+    grid: then the process's own default ("uniform" for the SDEs and flows, "karras" for EDM)."""
+    if preferred in DISCRETE_SPACINGS and not proc.discrete:
+        return proc.default_spacing
+    return preferred
 
 
 def _check_steps(steps: int, T: int) -> None:
@@ -91,15 +104,17 @@ def logsnr_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
 
 
 def sigmas_from_timesteps(proc, ts: Tensor) -> Tensor:
-    """The noise levels of decreasing timesteps ``ts`` (integer or fractional), with the final 0 appended."""
+    """The noise levels of decreasing times ``ts`` of the process (a DDPM chain's integer or
+    fractional timesteps; a continuous process's t), with the final 0 appended."""
     ts = torch.as_tensor(ts)
     if ts.ndim != 1 or ts.numel() < 1:
         raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
     if ts.dtype == torch.bool or ts.is_complex():
         raise ValueError(f"timesteps must be integers or floats in 0 .. T-1, got dtype {ts.dtype}")
-    if not torch.isfinite(ts).all() or (ts < 0).any() or (ts > proc.T - 1).any():
-        raise ValueError(f"timesteps must lie in 0 .. T-1 = {proc.T - 1} (0-based, as diffusers counts them), "
-                         f"got values in [{ts.min().item()}, {ts.max().item()}]")
+    if not torch.isfinite(ts).all() or (ts < proc.t_min).any() or (ts > proc.t_max).any():
+        where = (f"0 .. T-1 = {proc.T - 1} (0-based, as diffusers counts them)" if proc.discrete else
+                 f"[t_min, t_max] = [{proc.t_min:g}, {proc.t_max:g}], {type(proc).__name__}'s own time")
+        raise ValueError(f"timesteps must lie in {where}, got values in [{ts.min().item()}, {ts.max().item()}]")
     sig = proc.sigma_of(ts.cpu())
     if (sig[1:] >= sig[:-1]).any():
         raise ValueError("timesteps must be strictly decreasing")
@@ -114,6 +129,13 @@ def sampling_sigmas(proc, steps: int, spacing: str = "trailing", rho: float = 7.
     if spacing == "logsnr":
         sig = logsnr_sigmas(steps, proc.sigma_min, proc.sigma_max)
         return torch.cat([sig, sig.new_zeros(1)])
+    if spacing == "uniform":
+        steps = positive_int("steps", steps)
+        t = torch.linspace(proc.t_max, proc.t_min, steps + 1, dtype=torch.float64)[:-1]
+        return torch.cat([proc.sigma_of(t), torch.zeros(1, dtype=torch.float64)])
     if spacing not in DISCRETE_SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not proc.discrete:
+        raise ValueError(f"spacing {spacing!r} picks timesteps of a discrete grid, which {type(proc).__name__} "
+                         "(a continuous-time process) has none of: use 'uniform', 'karras' or 'logsnr'")
     return sigmas_from_timesteps(proc, timesteps(proc.T, steps, spacing))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import models, schedules
 from ..data.registry import DATA_RANGE
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..validation import IMAGE_RANGE_TOL
 from .config import TrainConfig
 

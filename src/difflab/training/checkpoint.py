@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..accel import set_module_forms
 from ..devices import resolve_device
 from ..files import atomic_write, atomic_write_text, fsync_path
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..validation import is_real
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config

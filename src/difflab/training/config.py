@@ -29,7 +29,7 @@ import yaml
 
 from .. import models, schedules
 from ..accel import GROUP_NORM_MODES, check_group_norm_mode
-from ..diffusion import check_weighting
+from ..processes import check_weighting
 from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.grids import save_image_grid
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..samplers import sample
 from ..validation import is_int, positive_int
 

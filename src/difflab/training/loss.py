@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import Tensor, nn
 
-from ..diffusion import GaussianDiffusion, check_weighting
+from ..processes import GaussianDiffusion, check_weighting
 from ..models.superres import WithLowRes, downsample
 from ..validation import is_int
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..devices import graphs_supported as _graphs_supported
 from ..devices import count_flops, resolve_device, use_cpu_threads
-from ..diffusion import GaussianDiffusion
+from ..processes import GaussianDiffusion
 from ..accel import set_module_forms
 from .build import build_model, build_process, check_data_range
 from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint, verify_checkpoint,

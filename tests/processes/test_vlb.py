@@ -27,7 +27,7 @@ import torch
 from scipy.stats import norm
 
 import difflab as dl
-from difflab.diffusion import discretized_gaussian_log_likelihood
+from difflab.processes import discretized_gaussian_log_likelihood
 
 S = 0.2
 M = np.array([0.1, -0.1])

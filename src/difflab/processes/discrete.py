@@ -1,4 +1,4 @@
-"""The Gaussian diffusion process: q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0),
+"""The discrete Gaussian diffusion process of DDPM: q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0),
 the three prediction types (eps, x0, v) and the noise-regression loss.
 
 Notation (Ho et al. 2020; Salimans & Ho 2022 for v):
@@ -21,88 +21,14 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .schedules import NoiseSchedule
-from .validation import (DATA_RANGE_LIMIT, NOISE_FIX, X0_FIX, check_image_range, check_labels, float_input,
-                         is_int, is_real)
+from ..schedules import NoiseSchedule
+from ..validation import X0_FIX, check_labels, float_input, is_int
+from .base import PREDICTION_TYPES, Process, vp_scale, Weighting, call_model, check_clip_x0, check_weighting, convert_prediction
 
-__all__ = [
-    "GaussianDiffusion",
-    "PREDICTION_TYPES",
-    "convert_prediction",
-    "call_model",
-    "discretized_gaussian_log_likelihood",
-    "check_weighting",
-]
-
-PREDICTION_TYPES = ("eps", "x0", "v")
-Weighting = Union[str, Callable[[Tensor], Tensor], None]
+__all__ = ["GaussianDiffusion", "discretized_gaussian_log_likelihood"]
 
 
-def convert_prediction(
-    output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, source: str, target: str
-) -> Tensor:
-    """Convert a prediction of type ``source`` at x_t into type ``target`` (eps, x0 or v).
-
-    ``alpha`` and ``sigma`` are the VP coefficients of x_t = alpha x0 + sigma eps,
-    broadcastable against x_t.
-    """
-    if source == target:
-        return output
-    if source == "eps":
-        eps, x0 = output, (x_t - sigma * output) / alpha
-    elif source == "x0":
-        eps, x0 = (x_t - alpha * output) / sigma, output
-    elif source == "v":
-        eps, x0 = sigma * x_t + alpha * output, alpha * x_t - sigma * output
-    else:
-        raise ValueError(f"unknown prediction type {source!r}; choose one of {PREDICTION_TYPES}")
-    if target == "eps":
-        return eps
-    if target == "x0":
-        return x0
-    if target == "v":
-        return alpha * eps - sigma * x0
-    raise ValueError(f"unknown prediction type {target!r}; choose one of {PREDICTION_TYPES}")
-
-
-def check_weighting(weighting: Weighting) -> Optional[float]:
-    """Check a loss weighting (see :meth:`GaussianDiffusion.loss_weight`); returns Min-SNR's gamma
-    for ``"min_snr"`` / ``"min_snr_<gamma>"``, else None."""
-    if weighting is None or callable(weighting) or (isinstance(weighting, str) and weighting == "uniform"):
-        return None
-    if isinstance(weighting, str) and weighting.startswith("min_snr"):
-        gamma_txt = weighting[len("min_snr"):]
-        if gamma_txt.startswith("_"):
-            gamma_txt = gamma_txt[1:]
-        try:
-            gamma = float(gamma_txt) if gamma_txt else 5.0
-        except ValueError:
-            raise ValueError(f"cannot read gamma from weighting {weighting!r}; use e.g. 'min_snr_5'") from None
-        if not gamma > 0:  # also NaN
-            raise ValueError(
-                f"weighting {weighting!r}: Min-SNR's gamma must be > 0 (the SNR at which the weight is "
-                f"clipped; 5 in Hang et al. 2023), got {gamma}; use e.g. 'min_snr_5'"
-            )
-        return gamma
-    raise ValueError(
-        f"unknown weighting {weighting!r}; use None/'uniform', 'min_snr', 'min_snr_<gamma>' "
-        "or a callable of SNR(t)"
-    )
-
-
-def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-    """Evaluate ``model(x_t, t)`` or ``model(x_t, t, cond)`` and check the output's shape."""
-    out = model(x_t, t) if cond is None else model(x_t, t, cond)
-    if not isinstance(out, Tensor) or out.shape != x_t.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"the model returned {got}, but it must return a tensor of x_t's shape "
-            f"{tuple(x_t.shape)} (its prediction of eps, x0 or v)"
-        )
-    return out
-
-
-class GaussianDiffusion:
+class GaussianDiffusion(Process):
     """The forward process of a :class:`~difflab.schedules.NoiseSchedule` and its posterior.
 
     ``prediction`` is what the network outputs: ``"eps"`` (the noise, Ho et al.),
@@ -119,17 +45,16 @@ class GaussianDiffusion:
             raise TypeError(
                 f"schedule must be a NoiseSchedule (e.g. dl.schedules.linear()), got {type(schedule).__name__}"
             )
-        if prediction not in PREDICTION_TYPES:
+        if prediction not in self.predictions:
             raise ValueError(
-                f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+                f"unknown prediction type {prediction!r} for GaussianDiffusion; choose one of "
+                f"{', '.join(self.predictions)} (the velocity eps - x0 is FlowMatching's)"
             )
-        if clip_x0 is not None and not (is_real(clip_x0) and math.isfinite(clip_x0) and clip_x0 > 0):
-            raise ValueError(f"clip_x0 (the data's range |x0| <= clip_x0) must be a finite number > 0 or None, "
-                             f"got {clip_x0!r}")
         self.schedule = schedule
         self.prediction = prediction
-        self.clip_x0 = None if clip_x0 is None else float(clip_x0)
+        self.clip_x0 = check_clip_x0(clip_x0)
         self.T = schedule.T
+        self.t_min, self.t_max = 0.0, float(self.T - 1)
 
         betas = schedule.betas
         abar = schedule.alphas_cumprod
@@ -157,6 +82,44 @@ class GaussianDiffusion:
         clip = "" if self.clip_x0 is None else f", clip_x0={self.clip_x0:g}"
         return f"GaussianDiffusion({self.schedule!r}, prediction={self.prediction!r}{clip})"
 
+    # --------------------------------------------------- the process interface
+    discrete = True
+    default_spacing = "trailing"
+    predictions = ("eps", "x0", "v")
+
+    def scale(self, sigma):
+        """sqrt(abar) at noise level sigma: x_t = x / sqrt(1 + sigma^2)."""
+        return vp_scale(sigma)
+
+    def training_times(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+        """n timesteps uniform on 0 .. T-1 (torch.long)."""
+        return torch.randint(0, self.T, (n,), device=device, generator=generator)
+
+    def timestep(self, sigma: float, batch: int, device=None) -> Tensor:
+        """The timestep of sigma: a long tensor on the training grid, else a float tensor."""
+        t = float(self.t_of(torch.tensor(float(sigma), dtype=torch.float64)))
+        if abs(t - round(t)) < 1e-6:
+            return torch.full((batch,), int(round(t)), dtype=torch.long, device=device)
+        return torch.full((batch,), t, dtype=torch.float32, device=device)
+
+    def sigma_of_timestep(self, timestep: Tensor) -> Tensor:
+        return self.sigma_of(timestep)
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return t  # the network sees the timestep itself, long on the grid
+
+    def signature(self) -> tuple:
+        return ("GaussianDiffusion", self.prediction, tuple(self.alphas_cumprod.tolist()))
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        if not t.is_floating_point():
+            return self.sqrt_alphas_cumprod[t.long().cpu()].to(t.device), self.sqrt_one_minus_alphas_cumprod[
+                t.long().cpu()].to(t.device)
+        return super().alpha_sigma(t)
+
+    def _coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._alpha_sigma(t, x)
+
     # ------------------------------------------------------------------ helpers
     def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
         """A coefficient table on ``device`` in ``dtype``, cached so the hot loop copies nothing."""
@@ -180,7 +143,7 @@ class GaussianDiffusion:
             self._table(name, device, torch.float64)
         return self
 
-    def _check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
+    def check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
         if not isinstance(t, Tensor):
             raise TypeError(f"t must be a torch tensor of shape [B], got {type(t).__name__}")
         if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
@@ -272,13 +235,13 @@ class GaussianDiffusion:
     # ----------------------------------------------------------- forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean sqrt(abar_t) x0 and variance (1 - abar_t) of q(x_t | x_0)."""
-        self._check_t(t, x0)
+        self.check_t(t, x0)
         alpha, sigma = self._alpha_sigma(t, x0)
         return alpha * x0, (sigma**2).expand_as(x0)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise   (Ho et al. 2020, eq. 4)."""
-        self._check_t(t, x0)
+        self.check_t(t, x0)
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
@@ -301,7 +264,7 @@ class GaussianDiffusion:
             raise ValueError(
                 f"x0 and x_t must have the same shape, got {tuple(x0.shape)} and {tuple(x_t.shape)}"
             )
-        self._check_t(t, x0)
+        self.check_t(t, x0)
         if t.is_floating_point():
             raise ValueError("q_posterior needs integer timesteps t (a torch.long tensor)")
         mean = self._at("posterior_mean_coef1", t, x0) * x0 + self._at("posterior_mean_coef2", t, x0) * x_t
@@ -310,26 +273,19 @@ class GaussianDiffusion:
         return mean, var, log_var
 
     # ------------------------------------------------------- prediction types
-    def _convert(self, x_t: Tensor, t: Tensor, model_output: Tensor, target: str) -> Tensor:
+    def convert(self, x_t: Tensor, t: Tensor, model_output: Tensor, target: str) -> Tensor:
+        """The model's output (of this process's prediction type) at (x_t, t) as ``target``."""
         if model_output.shape != x_t.shape:
             raise ValueError(
                 f"model_output must have x_t's shape {tuple(x_t.shape)}, got {tuple(model_output.shape)}"
             )
-        self._check_t(t, x_t, "x_t")
+        self.check_t(t, x_t, "x_t")
         alpha, sigma = self._alpha_sigma(t, x_t)
         return convert_prediction(model_output, x_t, alpha, sigma, self.prediction, target)
 
-    def predict_x0(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
-        """x0 from the model's output (of this process's prediction type)."""
-        return self._convert(x_t, t, model_output, "x0")
-
-    def predict_eps(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
-        """eps from the model's output (of this process's prediction type)."""
-        return self._convert(x_t, t, model_output, "eps")
-
     def predict_v(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 from the model's output."""
-        return self._convert(x_t, t, model_output, "v")
+        return self.convert(x_t, t, model_output, "v")
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """What the network should output at x_t = q_sample(x0, t, noise): eps, x0 or v."""
@@ -362,74 +318,6 @@ class GaussianDiffusion:
         if not isinstance(w, Tensor) or w.shape != t.shape:
             raise ValueError("a weighting callable must return one weight per sample, shape [B]")
         return w.to(torch.float32)
-
-    def training_loss(
-        self,
-        model: Callable,
-        x0: Tensor,
-        cond: Optional[Tensor] = None,
-        *,
-        t: Optional[Tensor] = None,
-        noise: Optional[Tensor] = None,
-        weighting: Weighting = None,
-        cond_drop_prob: float = 0.0,
-        generator: Optional[torch.Generator] = None,
-        reduction: str = "mean",
-    ) -> Tensor:
-        """Noise-regression loss E_{t, eps} w(t) ||model(x_t, t) - target||^2  (L_simple for w = 1).
-
-        t is uniform on 0..T-1 unless given. With ``cond_drop_prob`` p > 0 each label is
-        replaced by the null label ``model.num_classes`` with probability p, training the
-        unconditional model used by classifier-free guidance (Ho & Salimans 2022).
-        ``reduction="none"`` returns the per-sample weighted losses.
-
-        dtypes: ``x0`` (and ``noise``) must be float tensors (integer data is refused); they are
-        cast to the dtype of the model's parameters (e.g. float64 data for a float32 network).
-        Image-shaped ``x0`` (3 or more dimensions) on the CPU must be on the [-1, 1] scale: values
-        beyond +-10 (0..255 pixels) are refused (:func:`difflab.validation.check_image_range`).
-        """
-        if not isinstance(x0, Tensor) or x0.ndim < 2:
-            raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
-        if not isinstance(cond_drop_prob, (int, float)) or not 0 <= cond_drop_prob <= 1:
-            raise ValueError(f"cond_drop_prob must be a probability in [0, 1] (0.1 is usual), got {cond_drop_prob!r}")
-        x0 = float_input(x0, "x0", model, X0_FIX)
-        # images far off the [-1, 1] scale (0..255 pixels) would train silently on the wrong data; the
-        # values are read on the CPU only (on an accelerator a per-step host-device sync; and not
-        # under torch.compile), as check_labels reads labels
-        if x0.device.type == "cpu" and not torch.compiler.is_compiling():
-            check_image_range(x0, "x0 (image-shaped data)", DATA_RANGE_LIMIT)
-        B = x0.shape[0]
-        if t is None:  # drawn here, so in range: no validation (and no host-device sync)
-            t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
-        else:
-            self._check_t(t, x0)
-        if noise is None:
-            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        else:
-            noise = float_input(noise, "noise", model, NOISE_FIX)
-            if noise.shape != x0.shape:
-                raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-            noise = noise.to(x0.dtype)
-        if cond is not None:
-            cond = check_labels(model, cond, B)
-            if cond_drop_prob > 0:
-                if not hasattr(model, "num_classes"):  # a plain function: no null label to drop to
-                    raise ValueError("cond_drop_prob > 0 replaces labels by the null label model.num_classes, "
-                                     "but the model has no num_classes attribute")
-                null = torch.full_like(cond, model.num_classes)
-                drop = torch.rand(B, device=cond.device, generator=generator) < cond_drop_prob
-                cond = torch.where(drop, null, cond)
-        elif cond_drop_prob > 0:
-            raise ValueError("cond_drop_prob > 0 needs class labels: pass cond")
-        x_t = self._q_sample(x0, t, noise)
-        out = call_model(model, x_t, t, cond)
-        err = (out.float() - self.target(x0, noise, t).float()) ** 2
-        per_sample = err.flatten(1).mean(1) * self.loss_weight(t, weighting)
-        if reduction == "mean":
-            return per_sample.mean()
-        if reduction == "none":
-            return per_sample
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
     # -------------------------------------------------------------- likelihood
     def vlb_terms(
