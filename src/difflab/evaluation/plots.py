@@ -6,7 +6,7 @@ Everything renders off-screen (matplotlib's Agg backend) and writes to a path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,16 +56,24 @@ def scatter_panels(panels: Mapping[str, Tensor], path, lim: float = 2.5, suptitl
     return Path(path)
 
 
-def forward_process_2d(proc, x0: Tensor, path, ts: Sequence[int] = (0, 50, 100, 200, 400, 999), lim: float = 3.0) -> Path:
-    """q(x_t | x0) for 2D data at several t: the data dissolving into N(0, I)."""
-    ts = [t for t in ts if t < proc.T] or [proc.T - 1]
+def forward_process_2d(proc, x0: Tensor, path, ts: Optional[Sequence[float]] = None, lim: float = 3.0) -> Path:
+    """q(x_t | x0) for 2D data at several times t of the process: the data dissolving into noise.
+
+    ``ts`` are the process's own times (a DDPM chain's 0-based steps, default 0, 50, 100, 200,
+    400, 999; a continuous process's t, default six equal steps over [t_min, t_max]). Each panel
+    names t and the signal fraction a(t) of x_t = a(t) x0 + s(t) eps."""
+    if ts is None:
+        ts = (0, 50, 100, 200, 400, 999) if proc.discrete else torch.linspace(proc.t_min, proc.t_max, 6).tolist()
+    ts = [t for t in ts if proc.t_min <= t <= proc.t_max] or [proc.t_max]
     g = torch.Generator().manual_seed(0)
     panels = {}
     for t in ts:
-        tt = torch.full((len(x0),), t, dtype=torch.long)
+        dtype = torch.long if proc.discrete else torch.float32
+        tt = torch.full((len(x0),), t, dtype=dtype)
         x_t = proc.q_sample(x0, tt, torch.randn(x0.shape, generator=g))
-        abar = float(proc.alphas_cumprod[t])
-        panels[f"t = {t + 1}, abar = {abar:.3f}"] = x_t
+        a = float(proc.alpha_sigma(tt[:1])[0])
+        label = f"t = {int(t) + 1}" if proc.discrete else f"t = {t:.3g}"
+        panels[f"{label}, a = {a:.3f}"] = x_t
     return scatter_panels(panels, path, lim, "forward process q(x_t | x_0)")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..validation import is_int
 from .base import randn
 from .registry import SAMPLERS
@@ -52,7 +52,7 @@ def _gap_sigmas(q: np.ndarray, log_hi: float, log_lo: float) -> Tensor:
 
 def optimize_sigmas(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     shape: Sequence[int],
     steps: int,
     sampler: str = "dpmpp_3m",
