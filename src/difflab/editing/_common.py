@@ -1,19 +1,21 @@
 """What the editing functions share: checking their inputs and running the samplers step by step.
 
-Every editing method works in the samplers' VE parameterisation x = x0 + sigma eps (the VP
-state of the process is x_t = x / sqrt(1 + sigma^2)) and reuses the registered sampler
-functions ``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.samplers`.
+Every editing method works in the samplers' VE parameterisation x = x0 + sigma eps, where every
+process is the same process (its own state is x_t = a x, a = ``proc.scale(sigma)``; the VP
+state x / sqrt(1 + sigma^2) for the DDPM chain), and reuses the registered sampler functions
+``SAMPLERS[name].fn(denoiser, x, sigmas, ...)`` of :mod:`difflab.samplers`. Noise given by the
+user (x_T, a latent) is the standard normal draw, x = noise * sqrt(1 + sigma_0^2) at the top
+level, as in :func:`difflab.sample`, whatever the process.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..samplers import SAMPLERS
 from ..samplers.base import eval_mode, model_device
 from ..validation import IMAGE_RANGE_TOL, check_image_range, check_labels, is_int, model_dtype
@@ -69,13 +71,17 @@ def check_sampler(sampler: str, options: dict, allowed: Optional[tuple[str, ...]
     return spec
 
 
-def check_steps(steps, proc: GaussianDiffusion, name: str = "steps") -> int:
-    """An integer (Python or numpy) in 1 .. T."""
-    if not is_int(steps) or not 1 <= steps <= proc.T:
-        raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
+def check_steps(steps, proc: Process, name: str = "steps") -> int:
+    """An integer (Python or numpy): in 1 .. T for the DDPM chain (a spacing picks that many of
+    its T timesteps), >= 1 for a continuous-time process (any number of levels in its time)."""
+    if not isinstance(proc, Process):
+        raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion or "
+                        f"dl.processes.FlowMatching), got {type(proc).__name__}")
+    if proc.discrete:
+        if not is_int(steps) or not 1 <= steps <= proc.T:
+            raise ValueError(f"{name} must be an integer in 1 .. T = {proc.T}, got {steps!r}")
+    elif not is_int(steps) or steps < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (the number of noise levels {type(proc).__name__} "
+                         f"is sampled at), got {steps!r}")
     return int(steps)
 
-
-def ve_to_vp(x: Tensor, sigma: float) -> Tensor:
-    """x_t = x / sqrt(1 + sigma^2)."""
-    return x / math.sqrt(1.0 + sigma * sigma)

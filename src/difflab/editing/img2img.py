@@ -1,16 +1,23 @@
 """Image-to-image translation by SDEdit (Meng et al. 2022): noise the input part way, then denoise.
 
-With strength s in (0, 1], the process starts at the timestep t_s = s (T - 1) (0-based; a
-fractional t interpolates log sigma, see ``GaussianDiffusion.sigma_of``) from the input y
-noised by the forward process (their eq. 2, VP form; here in the samplers' VE state):
+With strength s in (0, 1], the process starts at its own time
 
-    x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps      <=>      x = y + sigma_{t_s} eps
+    t_s = t_min + s (t_max - t_min)
 
-and runs a sampler over the part of the usual grid of ``steps`` levels below sigma_{t_s}
-(about s * steps steps). Small s keeps the input's layout and details (the noise drowns only
-fine structure); s -> 0 returns the input; s = 1 is plain sampling from x_T = eps, exactly
-``dl.sample(..., noise=eps)`` (the input's weight sqrt(abar_T) in x_T, 0.006 for the linear
-schedule with T = 1000, is dropped so that the two agree).
+on its sampling interval [t_min, t_max]: the DDPM chain's t_s = s (T - 1) (0-based; a
+fractional t interpolates log sigma, see ``GaussianDiffusion.sigma_of``), the SDEs' and flows'
+t in [t_min, 1] or [t_min, t_max]; for EDM, whose time is the noise level itself, s is linear in
+sigma (s = 0.1 is already sigma = 8 of 80: mild edits need small s there). It starts from the
+input y noised by the forward process (their eq. 2), in the samplers' VE state for every process:
+
+    x_t = a(t_s) y + s(t_s) eps      <=>      x = y + sigma(t_s) eps
+
+and runs a sampler over the part of the usual grid of ``steps`` levels below sigma(t_s)
+(about s * steps steps on the DDPM chain's grid and the 'uniform' one). Small s keeps the
+input's layout and details (the noise drowns only fine structure); s -> 0 returns the input;
+s = 1 is plain sampling from x_T = eps, exactly ``dl.sample(..., noise=eps)`` (the input's
+weight 1 / sqrt(1 + sigma_max^2) in the standardised x_T -- 0.006 for the linear schedule with
+T = 1000, 0.001 for FlowMatching's t_max = 0.999 -- is dropped so that the two agree).
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..samplers import SAMPLERS, sample, sampling_sigmas
 from ..samplers.base import randn
+from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, is_real
 from ._common import check_image, check_sampler, check_steps, model_device, to_model
 
@@ -41,18 +49,20 @@ def check_strength(strength) -> float:
     return float(strength)
 
 
-def sdedit_sigmas(proc: GaussianDiffusion, strength: float, steps: int = 50, spacing: str = "trailing") -> Tensor:
-    """The decreasing noise levels SDEdit runs over: sigma(t_s) then the grid's levels below it, then 0.
+def sdedit_sigmas(proc: Process, strength: float, steps: int = 50, spacing: Optional[str] = None) -> Tensor:
+    """The decreasing noise levels SDEdit runs over: sigma(t_s), t_s = t_min + strength (t_max - t_min),
+    then the grid's levels below it, then 0.
 
-    ``strength = 1`` gives the full grid of ``sampling_sigmas(proc, steps, spacing)``.
+    ``strength = 1`` gives the full grid of ``sampling_sigmas(proc, steps, spacing)``; ``spacing``
+    defaults to "trailing" on the DDPM chain and to the process's own spacing otherwise.
     """
     strength = check_strength(strength)
     if strength == 0.0:
         raise ValueError("strength 0 runs no step (the input is returned as it is)")
-    full = sampling_sigmas(proc, steps, spacing)
+    full = sampling_sigmas(proc, steps, spacing or default_spacing(proc, "trailing"))
     if strength == 1.0:
         return full
-    t = torch.tensor(strength * (proc.T - 1), dtype=torch.float64)
+    t = torch.tensor(proc.t_min + strength * (proc.t_max - proc.t_min), dtype=torch.float64)
     start = proc.sigma_of(t).reshape(1)
     return torch.cat([start, full[full < start]])
 
@@ -60,7 +70,7 @@ def sdedit_sigmas(proc: GaussianDiffusion, strength: float, steps: int = 50, spa
 @torch.no_grad()
 def img2img(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     image: Tensor,
     strength: float = 0.5,
     sampler: str = "ddim",
@@ -109,12 +119,12 @@ def img2img(
     if strength == 0.0:
         return image.clone()
     noise = noise.to(device, x0.dtype)
-    sigmas = sdedit_sigmas(proc, strength, steps, spacing or spec.default_spacing)
+    sigmas = sdedit_sigmas(proc, strength, steps, spacing or default_spacing(proc, spec.default_spacing))
     if strength == 1.0:
         x_start = noise  # the prior N(0, I): plain sampling
     else:
         s = float(sigmas[0])
-        x_start = (x0 + s * noise) / math.sqrt(1.0 + s * s)  # q(x_t | y), VP state
+        x_start = (x0 + s * noise) / math.sqrt(1.0 + s * s)  # q(x | y), standardised as dl.sample's noise
     return sample(model, proc, image.shape, sampler, eta=eta, cond=cond, guidance=guidance, noise=x_start,
                   generator=generator, device=device, progress=progress, sigmas=sigmas, callback=callback,
                   clip_x0=clip_x0, **options)

@@ -16,7 +16,9 @@ independent noise of variance sigma_{i-1}^2 - sigma_i^2,
 
     x_{i-1} = x_i + sqrt(sigma_{i-1}^2 - sigma_i^2) z,
 
-and denoises again, so the generated region can harmonise with the kept one. Its jump
+(the DDPM chain's q(x_{t'} | x_t) = N(sqrt(abar_t' / abar_t) x_t, (1 - abar_t' / abar_t) I),
+divided by sqrt(abar_t'); every process x_t = a x0 + s eps is this one in VE form, so both
+formulas hold for all of them, the noise levels being the process's own) and denoises again, so the generated region can harmonise with the kept one. Its jump
 schedule goes ``jump_length`` (j) levels back up ``resample - 1`` (r - 1) times at every j-th
 level; ``resample = 1`` is the plain replacement method. The network is evaluated
 N + (r - 1) j floor((N - 1) / j) times (times the sampler's evaluations per step).
@@ -30,9 +32,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..samplers import Denoiser, sampling_sigmas
 from ..samplers.base import randn, randn_like
+from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .masks import check_mask
@@ -80,7 +83,7 @@ def repaint_schedule(steps: int, jump_length: int = 10, resample: int = 10) -> l
 @torch.no_grad()
 def inpaint(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     image: Tensor,
     mask: Tensor,
     sampler: str = "ddpm",
@@ -110,7 +113,9 @@ def inpaint(
     (default: the process's ``clip_x0``; None: no clipping).
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
-    ``callback`` receives {"i", "sigma", "x" (VP state), "denoised"} per network step.
+    ``callback`` receives {"i", "sigma", "x" (the process's state x_t = a(sigma) x, as in
+    :func:`difflab.sample`), "denoised"} per network step. ``steps``: 1 .. T on the DDPM chain,
+    any number >= 1 for a continuous-time process.
     Images [B, C, H, W] must be scaled to [-1, 1] (vectors [B, D] are in the model's own scale);
     they run in the model's parameter dtype.
     """
@@ -128,7 +133,7 @@ def inpaint(
     mask = mask.to(device, image.dtype)
     cond = check_labels(model, cond, image.shape[0], device)
     denoiser = Denoiser(model, proc, cond, guidance, clip_x0=proc.clip_x0 if clip_x0 is ... else clip_x0)
-    sigmas = sampling_sigmas(proc, steps, spacing or spec.default_spacing)
+    sigmas = sampling_sigmas(proc, steps, spacing or default_spacing(proc, spec.default_spacing))
     keep = 1 - mask
 
     s0 = float(sigmas[0])
@@ -141,7 +146,7 @@ def inpaint(
         raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")
     else:
         check_finite(noise, "noise", NOISE_FIX)
-    x = noise.to(device, image.dtype) * math.sqrt(1.0 + s0 * s0)  # VP x_T -> VE
+    x = noise.to(device, image.dtype) * math.sqrt(1.0 + s0 * s0)  # standard normal x_T -> VE, as dl.sample
     x = mask * x + keep * (image + s0 * randn_like(image, generator))
 
     bar = None
@@ -153,8 +158,8 @@ def inpaint(
 
     def report(step: dict) -> None:
         if callback is not None:
-            s = step["sigma"]
-            callback(dict(step, i=count, x=step["x"] / math.sqrt(1.0 + s * s)))
+            a = float(proc.scale(float(step["sigma"])))  # the process's own state x_t = a x
+            callback(dict(step, i=count, x=step["x"] * a))
 
     try:
         with eval_mode(model):

@@ -24,8 +24,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..samplers import invert, sample
+from ..samplers.timesteps import default_spacing
 from ..validation import check_labels, is_int
 from ._common import check_image, check_steps, model_device, to_model
 
@@ -72,22 +73,26 @@ def slerp(a: Tensor, b: Tensor, u) -> Tensor:
 @torch.no_grad()
 def reconstruct(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     image: Tensor,
     steps: int = 50,
     *,
     cond: Optional[Tensor] = None,
-    spacing: str = "trailing",
+    spacing: Optional[str] = None,
     return_latent: bool = False,
 ):
     """DDIM inversion of ``image`` to x_T and DDIM sampling back: the round trip x0 -> x_T -> x0'.
 
     Returns x0' (and x_T with ``return_latent=True``); the error |x0' - x0| measures how
-    well the model's probability-flow ODE is discretised by ``steps`` steps. Images [B, C, H, W]
-    must be scaled to [-1, 1]; they run in the model's parameter dtype.
+    well the model's probability-flow ODE is discretised by ``steps`` steps (DDIM is Euler's
+    method for it in the VE state, first order: the error falls like 1 / steps). ``spacing``:
+    "trailing" on the DDPM chain, the process's own spacing otherwise (e.g. "uniform" in a flow's
+    t, "karras" for EDM). Images [B, C, H, W] must be scaled to [-1, 1]; they run in the model's
+    parameter dtype.
     """
     image = check_image(image, "image")
     steps = check_steps(steps, proc)
+    spacing = spacing or default_spacing(proc, "trailing")
     device = model_device(model, image)
     cond = check_labels(model, cond, image.shape[0], device)
     image = to_model(image, model, device)
@@ -99,7 +104,7 @@ def reconstruct(
 @torch.no_grad()
 def interpolate(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     a: Tensor,
     b: Tensor,
     frames: int = 8,
@@ -108,7 +113,7 @@ def interpolate(
     latents: bool = False,
     cond: Optional[Tensor] = None,
     guidance: float = 1.0,
-    spacing: str = "trailing",
+    spacing: Optional[str] = None,
 ) -> Tensor:
     """A strip of ``frames`` images [frames, ...] morphing from ``a`` to ``b``.
 
@@ -116,12 +121,15 @@ def interpolate(
     invert with DDIM, or, with ``latents=True``, two noises x_T of that shape (``torch.randn``).
     Each frame is DDIM-decoded (eta = 0, ``steps`` steps) from slerp(x_T^a, x_T^b; u),
     u = 0, 1/(frames-1), ..., 1; ``cond`` (one label for all frames) and ``guidance`` apply to
-    the decoding (inversion uses cond only). Images must be scaled to [-1, 1] (latents are not
+    the decoding (inversion uses cond only). Latents are standard normal draws, whatever the
+    process (x = z sqrt(1 + sigma_0^2) at the top level, as in :func:`difflab.sample`); the noise
+    levels are those of :func:`reconstruct`. Images must be scaled to [-1, 1] (latents are not
     range checked); they run in the model's parameter dtype.
     """
     if not is_int(frames) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2 (the strip includes both ends), got {frames!r}")
     steps = check_steps(steps, proc)
+    spacing = spacing or default_spacing(proc, "trailing")
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a tensor (one image without a batch dimension), got {type(x).__name__}")

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..models.superres import UPSAMPLE_MODES, LowResConditioned, WithLowRes, downsample, lowres_model, upsample
 from ..samplers import sample
 from ..training.config import TrainConfig, load_config
@@ -30,7 +30,7 @@ __all__ = ["LowResConditioned", "WithLowRes", "SuperResLoss", "downsample", "ups
 @torch.no_grad()
 def upscale(
     model: Callable,
-    proc: GaussianDiffusion,
+    proc: Process,
     lowres: Tensor,
     sampler: str = "ddim",
     steps: int = 50,
