@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
-
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from ..devices import count_flops, resolve_device, use_cpu_threads
 from ..files import atomic_write, atomic_write_text
@@ -41,7 +40,7 @@ from ..processes import FlowMatching, Process, check_weighting
 from ..samplers import sample as dl_sample
 from ..validation import NOISE_FIX, check_finite, check_labels, float_input, is_int, is_real, positive_int
 from .build import build_process
-from .checkpoint import latest_checkpoint, load, load_matching
+from .checkpoint import LoadedRun, latest_checkpoint, load, load_matching
 from .config import apply_overrides
 from .data import mix_seed
 from .loss import TrainBatch
@@ -67,11 +66,6 @@ def _check_noise(noise: Tensor, model: Callable) -> Tensor:
                          f"{getattr(noise, 'shape', type(noise).__name__)}; {NOISE_FIX}")
     noise = float_input(noise, "noise", model, NOISE_FIX)
     return check_finite(noise, "noise", NOISE_FIX)
-
-
-def _check_cond(model: Callable, cond, n: int) -> Optional[Tensor]:
-    """Labels [n] (an int: all alike), on the CPU, or None."""
-    return check_labels(model, cond, n)
 
 
 def _chunks(n: int, batch_size: int) -> Sequence[slice]:
@@ -107,12 +101,12 @@ def generate_pairs(
     check_flow(proc, "generate_pairs")
     n = positive_int("n (the number of pairs)", n)
     batch_size = positive_int("batch_size", batch_size)
-    shape = tuple(shape)
-    if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
+    entries = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else ()
+    if not entries or not all(is_int(s) and s >= 1 for s in entries):
         raise ValueError(f"shape must be one sample's shape (without the batch), e.g. (2,) or (1, 28, 28), "
                          f"got {shape!r}")
-    cond = _check_cond(model, cond, n)
-    noise = torch.randn((n, *shape), generator=generator, dtype=torch.float32)
+    cond = check_labels(model, cond, n)
+    noise = torch.randn((n, *map(int, entries)), generator=generator, dtype=torch.float32)
     samples = torch.empty_like(noise)
     for part in _chunks(n, batch_size):
         x = dl_sample(model, proc, noise[part].shape, sampler, steps, cond=None if cond is None else cond[part],
@@ -160,7 +154,7 @@ def straightness(
     for name in ("sampler", "spacing", "sigmas", "timesteps"):
         if name in options:
             raise ValueError(f"straightness runs Euler steps equally spaced in t; it takes no {name!r}")
-    cond = _check_cond(model, cond, noise.shape[0])
+    cond = check_labels(model, cond, noise.shape[0])
     total = 0.0
     for part in _chunks(noise.shape[0], batch_size):
         part_cond = None if cond is None else cond[part]
@@ -245,7 +239,7 @@ class ReflowLoss:
 
 # ----------------------------------------------------------------------------- a run folder
 def reflow(
-    ckpt: Union[str, Path],
+    ckpt: Union[str, Path, LoadedRun],
     out: Union[str, Path],
     pairs: int,
     *,
@@ -259,7 +253,8 @@ def reflow(
     progress: bool = True,
     say: Callable[[str], None] = lambda line: None,
 ) -> dict:
-    """Train the next rectified flow of the flow run ``ckpt`` (run folder, checkpoint or export) into ``out``.
+    """Train the next rectified flow of the flow run ``ckpt`` (run folder, checkpoint, export or
+    a :class:`~difflab.training.LoadedRun`, which is moved to the device) into ``out``.
 
     1. ``pairs`` pairs (Z_1, Z_0) of the run's EMA model, its ODE solved by ``steps`` Euler steps
        (:func:`generate_pairs`, noise seeded by ``seed``; a class-conditional run's labels cycle
@@ -273,8 +268,8 @@ def reflow(
        written with the settings to ``out/reflow.json`` (before training, and again after it).
 
     ``device``, ``cpu_threads``: as the config fields (default: the run's config's). ``resume=True``
-    continues an interrupted reflow in ``out`` from its latest checkpoint on the pairs saved there,
-    whose settings must be these. ``say`` receives the progress lines. Returns reflow.json's content.
+    continues an interrupted reflow in ``out`` on the pairs saved there, whose settings must be
+    these, from its latest checkpoint (from the run's weights if none was written yet). ``say`` receives the progress lines. Returns reflow.json's content.
     """
     pairs = positive_int("pairs (the number of noise-sample pairs)", pairs)
     steps = positive_int("steps (the ODE steps of the pairs and the straightness)", steps)
@@ -284,15 +279,15 @@ def reflow(
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     out = Path(out)
-    run = load(ckpt)
-    _check_source(run, ckpt, out)
-    _check_out(out, resume)
+    run = ckpt if isinstance(ckpt, LoadedRun) else load(ckpt)
+    _check_source(run, out)
+    continued = _check_out(out, resume)
     overrides = [f"seed={int(seed)}"]
     overrides += [f"steps={train_steps}"] if train_steps is not None else []
     overrides += [f"device={device}"] if device is not None else []
     overrides += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
     if run.proc.coupling != "independent":
-        say(f"note: {ckpt} was trained with coupling {run.proc.coupling!r}; the reflow trains on its pairs as "
+        say(f"note: {run.path} was trained with coupling {run.proc.coupling!r}; the reflow trains on its pairs as "
             "they are (coupling 'independent')")
         overrides.append("diffusion.process_kwargs.coupling=independent")
     cfg = apply_overrides(run.config, overrides).validate()
@@ -304,7 +299,7 @@ def reflow(
     if run.num_classes is not None:  # every class alike: label i mod K
         labels = torch.arange(pairs) % run.num_classes
     if resume:
-        noise, samples, labels = _read_pairs(out / PAIRS_FILE, settings, labels)
+        noise, samples, labels = _read_pairs(out / PAIRS_FILE, settings)
     else:
         if dev.type == "cpu":
             say(_sampling_threads(run, min(pairs, 500), cfg.cpu_threads))
@@ -323,10 +318,11 @@ def reflow(
 
     proc = build_process(cfg)
     data = (samples.reshape(pairs, *run.image_shape), labels)  # the trainer flattens as the config says
-    with Trainer(cfg, out, data=data, loss_fn=ReflowLoss(proc, noise), resume=resume, progress=progress) as trainer:
+    with Trainer(cfg, out, data=data, loss_fn=ReflowLoss(proc, noise), resume=continued,
+                 progress=progress) as trainer:
         if trainer.cpu_threads_note:
             say(trainer.cpu_threads_note)
-        if not resume:  # the previous flow's weights: the model and its average start there
+        if not continued:  # the previous flow's weights: the model and its average start there
             for module in (trainer.model, trainer.ema.model):
                 difference = load_matching(module, run.ema_model.state_dict())
                 if difference is not None:
@@ -342,30 +338,32 @@ def reflow(
     return report
 
 
-def _check_source(run, ckpt, out: Path) -> None:
+def _check_source(run: LoadedRun, out: Path) -> None:
     """A flow run, and not the folder the reflow writes into."""
     process = run.config.diffusion.process
     if not isinstance(run.proc, FlowMatching):
-        raise ValueError(f"{str(ckpt)!r} is a {process!r} run ({run.proc!r}); reflow straightens a flow: "
+        raise ValueError(f"{str(run.path)!r} is a {process!r} run ({run.proc!r}); reflow straightens a flow: "
                          "train one with diffusion.process: flow (configs/digits_flow.yaml)")
     source = Path(run.path).resolve()
     target = out.resolve()
     if target == source or target in source.parents:
-        raise ValueError(f"--out {str(out)!r} holds the run it would reflow ({str(ckpt)!r}); write the new flow "
+        raise ValueError(f"out {str(out)!r} holds the run it would reflow ({str(run.path)!r}); write the new flow "
                          "into another folder")
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    """Before any work: a fresh reflow needs a folder with no run in it, a resumed one its pairs and checkpoint."""
+def _check_out(out: Path, resume: bool) -> bool:
+    """Before any work: a fresh reflow needs a folder without pairs or a run in it; a resumed one
+    its pairs (and it continues from its checkpoint where one was written). Returns whether one was."""
     has_run = latest_checkpoint(out) is not None
     has_pairs = (out / PAIRS_FILE).is_file()
     if not resume and (has_run or has_pairs):
-        raise FileExistsError(f"{str(out)!r} already holds a {'run' if has_run else 'reflow'} "
-                              f"({'checkpoints/latest' if has_run else PAIRS_FILE} exists); pass --resume "
-                              "(resume=True) to continue it, or choose another output folder")
-    if resume and not (has_run and has_pairs):
-        missing = " and ".join(m for m, ok in (("checkpoints/latest", has_run), (PAIRS_FILE, has_pairs)) if not ok)
-        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: no {missing}; start without --resume")
+        held = f"the pairs of a reflow ({PAIRS_FILE})" if has_pairs else "a run (checkpoints/latest)"
+        raise FileExistsError(f"{str(out)!r} already holds {held}; pass --resume (resume=True) to continue it, "
+                              "or choose another output folder")
+    if resume and not has_pairs:
+        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: no {PAIRS_FILE} (the pairs a reflow trains "
+                                "on); start without --resume")
+    return has_run
 
 
 def _sampling_threads(run, batch: int, requested: int) -> str:
@@ -387,7 +385,7 @@ def _write_pairs(path: Path, noise: Tensor, samples: Tensor, labels: Optional[Te
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def _read_pairs(path: Path, settings: dict, labels: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def _read_pairs(path: Path, settings: dict) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """The saved pairs, if they are the ones these settings draw (else a ValueError naming the differences)."""
     with safe_open(str(path), "pt") as f:
         saved = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
@@ -397,4 +395,4 @@ def _read_pairs(path: Path, settings: dict, labels: Optional[Tensor]) -> tuple[T
         raise ValueError(f"cannot resume the reflow in {str(path.parent)!r}: its pairs were drawn with other settings: "
                          f"{', '.join(differ)}; resume with those, or reflow into another folder")
     tensors = load_file(str(path))
-    return tensors["noise"], tensors["samples"], tensors.get("labels", labels)
+    return tensors["noise"], tensors["samples"], tensors.get("labels")
