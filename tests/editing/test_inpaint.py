@@ -33,7 +33,8 @@ def state_scale(proc, sigma: float) -> float:
 
 def default_sigmas(proc, sampler, steps):
     """The noise levels inpaint runs over by default: the sampler's spacing where the process has it."""
-    return dl.samplers.sampling_sigmas(proc, steps, default_spacing(proc, dl.samplers.SAMPLERS[sampler].default_spacing))
+    spacing = default_spacing(proc, dl.samplers.SAMPLERS[sampler].default_spacing)
+    return dl.samplers.sampling_sigmas(proc, steps, spacing)
 
 
 def test_repaint_schedule_by_hand():
@@ -184,9 +185,13 @@ def test_inpainting_is_one_computation_on_every_process(matched_procs, sampler):
     for name, proc in matched_procs.items():
         mixture = dl.models.GaussianMixtureDenoiser(proc, [[-1.5, -1.5], [1.5, 1.5]], 0.5)
         seen = []
+
+        def record(step, proc=proc, seen=seen):
+            seen.append(step["x"] / state_scale(proc, step["sigma"]))  # the VE state
+
         out[name] = E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), sampler, 10, resample=3, jump_length=2,
                               spacing="karras", noise=noise, generator=torch.Generator().manual_seed(0),
-                              callback=lambda step: seen.append(step["x"] / state_scale(proc, step["sigma"])))
+                              callback=record)
         states[name] = torch.stack(seen)
     for name in matched_procs:
         assert torch.allclose(out[name], out["ddpm"], rtol=1e-5, atol=1e-5), name

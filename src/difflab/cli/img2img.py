@@ -3,8 +3,10 @@
     difflab img2img --ckpt runs/mnist --input sketch.png --strength 0.5 --out edited.png
     difflab img2img --ckpt runs/mnist_cond --input three.png --strength 0.7 --label 8 --guidance 3 --n 4
 
-``--strength`` s in [0, 1] is the fraction of the diffusion redone: small s keeps the input's
-layout, s = 1 ignores the input (plain sampling). The output holds --n results per input.
+``--strength`` s in [0, 1] is the fraction of the diffusion redone, in the run's own time (it
+starts at t_min + s (t_max - t_min); EDM's time is the noise level, so mild edits need small s
+there): small s keeps the input's layout, s = 1 ignores the input (plain sampling). The output
+holds --n results per input.
 """
 
 from __future__ import annotations

@@ -16,12 +16,15 @@ independent noise of variance sigma_{i-1}^2 - sigma_i^2,
 
     x_{i-1} = x_i + sqrt(sigma_{i-1}^2 - sigma_i^2) z,
 
-(the DDPM chain's q(x_{t'} | x_t) = N(sqrt(abar_t' / abar_t) x_t, (1 - abar_t' / abar_t) I),
-divided by sqrt(abar_t'); every process x_t = a x0 + s eps is this one in VE form, so both
-formulas hold for all of them, the noise levels being the process's own) and denoises again, so the generated region can harmonise with the kept one. Its jump
+and denoises again, so the generated region can harmonise with the kept one. Its jump
 schedule goes ``jump_length`` (j) levels back up ``resample - 1`` (r - 1) times at every j-th
 level; ``resample = 1`` is the plain replacement method. The network is evaluated
 N + (r - 1) j floor((N - 1) / j) times (times the sampler's evaluations per step).
+
+Both formulas hold for every process: the DDPM chain's forward step q(x_t' | x_t) =
+N(sqrt(abar_t' / abar_t) x_t, (1 - abar_t' / abar_t) I) divided by sqrt(abar_t') is the VE step
+above, and every process x_t = a x0 + s eps is, in VE form x = x_t / a, that same process over
+its own noise levels.
 """
 
 from __future__ import annotations
@@ -105,12 +108,13 @@ def inpaint(
     """Fill ``image`` [B, ...] where ``mask`` is 1 with samples of ``model`` that agree with the rest.
 
     ``sampler``: one of :data:`STEPWISE_SAMPLERS` (DDPM ancestral, as in RePaint, or DDIM with
-    ``eta``), ``steps`` noise levels with the sampler's default ``spacing``. ``resample`` r and
-    ``jump_length`` j: RePaint's resampling (r = 1: the replacement method; the paper uses
-    r = j = 10). ``noise``: the starting x_T (the image's shape); ``generator`` seeds every
-    other draw. ``cond``/``guidance``: class labels and classifier-free guidance, and
-    ``clip_x0=1`` clamps the model's x0 estimates to [-1, 1], as in :func:`difflab.sample`
-    (default: the process's ``clip_x0``; None: no clipping).
+    ``eta``), ``steps`` noise levels with the sampler's default ``spacing`` (a continuous-time
+    process, which has no grid, uses its own: ``samplers.timesteps.default_spacing``).
+    ``resample`` r and ``jump_length`` j: RePaint's resampling (r = 1: the replacement method;
+    the paper uses r = j = 10). ``noise``: the starting x_T (the image's shape, standard normal
+    for every process); ``generator`` seeds every other draw. ``cond``/``guidance``: class
+    labels and classifier-free guidance, and ``clip_x0=1`` clamps the model's x0 estimates to
+    [-1, 1], as in :func:`difflab.sample` (default: the process's ``clip_x0``; None: no clipping).
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (the process's state x_t = a(sigma) x, as in
