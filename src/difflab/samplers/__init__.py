@@ -18,6 +18,7 @@ from .euler import sample_euler
 from .heun import sample_heun
 from .optimize import optimize_sigmas
 from .registry import SAMPLERS, SamplerSpec, register
+from .sde import sample_euler_maruyama, sample_pc
 from .sampling import SAMPLING_OPTIONS, SamplingSettings, invert, sample
 from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
 
@@ -36,6 +37,8 @@ __all__ = [
     "sample_dpmpp_3m",
     "sample_euler",
     "sample_heun",
+    "sample_euler_maruyama",
+    "sample_pc",
     "logsnr_sigmas",
     "optimize_sigmas",
     "timesteps",

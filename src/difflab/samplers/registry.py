@@ -11,6 +11,7 @@ from .ddpm import sample_ddpm
 from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
 from .euler import sample_euler
 from .heun import sample_heun
+from .sde import sample_euler_maruyama, sample_pc
 
 __all__ = ["SamplerSpec", "SAMPLERS", "register"]
 
@@ -22,7 +23,7 @@ class SamplerSpec:
     fn: Callable
     default_spacing: str = "trailing"
     options: tuple[str, ...] = ()
-    evals_per_step: int = 1  # model evaluations per step (the last step may use fewer)
+    evals_per_step: int = 1  # model evaluations per step at the default options (the last step may use fewer)
     description: str = ""
     stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
 
@@ -55,3 +56,16 @@ register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the P
                              stochastic=lambda o: _positive(o.get("s_churn"))))
 register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)",
                             stochastic=lambda o: _positive(o.get("s_churn"))))
+# "logsnr" (a constant ratio sigma_{i+1} / sigma_i; for the VE SDE Song et al.'s geometric grid):
+# an Euler-Maruyama step adds sigma_i^2 - sigma_{i+1}^2 of noise, first-order accurate only
+# where that ratio is near 1. A DDPM grid's top step can be far from it (the cosine schedule at
+# T = 1000: sigma 20291 -> 128 in its first trailing step), which leaves the output
+# over-dispersed whatever the number of steps (measured in the module docstring of .sde).
+register("euler_maruyama", SamplerSpec(sample_euler_maruyama, "logsnr", (), 1,
+                                       "Euler-Maruyama on the reverse SDE (Song et al. 2021)",
+                                       stochastic=lambda o: True))
+# 1 + corrector_steps calls per step (2 at the default corrector_steps = 1); the last step, to
+# sigma = 0, has no corrector: steps + (steps - 1) corrector_steps calls in all.
+register("pc", SamplerSpec(sample_pc, "logsnr", ("snr", "corrector_steps"), 2,
+                           "predictor-corrector: Euler-Maruyama + Langevin (Song et al. 2021)",
+                           stochastic=lambda o: True))
