@@ -5,8 +5,13 @@ x = x_t / sqrt(abar_t), with r = sigma_s^2 / sigma_t^2, the posterior (eqs. 6-7)
 
     mean = (1 - r) x0 + r x_t
     var  = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2               ("posterior": beta~_t)
-    var  = (sigma_t^2 - sigma_s^2) (1 + sigma_s^2) / (1 + sigma_t^2)   ("beta": beta_t, scaled to VE)
+    var  = (sigma_t^2 - sigma_s^2) (a_t / a_s)^2                       ("beta": beta_t, scaled to VE)
 
+"beta" is the variance of the forward transition q(x_t | x_s) seen in the VE coordinates of
+level s: x_t = (a_t / a_s) x_s + noise of variance a_t^2 (sigma_t^2 - sigma_s^2), divided by
+a_s^2, with a = ``denoiser.scale(sigma)`` the process's scale (:mod:`difflab.processes.base`).
+For the VP processes, a^2 = 1 / (1 + sigma^2), it is (sigma_t^2 - sigma_s^2) (1 + sigma_s^2) /
+(1 + sigma_t^2), DDPM's beta_t; a denoiser without ``scale`` (a plain function) gets that VP form.
 On a sub-grid (steps < T) these are the respaced process's beta'_t = 1 - abar_t / abar_s
 (Nichol & Dhariwal 2021, sec. 4). The last step (sigma_s = 0) returns the mean, x0, noise-free.
 """
@@ -23,6 +28,15 @@ from .base import Callback, randn_like
 __all__ = ["sample_ddpm", "VARIANCES"]
 
 VARIANCES = ("posterior", "beta")
+
+
+def _scale_ratio_squared(denoiser, s: float, s_next: float) -> float:
+    """(a(s) / a(s_next))^2 from the denoiser's process; the VP value (1 + s'^2) / (1 + s^2)
+    for a denoiser without ``scale``."""
+    scale = getattr(denoiser, "scale", None)
+    if scale is None:
+        return (1 + s_next**2) / (1 + s**2)
+    return (float(scale(s)) / float(scale(s_next))) ** 2
 
 
 @torch.no_grad()
@@ -49,6 +63,6 @@ def sample_ddpm(
             if variance == "posterior":
                 var = s_next**2 * (s**2 - s_next**2) / s**2
             else:
-                var = (s**2 - s_next**2) * (1 + s_next**2) / (1 + s**2)
+                var = (s**2 - s_next**2) * _scale_ratio_squared(denoiser, s, s_next)
             x = x + var**0.5 * randn_like(x, generator)
     return x
