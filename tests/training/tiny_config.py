@@ -19,3 +19,12 @@ def tiny(**changes) -> TrainConfig:
     }
     cfg = TrainConfig.from_dict(d)
     return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in changes.items()])
+
+
+def tiny_under(process: str, process_kwargs: dict = None, **changes) -> TrainConfig:
+    """:func:`tiny` under another process (``difflab.processes.PROCESSES``) with its options; the
+    DDPM schedule fields go back to their defaults, which the other processes require."""
+    if process == "ddpm":
+        return tiny(**changes)
+    return tiny(**{"diffusion.process": process, "diffusion.process_kwargs": process_kwargs or {},
+                   "diffusion.T": 1000, **changes})

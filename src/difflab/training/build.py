@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import models, schedules
+from .. import models
 from ..data.registry import DATA_RANGE
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..validation import IMAGE_RANGE_TOL
 from .config import TrainConfig
 
@@ -20,7 +20,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """``dl.models.build(cfg.model.name, **cfg.model.kwargs)``, checked against the config.
 
     A constructor that rejects its arguments (a wrong type, a value out of range) becomes a
-    ValueError naming ``model.kwargs``, the model and the kwargs, with the constructor's message."""
+    ValueError naming ``model.kwargs``, the model and the kwargs, with the constructor's message.
+    Under process "edm" the network is wrapped in EDM's preconditioning,
+    ``models.EDMPrecond(net, sigma_data)`` with the process's sigma_data (the network F of
+    Karras et al.'s eq. 7; its weights are the state dict's ``net.*``)."""
     try:
         model = models.build(cfg.model.name, **cfg.model.kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -33,16 +36,15 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if nc is not None and getattr(model, "num_classes", None) != nc:
         raise ValueError(f"model {cfg.model.name!r} was given num_classes={nc} but has "
                          f"num_classes={getattr(model, 'num_classes', None)}")
+    if cfg.diffusion.process == "edm":
+        model = models.EDMPrecond(model, sigma_data=build_process(cfg).sigma_data)
     return model
 
 
-def build_process(cfg: TrainConfig) -> GaussianDiffusion:
-    d = cfg.diffusion
-    try:
-        schedule = schedules.get(d.schedule, d.T, **d.schedule_kwargs)
-    except TypeError as err:
-        raise TypeError(f"config field diffusion.schedule_kwargs: {err}") from None
-    return GaussianDiffusion(schedule, prediction=d.prediction, clip_x0=data_range(cfg))
+def build_process(cfg: TrainConfig) -> Process:
+    """The config's process (``diffusion.process`` with its options), its samplers clipping x0
+    estimates to the data's range (:func:`data_range`)."""
+    return cfg.diffusion.build_process(clip_x0=data_range(cfg))
 
 
 def data_range(cfg: TrainConfig) -> Optional[float]:

@@ -6,7 +6,7 @@ sampled from and resumed without the file it came from. Read one with :func:`loa
 with :meth:`TrainConfig.validate`, whose errors name the field, the value and what is allowed.
 
     model:     {name: unet_mnist, kwargs: {num_classes: 10}}
-    diffusion: {schedule: linear, T: 1000, prediction: eps}
+    diffusion: {process: ddpm, schedule: linear, T: 1000, prediction: eps}
     data:      {name: mnist, kwargs: {root: ../shared/data/mnist, split: t10k}}
     optim:     {lr: 2.0e-4, warmup_steps: 500, grad_clip: 1.0}
     ema:       {decay: 0.999, warmup: 10}
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -29,7 +30,7 @@ import yaml
 
 from .. import models, schedules
 from ..accel import GROUP_NORM_MODES, check_group_norm_mode
-from ..processes import check_weighting
+from ..processes import PROCESSES, Process, check_weighting
 from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS
@@ -48,6 +49,7 @@ __all__ = [
     "save_config",
     "apply_overrides",
     "config_diff",
+    "default_prediction",
     "RESUMABLE_FIELDS",
 ]
 
@@ -107,7 +109,7 @@ _COMPILE_OPTION_TYPES = {  # torch.compile's keywords, the types a config may gi
 }
 COMPILE_OPTIONS = tuple(_COMPILE_OPTION_TYPES)
 # Fields that hold a free mapping (keys are not config fields): kept whole, overridable per key.
-MAPPING_FIELDS = ("kwargs", "schedule_kwargs", "compile_options")
+MAPPING_FIELDS = ("kwargs", "schedule_kwargs", "process_kwargs", "compile_options")
 LR_DECAYS = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -164,23 +166,59 @@ class ModelConfig:
             _number(f"{prefix}.kwargs.num_classes", nc, integer=True, low=1)
 
 
+def default_prediction(process: str) -> str:
+    """What a process's network predicts unless the config says otherwise: the default of its
+    constructor's ``prediction`` (eps for ddpm, vp and ve; x0 for edm; velocity for flow)."""
+    return inspect.signature(PROCESSES[process]).parameters["prediction"].default
+
+
+# The fields of DiffusionConfig that describe the DDPM chain's noise schedule, and their defaults:
+# another process has no schedule, so a value other than the default would be silently unused.
+_SCHEDULE_FIELDS = {"schedule": "linear", "T": 1000, "schedule_kwargs": {}}
+# Constructor arguments that come from other config fields, not from process_kwargs.
+_FROM_OTHER_FIELDS = {"prediction": "diffusion.prediction", "clip_x0": "sample.clip_x0"}
+
+
 @dataclass
 class DiffusionConfig:
-    """The process: ``GaussianDiffusion(schedules.get(schedule, T, **schedule_kwargs), prediction)``
-    and the loss weighting (None/'uniform' = L_simple, 'min_snr_5', ...)."""
+    """The process (``difflab.processes.PROCESSES``), what its network predicts and the loss weighting.
 
+    ``process``: "ddpm" (the discrete chain ``GaussianDiffusion(schedules.get(schedule, T,
+    **schedule_kwargs))``; ``schedule``, ``T`` and ``schedule_kwargs`` apply to it only), "vp" or
+    "ve" (the score SDEs), "edm" (its network wrapped in ``models.EDMPrecond``) or "flow" (flow
+    matching). ``process_kwargs``: the keyword arguments of the process's constructor, e.g.
+    ``{sigma_data: 0.5}`` for edm, ``{coupling: ot, time_sampling: logit_normal}`` for flow.
+    ``prediction``: what the network outputs; null = the process's own (eps for ddpm, vp and ve,
+    x0 for edm, velocity for flow). ``weighting``: null (the process's own loss: L_simple, or EDM's
+    lambda(sigma)), 'uniform', 'min_snr' or 'min_snr_<gamma>'."""
+
+    process: str = "ddpm"
+    process_kwargs: dict = field(default_factory=dict)
     schedule: str = "linear"
     T: int = 1000
     schedule_kwargs: dict = field(default_factory=dict)
-    prediction: str = "eps"
+    prediction: Optional[str] = None
     weighting: Optional[str] = None
 
+    @property
+    def resolved_prediction(self) -> str:
+        """``prediction``, or where it is null the process's default (:func:`default_prediction`)."""
+        return self.prediction if self.prediction is not None else default_prediction(self.process)
+
     def validate(self, prefix: str = "diffusion") -> None:
+        _kind(f"{prefix}.process", self.process, str, "a process name (a string)")
+        _choice(f"{prefix}.process", self.process, tuple(PROCESSES))
+        _kind(f"{prefix}.process_kwargs", self.process_kwargs, dict, "a mapping of keyword arguments")
         _kind(f"{prefix}.schedule", self.schedule, str, "a schedule name (a string)")
         _choice(f"{prefix}.schedule", self.schedule, schedules.names())
         _number(f"{prefix}.T", self.T, integer=True, low=2)
         _kind(f"{prefix}.schedule_kwargs", self.schedule_kwargs, dict, "a mapping of keyword arguments")
-        _choice(f"{prefix}.prediction", self.prediction, ("eps", "x0", "v"))
+        if self.prediction is not None:
+            allowed = PROCESSES[self.process].predictions
+            if self.prediction not in allowed:
+                _fail(f"{prefix}.prediction", self.prediction,
+                      f"process {self.process!r} trains one of {', '.join(allowed)} (null: its default, "
+                      f"{default_prediction(self.process)})")
         if self.weighting is not None:
             _kind(f"{prefix}.weighting", self.weighting, str, "null, 'uniform', 'min_snr' or 'min_snr_<gamma>'")
             if not (self.weighting == "uniform" or self.weighting.startswith("min_snr")):
@@ -189,6 +227,42 @@ class DiffusionConfig:
                 check_weighting(self.weighting)
             except ValueError as err:
                 raise ValueError(f"config field '{prefix}.weighting': {err}") from None
+        if self.process == "ddpm":
+            if self.process_kwargs:
+                _fail(f"{prefix}.process_kwargs", self.process_kwargs,
+                      "process 'ddpm' takes its options as diffusion.schedule, T and schedule_kwargs: leave "
+                      "process_kwargs empty")
+        else:
+            for name, default in _SCHEDULE_FIELDS.items():
+                if getattr(self, name) != default:
+                    _fail(f"{prefix}.{name}", getattr(self, name),
+                          f"the noise schedule applies to process 'ddpm' only, and this config's process is "
+                          f"{self.process!r}: remove the field (default {default!r}) and give the process's "
+                          f"options in {prefix}.process_kwargs")
+            self.build_process(prefix=prefix)  # its constructor checks its options
+
+    def build_process(self, clip_x0: Optional[float] = None, prefix: str = "diffusion") -> Process:
+        """The process this section describes, clipping its samplers' x0 estimates to ``clip_x0``
+        (the data's range; ``training.build.build_process`` gives the run's). A constructor that
+        rejects ``process_kwargs`` raises ValueError naming the field, with its message."""
+        if self.process == "ddpm":
+            try:
+                schedule = schedules.get(self.schedule, self.T, **self.schedule_kwargs)
+            except TypeError as err:
+                raise TypeError(f"config field {prefix}.schedule_kwargs: {err}") from None
+            return PROCESSES["ddpm"](schedule, prediction=self.resolved_prediction, clip_x0=clip_x0)
+        kwargs = self.process_kwargs
+        for key, field_name in _FROM_OTHER_FIELDS.items():
+            if key in kwargs:
+                _fail(f"{prefix}.process_kwargs", kwargs, f"{key} is set by the config field {field_name}: "
+                      "move it there")
+        cls = PROCESSES[self.process]
+        try:
+            return cls(**kwargs, prediction=self.resolved_prediction, clip_x0=clip_x0)
+        except (TypeError, ValueError) as err:
+            options = [k for k in inspect.signature(cls).parameters if k not in _FROM_OTHER_FIELDS]
+            raise ValueError(f"config field '{prefix}.process_kwargs': process {self.process!r} ({cls.__name__}) "
+                             f"cannot be built from {kwargs!r}: {err} (its options: {', '.join(options)})") from None
 
 
 @dataclass
@@ -404,6 +478,14 @@ class TrainConfig:
             _fail("cuda_graph", self.cuda_graph,
                   f"compile_options.mode {self.compile_options['mode']!r} replays CUDA graphs itself; "
                   "with cuda_graph: true use mode default or max-autotune-no-cudagraphs")
+        if self.cuda_graph and self.diffusion.process_kwargs.get("coupling") == "ot":
+            _fail("cuda_graph", self.cuda_graph, "cannot capture a step with diffusion.process_kwargs.coupling "
+                  "'ot': the optimal-transport pairing is solved on the CPU every step; use cuda_graph: false "
+                  "or coupling 'independent'")
+        if self.diffusion.process == "edm" and self.model.name == "superres":
+            _fail("diffusion.process", self.diffusion.process, "EDM's preconditioning (models.EDMPrecond) does not "
+                  "pass a super-resolution model its low-resolution images; train model 'superres' under another "
+                  "process (ddpm, vp, ve or flow)")
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:
             _number("max_time", self.max_time, low=0, low_open=True)
@@ -417,8 +499,9 @@ class TrainConfig:
         training grid (leading/trailing/linspace, see samplers/timesteps.py) visits ``steps``
         distinct timesteps of 0 .. T-1, so it needs steps <= T; karras/logsnr spacings take any
         number of steps. Checked here, so a bad value stops the run before training, not after;
-        a run that never samples (``sample.every: -1``) does not use the field."""
-        if self.sample.every < 0:
+        a run that never samples (``sample.every: -1``) does not use the field. A continuous-time
+        process has no grid: its samplers take their process's own spacing (``default_spacing``)."""
+        if self.sample.every < 0 or self.diffusion.process != "ddpm":
             return
         spacing = SAMPLERS[self.sample.sampler].default_spacing
         if spacing in DISCRETE_SPACINGS and self.sample.steps > self.diffusion.T:
@@ -595,9 +678,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _meaning(cfg: TrainConfig) -> dict:
+    """``cfg.to_dict()`` with ``diffusion.prediction`` resolved (null = the process's default), so a
+    config that names the default (as every config saved before the field could be null does)
+    equals one that leaves it out."""
+    d = cfg.to_dict()
+    if isinstance(d["diffusion"].get("process"), str) and d["diffusion"]["process"] in PROCESSES:
+        d["diffusion"]["prediction"] = cfg.diffusion.resolved_prediction
+    return d
+
+
 def config_diff(saved: TrainConfig, new: TrainConfig, ignore=RESUMABLE_FIELDS) -> list[tuple[str, Any, Any]]:
-    """The fields (dotted names) where ``new`` differs from ``saved``: (name, saved, new)."""
-    a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    """The fields (dotted names) where ``new`` differs from ``saved`` in what they mean: (name,
+    saved, new); a null ``diffusion.prediction`` counts as the process's default."""
+    a, b = _flatten(_meaning(saved)), _flatten(_meaning(new))
     out = []
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in ignore):

@@ -60,8 +60,8 @@ def run_config_action(path: Path, cfg: TrainConfig, resumed: Optional[TrainConfi
         parsed: Optional[TrainConfig] = config_from_text(text)
     except (ValueError, TypeError, UnicodeDecodeError, AttributeError):
         text, parsed = None, None
-    if parsed is not None and parsed.to_dict() == cfg.to_dict():
-        return "keep"  # this run's config in the user's own words
+    if parsed is not None and not config_diff(parsed, cfg, ignore=()):
+        return "keep"  # this run's config in the user's own words (prediction: eps = null under ddpm)
     if text is not None and (_written_by_difflab(text) or (
             resumed is not None and text == config_to_text(resumed))):  # (before the header existed)
         return "write"
