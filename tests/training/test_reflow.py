@@ -88,7 +88,7 @@ def test_pairs_are_the_flows_samples_of_their_noise():
                                     generator=torch.Generator().manual_seed(0), batch_size=8)
     assert noise.shape == samples.shape == (30, 2)
     assert torch.equal(noise, torch.randn(30, 2, generator=torch.Generator().manual_seed(0)))
-    whole = dl.sample(model, proc, (30, 2), "euler", 12, cond=labels, noise=noise)
+    whole = dl.sample(model, proc, (30, 2), "euler", 12, cond=labels, noise=noise, spacing="uniform")
     torch.testing.assert_close(samples, whole, rtol=0, atol=1e-6)
     assert ((samples[:, 0] > 0) == (labels == 0)).all()  # each sample from its label's component
 

@@ -95,8 +95,10 @@ def generate_pairs(
     the samples computed ``batch_size`` at a time on ``device`` (default: the model's) and
     returned on the CPU. ``cond``: None, one label or n labels of a class-conditional model; the
     pairs belong to those labels (train the next flow with the same labels, ``guidance`` as the
-    pairs were drawn). ``options`` go to ``dl.sample`` (e.g. ``spacing``, ``clip_x0``). Liu et al.
-    solve the ODE accurately (RK45); Euler's default 100 steps is the cheap version.
+    pairs were drawn). ``options`` go to ``dl.sample`` (e.g. ``clip_x0``); the noise levels are
+    the flow's own spacing, equal steps in t (Euler's method on dx/dt = v in t), unless ``spacing``,
+    ``sigmas`` or ``timesteps`` say otherwise. Liu et al. solve the ODE accurately (RK45); Euler's
+    default 100 steps is the cheap version.
     """
     check_flow(proc, "generate_pairs")
     n = positive_int("n (the number of pairs)", n)
@@ -106,6 +108,8 @@ def generate_pairs(
         raise ValueError(f"shape must be one sample's shape (without the batch), e.g. (2,) or (1, 28, 28), "
                          f"got {shape!r}")
     cond = check_labels(model, cond, n)
+    if not {"spacing", "sigmas", "timesteps"} & set(options):
+        options["spacing"] = proc.default_spacing
     noise = torch.randn((n, *map(int, entries)), generator=generator, dtype=torch.float32)
     samples = torch.empty_like(noise)
     for part in _chunks(n, batch_size):
