@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.grids import save_image_grid
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..samplers import sample
 from ..validation import is_int, positive_int
 
@@ -55,7 +55,7 @@ def class_rows(num_classes: int, per_class: int) -> Tensor:
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    proc: GaussianDiffusion,
+    proc: Process,
     n: int,
     sample_shape: Sequence[int],
     *,
@@ -71,7 +71,9 @@ def generate(
     **options,
 ) -> Tensor:
     """n samples [n, *image_shape] (or sample_shape) from ``model``; the starting noise comes
-    from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device."""
+    from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device.
+    ``proc`` may be any process: a sampler whose default spacing lies on the DDPM grid (ddim,
+    ddpm) takes a continuous process's own (``samplers.timesteps.default_spacing``)."""
     n = positive_int("n (the number of samples)", n)
     cond = labels_for(labels, n, getattr(model, "num_classes", None))
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None

@@ -2,10 +2,13 @@
 
 The trainer draws every random quantity of a step itself (timesteps, noise, label dropout) as a
 function of (seed, step, global sample index) and hands them over in a :class:`TrainBatch`; a
-loss uses the draws it needs. The default, :class:`DiffusionLoss`, is the process's noise
-regression loss (L_simple or a weighting, Ho et al. 2020 eq. 14):
+loss uses the draws it needs. The default, :class:`DiffusionLoss`, is the process's regression
+loss (``Process.training_loss``; for DDPM L_simple or a weighting, Ho et al. 2020 eq. 14):
 
-    E_{x0, t, eps} w(t) || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) - target ||^2
+    E_{x0, t, eps} w(t) || model(a(t) x0 + s(t) eps, t, c) - target ||^2
+
+for any process of :mod:`difflab.processes` (x_t = a(t) x0 + s(t) eps in its own time t; flow
+matching with ``coupling="ot"`` re-pairs the batch's noise to its data inside the loss).
 
 with c the class label, replaced by the null label with probability ``cond_drop_prob`` (the
 trainer applies this dropout -- the same Bernoulli(p) as ``training_loss(cond_drop_prob=p)``,
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import Tensor, nn
 
-from ..processes import GaussianDiffusion, check_weighting
+from ..processes import Process, check_weighting
 from ..models.superres import WithLowRes, downsample
 from ..validation import is_int
 
@@ -34,8 +37,9 @@ class TrainBatch:
     """One micro-batch and its random draws.
 
     ``x0``: data [B, ...]; ``labels``: the true labels (or None); ``cond``: the labels after
-    label dropout (null label = num_classes), what the model should see; ``t``: long [B]
-    uniform on 0..T-1; ``noise``: standard normal, x0's shape; ``u``: uniform [B] on [0, 1)
+    label dropout (null label = num_classes), what the model should see; ``t``: [B] the process's
+    own training times (``proc.training_times``: long, uniform on 0..T-1, for the DDPM chain;
+    float otherwise, e.g. EDM's sigma); ``noise``: standard normal, x0's shape; ``u``: uniform [B] on [0, 1)
     (the draw that decided label dropout, u < p); ``step``: the optimizer step (0-based);
     ``index``: the samples' dataset indices.
     """
@@ -56,7 +60,7 @@ LossFn = Callable[[nn.Module, TrainBatch], Tensor]
 class DiffusionLoss:
     """``proc.training_loss`` on the trainer's draws: mean of w(t) ||model(x_t, t, c) - target||^2."""
 
-    def __init__(self, proc: GaussianDiffusion, weighting=None) -> None:
+    def __init__(self, proc: Process, weighting=None) -> None:
         check_weighting(weighting)  # a bad weighting (e.g. 'min_snr_-5') fails here, before training starts
         self.proc, self.weighting = proc, weighting
 
@@ -72,9 +76,9 @@ class SuperResLoss:
     """The trainer's loss for a super-resolution model (:mod:`difflab.models.superres`):
     ``proc.training_loss`` on x0 = the batch's images with ``lowres = downsample(x0, scale)``,
 
-        E_{x0, t, eps} || model(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, lowres=down(x0)) - target ||^2."""
+        E_{x0, t, eps} || model(a(t) x0 + s(t) eps, t, lowres=down(x0)) - target ||^2."""
 
-    def __init__(self, proc: GaussianDiffusion, scale: int = 2, weighting=None) -> None:
+    def __init__(self, proc: Process, scale: int = 2, weighting=None) -> None:
         if not is_int(scale) or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
         check_weighting(weighting)  # now, not at the first call after a forward pass
@@ -89,7 +93,7 @@ class SuperResLoss:
         return f"SuperResLoss({self.proc!r}, scale={self.scale}, weighting={self.weighting!r})"
 
 
-def _superres_loss(proc: GaussianDiffusion, cfg) -> SuperResLoss:
+def _superres_loss(proc: Process, cfg) -> SuperResLoss:
     if cfg.model.name != "superres":
         raise ValueError(f"config field 'loss' is 'superres' but model.name is {cfg.model.name!r}: "
                          "the super-resolution loss needs model 'superres'")
@@ -97,13 +101,13 @@ def _superres_loss(proc: GaussianDiffusion, cfg) -> SuperResLoss:
 
 
 # A config's ``loss`` field names one of these: factory(proc, cfg) -> loss_fn.
-_LOSSES: dict[str, Callable[[GaussianDiffusion, "TrainConfig"], LossFn]] = {
+_LOSSES: dict[str, Callable[[Process, "TrainConfig"], LossFn]] = {
     "diffusion": lambda proc, cfg: DiffusionLoss(proc, cfg.diffusion.weighting),
     "superres": _superres_loss,
 }
 
 
-def register_loss(name: str, factory: Callable[[GaussianDiffusion, "TrainConfig"], LossFn]) -> None:
+def register_loss(name: str, factory: Callable[[Process, "TrainConfig"], LossFn]) -> None:
     """Make ``loss: name`` in a config build ``factory(proc, cfg)``."""
     _LOSSES[name] = factory
 
@@ -112,7 +116,7 @@ def loss_names() -> list[str]:
     return sorted(_LOSSES)
 
 
-def build_loss(proc: GaussianDiffusion, cfg: "TrainConfig") -> LossFn:
+def build_loss(proc: Process, cfg: "TrainConfig") -> LossFn:
     """The loss a config asks for (its ``loss`` field)."""
     if cfg.loss not in _LOSSES:
         raise ValueError(f"config field 'loss': got {cfg.loss!r}; choose one of {', '.join(loss_names())}")

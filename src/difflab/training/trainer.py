@@ -3,13 +3,16 @@
 Per optimizer step s (global batch B over K processes and A accumulation micro-batches):
 
     idx   = the step's B dataset indices                 (GlobalBatches, seeded by (seed, epoch))
-    t, eps, u = draws for all B samples                   (generator seeded by (seed, s))
+    t, eps, u = draws for all B samples                   (generator seeded by (seed, s);
+                                                           t from proc.training_times)
     c     = label,  or the null label where u < p         (classifier-free guidance dropout)
     for each micro-batch m:  loss_m = loss_fn(model, batch_m);  backward(loss_m / A)
     clip ||grad|| <= grad_clip;  AdamW step (warm-up, decay);  EMA update
 
 Process r of K takes slice r of each micro-batch, so the draws (and the batches) do not depend
 on K: DDP's gradient average then equals one process's mean gradient up to summation order.
+(Flow matching's optimal-transport coupling pairs noise and data within each process's
+micro-batch, so with it a K-process run pairs differently from one process.)
 Dropout masks are each process's own (its generator seeded by (seed, r) for r > 0), so with
 dropout the K-process run is another draw of the same training, not the same numbers.
 
@@ -37,7 +40,7 @@ from torch import Tensor, nn
 
 from ..devices import graphs_supported as _graphs_supported
 from ..devices import count_flops, resolve_device, use_cpu_threads
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..accel import set_module_forms
 from .build import build_model, build_process, check_data_range
 from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint, verify_checkpoint,
@@ -167,7 +170,7 @@ class Trainer:
 
         # ---- model, process, loss
         torch.manual_seed(cfg.seed)
-        self.proc: GaussianDiffusion = build_process(cfg)
+        self.proc: Process = build_process(cfg)
         model = build_model(cfg)
         set_module_forms(model, group_norm=cfg.group_norm)  # faster forms of the same function, in place
         self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
@@ -222,9 +225,11 @@ class Trainer:
             self._say(f"note: compile {compile_mode!r} is a CUDA option (a CPU compile takes minutes); "
                       "this CPU run runs eagerly (set compile_options to compile anyway)")
             compile_mode = "none"
-        if compile_mode != "none" or self.cuda_graph:  # the coefficient tables on the device first:
-            # compiled once, and no host-to-device copy inside a captured step
-            self.proc.cache_tables(self.device, self.x.dtype)
+        cache_tables = getattr(self.proc, "cache_tables", None)  # (the DDPM chain's per-timestep tables)
+        if cache_tables is not None and (compile_mode != "none" or self.cuda_graph):
+            # the coefficient tables on the device first: compiled once, and no host-to-device
+            # copy inside a captured step
+            cache_tables(self.device, self.x.dtype)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -295,7 +300,7 @@ class Trainer:
         sample (counted on CPU runs only, for the choice of threads; 0 on others)."""
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
-        t = torch.zeros(k, dtype=torch.long)
+        t = self.proc.training_times(k, generator=torch.Generator().manual_seed(0))  # (its own generator)
         cond = torch.zeros(k, dtype=torch.long) if self.num_classes is not None else None
         batch = TrainBatch(x0=x, cond=cond, labels=cond, t=t, noise=torch.zeros_like(x), u=torch.ones(k), step=0,
                            index=torch.arange(k))  # u = 1: no label dropped
@@ -420,7 +425,7 @@ class Trainer:
         cfg, B, A = self.cfg, self.cfg.batch_size, self.cfg.grad_accum
         g = step_generator(self._draw_gen, cfg.seed, s)
         dev = self.device
-        t_all = torch.randint(0, self.proc.T, (B,), generator=g, device=dev)
+        t_all = self.proc.training_times(B, generator=g, device=dev)
         u_all = torch.rand(B, generator=g, device=dev)
         noise_all = torch.randn((B, *self.sample_shape), generator=g, device=dev)
         idx_all = self.batches.indices(s)
