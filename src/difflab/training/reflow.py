@@ -227,7 +227,9 @@ class ReflowLoss:
 
     def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:
         index = batch.index
-        if index.device.type == "cpu" and index.numel() and int(index.max()) >= len(self.noise):
+        # (values read on the CPU only, and not under torch.compile: no host-device sync, no graph break)
+        if index.device.type == "cpu" and not torch.compiler.is_compiling() and index.numel() \
+                and int(index.max()) >= len(self.noise):
             raise ValueError(f"ReflowLoss holds {len(self.noise)} noise draws but the batch has dataset index "
                              f"{int(index.max())}: train on the pairs' samples (as many, in generate_pairs' order)")
         noise = self._noise_on(index.device)[index].to(batch.x0.device)
@@ -322,7 +324,7 @@ def reflow(
 
     proc = build_process(cfg)
     data = (samples.reshape(pairs, *run.image_shape), labels)  # the trainer flattens as the config says
-    with Trainer(cfg, out, data=data, loss_fn=ReflowLoss(proc, noise), resume=continued,
+    with Trainer(cfg, out, data=data, loss_fn=ReflowLoss(proc, noise, cfg.diffusion.weighting), resume=continued,
                  progress=progress) as trainer:
         if trainer.cpu_threads_note:
             say(trainer.cpu_threads_note)
@@ -348,6 +350,9 @@ def _check_source(run: LoadedRun, out: Path) -> None:
     if not isinstance(run.proc, FlowMatching):
         raise ValueError(f"{str(run.path)!r} is a {process!r} run ({run.proc!r}); reflow straightens a flow: "
                          "train one with diffusion.process: flow (configs/digits_flow.yaml)")
+    if run.config.loss != "diffusion":
+        raise ValueError(f"{str(run.path)!r} was trained with loss {run.config.loss!r}; reflow trains the plain "
+                         "flow-matching loss (loss: diffusion) on its pairs")
     source = Path(run.path).resolve()
     target = out.resolve()
     if target == source or target in source.parents:
