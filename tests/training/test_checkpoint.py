@@ -3,7 +3,7 @@ dl.load round trips, exported model files. Runs: the tiny MLP of tiny_config.py.
 
 import pytest
 import torch
-from tiny_config import tiny
+from tiny_config import tiny, tiny_under
 
 import difflab as dl
 from difflab.training import Trainer, checkpoint
@@ -124,3 +124,34 @@ def test_exported_model_file_loads_and_samples_like_the_run(tmp_path, capsys):
     with pytest.raises(ValueError, match="is not a safetensors file"):
         dl.load(tmp_path / "junk.safetensors")
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_a_network_sampled_under_another_process_than_its_own_is_refused(tmp_path):
+    """dl.load's networks name the process they were trained under (``trained_process``): a flow
+    network sampled under the DDPM chain (or a DDPM network under another schedule) would read
+    its outputs at other noise levels or as another prediction; dl.sample and dl.invert refuse,
+    naming both processes and the fix, also through the speed layer's wrapper. The run's own
+    process, or one built alike, samples."""
+    Trainer(tiny_under("flow", steps=2, ckpt_every=2), tmp_path / "flow", progress=False).train()
+    Trainer(tiny(steps=2, ckpt_every=2), tmp_path / "ddpm", progress=False).train()
+    flow, ddpm = dl.load(tmp_path / "flow"), dl.load(tmp_path / "ddpm")
+    assert flow.ema_model.trained_process is flow.proc and flow.model.trained_process is flow.proc
+    cond = torch.tensor([0, 1])
+    for model in (flow.ema_model, dl.accel.accelerate(flow.ema_model)):
+        with pytest.raises(ValueError, match=r"trained under FlowMatching\(.*\) but is sampled under "
+                                             r"GaussianDiffusion\(.*dl\.load\(\.\.\.\)\.proc"):
+            dl.sample(model, ddpm.proc, (2, 2), "ddim", 3, cond=cond)
+    with pytest.raises(ValueError, match="trained under GaussianDiffusion.*linear.*sampled under GaussianDiffusion.*cosine"):
+        dl.sample(ddpm.ema_model, dl.GaussianDiffusion(dl.schedules.cosine(100)), (2, 2), "ddim", 3, cond=cond)
+    with pytest.raises(ValueError, match="trained under GaussianDiffusion.*sampled under FlowMatching"):
+        dl.invert(ddpm.ema_model, flow.proc, torch.zeros(2, 2), steps=3, cond=cond)
+    # its own process (clip_x0 aside, the samplers' option), or one built alike: no error
+    alike = dl.processes.FlowMatching(clip_x0=None)
+    x = dl.sample(flow.ema_model, alike, (2, 2), "ddim", 3, cond=cond, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, flow.sample(2, "ddim", 3, labels=[0, 1], seed=0))
+    assert dl.invert(flow.ema_model, flow.proc, x, steps=3, cond=cond).shape == (2, 2)
+    # an exported model names its process too
+    dl.training.export_model(tmp_path / "flow", tmp_path / "flow.safetensors")
+    one = dl.load(tmp_path / "flow.safetensors")
+    with pytest.raises(ValueError, match="trained under FlowMatching"):
+        dl.sample(one.ema_model, ddpm.proc, (2, 2), "ddim", 3, cond=cond)

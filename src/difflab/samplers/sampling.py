@@ -30,7 +30,7 @@ from .denoiser import Denoiser
 from .registry import SAMPLERS, SamplerSpec
 from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
-__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
+__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS", "check_trained_process"]
 
 # Keyword options of sample() that every sampler takes (the rest of **options are the sampler's own).
 SAMPLING_OPTIONS = ("spacing", "timesteps", "sigmas", "clip_x0", "dynamic_threshold", "null_cond")
@@ -140,6 +140,23 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
     return sampling_sigmas(proc, steps, spacing)
 
 
+def check_trained_process(model: Callable, proc: Process) -> None:
+    """Refuse to sample a network under another process than the one it was trained under: its
+    outputs would be read at other noise levels or as another prediction, giving noise. A network
+    loaded by ``dl.load`` names its process (``trained_process``), found also through the wrappers
+    that keep the network as ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod``
+    (torch.compile) or ``.model`` (a bound low-res image); processes compare by ``signature()``."""
+    trained = None
+    for _ in range(5):
+        trained = getattr(model, "trained_process", None)
+        if trained is not None or model is None:
+            break
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    if isinstance(trained, Process) and isinstance(proc, Process) and trained.signature() != proc.signature():
+        raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
+                         "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
+
+
 def _check_shape(shape) -> tuple[int, ...]:
     entries = None if isinstance(shape, (str, bytes)) else shape
     try:
@@ -202,6 +219,7 @@ def sample(
     if not isinstance(proc, Process):
         raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
                         f"{type(proc).__name__}")
+    check_trained_process(model, proc)
     _refuse_moved_keywords(options)
     common = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
     shape = _check_shape(shape)
@@ -277,6 +295,7 @@ def invert(
     if not isinstance(x0, Tensor) or x0.ndim < 2:
         raise ValueError(f"x0 must be a batch tensor [B, ...], got {getattr(x0, 'shape', type(x0).__name__)}")
     x0 = float_input(x0, "x0", model, X0_FIX)  # cast to the model's dtype, as in sample
+    check_trained_process(model, proc)
     spacing = spacing or default_spacing(proc, "trailing")
     sig = sampling_sigmas(proc, steps, spacing)[:-1].flip(0)  # increasing, without the final 0
     if cond is not None:

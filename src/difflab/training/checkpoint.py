@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..accel import set_module_forms
 from ..devices import resolve_device
 from ..files import atomic_write, atomic_write_text, fsync_path
-from ..processes import GaussianDiffusion
+from ..processes import Process
 from ..validation import is_real
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config
@@ -373,10 +373,15 @@ def _read_state(file: Path) -> dict:
 # ------------------------------------------------------------------ dl.load
 class LoadedRun:
     """A trained model ready to sample: ``.model``, ``.ema_model`` (both in eval mode),
-    ``.proc``, ``.num_classes``, ``.config``, ``.step``; ``.sample(n, ...)``."""
+    ``.proc``, ``.num_classes``, ``.config``, ``.step``; ``.sample(n, ...)``.
+
+    The networks know the process they were trained under: ``model.trained_process`` is
+    ``.proc``, and ``dl.sample`` refuses to sample them under a process that means something
+    else (another kind, prediction or schedule: ``proc.signature()``), which would give noise."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, ema_model: nn.Module,
-                 proc: GaussianDiffusion, state: dict, path: Path) -> None:
+                 proc: Process, state: dict, path: Path) -> None:
+        model.trained_process = ema_model.trained_process = proc
         self.config, self.model, self.ema_model, self.proc = config, model, ema_model, proc
         self.state, self.path = state, path
         self.step: int = state["step"]
