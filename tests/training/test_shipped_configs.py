@@ -1,4 +1,6 @@
-"""Every shipped config (configs/*.yaml) samples within its data's range with dl.sample's defaults.
+"""Every shipped config (configs/*.yaml) samples within its data's range with dl.sample's defaults;
+the digits configs of the other processes (digits_edm.yaml, digits_flow.yaml) are digits.yaml
+but for the process and its sampler, and train.
 
 A loaded run's process knows the data's range (``build_process``: the config's
 ``sample.clip_x0``, else [-1, 1] for every image data set), and the samplers clip their x0
@@ -42,7 +44,7 @@ def _sample(cfg, model, proc, **options) -> torch.Tensor:
 
 
 def test_the_configs_are_found():
-    assert len(CONFIGS) >= 5 and any(p.name == "digits.yaml" for p in CONFIGS)
+    assert len(CONFIGS) >= 7 and {"digits.yaml", "digits_edm.yaml", "digits_flow.yaml"} <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -73,3 +75,36 @@ def test_a_2d_toy_run_has_no_range_and_an_explicit_clip_wins():
     assert 1.0 < float(wide.abs().max()) <= 2.0
     with pytest.raises(ValueError, match="clip_x0 .*finite number > 0"):
         dl.GaussianDiffusion(dl.schedules.linear(100), clip_x0=0.0)
+
+
+PROCESS_CONFIGS = {"digits_edm.yaml": ("edm", dl.processes.EDM, "heun"),
+                   "digits_flow.yaml": ("flow", dl.processes.FlowMatching, "ddim")}
+
+
+@pytest.mark.parametrize("name", sorted(PROCESS_CONFIGS))
+def test_the_process_configs_are_digits_but_for_the_process(name, tmp_path):
+    """Same network, data, optimiser, EMA, batch, steps and seed as digits.yaml (the comparison of
+    processes holds all else equal); the process and its sampler differ. A 4-step run of each
+    trains, writes its sample grid (the config's sampler on the process's own noise levels) and
+    loads as its process."""
+    from PIL import Image
+
+    from difflab.training import Trainer, apply_overrides
+
+    process, cls, sampler = PROCESS_CONFIGS[name]
+    base = load_config(next(p for p in CONFIGS if p.name == "digits.yaml")).to_dict()
+    cfg = load_config(next(p for p in CONFIGS if p.name == name))
+    mine = cfg.to_dict()
+    assert mine.pop("diffusion")["process"] == process and base.pop("diffusion")["process"] == "ddpm"
+    assert mine.pop("sample")["sampler"] == sampler
+    base.pop("sample")
+    assert mine == base
+    assert isinstance(build_process(cfg), cls)
+    tiny = apply_overrides(cfg, ["steps=4", "log_every=2", "ckpt_every=4", "sample.steps=2", "sample.per_class=1"])
+    Trainer(tiny, tmp_path, progress=False).train()
+    grid = Image.open(tmp_path / "samples" / "step_00000004.png")  # one row per class: 10 rows of 1
+    assert grid.size[1] > 5 * grid.size[0]
+    run = dl.load(tmp_path)
+    assert isinstance(run.proc, cls) and run.ema_model.trained_process is run.proc
+    x = run.sample(2, sampler, 2, guidance=3.0, labels=[3, 7], seed=0)
+    assert x.shape == (2, 1, 8, 8) and float(x.abs().max()) <= 1 + 1e-4  # (x + (x0 - x): x0 up to rounding)
