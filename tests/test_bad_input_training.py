@@ -59,6 +59,28 @@ def test_cli_train_refuses_sample_steps_before_training(tmp_path, capsys):
     assert not run.exists()  # nothing was trained
 
 
+def test_a_continuous_process_samples_any_number_of_steps_with_a_grid_sampler(tmp_path):
+    """A sampler whose default spacing lies on the DDPM grid (ddpm, ddim) takes a continuous
+    process's own noise levels (samplers.timesteps.default_spacing): no bound by diffusion.T,
+    whose value such a process requires at the default anyway."""
+    sets = ("diffusion.process=flow", "diffusion.T=1000", "sample.every=0", "sample.sampler=ddpm")
+    assert tiny(*sets, "sample.steps=5000").sample.steps == 5000
+    with pytest.raises(ValueError, match=r"'diffusion\.T': got 20; the noise schedule applies to process 'ddpm' only"):
+        tiny(*sets[:1], "diffusion.T=20")
+
+
+def test_cli_train_refuses_a_process_option_out_of_range_before_training(tmp_path, capsys):
+    save_config(tiny(), tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    rc = main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(run), "--quiet",
+               "--set", "diffusion.process=edm", "--set", "diffusion.T=1000",
+               "--set", "diffusion.process_kwargs.sigma_max=-80"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "config field 'diffusion.process_kwargs'" in err and "sigma_max must be a finite number > 0" in err
+    assert not run.exists()  # nothing was trained
+
+
 @pytest.mark.parametrize("flag, value, name", [("--ddpm-steps", "0", "ddpm_steps"),
                                                ("--ddim-steps", "5000", "ddim_steps")])
 def test_demo_checks_sampler_steps_before_training(tmp_path, capsys, flag, value, name):
