@@ -44,11 +44,12 @@ DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def default_spacing(proc, preferred: str) -> str:
-    """``preferred`` (a sampler's default spacing) unless it is a grid spacing and ``proc`` has no
-    grid: then the process's own default ("uniform" for the SDEs and flows, "karras" for EDM)."""
-    if preferred in DISCRETE_SPACINGS and not proc.discrete:
-        return proc.default_spacing
-    return preferred
+    """The spacing a sampler uses unless told: on the DDPM chain the sampler's own (``preferred``:
+    "trailing" for DDPM/DDIM, "logsnr" for the higher-order solvers); on a continuous process the
+    process's, for every sampler ("uniform" for the SDEs and flows, as in Song et al. 2021 and
+    rectified flow; "karras" for EDM). A flow on log-SNR levels would spend its second step
+    between sigma_min and 0, so 2 steps would sample like 1."""
+    return preferred if proc.discrete else proc.default_spacing
 
 
 def _check_steps(steps: int, T: int) -> None:
