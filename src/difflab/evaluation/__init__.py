@@ -1,15 +1,17 @@
-"""Evaluation: distances between sample sets, metrics (FID, precision/recall, coverage) and pictures."""
+"""Evaluation: distances between sample sets, metrics (FID, precision/recall, coverage), the
+probability-flow ODE likelihood and pictures."""
 
 from . import fid, plots  # fid.fid(real, fake, features) for images; plots: figures and animations
 from .counting import CountedModel
 from .coverage import mode_coverage
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, inception_features, metric_name
+from .likelihood import bits_per_dim, log_likelihood
 from ..data.grids import save_image_grid, to_image_grid
 from .precision_recall import precision_recall
 
 __all__ = [
     "fid", "plots", "sliced_wasserstein", "mmd", "mode_coverage", "frechet_distance", "extract_features",
     "inception_features", "metric_name", "precision_recall", "to_image_grid", "save_image_grid",
-    "CountedModel",
+    "CountedModel", "log_likelihood", "bits_per_dim",
 ]
