@@ -1,6 +1,7 @@
 """`difflab eval` and `difflab train-classifier` end to end at tiny sizes."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def digits_run(tmp_path_factory):
     clf = root / "clf"
     assert main(["train-classifier", "--data", "digits", "--out", str(clf), "--epochs", "2", "--quiet"]) == 0
     return run, clf
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """The digits model under flow matching (configs/digits_flow.yaml), trained for a few steps."""
+    run = tmp_path_factory.mktemp("eval_flow") / "flow"
+    assert main(["train", "--config", str(REPO / "configs" / "digits_flow.yaml"), "--out", str(run), "--steps", "3",
+                 "--ckpt-every", "3", "--sample-every", "-1", "--quiet"]) == 0
+    return run
 
 
 def test_parse_sweep():
@@ -110,3 +120,33 @@ def test_a_reference_file_is_range_checked_and_never_its_own_floor(digits_run, t
     assert "holds 3 images; precision and recall need 4 at least" in capsys.readouterr().err
     assert main([*common, "--n", "3", "--out", str(res_path)]) == 2
     assert "--n must be >= 4" in capsys.readouterr().err
+
+
+def test_bits_per_dim_of_a_continuous_process_is_the_probability_flow_odes(digits_run, flow_run, tmp_path, capsys):
+    """A flow model has no variational bound: eval reports the PF-ODE bits/dim instead (it raised
+    AttributeError before); the DDPM chain keeps its bound, with the ODE's beside it on request."""
+    _, clf = digits_run
+    common = ["eval", "--classifier", str(clf), "--n", "4", "--steps", "1", "--bpd-n", "3", "--ode-steps", "2",
+              "--quiet"]
+    assert main([*common, "--ckpt", str(flow_run), "--out", str(tmp_path / "flow")]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "flow" / "metrics.json").read_text())
+    b = m["bits_per_dim"]
+    assert b["method"] == "pf-ode" and b["n"] == 3 and b["bins"] == 17 and b["steps"] == 2 and b["dequantized"]
+    assert math.isfinite(b["mean"]) and b["stderr"] >= 0 and "bits_per_dim_ode" not in m
+    assert "Probability-flow ODE on 3 held-out images" in (tmp_path / "flow" / "summary.md").read_text()
+
+    run, _ = digits_run
+    assert main([*common, "--ckpt", str(run), "--bpd-timesteps", "2", "--likelihood", "both",
+                 "--out", str(tmp_path / "ddpm")]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "ddpm" / "metrics.json").read_text())
+    assert m["bits_per_dim"]["method"] == "vlb" and m["bits_per_dim"]["timesteps"] == 2
+    assert m["bits_per_dim_ode"]["method"] == "pf-ode" and m["bits_per_dim_ode"]["n"] == 3
+    assert math.isfinite(m["bits_per_dim_ode"]["mean"])
+    md = (tmp_path / "ddpm" / "summary.md").read_text()
+    assert "Variational bound on 3" in md and "Probability-flow ODE on 3" in md
+
+    capsys.readouterr()
+    assert main([*common, "--ckpt", str(flow_run), "--likelihood", "vlb", "--out", str(tmp_path / "bad")]) == 2
+    assert "the variational bound is the discrete DDPM chain's" in capsys.readouterr().err
+    assert main([*common, "--ckpt", str(flow_run), "--ode-steps", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ode-steps" in capsys.readouterr().err

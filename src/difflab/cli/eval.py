@@ -8,8 +8,9 @@ Images: FID, precision and recall (k = 3) in the features of a classifier traine
 ``difflab train-classifier`` (labelled "FID (mnist-cnn features)") or of Inception-v3 when its
 weights are given; the accuracy of conditional samples (the classifier's verdict against the
 requested class); the floor (FID of held-out real images against the reference); bits/dim of
-held-out images (the variational bound). 2D toys: sliced Wasserstein, MMD, precision/recall and
-per-mode coverage against fresh draws. Writes ``metrics.json``, ``summary.md``, sweep plots and
+held-out images: the variational bound of the DDPM chain, the probability-flow ODE likelihood
+(:mod:`difflab.evaluation.likelihood`) of any process, or both (``--likelihood``). 2D toys:
+sliced Wasserstein, MMD, precision/recall and per-mode coverage against fresh draws. Writes ``metrics.json``, ``summary.md``, sweep plots and
 sample grids into ``--out``.
 """
 
@@ -30,6 +31,7 @@ from ..devices import resolve_device
 from ..files import atomic_write_text
 from ..data.grids import save_image_grid
 from ..evaluation import CountedModel, report
+from ..evaluation.likelihood import bits_per_dim as ode_bits_per_dim
 from ..evaluation.plots import scatter_panels
 from ..models.superres import NEEDS_LOWRES, lowres_model
 from ..evaluation.classifier import ClassifierFeatures, load_classifier
@@ -46,6 +48,8 @@ SWEEP_KEYS = ("steps", "guidance")
 SPLITS = {"mnist": {"ref": "t10k", "heldout": "train5k"}}
 
 PR_K = 3  # neighbours of the precision / recall radii (Kynkaanniemi et al. 2019)
+# Likelihoods --likelihood computes: "auto" is the VLB for the DDPM chain, the ODE for the others.
+LIKELIHOODS = ("auto", "vlb", "ode", "both")
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -219,6 +223,8 @@ def run_eval(args) -> dict:
     for flag, value in (("--bpd-n", args.bpd_n), ("--bpd-timesteps", args.bpd_timesteps)):
         if value < 0:
             raise ValueError(f"{flag} must be >= 0 (0: {'skip' if flag == '--bpd-n' else 'all T'}), got {value}")
+    if args.ode_steps < 1:
+        raise ValueError(f"--ode-steps (RK4 steps of the probability-flow ODE) must be >= 1, got {args.ode_steps}")
     if args.bpd_bins is not None and args.bpd_bins < 2:  # 0 read as "unset" (17 or 256) before
         raise ValueError(f"--bpd-bins (levels of the data) must be >= 2, got {args.bpd_bins}; 256 for 8-bit "
                          "images, 17 for digits (leave it out for the data set's own)")
@@ -228,6 +234,7 @@ def run_eval(args) -> dict:
     run = load_run(args.ckpt, device=args.device)
     if lowres_model(run.ema_model) is not None:  # before the feature network is looked for
         raise ValueError(NEEDS_LOWRES)
+    likelihoods = likelihood_methods(args.likelihood, run.proc) if args.bpd_n > 0 else []
     # the samples are kept on the CPU (in batches, then gathered: twice at once), before hours of sampling
     check_memory(2 * args.n * math.prod(run.sample_shape) * 4, torch.device("cpu"), f"--n {args.n}",
                  "lower --n (FID and precision/recall settle with a few thousand samples)")
@@ -293,14 +300,31 @@ def run_eval(args) -> dict:
             main = f"FID {row['fid']:.3f}" if "fid" in row else f"SW {row['sliced_wasserstein']:.4f}"
             print(f"  {setting['sampler']:>9} steps={setting['steps']:<4} guidance={guidance:<4g} {main} "
                   f"({timing['seconds']:.1f} s)", flush=True)
-    if not toy and args.bpd_n > 0:
-        result["bits_per_dim"] = bits_per_dim(run, args, dataset)
+    if not toy and likelihoods:
+        images = heldout_images(run, args, dataset)
+        found = {m: (vlb_bits_per_dim if m == "vlb" else pf_ode_bits_per_dim)(run, args, *images) for m in likelihoods}
+        result["bits_per_dim"] = found[likelihoods[0]]
+        if len(found) == 2:
+            result["bits_per_dim_ode"] = found["ode"]
     write_outputs(result, out, toy)
     return result
 
 
-def bits_per_dim(run, args, dataset: str) -> dict:
-    """The variational bound on held-out images, in bits/dim (mean and standard error)."""
+def likelihood_methods(choice: str, proc) -> list[str]:
+    """The bits/dim ``--likelihood`` asks for, in report order: "vlb" (the DDPM chain's variational
+    bound), "ode" (the probability-flow ODE, any process); "auto": the first for the chain, else the second."""
+    if choice == "auto":
+        return ["vlb"] if proc.discrete else ["ode"]
+    if choice in ("vlb", "both") and not proc.discrete:
+        raise ValueError(f"--likelihood {choice}: the variational bound is the discrete DDPM chain's, and this run's "
+                         f"process is {type(proc).__name__}; use --likelihood ode (the probability-flow ODE, "
+                         "any process) or auto")
+    return ["vlb", "ode"] if choice == "both" else [choice]
+
+
+def heldout_images(run, args, dataset: str) -> tuple[Tensor, Optional[Tensor], str, int]:
+    """The held-out images of bits/dim, their labels (the null label for a conditional model: the
+    unconditional likelihood), a description and the levels of the data."""
     split = args.bpd_split or SPLITS.get(dataset, {}).get("heldout")
     # held-out images of the reference's source; a --ref file has no split: the run's own data
     x, _, desc = load_images(args.ref if args.ref and not _ref_file(args) else None, run, split)
@@ -308,19 +332,47 @@ def bits_per_dim(run, args, dataset: str) -> dict:
     x = x[order[: args.bpd_n]].reshape(-1, *run.sample_shape)
     bins = args.bpd_bins if args.bpd_bins is not None else (17 if dataset == "digits" else 256)
     cond = None if not run.num_classes else torch.full((len(x),), run.num_classes, dtype=torch.long)
-    g = torch.Generator().manual_seed(args.seed)
+    return x, cond, desc, bins
+
+
+def _in_batches(fn, x: Tensor, cond: Optional[Tensor], args) -> tuple[Tensor, float]:
+    """fn(x batch, cond batch) over ``x`` in --batch-size batches on --device; values and seconds."""
     device = args.device or "cpu"
-    K = None if args.bpd_timesteps == 0 else args.bpd_timesteps
     vals, start = [], time.perf_counter()
     for i in range(0, len(x), args.batch_size):
         c = None if cond is None else cond[i : i + args.batch_size].to(device)
-        vals.append(run.proc.vlb_bits_per_dim(run.ema_model, x[i : i + args.batch_size].to(device), c,
-                                              num_timesteps=K, clip_x0=True, bins=bins, generator=g).cpu())
-    v = torch.cat(vals)
+        vals.append(fn(x[i : i + args.batch_size].to(device), c).cpu())
+    return torch.cat(vals), time.perf_counter() - start
+
+
+def _summary(v: Tensor, desc: str, cond: Optional[Tensor], bins: int, seconds: float) -> dict:
     return {"images": desc, "n": len(v), "mean": float(v.mean()), "stderr": float(v.std() / math.sqrt(len(v))),
-            "timesteps": "all" if K is None else K, "bins": bins, "variance": "posterior",
-            "cond": "unconditional (null label)" if cond is not None else "unconditional",
-            "seconds": time.perf_counter() - start}
+            "bins": bins, "cond": "unconditional (null label)" if cond is not None else "unconditional",
+            "seconds": seconds}
+
+
+def vlb_bits_per_dim(run, args, x: Tensor, cond: Optional[Tensor], desc: str, bins: int) -> dict:
+    """The variational bound on held-out images, in bits/dim (mean and standard error)."""
+    g = torch.Generator().manual_seed(args.seed)
+    K = None if args.bpd_timesteps == 0 else args.bpd_timesteps
+    v, seconds = _in_batches(lambda xb, c: run.proc.vlb_bits_per_dim(
+        run.ema_model, xb, c, num_timesteps=K, clip_x0=True, bins=bins, generator=g), x, cond, args)
+    return {"method": "vlb", **_summary(v, desc, cond, bins, seconds), "timesteps": "all" if K is None else K,
+            "variance": "posterior"}
+
+
+def pf_ode_bits_per_dim(run, args, x: Tensor, cond: Optional[Tensor], desc: str, bins: int) -> dict:
+    """The probability-flow ODE likelihood of held-out images in bits/dim (mean and standard error):
+    ``--ode-steps`` RK4 steps, Hutchinson's divergence with one Rademacher probe per image and
+    uniform dequantisation within each level's bin, so that in expectation it bounds -log2 P of
+    the ODE model's grid probability from above, as the variational bound does the chain's."""
+    device = torch.device(args.device or "cpu")
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    v, seconds = _in_batches(lambda xb, c: ode_bits_per_dim(
+        run.ema_model, run.proc, xb, c, bins=bins, dequantize=True, generator=g, steps=args.ode_steps,
+        divergence="hutchinson"), x, cond, args)
+    return {"method": "pf-ode", **_summary(v, desc, cond, bins, seconds), "steps": args.ode_steps,
+            "divergence": "hutchinson (1 Rademacher probe)", "dequantized": True}
 
 
 def write_outputs(result: dict, out: Path, toy: bool) -> None:
@@ -360,12 +412,18 @@ def write_outputs(result: dict, out: Path, toy: bool) -> None:
             report.plot_sweep(sub, "guidance", [y for y in ys if y in sub[0]], out / "sweep_guidance.png", group="sampler",
                               labels={"fid": result.get("metric", "FID"), "guidance": "guidance scale w"})
             lines += ["![metric vs guidance](sweep_guidance.png)", ""]
-    if "bits_per_dim" in result:
-        b = result["bits_per_dim"]
-        lines += ["## Likelihood", "",
-                  f"Variational bound on {b['n']} held-out images ({b['images']}): **{b['mean']:.3f} ± {b['stderr']:.3f} bits/dim** "
-                  f"({b['cond']}; {b['timesteps']} KL terms{' (stratified estimate)' if b['timesteps'] != 'all' else ''}; "
-                  f"{b['bins']}-level discretized decoder).", ""]
+    likelihoods = [result[k] for k in ("bits_per_dim", "bits_per_dim_ode") if k in result]
+    if likelihoods:
+        lines += ["## Likelihood", ""]
+    for b in likelihoods:
+        if b["method"] == "vlb":
+            lines += [f"Variational bound on {b['n']} held-out images ({b['images']}): **{b['mean']:.3f} ± {b['stderr']:.3f} bits/dim** "
+                      f"({b['cond']}; {b['timesteps']} KL terms{' (stratified estimate)' if b['timesteps'] != 'all' else ''}; "
+                      f"{b['bins']}-level discretized decoder).", ""]
+        else:
+            lines += [f"Probability-flow ODE on {b['n']} held-out images ({b['images']}): **{b['mean']:.3f} ± {b['stderr']:.3f} "
+                      f"bits/dim** ({b['cond']}; {b['steps']} RK4 steps, {b['divergence']}; uniformly dequantised "
+                      f"{b['bins']}-level data).", ""]
     atomic_write_text(out / "summary.md", "\n".join(lines))
 
 
@@ -391,6 +449,11 @@ def add_parser(sub) -> None:
     p.add_argument("--bpd-split", default=None, help="held-out split for bits/dim (mnist: train5k)")
     p.add_argument("--bpd-timesteps", type=int, default=50, help="KL terms per image (stratified); 0: all T")
     p.add_argument("--bpd-bins", type=int, default=None, help="levels of the data (256; digits: 17)")
+    p.add_argument("--likelihood", default="auto", choices=LIKELIHOODS,
+                   help="bits/dim by the DDPM chain's variational bound (vlb), the probability-flow ODE of any "
+                        "process (ode) or both; auto: vlb for the DDPM chain, ode otherwise")
+    p.add_argument("--ode-steps", type=int, default=64, help="RK4 steps of the probability-flow ODE (4 network "
+                   "evaluations each, with a backward pass)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
@@ -404,8 +467,10 @@ def _main(args) -> int:
     out = Path(args.out or f"eval/{Path(args.ckpt).name}")
     if "floor" in res and "fid" in res["floor"]:
         print(f"floor: {res['metric']} of {res['floor']['images']} = {res['floor']['fid']:.3f}")
-    if "bits_per_dim" in res:
-        b = res["bits_per_dim"]
-        print(f"bits/dim: {b['mean']:.3f} ± {b['stderr']:.3f} on {b['n']} held-out images")
+    for key in ("bits_per_dim", "bits_per_dim_ode"):
+        if key in res:
+            b = res[key]
+            how = "variational bound" if b["method"] == "vlb" else "probability-flow ODE"
+            print(f"bits/dim ({how}): {b['mean']:.3f} ± {b['stderr']:.3f} on {b['n']} held-out images")
     print(f"wrote {out / 'metrics.json'} and {out / 'summary.md'}")
     return 0
