@@ -10,8 +10,8 @@ weights are given; the accuracy of conditional samples (the classifier's verdict
 requested class); the floor (FID of held-out real images against the reference); bits/dim of
 held-out images: the variational bound of the DDPM chain, the probability-flow ODE likelihood
 (:mod:`difflab.evaluation.likelihood`) of any process, or both (``--likelihood``). 2D toys:
-sliced Wasserstein, MMD, precision/recall and per-mode coverage against fresh draws. Writes ``metrics.json``, ``summary.md``, sweep plots and
-sample grids into ``--out``.
+sliced Wasserstein, MMD, precision/recall and per-mode coverage against fresh draws. Writes
+``metrics.json``, ``summary.md``, sweep plots and sample grids into ``--out``.
 """
 
 from __future__ import annotations
