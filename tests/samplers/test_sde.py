@@ -20,7 +20,7 @@ import torch
 
 import difflab as dl
 from difflab.samplers import SAMPLERS, Denoiser, sample_euler_maruyama, sample_pc
-from difflab.samplers.timesteps import sampling_sigmas
+from difflab.samplers.timesteps import default_spacing, sampling_sigmas
 
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 S = 0.5
@@ -41,6 +41,11 @@ def model(ve):
 def draw(model, proc, sampler, steps, seed=2, n=N, **options):
     return dl.sample(model, proc, (n, 2), sampler, steps, generator=torch.Generator().manual_seed(seed),
                      **options).double()
+
+
+def levels(proc, sampler: str, steps: int) -> torch.Tensor:
+    """The noise levels ``dl.sample`` gives ``sampler`` by default."""
+    return sampling_sigmas(proc, steps, default_spacing(proc, SAMPLERS[sampler].default_spacing))
 
 
 def em_output_moments(sigmas: list, s: float = S) -> tuple[float, float]:
@@ -72,7 +77,7 @@ def assert_moments(x, mean, std):
 @pytest.mark.parametrize("steps", [5, 20])
 def test_euler_maruyama_output_law_is_its_exact_recursion(ve, model, steps):
     x = draw(model, ve, "euler_maruyama", steps)
-    G, std = em_output_moments(sampling_sigmas(ve, steps, SAMPLERS["euler_maruyama"].default_spacing).tolist())
+    G, std = em_output_moments(levels(ve, "euler_maruyama", steps).tolist())
     assert abs(std - S) > 20 * SE_STD  # the coarse grid's own error: the check below can tell
     assert_moments(x, MU * (1 - G), std)
 
@@ -80,7 +85,7 @@ def test_euler_maruyama_output_law_is_its_exact_recursion(ve, model, steps):
 def test_euler_maruyama_converges_at_first_order_to_the_data(ve, model):
     """The exact recursion (checked against the sampler above) halves its std error as the steps
     double, and the sampler at 400 steps has the data's moments up to that error."""
-    errs = [em_output_moments(sampling_sigmas(ve, n, "logsnr").tolist())[1] - S for n in (100, 200, 400, 800)]
+    errs = [em_output_moments(levels(ve, "euler_maruyama", n).tolist())[1] - S for n in (100, 200, 400, 800)]
     assert all(e > 0 for e in errs)  # over-dispersed: the step adds sigma_i^2 - sigma_{i+1}^2 of fresh noise
     ratios = [a / b for a, b in zip(errs, errs[1:])]
     assert all(1.7 < r < 2.3 for r in ratios), (errs, ratios)
@@ -99,7 +104,7 @@ def test_pc_converges_to_the_langevin_fixed_point(ve, model):
     shrink with the step."""
     snr = 0.4
     x = draw(model, ve, "pc", 200, snr=snr, corrector_steps=2)
-    s_last = float(sampling_sigmas(ve, 200, SAMPLERS["pc"].default_spacing)[-2])
+    s_last = float(levels(ve, "pc", 200)[-2])
     std = S * S * math.sqrt((1 + snr**2) / (S * S + s_last**2))
     assert std - S > 10 * SE_STD
     assert_moments(x, MU, std)
@@ -128,14 +133,15 @@ def test_euler_maruyama_is_ddpm_with_the_forward_variance_on_the_ve_process(ve, 
     """For a = 1 (VE) the DDPM step with the forward transition's variance ("beta":
     sigma_t^2 - sigma_s^2) and the posterior mean is the Euler-Maruyama step, draw for draw."""
     em = draw(model, ve, "euler_maruyama", 30, n=64)
-    ddpm = draw(model, ve, "ddpm", 30, n=64, variance="beta", spacing=SAMPLERS["euler_maruyama"].default_spacing)
+    spacing = default_spacing(ve, SAMPLERS["euler_maruyama"].default_spacing)
+    ddpm = draw(model, ve, "ddpm", 30, n=64, variance="beta", spacing=spacing)
     assert torch.allclose(em, ddpm, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("corrector_steps", [0, 1, 3])
 def test_network_evaluations_and_callbacks(ve, model, corrector_steps):
     steps = 7
-    sig = sampling_sigmas(ve, steps, "logsnr")
+    sig = levels(ve, "pc", steps)
     x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
     den = Denoiser(model, ve)
     seen = []

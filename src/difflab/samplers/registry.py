@@ -56,11 +56,11 @@ register("euler", SamplerSpec(sample_euler, "logsnr", _CHURN, 1, "Euler on the P
                              stochastic=lambda o: _positive(o.get("s_churn"))))
 register("heun", SamplerSpec(sample_heun, "logsnr", _CHURN, 2, "Heun on the PF-ODE, 2*steps-1 calls (Karras et al. 2022)",
                             stochastic=lambda o: _positive(o.get("s_churn"))))
-# "logsnr" (a constant ratio sigma_{i+1} / sigma_i; for the VE SDE Song et al.'s geometric grid):
-# an Euler-Maruyama step adds sigma_i^2 - sigma_{i+1}^2 of noise, first-order accurate only
-# where that ratio is near 1. A DDPM grid's top step can be far from it (the cosine schedule at
-# T = 1000: sigma 20291 -> 128 in its first trailing step), which leaves the output
-# over-dispersed whatever the number of steps (measured in the module docstring of .sde).
+# On the DDPM chain "logsnr", a constant ratio sigma_{i+1} / sigma_i (continuous processes use
+# their own spacing, see default_spacing): an Euler-Maruyama step adds sigma_i^2 - sigma_{i+1}^2
+# of noise, first-order accurate only where that ratio is near 1. A DDPM grid's top step can be
+# far from it (the cosine schedule at T = 1000: sigma 20291 -> 128 in its first trailing step),
+# which leaves the output over-dispersed whatever the number of steps (measured in .sde's docstring).
 register("euler_maruyama", SamplerSpec(sample_euler_maruyama, "logsnr", (), 1,
                                        "Euler-Maruyama on the reverse SDE (Song et al. 2021)",
                                        stochastic=lambda o: True))

@@ -33,8 +33,10 @@ whole batch. Their code multiplies eps by alpha_i = 1 - beta_i for the VP
 SDE; here every process uses the VE rule (alpha = 1): the step is taken in VE coordinates,
 where the ratio rule is invariant under the scaling x -> x / a.
 
-Noise levels: both default to the "logsnr" spacing, a constant ratio sigma_{i+1} / sigma_i (for
-the VE SDE the geometric grid of Song et al.). Euler-Maruyama adds sigma_i^2 - sigma_{i+1}^2 of
+Noise levels: on a continuous process the process's own (:func:`~.timesteps.default_spacing`:
+equal steps in t for the SDEs, Song et al.'s grid, and for flows; rho = 7 for EDM); on the DDPM
+chain the "logsnr" spacing, a constant ratio sigma_{i+1} / sigma_i, rather than the chain's own
+grid. Euler-Maruyama adds sigma_i^2 - sigma_{i+1}^2 of
 noise where the exact reverse step adds sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2, so
 its error is small only where that ratio is near 1: a step with sigma_{i+1} << sigma_i leaves an
 excess variance of about sigma_i^2, which the later steps shrink by no more than the factor
