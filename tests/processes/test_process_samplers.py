@@ -88,11 +88,10 @@ def test_every_sampler_on_every_process_is_at_the_noise_floor(process, sampler, 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_converges_as_evaluations_grow(sampler, mixture, reference):
-    """On the VP SDE (equal steps in t, its default): the distance falls from 4 to 8 to 200
-    evaluations, from well above the floor to it. Measured FD / floor at 8: 1.8x (DPM-Solver++(3M))
-    to 39x (PC), at 4: 8x to 3400x. (On EDM's rho = 7 levels the multistep solvers are not
-    monotone at so few steps: DPM-Solver++(3M) 10x at 4, 68x at 6.)"""
+    """On the VP SDE (equal steps in t, its default): the distance falls from 4 to 8 evaluations,
+    staying well above the floor, which the test above shows reached at 200. Measured FD / floor
+    at 8: 1.8x (DPM-Solver++(3M)) to 39x (PC), at 4: 8x to 3400x. (On EDM's rho = 7 levels the
+    multistep solvers are not monotone at so few steps: DPM-Solver++(3M) 10x at 4, 68x at 6.)"""
     ref, floor = reference
-    fds = [frechet_distance(ref, run("vp", sampler, nfe, mixture)[0]) for nfe in (4, 8, NFE)]
+    fds = [frechet_distance(ref, run("vp", sampler, nfe, mixture)[0]) for nfe in (4, 8)]
     assert fds[0] > fds[1] > 1.5 * floor, fds
-    assert fds[2] <= K_FLOOR * floor + MARGIN, fds
