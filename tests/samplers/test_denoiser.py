@@ -208,3 +208,26 @@ def test_dynamic_threshold_is_imagens_rule():
     torch.testing.assert_close(got, torch.maximum(torch.minimum(x0, s), -s) / s)
     assert got[0].tolist() == pytest.approx([0.5 / 1.75, -1.0, 1.0, 1.5 / 1.75])  # not a clamp to [-1, 1]
     torch.testing.assert_close(got[1], x0[1])  # within [-1, 1]: unchanged
+
+
+def test_a_network_of_one_process_is_refused_under_another_by_every_caller():
+    """The check sits in the Denoiser, so inpainting and the likelihood (which build one directly)
+    refuse a network trained under another process as dl.sample does."""
+    import difflab as dl
+    from difflab.evaluation import log_likelihood
+    from difflab.samplers.denoiser import Denoiser
+
+    flow = dl.processes.FlowMatching()
+    model = dl.models.GaussianMixtureDenoiser(flow, torch.zeros(1, 2), 0.5)
+    model.trained_process = flow
+    chain = dl.GaussianDiffusion(dl.schedules.linear(100))
+    x = torch.zeros(3, 2)
+    calls = {
+        "denoiser": lambda: Denoiser(model, chain),
+        "inpaint": lambda: dl.editing.inpaint(model, chain, x, torch.ones(3, 2), "ddim", 5),
+        "likelihood": lambda: log_likelihood(model, chain, x, steps=2),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"trained under FlowMatching.*sampled under GaussianDiffusion"):
+            call()
+    Denoiser(model, dl.processes.FlowMatching())  # a process built alike is the same process

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..validation import is_int, is_real
 from ..processes import Process, call_model, convert_prediction
 
-__all__ = ["Denoiser"]
+__all__ = ["Denoiser", "check_trained_process"]
 
 
 class Denoiser:
@@ -54,6 +54,7 @@ class Denoiser:
             if value is not None and not is_real(value):
                 raise TypeError(f"{name} must be a number (a Python or numpy float), got {type(value).__name__} "
                                 f"{value!r}")
+        check_trained_process(model, proc)  # here, so every caller (sample, invert, editing, likelihood) is covered
         guidance = float(guidance)
         if not (guidance >= 0 and math.isfinite(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0 (1 = no guidance), got {guidance}")
@@ -117,6 +118,23 @@ class Denoiser:
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0
+
+
+def check_trained_process(model: Callable, proc: Process) -> None:
+    """Refuse to sample a network under another process than the one it was trained under: its
+    outputs would be read at other noise levels or as another prediction, giving noise. A network
+    loaded by ``dl.load`` names its process (``trained_process``), found also through the wrappers
+    that keep the network as ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod``
+    (torch.compile) or ``.model`` (a bound low-res image); processes compare by ``signature()``."""
+    trained = None
+    for _ in range(5):
+        trained = getattr(model, "trained_process", None)
+        if trained is not None or model is None:
+            break
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    if isinstance(trained, Process) and isinstance(proc, Process) and trained.signature() != proc.signature():
+        raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
+                         "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
 
 
 def _check_null_cond(null_cond, num_classes: Optional[int]) -> int:

@@ -26,7 +26,7 @@ from ..processes import Process
 from ..validation import NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
-from .denoiser import Denoiser
+from .denoiser import Denoiser, check_trained_process
 from .registry import SAMPLERS, SamplerSpec
 from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
@@ -138,23 +138,6 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return sampling_sigmas(proc, steps, spacing)
-
-
-def check_trained_process(model: Callable, proc: Process) -> None:
-    """Refuse to sample a network under another process than the one it was trained under: its
-    outputs would be read at other noise levels or as another prediction, giving noise. A network
-    loaded by ``dl.load`` names its process (``trained_process``), found also through the wrappers
-    that keep the network as ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod``
-    (torch.compile) or ``.model`` (a bound low-res image); processes compare by ``signature()``."""
-    trained = None
-    for _ in range(5):
-        trained = getattr(model, "trained_process", None)
-        if trained is not None or model is None:
-            break
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
-    if isinstance(trained, Process) and isinstance(proc, Process) and trained.signature() != proc.signature():
-        raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
-                         "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
 
 
 def _check_shape(shape) -> tuple[int, ...]:
