@@ -73,6 +73,10 @@ def test_reflow_resumes_on_its_saved_pairs(flow_run, tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().err
     report = json.loads((out / "reflow.json").read_text())
     assert report["train_steps"] == 8 and dl.load(out).step == 8
+    # difflab train --resume would continue it on fresh noise (plain flow matching): refused, naming reflow
+    assert main(["train", "--resume", "--out", str(out), "--steps", "12", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is a reflow run" in err and "difflab reflow --resume" in err and dl.load(out).step == 8
 
 
 def test_reflow_refusals(flow_run, tmp_path, capsys):

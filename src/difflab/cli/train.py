@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ..training import checkpoint, config as cfgmod
+from ..training.reflow import PAIRS_FILE
 from ..training.trainer import Trainer
 
 __all__ = ["add_parser"]
@@ -88,6 +89,10 @@ def _config(args):
 
 def _main(args) -> int:
     cfg, out = _config(args)
+    if args.resume and (out / PAIRS_FILE).is_file():  # the trainer would draw fresh noise: plain flow matching
+        raise ValueError(f"{str(out)!r} is a reflow run (it holds {PAIRS_FILE}: it trains on its own noise-sample "
+                         f"pairs, which difflab train does not know); continue it with difflab reflow --resume "
+                         f"--out {out} and the arguments it was started with")
     with Trainer(cfg, out, resume=args.resume, progress=not args.quiet) as trainer:
         if trainer.is_main and trainer.cpu_threads_note:
             print(trainer.cpu_threads_note, flush=True)
