@@ -231,3 +231,26 @@ def test_a_network_of_one_process_is_refused_under_another_by_every_caller():
         with pytest.raises(ValueError, match=r"trained under FlowMatching.*sampled under GaussianDiffusion"):
             call()
     Denoiser(model, dl.processes.FlowMatching())  # a process built alike is the same process
+
+
+def test_another_sampling_range_of_the_same_process_is_not_another_process():
+    """What a network learnt is its kind, prediction and time map: EDM's sigma range, a flow's
+    [t_min, t_max] or the VP SDE's t_min only choose where sampling runs, and may change."""
+    import difflab as dl
+    from difflab.samplers.denoiser import Denoiser
+
+    P = dl.processes
+    same = [(P.EDM(), P.EDM(sigma_max=160.0, sigma_min=0.01, sigma_data=1.0)),
+            (P.FlowMatching(), P.FlowMatching(t_min=1e-4, t_max=0.99, coupling="ot")),
+            (P.VPSDE(), P.VPSDE(t_min=1e-5))]
+    other = [(P.VPSDE(), P.VPSDE(beta_max=10.0)), (P.VESDE(), P.VESDE(sigma_max=20.0)),
+             (P.FlowMatching(), P.FlowMatching(prediction="eps")),
+             (dl.GaussianDiffusion(dl.schedules.linear(100)), dl.GaussianDiffusion(dl.schedules.cosine(100)))]
+    for trained, sampled in same + other:
+        model = dl.models.GaussianMixtureDenoiser(trained, torch.zeros(1, 2), 0.5)
+        model.trained_process = trained
+        if (trained, sampled) in same:
+            Denoiser(model, sampled)
+        else:
+            with pytest.raises(ValueError, match="trained under"):
+                Denoiser(model, sampled)

@@ -198,6 +198,13 @@ class Process(ABC):
         """What the process means, hashable: equal for two processes that sample alike."""
         return (type(self).__name__, self.prediction)
 
+    def network_signature(self) -> tuple:
+        """What a network trained under this process has learnt, hashable: its kind, prediction and
+        the map from noise level to its time input. Settings that only choose where sampling runs
+        (t_min, t_max, sigma_max of EDM) or how training weights its times are not part of it, so a
+        network may be sampled under a process that differs in those."""
+        return (type(self).__name__, self.prediction)
+
     @property
     def sigma_min(self) -> float:
         """The lowest noise level samplers visit before the final 0."""

@@ -111,6 +111,9 @@ class GaussianDiffusion(Process):
     def signature(self) -> tuple:
         return ("GaussianDiffusion", self.prediction, tuple(self.alphas_cumprod.tolist()))
 
+    def network_signature(self) -> tuple:
+        return self.signature()  # the schedule maps noise levels to timesteps
+
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         if not t.is_floating_point():
             return self.sqrt_alphas_cumprod[t.long().cpu()].to(t.device), self.sqrt_one_minus_alphas_cumprod[

@@ -73,6 +73,9 @@ class VPSDE(Process):
     def signature(self) -> tuple:
         return ("VPSDE", self.prediction, self.beta_min, self.beta_max, self.t_min)
 
+    def network_signature(self) -> tuple:
+        return ("VPSDE", self.prediction, self.beta_min, self.beta_max)  # t_min: where sampling stops
+
     def _integral(self, t: Tensor) -> Tensor:
         """int_0^t beta(s) ds = t^2 (beta_max - beta_min) / 2 + t beta_min."""
         return 0.5 * t * t * (self.beta_max - self.beta_min) + t * self.beta_min
@@ -127,6 +130,9 @@ class VESDE(Process):
 
     def signature(self) -> tuple:
         return ("VESDE", self.prediction, self.sigma_lo, self.sigma_hi)
+
+    def network_signature(self) -> tuple:
+        return self.signature()  # sigma_min and sigma_max map noise levels to t
 
     def sigma_of(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)

@@ -125,14 +125,15 @@ def check_trained_process(model: Callable, proc: Process) -> None:
     outputs would be read at other noise levels or as another prediction, giving noise. A network
     loaded by ``dl.load`` names its process (``trained_process``), found also through the wrappers
     that keep the network as ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod``
-    (torch.compile) or ``.model`` (a bound low-res image); processes compare by ``signature()``."""
+    (torch.compile) or ``.model`` (a bound low-res image); processes compare by what the network
+    learnt (``network_signature()``), so another sampling range of the same process is allowed."""
     trained = None
     for _ in range(5):
         trained = getattr(model, "trained_process", None)
         if trained is not None or model is None:
             break
         model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
-    if isinstance(trained, Process) and isinstance(proc, Process) and trained.signature() != proc.signature():
+    if isinstance(trained, Process) and isinstance(proc, Process) and trained.network_signature() != proc.network_signature():
         raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
                          "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
 

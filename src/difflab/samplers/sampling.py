@@ -30,7 +30,7 @@ from .denoiser import Denoiser, check_trained_process
 from .registry import SAMPLERS, SamplerSpec
 from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
-__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS", "check_trained_process"]
+__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
 
 # Keyword options of sample() that every sampler takes (the rest of **options are the sampler's own).
 SAMPLING_OPTIONS = ("spacing", "timesteps", "sigmas", "clip_x0", "dynamic_threshold", "null_cond")
