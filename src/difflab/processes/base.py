@@ -237,7 +237,7 @@ class Process(ABC):
 
     # ------------------------------------------------------------- checks
     def check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
-        """t: a float tensor [B] of x's batch size within [t_min, t_max] of training (values read on the CPU only)."""
+        """t: a tensor [B] of x's batch size, of the process's times (:meth:`_check_t_values`)."""
         if not isinstance(t, Tensor):
             raise TypeError(f"t must be a torch tensor of shape [B], got {type(t).__name__}")
         if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
@@ -245,9 +245,15 @@ class Process(ABC):
                 f"t must have shape [B] matching {argname}'s batch size: got t of shape "
                 f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
             )
+        return self._check_t_values(t)
+
+    def _check_t_values(self, t: Tensor) -> Tensor:
+        """A float tensor within :meth:`time_range`. The values are read on CPU tensors only: on an
+        accelerator reading them would stall the step loop on a host-device sync (as for class
+        labels in check_labels); and not while torch.compile traces (a data-dependent branch would
+        split the graph)."""
         if not t.is_floating_point():
             raise TypeError(f"t must be a float tensor: {type(self).__name__} runs in continuous time, got {t.dtype}")
-        # values read only where that costs no host-device sync (see GaussianDiffusion._check_t)
         if t.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = self.time_range()
             if not torch.isfinite(t).all() or (t < lo).any() or (t > hi).any():

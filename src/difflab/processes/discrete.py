@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..schedules import NoiseSchedule
 from ..validation import X0_FIX, check_labels, float_input, is_int
-from .base import PREDICTION_TYPES, Process, vp_scale, Weighting, call_model, check_clip_x0, check_weighting, convert_prediction
+from .base import Process, call_model, check_clip_x0, vp_scale
 
 __all__ = ["GaussianDiffusion", "discretized_gaussian_log_likelihood"]
 
@@ -121,7 +121,12 @@ class GaussianDiffusion(Process):
         return super().alpha_sigma(t)
 
     def _coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._alpha_sigma(t, x)
+        return self._alpha_sigma(t, x)  # the tables, in x's dtype: q_sample, convert and target read these
+
+    def _x0_error_factor(self, t: Tensor) -> Tensor:
+        # ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR = ||v - v_hat||^2 / (SNR + 1)
+        snr = self.snr(t).to(t.device)
+        return {"x0": torch.ones_like(snr), "eps": snr, "v": snr + 1}[self.prediction]
 
     # ------------------------------------------------------------------ helpers
     def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -145,19 +150,6 @@ class GaussianDiffusion(Process):
         for name in _TABLES_FLOAT64:  # noise levels stay in float64 (interpolated in log sigma)
             self._table(name, device, torch.float64)
         return self
-
-    def check_t(self, t: Tensor, x: Tensor, argname: str = "x0") -> Tensor:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"t must be a torch tensor of shape [B], got {type(t).__name__}")
-        if t.ndim != 1 or x.ndim < 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"t must have shape [B] matching {argname}'s batch size: got t of shape "
-                f"{tuple(t.shape)} and {argname} of shape {tuple(x.shape)}"
-            )
-        # Range checks on CPU timesteps only: on an accelerator reading the values would stall
-        # the step loop on a host-device sync (as for class labels in check_labels); and not while
-        # torch.compile traces (a data-dependent branch would split the graph).
-        return self._check_t_values(t)
 
     def _check_t_values(self, t: Tensor) -> Tensor:
         """t's dtype, and its values where reading them costs no host-device sync: integers in
@@ -242,21 +234,6 @@ class GaussianDiffusion(Process):
         alpha, sigma = self._alpha_sigma(t, x0)
         return alpha * x0, (sigma**2).expand_as(x0)
 
-    def q_sample(self, x0: Tensor, t: Tensor, noise: Optional[Tensor] = None) -> Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise   (Ho et al. 2020, eq. 4)."""
-        self.check_t(t, x0)
-        if noise is None:
-            noise = torch.randn_like(x0)
-        elif noise.shape != x0.shape:
-            raise ValueError(
-                f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}"
-            )
-        return self._q_sample(x0, t, noise)
-
-    def _q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        alpha, sigma = self._alpha_sigma(t, x0)
-        return alpha * x0 + sigma * noise
-
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)  (Ho et al. 2020, eqs. 6-7).
 
@@ -276,51 +253,9 @@ class GaussianDiffusion(Process):
         return mean, var, log_var
 
     # ------------------------------------------------------- prediction types
-    def convert(self, x_t: Tensor, t: Tensor, model_output: Tensor, target: str) -> Tensor:
-        """The model's output (of this process's prediction type) at (x_t, t) as ``target``."""
-        if model_output.shape != x_t.shape:
-            raise ValueError(
-                f"model_output must have x_t's shape {tuple(x_t.shape)}, got {tuple(model_output.shape)}"
-            )
-        self.check_t(t, x_t, "x_t")
-        alpha, sigma = self._alpha_sigma(t, x_t)
-        return convert_prediction(model_output, x_t, alpha, sigma, self.prediction, target)
-
     def predict_v(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 from the model's output."""
         return self.convert(x_t, t, model_output, "v")
-
-    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the network should output at x_t = q_sample(x0, t, noise): eps, x0 or v."""
-        if self.prediction == "eps":
-            return noise
-        if self.prediction == "x0":
-            return x0
-        alpha, sigma = self._alpha_sigma(t, x0)
-        return alpha * noise - sigma * x0
-
-    # ---------------------------------------------------------------- training
-    def loss_weight(self, t: Tensor, weighting: Weighting = None) -> Tensor:
-        """Per-sample weight of the squared error on this process's target.
-
-        ``None`` / ``"uniform"``: L_simple (Ho et al. 2020, eq. 14) on the model's own target.
-        ``"min_snr"`` or ``"min_snr_<gamma>"``: Min-SNR-gamma (Hang et al. 2023, gamma = 5 by
-        default; gamma > 0), expressed for the prediction type so that the weight on the x0 error
-        is min(SNR, gamma). A callable receives SNR(t) and returns the weights.
-        """
-        gamma = check_weighting(weighting)
-        if weighting is None or (isinstance(weighting, str) and weighting == "uniform"):
-            return torch.ones(t.shape, device=t.device)
-        snr = self.snr(t).to(t.device)
-        if callable(weighting):
-            w = weighting(snr)
-        else:
-            clipped = snr.clamp(max=gamma)
-            # ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR = ||v - v_hat||^2 / (SNR + 1)
-            w = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[self.prediction]
-        if not isinstance(w, Tensor) or w.shape != t.shape:
-            raise ValueError("a weighting callable must return one weight per sample, shape [B]")
-        return w.to(torch.float32)
 
     # -------------------------------------------------------------- likelihood
     def vlb_terms(
