@@ -29,6 +29,12 @@ from .processes import GaussianDiffusion  # noqa: E402
 from .samplers import invert, sample  # noqa: E402
 from .training import load  # noqa: E402
 
+# difflab.diffusion was the DDPM process's module before difflab.processes held every process:
+# the old name stays importable (scripts, pickled objects) as the processes package.
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__ + ".diffusion"] = processes
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -172,3 +172,12 @@ def test_sigma_and_t_are_inverse_and_continuous():
     assert torch.allclose(proc.t_of(sig), tf, atol=1e-8)
     # float t on the grid agrees with integer t
     assert torch.allclose(proc.sigma_of(t.double()), proc.sigma_of(t))
+
+
+def test_the_old_module_name_still_imports():
+    """difflab.diffusion (the process's module before difflab.processes) names the same objects."""
+    import difflab.diffusion as old
+    from difflab.diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood
+
+    assert GaussianDiffusion is dl.GaussianDiffusion and old is dl.processes
+    assert discretized_gaussian_log_likelihood is dl.processes.discretized_gaussian_log_likelihood
