@@ -39,19 +39,21 @@ def test_sdedit_sigmas(proc):
 # sigma(t_s) at t_s = t_min + s (t_max - t_min), from each process's definition and its defaults
 # (Song et al. 2021, eqs. 31 and 33: VE sigma_min (sigma_max / sigma_min)^t with 0.01, 50 here;
 # VP 1 / abar(t) = exp(beta_min t + (beta_max - beta_min) t^2 / 2) with 0.1, 20 on [1e-3, 1];
-# EDM t = sigma on [0.002, 80]; flow x_t = (1 - t) x0 + t eps, sigma = t / (1 - t) on [1e-3, 0.999])
+# flow x_t = (1 - t) x0 + t eps, sigma = t / (1 - t) on [1e-3, 0.999]); EDM (t = sigma on
+# [0.002, 80]) along its rho = 7 ramp, Karras et al. 2022 eq. 5
 SDEDIT_START = {
     "vp": lambda s: math.sqrt(math.expm1(0.1 * (t := 1e-3 + s * (1 - 1e-3)) + 19.9 * t * t / 2)),
     "ve": lambda s: 0.01 * 5000.0**s,
-    "edm": lambda s: 0.002 + s * (80 - 0.002),
+    "edm": lambda s: (0.002 ** (1 / 7) + s * (80 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7,
     "flow": lambda s: (t := 1e-3 + s * (0.999 - 1e-3)) / (1 - t),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SDEDIT_START))
 def test_sdedit_sigmas_in_the_process_time(name):
-    """Continuous time: strength s starts at t_min + s (t_max - t_min) of the process's own time,
-    then the process's default grid below it ('uniform' in t: about s * steps steps; EDM's karras)."""
+    """Continuous time: strength s starts at t_min + s (t_max - t_min) of the process's own time (EDM:
+    s of the way along its rho-7 ramp), then the process's default grid below it ('uniform' in t:
+    about s * steps steps; EDM's karras)."""
     proc = dl.processes.build(name)
     full = dl.samplers.sampling_sigmas(proc, 50, proc.default_spacing)
     assert torch.equal(E.sdedit_sigmas(proc, 1.0, 50), full)
@@ -112,7 +114,7 @@ def test_sdedit_keeps_the_data_distribution_on_every_process(each_proc, each_mix
 def test_sdedit_is_one_computation_on_every_process(matched_procs, sampler):
     """Over the same noise levels the five processes are one process in VE form: started at the same
     level (each at its own strength: the chain's 0.5 is another process's (t - t_min) / (t_max - t_min)
-    of the same sigma), SDEdit gives the chain's result draw for draw. Measured: equal to 1e-5."""
+    of the same sigma, EDM's the fraction of its rho-7 ramp), SDEdit gives the chain's result draw for draw. Measured: equal to 1e-5."""
     ddpm = matched_procs["ddpm"]
     y = dl.models.GaussianMixtureDenoiser(ddpm, [[-1.5, -1.5], [1.5, 1.5]], 0.5).sample(
         200, torch.Generator().manual_seed(0))
@@ -122,6 +124,9 @@ def test_sdedit_is_one_computation_on_every_process(matched_procs, sampler):
     for name, proc in matched_procs.items():
         t = float(proc.t_of(start))
         strength = 0.5 if name == "ddpm" else (t - proc.t_min) / (proc.t_max - proc.t_min)
+        if name == "edm":  # the fraction of its rho-7 ramp
+            lo, hi, at = (float(v) ** (1 / 7) for v in (proc.sigma_min, proc.sigma_max, start))
+            strength = (at - lo) / (hi - lo)
         mixture = dl.models.GaussianMixtureDenoiser(proc, [[-1.5, -1.5], [1.5, 1.5]], 0.5)
         out[name] = E.img2img(mixture, proc, y, strength, sampler, 12, spacing="karras", noise=eps,
                               generator=torch.Generator().manual_seed(2))

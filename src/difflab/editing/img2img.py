@@ -1,13 +1,15 @@
 """Image-to-image translation by SDEdit (Meng et al. 2022): noise the input part way, then denoise.
 
-With strength s in (0, 1], the process starts at its own time
+With strength s in (0, 1], the process starts the fraction s of the way along its own noise-level
+ramp, from sigma_min (s -> 0) to sigma_max (s = 1): at its time
 
     t_s = t_min + s (t_max - t_min)
 
-on its sampling interval [t_min, t_max]: the DDPM chain's t_s = s (T - 1) (0-based; a
+on its sampling interval [t_min, t_max] -- the DDPM chain's t_s = s (T - 1) (0-based; a
 fractional t interpolates log sigma, see ``GaussianDiffusion.sigma_of``), the SDEs' and flows'
-t in [t_min, 1] or [t_min, t_max]; for EDM, whose time is the noise level itself, s is linear in
-sigma (s = 0.1 is already sigma = 8 of 80: mild edits need small s there). It starts from the
+t -- except for EDM, whose time is the noise level itself: there s follows EDM's rho = 7 ramp,
+sigma_s = (sigma_min^(1/7) + s (sigma_max^(1/7) - sigma_min^(1/7)))^7 (Karras et al. 2022, eq. 5;
+linear in sigma, s = 0.1 would already be sigma = 8 of 80). It starts from the
 input y noised by the forward process (their eq. 2), in the samplers' VE state for every process:
 
     x_t = a(t_s) y + s(t_s) eps      <=>      x = y + sigma(t_s) eps
@@ -35,7 +37,7 @@ from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, is_real
 from ._common import check_image, check_sampler, check_steps, model_device, to_model
 
-__all__ = ["img2img", "sdedit_sigmas", "check_strength"]
+__all__ = ["img2img", "sdedit_sigmas", "start_sigma", "check_strength"]
 
 
 def check_strength(strength) -> float:
@@ -49,9 +51,19 @@ def check_strength(strength) -> float:
     return float(strength)
 
 
+def start_sigma(proc: Process, strength: float) -> Tensor:
+    """The noise level SDEdit starts from, [1] float64: sigma(t_min + strength (t_max - t_min)); on a
+    process sampled on rho-7 levels (EDM), the point ``strength`` of the way along that ramp."""
+    if proc.default_spacing == "karras":
+        lo, hi = proc.sigma_min ** (1 / 7), proc.sigma_max ** (1 / 7)
+        return torch.tensor([(lo + strength * (hi - lo)) ** 7], dtype=torch.float64)
+    t = torch.tensor(proc.t_min + strength * (proc.t_max - proc.t_min), dtype=torch.float64)
+    return proc.sigma_of(t).reshape(1)
+
+
 def sdedit_sigmas(proc: Process, strength: float, steps: int = 50, spacing: Optional[str] = None) -> Tensor:
-    """The decreasing noise levels SDEdit runs over: sigma(t_s), t_s = t_min + strength (t_max - t_min),
-    then the grid's levels below it, then 0.
+    """The decreasing noise levels SDEdit runs over: :func:`start_sigma`, then the grid's levels
+    below it, then 0.
 
     ``strength = 1`` gives the full grid of ``sampling_sigmas(proc, steps, spacing)``; ``spacing``
     defaults to "trailing" on the DDPM chain and to the process's own spacing otherwise.
@@ -62,8 +74,7 @@ def sdedit_sigmas(proc: Process, strength: float, steps: int = 50, spacing: Opti
     full = sampling_sigmas(proc, steps, spacing or default_spacing(proc, "trailing"))
     if strength == 1.0:
         return full
-    t = torch.tensor(proc.t_min + strength * (proc.t_max - proc.t_min), dtype=torch.float64)
-    start = proc.sigma_of(t).reshape(1)
+    start = start_sigma(proc, strength)
     return torch.cat([start, full[full < start]])
 
 
