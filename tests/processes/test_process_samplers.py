@@ -13,6 +13,13 @@ ratios FD / floor at 200 network evaluations (this file's seeds): 0.79 .. 1.15 f
 the SDE samplers included, on each sampler's default noise levels. (Those of Euler-Maruyama and PC
 on the DDPM chain are log-SNR levels: on the cosine schedule's own grid they measure 8.8x and
 281x, see difflab.samplers.sde.)
+
+What this cannot see: an error in a process's time maps (sigma_of, scale, timestep). The exact
+denoiser reads the network's time through the same maps, so such an error cancels here; the
+closed-form tests of each process (test_sde_processes.py, test_edm.py, test_flow.py) and the
+cross-checks against diffusers and flow_matching hold the maps. Nor an error in the spread of a
+few percent (5% over-dispersion stays under the bound): PC's own bias, a spread (1 + snr^2) times
+too wide in variance, is tested in closed form in tests/samplers/test_sde.py.
 """
 
 import pytest
