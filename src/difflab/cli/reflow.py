@@ -16,7 +16,7 @@ import sys
 
 from ..devices import resolve_device
 from ..training.checkpoint import load
-from ..training.reflow import reflow
+from ..training.reflow_run import reflow
 from ._errors import check_memory
 
 __all__ = ["add_parser"]

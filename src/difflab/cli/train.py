@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..training import checkpoint, config as cfgmod
-from ..training.reflow import PAIRS_FILE
+from ..training.reflow_run import PAIRS_FILE
 from ..training.trainer import Trainer
 
 __all__ = ["add_parser"]
