@@ -32,11 +32,11 @@ samplers' VE coordinates ends where flow_matching's adaptive solver, integrating
 velocity field in x_t, ends.
 """
 
-import itertools
 import math
 
 import pytest
 import torch
+from ode_reference import heun_errors, second_order
 
 import difflab as dl
 
@@ -152,11 +152,6 @@ def test_vp_probability_flow_is_flow_matching(means):
     solver = fm_solver.ODESolver(velocity_model=velocity)
     theirs = solver.sample(x_start, step_size=None, method="dopri5", atol=1e-10, rtol=1e-10,
                            time_grid=torch.tensor([1 - t_max, 1 - proc.t_min], dtype=torch.float64))
-    den = dl.samplers.Denoiser(model, proc, clip_x0=None)
-    errors = []
-    for steps in (100, 200, 400):
-        sigmas = proc.sigma_of(torch.linspace(t_max, proc.t_min, steps + 1, dtype=torch.float64))
-        x = dl.samplers.sample_heun(den, x_start / proc.scale(sigmas[0]), sigmas)  # VE state x = x_t / a
-        errors.append(max_diff(x * proc.scale(sigmas[-1]), theirs))
+    errors = heun_errors(model, proc, x_start, theirs, t_max)
     assert errors[-1] < 2e-4
-    assert all(3.4 < a / b < 4.6 for a, b in itertools.pairwise(errors)), errors  # 4 per halving: Heun's order
+    assert second_order(errors), errors  # 4 per halving: Heun's order
