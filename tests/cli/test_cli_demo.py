@@ -58,6 +58,7 @@ def test_demo_runs_every_process_and_records_what_it_ran(process, tmp_path, caps
     keys = [f"{first.label}_5", f"{second.label}_3"]
     assert list(m["samplers"]) == keys
     assert list(m["sliced_wasserstein"]) == list(m["mmd2"]) == keys + ["noise_floor"]
+    assert m["sliced_wasserstein_settings"] == {"fresh_sets": 8, "projections": 64}
     for key, s, steps in zip(keys, (first, second), (5, 3)):
         rec = m["samplers"][key]
         assert (rec["sampler"], rec["steps"], rec["spacing"], rec["options"]) == (s.sampler, steps, s.spacing,
