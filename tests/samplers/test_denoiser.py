@@ -84,15 +84,7 @@ def test_guidance_one_samples_the_requested_component(proc, sampler):
     n, steps = 600, 20
     model = Counting(mixture(proc))
     cond = torch.arange(n) % 3
-    x = dl.sample(
-        model,
-        proc,
-        (n, 2),
-        sampler,
-        steps=steps,
-        cond=cond,
-        generator=torch.Generator().manual_seed(2),
-    )
+    x = dl.sample(model, proc, (n, 2), sampler, steps=steps, cond=cond, generator=torch.Generator().manual_seed(2))
     assert (nearest(x) == cond).all()
     for k in range(3):
         assert torch.allclose(x[cond == k].mean(0).double(), MEANS[k], atol=0.1)
@@ -105,16 +97,8 @@ def test_guidance_zero_samples_the_unconditional_mixture(proc, sampler):
     n, steps = 3000, 20
     model = Counting(mixture(proc))
     cond = torch.zeros(n, dtype=torch.long)  # ignored at guidance 0: only the null label is used
-    x = dl.sample(
-        model,
-        proc,
-        (n, 2),
-        sampler,
-        steps=steps,
-        cond=cond,
-        guidance=0.0,
-        generator=torch.Generator().manual_seed(3),
-    )
+    x = dl.sample(model, proc, (n, 2), sampler, steps=steps, cond=cond, guidance=0.0,
+                  generator=torch.Generator().manual_seed(3))
     share = torch.bincount(nearest(x), minlength=3).double() / n
     se = (WEIGHTS * (1 - WEIGHTS) / n).sqrt()
     assert ((share - WEIGHTS).abs() < 5 * se).all(), share
