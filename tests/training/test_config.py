@@ -121,7 +121,7 @@ def test_a_config_saved_before_the_process_field_loads_as_the_ddpm_chain_it_was(
     prediction: eps (its old default): they load as the DDPM chain, and mean the same as today's
     config with a null prediction (config_diff compares what a field means), so such runs resume."""
     old = config_to_text(tiny()).replace("  process: ddpm\n  process_kwargs: {}\n", "").replace(
-        "prediction: null", "prediction: eps")
+        "\n  prediction: null", "\n  prediction: eps")  # (diffusion's; not consistency.net_prediction)
     assert "process" not in old and "prediction: eps" in old
     cfg = config_from_text(old)
     assert cfg.diffusion.process == "ddpm" and cfg.diffusion.process_kwargs == {}

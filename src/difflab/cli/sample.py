@@ -30,8 +30,9 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder or exported .safetensors file")
     p.add_argument("--n", type=int, default=64, help="number of samples (with --label all: per class)")
-    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=sorted(SAMPLERS),
+                   help="default: the run's own (its config's sample.sampler: ddim, or consistency for a consistency model)")
+    p.add_argument("--steps", type=int, help="default: the run's own (its config's sample.steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--label", default=None,
@@ -56,8 +57,12 @@ def _main(args) -> int:
     out = check_image_path(args.out, "--out", mkdir=True)
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
-    deterministic = args.sampler != "ddpm" and args.eta == 0
     run = load(args.ckpt, device=device)
+    args.sampler = args.sampler or run.config.sample.sampler  # a student keeps the sampler it was made for
+    args.steps = args.steps if args.steps is not None else run.config.sample.steps
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    deterministic = not SAMPLERS[args.sampler].stochastic({"eta": args.eta})
     net = accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
     if len(run.image_shape) != 3 and tensor_out is None:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
-from .embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
+from .consistency import ConsistencyModel
+from .embeddings import GuidanceEmbedding, LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
 from .precond import EDMPrecond
 from .registry import build, names, register
@@ -17,6 +18,7 @@ __all__ = [
     "MLPDenoiser",
     "UNet",
     "EDMPrecond",
+    "ConsistencyModel",
     "LowResConditioned",
     "WithLowRes",
     "GaussianMixtureDenoiser",
@@ -24,6 +26,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "TimestepEmbedding",
     "LabelEmbedding",
+    "GuidanceEmbedding",
     "build",
     "register",
     "names",

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..validation import positive_int
 
-__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "LabelEmbedding", "batch_timesteps"]
+__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "GuidanceEmbedding", "LabelEmbedding", "batch_timesteps"]
 
 
 def batch_timesteps(t, x: Tensor) -> Tensor:
@@ -69,6 +69,27 @@ class TimestepEmbedding(nn.Sequential):
     def forward(self, t: Tensor) -> Tensor:
         sinusoid, fc1, act, fc2 = self
         return fc2(act(fc1(sinusoid(t).to(fc1.weight.dtype))))  # float32 features; match a bf16 model
+
+
+class GuidanceEmbedding(TimestepEmbedding):
+    """The guidance scale w as a network input (latent consistency models, Luo et al. 2023, sec. 4.2):
+    sinusoidal features of 100 w (the timestep's frequencies cover w in 0 .. 10), then Linear-SiLU-Linear
+    with the last layer zero-initialised, so a network given this input computes what it did
+    without it until training changes that (a student starts as its teacher)."""
+
+    SCALE = 100.0
+
+    def __init__(self, dim: int, freq_dim: Optional[int] = None) -> None:
+        super().__init__(dim, freq_dim)
+        nn.init.zeros_(self[-1].weight)
+        nn.init.zeros_(self[-1].bias)
+
+    def forward(self, guidance, x: Tensor) -> Tensor:
+        """The embedding [B, dim] of w: a number, or a tensor [B] (one scale per sample of x); None is w = 1."""
+        w = batch_timesteps(1.0 if guidance is None else guidance, x)
+        if not w.is_floating_point():
+            w = w.float()
+        return super().forward(self.SCALE * w)
 
 
 class LabelEmbedding(nn.Embedding):

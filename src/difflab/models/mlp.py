@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import check_labels, is_int, is_real
-from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
+from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps
 
 __all__ = ["MLPDenoiser"]
 
@@ -34,7 +34,9 @@ class MLPDenoiser(nn.Module):
     """model(x_t, t[, cond]) for flat data [B, dim]: time (and label) embedding, residual MLP blocks.
 
     With ``num_classes=K`` it takes labels 0..K-1 and the null label K (API.md): an integer
-    tensor [B] (checked against that range when it lives on the CPU, as in the UNet).
+    tensor [B] (checked against that range when it lives on the CPU, as in the UNet). With
+    ``guidance_embed=True`` it also takes the guidance scale, ``model(x_t, t, cond, guidance=w)``,
+    added to the time embedding (:class:`~.embeddings.GuidanceEmbedding`; guided distillation).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class MLPDenoiser(nn.Module):
         depth: int = 3,
         num_classes: Optional[int] = None,
         dropout: float = 0.0,
+        guidance_embed: bool = False,
     ) -> None:
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 2), ("depth", depth, 1)):
@@ -54,18 +57,29 @@ class MLPDenoiser(nn.Module):
                              f"got {num_classes!r}")
         if not is_real(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"MLPDenoiser: dropout must be a probability in [0, 1), got {dropout!r}")
+        if not isinstance(guidance_embed, bool):
+            raise ValueError(f"MLPDenoiser: guidance_embed must be true or false, got {guidance_embed!r}")
+        if guidance_embed and num_classes is None:
+            raise ValueError("MLPDenoiser: guidance_embed needs a class-conditional model (num_classes=K): "
+                             "guidance steers towards a label")
         dim, width, depth = int(dim), int(width), int(depth)
         num_classes = int(num_classes) if num_classes is not None else None
         self.dim, self.num_classes = dim, num_classes
         self.time_embed = TimestepEmbedding(width)
         self.label_embed = LabelEmbedding(num_classes, width) if num_classes else None
+        self.guidance_embed = GuidanceEmbedding(width) if guidance_embed else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the guidance scale is an input of the network (``guidance_embed=True``)."""
+        return self.guidance_embed is not None
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None, guidance=None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPDenoiser(dim={self.dim}) takes x of shape [B, {self.dim}], got {tuple(x.shape)}")
         t = batch_timesteps(t, x)
@@ -78,6 +92,11 @@ class MLPDenoiser(nn.Module):
             emb = emb + self.label_embed(cond)
         elif cond is not None:
             raise ValueError("this MLPDenoiser is unconditional (num_classes=None) but got labels")
+        if self.guidance_embed is not None:
+            emb = emb + self.guidance_embed(guidance, x)
+        elif guidance is not None:
+            raise ValueError("this MLPDenoiser takes no guidance input (build it with guidance_embed=True); "
+                             "guide it with dl.sample(..., guidance=w), which calls it twice per step")
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -54,7 +54,11 @@ class EDMPrecond(nn.Module):
         total = sigma * sigma + sd2
         return sd2 / total, sigma * self.sigma_data * total.rsqrt(), total.rsqrt(), sigma.log() / 4
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    @property
+    def guidance_input(self) -> bool:
+        return bool(getattr(self.net, "guidance_input", False))
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Optional[Tensor] = None, guidance=None) -> Tensor:
         sigma = batch_timesteps(sigma, x).to(torch.float32 if x.dtype != torch.float64 else torch.float64)
         if sigma.device.type == "cpu" and not torch.compiler.is_compiling() and (sigma <= 0).any():
             raise ValueError("EDMPrecond's time input is the noise level sigma, which must be > 0 (ln sigma "
@@ -63,5 +67,8 @@ class EDMPrecond(nn.Module):
                                         for i, c in enumerate(self.coefficients(sigma)))
         x_in = (c_in * x).to(x.dtype)
         t = c_noise * self.time_scale
-        f = self.net(x_in, t) if cond is None else self.net(x_in, t, cond)
+        if guidance is not None:  # (a network with a guidance input, guidance_embed=True)
+            f = self.net(x_in, t, cond, guidance=guidance)
+        else:
+            f = self.net(x_in, t) if cond is None else self.net(x_in, t, cond)
         return (c_skip * x + c_out * f.to(c_out.dtype)).to(x.dtype)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..validation import is_int, positive_int
-from .embeddings import LabelEmbedding, TimestepEmbedding, batch_timesteps
+from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps
 from .norm import GroupNorm
 
 __all__ = [
@@ -294,6 +294,7 @@ class UNet(nn.Module):
         num_classes: Optional[int] = None,
         norm_groups: int = 32,
         emb_dim: Optional[int] = None,
+        guidance_embed: bool = False,
     ) -> None:
         super().__init__()
         self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
@@ -352,6 +353,13 @@ class UNet(nn.Module):
         self.attention_levels = attention_levels
         self.time_embed = TimestepEmbedding(emb_dim, freq_dim=channels)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
+        if not isinstance(guidance_embed, bool):
+            raise ValueError(f"guidance_embed must be true or false, got {guidance_embed!r}")
+        if guidance_embed and num_classes is None:
+            raise ValueError("guidance_embed needs a class-conditional UNet (num_classes=K): guidance steers "
+                             "towards a label")
+        # the guidance scale as an input (guided distillation), added to the time embedding
+        self.guidance_embed = GuidanceEmbedding(emb_dim, freq_dim=channels) if guidance_embed else None
 
         def res(cin: int, cout: int, resample_: Optional[str] = None) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, dropout, norm_groups, use_scale_shift_norm, resample_)
@@ -500,7 +508,12 @@ class UNet(nn.Module):
             bias = torch.cat([b.embedding_bias() for b in blocks])
         return F.linear(emb_act, weight, bias).split([b.emb_proj.out_features for b in blocks], dim=1)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the guidance scale is an input of the network (``guidance_embed=True``)."""
+        return self.guidance_embed is not None
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None, guidance=None) -> Tensor:
         self._check(x)
         t = batch_timesteps(t, x)
         emb = self.time_embed(t)
@@ -511,6 +524,11 @@ class UNet(nn.Module):
                 "this UNet is unconditional (num_classes=None) but got labels; build it with "
                 "num_classes=K to use class labels"
             )
+        if self.guidance_embed is not None:
+            emb = emb + self.guidance_embed(guidance, x)
+        elif guidance is not None:
+            raise ValueError("this UNet takes no guidance input (build it with guidance_embed=True); guide it "
+                             "with dl.sample(..., guidance=w), which calls it twice per step")
         es = iter(self.block_embeddings(F.silu(emb)))
 
         h = self.conv_in(x)

@@ -125,9 +125,10 @@ def check_positive(name: str, value, hint: str = "") -> float:
     return float(value)
 
 
-def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-    """Evaluate ``model(x_t, t)`` or ``model(x_t, t, cond)`` and check the output's shape."""
-    out = model(x_t, t) if cond is None else model(x_t, t, cond)
+def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None, **inputs) -> Tensor:
+    """Evaluate ``model(x_t, t)`` or ``model(x_t, t, cond)`` (with keyword ``inputs`` such as a
+    guidance scale, for the networks that take one) and check the output's shape."""
+    out = model(x_t, t, cond, **inputs) if inputs else (model(x_t, t) if cond is None else model(x_t, t, cond))
     if not isinstance(out, Tensor) or out.shape != x_t.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(

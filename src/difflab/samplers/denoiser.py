@@ -13,6 +13,8 @@ unconditional outputs in one batched forward pass of size 2B:
     out = out_uncond + w (out_cond - out_uncond)
 
 which equals guiding eps, x0 or v alike, because the conversions are affine in the output.
+A network that takes the scale as an input (``guidance_input``: a guided-distilled student,
+Luo et al. 2023) is instead called once, ``model(x_t, t, cond, guidance=w)``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor
 from ..validation import is_int, is_real
 from ..processes import Process, call_model, convert_prediction
 
-__all__ = ["Denoiser", "check_trained_process"]
+__all__ = ["Denoiser", "check_trained_process", "model_attribute"]
 
 
 class Denoiser:
@@ -80,6 +82,7 @@ class Denoiser:
                 raise ValueError(f"guidance={guidance} needs class labels: pass cond=<long tensor [B]>")
         self.model, self.proc, self.cond = model, proc, cond
         self.guidance, self.null_cond = guidance, null_cond
+        self.guidance_input = bool(model_attribute(model, "guidance_input"))
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         self.calls = 0
 
@@ -93,6 +96,8 @@ class Denoiser:
         self.calls += 1
         if cond is None:
             return call_model(self.model, x_t, t)
+        if self.guidance_input:  # the scale is the network's input: one call
+            return call_model(self.model, x_t, t, cond, guidance=w)
         if w == 1.0:
             return call_model(self.model, x_t, t, cond)
         null = torch.full_like(cond, self.null_cond)
@@ -127,15 +132,22 @@ def check_trained_process(model: Callable, proc: Process) -> None:
     that keep the network as ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod``
     (torch.compile) or ``.model`` (a bound low-res image); processes compare by what the network
     learnt (``network_signature()``), so another sampling range of the same process is allowed."""
-    trained = None
-    for _ in range(5):
-        trained = getattr(model, "trained_process", None)
-        if trained is not None or model is None:
-            break
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    trained = model_attribute(model, "trained_process")
     if isinstance(trained, Process) and isinstance(proc, Process) and trained.network_signature() != proc.network_signature():
         raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
                          "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
+
+
+def model_attribute(model: Callable, name: str):
+    """``model``'s attribute ``name``, found also through the wrappers that keep the network as
+    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
+    (a bound low-res image); None where no layer has it."""
+    for _ in range(5):
+        value = getattr(model, name, None)
+        if value is not None or model is None:
+            return value
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    return None
 
 
 def _check_null_cond(null_cond, num_classes: Optional[int]) -> int:

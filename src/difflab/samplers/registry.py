@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..validation import is_real
+from .consistency import sample_consistency
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
@@ -26,6 +27,9 @@ class SamplerSpec:
     evals_per_step: int = 1  # model evaluations per step at the default options (the last step may use fewer)
     description: str = ""
     stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
+    # a step at sigma_min is wasted (a consistency model returns its input there): the spacings
+    # that end at sigma_min (karras, logsnr) give steps + 1 levels and that one is left out
+    skips_sigma_min: bool = False
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
@@ -69,3 +73,6 @@ register("euler_maruyama", SamplerSpec(sample_euler_maruyama, "logsnr", (), 1,
 register("pc", SamplerSpec(sample_pc, "logsnr", ("snr", "corrector_steps"), 2,
                            "predictor-corrector: Euler-Maruyama + Langevin (Song et al. 2021)",
                            stochastic=lambda o: True))
+register("consistency", SamplerSpec(sample_consistency, "trailing", (), 1,
+                                    "consistency multistep: x0 = f(x, sigma), then fresh noise (Song et al. 2023)",
+                                    stochastic=lambda o: True, skips_sigma_min=True))

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..processes import Process
-from ..validation import NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype
+from ..validation import (NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype,
+                          positive_int)
 from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
-from .denoiser import Denoiser, check_trained_process
+from .denoiser import Denoiser, check_trained_process, model_attribute
 from .registry import SAMPLERS, SamplerSpec
-from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
+from .timesteps import ENDS_AT_SIGMA_MIN, SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
 __all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
 
@@ -137,7 +138,30 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
     spacing = spacing or default_spacing(proc, spec.default_spacing)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if spec.skips_sigma_min and spacing in ENDS_AT_SIGMA_MIN:  # the levels above sigma_min of one step more
+        sig = sampling_sigmas(proc, positive_int("steps", steps) + 1, spacing)
+        return torch.cat([sig[:-2], sig[-1:]])
     return sampling_sigmas(proc, steps, spacing)
+
+
+def _distilled_levels(distilled, sig: Tensor, steps, explicit: bool) -> Tensor:
+    """The noise levels of a run on a progressively distilled student, which learnt one update per
+    interval of its grid ``distilled`` (decreasing, ending at 0): with no levels given, its grid
+    when ``steps`` is its step count; given levels must lie on its grid (a run from an intermediate level, as
+    SDEdit starts). Anything else is refused: between its levels the student has learnt nothing."""
+    grid = torch.as_tensor(distilled, dtype=torch.float64)
+    n = len(grid) - 1
+    fix = (f"this student was distilled for {n} steps on the noise levels {[round(float(v), 4) for v in grid]}; "
+           f"sample it with steps={n} (difflab sample --steps {n}) and no spacing, or sample its teacher for other "
+           "step counts")
+    if not explicit:
+        if steps != n:
+            raise ValueError(f"steps={steps}: {fix}")
+        return grid
+    close = (sig[:-1, None] - grid[None, :-1]).abs() <= 1e-6 * grid[None, :-1]
+    if not bool(close.any(1).all()):
+        raise ValueError(f"the given noise levels {[round(float(v), 4) for v in sig]} are not on the student's grid: {fix}")
+    return sig
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -233,6 +257,10 @@ def sample(
         check_finite(noise, "noise", NOISE_FIX)  # NaN noise would give NaN samples, not an error
     device = resolve_device(device, "device") if device is not None else model_device(model, noise)
     sig = _sigmas(proc, spec, steps, common.get("spacing"), common.get("sigmas"), common.get("timesteps"))
+    distilled = model_attribute(model, "distilled_sigmas")
+    if distilled is not None:  # a progressively distilled student: its own levels
+        explicit = any(common.get(k) is not None for k in ("spacing", "sigmas", "timesteps"))
+        sig = _distilled_levels(distilled, sig, steps, explicit)
     cond = check_labels(model, cond, shape[0], device)
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
     clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping

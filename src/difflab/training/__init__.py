@@ -4,6 +4,8 @@ from .checkpoint import LoadedRun, export_model, latest_checkpoint, load, read_c
 from .config import TrainConfig, apply_overrides, config_diff, load_config, save_config
 from .ema import EMA
 from .loss import DiffusionLoss, TrainBatch
+from .consistency import ConsistencyDistillationLoss, ConsistencyTrainingLoss  # (registers loss: consistency)
+from .progressive import ProgressiveDistillationLoss
 from .trainer import Trainer, train
 
 __all__ = [
@@ -17,6 +19,9 @@ __all__ = [
     "config_diff",
     "TrainBatch",
     "DiffusionLoss",
+    "ConsistencyTrainingLoss",
+    "ConsistencyDistillationLoss",
+    "ProgressiveDistillationLoss",
     "load",
     "LoadedRun",
     "save_checkpoint",

@@ -23,7 +23,9 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     ValueError naming ``model.kwargs``, the model and the kwargs, with the constructor's message.
     Under process "edm" the network is wrapped in EDM's preconditioning,
     ``models.EDMPrecond(net, sigma_data)`` with the process's sigma_data (the network F of
-    Karras et al.'s eq. 7; its weights are the state dict's ``net.*``)."""
+    Karras et al.'s eq. 7; its weights are the state dict's ``net.*``). A consistency model
+    (``cfg.consistency_model``) is wrapped in ``models.ConsistencyModel`` (weights ``net.*`` once
+    more), and a progressive student carries its noise levels as ``distilled_sigmas``."""
     try:
         model = models.build(cfg.model.name, **cfg.model.kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -38,6 +40,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
                          f"num_classes={getattr(model, 'num_classes', None)}")
     if cfg.diffusion.process == "edm":
         model = models.EDMPrecond(model, sigma_data=build_process(cfg).sigma_data)
+    if cfg.consistency_model:  # f(x, sigma_min) = x around the network (its weights: net.*)
+        model = models.ConsistencyModel(model, build_process(cfg), cfg.consistency.boundary,
+                                        cfg.consistency.net_prediction)
+    if cfg.distill.sigmas is not None:  # a progressive student samples on its own levels (dl.sample)
+        model.distilled_sigmas = tuple(float(v) for v in cfg.distill.sigmas)
     return model
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "OptimConfig",
     "EMAConfig",
     "SampleConfig",
+    "ConsistencyConfig",
+    "DistillConfig",
     "TrainConfig",
     "load_config",
     "save_config",
@@ -362,6 +364,85 @@ class SampleConfig:
             _number(f"{prefix}.clip_x0", self.clip_x0, low=0, low_open=True)
 
 
+TEACHER_SOLVERS = ("euler", "dpm_solver", "heun")  # (training.distill.teacher_step)
+DISTILL_METHODS = ("progressive", "consistency", "guided")
+
+
+@dataclass
+class ConsistencyConfig:
+    """A consistency model's settings, used when the run trains one: ``loss: consistency``
+    (consistency training from scratch, Song & Dhariwal 2023) or ``difflab distill --method
+    consistency|guided``. The network is then wrapped in ``models.ConsistencyModel`` (f(x, sigma_min)
+    = x; ``boundary`` the boundary region's width sigma_b: Song et al.'s 0.5 from scratch, a student
+    takes sigma_min; ``net_prediction`` what the wrapped network outputs, null = diffusion.prediction). Discretisation curriculum (improved consistency training, sec. 3.4):
+    N(k) = min(s0 2^floor(k / K'), s1) intervals at step k of K, K' = floor(K / (log2 floor(s1 / s0) + 1));
+    s0 = s1 keeps N fixed. ``huber_c``: the pseudo-Huber loss's c (null: 0.00054 sqrt(d), d the
+    data's dimension; 0: the squared L2 distance). Distillation only: ``solver``, the teacher's ODE
+    step (euler = DDIM, dpm_solver = DPM-Solver++(2S), or heun: training.distill.teacher_step); ``guidance``: [w_min, w_max], the range guided distillation draws
+    the scale from."""
+
+    boundary: float = 0.5
+    s0: int = 10
+    s1: int = 1280
+    huber_c: Optional[float] = None
+    solver: str = "dpm_solver"
+    guidance: list = field(default_factory=lambda: [1.0, 3.0])
+    net_prediction: Optional[str] = None
+
+    def validate(self, prefix: str = "consistency") -> None:
+        _number(f"{prefix}.boundary", self.boundary, low=0, low_open=True)
+        _number(f"{prefix}.s0", self.s0, integer=True, low=1)
+        _number(f"{prefix}.s1", self.s1, integer=True, low=1)
+        if self.s1 < self.s0:
+            _fail(f"{prefix}.s1", self.s1, f"the discretisation grows from s0 = {self.s0} to s1: s1 >= s0")
+        if self.huber_c is not None:
+            _number(f"{prefix}.huber_c", self.huber_c, low=0)
+        _choice(f"{prefix}.solver", self.solver, TEACHER_SOLVERS)
+        if not isinstance(self.guidance, (list, tuple)) or len(self.guidance) != 2:
+            _fail(f"{prefix}.guidance", self.guidance, "a pair [w_min, w_max] of guidance scales, e.g. [1.0, 3.0]")
+        for i, w in enumerate(self.guidance):
+            _number(f"{prefix}.guidance[{i}]", w, low=0)
+        if self.guidance[1] < self.guidance[0]:
+            _fail(f"{prefix}.guidance", self.guidance, "[w_min, w_max] with w_min <= w_max")
+        if self.net_prediction is not None:
+            _choice(f"{prefix}.net_prediction", self.net_prediction, ("eps", "x0", "v", "velocity"))
+
+
+@dataclass
+class DistillConfig:
+    """What a distilled student was made from (``difflab distill`` writes it; null in other runs):
+    ``method`` (progressive, consistency or guided), the ``teacher`` run and its ``teacher_step``,
+    and for a progressive student ``sigmas``: the noise levels (decreasing, ending at 0) it was
+    distilled to sample on, which ``dl.sample`` then uses and holds it to. ``reparam_steps``: the
+    first steps train the student's x0 estimate to its teacher's (``training.distill.TeacherDenoiserLoss``;
+    set where the student's network predicts v and the teacher's eps)."""
+
+    method: Optional[str] = None
+    teacher: Optional[str] = None
+    teacher_step: Optional[int] = None
+    sigmas: Optional[list] = None
+    reparam_steps: int = 0
+
+    def validate(self, prefix: str = "distill") -> None:
+        if self.method is not None:
+            _choice(f"{prefix}.method", self.method, DISTILL_METHODS)
+        if self.teacher is not None:
+            _kind(f"{prefix}.teacher", self.teacher, str, "the teacher's run folder (a string)")
+        if self.teacher_step is not None:
+            _number(f"{prefix}.teacher_step", self.teacher_step, integer=True, low=0)
+        _number(f"{prefix}.reparam_steps", self.reparam_steps, integer=True, low=0)
+        if self.sigmas is not None:
+            if self.method != "progressive":
+                _fail(f"{prefix}.sigmas", self.sigmas, "the noise levels of a progressive student: set method: "
+                      "progressive, or remove the field")
+            if not isinstance(self.sigmas, (list, tuple)) or len(self.sigmas) < 2:
+                _fail(f"{prefix}.sigmas", self.sigmas, "a list of at least 2 noise levels ending at 0")
+            for i, v in enumerate(self.sigmas):
+                _number(f"{prefix}.sigmas[{i}]", v, low=0)
+            if any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])) or self.sigmas[-1] != 0:
+                _fail(f"{prefix}.sigmas", self.sigmas, "strictly decreasing noise levels ending at 0")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``batch_size`` is global: the images per
@@ -405,6 +486,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     loss: str = "diffusion"
     batch_size: int = 128
     grad_accum: int = 1
@@ -513,6 +596,12 @@ class TrainConfig:
     @property
     def num_classes(self) -> Optional[int]:
         return self.model.kwargs.get("num_classes")
+
+    @property
+    def consistency_model(self) -> bool:
+        """Whether the run trains a consistency model (its network wrapped in models.ConsistencyModel):
+        consistency training (``loss: consistency``) or consistency / guided distillation."""
+        return self.loss == "consistency" or self.distill.method in ("consistency", "guided")
 
     # ------------------------------------------------------------ conversions
     def to_dict(self) -> dict:

@@ -41,7 +41,8 @@ class TrainBatch:
     own training times (``proc.training_times``: long, uniform on 0..T-1, for the DDPM chain;
     float otherwise, e.g. EDM's sigma); ``noise``: standard normal, x0's shape; ``u``: uniform [B] on [0, 1)
     (the draw that decided label dropout, u < p); ``step``: the optimizer step (0-based);
-    ``index``: the samples' dataset indices.
+    ``index``: the samples' dataset indices; ``ema``: the trainer's EMA of the model (a target
+    network for the losses that use one, e.g. consistency distillation).
     """
 
     x0: Tensor
@@ -52,6 +53,7 @@ class TrainBatch:
     u: Tensor
     step: int
     index: Tensor
+    ema: Optional[nn.Module] = None
 
 
 LossFn = Callable[[nn.Module, TrainBatch], Tensor]

@@ -446,7 +446,7 @@ class Trainer:
                 if cfg.cond_drop_prob > 0:
                     cond = torch.where(u_all[sl] < cfg.cond_drop_prob, self.num_classes, labels)
             yield TrainBatch(x0=x0, cond=cond, labels=labels, t=t_all[sl], noise=noise, u=u_all[sl],
-                             step=s, index=idx)
+                             step=s, index=idx, ema=self.ema.model)
 
     def train_step(self, s: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """Optimizer step ``s`` (default: the run's current step) exactly as :meth:`train` runs

@@ -1,0 +1,92 @@
+"""Progressive distillation (Salimans & Ho 2022, algorithm 2): a student that takes one DDIM step
+where its teacher took two, so each round halves the steps (64 -> 32 -> ... -> 4).
+
+On the teacher's levels sigma_0 > sigma_1 > ... > sigma_2M = 0 the student's are every second one,
+s_i = sigma_2i. For an interval i, x = x0 + s_i z, and two deterministic DDIM steps of the teacher
+(in the VE form, x' = D + (sigma' / sigma)(x - D)) through sigma_{2i+1} land at x''. The student's
+target is the x0 estimate whose single DDIM step from (x, s_i) lands there too (eq. 8 in VE form):
+
+    x_tilde = (x'' - r x) / (1 - r),     r = s_{i+1} / s_i        (x_tilde = x'' at the last step, r = 0)
+
+and the loss is the squared error of the student's x0 estimate with the "SNR + 1" weight of
+sec. 4, w = 1 + 1 / s_i^2 (the v-prediction loss in x0 terms). The paper's student predicts v or
+x0: an eps network cannot express x0 where the signal vanishes (the top level), which a 1- to
+4-step student must reach in one step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..processes import Process
+from .distill import bucket, denoised, times_of
+from .loss import TrainBatch
+
+__all__ = ["ProgressiveDistillationLoss", "halve"]
+
+
+def halve(sigmas) -> Tensor:
+    """A teacher's levels (decreasing, ending at 0, an even number of steps) -> the student's, every second one."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64)
+    steps = len(sig) - 1
+    if steps < 2 or steps % 2:
+        raise ValueError(f"progressive distillation halves an even number of steps, got {steps} "
+                         f"(start from a power of two, e.g. 64 steps)")
+    return sig[::2]
+
+
+class ProgressiveDistillationLoss:
+    """One round: the student (the trainer's model, under ``proc``) matches two deterministic DDIM
+    steps of ``teacher`` (under ``teacher_proc``, frozen) on the teacher's levels ``teacher_sigmas``
+    (decreasing, ending at 0, 2M steps). ``clip_x0``: the range the teacher's x0 estimates are
+    clamped to (its sampler's). The interval of a sample is the bucket of its trainer-drawn level."""
+
+    def __init__(self, proc: Process, teacher: Callable, teacher_proc: Process, teacher_sigmas,
+                 clip_x0: Optional[float] = None) -> None:
+        self.teacher_sigmas = torch.as_tensor(teacher_sigmas, dtype=torch.float64)
+        self.sigmas = halve(self.teacher_sigmas)
+        if float(self.teacher_sigmas[0]) > teacher_proc.sigma_max * (1 + 1e-6):
+            raise ValueError(f"the teacher's levels reach {float(self.teacher_sigmas[0]):.4g}, above its process's "
+                             f"sigma_max = {teacher_proc.sigma_max:.4g}")
+        self.proc, self.teacher, self.teacher_proc, self.clip_x0 = proc, teacher, teacher_proc, clip_x0
+        # the student's intervals by increasing level, for the bucket of a drawn level
+        self._levels = self.sigmas[:-1].flip(0)
+        for p in getattr(teacher, "parameters", lambda: [])():
+            p.requires_grad_(False)
+
+    @property
+    def steps(self) -> int:
+        """The student's steps."""
+        return len(self.sigmas) - 1
+
+    def _ddim(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, cond) -> Tensor:
+        d = denoised(self.teacher, self.teacher_proc, x, times_of(self.teacher_proc, sigma), cond,
+                     clip_x0=self.clip_x0)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        ratio = (sigma_next / sigma).to(x.device, x.dtype).view(view)
+        return d + ratio * (x - d)
+
+    def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:
+        n = self.steps
+        drawn = self.proc.sigma_of(batch.t.detach().cpu()).double()
+        # the interval i from the top: level s_i with s_i <= drawn < s_{i-1} (clamped to 0 .. n-1)
+        i = (n - 1) - bucket(torch.cat([self._levels, self._levels.new_full((1,), float("inf"))]), drawn)
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        s_mid = self.teacher_sigmas[2 * i + 1]
+        x0 = batch.x0
+        view = (-1,) + (1,) * (x0.ndim - 1)
+        x = x0 + s.to(x0.device, x0.dtype).view(view) * batch.noise.to(x0.dtype)
+        with torch.no_grad():
+            x_mid = self._ddim(x, s, s_mid, batch.cond)
+            x_end = self._ddim(x_mid, s_mid, s_next, batch.cond)
+            r = (s_next / s).to(x0.device, x0.dtype).view(view)
+            target = (x_end - r * x) / (1 - r)
+        estimate = denoised(model, self.proc, x, times_of(self.proc, s), batch.cond)
+        weight = (1 + s.to(x0.device, torch.float32) ** -2)
+        return (weight * ((estimate.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
+
+    def __repr__(self) -> str:
+        return f"ProgressiveDistillationLoss({self.proc!r}, {2 * self.steps} -> {self.steps} steps)"
