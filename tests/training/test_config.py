@@ -1,6 +1,8 @@
 """The training config (difflab.training.config): errors that name the field and the allowed values,
 YAML/JSON files, command-line overrides, the process and its options."""
 
+from pathlib import Path
+
 import pytest
 from tiny_config import tiny, tiny_under
 
@@ -132,3 +134,80 @@ def test_a_config_saved_before_the_process_field_loads_as_the_ddpm_chain_it_was(
     changed = config_diff(tiny(), tiny_under("flow"), ignore=())
     assert [k for k, _, _ in changed] == ["diffusion.T", "diffusion.prediction", "diffusion.process"]
     assert ("diffusion.prediction", "eps", "velocity") in changed  # what null means under each process
+
+
+# ------------------------------------------------------------- few-step generation (issue 23)
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"consistency": {"s0": 20, "s1": 10}}, ["'consistency.s1'", "got 10", "from s0 = 20", "s1 >= s0"]),
+        ({"consistency": {"s0": 0}}, ["'consistency.s0'", ">= 1"]),
+        ({"consistency": {"boundary": 0.0}}, ["'consistency.boundary'", "> 0"]),
+        ({"consistency": {"huber_c": -0.1}}, ["'consistency.huber_c'", ">= 0"]),
+        ({"consistency": {"solver": "rk4"}}, ["'consistency.solver'", "'rk4'", "euler, dpm_solver, heun"]),
+        ({"consistency": {"guidance": 2.0}}, ["'consistency.guidance'", "a pair [w_min, w_max]"]),
+        ({"consistency": {"guidance": [1.0, 2.0, 3.0]}}, ["'consistency.guidance'", "a pair [w_min, w_max]"]),
+        ({"consistency": {"guidance": [3.0, 1.0]}}, ["'consistency.guidance'", "[3.0, 1.0]", "w_min <= w_max"]),
+        ({"consistency": {"guidance": [1.0, "2"]}}, ["'consistency.guidance[1]'", "a number"]),
+        ({"consistency": {"net_prediction": "score"}}, ["'consistency.net_prediction'", "eps, x0, v, velocity"]),
+        ({"distill": {"method": "reflow"}}, ["'distill.method'", "'reflow'", "progressive, consistency, guided"]),
+        ({"distill": {"method": "progressive", "sigmas": [1.0, 2.0, 0.0]}},
+         ["'distill.sigmas'", "strictly decreasing noise levels ending at 0"]),
+        ({"distill": {"method": "progressive", "sigmas": [2.0, 1.0, 1.0, 0.0]}},
+         ["'distill.sigmas'", "strictly decreasing"]),
+        ({"distill": {"method": "progressive", "sigmas": [2.0, 1.0]}}, ["'distill.sigmas'", "ending at 0"]),
+        ({"distill": {"method": "progressive", "sigmas": [0.0]}}, ["'distill.sigmas'", "at least 2 noise levels"]),
+        ({"distill": {"method": "progressive", "sigmas": [2.0, -1.0, 0.0]}}, ["'distill.sigmas[1]'", ">= 0"]),
+        ({"distill": {"sigmas": [2.0, 0.0]}}, ["'distill.sigmas'", "set method: progressive"]),
+        ({"distill": {"method": "consistency", "sigmas": [2.0, 0.0]}},
+         ["'distill.sigmas'", "set method: progressive"]),
+        ({"distill": {"teacher": 3}}, ["'distill.teacher'", "run folder (a string)"]),
+        ({"distill": {"teacher_step": -1}}, ["'distill.teacher_step'", ">= 0"]),
+        ({"distill": {"reparam_steps": 1.5}}, ["'distill.reparam_steps'", "integer"]),
+    ],
+)
+def test_consistency_and_distill_errors_name_the_field_and_the_fix(changes, words):
+    d = tiny().to_dict()
+    for k, v in changes.items():
+        d[k].update(v)
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict(d)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_consistency_model_runs_are_consistency_training_and_consistency_or_guided_distillation():
+    assert not tiny().consistency_model
+    assert tiny(loss="consistency").consistency_model
+    for method, wrapped in (("consistency", True), ("guided", True), ("progressive", False)):
+        assert tiny(**{"distill.method": method}).consistency_model is wrapped
+    # the sections survive a config file (a student's run folder reloads as the student it is)
+    cfg = tiny(**{"distill.method": "progressive", "distill.sigmas": [3.0, 0.5, 0.0], "distill.teacher": "runs/t",
+                  "distill.teacher_step": 7, "consistency.guidance": [1.0, 5.0], "consistency.solver": "heun"})
+    assert config_from_text(config_to_text(cfg)) == cfg
+
+
+def test_build_model_wraps_a_consistency_model_and_marks_a_progressive_students_levels():
+    """A consistency model is the config's network in models.ConsistencyModel (the network's weights
+    under net.*) with the section's boundary and net_prediction and the process's sigma_min; a
+    progressive student carries distill.sigmas as distilled_sigmas (dl.sample's levels for it)."""
+    plain = build_model(tiny())
+    cfg = tiny(**{"distill.method": "consistency", "diffusion.prediction": "x0", "consistency.boundary": 0.05,
+                  "consistency.net_prediction": "v"})
+    model = build_model(cfg)
+    assert isinstance(model, dl.models.ConsistencyModel) and isinstance(model.net, dl.models.MLPDenoiser)
+    assert set(model.state_dict()) == {f"net.{k}" for k in plain.state_dict()}
+    assert (model.boundary, model.net_prediction) == (0.05, "v")
+    assert model.sigma_min == build_process(cfg).sigma_min and model.proc.prediction == "x0"
+    assert getattr(model, "distilled_sigmas", None) is None and getattr(plain, "distilled_sigmas", None) is None
+    # net_prediction null: the process's own prediction
+    assert build_model(tiny(**{"distill.method": "guided"})).net_prediction == "eps"
+    student = build_model(tiny(**{"distill.method": "progressive", "distill.sigmas": [3.0, 0.5, 0.0]}))
+    assert isinstance(student, dl.models.MLPDenoiser) and student.distilled_sigmas == (3.0, 0.5, 0.0)
+    # configs/digits_ct.yaml: consistency training from scratch, the MLP in EDM's preconditioning inside
+    ct = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_ct.yaml")
+    assert ct.loss == "consistency" and ct.consistency_model and ct.sample.sampler == "consistency"
+    model = build_model(ct)
+    assert isinstance(model, dl.models.ConsistencyModel) and isinstance(model.net, dl.models.EDMPrecond)
+    assert all(k.startswith("net.net.") for k in model.state_dict()) and model.boundary == 0.5
+    assert model.sigma_min == build_process(ct).sigma_min
