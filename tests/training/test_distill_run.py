@@ -223,3 +223,19 @@ def test_a_student_at_another_resolution_than_its_teacher_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"data .*'image_size': 16.* not the teacher's .*resolution \(1, 8, 8\)"):
         distill(tmp_path / "teacher", tmp_path / "out", "consistency", config=big, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_progressive_round_stopped_by_max_time_ends_the_call_and_resumes(teacher, tmp_path):
+    """max_time stops a round early: the next round is not trained from its unfinished student
+    (its config would name that step as its teacher's, and the resume would then be refused);
+    resume=True finishes the round, then the rounds after it."""
+    out = tmp_path / "pd"
+    args = dict(start_steps=8, steps=2, train_steps=4, progress=False)
+    result = distill(teacher, out, "progressive", overrides=["max_time=1e-9", "log_every=1"], **args)
+    assert not result["finished"] and result["rounds"][-1]["stopped_early"]
+    assert dl.load(out / ROUNDS_DIR / "004").step == 1
+    assert not (out / "checkpoints").exists()
+    result = distill(teacher, out, "progressive", resume=True, **args)
+    assert result["finished"]
+    student = dl.load(out)
+    assert student.step == 4 and student.config.distill.teacher_step == 4

@@ -64,7 +64,8 @@ def distill(
     progressive; default: the config's ``steps``). Progressive: from ``start_steps`` teacher steps
     (DDIM on its default levels) down to ``steps`` student steps, both powers of two apart.
     ``resume=True`` continues an interrupted distillation in ``out`` (finished rounds are kept).
-    Returns {"out", "checkpoint", "rounds": [...]}.
+    A round stopped by ``max_time`` ends the call (the next round needs its finished student).
+    Returns {"out", "checkpoint", "rounds": [one dict per round trained or kept], "finished"}.
     """
     if method not in DISTILL_METHODS:
         raise ValueError(f"method must be one of {', '.join(DISTILL_METHODS)}, got {method!r}")
@@ -82,7 +83,9 @@ def distill(
     common += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
     if method != "progressive":
         cfg = student_config(base, run, method, list(common) + list(overrides))
-        return {"out": str(out), "rounds": [_train_round(cfg, out, run, method, resume, progress, say)]}
+        result = _train_round(cfg, out, run, method, resume, progress, say)
+        return {"out": str(out), "checkpoint": result["checkpoint"], "rounds": [result],
+                "finished": not result["stopped_early"]}
     rounds = _progressive_plan(run, start_steps, steps)
     folders = [out / ROUNDS_DIR / f"{len(s) - 1:03d}" for s in rounds[:-1]] + [out]
     results, current = [], run
@@ -91,8 +94,13 @@ def distill(
         say(f"progressive distillation, round {k + 1} of {len(rounds)}: {2 * (len(levels) - 1)} -> "
             f"{len(levels) - 1} steps, into {folder}")
         results.append(_train_round(cfg, folder, current, method, resume, progress, say))
+        if results[-1]["stopped_early"]:  # (max_time) the next round needs this one's finished student
+            say(f"round {k + 1} stopped at step {results[-1]['step']} of {cfg.steps}: resume to finish it and "
+                "the rounds after it")
+            break
         current = load(folder)
-    return {"out": str(out), "checkpoint": results[-1]["checkpoint"], "rounds": results}
+    return {"out": str(out), "checkpoint": results[-1]["checkpoint"], "rounds": results,
+            "finished": not results[-1]["stopped_early"] and len(results) == len(rounds)}
 
 
 def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides: Sequence[str] = (),
@@ -169,7 +177,8 @@ def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, r
                              "resume with the same settings, or distil into another folder")
         if int(saved["state"]["step"]) >= cfg.steps:
             say(f"{out}: finished (step {saved['state']['step']}), kept")
-            return {"out": str(out), "checkpoint": str(latest_checkpoint(out)), "steps": cfg.steps, "kept": True}
+            return {"out": str(out), "checkpoint": str(latest_checkpoint(out)), "steps": cfg.steps, "kept": True,
+                    "step": int(saved["state"]["step"]), "stopped_early": False}
         continued = True
     tproc = teacher.proc
     teacher_net = teacher.ema_model
@@ -194,8 +203,8 @@ def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, r
             for module in (trainer.model, trainer.ema.model):
                 _load_teacher(module, teacher_net, method, teacher.path)
         result = trainer.train()
-    return {"out": str(out), "checkpoint": result["checkpoint"], "steps": cfg.steps,
-            "seconds": result["total_seconds"], "loss": result["loss"]}
+    return {"out": str(out), "checkpoint": result["checkpoint"], "steps": cfg.steps, "step": result["step"],
+            "seconds": result["total_seconds"], "loss": result["loss"], "stopped_early": result["step"] < cfg.steps}
 
 
 def _teacher_levels(cfg: TrainConfig, teacher: LoadedRun) -> list[float]:
