@@ -3,7 +3,7 @@ probability-flow ODE likelihood and pictures."""
 
 from . import fid, plots  # fid.fid(real, fake, features) for images; plots: figures and animations
 from .counting import CountedModel
-from .coverage import mode_coverage
+from .coverage import mode_coverage, within_class_spread
 from .distances import mmd, sliced_wasserstein
 from .fid import extract_features, frechet_distance, inception_features, metric_name
 from .likelihood import bits_per_dim, log_likelihood
@@ -11,7 +11,7 @@ from ..data.grids import save_image_grid, to_image_grid
 from .precision_recall import precision_recall
 
 __all__ = [
-    "fid", "plots", "sliced_wasserstein", "mmd", "mode_coverage", "frechet_distance", "extract_features",
+    "fid", "plots", "sliced_wasserstein", "mmd", "mode_coverage", "within_class_spread", "frechet_distance", "extract_features",
     "inception_features", "metric_name", "precision_recall", "to_image_grid", "save_image_grid",
     "CountedModel", "log_likelihood", "bits_per_dim",
 ]

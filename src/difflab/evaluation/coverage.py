@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .precision_recall import as_features, knn_radii
 
-__all__ = ["mode_coverage"]
+__all__ = ["mode_coverage", "within_class_spread"]
 
 
 def mode_coverage(
@@ -60,3 +60,28 @@ def mode_coverage(
         "num_modes": int((expected > 0).sum()),
         "on_manifold": on / len(x),
     }
+
+
+def within_class_spread(x: Tensor, labels: Tensor) -> float:
+    """How far samples of one class lie from each other: the mean over classes c of
+
+        sqrt(E_{x in c} ||x - mean_c||^2)
+
+    in the samples' own units (pixels for images), over the classes with at least two samples. A
+    model that draws one prototype per class scores 0; judge it against the same number on real
+    data (their ratio), where the spread of the real classes is the target."""
+    if not isinstance(x, Tensor) or x.ndim < 2:
+        raise ValueError(f"x must be a batch tensor [n, ...], got {getattr(x, 'shape', type(x).__name__)}")
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or len(labels) != len(x) or labels.is_floating_point():
+        raise ValueError(f"labels must be {len(x)} integer class labels, one per sample, got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
+    flat = x.detach().flatten(1).double()
+    spreads = []
+    for c in labels.unique():
+        members = flat[labels == c]
+        if len(members) >= 2:
+            spreads.append(((members - members.mean(0)) ** 2).sum(1).mean().sqrt())
+    if not spreads:
+        raise ValueError("within_class_spread needs a class with at least two samples")
+    return float(torch.stack(spreads).mean())

@@ -36,6 +36,10 @@ from .trainer import Trainer
 __all__ = ["distill", "student_config", "ROUNDS_DIR"]
 
 ROUNDS_DIR = "rounds"  # OUT/rounds/<steps>: the progressive rounds before the last
+# Consistency distillation's defaults (--set overrides them): the discretisation doubles from 4 to 32
+# intervals (Song et al. 2023 fix N = 18; measured on digits in docs/few_step.md), and the
+# target network is the trainer's EMA with mu = 0.95 (Song et al.'s CD value)
+CONSISTENCY_DISTILLATION = ("consistency.s0=4", "consistency.s1=32", "ema.decay=0.95")
 REPARAM_STEPS = 500  # a v student of an eps teacher first learns the teacher's denoiser (distill.reparam_steps)
 
 
@@ -49,6 +53,7 @@ def distill(
     start_steps: int = 64,
     steps: int = 4,
     overrides: Sequence[str] = (),
+    data: Optional[tuple] = None,
     seed: int = 0,
     device: Optional[str] = None,
     cpu_threads: Optional[int] = None,
@@ -63,7 +68,9 @@ def distill(
     ``"consistency.s1=64"``). ``train_steps``: optimizer steps of the student (of each round, for
     progressive; default: the config's ``steps``). Progressive: from ``start_steps`` teacher steps
     (DDIM on its default levels) down to ``steps`` student steps, both powers of two apart.
-    ``resume=True`` continues an interrupted distillation in ``out`` (finished rounds are kept).
+    ``data=(x, labels)``: the images the students train on instead of the config's data set (as
+    ``Trainer(data=...)``: e.g. the teacher's own training split). ``resume=True`` continues an
+    interrupted distillation in ``out`` (finished rounds are kept).
     A round stopped by ``max_time`` ends the call (the next round needs its finished student).
     Returns {"out", "checkpoint", "rounds": [one dict per round trained or kept], "finished"}.
     """
@@ -83,7 +90,7 @@ def distill(
     common += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
     if method != "progressive":
         cfg = student_config(base, run, method, list(common) + list(overrides))
-        result = _train_round(cfg, out, run, method, resume, progress, say)
+        result = _train_round(cfg, out, run, method, resume, progress, say, data)
         return {"out": str(out), "checkpoint": result["checkpoint"], "rounds": [result],
                 "finished": not result["stopped_early"]}
     rounds = _progressive_plan(run, start_steps, steps)
@@ -93,7 +100,7 @@ def distill(
         cfg = student_config(base, current, method, list(common) + list(overrides), sigmas=levels)
         say(f"progressive distillation, round {k + 1} of {len(rounds)}: {2 * (len(levels) - 1)} -> "
             f"{len(levels) - 1} steps, into {folder}")
-        results.append(_train_round(cfg, folder, current, method, resume, progress, say))
+        results.append(_train_round(cfg, folder, current, method, resume, progress, say, data))
         if results[-1]["stopped_early"]:  # (max_time) the next round needs this one's finished student
             say(f"round {k + 1} stopped at step {results[-1]['step']} of {cfg.steps}: resume to finish it and "
                 "the rounds after it")
@@ -126,7 +133,7 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
             net_prediction = "v"
             changes.append(f"distill.reparam_steps={REPARAM_STEPS}")
         changes += ["diffusion.prediction=x0", f"consistency.net_prediction={net_prediction}",
-                    f"consistency.boundary={proc.sigma_min!r}",
+                    f"consistency.boundary={proc.sigma_min!r}", *CONSISTENCY_DISTILLATION,
                     "sample.sampler=consistency", "sample.steps=1"]
         if method == "guided":
             if teacher.num_classes is None:
@@ -162,7 +169,7 @@ def _progressive_plan(run: LoadedRun, start_steps: int, steps: int) -> list[list
 
 
 def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, resume: bool, progress: bool,
-                 say: Callable[[str], None]) -> dict:
+                 say: Callable[[str], None], data: Optional[tuple] = None) -> dict:
     """Train one student into ``out`` (a finished one is kept when resuming)."""
     continued = False
     if latest_checkpoint(out) is not None:
@@ -196,7 +203,7 @@ def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, r
         boundary = (proc.sigma_min, cfg.consistency.boundary) if cfg.consistency_model else None
         loss_fn = Phased(TeacherDenoiserLoss(proc, teacher_net, tproc, tproc.clip_x0, boundary),
                          cfg.distill.reparam_steps, loss_fn)
-    with Trainer(cfg, out, loss_fn=loss_fn, resume=continued, progress=progress) as trainer:
+    with Trainer(cfg, out, loss_fn=loss_fn, data=data, resume=continued, progress=progress) as trainer:
         if trainer.cpu_threads_note:
             say(trainer.cpu_threads_note)
         if not continued:  # the teacher's weights: the student and its average start there

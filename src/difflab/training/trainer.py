@@ -187,7 +187,8 @@ class Trainer:
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
         if self.rank > 0:  # dropout masks: the network was built alike everywhere, the masks differ
             torch.manual_seed(cfg.seed * 1_000_003 + self.rank)  # (process 0's stream as in one process)
-        if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1:
+        if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1 \
+                and not getattr(model, "guidance_input", False):  # (a guided student takes the scale as input)
             self._say("note: cond_drop_prob = 0 never trains the null label, so classifier-free guidance "
                       f"(sample.guidance = {cfg.sample.guidance}) has no unconditional model to use")
 

@@ -1,0 +1,234 @@
+"""Few-step students of one teacher on digits: consistency distillation, progressive distillation,
+guided (latent-consistency-style) distillation and consistency training from scratch, against the
+teacher at 1 to 64 steps (not part of the difflab package).
+
+    python experiments/few_step.py --out docs/few_step          # about 25 minutes on 2 CPU cores
+    python experiments/few_step.py --size tiny --out /tmp/fs    # the code path in a minute
+
+Training runs go to --runs (default runs/few_step; a finished run there is reused).
+
+scikit-learn's 8x8 digits, split once (seed 0) into 1,497 training and 300 held-out images, as in
+experiments/processes.py, whose judge is used: a small CNN trained on the real training digits gives
+the accuracy of the requested class and the Frechet distance in its features against the held-out
+digits, beside the floor (real training digits against held-out ones) and the distance's noise
+(one setting from two independent noises). The within-class spread (difflab.evaluation.within_class_spread,
+pixels) is given as a ratio to the held-out digits'. Seconds per 1,000 samples are the sampling time on
+this machine's CPU (one thread), in the same run.
+
+The teacher is configs/digits.yaml's class-conditional eps-MLP on the DDPM chain (cosine, T = 1000),
+trained on the training split; every student trains on the same split with ``difflab distill``'s
+defaults unless SIZES says otherwise, and the CT run is configs/digits_ct.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, "") and sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path[0] = str(HERE.parent)  # run as a script: import from the repository root
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import difflab as dl  # noqa: E402
+from difflab.evaluation import within_class_spread  # noqa: E402
+from difflab.evaluation.plots import pyplot  # noqa: E402
+from difflab.files import atomic_write_text  # noqa: E402
+from difflab.training import load as load_run  # noqa: E402
+from difflab.training.distill_run import ROUNDS_DIR, distill  # noqa: E402
+from experiments.processes import PROCESSES, Judge, run_config, split_digits, train_run  # noqa: E402
+
+COMMAND = "python experiments/few_step.py"
+REPO = HERE.parent
+
+SIZES = {
+    "tiny": dict(teacher_steps=8, n=40, clf_epochs=1, cd_steps=4, pd_steps=2, pd_start=8, guided_steps=4,
+                 ct_steps=8, teacher_nfes=(1, 4, 10), guidances=(1.0, 3.0)),
+    "cpu": dict(teacher_steps=2000, n=1000, clf_epochs=30, cd_steps=12000, pd_steps=1500, pd_start=64,
+                guided_steps=12000, ct_steps=4000, teacher_nfes=(1, 2, 4, 8, 10, 16, 32, 50, 64),
+                guidances=(1.0, 2.0, 3.0)),
+}
+
+
+class Evaluator:
+    """Samples of a network at a setting, judged: FD, accuracy, within-class spread, seconds per 1,000."""
+
+    def __init__(self, judge: Judge, x_held, y_held, n: int) -> None:
+        self.judge, self.n = judge, n
+        self.real_spread = within_class_spread(x_held, y_held)
+
+    def __call__(self, run, sampler: str, steps: int, guidance: float = 1.0, seed: int = 3) -> dict:
+        labels = torch.arange(self.n) % 10
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        x = dl.sample(run.ema_model, run.proc, (self.n, 64), sampler, steps, cond=labels, guidance=guidance, generator=g)
+        seconds = time.perf_counter() - start
+        images = x.clamp(-1, 1).reshape(self.n, 1, 8, 8)
+        return {**self.judge(images, labels), "spread": within_class_spread(images, labels) / self.real_spread,
+                "sec_per_1000": 1000 * seconds / self.n}
+
+
+def ct_config(steps: int) -> dict:
+    cfg = yaml.safe_load((REPO / "configs" / "digits_ct.yaml").read_text())
+    cfg["steps"], cfg["ckpt_every"], cfg["log_every"] = steps, steps, max(1, steps // 10)
+    cfg["sample"] = dict(cfg["sample"], every=-1)
+    return cfg
+
+
+def student(teacher: Path, out: Path, method: str, data, say, **kwargs) -> dict:
+    """``distill`` into ``out``, or the finished student there (kept); its training seconds."""
+    started = (out / "checkpoints").exists() or (out / ROUNDS_DIR).exists()
+    result = distill(teacher, out, method, data=data, resume=started, progress=False, say=say, **kwargs)
+    return {"seconds": sum(r.get("seconds") or 0.0 for r in result["rounds"]),
+            "rounds": len(result["rounds"]), "kept": all(r.get("kept") for r in result["rounds"])}
+
+
+def run_experiment(out="docs/few_step", size: str = "cpu", command: str = COMMAND,
+                   runs_dir: Optional[str] = None) -> dict:
+    S = SIZES[size]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(runs_dir if runs_dir is not None else "runs/few_step")
+    torch.set_num_threads(1)  # a 64-wide MLP: one thread is fastest, and robust on a busy machine
+    x_train, y_train, x_held, y_held = split_digits()
+    judge = Judge(x_train, y_train, x_held, y_held, S["clf_epochs"])
+    ev = Evaluator(judge, x_held, y_held, S["n"])
+    data = (x_train, y_train)
+    log = []
+
+    def say(line: str) -> None:
+        log.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    res = {"command": command + (f" --size {size}" if size != "cpu" else "") + f" --out {out}"
+           + ("" if runs == Path("runs/few_step") else f" --runs {runs}"),
+           "size": size, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in S.items()},
+           "classifier_held_out_accuracy": judge.held_accuracy,
+           "floor": judge.floor(S["n"]), "runs": {}, "rows": []}
+    teacher = runs / "teacher"
+    res["runs"]["teacher"] = {"train_seconds": train_run(run_config(PROCESSES["eps-DDPM"], S["teacher_steps"]),
+                                                          teacher, data)}
+    res["runs"]["consistency"] = student(teacher, runs / "cd", "consistency", data, say,
+                                         train_steps=S["cd_steps"])
+    res["runs"]["progressive"] = student(teacher, runs / "pd", "progressive", data, say, train_steps=S["pd_steps"],
+                                         start_steps=S["pd_start"], steps=4)
+    res["runs"]["guided"] = student(teacher, runs / "guided", "guided", data, say, train_steps=S["guided_steps"])
+    res["runs"]["consistency training"] = {"train_seconds": train_run(ct_config(S["ct_steps"]), runs / "ct", data)}
+
+    t = load_run(teacher)
+    for w in S["guidances"]:
+        for k in S["teacher_nfes"]:
+            res["rows"].append({"model": "teacher", "sampler": "ddim", "steps": k, "nfe": k, "guidance": w,
+                                **ev(t, "ddim", k, w)})
+        res["rows"].append({"model": "teacher", "sampler": "dpmpp_2m", "steps": 10, "nfe": 10, "guidance": w,
+                            **ev(t, "dpmpp_2m", 10, w)})
+    noise = [ev(t, "ddim", 10, 1.0, seed=s)["fd"] for s in (3, 4)]
+    res["fd_noise"] = abs(noise[0] - noise[1])
+    for name, folder in (("consistency", "cd"), ("consistency training", "ct")):
+        run = load_run(runs / folder)
+        for k in (1, 2, 4):
+            res["rows"].append({"model": name, "sampler": "consistency", "steps": k, "nfe": k, "guidance": 1.0,
+                                **ev(run, "consistency", k)})
+    guided = load_run(runs / "guided")
+    for w in S["guidances"]:
+        for k in (1, 2, 4):
+            res["rows"].append({"model": "guided", "sampler": "consistency", "steps": k, "nfe": k, "guidance": w,
+                                **ev(guided, "consistency", k, w)})
+    earlier = runs / "pd" / ROUNDS_DIR
+    rounds = (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]
+    for folder in rounds:
+        run = load_run(folder)
+        k = len(run.config.distill.sigmas) - 1
+        for w in S["guidances"]:  # the student's own guidance pair: 2 calls per step where w != 1
+            res["rows"].append({"model": "progressive", "sampler": "ddim", "steps": k, "nfe": k * (1 if w == 1 else 2),
+                                "guidance": w, **ev(run, "ddim", k, w)})
+    res["must_show"] = must_show(res)
+    atomic_write_text(out / "metrics.json", json.dumps(res, indent=1))
+    write_table(res, out / "table.md")
+    plot(res, out / "fd_vs_nfe.png")
+    return res
+
+
+def _row(res: dict, model: str, steps: int, guidance: float = 1.0, sampler: Optional[str] = None) -> dict:
+    for r in res["rows"]:
+        if (r["model"], r["steps"], r["guidance"]) == (model, steps, guidance) and sampler in (None, r["sampler"]):
+            return r
+    raise KeyError((model, steps, guidance))
+
+
+def must_show(res: dict) -> dict:
+    """The issue's checks, each with its numbers (measured, then compared)."""
+    t10 = min(_row(res, "teacher", 10, 1.0, s)["fd"] for s in ("ddim", "dpmpp_2m"))
+    cd1, cd2 = _row(res, "consistency", 1), _row(res, "consistency", 2)
+    out = {"cd_1_step": {"accuracy": cd1["accuracy"], "fd": cd1["fd"], "teacher_fd_10_nfe": t10,
+                         "fd_ratio": cd1["fd"] / t10, "spread": cd1["spread"],
+                         "pass": cd1["accuracy"] >= 0.9 and cd1["fd"] <= 1.5 * t10 and cd1["spread"] >= 0.8},
+           "cd_2_better_than_1": {"fd_1": cd1["fd"], "fd_2": cd2["fd"], "pass": cd2["fd"] < cd1["fd"]}}
+    for w in res["settings"]["guidances"]:
+        pd4, t4, t64 = _row(res, "progressive", 4, w), _row(res, "teacher", 4, w, "ddim"), \
+            _row(res, "teacher", max(res["settings"]["teacher_nfes"]), w, "ddim")
+        out[f"pd_4_steps_w{w:g}"] = {"fd": pd4["fd"], "teacher_4_ddim": t4["fd"], "teacher_64_ddim": t64["fd"],
+                                     "pass": pd4["fd"] < t4["fd"] and pd4["fd"] <= 1.5 * t64["fd"]}
+        g4 = _row(res, "guided", 4, w)
+        t50 = _row(res, "teacher", 50 if 50 in res["settings"]["teacher_nfes"] else
+                   max(res["settings"]["teacher_nfes"]), w, "ddim")
+        out[f"guided_4_steps_w{w:g}"] = {"accuracy": g4["accuracy"], "teacher_50_accuracy": t50["accuracy"],
+                                         "pass": g4["accuracy"] >= t50["accuracy"] - 0.03}
+    return out
+
+
+def write_table(res: dict, path: Path) -> None:
+    lines = ["| model | sampler | steps | network calls | w | FD | accuracy | spread | s / 1000 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['guidance']:g} | {r['fd']:.1f} "
+                     f"| {100 * r['accuracy']:.1f}% | {r['spread']:.2f} | {r['sec_per_1000']:.3f} |")
+    lines += ["", f"FD: Frechet distance in the digits classifier's features against the 300 held-out digits. Floor "
+              f"(real training digits): {res['floor']:.2f}; the FD's noise (teacher, DDIM 10 steps, two noises): "
+              f"{res['fd_noise']:.2f}. Spread: within-class spread over the held-out digits'. Network calls: a "
+              "guided teacher or progressive student calls its network twice per step (the guidance pair)."]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot(res: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(res["settings"]["guidances"]), figsize=(4 * len(res["settings"]["guidances"]), 3.6),
+                             squeeze=False)
+    for ax, w in zip(axes[0], res["settings"]["guidances"]):
+        for model, marker in (("teacher", "o"), ("consistency", "s"), ("progressive", "^"), ("guided", "D"),
+                              ("consistency training", "v")):
+            rows = sorted((r for r in res["rows"] if r["model"] == model and r["guidance"] == w
+                           and r["sampler"] != "dpmpp_2m"), key=lambda r: r["nfe"])
+            if rows:
+                ax.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], marker=marker, label=model)
+        ax.axhline(res["floor"], color="k", ls=":", label="floor (real digits)")
+        ax.set(xscale="log", yscale="log", xlabel="network calls", title=f"w = {w:g}")
+    axes[0][0].set_ylabel("Frechet distance")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs/few_step")
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument("--runs", default=None, help="where the training runs go (default runs/few_step)")
+    args = p.parse_args(argv)
+    res = run_experiment(args.out, args.size, COMMAND, args.runs)
+    print((Path(args.out) / "table.md").read_text())
+    print(json.dumps(res["must_show"], indent=1))
+    print(f"wrote {args.out}/metrics.json, table.md and fd_vs_nfe.png ({shlex.join(sys.argv)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
