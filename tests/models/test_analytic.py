@@ -59,3 +59,14 @@ def test_the_exact_denoiser_checks_its_labels_and_converts_in_float64():
     got32, got64 = plain(x, t), plain(x.double(), t)
     assert got32.dtype == torch.float32
     torch.testing.assert_close(got32.double(), got64, rtol=0, atol=1e-6)  # float32 rounding of the result only
+
+
+@pytest.mark.parametrize("proc", [dl.processes.EDM(), dl.processes.VESDE(prediction="x0")], ids=["edm", "ve"])
+def test_the_mixture_denoiser_takes_per_sample_levels_under_a_ve_process(proc):
+    """Under EDM and VESDE alpha = 1 at every level: a batch whose samples sit at different levels
+    must not take the one-level shortcut (it had denoised every sample at the first one's level)."""
+    model = dl.models.GaussianDenoiser(proc, [0.0, 0.0], 1.0)
+    x = torch.ones(2, 2, dtype=torch.float64)
+    t = torch.cat([proc.timestep(0.1, 1), proc.timestep(10.0, 1)])
+    sigma = proc.sigma_of_timestep(t)
+    torch.testing.assert_close(model(x, t)[:, 0], 1 / (1 + sigma**2), rtol=1e-6, atol=0)  # D = x / (1 + sigma^2)

@@ -208,7 +208,8 @@ def paper_curriculum(k, K, s0, s1):
 
 
 @pytest.mark.parametrize("K, s0, s1",
-                         [(400_000, 10, 1280), (4000, 10, 1280), (1000, 20, 160), (900, 5, 5)])
+                         [(400_000, 10, 1280), (4000, 10, 1280), (1000, 20, 160), (900, 5, 5),
+                          (10_000, 10, 1000), (3000, 10, 150)])  # (the last two: s1 / s0 not a power of two)
 def test_discretisation_steps_double_as_in_improved_consistency_training(K, s0, s1):
     ks = sorted({0, 1, K // 8 - 1, K // 8, K // 4, K // 2, 3 * K // 4, K - 1, K} | set(range(0, K + 1, K // 37)))
     assert [discretisation_steps(k, K, s0, s1) for k in ks] == [paper_curriculum(k, K, s0, s1) for k in ks]

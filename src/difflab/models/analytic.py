@@ -96,7 +96,7 @@ class GaussianMixtureDenoiser(nn.Module):
             raise ValueError(f"this mixture lives in D = {self.dim} dimensions, got x_t of shape {tuple(shape)}")
         alpha, sigma = alpha.to(torch.float64), sigma.to(torch.float64)
         m, v = self.means, self.variances
-        if bool((alpha == alpha[0]).all()):
+        if bool((alpha == alpha[0]).all() and (sigma == sigma[0]).all()):  # (VE, EDM: alpha is 1 at every level)
             # One noise level for the batch (what samplers do): the squared Mahalanobis distances
             # sum_d (x_d - a m_kd)^2 / var_kd expand into matrix products, no [B, K, D] tensor.
             a, s2 = alpha[0], sigma[0] ** 2

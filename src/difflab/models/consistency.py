@@ -42,7 +42,8 @@ def consistency_coefficients(sigma: Tensor, sigma_min: float, boundary: float) -
     """c_skip and c_out at noise levels sigma: c_skip = sigma_b^2 / ((sigma - sigma_min)^2 + sigma_b^2),
     c_out = 1 - c_skip (so c_skip(sigma_min) = 1 and c_out(sigma_min) = 0); sigma_b = ``boundary``."""
     shifted = sigma - sigma_min
-    c_skip = boundary**2 / (shifted * shifted + boundary**2)
+    width2 = torch.full_like(shifted, boundary**2)  # (a tensor: a number over a tensor is a product by its reciprocal)
+    c_skip = width2 / (shifted * shifted + width2)
     return c_skip, 1.0 - c_skip
 
 

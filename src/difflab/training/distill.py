@@ -113,8 +113,7 @@ def consistency_times(proc: Process, n: int) -> Tensor:
 def discretisation_steps(step: int, total_steps: int, s0: int, s1: int) -> int:
     """N(k) = min(s0 2^floor(k / K'), s1), K' = floor(K / (log2 floor(s1 / s0) + 1)): improved
     consistency training's doubling curriculum (Song & Dhariwal 2023, sec. 3.4; N counts intervals)."""
-    stages = math.floor(math.log2(max(1, s1 // s0))) + 1
-    per_stage = max(1, total_steps // stages)
+    per_stage = max(1, math.floor(total_steps / (math.log2(max(1, s1 // s0)) + 1)))
     return int(min(s0 * 2 ** (step // per_stage), s1))
 
 
@@ -137,7 +136,7 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
     sq = ((a.float() - b.float()) ** 2).flatten(1).sum(1)
     if c == 0:
         return sq
-    return (sq + c * c).sqrt() - c
+    return sq / ((sq + c * c).sqrt() + c)  # = sqrt(sq + c^2) - c, without the cancellation where sq << c^2
 
 
 class TeacherDenoiserLoss:
