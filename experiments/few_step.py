@@ -4,6 +4,7 @@ teacher at 1 to 64 steps (not part of the difflab package).
 
     python experiments/few_step.py --out docs/few_step          # about 25 minutes on 2 CPU cores
     python experiments/few_step.py --size tiny --out /tmp/fs    # the code path in a minute
+    python experiments/few_step.py --mnist --out docs/few_step  # 14x14 MNIST: about 70 minutes on 2 cores
 
 Training runs go to --runs (default runs/few_step; a finished run there is reused).
 
@@ -43,7 +44,12 @@ from difflab.evaluation.plots import pyplot  # noqa: E402
 from difflab.files import atomic_write_text  # noqa: E402
 from difflab.training import load as load_run  # noqa: E402
 from difflab.training.distill_run import ROUNDS_DIR, distill  # noqa: E402
+from experiments.mnist import measure_setup, mnist_config  # noqa: E402
 from experiments.processes import PROCESSES, Judge, run_config, split_digits, train_run  # noqa: E402
+from experiments.runs import RowCache  # noqa: E402
+from experiments.sampling import SampleEvaluator, fid_noise, tolerance  # noqa: E402
+from experiments.settings import DEFAULT_MNIST_ROOT  # noqa: E402
+from experiments.settings import SIZES as MNIST_SIZES  # noqa: E402
 
 COMMAND = "python experiments/few_step.py"
 REPO = HERE.parent
@@ -217,12 +223,86 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- MNIST
+# The reduced CPU size of docs/experiments (14x14 MNIST, its class-conditional U-Net, linear
+# schedule, eps) with a shorter teacher run, and the students of difflab distill's defaults.
+MNIST = {"tiny": dict(teacher_steps=4, cd_steps=4, pd_steps=2, pd_start=8, noise_seeds=2),
+         "cpu": dict(teacher_steps=6000, cd_steps=3000, pd_steps=1000, pd_start=64, noise_seeds=3)}
+
+
+def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_ROOT, command: str = COMMAND,
+              runs_dir: Optional[str] = None) -> dict:
+    """1-, 2- and 4-step students of an MNIST teacher against the teacher at 4, 10 and 50 steps: FID in
+    the MNIST classifier's features (t10k reference, train5k floor), accuracy, seconds per 1,000."""
+    M, S = MNIST[size], dict(MNIST_SIZES[size], floor_28=False)
+    S["mnist_steps"] = M["teacher_steps"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(runs_dir if runs_dir is not None else "runs/few_step") / "mnist"
+    res: dict = {"command": command + " --mnist" + (f" --size {size}" if size != "cpu" else "") + f" --out {out}",
+                 "size": size, "settings": M}
+    ref, _, _, _, clf_dir = measure_setup(res, S, runs, root, "cpu", None, progress=False)
+    teacher_cfg = mnist_config(S, root, "cpu")
+    teacher_cfg["ckpt_every"] = teacher_cfg["steps"]
+    res["teacher"] = {"train_seconds": train_run(teacher_cfg, runs / "teacher", None), "config": teacher_cfg}
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    res["consistency"] = student(runs / "teacher", runs / "cd", "consistency", None, say, train_steps=M["cd_steps"])
+    res["progressive"] = student(runs / "teacher", runs / "pd", "progressive", None, say, train_steps=M["pd_steps"],
+                                 start_steps=M["pd_start"], steps=4)
+    labels = torch.arange(S["n"]) % 10
+    rows = []
+
+    def evaluate(name: str, folder: Path, sampler: str, steps: int, seed: int = 0) -> dict:
+        run = load_run(folder)
+        cache = RowCache(runs / "rows.json", f"{size}/n={S['n']}/classifier={clf_dir}")
+        key = f"{name}@{run.step}"
+        row = SampleEvaluator(run, ref, S, runs, "cpu", cache).evaluate(sampler, steps, 1.0, labels, seed=seed,
+                                                                        key_extra=key)
+        return {"model": name, **row, "sec_per_1000": 1000 * row["seconds"] / S["n"]}
+
+    for k in (1, 2, 4, 10, 50):
+        rows.append(evaluate("teacher", runs / "teacher", "ddim", k))
+    rows.append(evaluate("teacher", runs / "teacher", "dpmpp_2m", 10))
+    res["fid_noise"] = fid_noise([rows[-2]] + [evaluate("teacher", runs / "teacher", "ddim", 50, seed=10_000 * j)
+                                               for j in range(1, M["noise_seeds"])])
+    res["tolerance"] = tolerance(rows[-2]["fid"], res["fid_noise"])
+    for k in (1, 2, 4):
+        rows.append(evaluate("consistency", runs / "cd", "consistency", k))
+    earlier = runs / "pd" / ROUNDS_DIR
+    for folder in (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]:
+        rows.append(evaluate("progressive", folder, "ddim", len(load_run(folder).config.distill.sigmas) - 1))
+    res["rows"] = rows
+    atomic_write_text(out / "mnist_metrics.json", json.dumps(res, indent=1))
+    write_mnist_table(res, out / "mnist_table.md")
+    return res
+
+
+def write_mnist_table(res: dict, path: Path) -> None:
+    lines = [f"| model | sampler | steps | {res['metric']} | accuracy | s / 1000 |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['fid']:.2f} | {100 * r['accuracy']:.1f}% "
+                     f"| {r['sec_per_1000']:.1f} |")
+    floor = res["floor"]
+    lines += ["", f"{res['metric']}: FID in the MNIST classifier's features against t10k, at {res['image_size']}x"
+              f"{res['image_size']}. Floor (real train5k digits, as many as the samples): "
+              f"{floor['subsets_of_n']['mean']:.2f}" if "subsets_of_n" in floor else "",
+              f"Tolerance (the teacher's DDIM-50 FID from {len(res['fid_noise']['fid'])} noises): "
+              f"+{res['tolerance']['fid']:.2f}."]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/few_step")
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--runs", default=None, help="where the training runs go (default runs/few_step)")
+    p.add_argument("--mnist", action="store_true", help="the MNIST part (14x14) instead of the digits")
+    p.add_argument("--mnist-root", default=DEFAULT_MNIST_ROOT, help="the MNIST folder")
     args = p.parse_args(argv)
+    if args.mnist:
+        run_mnist(args.out, args.size, args.mnist_root, COMMAND, args.runs)
+        print((Path(args.out) / "mnist_table.md").read_text())
+        return 0
     res = run_experiment(args.out, args.size, COMMAND, args.runs)
     print((Path(args.out) / "table.md").read_text())
     print(json.dumps(res["must_show"], indent=1))

@@ -141,12 +141,13 @@ def test_guidance_input_model_is_called_once_per_step_with_the_scale():
     spy = GuidanceSpy(guidance_input=True)
     dl.sample(spy, proc, (4, 2), "consistency", 3, cond=cond, guidance=2.5)
     assert len(spy.calls) == 3
-    assert all(b == 4 and torch.equal(c, cond) and w == 2.5 for b, c, w in spy.calls)
+    # (the scale as a tensor [B]: CUDA graphs and torch.compile key on tensors, not on Python floats)
+    assert all(b == 4 and torch.equal(c, cond) and torch.equal(w, torch.full((4,), 2.5)) for b, c, w in spy.calls)
     # through the consistency model's wrapper too, and at w = 1 (the scale is still the input)
     spy.calls.clear()
     model = dl.models.ConsistencyModel(spy, proc)
     dl.sample(model, proc, (4, 2), "consistency", 2, cond=cond, guidance=1.0)
-    assert len(spy.calls) == 2 and all(b == 4 and w == 1.0 for b, _, w in spy.calls)
+    assert len(spy.calls) == 2 and all(b == 4 and torch.equal(w, torch.ones(4)) for b, _, w in spy.calls)
     # a network without the input gets the classifier-free guidance pair: one batch of 2B, no scale
     plain = GuidanceSpy(guidance_input=False)
     dl.sample(plain, proc, (4, 2), "consistency", 3, cond=cond, guidance=2.5)
@@ -194,7 +195,12 @@ def test_progressive_student_refuses_levels_off_its_grid():
     grid = sampling_sigmas(proc, 8, "trailing")[::2]
     model = student(proc, grid.tolist())
     off = torch.tensor([float(grid[0]), float(grid[1]) * 1.1, float(grid[2])])
-    with pytest.raises(ValueError, match="not on the student's grid"):
+    with pytest.raises(ValueError, match="not the student's steps"):
         dl.sample(model, proc, (3, 2), "ddim", sigmas=off)
-    with pytest.raises(ValueError, match="not on the student's grid"):
+    with pytest.raises(ValueError, match="not the student's steps"):
         dl.sample(model, proc, (3, 2), "ddim", 4, spacing="karras")
+    # on its grid but skipping levels (2 of its 4 steps): steps it never learnt
+    with pytest.raises(ValueError, match="not the student's steps"):
+        dl.sample(model, proc, (3, 2), "ddim", sigmas=grid[::2])
+    with pytest.raises(ValueError, match="not the student's steps"):
+        dl.sample(model, proc, (3, 2), "ddim", 2, spacing="trailing")

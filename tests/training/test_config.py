@@ -177,10 +177,17 @@ def test_consistency_and_distill_errors_name_the_field_and_the_fix(changes, word
 
 
 def test_consistency_model_runs_are_consistency_training_and_consistency_or_guided_distillation():
+    x0 = {"diffusion.prediction": "x0"}  # (a consistency model's process predicts x0: f itself)
     assert not tiny().consistency_model
-    assert tiny(loss="consistency").consistency_model
+    assert tiny(loss="consistency", **x0).consistency_model
     for method, wrapped in (("consistency", True), ("guided", True), ("progressive", False)):
-        assert tiny(**{"distill.method": method}).consistency_model is wrapped
+        assert tiny(**{"distill.method": method}, **x0).consistency_model is wrapped
+    with pytest.raises(ValueError, match="'diffusion.prediction'.*predicts x0"):
+        tiny(loss="consistency")  # the chain's eps: f would be read back through 1 / a
+    with pytest.raises(ValueError, match="'cuda_graph'.*captured step"):
+        tiny(loss="consistency", cuda_graph=True, **x0)
+    with pytest.raises(ValueError, match="'distill.reparam_steps'.*only steps = 8"):
+        tiny(**{"distill.method": "progressive", "distill.reparam_steps": 8, "diffusion.prediction": "v"})
     # the sections survive a config file (a student's run folder reloads as the student it is)
     cfg = tiny(**{"distill.method": "progressive", "distill.sigmas": [3.0, 0.5, 0.0], "distill.teacher": "runs/t",
                   "distill.teacher_step": 7, "consistency.guidance": [1.0, 5.0], "consistency.solver": "heun"})
@@ -201,7 +208,7 @@ def test_build_model_wraps_a_consistency_model_and_marks_a_progressive_students_
     assert model.sigma_min == build_process(cfg).sigma_min and model.proc.prediction == "x0"
     assert getattr(model, "distilled_sigmas", None) is None and getattr(plain, "distilled_sigmas", None) is None
     # net_prediction null: the process's own prediction
-    assert build_model(tiny(**{"distill.method": "guided"})).net_prediction == "eps"
+    assert build_model(tiny(**{"distill.method": "guided", "diffusion.prediction": "x0"})).net_prediction == "x0"
     student = build_model(tiny(**{"distill.method": "progressive", "distill.sigmas": [3.0, 0.5, 0.0]}))
     assert isinstance(student, dl.models.MLPDenoiser) and student.distilled_sigmas == (3.0, 0.5, 0.0)
     # configs/digits_ct.yaml: consistency training from scratch, the MLP in EDM's preconditioning inside

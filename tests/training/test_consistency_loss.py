@@ -278,7 +278,7 @@ def test_training_loss_default_c_is_improved_cts():
 
 def test_config_loss_consistency_builds_the_training_loss():
     cfg = tiny(**{"loss": "consistency", "consistency.s0": 4, "consistency.s1": 32, "consistency.huber_c": 0.01,
-                  "steps": 40})
+                  "steps": 40, "diffusion.prediction": "x0"})
     loss = build_loss(build_process(cfg), cfg)
     assert isinstance(loss, ConsistencyTrainingLoss)
     assert (loss.grid.s0, loss.grid.s1, loss.grid.total, loss.c) == (4, 32, 40, 0.01)

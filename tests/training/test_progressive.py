@@ -55,10 +55,26 @@ def batch_at(t, seed=0):
 
 
 def expected_interval(student_sigmas, drawn):
-    """The interval i whose start s_i is the largest student level at or below the drawn level
-    (the first interval above its top, the last below its lowest level > 0)."""
-    s = student_sigmas.tolist()[:-1]
-    return [min([i for i, v in enumerate(s) if v <= d], default=len(s) - 1) for d in drawn.tolist()]
+    """The interval i = [s_{i+1}, s_i) that holds the drawn level (the first for levels at or above
+    its top s_0 = sigma_max)."""
+    s = student_sigmas.tolist()
+    return [next((i for i in range(len(s) - 1) if s[i + 1] <= d < s[i]), 0) for d in drawn.tolist()]
+
+
+def test_each_interval_gets_its_share_of_the_chains_uniform_timesteps():
+    """On the DDPM chain the trainer draws t uniformly: with the trailing grid every student interval
+    (the top one, from sigma_max, included) holds the same share of the draws."""
+    proc = chain()
+    teacher_sig = teacher_levels(proc)
+    loss = ProgressiveDistillationLoss(chain("x0"), dl.models.GaussianMixtureDenoiser(proc, MEANS, STDS), proc,
+                                       teacher_sig)
+    student_sig = halve(teacher_sig)
+    spy = Spy(lambda x_t, t: torch.zeros_like(x_t))
+    loss(spy, batch_at(torch.arange(proc.T)))
+    (_, t_seen), = spy.calls
+    levels = proc.sigmas[t_seen]
+    shares = [float((levels == s).double().mean()) for s in student_sig[:-1].tolist()]
+    assert shares == pytest.approx([1 / (len(student_sig) - 1)] * (len(student_sig) - 1), abs=0.01)
 
 
 def test_the_interval_of_a_drawn_level():

@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder or exported .safetensors file")
     p.add_argument("--n", type=int, default=64, help="number of samples (with --label all: per class)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS),
-                   help="default: the run's own (its config's sample.sampler: ddim, or consistency for a consistency model)")
-    p.add_argument("--steps", type=int, help="default: the run's own (its config's sample.steps)")
+                   help="default: ddim; a distilled or consistency-trained student's own (consistency, or ddim)")
+    p.add_argument("--steps", type=int, help="default: 50; a student's own (its config's sample.steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--label", default=None,
@@ -58,8 +58,10 @@ def _main(args) -> int:
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
     run = load(args.ckpt, device=device)
-    args.sampler = args.sampler or run.config.sample.sampler  # a student keeps the sampler it was made for
-    args.steps = args.steps if args.steps is not None else run.config.sample.steps
+    # a student keeps the sampler and steps it was made for; other runs: DDIM, 50 steps
+    student = run.config.distill.method is not None or run.config.consistency_model
+    args.sampler = args.sampler or (run.config.sample.sampler if student else "ddim")
+    args.steps = args.steps if args.steps is not None else (run.config.sample.steps if student else 50)
     if args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     deterministic = not SAMPLERS[args.sampler].stochastic({"eta": args.eta})

@@ -93,10 +93,14 @@ def _main(args) -> int:
         raise ValueError(f"{str(out)!r} is a reflow run (it holds {PAIRS_FILE}: it trains on its own noise-sample "
                          f"pairs, which difflab train does not know); continue it with difflab reflow --resume "
                          f"--out {out} and the arguments it was started with")
-    if args.resume and cfg.distill.method is not None:  # its loss needs the teacher, which train does not load
-        raise ValueError(f"{str(out)!r} is a distilled student ({cfg.distill.method} distillation of "
-                         f"{cfg.distill.teacher!r}); continue it with difflab distill --resume --out {out} and the "
-                         "arguments it was started with")
+    if cfg.distill.method is not None:  # its loss needs the teacher, which train does not load
+        if args.resume:
+            raise ValueError(f"{str(out)!r} is a distilled student ({cfg.distill.method} distillation of "
+                             f"{cfg.distill.teacher!r}); continue it with difflab distill --resume --out {out} and "
+                             "the arguments it was started with")
+        raise ValueError(f"the config is a distilled student's ({cfg.distill.method} distillation of "
+                         f"{cfg.distill.teacher!r}): train a student with difflab distill --teacher RUN --method "
+                         f"{cfg.distill.method} --out DIR (or remove the distill section to train this network anew)")
     with Trainer(cfg, out, resume=args.resume, progress=not args.quiet) as trainer:
         if trainer.is_main and trainer.cpu_threads_note:
             print(trainer.cpu_threads_note, flush=True)

@@ -87,7 +87,7 @@ class ConsistencyModel(nn.Module):
         kwargs = {} if guidance is None else {"guidance": guidance}
         out = self.net(x_t, t, cond, **kwargs) if (cond is not None or kwargs) else self.net(x_t, t)
         dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-        sigma = self.proc.sigma_of_timestep(t.detach().cpu() if t.device.type == "cpu" else t).to(x_t.device, dtype)
+        sigma = self.proc.sigma_of_timestep(t.detach()).to(x_t.device, dtype)
         a = torch.as_tensor(self.proc.scale(sigma), dtype=dtype, device=x_t.device)
         view = (-1,) + (1,) * (x_t.ndim - 1)
         sigma, a = sigma.view(view), a.view(view)

@@ -96,8 +96,8 @@ class Denoiser:
         self.calls += 1
         if cond is None:
             return call_model(self.model, x_t, t)
-        if self.guidance_input:  # the scale is the network's input: one call
-            return call_model(self.model, x_t, t, cond, guidance=w)
+        if self.guidance_input:  # the scale is the network's input (a tensor: graphs and compile key on it): one call
+            return call_model(self.model, x_t, t, cond, guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
         if w == 1.0:
             return call_model(self.model, x_t, t, cond)
         null = torch.full_like(cond, self.null_cond)

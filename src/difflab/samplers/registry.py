@@ -27,8 +27,9 @@ class SamplerSpec:
     evals_per_step: int = 1  # model evaluations per step at the default options (the last step may use fewer)
     description: str = ""
     stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
-    # a step at sigma_min is wasted (a consistency model returns its input there): the spacings
-    # that end at sigma_min (karras, logsnr) give steps + 1 levels and that one is left out
+    # a step at sigma_min is wasted (a consistency model returns its input there): a spacing whose
+    # last level before 0 is sigma_min (karras, logsnr; the chain's leading, linspace) gives
+    # steps + 1 levels and that one is left out
     skips_sigma_min: bool = False
 
 

@@ -29,7 +29,7 @@ from .base import eval_mode, model_device, randn
 from .ddim import sample_ddim
 from .denoiser import Denoiser, check_trained_process, model_attribute
 from .registry import SAMPLERS, SamplerSpec
-from .timesteps import ENDS_AT_SIGMA_MIN, SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
+from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
 __all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
 
@@ -138,10 +138,13 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
     spacing = spacing or default_spacing(proc, spec.default_spacing)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    if spec.skips_sigma_min and spacing in ENDS_AT_SIGMA_MIN:  # the levels above sigma_min of one step more
+    sig = sampling_sigmas(proc, steps, spacing)
+    if spec.skips_sigma_min and len(sig) > 2 and sig[-2] <= proc.sigma_min * (1 + 1e-6):
+        # (karras, logsnr; the chain's leading and linspace end at timestep 0): the levels above
+        # sigma_min of one step more
         sig = sampling_sigmas(proc, positive_int("steps", steps) + 1, spacing)
-        return torch.cat([sig[:-2], sig[-1:]])
-    return sampling_sigmas(proc, steps, spacing)
+        sig = torch.cat([sig[:-2], sig[-1:]])
+    return sig
 
 
 def _distilled_levels(distilled, sig: Tensor, steps, explicit: bool) -> Tensor:
@@ -158,9 +161,12 @@ def _distilled_levels(distilled, sig: Tensor, steps, explicit: bool) -> Tensor:
         if steps != n:
             raise ValueError(f"steps={steps}: {fix}")
         return grid
-    close = (sig[:-1, None] - grid[None, :-1]).abs() <= 1e-6 * grid[None, :-1]
-    if not bool(close.any(1).all()):
-        raise ValueError(f"the given noise levels {[round(float(v), 4) for v in sig]} are not on the student's grid: {fix}")
+    # given levels: the grid's tail from one of its levels (each step one the student learnt)
+    start = int((grid - sig[0]).abs().argmin())
+    tail = grid[start:]
+    if len(tail) != len(sig) or not torch.allclose(sig, tail, rtol=1e-6, atol=0):
+        raise ValueError(f"the given noise levels {[round(float(v), 4) for v in sig]} are not the student's steps "
+                         f"from one of its levels to 0: {fix}")
     return sig
 
 

@@ -41,7 +41,6 @@ __all__ = [
 
 SPACINGS = ("leading", "trailing", "linspace", "karras", "logsnr", "uniform")
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
-ENDS_AT_SIGMA_MIN = ("karras", "logsnr")  # the spacings whose last level before 0 is sigma_min
 
 
 def default_spacing(proc, preferred: str) -> str:

@@ -30,11 +30,12 @@ import yaml
 
 from .. import models, schedules
 from ..accel import GROUP_NORM_MODES, check_group_norm_mode
-from ..processes import PROCESSES, Process, check_weighting
+from ..processes import PREDICTION_TYPES, PROCESSES, Process, check_weighting
 from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS
 from .data import dataset_names
+from .distill import TEACHER_SOLVERS
 from .loss import loss_names
 
 __all__ = [
@@ -364,7 +365,6 @@ class SampleConfig:
             _number(f"{prefix}.clip_x0", self.clip_x0, low=0, low_open=True)
 
 
-TEACHER_SOLVERS = ("euler", "dpm_solver", "heun")  # (training.distill.teacher_step)
 DISTILL_METHODS = ("progressive", "consistency", "guided")
 
 
@@ -405,7 +405,7 @@ class ConsistencyConfig:
         if self.guidance[1] < self.guidance[0]:
             _fail(f"{prefix}.guidance", self.guidance, "[w_min, w_max] with w_min <= w_max")
         if self.net_prediction is not None:
-            _choice(f"{prefix}.net_prediction", self.net_prediction, ("eps", "x0", "v", "velocity"))
+            _choice(f"{prefix}.net_prediction", self.net_prediction, PREDICTION_TYPES)
 
 
 @dataclass
@@ -569,6 +569,19 @@ class TrainConfig:
             _fail("diffusion.process", self.diffusion.process, "EDM's preconditioning (models.EDMPrecond) does not "
                   "pass a super-resolution model its low-resolution images; train model 'superres' under another "
                   "process (ddpm, vp, ve or flow)")
+        if self.distill.reparam_steps and self.distill.reparam_steps >= self.steps:
+            _fail("distill.reparam_steps", self.distill.reparam_steps,
+                  f"the student's first {self.distill.reparam_steps} steps learn its teacher's denoiser, and the run has "
+                  f"only steps = {self.steps}: train longer (--steps), or lower distill.reparam_steps (--set)")
+        if self.consistency_model:
+            if self.diffusion.resolved_prediction != "x0":
+                _fail("diffusion.prediction", self.diffusion.prediction,
+                      "a consistency model's process predicts x0 (f itself; its network keeps its own type: "
+                      "consistency.net_prediction): set diffusion.prediction: x0")
+            if self.cuda_graph or self.compile == "step":
+                _fail("cuda_graph" if self.cuda_graph else "compile", self.cuda_graph or self.compile,
+                      "a consistency model's loss reads its noise levels and curriculum on the host every step, "
+                      "which a captured step would freeze: use cuda_graph: false and compile: none or model")
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:
             _number("max_time", self.max_time, low=0, low_open=True)

@@ -40,14 +40,15 @@ __all__ = ["ConsistencyTrainingLoss", "ConsistencyDistillationLoss"]
 class _Grid:
     """The discretisation at step k: its times and levels, cached per N."""
 
-    def __init__(self, proc: Process, s0: int, s1: int, total_steps: int) -> None:
+    def __init__(self, proc: Process, s0: int, s1: int, total_steps: int, start_step: int = 0) -> None:
         if proc.discrete:
             s1, s0 = min(s1, proc.T), min(s0, proc.T)
-        self.proc, self.s0, self.s1, self.total = proc, s0, s1, total_steps
+        self.proc, self.s0, self.s1 = proc, s0, s1
+        self.start, self.total = start_step, max(1, total_steps - start_step)  # the curriculum's own steps
         self._cache: dict = {}
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
-        n = discretisation_steps(step, self.total, self.s0, self.s1)
+        n = discretisation_steps(max(0, step - self.start), self.total, self.s0, self.s1)
         if n not in self._cache:
             times = consistency_times(self.proc, n)
             self._cache[n] = (times, self.proc.sigma_of(times).double())
@@ -105,7 +106,7 @@ class ConsistencyDistillationLoss:
 
     def __init__(self, proc: Process, teacher: Callable, teacher_proc: Process, *, total_steps: int,
                  s0: int = 10, s1: int = 1280, solver: str = "dpm_solver", guidance: Optional[tuple] = None,
-                 c: Optional[float] = None, clip_x0: Optional[float] = None) -> None:
+                 c: Optional[float] = None, clip_x0: Optional[float] = None, start_step: int = 0) -> None:
         if proc.network_signature()[2:] != teacher_proc.network_signature()[2:] or \
                 proc.sigma_min != teacher_proc.sigma_min or type(proc) is not type(teacher_proc):
             raise ValueError(f"the student's process {proc!r} must have the teacher's noise levels "
@@ -120,7 +121,7 @@ class ConsistencyDistillationLoss:
             guidance = (lo, hi)
         self.proc, self.teacher, self.teacher_proc = proc, teacher, teacher_proc
         self.solver, self.guidance, self.c, self.clip_x0 = solver, guidance, c, clip_x0
-        self.grid = _Grid(proc, s0, s1, total_steps)
+        self.grid = _Grid(proc, s0, s1, total_steps, start_step)
         for p in getattr(teacher, "parameters", lambda: [])():
             p.requires_grad_(False)
 

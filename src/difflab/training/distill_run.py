@@ -90,14 +90,17 @@ def distill(
     common += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
     if method != "progressive":
         cfg = student_config(base, run, method, list(common) + list(overrides))
+        _check_teacher(run, cfg)  # (after --set: an override may change the process or the data)
         result = _train_round(cfg, out, run, method, resume, progress, say, data)
         return {"out": str(out), "checkpoint": result["checkpoint"], "rounds": [result],
                 "finished": not result["stopped_early"]}
     rounds = _progressive_plan(run, start_steps, steps)
     folders = [out / ROUNDS_DIR / f"{len(s) - 1:03d}" for s in rounds[:-1]] + [out]
+    _check_rounds(folders, student_config(base, run, method, list(common) + list(overrides), sigmas=rounds[0]))
     results, current = [], run
     for k, (levels, folder) in enumerate(zip(rounds, folders)):
         cfg = student_config(base, current, method, list(common) + list(overrides), sigmas=levels)
+        _check_teacher(current, cfg)
         say(f"progressive distillation, round {k + 1} of {len(rounds)}: {2 * (len(levels) - 1)} -> "
             f"{len(levels) - 1} steps, into {folder}")
         results.append(_train_round(cfg, folder, current, method, resume, progress, say, data))
@@ -115,12 +118,16 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
     """The student's config: ``base`` with the method's changes, the ``distill`` section naming
     ``teacher``, then ``overrides``."""
     proc = teacher.proc
+    # a captured step (cuda_graph, compile: step) replays one step's draws: the students' losses read
+    # their levels and curriculum on the host, per step
     changes = [f"distill.method={method}", f"distill.teacher={Path(teacher.path).resolve()}",
-               f"distill.teacher_step={teacher.step}", "sample.every=0"]
+               f"distill.teacher_step={teacher.step}", "sample.every=0", "cuda_graph=false"]
+    if base.compile == "step":
+        changes.append("compile=model")
     if method == "progressive":
         prediction = "v" if "v" in type(proc).predictions else "x0"
         if prediction != proc.prediction:
-            changes.append(f"distill.reparam_steps={REPARAM_STEPS}")
+            changes.append(f"distill.reparam_steps={_reparam_steps(base, overrides)}")
         levels = [float(v) for v in sigmas]
         changes += [f"diffusion.prediction={prediction}", f"distill.sigmas={levels}", "sample.sampler=ddim",
                     f"sample.steps={len(levels) - 1}"]
@@ -131,7 +138,7 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
         net_prediction = getattr(teacher.ema_model, "net_prediction", None) or proc.prediction
         if net_prediction == "eps" and "v" in type(proc).predictions:
             net_prediction = "v"
-            changes.append(f"distill.reparam_steps={REPARAM_STEPS}")
+            changes.append(f"distill.reparam_steps={_reparam_steps(base, overrides)}")
         changes += ["diffusion.prediction=x0", f"consistency.net_prediction={net_prediction}",
                     f"consistency.boundary={proc.sigma_min!r}", *CONSISTENCY_DISTILLATION,
                     "sample.sampler=consistency", "sample.steps=1"]
@@ -145,19 +152,26 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
     return apply_overrides(base, changes + list(overrides)).validate()
 
 
+def _reparam_steps(base: TrainConfig, overrides: Sequence[str]) -> int:
+    """The re-parameterisation phase of a student of ``steps`` steps: REPARAM_STEPS, at most half of
+    them (a resumed student keeps the phase it started with, whatever its new steps)."""
+    return min(REPARAM_STEPS, apply_overrides(base, list(overrides)).steps // 2)
+
+
 def _progressive_plan(run: LoadedRun, start_steps: int, steps: int) -> list[list[float]]:
     """The students' levels, round by round: the teacher's ``start_steps`` levels (its DDIM spacing)
     halved until ``steps`` remain."""
     start_steps, steps = positive_int("start_steps", start_steps), positive_int("steps", steps)
     ratio = start_steps // steps
     if start_steps % steps or ratio < 2 or ratio & (ratio - 1):
-        raise ValueError(f"progressive distillation halves start_steps = {start_steps} down to steps = {steps}: "
-                         "start_steps must be steps times a power of two (>= 2), e.g. 64 and 4")
+        raise ValueError(f"progressive distillation halves the teacher's start_steps = {start_steps} (--start-steps) "
+                         f"down to the student's steps = {steps} (--student-steps): start_steps must be steps times "
+                         "a power of two (>= 2), e.g. 64 and 4")
     if getattr(run.ema_model, "distilled_sigmas", None) is not None:
         levels = torch.as_tensor(run.ema_model.distilled_sigmas, dtype=torch.float64)
         if len(levels) - 1 != start_steps:
             raise ValueError(f"{str(run.path)!r} is a progressive student of {len(levels) - 1} steps: distil it with "
-                             f"start_steps = {len(levels) - 1}")
+                             f"start_steps = {len(levels) - 1} (--start-steps {len(levels) - 1})")
     else:
         proc = run.proc
         levels = sampling_sigmas(proc, start_steps, "trailing" if proc.discrete else proc.default_spacing)
@@ -177,6 +191,8 @@ def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, r
         if not resume:
             raise FileExistsError(f"{str(out)!r} already holds a run; pass --resume (resume=True) to continue the "
                                   "distillation, or choose another output folder")
+        # the phase it started with (set from its steps then): a resume with more steps keeps it
+        cfg = apply_overrides(cfg, [f"distill.reparam_steps={saved['config'].distill.reparam_steps}"])
         diff = config_diff(saved["config"], cfg)
         if diff:
             lines = ", ".join(f"{k} (checkpoint: {a!r}, now: {b!r})" for k, a, b in diff)
@@ -197,6 +213,7 @@ def _train_round(cfg: TrainConfig, out: Path, teacher: LoadedRun, method: str, r
     else:
         c = cfg.consistency
         loss_fn = ConsistencyDistillationLoss(proc, teacher_net, tproc, total_steps=cfg.steps, s0=c.s0, s1=c.s1,
+                                              start_step=cfg.distill.reparam_steps,
                                               solver=c.solver, guidance=c.guidance if method == "guided" else None,
                                               c=c.huber_c, clip_x0=tproc.clip_x0)
     if cfg.distill.reparam_steps:
@@ -238,6 +255,21 @@ def _load_teacher(student: torch.nn.Module, teacher: torch.nn.Module, method: st
     if extra or unexpected:
         raise ValueError(f"the weights of {str(path)!r} do not fit the student's network (missing {extra[:4]}, "
                          f"unexpected {unexpected[:4]}): distil with the teacher's model config")
+
+
+def _check_rounds(folders: Sequence[Path], first: TrainConfig) -> None:
+    """Before a resumed progressive distillation trains anything: every round it started has the
+    step count asked for now (a round extended by a resume would make the next round's teacher
+    another one than its checkpoint names, and that round unresumable)."""
+    for folder in folders:
+        ck = latest_checkpoint(folder)
+        if ck is None:
+            continue
+        saved = read_checkpoint(ck, verify=False)["config"]
+        if saved.steps != first.steps:
+            raise ValueError(f"the progressive round in {str(folder)!r} was trained with {saved.steps} steps, not "
+                             f"{first.steps}: resume it with --steps {saved.steps} (train_steps={saved.steps}), or "
+                             "distil into another folder")
 
 
 def _check_out(run: LoadedRun, out: Path, resume: bool) -> None:

@@ -42,18 +42,20 @@ class ProgressiveDistillationLoss:
     """One round: the student (the trainer's model, under ``proc``) matches two deterministic DDIM
     steps of ``teacher`` (under ``teacher_proc``, frozen) on the teacher's levels ``teacher_sigmas``
     (decreasing, ending at 0, 2M steps). ``clip_x0``: the range the teacher's x0 estimates are
-    clamped to (its sampler's). The interval of a sample is the bucket of its trainer-drawn level."""
+    clamped to (its sampler's). A sample's interval is the one holding its trainer-drawn level."""
 
     def __init__(self, proc: Process, teacher: Callable, teacher_proc: Process, teacher_sigmas,
                  clip_x0: Optional[float] = None) -> None:
+        if type(proc) is not type(teacher_proc) or proc.network_signature()[2:] != teacher_proc.network_signature()[2:]:
+            raise ValueError(f"the student's process {proc!r} must have the teacher's noise levels "
+                             f"({teacher_proc!r}): distil under the teacher's process")
         self.teacher_sigmas = torch.as_tensor(teacher_sigmas, dtype=torch.float64)
         self.sigmas = halve(self.teacher_sigmas)
         if float(self.teacher_sigmas[0]) > teacher_proc.sigma_max * (1 + 1e-6):
             raise ValueError(f"the teacher's levels reach {float(self.teacher_sigmas[0]):.4g}, above its process's "
                              f"sigma_max = {teacher_proc.sigma_max:.4g}")
         self.proc, self.teacher, self.teacher_proc, self.clip_x0 = proc, teacher, teacher_proc, clip_x0
-        # the student's intervals by increasing level, for the bucket of a drawn level
-        self._levels = self.sigmas[:-1].flip(0)
+        self._increasing = self.sigmas.flip(0)  # 0 = s_n < s_{n-1} < ... < s_0, for the bucket of a drawn level
         for p in getattr(teacher, "parameters", lambda: [])():
             p.requires_grad_(False)
 
@@ -72,8 +74,9 @@ class ProgressiveDistillationLoss:
     def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:
         n = self.steps
         drawn = self.proc.sigma_of(batch.t.detach().cpu()).double()
-        # the interval i from the top: level s_i with s_i <= drawn < s_{i-1} (clamped to 0 .. n-1)
-        i = (n - 1) - bucket(torch.cat([self._levels, self._levels.new_full((1,), float("inf"))]), drawn)
+        # the interval holding the drawn level, s_{i+1} <= drawn < s_i, counted from the top (draws above
+        # s_0 = sigma_max fall in the first): on the DDPM chain, uniform t, each interval alike
+        i = (n - 1) - bucket(self._increasing, drawn)
         s, s_next = self.sigmas[i], self.sigmas[i + 1]
         s_mid = self.teacher_sigmas[2 * i + 1]
         x0 = batch.x0
