@@ -186,7 +186,7 @@ def must_show(res: dict) -> dict:
         t50 = _row(res, "teacher", 50 if 50 in res["settings"]["teacher_nfes"] else
                    max(res["settings"]["teacher_nfes"]), w, "ddim")
         out[f"guided_4_steps_w{w:g}"] = {"accuracy": g4["accuracy"], "teacher_50_accuracy": t50["accuracy"],
-                                         "pass": g4["accuracy"] >= t50["accuracy"] - 0.03}
+                                         "pass": abs(g4["accuracy"] - t50["accuracy"]) <= 0.03}
     return out
 
 

@@ -88,6 +88,9 @@ def test_a_consistency_student_wraps_its_teachers_network_and_samples_in_one_cal
     assert (c.net_prediction, run.config.diffusion.prediction) == ("v", "x0")  # v for an eps teacher
     assert c.boundary == t.proc.sigma_min and d.reparam_steps > 0
     assert (run.config.sample.sampler, run.config.sample.steps, run.config.sample.guidance) == ("consistency", 1, 1.0)
+    # the student samples with its own sampler unless told (run.sample, difflab sample and eval); the teacher with DDIM 50
+    assert run.sampling_defaults() == ("consistency", 1) and t.sampling_defaults() == ("ddim", 50)
+    torch.testing.assert_close(run.sample(3, labels=1, seed=0), run.sample(3, "consistency", 1, labels=1, seed=0))
     model = run.ema_model
     assert isinstance(model, dl.models.ConsistencyModel) and model.net_prediction == "v" and not model.guidance_input
     assert model.boundary == t.proc.sigma_min and run.proc.prediction == "x0"

@@ -218,7 +218,7 @@ def run_eval(args) -> dict:
         raise ValueError(f"--n must be >= {PR_K + 1} (precision and recall use each sample's {PR_K} nearest "
                          f"neighbours among the others), got {args.n}")
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("--bpd-n", args.bpd_n), ("--bpd-timesteps", args.bpd_timesteps)):
         if value < 0:
@@ -232,6 +232,9 @@ def run_eval(args) -> dict:
     args.device = resolve_device(args.device, "--device", default=torch.device("cpu"))
     out = Path(args.out or f"eval/{Path(args.ckpt).name}")
     run = load_run(args.ckpt, device=args.device)
+    sampler, steps = run.sampling_defaults()  # (a few-step student's own)
+    args.sampler = args.sampler or sampler
+    args.steps = args.steps if args.steps is not None else steps
     if lowres_model(run.ema_model) is not None:  # before the feature network is looked for
         raise ValueError(NEEDS_LOWRES)
     likelihoods = likelihood_methods(args.likelihood, run.proc) if args.bpd_n > 0 else []
@@ -435,8 +438,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ref-split", default=None, help="split of the reference (mnist: t10k)")
     p.add_argument("--floor-split", default=None, help="held-out split for the floor (mnist: train5k; 'none' to skip)")
     p.add_argument("--n", type=int, default=10000, help="samples per setting (default 10000)")
-    p.add_argument("--sampler", default="ddim", help="sampler, or several separated by commas")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", help="sampler, or several separated by commas (default: ddim; a few-step "
+                   "student's own)")
+    p.add_argument("--steps", type=int, help="default: 50; a few-step student's own")
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--labels", default="balanced", choices=("balanced", "none"),

@@ -58,10 +58,9 @@ def _main(args) -> int:
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
     run = load(args.ckpt, device=device)
-    # a student keeps the sampler and steps it was made for; other runs: DDIM, 50 steps
-    student = run.config.distill.method is not None or run.config.consistency_model
-    args.sampler = args.sampler or (run.config.sample.sampler if student else "ddim")
-    args.steps = args.steps if args.steps is not None else (run.config.sample.steps if student else 50)
+    sampler, steps = run.sampling_defaults()  # a student keeps the sampler and steps it was made for
+    args.sampler = args.sampler or sampler
+    args.steps = args.steps if args.steps is not None else steps
     if args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     deterministic = not SAMPLERS[args.sampler].stochastic({"eta": args.eta})

@@ -393,11 +393,20 @@ class LoadedRun:
         return (f"LoadedRun({str(self.path)!r}, model={self.config.model.name!r}, step={self.step}, "
                 f"num_classes={self.num_classes}, shape={self.image_shape})")
 
+    def sampling_defaults(self) -> tuple[str, int]:
+        """The sampler and steps this run samples with unless told: a few-step student's own (its
+        config's ``sample.sampler`` and ``steps``: consistency and 1, or a progressive student's DDIM
+        steps), else DDIM with 50 steps."""
+        cfg = self.config
+        if cfg.distill.method is not None or cfg.consistency_model:
+            return cfg.sample.sampler, cfg.sample.steps
+        return "ddim", 50
+
     def sample(
         self,
         n: int,
-        sampler: str = "ddim",
-        steps: int = 50,
+        sampler: Optional[str] = None,
+        steps: Optional[int] = None,
         guidance: float = 1.0,
         labels: Labels = None,
         seed: Optional[int] = None,
@@ -410,7 +419,8 @@ class LoadedRun:
         progress: bool = False,
         **options,
     ) -> Tensor:
-        """n samples [n, *image_shape] in about [-1, 1]. ``labels``: an int (all alike), n ints,
+        """n samples [n, *image_shape] in about [-1, 1] (``sampler``, ``steps``: default
+        :meth:`sampling_defaults`). ``labels``: an int (all alike), n ints,
         or None (unconditional); ``guidance`` w != 1 needs labels. Same seed, same samples.
         ``clip_x0`` defaults to the run's process's: the config's ``sample.clip_x0``, else the
         data's range (None: no clipping). ``device``:
@@ -419,6 +429,9 @@ class LoadedRun:
         (``dl.accel.accelerate(run.ema_model, ...)``)."""
         if model is None:
             model = self.ema_model if ema else self.model
+        default_sampler, default_steps = self.sampling_defaults()
+        sampler = default_sampler if sampler is None else sampler
+        steps = default_steps if steps is None else steps
         if labels is None and is_real(guidance) and guidance != 1.0:
             if self.num_classes is None:
                 raise ValueError(f"guidance={guidance} needs a class-conditional model; this run's "
