@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -63,6 +64,8 @@ def _main(args) -> int:
     args.steps = args.steps if args.steps is not None else steps
     if args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    for note in _student_notes(run.config, args):
+        print(f"note: {note}", file=sys.stderr)
     deterministic = not SAMPLERS[args.sampler].stochastic({"eta": args.eta})
     net = accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
     if len(run.image_shape) != 3 and tensor_out is None:
@@ -104,6 +107,19 @@ def _main(args) -> int:
     print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> "
           f"{', '.join(str(Path(w).resolve()) for w in written)}")
     return 0
+
+
+def _student_notes(cfg, args) -> list[str]:
+    """What a student was not trained for, said before it samples (it samples all the same)."""
+    notes = []
+    lo, hi = cfg.consistency.guidance
+    if cfg.distill.method == "guided" and not lo <= args.guidance <= hi:
+        notes.append(f"this guided student learnt the scales w in [{lo:g}, {hi:g}]; --guidance {args.guidance:g} lies "
+                     "outside them (its output there is an extrapolation)")
+    if cfg.distill.method == "progressive" and (args.sampler not in ("ddim", "euler") or args.eta != 0):
+        notes.append(f"this progressive student learnt deterministic DDIM steps; --sampler {args.sampler}"
+                     f"{f' --eta {args.eta:g}' if args.eta else ''} takes other steps on its levels")
+    return notes
 
 
 def _tensor_path(path: str) -> Path:

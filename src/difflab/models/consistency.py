@@ -52,9 +52,9 @@ class ConsistencyModel(nn.Module):
 
     ``net`` follows the model convention under ``proc`` (the process the run trains under);
     ``boundary`` is the width sigma_b of the boundary region (Song et al.'s sigma_data = 0.5 for
-    training from scratch, sigma_min for a student of a teacher); sigma_min is the process's; ``net_prediction`` what ``net`` outputs (default:
-    ``proc.prediction``). ``guidance`` (a number or [B] tensor) is passed to
-    a network built with a guidance input (``guidance_embed=True``: guided distillation).
+    training from scratch, sigma_min for a student of a teacher); sigma_min is the process's;
+    ``net_prediction`` what ``net`` outputs (default: ``proc.prediction``). ``guidance`` (a number or
+    [B] tensor) is passed to a network built with a guidance input (``guidance_embed=True``).
     """
 
     def __init__(self, net: nn.Module, proc: Process, boundary: float = 0.5,

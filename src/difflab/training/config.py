@@ -374,12 +374,14 @@ class ConsistencyConfig:
     (consistency training from scratch, Song & Dhariwal 2023) or ``difflab distill --method
     consistency|guided``. The network is then wrapped in ``models.ConsistencyModel`` (f(x, sigma_min)
     = x; ``boundary`` the boundary region's width sigma_b: Song et al.'s 0.5 from scratch, a student
-    takes sigma_min; ``net_prediction`` what the wrapped network outputs, null = diffusion.prediction). Discretisation curriculum (improved consistency training, sec. 3.4):
-    N(k) = min(s0 2^floor(k / K'), s1) intervals at step k of K, K' = floor(K / (log2 floor(s1 / s0) + 1));
-    s0 = s1 keeps N fixed. ``huber_c``: the pseudo-Huber loss's c (null: 0.00054 sqrt(d), d the
-    data's dimension; 0: the squared L2 distance). Distillation only: ``solver``, the teacher's ODE
-    step (euler = DDIM, dpm_solver = DPM-Solver++(2S), or heun: training.distill.teacher_step); ``guidance``: [w_min, w_max], the range guided distillation draws
-    the scale from."""
+    takes sigma_min; ``net_prediction`` what the wrapped network outputs, null = diffusion.prediction).
+
+    Discretisation curriculum (improved consistency training, sec. 3.4): N(k) = min(s0 2^floor(k / K'), s1)
+    intervals at step k of K, K' = floor(K / (log2 floor(s1 / s0) + 1)); s0 = s1 keeps N fixed.
+    ``huber_c``: the pseudo-Huber loss's c (null: 0.00054 sqrt(d), d the data's dimension; 0: the
+    squared L2 distance). Distillation only: ``solver``, the teacher's ODE step (euler = DDIM,
+    dpm_solver = DPM-Solver++(2S), or heun: training.distill.teacher_step); ``guidance``: [w_min,
+    w_max], the range guided distillation draws the scale from."""
 
     boundary: float = 0.5
     s0: int = 10

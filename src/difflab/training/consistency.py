@@ -97,10 +97,10 @@ class ConsistencyDistillationLoss:
     trainer's student under ``proc`` (the same noise levels; the student predicts x0, its network
     wrapped in ``models.ConsistencyModel``).
 
-    ``solver``: the teacher's ODE step (:func:`.distill.teacher_step`: "euler" = DDIM, "dpm_solver", "heun"); ``guidance``: None (the teacher
-    conditioned on the batch's labels, dropped ones on the null label, as the student sees them) or
-    [w_min, w_max] (guided distillation: w per sample, the student's network takes it as an input,
-    the teacher is guided). ``clip_x0``: the range the teacher's x0 estimates are clamped to (its
+    ``solver``: the teacher's ODE step (:func:`.distill.teacher_step`: "euler" = DDIM, "dpm_solver",
+    "heun"); ``guidance``: None (the teacher conditioned on the batch's labels, dropped ones on the
+    null label, as the student sees them) or [w_min, w_max] (guided distillation: w per sample, the
+    student's network takes it as an input, the teacher is guided). ``clip_x0``: the range the teacher's x0 estimates are clamped to (its
     sampler's, the data's). The target network is ``batch.ema`` (the trainer's EMA), else the student.
     """
 
