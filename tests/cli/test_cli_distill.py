@@ -122,3 +122,26 @@ def test_distill_bad_flags_are_one_line_errors(teacher, tmp_path, capsys):
     assert "nothing to resume" in refused("--method", "guided", "--resume")
     assert "holds the teacher" in refused("--method", "consistency", "--out", str(teacher))
     assert not out.exists()
+
+
+def test_sample_notes_what_a_student_was_not_trained_for(teacher, tmp_path, capsys):
+    """A guided student sampled at a scale outside the range it learnt, and a progressive student
+    under another sampler than DDIM, sample all the same, after a note saying so."""
+    guided, pd = tmp_path / "guided", tmp_path / "pd"
+    assert main(["distill", "--teacher", str(teacher), "--method", "guided", "--out", str(guided), "--steps", "2",
+                 "--quiet"]) == 0
+    assert main(["distill", "--teacher", str(teacher), "--method", "progressive", "--start-steps", "4",
+                 "--student-steps", "2", "--out", str(pd), "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+
+    def notes(*args):
+        assert main(["sample", *args, "--n", "2", "--save-tensor", str(tmp_path / "x.pt"), "--out",
+                     str(tmp_path / "x.png")]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+
+    assert notes("--ckpt", str(guided), "--label", "1", "--guidance", "2") == []  # inside [1, 3]
+    (note,) = notes("--ckpt", str(guided), "--label", "1", "--guidance", "5")
+    assert "w in [1, 3]" in note and "--guidance 5" in note
+    assert notes("--ckpt", str(pd)) == []
+    (note,) = notes("--ckpt", str(pd), "--sampler", "ddpm")
+    assert "deterministic DDIM steps" in note and "--sampler ddpm" in note
