@@ -4,7 +4,7 @@ teacher at 1 to 64 steps (not part of the difflab package).
 
     python experiments/few_step.py --out docs/few_step          # about 25 minutes on 2 CPU cores
     python experiments/few_step.py --size tiny --out /tmp/fs    # the code path in a minute
-    python experiments/few_step.py --mnist --out docs/few_step  # 14x14 MNIST: about 70 minutes on 2 cores
+    python experiments/few_step.py --mnist --out docs/few_step  # 14x14 MNIST: about 40 minutes on 2 cores
 
 Training runs go to --runs (default runs/few_step; a finished run there is reused).
 
@@ -208,12 +208,12 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(res["settings"]["guidances"]), figsize=(4 * len(res["settings"]["guidances"]), 3.6),
                              squeeze=False)
     for ax, w in zip(axes[0], res["settings"]["guidances"]):
-        for model, marker in (("teacher", "o"), ("consistency", "s"), ("progressive", "^"), ("guided", "D"),
-                              ("consistency training", "v")):
+        for k, (model, marker) in enumerate((("teacher", "o"), ("consistency", "s"), ("progressive", "^"),
+                                             ("guided", "D"), ("consistency training", "v"))):
             rows = sorted((r for r in res["rows"] if r["model"] == model and r["guidance"] == w
                            and r["sampler"] != "dpmpp_2m"), key=lambda r: r["nfe"])
             if rows:
-                ax.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], marker=marker, label=model)
+                ax.plot([r["nfe"] for r in rows], [r["fd"] for r in rows], marker=marker, color=f"C{k}", label=model)
         ax.axhline(res["floor"], color="k", ls=":", label="floor (real digits)")
         ax.set(xscale="log", yscale="log", xlabel="network calls", title=f"w = {w:g}")
     axes[0][0].set_ylabel("Frechet distance")
@@ -227,7 +227,7 @@ def plot(res: dict, path: Path) -> None:
 # The reduced CPU size of docs/experiments (14x14 MNIST, its class-conditional U-Net, linear
 # schedule, eps) with a shorter teacher run, and the students of difflab distill's defaults.
 MNIST = {"tiny": dict(teacher_steps=4, cd_steps=4, pd_steps=2, pd_start=8, noise_seeds=2),
-         "cpu": dict(teacher_steps=6000, cd_steps=3000, pd_steps=1000, pd_start=64, noise_seeds=3)}
+         "cpu": dict(teacher_steps=3000, cd_steps=1500, pd_steps=600, pd_start=32, noise_seeds=3)}
 
 
 def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_ROOT, command: str = COMMAND,
