@@ -167,3 +167,24 @@ def test_sigmas_outside_the_training_range(proc):
         dl.sample(model, proc, (4, 2), "euler", sigmas=torch.tensor([80.0, 1.0, 0.002, 0.0]))
     with pytest.raises(ValueError, match=r"sigma_min, sigma_max"):
         dl.sample(model, proc, (4, 2), "euler", sigmas=torch.tensor([500.0, 1.0, 0.0]))
+
+
+def test_sampler_sigmas_are_the_levels_sample_visits():
+    """samplers.sampler_sigmas gives what dl.sample runs over (the editing functions build their
+    grids with it): the sampler's default spacing, and for consistency sampling no last level at
+    sigma_min (one more level above it instead)."""
+    edm = dl.processes.EDM()
+    model = dl.models.GaussianDenoiser(edm, [0.0, 0.0], 1.0)
+    for sampler in ("ddim", "consistency", "heun"):
+        seen = []
+        dl.sample(model, edm, (3, 2), sampler, 3, generator=torch.Generator().manual_seed(0),
+                  callback=lambda step: seen.append(step["sigma"]))
+        levels = dl.samplers.sampler_sigmas(edm, sampler, 3)
+        assert sorted(set(seen), reverse=True) == pytest.approx(levels[:-1].tolist(), rel=1e-12), sampler
+    karras = dl.samplers.sampling_sigmas(edm, 3, "karras")
+    assert torch.equal(dl.samplers.sampler_sigmas(edm, "ddim", 3), karras)
+    consistency = dl.samplers.sampler_sigmas(edm, "consistency", 3)
+    assert len(consistency) == 4 and float(consistency[-2]) > edm.sigma_min * 1.01
+    assert torch.equal(consistency[:-1], dl.samplers.sampling_sigmas(edm, 4, "karras")[:-2])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        dl.samplers.sampler_sigmas(edm, "rk45", 3)

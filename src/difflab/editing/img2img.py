@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..processes import Process
-from ..samplers import SAMPLERS, sample, sampling_sigmas
+from ..samplers import SAMPLERS, sample, sampler_sigmas, sampling_sigmas
 from ..samplers.base import randn
 from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, is_real
@@ -61,17 +61,20 @@ def start_sigma(proc: Process, strength: float) -> Tensor:
     return proc.sigma_of(t).reshape(1)
 
 
-def sdedit_sigmas(proc: Process, strength: float, steps: int = 50, spacing: Optional[str] = None) -> Tensor:
+def sdedit_sigmas(proc: Process, strength: float, steps: int = 50, spacing: Optional[str] = None,
+                  sampler: Optional[str] = None) -> Tensor:
     """The decreasing noise levels SDEdit runs over: :func:`start_sigma`, then the grid's levels
     below it, then 0.
 
-    ``strength = 1`` gives the full grid of ``sampling_sigmas(proc, steps, spacing)``; ``spacing``
-    defaults to "trailing" on the DDPM chain and to the process's own spacing otherwise.
+    ``strength = 1`` gives the full grid of ``sampling_sigmas(proc, steps, spacing)``, or with
+    ``sampler`` the levels that sampler visits (``samplers.sampler_sigmas``); ``spacing`` defaults
+    to "trailing" on the DDPM chain and to the process's own spacing otherwise.
     """
     strength = check_strength(strength)
     if strength == 0.0:
         raise ValueError("strength 0 runs no step (the input is returned as it is)")
-    full = sampling_sigmas(proc, steps, spacing or default_spacing(proc, "trailing"))
+    spacing = spacing or default_spacing(proc, "trailing")
+    full = sampling_sigmas(proc, steps, spacing) if sampler is None else sampler_sigmas(proc, sampler, steps, spacing)
     if strength == 1.0:
         return full
     start = start_sigma(proc, strength)
@@ -130,7 +133,7 @@ def img2img(
     if strength == 0.0:
         return image.clone()
     noise = noise.to(device, x0.dtype)
-    sigmas = sdedit_sigmas(proc, strength, steps, spacing or default_spacing(proc, spec.default_spacing))
+    sigmas = sdedit_sigmas(proc, strength, steps, spacing or default_spacing(proc, spec.default_spacing), sampler)
     if strength == 1.0:
         x_start = noise  # the prior N(0, I): plain sampling
     else:

@@ -36,9 +36,8 @@ import torch
 from torch import Tensor
 
 from ..processes import Process
-from ..samplers import Denoiser, sampling_sigmas
+from ..samplers import Denoiser, sampler_sigmas
 from ..samplers.base import randn, randn_like
-from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .masks import check_mask
@@ -137,7 +136,7 @@ def inpaint(
     mask = mask.to(device, image.dtype)
     cond = check_labels(model, cond, image.shape[0], device)
     denoiser = Denoiser(model, proc, cond, guidance, clip_x0=proc.clip_x0 if clip_x0 is ... else clip_x0)
-    sigmas = sampling_sigmas(proc, steps, spacing or default_spacing(proc, spec.default_spacing))
+    sigmas = sampler_sigmas(proc, spec, steps, spacing)
     keep = 1 - mask
 
     s0 = float(sigmas[0])

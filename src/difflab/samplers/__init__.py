@@ -19,12 +19,13 @@ from .heun import sample_heun
 from .optimize import optimize_sigmas
 from .registry import SAMPLERS, SamplerSpec, register
 from .sde import sample_euler_maruyama, sample_pc
-from .sampling import SAMPLING_OPTIONS, SamplingSettings, invert, sample
+from .sampling import SAMPLING_OPTIONS, SamplingSettings, invert, sample, sampler_sigmas
 from .timesteps import SPACINGS, karras_sigmas, logsnr_sigmas, sampling_sigmas, sigmas_from_timesteps, timesteps
 
 __all__ = [
     "sample",
     "invert",
+    "sampler_sigmas",
     "SamplingSettings",
     "SAMPLING_OPTIONS",
     "SAMPLERS",

@@ -31,7 +31,7 @@ from .denoiser import Denoiser, check_trained_process, model_attribute
 from .registry import SAMPLERS, SamplerSpec
 from .timesteps import SPACINGS, default_spacing, sampling_sigmas, sigmas_from_timesteps
 
-__all__ = ["sample", "invert", "SamplingSettings", "SAMPLING_OPTIONS"]
+__all__ = ["sample", "invert", "sampler_sigmas", "SamplingSettings", "SAMPLING_OPTIONS"]
 
 # Keyword options of sample() that every sampler takes (the rest of **options are the sampler's own).
 SAMPLING_OPTIONS = ("spacing", "timesteps", "sigmas", "clip_x0", "dynamic_threshold", "null_cond")
@@ -135,6 +135,17 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
         return sig
     if timesteps_ is not None:
         return sigmas_from_timesteps(proc, timesteps_)
+    return sampler_sigmas(proc, spec, steps, spacing)
+
+
+def sampler_sigmas(proc: Process, sampler, steps: int, spacing: Optional[str] = None) -> Tensor:
+    """The noise levels ``sampler`` (a name or its :class:`SamplerSpec`) visits in ``steps`` steps of
+    ``spacing`` (default: the sampler's own on the DDPM chain, the process's otherwise), as
+    :func:`sample` builds them: for a sampler that ``skips_sigma_min`` (consistency sampling) a last
+    level at sigma_min -- where a consistency model returns its input -- is replaced by one more level above it."""
+    spec = sampler if isinstance(sampler, SamplerSpec) else SAMPLERS.get(sampler)
+    if spec is None:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
     spacing = spacing or default_spacing(proc, spec.default_spacing)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
