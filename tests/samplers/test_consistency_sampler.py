@@ -98,7 +98,7 @@ def test_spacings_ending_at_sigma_min_drop_it(spacing, levels):
     seen, _ = levels_of(proc, 2, spacing=spacing)
     want = levels(3, proc.sigma_min, proc.sigma_max)[:2].tolist()
     assert seen == pytest.approx(want, rel=1e-12) and min(seen) > 10 * proc.sigma_min
-    assert SAMPLERS["consistency"].skips_sigma_min and not SAMPLERS["ddim"].skips_sigma_min
+    assert SAMPLERS["consistency"].consistency and not SAMPLERS["ddim"].consistency
     ddim = []
     dl.sample(ExactConsistency(proc), proc, (4, 2), "ddim", 2, spacing=spacing,
               callback=lambda d: ddim.append(d["sigma"]))

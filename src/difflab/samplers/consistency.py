@@ -8,7 +8,7 @@ in the VE form x = x0 + sigma eps: f's output is the state at sigma_min (f(x, si
 so the noise added brings it to sigma_{i+1}.
 The levels after the first are the "chosen intermediate noise levels": any decreasing ``sigmas``,
 or a spacing. A step at sigma_min would return its input (f(x, sigma_min) = x), so the spacings
-that end there (karras, logsnr) drop that level for this sampler (``SamplerSpec.skips_sigma_min``).
+that end there (karras, logsnr) drop that level for this sampler (``SamplerSpec.consistency``).
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ class SamplerSpec:
     evals_per_step: int = 1  # model evaluations per step at the default options (the last step may use fewer)
     description: str = ""
     stochastic: Callable[[dict], bool] = lambda options: False  # draws noise during the run, given its options
-    # a step at sigma_min is wasted (a consistency model returns its input there): a spacing whose
+    # a sampler of consistency models: it reads the model as f(x, sigma) -> x0 at once, not as a
+    # denoiser; a step at sigma_min would be wasted (f returns its input there), so a spacing whose
     # last level before 0 is sigma_min (karras, logsnr; the chain's leading, linspace) gives
     # steps + 1 levels and that one is left out
-    skips_sigma_min: bool = False
+    consistency: bool = False
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
@@ -76,4 +77,4 @@ register("pc", SamplerSpec(sample_pc, "logsnr", ("snr", "corrector_steps"), 2,
                            stochastic=lambda o: True))
 register("consistency", SamplerSpec(sample_consistency, "trailing", (), 1,
                                     "consistency multistep: x0 = f(x, sigma), then fresh noise (Song et al. 2023)",
-                                    stochastic=lambda o: True, skips_sigma_min=True))
+                                    stochastic=lambda o: True, consistency=True))

@@ -141,7 +141,7 @@ def _sigmas(proc, spec: SamplerSpec, steps, spacing, sigmas, timesteps_) -> Tens
 def sampler_sigmas(proc: Process, sampler, steps: int, spacing: Optional[str] = None) -> Tensor:
     """The noise levels ``sampler`` (a name or its :class:`SamplerSpec`) visits in ``steps`` steps of
     ``spacing`` (default: the sampler's own on the DDPM chain, the process's otherwise), as
-    :func:`sample` builds them: for a sampler that ``skips_sigma_min`` (consistency sampling) a last
+    :func:`sample` builds them: for a sampler of consistency models (``SamplerSpec.consistency``) a last
     level at sigma_min -- where a consistency model returns its input -- is replaced by one more level above it."""
     spec = sampler if isinstance(sampler, SamplerSpec) else SAMPLERS.get(sampler)
     if spec is None:
@@ -150,7 +150,7 @@ def sampler_sigmas(proc: Process, sampler, steps: int, spacing: Optional[str] = 
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     sig = sampling_sigmas(proc, steps, spacing)
-    if spec.skips_sigma_min and len(sig) > 2 and sig[-2] <= proc.sigma_min * (1 + 1e-6):
+    if spec.consistency and len(sig) > 2 and sig[-2] <= proc.sigma_min * (1 + 1e-6):
         # (karras, logsnr; the chain's leading and linspace end at timestep 0): the levels above
         # sigma_min of one step more
         sig = sampling_sigmas(proc, positive_int("steps", steps) + 1, spacing)
