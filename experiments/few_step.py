@@ -76,9 +76,12 @@ class Evaluator:
         start = time.perf_counter()
         x = dl.sample(run.ema_model, run.proc, (self.n, 64), sampler, steps, cond=labels, guidance=guidance, generator=g)
         seconds = time.perf_counter() - start
-        images = x.clamp(-1, 1).reshape(self.n, 1, 8, 8)
-        return {**self.judge(images, labels), "spread": within_class_spread(images, labels) / self.real_spread,
-                "sec_per_1000": 1000 * seconds / self.n}
+        return {**self.judge_images(x, labels), "sec_per_1000": 1000 * seconds / self.n}
+
+    def judge_images(self, x, labels) -> dict:
+        """FD, accuracy and relative spread of samples [n, 64]."""
+        images = x.clamp(-1, 1).reshape(len(x), 1, 8, 8)
+        return {**self.judge(images, labels), "spread": within_class_spread(images, labels) / self.real_spread}
 
 
 def ct_config(steps: int) -> dict:
@@ -155,11 +158,43 @@ def run_experiment(out="docs/few_step", size: str = "cpu", command: str = COMMAN
         for w in S["guidances"]:  # the student's own guidance pair: 2 calls per step where w != 1
             res["rows"].append({"model": "progressive", "sampler": "ddim", "steps": k, "nfe": k * (1 if w == 1 else 2),
                                 "guidance": w, **ev(run, "ddim", k, w)})
+    res["renoised"] = renoised(t, ev, S)
+    res["second_step"] = second_step(load_run(runs / "cd"), ev)
     res["must_show"] = must_show(res)
     atomic_write_text(out / "metrics.json", json.dumps(res, indent=1))
     write_table(res, out / "table.md")
     plot(res, out / "fd_vs_nfe.png")
     return res
+
+
+def renoised(teacher, ev: Evaluator, S: dict, levels=(0.11, 0.42, 1.0)) -> list:
+    """What multistep consistency sampling asks of the teacher's ODE, done exactly: the teacher's own
+    DDIM samples (64 steps, w = 1), re-noised to sigma and solved again by 64 DDIM steps from there."""
+    n, proc = ev.n, teacher.proc
+    steps = max(S["teacher_nfes"])
+    labels = torch.arange(n) % 10
+    g = torch.Generator().manual_seed(3)
+    first = dl.sample(teacher.ema_model, proc, (n, 64), "ddim", steps, cond=labels, generator=g)
+    rows = [{"sigma": 0.0, **ev.judge_images(first, labels)}]
+    for sigma in levels:
+        z = torch.randn(first.shape, generator=g)
+        levels_below = dl.samplers.karras_sigmas(steps, proc.sigma_min, sigma)
+        again = dl.sample(teacher.ema_model, proc, first.shape, "ddim", sigmas=levels_below, cond=labels,
+                          noise=(first + sigma * z) / (1 + sigma * sigma) ** 0.5)
+        rows.append({"sigma": sigma, **ev.judge_images(again, labels)})
+    return rows
+
+
+def second_step(run, ev: Evaluator) -> list:
+    """The 2-step consistency student with its second level at each of the chain's timesteps below."""
+    rows = []
+    for t in (62, 124, 249, 374, 499, 749):
+        sigma = float(run.proc.sigma_of(torch.tensor(t)))
+        labels = torch.arange(ev.n) % 10
+        x = dl.sample(run.ema_model, run.proc, (ev.n, 64), "consistency", cond=labels,
+                      sigmas=[run.proc.sigma_max, sigma], generator=torch.Generator().manual_seed(3))
+        rows.append({"timestep": t, "sigma": sigma, **ev.judge_images(x, labels)})
+    return rows
 
 
 def _row(res: dict, model: str, steps: int, guidance: float = 1.0, sampler: Optional[str] = None) -> dict:
