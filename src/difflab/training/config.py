@@ -729,6 +729,11 @@ def _unique_keys(pairs):
     return dict(pairs)
 
 
+def field_overrides(**values) -> list[str]:
+    """``"field=value"`` overrides (for :func:`apply_overrides`) of the given values that are not None."""
+    return [f"{name}={value}" for name, value in values.items() if value is not None]
+
+
 def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
     """Return a copy with ``"a.b=value"`` assignments applied (values parsed as YAML)."""
     d = cfg.to_dict()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes import Process
-from .distill import (bucket, consistency_times, denoised, discretisation_steps, huber_c, pseudo_huber,
+from .distill import (bucket, consistency_times, denoised, discretisation_steps, huber_c, pseudo_huber, same_levels,
                       teacher_step)
 from .loss import TrainBatch, register_loss
 
@@ -107,8 +107,7 @@ class ConsistencyDistillationLoss:
     def __init__(self, proc: Process, teacher: Callable, teacher_proc: Process, *, total_steps: int,
                  s0: int = 10, s1: int = 1280, solver: str = "dpm_solver", guidance: Optional[tuple] = None,
                  c: Optional[float] = None, clip_x0: Optional[float] = None, start_step: int = 0) -> None:
-        if proc.network_signature()[2:] != teacher_proc.network_signature()[2:] or \
-                proc.sigma_min != teacher_proc.sigma_min or type(proc) is not type(teacher_proc):
+        if not same_levels(proc, teacher_proc):
             raise ValueError(f"the student's process {proc!r} must have the teacher's noise levels "
                              f"({teacher_proc!r}): distill under the teacher's process")
         if guidance is not None:

@@ -22,12 +22,19 @@ from ..validation import is_int
 
 TEACHER_SOLVERS = ("euler", "dpm_solver", "heun")  # the teacher's ODE steps of consistency distillation
 
-__all__ = ["TEACHER_SOLVERS", "TeacherDenoiserLoss", "Phased", "denoised", "guided_denoised", "teacher_step",
+__all__ = ["TEACHER_SOLVERS", "TeacherDenoiserLoss", "Phased", "same_levels", "denoised", "guided_denoised", "teacher_step",
            "consistency_times", "discretisation_steps", "bucket", "pseudo_huber", "huber_c", "times_of"]
 
 
 def _view(v: Tensor, x: Tensor) -> Tensor:
     return v.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+
+def same_levels(proc: Process, other: Process) -> bool:
+    """Whether two processes map times to the same noise levels (a student's and its teacher's:
+    their kind and what their networks' time inputs mean; the prediction types may differ)."""
+    return (type(proc) is type(other) and proc.network_signature()[2:] == other.network_signature()[2:]
+            and proc.sigma_min == other.sigma_min)
 
 
 def times_of(proc: Process, sigma: Tensor) -> Tensor:
@@ -44,8 +51,8 @@ def denoised(model: Callable, proc: Process, x: Tensor, t: Tensor, cond: Optiona
     """D(x, sigma(t)): the network's estimate of x0 at the VE state x and per-sample times t [B] of
     ``proc`` (``model(a x, t)`` read as x0 by the process's prediction type), clamped to [-clip_x0,
     clip_x0] where given. ``guidance`` [B] goes to a network that takes the scale as an input."""
+    a, s = (_view(c, x) for c in proc.alpha_sigma(t))  # (where t is: the losses' times live on the CPU)
     t = t.to(x.device)
-    a, s = proc._coefficients(t, x)
     x_t = a * x
     inputs = {} if guidance is None else {"guidance": guidance}
     out = call_model(model, x_t, proc.model_time(t), cond, **inputs)

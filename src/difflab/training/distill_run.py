@@ -27,9 +27,9 @@ from ..samplers.timesteps import sampling_sigmas
 from ..validation import is_int, positive_int
 from .build import build_process
 from .checkpoint import LoadedRun, latest_checkpoint, load, read_checkpoint
-from .config import DISTILL_METHODS, TrainConfig, apply_overrides, config_diff, load_config
+from .config import DISTILL_METHODS, TrainConfig, apply_overrides, config_diff, field_overrides, load_config
 from .consistency import ConsistencyDistillationLoss
-from .distill import Phased, TeacherDenoiserLoss
+from .distill import Phased, TeacherDenoiserLoss, same_levels
 from .progressive import ProgressiveDistillationLoss, halve
 from .trainer import Trainer
 
@@ -85,9 +85,7 @@ def distill(
     _check_out(run, out, resume)
     base = config if isinstance(config, TrainConfig) else (load_config(config) if config is not None else run.config)
     _check_teacher(run, base)
-    common = [f"seed={int(seed)}"] + ([f"steps={train_steps}"] if train_steps is not None else [])
-    common += [f"device={device}"] if device is not None else []
-    common += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
+    common = field_overrides(seed=int(seed), steps=train_steps, device=device, cpu_threads=cpu_threads)
     if method != "progressive":
         cfg = student_config(base, run, method, list(common) + list(overrides))
         _check_teacher(run, cfg)  # (after --set: an override may change the process or the data)
@@ -290,8 +288,7 @@ def _check_teacher(run: LoadedRun, cfg: TrainConfig) -> None:
     and its data's shape: the student learns the teacher's ODE at the teacher's resolution."""
     proc = build_process(cfg)
     tproc = run.proc
-    same = type(proc) is type(tproc) and proc.network_signature()[2:] == tproc.network_signature()[2:]
-    if not same:
+    if not same_levels(proc, tproc):
         raise ValueError(f"the config's process ({proc!r}) is not the teacher's ({tproc!r}): a student learns its "
                          "teacher's noise levels; use the teacher's diffusion section (or omit --config)")
     if cfg.data.name != run.config.data.name or cfg.data.kwargs != run.config.data.kwargs \

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes import Process
-from .distill import bucket, denoised, times_of
+from .distill import bucket, denoised, same_levels, times_of
 from .loss import TrainBatch
 
 __all__ = ["ProgressiveDistillationLoss", "halve"]
@@ -46,7 +46,7 @@ class ProgressiveDistillationLoss:
 
     def __init__(self, proc: Process, teacher: Callable, teacher_proc: Process, teacher_sigmas,
                  clip_x0: Optional[float] = None) -> None:
-        if type(proc) is not type(teacher_proc) or proc.network_signature()[2:] != teacher_proc.network_signature()[2:]:
+        if not same_levels(proc, teacher_proc):
             raise ValueError(f"the student's process {proc!r} must have the teacher's noise levels "
                              f"({teacher_proc!r}): distil under the teacher's process")
         self.teacher_sigmas = torch.as_tensor(teacher_sigmas, dtype=torch.float64)

@@ -24,7 +24,7 @@ from ..processes import FlowMatching
 from ..validation import is_int, positive_int
 from .build import build_process
 from .checkpoint import LoadedRun, latest_checkpoint, load, load_matching
-from .config import apply_overrides
+from .config import apply_overrides, field_overrides
 from .data import mix_seed
 from .reflow import ReflowLoss, generate_pairs, straightness
 from .trainer import Trainer
@@ -79,10 +79,7 @@ def reflow(
     run = ckpt if isinstance(ckpt, LoadedRun) else load(ckpt)
     _check_source(run, out)
     continued = _check_out(out, resume)
-    overrides = [f"seed={int(seed)}"]
-    overrides += [f"steps={train_steps}"] if train_steps is not None else []
-    overrides += [f"device={device}"] if device is not None else []
-    overrides += [f"cpu_threads={cpu_threads}"] if cpu_threads is not None else []
+    overrides = field_overrides(seed=int(seed), steps=train_steps, device=device, cpu_threads=cpu_threads)
     if run.proc.coupling != "independent":
         say(f"note: {run.path} was trained with coupling {run.proc.coupling!r}; the reflow trains on its pairs as "
             "they are (coupling 'independent')")
