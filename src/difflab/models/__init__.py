@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
 from .consistency import ConsistencyModel
+from .dit import DiT, dit
+from .dit import presets as _dit_presets
 from .embeddings import GuidanceEmbedding, LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
 from .precond import EDMPrecond
@@ -17,6 +19,8 @@ from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
 __all__ = [
     "MLPDenoiser",
     "UNet",
+    "DiT",
+    "dit",
     "EDMPrecond",
     "ConsistencyModel",
     "LowResConditioned",
@@ -38,3 +42,6 @@ register("unet_mnist", unet_mnist)
 register("unet_cifar10", unet_cifar10)
 register("unet_tiny", unet_tiny)
 register("superres", LowResConditioned)
+register("dit", DiT)
+for _name, _factory in _dit_presets().items():
+    register(_name, _factory)
