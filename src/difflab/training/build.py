@@ -38,6 +38,14 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if nc is not None and getattr(model, "num_classes", None) != nc:
         raise ValueError(f"model {cfg.model.name!r} was given num_classes={nc} but has "
                          f"num_classes={getattr(model, 'num_classes', None)}")
+    if getattr(model, "context_dim", None) is not None:
+        raise ValueError(f"config field 'model.kwargs.context_dim': model {cfg.model.name!r} cross-attends to text, "
+                         f"but data set {cfg.data.name!r} has no captions (the trainer passes images and class "
+                         "labels only); drop context_dim, or condition on labels (num_classes)")
+    if getattr(model, "learn_sigma", False):
+        raise ValueError(f"config field 'model.kwargs.learn_sigma': model {cfg.model.name!r} outputs a variance "
+                         "beside its prediction, which no loss or sampler of difflab reads yet (improved DDPM's "
+                         "learned variance); drop learn_sigma")
     if cfg.diffusion.process == "edm":
         model = models.EDMPrecond(model, sigma_data=build_process(cfg).sigma_data)
     if cfg.consistency_model:  # f(x, sigma_min) = x around the network (its weights: net.*)
