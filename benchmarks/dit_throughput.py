@@ -518,7 +518,7 @@ def run(args, argv) -> dict:
         print_table(result)
         print(f"(sampling: DDIM with classifier-free guidance w = {env.guidance:g}, each step one forward of "
               f"{2 * env.sample_batch} = twice the sample batch; FLOPs per image: forward "
-              + ", ".join(f"{lib} {f['forward'] / 1e9:.2f} G" for lib, f in flops.items()) + ")")
+              + ", ".join(f"{lib} {f['forward'] / 1e9:.4g} G" for lib, f in flops.items()) + ")")
     env.tmp.cleanup()
     return result
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 3 and 7, as the device tool runs them.
+# The GPU measurements of issues 3, 7, 21 and 24, as the device tool runs them.
 #
 # A session that is lent a GPU gets 15 minutes of device time in all (the machine's start, each
 # call and each idle wait count), at most 10 minutes a call. So a measurement is ONE call,
@@ -22,6 +22,13 @@
 #     run(command="bash benchmarks/gpu_session.sh all", carry=[".gpu"], timeout_s=600)
 #       class-conditional MNIST, at most 150 s of training (eager bf16), then the docs artefacts
 #       and the trained network in fp16; then throughput rows within BUDGET (default 560 s).
+#   issue 24 (DiT; not measured yet):
+#     run(command="bash benchmarks/gpu_session.sh issue24", carry=[".gpu"], timeout_s=600)
+#       benchmarks/dit_throughput.py: DiT-B/2 on 32x32x4 latents against diffusers' DiTTransformer2DModel,
+#       training and guided-sampling rows in priority order (DIT_PRIORITY below), each started only if it
+#       should end within BUDGET (default 540 s) of the call's start, every row profiled into dit_profile.txt.
+#       A row is ~33 optimizer steps at batch 256 or 4 sampling runs (50 guided DDIM steps, 64 images),
+#       seconds on an H100; compiling is most of a row's cost (a guess: 60-100 s a compiled row).
 #   a second call, if ~2 minutes of device time are left and the machine is still warm:
 #     run(command="BUDGET=150 bash benchmarks/gpu_session.sh rest", carry=[".gpu"])
 #       the rows the first call skipped or lost (throughput.py --merge --missing), within BUDGET;
@@ -33,14 +40,16 @@
 #   all:    mnist_cond/{grid.png,loss.png,results.json}, mnist_log.csv, mnist_cond_ema_fp16.safetensors,
 #           throughput.json, profile.txt, session.log
 #   rest:   throughput.json (merged), profile.txt, session.log
+#   issue24: dit_throughput.json, dit_profile.txt, session.log
 # throughput.json is rewritten after every row: a call stopped at its limit returns what it measured.
 # Single stages for a longer lease: check (tiny smoke run, two compilations), mnist (the full
 # configs/mnist_cond.yaml run, about 10 minutes), throughput [throughput.py args].
 # Outside the device tool ($OUT unset) results go to out/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|issue21|all|rest|check|mnist|throughput [ARGS]"}
-shift  # ARGS: all, mnist: to difflab train (after MNIST_ARGS to mnist_cond_gpu.py); others: to throughput.py
+stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|issue21|issue24|all|rest|check|mnist|throughput [ARGS]"}
+shift  # ARGS: all, mnist: to difflab train (after MNIST_ARGS to mnist_cond_gpu.py); issue24: to dit_throughput.py;
+       # others: to throughput.py
 GPU_DIR=.gpu
 MNIST_SRC=${MNIST_SRC:-../shared/data/mnist}
 # diffusers (benchmark peer) and what it needs beyond the device image (Python 3.12 there);
@@ -134,6 +143,20 @@ PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
           'difflab/train/bf16+fused+cl+compile_step+graphs'
           'difflab/train/bf16+fused+cl+compile_step' 'difflab/train/bf16+fused+cl+step_graph'
           '*/*/fp32' '*/*/bf16' '*/*/bf16+fused' '*/*/bf16+fused+cl' '*/*/bf16+cl' '*')
+
+# Issue 24's DiT rows, most important first: diffusers' issue reference (bf16 + compile) and difflab's
+# candidate best training row (the compiled step captured whole, without the EMA copy: diffusers'
+# work) after the cheap eager captured step (the canary: if capture fails, every captured row is
+# skipped instead of compiling first); then both libraries' compiled sampling (difflab's whole run
+# as one graph, then a graph per call); diffusers' compiled step with fused AdamW (a faster
+# reference, if it is); the networks stored in bf16; difflab's step with its EMA (what difflab
+# train runs); then the eager rows.
+DIT_PRIORITY=('diffusers/train/bf16+compile' 'difflab/train/bf16+fused+step_graph'
+              'difflab/train/bf16+fused+compile_step+step_graph+no_ema'
+              'diffusers/sample/bf16+compile' 'difflab/sample/bf16+compile+loop'
+              'diffusers/train/bf16+compile+fused' 'difflab/sample/bf16+compile+graph'
+              'diffusers/sample/bf16w+compile' 'difflab/sample/bf16w+compile+loop'
+              'difflab/train/bf16+fused+compile_step+step_graph' '*/*/bf16' '*')
 
 mnist() {  # issue 3: train configs/mnist_cond.yaml (with the overrides given), grid + loss + accuracy
     local run_dir=${RUN_DIR:-runs/mnist_cond}
@@ -232,6 +255,14 @@ case $stage in
             'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton' 'diffusers/sample/bf16w+compile' \
             --time-budget "$((left > 1 ? left : 1))" --out "$OUT/throughput.json" "$@" 2>&1 | tee -a "$OUT/session.log"
         ;;
+    issue24)  # DiT-B/2 against diffusers' DiTTransformer2DModel, same run (benchmarks/dit_throughput.py)
+        BUDGET=${BUDGET:-540}
+        left=$((BUDGET - SECONDS))
+        echo "gpu_session: ${SECONDS} s spent, ${left} s of the ${BUDGET} s budget left for the DiT rows" \
+            | tee -a "$OUT/session.log"
+        python3 benchmarks/dit_throughput.py --rows "${DIT_PRIORITY[@]}" --time-budget "$((left > 1 ? left : 1))" \
+            --profile "$OUT/dit_profile.txt" --out "$OUT/dit_throughput.json" "$@" 2>&1 | tee -a "$OUT/session.log"
+        ;;
     all)
         BUDGET=${BUDGET:-560}
         # 2,000 steps x 256 images (51 epochs of t10k), eager: no compile time to pay back in a
@@ -262,7 +293,7 @@ case $stage in
         python3 benchmarks/throughput.py --merge --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/session.log"
         ;;
     *)
-        echo "unknown stage '$stage': prepare, issue7, issue21, all, rest, check, mnist or throughput" >&2
+        echo "unknown stage '$stage': prepare, issue7, issue21, issue24, all, rest, check, mnist or throughput" >&2
         exit 2
         ;;
 esac

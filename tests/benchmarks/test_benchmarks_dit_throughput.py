@@ -4,10 +4,11 @@ eager options (bf16 autocast, weights stored in bf16, fused AdamW) run here too.
 CUDA graphs are the GPU run's (benchmarks/gpu_session.sh issue24)."""
 
 import json
+import re
 
 import pytest
 import torch
-from scripts import load_script
+from scripts import REPO, load_script
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -98,6 +99,19 @@ def test_the_two_networks_are_configured_alike():
     assert theirs.config.num_layers == 12 and theirs.out_channels == 4
     # 23.0 GMACs a forward (the paper's "Gflops" of DiT-B/2 count multiply-adds): 46.0 GFLOP
     assert bench.forward_flops("dit_b_2", "difflab") == pytest.approx(46.0e9, rel=0.01)
+
+
+def test_gpu_session_dit_priority_names_real_rows():
+    """benchmarks/gpu_session.sh issue24 orders the rows by name: a misspelt name would silently
+    fall to the end (the final '*'), so every name without a wildcard must be a row."""
+    script = (REPO / "benchmarks" / "gpu_session.sh").read_text()
+    names = re.findall(r"'([^']+)'", re.search(r"^DIT_PRIORITY=\((.*?)\)$", script, re.S | re.M).group(1))
+    rows = {f"{r['library']}/{r['what']}/{r['name']}" for r in load().row_specs(cpu=False)}
+    exact = [n for n in names if "*" not in n]
+    assert len(exact) >= 8 and len(set(exact)) == len(exact)
+    assert [n for n in exact if n not in rows] == []
+    assert names[-1] == "*"  # and every other row after them
+    assert "dit_throughput.py --rows \"${DIT_PRIORITY[@]}\"" in script
 
 
 def test_bad_options_are_refused_by_name():
