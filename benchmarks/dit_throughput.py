@@ -236,8 +236,6 @@ class Env:
         self.tmp = tempfile.TemporaryDirectory(prefix="difflab_dit_throughput_")
         self.sample_reference: dict[str, Tensor] = {}
         self._templates: dict[str, nn.Module] = {}
-        if self.cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True  # (fp32 work only; the GPU rows are bf16)
 
     def sync(self) -> None:
         if self.cuda:
