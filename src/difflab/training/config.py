@@ -37,6 +37,7 @@ from ..samplers.timesteps import DISCRETE_SPACINGS
 from .data import dataset_names
 from .distill import TEACHER_SOLVERS
 from .loss import loss_names
+from .sharding import SHARDING_MODES
 
 __all__ = [
     "ModelConfig",
@@ -480,6 +481,23 @@ class TrainConfig:
     last step; it is checked every ``log_every`` steps, so a run may overshoot by one log window.
     The learning-rate schedule still runs to ``steps``: the budget is a safety net (a shared
     machine, a job limit), not a way to size a run. Resume with a larger ``max_time`` to go on.
+
+    Memory for networks that outgrow one GPU (training/sharding.py, docs/sharding.md):
+    ``sharding``: "none" (each process holds the whole model; DDP under torchrun) or "fsdp"
+    (fully sharded data parallel, torch's FSDP2 ``fully_shard``: under torchrun each of K
+    processes keeps 1/K of every parameter, gradient and AdamW moment, and of the EMA copy; a
+    block's parameters are all-gathered for its forward and backward). Same training as one
+    process with the same global batch, up to summation order. Checkpoints of an fsdp run keep the
+    sharded state in their ``dcp/`` folder (torch.distributed.checkpoint) beside the whole weights
+    (``model.safetensors``, ``ema.safetensors``: ``dl.load`` as ever) and resume on any number of
+    processes. A one-process run has nothing to shard: it trains unsharded (noted) and writes the
+    same checkpoints. Not with ``cuda_graph`` (FSDP's all-gathers run from host hooks and
+    allocate per block: no step to capture) nor ``precision: fp16`` (the loss scaler's skipped
+    steps need a verdict on every process's shards: use bf16, which needs no scaling).
+    ``activation_checkpointing``: recompute each block's activations in the backward instead of
+    keeping them (less activation memory for about one more forward per step; the same
+    gradients; with or without sharding); not with ``cuda_graph`` (the recomputation restores the
+    generator states on the host, which a replayed step would not).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -510,6 +528,8 @@ class TrainConfig:
     cpu_threads: int = 0
     tensorboard: Union[str, bool] = "auto"
     max_time: Optional[float] = None
+    sharding: str = "none"
+    activation_checkpointing: bool = False
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
@@ -584,6 +604,7 @@ class TrainConfig:
                 _fail("cuda_graph" if self.cuda_graph else "compile", self.cuda_graph or self.compile,
                       "a consistency model's loss reads its noise levels and curriculum on the host every step, "
                       "which a captured step would freeze: use cuda_graph: false and compile: none or model")
+        self._check_memory_options()
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:
             _number("max_time", self.max_time, low=0, low_open=True)
@@ -591,6 +612,25 @@ class TrainConfig:
             _fail("tensorboard", self.tensorboard, "choose one of auto, true, false")
         self._check_sample_steps()
         return self
+
+    def _check_memory_options(self) -> None:
+        """``sharding`` and ``activation_checkpointing``, and the options they cannot run with."""
+        _kind("sharding", self.sharding, str, f"one of {', '.join(SHARDING_MODES)}")
+        _choice("sharding", self.sharding, SHARDING_MODES)
+        _kind("activation_checkpointing", self.activation_checkpointing, bool, "true or false")
+        if self.sharding == "fsdp" and self.cuda_graph:
+            _fail("cuda_graph", self.cuda_graph, "cannot capture a sharded step (sharding: fsdp): FSDP all-gathers "
+                  "each block's parameters from host-side hooks into buffers it allocates and frees per block; "
+                  "use cuda_graph: false (compile: model still speeds up the blocks)")
+        if self.sharding == "fsdp" and self.precision == "fp16":
+            _fail("precision", self.precision, "fp16's loss scaling skips a step when any gradient is inf, and "
+                  "with sharding: fsdp each process sees only its shards of them; use precision bf16 (no "
+                  "scaling) or sharding: none")
+        if self.activation_checkpointing and self.cuda_graph:
+            _fail("activation_checkpointing", self.activation_checkpointing,
+                  "cannot be captured with cuda_graph: the recomputation saves and restores the generator "
+                  "states on the host (so dropout repeats its masks), which a replayed step would not; use "
+                  "cuda_graph: false, or compile's activation_memory_budget to recompute inside a compiled step")
 
     def _check_sample_steps(self) -> None:
         """``sample.steps`` against ``diffusion.T``: a sampler whose default spacing lies on the
@@ -770,6 +810,7 @@ RESUMABLE_FIELDS = (
     "steps", "max_time", "log_every", "ckpt_every", "keep_last", "sample", "compile", "compile_options", "cuda_graph", "group_norm",
     "tensorboard", "cpu_threads", "device", "channels_last", "data.on_device", "grad_accum",
     "activation_memory_budget",  # what the backward recomputes, not what it computes
+    "activation_checkpointing", "sharding",  # alike; and how the state is laid out over processes
 )
 
 
