@@ -6,8 +6,15 @@ A run folder holds ``config.yaml``, ``log.csv``, ``samples/`` and ``checkpoints/
                                  optimizer.pt (optimizer, LR scheduler, grad scaler),
                                  rng.pt (CPU and CUDA generator states of every process),
                                  state.json (step, data-stream position, shapes, versions),
+                                 dcp/ (runs with sharding: fsdp: the sharded model, EMA and
+                                       optimizer state, torch.distributed.checkpoint's files;
+                                       optimizer.pt then holds the scheduler, scaler and the
+                                       optimizer's settings only),
                                  checksums.sha256 (a SHA-256 of each file above: `sha256sum -c`)
     checkpoints/latest           the name of the newest complete checkpoint
+
+``model.safetensors`` and ``ema.safetensors`` always hold the whole weights (a sharded run
+gathers them to process 0), so sampling, export and an unsharded resume read them alike.
 
 A checkpoint is written into a temporary folder, every file fsync'ed, then renamed into place,
 and only then does ``latest`` (replaced atomically itself) point to it. A crash at any moment
@@ -34,7 +41,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -48,8 +55,9 @@ from ..validation import is_real
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate
+from .sharding import DCP_FOLDER, is_sharded, load_full_weights
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
+__all__ = ["save_checkpoint", "new_checkpoint_folder", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
            "LoadedRun", "atomic_write", "atomic_write_text", "export_model", "EXPORT_DTYPES",
            "verify_checkpoint", "MANIFEST"]
 
@@ -57,9 +65,11 @@ LATEST = "latest"
 PREFIX = "step_"
 
 
-def _state_dict_cpu(module: nn.Module) -> dict[str, Tensor]:
+def _state_dict_cpu(weights: Union[nn.Module, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """A module's state dict (or a state dict) as CPU tensors of its own."""
     # clone: safetensors refuses tensors that share memory (tied weights) and needs contiguity
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
 def _plain_numbers(state: dict, *keys: str) -> dict:
@@ -77,12 +87,23 @@ def _plain_numbers(state: dict, *keys: str) -> dict:
     return {k: plain(v) if k in keys else v for k, v in state.items()}
 
 
+def new_checkpoint_folder(root: Union[str, Path], step: int) -> Path:
+    """A fresh temporary folder for checkpoint ``step`` in ``root`` (``.tmp-step_<step>-<random>``),
+    which :func:`save_checkpoint` (``folder=``) fills and renames into place; a sharded run's
+    processes write their shards into its ``dcp/`` first. An interrupted one is pruned later."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(
     root: Union[str, Path],
     step: int,
     *,
     config: TrainConfig,
-    model: nn.Module,
+    model: Union[nn.Module, Mapping[str, Tensor]],
     ema,
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -90,31 +111,44 @@ def save_checkpoint(
     rng: Sequence[dict],
     state: dict,
     keep_last: int = 2,
+    ema_weights: Optional[Mapping[str, Tensor]] = None,
+    folder: Optional[Path] = None,
+    sharded: bool = False,
 ) -> Path:
-    """Write checkpoint ``root/step_<step>`` atomically, point ``root/latest`` at it, prune old ones."""
+    """Write checkpoint ``root/step_<step>`` atomically, point ``root/latest`` at it, prune old ones.
+
+    ``model``: the network or its whole weights; ``ema_weights``: the EMA's whole weights
+    (default: ``ema.model``'s). ``folder``: a folder of :func:`new_checkpoint_folder` to fill
+    (default: a new one). ``sharded``: the optimizer's state lies in the folder's ``dcp/``
+    already (``sharding.save_sharded``), so optimizer.pt keeps only its settings."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = folder if folder is not None else new_checkpoint_folder(root, step)
     try:
         (tmp / "config.yaml").write_text(config_to_text(config))
         save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
-        save_file(_state_dict_cpu(ema.model), str(tmp / "ema.safetensors"))
-        torch.save({"optimizer": _plain_numbers(optimizer.state_dict(), "param_groups"),
-                    "scheduler": _plain_numbers(scheduler.state_dict(), "base_lrs", "_last_lr"),
-                    "scaler": scaler.state_dict() if scaler is not None else None},
-                   tmp / "optimizer.pt")
+        save_file(_state_dict_cpu(ema.model if ema_weights is None else ema_weights), str(tmp / "ema.safetensors"))
+        optim = _plain_numbers(optimizer.state_dict(), "param_groups")
+        saved = {"optimizer": optim,
+                 "scheduler": _plain_numbers(scheduler.state_dict(), "base_lrs", "_last_lr"),
+                 "scaler": scaler.state_dict() if scaler is not None else None}
+        if sharded:  # AdamW's moments are in dcp/; its settings (lr, betas, ...) stay for the resume's checks
+            saved["optimizer"] = {"param_groups": optim["param_groups"], "state": None}
+        torch.save(saved, tmp / "optimizer.pt")
         torch.save(list(rng), tmp / "rng.pt")
         meta = dict(state, step=step, ema={"decay": ema.decay, "warmup": ema.warmup,
                                            "num_updates": ema.num_updates},
                     torch_version=torch.__version__, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        if sharded:
+            meta["sharded_state"] = DCP_FOLDER
         (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
         _write_manifest(tmp)  # inside the temporary folder: renamed into place with the rest
-        for f in tmp.iterdir():
+        for f in _files(tmp):
             fsync_path(f)
-        fsync_path(tmp)
+        for d in [p for p in tmp.iterdir() if p.is_dir()] + [tmp]:
+            fsync_path(d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -133,7 +167,12 @@ def save_checkpoint(
 
 # ------------------------------------------------------------------ checksums
 MANIFEST = "checksums.sha256"
-_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9_.-]+)$")
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ((?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+)$")  # (dcp/ one level down)
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files of a checkpoint folder and of its sub-folders (``dcp/``), sorted."""
+    return sorted(f for f in folder.rglob("*") if f.is_file())
 
 
 def _sha256(file: Path) -> str:
@@ -147,8 +186,8 @@ def _sha256(file: Path) -> str:
 def _write_manifest(folder: Path) -> None:
     """``checksums.sha256``: a SHA-256 of every other file of the checkpoint, in the format of
     ``sha256sum`` (``cd step_N && sha256sum -c checksums.sha256`` checks it by hand)."""
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != MANIFEST)
-    (folder / MANIFEST).write_text("".join(f"{_sha256(f)}  {f.name}\n" for f in files))
+    files = [f for f in _files(folder) if f.relative_to(folder).as_posix() != MANIFEST]
+    (folder / MANIFEST).write_text("".join(f"{_sha256(f)}  {f.relative_to(folder).as_posix()}\n" for f in files))
 
 
 def _read_manifest(ck: Path) -> Optional[dict[str, str]]:
@@ -274,15 +313,17 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     return ck
 
 
-def read_checkpoint(path: Union[str, Path], verify: bool = True) -> dict:
+def read_checkpoint(path: Union[str, Path], verify: bool = True, weights: bool = True) -> dict:
     """Everything in a checkpoint, on the CPU: config, model, ema, optimizer, rng, state. Each
-    file is checked as it is parsed, then (``verify``) against its recorded SHA-256."""
+    file is checked as it is parsed, then (``verify``) against its recorded SHA-256.
+    ``weights=False`` leaves the whole weights unread (model and ema None: a sharded resume
+    reads its shards from ``dcp/`` instead)."""
     ck = resolve_checkpoint(path)
     out = {
         "path": ck,
         "config": load_config(ck / "config.yaml"),
-        "model": _read_weights(ck / "model.safetensors"),
-        "ema": _read_weights(ck / "ema.safetensors"),
+        "model": _read_weights(ck / "model.safetensors") if weights else None,
+        "ema": _read_weights(ck / "ema.safetensors") if weights else None,
         "optimizer": _read_torch(ck / "optimizer.pt"),
         "rng": _read_torch(ck / "rng.pt"),
         "state": _read_state(ck / "state.json"),
@@ -586,7 +627,11 @@ def _for_sampling(model: nn.Module, weights: dict[str, Tensor], device: Any, con
 
 def load_matching(model: nn.Module, weights: dict[str, Tensor]) -> Optional[str]:
     """``model.load_state_dict(weights)``; None, or (weights that don't fit the network) torch's
-    first difference, for an error that names the file and the fix instead of its traceback."""
+    first difference, for an error that names the file and the fix instead of its traceback.
+    A sharded network (``sharding.shard``) takes whole weights too, each process its shards
+    (every process must call it then)."""
+    if is_sharded(model):
+        return load_full_weights(model, weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

@@ -43,8 +43,8 @@ from ..devices import count_flops, resolve_device, use_cpu_threads
 from ..processes import Process
 from ..accel import set_module_forms
 from .build import build_model, build_process, check_data_range
-from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, read_checkpoint, verify_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, new_checkpoint_folder, read_checkpoint,
+                         verify_checkpoint, save_checkpoint)
 from .config import TrainConfig, config_diff, load_config
 from .lock import RunLock, RunLocked
 from .run_config import render_run_config, run_config_action
@@ -53,6 +53,8 @@ from .ema import EMA
 from .generate import class_rows, generate, save_grid
 from ..models.superres import lowres_model
 from .loss import LossFn, TrainBatch, build_loss
+from .sharding import (DCP_FOLDER, checkpoint_activations, full_weights, grad_norm, load_full_optimizer_state,
+                       load_sharded, process_mesh, save_sharded, shard)
 from .step_graph import StepGraph
 
 __all__ = ["Trainer", "train"]
@@ -120,6 +122,13 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.rank, self.world, local = _dist_env()
+        # sharding: fsdp shards over the processes of a torchrun run; one process holds the whole model
+        self.sharded = cfg.sharding == "fsdp" and self.world > 1
+        if self.sharded and cfg.distill.method is not None:
+            raise ValueError(
+                f"config field 'sharding': a distilled student ({cfg.distill.method}) starts from its teacher's "
+                "weights, loaded into the whole network, and this run would shard it over "
+                f"{self.world} processes; distil with sharding: none (the student is the teacher's size)")
         self.device = _resolve_device(cfg.device, local)
         per = cfg.batch_size // cfg.grad_accum
         if per % self.world:
@@ -185,6 +194,19 @@ class Trainer:
         model.train()
         self.model = model
         self.ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
+        # memory (training/sharding.py): after the EMA's copy, which runs no backward, and before
+        # the optimizer, since sharding replaces the parameters by DTensors of their shards
+        if cfg.activation_checkpointing:
+            checkpoint_activations(model)
+        if self.sharded:
+            mesh = process_mesh(self.device.type)
+            shard(model, mesh)
+            if not self.ema.is_model:  # the EMA's update is elementwise: shard by shard
+                shard(self.ema.model, mesh)
+        elif cfg.sharding == "fsdp":
+            self._say("note: sharding: fsdp shards the model over the processes of a torchrun run; this run has "
+                      "one, which holds the whole model (its checkpoints are a sharded run's, and resume on any "
+                      "number of processes)")
         if self.rank > 0:  # dropout masks: the network was built alike everywhere, the masks differ
             torch.manual_seed(cfg.seed * 1_000_003 + self.rank)  # (process 0's stream as in one process)
         if self.num_classes is not None and cfg.cond_drop_prob == 0 and cfg.sample.guidance != 1 \
@@ -231,7 +253,7 @@ class Trainer:
             # the coefficient tables on the device first: compiled once, and no host-to-device
             # copy inside a captured step
             cache_tables(self.device, self.x.dtype)
-        if self.world > 1:
+        if self.world > 1 and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(model, device_ids=[self.device.index] if cuda else None)
@@ -342,7 +364,8 @@ class Trainer:
             raise FileNotFoundError(
                 f"nothing to resume in {str(self.out)!r}: no checkpoints/latest; start without --resume"
             )
-        saved = read_checkpoint(ck, verify=False)  # checksums after the checks below, which say more
+        sharded_state = (ck / DCP_FOLDER).is_dir()  # (then the whole weights are not needed: dcp/ has them)
+        saved = read_checkpoint(ck, verify=False, weights=not sharded_state)  # checksums after the checks below
         self._resumed_config = saved["config"]
         diff = config_diff(saved["config"], self.cfg)
         if diff:
@@ -353,21 +376,31 @@ class Trainer:
                 "run in another output folder"
             )
         self._check_same_data(saved["state"], ck)
-        _load_matching(self.model, saved["model"], ck / "model.safetensors")
-        if not self.ema.is_model:  # ema.decay 0: the EMA weights are the model's
-            _load_matching(self.ema.model, saved["ema"], ck / "ema.safetensors")
         st = saved["state"]
-        self.ema.num_updates = st["ema"]["num_updates"]
+        if st.get("sharded_state") and not sharded_state:
+            raise FileNotFoundError(f"checkpoint folder {str(ck / DCP_FOLDER)!r} (its sharded model, EMA and optimizer "
+                                    "state) is missing; the checkpoint is incomplete: restore it, or resume from "
+                                    "another checkpoint")
         opt = saved["optimizer"]
-        _check_optimizer_state(opt["optimizer"], self.optimizer, ck / "optimizer.pt")
-        _check_optimizer_settings(opt, saved["config"], ck)
-        verify_checkpoint(ck)
-        # how AdamW runs (fused / foreach / capturable) is this run's choice, not the checkpoint's:
-        # the flags decide where the loaded step counts are placed, so set them before loading
-        now = self.optimizer.param_groups
-        for g_saved, g_now in zip(opt["optimizer"]["param_groups"], now):
-            g_saved.update({k: g_now[k] for k in ("fused", "foreach", "capturable") if k in g_now})
-        self.optimizer.load_state_dict(opt["optimizer"])
+        if sharded_state:
+            self._resume_sharded(ck, saved)
+        else:
+            _load_matching(self.model, saved["model"], ck / "model.safetensors")  # (a sharded model: its shards)
+            if not self.ema.is_model:  # ema.decay 0: the EMA weights are the model's
+                _load_matching(self.ema.model, saved["ema"], ck / "ema.safetensors")
+            _check_optimizer_state(opt["optimizer"], self.optimizer, ck / "optimizer.pt")
+            _check_optimizer_settings(opt, saved["config"], ck)
+            verify_checkpoint(ck)
+            # how AdamW runs (fused / foreach / capturable) is this run's choice, not the checkpoint's:
+            # the flags decide where the loaded step counts are placed, so set them before loading
+            now = self.optimizer.param_groups
+            for g_saved, g_now in zip(opt["optimizer"]["param_groups"], now):
+                g_saved.update({k: g_now[k] for k in ("fused", "foreach", "capturable") if k in g_now})
+            if self.sharded:  # an unsharded run's state, each process keeping its shards
+                load_full_optimizer_state(self.model, self.optimizer, opt["optimizer"])
+            else:
+                self.optimizer.load_state_dict(opt["optimizer"])
+        self.ema.num_updates = st["ema"]["num_updates"]
         self.scheduler.load_state_dict(opt["scheduler"])
         self._apply_horizon(saved["config"], int(saved["state"]["step"]))
         if self.scaler is not None and opt.get("scaler"):
@@ -383,6 +416,18 @@ class Trainer:
             self._say(f"note: resuming a {st.get('world_size', 1)}-process run on {self.world}; "
                       "batches and draws are unchanged (they are global), dropout draws are not")
         self._say(f"resuming from {ck} at step {self.step}")
+
+    def _resume_sharded(self, ck: Path, saved: dict) -> None:
+        """The model, EMA and optimizer state of a sharded checkpoint (``dcp/``), read at this
+        run's number of processes, sharded or not (torch.distributed.checkpoint reshards)."""
+        _check_optimizer_settings(saved["optimizer"], saved["config"], ck)
+        verify_checkpoint(ck)  # (every file of dcp/ too) before any of it is read
+        try:
+            load_sharded(ck / DCP_FOLDER, self.model, None if self.ema.is_model else self.ema.model, self.optimizer)
+        except Exception as err:  # noqa: BLE001 - DCP's errors (missing keys, shapes): the state is another model's
+            detail = " ".join(str(err).split())[:300]
+            raise _mismatch(ck / DCP_FOLDER, f"its sharded state does not fit the network ({type(err).__name__}: "
+                                             f"{detail})") from None
 
     def _apply_horizon(self, saved: TrainConfig, step: int) -> None:
         """A resume with another ``steps`` under a decaying LR schedule: the schedule's horizon
@@ -478,7 +523,10 @@ class Trainer:
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         for m, batch in enumerate(batches):
             sync = contextlib.nullcontext()
-            if self.world > 1 and m < A - 1:
+            # DDP averages the gradients once, after the last micro-batch; FSDP reduce-scatters
+            # after each (the sum of averaged shards is the average of sums), so no process ever
+            # holds a whole gradient
+            if self.world > 1 and not self.sharded and m < A - 1:
                 sync = self.net.no_sync()
             with sync:
                 if self._graph_replay:
@@ -492,11 +540,13 @@ class Trainer:
             total = loss.detach().float() / A if total is None else total + loss.detach().float() / A
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if cfg.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip, foreach=True)
+        if self.sharded:  # the norm over every process's shards, which each process then holds
+            norm = grad_norm(self.model.parameters(), cfg.optim.grad_clip)
+        elif cfg.optim.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip, foreach=True)
         else:  # still measured: a non-finite gradient stops the run like a non-finite loss
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -506,7 +556,7 @@ class Trainer:
             self.ema.update(self.model)
         else:
             self.ema.apply(self.model, ema_decay)
-        return total, grad_norm
+        return total, norm
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -609,7 +659,7 @@ class Trainer:
                 if at_ckpt:
                     ckpt_path = self.save()
                 every = cfg.sample.every
-                if self.is_main and ((every > 0 and self.step % every == 0) or (at_end and every >= 0)):
+                if (self.is_main or self.sharded) and ((every > 0 and self.step % every == 0) or (at_end and every >= 0)):
                     self.sample_grid(self.out / "samples" / f"step_{self.step:08d}.png")
                 pause += time.perf_counter() - t0
                 if stopped_early:
@@ -664,22 +714,54 @@ class Trainer:
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current step (process 0 writes; all wait for it)."""
         rng = self._gather_rng()
+        if self.cfg.sharding == "fsdp":
+            return self._save_sharded(rng)
         path = None
         if self.is_main:
-            state = {"world_size": self.world, "data_stream": self.batches.state(self.step),
-                     "sample_shape": list(self.sample_shape), "image_shape": list(self.image_shape),
-                     "num_classes": self.num_classes,
-                     "elapsed_s": round(time.perf_counter() - self._run_start, 3)}
             path = save_checkpoint(self.ckpt_root, self.step, config=self.cfg, model=self.model, ema=self.ema,
                                    optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                                   rng=rng, state=state, keep_last=self.cfg.keep_last)
+                                   rng=rng, state=self._checkpoint_state(), keep_last=self.cfg.keep_last)
+            self._known_checkpoint = path
+        if self.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def _checkpoint_state(self) -> dict:
+        """What state.json records of the run besides the step and the EMA (process 0)."""
+        return {"world_size": self.world, "data_stream": self.batches.state(self.step),
+                "sample_shape": list(self.sample_shape), "image_shape": list(self.image_shape),
+                "num_classes": self.num_classes, "elapsed_s": round(time.perf_counter() - self._run_start, 3)}
+
+    def _save_sharded(self, rng: list) -> Optional[Path]:
+        """A checkpoint of a run with ``sharding: fsdp`` (at any number of processes): every
+        process writes its shards of the model, EMA and optimizer state into the new checkpoint's
+        ``dcp/`` (torch.distributed.checkpoint), process 0 the whole weights (gathered from the
+        shards) and the rest, then renames the folder into place; all wait for it."""
+        folder = new_checkpoint_folder(self.ckpt_root, self.step) if self.is_main else None
+        if self.world > 1:  # (a file system the processes share, as torchrun's on one machine)
+            box = [str(folder) if folder is not None else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            folder = Path(box[0])
+        model_weights = full_weights(self.model) if self.sharded else self.model
+        ema_weights = None  # (the EMA's module itself, when it is not sharded)
+        if self.sharded:
+            ema_weights = model_weights if self.ema.is_model else full_weights(self.ema.model)
+        save_sharded(folder / DCP_FOLDER, self.model, None if self.ema.is_model else self.ema.model, self.optimizer)
+        path = None
+        if self.is_main:
+            path = save_checkpoint(self.ckpt_root, self.step, config=self.cfg, model=model_weights, ema=self.ema,
+                                   ema_weights=ema_weights, optimizer=self.optimizer, scheduler=self.scheduler,
+                                   scaler=self.scaler, rng=rng, state=self._checkpoint_state(),
+                                   keep_last=self.cfg.keep_last, folder=folder, sharded=True)
             self._known_checkpoint = path
         if self.world > 1:
             torch.distributed.barrier()
         return path
 
     def sample_grid(self, path: Union[str, Path]) -> Path:
-        """A grid from the EMA weights with the config's sample settings (a row per class)."""
+        """A grid from the EMA weights with the config's sample settings (a row per class). A
+        sharded run's processes all sample (each block's forward gathers its shards); process 0
+        writes the grid."""
         sc = self.cfg.sample
         if lowres_model(self.ema.model) is not None:
             self._say("note: no sample grid for a super-resolution model (it needs low-res images: "
@@ -701,6 +783,8 @@ class Trainer:
             self.ema.model.train(was_training)
         if images.ndim != 4:
             self._say(f"note: no sample grid for data of shape {self.sample_shape} (not images)")
+            return Path(path)
+        if not self.is_main:
             return Path(path)
         return save_grid(images, path, nrow)
 
