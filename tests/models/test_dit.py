@@ -143,6 +143,21 @@ def test_each_variant_reads_time_and_label(conditioning):
     assert not dead, f"no gradient reaches {dead}"
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONING)
+def test_from_initialisation_the_output_layer_learns(conditioning):
+    """The zero output layer gets a gradient at the first step for every variant (its input, the last
+    LayerNorm's output, must not start at zero), and one step makes the output depend on the input."""
+    torch.manual_seed(0)
+    model = DiT(**SMALL, num_classes=5, conditioning=conditioning)
+    x, t = inputs()
+    (model(x, t, torch.tensor([0, 1, 2])) - x).square().mean().backward()
+    assert model.final.linear.weight.grad.abs().max() > 1e-4
+    with torch.no_grad():
+        model.final.linear.weight -= 0.1 * model.final.linear.weight.grad
+    out = model(x, t, torch.tensor([0, 1, 2]))
+    assert (out - out.mean(0)).abs().max() > 1e-4
+
+
 def test_padded_text_tokens_are_ignored_and_text_reaches_the_output():
     torch.manual_seed(0)
     for conditioning in ("adaln_zero", "cross_attention"):

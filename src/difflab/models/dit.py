@@ -153,7 +153,9 @@ class DiTBlock(nn.Module):
 
 class FinalLayer(nn.Module):
     """LN(x) (1 + gamma) + beta (adaptive variants; a learned LayerNorm otherwise), then a linear map
-    to p^2 C_out per token; everything zero-initialised, so the output starts at zero."""
+    to p^2 C_out per token, zero-initialised (with the regression of gamma, beta), so the output starts at
+    zero. (A learned LayerNorm keeps its initial gamma = 1: were it zero too, no gradient would reach it
+    or the linear map, whose input it is.)"""
 
     def __init__(self, dim: int, out: int, adaptive: bool) -> None:
         super().__init__()
@@ -266,7 +268,7 @@ class DiT(nn.Module):
             if emb is not None:
                 nn.init.normal_(emb[1].weight, std=0.02)
                 nn.init.normal_(emb[3].weight, std=0.02)
-        zero = [self.final]
+        zero = [self.final.linear] + ([self.final.modulation[-1]] if self.final.modulation is not None else [])
         if self.guidance_embed is not None:
             zero.append(self.guidance_embed[3])  # w starts as no input (GuidanceEmbedding's rule)
         for block in self.blocks:
@@ -370,7 +372,7 @@ def dit(size: str = "S", patch_size: int = 2, **overrides) -> DiT:
 
 
 def presets() -> dict:
-    """Registry names of the presets: ``dit_s_2`` .. ``dit_xl_8`` and the CPU sizes ``dit_t_1``, ``dit_t_2``."""
+    """Registry names of the presets: ``dit_s_2`` .. ``dit_xl_8`` and the CPU size ``dit_t_1``, ``dit_t_2``, ``dit_t_4``."""
     out = {f"dit_{s.lower()}_{p}": partial(dit, s, p) for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
     out.update({f"dit_t_{p}": partial(dit, "T", p) for p in (1, 2, 4)})
     return out
