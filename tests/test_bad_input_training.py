@@ -569,3 +569,41 @@ def test_an_exported_model_with_a_damaged_config_names_the_file(tmp_path):
         with pytest.raises(ValueError, match=words) as info:
             dl.load(out)
         assert f"'config' metadata of exported model {str(out)!r}" in str(info.value)
+
+
+# ------------------------------------------------------------------ 8. sharding, activation checkpointing (issue 24)
+@pytest.mark.parametrize("overrides, words", [
+    (["sharding=zero3"], r"'sharding': got 'zero3'; choose one of none, fsdp"),
+    (["sharding=true"], r"'sharding': got True; must be one of none, fsdp"),
+    (["activation_checkpointing=1"], r"'activation_checkpointing': got 1; must be true or false"),
+    (["sharding=fsdp", "cuda_graph=true"], r"'cuda_graph': got True; cannot capture a sharded step"),
+    (["sharding=fsdp", "precision=fp16"], r"'precision': got 'fp16'; fp16's loss scaling.*use precision bf16"),
+    (["activation_checkpointing=true", "cuda_graph=true"],
+     r"'activation_checkpointing': got True; cannot be captured with cuda_graph.*generator states"),
+])
+def test_sharding_and_activation_checkpointing_are_checked_with_what_they_cannot_run_with(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        tiny(*overrides)
+
+
+def test_cli_train_refuses_a_sharded_captured_step_before_training(tmp_path, capsys):
+    save_config(tiny(), tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(run), "--quiet",
+                 "--set", "sharding=fsdp", "--set", "cuda_graph=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'cuda_graph'" in err and "sharding: fsdp" in err
+    assert not run.exists()
+
+
+def test_a_sharded_distilled_student_is_refused_before_any_process_group(tmp_path, monkeypatch):
+    """A student starts from its teacher's weights, loaded into the whole network after the
+    Trainer is built: under torchrun with sharding: fsdp that network would be sharded already.
+    The refusal comes before the process group would be started (this test starts none)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = tiny("sharding=fsdp", "distill.method=progressive", "distill.sigmas=[1.0, 0.0]")
+    with pytest.raises(ValueError, match=r"'sharding': a distilled student \(progressive\).*sharding: none"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    assert not torch.distributed.is_initialized()
+

@@ -6,21 +6,24 @@ reduce-scatters is the average of the processes' micro-batch means, and AdamW an
 elementwise on the shards. So two processes under torchrun (gloo, CPU) train like one process
 with the same global batch up to floating-point summation order (~1e-7 relative per step, as in
 test_training_ddp.py), and so does every resume across numbers of processes and layouts:
-2 -> 1, 1 -> 2 (with activation checkpointing switched on), unsharded -> sharded. One torchrun
-launch runs all the two-process trainings (about 15 s); the one-process runs are in this
-process. Activation checkpointing is checked directly: the same gradients, each block run twice.
+2 -> 1, 1 -> 2 (with activation checkpointing switched on), unsharded -> sharded; so do the
+U-Net and the DiT with checkpointed blocks. One torchrun launch runs all the two-process
+trainings (about 15 s); the one-process runs are in this process. Activation checkpointing is checked directly: the same gradients, each block run twice.
 """
 
 import copy
 import csv
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from PIL import Image
 from tiny_config import tiny
 from torch import nn
 
@@ -64,6 +67,12 @@ sharding: fsdp
 activation_checkpointing: true
 """
 
+# The DiT's transformer blocks are its FSDP units, each checkpointed: 3 steps on digits, then
+# a sample grid from the sharded EMA (every process samples, process 0 writes it).
+DIT = UNET.replace("{name: unet_tiny, kwargs: {num_classes: 10}}", "{name: dit, kwargs: {in_channels: 1, image_size: 8, "
+                   "patch_size: 2, hidden_size: 32, depth: 3, num_heads: 2, num_classes: 10}}").replace(
+    "sample: {every: -1}", "sample: {every: 0, steps: 5, per_class: 2, guidance: 2.0}")
+
 # Run under torchrun: every two-process training of this file, in one process group.
 DRIVER = """\
 import sys
@@ -83,6 +92,7 @@ runs = [
     ["--resume", "--out", str(root / "plain_to_two"), "--set", "sharding=fsdp", "--set", "steps=10",
      "--set", "grad_accum=2"],
     ["--config", str(root / "unet.yaml"), "--out", str(root / "unet_two")],
+    ["--config", str(root / "dit.yaml"), "--out", str(root / "dit_two")],
 ]
 for args in runs:
     rc = main(["train", "--quiet", *args])
@@ -135,6 +145,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharding")
     (root / "mlp.yaml").write_text(MLP)
     (root / "unet.yaml").write_text(UNET)
+    (root / "dit.yaml").write_text(DIT)
     mlp = load_config(root / "mlp.yaml")
     # one process, no accumulation: the same 32 samples per step in one batch; sharding: fsdp
     # on one process trains unsharded and writes the sharded checkpoint layout (dcp/)
@@ -142,8 +153,9 @@ def runs(tmp_path_factory):
     _copy_checkpoint(root / "one", 5, root / "one_to_two")
     _train(mlp.replace(grad_accum=1, sharding="none", steps=5), root / "plain")  # optimizer.pt layout
     _copy_checkpoint(root / "plain", 5, root / "plain_to_two")
-    _train(load_config(root / "unet.yaml").replace(sharding="none", activation_checkpointing=False),
-           root / "unet_one")
+    for name in ("unet", "dit"):
+        _train(load_config(root / f"{name}.yaml").replace(sharding="none", activation_checkpointing=False),
+               root / f"{name}_one")
 
     (root / "driver.py").write_text(DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -204,10 +216,20 @@ def test_an_unsharded_checkpoint_resumes_sharded(runs):
     assert (read_checkpoint(runs / "plain_to_two")["path"] / "dcp").is_dir()
 
 
-def test_the_unet_sharded_as_one_unit_with_checkpointed_steps_trains_as_one_process(runs):
-    assert _losses(runs / "unet_two") == pytest.approx(_losses(runs / "unet_one"), rel=1e-5)
-    _assert_same_weights(runs / "unet_one", runs / "unet_two", atol=1e-5)
-    _assert_sharded_in_halves(read_checkpoint(runs / "unet_two")["path"])
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_sharded_networks_with_checkpointed_blocks_train_as_one_process(runs, name):
+    """The U-Net (one FSDP unit, its steps checkpointed) and the DiT (each transformer block a
+    unit, checkpointed) against one unsharded process without activation checkpointing."""
+    assert _losses(runs / f"{name}_two") == pytest.approx(_losses(runs / f"{name}_one"), rel=1e-5)
+    _assert_same_weights(runs / f"{name}_one", runs / f"{name}_two", atol=1e-5)
+    _assert_sharded_in_halves(read_checkpoint(runs / f"{name}_two")["path"])
+
+
+def test_a_sharded_run_draws_its_sample_grid_from_the_sharded_ema(runs):
+    grids = [np.asarray(Image.open(runs / run / "samples" / "step_00000003.png"), dtype=np.int16)
+             for run in ("dit_one", "dit_two")]
+    assert grids[0].shape == grids[1].shape and grids[0].std() > 0
+    assert np.abs(grids[0] - grids[1]).max() <= 1  # (8-bit pixels of samples equal to ~1e-5)
 
 
 def test_a_damaged_shard_file_is_named_on_resume(runs, tmp_path):
@@ -229,6 +251,21 @@ def test_a_missing_shard_folder_is_named_on_resume(runs, tmp_path):
         Trainer(cfg, run, resume=True, progress=False)
 
 
+def test_shards_of_another_network_are_refused_naming_the_folder(runs, tmp_path):
+    """A dcp/ folder of another run's network (checksums rewritten to match, so only the fit
+    of the state is left to catch it): a ValueError naming the folder, not DCP's traceback."""
+    run = _copy_checkpoint(runs / "two", 5, tmp_path / "swapped")
+    ck = run / "checkpoints" / "step_00000005"
+    shutil.rmtree(ck / "dcp")
+    shutil.copytree(read_checkpoint(runs / "dit_two")["path"] / "dcp", ck / "dcp")
+    files = sorted(f for f in ck.rglob("*") if f.is_file() and f.name != MANIFEST)
+    (ck / MANIFEST).write_text("".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(ck).as_posix()}\n"
+                                       for f in files))
+    cfg = read_checkpoint(run, verify=False)["config"]
+    with pytest.raises(ValueError, match=r"cannot resume from .*dcp'.*its sharded state does not fit the network"):
+        Trainer(cfg, run, resume=True, progress=False)
+
+
 # ------------------------------------------------------------------ the blocks
 def test_block_units_are_the_repeated_blocks_seen_through_wrappers():
     mlp = models.build("mlp", dim=2, width=8, depth=3)
@@ -239,6 +276,8 @@ def test_block_units_are_the_repeated_blocks_seen_through_wrappers():
     assert shard_units(unet) == []  # (UNet.block_embeddings reads every block's weights at the top)
     edm = models.EDMPrecond(unet)
     assert network(edm) is unet and block_units(edm) == units
+    dit = models.build("dit_t_2", in_channels=1, image_size=8)
+    assert block_units(dit) == shard_units(dit) == list(dit.blocks)
     sr = models.build("superres", base="unet_tiny")
     assert block_units(sr) == block_units(sr.net) != []
     assert block_units(nn.Sequential(nn.Linear(2, 2))) == []
@@ -259,6 +298,8 @@ def _grads(model, x, t, cond):
 @pytest.mark.parametrize("name, kwargs, shape", [
     ("mlp", {"dim": 2, "width": 16, "depth": 3, "num_classes": 2, "dropout": 0.3}, (8, 2)),
     ("unet_tiny", {"num_classes": 2, "dropout": 0.3}, (4, 1, 8, 8)),
+    ("dit", {"in_channels": 1, "image_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 2, "num_classes": 2},
+     (4, 1, 8, 8)),
 ])
 def test_activation_checkpointing_gives_the_same_gradients_and_runs_each_block_twice(name, kwargs, shape):
     """Recomputing in the backward changes no number -- dropout included, its generator state

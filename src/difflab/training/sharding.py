@@ -238,12 +238,17 @@ def load_sharded(folder, model: nn.Module, ema_model: Optional[nn.Module], optim
     """Read what :func:`save_sharded` wrote into ``model``, ``ema_model`` and ``optimizer``, at
     any number of processes and whether or not they are sharded (DCP reshards on reading). How
     the optimizer runs (fused, foreach, capturable) stays this run's choice. Every process calls
-    it. A state that does not fit the network (another model) raises torch's error."""
+    it. A state that does not fit the network (another model's) raises ValueError with DCP's
+    first reason (a missing key, a shape)."""
     model_state, optimizer_state = get_state_dict(model, optimizer)  # (creates AdamW's moments, zero)
     state = {"model": model_state, "optimizer": optimizer_state}
     if ema_model is not None:
         state["ema"] = get_model_state_dict(ema_model)
-    _dcp(dcp.load, state, folder)
+    try:
+        _dcp(dcp.load, state, folder)
+    except dcp.CheckpointException as err:  # (a BaseException: every process's failures, with tracebacks)
+        reason = next((exc for exc, _ in err.failures.values()), err)
+        raise ValueError(f"{type(reason).__name__}: {' '.join(str(reason).split())}") from None
     for saved, now in zip(state["optimizer"]["param_groups"], optimizer.param_groups):
         saved.update({k: now[k] for k in ("fused", "foreach", "capturable") if k in now})
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

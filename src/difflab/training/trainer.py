@@ -424,10 +424,8 @@ class Trainer:
         verify_checkpoint(ck)  # (every file of dcp/ too) before any of it is read
         try:
             load_sharded(ck / DCP_FOLDER, self.model, None if self.ema.is_model else self.ema.model, self.optimizer)
-        except Exception as err:  # noqa: BLE001 - DCP's errors (missing keys, shapes): the state is another model's
-            detail = " ".join(str(err).split())[:300]
-            raise _mismatch(ck / DCP_FOLDER, f"its sharded state does not fit the network ({type(err).__name__}: "
-                                             f"{detail})") from None
+        except ValueError as err:  # (a missing key, a shape: the state is another network's)
+            raise _mismatch(ck / DCP_FOLDER, f"its sharded state does not fit the network ({str(err)[:300]})") from None
 
     def _apply_horizon(self, saved: TrainConfig, step: int) -> None:
         """A resume with another ``steps`` under a decaying LR schedule: the schedule's horizon
