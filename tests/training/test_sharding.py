@@ -6,7 +6,8 @@ reduce-scatters is the average of the processes' micro-batch means, and AdamW an
 elementwise on the shards. So two processes under torchrun (gloo, CPU) train like one process
 with the same global batch up to floating-point summation order (~1e-7 relative per step, as in
 test_training_ddp.py), and so does every resume across numbers of processes and layouts:
-2 -> 1, 1 -> 2 (with activation checkpointing switched on), unsharded -> sharded; so do the
+2 -> 1, 1 -> 2 (with activation checkpointing switched on), unsharded -> sharded, sharded ->
+DDP; so do the
 U-Net and the DiT with checkpointed blocks. One torchrun launch runs all the two-process
 trainings (about 15 s); the one-process runs are in this process. Activation checkpointing is checked directly: the same gradients, each block run twice.
 """
@@ -89,6 +90,7 @@ root = Path(sys.argv[1])
 runs = [
     ["--config", str(root / "mlp.yaml"), "--out", str(root / "two")],  # a fresh sharded run
     ["--resume", "--out", str(root / "one_to_two"), "--set", "activation_checkpointing=true"],
+    ["--resume", "--out", str(root / "one_to_ddp"), "--set", "sharding=none"],
     ["--resume", "--out", str(root / "plain_to_two"), "--set", "sharding=fsdp", "--set", "steps=10",
      "--set", "grad_accum=2"],
     ["--config", str(root / "unet.yaml"), "--out", str(root / "unet_two")],
@@ -151,6 +153,7 @@ def runs(tmp_path_factory):
     # on one process trains unsharded and writes the sharded checkpoint layout (dcp/)
     _train(mlp.replace(grad_accum=1), root / "one")
     _copy_checkpoint(root / "one", 5, root / "one_to_two")
+    _copy_checkpoint(root / "one", 5, root / "one_to_ddp")
     _train(mlp.replace(grad_accum=1, sharding="none", steps=5), root / "plain")  # optimizer.pt layout
     _copy_checkpoint(root / "plain", 5, root / "plain_to_two")
     for name in ("unet", "dit"):
@@ -207,6 +210,15 @@ def test_one_process_checkpoint_resumes_on_two_with_activation_checkpointing(run
     _assert_same_weights(runs / "one", runs / "one_to_two", atol=1e-6)
     ck = read_checkpoint(runs / "one_to_two")
     assert ck["config"].activation_checkpointing and ck["state"]["world_size"] == 2
+
+
+def test_a_sharded_checkpoint_resumes_unsharded_under_ddp(runs):
+    """dcp/ read whole by each of two DDP processes (sharding: fsdp -> none); its checkpoints are
+    then the unsharded layout again."""
+    assert _losses(runs / "one_to_ddp") == pytest.approx(_losses(runs / "one")[5:], rel=1e-5)
+    _assert_same_weights(runs / "one", runs / "one_to_ddp", atol=1e-6)
+    ck = read_checkpoint(runs / "one_to_ddp")
+    assert not (ck["path"] / "dcp").exists() and ck["optimizer"]["optimizer"]["state"]
 
 
 def test_an_unsharded_checkpoint_resumes_sharded(runs):
