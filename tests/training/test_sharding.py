@@ -7,9 +7,9 @@ elementwise on the shards. So two processes under torchrun (gloo, CPU) train lik
 with the same global batch up to floating-point summation order (~1e-7 relative per step, as in
 test_training_ddp.py), and so does every resume across numbers of processes and layouts:
 2 -> 1, 1 -> 2 (with activation checkpointing switched on), unsharded -> sharded, sharded ->
-DDP; so do the
-U-Net and the DiT with checkpointed blocks. One torchrun launch runs all the two-process
-trainings (about 15 s); the one-process runs are in this process. Activation checkpointing is checked directly: the same gradients, each block run twice.
+DDP; so do the U-Net and the DiT with checkpointed blocks. One torchrun launch runs all the
+two-process trainings (about 15 s); the one-process runs are in this process. Activation
+checkpointing is checked directly: the same gradients, each block run twice.
 """
 
 import copy
