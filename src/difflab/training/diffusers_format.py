@@ -79,6 +79,7 @@ __all__ = [
     "unet_from_diffusers_config",
     "diffusion_from_scheduler_config",
     "DiffusersUNet",
+    "Converted",
     "BLOCKS",
     "UNET_DEFAULTS",
     "SCHEDULER_DEFAULTS",
@@ -730,7 +731,12 @@ def from_diffusers(src: Union[str, Path], out: Union[str, Path], *, scheduler: U
                                  "data": {"name": "folder", "kwargs": data_kwargs}, "sample": sample})
     cfg = apply_overrides(cfg, overrides)
     net = build_model(cfg)
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:  # (an override of model.kwargs: another network than the folder's)
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(f"the converted weights do not fit the network of the run's config (a --set of "
+                         f"model.kwargs changed it?): {first}") from None
     tmp = _fresh(out)
     try:
         (tmp / "config.yaml").write_text(render_run_config(cfg))
