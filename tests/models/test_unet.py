@@ -124,6 +124,11 @@ def test_bad_input_gives_clear_errors(x, t, cond, match):
         (dict(num_res_blocks=(1, 1, 1)), "num_res_blocks"),
         (dict(dropout=1.0), "dropout"),
         (dict(num_classes=0), "num_classes"),
+        (dict(freq_shift=8), r"freq_shift=8\): freq_shift must be a number below dim / 2 = 8"),
+        (dict(norm_eps=0.0), "norm_eps must be a small positive number"),
+        (dict(norm_eps="1e-6"), "norm_eps"),
+        (dict(downsample_padding=2), "downsample_padding must be 1 .* or 0"),
+        (dict(downsample_padding=0.0), "downsample_padding"),
     ],
 )
 def test_bad_config_gives_clear_errors(kw, match):
@@ -131,19 +136,24 @@ def test_bad_config_gives_clear_errors(kw, match):
         small(**kw)
 
 
-def test_resblock_equations():
-    """Both conditionings against the formulas written out with functional ops."""
+@pytest.mark.parametrize("eps", [None, 0.5])
+def test_resblock_equations(eps):
+    """Both conditionings against the formulas written out with functional ops; the norms' eps
+    is torch's 1e-5 by default, else ``norm_eps`` (0.5: large enough that a norm left at 1e-5 shows)."""
     torch.manual_seed(0)
     x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 12)
+    gn_eps = {} if eps is None else {"eps": eps}
     for scale_shift in (False, True):
-        block = perturb(ResBlock(8, 16, 12, norm_groups=4, use_scale_shift_norm=scale_shift), scale=0.3).eval()
-        h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias)), block.conv1.weight, block.conv1.bias, padding=1)
+        block = perturb(ResBlock(8, 16, 12, norm_groups=4, use_scale_shift_norm=scale_shift,
+                                 **({} if eps is None else {"norm_eps": eps})), scale=0.3).eval()
+        h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias, **gn_eps)), block.conv1.weight,
+                     block.conv1.bias, padding=1)
         e = (F.silu(emb) @ block.emb_proj.weight.T + block.emb_proj.bias)[:, :, None, None]
         w2, b2 = block.norm2.weight, block.norm2.bias
         if scale_shift:
-            h = F.group_norm(h, 4, w2, b2) * (1 + e[:, :16]) + e[:, 16:]
+            h = F.group_norm(h, 4, w2, b2, **gn_eps) * (1 + e[:, :16]) + e[:, 16:]
         else:
-            h = F.group_norm(h + e, 4, w2, b2)
+            h = F.group_norm(h + e, 4, w2, b2, **gn_eps)
         h = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1)
         expected = F.conv2d(x, block.skip.weight, block.skip.bias) + h
         torch.testing.assert_close(block(x, F.silu(emb)), expected)
@@ -261,13 +271,17 @@ def test_resblock_resampling_equations(scale_shift):
         torch.testing.assert_close(block(x, F.silu(emb)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_equation():
-    """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads."""
+@pytest.mark.parametrize("eps", [None, 0.5])
+def test_attention_equation(eps):
+    """Multi-head softmax(q k^T / sqrt(d)) v over positions, against an explicit loop over heads;
+    the norm's eps torch's 1e-5 by default, else ``norm_eps``."""
     torch.manual_seed(0)
     C, heads = 8, 2
-    attn = perturb(AttentionBlock(C, num_heads=heads, norm_groups=2), scale=0.3)
+    attn = perturb(AttentionBlock(C, num_heads=heads, norm_groups=2, **({} if eps is None else {"norm_eps": eps})),
+                   scale=0.3)
     x = torch.randn(2, C, 3, 5)
-    tokens = F.group_norm(x, 2, attn.norm.weight, attn.norm.bias).flatten(2).transpose(1, 2)  # [B, N, C]
+    gn_eps = {} if eps is None else {"eps": eps}
+    tokens = F.group_norm(x, 2, attn.norm.weight, attn.norm.bias, **gn_eps).flatten(2).transpose(1, 2)  # [B, N, C]
     Wq, Wk, Wv = attn.qkv.weight.view(3, heads, C // heads, C)
     bq, bk, bv = attn.qkv.bias.view(3, heads, C // heads)
     outs = []
@@ -278,6 +292,79 @@ def test_attention_equation():
     out = torch.cat(outs, dim=-1) @ attn.proj.weight.T + attn.proj.bias  # [B, N, C]
     expected = x + out.transpose(1, 2).reshape(x.shape)
     torch.testing.assert_close(attn(x), expected)
+
+
+def strided_conv_taps(x, weight, bias, padding):
+    """y[b, o, i, j] = bias_o + sum_{c,k,l} W[o, c, k, l] x[b, c, 2i + k - p, 2j + l - p], with x zero
+    outside the image: padding 1 reads rows 2i-1 .. 2i+1, padding 0 rows 2i .. 2i+2 (written tap by tap)."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (1, 1, 1, 1))  # xp[a + 1] = x[a]; zeros at a = -1 and a = H
+    y = bias[None, :, None, None].expand(B, -1, H // 2, W // 2).clone()
+    for k in range(3):
+        for l in range(3):
+            rows, cols = k + 1 - padding, l + 1 - padding
+            y += torch.einsum("oc,bchw->bohw", weight[:, :, k, l], xp[:, :, rows:rows + H:2, cols:cols + W:2])
+    return y
+
+
+@pytest.mark.parametrize("padding", [1, 0])
+def test_downsample_padding_is_the_stated_rule(padding):
+    """Downsample(padding=1): zeros on every side; padding=0: zeros right and bottom only (TF's
+    "SAME" for stride 2, the original DDPM code), which is diffusers' Downsample2D(padding=0): the
+    tap-by-tap formula, diffusers' module with the same weights, and the two paddings differ."""
+    g = torch.Generator().manual_seed(0)
+    down = perturb(dl.models.unet.Downsample(4, padding=padding), scale=0.3).double()
+    x = torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = down(x)
+    assert y.shape == (2, 4, 3, 4)
+    torch.testing.assert_close(y, strided_conv_taps(x, down.conv.weight, down.conv.bias, padding), rtol=1e-12,
+                               atol=1e-12)
+    other = strided_conv_taps(x, down.conv.weight, down.conv.bias, 1 - padding)
+    assert (y - other).abs().max() > 0.1
+    downsampling = pytest.importorskip("diffusers.models.downsampling")  # the test extra
+    theirs = downsampling.Downsample2D(4, use_conv=True, out_channels=4, padding=padding).double()
+    theirs.conv.load_state_dict(down.conv.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), y, rtol=0, atol=0)
+
+
+def test_original_ddpm_options_reach_every_module_and_the_config():
+    """freq_shift, norm_eps and downsample_padding (the original DDPM code's 1, 1e-6, 0): every
+    GroupNorm (residual blocks', attention's, the output's) has the eps, every strided convolution
+    the padding, the time features the frequencies; the config records them and rebuilds the net."""
+    kw = dict(attention_levels=(1,), channel_mult=(1, 2, 2), freq_shift=1, norm_eps=1e-6, downsample_padding=0)
+    model = small(**kw)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    attention = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    assert len(attention) == 4 and len(norms) == 2 * len(model.res_blocks()) + len(attention) + 1
+    assert {m.eps for m in norms} == {1e-6}
+    downs = [m for m in model.down if isinstance(m, dl.models.unet.Downsample)]
+    assert len(downs) == 2 and all(d.padding == 0 and d.conv.padding == (0, 0) for d in downs)
+    assert torch.equal(model.time_embed[0].freqs, dl.models.SinusoidalEmbedding(16, freq_shift=1).freqs)
+    assert {k: model.config[k] for k in ("freq_shift", "norm_eps", "downsample_padding")} == \
+        {"freq_shift": 1, "norm_eps": 1e-6, "downsample_padding": 0}
+    torch.manual_seed(0)
+    again = UNet(**model.config)
+    perturb(model), perturb(again)
+    x, t = inputs(H=16, W=8)
+    assert torch.equal(model(x, t), again(x, t))
+
+
+@pytest.mark.parametrize("kw", [dict(attention_levels=(1,)), dict(resample="resblock", use_scale_shift_norm=True),
+                                dict(resample="interp", num_classes=3)])
+def test_the_new_options_at_their_defaults_change_nothing(kw):
+    """A U-Net given freq_shift=0, norm_eps=1e-5, downsample_padding=1 is the U-Net built without
+    them: the same parameters and bit-identical outputs; its norms are torch's GroupNorm defaults
+    and its strided convolutions pad every side, as before the options existed."""
+    plain = perturb(small(**kw))
+    given = perturb(small(**kw, freq_shift=0, norm_eps=1e-5, downsample_padding=1))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), given.state_dict().values()))
+    x, t = inputs()
+    assert torch.equal(plain(x, t), given(x, t))
+    assert {m.eps for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)} == {torch.nn.GroupNorm(1, 1).eps}
+    assert all(m.conv.padding == (1, 1) for m in plain.modules()
+               if isinstance(m, dl.models.unet.Downsample) and m.conv is not None)
 
 
 def test_gradient_reaches_every_parameter():

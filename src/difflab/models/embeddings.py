@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..validation import positive_int
+from ..validation import is_real, positive_int
 
 __all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "GuidanceEmbedding", "LabelEmbedding", "batch_timesteps"]
 
@@ -28,21 +28,31 @@ def batch_timesteps(t, x: Tensor) -> Tensor:
 
 
 class SinusoidalEmbedding(nn.Module):
-    """emb(t)_i = sin(t w_i), emb(t)_{i+d/2} = cos(t w_i), w_i = max_period^(-i / (d/2))  (Vaswani et al. 2017).
+    """emb(t)_i = sin(t w_i), emb(t)_{i+h} = cos(t w_i), w_i = max_period^(-i / (h - freq_shift)),
+    h = dim / 2, i = 0 .. h-1  (Vaswani et al. 2017).
 
-    Continuous in t, so integer timesteps and fractional ones (between grid steps) embed alike.
+    ``freq_shift`` = 0 (the default) spaces the h frequencies from 1 down to max_period^(-(h-1)/h);
+    the original DDPM code (Ho et al. 2020, TensorFlow) divides by h - 1, so its lowest frequency
+    is exactly 1 / max_period: ``freq_shift=1`` (diffusers' ``downscale_freq_shift``, its
+    UNet2DModel's ``freq_shift``). Continuous in t, so integer timesteps and fractional ones
+    (between grid steps) embed alike.
     """
 
-    def __init__(self, dim: int, max_period: float = 10000.0) -> None:
+    def __init__(self, dim: int, max_period: float = 10000.0, freq_shift: float = 0) -> None:
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"sinusoidal embedding dim must be an even number >= 2, got {dim}")
-        self.dim, self.max_period = dim, max_period
+        if not is_real(freq_shift) or not math.isfinite(freq_shift) or freq_shift >= dim // 2:
+            raise ValueError(f"freq_shift must be a number below dim / 2 = {dim // 2} (the frequencies' "
+                             f"denominator dim / 2 - freq_shift must be positive; 0: difflab's default, 1: the "
+                             f"original DDPM code's), got {freq_shift!r}")
+        self.dim, self.max_period, self.freq_shift = dim, max_period, freq_shift
         self.register_buffer("freqs", self._frequencies(None), persistent=False)  # (None: the default device)
 
     def _frequencies(self, device: Optional[torch.device]) -> Tensor:
         half = self.dim // 2
-        return torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
+        steps = torch.arange(half, dtype=torch.float32, device=device)
+        return torch.exp(-math.log(self.max_period) * steps / (half - self.freq_shift))
 
     def _apply(self, fn, recurse: bool = True):
         """Conversions (``model.to(torch.bfloat16)``, ``.half()``) keep the frequencies float32 (or
@@ -60,11 +70,13 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class TimestepEmbedding(nn.Sequential):
-    """Sinusoidal features, then Linear-SiLU-Linear (the DDPM / ADM time MLP)."""
+    """Sinusoidal features (:class:`SinusoidalEmbedding`, with its ``freq_shift``), then
+    Linear-SiLU-Linear (the DDPM / ADM time MLP)."""
 
-    def __init__(self, dim: int, freq_dim: Optional[int] = None) -> None:
+    def __init__(self, dim: int, freq_dim: Optional[int] = None, freq_shift: float = 0) -> None:
         freq_dim = freq_dim or dim
-        super().__init__(SinusoidalEmbedding(freq_dim), nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        super().__init__(SinusoidalEmbedding(freq_dim, freq_shift=freq_shift), nn.Linear(freq_dim, dim), nn.SiLU(),
+                         nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
         sinusoid, fc1, act, fc2 = self

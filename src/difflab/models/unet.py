@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..validation import is_int, positive_int
+from ..validation import is_int, is_real, positive_int
 from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps
 from .norm import GroupNorm
 
@@ -79,7 +79,7 @@ class ResBlock(nn.Module):
 
     ``forward(x, emb_act)`` takes the already activated embedding SiLU(emb), shared by all blocks;
     or ``forward(x, e=...)`` the block's projection :meth:`embedding` computed already (the U-Net
-    computes every block's in one matrix product).
+    computes every block's in one matrix product). ``norm_eps`` is both norms' eps.
     """
 
     def __init__(
@@ -91,15 +91,16 @@ class ResBlock(nn.Module):
         norm_groups: int = 32,
         use_scale_shift_norm: bool = False,
         resample: Optional[str] = None,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         norm_groups = positive_int("norm_groups", norm_groups)
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = resample
-        self.norm1 = GroupNorm(norm_groups, in_channels)
+        self.norm1 = GroupNorm(norm_groups, in_channels, eps=norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if use_scale_shift_norm else 1))
-        self.norm2 = GroupNorm(norm_groups, out_channels)
+        self.norm2 = GroupNorm(norm_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -149,14 +150,15 @@ class AttentionBlock(nn.Module):
 
     softmax(q k^T / sqrt(d)) v per head by ``F.scaled_dot_product_attention`` (flash / memory
     efficient kernels on a GPU). The positions are the tokens: for a channels_last input the
-    [B, H*W, C] token matrix is a view, no copy. W_o is zero-initialised (ADM).
+    [B, H*W, C] token matrix is a view, no copy. W_o is zero-initialised (ADM). ``norm_eps``: the
+    GroupNorm's eps.
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32) -> None:
+    def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32, norm_eps: float = 1e-5) -> None:
         super().__init__()
         norm_groups = positive_int("norm_groups", norm_groups)
         self.num_heads = num_heads
-        self.norm = GroupNorm(norm_groups, channels)
+        self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = _zero(nn.Linear(channels, channels))
 
@@ -170,15 +172,38 @@ class AttentionBlock(nn.Module):
         return x + a.transpose(1, 2).reshape(B, C, H, W)
 
 
-class Downsample(nn.Module):
-    """Halve H and W: a 3x3 convolution with stride 2 (``with_conv``), else 2x2 average pooling."""
+DOWNSAMPLE_PADDINGS = (1, 0)
 
-    def __init__(self, channels: int, with_conv: bool = True) -> None:
+
+class Downsample(nn.Module):
+    """Halve H and W: a 3x3 convolution with stride 2 (``with_conv``), else 2x2 average pooling.
+
+    ``padding`` places the convolution's zeros on an even H x W input (output H/2 x W/2 either way):
+
+    - 1 (difflab's default, as in ADM): one row and column of zeros on every side; output
+      pixel (i, j) reads input rows and columns 2i-1 .. 2i+1, 2j-1 .. 2j+1;
+    - 0 (the original DDPM code, TensorFlow's "SAME" for stride 2, diffusers'
+      ``downsample_padding=0``): zeros on the right and bottom only, ``F.pad(x, (0, 1, 0, 1))`` then
+      no padding; output pixel (i, j) reads rows and columns 2i .. 2i+2, 2j .. 2j+2. TF splits
+      the padding a stride needs as (total // 2, total - total // 2), here (0, 1).
+
+    The two differ by a one-pixel shift of the sampling grid: another function of the same weights.
+    """
+
+    def __init__(self, channels: int, with_conv: bool = True, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else None
+        if not is_int(padding) or padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be 1 (zeros on every side: difflab's default) or 0 (zeros "
+                             f"on the right and bottom only: the original DDPM / TensorFlow code), got {padding!r}")
+        self.padding = int(padding)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=self.padding) if with_conv else None
 
     def forward(self, x: Tensor, emb_act: Optional[Tensor] = None) -> Tensor:
-        return self.conv(x) if self.conv is not None else _down(x)
+        if self.conv is None:
+            return _down(x)
+        if self.padding == 0:  # TF "SAME": the stride's one row and column of zeros after the image
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
 
 
 class Upsample(nn.Module):
@@ -273,6 +298,16 @@ class UNet(nn.Module):
             ``cond=None`` means the null label. None: unconditional (labels are rejected).
         norm_groups: GroupNorm groups; must divide every channel count.
         emb_dim: width of the time embedding; defaults to 4 * channels (DDPM).
+        guidance_embed: the guidance scale as a network input (a guided distillation student).
+        freq_shift: the time features' frequencies are 10000^(-i / (channels/2 - freq_shift))
+            (:class:`~difflab.models.SinusoidalEmbedding`); 0, or 1 as in the original DDPM code.
+        norm_eps: the eps of every GroupNorm (the original DDPM code's: 1e-6; torch's: 1e-5).
+        downsample_padding: the strided downsampling convolution's padding (``resample="conv"``):
+            1, every side; 0, right and bottom only, as in the original DDPM code (:class:`Downsample`).
+
+    The last three exist for the original DDPM checkpoints (converted to diffusers as
+    google/ddpm-cifar10-32 and its siblings: freq_shift 1, norm_eps 1e-6, downsample_padding 0);
+    their defaults are difflab's own and ADM's.
     """
 
     def __init__(
@@ -295,6 +330,9 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         emb_dim: Optional[int] = None,
         guidance_embed: bool = False,
+        freq_shift: float = 0,
+        norm_eps: float = 1e-5,
+        downsample_padding: int = 1,
     ) -> None:
         super().__init__()
         self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
@@ -327,6 +365,14 @@ class UNet(nn.Module):
         if emb_dim is not None:
             emb_dim = positive_int("emb_dim", emb_dim)
         norm_groups = positive_int("norm_groups", norm_groups)
+        if not is_real(norm_eps) or not 0 < norm_eps < 1:
+            raise ValueError(f"norm_eps must be a small positive number (the GroupNorms' eps: 1e-5 by default, 1e-6 "
+                             f"in the original DDPM code), got {norm_eps!r}")
+        if not is_int(downsample_padding) or downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be 1 (zeros on every side: difflab's default) or 0 (zeros on "
+                             f"the right and bottom only: the original DDPM / TensorFlow code), got "
+                             f"{downsample_padding!r}")
+        norm_eps = float(norm_eps)
         if not isinstance(resample, str) or resample not in RESAMPLE_MODES:
             raise ValueError(f"resample must be one of {', '.join(RESAMPLE_MODES)}, got {resample!r}")
         if image_size is not None:
@@ -351,7 +397,10 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
         self.num_levels, self.num_classes = levels, num_classes
         self.attention_levels = attention_levels
-        self.time_embed = TimestepEmbedding(emb_dim, freq_dim=channels)
+        try:
+            self.time_embed = TimestepEmbedding(emb_dim, freq_dim=channels, freq_shift=freq_shift)
+        except ValueError as err:  # (the embedding's own message names its width, channels)
+            raise ValueError(f"UNet(channels={channels}, freq_shift={freq_shift!r}): {err}") from None
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
         if not isinstance(guidance_embed, bool):
             raise ValueError(f"guidance_embed must be true or false, got {guidance_embed!r}")
@@ -362,10 +411,10 @@ class UNet(nn.Module):
         self.guidance_embed = GuidanceEmbedding(emb_dim, freq_dim=channels) if guidance_embed else None
 
         def res(cin: int, cout: int, resample_: Optional[str] = None) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, norm_groups, use_scale_shift_norm, resample_)
+            return ResBlock(cin, cout, emb_dim, dropout, norm_groups, use_scale_shift_norm, resample_, norm_eps)
 
         def step(cin: int, cout: int, level: int) -> _ResAttn:
-            attn = AttentionBlock(cout, heads[cout], norm_groups) if level in attention_levels else None
+            attn = AttentionBlock(cout, heads[cout], norm_groups, norm_eps) if level in attention_levels else None
             return _ResAttn(res(cin, cout), attn)
 
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -381,11 +430,11 @@ class UNet(nn.Module):
                 if resample == "resblock":
                     self.down.append(res(ch, ch, "down"))
                 else:
-                    self.down.append(Downsample(ch, with_conv=resample == "conv"))
+                    self.down.append(Downsample(ch, with_conv=resample == "conv", padding=downsample_padding))
                 skips.append(ch)
 
         self.mid_res1 = res(ch, ch)
-        self.mid_attn = AttentionBlock(ch, heads[ch], norm_groups) if mid_attention else None
+        self.mid_attn = AttentionBlock(ch, heads[ch], norm_groups, norm_eps) if mid_attention else None
         self.mid_res2 = res(ch, ch)
 
         self.up = nn.ModuleList()
@@ -401,7 +450,7 @@ class UNet(nn.Module):
                     self.up.append(Upsample(ch, with_conv=resample == "conv"))
         assert not skips
 
-        self.norm_out = GroupNorm(norm_groups, ch)
+        self.norm_out = GroupNorm(norm_groups, ch, eps=norm_eps)
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @staticmethod
