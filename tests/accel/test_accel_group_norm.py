@@ -18,10 +18,10 @@ def x():
     return (torch.randn(3, 16, 5, 7, generator=g) * 2 + 1).contiguous(memory_format=torch.channels_last)
 
 
-def small_unet() -> UNet:
+def small_unet(**kw) -> UNet:
     torch.manual_seed(0)
     net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-               image_size=8, norm_groups=4)
+               image_size=8, norm_groups=4, **kw)
     for p in net.parameters():  # zero-initialised output convolutions would hide the blocks
         if not p.any():
             p.data.normal_(0, 0.1)
@@ -149,6 +149,24 @@ def test_unet_with_nhwc_group_norm_computes_the_same_function():
         want = net(x, t)
         set_group_norm(net, "always")
         got = net(x, t)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_nhwc_group_norm_keeps_the_models_norm_eps():
+    """A U-Net built with norm_eps (0.5: a norm computed at torch's 1e-5 would show; the original
+    DDPM code's is 1e-6) keeps it in every swapped norm: the same output as torch's kernel, and
+    not the output of the same weights at eps 1e-5."""
+    net = small_unet(norm_eps=0.5).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([3, 500])
+    with torch.no_grad():
+        want = net(x, t)
+        other = small_unet().to(memory_format=torch.channels_last)(x, t)  # (the same weights, eps 1e-5)
+        assert (want - other).abs().max() > 1e-2
+        set_group_norm(net, "always")
+        got = net(x, t)
+    assert {type(m) for m in net.modules() if isinstance(m, GroupNorm)} == {NHWCGroupNorm}
+    assert {m.eps for m in net.modules() if isinstance(m, GroupNorm)} == {0.5}
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

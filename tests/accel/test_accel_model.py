@@ -112,6 +112,25 @@ def test_accelerate_swaps_modules_and_keeps_the_state_dict(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_the_module_swaps_keep_the_original_ddpm_options(monkeypatch):
+    """A U-Net with the original DDPM code's options (freq_shift 1, downsample_padding 0; norm_eps
+    0.5 so that a norm computed at 1e-5 would show) accelerated with every module swap on the CPU
+    (NHWC norms, the sub-pixel upsampling forced at this size, channel-padded convolutions):
+    the same function as the plain network."""
+    monkeypatch.setattr(upsample_mod, "FOLDED_MIN_WORK", 0)
+    options = dict(freq_shift=1, downsample_padding=0, norm_eps=0.5)
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 700])
+    with torch.no_grad():
+        want = net(**options)(x, t)
+        assert (want - net()(x, t)).abs().max() > 1e-2  # (the options change the function)
+        model = net(**options)
+        fast = dl.accel.accelerate(model, channels_last=True, group_norm="always", upsample="subpixel")
+        got = fast(x, t)
+    assert {m.eps for m in model.modules() if isinstance(m, GroupNorm)} == {0.5}
+    assert any(type(m) is FoldedUpsample for m in model.modules())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("group_norm", ["always", "triton"])
 def test_an_accelerated_model_copies_and_pickles(group_norm):
     """The swapped classes deep-copy, pickle and torch.save (the trainer's EMA copies its model):

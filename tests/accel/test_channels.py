@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import difflab as dl
+from difflab.accel import channels
 from difflab.accel.channels import PaddedConv2d, conv_padded_channels, pad_channels
-from difflab.models.unet import UNet
+from difflab.models.unet import Downsample, UNet
 
 
 @pytest.mark.parametrize("c_in,c_out", [(3, 16), (16, 3), (1, 1), (8, 16)])
@@ -63,6 +64,25 @@ def test_pad_channels_swaps_the_convolutions_whose_counts_are_not_multiples():
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="multiple must be a positive integer"):
             pad_channels(unpadded, bad)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_a_padded_downsampling_convolution_keeps_its_padding(padding, monkeypatch):
+    """Downsample(padding=0) pads x right and bottom and convolves without padding (the original
+    DDPM code's rule): its 3-channel convolution swapped for PaddedConv2d, computed in the padded
+    form (forced, as on CUDA), keeps the layer's padding: the same function, float64."""
+    torch.manual_seed(0)
+    down = Downsample(3, padding=padding).double()
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    with torch.no_grad():
+        want = down(x)
+        assert pad_channels(down) == 1 and type(down.conv) is PaddedConv2d
+        forced = []
+        monkeypatch.setattr(channels, "conv_padded_channels", lambda x_, conv, multiple=8: forced.append(conv)
+                            or conv_padded_channels(x_, conv, multiple, force=True))
+        got = down(x)
+    assert forced == [down.conv] and down.conv.padding == (padding, padding)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's convolutions need a GPU")

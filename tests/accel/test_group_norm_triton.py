@@ -286,10 +286,10 @@ def test_bf16_input_gives_bf16_output_within_its_rounding():
     torch.testing.assert_close(y.double(), definition(x, 32, w, b, silu=True), rtol=2e-2, atol=2e-2)
 
 
-def tiny_unet(scale_shift: bool) -> UNet:
+def tiny_unet(scale_shift: bool, **kw) -> UNet:
     torch.manual_seed(0)
     net = UNet(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-               image_size=8, norm_groups=4, use_scale_shift_norm=scale_shift)
+               image_size=8, norm_groups=4, use_scale_shift_norm=scale_shift, **kw)
     for p in net.parameters():  # zero-initialised output convolutions would hide the blocks
         if not p.any():
             p.data.normal_(0, 0.1)
@@ -325,6 +325,21 @@ def test_unet_samples_the_same_with_the_kernels(scale_shift, kernel_calls):
         assert set_group_norm(net, "triton") == len(norms(net))
         got = net(x, t)
     assert all(type(m) is TritonGroupNorm for m in norms(net)) and net.state_dict().keys() == keys
+    assert len(kernel_calls) == len(norms(net))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernels_take_the_models_norm_eps(kernel_calls):
+    """A U-Net built with norm_eps = 0.5 (a kernel at torch's 1e-5 would show; the original DDPM
+    code's eps is 1e-6): every norm's kernel call computes with it, torch's output."""
+    net = tiny_unet(False, norm_eps=0.5)
+    x = nhwc(2, 3, 8, 8)
+    t = torch.tensor([3, 700], device=DEVICE)
+    with torch.no_grad():
+        want = net(x, t)
+        assert (want - tiny_unet(False)(x, t)).abs().max() > 1e-2  # (the same weights at eps 1e-5)
+        set_group_norm(net, "triton")
+        got = net(x, t)
     assert len(kernel_calls) == len(norms(net))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
