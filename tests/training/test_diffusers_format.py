@@ -30,13 +30,23 @@ logging.getLogger("diffusers").setLevel(logging.ERROR)  # (accelerate's absence,
 
 SMALL = dict(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4,
              down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-# DDPM's CIFAR-10 network as google/ddpm-cifar10-32's config.json describes it (35.7M parameters)
-CIFAR10 = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2, attention_head_dim=None,
-               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-               up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-               flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0)
-# ... with the three options difflab's U-Net lacks set to its own (refused as they are: test below)
-CIFAR10_DIFFLAB = {**CIFAR10, "freq_shift": 0, "norm_eps": 1e-5, "downsample_padding": 1}
+# google/ddpm-cifar10-32's unet/config.json and scheduler/scheduler_config.json as published (typed in,
+# not downloaded): DDPM's CIFAR-10 network (35.7M parameters) converted from the TensorFlow code, hence
+# freq_shift 1, norm_eps 1e-6 and downsample_padding 0 (zeros right and bottom only)
+CIFAR10_CONFIG = {
+    "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
+    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"], "downsample_padding": 0,
+    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
+CIFAR10_SCHEDULER = {
+    "_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02, "beta_schedule": "linear",
+    "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None,
+    "variance_type": "fixed_large",
+}
+CIFAR10 = {k: v for k, v in CIFAR10_CONFIG.items() if not k.startswith("_")}  # UNet2DModel's arguments
 
 
 def random_unet(seed: int = 0, **config):
@@ -70,6 +80,9 @@ NETWORKS = {
     "down+attn, flipped time features, heads of 8": dict(SMALL),
     "scale-shift, class labels, unflipped": dict(SMALL, resnet_time_scale_shift="scale_shift", attn_norm_num_groups=4,
                                                  num_class_embeds=5, flip_sin_to_cos=False),
+    # (norm_eps 0.1: a GroupNorm left at 1e-5 shows, where 1e-6 -> 1e-5 moves outputs by ~1e-6 only)
+    "the original DDPM code's options: freq_shift 1, right/bottom padding; norm_eps 0.1": dict(
+        SMALL, freq_shift=1, downsample_padding=0, norm_eps=0.1, flip_sin_to_cos=False),
     "resnet resampling, 3 levels, attention at 8x8, one head": dict(
         sample_size=(8, 16), in_channels=2, out_channels=3, block_out_channels=(8, 16, 16), layers_per_block=2,
         down_block_types=("AttnDownBlock2D", "ResnetDownsampleBlock2D", "DownBlock2D"),
@@ -102,20 +115,32 @@ def test_converted_network_gives_diffusers_outputs(name, tmp_path):
 
 
 def test_ddpm_cifar10_network(tmp_path):
-    """DDPM's CIFAR-10 architecture (35.7M parameters) as a UNet2DModel, with difflab's GroupNorm eps,
-    padding and time frequencies: the same network as difflab's unet_cifar10, the same outputs."""
-    net = random_unet(**CIFAR10_DIFFLAB)
-    folder = pipeline_folder(tmp_path / "pipe", net, diffusers.DDPMScheduler())
-    run = dl.load(from_diffusers(folder, tmp_path / "run").out)
-    ours = dl.models.unet_cifar10()
+    """google/ddpm-cifar10-32's configuration (35.7M parameters; random weights): difflab's
+    unet_cifar10 with the original DDPM code's options freq_shift 1, norm_eps 1e-6 and
+    downsample_padding 0, and diffusers' outputs. Without the options the same weights compute
+    another function (so the comparison sees them)."""
+    net = random_unet(**CIFAR10)
+    folder = pipeline_folder(tmp_path / "pipe", net)
+    (folder / "unet" / "config.json").write_text(json.dumps(CIFAR10_CONFIG))  # the published files themselves
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(CIFAR10_SCHEDULER))
+    converted = from_diffusers(folder, tmp_path / "run")
+    assert any("variance='beta'" in n for n in converted.notes)  # (fixed_large: an argument of dl.sample)
+    run = dl.load(converted.out)
+    kwargs = run.config.model.kwargs
+    assert (kwargs["freq_shift"], kwargs["norm_eps"], kwargs["downsample_padding"]) == (1, 1e-6, 0)
+    ours = dl.models.unet_cifar10(dropout=0.0)
     shapes = {k: v.shape for k, v in ours.state_dict().items()}
     assert {k: v.shape for k, v in run.ema_model.state_dict().items()} == shapes
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in net.parameters())
     x, t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.tensor([517])
     with torch.no_grad():
+        theirs = net(x, t).sample
         # float32: 35.7M parameters summed in other orders (difflab adds conv1's bias to the embedding)
-        torch.testing.assert_close(run.ema_model(x, t), net(x, t).sample, rtol=1e-5, atol=1e-5)
-        # float64, at t = 0 (where diffusers' float32 time features are exact): the same function to rounding
+        torch.testing.assert_close(run.ema_model(x, t), theirs, rtol=1e-5, atol=1e-5)
+        ours.load_state_dict(run.ema_model.state_dict())  # difflab's defaults: another function
+        assert (ours.eval()(x, t) - theirs).abs().max() > 1e-2
+        # float64, at t = 0 (where diffusers' float32 time features are exact): the same function to
+        # rounding (norm_eps 1e-5 instead of 1e-6 alone would move it by ~1e-6)
         ours, theirs = run.ema_model.double(), net.double()
         assert (ours(x.double(), t * 0) - theirs(x.double(), t * 0).sample).abs().max() < 1e-10
 
@@ -236,9 +261,9 @@ def test_refusals_name_the_option():
     cases = {
         "CrossAttnDownBlock2D": dict(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D"]),
         "SkipUpBlock2D": dict(up_block_types=["AttnUpBlock2D", "SkipUpBlock2D"]),
-        "freq_shift = 1": dict(freq_shift=1),
-        "norm_eps = 1e-06": dict(norm_eps=1e-6),
-        "downsample_padding = 0": dict(downsample_padding=0),
+        "freq_shift = 8": dict(freq_shift=8),  # (h = 16 / 2: no frequencies)
+        "norm_eps = 0": dict(norm_eps=0),
+        "downsample_padding = 2": dict(downsample_padding=2),
         "mid_block_scale_factor": dict(mid_block_scale_factor=2),
         "time_embedding_type = 'fourier'": dict(time_embedding_type="fourier"),
         "class_embed_type = 'timestep'": dict(class_embed_type="timestep"),
@@ -252,8 +277,8 @@ def test_refusals_name_the_option():
     for words, change in cases.items():
         with pytest.raises(ValueError, match=f"cannot convert: .*{words}"):
             unet_from_diffusers_config({**base, **change})
-    with pytest.raises(ValueError, match="freq_shift = 1"):  # the original DDPM checkpoints' first refusal
-        unet_from_diffusers_config(dict(CIFAR10, _class_name="UNet2DModel"))
+    with pytest.raises(ValueError, match="center_input_sample = True"):  # (the original DDPM checkpoints convert)
+        unet_from_diffusers_config(dict(CIFAR10_CONFIG, center_input_sample=True))
     ddpm = dict(SCHEDULER_DEFAULTS["DDPMScheduler"], _class_name="DDPMScheduler")
     for words, change in {"prediction_type = 'flow'": dict(prediction_type="flow"),
                           "beta_schedule = 'laplace'": dict(beta_schedule="laplace"),

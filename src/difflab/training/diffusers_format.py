@@ -13,10 +13,9 @@ DDPM / ADM U-Net, so the conversion is a renaming of the state dict plus three e
 - **time features**: diffusers' ``Timesteps`` gives [cos, sin] when ``flip_sin_to_cos`` (its
   default) and [sin, cos] otherwise, at frequencies w_i = exp(-ln(10000) i / (h - freq_shift)),
   h = half the width; difflab's :class:`~difflab.models.SinusoidalEmbedding` gives [sin, cos] at
-  w_i = exp(-ln(10000) i / h). A flip is undone exactly by swapping the two halves of the input
-  columns of the first time-MLP layer (W [cos, sin]^T = [W_sin, W_cos] [sin, cos]^T). A
-  ``freq_shift`` != 0 (the original DDPM code's h - 1) changes the frequencies themselves, which no
-  weight can undo: refused.
+  the same frequencies (the U-Net's ``freq_shift``). A flip is undone exactly by swapping the two
+  halves of the input columns of the first time-MLP layer (W [cos, sin]^T = [W_sin, W_cos]
+  [sin, cos]^T).
 - **attention**: diffusers' separate to_q, to_k, to_v (older files: query, key, value, proj_attn)
   are difflab's fused ``qkv`` stacked [W_q; W_k; W_v]; heads split each the same way (h d + j).
 - **class labels**: diffusers' ``num_class_embeds`` = K labels 0..K-1; difflab adds the null label
@@ -26,12 +25,16 @@ DDPM / ADM U-Net, so the conversion is a renaming of the state dict plus three e
   exact. A diffusers model read in has no null label: its row K is zero (the network then sees the
   time embedding alone), and guidance of such a model is reported as untrained.
 
+The original DDPM checkpoints (google/ddpm-cifar10-32 and its siblings, converted from the
+TensorFlow code) set ``freq_shift: 1``, ``norm_eps: 1e-6`` and ``downsample_padding: 0`` (zeros
+on the right and bottom of the strided convolution's input only): difflab's U-Net takes all three
+as options of the same names, and both directions carry them.
+
 What difflab's U-Net cannot compute is refused by name with the fix, before anything is written
 (:data:`BLOCKS` lists the block types it maps): cross-attention, skip and k-diffusion blocks,
-Fourier or learned time embeddings, ``freq_shift`` != 0, ``norm_eps`` != 1e-5 (difflab's
-GroupNorms use torch's 1e-5), ``downsample_padding`` = 0 (the TF-style asymmetric padding of the
-original DDPM checkpoints), ``mid_block_scale_factor`` != 1, a mid-block attention without its
-GroupNorm, resampling that differs between levels.
+Fourier or learned time embeddings, a ``downsample_padding`` other than 0 or 1 (it changes the
+downsampled size), ``mid_block_scale_factor`` != 1, a mid-block attention without its GroupNorm,
+resampling that differs between levels.
 
 The process. ``DDPMScheduler`` and ``DDIMScheduler`` configs map to ``diffusion``: beta_schedule
 linear, scaled_linear, squaredcos_cap_v2 (difflab's cosine) and sigmoid (DDPM only), with
@@ -286,9 +289,9 @@ def unet_from_diffusers_config(config: dict) -> DiffusersUNet:
 
     exact("time_embedding_type", "positional", "difflab's U-Net embeds the time with sinusoidal features "
           "('positional'), not Fourier features or a learned table")
-    exact("freq_shift", 0, "diffusers' time frequencies are exp(-ln(10000) i / (half - freq_shift)), difflab's "
-          "exp(-ln(10000) i / half); other frequencies cannot be made by rearranging weights (difflab's "
-          "UNet would need a freq_shift option)")
+    freq_shift = c["freq_shift"]
+    if isinstance(freq_shift, bool) or not isinstance(freq_shift, (int, float)) or not math.isfinite(freq_shift):
+        raise _refuse(f"freq_shift = {freq_shift!r}", "expected a number (0, or 1 as in the original DDPM code)")
     exact("center_input_sample", False, "difflab's U-Net takes x_t as it is (no 2 x - 1 inside the network)")
     if c["act_fn"] not in ("silu", "swish"):
         raise _refuse(f"act_fn = {c['act_fn']!r}", "difflab's U-Net uses SiLU (diffusers' 'silu' or 'swish')")
@@ -297,9 +300,10 @@ def unet_from_diffusers_config(config: dict) -> DiffusersUNet:
     exact("mid_block_scale_factor", 1, "difflab's residual blocks add their skip unscaled (output_scale_factor 1)")
     exact("class_embed_type", None, "difflab's U-Net embeds class labels with a table (class_embed_type null and "
           "num_class_embeds = K), not timestep-like or identity embeddings")
-    if c["norm_eps"] != 1e-5:
-        raise _refuse(f"norm_eps = {c['norm_eps']!r}", "difflab's GroupNorms use eps = 1e-5 (torch's default), and "
-                      "another eps changes every normalisation (difflab's UNet would need a norm_eps option)")
+    norm_eps = c["norm_eps"]
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not 0 < norm_eps < 1:
+        raise _refuse(f"norm_eps = {norm_eps!r}", "expected the GroupNorms' small positive eps (1e-5, or 1e-6 as "
+                      "in the original DDPM code)")
     groups = _int("norm_num_groups", c["norm_num_groups"])
     widths = c["block_out_channels"]
     if not isinstance(widths, (list, tuple)) or not widths:
@@ -343,12 +347,18 @@ def unet_from_diffusers_config(config: dict) -> DiffusersUNet:
         raise _refuse("blocks that resample differently", f"difflab's U-Net resamples every level alike (resample "
                       f"= conv or resblock), and these blocks mix them: {where}")
     resample = _RESAMPLERS[used[0]] if used else "conv"
-    if resample == "conv" and levels > 1 and c["downsample_padding"] != 1:
-        raise _refuse(f"downsample_padding = {c['downsample_padding']!r}", "difflab's strided convolution pads 1 "
-                      "pixel on every side; diffusers' padding 0 pads right and bottom only (the original DDPM "
-                      "TensorFlow checkpoints), another function (difflab's UNet would need that padding option)")
+    # diffusers' Downsample2D(padding=p): zeros right and bottom for p = 0 (TF "SAME"), p on every side
+    # otherwise; only the strided convolution reads it (a residual block downsamples by average pooling)
+    padding = c["downsample_padding"] if resample == "conv" and levels > 1 else 1
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding not in (0, 1):
+        raise _refuse(f"downsample_padding = {padding!r}", "the strided convolution then gives (H + 2 p - 3) // 2 "
+                      "+ 1 rows, not H / 2, which no U-Net's skip connections fit; difflab takes 1 (zeros on every "
+                      "side) and 0 (zeros right and bottom only, the original DDPM code)")
 
     channels = widths[0]
+    if freq_shift >= channels // 2:
+        raise _refuse(f"freq_shift = {freq_shift!r}", f"the time frequencies exp(-ln(10000) i / (h - freq_shift)) "
+                      f"need h - freq_shift > 0, and h = block_out_channels[0] / 2 = {channels // 2}")
     if any(w % channels for w in widths):
         raise _refuse(f"block_out_channels = {list(widths)}", f"difflab's levels have channels x channel_mult "
                       f"channels, integer multiples of the first level's {channels}")
@@ -400,6 +410,12 @@ def unet_from_diffusers_config(config: dict) -> DiffusersUNet:
               "dropout": float(dropout) if isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
               else dropout, **heads, "use_scale_shift_norm": scale_shift == "scale_shift", "resample": resample,
               "mid_attention": mid_attention, "norm_groups": groups}
+    # the original DDPM code's options, given where they differ from difflab's defaults (config.yaml says
+    # what is unusual about the network)
+    for option, value, default in (("freq_shift", freq_shift, 0), ("norm_eps", float(norm_eps), 1e-5),
+                                   ("downsample_padding", padding, 1)):
+        if value != default:
+            kwargs[option] = value
     if c["time_embedding_dim"] is not None:
         kwargs["emb_dim"] = _int("time_embedding_dim", c["time_embedding_dim"])
     rows = c["num_class_embeds"]
@@ -778,8 +794,9 @@ def _unet_config(net: UNet, image_shape: Sequence[int]) -> dict:
         raise _refuse(f"model.kwargs.num_res_blocks = {k['num_res_blocks']!r}", "diffusers' UNet2DModel has the "
                       "same number of residual blocks at every level (layers_per_block)")
     eps = {m.eps for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
-    if eps != {1e-5}:
-        raise _refuse(f"GroupNorm eps {sorted(eps)}", "the converter writes norm_eps = 1e-5")
+    if eps != {k["norm_eps"]}:  # (a GroupNorm replaced or changed after construction)
+        raise _refuse(f"GroupNorm eps {sorted(eps)}", f"diffusers' UNet2DModel has one norm_eps for every "
+                      f"GroupNorm, and the model's config says {k['norm_eps']!r}")
     channels = net.conv_in.out_channels
     widths = [channels * m for m in k["channel_mult"]]
     attention = [m for m in net.modules() if isinstance(m, AttentionBlock)]
@@ -804,13 +821,16 @@ def _unet_config(net: UNet, image_shape: Sequence[int]) -> dict:
         "_class_name": "UNet2DModel", "_diffusers_version": _WRITTEN_FORMAT,
         "sample_size": H if H == W else [H, W], "in_channels": net.in_channels, "out_channels": net.out_channels,
         "center_input_sample": False, "time_embedding_type": "positional",
-        "time_embedding_dim": None if emb == 4 * channels else emb, "freq_shift": 0, "flip_sin_to_cos": False,
+        "time_embedding_dim": None if emb == 4 * channels else emb, "freq_shift": k["freq_shift"],
+        "flip_sin_to_cos": False,
         "down_block_types": down, "mid_block_type": "UNetMidBlock2D", "up_block_types": up,
         "block_out_channels": widths, "layers_per_block": nrb.pop(), "mid_block_scale_factor": 1,
-        "downsample_padding": 1, "downsample_type": "resnet" if resnet else "conv",
+        "downsample_padding": k["downsample_padding"] if not resnet else 1,
+        "downsample_type": "resnet" if resnet else "conv",
         "upsample_type": "resnet" if resnet else "conv", "dropout": float(k["dropout"]), "act_fn": "silu",
         "attention_head_dim": head_dim, "norm_num_groups": groups, "attn_norm_num_groups": groups,
-        "norm_eps": 1e-5, "resnet_time_scale_shift": "scale_shift" if k["use_scale_shift_norm"] else "default",
+        "norm_eps": float(k["norm_eps"]),
+        "resnet_time_scale_shift": "scale_shift" if k["use_scale_shift_norm"] else "default",
         "add_attention": net.mid_attn is not None, "class_embed_type": None,
         "num_class_embeds": None if net.num_classes is None else net.num_classes + 1,
         "num_train_timesteps": None,
