@@ -51,10 +51,11 @@ REPO = HERE.parent
 PARTS = ("baselines", "sweep", "ablation")
 
 SIZES = {
-    "tiny": dict(steps=4, sweep_steps=2, n=20, clf_epochs=1, sample_steps=3, sweep={"S": (4, 2)}),
+    "tiny": dict(steps=4, sweep_steps=2, n=20, clf_epochs=1, sample_steps=3, sweep={"S": (4, 2)}, reseed=(("S", 2),)),
     # B/1 (64 tokens of width 128, 51 MMACs) would take about 40 minutes of one core: left out
     "cpu": dict(steps=2000, sweep_steps=1500, n=1000, clf_epochs=30, sample_steps=50,
-                sweep={"S": (4, 2, 1), "B": (4, 2)}),
+                sweep={"S": (4, 2, 1), "B": (4, 2)}, reseed=(("S", 2),)),
+# reseed: settings trained once more with seed 1, the spread of training itself beside the sweep's differences
 }
 # Networks of about 0.7M parameters each (configs/digits.yaml's MLP: 0.76M).
 BASELINES = {
@@ -159,8 +160,15 @@ def run_experiment(out="docs/dit", size: str = "cpu", part: str = "all", command
             for p in patches:
                 kw = {"in_channels": 1, "image_size": 8, "patch_size": p, "hidden_size": width, "depth": depth,
                       "num_heads": heads}
-                res["sweep"].append({"size": size_name, "patch": p, **measure(
+                res["sweep"].append({"size": size_name, "patch": p, "seed": 0, **measure(
                     f"{size_name}/{p}", config("dit", kw, False, S["sweep_steps"]), runs / "sweep", data, ev, say)})
+        for size_name, p in S["reseed"]:
+            width, depth, heads = SWEEP_SIZES[size_name]
+            cfg = config("dit", {"in_channels": 1, "image_size": 8, "patch_size": p, "hidden_size": width,
+                                 "depth": depth, "num_heads": heads}, False, S["sweep_steps"])
+            cfg["seed"] = 1
+            res["sweep"].append({"size": size_name, "patch": p, "seed": 1, **measure(
+                f"{size_name}/{p}-seed1", cfg, runs / "sweep", data, ev, say)})
     if "ablation" in parts:
         res["ablation"] = []
         for conditioning in ABLATION:
@@ -190,7 +198,8 @@ def write_tables(res: dict, path: Path) -> None:
              "| model " + head.split("\n")[0], "| --- " + head.split("\n")[1]]
     lines += [f"| {r['model']} | {_cells(r)} |" for r in res["baselines"]]
     lines += ["", "| DiT size / patch (tokens) " + head.split("\n")[0], "| --- " + head.split("\n")[1]]
-    lines += [f"| {r['size']}/{r['patch']} ({(8 // r['patch']) ** 2}) | {_cells(r)} |" for r in res["sweep"]]
+    lines += [f"| {r['size']}/{r['patch']} ({(8 // r['patch']) ** 2}){' seed 1' if r.get('seed') else ''} | {_cells(r)} |"
+              for r in res["sweep"]]
     lines += ["", "| conditioning " + head.split("\n")[0], "| --- " + head.split("\n")[1]]
     lines += [f"| {r['conditioning']} | {_cells(r)} |" for r in res["ablation"]]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -200,7 +209,7 @@ def plot(res: dict, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for size_name, marker in (("S", "o"), ("B", "s")):
-        rows = [r for r in res["sweep"] if r["size"] == size_name]
+        rows = [r for r in res["sweep"] if r["size"] == size_name and not r.get("seed")]
         ax.plot([r["gmacs"] * 1e3 for r in rows], [r["w1"]["fd"] for r in rows], marker=marker, label=f"DiT-{size_name}")
         for r in rows:
             ax.annotate(f"/{r['patch']}", (r["gmacs"] * 1e3, r["w1"]["fd"]), textcoords="offset points", xytext=(4, 4))
