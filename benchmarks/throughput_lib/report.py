@@ -27,8 +27,9 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return format(v, spec[:-1]) + "%" if spec.endswith("%") else format(v, spec)
 
 
-def print_table(result: dict, file=sys.stdout) -> None:
-    """The rows and the summary as the table a run prints at its end."""
+def print_table(result: dict, file=None) -> None:
+    """The rows and the summary as the table a run prints at its end (to ``file``, or to whatever
+    sys.stdout is at the call: a default bound at import would miss a later redirection)."""
     meta = result["meta"]
     print(f"\n{meta['network']} on {meta['device_name']} ({meta['device']}), train batch {meta['batch']}, "
           f"sample batch {meta['sample_batch']} x {meta['sample_steps']} DDIM steps"
