@@ -251,6 +251,7 @@ def test_samples_through_every_sampler_and_the_speed_layer():
     (dict(conditioning="film"), "conditioning must be one of"),
     (dict(guidance_embed=True), "needs a class-conditional"),
     (dict(learn_sigma="yes"), "learn_sigma must be true or false"),
+    (dict(mlp_ratio=0.01), "at least one unit"),
 ])
 def test_bad_config_gives_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -272,6 +273,8 @@ def test_bad_input_gives_clear_errors():
         model(x, t, context=torch.randn(3, 4, 6))
     with pytest.raises(ValueError, match=r"pass context=\[B, L, 6\]"):
         DiT(**SMALL, context_dim=6)(x, t)
+    with pytest.raises(ValueError, match="context_mask must be a bool tensor"):
+        DiT(**SMALL, context_dim=6)(x, t, context=torch.randn(3, 4, 6), context_mask=[[True] * 4] * 3)
     with pytest.raises(ValueError, match="takes no guidance input"):
         model(x, t, guidance=2.0)
     with pytest.raises(ValueError, match="DiT size must be one of"):

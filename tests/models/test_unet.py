@@ -129,6 +129,7 @@ def test_bad_input_gives_clear_errors(x, t, cond, match):
         (dict(norm_eps="1e-6"), "norm_eps"),
         (dict(downsample_padding=2), "downsample_padding must be 1 .* or 0"),
         (dict(downsample_padding=0.0), "downsample_padding"),
+        (dict(downsample_padding=0, resample="interp"), "does not have: drop it"),
     ],
 )
 def test_bad_config_gives_clear_errors(kw, match):
@@ -354,9 +355,11 @@ def test_original_ddpm_options_reach_every_module_and_the_config():
 @pytest.mark.parametrize("kw", [dict(attention_levels=(1,)), dict(resample="resblock", use_scale_shift_norm=True),
                                 dict(resample="interp", num_classes=3)])
 def test_the_new_options_at_their_defaults_change_nothing(kw):
-    """A U-Net given freq_shift=0, norm_eps=1e-5, downsample_padding=1 is the U-Net built without
-    them: the same parameters and bit-identical outputs; its norms are torch's GroupNorm defaults
-    and its strided convolutions pad every side, as before the options existed."""
+    """Explicit defaults equal implicit ones: a U-Net given freq_shift=0, norm_eps=1e-5,
+    downsample_padding=1 is the U-Net built without them (the same parameters, bit-identical
+    outputs), its norms torch's GroupNorm defaults and its strided convolutions padded on every
+    side. (That this is the function of before the options: the frequencies are pinned by
+    test_embeddings.py::test_freq_shift_zero_is_the_embedding_as_it_was.)"""
     plain = perturb(small(**kw))
     given = perturb(small(**kw, freq_shift=0, norm_eps=1e-5, downsample_padding=1))
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), given.state_dict().values()))

@@ -213,8 +213,9 @@ class DiT(nn.Module):
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"DiT: hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4 "
                              "(the 2-D positions split it in four sin-cos parts)")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f"DiT: mlp_ratio must be a positive number, got {mlp_ratio!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(hidden_size * mlp_ratio) < 1:
+            raise ValueError(f"DiT: mlp_ratio must be a positive number giving the MLP at least one unit "
+                             f"(hidden_size * mlp_ratio >= 1; the paper: 4), got {mlp_ratio!r}")
         if conditioning not in CONDITIONING:
             raise ValueError(f"DiT: conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}")
         for name, flag in (("learn_sigma", learn_sigma), ("guidance_embed", guidance_embed)):
@@ -350,9 +351,12 @@ class DiT(nn.Module):
             raise ValueError(f"this DiT cross-attends to text: pass context=[B, L, {self.context_dim}] (B = {batch}) "
                              f"token embeddings, got {got}")
         keys = self.context_proj(context)
-        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
+        if context_mask is not None and (not isinstance(context_mask, Tensor) or context_mask.dtype != torch.bool
+                                         or context_mask.shape != context.shape[:2]):
+            got = (f"{context_mask.dtype} {tuple(context_mask.shape)}" if isinstance(context_mask, Tensor)
+                   else type(context_mask).__name__)
             raise ValueError(f"context_mask must be a bool tensor [B, L] = {list(context.shape[:2])} (True: a real "
-                             f"token), got {context_mask.dtype} {tuple(context_mask.shape)}")
+                             f"token), got {got}")
         if self.conditioning == "cross_attention":
             keys = torch.cat([cond_tokens.to(keys.dtype), keys], dim=1)
             if context_mask is not None:

@@ -175,6 +175,12 @@ class AttentionBlock(nn.Module):
 DOWNSAMPLE_PADDINGS = (1, 0)
 
 
+def _check_downsample_padding(padding) -> None:
+    if not is_int(padding) or padding not in DOWNSAMPLE_PADDINGS:
+        raise ValueError(f"downsample_padding must be 1 (zeros on every side: difflab's default) or 0 (zeros on the "
+                         f"right and bottom only: the original DDPM / TensorFlow code), got {padding!r}")
+
+
 class Downsample(nn.Module):
     """Halve H and W: a 3x3 convolution with stride 2 (``with_conv``), else 2x2 average pooling.
 
@@ -192,9 +198,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, with_conv: bool = True, padding: int = 1) -> None:
         super().__init__()
-        if not is_int(padding) or padding not in DOWNSAMPLE_PADDINGS:
-            raise ValueError(f"downsample_padding must be 1 (zeros on every side: difflab's default) or 0 (zeros "
-                             f"on the right and bottom only: the original DDPM / TensorFlow code), got {padding!r}")
+        _check_downsample_padding(padding)
         self.padding = int(padding)
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=self.padding) if with_conv else None
 
@@ -368,10 +372,10 @@ class UNet(nn.Module):
         if not is_real(norm_eps) or not 0 < norm_eps < 1:
             raise ValueError(f"norm_eps must be a small positive number (the GroupNorms' eps: 1e-5 by default, 1e-6 "
                              f"in the original DDPM code), got {norm_eps!r}")
-        if not is_int(downsample_padding) or downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise ValueError(f"downsample_padding must be 1 (zeros on every side: difflab's default) or 0 (zeros on "
-                             f"the right and bottom only: the original DDPM / TensorFlow code), got "
-                             f"{downsample_padding!r}")
+        _check_downsample_padding(downsample_padding)
+        if downsample_padding != 1 and resample != "conv":
+            raise ValueError(f"downsample_padding={downsample_padding!r} pads the strided convolution of "
+                             f"resample='conv', which this U-Net (resample={resample!r}) does not have: drop it")
         norm_eps = float(norm_eps)
         if not isinstance(resample, str) or resample not in RESAMPLE_MODES:
             raise ValueError(f"resample must be one of {', '.join(RESAMPLE_MODES)}, got {resample!r}")
