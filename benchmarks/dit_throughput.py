@@ -53,14 +53,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -78,10 +74,12 @@ from difflab.training import Trainer, TrainConfig  # noqa: E402
 from difflab.training.config import (DataConfig, DiffusionConfig, EMAConfig, ModelConfig,  # noqa: E402
                                      OptimConfig, SampleConfig)
 from throughput_lib import memory, results  # noqa: E402
-from throughput_lib.env import detect_peak_tflops, versions  # noqa: E402
-from throughput_lib.profiling import host_sync_check, profile_case  # noqa: E402
-from throughput_lib.report import markdown, print_table  # noqa: E402
+from throughput_lib.cases import Case, TrainerCase  # noqa: E402
+from throughput_lib.env import RunDevice, detect_peak_tflops, versions  # noqa: E402
+from throughput_lib.measure import measure as measure_row  # noqa: E402
+from throughput_lib.report import print_table  # noqa: E402
 from throughput_lib.rows import row_kind, select_rows, skip_reason  # noqa: E402
+from throughput_lib.runner import check_run_options, report_or_run, run_parser  # noqa: E402
 from throughput_lib.verdict import run_id, summarize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,18 +180,13 @@ def row_specs(cpu: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the run's environment
-class Env:
-    """Device, sizes and shared inputs of one run (the attributes throughput_lib's memory and
-    profiling parts read: device, cuda, graph_workspace, sync, free, profile_*)."""
+class Env(RunDevice):
+    """Device, sizes and shared inputs of one run: a RunDevice (device, cuda, sync, free, autocast)
+    with what throughput_lib's measure, memory and profiling parts read besides (graph_workspace,
+    the sizes, sample_reference, profile_*)."""
 
     def __init__(self, args) -> None:
-        if args.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(args.device)
-            if self.device.type == "cuda" and not torch.cuda.is_available():
-                raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")
-        self.cuda = self.device.type == "cuda"
+        super().__init__(args.device)
         self.tiny = args.tiny or not self.cuda
         self.net_name = "tiny" if self.tiny else "dit_b_2"
         if not self.cuda and args.threads != 0:
@@ -237,18 +230,6 @@ class Env:
         self.sample_reference: dict[str, Tensor] = {}
         self._templates: dict[str, nn.Module] = {}
 
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def free(self) -> None:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.empty_cache()
-
-    def autocast(self, precision: str):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
     def template(self, library: str) -> nn.Module:
         """A library's sampling network, one set of random weights for all its rows (on the CPU:
         each row copies it to the device, so its peak memory holds only its own)."""
@@ -264,19 +245,7 @@ class Env:
 
 
 # ---------------------------------------------------------------- one iteration of each case
-class _Case:
-    images: int
-    loss: Optional[Tensor] = None
-    out: Optional[Tensor] = None
-
-    def result(self) -> dict:
-        return {"final_loss": float(self.loss)} if self.loss is not None else {}
-
-    def close(self) -> None:
-        pass
-
-
-class DifflabTrain(_Case):
+class DifflabTrain(TrainerCase):
     """``difflab.training.Trainer`` on in-memory latents and labels; one iteration = ``train_step``."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -291,18 +260,11 @@ class DifflabTrain(_Case):
             precision=opts.get("precision", "fp32"), compile=opts.get("compile", "none"),
             cuda_graph=opts.get("cuda_graph", False),
         )
-        self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, env.labels), progress=False)
-        self.s, self.images = 0, env.batch
-
-    def step(self) -> None:
-        self.loss, _ = self.trainer.train_step(self.s)
-        self.s += 1
-
-    def close(self) -> None:
-        self.trainer.close()
+        super().__init__(Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, env.labels), progress=False),
+                         env.batch)
 
 
-class DiffusersTrain(_Case):
+class DiffusersTrain(Case):
     """diffusers' training step: add_noise, the transformer (label dropout 0.1 inside), MSE on eps,
     backward, AdamW."""
 
@@ -341,7 +303,7 @@ def _weights(opts: dict) -> Optional[torch.dtype]:
     return torch.bfloat16 if opts.get("weights") == "bf16" else None
 
 
-class DifflabSample(_Case):
+class DifflabSample(Case):
     """``dl.sample(..., "ddim", steps, cond, guidance)`` of the network made fast by the row's options."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -362,7 +324,7 @@ class DifflabSample(_Case):
         self.model.release()
 
 
-class DiffusersSample(_Case):
+class DiffusersSample(Case):
     """DiTPipeline's loop without the VAE: doubled latents, labels then the null label, guided eps
     on the first in_channels, DDIMScheduler.step on the whole doubled batch."""
 
@@ -403,64 +365,16 @@ CASES = {("difflab", "train"): DifflabTrain, ("diffusers", "train"): DiffusersTr
 
 
 # ---------------------------------------------------------------- one row measured
+def _row_flops(flops: dict, what: str, env: Env) -> float:
+    """A row's FLOPs per image: ``run``'s table of each library's (training 3 forwards, sampling 2 a step)."""
+    return flops[what]
+
+
 def measure(spec: dict, env: Env, flops: dict) -> dict:
-    """The row ``spec`` measured (throughput_lib/measure.py's steps and fields); a failing row
-    returns with an ``error`` instead of raising, so that it does not lose the others."""
-    lib, what, opts = spec["library"], spec["what"], spec["options"]
-    row = {k: spec[k] for k in ("library", "what", "name", "reference")} | {"options": opts}
-    case = None
-    try:
-        memory.start_row(env, row)
-        t0 = time.perf_counter()
-        case = CASES[(lib, what)](env, opts)
-        for _ in range(env.train_warmup if what == "train" else env.sample_warmup):
-            case.step()
-        env.sync()
-        row["setup_and_warmup_s"] = time.perf_counter() - t0  # torch.compile and graph capture included
-        setup_peak = memory.after_warmup(env, row)
-        iters = env.train_iters if what == "train" else 1
-        times = []
-        for _ in range(env.repeats):
-            env.sync()
-            t1 = time.perf_counter()
-            for _ in range(iters):
-                case.step()
-            env.sync()
-            times.append(time.perf_counter() - t1)
-        memory.after_timing(env, row, setup_peak)
-        row.update(_rates(case.images, iters, times, flops[lib][what], env))
-        row.update(case.result())
-        if what == "sample" and case.out is not None:
-            out = case.out.float()
-            ref = env.sample_reference.setdefault(lib, out.clone())
-            row.update(sample_finite=bool(torch.isfinite(out).all()),
-                       max_abs_diff_vs_first_row=float((out - ref).abs().max()),
-                       mean_abs_diff_vs_first_row=float((out - ref).abs().mean()))
-        if env.profile_dir is not None:
-            row["profile"] = profile_case(case, env, f"{what}-{lib}-{spec['name']}".replace("+", "_"))
-        row["host_syncs_in_iteration"] = host_sync_check(case, env)
-    except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
-        traceback.print_exc()
-        row["error"] = f"{type(err).__name__}: {err}"[:2000]
-    finally:
-        if case is not None:
-            case.close()
-        del case
-        torch._dynamo.reset()
-        env.free()
-        memory.record_leftover(env, row)
-    return row
-
-
-def _rates(images: int, iters: int, times: list[float], fpi: float, env: Env) -> dict:
-    """Images/s (the median run counts), ms per iteration, achieved TFLOP/s and MFU."""
-    ips = [images * iters / s for s in times]
-    row = {"images_per_s": statistics.median(ips), "images_per_s_runs": ips,
-           "ms_per_iteration": 1e3 * statistics.median(times) / iters, "iterations_per_run": iters,
-           "images_per_iteration": images, "flops_per_image": fpi}
-    row["achieved_tflops"] = fpi * row["images_per_s"] / 1e12
-    row["mfu"] = row["achieved_tflops"] / env.peak_tflops if env.peak_tflops else None
-    return row
+    """The row ``spec`` measured by throughput_lib's ``measure`` (the U-Net's steps and fields) with
+    this file's cases; ``flops[library][what]``: FLOPs per image. A failing row returns with an
+    ``error`` instead of raising, so that it does not lose the others."""
+    return measure_row(spec, env, flops, CASES, per_image=_row_flops)
 
 
 # ---------------------------------------------------------------- a run
@@ -536,14 +450,7 @@ def _new_result(env: Env, argv, params: dict, flops: dict) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
-    ap.add_argument("--tiny", action="store_true", help="the tiny network on a GPU too (a smoke run)")
-    ap.add_argument("--what", nargs="+", choices=("train", "sample"), default=["train", "sample"])
-    ap.add_argument("--rows", nargs="+", default=None, metavar="GLOB",
-                    help="only rows whose library/what/name matches, in the patterns' order")
-    ap.add_argument("--no-diffusers", action="store_true", help="difflab rows only (no ratios)")
+    ap = run_parser(__doc__, "only rows whose library/what/name matches, in the patterns' order")
     ap.add_argument("--batch", type=int, default=None, help="training batch (default 256; tiny: 4)")
     ap.add_argument("--sample-batch", type=int, default=None,
                     help="images per sampling run (default 64, forwards of 128 with guidance; tiny: 2)")
@@ -568,33 +475,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--report", default=None, metavar="JSON", help="measure nothing: print a results file as Markdown")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.time_budget is not None and not args.time_budget > 0:
-        ap.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    check_run_options(ap, args, warmups=True)
     if not args.guidance > 1:
         ap.error(f"--guidance must be > 1 (the rows measure guided sampling's doubled batch), got {args.guidance}")
-    for name in ("batch", "sample_batch", "sample_steps", "train_iters", "repeats", "dataset_size", "profile_iters"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("train_warmup", "sample_warmup"):
-        v = getattr(args, name)
-        if v is not None and v < 0:
-            ap.error(f"--{name.replace('_', '-')} must be >= 0, got {v}")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.report:
-        result = json.loads(Path(args.report).read_text())
-        result["summary"] = summarize(result["rows"])
-        print(markdown(result), end="")
-        return result
-    threads = torch.get_num_threads()
-    try:
-        return run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return report_or_run(args, lambda: run(args, argv))
 
 
 if __name__ == "__main__":

@@ -64,31 +64,19 @@ speed, env, cases, memory, profiling, measure) apart from reporting and the issu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # throughput_lib, when run or loaded as a file
     sys.path.insert(0, HERE)
 
 from throughput_lib.networks import NETWORKS  # noqa: E402, F401  (benchmarks/group_norm.py, upsampling.py)
-from throughput_lib.report import markdown  # noqa: E402
-from throughput_lib.runner import Runner  # noqa: E402
-from throughput_lib.verdict import summarize  # noqa: E402
+from throughput_lib.runner import Runner, check_run_options, report_or_run, run_parser  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
-    ap.add_argument("--tiny", action="store_true", help="the tiny network on a GPU too (a smoke run)")
-    ap.add_argument("--what", nargs="+", choices=("train", "sample"), default=["train", "sample"])
-    ap.add_argument("--rows", nargs="+", default=None, metavar="GLOB",
-                    help="only rows whose library/what/name matches, e.g. 'difflab/train/*' 'diffusers/*/bf16*'")
-    ap.add_argument("--no-diffusers", action="store_true", help="difflab rows only (no ratios)")
+    ap = run_parser(__doc__, "only rows whose library/what/name matches, e.g. 'difflab/train/*' 'diffusers/*/bf16*'")
     ap.add_argument("--batch", type=int, default=None, help="training batch (default 128; tiny: 4)")
     ap.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: --batch)")
     ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps per sampled batch")
@@ -120,29 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.missing and not args.merge:
         ap.error("--missing needs --merge (the rows missing from --out are measured and added to it)")
-    if args.time_budget is not None and not args.time_budget > 0:
-        ap.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
-    for name in ("batch", "sample_batch", "train_iters", "repeats", "dataset_size", "sample_steps", "profile_iters"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_run_options(ap, args)
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.report:
-        result = json.loads(Path(args.report).read_text())
-        # the summary from the rows by this version's rules (own peaks: files written before
-        # them stored peaks that counted earlier rows' leftovers)
-        result["summary"] = summarize(result["rows"])
-        print(markdown(result), end="")
-        return result
-    threads = torch.get_num_threads()
-    try:
-        return Runner(args, argv).run()
-    finally:
-        torch.set_num_threads(threads)
+    return report_or_run(args, lambda: Runner(args, argv).run())
 
 
 if __name__ == "__main__":

@@ -14,5 +14,6 @@ Reporting and bookkeeping -- reading rows, never measuring:
   verdict    the issue's targets and reference configuration, runs, the summary
   results    the JSON file: meta, merging with stored rows, writing
   report     the printed table and the Markdown for docs/benchmarks.md
-  runner     a whole run: rows in order, time budget, skips, JSON after every row
+  runner     a whole run: rows in order, time budget, skips, JSON after every row; the options
+             check and --report shared with benchmarks/dit_throughput.py
 """

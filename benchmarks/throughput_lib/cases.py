@@ -28,9 +28,14 @@ from .speed import accelerated, release_model, sampling_call, sampling_speed, tr
 WEIGHTS = {None: None, "bf16": torch.bfloat16}
 
 
-class _Case:
+class Case:
+    """What ``measure`` reads of a case, and the defaults: ``images`` an iteration processes, the
+    last ``loss`` (training) and ``out`` (sampling, checked against the library's first row), none
+    until a step sets them. The base of each benchmark's cases (benchmarks/dit_throughput.py's too)."""
+
     images: int
     loss: Optional[Tensor] = None
+    out: Optional[Tensor] = None
 
     def result(self) -> dict:
         return {"final_loss": float(self.loss)} if self.loss is not None else {}
@@ -39,7 +44,23 @@ class _Case:
         pass
 
 
-class DifflabTrain(_Case):
+class TrainerCase(Case):
+    """A difflab ``Trainer`` measured: one iteration is its ``train_step`` (the whole optimizer
+    step ``difflab train`` runs); closing closes the trainer. Each benchmark's DifflabTrain builds
+    the trainer of its network."""
+
+    def __init__(self, trainer: Trainer, images: int) -> None:
+        self.trainer, self.s, self.images = trainer, 0, images
+
+    def step(self) -> None:
+        self.loss, _ = self.trainer.train_step(self.s)
+        self.s += 1
+
+    def close(self) -> None:
+        self.trainer.close()
+
+
+class DifflabTrain(TrainerCase):
     """``difflab.training.Trainer`` on in-memory data; one iteration = ``train_step``."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -54,19 +75,10 @@ class DifflabTrain(_Case):
             batch_size=env.batch, steps=10**9, seed=0, device=str(env.device), tensorboard=False,
             **trainer_speed(opts),
         )
-        self.trainer = Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False)
-        self.s = 0
-        self.images = env.batch
-
-    def step(self) -> None:
-        self.loss, _ = self.trainer.train_step(self.s)
-        self.s += 1
-
-    def close(self) -> None:
-        self.trainer.close()
+        super().__init__(Trainer(cfg, Path(env.tmp.name) / "run", data=(env.data, None), progress=False), env.batch)
 
 
-class DiffusersTrain(_Case):
+class DiffusersTrain(Case):
     """diffusers' training step: add_noise, UNet2DModel, MSE on eps, backward, AdamW."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -104,7 +116,7 @@ class DiffusersTrain(_Case):
         self.loss = loss.detach()
 
 
-class DifflabSample(_Case):
+class DifflabSample(Case):
     """``dl.sample(..., "ddim", steps)`` on one batch of the network made fast by the row's options."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -112,7 +124,6 @@ class DifflabSample(_Case):
         network = copy.deepcopy(env.template("difflab")).to(env.device, WEIGHTS[opts.get("weights")])
         self.model = accelerated(network, sampling_speed(opts))
         self.images = env.sample_batch
-        self.out: Optional[Tensor] = None
 
     def step(self) -> None:
         env = self.env
@@ -122,7 +133,7 @@ class DifflabSample(_Case):
         release_model(self.model)
 
 
-class DiffusersSample(_Case):
+class DiffusersSample(Case):
     """DDIMPipeline's loop: DDIMScheduler.set_timesteps, then unet(image, t).sample and step()."""
 
     def __init__(self, env: Env, opts: dict) -> None:
@@ -138,7 +149,6 @@ class DiffusersSample(_Case):
         self.sched = DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                                    clip_sample=True)
         self.images = env.sample_batch
-        self.out: Optional[Tensor] = None
 
     @torch.no_grad()
     def step(self) -> None:

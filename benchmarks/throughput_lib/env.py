@@ -33,7 +33,9 @@ def detect_peak_tflops(name: str) -> Optional[float]:
     return None
 
 
-def _device(choice: str) -> torch.device:
+def choose_device(choice: str) -> torch.device:
+    """``--device``: "auto" is CUDA where there is one, else the CPU; CUDA asked for where there is
+    none is refused by name (a run would fail at its first tensor)."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(choice)
@@ -50,12 +52,38 @@ def _use_tensor_cores() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-class Env:
+class RunDevice:
+    """A run's device and what every measurement does with it: wait for its queued work (timings
+    end there, CUDA runs asynchronously), give memory back between rows, run a row's precision.
+    The base of each benchmark's Env (this module's, benchmarks/dit_throughput.py's)."""
+
+    def __init__(self, choice: str) -> None:
+        self.device = choose_device(choice)
+        self.cuda = self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def free(self) -> None:
+        """Collect garbage and give the caching allocator's free blocks back."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def autocast(self, precision: str):
+        """bf16 autocast for a "bf16" row; any other precision runs as stored (fp32 rows: TF32 where
+        a run switched it on)."""
+        if precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class Env(RunDevice):
     """Device, sizes and shared inputs of one run."""
 
     def __init__(self, args) -> None:
-        self.device = _device(args.device)
-        self.cuda = self.device.type == "cuda"
+        super().__init__(args.device)
         self.graph_workspace = 0  # bytes of a cuBLAS workspace (difflab's graph stream's; set before the rows)
         self.tiny = args.tiny or not self.cuda
         self.net_name = "tiny" if self.tiny else "ddpm_cifar10"
@@ -99,21 +127,6 @@ class Env:
         self.sample_reference: dict[str, Tensor] = {}  # each library's first sample batch of this run (in
         # PRIORITY order its headline row: a shared error would not show; group_norm.py checks the kernels)
         self._templates: dict[str, nn.Module] = {}
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def free(self) -> None:
-        """Collect garbage and give the caching allocator's free blocks back."""
-        gc.collect()
-        if self.cuda:
-            torch.cuda.empty_cache()
-
-    def autocast(self, precision: str):
-        if precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def template(self, library: str) -> nn.Module:
         """The sampling network of a library, one set of random weights for all its rows (kept on

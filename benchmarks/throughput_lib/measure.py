@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 import time
 import traceback
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -43,8 +45,13 @@ def count_flops(env: Env, library: str) -> dict:
     return out
 
 
-def measure(spec: dict, env: Env, flops: dict) -> dict:
-    """The row ``spec`` measured in ``env``; ``flops``: ``count_flops`` of each library."""
+def measure(spec: dict, env: Env, flops: dict, cases: dict = CASES,
+            per_image: Optional[Callable[[dict, str, Env], float]] = None) -> dict:
+    """The row ``spec`` measured in ``env``; ``flops``: ``count_flops`` of each library. Another
+    benchmark's network (benchmarks/dit_throughput.py) hands its own ``cases`` ((library, what) ->
+    a Case class) and ``per_image(flops[library], what, env)``, the FLOPs per image of a row
+    (default ``_flops_per_image``: the U-Net's, from a training step and a forward pass)."""
+    per_image = per_image or _flops_per_image
     lib, what, opts = spec["library"], spec["what"], spec["options"]
     row = {k: spec[k] for k in ("library", "what", "name", "reference")} | {"options": opts}
     # a file name of letters, digits, '.', '_' and '-' (what the device tool hands back): '+' -> '_'
@@ -53,14 +60,14 @@ def measure(spec: dict, env: Env, flops: dict) -> dict:
     try:
         memory.start_row(env, row)
         t0 = time.perf_counter()
-        case = CASES[(lib, what)](env, opts)
+        case = cases[(lib, what)](env, opts)
         _warm_up(case, env, what)
         row["setup_and_warmup_s"] = time.perf_counter() - t0  # includes torch.compile and graph capture
         setup_peak = memory.after_warmup(env, row)
         iters = env.train_iters if what == "train" else 1
         times = _timed_runs(case, env, iters)
         memory.after_timing(env, row, setup_peak)
-        row.update(_rates(case.images, iters, times, _flops_per_image(flops[lib], what, env), env))
+        row.update(_rates(case.images, iters, times, per_image(flops[lib], what, env), env))
         row.update(case.result())
         if what == "sample" and case.out is not None:
             row.update(_sample_check(case.out.float(), env.sample_reference, lib))
@@ -100,6 +107,7 @@ def _timed_runs(case, env: Env, iters: int) -> list[float]:
 
 
 def _flops_per_image(flops: dict, what: str, env: Env) -> float:
+    """A training row's: one step's (forward + backward); a sampling row's: ``sample_steps`` forwards."""
     return flops["train"] if what == "train" else flops["forward"] * env.sample_steps
 
 

@@ -4,20 +4,74 @@ file as soon as it is measured (a run cut short keeps what it measured)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from . import results
 from .env import Env
 from .measure import count_flops, measure
 from .memory import graph_stream_workspace
 from .networks import parameter_counts
-from .report import print_table
+from .report import markdown, print_table
 from .rows import row_kind, row_specs, select_rows, skip_reason
 from .verdict import run_id, summarize
 
 REPO = Path(__file__).resolve().parents[2]
+# the options that count something a row does or has (a batch, iterations, repeats, steps): below 1
+# a row measures nothing
+COUNTS = ("batch", "sample_batch", "train_iters", "repeats", "dataset_size", "sample_steps", "profile_iters")
+
+
+def run_parser(doc: str, rows_help: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first paragraph of ``doc`` (the script's
+    docstring), with the options every benchmark run has: where, which network size, which halves
+    and rows (``rows_help``: what a pattern matches), whether diffusers' rows too."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    ap.add_argument("--tiny", action="store_true", help="the tiny network on a GPU too (a smoke run)")
+    ap.add_argument("--what", nargs="+", choices=("train", "sample"), default=["train", "sample"])
+    ap.add_argument("--rows", nargs="+", default=None, metavar="GLOB", help=rows_help)
+    ap.add_argument("--no-diffusers", action="store_true", help="difflab rows only (no ratios)")
+    return ap
+
+
+def check_run_options(ap: argparse.ArgumentParser, args: argparse.Namespace, warmups: bool = False) -> None:
+    """Refuse by name, through ``ap.error``, what no run can honour: a ``--time-budget`` not > 0 s
+    (no row would start) and a count (``COUNTS``) below 1; with ``warmups``, an untimed warm-up
+    below 0. benchmarks/throughput.py's and benchmarks/dit_throughput.py's command lines."""
+    if args.time_budget is not None and not args.time_budget > 0:
+        ap.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    for name in COUNTS:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("train_warmup", "sample_warmup") if warmups else ():
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            ap.error(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+
+
+def report_or_run(args: argparse.Namespace, run: Callable[[], dict]) -> dict:
+    """A benchmark's ``main`` once its options are read. ``--report FILE``: measure nothing, print
+    FILE as Markdown, its summary made from the rows by this version's rules (files written before
+    them stored peaks that counted earlier rows' leftovers). Else ``run()``, and torch's thread
+    count put back after it (a CPU run sets its own: ``--threads``)."""
+    if args.report:
+        result = json.loads(Path(args.report).read_text())
+        result["summary"] = summarize(result["rows"])
+        print(markdown(result), end="")
+        return result
+    threads = torch.get_num_threads()
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _diffusers_available(args: argparse.Namespace, say) -> bool:
