@@ -34,6 +34,9 @@ def test_convert_then_sample_edit_evaluate_and_back(pipeline, tmp_path, capsys):
     assert main(["convert", "--from-diffusers", str(pipeline), "--out", str(run), "--set", "data.name=digits"]) == 0
     said = capsys.readouterr().out
     assert "DDIMScheduler" in said and "note: the model has 10 class labels and no 'no label' class" in said
+    # the scheduler's sampling as difflab's options (diffusers' defaults: leading timesteps, clipped DDIM)
+    assert "note: timestep_spacing 'leading'" in said and "pass spacing='leading' to dl.sample" in said
+    assert "note: clip_sample true with DDIM" in said and "use_clipped_model_output=True" in said
     assert main(["sample", "--ckpt", str(run), "--n", "4", "--steps", "3", "--label", "3",
                  "--out", str(tmp_path / "grid.png")]) == 0
     dl.editing.save_images(dl.data.load("digits")[0][:1], tmp_path / "digit.png")

@@ -3,7 +3,8 @@
 Random UNet2DModels (every weight perturbed, so a norm or bias mapped to the wrong place shows)
 converted to difflab runs give diffusers' outputs to 1e-5; the converted process has the
 scheduler's alphas_cumprod, and DDPM / DDIM sampling through difflab equals diffusers' DDPMPipeline
-/ DDIMPipeline from the same noise to 1e-4; a trained difflab run written out loads in
+/ DDIMPipeline from the same noise to 1e-4, with the options the conversion's notes name (where a
+note says no option matches, none does); a trained difflab run written out loads in
 DDPMPipeline, computes the same function there, and comes back bit for bit; what difflab's U-Net
 cannot compute is refused by name, before anything is written.
 """
@@ -177,7 +178,10 @@ def test_converted_process_is_the_schedulers(cls, options, prediction):
     assert proc.T == 250 and proc.prediction == prediction
     # diffusers keeps the schedule in float32 (its cosine tail, abar ~ 1e-7, to 1e-5 relative), difflab in float64
     torch.testing.assert_close(proc.alphas_cumprod, scheduler.alphas_cumprod.double(), rtol=2e-6, atol=1e-10)
-    assert proc.clip_x0 == options.get("clip_sample_range", 1.0) and notes == []
+    assert proc.clip_x0 == options.get("clip_sample_range", 1.0)
+    # diffusers' default grid is "leading", difflab's "trailing"; DDIMScheduler clips by default
+    expected = ["timestep_spacing 'leading'"] + (["clip_sample true with DDIM"] if cls == "DDIMScheduler" else [])
+    assert [n.split(":")[0] for n in notes] == expected and "pass spacing='leading'" in notes[0]
 
 
 @pytest.fixture(scope="module")
@@ -193,32 +197,82 @@ def _images(x):  # diffusers' pipelines' output: (x / 2 + 0.5) clamped, [B, H, W
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def test_ddpm_sampling_equals_ddpm_pipeline(small_pipeline):
-    """Ancestral sampling on the same 10 leading timesteps, the same generator: the initial noise
-    and every step's noise are the same draws, and the samples agree."""
+# (scheduler, timestep_spacing, steps_offset, steps, what the grid's note names): the option of dl.sample that
+# samples like the pipeline, None where the pipeline samples on difflab's default grid, or "no option"
+GRIDS = [("DDPMScheduler", "leading", 0, 10, "spacing='leading'"),
+         ("DDPMScheduler", "leading", 1, 10, "timesteps=dl.samplers.timesteps(100, steps, 'leading', steps_offset=1)"),
+         ("DDPMScheduler", "linspace", 0, 7, "spacing='linspace'"),
+         ("DDPMScheduler", "trailing", 1, 7, None),  # (the offset is noted as changing nothing)
+         ("DDIMScheduler", "leading", 0, 10, "spacing='leading'"),
+         ("DDIMScheduler", "leading", 3, 7, "timesteps=dl.samplers.timesteps(100, steps, 'leading', steps_offset=3)"),
+         ("DDIMScheduler", "trailing", 0, 10, None),  # steps divides T: diffusers' DDIM steps on the grid
+         ("DDIMScheduler", "trailing", 0, 7, "no option"),  # t - T // steps: off the grid
+         ("DDIMScheduler", "linspace", 0, 10, "no option")]
+
+
+@pytest.mark.parametrize("cls,spacing,offset,steps,named", GRIDS)
+def test_grid_notes_name_the_option_that_samples_like_the_pipeline(small_pipeline, cls, spacing, offset, steps, named):
+    """The conversion's note on the timestep grid names the dl.sample option with which difflab's
+    DDPM (same generator: the same noise draws) or deterministic DDIM reproduces the folder's
+    pipeline from the same noise, and the run's default grid does not; where it says no option
+    does, the nearest (the pipeline's timesteps) does not either. No clipping (see below)."""
     net, run = small_pipeline
-    pipe = diffusers.DDPMPipeline(unet=net, scheduler=diffusers.DDPMScheduler(num_train_timesteps=100))
+    scheduler = getattr(diffusers, cls)(num_train_timesteps=100, timestep_spacing=spacing, steps_offset=offset,
+                                        clip_sample=False)
+    _, _, notes = diffusion_from_scheduler_config(dict(scheduler.config, _class_name=cls))
+    offset_notes = [n for n in notes if n.startswith("steps_offset")]
+    assert len(offset_notes) == (offset != 0 and spacing != "leading")
+    grid = [n for n in notes if n.startswith("timestep_spacing")]
+    pipe = getattr(diffusers, cls.replace("Scheduler", "Pipeline"))(unet=net, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=10,
-                  output_type="np").images
-    ours = dl.sample(run.ema_model, run.proc, (2, 3, 8, 8), sampler="ddpm", steps=10, spacing="leading",
-                     generator=torch.Generator().manual_seed(3))
-    assert abs(_images(ours) - theirs).max() < 1e-4
+    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=steps,
+                  output_type="np", **({"eta": 0.0} if cls == "DDIMScheduler" else {})).images
+
+    def ours(**options):
+        x = dl.sample(run.ema_model, run.proc, (2, 3, 8, 8), sampler=cls[:4].lower(), steps=steps, clip_x0=None,
+                      generator=torch.Generator().manual_seed(3), **options)
+        return abs(_images(x) - theirs).max()
+
+    if named is None:  # difflab's default grid samples like the pipeline
+        if cls == "DDIMScheduler":  # (noted: for steps that do not divide T it would not)
+            assert "only where steps divides T" in grid[0] and 100 % steps == 0
+        else:
+            assert grid == []
+        assert ours() < 1e-4
+        return
+    (note,) = grid
+    if named == "no option":
+        assert "has no option for diffusers' step" in note
+        assert ours(timesteps=pipe.scheduler.timesteps.clone()) > 1e-3  # the pipeline's grid, difflab's steps
+        return
+    assert f"pass {named} to dl.sample" in note
+    option = ({"spacing": spacing} if named.startswith("spacing") else
+              {"timesteps": dl.samplers.timesteps(100, steps, "leading", steps_offset=offset)})
+    assert ours(**option) < 1e-4 and ours() > 1e-3  # the named option samples like the pipeline, the default not
 
 
 @pytest.mark.parametrize("clip", [True, False])
 def test_ddim_sampling_equals_ddim_pipeline(small_pipeline, clip):
     """Deterministic DDIM from the same noise. difflab re-derives eps from the clipped x0 estimate,
-    as diffusers does with use_clipped_model_output=True; without clipping there is no difference."""
+    as diffusers does with use_clipped_model_output=True (what the conversion's note says); the
+    pipeline's default keeps the network's eps, which differs where clipping is active; without
+    clipping there is no difference."""
     net, run = small_pipeline
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=100, clip_sample=clip)
+    _, _, notes = diffusion_from_scheduler_config(dict(scheduler.config, _class_name="DDIMScheduler"))
+    assert any("use_clipped_model_output=True" in n for n in notes) == clip
     pipe = diffusers.DDIMPipeline(unet=net, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(4), eta=0.0, num_inference_steps=10,
-                  use_clipped_model_output=True, output_type="np").images
-    ours = dl.sample(run.ema_model, run.proc, (2, 3, 8, 8), sampler="ddim", steps=10, spacing="leading",
-                     generator=torch.Generator().manual_seed(4), clip_x0=1.0 if clip else None)
-    assert abs(_images(ours) - theirs).max() < 1e-4
+
+    def theirs(**options):
+        return pipe(batch_size=2, generator=torch.Generator().manual_seed(4), eta=0.0, num_inference_steps=10,
+                    output_type="np", **options).images
+
+    ours = _images(dl.sample(run.ema_model, run.proc, (2, 3, 8, 8), sampler="ddim", steps=10, spacing="leading",
+                             generator=torch.Generator().manual_seed(4), clip_x0=1.0 if clip else None))
+    assert abs(ours - theirs(use_clipped_model_output=True)).max() < 1e-4
+    if clip:  # (the random network's x0 estimates leave [-1, 1], so clipping acts)
+        assert abs(ours - theirs()).max() > 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +339,8 @@ def test_refusals_name_the_option():
                           "variance_type = 'learned_range'": dict(variance_type="learned_range"),
                           "trained_betas": dict(trained_betas=[0.1, 0.2]),
                           "thresholding": dict(thresholding=True),
+                          "timestep_spacing = 'uniform'": dict(timestep_spacing="uniform"),
+                          "steps_offset = -1": dict(steps_offset=-1),
                           "the scheduler is 'PNDMScheduler'": dict(_class_name="PNDMScheduler")}.items():
         with pytest.raises(ValueError, match=f"cannot convert: .*{words}"):
             diffusion_from_scheduler_config({**ddpm, **change})

@@ -40,9 +40,13 @@ The process. ``DDPMScheduler`` and ``DDIMScheduler`` configs map to ``diffusion`
 linear, scaled_linear, squaredcos_cap_v2 (difflab's cosine) and sigmoid (DDPM only), with
 ``num_train_timesteps`` = T and ``prediction_type`` epsilon / v_prediction / sample = eps / v / x0;
 ``clip_sample`` with ``clip_sample_range`` c is ``sample.clip_x0: c``. Options that choose how a
-pipeline samples rather than what the network means (``variance_type`` fixed_large, the timestep
-spacing) are notes: difflab's samplers take them as arguments. Learned variances, ``trained_betas``,
-``thresholding`` and zero-terminal-SNR rescaling are refused.
+pipeline samples rather than what the network means are notes wherever the pipeline then samples
+otherwise than the run does by default, each naming difflab's option that matches it or saying
+that none does: ``variance_type`` fixed_large; the timestep grid (diffusers' default "leading",
+with ``steps_offset``, against difflab's "trailing": ``spacing="leading"`` or explicit
+``timesteps=``; DDIMScheduler's step from t to t - T // steps, off a "linspace" grid, has no
+equivalent); DDIM with clipping (difflab's DDIM is diffusers' ``use_clipped_model_output=True``).
+Learned variances, ``trained_betas``, ``thresholding`` and zero-terminal-SNR rescaling are refused.
 
 The run. :func:`from_diffusers` writes an ordinary run folder (``config.yaml`` and a step-0
 checkpoint whose model and EMA weights are both the converted ones, with its checksums), built
@@ -70,6 +74,8 @@ from torch import Tensor
 from .. import schedules
 from ..files import fsync_path
 from ..models.unet import AttentionBlock, UNet
+from ..samplers.registry import SAMPLERS
+from ..samplers.timesteps import DISCRETE_SPACINGS
 from .build import build_model, data_range
 from .checkpoint import load, save_checkpoint
 from .config import TrainConfig, apply_overrides
@@ -636,7 +642,59 @@ def diffusion_from_scheduler_config(config: dict) -> tuple[dict, dict, list]:
                  "prediction": _PREDICTIONS[prediction]}
     sample = {"every": -1, "sampler": "ddpm" if name == "DDPMScheduler" else "ddim",
               "steps": T if name == "DDPMScheduler" else min(50, T), "clip_x0": clip}
+    notes += _grid_notes(name, c["timestep_spacing"], _int("steps_offset", c["steps_offset"], low=0), T,
+                         sample["sampler"], sample["steps"])
+    if name == "DDIMScheduler" and clip is not None:
+        notes.append("clip_sample true with DDIM: difflab's DDIM re-derives eps from the clipped x0 estimate, as "
+                     "DDIMPipeline does with use_clipped_model_output=True; the pipeline's default keeps the "
+                     "network's eps, for which difflab has no option (to compare, call the pipeline with "
+                     "use_clipped_model_output=True, or sample both unclipped: --no-clip and clip_sample false)")
     return diffusion, sample, notes
+
+
+_WHERE = "to dl.sample or run.sample (difflab sample has no flag for it)"
+# diffusers' timestep grids (set_timesteps, 0.42), k counting the steps; difflab's spacings of the same names
+_GRIDS = {"leading": "t = k (T // steps) + steps_offset, k = steps-1 .. 0",
+          "trailing": "t = round(T - k T / steps) - 1, k = 0 .. steps-1",
+          "linspace": "t = round(linspace(0, T - 1, steps))"}
+
+
+def _grid_notes(name: str, spacing, offset: int, T: int, sampler: str, steps: int) -> list:
+    """Notes on the timesteps the folder's pipeline visits where they are not those of difflab's
+    ``sampler`` by default (its registered spacing: "trailing" for ddpm and ddim; ``steps``: the
+    run's default count). diffusers' grids are difflab's spacings of the same names, its "leading"
+    with ``steps_offset`` added (the other two ignore it). DDPMScheduler steps from each timestep
+    to the next of its grid, as difflab's samplers do; DDIMScheduler from t to t - T // steps,
+    which is the next only on a leading grid and on a trailing one where steps divides T
+    (elsewhere no option of difflab takes its step)."""
+    if spacing not in DISCRETE_SPACINGS:
+        raise _refuse(f"timestep_spacing = {spacing!r}", f"{name} spaces timesteps "
+                      f"{', '.join(DISCRETE_SPACINGS)} (its pipeline cannot sample this folder either)")
+    ours = SAMPLERS[sampler].default_spacing
+    notes = []
+    if offset and spacing != "leading":
+        notes.append(f"steps_offset {offset} changes nothing: diffusers adds it to 'leading' timesteps only")
+    if name == "DDIMScheduler" and spacing == "trailing":
+        at_default = "so" if T % steps == 0 else "not"
+        notes.append(f"timestep_spacing 'trailing': difflab's DDIM grid too, but diffusers' DDIM steps from t to "
+                     f"t - T // steps, the grid's next timestep only where steps divides T ({at_default} at the run's "
+                     f"default steps = {steps}); difflab's DDIM steps to the next timestep always, and has no option "
+                     "for diffusers' step")
+    elif name == "DDIMScheduler" and spacing == "linspace":
+        notes.append(f"timestep_spacing 'linspace': the pipeline's DDIM evaluates the network at {_GRIDS[spacing]}, "
+                     "as dl.sample(..., spacing='linspace') does, but steps from t to t - T // steps, off that grid; "
+                     "difflab's DDIM steps to the grid's next timestep, and has no option for diffusers' step")
+    elif spacing != ours:
+        grid = _GRIDS[spacing].replace(" + steps_offset", f" + {offset}" if offset else "")
+        head = (f"timestep_spacing {spacing!r}{f' with steps_offset {offset}' if offset else ''}: the pipeline "
+                f"samples on {grid}; difflab's {sampler} on {ours!r} timesteps unless told")
+        if offset:
+            notes.append(f"{head}, and spacing='leading' has no offset: pass timesteps=dl.samplers.timesteps({T}, "
+                         f"steps, 'leading', steps_offset={offset}) {_WHERE}")
+        else:
+            same = " (the same grid at steps = T, the run's default)" if steps == T else ""
+            notes.append(f"{head}{same}: pass spacing={spacing!r} {_WHERE}")
+    return notes
 
 
 def _scheduler_config(cfg: TrainConfig) -> dict:
