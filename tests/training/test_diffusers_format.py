@@ -295,6 +295,10 @@ def test_round_trip_through_ddpm_pipeline(trained_run, tmp_path):
     assert isinstance(pipe.unet, diffusers.UNet2DModel) and isinstance(pipe.scheduler, diffusers.DDPMScheduler)
     torch.testing.assert_close(run.proc.alphas_cumprod, pipe.scheduler.alphas_cumprod.double(), rtol=2e-6, atol=1e-10)
     assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.clip_sample_range == 1.0
+    for steps in (7, 20):  # the pipeline steps on difflab's timesteps at any step count, not only at T
+        pipe.scheduler.set_timesteps(steps)
+        ours_grid = dl.samplers.timesteps(run.proc.T, steps, dl.samplers.SAMPLERS["ddpm"].default_spacing)
+        assert pipe.scheduler.timesteps.tolist() == torch.as_tensor(ours_grid).tolist()
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([0, 50, 120, 199])
     labels = torch.tensor([3, 9, 0, 10])  # 10: difflab's null label, diffusers' last class row

@@ -729,7 +729,9 @@ def _scheduler_config(cfg: TrainConfig) -> dict:
     out = {"_class_name": "DDPMScheduler", "_diffusers_version": _WRITTEN_FORMAT,
            **SCHEDULER_DEFAULTS["DDPMScheduler"], "num_train_timesteps": d.T, "beta_schedule": theirs[name],
            "prediction_type": ours[prediction], "clip_sample": clip is not None,
-           "clip_sample_range": float(clip) if clip is not None else 1.0}
+           "clip_sample_range": float(clip) if clip is not None else 1.0,
+           # difflab's DDPM steps on trailing timesteps: so does the pipeline at any step count, not only at T
+           "timestep_spacing": "trailing"}
     for key in ("beta_start", "beta_end"):
         if key in given:
             out[key] = float(given[key])
