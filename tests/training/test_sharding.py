@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from PIL import Image
-from tiny_config import tiny
+from tiny_config import TORCHRUN_YAML, tiny
 from torch import nn
 
 import difflab as dl
@@ -35,19 +35,7 @@ from difflab.training.checkpoint import MANIFEST, verify_checkpoint
 from difflab.training.sharding import (block_units, checkpoint_activations, is_checkpointed, network,
                                        shard_units)
 
-MLP = """\
-model: {name: mlp, kwargs: {dim: 2, width: 32, depth: 2, num_classes: 2}}
-diffusion: {schedule: linear, T: 100}
-data: {name: toy2d, kwargs: {dataset: swiss_roll, n: 200}}
-optim: {lr: 1.0e-3, warmup_steps: 2}
-sample: {every: -1}
-batch_size: 32
-grad_accum: 2
-steps: 10
-cond_drop_prob: 0.25
-log_every: 1
-ckpt_every: 5
-device: cpu
+MLP = TORCHRUN_YAML + """\
 tensorboard: false
 sharding: fsdp
 """

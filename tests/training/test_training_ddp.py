@@ -17,21 +17,11 @@ import sys
 import pytest
 import torch
 
+from tiny_config import TORCHRUN_YAML
+
 from difflab.training import Trainer, read_checkpoint
 
-CONFIG = """\
-model: {name: mlp, kwargs: {dim: 2, width: 32, depth: 2, num_classes: 2}}
-diffusion: {schedule: linear, T: 100}
-data: {name: toy2d, kwargs: {dataset: swiss_roll, n: 200}}
-optim: {lr: 1.0e-3, warmup_steps: 2}
-sample: {every: -1}
-batch_size: 32
-grad_accum: 2
-steps: 10
-cond_drop_prob: 0.25
-log_every: 1
-ckpt_every: 5
-device: cpu
+CONFIG = TORCHRUN_YAML + """\
 max_time: 3600   # never reached; exercises process 0's stop decision, broadcast at each log point
 """
 

@@ -28,3 +28,21 @@ def tiny_under(process: str, process_kwargs: dict = None, **changes) -> TrainCon
         return tiny(**changes)
     return tiny(**{"diffusion.process": process, "diffusion.process_kwargs": process_kwargs or {},
                    "diffusion.T": 1000, **changes})
+
+
+# The two-process runs' config (torchrun, gloo): 10 steps of a small MLP, global batch 32 in 2
+# accumulation steps, a checkpoint at 5 (tests/training/test_training_ddp.py, test_sharding.py).
+TORCHRUN_YAML = """\
+model: {name: mlp, kwargs: {dim: 2, width: 32, depth: 2, num_classes: 2}}
+diffusion: {schedule: linear, T: 100}
+data: {name: toy2d, kwargs: {dataset: swiss_roll, n: 200}}
+optim: {lr: 1.0e-3, warmup_steps: 2}
+sample: {every: -1}
+batch_size: 32
+grad_accum: 2
+steps: 10
+cond_drop_prob: 0.25
+log_every: 1
+ckpt_every: 5
+device: cpu
+"""
