@@ -55,6 +55,7 @@ from ..validation import is_real
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate
+from .model_card import card_path, check_card_target, is_difflab_card, model_card
 from .sharding import DCP_FOLDER, is_sharded, load_full_weights
 
 __all__ = ["save_checkpoint", "new_checkpoint_folder", "latest_checkpoint", "resolve_checkpoint", "read_checkpoint", "load",
@@ -520,12 +521,21 @@ _EXPORT_FORMAT = "difflab-model/1"
 
 
 def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = True,
-                 dtype: str = "fp32", force: bool = False) -> Path:
+                 dtype: str = "fp32", force: bool = False, card: bool = True,
+                 metrics: Union[str, Path, None] = None) -> Path:
     """Write one network of a run (``ema=True``: the EMA weights, which sampling uses) to
     ``out``, a single ``.safetensors`` file with the config in its metadata; written atomically.
     ``dtype``: "fp32" (exact), "fp16" or "bf16" (half the size). Returns ``out``.
     Never inside a run's ``checkpoints/`` folder (it would replace or sit among a checkpoint's
-    files); an existing ``out`` is replaced only with ``force=True``."""
+    files); an existing ``out`` is replaced only with ``force=True``.
+
+    ``card``: also write the model card ``FILE.md`` beside ``FILE.safetensors``
+    (:func:`~difflab.training.model_card.model_card`: the model, its training, the metrics of
+    ``difflab eval`` -- ``metrics``, else found where eval writes them -- and the file's
+    SHA-256), atomically. A file of that name that is not an unedited card of difflab's is
+    the user's: the export is refused before anything is written (``card=False`` exports
+    without one). The card of the weights being replaced is removed before they are, so a card
+    never describes other weights than the file beside it."""
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -541,6 +551,11 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
     if out.exists() and not force:
         raise FileExistsError(f"out {str(out)!r} exists; pass --force (force=True) to replace it, or choose "
                               "another file name")
+    if not card and metrics is not None:
+        raise ValueError("metrics go into the model card, and card=False (--no-card) writes none: drop one of them")
+    card_file = card_path(out)
+    if card:
+        check_card_target(card_file)  # before anything is written
     ck = resolve_checkpoint(path)
     weights = _read_weights(ck / ("ema.safetensors" if ema else "model.safetensors"))
     verify_checkpoint(ck, ["config.yaml", "state.json", "ema.safetensors" if ema else "model.safetensors"])
@@ -561,7 +576,20 @@ def export_model(path: Union[str, Path], out: Union[str, Path], *, ema: bool = T
         "source": str(ck),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda tmp: save_file(weights, str(tmp), metadata=meta))
+    text = None
+
+    def write(tmp: Path) -> None:
+        nonlocal text
+        save_file(weights, str(tmp), metadata=meta)
+        if card:  # rendered from the file as written (its SHA-256) before it replaces anything
+            text = model_card(ck, tmp, name=out.name, metrics=metrics, search=(Path("eval") / Path(path).name,))
+        if is_difflab_card(card_file):  # it describes the weights about to be replaced
+            card_file.unlink()
+
+    atomic_write(out, write)
+    if text is not None:
+        atomic_write_text(card_file, text)
+    return out
 
 
 def _checkpoints_folder_of(out: Path) -> Optional[Path]:
