@@ -2,6 +2,8 @@
 
 from . import digits, grids, images, mnist, toy2d
 from .grids import save_image_grid, to_image_grid
+from .moving import MovingDigits, moving_digits
 from .registry import load
 
-__all__ = ["toy2d", "mnist", "digits", "images", "grids", "load", "to_image_grid", "save_image_grid"]
+__all__ = ["toy2d", "mnist", "digits", "images", "grids", "load", "to_image_grid", "save_image_grid",
+           "moving_digits", "MovingDigits"]
