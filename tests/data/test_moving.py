@@ -115,21 +115,21 @@ def test_mnist_source(mnist_dir):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(frames=1), ["frames", ">= 2"]),
-    (dict(canvas=8), ["canvas", "larger than the 8x8", "canvas=16"]),
-    (dict(canvas=5), ["canvas", "canvas=16"]),
-    (dict(speed=(2.0, 1.0)), ["reversed", "speed=(1.0, 2.0)"]),
-    (dict(speed=(-1.0, 1.0)), ["speed", ">= 0"]),
-    (dict(speed=(0.5, 9.0)), ["16 - 8 = 8 pixels a frame", "enlarge the canvas"]),
-    (dict(speed="fast"), ["speed", "pair (low, high)"]),
-    (dict(speed=(0.5, math.inf)), ["speed", "pair (low, high)"]),
-    (dict(digits=3), ["digits", "1 or 2"]),
-    (dict(digits=0), ["digits", "1 or 2"]),
-    (dict(source="cifar"), ["source", "'digits', 'mnist'"]),
-    (dict(source="mnist"), ["root=", "source='digits'"]),
-    (dict(root="/data/mnist"), ["root=", "drop root"]),
-    (dict(n=0), ["n (the number of clips)", "positive integer"]),
-    (dict(seed=1.5), ["seed", "integer"]),
+    ({"frames": 1}, ["frames", ">= 2"]),
+    ({"canvas": 8}, ["canvas", "larger than the 8x8", "canvas=16"]),
+    ({"canvas": 5}, ["canvas", "canvas=16"]),
+    ({"speed": (2.0, 1.0)}, ["reversed", "speed=(1.0, 2.0)"]),
+    ({"speed": (-1.0, 1.0)}, ["speed", ">= 0"]),
+    ({"speed": (0.5, 9.0)}, ["16 - 8 = 8 pixels a frame", "enlarge the canvas"]),
+    ({"speed": "fast"}, ["speed", "pair (low, high)"]),
+    ({"speed": (0.5, math.inf)}, ["speed", "pair (low, high)"]),
+    ({"digits": 3}, ["digits", "1 or 2"]),
+    ({"digits": 0}, ["digits", "1 or 2"]),
+    ({"source": "cifar"}, ["source", "'digits', 'mnist'"]),
+    ({"source": "mnist"}, ["root=", "source='digits'"]),
+    ({"root": "/data/mnist"}, ["root=", "drop root"]),
+    ({"n": 0}, ["n (the number of clips)", "positive integer"]),
+    ({"seed": 1.5}, ["seed", "integer"]),
 ])
 def test_bad_options_are_refused_with_the_fix(kwargs, words):
     kwargs = {"n": 2, **kwargs}
