@@ -4,7 +4,7 @@ physics of :mod:`difflab.data.moving`). It judges generated clips against real o
 
     track = centre_of_mass(clips)                                   # [N, T, 2], (row, col)
     fit = fit_bouncing_path(track, canvas=16, size=8, max_speed=1.5)
-    fit.residual.median()                                           # pixels; real clips ~0.4
+    fit.residual.median()                                           # pixels; real clips about 0.35
 
 The model, per clip and per axis (rows and columns alike): a sprite of ``size`` pixels whose ink
 has its centre of mass ``o`` pixels from its top-left corner, on a canvas of ``canvas`` pixels,
@@ -17,13 +17,13 @@ Three parameters an axis; a in [0, L] and |v| <= L lose nothing (bounce is even 
 positions as v). They are fitted by least squares. For a fixed (a, v) the best offset is the mean
 of y_t - bounce(a + v t, L), clamped to [0, size - 1]. For a fixed bounce pattern (which segment of
 the fold each frame lies on) the model is linear in (o, a, v), so each pattern's least-squares
-solution is a candidate, exact for a clean track (tested to 1e-12 pixel); a coarse 33 x 33 grid
+solution is a candidate, exact for a clean track (tested to 1e-9 pixel); a coarse 33 x 33 grid
 over (a, v) adds candidates for noisy ones, and the best is polished on nine finer 9 x 9 grids,
-each a quarter of the step of the one before. The residual of a clip is the root mean square over its frames of the
-distance (in pixels) between its track and the fitted path.
+each a quarter of the step of the one before. The residual of a clip is the root mean square over
+its frames of the distance (in pixels) between its track and the fitted path.
 
 Real clips draw a digit at the nearest whole pixel to its true path, so their tracks lie within half
-a pixel of it per axis and their residual is at most sqrt(1/2) pixel (about 0.4 typically); a track
+a pixel of it per axis and their residual is at most sqrt(1/2) pixel (median about 0.35); a track
 of frames in a random order does not fit. One digit a clip: with two, a frame's centre of mass is
 their ink-weighted mean, which does not bounce off the walls.
 """
