@@ -2,6 +2,7 @@
 probability-flow ODE likelihood and pictures."""
 
 from . import fid, plots  # fid.fid(real, fake, features) for images; plots: figures and animations
+from . import attributes  # captioned digits' position, stroke and size measured from pixels
 from .counting import CountedModel
 from .coverage import mode_coverage, within_class_spread
 from .distances import mmd, sliced_wasserstein
@@ -15,4 +16,5 @@ __all__ = [
     "fid", "plots", "sliced_wasserstein", "mmd", "mode_coverage", "within_class_spread", "frechet_distance", "extract_features",
     "inception_features", "metric_name", "precision_recall", "to_image_grid", "save_image_grid",
     "CountedModel", "log_likelihood", "bits_per_dim", "centre_of_mass", "fit_bouncing_path", "motion_residual",
+    "attributes",
 ]
