@@ -574,7 +574,7 @@ def captioned_digits(
     digits with new attributes and captions); ``attributes``: those that vary and are captioned
     (the others are fixed, see ``FIXED``); ``canvas``: a larger canvas than the source's default,
     everything scaled. ``split="train"`` never shows a ``held_out`` (digit, attribute, value)
-    combination (default ``DEFAULT_HELD_OUT``, restricted to the attributes that vary);
+    combination (None: ``DEFAULT_HELD_OUT``, restricted to the attributes that vary; (): none);
     ``split="held_out"`` shows one in every example (digits without any are left out).
     Deterministic: the same arguments give the same images and captions.
     """
