@@ -51,3 +51,15 @@ def test_grids_and_plots_are_written_atomically(tmp_path, monkeypatch):
         loss_curve([3.0, 2.0], plot)
     assert {p: p.read_bytes() for p in (grid, plot)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "loss.png"]
+
+
+def test_sha256_file_is_the_digest_of_the_bytes_across_block_boundaries(tmp_path):
+    import hashlib
+
+    from difflab.files import sha256_file
+
+    data = bytes(range(256)) * 8193  # just over 2 MiB: the last of three 1 MiB blocks is partial
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

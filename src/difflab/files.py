@@ -1,18 +1,20 @@
 """Atomic files: a temporary file beside the target, fsync'ed, then renamed over it.
 
 Readers (and a resumed run after a crash) see the old file or the new one, never a part.
-Every writer in difflab that must not leave a half-written file goes through here.
+Every writer in difflab that must not leave a half-written file goes through here; and the
+SHA-256 that checksums and model cards record of a file (:func:`sha256_file`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import uuid
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "fsync_path"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "fsync_path", "sha256_file"]
 
 
 def fsync_path(path: Union[str, Path]) -> None:
@@ -65,3 +67,12 @@ def atomic_write_text(path: Union[str, Path], text: str) -> Path:
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """The SHA-256 of a file's bytes, in hex (what ``sha256sum`` prints), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

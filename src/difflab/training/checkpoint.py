@@ -32,7 +32,6 @@ file and the run's other complete checkpoints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 
 from ..accel import set_module_forms
 from ..devices import resolve_device
-from ..files import atomic_write, atomic_write_text, fsync_path
+from ..files import atomic_write, atomic_write_text, fsync_path, sha256_file
 from ..processes import Process
 from ..validation import is_real
 from .build import build_model, build_process
@@ -176,19 +175,11 @@ def _files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.rglob("*") if f.is_file())
 
 
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
     """``checksums.sha256``: a SHA-256 of every other file of the checkpoint, in the format of
     ``sha256sum`` (``cd step_N && sha256sum -c checksums.sha256`` checks it by hand)."""
     files = [f for f in _files(folder) if f.relative_to(folder).as_posix() != MANIFEST]
-    (folder / MANIFEST).write_text("".join(f"{_sha256(f)}  {f.relative_to(folder).as_posix()}\n" for f in files))
+    (folder / MANIFEST).write_text("".join(f"{sha256_file(f)}  {f.relative_to(folder).as_posix()}\n" for f in files))
 
 
 def _read_manifest(ck: Path) -> Optional[dict[str, str]]:
@@ -226,7 +217,7 @@ def verify_checkpoint(path: Union[str, Path], files: Optional[Sequence[str]] = N
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint file {str(file)!r} is missing; the checkpoint is incomplete"
                                     f"{_others(ck)}")
-        if _sha256(file) != sums[name]:
+        if sha256_file(file) != sums[name]:
             raise _damaged(file, f"its SHA-256 differs from the one recorded in {MANIFEST} when it was "
                                  "saved: it changed since (bit rot, a partial copy, an edit, or a file "
                                  "written over it)")

@@ -41,6 +41,7 @@ from typing import Optional, Union
 
 from safetensors import safe_open
 
+from ..files import sha256_file
 from .config import TrainConfig, config_from_text
 
 __all__ = ["model_card", "card_path", "check_card_target", "is_difflab_card", "find_eval_metrics"]
@@ -120,7 +121,7 @@ def model_card(checkpoint: Union[str, Path], weights_file: Union[str, Path], *, 
                           exported_state.get("image_shape") or exported_state["sample_shape"])
     lines += ["## Files", "",
               f"The SHA-256 of the weights (`sha256sum -c {Path(name).stem}.md` in this folder checks it):", "",
-              "```", f"{_sha256(weights_file)}  {name}", "```", "",
+              "```", f"{sha256_file(weights_file)}  {name}", "```", "",
               "## Config", "", "<details><summary>config.yaml of the checkpoint</summary>", "",
               "```yaml", meta["config"].rstrip("\n"), "```", "", "</details>", ""]
     body = "\n".join(lines)
@@ -154,14 +155,6 @@ def _exported(file: Path) -> tuple[dict, int]:
         raise ValueError(f"{str(file)!r} is not a model file written by difflab export (its metadata lacks "
                          f"{', '.join(missing)}); export one with `difflab export --ckpt RUN --out FILE`")
     return meta, parameters
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _run_folder(ck: Path) -> Optional[Path]:
