@@ -2,17 +2,12 @@
 are the library's measurement of the same data sets, and both sources' figures are written."""
 
 import json
-import sys
 
 import imageio.v2 as imageio
-from scripts import REPO
 
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-from difflab.data import captioned as cap  # noqa: E402
-from difflab.evaluation import attributes as attr  # noqa: E402
-from experiments import captioned_digits  # noqa: E402
+from difflab.data import captioned as cap
+from difflab.evaluation import attributes as attr
+from experiments import captioned_digits
 
 
 def test_writes_the_figures_and_the_measurements(tmp_path, mnist_dir):

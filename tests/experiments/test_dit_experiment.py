@@ -3,14 +3,8 @@ size-and-patch sweep, the conditioning ablation, the tables and the plot); the n
 size, but the sizes and multiply-adds are the networks' own."""
 
 import json
-import sys
 
-from scripts import REPO
-
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-from experiments import dit  # noqa: E402
+from experiments import dit
 
 
 def test_dit_tiny_writes_tables_plot_and_metrics(tmp_path):

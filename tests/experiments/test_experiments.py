@@ -11,13 +11,9 @@ import torch
 from scripts import REPO, load_script
 
 from difflab.cli import build_parser, main
-
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-from experiments import classic  # noqa: E402
-from experiments.mnist import mnist_config  # noqa: E402
-from experiments.settings import FIT_SEED, SIZES  # noqa: E402
+from experiments import classic
+from experiments.mnist import mnist_config
+from experiments.settings import FIT_SEED, SIZES
 
 
 def test_the_generated_mnist_reads_as_mnist(mnist_dir):

@@ -3,14 +3,8 @@ distillations, consistency training, every row, the checks, table and plot) and 
 the small MNIST-format data set the tests write (``mnist_dir``); the numbers mean nothing at this size."""
 
 import json
-import sys
 
-from scripts import REPO
-
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-from experiments import few_step  # noqa: E402
+from experiments import few_step
 
 
 def test_few_step_tiny_writes_table_plot_metrics_and_the_checks(tmp_path):

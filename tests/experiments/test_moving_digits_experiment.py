@@ -2,17 +2,12 @@
 frames are the clips' frames, and the numbers are the library's measure."""
 
 import json
-import sys
 
 import imageio.v2 as imageio
 import numpy as np
-from scripts import REPO
 
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-import difflab as dl  # noqa: E402
-from experiments import moving_digits  # noqa: E402
+import difflab as dl
+from experiments import moving_digits
 
 
 def test_writes_the_gif_the_frame_grid_and_the_residuals(tmp_path):

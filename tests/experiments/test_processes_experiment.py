@@ -2,14 +2,8 @@
 reflow, every sampler setting, the table and plot) in seconds; the numbers mean nothing at this size."""
 
 import json
-import sys
 
-from scripts import REPO
-
-if str(REPO) not in sys.path:  # the experiments live beside the package: import them from the repository root
-    sys.path.insert(0, str(REPO))
-
-from experiments import processes  # noqa: E402
+from experiments import processes
 
 
 def test_processes_tiny_writes_table_plot_and_metrics(tmp_path):
