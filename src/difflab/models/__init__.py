@@ -15,10 +15,12 @@ from .precond import EDMPrecond
 from .registry import build, names, register
 from .superres import LowResConditioned, WithLowRes
 from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
+from .video import VideoUNet, video_unet_mnist, video_unet_tiny
 
 __all__ = [
     "MLPDenoiser",
     "UNet",
+    "VideoUNet",
     "DiT",
     "dit",
     "EDMPrecond",
@@ -42,6 +44,9 @@ register("unet_mnist", unet_mnist)
 register("unet_cifar10", unet_cifar10)
 register("unet_tiny", unet_tiny)
 register("superres", LowResConditioned)
+register("video_unet", VideoUNet)
+register("video_unet_tiny", video_unet_tiny)
+register("video_unet_mnist", video_unet_mnist)
 register("dit", DiT)
 for _name, _factory in _dit_presets().items():
     register(_name, _factory)
