@@ -11,6 +11,7 @@ from .dit import DiT, dit
 from .dit import presets as _dit_presets
 from .embeddings import GuidanceEmbedding, LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from .mlp import MLPDenoiser
+from .noisy_classifier import AttentionPool, MixtureClassifier, NoisyClassifier
 from .precond import EDMPrecond
 from .registry import build, names, register
 from .superres import LowResConditioned, WithLowRes
@@ -29,6 +30,9 @@ __all__ = [
     "WithLowRes",
     "GaussianMixtureDenoiser",
     "GaussianDenoiser",
+    "NoisyClassifier",
+    "MixtureClassifier",
+    "AttentionPool",
     "SinusoidalEmbedding",
     "TimestepEmbedding",
     "LabelEmbedding",

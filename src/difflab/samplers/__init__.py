@@ -10,6 +10,7 @@ noise levels; :mod:`.optimize` fits them to a model.
 """
 
 from .base import randn
+from .classifier_guidance import ClassifierGuidance, check_classifier
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .denoiser import Denoiser
@@ -32,6 +33,8 @@ __all__ = [
     "SamplerSpec",
     "register",
     "Denoiser",
+    "ClassifierGuidance",
+    "check_classifier",
     "sample_ddpm",
     "sample_ddim",
     "sample_dpmpp_2m",

@@ -26,6 +26,7 @@ from ..processes import Process
 from ..validation import (NOISE_FIX, X0_FIX, check_finite, check_labels, float_input, is_int, is_real, model_dtype,
                           positive_int)
 from .base import eval_mode, model_device, randn
+from .classifier_guidance import ClassifierGuidance, check_classifier, classifier_labels
 from .ddim import sample_ddim
 from .denoiser import Denoiser, check_trained_process, model_attribute
 from .registry import SAMPLERS, SamplerSpec
@@ -56,6 +57,7 @@ class SamplingSettings:
     null_cond: Optional[int] = None
     clip_x0: Optional[float] = None
     dynamic_threshold: Optional[float] = None
+    classifier_scale: Optional[float] = None  # classifier guidance's s (None: no classifier)
     process: tuple = field(init=False, repr=False)  # proc by value: its signature()
 
     def __post_init__(self) -> None:
@@ -67,13 +69,21 @@ class SamplingSettings:
         return SAMPLERS[self.sampler].stochastic(dict(self.options))
 
     def run(self, model: Callable, x_T: Tensor, cond: Optional[Tensor] = None,
-            generator: Optional[torch.Generator] = None, callback: Optional[Callable[[dict], None]] = None) -> Tensor:
+            generator: Optional[torch.Generator] = None, callback: Optional[Callable[[dict], None]] = None,
+            *, classifier: Optional[Callable] = None, classifier_labels: Optional[Tensor] = None) -> Tensor:
         """x0 from the noise x_T: x = x_T sqrt(1 + sigma_0^2) at the top level sigma_0, then the sampler.
 
         For the VP processes x_T is the state itself (x_T / sqrt(abar_T)); for any process it is
-        the standard normal draw scaled to the marginal spread sqrt(1 + sigma_0^2) of unit-variance data."""
+        the standard normal draw scaled to the marginal spread sqrt(1 + sigma_0^2) of unit-variance data.
+        With ``classifier_scale`` set, the denoiser is guided by ``classifier`` towards
+        ``classifier_labels`` (:class:`~.classifier_guidance.ClassifierGuidance`)."""
         denoiser = Denoiser(model, self.proc, cond, self.guidance, self.null_cond, self.clip_x0,
                             self.dynamic_threshold)
+        if self.classifier_scale is not None:
+            if classifier is None:
+                raise ValueError("these settings guide by a classifier (classifier_scale is set): pass classifier= "
+                                 "and classifier_labels=")
+            denoiser = ClassifierGuidance(denoiser, classifier, classifier_labels, self.classifier_scale, self.sigmas)
         x = x_T * math.sqrt(1.0 + self.sigmas[0] ** 2)
         sig = torch.tensor(self.sigmas, dtype=torch.float64)
         return SAMPLERS[self.sampler].fn(denoiser, x, sig, generator=generator, callback=callback,
@@ -210,6 +220,8 @@ def sample(
     progress: bool = False,
     *,
     callback: Optional[Callable[[dict], None]] = None,
+    classifier: Optional[Callable] = None,
+    classifier_scale: float = 1.0,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -225,6 +237,14 @@ def sample(
       it; ``clip_x0=None``: no clipping); ``dynamic_threshold=p`` is Imagen's dynamic
       thresholding at quantile p;
     - ``null_cond``: the label of guidance's unconditional branch (default: the model's null label).
+
+    Classifier guidance (Dhariwal & Nichol 2021): ``classifier`` a noise-aware classifier
+    ``classifier(x_t, t) -> logits [B, K]`` of this process's states (``difflab train-classifier
+    --noisy``), ``classifier_scale`` its scale s; the samples are drawn towards the classes ``cond``
+    (required). An unconditional model gets ``cond`` only through the classifier; a conditional one
+    gets it too, with classifier-free guidance ``guidance`` on top. Every sampler takes it (the eps
+    form, :mod:`.classifier_guidance`; DDPM's mean shift); the run is eager (a model's own
+    ``sampling_run``, a captured whole-run graph, is not used).
 
     ``callback`` receives a dict per step with the VP state ``x``, the estimate ``denoised``, the
     noise level ``sigma`` and the index ``i``. Returns x0 (clamped only as the thresholding
@@ -278,18 +298,39 @@ def sample(
     if distilled is not None:  # a progressively distilled student: its own levels
         explicit = any(common.get(k) is not None for k in ("spacing", "sigmas", "timesteps"))
         sig = _distilled_levels(distilled, sig, steps, explicit)
+    if classifier is not None:  # the labels guide the classifier, and the model only when it is conditional
+        model_classes = model_attribute(model, "num_classes")
+        K = check_classifier(classifier, proc, shape[1:], model_classes)
+        if not is_real(classifier_scale) or not (math.isfinite(float(classifier_scale)) and classifier_scale >= 0):
+            raise ValueError(f"classifier_scale must be a finite number >= 0 (0 = no classifier guidance), got "
+                             f"{classifier_scale!r}")
+        if cond is None:
+            raise ValueError(f"classifier guidance needs the classes to guide towards: pass cond (labels 0 .. {K - 1}: "
+                             f"an int or a long tensor [{shape[0]}])")
+        guide_labels = classifier_labels(cond, K, shape[0], device)
+        if model_classes is None:
+            cond = None
+    elif not is_real(classifier_scale) or classifier_scale != 1.0:
+        raise ValueError(f"classifier_scale={classifier_scale!r} needs classifier= (a noise-aware classifier, "
+                         "`difflab train-classifier --noisy`)")
     cond = check_labels(model, cond, shape[0], device)
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
     clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping
     settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,
                                 common.get("null_cond"), proc.clip_x0 if clip_x0 is ... else clip_x0,
-                                common.get("dynamic_threshold"))
+                                common.get("dynamic_threshold"),
+                                None if classifier is None else float(classifier_scale))
     bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False) if progress else None
     report = _StepReport(callback, bar, proc)
     runner = getattr(model, "sampling_run", None)  # a model that runs a whole run its own way
+    if classifier is not None:  # (its gradients are taken step by step: no captured whole run)
+        runner = None
     try:
-        with eval_mode(model):
-            if runner is None:
+        with eval_mode(model), eval_mode(classifier):
+            if runner is None and classifier is not None:
+                x = settings.run(model, x_T, cond, generator, report, classifier=classifier,
+                                 classifier_labels=guide_labels)
+            elif runner is None:
                 x = settings.run(model, x_T, cond, generator, report)
             else:
                 x = runner(lambda *a: settings.run(model, *a), settings, x_T, cond, generator, report)
