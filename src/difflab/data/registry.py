@@ -1,27 +1,51 @@
 """Image data sets by name, for configs and the CLI: ``dl.data.load("mnist", root=..., split="t10k")``.
 
 Every loader returns ``(images, labels)``: images float32 [N, C, H, W] in [-1, 1], labels
-long [N] or None.
+long [N] or None; except ``moving_digits``, whose samples are clips [N, T, C, H, W]
+(:func:`load_moving_digits`).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 from torch import Tensor
 
-from . import digits, images, mnist
+from . import digits, images, mnist, moving
 
-__all__ = ["load", "register", "names", "DATA_RANGE"]
+__all__ = ["load", "register", "names", "DATA_RANGE", "load_moving_digits"]
 
 # Every data set here is images scaled to [-1, 1]: |x| <= DATA_RANGE.
 DATA_RANGE = 1.0
+
+
+def load_moving_digits(
+    n: int = 10_000,
+    frames: int = 8,
+    canvas: Optional[int] = None,
+    digits: int = 1,
+    speed: Union[float, tuple[float, float]] = (0.5, 1.5),
+    source: str = "digits",
+    root: Optional[Union[str, Path]] = None,
+    split: str = "t10k",
+    seed: int = 0,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Moving digits as a data set (:func:`difflab.data.moving_digits`, the same arguments): clips
+    float32 [n, frames, 1, canvas, canvas] in [-1, 1] and, with one digit a clip, its class, long
+    [n]; with two digits the labels are None (a clip has no one class). The trajectories stay with
+    ``moving_digits`` itself."""
+    md = moving.moving_digits(n, frames=frames, canvas=canvas, digits=digits, speed=speed, source=source,
+                              root=root, split=split, seed=seed)
+    return md.clips, (md.labels[:, 0] if md.labels.shape[1] == 1 else None)
+
 
 _LOADERS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
     "mnist": mnist.load,
     "digits": digits.load,
     "folder": images.load_folder,
+    "moving_digits": load_moving_digits,
 }
 
 
