@@ -167,3 +167,73 @@ def test_bad_inputs_are_named(gaussian_case):
         proc.vlb_terms(model, x0, variance="learned")
     with pytest.raises(ValueError, match="num_timesteps"):
         proc.vlb_terms(model, x0, num_timesteps=0)
+
+
+# ------------------------------------------------------------ learned variance (improved DDPM)
+class _ConstantVariance(torch.nn.Module):
+    """A network that learns its variance (learn_sigma): ``base``'s prediction, then v everywhere."""
+
+    learn_sigma = True
+
+    def __init__(self, base, v: float) -> None:
+        super().__init__()
+        self.base, self.v = base, v
+
+    def forward(self, x, t, cond=None):
+        out = self.base(x, t)
+        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
+
+
+def test_learned_log_variance_interpolates_beta_tilde_and_beta():
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(50))
+    t = torch.arange(50)
+    for v, ref in [(-1.0, proc.posterior_log_variance_clipped), (1.0, proc.betas.log())]:
+        got = proc.learned_log_variance(torch.full((50, 3), v, dtype=torch.float64), t)
+        torch.testing.assert_close(got, ref[:, None].expand(50, 3))
+    mid = proc.learned_log_variance(torch.zeros(50, 1, dtype=torch.float64), t)[:, 0]  # the geometric mean
+    torch.testing.assert_close(mid, 0.5 * (proc.betas.log() + proc.posterior_log_variance_clipped))
+
+
+def test_vlb_term_is_the_kl_of_two_gaussians_and_the_decoder_at_t0():
+    """Against torch.distributions' KL (an implementation of its own) with a per-value variance."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2 - 1
+    x0_hat = x0 + 0.1 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 40, 99])
+    x_t = proc.q_sample(x0, t, torch.randn(4, 3, generator=g, dtype=torch.float64))
+    log_var = proc.learned_log_variance(torch.rand(4, 3, generator=g, dtype=torch.float64) * 2 - 1, t)
+    got = proc.vlb_term(x0, x_t, t, x0_hat, log_var)
+    mean_q, _, log_var_q = proc.q_posterior(x0, x_t, t)
+    mean_p, _, _ = proc.q_posterior(x0_hat, x_t, t)
+    q = torch.distributions.Normal(mean_q, (0.5 * log_var_q).exp())
+    p = torch.distributions.Normal(mean_p, (0.5 * log_var).exp())
+    kl = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(got[1:], kl[1:])
+    decoder = -discretized_gaussian_log_likelihood(x0[:1], x0_hat[:1], 0.5 * log_var[:1]).sum(1)
+    torch.testing.assert_close(got[:1], decoder)
+
+
+def test_vlb_with_the_learned_variance_at_its_ends_is_the_fixed_variances_bound(gaussian_case):
+    """v = -1 everywhere is beta~ (the whole bound equal), v = 1 is beta (the KL terms equal; the
+    decoder then uses beta_1, where the fixed 'beta' bound keeps beta~_2 as DDPM's code does)."""
+    proc, model = gaussian_case
+    x0 = _rounded_gaussian(8, torch.Generator().manual_seed(3))
+    fixed = {k: proc.vlb_terms(model, x0, num_timesteps=20, variance=k, generator=torch.Generator().manual_seed(4))
+             for k in ("posterior", "beta")}
+    for v, name in [(-1.0, "posterior"), (1.0, "beta")]:
+        learned = proc.vlb_terms(_ConstantVariance(model, v), x0, num_timesteps=20,
+                                 generator=torch.Generator().manual_seed(4))  # None: the network's own
+        torch.testing.assert_close(learned["diffusion"], fixed[name]["diffusion"])
+        if name == "posterior":
+            torch.testing.assert_close(learned["total"], fixed[name]["total"])
+    with pytest.raises(ValueError, match="learns its variance"):
+        proc.vlb_terms(model, x0, variance="learned")
+
+
+def test_a_learned_variance_network_must_return_twice_the_channels(gaussian_case):
+    proc, model = gaussian_case
+    wrong = _ConstantVariance(model, 0.0)
+    wrong.forward = lambda x, t, cond=None: model(x, t)  # forgets its variance
+    with pytest.raises(ValueError, match=r"learns its variance.*shape \(4, 4\)"):
+        proc.vlb_terms(wrong, torch.zeros(4, 2))

@@ -3,6 +3,7 @@ large) variance. Its output moments with the posterior variance: test_sampling.p
 
 import math
 
+import pytest
 import torch
 from closed_forms import exact_output_moments
 
@@ -33,3 +34,59 @@ def test_ddpm_beta_variance_matches_its_recursion(proc):
     assert torch.allclose(x.std(0), torch.tensor(math.sqrt(var)).float(), atol=5 * SE_STD)
     # larger than the posterior variance's output: the beta variance over-disperses on a coarse grid
     assert math.sqrt(var) > exact_output_moments(torch.tensor(sig), "ddpm")[1]
+
+
+class _ConstantVariance(torch.nn.Module):
+    """The exact Gaussian denoiser made a network that learns its variance, with output v everywhere."""
+
+    learn_sigma = True
+
+    def __init__(self, base, v: float) -> None:
+        super().__init__()
+        self.base, self.v = base, v
+
+    def forward(self, x, t, cond=None):
+        out = self.base(x, t)
+        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
+
+
+def test_ddpm_learned_variance_matches_its_recursion(proc):
+    """variance = exp((1 + v)/2 log beta' + (1 - v)/2 log beta~') of each respaced step, in VE units:
+    the output's spread follows the recursion of the beta test with that variance."""
+    base = dl.models.GaussianDenoiser(proc, MU, S)
+    steps, v = 25, 0.3
+    x = dl.sample(_ConstantVariance(base, v), proc, (N, 2), "ddpm", steps, generator=torch.Generator().manual_seed(3))
+    sig = sampling_sigmas(proc, steps, "trailing").tolist()
+    var = 1 + sig[0] ** 2
+    frac = (1 + v) / 2
+    for a, b in zip(sig[:-1], sig[1:]):
+        r = (b / a) ** 2
+        g = (1 - r) * S * S / (S * S + a * a) + r
+        if b > 0:
+            beta = (a * a - b * b) * (1 + b * b) / (1 + a * a)
+            post = b * b * (a * a - b * b) / (a * a)
+            n2 = math.exp(frac * math.log(beta) + (1 - frac) * math.log(post))
+        else:
+            n2 = 0.0
+        var = g * g * var + n2
+    assert torch.allclose(x.std(0), torch.tensor(math.sqrt(var)).float(), atol=5 * SE_STD)
+    assert torch.allclose(x.mean(0), MU, atol=5 * SE_MEAN)
+
+
+def test_ddpm_learned_variance_at_its_ends_is_the_fixed_variances_exactly(proc):
+    """v = -1: beta~ (the default for any other network); v = 1: beta; same noise, same samples."""
+    base = dl.models.GaussianDenoiser(proc, MU, S)
+    for v, fixed in [(-1.0, "posterior"), (1.0, "beta")]:
+        a = dl.sample(_ConstantVariance(base, v), proc, (64, 2), "ddpm", 10, generator=torch.Generator().manual_seed(1))
+        b = dl.sample(base, proc, (64, 2), "ddpm", 10, variance=fixed, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a, b)
+    # a fixed variance may still be chosen for a network that learns one; DDIM reads only its mean
+    c = dl.sample(_ConstantVariance(base, 0.5), proc, (64, 2), "ddim", 10, generator=torch.Generator().manual_seed(1))
+    d = dl.sample(base, proc, (64, 2), "ddim", 10, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(c, d)
+
+
+def test_ddpm_learned_variance_needs_a_network_that_learns_it(proc):
+    base = dl.models.GaussianDenoiser(proc, MU, S)
+    with pytest.raises(ValueError, match="learns its variance"):
+        dl.sample(base, proc, (4, 2), "ddpm", 10, variance="learned")

@@ -8,7 +8,8 @@ score SDEs, EDM and flow matching. See :mod:`.base` for what the samplers need f
     proc = dl.processes.FlowMatching(coupling="ot")  # Lipman et al. 2023; Tong et al. 2024
 """
 
-from .base import PREDICTION_TYPES, Process, call_model, check_weighting, convert_prediction
+from .base import (PREDICTION_TYPES, Process, call_model, call_model_with_variance, check_weighting,
+                   convert_prediction, model_attribute)
 from .discrete import GaussianDiffusion, discretized_gaussian_log_likelihood
 from .edm import EDM
 from .flow import FlowMatching, ot_coupling
@@ -17,6 +18,7 @@ from .sde import VESDE, VPSDE
 
 __all__ = [
     "Process", "GaussianDiffusion", "VPSDE", "VESDE", "EDM", "FlowMatching", "PROCESSES", "build",
-    "PREDICTION_TYPES", "convert_prediction", "call_model", "check_weighting", "ot_coupling",
+    "PREDICTION_TYPES", "convert_prediction", "call_model", "call_model_with_variance", "model_attribute",
+    "check_weighting", "ot_coupling",
     "discretized_gaussian_log_likelihood",
 ]

@@ -45,6 +45,8 @@ __all__ = [
     "PREDICTION_TYPES",
     "convert_prediction",
     "call_model",
+    "call_model_with_variance",
+    "model_attribute",
     "check_weighting",
     "check_clip_x0",
     "Weighting",
@@ -127,15 +129,44 @@ def check_positive(name: str, value, hint: str = "") -> float:
 
 def call_model(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None, **inputs) -> Tensor:
     """Evaluate ``model(x_t, t)`` or ``model(x_t, t, cond)`` (with keyword ``inputs`` such as a
-    guidance scale, for the networks that take one) and check the output's shape."""
+    guidance scale, for the networks that take one), check the output's shape and return the
+    prediction: of a network that learns its variance, the first half (:func:`call_model_with_variance`)."""
+    return call_model_with_variance(model, x_t, t, cond, **inputs)[0]
+
+
+def call_model_with_variance(model: Callable, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None,
+                             **inputs) -> tuple[Tensor, Optional[Tensor]]:
+    """(prediction, v): a network with ``learn_sigma`` (improved DDPM, Nichol & Dhariwal 2021)
+    outputs twice x_t's channels, [prediction, v] along dim 1, where v in [-1, 1] interpolates the
+    log-variance between beta~_t (v = -1) and beta_t (v = 1); any other network returns x_t's shape
+    and v is None."""
     out = model(x_t, t, cond, **inputs) if inputs else (model(x_t, t) if cond is None else model(x_t, t, cond))
-    if not isinstance(out, Tensor) or out.shape != x_t.shape:
+    learns = bool(model_attribute(model, "learn_sigma"))
+    want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:]) if learns and x_t.ndim >= 2 else tuple(x_t.shape)
+    if not isinstance(out, Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"the model returned {got}, but it must return a tensor of x_t's shape "
-            f"{tuple(x_t.shape)} (its prediction of eps, x0, v or the velocity)"
-        )
-    return out
+        if learns:
+            raise ValueError(f"the model returned {got}, but it learns its variance (learn_sigma), so it must return "
+                             f"a tensor of shape {want}: its prediction of eps, x0 or v, then the variance "
+                             "interpolation v, along dim 1")
+        raise ValueError(f"the model returned {got}, but it must return a tensor of x_t's shape {want} "
+                         "(its prediction of eps, x0, v or the velocity)")
+    if learns:
+        prediction, v = out.chunk(2, dim=1)
+        return prediction, v
+    return out, None
+
+
+def model_attribute(model: Callable, name: str):
+    """``model``'s attribute ``name``, found also through the wrappers that keep the network as
+    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
+    (a bound low-res image); None where no layer has it."""
+    for _ in range(5):
+        value = getattr(model, name, None)
+        if value is not None or model is None:
+            return value
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    return None
 
 
 def vp_scale(sigma):

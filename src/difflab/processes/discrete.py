@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..schedules import NoiseSchedule
 from ..validation import X0_FIX, check_labels, float_input, is_int
-from .base import Process, call_model, check_clip_x0, vp_scale
+from .base import Process, call_model_with_variance, check_clip_x0, model_attribute, vp_scale
 
 __all__ = ["GaussianDiffusion", "discretized_gaussian_log_likelihood"]
 
@@ -71,6 +71,7 @@ class GaussianDiffusion(Process):
         # has no beta~_1: there at beta_0, the other choice of Ho et al. sec. 3.2)
         first = self.posterior_variance[1:2] if len(betas) > 1 else betas[:1]
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
+        self.log_betas = betas.log()
         self.posterior_mean_coef1 = betas * abar_prev.sqrt() / (1 - abar)
         self.posterior_mean_coef2 = (1 - abar_prev) * self.alphas.sqrt() / (1 - abar)
         # VE noise level sigma_t = sqrt((1 - abar_t) / abar_t), increasing in t.
@@ -258,6 +259,39 @@ class GaussianDiffusion(Process):
         return self.convert(x_t, t, model_output, "v")
 
     # -------------------------------------------------------------- likelihood
+    def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
+        """log Sigma_theta(x_t, t) = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2:
+        the learned variance of improved DDPM (Nichol & Dhariwal 2021, eq. 15) from the network's
+        variance output v, at 0-based timesteps t (long [B]); beta~ clipped at t = 0 as in
+        ``posterior_log_variance_clipped``."""
+        self.check_t(t, v, "v")
+        frac = (v + 1) / 2
+        return frac * self._at("log_betas", t, v) + (1 - frac) * self._at("posterior_log_variance_clipped", t, v)
+
+    def vlb_term(self, x0: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, log_variance: Tensor,
+                 bins: int = 256) -> Tensor:
+        """One term of the variational bound per sample [B], in nats, for p(x_{t-1} | x_t) =
+        N(mu~_t(x0_hat, x_t), exp(log_variance)) (Ho et al. 2020, eq. 5; ``log_variance`` per value
+        or broadcastable):
+
+            t >= 1:  L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))
+                             = 1/2 sum (log v - log beta~_t + beta~_t / v - 1 + c1_t^2 (x0 - x0_hat)^2 / v)
+            t = 0:   L_0 = -log p(x0 | x_1), discretized over ``bins`` levels of [-1, 1] (eq. 13)
+
+        (0-based t: index 0 is the paper's t = 1). Computed in x0's dtype."""
+        self.check_t(t, x0)
+        if t.is_floating_point():
+            raise ValueError("vlb_term needs integer timesteps t (a torch.long tensor)")
+        log_variance = log_variance.to(x0.dtype).expand_as(x0)
+        c1 = self._at("posterior_mean_coef1", t, x0)
+        log_post = self._at("posterior_log_variance_clipped", t, x0)
+        kl = 0.5 * (log_variance - log_post + torch.exp(log_post - log_variance) - 1
+                    + (c1 * (x0 - x0_hat)) ** 2 * torch.exp(-log_variance))
+        kl = kl.flatten(1).sum(1)
+        # at t = 0 the model's mean mu~_0(x0_hat, x_1) is x0_hat itself (c1_0 = 1, c2_0 = 0)
+        decoder = -discretized_gaussian_log_likelihood(x0, x0_hat, 0.5 * log_variance, bins).flatten(1).sum(1)
+        return torch.where(t.to(x0.device) == 0, decoder.to(kl.dtype), kl)
+
     def vlb_terms(
         self,
         model: Callable,
@@ -265,7 +299,7 @@ class GaussianDiffusion(Process):
         cond: Optional[Tensor] = None,
         *,
         num_timesteps: Optional[int] = None,
-        variance: str = "posterior",
+        variance: Optional[str] = None,
         clip_x0: bool = False,
         bins: int = 256,
         generator: Optional[torch.Generator] = None,
@@ -277,10 +311,12 @@ class GaussianDiffusion(Process):
             L_0     = -log p(x0 | x_1), a discretized Gaussian over ``bins`` bins of [-1, 1] (eq. 13)
 
         p(x_{t-1} | x_t) = N(mu~_t(x0_hat, x_t), v_t) uses the model's x0_hat in the posterior mean
-        and a fixed variance v_t: ``variance="posterior"`` (beta~_t) or ``"beta"`` (beta_t); the
-        decoder uses beta~_2 in both cases, as DDPM's code does. Data must lie in [-1, 1] on the
-        grid of ``bins`` levels (images scaled from 0..255), so the bound is one on a probability
-        mass and bits/dim compare with the literature.
+        (:meth:`vlb_term`) and the variance v_t: ``variance="posterior"`` (beta~_t), ``"beta"``
+        (beta_t; the decoder then uses beta~_2, as DDPM's code does) or ``"learned"`` (the network's
+        own, :meth:`learned_log_variance`: a network with ``learn_sigma``). None: "learned" for a
+        network that learns its variance, else "posterior". Data must lie in [-1, 1] on the grid of
+        ``bins`` levels (images scaled from 0..255), so the bound is one on a probability mass and
+        bits/dim compare with the literature.
 
         ``num_timesteps=None`` sums all T - 1 KL terms (T model calls). ``num_timesteps=K`` draws
         one t uniformly from each of K equal strata of 2..T and weights it by its stratum's size:
@@ -292,8 +328,15 @@ class GaussianDiffusion(Process):
         if not isinstance(x0, Tensor) or x0.ndim < 2:
             raise ValueError(f"x0 must be a batch tensor of shape [B, ...], got {getattr(x0, 'shape', x0)}")
         x0 = float_input(x0, "x0", model, X0_FIX)
-        if variance not in ("posterior", "beta"):
-            raise ValueError(f"variance must be 'posterior' (beta~_t) or 'beta' (beta_t), got {variance!r}")
+        learned = bool(model_attribute(model, "learn_sigma"))
+        if variance is None:
+            variance = "learned" if learned else "posterior"
+        if variance not in ("posterior", "beta", "learned"):
+            raise ValueError(f"variance must be 'posterior' (beta~_t), 'beta' (beta_t) or 'learned' (the "
+                             f"network's own), got {variance!r}")
+        if variance == "learned" and not learned:
+            raise ValueError("variance='learned' needs a network that learns its variance (learn_sigma); this one "
+                             "does not: use variance='posterior' or 'beta'")
         if not is_int(bins) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2 (256 for 8-bit images), got {bins!r}")
         if self.T < 2:
@@ -314,39 +357,31 @@ class GaussianDiffusion(Process):
         x0_64 = x0.to(f64)
         zero = torch.zeros(B, dtype=torch.long, device=x0.device)
 
-        def x0_hat_at(t_index: int) -> tuple[Tensor, Tensor]:
+        def term(t_index: int) -> Tensor:
             t = zero + t_index
             noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
             x_t = self._q_sample(x0, t, noise)
             with torch.no_grad():
-                out = call_model(model, x_t, t, cond)
+                out, v = call_model_with_variance(model, x_t, t, cond)
             x0_hat = self.predict_x0(x_t, t, out).to(f64)
             if clip_x0:
                 x0_hat = x0_hat.clamp(-1, 1)
-            return x_t.to(f64), x0_hat
+            if variance == "learned":
+                log_var = self.learned_log_variance(v.to(f64), t)
+            elif variance == "beta" and t_index > 0:
+                log_var = self.log_betas[t_index].view(1)
+            else:  # beta~_t, clipped at t = 0 (the decoder's beta~_2 in the paper's numbering)
+                log_var = self.posterior_log_variance_clipped[t_index].view(1)
+            return self.vlb_term(x0_64, x_t.to(f64), t, x0_hat, log_var.to(x0.device), bins)
 
         # Prior: KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1)), per dimension then summed.
         abar_T = self.alphas_cumprod[-1].item()
         prior = 0.5 * (abar_T * x0_64**2 + (1 - abar_T) - 1 - math.log(1 - abar_T))
         prior = prior.flatten(1).sum(1)
-
-        # Decoder: x0 | x_1 ~ discretized N(x0_hat, beta~_2).
-        _, x0_hat = x0_hat_at(0)
-        log_scale = 0.5 * self.posterior_log_variance_clipped[0].item()
-        decoder = -discretized_gaussian_log_likelihood(x0_64, x0_hat, log_scale, bins).flatten(1).sum(1)
-
-        # Diffusion terms: KL between the posterior and the model's Gaussian, both with mean
-        # c1 x0 + c2 x_t, so KL = 0.5 (log v - log beta~ + beta~ / v - 1 + c1^2 |x0 - x0_hat|^2 / v).
+        decoder = term(0)
         diffusion = torch.zeros(B, dtype=f64, device=x0.device)
         for i, w in zip(timesteps.tolist(), weights.tolist()):
-            _, x0_hat = x0_hat_at(i)
-            post_var = self.posterior_variance[i].item()
-            var = post_var if variance == "posterior" else self.betas[i].item()
-            c1 = self.posterior_mean_coef1[i].item()
-            mean_err = ((c1 * (x0_64 - x0_hat)) ** 2).flatten(1).sum(1)
-            D = x0[0].numel()
-            const = 0.5 * D * (math.log(var) - math.log(post_var) + post_var / var - 1)
-            diffusion = diffusion + w * (const + 0.5 * mean_err / var)
+            diffusion = diffusion + w * term(i)
         return {
             "prior": prior,
             "decoder": decoder,
@@ -366,7 +401,7 @@ class GaussianDiffusion(Process):
 # The per-timestep coefficients looked up in the hot loops (``_at`` in the data's dtype, and
 # the noise levels in float64); ``cache_tables`` puts them on a device.
 _TABLES = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "posterior_mean_coef1",
-           "posterior_mean_coef2", "posterior_variance", "posterior_log_variance_clipped")
+           "posterior_mean_coef2", "posterior_variance", "posterior_log_variance_clipped", "log_betas")
 _TABLES_FLOAT64 = ("sigmas", "_log_sigmas")
 
 def _stratified_timesteps(

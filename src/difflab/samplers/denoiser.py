@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..validation import is_int, is_real
-from ..processes import Process, call_model, convert_prediction
+from ..processes import Process, call_model_with_variance, convert_prediction, model_attribute
 
 __all__ = ["Denoiser", "check_trained_process", "model_attribute"]
 
@@ -83,6 +83,7 @@ class Denoiser:
         self.model, self.proc, self.cond = model, proc, cond
         self.guidance, self.null_cond = guidance, null_cond
         self.guidance_input = bool(model_attribute(model, "guidance_input"))
+        self.learned_variance = bool(model_attribute(model, "learn_sigma"))
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         self.calls = 0
 
@@ -90,31 +91,36 @@ class Denoiser:
         """a(sigma): the process's state is x_t = a x."""
         return float(self.proc.scale(float(sigma)))
 
-    def model_output(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The (guided) network output at VP state x_t."""
+    def model_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """The (guided) network prediction at VP state x_t, and the variance output v of a network
+        that learns its variance (else None). Under classifier-free guidance v is the conditional
+        branch's: guidance moves the mean, as in GLIDE's and DiT's samplers."""
         cond, w = self.cond, self.guidance
         self.calls += 1
         if cond is None:
-            return call_model(self.model, x_t, t)
+            return call_model_with_variance(self.model, x_t, t)
         if self.guidance_input:  # the scale is the network's input (a tensor: graphs and compile key on it): one call
-            return call_model(self.model, x_t, t, cond, guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
+            return call_model_with_variance(self.model, x_t, t, cond,
+                                            guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
         if w == 1.0:
-            return call_model(self.model, x_t, t, cond)
+            return call_model_with_variance(self.model, x_t, t, cond)
         null = torch.full_like(cond, self.null_cond)
         if w == 0.0:
-            return call_model(self.model, x_t, t, null)
-        out = call_model(
+            return call_model_with_variance(self.model, x_t, t, null)
+        out, v = call_model_with_variance(
             self.model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null])
         )
         out_cond, out_uncond = out.chunk(2)
-        return out_uncond + w * (out_cond - out_uncond)
+        return out_uncond + w * (out_cond - out_uncond), (None if v is None else v.chunk(2)[0])
 
-    def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        """E[x0 | x] at VE noise level sigma (a python float)."""
+    def predict(self, x: Tensor, sigma: float) -> tuple[Tensor, Optional[Tensor]]:
+        """(E[x0 | x], v) at VE noise level sigma: the denoised estimate and, for a network that
+        learns its variance, its interpolation v in [-1, 1] between the step's beta~ and beta
+        (:func:`difflab.samplers.ddpm.sample_ddpm` reads it); v is None for any other network."""
         sigma = float(sigma)
         alpha = self.scale(sigma)
         x_t = x * alpha
-        out = self.model_output(x_t, self.proc.timestep(sigma, x.shape[0], x.device))
+        out, v = self.model_output(x_t, self.proc.timestep(sigma, x.shape[0], x.device))
         x0 = convert_prediction(out, x_t, alpha, sigma * alpha, self.proc.prediction, "x0")
         if self.dynamic_threshold is not None:
             s = torch.quantile(x0.flatten(1).abs().float(), self.dynamic_threshold, dim=1)
@@ -122,7 +128,11 @@ class Denoiser:
             x0 = torch.maximum(torch.minimum(x0, s), -s) / s
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-        return x0
+        return x0, v
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """E[x0 | x] at VE noise level sigma (a python float)."""
+        return self.predict(x, sigma)[0]
 
 
 def check_trained_process(model: Callable, proc: Process) -> None:
@@ -136,18 +146,6 @@ def check_trained_process(model: Callable, proc: Process) -> None:
     if isinstance(trained, Process) and isinstance(proc, Process) and trained.network_signature() != proc.network_signature():
         raise ValueError(f"this network was trained under {trained!r} but is sampled under {proc!r}: sample it "
                          "under its own process, the run's (dl.load(...).proc, or model.trained_process)")
-
-
-def model_attribute(model: Callable, name: str):
-    """``model``'s attribute ``name``, found also through the wrappers that keep the network as
-    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
-    (a bound low-res image); None where no layer has it."""
-    for _ in range(5):
-        value = getattr(model, name, None)
-        if value is not None or model is None:
-            return value
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
-    return None
 
 
 def _check_null_cond(null_cond, num_classes: Optional[int]) -> int:
