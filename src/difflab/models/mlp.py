@@ -37,6 +37,8 @@ class MLPDenoiser(nn.Module):
     tensor [B] (checked against that range when it lives on the CPU, as in the UNet). With
     ``guidance_embed=True`` it also takes the guidance scale, ``model(x_t, t, cond, guidance=w)``,
     added to the time embedding (:class:`~.embeddings.GuidanceEmbedding`; guided distillation).
+    With ``learn_sigma=True`` it outputs [B, 2 dim]: the prediction, then the variance
+    interpolation v of improved DDPM (:func:`difflab.processes.call_model_with_variance`).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class MLPDenoiser(nn.Module):
         num_classes: Optional[int] = None,
         dropout: float = 0.0,
         guidance_embed: bool = False,
+        learn_sigma: bool = False,
     ) -> None:
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("width", width, 2), ("depth", depth, 1)):
@@ -62,7 +65,10 @@ class MLPDenoiser(nn.Module):
         if guidance_embed and num_classes is None:
             raise ValueError("MLPDenoiser: guidance_embed needs a class-conditional model (num_classes=K): "
                              "guidance steers towards a label")
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(f"MLPDenoiser: learn_sigma must be true or false, got {learn_sigma!r}")
         dim, width, depth = int(dim), int(width), int(depth)
+        self.learn_sigma = learn_sigma
         num_classes = int(num_classes) if num_classes is not None else None
         self.dim, self.num_classes = dim, num_classes
         self.time_embed = TimestepEmbedding(width)
@@ -70,7 +76,7 @@ class MLPDenoiser(nn.Module):
         self.guidance_embed = GuidanceEmbedding(width) if guidance_embed else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, dropout) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * dim if learn_sigma else dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

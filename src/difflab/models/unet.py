@@ -308,6 +308,8 @@ class UNet(nn.Module):
         norm_eps: the eps of every GroupNorm (the original DDPM code's: 1e-6; torch's: 1e-5).
         downsample_padding: the strided downsampling convolution's padding (``resample="conv"``):
             1, every side; 0, right and bottom only, as in the original DDPM code (:class:`Downsample`).
+        learn_sigma: twice the output channels: the prediction, then the variance interpolation
+            v of improved DDPM (Nichol & Dhariwal 2021; :func:`difflab.processes.call_model_with_variance`).
 
     The last three exist for the original DDPM checkpoints (converted to diffusers as
     google/ddpm-cifar10-32 and its siblings: freq_shift 1, norm_eps 1e-6, downsample_padding 0);
@@ -337,11 +339,16 @@ class UNet(nn.Module):
         freq_shift: float = 0,
         norm_eps: float = 1e-5,
         downsample_padding: int = 1,
+        learn_sigma: bool = False,
     ) -> None:
         super().__init__()
         self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
         in_channels = positive_int("in_channels", in_channels)
         out_channels = in_channels if out_channels is None else positive_int("out_channels", out_channels)
+        _flag("learn_sigma", learn_sigma)
+        self.learn_sigma = learn_sigma
+        if learn_sigma:  # [prediction, variance interpolation v] (improved DDPM)
+            out_channels = 2 * out_channels
         channels = positive_int("channels", channels)
         channel_mult = _int_sequence("channel_mult", channel_mult, "(1, 2, 2, 2)")
         if not channel_mult:
