@@ -35,7 +35,7 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
 def _sample(cfg, model, proc, **options) -> torch.Tensor:
     """Two samples with dl.sample's defaults (upscale's for a super-resolution network)."""
     g = torch.Generator().manual_seed(1)
-    shape = (64,) if cfg.data.flatten else (1, 8, 8) if cfg.data.name == "digits" else (1, 28, 28)  # or MNIST
+    shape = (cfg.model.kwargs["dim"],) if cfg.data.flatten else (1, 8, 8) if cfg.data.name == "digits" else (1, 28, 28)  # or MNIST
     cond = torch.tensor([3, 10]) if getattr(model, "num_classes", None) else None
     if cfg.model.name == "superres":
         low = torch.rand(2, 1, 14, 14, generator=g) * 2 - 1

@@ -6,6 +6,7 @@ from .ema import EMA
 from .loss import DiffusionLoss, TrainBatch
 from .consistency import ConsistencyDistillationLoss, ConsistencyTrainingLoss  # (registers loss: consistency)
 from .progressive import ProgressiveDistillationLoss
+from .hybrid import HybridLoss  # (registers loss: hybrid and loss: vlb)
 from .trainer import Trainer, train
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ConsistencyTrainingLoss",
     "ConsistencyDistillationLoss",
     "ProgressiveDistillationLoss",
+    "HybridLoss",
     "load",
     "LoadedRun",
     "save_checkpoint",

@@ -42,10 +42,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         raise ValueError(f"config field 'model.kwargs.context_dim': model {cfg.model.name!r} cross-attends to text, "
                          f"but data set {cfg.data.name!r} has no captions (the trainer passes images and class "
                          "labels only); drop context_dim, or condition on labels (num_classes)")
-    if getattr(model, "learn_sigma", False):
-        raise ValueError(f"config field 'model.kwargs.learn_sigma': model {cfg.model.name!r} outputs a variance "
-                         "beside its prediction, which no loss or sampler of difflab reads yet (improved DDPM's "
-                         "learned variance); drop learn_sigma")
+    if bool(getattr(model, "learn_sigma", False)) != (cfg.loss in ("hybrid", "vlb")):
+        raise ValueError(f"config field 'loss': {cfg.loss!r} with model {cfg.model.name!r} that "
+                         f"{'learns' if getattr(model, 'learn_sigma', False) else 'does not learn'} its variance: "
+                         "a network with model.kwargs.learn_sigma: true trains with loss: hybrid or vlb (improved "
+                         "DDPM), and those losses need it")
     if cfg.diffusion.process == "edm":
         model = models.EDMPrecond(model, sigma_data=build_process(cfg).sigma_data)
     if cfg.consistency_model:  # f(x, sigma_min) = x around the network (its weights: net.*)

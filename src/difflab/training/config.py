@@ -47,6 +47,7 @@ __all__ = [
     "EMAConfig",
     "SampleConfig",
     "ConsistencyConfig",
+    "VLBConfig",
     "DistillConfig",
     "TrainConfig",
     "load_config",
@@ -367,6 +368,7 @@ class SampleConfig:
 
 
 DISTILL_METHODS = ("progressive", "consistency", "guided")
+VLB_LOSSES = ("hybrid", "vlb")  # the losses of a network that learns its variance (training/hybrid.py)
 
 
 @dataclass
@@ -409,6 +411,28 @@ class ConsistencyConfig:
             _fail(f"{prefix}.guidance", self.guidance, "[w_min, w_max] with w_min <= w_max")
         if self.net_prediction is not None:
             _choice(f"{prefix}.net_prediction", self.net_prediction, PREDICTION_TYPES)
+
+
+@dataclass
+class VLBConfig:
+    """The variational-bound losses of improved DDPM (Nichol & Dhariwal 2021), used by ``loss: hybrid``
+    (L_simple + ``weight`` L_vlb: the paper's lambda = 0.001) and ``loss: vlb`` (L_vlb alone);
+    both need a network that learns its variance (``model.kwargs.learn_sigma: true``).
+    ``timestep_sampler``: uniform, or loss_aware (p_t ~ sqrt(E[L_t^2]) over the last ``history``
+    values of each term, mixed with ``uniform_prob`` of the uniform); null: uniform for hybrid,
+    loss_aware for vlb, as in the paper."""
+
+    weight: float = 0.001
+    timestep_sampler: Optional[str] = None
+    history: int = 10
+    uniform_prob: float = 0.001
+
+    def validate(self, prefix: str = "vlb") -> None:
+        _number(f"{prefix}.weight", self.weight, low=0, low_open=True)
+        if self.timestep_sampler is not None:
+            _choice(f"{prefix}.timestep_sampler", self.timestep_sampler, ("uniform", "loss_aware"))
+        _number(f"{prefix}.history", self.history, integer=True, low=1)
+        _number(f"{prefix}.uniform_prob", self.uniform_prob, low=0, high=1)
 
 
 @dataclass
@@ -508,6 +532,7 @@ class TrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    vlb: VLBConfig = field(default_factory=VLBConfig)
     loss: str = "diffusion"
     batch_size: int = 128
     grad_accum: int = 1
@@ -604,6 +629,24 @@ class TrainConfig:
                 _fail("cuda_graph" if self.cuda_graph else "compile", self.cuda_graph or self.compile,
                       "a consistency model's loss reads its noise levels and curriculum on the host every step, "
                       "which a captured step would freeze: use cuda_graph: false and compile: none or model")
+        if self.loss in VLB_LOSSES:
+            if self.diffusion.process != "ddpm":
+                _fail("loss", self.loss, "the variational bound trains the variance of the discrete DDPM chain: set "
+                      "diffusion.process: ddpm")
+            if self.data.name == "toy2d":
+                _fail("loss", self.loss, "the variational bound's decoder is a discretized Gaussian over the 256 "
+                      "levels of image data in [-1, 1]; data set 'toy2d' is continuous: use loss: diffusion")
+            if self.model.kwargs.get("learn_sigma") is not True:
+                _fail("loss", self.loss, f"loss {self.loss!r} trains a network that learns its variance: set "
+                      "model.kwargs.learn_sigma: true")
+            sampler = self.vlb.timestep_sampler or ("loss_aware" if self.loss == "vlb" else "uniform")
+            if sampler == "loss_aware" and (self.cuda_graph or self.compile == "step"):
+                _fail("vlb.timestep_sampler", sampler, "the loss-aware sampler reads its terms on the host every "
+                      "step, which a captured step would freeze: use cuda_graph: false and compile: none or model, "
+                      "or vlb.timestep_sampler: uniform")
+        elif self.model.kwargs.get("learn_sigma"):
+            _fail("model.kwargs.learn_sigma", True, f"loss {self.loss!r} trains no variance, so the network's "
+                  "variance output would stay untrained: use loss: hybrid (improved DDPM) or drop learn_sigma")
         self._check_memory_options()
         _number("cpu_threads", self.cpu_threads, integer=True, low=0)
         if self.max_time is not None:

@@ -410,6 +410,8 @@ class Trainer:
         torch.set_rng_state(mine["cpu"])
         if self.device.type == "cuda" and "cuda" in mine:
             torch.cuda.set_rng_state(mine["cuda"], self.device)
+        if hasattr(self.loss_fn, "load_checkpoint_state") and "loss_state" in st:  # (the loss-aware sampler's history)
+            self.loss_fn.load_checkpoint_state(st["loss_state"])
         self.step = self.start_step = int(st["step"])
         self.elapsed_before = float(st.get("elapsed_s", 0.0))
         if st.get("world_size", 1) != self.world:
@@ -469,7 +471,8 @@ class Trainer:
         cfg, B, A = self.cfg, self.cfg.batch_size, self.cfg.grad_accum
         g = step_generator(self._draw_gen, cfg.seed, s)
         dev = self.device
-        t_all = self.proc.training_times(B, generator=g, device=dev)
+        draw = getattr(self.loss_fn, "training_times", None) or self.proc.training_times  # (a loss may choose t)
+        t_all = draw(B, generator=g, device=dev)
         u_all = torch.rand(B, generator=g, device=dev)
         noise_all = torch.randn((B, *self.sample_shape), generator=g, device=dev)
         idx_all = self.batches.indices(s)
@@ -728,7 +731,8 @@ class Trainer:
         """What state.json records of the run besides the step and the EMA (process 0)."""
         return {"world_size": self.world, "data_stream": self.batches.state(self.step),
                 "sample_shape": list(self.sample_shape), "image_shape": list(self.image_shape),
-                "num_classes": self.num_classes, "elapsed_s": round(time.perf_counter() - self._run_start, 3)}
+                "num_classes": self.num_classes, "elapsed_s": round(time.perf_counter() - self._run_start, 3),
+                **({"loss_state": self.loss_fn.checkpoint_state()} if hasattr(self.loss_fn, "checkpoint_state") else {})}
 
     def _save_sharded(self, rng: list) -> Optional[Path]:
         """A checkpoint of a run with ``sharding: fsdp`` (at any number of processes): every
