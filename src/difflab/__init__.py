@@ -21,6 +21,7 @@ LAYERS = (
     ("accel",),  # speed: transforms of a model
     ("training",),  # the trainer, losses, checkpoints
     ("evaluation", "editing"),  # metrics; inpainting, SDEdit, super-resolution, interpolation
+    ("web",),  # the web page (difflab serve): an interface, like cli, which starts it
     ("cli",),  # the difflab command
 )
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from . import _errors
-from . import convert, demo, distill, export, reflow, sample, train
+from . import convert, demo, distill, export, reflow, sample, serve, train
 from . import img2img, inpaint, interpolate, upscale
 from . import eval as eval_cmd, experiments, train_classifier
 
@@ -20,7 +20,7 @@ COMMANDS += [inpaint, img2img, upscale, interpolate]  # editing (issue 6)
 COMMANDS += [eval_cmd, train_classifier]  # evaluation (issue 5)
 COMMANDS += [reflow]  # rectified flow (issue 22)
 COMMANDS += [distill]  # few-step students (issue 23)
-COMMANDS += [convert]  # diffusers checkpoints in and out (issue 28)
+COMMANDS += [convert, serve]  # diffusers checkpoints in and out; the web page (issue 28)
 COMMANDS += [experiments]  # only says where the experiments moved (python experiments/classic.py)
 
 
