@@ -340,7 +340,7 @@ def test_refusals_name_the_option():
     ddpm = dict(SCHEDULER_DEFAULTS["DDPMScheduler"], _class_name="DDPMScheduler")
     for words, change in {"prediction_type = 'flow'": dict(prediction_type="flow"),
                           "beta_schedule = 'laplace'": dict(beta_schedule="laplace"),
-                          "variance_type = 'learned_range'": dict(variance_type="learned_range"),
+                          "variance_type = 'learned'": dict(variance_type="learned"),
                           "trained_betas": dict(trained_betas=[0.1, 0.2]),
                           "thresholding": dict(thresholding=True),
                           "timestep_spacing = 'uniform'": dict(timestep_spacing="uniform"),
@@ -379,3 +379,37 @@ def test_to_diffusers_refuses_what_diffusers_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="model 'mlp' .*UNet2DModel holds difflab's U-Net"):
         to_diffusers(out, tmp_path / "pipe")
     assert not (tmp_path / "pipe").exists()
+
+
+def test_learned_range_variance_samples_as_the_ddpm_pipeline(tmp_path):
+    """A UNet2DModel with twice its input channels under variance_type learned_range (improved DDPM)
+    becomes a U-Net with learn_sigma (loss: hybrid); difflab's DDPM sampler reads its variance and
+    equals DDPMPipeline from the same seed, on 10 respaced steps and on all 100 (both draw the
+    start and each step's noise in the same order; float32 rounding of the [0, 1] images: 5e-4).
+    Written back, the scheduler says learned_range again."""
+    net = random_unet(in_channels=1, out_channels=2, **SMALL)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=100, variance_type="learned_range",
+                                        timestep_spacing="trailing")
+    folder = pipeline_folder(tmp_path / "pipe", net, scheduler)
+    converted = from_diffusers(folder, tmp_path / "run")
+    assert any("learned_range" in n for n in converted.notes)
+    run = dl.load(tmp_path / "run")
+    assert run.ema_model.learn_sigma and run.config.loss == "hybrid"
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)
+    for steps in (10, 100):
+        theirs = pipe(batch_size=3, num_inference_steps=steps, generator=torch.Generator().manual_seed(7),
+                      output_type="np").images
+        theirs = torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1
+        ours = dl.sample(run.ema_model, run.proc, (3, 1, 8, 8), "ddpm", steps,
+                         generator=torch.Generator().manual_seed(7)).clamp(-1, 1)
+        assert (ours - theirs).abs().max() < 5e-4, steps
+        fixed = dl.sample(run.ema_model, run.proc, (3, 1, 8, 8), "ddpm", steps, variance="posterior",
+                          generator=torch.Generator().manual_seed(7)).clamp(-1, 1)
+        assert (fixed - theirs).abs().max() > 1e-2  # (the variance matters: the check can fail)
+    back = to_diffusers(tmp_path / "run", tmp_path / "again").out
+    written = json.loads((back / "scheduler" / "scheduler_config.json").read_text())
+    assert written["variance_type"] == "learned_range"
+    assert json.loads((back / "unet" / "config.json").read_text())["out_channels"] == 2
+    with pytest.raises(ValueError, match="learned_range.*out_channels = 1"):
+        pipeline_folder(tmp_path / "bad", random_unet(in_channels=1, out_channels=1, **SMALL), scheduler)
+        from_diffusers(tmp_path / "bad", tmp_path / "bad_run")

@@ -46,7 +46,9 @@ that none does: ``variance_type`` fixed_large; the timestep grid (diffusers' def
 with ``steps_offset``, against difflab's "trailing": ``spacing="leading"`` or explicit
 ``timesteps=``; DDIMScheduler's step from t to t - T // steps, off a "linspace" grid, has no
 equivalent); DDIM with clipping (difflab's DDIM is diffusers' ``use_clipped_model_output=True``).
-Learned variances, ``trained_betas``, ``thresholding`` and zero-terminal-SNR rescaling are refused.
+``variance_type`` learned_range (improved DDPM: the network outputs [prediction, v]) is the U-Net's
+``learn_sigma`` under ``loss: hybrid``, both ways. A log-variance output (``learned``),
+``trained_betas``, ``thresholding`` and zero-terminal-SNR rescaling are refused.
 
 The run. :func:`from_diffusers` writes an ordinary run folder (``config.yaml`` and a step-0
 checkpoint whose model and EMA weights are both the converted ones, with its checksums), built
@@ -617,14 +619,17 @@ def diffusion_from_scheduler_config(config: dict) -> tuple[dict, dict, list]:
         raise _refuse(f"prediction_type = {prediction!r}", f"difflab's networks predict "
                       f"{', '.join(f'{k} ({v})' for k, v in _PREDICTIONS.items())}")
     variance = c.get("variance_type", "fixed_small")
-    if variance in ("learned", "learned_range"):
-        raise _refuse(f"variance_type = {variance!r}", "the network outputs a variance beside its prediction "
-                      "(improved DDPM), which no sampler of difflab reads yet")
+    if variance == "learned":
+        raise _refuse(f"variance_type = {variance!r}", "the network outputs its log-variance itself; difflab's "
+                      "networks learn improved DDPM's interpolation between beta~ and beta (learned_range)")
+    if variance == "learned_range":
+        notes.append("variance_type 'learned_range': the network learns its variance (model.kwargs.learn_sigma, "
+                     "loss: hybrid), which difflab's DDPM sampler reads by default, on respaced steps too")
     if variance in ("fixed_large", "fixed_large_log"):
         notes.append(f"variance_type {variance!r}: DDPM sampling with beta_t: pass variance='beta' to "
                      "dl.sample(..., sampler='ddpm') (a run's config has no field for it; difflab's default is "
                      "beta tilde, diffusers' fixed_small)")
-    elif variance not in ("fixed_small", "fixed_small_log"):
+    elif variance not in ("fixed_small", "fixed_small_log", "learned_range"):
         raise _refuse(f"variance_type = {variance!r}", "expected one of fixed_small, fixed_small_log, fixed_large, "
                       "fixed_large_log")
     clip = None
@@ -803,7 +808,14 @@ def from_diffusers(src: Union[str, Path], out: Union[str, Path], *, scheduler: U
     elif not any(o.split("=", 1)[0].strip().startswith("data.") for o in overrides):
         notes.append("the run names no data (data: folder without a path): difflab eval then needs --ref; "
                      "give --data FOLDER (or --set data.name=...) to name the images the model makes")
-    cfg = TrainConfig.from_dict({"model": {"name": "unet", "kwargs": unet.kwargs}, "diffusion": diffusion,
+    kwargs, loss = unet.kwargs, "diffusion"
+    if sched.get("variance_type") == "learned_range":  # [prediction, v]: the U-Net's learn_sigma, same weights
+        if kwargs["out_channels"] != 2 * C:
+            raise _refuse(f"variance_type 'learned_range' with out_channels = {kwargs['out_channels']}",
+                          f"a network that learns its variance outputs twice its {C} input channels (the "
+                          "prediction, then the variance interpolation)")
+        kwargs, loss = {**kwargs, "out_channels": C, "learn_sigma": True}, "hybrid"
+    cfg = TrainConfig.from_dict({"model": {"name": "unet", "kwargs": kwargs}, "diffusion": diffusion, "loss": loss,
                                  "data": {"name": "folder", "kwargs": data_kwargs}, "sample": sample})
     cfg = apply_overrides(cfg, overrides)
     net = build_model(cfg)
@@ -918,6 +930,8 @@ def to_diffusers(run: Union[str, Path], out: Union[str, Path], *, ema: bool = Tr
         raise _refuse("a progressively distilled student", f"it samples on its own {len(cfg.distill.sigmas) - 1} "
                       "noise levels (distill.sigmas), which a DDPMScheduler cannot hold")
     scheduler = _scheduler_config(cfg)
+    if net.learn_sigma:  # [prediction, v]: diffusers' learned_range variance
+        scheduler["variance_type"] = "learned_range"
     unet = _unet_config(net, loaded.image_shape)
     state = _state_to_diffusers(unet_from_diffusers_config(unet).kwargs, net.state_dict())
     tmp = _fresh(out)
