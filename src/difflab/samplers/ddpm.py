@@ -64,7 +64,7 @@ def sample_ddpm(
     ``variance``: "posterior" (beta~), "beta", or "learned" (the network's own, for a network that
     learns it: the default there; "posterior" otherwise). A denoiser with ``mean_shift``
     (classifier guidance, Dhariwal & Nichol 2021, Alg. 1) has its base ``denoiser.denoiser``
-    predict x0 and adds ``mean_shift(x, sigma, var)`` = s Sigma grad log p(y | x_t) to each mean."""
+    predict x0 and adds ``mean_shift(x, sigma, var, sigma_next=...)`` = s Sigma grad log p(y | x_t) to each mean."""
     guide = getattr(denoiser, "mean_shift", None)
     base = denoiser.denoiser if guide is not None else denoiser
     learned = bool(getattr(base, "learned_variance", False))
@@ -92,7 +92,7 @@ def sample_ddpm(
             else:
                 var = var_posterior if variance == "posterior" else var_beta
             if guide is not None:
-                mean = mean + guide(x, s, var)
+                mean = mean + guide(x, s, var, sigma_next=s_next)
             x = mean + var**0.5 * randn_like(x, generator)
         else:
             x = mean
