@@ -330,3 +330,27 @@ def test_the_presets_take_their_data():
     model = perturb(video_unet_tiny(num_classes=10))
     x, t = clips(B=1, T=8, H=16, W=16)
     assert model(x, t, torch.tensor([4])).shape == (1, 8, 1, 16, 16)
+
+
+def test_independent_prob_trains_some_clips_as_independent_frames():
+    """In training mode each clip is, with probability independent_prob, computed as independent
+    frames (exactly the masked network's output for it), else as a clip; eval mode and an explicit
+    independent_frames leave the draw out."""
+    model = perturb(small(independent_prob=0.5))
+    x, t = clips(B=16)
+    model.eval()
+    coupled, masked = model(x, t), model(x, t, independent_frames=True)
+    model.train()
+    torch.manual_seed(0)
+    out = model(x, t)
+    as_masked = [torch.equal(out[i], masked[i]) for i in range(16)]
+    as_coupled = [torch.equal(out[i], coupled[i]) for i in range(16)]
+    assert all(m != c for m, c in zip(as_masked, as_coupled))  # each clip one or the other
+    assert 3 <= sum(as_masked) <= 13  # (Binomial(16, 1/2): outside with probability 0.004)
+    assert torch.equal(model(x, t, independent_frames=False), coupled)
+    model.independent_prob = 1.0
+    assert torch.equal(model(x, t), masked)
+    model.eval()
+    assert torch.equal(model(x, t), coupled)
+    with pytest.raises(ValueError, match=r"independent_prob must be a probability in \[0, 1\]"):
+        small(independent_prob=1.5)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..validation import check_labels, is_int, positive_int
+from ..validation import check_labels, is_int, is_real, positive_int
 from .embeddings import batch_timesteps
 from .norm import GroupNorm
 from .unet import Downsample, ResBlock, UNet, Upsample
@@ -207,6 +207,13 @@ class VideoUNet(nn.Module):
         temporal_kernel: the convolution's width in frames (odd).
         temporal_heads: heads of every temporal attention (must divide every level's width);
             defaults to the spatial attention's rule (``num_heads``, or ``head_dim``).
+        independent_prob: in training mode, each clip's frames are made independent images
+            (``independent_frames`` for that clip) with this probability, drawn from torch's
+            generator as dropout's are: joint training of the spatial layers on frames alone
+            within a video run (Ho et al. Sec. 3.1, with the clips' own frames as the images). 1
+            trains the network as an image model per frame (the frame-by-frame baseline, sampled
+            with :meth:`frame_by_frame`); 0 (the default) never. An explicit ``independent_frames``
+            overrides it; in eval mode it is off.
         **unet: the spatial network's arguments, those of :class:`~difflab.models.unet.UNet`
             (in_channels, channels, channel_mult, num_res_blocks, attention_levels, image_size,
             num_classes, ...); its weights are ``spatial.*``.
@@ -223,14 +230,20 @@ class VideoUNet(nn.Module):
         temporal_conv: bool = True,
         temporal_kernel: int = 3,
         temporal_heads: Optional[int] = None,
+        independent_prob: float = 0.0,
         **unet,
     ) -> None:
         super().__init__()
         self.config = {"frames": frames, "temporal_attention": temporal_attention, "temporal_conv": temporal_conv,
-                       "temporal_kernel": temporal_kernel, "temporal_heads": temporal_heads, **unet}
+                       "temporal_kernel": temporal_kernel, "temporal_heads": temporal_heads,
+                       "independent_prob": independent_prob, **unet}
         self.frames = positive_int("frames (the longest clip the network takes)", frames)
         _flag("temporal_attention", temporal_attention)
         _flag("temporal_conv", temporal_conv)
+        if not is_real(independent_prob) or not 0.0 <= independent_prob <= 1.0:
+            raise ValueError(f"independent_prob must be a probability in [0, 1] (the share of clips trained as "
+                             f"independent frames), got {independent_prob!r}")
+        self.independent_prob = float(independent_prob)
         if not is_int(temporal_kernel) or temporal_kernel < 1 or temporal_kernel % 2 == 0:
             raise ValueError(f"temporal_kernel must be an odd number of frames >= 1 (3: each frame reads its two "
                              f"neighbours), got {temporal_kernel!r}")
@@ -326,6 +339,10 @@ class VideoUNet(nn.Module):
             raise ValueError("this VideoUNet is unconditional (num_classes=None) but got labels; build it with "
                              "num_classes=K to use class labels")
         es = iter(sp.block_embeddings(F.silu(emb)))  # every residual block's, [B*T, ...] each
+        if independent_frames is None and self.training and self.independent_prob > 0:
+            # per clip, like dropout: [B] bool, True with probability independent_prob
+            independent_frames = (True if self.independent_prob == 1.0 else
+                                  torch.rand(B, device=x.device) < self.independent_prob)
         independent = self._independent(independent_frames, B, T, x.device)
         allowed = None if independent is None else _allowed(independent)
         skip_conv = independent_frames is True  # (with no frame of a clip left, every convolution adds zero)
