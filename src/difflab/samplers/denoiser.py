@@ -15,6 +15,10 @@ unconditional outputs in one batched forward pass of size 2B:
 which equals guiding eps, x0 or v alike, because the conversions are affine in the output.
 A network that takes the scale as an input (``guidance_input``: a guided-distilled student,
 Luo et al. 2023) is instead called once, ``model(x_t, t, cond, guidance=w)``.
+
+A network that learns its variance (``learn_sigma``, improved DDPM) outputs [prediction, v]: D is
+its prediction's x0, as for any network, and :meth:`Denoiser.predict` also returns v, which DDPM
+ancestral sampling reads (:mod:`.ddpm`); DDIM and the ODE solvers use the mean alone.
 """
 
 from __future__ import annotations
