@@ -286,7 +286,8 @@ class VideoUNet(nn.Module):
             raise TypeError(f"from_unet takes a difflab UNet, got {type(unet).__name__}")
         model = cls(frames=frames, **temporal, **unet.config)
         model.spatial.load_state_dict(unet.state_dict())
-        return model.to(next(unet.parameters()).device)
+        p = next(unet.parameters())
+        return model.to(p.device, p.dtype)
 
     # ------------------------------------------------------------------ input checks
     def _check(self, x: Tensor) -> None:
