@@ -71,5 +71,11 @@ def _main(args) -> int:
                 print(f"difflab serve: {models} on http://{shown}:{port}{query}  (Ctrl+C stops)", flush=True)
 
     server = Server(config)
-    server.run()
-    return 0 if server.started else 1
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled, after its graceful shutdown
+        pass
+    if server.started:
+        print("difflab serve: stopped", flush=True)
+        return 0
+    return 1  # uvicorn logged why it could not start (e.g. the port is taken)

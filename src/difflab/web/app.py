@@ -108,8 +108,8 @@ def check_request(request, token: Optional[str], max_body: int) -> Optional[tupl
         if not length.isdigit():
             return 400, f"Content-Length must be a number of bytes, got {length!r}"
         if int(length) > max_body:
-            return 413, (f"the request is {int(length) / 2 ** 20:.1f} MB, more than this server's limit of "
-                         f"{max_body / 2 ** 20:.1f} MB (--max-upload-mb); send a smaller image")
+            return 413, (f"the request is {int(length) / 2 ** 20:.3g} MB, more than this server's limit of "
+                         f"{max_body / 2 ** 20:.3g} MB (--max-upload-mb); send a smaller image")
     return None
 
 
@@ -268,15 +268,17 @@ def create_app(catalog: Catalog, limits: Optional[Limits] = None, token: Optiona
                 "preview": data_url(s["preview"]) if s["preview"] else None,
                 "images": [data_url(png) for png in s["results"]]}
 
-    @app.get("/api/jobs/{job_id}/{index}.png")
-    def job_png(job_id: str, index: int):
+    @app.get("/api/jobs/{job_id}/{name}.png")
+    def job_png(job_id: str, name: str):
         q, s = find(job_id)
+        index = int(name) if name.isascii() and name.isdigit() else -1
         if not 0 <= index < len(s["results"]):
-            raise BadRequest(f"job {job_id!r} has {len(s['results'])} image(s) ({s['state']}); ask for 0 .. "
-                             f"{max(0, len(s['results']) - 1)}", 404)
+            have = f"ask for 0.png .. {len(s['results']) - 1}.png" if s["results"] else "none yet"
+            raise BadRequest(f"job {job_id!r} ({s['state']}) has no image {name!r}: it has {len(s['results'])} "
+                             f"image(s); {have}", 404)
         info = s["info"]
-        name = f"difflab-{info.get('model', 'model')}-{info.get('kind', 'image')}-seed{info.get('seed', 0)}-{index}.png"
+        filename = f"difflab-{info['model']}-{info['kind']}-seed{info['seed']}-{index}.png"
         return Response(q.result(job_id, index), media_type="image/png",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     return app

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], limits: {}, model: null, edit: null, mask: null, painting: false };
+const state = { models: [], limits: {}, model: null, edit: null, mask: null, painting: false, last: null };
 const POLL_MS = 250;
 
 // ------------------------------------------------------------------ requests and errors
@@ -244,19 +244,32 @@ function draw() {
   $("img2img").disabled = !state.edit;
 }
 
-function paintAt(event) {
+function modelPoint(event) {
+  // the pointer in the model's pixel coordinates (continuous: pixel (i, j) spans [i, i+1) x [j, j+1))
   const m = state.model;
-  const canvas = $("edit-canvas");
-  const rect = canvas.getBoundingClientRect();
-  const x = (event.clientX - rect.left) / rect.width * m.width;
-  const y = (event.clientY - rect.top) / rect.height * m.height;
-  const r = Number($("brush").value);
+  const rect = $("edit-canvas").getBoundingClientRect();
+  return [(event.clientX - rect.left) / rect.width * m.width, (event.clientY - rect.top) / rect.height * m.height];
+}
+
+function stamp(x, y, r) {
+  const m = state.model;
   for (let j = Math.floor(y - r); j <= Math.ceil(y + r); j++) {
     for (let i = Math.floor(x - r); i <= Math.ceil(x + r); i++) {
       if (i < 0 || j < 0 || i >= m.width || j >= m.height) continue;
       if ((i + 0.5 - x) ** 2 + (j + 0.5 - y) ** 2 <= r * r) state.mask[j * m.width + i] = 1;
     }
   }
+}
+
+function paintAt(event) {
+  // a stroke from the last point to this one, stamped every quarter pixel: a fast pointer
+  // reports few points, and the mask must not have gaps between them
+  const [x, y] = modelPoint(event);
+  const [x0, y0] = state.last || [x, y];
+  const r = Number($("brush").value);
+  const n = Math.max(1, Math.ceil(4 * Math.hypot(x - x0, y - y0)));
+  for (let k = 1; k <= n; k++) stamp(x0 + (x - x0) * k / n, y0 + (y - y0) * k / n, r);
+  state.last = [x, y];
   draw();
 }
 
@@ -310,11 +323,12 @@ function init() {
   canvas.addEventListener("pointerdown", (e) => {
     if (!state.edit) return;
     state.painting = true;
+    state.last = null;
     canvas.setPointerCapture(e.pointerId);
     paintAt(e);
   });
   canvas.addEventListener("pointermove", (e) => { if (state.painting) paintAt(e); });
-  const stop = () => { state.painting = false; };
+  const stop = () => { state.painting = false; state.last = null; };
   canvas.addEventListener("pointerup", stop);
   canvas.addEventListener("pointercancel", stop);
   loadModels().catch((err) => showError(err.message));

@@ -1,0 +1,164 @@
+"""The page (src/difflab/web/static/: index.html, app.js) in a real browser: headless Chromium
+from the distribution's packages, driven by selenium through the system's chromedriver, against
+`difflab serve`'s app on a free port. It picks a class, generates, checks the images are the
+model's own samples of that seed (and neither blank nor noise), paints a mask with pointer
+events on the canvas, inpaints, checks the kept pixels, and saves a screenshot.
+
+Skipped only where no Chromium is installed and the CI variable is unset: CI (.ci/run installs
+chromium and chromium-driver) must run it, so there a missing browser fails. Set
+DIFFLAB_WEB_SCREENSHOT=path to keep a copy of the screenshot (docs/web/page.png is one), and
+DIFFLAB_WEB_CKPT=run to drive the page with that model instead of the test's own.
+"""
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import difflab as dl
+from difflab.web import Catalog, Limits, create_app
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+IN_CI = bool(os.environ.get("CI"))
+if not IN_CI and not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip("no /usr/bin/chromium and chromedriver here (apt-get install chromium chromium-driver); "
+                "CI installs them and runs this test", allow_module_level=True)
+if not IN_CI:
+    pytest.importorskip("selenium")
+import uvicorn  # noqa: E402
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+# The flags that run Chromium headless in a container with no network and no GPU.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1280,1000"]
+
+
+@pytest.fixture
+def server(digits_run_dir):
+    """The app of `difflab serve --ckpt RUN` in a thread, on a free port of 127.0.0.1."""
+    ckpt = os.environ.get("DIFFLAB_WEB_CKPT") or digits_run_dir
+    app = create_app(Catalog([ckpt]), Limits())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not srv.started and time.monotonic() - t0 < 20:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.catalog
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def image_of(data_url: str) -> np.ndarray:
+    head, b64 = data_url.split(",", 1)
+    assert head == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.float64)
+
+
+def corr(a, b) -> float:
+    a, b = np.ravel(a) - np.mean(a), np.ravel(b) - np.mean(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def gallery(driver) -> list:
+    return [e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, ".gallery-item img")]
+
+
+def test_generate_and_inpaint_in_a_real_browser(server, browser, tmp_path):
+    url, catalog = server
+    (model,) = catalog.models.values()
+    run, label, seed, steps, n = model.run, 3, 7, 20, 4
+    wait = WebDriverWait(browser, 30)
+    browser.get(url + "/")
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "label")).options) == run.num_classes + 1)
+    assert browser.find_element(By.ID, "prompt-row").get_attribute("hidden") is not None  # no text model yet
+    Select(browser.find_element(By.ID, "label")).select_by_value(str(label))
+    for field, value in {"steps": steps, "seed": seed, "n": n}.items():
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(str(value))
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: len(gallery(d)) == n)
+    shown = np.stack([image_of(src) for src in gallery(browser)[::-1]])  # the newest first on the page
+
+    # the model's own samples of that class and seed, pixel for pixel (8-bit rounding)
+    want = run.sample(n, "ddim", steps, 1.0, label, seed).reshape(n, 8, 8).clamp(-1, 1)
+    assert np.array_equal(shown, np.round((want.numpy() + 1) * 127.5))
+    x = shown / 127.5 - 1
+    assert x.std() > 0.3, "blank images"
+    # digits, not noise: each looks like the mean digit of its class (noise: correlation 0 +- 0.13)
+    digits, labels = dl.data.load("digits")[:2]
+    means = [digits[labels == c].mean(0).numpy() for c in range(10)]
+    own = np.mean([corr(xi, means[label]) for xi in x])
+    others = np.mean([corr(xi, means[c]) for xi in x for c in range(10) if c != label])
+    assert own > 0.4 and own > others + 0.1, (own, others)
+    preview = browser.find_element(By.CSS_SELECTOR, ".job img").get_attribute("src")
+    assert image_of(preview).shape == (12, 2 + n * 10)  # the last denoised estimates, a grid of n
+
+    # inpaint: the first result into the editor, a stroke across its lower rows, inpaint
+    browser.find_elements(By.CSS_SELECTOR, ".edit-btn")[-1].click()  # the oldest: the first sample
+    wait.until(lambda d: d.find_element(By.ID, "img2img").is_enabled())
+    canvas = browser.find_element(By.ID, "edit-canvas")
+    w = canvas.size["width"]
+    # offsets from the canvas' centre: from (1/16 W, 10/16 H) to (15/16 W, 10/16 H), then down a row
+    ActionChains(browser).move_to_element_with_offset(canvas, -7 * w // 16, w // 8).click_and_hold() \
+        .move_by_offset(w // 4, 0).move_by_offset(w // 4, 0).move_by_offset(w // 3, 0) \
+        .move_by_offset(0, w // 8).release().perform()
+    mask = np.array(browser.execute_script("return Array.from(state.mask)")).reshape(8, 8)
+    assert mask[:4].sum() == 0 and mask[5].all() and 8 <= mask.sum() < 40, mask  # the stroke, brush radius 1
+    assert browser.find_element(By.ID, "inpaint").is_enabled()
+    browser.find_element(By.ID, "inpaint").click()
+    wait.until(lambda d: len(gallery(d)) == 2 * n)
+    filled = np.stack([image_of(src) for src in gallery(browser)[:n]])
+    kept = mask == 0
+    assert np.array_equal(filled[:, kept], np.broadcast_to(shown[0][kept], (n, kept.sum())))
+    assert (filled[:, mask == 1] != shown[0][mask == 1]).any()  # the masked pixels were drawn anew
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # a request the server refuses shows its message on the page: the consistency sampler takes
+    # steps + 1 levels of the grid, so not as many steps as the process has (the form allows T)
+    Select(browser.find_element(By.ID, "sampler")).select_by_value("consistency")
+    box = browser.find_element(By.ID, "steps")
+    box.clear()
+    box.send_keys(box.get_attribute("max"))
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert f"consistency cannot take {box.get_attribute('max')} steps" in browser.find_element(By.ID, "error").text
+    Select(browser.find_element(By.ID, "sampler")).select_by_value("ddim")
+    box.clear()
+    box.send_keys(str(steps))
+    browser.execute_script("document.getElementById('error').hidden = true")
+
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot)) and Image.open(shot).size[0] >= 1000
+    if os.environ.get("DIFFLAB_WEB_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["DIFFLAB_WEB_SCREENSHOT"])
