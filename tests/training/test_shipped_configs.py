@@ -36,6 +36,8 @@ def _sample(cfg, model, proc, **options) -> torch.Tensor:
     """Two samples with dl.sample's defaults (upscale's for a super-resolution network)."""
     g = torch.Generator().manual_seed(1)
     shape = (cfg.model.kwargs["dim"],) if cfg.data.flatten else (1, 8, 8) if cfg.data.name == "digits" else (1, 28, 28)  # or MNIST
+    if cfg.data.name == "moving_digits":  # clips [T, 1, H, W]: two 8x8 frames, a size every video network takes
+        shape = (2, 1, 8, 8)
     cond = torch.tensor([3, 10]) if getattr(model, "num_classes", None) else None
     if cfg.model.name == "superres":
         low = torch.rand(2, 1, 14, 14, generator=g) * 2 - 1

@@ -360,8 +360,9 @@ def vlb_bits_per_dim(run, args, x: Tensor, cond: Optional[Tensor], desc: str, bi
     K = None if args.bpd_timesteps == 0 else args.bpd_timesteps
     v, seconds = _in_batches(lambda xb, c: run.proc.vlb_bits_per_dim(
         run.ema_model, xb, c, num_timesteps=K, clip_x0=True, bins=bins, generator=g), x, cond, args)
+    learned = bool(getattr(run.ema_model, "learn_sigma", False))  # (vlb_bits_per_dim then reads the network's own)
     return {"method": "vlb", **_summary(v, desc, cond, bins, seconds), "timesteps": "all" if K is None else K,
-            "variance": "posterior"}
+            "variance": "learned" if learned else "posterior"}
 
 
 def pf_ode_bits_per_dim(run, args, x: Tensor, cond: Optional[Tensor], desc: str, bins: int) -> dict:

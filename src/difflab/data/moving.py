@@ -25,9 +25,8 @@ sprite pasted on the background: no resampling blurs the digit. Two digits overl
 pixelwise maximum, as in Moving MNIST. The speed is capped at L pixels a frame, so a digit
 meets each wall at most once a step.
 
-The clips are not in the by-name registry (``dl.data.load``): its contract is images
-[N, C, H, W] with labels [N], which every consumer (the trainer, ``difflab eval``'s real sets,
-the classifier) assumes; clips are [N, T, C, H, W] with a label per digit.
+By name, ``dl.data.load("moving_digits", ...)`` gives the clips [N, T, C, H, W] with the digit's
+class as the label of a one-digit clip (none for two digits), so a config can train on them.
 """
 
 from __future__ import annotations
