@@ -95,3 +95,29 @@ def test_attention_pool_weighs_positions():
     assert h1.mean((2, 3)).equal(h2.mean((2, 3)))
     assert not torch.allclose(pool(h1), pool(h2))
     assert math.isfinite(float(pool(h1).detach().sum()))
+
+
+@pytest.mark.parametrize("proc", [dl.GaussianDiffusion(dl.schedules.cosine(1000)), dl.processes.EDM()],
+                         ids=["ddpm", "edm"])
+def test_input_scaling_is_the_posterior_variable(proc):
+    """Built with its process, the classifier reads u = x_t / (a (1 + sigma^2)): sqrt(abar_t) x_t on
+    the DDPM chain (grid and between-grid times alike), x / (1 + sigma^2) under EDM (a = 1); so the
+    gradient with respect to x_t at the top of the cosine chain is ~sqrt(abar_T) times the
+    network's, and guidance's shift sigma^2 grad_x stays bounded there."""
+    net = perturb(dl.models.NoisyClassifier((3,), 4, width=8, depth=1, proc=proc), 0.2)
+    for sigma in (0.01, 1.0, 50.0):
+        t = proc.timestep(sigma, 2)
+        s = float(proc.sigma_of_timestep(t[:1]))
+        want = proc.scale(s) if proc.discrete else 1.0 / (1.0 + s * s)
+        torch.testing.assert_close(net.input_scale(t).flatten(), torch.full((2,), want, dtype=torch.float64))
+    if proc.discrete:
+        abar = proc.alphas_cumprod
+        torch.testing.assert_close(net.input_scale(torch.tensor([0, 999, 500])).flatten(),
+                                   abar[[0, 999, 500]].sqrt().double())
+        x = torch.randn(2, 3, requires_grad=True)
+        top = torch.full((2,), 999)
+        (g,) = torch.autograd.grad(net(x, top).log_softmax(1)[:, 0].sum(), x)
+        assert g.abs().max() < 1e-3  # sqrt(abar_999) ~ 5e-5 times an O(1) gradient
+    assert net.process_signature == proc.network_signature()
+    with pytest.raises(TypeError, match="proc must be a process"):
+        dl.models.NoisyClassifier((3,), 4, proc="ddpm")

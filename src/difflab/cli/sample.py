@@ -3,6 +3,12 @@
     difflab sample --ckpt runs/digits --n 64 --sampler ddim --steps 50 --guidance 3 --label 7 --seed 0 --out grid.png
     difflab sample --ckpt runs/digits --label all --n 10 --guidance 3 --out rows.png   # a row per class
     difflab sample --ckpt runs/mnist_cond --device cuda --fast --n 1024 --out grid.png  # cli/speed.py
+    difflab sample --ckpt runs/digits_uncond --classifier runs/digits_uncond/noisy_classifier \
+        --classifier-scale 4 --label all --n 10 --out guided.png      # classifier guidance (docs/guidance.md)
+
+Classifier guidance (Dhariwal & Nichol 2021) needs a noise-aware classifier of the run's data and
+process (``difflab train-classifier --noisy --ckpt RUN --out DIR``) and --label: it guides an
+unconditional model, or a conditional one together with classifier-free guidance (--guidance).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import torch
 from ..devices import resolve_device
 from ..data.grids import check_image_path, make_parent
 from ..files import atomic_write_bytes
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, check_classifier, sample
 from ..training.checkpoint import load
+from ..training.noisy_classifier import load_noisy_classifier
 from ..training.generate import class_rows, save_grid
 from ._errors import check_memory
 from .speed import accelerated, add_speed_args
@@ -36,6 +43,10 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="default: 50; a student's own (its config's sample.steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="noise-aware classifier for classifier guidance (difflab train-classifier --noisy)")
+    p.add_argument("--classifier-scale", type=float, default=None,
+                   help="classifier guidance scale s (default 1 with --classifier; 0 = none)")
     p.add_argument("--label", default=None,
                    help="class of every sample, or 'all' for a row per class (conditional models)")
     p.add_argument("--seed", type=int, default=0)
@@ -72,6 +83,13 @@ def _main(args) -> int:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "
                          "no PNG grid to write; pass --save-tensor FILE.pt")
     labels, n, nrow = None, args.n, args.nrow
+    classifier = _classifier(args, run, device)
+    if classifier is not None and args.label is None:
+        raise ValueError(f"--classifier guides towards classes: add --label (0..{classifier.num_classes - 1}, or "
+                         "'all' for a row per class)")
+    if classifier is not None and run.num_classes is None and args.guidance != 1.0:
+        raise ValueError(f"--guidance {args.guidance:g} (classifier-free guidance) needs a class-conditional model; "
+                         f"{args.ckpt} is unconditional: guide it with --classifier-scale alone")
     if args.label is None and args.guidance != 1.0:
         if run.num_classes is None:
             raise ValueError(f"--guidance {args.guidance:g} needs a class-conditional model; {args.ckpt} is "
@@ -79,24 +97,35 @@ def _main(args) -> int:
         raise ValueError(f"--guidance {args.guidance:g} needs --label: the class to guide towards "
                          f"(0..{run.num_classes - 1}), or 'all' for a row per class")
     if args.label is not None:
-        if run.num_classes is None:
-            raise ValueError(f"--label needs a class-conditional model; {args.ckpt} is unconditional")
+        classes = run.num_classes if classifier is None else classifier.num_classes
+        if classes is None:
+            raise ValueError(f"--label needs a class-conditional model or --classifier; {args.ckpt} is unconditional")
         if args.label == "all":
-            labels = class_rows(run.num_classes, args.n)
+            labels = class_rows(classes, args.n)
             n, nrow = len(labels), nrow or args.n
         else:
             try:
                 labels = int(args.label)
             except ValueError:
-                raise ValueError(f"--label must be a class index 0..{run.num_classes - 1} or 'all', "
+                raise ValueError(f"--label must be a class index 0..{classes - 1} or 'all', "
                                  f"got {args.label!r}") from None
+            if classifier is not None and not 0 <= labels < classes:
+                raise ValueError(f"--label must be a class index 0..{classes - 1} (the classifier's classes) or "
+                                 f"'all', got {labels}")
     # the samples, the noise and two per-step tensors at least (the network's activations come on top)
     what = f"--n {args.n}" + (f" ({n} samples, a row per class)" if n != args.n else "")
     check_memory(4 * n * math.prod(run.sample_shape) * 4, device, what,
                  "lower --n (for more samples, run again with another --seed)")
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
-    x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                   clip_x0=clip, model=net, device=device)
+    if classifier is None:
+        x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
+                       clip_x0=clip, model=net, device=device)
+    else:  # (run.sample takes labels for the model only: here they may be the classifier's alone)
+        cond = labels if torch.is_tensor(labels) else torch.full((n,), labels, dtype=torch.long)
+        x = sample(net, run.proc, (n, *run.sample_shape), args.sampler, args.steps, args.eta, cond=cond,
+                   guidance=args.guidance, generator=torch.Generator().manual_seed(args.seed), device=device,
+                   clip_x0=clip, classifier=classifier, classifier_scale=args.classifier_scale)
+        x = x.reshape(n, *run.image_shape)
     written = []
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
@@ -107,6 +136,23 @@ def _main(args) -> int:
     print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> "
           f"{', '.join(str(Path(w).resolve()) for w in written)}")
     return 0
+
+
+def _classifier(args, run, device):
+    """--classifier's noise-aware classifier (checked against the run before any sampling), or None;
+    --classifier-scale defaults to 1 with it and is refused without it."""
+    if args.classifier is None:
+        if args.classifier_scale is not None:
+            raise ValueError("--classifier-scale needs --classifier DIR (a noise-aware classifier: "
+                             "difflab train-classifier --noisy --ckpt RUN --out DIR)")
+        return None
+    args.classifier_scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+    if not (math.isfinite(args.classifier_scale) and args.classifier_scale >= 0):
+        raise ValueError(f"--classifier-scale must be a finite number >= 0 (0 = no classifier guidance), got "
+                         f"{args.classifier_scale:g}")
+    classifier = load_noisy_classifier(args.classifier, device=device)
+    check_classifier(classifier, run.proc, run.sample_shape, run.num_classes)
+    return classifier
 
 
 def _student_notes(cfg, args) -> list[str]:

@@ -17,6 +17,15 @@ between levels) followed by attention pooling, the classifier of Dhariwal & Nich
 :class:`MixtureClassifier` is the exact one for Gaussian-mixture data, the Bayes posterior over
 the components (the test bed of guidance, as :mod:`.analytic` is of samplers).
 
+**The input scaling.** A network's gradient is O(1) wherever it is not trained to be otherwise,
+but guidance multiplies it by sigma^2 (VE frame; sigma up to 2e4 on the cosine schedule's last
+step). The exact posterior of data of unit scale depends on the VE state x = x_t / a through
+x / (1 + sigma^2) (for a Gaussian class, log p(y | x) = m_y . x / (sigma^2 + s^2) + ...), so its
+gradient decays as 1 / sigma^2 and the shift sigma^2 grad stays bounded. Built with its process,
+:class:`NoisyClassifier` reads that variable, u = x / (1 + sigma^2) = x_t / (a (1 + sigma^2)) --
+sqrt(abar) x_t on the VP processes -- with sigma from the time input: the decay is built in
+rather than learnt (an untrained direction at pure noise would otherwise shift x0 by thousands).
+
 A classifier carries what it was trained for: ``data_shape``, ``num_classes`` and
 ``process_signature`` (the ``network_signature()`` of the process whose x_t it read); guidance
 refuses to use it on other data or another process (:mod:`difflab.samplers.classifier_guidance`).
@@ -87,8 +96,10 @@ class NoisyClassifier(nn.Module):
     downsampled 2x between levels -> GroupNorm, SiLU -> :class:`AttentionPool` -> Linear(K).
     ``depth`` is the number of blocks (flat) or of ResBlocks per level (images).
 
-    ``config`` holds the constructor's arguments (saved beside the weights); ``process_signature``
-    is set by whoever trains or loads it (None: unknown, not checked).
+    ``proc``: the process whose states it reads; it scales its input x_t to u = x_t / (a (1 + sigma^2))
+    (module docstring) and sets ``process_signature`` (None without a process: the input is read
+    as is, and guidance checks no process). ``config`` holds the other constructor arguments
+    (saved beside the weights).
     """
 
     def __init__(
@@ -101,8 +112,11 @@ class NoisyClassifier(nn.Module):
         heads: int = 4,
         norm_groups: int = 8,
         dropout: float = 0.0,
+        proc: Optional[Process] = None,
     ) -> None:
         super().__init__()
+        if proc is not None and not isinstance(proc, Process):
+            raise TypeError(f"NoisyClassifier: proc must be a process of dl.processes, got {type(proc).__name__}")
         if isinstance(data_shape, (str, bytes)) or not isinstance(data_shape, Sequence) or not all(
                 is_int(s) and s >= 1 for s in data_shape) or len(data_shape) not in (1, 3):
             raise ValueError(f"NoisyClassifier: data_shape must be (D,) for flat data or (C, H, W) for images, "
@@ -120,7 +134,8 @@ class NoisyClassifier(nn.Module):
         self.num_classes = num_classes
         self.config = dict(data_shape=list(self.data_shape), num_classes=num_classes, width=width, depth=depth,
                            mult=list(mult), heads=heads, norm_groups=norm_groups, dropout=float(dropout))
-        self.process_signature: Optional[tuple] = None
+        self.proc = proc
+        self.process_signature: Optional[tuple] = None if proc is None else proc.network_signature()
         self.time_embed = TimestepEmbedding(width)
         if len(self.data_shape) == 1:
             self.inp = nn.Linear(self.data_shape[0], width)
@@ -156,8 +171,9 @@ class NoisyClassifier(nn.Module):
             got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
             raise ValueError(f"this NoisyClassifier reads states of shape [B, {', '.join(map(str, self.data_shape))}], "
                              f"got {got}: it was trained for data of shape {self.data_shape}")
-        emb = self.time_embed(batch_timesteps(t, x_t))
-        h = self.inp(x_t)
+        t = batch_timesteps(t, x_t)
+        emb = self.time_embed(t)
+        h = self.inp(x_t if self.proc is None else x_t * self.input_scale(t).to(x_t.dtype))
         if len(self.data_shape) == 1:
             for block in self.blocks:
                 h = block(h, emb)
@@ -166,6 +182,14 @@ class NoisyClassifier(nn.Module):
         for block in self.blocks:
             h = block(h, emb_act)
         return self.head(self.pool(F.silu(self.out_norm(h))))
+
+
+    def input_scale(self, t: Tensor) -> Tensor:
+        """c(t) = 1 / (a (1 + sigma^2)) at the time input t, shaped to broadcast over x_t: u = c x_t."""
+        sigma = self.proc.sigma_of_timestep(t.detach().to(torch.float64).cpu())
+        a = torch.as_tensor(self.proc.scale(sigma), dtype=torch.float64)
+        c = 1.0 / (a * (1.0 + sigma**2))
+        return c.to(t.device).view(-1, *([1] * len(self.data_shape)))
 
 
 class MixtureClassifier(nn.Module):
