@@ -317,9 +317,15 @@ def test_moving_digits_by_name_train_and_sample(tmp_path):
         "model": {"name": "video_unet", "kwargs": {**SMALL, "frames": 4, "image_size": 12, "num_classes": 10}},
         "diffusion": {"schedule": "cosine", "T": 100},
         "data": {"name": "moving_digits", "kwargs": kw},
-        "sample": {"every": -1}, "batch_size": 4, "steps": 2, "log_every": 1, "ckpt_every": 2, "device": "cpu",
+        "sample": {"every": -1, "per_class": 1, "steps": 2}, "batch_size": 4, "steps": 2, "log_every": 1,
+        "ckpt_every": 2, "device": "cpu",
     })
-    Trainer(cfg, tmp_path, progress=False).train()
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    grid = trainer.sample_grid(tmp_path / "grid.png")  # a clip a row (one per class), its 4 frames across
+    from PIL import Image
+
+    assert Image.open(grid).size == (4 * 12 + 5 * 2, 10 * 12 + 11 * 2)
     run = dl.load(tmp_path)
     assert isinstance(run.ema_model, VideoUNet)
     clip = run.sample(2, "ddim", 2, labels=[3, 7], guidance=2.0, seed=0)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..devices import graphs_supported as _graphs_supported
 from ..devices import count_flops, resolve_device, use_cpu_threads
+from ..data.clips import save_frame_grid
 from ..processes import Process
 from ..accel import set_module_forms
 from .build import build_model, build_process, check_data_range
@@ -783,11 +784,13 @@ class Trainer:
                               seed=sc.seed, device=self.device)  # clipped to the process's data range
         finally:
             self.ema.model.train(was_training)
-        if images.ndim != 4:
+        if images.ndim not in (4, 5):
             self._say(f"note: no sample grid for data of shape {self.sample_shape} (not images)")
             return Path(path)
         if not self.is_main:
             return Path(path)
+        if images.ndim == 5:  # clips [N, T, C, H, W]: a clip a row, its frames left to right
+            return save_frame_grid(images, path)
         return save_grid(images, path, nrow)
 
     def close(self, failed: bool = False) -> None:
