@@ -152,7 +152,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_positions_count_up(client
         assert client.get(f"/api/jobs/{second['job']}").json()["state"] == "queued"
         full = client.post("/api/generate", json={"steps": 2})
         assert full.headers["retry-after"] == "5"
-        assert "2 jobs are waiting on cpu already" in error(full, 503)
+        assert "busy: 2 job(s) wait on cpu besides the running one" in error(full, 503)
         assert client.get("/api/models").json()["queues"]["cpu"] == {"waiting": 2, "running": 1}
     finally:
         gate.set()

@@ -65,7 +65,8 @@ def test_a_full_line_refuses_new_jobs_until_it_moves():
         while q.status(first.id)["state"] != "running":
             time.sleep(0.005)
         waiting = [q.submit(lambda p: [], 1) for _ in range(2)]
-        with pytest.raises(QueueFull, match=r"2 jobs are waiting on cpu already \(the limit, --max-queue\)"):
+        with pytest.raises(QueueFull, match=r"busy: 2 job\(s\) wait on cpu besides the running one, as many as it "
+                                            r"queues \(--max-queue 2\)"):
             q.submit(lambda p: [], 1)
         gate.set()
         for j in [first, *waiting]:
@@ -73,6 +74,19 @@ def test_a_full_line_refuses_new_jobs_until_it_moves():
         wait_for(q, q.submit(lambda p: [b"x"], 1).id)  # room again
     finally:
         q.close()
+    alone = JobQueue("cpu", max_waiting=0)  # no line at all: an idle device takes one job, a busy one none
+    gate.clear()
+    try:
+        first = alone.submit(lambda p: gate.wait(10) and [], 1)
+        while alone.status(first.id)["state"] != "running":
+            time.sleep(0.005)
+        with pytest.raises(QueueFull, match=r"busy: 0 job\(s\) wait"):
+            alone.submit(lambda p: [], 1)
+        gate.set()
+        wait_for(alone, first.id)
+        wait_for(alone, alone.submit(lambda p: [], 1).id)
+    finally:
+        alone.close()
 
 
 def test_errors_become_messages_and_the_worker_goes_on(caplog):

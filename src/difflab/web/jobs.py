@@ -104,9 +104,11 @@ class JobQueue:
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self._waiting)} jobs are waiting on {self.name} already (the limit, "
-                                "--max-queue); try again in a moment")
+            busy = self._running is not None or bool(self._waiting)  # max_waiting = 0: only an idle device takes one
+            if busy and len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"the server is busy: {len(self._waiting)} job(s) wait on {self.name} besides the "
+                                f"running one, as many as it queues (--max-queue {self.max_waiting}); try again "
+                                "in a moment")
             # a counter (the order of arrival) and a random part: one client cannot guess another's jobs
             key = f"{self.name.replace(':', '')}-{next(self._ids)}-{secrets.token_hex(4)}"
             job = Job(key, info.get("kind", "job"), max(1, int(total)), work, info=info)
