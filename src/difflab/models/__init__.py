@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .analytic import GaussianDenoiser, GaussianMixtureDenoiser
+from .autoencoder import AutoencoderKL, DiagonalGaussian, autoencoder_kl_mnist, autoencoder_kl_tiny
 from .consistency import ConsistencyModel
 from .dit import DiT, dit
 from .dit import presets as _dit_presets
@@ -33,6 +34,8 @@ __all__ = [
     "NoisyClassifier",
     "MixtureClassifier",
     "AttentionPool",
+    "AutoencoderKL",
+    "DiagonalGaussian",
     "SinusoidalEmbedding",
     "TimestepEmbedding",
     "LabelEmbedding",
@@ -52,5 +55,8 @@ register("video_unet", VideoUNet)
 register("video_unet_tiny", video_unet_tiny)
 register("video_unet_mnist", video_unet_mnist)
 register("dit", DiT)
+register("autoencoder_kl", AutoencoderKL)  # (not a denoiser: trained by difflab train-autoencoder)
+register("autoencoder_kl_mnist", autoencoder_kl_mnist)
+register("autoencoder_kl_tiny", autoencoder_kl_tiny)
 for _name, _factory in _dit_presets().items():
     register(_name, _factory)
