@@ -16,7 +16,9 @@ Three runs on the training split, each reused when finished (--runs, default run
 - ``classifier``: its noise-aware classifier, ``difflab train-classifier --noisy``'s
   ``train_noisy_classifier`` on the same training digits and process;
 - ``cond``: configs/digits.yaml, the class-conditional MLP with 10% label dropout, for
-  classifier-free guidance (Ho & Salimans 2022).
+  classifier-free guidance (Ho & Salimans 2022);
+- ``classifier_unscaled``: the ablation, the same classifier reading x_t as is (``scale_input=False``)
+  instead of x_t / (a (1 + sigma^2)).
 
 Rows: classifier guidance of the unconditional model at scales s (DDIM, 50 steps; DDPM ancestral,
 100 steps, through Algorithm 1's mean shift), classifier-free guidance of the conditional model at
@@ -56,10 +58,11 @@ REPO = HERE.parent
 
 SIZES = {
     "tiny": dict(steps=8, clf_steps=8, n=40, clf_epochs=1, ddim_steps=5, ddpm_steps=5, scales=(0.0, 1.0, 4.0),
-                 guidances=(0.0, 1.0, 3.0), ddpm_scales=(1.0,), both=((1.0, 1.0),), headline=4.0),
+                 guidances=(0.0, 1.0, 3.0), ddpm_scales=(1.0,), both=((1.0, 1.0),), unscaled=(4.0,), headline=4.0),
     "cpu": dict(steps=2000, clf_steps=3000, n=1000, clf_epochs=30, ddim_steps=50, ddpm_steps=100,
                 scales=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0), guidances=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
-                ddpm_scales=(1.0, 2.0, 4.0, 8.0), both=((1.0, 2.0), (2.0, 2.0), (3.0, 1.0)), headline=4.0),
+                ddpm_scales=(1.0, 2.0, 4.0, 8.0), both=((1.0, 2.0), (2.0, 2.0), (3.0, 1.0)), unscaled=(1.0, 3.0, 8.0),
+                headline=4.0),
 }
 
 
@@ -115,12 +118,17 @@ def run_experiment(out="docs/guidance", size: str = "cpu", command: str = COMMAN
                                   ckpt_every=S["clf_steps"])
     res["runs"]["classifier"] = {"train_seconds": info.get("seconds_this_session") or time.perf_counter() - start,
                                  "held_out_accuracy_by_sigma": info["held_out_accuracy"], "step": info["step"]}
+    info = train_noisy_classifier(runs / "uncond", runs / "classifier_unscaled", steps=S["clf_steps"],
+                                  data=(x_train, y_train), ckpt_every=S["clf_steps"], scale_input=False)
+    res["runs"]["classifier_unscaled"] = {"held_out_accuracy_by_sigma": info["held_out_accuracy"]}
     uncond, cond = load_run(runs / "uncond"), load_run(runs / "cond")
     clf = load_noisy_classifier(runs / "classifier")
+    unscaled = load_noisy_classifier(runs / "classifier_unscaled")
     grids = {}
 
     def row(method: str, run, sampler: str, steps: int, w: float, s: float, use_classifier: bool) -> None:
-        r = ev(run, sampler, steps, w, clf if use_classifier else None, s)
+        r = ev(run, sampler, steps, w, (unscaled if method == "unscaled classifier" else clf) if use_classifier
+               else None, s)
         if sampler == "ddim" and ((method == "classifier" and s == S["headline"]) or
                                   (method == "classifier-free" and w == S["headline"])):
             grids[method] = r["images"]
@@ -138,6 +146,8 @@ def run_experiment(out="docs/guidance", size: str = "cpu", command: str = COMMAN
         row("classifier-free", cond, "ddim", S["ddim_steps"], w, 0.0, False)
     for w, s in S["both"]:
         row("both", cond, "ddim", S["ddim_steps"], w, s, True)
+    for s in S["unscaled"]:
+        row("unscaled classifier", uncond, "ddim", S["ddim_steps"], 1.0, s, True)
     res["must_show"] = must_show(res)
     for method, images in grids.items():
         big = torch.nn.functional.interpolate(_rows(images), scale_factor=4, mode="nearest")
@@ -188,7 +198,9 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     lines = {"classifier guidance (DDIM), x = s": ("classifier", "ddim", "classifier_scale"),
              "classifier guidance (DDPM, mean shift), x = s": ("classifier", "ddpm", "classifier_scale"),
-             "classifier-free guidance (DDIM), x = w": ("classifier-free", "ddim", "guidance")}
+             "classifier-free guidance (DDIM), x = w": ("classifier-free", "ddim", "guidance"),
+             "ablation: classifier reading x_t unscaled (DDIM), x = s": ("unscaled classifier", "ddim",
+                                                                        "classifier_scale")}
     for ax, metric in zip(axes, ("accuracy", "fd", "spread")):
         for label, (method, sampler, key) in lines.items():
             rows = sorted((r for r in res["rows"] if r["method"] == method and r["sampler"] == sampler),

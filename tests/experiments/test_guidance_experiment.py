@@ -12,12 +12,13 @@ def test_guidance_tiny_writes_table_plot_metrics_and_the_checks(tmp_path):
     assert guidance.main(["--size", "tiny", "--out", str(out), "--runs", str(runs)]) == 0
     res = json.loads((out / "metrics.json").read_text())
     S = guidance.SIZES["tiny"]
-    assert set(res["runs"]) == {"uncond", "cond", "classifier"} and res["runs"]["classifier"]["step"] == S["clf_steps"]
+    assert set(res["runs"]) == {"uncond", "cond", "classifier", "classifier_unscaled"} and res["runs"]["classifier"]["step"] == S["clf_steps"]
     rows = {(r["method"], r["sampler"], r["classifier_scale"], r["guidance"]) for r in res["rows"]}
     assert {("classifier", "ddim", s, 1.0) for s in S["scales"]} <= rows
     assert {("classifier", "ddpm", s, 1.0) for s in S["ddpm_scales"]} <= rows
     assert {("classifier-free", "ddim", 0.0, w) for w in S["guidances"]} <= rows
     assert {("both", "ddim", s, w) for w, s in S["both"]} <= rows
+    assert {("unscaled classifier", "ddim", s, 1.0) for s in S["unscaled"]} <= rows
     for row in res["rows"]:
         assert row["fd"] >= 0 and 0 <= row["accuracy"] <= 1 and row["spread"] >= 0 and row["sec_per_1000"] > 0
     assert set(res["must_show"]) == {"unguided_about_10_percent", "classifier_guided_at_least_90_percent"}

@@ -119,5 +119,11 @@ def test_input_scaling_is_the_posterior_variable(proc):
         (g,) = torch.autograd.grad(net(x, top).log_softmax(1)[:, 0].sum(), x)
         assert g.abs().max() < 1e-3  # sqrt(abar_999) ~ 5e-5 times an O(1) gradient
     assert net.process_signature == proc.network_signature()
+    # scale_input=False (the ablation) reads x_t as is: the same as the classifier without a process
+    plain = dl.models.NoisyClassifier((3,), 4, width=8, depth=1, proc=proc, scale_input=False)
+    bare = dl.models.NoisyClassifier(**dict(plain.config, scale_input=True))
+    bare.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 3), proc.timestep(5.0, 2)
+    assert torch.equal(plain(x, t), bare(x, t)) and plain.process_signature == proc.network_signature()
     with pytest.raises(TypeError, match="proc must be a process"):
         dl.models.NoisyClassifier((3,), 4, proc="ddpm")

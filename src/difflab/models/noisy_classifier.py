@@ -98,7 +98,8 @@ class NoisyClassifier(nn.Module):
 
     ``proc``: the process whose states it reads; it scales its input x_t to u = x_t / (a (1 + sigma^2))
     (module docstring) and sets ``process_signature`` (None without a process: the input is read
-    as is, and guidance checks no process). ``config`` holds the other constructor arguments
+    as is, and guidance checks no process). ``scale_input=False`` reads x_t as is under a process
+    too (the ablation of docs/guidance.md). ``config`` holds the other constructor arguments
     (saved beside the weights).
     """
 
@@ -113,10 +114,13 @@ class NoisyClassifier(nn.Module):
         norm_groups: int = 8,
         dropout: float = 0.0,
         proc: Optional[Process] = None,
+        scale_input: bool = True,
     ) -> None:
         super().__init__()
         if proc is not None and not isinstance(proc, Process):
             raise TypeError(f"NoisyClassifier: proc must be a process of dl.processes, got {type(proc).__name__}")
+        if not isinstance(scale_input, bool):
+            raise TypeError(f"NoisyClassifier: scale_input must be true or false, got {scale_input!r}")
         if isinstance(data_shape, (str, bytes)) or not isinstance(data_shape, Sequence) or not all(
                 is_int(s) and s >= 1 for s in data_shape) or len(data_shape) not in (1, 3):
             raise ValueError(f"NoisyClassifier: data_shape must be (D,) for flat data or (C, H, W) for images, "
@@ -133,8 +137,9 @@ class NoisyClassifier(nn.Module):
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_classes = num_classes
         self.config = dict(data_shape=list(self.data_shape), num_classes=num_classes, width=width, depth=depth,
-                           mult=list(mult), heads=heads, norm_groups=norm_groups, dropout=float(dropout))
-        self.proc = proc
+                           mult=list(mult), heads=heads, norm_groups=norm_groups, dropout=float(dropout),
+                           scale_input=scale_input)
+        self.proc, self.scale_input = proc, scale_input
         self.process_signature: Optional[tuple] = None if proc is None else proc.network_signature()
         self.time_embed = TimestepEmbedding(width)
         if len(self.data_shape) == 1:
@@ -173,7 +178,8 @@ class NoisyClassifier(nn.Module):
                              f"got {got}: it was trained for data of shape {self.data_shape}")
         t = batch_timesteps(t, x_t)
         emb = self.time_embed(t)
-        h = self.inp(x_t if self.proc is None else x_t * self.input_scale(t).to(x_t.dtype))
+        scaled = self.proc is not None and self.scale_input
+        h = self.inp(x_t * self.input_scale(t).to(x_t.dtype) if scaled else x_t)
         if len(self.data_shape) == 1:
             for block in self.blocks:
                 h = block(h, emb)

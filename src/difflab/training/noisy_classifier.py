@@ -126,6 +126,7 @@ def train_noisy_classifier(
     width: int = 128,
     depth: int = 2,
     mult: tuple = (1, 2),
+    scale_input: bool = True,
     seed: int = 0,
     holdout: float = 0.1,
     ckpt_every: int = 500,
@@ -142,7 +143,9 @@ def train_noisy_classifier(
     it. ``holdout``: the share of the data held out to report accuracy at five noise levels
     (``held_out_accuracy``); ``ckpt_every``: steps between saves (and the last step). ``data``:
     ``(images, labels)`` to train on instead of the config's data set, as the run's trainer was
-    given them (``Trainer(data=...)``: a training split), checked as the trainer checks them."""
+    given them (``Trainer(data=...)``: a training split), checked as the trainer checks them.
+    ``scale_input=False``: the network reads x_t unscaled (:class:`~difflab.models.NoisyClassifier`;
+    an ablation: its gradient does not decay at high noise)."""
     steps = positive_int("steps", steps)
     batch_size = positive_int("batch_size", batch_size)
     ckpt_every = positive_int("ckpt_every", ckpt_every)
@@ -175,13 +178,14 @@ def train_noisy_classifier(
     if num_classes < 2:
         raise ValueError(f"the run's data has {num_classes} class: a classifier needs at least 2")
     train_idx, test_idx = _split(len(x), float(holdout))
-    architecture = dict(width=width, depth=depth, mult=list(mult))
+    architecture = dict(width=width, depth=depth, mult=list(mult), scale_input=scale_input)
     settings = {"run_signature": _json_signature(proc.network_signature()), "data_shape": list(data_shape),
                 "data_size": len(x),
                 "num_classes": num_classes, "architecture": architecture, "batch_size": batch_size, "lr": float(lr),
                 "weight_decay": float(weight_decay), "warmup": warmup, "seed": seed, "holdout": float(holdout)}
     torch.manual_seed(mix_seed(seed, 0xC1A55))
-    net = NoisyClassifier(data_shape, num_classes, width=width, depth=depth, mult=mult, proc=proc).to(device)
+    net = NoisyClassifier(data_shape, num_classes, width=width, depth=depth, mult=mult, proc=proc,
+                          scale_input=scale_input).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     out = Path(out)
