@@ -44,7 +44,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 # The flags that run Chromium headless in a container with no network and no GPU.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1000"]
+         "--disable-dev-shm-usage", "--window-size=1280,1180"]
 
 
 @pytest.fixture
@@ -158,6 +158,7 @@ def test_generate_and_inpaint_in_a_real_browser(server, browser, tmp_path):
     box.send_keys(str(steps))
     browser.execute_script("document.getElementById('error').hidden = true")
 
+    browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot)) and Image.open(shot).size[0] >= 1000
     if os.environ.get("DIFFLAB_WEB_SCREENSHOT"):
