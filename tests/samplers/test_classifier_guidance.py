@@ -38,6 +38,8 @@ def test_scale_one_with_the_exact_classifier_is_the_conditional_denoiser(name):
         assert (cond - uncond).abs().max() > 1e-3 or sigma > 10  # the check can tell them apart
         guided = ClassifierGuidance(Denoiser(mix, proc), clf, y, 1.0)
         torch.testing.assert_close(guided(x, sigma), cond, rtol=1e-5, atol=1e-6 * max(1.0, sigma**2))
+        x0, v = guided.predict(x, sigma)  # (the estimate with the variance output: guided too)
+        assert torch.equal(x0, guided(x, sigma)) and v is None
         strong = ClassifierGuidance(Denoiser(mix, proc), clf, y, 2.5)
         torch.testing.assert_close(strong(x, sigma), uncond + 2.5 * (cond - uncond), rtol=1e-5,
                                    atol=1e-6 * max(1.0, sigma**2))

@@ -97,3 +97,22 @@ def test_a_classifier_of_another_process_is_refused_by_guidance(run, tmp_path):
     model = dl.models.MLPDenoiser(dim=2, width=8, depth=1)
     with pytest.raises(ValueError, match="another process"):
         dl.sample(model, other, (4, 2), steps=2, cond=1, classifier=clf)
+
+
+def test_an_image_run_gets_the_convolutional_classifier(tmp_path):
+    """A run on 8x8 digit images (unet_tiny, data not flattened): the classifier is the U-Net
+    encoder with attention pooling on [B, 1, 8, 8], recorded with that shape, and guides the run."""
+    cfg = tiny(**{"model.name": "unet_tiny", "model.kwargs": {}, "data.name": "digits", "data.kwargs": {},
+                  "cond_drop_prob": 0.0, "steps": 1, "ckpt_every": 1, "batch_size": 8})
+    Trainer(cfg, tmp_path / "run", progress=False).train()
+    info = train_noisy_classifier(tmp_path / "run", tmp_path / "c", steps=2, ckpt_every=2, batch_size=8, width=8,
+                                  depth=1, holdout=0.05)
+    assert info["data_shape"] == [1, 8, 8] and info["num_classes"] == 10
+    clf = load_noisy_classifier(tmp_path / "c")
+    assert isinstance(clf.pool, dl.models.AttentionPool)
+    run = dl.load(tmp_path / "run")
+    x = dl.sample(run.ema_model, run.proc, (3, 1, 8, 8), steps=2, cond=torch.tensor([1, 2, 3]), classifier=clf,
+                  classifier_scale=2.0)
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match=r"trained on data of shape \(1, 8, 8\) but the samples have shape \(64,\)"):
+        dl.sample(run.ema_model, run.proc, (3, 64), steps=2, cond=1, classifier=clf)

@@ -188,13 +188,19 @@ class ClassifierGuidance:
     def y_classes(self) -> int:
         return int(self.classifier.num_classes)
 
-    def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        """D'(x, sigma) = D(x, sigma) + s sigma^2 grad_x log p(y | a x): the eps form (Alg. 2)."""
-        x0 = self.denoiser(x, sigma)
+    def predict(self, x: Tensor, sigma: float) -> tuple[Tensor, Optional[Tensor]]:
+        """(D'(x, sigma), v): the guided estimate and the base's variance output v (None unless the
+        network learns its variance; guidance moves the mean, not the variance)."""
+        base_predict = getattr(self.denoiser, "predict", None)
+        x0, v = base_predict(x, sigma) if base_predict is not None else (self.denoiser(x, sigma), None)
         sigma = float(sigma)
         if self.classifier_scale == 0.0 or sigma == 0.0:
-            return x0
-        return x0 + (self.classifier_scale * sigma**2) * self.grad_log_prob(x, sigma)
+            return x0, v
+        return x0 + (self.classifier_scale * sigma**2) * self.grad_log_prob(x, sigma), v
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """D'(x, sigma) = D(x, sigma) + s sigma^2 grad_x log p(y | a x): the eps form (Alg. 2)."""
+        return self.predict(x, sigma)[0]
 
     def mean_shift(self, x: Tensor, sigma: float, var: Union[float, Tensor],
                    sigma_next: Optional[float] = None) -> Tensor:
