@@ -189,3 +189,22 @@ def test_refusals():
         ClassifierGuidance(mix, clf, 1)
     with pytest.raises(ValueError, match="needs the step's next level"):
         ClassifierGuidance(Denoiser(mix, proc), clf, 1).mean_shift(torch.zeros(shape), 1.0, 0.1)
+
+
+def test_a_model_running_whole_runs_its_own_way_is_run_step_by_step():
+    """A model's ``sampling_run`` (the speed layer's captured whole run) cannot take the classifier's
+    step-by-step gradients: with a classifier the run is the eager one, the same as without it."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(1000))
+    mix, clf = _mixture(proc, conditional=False)
+
+    class WholeRun(torch.nn.Module):
+        def forward(self, x_t, t):
+            return mix(x_t, t)
+
+        def sampling_run(self, *args):
+            raise AssertionError("a captured whole run was used with a classifier")
+
+    noise = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    got = dl.sample(WholeRun(), proc, (20, 2), "ddim", 5, cond=2, classifier=clf, noise=noise)
+    want = dl.sample(mix, proc, (20, 2), "ddim", 5, cond=2, classifier=clf, noise=noise)
+    assert torch.equal(got, want)
