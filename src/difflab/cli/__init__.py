@@ -11,6 +11,7 @@ from . import _errors
 from . import convert, demo, distill, export, reflow, sample, serve, train
 from . import img2img, inpaint, interpolate, upscale
 from . import eval as eval_cmd, experiments, train_classifier
+from . import train_autoencoder
 
 __all__ = ["main", "build_parser"]
 
@@ -21,6 +22,7 @@ COMMANDS += [eval_cmd, train_classifier]  # evaluation (issue 5)
 COMMANDS += [reflow]  # rectified flow (issue 22)
 COMMANDS += [distill]  # few-step students (issue 23)
 COMMANDS += [convert, serve]  # diffusers checkpoints in and out; the web page (issue 28)
+COMMANDS += [train_autoencoder]  # the autoencoder of latent diffusion (issue 25)
 COMMANDS += [experiments]  # only says where the experiments moved (python experiments/classic.py)
 
 

@@ -7,6 +7,7 @@ from .loss import DiffusionLoss, TrainBatch
 from .consistency import ConsistencyDistillationLoss, ConsistencyTrainingLoss  # (registers loss: consistency)
 from .progressive import ProgressiveDistillationLoss
 from .hybrid import HybridLoss  # (registers loss: hybrid and loss: vlb)
+from .autoencoder import AutoencoderLoss, train_autoencoder  # (registers loss: autoencoder)
 from .trainer import Trainer, train
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "ConsistencyDistillationLoss",
     "ProgressiveDistillationLoss",
     "HybridLoss",
+    "AutoencoderLoss",
+    "train_autoencoder",
     "load",
     "LoadedRun",
     "save_checkpoint",

@@ -34,6 +34,7 @@ from ..processes import PREDICTION_TYPES, PROCESSES, Process, check_weighting
 from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS
+from .autoencoder_config import AutoencoderConfig
 from .data import dataset_names
 from .distill import TEACHER_SOLVERS
 from .loss import loss_names
@@ -533,6 +534,7 @@ class TrainConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     vlb: VLBConfig = field(default_factory=VLBConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # loss: autoencoder's terms
     loss: str = "diffusion"
     batch_size: int = 128
     grad_accum: int = 1
