@@ -118,13 +118,15 @@ def one_request(url: str, k: int, args, barrier: threading.Barrier) -> dict:
                 "error": answer.get("error"), "retry_after": headers.get("retry-after"),
                 "seconds": time.monotonic() - t0}
     if status != 202:
-        return {"k": k, "outcome": f"unexpected {status}", "error": answer.get("error"), "seconds": time.monotonic() - t0}
+        return {"k": k, "outcome": f"unexpected {status}", "error": answer.get("error"),
+                "seconds": time.monotonic() - t0}
     job, position = answer["job"], answer["position"]
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         status, s, _ = request("GET", f"{url}/api/jobs/{job}")
         if status != 200:
-            return {"k": k, "outcome": f"lost job ({status})", "error": s.get("error"), "seconds": time.monotonic() - t0}
+            return {"k": k, "outcome": f"lost job ({status})", "error": s.get("error"),
+                    "seconds": time.monotonic() - t0}
         if s["state"] in ("done", "failed"):
             ok = s["state"] == "done" and len(s["images"]) == args.n
             return {"k": k, "outcome": "completed" if ok else "failed", "error": s["error"], "position": position,
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
                 barrier = threading.Barrier(args.requests)
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(args.requests) as pool:
-                    rows = list(pool.map(lambda k: one_request(url, k, args, barrier), range(args.requests)))
+                    rows = list(pool.map(one_request, [url] * args.requests, range(args.requests),
+                                         [args] * args.requests, [barrier] * args.requests))
                 wall = time.monotonic() - t0
                 counts = {}
                 for row in rows:
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
                                "refusal_message": next((row["error"] for row in rows if row["outcome"] == "refused"),
                                                        None),
                                "peak_rss_mb": watch.peak(), "rows": rows})
-            status, info, _ = request("GET", url + "/api/models")
+            status, _, _ = request("GET", url + "/api/models")
             up = proc.poll() is None and status == 200
             after = rss_mb(proc.pid)
         finally:

@@ -170,7 +170,8 @@ def test_inpaint_keeps_the_unmasked_pixels_and_img2img_runs(client, catalog):
     for k in range(2):
         got = pixels(client.get(f"/api/jobs/{s['id']}/{k}.png").content)
         assert np.array_equal(got[:4], pixels(image)[:4])  # the kept top half, pixel for pixel
-    r = client.post("/api/img2img", data={"strength": "0.3", "steps": "10"}, files={"image": ("a.png", image, "image/png")})
+    r = client.post("/api/img2img", data={"strength": "0.3", "steps": "10"},
+                    files={"image": ("a.png", image, "image/png")})
     s = wait(client, r.json()["job"])
     assert s["state"] == "done" and s["info"]["strength"] == 0.3 and len(s["images"]) == 1
 
@@ -180,7 +181,8 @@ def test_editing_requests_refuse_bad_uploads_and_fields(client, catalog):
     mask = bottom_half_mask()
 
     def inpaint(data=None, **files):
-        return client.post("/api/inpaint", data=data or {}, files={k: (k + ".png", v, "image/png") for k, v in files.items()})
+        files = {k: (k + ".png", v, "image/png") for k, v in files.items()}
+        return client.post("/api/inpaint", data=data or {}, files=files)
 
     assert "attach the image" in error(inpaint(mask=mask), 400)
     assert "mask is missing" in error(inpaint(image=image), 400)

@@ -3,7 +3,7 @@
     pip install -e ".[web]"
     difflab serve --ckpt runs/digits                          # http://127.0.0.1:8000
     difflab serve --ckpt runs/digits --ckpt runs/mnist --port 8080 --max-n 8 --max-steps 200
-    difflab serve --ckpt runs/digits --host 0.0.0.0 --token "$(python -c 'import secrets; print(secrets.token_urlsafe())')"
+    difflab serve --ckpt runs/digits --host 0.0.0.0 --token "$(python -c 'import secrets; print(secrets.token_hex())')"
 
 Safe by default: it listens on 127.0.0.1 only; any other --host needs --token, which every
 request must then carry (the page keeps it after being opened as http://HOST:PORT/?token=T).
@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_mb,
                    help=f"request body size in MB (default {Limits.max_upload_mb:g})")
     p.add_argument("--max-queue", type=int, default=Limits.max_queue,
-                   help=f"jobs waiting per device beyond the running one; more are refused (default {Limits.max_queue})")
+                   help=f"jobs waiting per device besides the running one; more are refused "
+                        f"(default {Limits.max_queue})")
     p.set_defaults(func=_main)
 
 

@@ -84,7 +84,9 @@ class SampleParams:
 _INT = re.compile(r"^[+-]?\d+$")
 
 
-def _int(fields: Mapping[str, Any], name: str, default: Optional[int], lo: int, hi: int, fix: str = "") -> Optional[int]:
+def _int(fields: Mapping[str, Any], name: str, default: Optional[int], lo: int, hi: int, fix: str = "") -> int:
+    """``fields[name]`` as an int in lo .. hi (an int, an integral float, or a string of digits);
+    ``default`` when absent (None: required). ``fix`` ends the out-of-range message."""
     v = fields.get(name)
     if v is None or v == "":
         if default is None:
