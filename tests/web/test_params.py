@@ -3,6 +3,8 @@ every bad field refused with its name, the allowed values and the fix."""
 
 import pytest
 
+from difflab.training.config import TrainConfig
+from difflab.training.trainer import Trainer
 from difflab.web import BadRequest, Catalog, Limits, parse_img2img, parse_inpaint, parse_sample
 
 
@@ -81,3 +83,24 @@ def test_a_sampler_that_cannot_take_the_steps_is_refused_before_the_queue(catalo
     assert parse_sample({"sampler": "consistency", "steps": 99}, catalog, Limits()).steps == 99
     with pytest.raises(BadRequest, match=r"consistency cannot take 100 steps on model 'digits': steps must lie in"):
         parse_sample({"sampler": "consistency", "steps": 100}, catalog, Limits())
+
+
+def test_an_unconditional_model_takes_no_label_and_several_models_must_be_named(digits_run_dir, tmp_path):
+    out = tmp_path / "uncond"
+    cfg = TrainConfig.from_dict({
+        "model": {"name": "mlp", "kwargs": {"dim": 64, "width": 16, "depth": 1}},
+        "diffusion": {"schedule": "linear", "T": 50}, "data": {"name": "digits", "flatten": True},
+        "sample": {"every": -1}, "batch_size": 8, "steps": 2, "ckpt_every": 2, "device": "cpu", "tensorboard": False,
+    })
+    Trainer(cfg, out, progress=False).train()
+    cat = Catalog([digits_run_dir, out])
+    assert cat.describe()[1]["classes"] is None
+    with pytest.raises(BadRequest, match="model is missing: give one of digits, uncond"):
+        parse_sample({}, cat, Limits())
+    with pytest.raises(BadRequest, match="model 'uncond' is unconditional: it takes no class label"):
+        parse_sample({"model": "uncond", "label": 1}, cat, Limits())
+    with pytest.raises(BadRequest, match="model 'uncond' is unconditional: leave guidance at 1"):
+        parse_sample({"model": "uncond", "guidance": 3}, cat, Limits())
+    with pytest.raises(BadRequest, match=r"steps must lie in 1 .. 50, got 51 \(the model's process has T = 50"):
+        parse_sample({"model": "uncond", "steps": 51}, cat, Limits())
+    assert parse_sample({"model": "uncond", "label": ""}, cat, Limits()).label is None
