@@ -182,14 +182,15 @@ def must_show(res: dict) -> dict:
 
 
 def write_table(res: dict, path: Path) -> None:
-    lines = [f"Command: `{res['command']}`", "",
-             f"Judge: difflab's evaluation CNN on real training digits, held-out accuracy "
-             f"{res['judge_held_out_accuracy']:.3f}; FD floor (real training vs held-out digits) {res['floor']:.2f}.",
-             "", "| method | sampler | steps | classifier scale s | CFG scale w | accuracy | FD | spread | s / 1000 |",
+    judge = (f"Judge: difflab's evaluation CNN on real training digits, held-out accuracy "
+             f"{res['judge_held_out_accuracy']:.3f}; FD floor (real training vs held-out digits) {res['floor']:.2f}.")
+    lines = [f"Command: `{res['command']}`", "", judge, "",
+             "| method | sampler | steps | classifier scale s | CFG scale w | accuracy | FD | spread | s / 1000 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['classifier_scale']:g} | {r['guidance']:g} | "
-                     f"{r['accuracy']:.3f} | {r['fd']:.2f} | {r['spread']:.2f} | {r['sec_per_1000']:.2f} |")
+        lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['classifier_scale']:g} | "
+                     f"{r['guidance']:g} | {r['accuracy']:.3f} | {r['fd']:.2f} | {r['spread']:.2f} | "
+                     f"{r['sec_per_1000']:.2f} |")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -50,8 +50,8 @@ def test_train_resume_and_guide(runs, noisy, tmp_path, capsys):
     x = torch.load(tensor)
     assert x.shape == (20, 1, 8, 8) and grid.stat().st_size > 0
     # the same classifier guides the conditional run (same process, same classes) beside its own guidance
-    assert main(["sample", "--ckpt", str(runs / "digits"), "--classifier", str(noisy), "--label", "4", "--guidance", "2",
-                 "--n", "3", "--steps", "2", "--out", str(grid)]) == 0
+    assert main(["sample", "--ckpt", str(runs / "digits"), "--classifier", str(noisy), "--label", "4",
+                 "--guidance", "2", "--n", "3", "--steps", "2", "--out", str(grid)]) == 0
     # classifier scale 0 is plain sampling: the same samples as without the classifier (conditional run)
     plain, zero = tmp_path / "p.pt", tmp_path / "z.pt"
     base = ["sample", "--ckpt", str(runs / "digits"), "--label", "4", "--n", "3", "--steps", "2", "--out", str(grid)]

@@ -12,7 +12,8 @@ def test_guidance_tiny_writes_table_plot_metrics_and_the_checks(tmp_path):
     assert guidance.main(["--size", "tiny", "--out", str(out), "--runs", str(runs)]) == 0
     res = json.loads((out / "metrics.json").read_text())
     S = guidance.SIZES["tiny"]
-    assert set(res["runs"]) == {"uncond", "cond", "classifier", "classifier_unscaled"} and res["runs"]["classifier"]["step"] == S["clf_steps"]
+    assert set(res["runs"]) == {"uncond", "cond", "classifier", "classifier_unscaled"}
+    assert res["runs"]["classifier"]["step"] == S["clf_steps"]
     rows = {(r["method"], r["sampler"], r["classifier_scale"], r["guidance"]) for r in res["rows"]}
     assert {("classifier", "ddim", s, 1.0) for s in S["scales"]} <= rows
     assert {("classifier", "ddpm", s, 1.0) for s in S["ddpm_scales"]} <= rows

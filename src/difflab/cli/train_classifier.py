@@ -47,8 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     noisy = p.add_argument_group("noise-aware classifier (classifier guidance)")
     noisy.add_argument("--noisy", action="store_true", help="train the noise-aware classifier p(y | x_t, t) of --ckpt")
-    noisy.add_argument("--ckpt", default=None, help="the diffusion run (folder, checkpoint or exported file) whose data "
-                       "and process the classifier learns")
+    noisy.add_argument("--ckpt", default=None, help="the diffusion run (folder, checkpoint or exported file) "
+                       "whose data and process the classifier learns")
     noisy.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: 3000)")
     noisy.add_argument("--width", type=int, default=128, help="network width (default: 128)")
     noisy.add_argument("--depth", type=int, default=2, help="blocks (flat data) or ResBlocks per level (images)")

@@ -98,11 +98,10 @@ def check_classifier(classifier: Callable, proc: Process, data_shape: Optional[S
                          f"{num_classes}: their labels would mean different classes; use a classifier of the same "
                          "classes")
     trained = getattr(classifier, "process_signature", None)
-    if trained is not None:
-        if learnt_noise_levels(trained) != learnt_noise_levels(proc.network_signature()):
-            raise ValueError(f"the classifier read the noisy states of another process ({_describe(trained)}) than "
-                             f"this sampling's {proc!r}: its time input and states would mean other noise levels; "
-                             "train one under this run's process (`difflab train-classifier --noisy --ckpt RUN`)")
+    if trained is not None and learnt_noise_levels(trained) != learnt_noise_levels(proc.network_signature()):
+        raise ValueError(f"the classifier read the noisy states of another process ({_describe(trained)}) than "
+                         f"this sampling's {proc!r}: its time input and states would mean other noise levels; "
+                         "train one under this run's process (`difflab train-classifier --noisy --ckpt RUN`)")
     return K
 
 
@@ -133,15 +132,16 @@ class ClassifierGuidance:
     attribute (``scale``, ``proc``, ``calls``, ``guidance``, ...) is read from it, so any sampler
     takes this wrapper where it takes a denoiser. ``classifier_calls`` counts the classifier's
     forward-and-backward passes. ``levels``: the run's noise levels (decreasing), from which
-    :meth:`mean_shift` reads the next level when its caller does not give it. The gradient is taken with autograd enabled inside, as samplers
-    run under ``torch.no_grad``.
+    :meth:`mean_shift` reads the next level when its caller does not give it. The gradient is
+    taken with autograd enabled inside, as samplers run under ``torch.no_grad``.
     """
 
-    def __init__(self, denoiser: Callable, classifier: Callable, y: Union[int, Tensor], scale: float = 1.0,
-                 levels: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, denoiser: Callable, classifier: Callable, y: Union[int, Tensor],
+                 scale: float = 1.0, levels: Optional[Sequence[float]] = None) -> None:
         proc = getattr(denoiser, "proc", None)
         if not callable(denoiser) or not isinstance(proc, Process) or not callable(getattr(denoiser, "scale", None)):
-            raise TypeError(f"denoiser must be a difflab Denoiser (with .proc and .scale), got {type(denoiser).__name__}")
+            raise TypeError(f"denoiser must be a difflab Denoiser (with .proc and .scale), got "
+                            f"{type(denoiser).__name__}")
         if not is_real(scale) or not (math.isfinite(float(scale)) and float(scale) >= 0):
             raise ValueError(f"classifier_scale must be a finite number >= 0 (0 = no classifier guidance), got "
                              f"{scale!r}")
