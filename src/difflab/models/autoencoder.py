@@ -274,6 +274,11 @@ class AutoencoderKL(nn.Module):
     def forward(self, x: Tensor, sample_posterior: bool = True,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, DiagonalGaussian]:
         """(decode(z), q(z | x)) with z ~ q(z | x) (``sample_posterior``) or its mean."""
+        if not isinstance(sample_posterior, bool):
+            raise TypeError(f"AutoencoderKL(x, sample_posterior) takes images and a bool, got a second argument of "
+                            f"type {type(sample_posterior).__name__}: the autoencoder is not a denoiser model(x_t, t) "
+                            "(dl.sample runs diffusion models; a latent diffusion model samples latents, which "
+                            "autoencoder.decode_latents turns into images)")
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
