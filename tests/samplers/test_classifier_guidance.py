@@ -5,6 +5,7 @@ grad log p(x | y) = grad log p(x) + grad log p(y | x)), for the VP, VE (EDM) and
 frames; DDPM's mean shift against Algorithm 1 computed in the VP frame by hand; every sampler
 through ``dl.sample(classifier=...)``, with classifier-free guidance; the refusals."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,6 +187,17 @@ def test_refusals():
         dl.sample(mix, proc, shape, cond=1, classifier="clf.safetensors")
     with pytest.raises(ValueError, match="num_classes"):
         dl.sample(mix, proc, shape, cond=1, classifier=lambda x, t: x)
+    with pytest.raises(TypeError, match="an int or an integer tensor"):
+        dl.sample(mix, proc, shape, cond=torch.ones(4), classifier=clf)
+    with pytest.raises(TypeError, match="an int or an integer tensor"):
+        ClassifierGuidance(Denoiser(mix, proc), clf, True)
+    with pytest.raises(ValueError, match=r"shape \[4\]"):
+        dl.sample(mix, proc, shape, cond=torch.tensor([1, 2]), classifier=clf)
+    # a numpy integer and a 0-dim tensor are one label for the whole batch
+    x = torch.zeros(3, 2)
+    for label in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(ClassifierGuidance(Denoiser(mix, proc), clf, label).grad_log_prob(x, 1.0),
+                           ClassifierGuidance(Denoiser(mix, proc), clf, 2).grad_log_prob(x, 1.0))
     with pytest.raises(TypeError, match="Denoiser"):
         ClassifierGuidance(mix, clf, 1)
     with pytest.raises(ValueError, match="needs the step's next level"):

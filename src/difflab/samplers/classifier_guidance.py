@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..processes import PREDICTION_TYPES, Process
-from ..validation import LABEL_DTYPES, is_real
+from ..validation import LABEL_DTYPES, is_int, is_real
 
 __all__ = ["ClassifierGuidance", "check_classifier", "classifier_labels", "learnt_noise_levels"]
 
@@ -111,10 +111,12 @@ def classifier_labels(y, num_classes: int, batch: int, device=None) -> Tensor:
     if y is None:
         raise ValueError(f"classifier guidance needs the classes to guide towards: pass cond (labels 0 .. "
                          f"{num_classes - 1}: an int or a long tensor [{batch}]); `difflab sample --label`")
-    if isinstance(y, bool) or not (isinstance(y, int) or (isinstance(y, Tensor) and y.dtype in LABEL_DTYPES)):
+    if not (is_int(y) or (isinstance(y, Tensor) and y.dtype in LABEL_DTYPES)):
         raise TypeError(f"the classifier's labels must be an int or an integer tensor [{batch}], got "
                         f"{getattr(y, 'dtype', type(y).__name__)}")
-    y = torch.full((batch,), int(y), dtype=torch.long) if isinstance(y, int) else y.long()
+    if isinstance(y, Tensor) and y.ndim == 0:
+        y = int(y)
+    y = torch.full((batch,), int(y), dtype=torch.long) if is_int(y) else y.long()
     if y.shape != (batch,):
         raise ValueError(f"the classifier's labels must have shape [{batch}] (one per sample), got {tuple(y.shape)}")
     if y.device.type == "cpu" and ((y < 0).any() or (y >= num_classes).any()):
@@ -176,8 +178,8 @@ class ClassifierGuidance:
         with torch.enable_grad():
             x_in = x.detach().to(dtype).requires_grad_(True)
             logits = self.classifier(x_in * a, t)
-            if not isinstance(logits, Tensor) or logits.shape != (x.shape[0], self.y_classes):
-                raise ValueError(f"the classifier must return logits [B, K] = [{x.shape[0]}, {self.y_classes}], got "
+            if not isinstance(logits, Tensor) or logits.shape != (x.shape[0], self.classifier_classes):
+                raise ValueError(f"the classifier must return logits [B, K] = [{x.shape[0]}, {self.classifier_classes}], got "
                                  f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
             log_p = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).sum()
             (grad,) = torch.autograd.grad(log_p, x_in)
@@ -185,7 +187,8 @@ class ClassifierGuidance:
         return grad.to(x.dtype)
 
     @property
-    def y_classes(self) -> int:
+    def classifier_classes(self) -> int:
+        """K, the classes the classifier tells apart."""
         return int(self.classifier.num_classes)
 
     def predict(self, x: Tensor, sigma: float) -> tuple[Tensor, Optional[Tensor]]:
