@@ -17,10 +17,12 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import difflab as dl
@@ -46,11 +48,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--window-size=1280,1180"]
 
 
-@pytest.fixture
-def server(digits_run_dir):
-    """The app of `difflab serve --ckpt RUN` in a thread, on a free port of 127.0.0.1."""
-    ckpt = os.environ.get("DIFFLAB_WEB_CKPT") or digits_run_dir
-    app = create_app(Catalog([ckpt]), Limits())
+@contextmanager
+def serving(app):
+    """``app`` served by uvicorn in a thread on a free port of 127.0.0.1; yields its address."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -59,10 +59,20 @@ def server(digits_run_dir):
     t0 = time.monotonic()
     while not srv.started and time.monotonic() - t0 < 20:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.catalog
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def server(digits_run_dir):
+    """The app of `difflab serve --ckpt RUN`, served; (address, catalog)."""
+    app = create_app(Catalog([os.environ.get("DIFFLAB_WEB_CKPT") or digits_run_dir]), Limits())
+    with serving(app) as url:
+        yield url, app.state.catalog
 
 
 @pytest.fixture
@@ -162,3 +172,38 @@ def test_generate_and_inpaint_in_a_real_browser(server, browser, tmp_path):
     assert browser.save_screenshot(str(shot)) and Image.open(shot).size[0] >= 1000
     if os.environ.get("DIFFLAB_WEB_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["DIFFLAB_WEB_SCREENSHOT"])
+
+
+def test_a_token_server_an_uploaded_file_and_image_to_image(digits_run_dir, browser, tmp_path):
+    """Opened as /?token=T (the address `difflab serve --token T` prints), the page keeps the token
+    as a cookie and drops it from the address; a file of another size and colour is scaled to the
+    model's 8x8 grey in the browser and sent to image-to-image, whose result is the library's."""
+    token = "browser-test-token"
+    app = create_app(Catalog([digits_run_dir]), Limits(), token=token)
+    run = app.state.catalog["digits"].run
+    wait = WebDriverWait(browser, 30)
+    with serving(app) as url:
+        browser.get(url + "/")
+        assert "needs its token" in browser.find_element(By.TAG_NAME, "body").text  # no token: 401
+        browser.get(f"{url}/?token={token}")
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "label")).options) == 11)
+        assert browser.current_url == url + "/"  # the token left the address bar
+        picture = np.zeros((32, 48, 3), dtype=np.uint8)
+        picture[8:24, 18:30] = (255, 255, 255)  # a white bar on black, model pixels (2..5, 3..4): a 1 of sorts
+        Image.fromarray(picture).save(tmp_path / "one.png")
+        browser.find_element(By.ID, "upload").send_keys(str(tmp_path / "one.png"))
+        wait.until(lambda d: d.find_element(By.ID, "img2img").is_enabled())
+        sent = np.array(browser.execute_script("return Array.from(state.edit.data)")).reshape(8, 8, 4)
+        assert (sent[..., 0] == sent[..., 1]).all() and (sent[..., 3] == 255).all()  # grey, opaque
+        assert sent[3:5, 3:5, 0].min() > 150 and sent[:, :2, 0].max() < 60 and sent[:, 6:, 0].max() < 60  # the bar
+        browser.execute_script("const s = document.getElementById('strength'); s.value = '0.4';"
+                               "s.dispatchEvent(new Event('input'))")
+        assert browser.find_element(By.ID, "strength-value").text == "0.4"
+        Select(browser.find_element(By.ID, "label")).select_by_value("1")
+        browser.find_element(By.ID, "img2img").click()
+        wait.until(lambda d: len(gallery(d)) == 4)  # count 4 by default
+        got = np.stack([image_of(src) for src in gallery(browser)[::-1]])
+        x = torch.from_numpy(sent[..., 0].astype(np.float32) / 127.5 - 1).reshape(1, 64).expand(4, 64)
+        want = dl.editing.img2img(run.ema_model, run.proc, x, 0.4, "ddim", 50, cond=torch.full((4,), 1),
+                                  generator=torch.Generator().manual_seed(0)).reshape(4, 8, 8)
+        assert np.array_equal(got, np.round((want.clamp(-1, 1).numpy() + 1) * 127.5))
