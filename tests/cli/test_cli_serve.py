@@ -5,6 +5,7 @@ its install command, and a real server process that answers with its token and s
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -98,3 +99,16 @@ def test_the_server_process_answers_with_its_token_and_stops_on_ctrl_c(run_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_port_in_use_is_one_line_with_the_fix(run_dir, capsys):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--ckpt", str(run_dir), "--port", str(port)]) == 1
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert f"difflab serve: error: cannot listen on 127.0.0.1:{port}" in err and "--port 0 for any free one" in err

@@ -76,7 +76,12 @@ def _main(args) -> int:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled, after its graceful shutdown
         pass
-    if server.started:
-        print("difflab serve: stopped", flush=True)
-        return 0
-    return 1  # uvicorn logged why it could not start (e.g. the port is taken)
+    except SystemExit:  # uvicorn exits when it cannot listen, after logging why (the port is taken, ...)
+        if server.started:
+            raise
+        raise OSError(f"cannot listen on {args.host}:{args.port} (the line above says why); choose another --port, "
+                      "or --port 0 for any free one") from None
+    if not server.started:
+        raise OSError(f"the server did not start on {args.host}:{args.port} (the lines above say why)")
+    print("difflab serve: stopped", flush=True)
+    return 0
