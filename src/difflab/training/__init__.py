@@ -9,6 +9,7 @@ from .progressive import ProgressiveDistillationLoss
 from .hybrid import HybridLoss  # (registers loss: hybrid and loss: vlb)
 from .autoencoder import AutoencoderLoss, train_autoencoder  # (registers loss: autoencoder)
 from .trainer import Trainer, train
+from .noisy_classifier import load_noisy_classifier, train_noisy_classifier
 
 __all__ = [
     "EMA",
@@ -33,4 +34,6 @@ __all__ = [
     "latest_checkpoint",
     "read_checkpoint",
     "export_model",
+    "train_noisy_classifier",
+    "load_noisy_classifier",
 ]
