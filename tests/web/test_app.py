@@ -204,6 +204,17 @@ def test_editing_requests_refuse_bad_uploads_and_fields(client, catalog):
 
 
 # ------------------------------------------------------------------ the token and the Host
+def test_a_post_from_another_sites_page_is_refused(client):
+    """A page on another origin open in the same browser may send a form to 127.0.0.1 (the browser
+    adds Origin): refused before it runs anything. The server's own page, and scripts, pass."""
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+        r = client.post("/api/generate", json={"steps": 2}, headers={"origin": origin})
+        assert f"a request from another site ({origin}) is refused" in error(r, 403)
+    r = client.post("/api/generate", json={"steps": 2}, headers={"origin": LOCAL, "host": "127.0.0.1"})
+    assert r.status_code == 202
+    assert wait(client, r.json()["job"])["state"] == "done"
+
+
 def test_a_body_without_content_length_is_refused(client):
     r = client.post("/api/generate", content=iter([b'{"n": 1}']), headers={"content-type": "application/json"})
     assert "must state its Content-Length" in error(r, 411)

@@ -13,11 +13,13 @@ The routes (every answer JSON, errors as {"error": message} with a 4xx status):
 - ``GET /api/jobs/{id}``: the job's state, its place in line, its step, the preview and the results
   (PNG data URLs); ``GET /api/jobs/{id}/{k}.png``: result k as a PNG file.
 
-Safety, checked on every request before any route runs (:func:`guard`): with a token
+Safety, checked on every request before any route runs (:func:`check_request`): with a token
 (``difflab serve --token``), the request carries it (``Authorization: Bearer T``, or the cookie
 the page gets when opened as ``/?token=T``; compared in constant time); without one the server
 listens on loopback only, and refuses a Host header other than localhost's, so a web page
-elsewhere cannot reach it through DNS rebinding. A body must state its length (411 otherwise) and
+elsewhere cannot reach it through DNS rebinding. A request that changes something (POST) from a
+page of another origin (its Origin header) is refused, so another site open in the same browser
+cannot make the server work (CSRF). A body must state its length (411 otherwise) and
 stay within ``--max-upload-mb`` (413), refused before it is read. FastAPI is imported when an
 app is made, so difflab imports without the ``web`` extra.
 
@@ -32,7 +34,7 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from .catalog import Catalog
 from .images import BadImage, data_url, read_image, read_mask
@@ -47,7 +49,6 @@ log = logging.getLogger("difflab.web")
 STATIC = Path(__file__).resolve().parent / "static"  # package data (pyproject.toml: tool.setuptools.package-data)
 TOKEN_COOKIE = "difflab_token"
 WEB_EXTRA = 'pip install -e ".[web]"  (or: pip install fastapi uvicorn python-multipart)'
-LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_FORM_FIELDS = 32
 
 # The page's own resources only: no script, style or connection to another origin (no CDN);
@@ -90,7 +91,8 @@ def _token_of(request) -> Optional[str]:
 
 def check_request(request, token: Optional[str], max_body: int) -> Optional[tuple[int, str]]:
     """(status, message) for a request refused before any route runs, else None: the token,
-    the Host header of a token-less (loopback) server, and the body's declared length."""
+    the Host header of a token-less (loopback) server, the Origin of a POST (this server's own
+    page, or none: a script), and the body's declared length."""
     if token is not None:
         given = _token_of(request)
         if given is None:
@@ -102,6 +104,10 @@ def check_request(request, token: Optional[str], max_body: int) -> Optional[tupl
         return 403, ("this server takes requests addressed to localhost only (it has no token); to serve other "
                      "machines, restart it with --host and --token")
     if request.method in ("POST", "PUT", "PATCH"):
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            return 403, (f"a request from another site ({origin}) is refused: use the page this server serves "
+                         "(scripts may send no Origin header)")
         length = request.headers.get("content-length")
         if length is None:
             return 411, "the request must state its Content-Length (uploads are limited in size)"
