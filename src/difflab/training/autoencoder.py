@@ -27,6 +27,7 @@ evaluation layer, above training: the training layer takes it as a module
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -139,8 +140,9 @@ def measure_scale_factor(model: AutoencoderKL, images: Tensor, *, batch_size: in
     finally:
         model.train(was)
     var = (total_sq - total * total / count) / max(count - 1, 1)
-    if not var > 0:
-        raise ValueError("the latents of the training images have no spread (std 0): the autoencoder is degenerate")
+    if not (math.isfinite(var) and var > 0):  # (NaN fails both)
+        raise ValueError(f"the latents of the training images have variance {var}, not finite and > 0: the "
+                         "autoencoder's weights are damaged (NaN or inf) or degenerate")
     return float(var ** -0.5)
 
 
