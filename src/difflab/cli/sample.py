@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from ..devices import resolve_device
+from ..data.clips import save_clips_gif, save_frame_grid
 from ..data.grids import check_image_path, make_parent
 from ..files import atomic_write_bytes
 from ..samplers import SAMPLERS, check_classifier, sample
+from ..samplers.ddpm import VARIANCES
 from ..training.checkpoint import load
 from ..training.noisy_classifier import load_noisy_classifier
 from ..training.generate import class_rows, save_grid
@@ -42,6 +44,9 @@ def add_parser(sub) -> None:
                    help="default: ddim; a distilled or consistency-trained student's own (consistency, or ddim)")
     p.add_argument("--steps", type=int, help="default: 50; a student's own (its config's sample.steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="DDPM's step variance: posterior (beta~), beta, or learned (default for a network that "
+                        "learns its variance, improved DDPM; posterior otherwise)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--classifier", default=None, metavar="DIR",
                    help="noise-aware classifier for classifier guidance (difflab train-classifier --noisy)")
@@ -79,9 +84,18 @@ def _main(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     deterministic = not SAMPLERS[args.sampler].stochastic({"eta": args.eta})
     net = accelerated(run.model if args.raw else run.ema_model, args, device, deterministic)
-    if len(run.image_shape) != 3 and tensor_out is None:
-        raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, not images, so there is "
-                         "no PNG grid to write; pass --save-tensor FILE.pt")
+    if len(run.image_shape) not in (3, 4) and tensor_out is None:
+        raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, neither images nor clips, so "
+                         "there is no picture to write; pass --save-tensor FILE.pt")
+    if len(run.image_shape) == 4 and out.suffix.lower() not in (".gif", ".png"):
+        raise ValueError(f"{args.ckpt} makes clips [frames, C, H, W]: --out must be a .gif (the clips playing side "
+                         f"by side) or a .png (a clip a row, its frames across), got {str(out)!r}")
+    options = {}
+    if args.variance is not None:
+        if args.sampler != "ddpm":
+            raise ValueError(f"--variance chooses DDPM's step variance; --sampler {args.sampler} has none: add "
+                             "--sampler ddpm or drop --variance")
+        options["variance"] = args.variance
     labels, n, nrow = None, args.n, args.nrow
     classifier = _classifier(args, run, device)
     if classifier is not None and args.label is None:
@@ -119,16 +133,18 @@ def _main(args) -> int:
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     if classifier is None:
         x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                       clip_x0=clip, model=net, device=device)
+                       clip_x0=clip, model=net, device=device, **options)
     else:  # (run.sample takes labels for the model only: here they may be the classifier's alone)
         cond = labels if torch.is_tensor(labels) else torch.full((n,), labels, dtype=torch.long)
         x = sample(net, run.proc, (n, *run.sample_shape), args.sampler, args.steps, args.eta, cond=cond,
                    guidance=args.guidance, generator=torch.Generator().manual_seed(args.seed), device=device,
-                   clip_x0=clip, classifier=classifier, classifier_scale=args.classifier_scale)
+                   clip_x0=clip, classifier=classifier, classifier_scale=args.classifier_scale, **options)
         x = x.reshape(n, *run.image_shape)
     written = []
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
+    elif x.ndim == 5:  # clips
+        written.append(save_clips_gif(x, out) if out.suffix.lower() == ".gif" else save_frame_grid(x, out))
     if tensor_out is not None:
         buffer = io.BytesIO()  # serialised here, written by Python: a failed write names the file
         torch.save(x.cpu(), buffer)
@@ -156,8 +172,12 @@ def _classifier(args, run, device):
 
 
 def _student_notes(cfg, args) -> list[str]:
-    """What a student was not trained for, said before it samples (it samples all the same)."""
+    """What a student was not trained for, or a sampler will not read, said before it samples (it
+    samples all the same)."""
     notes = []
+    if cfg.model.kwargs.get("learn_sigma") and args.sampler != "ddpm":
+        notes.append(f"this network learnt its variance (improved DDPM); --sampler {args.sampler} uses its mean "
+                     "prediction only (--sampler ddpm reads the variance)")
     lo, hi = cfg.consistency.guidance
     if cfg.distill.method == "guided" and not lo <= args.guidance <= hi:
         notes.append(f"this guided student learnt the scales w in [{lo:g}, {hi:g}]; --guidance {args.guidance:g} lies "

@@ -1,0 +1,63 @@
+"""`difflab sample` for the networks that need more than an image grid: a network that learns its
+variance (--variance, and what the other samplers do with it) and a video network (clips as a GIF
+or a frame grid)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import difflab as dl
+from difflab.cli import main
+
+REPO = Path(__file__).resolve().parents[2]  # tests/cli/ -> the repository root
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("hybrid") / "run"
+    assert main(["train", "--config", str(REPO / "configs" / "digits_hybrid.yaml"), "--out", str(run), "--steps", "4",
+                 "--set", "sample.every=-1", "--set", "model.kwargs.width=32", "--quiet"]) == 0
+    return run
+
+
+def test_a_learned_variance_run_samples_with_it_and_says_what_other_samplers_read(hybrid_run, tmp_path, capsys):
+    x_pt = tmp_path / "x.pt"
+    assert main(["sample", "--ckpt", str(hybrid_run), "--sampler", "ddpm", "--steps", "5", "--label", "3",
+                 "--n", "4", "--out", str(tmp_path / "a.png"), "--save-tensor", str(x_pt)]) == 0
+    run = dl.load(hybrid_run)
+    learned = run.sample(4, "ddpm", 5, labels=3, seed=0)
+    assert torch.equal(torch.load(x_pt), learned)
+    assert main(["sample", "--ckpt", str(hybrid_run), "--sampler", "ddpm", "--steps", "5", "--label", "3",
+                 "--n", "4", "--variance", "beta", "--out", str(tmp_path / "b.png"), "--save-tensor", str(x_pt)]) == 0
+    beta = torch.load(x_pt)
+    assert torch.equal(beta, run.sample(4, "ddpm", 5, labels=3, seed=0, variance="beta"))
+    assert not torch.equal(beta, learned)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(hybrid_run), "--sampler", "ddim", "--steps", "3", "--n", "2",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    assert "uses its mean prediction only" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(hybrid_run), "--sampler", "ddim", "--variance", "beta", "--n", "2",
+                 "--out", str(tmp_path / "d.png")]) == 2
+    assert "--variance chooses DDPM's step variance" in capsys.readouterr().err
+
+
+def test_clips_are_written_as_a_gif_or_a_frame_grid(tmp_path, capsys):
+    run = tmp_path / "video"
+    cfg = tmp_path / "video.yaml"
+    cfg.write_text(
+        "model: {name: video_unet, kwargs: {in_channels: 1, channels: 8, channel_mult: [1, 2], num_res_blocks: 1,\n"
+        "        norm_groups: 4, frames: 4, image_size: 12, num_classes: 10}}\n"
+        "diffusion: {schedule: cosine, T: 100}\n"
+        "data: {name: moving_digits, kwargs: {n: 8, frames: 4, canvas: 12, speed: [0.5, 1.0], seed: 0}}\n"
+        "sample: {every: -1}\nbatch_size: 4\nsteps: 1\nckpt_every: 1\ndevice: cpu\n")
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--quiet"]) == 0
+    gif, png = tmp_path / "clips.gif", tmp_path / "clips.png"
+    assert main(["sample", "--ckpt", str(run), "--n", "3", "--steps", "2", "--label", "5", "--out", str(gif)]) == 0
+    assert Image.open(gif).n_frames == 4
+    assert main(["sample", "--ckpt", str(run), "--n", "3", "--steps", "2", "--label", "5", "--out", str(png)]) == 0
+    assert Image.open(png).size == (4 * 12 + 5 * 2, 3 * 12 + 4 * 2)  # a clip a row, its frames across
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(run), "--n", "1", "--steps", "2", "--out", str(tmp_path / "c.jpg")]) == 2
+    assert ".gif" in capsys.readouterr().err
