@@ -27,3 +27,18 @@ def digits_run_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_run(digits_run_dir):
     return dl.load(digits_run_dir)
+
+
+@pytest.fixture(scope="session")
+def clip_run_dir(tmp_path_factory):
+    """A class-conditional video network (video_unet_tiny: clips of 8 frames of 16x16) after two
+    steps on moving digits: the clips' pixels don't matter, their shape and path through the page do."""
+    out = tmp_path_factory.mktemp("web") / "moving"
+    cfg = TrainConfig.from_dict({
+        "model": {"name": "video_unet_tiny", "kwargs": {"num_classes": 10}},
+        "diffusion": {"schedule": "cosine", "T": 100},
+        "data": {"name": "moving_digits", "kwargs": {"n": 16, "frames": 8, "canvas": 16, "source": "digits"}},
+        "sample": {"every": -1}, "batch_size": 4, "steps": 2, "ckpt_every": 2, "device": "cpu", "tensorboard": False,
+    })
+    Trainer(cfg, out, progress=False).train()
+    return out

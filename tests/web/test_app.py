@@ -106,8 +106,10 @@ def test_generate_gives_the_models_own_samples_as_data_urls_and_files(client, ca
         assert png.headers["content-type"] == "image/png"
         assert png.headers["content-disposition"] == f'attachment; filename="difflab-digits-generate-seed5-{k}.png"'
         assert np.array_equal(pixels(png.content), np.round((want[k, 0].clamp(-1, 1).numpy() + 1) * 127.5))
-    assert "no image '2'" in error(client.get(f"/api/jobs/{s['id']}/2.png"), 404)
-    assert "no image 'x'" in error(client.get(f"/api/jobs/{s['id']}/x.png"), 404)
+    assert "no file '2.png'" in error(client.get(f"/api/jobs/{s['id']}/2.png"), 404)
+    assert "no file 'x.png': it has 2 result(s); ask for 0.png .. 1.png" in error(
+        client.get(f"/api/jobs/{s['id']}/x.png"), 404)
+    assert "no file '0.gif'" in error(client.get(f"/api/jobs/{s['id']}/0.gif"), 404)
     assert "no job 'cpu-99-0'" in error(client.get("/api/jobs/cpu-99-0"), 404)
     assert "no job" in error(client.get("/api/jobs/cpu-99-0/0.png"), 404)
 
@@ -249,3 +251,20 @@ def test_without_a_token_only_localhost_names_are_served(client):
         assert "addressed to localhost only" in error(client.get("/api/models", headers={"host": host}), 403)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("LOCALHOST")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("example.org")
+
+
+def test_a_clip_model_answers_with_gifs(clip_run_dir):
+    app = create_app(Catalog([clip_run_dir]), Limits())
+    with TestClient(app, base_url=LOCAL) as c:
+        (m,) = c.get("/api/models").json()["models"]
+        assert (m["kind"], m["frames"]) == ("clip", 8)
+        s = wait(c, c.post("/api/generate", json={"label": 2, "steps": 3, "n": 1}).json()["job"])
+        assert s["state"] == "done" and s["images"][0].startswith("data:image/gif;base64,R0lGOD")  # GIF89a
+        assert s["preview"].startswith("data:image/png;base64,")
+        gif = c.get(f"/api/jobs/{s['id']}/0.gif")
+        assert gif.headers["content-type"] == "image/gif" and gif.content[:6] == b"GIF89a"
+        assert gif.headers["content-disposition"].endswith('-seed0-0.gif"')
+        assert "ask for 0.gif .. 0.gif" in error(c.get(f"/api/jobs/{s['id']}/0.png"), 404)
+        png = to_png(torch.zeros(1, 1, 16, 16))
+        r = c.post("/api/img2img", data={"strength": "0.5"}, files={"image": ("a.png", png, "image/png")})
+        assert "makes clips (8 frames)" in error(r, 400)

@@ -17,7 +17,7 @@ def test_ids_come_from_the_run_names_and_are_unique(digits_run_dir):
     assert model_id("exports/digits.safetensors") == "digits" and model_id("runs/digits/checkpoints") == "digits"
     assert model_id("///") == "model"
     (d,) = Catalog([digits_run_dir]).describe()
-    assert d == {"id": "digits", "classes": 10, "prompt": False, "channels": 1, "height": 8, "width": 8,
+    assert d == {"id": "digits", "kind": "image", "frames": None, "classes": 10, "prompt": False, "channels": 1, "height": 8, "width": 8,
                  "samplers": ["consistency", "ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "euler", "euler_maruyama",
                               "heun", "pc"],
                  "inpaint_samplers": ["ddpm", "ddim", "euler", "heun"], "sampler": "ddim", "steps": 50,
@@ -32,7 +32,13 @@ def test_a_run_of_vectors_or_no_run_is_refused(tmp_path):
         "data": {"name": "toy2d", "kwargs": {"n": 32}}, "sample": {"every": -1}, "batch_size": 8, "steps": 2,
         "ckpt_every": 2, "device": "cpu", "tensorboard": False})
     Trainer(cfg, out, progress=False).train()
-    with pytest.raises(ValueError, match=r"makes samples of shape \(2,\), not images"):
+    with pytest.raises(ValueError, match=r"makes samples of shape \(2,\), neither images \[C, H, W\] nor clips"):
         Catalog([out])
     with pytest.raises(ValueError, match="no model to serve: pass --ckpt RUN"):
         Catalog([])
+
+
+def test_a_video_run_is_a_clip_model(clip_run_dir):
+    (d,) = Catalog([clip_run_dir]).describe()
+    assert (d["id"], d["kind"], d["frames"], d["channels"], d["height"], d["width"], d["classes"]) == \
+        ("moving", "clip", 8, 1, 16, 16, 10)

@@ -174,12 +174,13 @@ def test_generate_and_inpaint_in_a_real_browser(server, browser, tmp_path):
         shutil.copyfile(shot, os.environ["DIFFLAB_WEB_SCREENSHOT"])
 
 
-def test_a_token_server_an_uploaded_file_and_image_to_image(digits_run_dir, browser, tmp_path):
+def test_a_token_server_an_uploaded_file_image_to_image_and_clips(digits_run_dir, clip_run_dir, browser, tmp_path):
     """Opened as /?token=T (the address `difflab serve --token T` prints), the page keeps the token
     as a cookie and drops it from the address; a file of another size and colour is scaled to the
-    model's 8x8 grey in the browser and sent to image-to-image, whose result is the library's."""
+    model's 8x8 grey in the browser and sent to image-to-image, whose result is the library's.
+    The second model makes clips: they come back as GIFs, with no Edit and the editor off."""
     token = "browser-test-token"
-    app = create_app(Catalog([digits_run_dir]), Limits(), token=token)
+    app = create_app(Catalog([digits_run_dir, clip_run_dir]), Limits(), token=token)
     run = app.state.catalog["digits"].run
     wait = WebDriverWait(browser, 30)
     with serving(app) as url:
@@ -207,3 +208,17 @@ def test_a_token_server_an_uploaded_file_and_image_to_image(digits_run_dir, brow
         want = dl.editing.img2img(run.ema_model, run.proc, x, 0.4, "ddim", 50, cond=torch.full((4,), 1),
                                   generator=torch.Generator().manual_seed(0)).reshape(4, 8, 8)
         assert np.array_equal(got, np.round((want.clamp(-1, 1).numpy() + 1) * 127.5))
+
+        Select(browser.find_element(By.ID, "model")).select_by_value("moving")
+        assert browser.find_element(By.ID, "edit-note").is_displayed()
+        assert not browser.find_element(By.ID, "img2img").is_enabled()
+        for field, value in {"steps": 3, "n": 1}.items():
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(str(value))
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: len(gallery(d)) == 5)
+        newest = browser.find_elements(By.CSS_SELECTOR, ".gallery-item")[0]
+        assert newest.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/gif;base64,")
+        assert newest.find_element(By.TAG_NAME, "a").get_attribute("download").endswith("-seed0-0.gif")
+        assert not newest.find_elements(By.CSS_SELECTOR, ".edit-btn")

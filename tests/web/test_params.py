@@ -104,3 +104,13 @@ def test_an_unconditional_model_takes_no_label_and_several_models_must_be_named(
     with pytest.raises(BadRequest, match=r"steps must lie in 1 .. 50, got 51 \(the model's process has T = 50"):
         parse_sample({"model": "uncond", "steps": 51}, cat, Limits())
     assert parse_sample({"model": "uncond", "label": ""}, cat, Limits()).label is None
+
+
+def test_a_clip_model_is_generated_but_not_edited(clip_run_dir):
+    cat = Catalog([clip_run_dir])
+    assert parse_sample({"label": 1}, cat, Limits()).model.kind == "clip"
+    with pytest.raises(BadRequest, match="model 'moving' makes clips \\(8 frames\\): the page generates them, and "
+                                         "inpainting takes an image model"):
+        parse_inpaint({}, cat, Limits())
+    with pytest.raises(BadRequest, match="image-to-image takes an image model"):
+        parse_img2img({"strength": 0.5}, cat, Limits())

@@ -45,7 +45,7 @@ def test_generate_gives_run_sample_of_the_same_seed_with_previews(digits_run_dir
     assert len(progress.previews) == PREVIEWS  # every 4th step of 40
     assert pixels(progress.previews[-1]).shape == (2 + 8 + 2, 2 + 3 * 10)  # the three estimates in a row
     assert info == {"kind": "generate", "model": "digits", "label": 3, "sampler": "ddim", "steps": 40,
-                    "guidance": 2.0, "seed": 11, "n": 3}
+                    "guidance": 2.0, "seed": 11, "n": 3, "media": "image/png"}
 
 
 def test_inpaint_and_img2img_are_the_editing_functions_of_the_same_seed(digits_run_dir):
@@ -77,3 +77,22 @@ def test_inpaint_and_img2img_are_the_editing_functions_of_the_same_seed(digits_r
                               generator=torch.Generator().manual_seed(4), callback=calls.append).reshape(2, 8, 8)
     assert np.array_equal(got, as_pixels(want)) and info["strength"] == 0.5
     assert progress.steps == list(range(1, total + 1)) and total == len(calls) == 11  # from t(0.5), half the grid
+
+
+def test_a_clip_model_gives_gifs_of_its_own_samples_and_a_preview_of_every_frame(clip_run_dir):
+    cat = Catalog([clip_run_dir])
+    p = parse_sample({"label": 4, "steps": 6, "seed": 2, "n": 2}, cat, Limits())
+    work, total, info = generate_task(p)
+    progress = Recorder()
+    gifs = work(progress)
+    want = cat["moving"].run.sample(2, "ddim", 6, 1.0, 4, 2)  # [2, 8, 1, 16, 16]
+    assert info["media"] == "image/gif" and len(gifs) == 2
+    for gif, clip in zip(gifs, want):
+        reader = Image.open(io.BytesIO(gif))
+        assert reader.format == "GIF" and reader.n_frames == 8 and reader.info["duration"] == 250  # 4 frames/s
+        for t in range(8):
+            reader.seek(t)
+            frame = np.asarray(reader.convert("L"), dtype=np.int32)
+            assert np.array_equal(frame, as_pixels(clip[t, 0]))  # every grey level kept
+    grid = pixels(progress.previews[-1])
+    assert grid.shape == (2 + 2 * 18, 2 + 8 * 18)  # a clip a row, its 8 frames left to right

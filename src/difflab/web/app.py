@@ -11,7 +11,7 @@ The routes (every answer JSON, errors as {"error": message} with a 4xx status):
 - ``POST /api/generate`` (JSON): 202 and {"job", "position"}; ``POST /api/inpaint`` and
   ``POST /api/img2img`` (multipart form: the fields and the ``image`` PNG, plus ``mask`` to inpaint);
 - ``GET /api/jobs/{id}``: the job's state, its place in line, its step, the preview and the results
-  (PNG data URLs); ``GET /api/jobs/{id}/{k}.png``: result k as a PNG file.
+  (PNG data URLs, GIFs for a clip model); ``GET /api/jobs/{id}/{k}.png`` (``.gif``): result k as a file.
 
 Safety, checked on every request before any route runs (:func:`check_request`): with a token
 (``difflab serve --token``), the request carries it (``Authorization: Bearer T``, or the cookie
@@ -272,19 +272,21 @@ def create_app(catalog: Catalog, limits: Optional[Limits] = None, token: Optiona
         _, s = find(job_id)
         return {**{k: s[k] for k in ("id", "kind", "state", "position", "step", "total", "error", "info")},
                 "preview": data_url(s["preview"]) if s["preview"] else None,
-                "images": [data_url(png) for png in s["results"]]}
+                "images": [data_url(data, s["info"]["media"]) for data in s["results"]]}
 
-    @app.get("/api/jobs/{job_id}/{name}.png")
-    def job_png(job_id: str, name: str):
+    @app.get("/api/jobs/{job_id}/{name}")
+    def job_file(job_id: str, name: str):
         q, s = find(job_id)
-        index = int(name) if name.isascii() and name.isdigit() else -1
-        if not 0 <= index < len(s["results"]):
-            have = f"ask for 0.png .. {len(s['results']) - 1}.png" if s["results"] else "none yet"
-            raise BadRequest(f"job {job_id!r} ({s['state']}) has no image {name!r}: it has {len(s['results'])} "
-                             f"image(s); {have}", 404)
         info = s["info"]
-        filename = f"difflab-{info['model']}-{info['kind']}-seed{info['seed']}-{index}.png"
-        return Response(q.result(job_id, index), media_type="image/png",
+        suffix = "." + info["media"].split("/")[1]  # .png, or .gif for a clip model's
+        stem = name[: -len(suffix)] if name.endswith(suffix) else ""
+        index = int(stem) if stem.isascii() and stem.isdigit() else -1
+        if not 0 <= index < len(s["results"]):
+            have = (f"ask for 0{suffix} .. {len(s['results']) - 1}{suffix}" if s["results"] else "none yet")
+            raise BadRequest(f"job {job_id!r} ({s['state']}) has no file {name!r}: it has {len(s['results'])} "
+                             f"result(s); {have}", 404)
+        filename = f"difflab-{info['model']}-{info['kind']}-seed{info['seed']}-{index}{suffix}"
+        return Response(q.result(job_id, index), media_type=info["media"],
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     return app

@@ -4,6 +4,9 @@ A request names a model by that id (``"digits"``), never by a path: what the ser
 its disk is fixed when it starts (``difflab serve --ckpt RUN ...``), so no request can make it
 open another file. The id is the run's folder name (the file's stem for an exported model),
 made unique with ``-2``, ``-3``, ... when two runs share a name.
+
+A model makes images [C, H, W] (``kind`` "image": the page generates and edits them) or clips
+[T, C, H, W] (``kind`` "clip", the video network's: generated, shown and downloaded as GIFs).
 """
 
 from __future__ import annotations
@@ -45,14 +48,20 @@ class ServedModel:
 
     @property
     def image_shape(self) -> tuple:
+        """What one sample is: [C, H, W] for an image, [T, C, H, W] for a clip."""
         return tuple(self.run.image_shape)
+
+    @property
+    def kind(self) -> str:
+        return "clip" if len(self.image_shape) == 4 else "image"
 
     def describe(self) -> dict:
         """What the page needs to build its controls; no path on the server."""
         sampler, steps = self.run.sampling_defaults()
-        c, h, w = self.image_shape
+        c, h, w = self.image_shape[-3:]
         return {
-            "id": self.id,
+            "id": self.id, "kind": self.kind,
+            "frames": self.image_shape[0] if self.kind == "clip" else None,
             "classes": self.run.num_classes,  # None: unconditional (no class menu)
             "prompt": False,  # no difflab model takes text yet: the page's prompt box stays hidden
             "channels": c, "height": h, "width": w,
@@ -74,9 +83,11 @@ class Catalog:
         self.models: dict[str, ServedModel] = {}
         for path in paths:
             run = load(path, device=device)
-            if len(run.image_shape) != 3:
-                raise ValueError(f"{path} makes samples of shape {tuple(run.image_shape)}, not images: the web "
-                                 "page shows images [C, H, W]; sample it with `difflab sample --save-tensor`")
+            shape = tuple(run.image_shape)
+            if len(shape) not in (3, 4) or shape[-3] not in (1, 3):
+                raise ValueError(f"{path} makes samples of shape {shape}, neither images [C, H, W] nor clips "
+                                 "[T, C, H, W] of 1 or 3 channels, which the web page shows; sample it with "
+                                 "`difflab sample --save-tensor`")
             base = model_id(path)
             key, k = base, 1
             while key in self.models:

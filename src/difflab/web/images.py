@@ -1,10 +1,12 @@
-"""Images between the sampler and the page: tensors in [-1, 1] <-> PNG bytes.
+"""Images between the sampler and the page: tensors in [-1, 1] <-> PNG bytes (and clips -> GIF).
 
 A pixel value v in 0..255 maps to v / 127.5 - 1 and back by round((x + 1) * 127.5), the
 mapping of :mod:`difflab.editing.io` and :func:`difflab.data.grids.to_image_grid`, so an image
 the page sends back (a generated one, to inpaint) reaches the model with the pixels it was
 shown. Uploads are read from memory, never from a path, and their size in pixels is checked
-from the PNG header before any pixel is decoded (a small file may claim a huge image).
+from the PNG header before any pixel is decoded (a small file may claim a huge image). A clip
+[T, C, H, W] is an animated GIF of its frames (:func:`difflab.data.clips.to_clip_frames`, as
+``save_clips_gif`` writes them: a grayscale GIF keeps every uint8 level).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from ..data.clips import to_clip_frames, to_frame_grid
 from ..data.grids import to_image_grid
 
-__all__ = ["to_png", "data_url", "read_image", "read_mask", "BadImage"]
+__all__ = ["to_png", "to_gif", "clip_grid_png", "data_url", "read_image", "read_mask", "BadImage", "CLIP_FPS"]
+
+CLIP_FPS = 4.0  # frames a second of a clip's GIF, as save_clips_gif's default
 
 
 class BadImage(ValueError):
@@ -33,15 +38,36 @@ def to_png(images: Tensor, nrow: Optional[int] = None, padding: int = 2) -> byte
     if len(images) == 1:
         padding = 0
     grid = to_image_grid(images, nrow=nrow or len(images), padding=padding)  # uint8 [H, W, C]
-    pixels = grid[..., 0] if grid.shape[-1] == 1 else grid
+    return _png_of(grid[..., 0] if grid.shape[-1] == 1 else grid)
+
+
+def _png_of(picture: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def data_url(png: bytes) -> str:
-    """``data:image/png;base64,...``: a PNG the page shows and downloads without another request."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def to_gif(clip: Tensor, fps: float = CLIP_FPS) -> bytes:
+    """One clip [1, T, C, H, W] (or [T, C, H, W]) in [-1, 1] as an animated GIF, ``fps`` frames a
+    second, looping; its frames are :func:`~difflab.data.clips.to_clip_frames`'s."""
+    import imageio.v2 as imageio  # (as data.clips: imported only where a GIF is written)
+
+    frames = to_clip_frames(clip, nrow=1, padding=0)
+    buffer = io.BytesIO()
+    imageio.mimwrite(buffer, frames, format="GIF", duration=1000.0 / fps, loop=0)  # duration: ms a frame
+    return buffer.getvalue()
+
+
+def clip_grid_png(clips: Tensor) -> bytes:
+    """Clips [N, T, C, H, W] as one PNG: clip i on row i, its frames left to right (the preview of
+    a clip's denoised estimates: every frame at once)."""
+    return _png_of(to_frame_grid(clips))
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    """``data:image/png;base64,...``: a PNG (or a GIF: ``media="image/gif"``) the page shows and
+    downloads without another request."""
+    return f"data:{media};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _open(data: bytes, size: Sequence[int], what: str) -> Image.Image:

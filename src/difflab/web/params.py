@@ -190,10 +190,18 @@ def parse_sample(fields: Mapping[str, Any], catalog: Catalog, limits: Limits) ->
     return p
 
 
+def _image_model(common: dict, what: str) -> None:
+    model = common["model"]
+    if model.kind != "image":
+        raise BadRequest(f"model {model.id!r} makes clips ({model.image_shape[0]} frames): the page generates them, "
+                         f"and {what} takes an image model")
+
+
 def parse_inpaint(fields: Mapping[str, Any], catalog: Catalog, limits: Limits) -> SampleParams:
     """An inpainting request: as :func:`parse_sample` with a step-by-step sampler (ddpm, ddim,
     euler, heun), and RePaint's ``resample`` (1: the replacement method) and ``jump``."""
     common = _common(fields, catalog, limits, STEPWISE_SAMPLERS, "ddim", 50)
+    _image_model(common, "inpainting")
     resample = _int(fields, "resample", 1, 1, 20)
     jump = _int(fields, "jump", 1 if resample == 1 else 10, 1, common["steps"])
     if resample * common["steps"] > limits.max_steps * 2:
@@ -206,5 +214,6 @@ def parse_img2img(fields: Mapping[str, Any], catalog: Catalog, limits: Limits) -
     """An image-to-image (SDEdit) request: as :func:`parse_sample` and ``strength`` in (0, 1]
     (how far up the noise levels the image goes before it is denoised)."""
     common = _common(fields, catalog, limits, tuple(sorted(SAMPLERS)), "ddim", 50)
+    _image_model(common, "image-to-image")
     strength = _real(fields, "strength", None, 0.0, 1.0, low_open=True)
     return SampleParams(**common, strength=strength)

@@ -4,6 +4,7 @@ queue (:mod:`.jobs`), each reporting its steps and, every few steps, the denoise
 The calls are the library's own (``LoadedRun.sample``, :func:`difflab.editing.inpaint`,
 :func:`difflab.editing.img2img`) with the request's seed, so the page's images are the ones
 ``difflab sample`` / ``dl.load(run).sample(n, ..., seed=seed)`` give for the same settings.
+A clip model's samples [T, C, H, W] come back as GIFs, their previews as a PNG of every frame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..editing import img2img, inpaint, repaint_schedule, sdedit_sigmas
 from ..samplers import SAMPLERS, sampler_sigmas
 from ..samplers.timesteps import default_spacing
-from .images import to_png
+from .images import clip_grid_png, to_gif, to_png
 from .jobs import Progress
 from .params import SampleParams
 
@@ -31,7 +32,8 @@ Task = tuple  # (work: Callable[[Progress], list[bytes]], total steps, info for 
 
 def _reporter(progress: Progress, image_shape, total: int) -> Callable[[dict], None]:
     """The sampler's per-step callback: the step reached, and a PNG grid of the denoised
-    estimates x0_hat every ``total // PREVIEWS`` steps (and at the last)."""
+    estimates x0_hat every ``total // PREVIEWS`` steps (and at the last): images in a row, clips
+    a row each."""
     every = max(1, total // PREVIEWS)
     count = 0
 
@@ -41,7 +43,8 @@ def _reporter(progress: Progress, image_shape, total: int) -> Callable[[dict], N
         preview = None
         if count % every == 0 or count >= total:
             x0 = step["denoised"].detach().float().cpu()
-            preview = to_png(x0.reshape(x0.shape[0], *image_shape))
+            x0 = x0.reshape(x0.shape[0], *image_shape)
+            preview = clip_grid_png(x0) if x0.ndim == 5 else to_png(x0)
         progress(count, preview)
 
     return report
@@ -52,13 +55,16 @@ def _labels(p: SampleParams) -> Optional[Tensor]:
 
 
 def _pngs(x: Tensor, image_shape) -> list:
+    """One file per sample: a PNG per image, a GIF per clip."""
     x = x.detach().float().cpu().reshape(x.shape[0], *image_shape)
-    return [to_png(x[i:i + 1]) for i in range(len(x))]
+    encode = to_gif if x.ndim == 5 else to_png
+    return [encode(x[i:i + 1]) for i in range(len(x))]
 
 
 def _info(p: SampleParams, kind: str) -> dict:
     info = {"kind": kind, "model": p.model.id, "label": p.label, "sampler": p.sampler, "steps": p.steps,
-            "guidance": p.guidance, "seed": p.seed, "n": p.n}
+            "guidance": p.guidance, "seed": p.seed, "n": p.n,
+            "media": "image/gif" if p.model.kind == "clip" else "image/png"}
     if kind == "img2img":
         info["strength"] = p.strength
     if kind == "inpaint":

@@ -38,7 +38,8 @@ async function loadModels() {
     + `${info.limits.max_steps} steps per request`;
   const select = $("model");
   select.replaceChildren(...info.models.map((m) => new Option(
-    `${m.id} (${m.width}x${m.height}${m.classes ? `, ${m.classes} classes` : ""})`, m.id)));
+    `${m.id} (${m.kind === "clip" ? `${m.frames} frames of ` : ""}${m.width}x${m.height}`
+    + `${m.classes ? `, ${m.classes} classes` : ""})`, m.id)));
   $("n").max = info.limits.max_n;
   chooseModel();
 }
@@ -154,16 +155,20 @@ function addToGallery(s) {
     cap.textContent = caption(s.info, k);
     const actions = document.createElement("div");
     actions.className = "actions";
+    const clip = s.info.media === "image/gif";  // a clip model's result: an animated GIF
     const download = document.createElement("a");
     download.href = url;
-    download.download = `difflab-${s.info.model}-${s.info.kind}-seed${s.info.seed}-${k}.png`;
-    download.textContent = "PNG";
-    const edit = document.createElement("button");
-    edit.type = "button";
-    edit.className = "edit-btn";
-    edit.textContent = "Edit";
-    edit.addEventListener("click", () => loadIntoEditor(url));
-    actions.append(download, edit);
+    download.download = `difflab-${s.info.model}-${s.info.kind}-seed${s.info.seed}-${k}.${clip ? "gif" : "png"}`;
+    download.textContent = clip ? "GIF" : "PNG";
+    actions.append(download);
+    if (!clip) {  // the editor takes images; a clip is generated only
+      const edit = document.createElement("button");
+      edit.type = "button";
+      edit.className = "edit-btn";
+      edit.textContent = "Edit";
+      edit.addEventListener("click", () => loadIntoEditor(url));
+      actions.append(edit);
+    }
     item.append(img, actions, cap);
     gallery.prepend(item);
   });
@@ -240,8 +245,11 @@ function draw() {
       if (state.mask[y * m.width + x]) ctx.fillRect(x * sx, y * sy, sx, sy);
     }
   }
-  $("inpaint").disabled = !state.edit || !state.mask.some((v) => v);
-  $("img2img").disabled = !state.edit;
+  const clips = state.model.kind === "clip";  // editing takes an image model
+  $("upload").disabled = clips;
+  $("edit-note").hidden = !clips;
+  $("inpaint").disabled = clips || !state.edit || !state.mask.some((v) => v);
+  $("img2img").disabled = clips || !state.edit;
 }
 
 function modelPoint(event) {
