@@ -102,3 +102,12 @@ def test_bad_input_is_refused_with_the_fix():
         AutoencoderKL(latent_channels=0)
     with pytest.raises(ValueError, match="mid_attention must be True or False"):
         AutoencoderKL(mid_attention="yes")
+
+
+def test_the_patch_discriminator_gives_a_logit_per_patch():
+    assert small().discriminator is None  # only for the adversarial loss of training
+    ae = dl.models.build("autoencoder_kl_mnist", discriminator_channels=16, discriminator_layers=2)
+    logits = ae.discriminator(torch.zeros(3, 1, 28, 28))
+    assert logits.shape == (3, 1, 5, 5)  # 28 -> 14 -> 7 (stride 2), -> 6 -> 5 (stride 1, 4x4 kernels)
+    with pytest.raises(ValueError, match="discriminator_channels must be a positive integer"):
+        dl.models.build("autoencoder_kl_mnist", discriminator_channels=0)

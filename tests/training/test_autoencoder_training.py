@@ -68,8 +68,59 @@ def test_the_loss_is_its_terms_by_their_formulas(reconstruction, gen):
     assert all(p.grad is not None for p in ae.parameters() if p.requires_grad)
 
 
+def test_the_adversarial_terms_train_each_network_on_its_own_loss(gen):
+    """From adversarial_start on: the autoencoder's gradient is that of rec + w KL + lambda (-D(x_hat))
+    with D's weights fixed, D's gradient that of its hinge loss alone; lambda is SD's adaptive weight."""
+    torch.manual_seed(0)
+    ae = autoencoder_kl_tiny(discriminator_channels=8, discriminator_layers=1)
+    disc = ae.discriminator
+    x = torch.rand(4, 1, 8, 8, generator=gen) * 2 - 1
+    settings = AutoencoderConfig(kl_weight=0.01, adversarial_weight=0.5, adversarial_start=3)
+    loss = AutoencoderLoss(settings)
+    before = _batch(x)
+    before.step = 2
+    assert set(loss.terms(ae, before)) == {"reconstruction", "kl"}  # not yet
+    batch = _batch(x)
+    batch.step = 3
+    torch.manual_seed(7)
+    total = loss(ae, batch)
+    ae_params = [p for n, p in ae.named_parameters() if not n.startswith("discriminator.")]
+    got_ae = torch.autograd.grad(total, ae_params + list(disc.parameters()), allow_unused=True)
+
+    torch.manual_seed(7)  # by hand, the same z
+    q = ae.encode(x)
+    x_hat = ae.decode(q.sample())
+    rec = (x_hat - x).abs().mean()
+    kl = (0.5 * (q.mean ** 2 + q.logvar.exp() - 1 - q.logvar)).sum(dim=(1, 2, 3)).mean() / 64
+    frozen = [p.detach().clone().requires_grad_(False) for p in disc.parameters()]
+    copy = autoencoder_kl_tiny(discriminator_channels=8, discriminator_layers=1).discriminator
+    with torch.no_grad():
+        for p, v in zip(copy.parameters(), frozen):
+            p.copy_(v)
+    copy.requires_grad_(False)
+    adversarial = -copy(x_hat).mean()
+    last = ae.decoder_out.weight
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adversarial, last, retain_graph=True)[0]
+    lam = 0.5 * float(g_rec.norm() / (g_adv.norm() + 1e-4))
+    want_ae = torch.autograd.grad(rec + 0.01 * kl + lam * adversarial, ae_params)
+    d_loss = 0.5 * (torch.relu(1 - disc(x)).mean() + torch.relu(1 + disc(x_hat.detach())).mean())
+    want_d = torch.autograd.grad(d_loss, list(disc.parameters()))
+    for got, want in zip(got_ae, list(want_ae) + list(want_d)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert lam > 0 and float(g_adv.norm()) > 0  # the term moves the decoder
+
+
+def test_without_the_discriminator_the_adversarial_weight_is_refused(gen):
+    loss = AutoencoderLoss(AutoencoderConfig(adversarial_weight=0.5))
+    with pytest.raises(ValueError, match="discriminator_channels"):
+        loss(autoencoder_kl_tiny(), _batch(torch.zeros(2, 1, 8, 8)))
+
+
 def test_a_run_resumes_exactly_and_measures_the_latent_scale(tmp_path):
-    cfg = tiny_vae(**{"optim.decay": "constant"})
+    """With the discriminator, which joins at step 2 of 6 (the split is at 3)."""
+    cfg = tiny_vae(**{"optim.decay": "constant", "model.kwargs": {"discriminator_channels": 8, "discriminator_layers": 1},
+                      "autoencoder.adversarial_weight": 0.5, "autoencoder.adversarial_start": 2})
     whole = train_autoencoder(cfg, tmp_path / "whole", progress=False)
     half = train_autoencoder(cfg.replace(steps=3), tmp_path / "split", progress=False)
     assert half["step"] == 3
@@ -130,6 +181,8 @@ def test_refusals_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="needs the classifier 'clf'"):
         AutoencoderTrainer(tiny_vae(**{"autoencoder.perceptual_weight": 0.1,
                                        "autoencoder.perceptual_classifier": "clf"}), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="autoencoder.adversarial_start"):
+        tiny_vae(**{"autoencoder.adversarial_start": -1})
     with pytest.raises(ValueError, match="autoencoder.reconstruction"):
         tiny_vae(**{"autoencoder.reconstruction": "l3"})
     with pytest.raises(ValueError, match="trains an AutoencoderKL"):

@@ -41,7 +41,7 @@ from ..validation import is_int, positive_int
 from .norm import GroupNorm, check_groups
 from .unet import AttentionBlock, Downsample, Upsample
 
-__all__ = ["DiagonalGaussian", "AutoencoderKL", "VAEResBlock", "autoencoder_kl_mnist", "autoencoder_kl_tiny",
+__all__ = ["DiagonalGaussian", "AutoencoderKL", "VAEResBlock", "PatchDiscriminator", "autoencoder_kl_mnist", "autoencoder_kl_tiny",
            "LOGVAR_RANGE"]
 
 LOGVAR_RANGE = (-30.0, 20.0)  # SD's clamp of the encoder's log-variance
@@ -129,6 +129,35 @@ class _Level(nn.Module):
         return self.resample(h) if self.resample is not None else h
 
 
+class PatchDiscriminator(nn.Module):
+    """The patch discriminator of SD's autoencoder training (pix2pix's PatchGAN, Isola et al. 2017,
+    via taming-transformers' NLayerDiscriminator): logits [B, 1, h, w], one per overlapping patch.
+
+        conv4x4/2 -> LeakyReLU(0.2) -> [conv4x4/2 -> norm -> LeakyReLU] x (layers - 1)
+        -> conv4x4/1 -> norm -> LeakyReLU -> conv4x4/1 to one channel
+
+    Widths ``channels`` * min(2^i, 8). GroupNorm instead of pix2pix's BatchNorm: no running
+    statistics, so the discriminator is the same function for the autoencoder's pass as for its
+    own, and a resumed run computes what the uninterrupted one did."""
+
+    def __init__(self, in_channels: int, channels: int = 64, layers: int = 3, norm_groups: int = 8) -> None:
+        super().__init__()
+        channels, layers = positive_int("discriminator_channels", channels), positive_int("discriminator_layers", layers)
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for i in range(1, layers + 1):
+            new = channels * min(2 ** i, 8)
+            check_groups(new, norm_groups)
+            mods += [nn.Conv2d(width, new, 4, stride=2 if i < layers else 1, padding=1),
+                     GroupNorm(norm_groups, new), nn.LeakyReLU(0.2)]
+            width = new
+        mods.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class AutoencoderKL(nn.Module):
     """The KL autoencoder: ``encode(x) -> DiagonalGaussian``, ``decode(z) -> x_hat``,
     ``forward(x) -> (x_hat, posterior)`` (z sampled from the posterior, or its mode with
@@ -145,6 +174,11 @@ class AutoencoderKL(nn.Module):
         dropout: before each residual block's second convolution (SD: 0).
         use_quant_conv, use_post_quant_conv: SD's 1x1 convolutions around the latent.
         image_size: the training resolution (recorded; any size divisible by f runs).
+        discriminator_channels: a :class:`PatchDiscriminator` of this base width for the adversarial
+            loss of training (``autoencoder.adversarial_weight``); None: none. It is training state:
+            encode and decode never use it, but it lives here so that the trainer's one optimizer,
+            its checkpoints and its exact resume carry it.
+        discriminator_layers: its stride-2 layers (pix2pix: 3; 2 for 28x28 digits).
     """
 
     def __init__(
@@ -162,6 +196,8 @@ class AutoencoderKL(nn.Module):
         use_quant_conv: bool = True,
         use_post_quant_conv: bool = True,
         image_size: Optional[int] = None,
+        discriminator_channels: Optional[int] = None,
+        discriminator_layers: int = 3,
     ) -> None:
         super().__init__()
         in_channels = positive_int("in_channels", in_channels)
@@ -187,7 +223,8 @@ class AutoencoderKL(nn.Module):
                            channels=channels, channel_mult=tuple(int(m) for m in channel_mult),
                            num_res_blocks=num_res_blocks, mid_attention=mid_attention, norm_groups=norm_groups,
                            norm_eps=float(norm_eps), dropout=float(dropout), use_quant_conv=use_quant_conv,
-                           use_post_quant_conv=use_post_quant_conv, image_size=image_size)
+                           use_post_quant_conv=use_post_quant_conv, image_size=image_size,
+                           discriminator_channels=discriminator_channels, discriminator_layers=discriminator_layers)
         self.in_channels, self.out_channels, self.latent_channels = in_channels, out_channels, latent_channels
         self.image_size = image_size
         levels = len(widths)
@@ -221,6 +258,10 @@ class AutoencoderKL(nn.Module):
             ch = w
         self.decoder_norm = GroupNorm(g, ch, eps=eps)
         self.decoder_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+
+        self.discriminator = (PatchDiscriminator(out_channels, discriminator_channels, discriminator_layers,
+                                                 norm_groups=min(g, discriminator_channels))
+                              if discriminator_channels is not None else None)
 
         # the latent scale (0: not measured) and shift, saved with the weights
         self.register_buffer("scaling_factor", torch.zeros(()))

@@ -8,6 +8,7 @@ discriminator):
 
     q(z | x) = encode(x),  z = mean + std eps,  x_hat = decode(z)
     loss = rec(x, x_hat) + kl_weight KL(q(z | x) || N(0, I)) / D + perceptual_weight ||phi(x) - phi(x_hat)||^2 / d
+           [+ lambda (-mean D(x_hat)) + the hinge loss of the patch discriminator D, from adversarial_start on]
 
 (AutoencoderConfig gives each term). eps is drawn from torch's generator, whose state every
 checkpoint holds (rng.pt), so a resumed run draws what the uninterrupted one drew: the run,
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..models.autoencoder import AutoencoderKL
 from ..processes import Process
@@ -79,24 +82,53 @@ class AutoencoderLoss:
         self._phi = getattr(self.features, "features", self.features)
 
     def terms(self, model: nn.Module, batch: TrainBatch) -> dict[str, Tensor]:
+        """Each term: ``reconstruction``, ``kl`` (per pixel), ``perceptual`` (with phi) and, from
+        ``adversarial_start`` on, ``adversarial`` (-mean D(x_hat), D's weights held fixed),
+        ``discriminator`` (D's hinge loss, x_hat held fixed) and ``adversarial_lambda`` (a number)."""
         net = unwrap(model)
         if not isinstance(net, AutoencoderKL):
             raise ValueError(f"loss 'autoencoder' trains an AutoencoderKL (model.name autoencoder_kl, "
                              f"autoencoder_kl_mnist, ...), got {type(net).__name__}")
+        s = self.settings
+        if s.adversarial_weight > 0 and net.discriminator is None:
+            raise ValueError(f"autoencoder.adversarial_weight = {s.adversarial_weight} needs the network's patch "
+                             "discriminator: set model.kwargs.discriminator_channels (e.g. 64; "
+                             "discriminator_layers: 2 for 28x28 digits), or use weight 0")
         x = batch.x0
         x_hat, posterior = model(x)  # z ~ q(z | x) by torch's generator (checkpointed)
         diff = x_hat - x
-        rec = diff.abs().mean() if self.settings.reconstruction == "l1" else diff.square().mean()
+        rec = diff.abs().mean() if s.reconstruction == "l1" else diff.square().mean()
         out = {"reconstruction": rec, "kl": posterior.kl().mean() / x[0].numel()}
-        if self.features is not None and self.settings.perceptual_weight > 0:
+        if self.features is not None and s.perceptual_weight > 0:
             out["perceptual"] = (self._phi(x) - self._phi(x_hat)).square().mean()
+        if s.adversarial_weight > 0 and batch.step >= s.adversarial_start:
+            disc = net.discriminator
+            fixed = {k: v.detach() for k, v in disc.named_parameters()}
+            adversarial = -functional_call(disc, fixed, (x_hat,)).mean()
+            out["adversarial"] = adversarial
+            out["discriminator"] = 0.5 * (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean())
+            nll = rec + s.perceptual_weight * out["perceptual"] if "perceptual" in out else rec
+            out["adversarial_lambda"] = s.adversarial_weight * self._adaptive(nll, adversarial, net)
         return out
+
+    def _adaptive(self, nll: Tensor, adversarial: Tensor, net: AutoencoderKL) -> Tensor:
+        """SD's ||grad_L nll|| / (||grad_L adv|| + 1e-4), clamped to [0, 1e4], at the decoder's last
+        convolution's weight L; 1 without ``adaptive_weight`` or without gradients (the trainer's
+        check of the model runs under no_grad)."""
+        if not self.settings.adaptive_weight or not torch.is_grad_enabled() or not adversarial.requires_grad:
+            return torch.ones((), device=nll.device)
+        last = net.decoder_out.weight
+        g_nll = torch.autograd.grad(nll, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adversarial, last, retain_graph=True)[0]
+        return (g_nll.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     def __call__(self, model: nn.Module, batch: TrainBatch) -> Tensor:
         t = self.terms(model, batch)
         loss = t["reconstruction"] + self.settings.kl_weight * t["kl"]
         if "perceptual" in t:
             loss = loss + self.settings.perceptual_weight * t["perceptual"]
+        if "adversarial" in t:
+            loss = loss + t["adversarial_lambda"] * t["adversarial"] + t["discriminator"]
         return loss
 
     def __repr__(self) -> str:
