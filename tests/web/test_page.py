@@ -201,7 +201,14 @@ def test_a_token_server_an_uploaded_file_image_to_image_and_clips(digits_run_dir
                                "s.dispatchEvent(new Event('input'))")
         assert browser.find_element(By.ID, "strength-value").text == "0.4"
         Select(browser.find_element(By.ID, "label")).select_by_value("1")
+        queue, gate = app.state.queues["cpu"], threading.Event()
+        busy = queue.submit(lambda progress: gate.wait(20) and [], 1)  # another client's job holds the device
+        while queue.status(busy.id)["state"] != "running":
+            time.sleep(0.01)
         browser.find_element(By.ID, "img2img").click()
+        wait.until(lambda d: any("img2img: waiting, position 1 in line" in e.text  # the page shows its place
+                                 for e in d.find_elements(By.CSS_SELECTOR, ".job span")))
+        gate.set()
         wait.until(lambda d: len(gallery(d)) == 4)  # count 4 by default
         got = np.stack([image_of(src) for src in gallery(browser)[::-1]])
         x = torch.from_numpy(sent[..., 0].astype(np.float32) / 127.5 - 1).reshape(1, 64).expand(4, 64)
