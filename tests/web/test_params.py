@@ -38,6 +38,7 @@ def test_defaults_and_form_strings(catalog):
     ({"steps": 101}, 400, "steps must lie in 1 .. 100, got 101 (the model's process has T = 100 steps)"),
     ({"steps": 0}, 400, "steps must lie in 1 .. 100"),
     ({"seed": -1}, 400, "seed must lie in 0 .. 9223372036854775807"),
+    ({"seed": "9" * 5000}, 400, "seed must be an integer in 0 .. 9223372036854775807, got '9999"),
     ({"sampler": "magic"}, 400, "sampler must be one of consistency, ddim, ddpm"),
     ({"label": 10}, 400, "label must lie in 0 .. 9, got 10"),
     ({"label": "3.5"}, 400, "label must be an integer in 0 .. 9"),

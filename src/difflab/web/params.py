@@ -81,7 +81,7 @@ class SampleParams:
     jump: int = 1
 
 
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?\d{1,30}$")  # longer: no limit is that large (and int() of 4,300 digits raises)
 
 
 def _int(fields: Mapping[str, Any], name: str, default: Optional[int], lo: int, hi: int, fix: str = "") -> int:
