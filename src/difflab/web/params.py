@@ -25,6 +25,12 @@ SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 GUIDANCE_MAX = 50.0  # far past any useful scale (1 to about 10); beyond it x0 estimates only overflow
 
 
+def _show(v) -> str:
+    """``repr(v)``, cut to 40 characters: a message quotes what was sent, not all of it."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 class BadRequest(ValueError):
     """A request the server refuses: ``status`` (400: a bad field, 404: an unknown model or
     job, 413: too large, ...) and the message the page shows."""
@@ -49,7 +55,7 @@ class Limits:
             v = getattr(self, name)
             if not is_int(v) or v < (0 if name == "max_queue" else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= "
-                                 f"{0 if name == 'max_queue' else 1}, got {v!r}")
+                                 f"{0 if name == 'max_queue' else 1}, got {_show(v)}")
         if not is_real(self.max_upload_mb) or not 0 < self.max_upload_mb <= 1024:
             raise ValueError(f"--max-upload-mb must be a number in (0, 1024], got {self.max_upload_mb!r}")
 
@@ -97,7 +103,7 @@ def _int(fields: Mapping[str, Any], name: str, default: Optional[int], lo: int, 
     elif isinstance(v, float) and v.is_integer():
         v = int(v)
     if not is_int(v):
-        raise BadRequest(f"{name} must be an integer in {lo} .. {hi}, got {v!r}")
+        raise BadRequest(f"{name} must be an integer in {lo} .. {hi}, got {_show(v)}")
     if not lo <= v <= hi:
         raise BadRequest(f"{name} must lie in {lo} .. {hi}, got {v}{fix}")
     return int(v)
@@ -114,9 +120,9 @@ def _real(fields: Mapping[str, Any], name: str, default: Optional[float], lo: fl
         try:
             v = float(v)
         except ValueError:
-            raise BadRequest(f"{name} must be a number, got {v!r}") from None
+            raise BadRequest(f"{name} must be a number, got {_show(v)}") from None
     if not is_real(v) or not math.isfinite(v):
-        raise BadRequest(f"{name} must be a finite number, got {v!r}")
+        raise BadRequest(f"{name} must be a finite number, got {_show(v)}")
     if not (lo < v if low_open else lo <= v) or v > hi:
         raise BadRequest(f"{name} must lie in {'(' if low_open else '['}{lo:g}, {hi:g}], got {v:g}")
     return float(v)
@@ -129,7 +135,7 @@ def _model(fields: Mapping[str, Any], catalog: Catalog) -> ServedModel:
             return catalog[catalog.ids()[0]]
         raise BadRequest(f"model is missing: give one of {', '.join(catalog.ids())}")
     if not isinstance(key, str) or key not in catalog:
-        raise BadRequest(f"unknown model {key!r}; this server has {', '.join(catalog.ids())}", 404)
+        raise BadRequest(f"unknown model {_show(key)}; this server has {', '.join(catalog.ids())}", 404)
     return catalog[key]
 
 
@@ -160,7 +166,7 @@ def _common(fields: Mapping[str, Any], catalog: Catalog, limits: Limits, allowed
     own_sampler, own_steps = model.run.sampling_defaults()
     sampler = fields.get("sampler") or (own_sampler if own_sampler in allowed else default_sampler)
     if sampler not in allowed:
-        raise BadRequest(f"sampler must be one of {', '.join(allowed)}, got {sampler!r}")
+        raise BadRequest(f"sampler must be one of {', '.join(allowed)}, got {_show(sampler)}")
     proc = model.run.proc
     hi = min(limits.max_steps, proc.T) if proc.discrete else limits.max_steps
     why = (f" (the model's process has T = {proc.T} steps)" if proc.discrete and proc.T < limits.max_steps
