@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]  # tests/cli/ -> the repository root
 def test_train_resume_and_load_with_the_mnist_vae_config(tmp_path, capsys, mnist_dir):
     run = tmp_path / "vae"
     clf = save_classifier(SmallCNN(), tmp_path / "clf")  # (untrained: its features still define a loss)
-    args = ["--set", f"data.kwargs.root={mnist_dir}", "--set", "batch_size=8", "--log-every", "1", "--quiet",
+    args = ["--set", f"data.kwargs.root={mnist_dir}", "--set", "batch_size=8", "--set", "ema.decay=0", "--log-every", "1", "--quiet",
             "--set", "autoencoder.perceptual_weight=0.1", "--set", f"autoencoder.perceptual_classifier={clf}"]
     assert main(["train-autoencoder", "--config", str(REPO / "configs" / "mnist_vae.yaml"), "--out", str(run),
                  "--steps", "2", "--ckpt-every", "2", *args]) == 0
