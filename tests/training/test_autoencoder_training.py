@@ -167,7 +167,7 @@ def test_the_reconstruction_grid_is_written(tmp_path):
     assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()
 
 
-def test_refusals_name_the_fix(tmp_path):
+def test_refusals_name_the_fix(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="difflab train-autoencoder"):
         Trainer(tiny_vae(), tmp_path / "plain", progress=False)  # the plain trainer would sample an autoencoder
     with pytest.raises(ValueError, match="'diffusion'.*leave it out"):
@@ -181,6 +181,10 @@ def test_refusals_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="needs the classifier 'clf'"):
         AutoencoderTrainer(tiny_vae(**{"autoencoder.perceptual_weight": 0.1,
                                        "autoencoder.perceptual_classifier": "clf"}), tmp_path / "c", progress=False)
+    with monkeypatch.context() as m:
+        m.setenv("WORLD_SIZE", "2")  # (refused before any process group is started)
+        with pytest.raises(ValueError, match="adversarial loss trains in one process"):
+            AutoencoderTrainer(tiny_vae(**{"model.kwargs": {"discriminator_channels": 8}}), tmp_path / "e")
     with pytest.raises(ValueError, match="autoencoder.adversarial_start"):
         tiny_vae(**{"autoencoder.adversarial_start": -1})
     with pytest.raises(ValueError, match="autoencoder.reconstruction"):

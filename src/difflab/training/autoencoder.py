@@ -29,6 +29,7 @@ evaluation layer, above training: the training layer takes it as a module
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -188,6 +189,12 @@ class AutoencoderTrainer(Trainer):
         if cfg.loss != "autoencoder":
             raise ValueError(f"config field 'loss': {cfg.loss!r}; an autoencoder trains with loss: autoencoder "
                              "(diffusion models train with difflab train)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.model.kwargs.get("discriminator_channels"):
+            # DDP averages the gradients of what the network's forward used; D runs outside it (and
+            # gets no gradient before adversarial_start), which DDP's reducer would wait for
+            raise ValueError("model.kwargs.discriminator_channels: the adversarial loss trains in one process; "
+                             "this is a torchrun run of several. Train without the discriminator here, or in one "
+                             "process")
         _BUILDING.append({"features": features})
         try:
             super().__init__(cfg, out, **kwargs)
