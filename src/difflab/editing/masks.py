@@ -8,6 +8,14 @@ or the image's own shape).
 
     mask = parse_mask("box:0,14,28,28", (28, 28))     # the lower half of a 28x28 digit
     mask = parse_mask("half:bottom", (28, 28))        # the same
+
+Clips [B, T, C, H, W] take space-time masks [T, 1, H, W] (they broadcast the same way): whole
+frames to fill (prediction, frame interpolation) or a region across frames (video inpainting).
+
+    mask = future_frames_mask(8, (16, 16), given=2)      # prediction: frames 2..7 from frames 0, 1
+    mask = between_frames_mask(8, (16, 16), keep=(0, 7)) # interpolation: frames 1..6 between 0 and 7
+    mask = across_frames(box_mask((16, 16), 4, 4, 12, 12), 8)  # a box in every frame
+    mask = parse_clip_mask("future:2", 8, (16, 16))      # the same masks from text
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from torch import Tensor
 from ..data.images import grey_levels
 from ..validation import is_int
 
-__all__ = ["box_mask", "half_mask", "parse_mask", "load_mask", "check_mask", "SIDES"]
+__all__ = ["box_mask", "half_mask", "parse_mask", "load_mask", "check_mask", "SIDES", "frames_mask",
+           "future_frames_mask", "between_frames_mask", "across_frames", "parse_clip_mask"]
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -141,3 +150,92 @@ def check_mask(mask, image: Tensor) -> Tensor:
     if not torch.isfinite(mask).all() or (mask < 0).any() or (mask > 1).any():
         raise ValueError("mask values must lie in [0, 1] (1 = fill, 0 = keep)")
     return mask.expand_as(image)
+
+
+# ---------------------------------------------------------------------------- space-time masks
+def _frames(frames) -> int:
+    if not is_int(frames) or frames < 1:
+        raise ValueError(f"frames must be the clip's frame count, an integer >= 1, got {frames!r}")
+    return int(frames)
+
+
+def _indices(name: str, indices, frames: int) -> list[int]:
+    """Frame indices as a sorted list of distinct integers in 0 .. frames - 1 (negative ones count
+    from the end, as Python's)."""
+    if is_int(indices):
+        indices = [indices]
+    try:
+        if isinstance(indices, (str, bytes)):
+            raise TypeError
+        values = list(indices)
+    except TypeError:
+        raise ValueError(f"{name} must be frame indices (integers), got {indices!r}") from None
+    if not values or not all(is_int(i) for i in values):
+        raise ValueError(f"{name} must be one or more frame indices (integers), got {indices!r}")
+    bad = [int(i) for i in values if not -frames <= int(i) < frames]
+    if bad:
+        raise ValueError(f"{name}: frame {bad[0]} is not in a clip of {frames} frames (0 .. {frames - 1})")
+    return sorted({int(i) % frames for i in values})
+
+
+def frames_mask(frames: int, size: Sequence[int], fill) -> Tensor:
+    """[T, 1, H, W]: 1 on every pixel of the frames ``fill`` (indices), 0 on the others, so an
+    edit generates those frames whole and keeps the rest. Broadcasts against clips [B, T, C, H, W]."""
+    frames, (h, w) = _frames(frames), _size(size)
+    m = torch.zeros(frames, 1, h, w)
+    m[_indices("fill", fill, frames)] = 1.0
+    return m
+
+
+def future_frames_mask(frames: int, size: Sequence[int], given: int) -> Tensor:
+    """Prediction: keep the first ``given`` frames (0 .. given - 1) and fill the rest, [T, 1, H, W]."""
+    frames = _frames(frames)
+    if not is_int(given) or not 1 <= given < frames:
+        raise ValueError(f"given (the frames kept at the start) must be an integer in 1 .. {frames - 1} for a clip of "
+                         f"{frames} frames (at least one frame given and one to predict), got {given!r}")
+    return frames_mask(frames, size, range(int(given), frames))
+
+
+def between_frames_mask(frames: int, size: Sequence[int], keep) -> Tensor:
+    """Frame interpolation: keep the frames ``keep`` (e.g. (0, T - 1), or every other frame) and
+    fill every other frame, [T, 1, H, W]."""
+    frames = _frames(frames)
+    kept = _indices("keep", keep, frames)
+    if len(kept) == frames:
+        raise ValueError(f"keep names every frame of the clip ({frames}), so nothing would be filled; keep fewer")
+    return frames_mask(frames, size, [t for t in range(frames) if t not in kept])
+
+
+def across_frames(mask: Tensor, frames: int, during=None) -> Tensor:
+    """A region across frames (video inpainting): the mask [H, W] of one frame (``box_mask``,
+    ``half_mask``, ``load_mask``) on each of the frames ``during`` (default: every frame), 0 on the
+    others, [T, 1, H, W]."""
+    frames = _frames(frames)
+    if not isinstance(mask, Tensor) or mask.ndim != 2:
+        raise ValueError(f"mask must be one frame's mask [H, W] (box_mask, half_mask, load_mask), got "
+                         f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+    on = frames_mask(frames, mask.shape, range(frames) if during is None else during)
+    return on * mask.to(on.dtype)
+
+
+def parse_clip_mask(spec: str, frames: int, size: Sequence[int]) -> Tensor:
+    """A space-time mask [T, 1, H, W] from text: ``future:K`` (keep the first K frames, predict
+    the rest), ``between:I,J,...`` (keep those frames, fill the others), or any image mask of
+    :func:`parse_mask` (``box:...``, ``half:SIDE``, a PNG) across every frame."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"clip mask must be future:K, between:I,J,..., box:x0,y0,x1,y1, half:SIDE or an image file, "
+                         f"got {spec!r}")
+    if spec.partition(":")[0] in ("future", "between"):
+        kind, _, arg = spec.partition(":")
+        try:
+            values = [int(v) for v in arg.split(",")] if arg else []
+        except ValueError:
+            values = []
+        if not values or (kind == "future" and len(values) != 1):
+            form = "future:K (an integer: the frames given)" if kind == "future" else \
+                "between:I,J,... (the frames kept, integers)"
+            raise ValueError(f"clip mask {spec!r}: use {form}")
+        if kind == "future":
+            return future_frames_mask(frames, size, values[0])
+        return between_frames_mask(frames, size, values)
+    return across_frames(parse_mask(spec, size), frames)
