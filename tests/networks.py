@@ -11,3 +11,18 @@ def perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+class ConstantVariance(torch.nn.Module):
+    """``base`` made a network that learns its variance (``learn_sigma``, improved DDPM): its
+    prediction, then the variance interpolation v everywhere, along dim 1."""
+
+    learn_sigma = True
+
+    def __init__(self, base, v: float) -> None:
+        super().__init__()
+        self.base, self.v = base, v
+
+    def forward(self, x, t, cond=None):
+        out = self.base(x, t)
+        return torch.cat([out, torch.full_like(out, self.v)], dim=1)

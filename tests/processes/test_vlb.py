@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from networks import ConstantVariance
 from scipy.stats import norm
 
 import difflab as dl
@@ -170,20 +171,6 @@ def test_bad_inputs_are_named(gaussian_case):
 
 
 # ------------------------------------------------------------ learned variance (improved DDPM)
-class _ConstantVariance(torch.nn.Module):
-    """A network that learns its variance (learn_sigma): ``base``'s prediction, then v everywhere."""
-
-    learn_sigma = True
-
-    def __init__(self, base, v: float) -> None:
-        super().__init__()
-        self.base, self.v = base, v
-
-    def forward(self, x, t, cond=None):
-        out = self.base(x, t)
-        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
-
-
 def test_learned_log_variance_interpolates_beta_tilde_and_beta():
     proc = dl.GaussianDiffusion(dl.schedules.cosine(50))
     t = torch.arange(50)
@@ -222,7 +209,7 @@ def test_vlb_with_the_learned_variance_at_its_ends_is_the_fixed_variances_bound(
     fixed = {k: proc.vlb_terms(model, x0, num_timesteps=20, variance=k, generator=torch.Generator().manual_seed(4))
              for k in ("posterior", "beta")}
     for v, name in [(-1.0, "posterior"), (1.0, "beta")]:
-        learned = proc.vlb_terms(_ConstantVariance(model, v), x0, num_timesteps=20,
+        learned = proc.vlb_terms(ConstantVariance(model, v), x0, num_timesteps=20,
                                  generator=torch.Generator().manual_seed(4))  # None: the network's own
         torch.testing.assert_close(learned["diffusion"], fixed[name]["diffusion"])
         if name == "posterior":
@@ -233,7 +220,7 @@ def test_vlb_with_the_learned_variance_at_its_ends_is_the_fixed_variances_bound(
 
 def test_a_learned_variance_network_must_return_twice_the_channels(gaussian_case):
     proc, model = gaussian_case
-    wrong = _ConstantVariance(model, 0.0)
+    wrong = ConstantVariance(model, 0.0)
     wrong.forward = lambda x, t, cond=None: model(x, t)  # forgets its variance
     with pytest.raises(ValueError, match=r"learns its variance.*shape \(4, 4\)"):
         proc.vlb_terms(wrong, torch.zeros(4, 2))

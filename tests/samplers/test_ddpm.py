@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from closed_forms import exact_output_moments
+from networks import ConstantVariance
 
 import difflab as dl
 from difflab.samplers.timesteps import sampling_sigmas
@@ -36,26 +37,12 @@ def test_ddpm_beta_variance_matches_its_recursion(proc):
     assert math.sqrt(var) > exact_output_moments(torch.tensor(sig), "ddpm")[1]
 
 
-class _ConstantVariance(torch.nn.Module):
-    """The exact Gaussian denoiser made a network that learns its variance, with output v everywhere."""
-
-    learn_sigma = True
-
-    def __init__(self, base, v: float) -> None:
-        super().__init__()
-        self.base, self.v = base, v
-
-    def forward(self, x, t, cond=None):
-        out = self.base(x, t)
-        return torch.cat([out, torch.full_like(out, self.v)], dim=1)
-
-
 def test_ddpm_learned_variance_matches_its_recursion(proc):
     """variance = exp((1 + v)/2 log beta' + (1 - v)/2 log beta~') of each respaced step, in VE units:
     the output's spread follows the recursion of the beta test with that variance."""
     base = dl.models.GaussianDenoiser(proc, MU, S)
     steps, v = 25, 0.3
-    x = dl.sample(_ConstantVariance(base, v), proc, (N, 2), "ddpm", steps, generator=torch.Generator().manual_seed(3))
+    x = dl.sample(ConstantVariance(base, v), proc, (N, 2), "ddpm", steps, generator=torch.Generator().manual_seed(3))
     sig = sampling_sigmas(proc, steps, "trailing").tolist()
     var = 1 + sig[0] ** 2
     frac = (1 + v) / 2
@@ -77,11 +64,11 @@ def test_ddpm_learned_variance_at_its_ends_is_the_fixed_variances_exactly(proc):
     """v = -1: beta~ (the default for any other network); v = 1: beta; same noise, same samples."""
     base = dl.models.GaussianDenoiser(proc, MU, S)
     for v, fixed in [(-1.0, "posterior"), (1.0, "beta")]:
-        a = dl.sample(_ConstantVariance(base, v), proc, (64, 2), "ddpm", 10, generator=torch.Generator().manual_seed(1))
+        a = dl.sample(ConstantVariance(base, v), proc, (64, 2), "ddpm", 10, generator=torch.Generator().manual_seed(1))
         b = dl.sample(base, proc, (64, 2), "ddpm", 10, variance=fixed, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(a, b)
     # a fixed variance may still be chosen for a network that learns one; DDIM reads only its mean
-    c = dl.sample(_ConstantVariance(base, 0.5), proc, (64, 2), "ddim", 10, generator=torch.Generator().manual_seed(1))
+    c = dl.sample(ConstantVariance(base, 0.5), proc, (64, 2), "ddim", 10, generator=torch.Generator().manual_seed(1))
     d = dl.sample(base, proc, (64, 2), "ddim", 10, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(c, d)
 
