@@ -1,0 +1,340 @@
+"""Video diffusion on moving digits, measured (issue 27's must-shows; not part of the difflab package).
+
+    difflab train --config configs/moving_digits.yaml --out runs/moving_digits   # the network
+    python experiments/video.py --run runs/moving_digits --out docs/video        # these measures
+
+A trained class-conditional ``VideoUNet`` (8 frames of one sklearn digit on a 16x16 canvas) is
+judged from its clips' pixels with two instruments built on the real data:
+
+- **a digit classifier** (:func:`difflab.evaluation.classifier.train_classifier`, a small CNN) trained
+  on scikit-learn's 8x8 digits (1,497 of them; 300 held out for its accuracy). It reads each frame's
+  digit from the 8x8 window around the frame's centre of mass (:func:`crops`): **identity over
+  time** is the share of clips whose every later frame gets the first frame's class, and the
+  **per-frame Frechet distance** (FD) is taken in its 128 features, against the windows of real
+  frames, beside its floor (other real frames, as many as the generated ones);
+- **the motion measure** (:func:`difflab.evaluation.motion_residual`): the RMS distance between a
+  clip's centre-of-mass track and the best constant-velocity path with bounces (real clips: 0.35 px).
+
+Clips are drawn by DDIM (``--steps``, 50) from the same noise for every model: the video network
+guided by its class label (w = 3, as the config samples) and unconditional, and the image-model
+baseline, the same network with its temporal layers masked out (``model.frame_by_frame()``; the
+run trained a fifth of its clips as independent frames, Ho et al.'s joint training, so its
+spatial layers are an image model of the frames). Unconditional clips are where identity is the
+network's own doing: a guided frame-by-frame model is told the class at every frame.
+
+The tasks go through :func:`difflab.editing.inpaint` with space-time masks
+(:mod:`difflab.editing.masks`), DDIM and the replacement method, the true label given (w = 1):
+
+- **prediction**: frames 0 and 1 of real clips given, frames 2..7 generated; the error is the
+  distance between each generated frame's centre of mass and the true one (the data's exact
+  continuous position plus the sprite's own ink centre), beside baselines that see the same two
+  frames' centres of mass: the last frame copied, constant velocity (a straight line), and constant
+  velocity bouncing off the walls (given the sprite's true ink offset, i.e. where the walls are for
+  the centre of mass: the physics with the velocity estimated from two rounded frames);
+- **frame interpolation**: frames 0 and 7 given, 1..6 generated, beside the straight line between them;
+- **video inpainting**: the canvas's middle 8x8 box filled in every frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, "") and sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path[0] = str(HERE.parent)  # run as a script: import from the repository root
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+import difflab as dl  # noqa: E402
+from difflab.data.clips import save_clips_gif, save_frame_grid  # noqa: E402
+from difflab.data.moving import bounce  # noqa: E402
+from difflab.editing import masks  # noqa: E402
+from difflab.evaluation.classifier import ClassifierFeatures, train_classifier  # noqa: E402
+from difflab.evaluation.fid import extract_features, frechet_distance  # noqa: E402
+from difflab.evaluation.motion import INK_LEVEL, centre_of_mass, motion_residual  # noqa: E402
+from difflab.files import atomic_write, atomic_write_text  # noqa: E402
+from experiments.processes import split_digits  # noqa: E402
+
+COMMAND = "python experiments/video.py"
+SPEED = (0.5, 1.5)  # the config's speed range, pixels a frame: the motion fit's max_speed too
+SPRITE = 8
+GIVEN = 2  # prediction: frames given
+SIZES = {
+    # n: generated clips per model; pred: clips predicted (and n // 2 interpolated); real: reference clips
+    "tiny": dict(n=4, pred=4, inpaint=2, real=16, clf_epochs=1),
+    "cpu": dict(n=100, pred=100, inpaint=16, real=1000, clf_epochs=30),
+}
+SEEDS = {"real": 11, "floor": 12, "tasks": 13, "noise": 0}  # data seeds apart from the training set's (0)
+
+
+# ---------------------------------------------------------------------------- the instruments
+def crops(clips: Tensor, size: int = SPRITE) -> Tensor:
+    """[N * T, C, size, size]: each frame's digit, the ``size`` x ``size`` window that holds the most
+    ink (pixels above :data:`~difflab.evaluation.motion.INK_LEVEL`, weighted as the centre of mass
+    weighs them), the one nearest the window centred on the centre of mass among equals. A window
+    centred on the centre of mass alone cuts off a column of lopsided digits (a 7's or a 1's ink
+    leans to one side of its sprite); on a real frame this window holds every inked pixel of the
+    sprite (tested), so the classifier reads the digit it would read from the sprite itself."""
+    N, T, C, H, W = clips.shape
+    frames = clips.reshape(N * T, C, H, W)
+    ink = (frames.double().mean(1, keepdim=True) - INK_LEVEL).clamp(min=0)  # [NT, 1, H, W]
+    held = F.avg_pool2d(ink, size, stride=1).flatten(1) * size * size  # [NT, (H-size+1)(W-size+1)]
+    com = centre_of_mass(clips).reshape(N * T, 2)  # (row, col), NaN without ink
+    com = torch.where(torch.isnan(com), torch.tensor([(H - 1) / 2, (W - 1) / 2], dtype=com.dtype), com)
+    rows, cols = torch.meshgrid(torch.arange(H - size + 1), torch.arange(W - size + 1), indexing="ij")
+    centred = com - (size - 1) / 2  # the corner of the window centred on the centre of mass
+    dist = (rows.flatten()[None] - centred[:, :1]) ** 2 + (cols.flatten()[None] - centred[:, 1:]) ** 2
+    # the most ink; among windows within a hundredth of a pixel's ink of it, the nearest
+    best = torch.where(held >= held.max(1, keepdim=True).values - 1e-2, -dist, -math.inf).argmax(1)
+    r = (best // (W - size + 1))[:, None] + torch.arange(size)  # [NT, size]
+    c = (best % (W - size + 1))[:, None] + torch.arange(size)
+    i = torch.arange(N * T)[:, None, None]
+    return frames.permute(0, 2, 3, 1)[i, r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class Judge:
+    """The digit classifier (trained on the real 8x8 digits) and its reading of clips."""
+
+    def __init__(self, epochs: int, seed: int = 0) -> None:
+        x_train, y_train, x_held, y_held = split_digits(seed)
+        self.clf, record = train_classifier(x_train, y_train, test_images=x_held, test_labels=y_held, epochs=epochs,
+                                            seed=seed)
+        self.held_accuracy = record["test_accuracy"]
+        self.features = ClassifierFeatures(self.clf, "digits-cnn")
+
+    @torch.no_grad()
+    def classes(self, clips: Tensor) -> Tensor:
+        """[N, T] long: the class of each frame's digit window."""
+        N, T = clips.shape[:2]
+        return self.clf(crops(clips.clamp(-1, 1))).argmax(1).reshape(N, T)
+
+    def identity(self, clips: Tensor, labels: Optional[Tensor] = None) -> dict:
+        """Identity over time: ``same_class`` is the share of clips whose every frame has the first
+        frame's class; ``frame_agreement`` the share of later frames (1 .. T-1) that do (for
+        frames of independent random classes about sum_c p_c^2, a tenth for ten equal classes);
+        with ``labels``, ``label_accuracy`` is the share of frames of the requested class."""
+        k = self.classes(clips)
+        agree = k[:, 1:] == k[:, :1]
+        out = {"same_class": round(float(agree.all(1).double().mean()), 4),
+               "frame_agreement": round(float(agree.double().mean()), 4)}
+        if labels is not None:
+            out["label_accuracy"] = round(float((k == labels[:, None]).double().mean()), 4)
+        return out
+
+    def frame_features(self, clips: Tensor, window: bool) -> Tensor:
+        """The classifier's features [N * T, 128] of every frame: of its digit window (``window``)
+        or of the whole frame (the network pools to 4x4 whatever the size)."""
+        frames = crops(clips.clamp(-1, 1)) if window else clips.clamp(-1, 1).flatten(0, 1)
+        return extract_features(self.features, frames)
+
+
+def motion(clips: Tensor) -> dict:
+    """The bouncing-path residual (pixels) of each clip's centre-of-mass track: median, 90th
+    percentile, share within 1 pixel (a clip with an inkless frame has no track: counted apart)."""
+    r = motion_residual(clips.clamp(-1, 1), SPRITE, max_speed=SPEED[1])
+    ok = r[torch.isfinite(r)]
+    if len(ok) == 0:
+        return {"median": None, "p90": None, "within_1px": 0.0, "no_track": len(r)}
+    return {"median": round(float(ok.median()), 4), "p90": round(float(ok.quantile(0.9)), 4),
+            "within_1px": round(float((r <= 1).double().mean()), 4), "no_track": int(len(r) - len(ok))}
+
+
+# ---------------------------------------------------------------------------- positions
+def true_centres(md) -> tuple[Tensor, Tensor]:
+    """([N, T, 2], [N, 1, 2]): where each real clip's digit's centre of mass truly is, the exact
+    continuous corner (``md.positions``) plus the sprite's own ink centre o, read from frame 0
+    (where the sprite is pasted with its corner at ``md.pixel_positions``); and o."""
+    o = centre_of_mass(md.clips[:, :1])[:, 0] - md.pixel_positions[:, 0, 0].double()  # [N, 2]
+    return md.positions[:, 0] + o[:, None], o[:, None]
+
+
+def prediction_baselines(track: Tensor, given: int, ink_offset: Tensor, canvas: int) -> dict:
+    """Centre-of-mass tracks [N, T, 2] from the first ``given`` frames' centres of mass ``track``
+    alone: the last given frame copied; a straight line at the last two frames' velocity v; and
+    that velocity bouncing off the walls, the corner c = centre - o moving on
+    bounce(c_last + v (t - k + 1), L) (given the sprite's ink offset o, where the walls lie for the
+    centre of mass: the data's physics with v from two rounded frames)."""
+    T, k = track.shape[1], given
+    ahead = torch.arange(T, dtype=torch.float64)[None, :, None] - (k - 1)
+    last, v = track[:, k - 1 : k], track[:, k - 1 : k] - track[:, k - 2 : k - 1]
+    return {"copy the last frame": last.expand_as(track).clone(),
+            "constant velocity, straight": last + v * ahead,
+            "constant velocity with bounces": bounce(last - ink_offset + v * ahead, float(canvas - SPRITE)) + ink_offset}
+
+
+def interpolation_baseline(track: Tensor) -> Tensor:
+    """The straight line between the first and last frames' centres of mass, [N, T, 2]."""
+    T = track.shape[1]
+    t = torch.arange(T, dtype=torch.float64)[None, :, None] / (T - 1)
+    return track[:, :1] + (track[:, -1:] - track[:, :1]) * t
+
+
+def errors(track: Tensor, truth: Tensor, frames: Sequence[int]) -> dict:
+    """The distance (pixels) between ``track`` and ``truth`` on ``frames``: the mean over every
+    clip and frame, and the mean per frame (a frame without ink has no centre: counted apart)."""
+    d = (track[:, list(frames)] - truth[:, list(frames)]).norm(dim=-1)  # [N, len(frames)]
+    ok = torch.isfinite(d)
+    per_frame = [round(float(d[:, j][ok[:, j]].mean()), 3) if ok[:, j].any() else None for j in range(d.shape[1])]
+    return {"mean": round(float(d[ok].mean()), 4) if ok.any() else None, "per_frame": per_frame,
+            "no_ink": int((~ok).sum())}
+
+
+# ---------------------------------------------------------------------------- drawing, cached
+def cached(cache: Optional[Path], name: str, make) -> Tensor:
+    """``make()`` clamped to [-1, 1], stored in ``cache`` (a rerun reads it back instead of sampling)."""
+    path = None if cache is None else cache / f"{name}.pt"
+    if path is not None and path.is_file():
+        return torch.load(path)
+    x = make().clamp(-1, 1).float()
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(x, tmp))
+    return x
+
+
+def pairs(truth: Tensor, result: Tensor, m: int) -> Tensor:
+    """[2m, T, C, H, W]: the first m clips, each the real clip's row over the result's row."""
+    return torch.stack([truth[:m], result[:m]], 1).flatten(0, 1)
+
+
+# ---------------------------------------------------------------------------- the experiment
+def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float = 3.0,
+             cache: Optional[Path] = None, command: str = COMMAND) -> dict:
+    """Every measure of the module's docstring for the loaded ``run``; figures and video.json in ``out``."""
+    cfg = SIZES[size]
+    out.mkdir(parents=True, exist_ok=True)
+    model, proc = run.ema_model, run.proc
+    frame_model = model.frame_by_frame()
+    T, C, H, W = run.sample_shape
+    data = dict(frames=T, canvas=H, digits=1, speed=SPEED)
+    res = {"command": command, "run": str(run.path), "run_step": run.step, "size": size, "sampler": "ddim",
+           "steps": steps, "guidance": guidance, "seeds": SEEDS, "clip_shape": [T, C, H, W]}
+    clock = time.perf_counter()
+
+    judge = Judge(cfg["clf_epochs"])
+    res["classifier"] = {"held_out_accuracy": round(judge.held_accuracy, 4), "epochs": cfg["clf_epochs"]}
+    real = dl.data.moving_digits(cfg["real"], seed=SEEDS["real"], **data)
+    floor = dl.data.moving_digits(cfg["n"], seed=SEEDS["floor"], **data)
+    reference = {w: judge.frame_features(real.clips, w) for w in (True, False)}
+
+    def row(clips: Tensor, labels: Optional[Tensor] = None) -> dict:
+        r = {"identity": judge.identity(clips, labels), "motion": motion(clips)}
+        r["fd_window"] = round(frechet_distance(reference[True], judge.frame_features(clips, True)), 3)
+        r["fd_frame"] = round(frechet_distance(reference[False], judge.frame_features(clips, False)), 3)
+        return r
+
+    n = cfg["n"]
+    order = torch.argsort(torch.rand(n, T, generator=torch.Generator().manual_seed(0)), 1)
+    rows = {"real clips (the floor)": row(floor.clips, floor.labels[:, 0]),
+            "real clips, frames shuffled": row(floor.clips[torch.arange(n)[:, None], order])}
+    res["real_crop_accuracy"] = rows["real clips (the floor)"]["identity"]["label_accuracy"]
+
+    labels = torch.arange(n) % 10
+    noise = torch.randn(n, T, C, H, W, generator=torch.Generator().manual_seed(SEEDS["noise"]))
+    settings = {"video, guided": (model, labels, guidance), "video, unconditional": (model, None, 1.0),
+                "frame by frame, guided": (frame_model, labels, guidance),
+                "frame by frame, unconditional": (frame_model, None, 1.0)}
+    drawn = {}
+    for name, (net, cond, w) in settings.items():
+        start = time.perf_counter()
+        drawn[name] = cached(cache, name.replace(", ", "_").replace(" ", "_"),
+                             lambda: dl.sample(net, proc, noise.shape, "ddim", steps, cond=cond, guidance=w,
+                                               noise=noise))
+        rows[name] = row(drawn[name], cond)
+        rows[name]["seconds"] = round(time.perf_counter() - start, 1)
+    res["generation"] = rows
+
+    # ---- tasks on real clips through dl.editing.inpaint with space-time masks
+    md = dl.data.moving_digits(cfg["pred"], seed=SEEDS["tasks"], **data)
+    truth, ink = true_centres(md)
+    real_track = centre_of_mass(md.clips)
+    task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
+
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor) -> Tensor:
+        return cached(cache, name, lambda: dl.editing.inpaint(
+            model, proc, clips, mask, "ddim", steps, cond=labels, noise=noise,
+            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
+
+    start = time.perf_counter()
+    predicted = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0], task_noise)
+    ahead = range(GIVEN, T)
+    pred = {"model": errors(centre_of_mass(predicted), truth, ahead)}
+    for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
+        pred[name] = errors(track, truth, ahead)
+    pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
+    res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
+                         "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
+                         "seconds": round(time.perf_counter() - start, 1)}
+
+    start = time.perf_counter()
+    half = max(1, len(md.clips) // 2)
+    between = fill("interpolation", md.clips[:half], masks.between_frames_mask(T, (H, W), keep=(0, T - 1)),
+                   md.labels[:half, 0], task_noise[:half])
+    inner = range(1, T - 1)
+    res["interpolation"] = {
+        "clips": half, "given": [0, T - 1],
+        "errors_px": {"model": errors(centre_of_mass(between), truth[:half], inner),
+                      "straight line between the given frames": errors(interpolation_baseline(real_track[:half]),
+                                                                       truth[:half], inner),
+                      "the real frames (rounding to whole pixels)": errors(real_track[:half], truth[:half], inner)},
+        "identity": judge.identity(between, md.labels[:half, 0]), "motion": motion(between),
+        "seconds": round(time.perf_counter() - start, 1)}
+
+    start = time.perf_counter()
+    m = cfg["inpaint"]
+    box = (H // 4, W // 4, H - H // 4, W - W // 4)
+    filled = fill("inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
+                  md.labels[:m, 0], task_noise[:m])
+    res["inpainting"] = {"clips": m, "box_x0_y0_x1_y1": list(box),
+                         "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
+                         "real_motion": motion(md.clips[:m]), "seconds": round(time.perf_counter() - start, 1)}
+
+    # ---- figures
+    shown = min(10, n)
+    save_clips_gif(torch.cat([drawn["video, guided"][:shown], drawn["video, unconditional"][:shown]]),
+                   out / "video_samples.gif", nrow=shown, fps=4, scale=4)
+    save_clips_gif(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame.gif", nrow=shown,
+                   fps=4, scale=4)
+    save_frame_grid(drawn["video, guided"][:shown], out / "video_samples_frames.png", scale=3)
+    save_frame_grid(drawn["video, unconditional"][:shown], out / "video_unconditional_frames.png", scale=3)
+    save_frame_grid(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame_frames.png", scale=3)
+    k = min(4, m)
+    save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
+    save_frame_grid(pairs(md.clips, between, k), out / "video_interpolation.png", scale=3)
+    save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)
+    res["seconds"] = round(time.perf_counter() - clock, 1)
+    atomic_write_text(out / "video.json", json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/moving_digits"), help="a trained moving-digits run")
+    parser.add_argument("--out", type=Path, default=Path("docs/video"))
+    parser.add_argument("--size", choices=tuple(SIZES), default="cpu")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder for the drawn clips (default: RUN/video_eval); a rerun reads them back")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = dl.load(args.run)
+    cache = args.cache or args.run / "video_eval" / f"{args.size}_ddim{args.steps}_w{args.guidance:g}_step{run.step}"
+    command = f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    res = evaluate(run, args.out, args.size, args.steps, args.guidance, cache, command)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""experiments/video.py --size tiny (docs/video.md's measures of a trained video network): the code path on a
+one-step run, and the instruments checked on real clips, where the answers are known."""
+
+import json
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab.training import Trainer, apply_overrides, load_config
+from experiments import video
+from scripts import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """configs/moving_digits.yaml at a width of 8 channels, one step of 4 clips: a run to load."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = apply_overrides(load_config(REPO / "configs" / "moving_digits.yaml"), [
+        "steps=1", "batch_size=4", "log_every=1", "ckpt_every=1", "sample.every=-1", "data.kwargs.n=8",
+        "model.kwargs.channels=8"])
+    Trainer(cfg, out, progress=False).train()
+    return out
+
+
+def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
+    res = json.loads((out / "video.json").read_text())
+    assert "--size tiny" in res["command"] and res["run_step"] == 1
+    gen = res["generation"]
+    assert set(gen) == {"real clips (the floor)", "real clips, frames shuffled", "video, guided",
+                        "video, unconditional", "frame by frame, guided", "frame by frame, unconditional"}
+    for row in gen.values():
+        assert 0 <= row["identity"]["same_class"] <= row["identity"]["frame_agreement"] <= 1
+        assert row["fd_window"] >= 0 and row["fd_frame"] >= 0
+    # real clips keep their digit: a frame order changes no class, and the measures see the same frames
+    assert gen["real clips, frames shuffled"]["fd_window"] == pytest.approx(gen["real clips (the floor)"]["fd_window"])
+    errs = res["prediction"]["errors_px"]
+    assert set(errs) == {"model", "copy the last frame", "constant velocity, straight",
+                         "constant velocity with bounces", "the real frames (rounding to whole pixels)"}
+    assert len(errs["model"]["per_frame"]) == 8 - video.GIVEN
+    assert errs["the real frames (rounding to whole pixels)"]["mean"] <= 0.5 ** 0.5
+    assert len(res["interpolation"]["errors_px"]["model"]["per_frame"]) == 6
+    for name in ("video_samples.gif", "video_frame_by_frame.gif", "video_samples_frames.png", "video_prediction.png",
+                 "video_interpolation.png", "video_inpainting.png"):
+        assert (out / name).stat().st_size > 0
+    # a rerun reads the drawn clips back from the run's cache: the same numbers
+    assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
+    again = json.loads((out / "video.json").read_text())
+    assert again["generation"]["video, guided"]["identity"] == gen["video, guided"]["identity"]
+    assert again["prediction"]["errors_px"] == errs
+
+
+def test_windows_are_the_sprites_of_real_clips():
+    """The 8x8 window of a real frame holds all its sprite's ink (the sprite, give or take its blank
+    margin): the classifier reads the digit it would read from the sprite itself."""
+    md = dl.data.moving_digits(20, frames=3, seed=5)
+    win = video.crops(md.clips)  # [60, 1, 8, 8]
+    sprites = dl.data.load("digits")[0][md.indices[:, 0]]  # [20, 1, 8, 8]
+    ink = (win > -1).sum((1, 2, 3)).reshape(20, 3)
+    assert torch.equal(ink, (sprites > -1).sum((1, 2, 3))[:, None].expand(20, 3))  # every inked pixel inside
+    # the window is the sprite shifted by at most its blank margin (a roll that wraps only blank pixels)
+    for k in range(60):
+        sprite = sprites[k // 3, 0]
+        assert any(torch.equal(sprite.roll((dy, dx), (0, 1)), win[k, 0]) for dy in range(-2, 3) for dx in range(-2, 3))
+
+
+def test_true_centres_and_baselines_on_exact_physics():
+    """true_centres lies within half a pixel an axis of the drawn frames' centres; on a clean track
+    of the data's physics (no rounding) the bouncing baseline is exact for clips that do not bounce
+    between the two given frames (its velocity is their difference)."""
+    md = dl.data.moving_digits(30, frames=8, seed=4)
+    truth, ink = video.true_centres(md)
+    assert ((dl.evaluation.centre_of_mass(md.clips) - truth).abs() <= 0.5 + 1e-9).all()
+    base = video.prediction_baselines(truth, 2, ink, 16)
+    ahead = range(2, 8)
+    v = md.velocities[:, 0]
+    clean = torch.isclose(md.positions[:, 0, 1], md.positions[:, 0, 0] + v, atol=1e-12).all(1)
+    assert 10 < clean.sum() < 30
+    assert video.errors(base["constant velocity with bounces"][clean], truth[clean], ahead)["mean"] < 1e-9
+    assert video.errors(base["constant velocity with bounces"][~clean], truth[~clean], ahead)["mean"] > 0.1
+    straight = truth[:, 1:2] + v[:, None] * (torch.arange(8, dtype=torch.float64)[None, :, None] - 1)
+    torch.testing.assert_close(base["constant velocity, straight"][clean], straight[clean])
+    torch.testing.assert_close(base["copy the last frame"], truth[:, 1:2].expand(30, 8, 2))
+    line = video.interpolation_baseline(truth)
+    torch.testing.assert_close(line[:, [0, 7]], truth[:, [0, 7]])
+    err = video.errors(truth + torch.tensor([3.0, 4.0], dtype=torch.float64), truth, ahead)
+    assert err["mean"] == pytest.approx(5.0) and err["per_frame"] == [5.0] * 6
