@@ -3,8 +3,10 @@ the input PNGs and the conversion between image shape and the network's sample s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,7 +16,7 @@ from ..editing.io import load_images
 from ..training.checkpoint import load
 from .speed import accelerated, add_speed_args
 
-__all__ = ["add_run_args", "load_run", "read_inputs", "labels", "Shapes", "check_out"]
+__all__ = ["add_run_args", "load_run", "read_inputs", "read_clips", "labels", "Shapes", "check_out"]
 
 
 def add_run_args(p, sampler_choices, default_sampler: str, default_steps: int) -> None:
@@ -86,6 +88,51 @@ def read_inputs(paths, run, n: int = 1) -> Tensor:
     channels = run.image_shape[0] if len(run.image_shape) == 3 else 1
     x = load_images(paths, channels=channels if channels in (1, 3) else None)
     return x.repeat_interleave(n, dim=0)
+
+
+def read_clips(paths, run, n: int = 1) -> Tensor:
+    """Clips [len(paths) * n, T, C, H, W] in [-1, 1] for a run that makes clips [T, C, H, W]: each
+    file an animated GIF of one clip, its frames the clip's frames at the model's frame size (1 ..
+    T frames, all files alike), each repeated ``n`` times. A GIF frame shown k times as long as the
+    shortest is k repeated frames (how GIF writers store a digit that did not move)."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError  # (Pillow: as load_mask reads PNGs)
+
+    if n < 1:
+        raise ValueError(f"--n (results per input) must be >= 1, got {n}")
+    T, C, H, W = run.image_shape
+    if C not in (1, 3):
+        raise ValueError(f"{run.path} makes clips of {C} channels; only grey (1) or RGB (3) clips are read from GIFs")
+    clips = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"input clip {str(p)!r} does not exist")
+        try:
+            with Image.open(path) as gif:
+                shown = [(np.asarray(f.convert("L" if C == 1 else "RGB"), dtype=np.uint8), f.info.get("duration", 0))
+                         for f in ImageSequence.Iterator(gif)]
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read input clip {str(p)!r} as an animated GIF: {err}") from None
+        # GIF writers (Pillow's) store a run of identical frames as one frame shown that many times
+        # as long: a frame shown k times the shortest frame's duration is k frames of the clip
+        durations = [d for _, d in shown]
+        base = min(durations)
+        repeats = [max(1, round(d / base)) for d in durations] if base > 0 else [1] * len(shown)
+        frames = [f for (f, _), k in zip(shown, repeats) for _ in range(k)]
+        size = frames[0].shape[:2]
+        if size != (H, W):
+            raise ValueError(f"input clip {str(p)!r} has frames of {size[1]}x{size[0]} pixels, but the model works on "
+                             f"{W}x{H} frames; give one clip a file at the model's size (a GIF of several clips side "
+                             "by side, as difflab sample writes, is not one clip)")
+        if not 1 <= len(frames) <= T:
+            raise ValueError(f"input clip {str(p)!r} has {len(frames)} frames, but the model makes clips of {T} "
+                             f"frames (it takes clips of 1 .. {T} frames); cut the clip")
+        if clips and len(frames) != clips[0].shape[0]:
+            raise ValueError(f"input clip {str(p)!r} has {len(frames)} frames but {str(paths[0])!r} has "
+                             f"{clips[0].shape[0]}; give clips of one length")
+        a = torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1.0)  # uint8 -> [-1, 1]
+        clips.append(a[:, None] if C == 1 else a.permute(0, 3, 1, 2))
+    return torch.stack(clips).repeat_interleave(n, dim=0)
 
 
 def labels(args, run, batch: int) -> Optional[Tensor]:

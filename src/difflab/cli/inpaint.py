@@ -3,20 +3,30 @@
     difflab inpaint --ckpt runs/mnist --input digit.png --mask half:bottom --out filled.png
     difflab inpaint --ckpt runs/mnist --input a.png b.png --mask box:4,14,24,28 --n 4 --resample 5 --jump 5
     difflab inpaint --ckpt runs/mnist --input digit.png --mask mask.png --sampler ddim --steps 50
+    difflab inpaint --ckpt runs/moving_digits --input clip.gif --mask future:2 --label 3 --out predicted.gif
 
 The mask is 1 (white in a PNG) where the model fills in and 0 where the input is kept:
 ``box:x0,y0,x1,y1`` (columns x0..x1-1, rows y0..y1-1), ``half:left|right|top|bottom`` or a PNG
 of the image's size. ``--resample R --jump J`` turns on RePaint's resampling (R = 1: the
 replacement method). The output holds --n results per input, one row per input image.
+
+Clips: for a run that makes clips (a video network), each --input is an animated GIF of one clip
+and the mask is a space-time mask (:func:`difflab.editing.masks.parse_clip_mask`): ``future:K``
+(keep the first K frames, predict the rest), ``between:I,J,...`` (keep those frames, fill the
+others: frame interpolation) or an image mask across every frame (video inpainting). The output
+is a GIF of the results side by side, or a PNG of a clip a row.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.clips import save_clips_gif, save_frame_grid
 from ..editing import inpaint, parse_mask, save_images
 from ..editing.inpaint import STEPWISE_SAMPLERS
-from ._edit_common import Shapes, add_run_args, check_out, clip_x0, generator, labels, load_run, read_inputs
+from ..editing.masks import parse_clip_mask
+from ._edit_common import (Shapes, add_run_args, check_out, clip_x0, generator, labels, load_run, read_clips,
+                           read_inputs)
 
 __all__ = ["add_parser"]
 
@@ -25,9 +35,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inpaint", help="fill a masked region of PNG images (replacement or RePaint)",
                        description=__doc__.split("\n\n")[0])
     add_run_args(p, STEPWISE_SAMPLERS, "ddpm", 100)
-    p.add_argument("--input", nargs="+", required=True, metavar="PNG", help="image file(s), all the model's size")
+    p.add_argument("--input", nargs="+", required=True, metavar="PNG",
+                   help="image file(s), all the model's size (a video model: GIFs, one clip each)")
     p.add_argument("--mask", required=True,
-                   help="box:x0,y0,x1,y1 | half:left|right|top|bottom | mask PNG (white = fill)")
+                   help="box:x0,y0,x1,y1 | half:left|right|top|bottom | mask PNG (white = fill); clips also "
+                        "future:K | between:I,J,...")
     p.add_argument("--n", type=int, default=1, help="results per input image")
     p.add_argument("--resample", type=int, default=1, help="RePaint resamplings r (1 = replacement method)")
     p.add_argument("--jump", type=int, default=10, help="RePaint jump length j (used when --resample > 1)")
@@ -38,18 +50,28 @@ def add_parser(sub) -> None:
 def _main(args) -> int:
     out = check_out(args)
     run, model = load_run(args, stochastic=True)
-    shapes = Shapes(run)
-    x = shapes.check(read_inputs(args.input, run, args.n))
-    mask = parse_mask(args.mask, x.shape[-2:]).expand_as(x)
+    clips = len(run.image_shape) == 4
+    if clips:  # a video network: GIFs of one clip each, space-time masks [T, 1, H, W]
+        x = read_clips(args.input, run, args.n)
+        mask = parse_clip_mask(args.mask, x.shape[1], x.shape[-2:]).expand_as(x)
+        x_model, mask_model = x, mask
+    else:
+        shapes = Shapes(run)
+        x = shapes.check(read_inputs(args.input, run, args.n))
+        mask = parse_mask(args.mask, x.shape[-2:]).expand_as(x)
+        x_model, mask_model = shapes.to_model(x), shapes.to_model(mask)
     options = {"eta": args.eta} if args.sampler == "ddim" else {}
     if args.eta and args.sampler != "ddim":
         raise ValueError("--eta is an option of --sampler ddim")
-    y = inpaint(model, run.proc, shapes.to_model(x), shapes.to_model(mask), args.sampler, args.steps,
+    y = inpaint(model, run.proc, x_model, mask_model, args.sampler, args.steps,
                 jump_length=args.jump if args.resample > 1 else 1, resample=args.resample,
                 cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
                 clip_x0=clip_x0(args), **options)
-    out = save_images(shapes.to_image(y), out, nrow=args.n)
+    if clips:
+        out = save_clips_gif(y, out, nrow=args.n) if out.suffix.lower() == ".gif" else save_frame_grid(y, out)
+    else:
+        out = save_images(shapes.to_image(y), out, nrow=args.n)
     kept = float((1 - mask).mean())
-    print(f"difflab inpaint: {len(args.input)} image(s) x {args.n}, {100 * (1 - kept):.0f}% of the pixels filled "
-          f"({args.sampler}, {args.steps} steps, resample {args.resample}) -> {Path(out).resolve()}")
+    print(f"difflab inpaint: {len(args.input)} {'clip' if clips else 'image'}(s) x {args.n}, "
+          f"{100 * (1 - kept):.0f}% of the pixels filled ({args.sampler}, {args.steps} steps, resample {args.resample}) -> {Path(out).resolve()}")
     return 0
