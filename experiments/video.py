@@ -241,8 +241,13 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     labels = torch.arange(n) % 10
     noise = torch.randn(n, T, C, H, W, generator=torch.Generator().manual_seed(SEEDS["noise"]))
     settings = {"video, guided": (model, labels, guidance), "video, unconditional": (model, None, 1.0),
-                "frame by frame, guided": (frame_model, labels, guidance),
-                "frame by frame, unconditional": (frame_model, None, 1.0)}
+                "frame by frame, unconditional": (frame_model, None, 1.0),
+                "frame by frame, guided": (frame_model, labels, guidance)}
+
+    def save() -> None:  # after every part, so a long run's finished parts are on disk
+        res["seconds"] = round(time.perf_counter() - clock, 1)
+        atomic_write_text(out / "video.json", json.dumps(res, indent=1) + "\n")
+
     drawn = {}
     for name, (net, cond, w) in settings.items():
         start = time.perf_counter()
@@ -251,7 +256,16 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                                                noise=noise))
         rows[name] = row(drawn[name], cond)
         rows[name]["seconds"] = round(time.perf_counter() - start, 1)
-    res["generation"] = rows
+        res["generation"] = rows
+        save()
+    shown = min(10, n)
+    save_clips_gif(torch.cat([drawn["video, guided"][:shown], drawn["video, unconditional"][:shown]]),
+                   out / "video_samples.gif", nrow=shown, fps=4, scale=4)
+    save_clips_gif(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame.gif", nrow=shown,
+                   fps=4, scale=4)
+    save_frame_grid(drawn["video, guided"][:shown], out / "video_samples_frames.png", scale=3)
+    save_frame_grid(drawn["video, unconditional"][:shown], out / "video_unconditional_frames.png", scale=3)
+    save_frame_grid(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame_frames.png", scale=3)
 
     # ---- tasks on real clips through dl.editing.inpaint with space-time masks
     md = dl.data.moving_digits(cfg["pred"], seed=SEEDS["tasks"], **data)
@@ -274,6 +288,9 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
                          "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
                          "seconds": round(time.perf_counter() - start, 1)}
+    save()
+    k = min(4, cfg["inpaint"])
+    save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
 
     start = time.perf_counter()
     half = max(1, len(md.clips) // 2)
@@ -288,6 +305,8 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                       "the real frames (rounding to whole pixels)": errors(real_track[:half], truth[:half], inner)},
         "identity": judge.identity(between, md.labels[:half, 0]), "motion": motion(between),
         "seconds": round(time.perf_counter() - start, 1)}
+    save()
+    save_frame_grid(pairs(md.clips, between, k), out / "video_interpolation.png", scale=3)
 
     start = time.perf_counter()
     m = cfg["inpaint"]
@@ -298,21 +317,8 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                          "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
                          "real_motion": motion(md.clips[:m]), "seconds": round(time.perf_counter() - start, 1)}
 
-    # ---- figures
-    shown = min(10, n)
-    save_clips_gif(torch.cat([drawn["video, guided"][:shown], drawn["video, unconditional"][:shown]]),
-                   out / "video_samples.gif", nrow=shown, fps=4, scale=4)
-    save_clips_gif(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame.gif", nrow=shown,
-                   fps=4, scale=4)
-    save_frame_grid(drawn["video, guided"][:shown], out / "video_samples_frames.png", scale=3)
-    save_frame_grid(drawn["video, unconditional"][:shown], out / "video_unconditional_frames.png", scale=3)
-    save_frame_grid(drawn["frame by frame, unconditional"][:shown], out / "video_frame_by_frame_frames.png", scale=3)
-    k = min(4, m)
-    save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
-    save_frame_grid(pairs(md.clips, between, k), out / "video_interpolation.png", scale=3)
+    save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)
-    res["seconds"] = round(time.perf_counter() - clock, 1)
-    atomic_write_text(out / "video.json", json.dumps(res, indent=1) + "\n")
     return res
 
 
