@@ -247,6 +247,7 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     def save() -> None:  # after every part, so a long run's finished parts are on disk
         res["seconds"] = round(time.perf_counter() - clock, 1)
         atomic_write_text(out / "video.json", json.dumps(res, indent=1) + "\n")
+        atomic_write_text(out / "video_tables.md", tables(res))
 
     drawn = {}
     for name, (net, cond, w) in settings.items():
@@ -320,6 +321,41 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)
     return res
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _px(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def tables(res: dict) -> str:
+    """docs/video.md's tables from video.json (the parts measured so far)."""
+    lines = []
+    if "generation" in res:
+        lines += ["| clips | same class in every frame | later frames of the first's class | frames of the "
+                  "requested class | motion residual, median (px) | 90th pct | within 1 px | FD, digit windows "
+                  "| FD, whole frames |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in res["generation"].items():
+            i, m = r["identity"], r["motion"]
+            lines.append(f"| {name} | {_pct(i['same_class'])} | {_pct(i['frame_agreement'])} | "
+                         f"{_pct(i.get('label_accuracy'))} | {_px(m['median'])} | {_px(m['p90'])} | "
+                         f"{_pct(m['within_1px'])} | {r['fd_window']:.2f} | {r['fd_frame']:.2f} |")
+    for task in ("prediction", "interpolation"):
+        if task not in res:
+            continue
+        t = res[task]
+        errs = t["errors_px"]
+        frames = len(next(iter(errs.values()))["per_frame"])
+        first = t["given"] if task == "prediction" else 1
+        head = " | ".join(f"frame {first + j}" for j in range(frames))
+        lines += ["", f"| {task}: centre-of-mass error (px) | mean | {head} |",
+                  "|---|---|" + "---|" * frames]
+        for name, e in errs.items():
+            lines.append(f"| {name} | {_px(e['mean'])} | " + " | ".join(_px(v) for v in e["per_frame"]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -42,6 +42,8 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     assert len(errs["model"]["per_frame"]) == 8 - video.GIVEN
     assert errs["the real frames (rounding to whole pixels)"]["mean"] <= 0.5 ** 0.5
     assert len(res["interpolation"]["errors_px"]["model"]["per_frame"]) == 6
+    md = (out / "video_tables.md").read_text()
+    assert "| video, unconditional |" in md and "| constant velocity with bounces |" in md
     for name in ("video_samples.gif", "video_frame_by_frame.gif", "video_samples_frames.png", "video_prediction.png",
                  "video_interpolation.png", "video_inpainting.png"):
         assert (out / name).stat().st_size > 0
