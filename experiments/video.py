@@ -166,9 +166,10 @@ def prediction_baselines(track: Tensor, given: int, ink_offset: Tensor, canvas: 
     T, k = track.shape[1], given
     ahead = torch.arange(T, dtype=torch.float64)[None, :, None] - (k - 1)
     last, v = track[:, k - 1 : k], track[:, k - 1 : k] - track[:, k - 2 : k - 1]
+    bounced = bounce(last - ink_offset + v * ahead, float(canvas - SPRITE)) + ink_offset
     return {"copy the last frame": last.expand_as(track).clone(),
             "constant velocity, straight": last + v * ahead,
-            "constant velocity with bounces": bounce(last - ink_offset + v * ahead, float(canvas - SPRITE)) + ink_offset}
+            "constant velocity with bounces": bounced}
 
 
 def interpolation_baseline(track: Tensor) -> Tensor:
@@ -250,7 +251,9 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
         atomic_write_text(out / "video_tables.md", tables(res))
 
     drawn = {}
-    for name, (net, cond, w) in settings.items():
+
+    def generate(name: str) -> None:
+        net, cond, w = settings[name]
         start = time.perf_counter()
         drawn[name] = cached(cache, name.replace(", ", "_").replace(" ", "_"),
                              lambda: dl.sample(net, proc, noise.shape, "ddim", steps, cond=cond, guidance=w,
@@ -259,6 +262,9 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
         rows[name]["seconds"] = round(time.perf_counter() - start, 1)
         res["generation"] = rows
         save()
+
+    for name in list(settings)[:3]:  # the guided frame-by-frame clips after the prediction: the must-shows first
+        generate(name)
     shown = min(10, n)
     save_clips_gif(torch.cat([drawn["video, guided"][:shown], drawn["video, unconditional"][:shown]]),
                    out / "video_samples.gif", nrow=shown, fps=4, scale=4)
@@ -292,6 +298,7 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     save()
     k = min(4, cfg["inpaint"])
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
+    generate("frame by frame, guided")
 
     start = time.perf_counter()
     half = max(1, len(md.clips) // 2)

@@ -73,5 +73,6 @@ def _main(args) -> int:
         out = save_images(shapes.to_image(y), out, nrow=args.n)
     kept = float((1 - mask).mean())
     print(f"difflab inpaint: {len(args.input)} {'clip' if clips else 'image'}(s) x {args.n}, "
-          f"{100 * (1 - kept):.0f}% of the pixels filled ({args.sampler}, {args.steps} steps, resample {args.resample}) -> {Path(out).resolve()}")
+          f"{100 * (1 - kept):.0f}% of the pixels filled ({args.sampler}, {args.steps} steps, resample "
+          f"{args.resample}) -> {Path(out).resolve()}")
     return 0
