@@ -103,9 +103,9 @@ def run(out: str, run_dir: Optional[str], classifier: Optional[str], root: str, 
 
     t10k, _ = dl.data.load("mnist", root=root, split="t10k")
     held, held_labels = dl.data.load("mnist", root=root, split="train5k")
-    if S["held_n"]:  # (train5k is sorted by class: a fixed random subset)
-        keep = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))[:S["held_n"]]
-        held, held_labels = held[keep], held_labels[keep]
+    order = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))  # (train5k is sorted by class)
+    keep = order[:S["held_n"]] if S["held_n"] else order
+    held, held_labels = held[keep], held_labels[keep]
     ref = report.ImageReference(t10k[:S["ref_n"]] if S["ref_n"] else t10k, ClassifierFeatures(clf, name="mnist-cnn"),
                                 clf, batch_size=500)
     floor = ref(held, held_labels)
