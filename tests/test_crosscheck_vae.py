@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from difflab.training.diffusers_vae import autoencoder_from_diffusers
+import difflab as dl
+from difflab.training.diffusers_vae import autoencoder_from_diffusers, autoencoder_run_from_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -48,6 +49,17 @@ def test_a_diffusers_autoencoder_loads_with_the_same_function_and_scale(tmp_path
     assert ours.downsample_factor == 4 and ours.config["channel_mult"] == (1, 2, 2)
     _assert_same_function(theirs, ours)
     assert ours.latent_scale == pytest.approx(0.13025) and float(ours.shift_factor) == 0.0
+
+
+def test_as_a_run_folder_it_loads_with_dl_load(tmp_path):
+    theirs, folder = _diffusers_vae(tmp_path)
+    run = autoencoder_run_from_diffusers(folder, tmp_path / "run")
+    loaded = dl.load(run)
+    assert loaded.step == 0 and loaded.config.model.name == "autoencoder_kl"
+    _assert_same_function(theirs, loaded.ema_model)
+    assert loaded.ema_model.latent_scale == pytest.approx(0.13025)
+    with pytest.raises(FileExistsError, match="exists"):
+        autoencoder_run_from_diffusers(folder, run)
 
 
 def test_a_pipeline_folder_its_older_attention_names_and_the_options(tmp_path):

@@ -3,6 +3,7 @@
 
     vae = autoencoder_from_diffusers("sd-vae-ft-mse/")     # config.json + diffusion_pytorch_model.safetensors
     vae = autoencoder_from_diffusers("stable-diffusion/")  # a pipeline folder: its vae/
+    autoencoder_run_from_diffusers("sd-vae-ft-mse/", "runs/sd_vae")   # as a run folder: dl.load("runs/sd_vae")
 
 The files are read directly (JSON and safetensors; no diffusers needed, nothing downloaded). The
 two networks are the same computation (the SD design, Rombach et al. 2022), so the conversion is
@@ -28,7 +29,10 @@ it computes, and are not needed: difflab's autoencoder runs in the dtype it is g
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Union
 
@@ -36,9 +40,15 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ..files import fsync_path
 from ..models.autoencoder import AutoencoderKL
+from .checkpoint import save_checkpoint
+from .config import TrainConfig
+from .ema import EMA
+from .run_config import render_run_config
 
-__all__ = ["autoencoder_from_diffusers", "autoencoder_kwargs_from_diffusers", "state_from_diffusers"]
+__all__ = ["autoencoder_from_diffusers", "autoencoder_run_from_diffusers", "autoencoder_kwargs_from_diffusers",
+           "state_from_diffusers"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
@@ -206,3 +216,46 @@ def autoencoder_from_diffusers(src: Union[str, Path]) -> AutoencoderKL:
                          f"difflab's name); the folder's two files come from different models, or one is damaged")
     model.load_state_dict(state)
     return model.eval()
+
+
+def autoencoder_run_from_diffusers(src: Union[str, Path], out: Union[str, Path]) -> Path:
+    """Write the diffusers AutoencoderKL of ``src`` as the difflab run folder ``out`` (which must not
+    exist): ``config.yaml`` (``model: autoencoder_kl`` with the converted kwargs, ``loss:
+    autoencoder``) and one checkpoint, step 0, whose model and EMA weights are the converted ones,
+    the scaling factor among them; ``dl.load(out).ema_model`` is the VAE, and a run that names an
+    autoencoder checkpoint can name this one. Built in a temporary folder beside ``out`` and renamed
+    into place: nothing is written unless everything converts. Returns ``out``."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise FileExistsError(f"out {str(out)!r} exists; name a new folder (nothing is written over)")
+    model = autoencoder_from_diffusers(src)
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()}
+    cfg = TrainConfig.from_dict({"model": {"name": "autoencoder_kl", "kwargs": kwargs},
+                                 "loss": "autoencoder", "data": {"name": "folder"}, "sample": {"every": -1},
+                                 "ema": {"decay": 0.0}})
+    size = model.image_size or 8 * model.downsample_factor
+    shape = [model.in_channels, size, size]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "config.yaml").write_text(render_run_config(cfg))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        save_checkpoint(tmp / "checkpoints", 0, config=cfg, model=model, ema=EMA(model, 0.0), optimizer=optimizer,
+                        scheduler=schedule, rng=[{"cpu": torch.get_rng_state()}],
+                        state={"world_size": 1, "data_stream": None, "sample_shape": shape, "image_shape": shape,
+                               "num_classes": None, "elapsed_s": 0.0,
+                               "converted_from": {"format": "diffusers", "model": "AutoencoderKL",
+                                                  "source": str(Path(src).resolve())}})
+        for f in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            fsync_path(f)
+        fsync_path(tmp)
+        if out.exists():
+            raise FileExistsError(f"out {str(out)!r} appeared while converting; nothing was written over it")
+        os.rename(tmp, out)
+        fsync_path(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
