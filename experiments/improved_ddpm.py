@@ -9,14 +9,14 @@ Training runs go to --runs (default runs/improved_ddpm; a finished run there is 
 Likelihood: on scikit-learn's digits (configs/digits.yaml against configs/digits_hybrid.yaml: the same
 class-conditional MLP, L_simple with a fixed variance against L_hybrid with a learned one) and on
 14x14 MNIST (configs/mnist14_hybrid.yaml and its L_simple twin), three seeds each; the variational
-bound in bits/dim (all T terms) on held-out images (digits: the 300 of experiments/processes.py's
-split; MNIST: t10k), the L_simple models under their best fixed variance (beta~ or beta) and the
+bound in bits/dim (all T terms; class-conditional, each image's label given) on held-out images
+(digits: the 300 of experiments/processes.py's split, 17 levels; MNIST: t10k, 256), the L_simple models under their best fixed variance (beta~ or beta) and the
 hybrid ones under their learned variance. Both models of a seed see the same noise, so their
 per-image difference is paired; the must-show compares the three seeds' means with their standard
 errors.
 
 Few steps: digits sampled at w = 1 by DDPM ancestral sampling on 25, 50 and 100 respaced steps
-(difflab's default trailing spacing) with the learned variance, and with beta~ and beta (of the
+(the paper's respacing, t = round(i (T - 1) / (K - 1)): spacing "linspace") with the learned variance, and with beta~ and beta (of the
 L_simple model, as in the paper's figure 8, and of the hybrid model itself); Frechet distance in the
 features of a CNN trained on the real training digits against the held-out digits, beside the floor
 and the distance's own noise (a second draw).
@@ -70,11 +70,16 @@ def configs(name: str, steps: int, seed: int, mnist_root: str) -> dict:
     return {"simple": simple, "hybrid": hybrid}
 
 
-def bits_per_dim(run, x, y, variance: str, timesteps: Optional[int], seed: int) -> torch.Tensor:
-    """The variational bound per image in bits/dim, from noise seeded ``seed`` (the same for every model)."""
+BINS = {"digits": 17, "mnist14": 256}  # the data's levels in [-1, 1], as difflab eval counts them
+
+
+def bits_per_dim(run, x, y, variance: str, timesteps: Optional[int], seed: int, bins: int) -> torch.Tensor:
+    """The class-conditional variational bound per image in bits/dim (its label given), from noise
+    seeded ``seed`` (the same for every model)."""
     g = torch.Generator().manual_seed(seed)
     flat = x.flatten(1)
-    return run.proc.vlb_bits_per_dim(run.ema_model, flat, y, num_timesteps=timesteps, variance=variance, generator=g)
+    return run.proc.vlb_bits_per_dim(run.ema_model, flat, y, num_timesteps=timesteps, variance=variance, generator=g,
+                                     bins=bins)
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -95,7 +100,7 @@ def likelihood(name: str, data, held, S: dict, runs_dir: Path, mnist_root: str) 
             run = load_run(out)
             variances = ("learned", "posterior", "beta") if kind == "hybrid" else ("posterior", "beta")
             for variance in variances:
-                bpd = bits_per_dim(run, x_held, y_held, variance, S["bpd_timesteps"], seed=100 + seed)
+                bpd = bits_per_dim(run, x_held, y_held, variance, S["bpd_timesteps"], seed=100 + seed, bins=BINS[name])
                 row[f"{kind}_{variance}"] = float(bpd.mean())
                 row[f"{kind}_{variance}_se"] = float(bpd.std() / math.sqrt(len(bpd)))
                 if kind == "hybrid" and variance == "learned":
@@ -117,11 +122,15 @@ def likelihood(name: str, data, held, S: dict, runs_dir: Path, mnist_root: str) 
             "difference_se": se, "must_show": bool(sim[0] - hyb[0] > 2 * se) if math.isfinite(se) else None}
 
 
+# improved DDPM's respacing, space_timesteps(T, "K"): t = round(i (T - 1) / (K - 1)), difflab's "linspace"
+SPACING = "linspace"
+
+
 def draw(run, n: int, steps: int, variance: str, seed: int):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
     x = dl.sample(run.ema_model, run.proc, (n, 64), "ddpm", steps, cond=labels, guidance=1.0, generator=g,
-                  variance=variance)
+                  variance=variance, spacing=SPACING)
     return x.clamp(-1, 1).reshape(n, 1, 8, 8), labels
 
 

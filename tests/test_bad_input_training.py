@@ -127,13 +127,12 @@ def test_unet_kwargs_from_a_config_name_the_field():
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_size": 10, "patch_size": 4}, r"'model\.kwargs': model 'dit'.*image_size=10 is not divisible by patch_size=4"),
     ({"context_dim": 16}, r"'model\.kwargs\.context_dim'.*data set 'digits' has no captions"),
-    ({"learn_sigma": True}, r"'model\.kwargs\.learn_sigma'.*no loss or sampler of difflab reads"),
+    ({"learn_sigma": True}, r"'model\.kwargs\.learn_sigma'.*variance output would stay untrained.*loss: hybrid"),
 ])
 def test_dit_kwargs_that_do_not_fit_the_data_or_the_losses_name_the_field(kwargs, message):
     dit = {"in_channels": 1, "image_size": 8, "hidden_size": 32, "depth": 1, "num_heads": 2, **kwargs}
-    cfg = TrainConfig.from_dict({"model": {"name": "dit", "kwargs": dit}, "data": {"name": "digits"}})
     with pytest.raises(ValueError, match=message):
-        build_model(cfg)
+        build_model(TrainConfig.from_dict({"model": {"name": "dit", "kwargs": dit}, "data": {"name": "digits"}}))
 
 
 # ------------------------------------------------------------------ 3. Trainer(data=...)

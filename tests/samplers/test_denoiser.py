@@ -238,3 +238,21 @@ def test_another_sampling_range_of_the_same_process_is_not_another_process():
         else:
             with pytest.raises(ValueError, match="trained under"):
                 Denoiser(model, sampled)
+
+
+def test_under_guidance_the_learned_variance_is_the_conditional_branchs():
+    """A network whose v is +1 (beta) for a real label and -1 (beta~) for the null label: guided
+    DDPM with the learned variance steps as with beta, the conditional branch's (GLIDE, DiT)."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+
+    class Net(torch.nn.Module):
+        learn_sigma, num_classes = True, 3
+
+        def forward(self, x, t, cond=None):
+            v = torch.where(cond == self.num_classes, -1.0, 1.0).view(-1, 1).expand_as(x)
+            return torch.cat([0.1 * x * (1 + cond.view(-1, 1)), v], dim=1)
+
+    labels = torch.tensor([0, 1, 2, 1])
+    run = {variance: dl.sample(Net(), proc, (4, 2), "ddpm", 8, cond=labels, guidance=3.0, variance=variance,
+                               generator=torch.Generator().manual_seed(0)) for variance in ("learned", "beta")}
+    torch.testing.assert_close(run["learned"], run["beta"])

@@ -62,8 +62,7 @@ def test_l_vlb_trains_only_the_variance_in_the_hybrid_loss_and_both_alone():
     proc = dl.GaussianDiffusion(dl.schedules.linear(100))
     batch = _batch(proc, [3, 40, 70])
     grads = {}
-    for name, loss in [("hybrid", HybridLoss(proc)), ("vlb", HybridLoss(proc, vlb_weight=None,
-                                                                          timestep_sampler="uniform"))]:
+    for name, loss in [("hybrid", HybridLoss(proc)), ("vlb", HybridLoss(proc, "vlb"))]:
         model = _Leaf()
         loss(model, batch).backward()
         grads[name] = (model.mean.grad.clone(), model.v.grad.clone())
@@ -93,7 +92,7 @@ def test_the_loss_aware_sampler_is_uniform_until_warm_then_follows_the_terms_sec
 def test_importance_weights_keep_the_vlb_estimate_unbiased():
     """E_{t ~ p}[L_t / p_t] = sum_t L_t = E_{t uniform}[T L_t], for any p of the sampler."""
     proc = dl.GaussianDiffusion(dl.schedules.linear(10))
-    loss = HybridLoss(proc, vlb_weight=None, timestep_sampler="loss_aware", history=1, uniform_prob=0.05)
+    loss = HybridLoss(proc, "vlb", timestep_sampler="loss_aware", history=1, uniform_prob=0.05)
     model = _Leaf().eval()  # (evaluation calls leave the history alone)
     terms = torch.stack([loss.per_sample(model, _batch(proc, [t] * 3))[1] for t in range(10)])  # [T, 3]
     loss.sampler.update(torch.arange(10), terms.mean(1) * torch.linspace(1, 5, 10))  # some p
@@ -101,6 +100,22 @@ def test_importance_weights_keep_the_vlb_estimate_unbiased():
     assert p.max() / p.min() > 3
     expectation = sum(p[t] * loss(model, _batch(proc, [t] * 3)) for t in range(10))
     torch.testing.assert_close(expectation.double(), (proc.T * terms.double()).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_aware_draws_follow_the_samplers_probabilities():
+    """The draws the trainer takes (training_times) have frequencies p_t, within 5 standard errors;
+    the uniform sampler keeps the process's own draw."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(8))
+    loss = HybridLoss(proc, "vlb", timestep_sampler="loss_aware", history=1, uniform_prob=0.0)
+    loss.sampler.update(torch.arange(8), torch.tensor([1.0, 1, 2, 2, 4, 4, 8, 8]))
+    p = loss.sampler.probabilities()
+    n = 200_000
+    t = loss.training_times(n, torch.Generator().manual_seed(0))
+    freq = torch.bincount(t, minlength=8).double() / n
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+    uniform = HybridLoss(proc)
+    torch.testing.assert_close(uniform.training_times(16, torch.Generator().manual_seed(1)),
+                               proc.training_times(16, torch.Generator().manual_seed(1)))
 
 
 def _digits(**changes):
@@ -152,6 +167,8 @@ def test_a_loss_aware_run_resumes_exactly(tmp_path):
     ({"loss": "vlb", "cuda_graph": True}, "loss-aware sampler"),
     ({"vlb.weight": 0}, "vlb.weight"),
     ({"vlb.timestep_sampler": "importance"}, "vlb.timestep_sampler"),
+    ({"vlb.bins": 1}, "vlb.bins"),
+    ({"diffusion.weighting": "min_snr"}, "diffusion.weighting.*weights its terms itself"),
 ])
 def test_bad_hybrid_configs_are_named(changes, field):
     with pytest.raises(ValueError, match=field):

@@ -30,6 +30,7 @@ from .. import data
 from ..devices import resolve_device
 from ..files import atomic_write_text
 from ..data.grids import save_image_grid
+from ..processes import model_attribute
 from ..evaluation import CountedModel, report
 from ..evaluation.likelihood import bits_per_dim as ode_bits_per_dim
 from ..evaluation.plots import scatter_panels
@@ -360,7 +361,7 @@ def vlb_bits_per_dim(run, args, x: Tensor, cond: Optional[Tensor], desc: str, bi
     K = None if args.bpd_timesteps == 0 else args.bpd_timesteps
     v, seconds = _in_batches(lambda xb, c: run.proc.vlb_bits_per_dim(
         run.ema_model, xb, c, num_timesteps=K, clip_x0=True, bins=bins, generator=g), x, cond, args)
-    learned = bool(getattr(run.ema_model, "learn_sigma", False))  # (vlb_bits_per_dim then reads the network's own)
+    learned = bool(model_attribute(run.ema_model, "learn_sigma"))  # (vlb_bits_per_dim then reads the network's own)
     return {"method": "vlb", **_summary(v, desc, cond, bins, seconds), "timesteps": "all" if K is None else K,
             "variance": "learned" if learned else "posterior"}
 

@@ -282,15 +282,31 @@ class GaussianDiffusion(Process):
         self.check_t(t, x0)
         if t.is_floating_point():
             raise ValueError("vlb_term needs integer timesteps t (a torch.long tensor)")
-        log_variance = log_variance.to(x0.dtype).expand_as(x0)
+        for name, value in (("x_t", x_t), ("x0_hat", x0_hat)):
+            if value.shape != x0.shape:
+                raise ValueError(f"{name} must have x0's shape {tuple(x0.shape)}, got {tuple(value.shape)}")
+        try:
+            log_variance = log_variance.to(x0.dtype).expand_as(x0)
+        except RuntimeError:
+            raise ValueError(f"log_variance must broadcast to x0's shape {tuple(x0.shape)} (one per value, or "
+                             f"[1]), got {tuple(log_variance.shape)}") from None
         c1 = self._at("posterior_mean_coef1", t, x0)
         log_post = self._at("posterior_log_variance_clipped", t, x0)
         kl = 0.5 * (log_variance - log_post + torch.exp(log_post - log_variance) - 1
                     + (c1 * (x0 - x0_hat)) ** 2 * torch.exp(-log_variance))
-        kl = kl.flatten(1).sum(1)
-        # at t = 0 the model's mean mu~_0(x0_hat, x_1) is x0_hat itself (c1_0 = 1, c2_0 = 0)
+        out = kl.flatten(1).sum(1)
+        first = t.to(x0.device) == 0
+        # at t = 0 the model's mean mu~_0(x0_hat, x_1) is x0_hat itself (c1_0 = 1, c2_0 = 0). On the
+        # CPU the float64 decoder runs on those rows only; on an accelerator on every row, as reading
+        # which rows they are would stall the step on a host sync (and break a captured step)
+        if x0.device.type == "cpu" and not torch.compiler.is_compiling():
+            if bool(first.any()):
+                decoder = -discretized_gaussian_log_likelihood(x0[first], x0_hat[first], 0.5 * log_variance[first],
+                                                               bins)
+                out = out.index_put((first,), decoder.flatten(1).sum(1).to(out.dtype))
+            return out
         decoder = -discretized_gaussian_log_likelihood(x0, x0_hat, 0.5 * log_variance, bins).flatten(1).sum(1)
-        return torch.where(t.to(x0.device) == 0, decoder.to(kl.dtype), kl)
+        return torch.where(first, decoder.to(out.dtype), out)
 
     def vlb_terms(
         self,

@@ -11,7 +11,7 @@ from .. import models
 from ..data.registry import DATA_RANGE
 from ..processes import Process
 from ..validation import IMAGE_RANGE_TOL
-from .config import TrainConfig
+from .config import VLB_LOSSES, TrainConfig
 
 __all__ = ["build_model", "build_process", "data_range", "check_data_range"]
 
@@ -42,7 +42,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         raise ValueError(f"config field 'model.kwargs.context_dim': model {cfg.model.name!r} cross-attends to text, "
                          f"but data set {cfg.data.name!r} has no captions (the trainer passes images and class "
                          "labels only); drop context_dim, or condition on labels (num_classes)")
-    if bool(getattr(model, "learn_sigma", False)) != (cfg.loss in ("hybrid", "vlb")):
+    if bool(getattr(model, "learn_sigma", False)) != (cfg.loss in VLB_LOSSES):  # (a model's default, too)
         raise ValueError(f"config field 'loss': {cfg.loss!r} with model {cfg.model.name!r} that "
                          f"{'learns' if getattr(model, 'learn_sigma', False) else 'does not learn'} its variance: "
                          "a network with model.kwargs.learn_sigma: true trains with loss: hybrid or vlb (improved "

@@ -370,6 +370,7 @@ class SampleConfig:
 
 DISTILL_METHODS = ("progressive", "consistency", "guided")
 VLB_LOSSES = ("hybrid", "vlb")  # the losses of a network that learns its variance (training/hybrid.py)
+TIMESTEP_SAMPLERS = ("uniform", "loss_aware")  # how those losses draw t
 
 
 @dataclass
@@ -421,19 +422,27 @@ class VLBConfig:
     both need a network that learns its variance (``model.kwargs.learn_sigma: true``).
     ``timestep_sampler``: uniform, or loss_aware (p_t ~ sqrt(E[L_t^2]) over the last ``history``
     values of each term, mixed with ``uniform_prob`` of the uniform); null: uniform for hybrid,
-    loss_aware for vlb, as in the paper."""
+    loss_aware for vlb, as in the paper. ``bins``: the levels of the data in [-1, 1] for the
+    decoder term L_0 (256 for 8-bit images; 17 for scikit-learn's digits, as ``difflab eval``)."""
 
     weight: float = 0.001
     timestep_sampler: Optional[str] = None
     history: int = 10
     uniform_prob: float = 0.001
+    bins: int = 256
 
     def validate(self, prefix: str = "vlb") -> None:
         _number(f"{prefix}.weight", self.weight, low=0, low_open=True)
         if self.timestep_sampler is not None:
-            _choice(f"{prefix}.timestep_sampler", self.timestep_sampler, ("uniform", "loss_aware"))
+            _choice(f"{prefix}.timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _number(f"{prefix}.history", self.history, integer=True, low=1)
         _number(f"{prefix}.uniform_prob", self.uniform_prob, low=0, high=1)
+        _number(f"{prefix}.bins", self.bins, integer=True, low=2)
+
+    def sampler_for(self, loss: str) -> str:
+        """The timestep sampler of ``loss``: the one named, else the paper's (uniform for hybrid,
+        loss_aware for vlb)."""
+        return self.timestep_sampler or ("loss_aware" if loss == "vlb" else "uniform")
 
 
 @dataclass
@@ -641,7 +650,10 @@ class TrainConfig:
             if self.model.kwargs.get("learn_sigma") is not True:
                 _fail("loss", self.loss, f"loss {self.loss!r} trains a network that learns its variance: set "
                       "model.kwargs.learn_sigma: true")
-            sampler = self.vlb.timestep_sampler or ("loss_aware" if self.loss == "vlb" else "uniform")
+            if self.diffusion.weighting not in (None, "uniform"):
+                _fail("diffusion.weighting", self.diffusion.weighting, f"loss {self.loss!r} weights its terms itself "
+                      "(L_simple + lambda L_vlb); drop diffusion.weighting")
+            sampler = self.vlb.sampler_for(self.loss)
             if sampler == "loss_aware" and (self.cuda_graph or self.compile == "step"):
                 _fail("vlb.timestep_sampler", sampler, "the loss-aware sampler reads its terms on the host every "
                       "step, which a captured step would freeze: use cuda_graph: false and compile: none or model, "

@@ -23,11 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ..processes import GaussianDiffusion, Process, call_model_with_variance
+from .config import TIMESTEP_SAMPLERS
 from .loss import TrainBatch, register_loss
 
-__all__ = ["HybridLoss", "LossAwareSampler", "TIMESTEP_SAMPLERS"]
-
-TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+__all__ = ["HybridLoss", "LossAwareSampler"]
 
 
 class LossAwareSampler:
@@ -70,37 +69,45 @@ class LossAwareSampler:
 
 
 class HybridLoss:
-    """``loss: hybrid`` (L_simple + lambda L_vlb, the mean's gradient stopped in L_vlb) or
-    ``loss: vlb`` (L_vlb alone), per sample:
+    """``kind="hybrid"`` (L_simple + lambda L_vlb, the mean's gradient stopped in L_vlb) or
+    ``kind="vlb"`` (L_vlb alone), per sample:
 
         hybrid:  ||out - target||^2 / D  +  lambda T L_t(sg[mean], v) / (D ln 2)
         vlb:                                        T L_t(mean, v)     / (D ln 2)   (x 1 / (T p_t))
 
-    D the values per sample; L_t is :meth:`GaussianDiffusion.vlb_term` (nats). With
-    ``timestep_sampler="loss_aware"`` the trainer draws t through :meth:`training_times` and
-    each sample is weighted by 1 / (T p_t)."""
+    D the values per sample; L_t is :meth:`GaussianDiffusion.vlb_term` (nats; its decoder over
+    ``bins`` levels of [-1, 1]). With ``timestep_sampler="loss_aware"`` the trainer draws t through
+    :meth:`training_times` and each sample is weighted by 1 / (T p_t); the history records the
+    terms L_t themselves (the paper's code records the whole loss, the same for vlb)."""
 
-    def __init__(self, proc: Process, *, vlb_weight: Optional[float] = 0.001,
-                 timestep_sampler: str = "uniform", history: int = 10, uniform_prob: float = 0.001) -> None:
+    def __init__(self, proc: Process, kind: str = "hybrid", *, vlb_weight: float = 0.001,
+                 timestep_sampler: str = "uniform", history: int = 10, uniform_prob: float = 0.001,
+                 bins: int = 256) -> None:
         if not isinstance(proc, GaussianDiffusion):
             raise ValueError(f"the hybrid and vlb losses train the variance of the discrete DDPM chain "
                              f"(diffusion.process: ddpm), got {type(proc).__name__}")
+        if kind not in ("hybrid", "vlb"):
+            raise ValueError(f"kind must be 'hybrid' (L_simple + lambda L_vlb) or 'vlb' (L_vlb alone), got {kind!r}")
         if timestep_sampler not in TIMESTEP_SAMPLERS:
             raise ValueError(f"timestep_sampler must be one of {', '.join(TIMESTEP_SAMPLERS)}, got {timestep_sampler!r}")
-        self.proc, self.vlb_weight = proc, vlb_weight
+        self.proc, self.kind, self.vlb_weight, self.bins = proc, kind, float(vlb_weight), int(bins)
         self.sampler = LossAwareSampler(proc.T, history, uniform_prob) if timestep_sampler == "loss_aware" else None
         self._p: Optional[Tensor] = None  # the probabilities of this step's draw
 
     def __repr__(self) -> str:
-        kind = "vlb" if self.vlb_weight is None else f"hybrid, vlb_weight={self.vlb_weight:g}"
-        return f"HybridLoss({self.proc!r}, {kind}, timestep_sampler={'uniform' if self.sampler is None else 'loss_aware'})"
+        weight = f", vlb_weight={self.vlb_weight:g}" if self.kind == "hybrid" else ""
+        sampler = "uniform" if self.sampler is None else "loss_aware"
+        return f"HybridLoss({self.proc!r}, {self.kind!r}{weight}, timestep_sampler={sampler!r}, bins={self.bins})"
 
     def training_times(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-        """The step's timesteps: uniform (the process's own draw), or from the loss-aware p_t."""
+        """The step's timesteps: uniform (the process's own draw), or from the loss-aware p_t
+        (drawn where the generator lives: the trainer's is on the training device)."""
         if self.sampler is None:
             return self.proc.training_times(n, generator=generator, device=device)
         self._p = self.sampler.probabilities()
-        return torch.multinomial(self._p.float(), n, replacement=True, generator=generator).to(device)
+        where = generator.device if generator is not None else device
+        p = self._p.to(device=where, dtype=torch.float32)
+        return torch.multinomial(p, n, replacement=True, generator=generator).to(device)
 
     def per_sample(self, model: nn.Module, batch: TrainBatch) -> tuple[Tensor, Tensor]:
         """(the loss per sample, L_t per sample in bits per dimension)."""
@@ -111,10 +118,11 @@ class HybridLoss:
             raise ValueError("the hybrid and vlb losses train a network that learns its variance: set "
                              "model.kwargs.learn_sigma: true")
         out, v = out.float(), v.float()
-        hybrid = self.vlb_weight is not None
+        hybrid = self.kind == "hybrid"
         x0_hat = proc.predict_x0(x_t.float(), t, out.detach() if hybrid else out)  # sg[mean] in L_hybrid
         D = x0[0].numel()
-        vb = proc.vlb_term(x0.float(), x_t.float(), t, x0_hat, proc.learned_log_variance(v, t)) / (D * math.log(2))
+        log_var = proc.learned_log_variance(v, t)
+        vb = proc.vlb_term(x0.float(), x_t.float(), t, x0_hat, log_var, self.bins) / (D * math.log(2))
         vb = vb.float()
         if hybrid:
             mse = (out - proc.target(x0, noise, t).float()).pow(2).flatten(1).mean(1)
@@ -151,15 +159,13 @@ class HybridLoss:
             self.sampler.load_state_dict(state["loss_aware"])
 
 
-def _hybrid(proc: Process, cfg) -> HybridLoss:
-    return HybridLoss(proc, vlb_weight=cfg.vlb.weight, timestep_sampler=cfg.vlb.timestep_sampler or "uniform",
-                      history=cfg.vlb.history, uniform_prob=cfg.vlb.uniform_prob)
+def _factory(kind: str):
+    def build(proc: Process, cfg) -> HybridLoss:
+        v = cfg.vlb
+        return HybridLoss(proc, kind, vlb_weight=v.weight, timestep_sampler=v.sampler_for(kind), history=v.history,
+                          uniform_prob=v.uniform_prob, bins=v.bins)
+    return build
 
 
-def _vlb(proc: Process, cfg) -> HybridLoss:
-    return HybridLoss(proc, vlb_weight=None, timestep_sampler=cfg.vlb.timestep_sampler or "loss_aware",
-                      history=cfg.vlb.history, uniform_prob=cfg.vlb.uniform_prob)
-
-
-register_loss("hybrid", _hybrid)
-register_loss("vlb", _vlb)
+register_loss("hybrid", _factory("hybrid"))
+register_loss("vlb", _factory("vlb"))
