@@ -3,8 +3,8 @@
 
     difflab train-autoencoder --config configs/mnist_vae.yaml --out runs/mnist_vae
 
-Per step, on the trainer's batch x (Rombach et al. 2022, App. G; SD's first stage without its
-discriminator):
+Per step, on the trainer's batch x (Rombach et al. 2022, App. G: SD's first stage, its LPIPS
+replaced by the features of a difflab classifier):
 
     q(z | x) = encode(x),  z = mean + std eps,  x_hat = decode(z)
     loss = rec(x, x_hat) + kl_weight KL(q(z | x) || N(0, I)) / D + perceptual_weight ||phi(x) - phi(x_hat)||^2 / d
@@ -24,6 +24,12 @@ The perceptual network phi (a difflab classifier: ``difflab train-classifier``) 
 evaluation layer, above training: the training layer takes it as a module
 (:func:`train_autoencoder`'s ``features``, which ``difflab train-autoencoder`` loads from
 ``autoencoder.perceptual_classifier``), frozen.
+
+The patch discriminator is a submodule of the autoencoder (``model.kwargs.discriminator_channels``)
+so that the trainer's one AdamW, its checkpoints and its exact resume carry it; each network's
+term reaches only its own weights (AutoencoderConfig), so one optimizer takes the steps two would,
+with SD's shared learning rate and betas (and one gradient-norm clip over both). It runs outside the
+network's forward, which DDP does not see: torchrun runs with a discriminator are refused.
 """
 
 from __future__ import annotations
