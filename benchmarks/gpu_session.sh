@@ -29,6 +29,10 @@
 #       should end within BUDGET (default 540 s) of the call's start, every row profiled into dit_profile.txt.
 #       A row is ~33 optimizer steps at batch 256 or 4 sampling runs (50 guided DDIM steps, 64 images),
 #       seconds on an H100; compiling is most of a row's cost (a guess: 60-100 s a compiled row).
+#   issue 26 (improved DDPM; not run yet, a minute):
+#     run(command="bash benchmarks/gpu_session.sh issue26", carry=[".gpu"], timeout_s=600)
+#       configs/digits_hybrid.yaml for 300 steps under loss vlb (loss-aware draws on the CUDA generator) and
+#       loss hybrid with cuda_graph, each sampled with its learned variance and bounded in bits/dim.
 #   a second call, if ~2 minutes of device time are left and the machine is still warm:
 #     run(command="BUDGET=150 bash benchmarks/gpu_session.sh rest", carry=[".gpu"])
 #       the rows the first call skipped or lost (throughput.py --merge --missing), within BUDGET;
@@ -47,7 +51,7 @@
 # Outside the device tool ($OUT unset) results go to out/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|issue21|issue24|all|rest|check|mnist|throughput [ARGS]"}
+stage=${1:?"usage: bash benchmarks/gpu_session.sh prepare|issue7|issue21|issue24|issue26|all|rest|check|mnist|throughput [ARGS]"}
 shift  # ARGS: all, mnist: to difflab train (after MNIST_ARGS to mnist_cond_gpu.py); issue24: to dit_throughput.py;
        # others: to throughput.py
 GPU_DIR=.gpu
@@ -254,6 +258,23 @@ case $stage in
             'diffusers/sample/bf16+compile' 'difflab/sample/bf16w+cl+compile+loop+gn_triton' \
             'difflab/sample/bf16+cl+compile_frozen+loop+gn_triton' 'diffusers/sample/bf16w+compile' \
             --time-budget "$((left > 1 ? left : 1))" --out "$OUT/throughput.json" "$@" 2>&1 | tee -a "$OUT/session.log"
+        ;;
+    issue26)  # improved DDPM's losses on the GPU (a smoke run, a minute): loss vlb draws its timesteps with
+        # the loss-aware sampler on the trainer's CUDA generator; loss hybrid (uniform draws) with the
+        # step captured as a CUDA graph (the decoder term then runs on every row, no host read); both
+        # sample with their learned variance and give bits/dim
+        for loss in vlb hybrid; do
+            graph=$([[ $loss == hybrid ]] && echo true || echo false)
+            timeout 240 python3 -m difflab.cli train --config configs/digits_hybrid.yaml --out "runs/gpu_$loss" \
+                --device cuda --steps 300 --quiet --set "loss=$loss" --set "cuda_graph=$graph" --set sample.every=-1 \
+                2>&1 | tee -a "$OUT/session.log" || echo "gpu_session: loss $loss failed (above)" | tee -a "$OUT/session.log"
+            timeout 120 python3 -m difflab.cli sample --ckpt "runs/gpu_$loss" --device cuda --sampler ddpm --steps 50 \
+                --label all --n 8 --out "$OUT/$loss.png" 2>&1 | tee -a "$OUT/session.log" || true
+            DEV=${DEV:-cuda} RUN="runs/gpu_$loss" timeout 120 python3 -c "import os, difflab as dl
+run = dl.load(os.environ['RUN'], device=os.environ['DEV']); x, y = dl.data.load('digits'); dev = os.environ['DEV']
+bpd = run.proc.vlb_bits_per_dim(run.ema_model, x[:256].flatten(1).to(dev), y[:256].to(dev), num_timesteps=50, bins=17)
+print('gpu_session: $loss bits/dim (digits, 50 strata, 17 levels):', float(bpd.mean()))" 2>&1 | tee -a "$OUT/session.log" || true
+        done
         ;;
     issue24)  # DiT-B/2 against diffusers' DiTTransformer2DModel, same run (benchmarks/dit_throughput.py)
         BUDGET=${BUDGET:-540}
