@@ -49,8 +49,9 @@ def test_the_configs_are_found():
     assert len(CONFIGS) >= 7 and {"digits.yaml", "digits_edm.yaml", "digits_flow.yaml"} <= {p.name for p in CONFIGS}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).loss != "autoencoder"], ids=lambda p: p.stem)
 def test_default_sampling_stays_in_the_data_range(path):
+    """(every config of a denoiser: an autoencoder's, configs/mnist_vae.yaml, is tested in its own files)"""
     cfg = load_config(path)
     proc = build_process(cfg)
     assert proc.clip_x0 == 1.0  # every shipped config trains on images scaled to [-1, 1]

@@ -220,8 +220,6 @@ def sample(
     progress: bool = False,
     *,
     callback: Optional[Callable[[dict], None]] = None,
-    classifier: Optional[Callable] = None,
-    classifier_scale: float = 1.0,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -238,7 +236,7 @@ def sample(
       thresholding at quantile p;
     - ``null_cond``: the label of guidance's unconditional branch (default: the model's null label).
 
-    Classifier guidance (Dhariwal & Nichol 2021): ``classifier`` a noise-aware classifier
+    Classifier guidance (Dhariwal & Nichol 2021), two keywords of ``options``: ``classifier`` a noise-aware classifier
     ``classifier(x_t, t) -> logits [B, K]`` of this process's states (``difflab train-classifier
     --noisy``), ``classifier_scale`` its scale s; the samples are drawn towards the classes ``cond``
     (required). An unconditional model gets ``cond`` only through the classifier; a conditional one
@@ -260,6 +258,8 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
     spec = SAMPLERS[sampler]
+    # (keywords of options, not of the signature: dl.sample keeps its numerics-only arguments few)
+    classifier, classifier_scale = options.pop("classifier", None), options.pop("classifier_scale", 1.0)
     if not isinstance(proc, Process):
         raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
                         f"{type(proc).__name__}")
