@@ -13,7 +13,8 @@ from tiny_config import tiny
 
 import difflab as dl
 from difflab.files import atomic_write_text
-from difflab.training import Trainer, checkpoint
+from difflab.training import Trainer, TrainConfig, checkpoint
+from difflab.training.autoencoder import train_autoencoder
 from difflab.training.model_card import card_path, is_difflab_card, model_card
 
 
@@ -213,3 +214,18 @@ def test_model_card_is_a_library_function_of_the_file_and_its_checkpoint(run, tm
     atomic_write_text(tmp_path / "x.safetensors", "no tensors")
     with pytest.raises(ValueError, match="is not a safetensors file"):
         model_card(ck, tmp_path / "x.safetensors")
+
+
+def test_an_autoencoders_card_gives_its_latent_scale_not_a_process(tmp_path):
+    """An exported autoencoder run (difflab train-autoencoder) is described as one: its measured
+    latent scale factor read from the weights, no process, and how to encode and decode."""
+    cfg = TrainConfig.from_dict({"model": {"name": "autoencoder_kl_tiny", "kwargs": {}}, "data": {"name": "digits"},
+                                 "loss": "autoencoder", "sample": {"every": -1}, "batch_size": 8, "steps": 2,
+                                 "ckpt_every": 2, "device": "cpu"})
+    train_autoencoder(cfg, tmp_path / "ae", progress=False)
+    out = dl.training.export_model(tmp_path / "ae", tmp_path / "ae.safetensors")
+    card = card_path(out).read_text()
+    scale = float(dl.load(tmp_path / "ae").ema_model.scaling_factor)
+    model = card.split("## Model")[1].split("## Training")[0]
+    assert "# ae\n\nAn autoencoder" in card and "process" not in model
+    assert f"{scale:.6g} (1 / std of the training latents)" in card and "ae.encode_latents(x)" in card

@@ -107,18 +107,21 @@ def model_card(checkpoint: Union[str, Path], weights_file: Union[str, Path], *, 
             found = _measured(file, ck, explicit=False)
             if found is not None and (measured is None or ("note" in measured and "note" not in found)):
                 measured = found  # the first that measured this checkpoint, else the first note
+    autoencoder = cfg.loss == "autoencoder"
     lines = [f"# {Path(name).stem}", "",
-             f"A diffusion model exported by `difflab export` from `{ck}`: the "
+             f"{'An autoencoder (the KL autoencoder of latent diffusion)' if autoencoder else 'A diffusion model'} "
+             f"exported by `difflab export` from `{ck}`: the "
              f"{'EMA' if meta['weights'] == 'ema' else 'raw'} weights of step {exported_state['step']}, as "
              f"{meta['dtype']}.", ""]
-    lines += _model_section(cfg, state, exported_state, parameters)
+    lines += _model_section(cfg, state, exported_state, parameters, _scale_factor(weights_file) if autoencoder else None)
     lines += _training_section(cfg, ck, state, exported_state, meta)
     if measured is not None:
         lines += _eval_section(measured)
     if state.get("converted_from"):
         lines += _provenance_section(state["converted_from"])
-    lines += _use_section(name, cfg, _num_classes(cfg, state),
-                          exported_state.get("image_shape") or exported_state["sample_shape"])
+    shape = exported_state.get("image_shape") or exported_state["sample_shape"]
+    lines += _autoencoder_use_section(name, shape) if autoencoder else _use_section(name, cfg, _num_classes(cfg, state),
+                                                                                     shape)
     lines += ["## Files", "",
               f"The SHA-256 of the weights (`sha256sum -c {Path(name).stem}.md` in this folder checks it):", "",
               "```", f"{sha256_file(weights_file)}  {name}", "```", "",
@@ -272,8 +275,24 @@ def _number(v) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
 
 
-def _model_section(cfg: TrainConfig, state: dict, exported_state: dict, parameters: int) -> list[str]:
+def _scale_factor(file: Path) -> Optional[float]:
+    """An exported autoencoder's latent scale factor (its ``scaling_factor`` buffer), None if absent."""
+    with safe_open(str(file), framework="pt") as f:
+        key = next((k for k in f.keys() if k.endswith("scaling_factor")), None)
+        return None if key is None else float(f.get_tensor(key))
+
+
+def _model_section(cfg: TrainConfig, state: dict, exported_state: dict, parameters: int,
+                   scale_factor: Optional[float] = None) -> list[str]:
     d = cfg.diffusion
+    if cfg.loss == "autoencoder":  # no process: the latent's scale instead
+        shape = exported_state.get("image_shape") or exported_state["sample_shape"]
+        scale = "not measured" if not scale_factor else f"{scale_factor:.6g} (1 / std of the training latents)"
+        rows = [["network", f"`{cfg.model.name}`" + (f" ({_kwargs(cfg.model.kwargs)})" if cfg.model.kwargs else "")],
+                ["parameters", f"{parameters:,}"], ["latent scale factor", scale],
+                ["data set", cfg.data.name + (f" ({_kwargs(cfg.data.kwargs)})" if cfg.data.kwargs else "")],
+                ["image shape", " × ".join(str(s) for s in shape)]]
+        return ["## Model", ""] + _table(rows, ["", ""]) + [""]
     if d.process == "ddpm":
         process = f"ddpm (the discrete chain), {d.schedule} schedule, T = {d.T}"
     else:
@@ -370,6 +389,12 @@ def _provenance_section(source: dict) -> list[str]:
     if notes:
         lines += ["", "Notes of the conversion:", ""] + [f"- {n}" for n in notes]
     return lines + [""]
+
+
+def _autoencoder_use_section(name: str, shape: list) -> list[str]:
+    return ["## Use", "", "```python", "import difflab as dl", "", f"ae = dl.load({json.dumps(name)}).ema_model",
+            f"z = ae.encode_latents(x)  # x [B, {', '.join(map(str, shape))}] in [-1, 1] -> scaled latents",
+            "x_hat = ae.decode_latents(z)", "```", ""]
 
 
 def _use_section(name: str, cfg: TrainConfig, classes: Optional[int], shape: list) -> list[str]:
