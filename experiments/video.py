@@ -16,7 +16,8 @@ judged from its clips' pixels with two instruments built on the real data:
   clip's centre-of-mass track and the best constant-velocity path with bounces (real clips: 0.35 px).
 
 Clips are drawn by DDIM (``--steps``, 50) from the same noise for every model: the video network
-guided by its class label (w = 3, as the config samples) and unconditional, and the image-model
+guided by its class label (w = 3, as the config samples), given the label without guidance (w = 1)
+and unconditional, and the image-model
 baseline, the same network with its temporal layers masked out (``model.frame_by_frame()``; the
 run trained a fifth of its clips as independent frames, Ho et al.'s joint training, so its
 spatial layers are an image model of the frames). Unconditional clips are where identity is the
@@ -190,16 +191,20 @@ def errors(track: Tensor, truth: Tensor, frames: Sequence[int]) -> dict:
 
 
 # ---------------------------------------------------------------------------- drawing, cached
-def cached(cache: Optional[Path], name: str, make) -> Tensor:
-    """``make()`` clamped to [-1, 1], stored in ``cache`` (a rerun reads it back instead of sampling)."""
+def cached(cache: Optional[Path], name: str, make) -> tuple[Tensor, Optional[float]]:
+    """(``make()`` clamped to [-1, 1], the seconds it took), stored in ``cache``: a rerun reads both
+    back instead of sampling again (the seconds of the run that drew them)."""
     path = None if cache is None else cache / f"{name}.pt"
     if path is not None and path.is_file():
-        return torch.load(path)
+        stored = torch.load(path)
+        return (stored["clips"], stored["seconds"]) if isinstance(stored, dict) else (stored, None)
+    start = time.perf_counter()
     x = make().clamp(-1, 1).float()
+    seconds = round(time.perf_counter() - start, 1)
     if path is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(x, tmp))
-    return x
+        atomic_write(path, lambda tmp: torch.save({"clips": x, "seconds": seconds}, tmp))
+    return x, seconds
 
 
 def pairs(truth: Tensor, result: Tensor, m: int) -> Tensor:
@@ -238,12 +243,20 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     rows = {"real clips (the floor)": row(floor.clips, floor.labels[:, 0]),
             "real clips, frames shuffled": row(floor.clips[torch.arange(n)[:, None], order])}
     res["real_crop_accuracy"] = rows["real clips (the floor)"]["identity"]["label_accuracy"]
+    # the floor of as many frames drawn one a clip (n T digits, not n digits seen T times each): the
+    # FD of frames rewards variety between frames, which a clip of one digit does not have
+    many = dl.data.moving_digits(n * T, seed=SEEDS["floor"] + 10, **data)
+    single = many.clips[torch.arange(n * T), torch.arange(n * T) % T][:, None]  # [nT, 1, C, H, W]
+    res["fd_floor_one_frame_a_clip"] = {
+        f"fd_{name}": round(frechet_distance(reference[w], judge.frame_features(single, w)), 3)
+        for name, w in (("window", True), ("frame", False))}
 
     labels = torch.arange(n) % 10
     noise = torch.randn(n, T, C, H, W, generator=torch.Generator().manual_seed(SEEDS["noise"]))
     settings = {"video, guided": (model, labels, guidance), "video, unconditional": (model, None, 1.0),
                 "frame by frame, unconditional": (frame_model, None, 1.0),
-                "frame by frame, guided": (frame_model, labels, guidance)}
+                "frame by frame, guided": (frame_model, labels, guidance),
+                "video, conditional, w = 1": (model, labels, 1.0)}
 
     def save() -> None:  # after every part, so a long run's finished parts are on disk
         res["seconds"] = round(time.perf_counter() - clock, 1)
@@ -254,12 +267,11 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
 
     def generate(name: str) -> None:
         net, cond, w = settings[name]
-        start = time.perf_counter()
-        drawn[name] = cached(cache, name.replace(", ", "_").replace(" ", "_"),
-                             lambda: dl.sample(net, proc, noise.shape, "ddim", steps, cond=cond, guidance=w,
-                                               noise=noise))
+        drawn[name], seconds = cached(cache, name.replace(", ", "_").replace(" = ", "").replace(" ", "_"),
+                                      lambda: dl.sample(net, proc, noise.shape, "ddim", steps, cond=cond,
+                                                        guidance=w, noise=noise))
         rows[name] = row(drawn[name], cond)
-        rows[name]["seconds"] = round(time.perf_counter() - start, 1)
+        rows[name]["sampling_seconds"] = seconds
         res["generation"] = rows
         save()
 
@@ -280,13 +292,12 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     real_track = centre_of_mass(md.clips)
     task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
 
-    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor) -> Tensor:
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor):
         return cached(cache, name, lambda: dl.editing.inpaint(
             model, proc, clips, mask, "ddim", steps, cond=labels, noise=noise,
             generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
 
-    start = time.perf_counter()
-    predicted = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0], task_noise)
+    predicted, seconds = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0], task_noise)
     ahead = range(GIVEN, T)
     pred = {"model": errors(centre_of_mass(predicted), truth, ahead)}
     for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
@@ -294,15 +305,15 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
     res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
                          "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
-                         "seconds": round(time.perf_counter() - start, 1)}
+                         "sampling_seconds": seconds}
     save()
     k = min(4, cfg["inpaint"])
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
     generate("frame by frame, guided")
+    generate("video, conditional, w = 1")  # the label without guidance: what guidance costs the motion
 
-    start = time.perf_counter()
     half = max(1, len(md.clips) // 2)
-    between = fill("interpolation", md.clips[:half], masks.between_frames_mask(T, (H, W), keep=(0, T - 1)),
+    between, seconds = fill("interpolation", md.clips[:half], masks.between_frames_mask(T, (H, W), keep=(0, T - 1)),
                    md.labels[:half, 0], task_noise[:half])
     inner = range(1, T - 1)
     res["interpolation"] = {
@@ -312,18 +323,17 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                                                                        truth[:half], inner),
                       "the real frames (rounding to whole pixels)": errors(real_track[:half], truth[:half], inner)},
         "identity": judge.identity(between, md.labels[:half, 0]), "motion": motion(between),
-        "seconds": round(time.perf_counter() - start, 1)}
+        "sampling_seconds": seconds}
     save()
     save_frame_grid(pairs(md.clips, between, k), out / "video_interpolation.png", scale=3)
 
-    start = time.perf_counter()
     m = cfg["inpaint"]
     box = (H // 4, W // 4, H - H // 4, W - W // 4)
-    filled = fill("inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
+    filled, seconds = fill("inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
                   md.labels[:m, 0], task_noise[:m])
     res["inpainting"] = {"clips": m, "box_x0_y0_x1_y1": list(box),
                          "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
-                         "real_motion": motion(md.clips[:m]), "seconds": round(time.perf_counter() - start, 1)}
+                         "real_motion": motion(md.clips[:m]), "sampling_seconds": seconds}
 
     save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)

@@ -30,10 +30,12 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     assert "--size tiny" in res["command"] and res["run_step"] == 1
     gen = res["generation"]
     assert set(gen) == {"real clips (the floor)", "real clips, frames shuffled", "video, guided",
-                        "video, unconditional", "frame by frame, guided", "frame by frame, unconditional"}
+                        "video, unconditional", "frame by frame, guided", "frame by frame, unconditional",
+                        "video, conditional, w = 1"}
     for row in gen.values():
         assert 0 <= row["identity"]["same_class"] <= row["identity"]["frame_agreement"] <= 1
         assert row["fd_window"] >= 0 and row["fd_frame"] >= 0
+    assert set(res["fd_floor_one_frame_a_clip"]) == {"fd_window", "fd_frame"}
     # real clips keep their digit: a frame order changes no class, and the measures see the same frames
     assert gen["real clips, frames shuffled"]["fd_window"] == pytest.approx(gen["real clips (the floor)"]["fd_window"])
     errs = res["prediction"]["errors_px"]
