@@ -297,7 +297,8 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
             model, proc, clips, mask, "ddim", steps, cond=labels, noise=noise,
             generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
 
-    predicted, seconds = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0], task_noise)
+    predicted, seconds = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0],
+                              task_noise)
     ahead = range(GIVEN, T)
     pred = {"model": errors(centre_of_mass(predicted), truth, ahead)}
     for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
