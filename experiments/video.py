@@ -71,8 +71,8 @@ SPRITE = 8
 GIVEN = 2  # prediction: frames given
 SIZES = {
     # n: generated clips per model; pred: clips predicted (and n // 2 interpolated); real: reference clips
-    "tiny": dict(n=4, pred=4, inpaint=2, real=16, clf_epochs=1),
-    "cpu": dict(n=100, pred=100, inpaint=16, real=1000, clf_epochs=30),
+    "tiny": dict(n=4, pred=4, inpaint=2, real=16, clf_epochs=1, repaint=2),
+    "cpu": dict(n=100, pred=100, inpaint=16, real=1000, clf_epochs=30, repaint=30),
 }
 SEEDS = {"real": 11, "floor": 12, "tasks": 13, "noise": 0}  # data seeds apart from the training set's (0)
 
@@ -292,10 +292,10 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     real_track = centre_of_mass(md.clips)
     task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
 
-    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor):
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor, **repaint):
         return cached(cache, name, lambda: dl.editing.inpaint(
             model, proc, clips, mask, "ddim", steps, cond=labels, noise=noise,
-            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
+            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2), **repaint))
 
     predicted, seconds = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0],
                               task_noise)
@@ -310,6 +310,19 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     save()
     k = min(4, cfg["inpaint"])
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
+    # RePaint's resampling (Lugmayr et al.: r = j = 10 in the paper; here r = j = 5) on the first clips
+    r_, j_ = (5, 5) if steps > 5 else (2, max(1, steps - 1))
+    q = cfg["repaint"]
+    resampled, seconds = fill(f"prediction_repaint_r{r_}_j{j_}", md.clips[:q],
+                              masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:q, 0], task_noise[:q],
+                              resample=r_, jump_length=j_)
+    res["prediction_repaint"] = {
+        "clips": q, "resample": r_, "jump_length": j_, "sampling_seconds": seconds,
+        "errors_px": {"model, RePaint": errors(centre_of_mass(resampled), truth[:q], ahead),
+                      "model, replacement (the same clips)": errors(centre_of_mass(predicted[:q]), truth[:q], ahead),
+                      "copy the last frame": errors(prediction_baselines(real_track[:q], GIVEN, ink[:q], H)[
+                          "copy the last frame"], truth[:q], ahead)}}
+    save()
     generate("frame by frame, guided")
     generate("video, conditional, w = 1")  # the label without guidance: what guidance costs the motion
 

@@ -44,6 +44,10 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     assert len(errs["model"]["per_frame"]) == 8 - video.GIVEN
     assert errs["the real frames (rounding to whole pixels)"]["mean"] <= 0.5 ** 0.5
     assert len(res["interpolation"]["errors_px"]["model"]["per_frame"]) == 6
+    rp = res["prediction_repaint"]
+    assert rp["clips"] == video.SIZES["tiny"]["repaint"] and rp["resample"] == 2
+    assert set(rp["errors_px"]) == {"model, RePaint", "model, replacement (the same clips)", "copy the last frame"}
+    assert len(rp["errors_px"]["model, RePaint"]["per_frame"]) == 8 - video.GIVEN
     md = (out / "video_tables.md").read_text()
     assert "| video, unconditional |" in md and "| constant velocity with bounces |" in md
     for name in ("video_samples.gif", "video_frame_by_frame.gif", "video_samples_frames.png", "video_prediction.png",
