@@ -106,7 +106,10 @@ def save_clips_gif(clips: Clips, path: Union[str, Path], nrow: int = 8, fps: flo
                    padding: int = 2, loop: int = 0) -> Path:
     """Write the clips as an animated GIF that plays them side by side (:func:`to_clip_frames`),
     ``fps`` frames a second, repeated ``loop`` times (0: for ever). A grayscale GIF holds every
-    uint8 gray level, so the GIF's frames are :func:`to_clip_frames`'s exactly."""
+    uint8 gray level, so the GIF's frames are :func:`to_clip_frames`'s exactly -- but Pillow writes
+    consecutive identical frames as one frame shown that many times as long, so a reader that
+    ignores durations (``imageio.mimread``) may return fewer frames than were written; count each
+    frame's duration in units of 1 / fps to get them all back (``difflab inpaint`` does)."""
     import imageio.v2 as imageio  # (imageio: only where a GIF is written)
 
     path = _check_path(path, (".gif",), "clips.gif")

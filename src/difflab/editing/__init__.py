@@ -18,7 +18,8 @@ from .img2img import img2img, sdedit_sigmas
 from .inpaint import STEPWISE_SAMPLERS, inpaint, paste, repaint_schedule
 from .interpolate import interpolate, reconstruct, slerp
 from .io import load_images, save_images
-from .masks import box_mask, check_mask, half_mask, load_mask, parse_mask
+from .masks import (across_frames, between_frames_mask, box_mask, check_mask, frames_mask, future_frames_mask,
+                    half_mask, load_mask, parse_clip_mask, parse_mask)
 from .superres import (LowResConditioned, SuperResLoss, WithLowRes, downsample, lowres_model, train_superres,
                        upsample, upscale)
 
@@ -29,5 +30,6 @@ __all__ = [
     "lowres_model",
     "interpolate", "reconstruct", "slerp",
     "box_mask", "half_mask", "parse_mask", "load_mask", "check_mask",
+    "frames_mask", "future_frames_mask", "between_frames_mask", "across_frames", "parse_clip_mask",
     "load_images", "save_images",
 ]
