@@ -17,7 +17,7 @@ from ..training import checkpoint, config as cfgmod
 from ..training.reflow_run import PAIRS_FILE
 from ..training.trainer import Trainer
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "resolve_config"]
 
 # flag -> config field
 _FLAGS = {
@@ -68,6 +68,12 @@ def add_parser(sub) -> None:
 
 
 def _config(args):
+    return resolve_config(args, _FLAGS)
+
+
+def resolve_config(args, flags: dict):
+    """(config, run folder) of a training command: --config FILE (or the checkpoint's config with
+    --resume --out DIR), then its flags (``flags``: argparse dest -> config field) and --set."""
     out = Path(args.out) if args.out else None
     if args.config:
         cfg = cfgmod.load_config(args.config)
@@ -82,7 +88,7 @@ def _config(args):
         cfg = cfgmod.load_config(ck / "config.yaml")
     else:
         raise ValueError("give --config FILE (or --resume --out DIR to continue a run)")
-    sets = [f"{field}={json.dumps(getattr(args, flag))}" for flag, field in _FLAGS.items()
+    sets = [f"{field}={json.dumps(getattr(args, flag))}" for flag, field in flags.items()
             if getattr(args, flag) is not None]
     return cfgmod.apply_overrides(cfg, sets + list(args.set)), out
 

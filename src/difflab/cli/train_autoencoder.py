@@ -12,12 +12,9 @@ features the perceptual term compares.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..evaluation.classifier import load_classifier
-from ..training import checkpoint, config as cfgmod
 from ..training.autoencoder import AutoencoderTrainer
+from .train import resolve_config
 
 __all__ = ["add_parser"]
 
@@ -49,23 +46,7 @@ def add_parser(sub) -> None:
 
 
 def _config(args):
-    out = Path(args.out) if args.out else None
-    if args.config:
-        cfg = cfgmod.load_config(args.config)
-        if out is None:
-            out = Path("runs") / Path(args.config).stem
-    elif args.resume:
-        if out is None:
-            raise ValueError("--resume without --config needs --out (the run folder to continue)")
-        ck = checkpoint.latest_checkpoint(out)
-        if ck is None:
-            raise FileNotFoundError(f"nothing to resume in {str(out)!r}: no checkpoints/latest")
-        cfg = cfgmod.load_config(ck / "config.yaml")
-    else:
-        raise ValueError("give --config FILE (or --resume --out DIR to continue a run)")
-    sets = [f"{field}={json.dumps(getattr(args, flag))}" for flag, field in _FLAGS.items()
-            if getattr(args, flag) is not None]
-    return cfgmod.apply_overrides(cfg, sets + list(args.set)), out
+    return resolve_config(args, _FLAGS)
 
 
 def _main(args) -> int:
