@@ -75,7 +75,9 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(client):
     # no external resource anywhere in the page: it works offline
     for name in ("index.html", "app.js", "style.css"):
         assert not re.search(r"(https?:)?//[a-z]", (STATIC / name).read_text().replace("http://HOST", "")), name
-    assert error(client.get("/static/../app.py"), 404)
+    for path in ("/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2fapp.py"):  # (sent as written)
+        r = client.get(path)
+        assert r.status_code == 404 and b"create_app" not in r.content, path
     assert error(client.get("/nowhere"), 404) == "Not Found"
     assert error(client.get("/api/generate"), 405) == "Method Not Allowed"
 
@@ -219,7 +221,13 @@ def test_a_post_from_another_sites_page_is_refused(client):
 
 def test_a_body_without_content_length_is_refused(client):
     r = client.post("/api/generate", content=iter([b'{"n": 1}']), headers={"content-type": "application/json"})
-    assert "must state its Content-Length" in error(r, 411)
+    assert "chunked requests are refused" in error(r, 411)  # (a streamed body: chunks, no length)
+    # a stated length beside chunks (the server would read the chunks, past any limit)
+    r = client.post("/api/generate", content=b'{"n": 1}', headers={"content-type": "application/json",
+                                                                   "transfer-encoding": "chunked"})
+    assert "chunked requests are refused" in error(r, 411)
+    r = client.post("/api/generate", content=b"[" * 5_000, headers={"content-type": "application/json"})  # (nesting past the recursion limit)
+    assert "not valid JSON" in error(r, 400)
 
 
 def test_the_token_is_checked_on_every_request(catalog):

@@ -108,6 +108,9 @@ def check_request(request, token: Optional[str], max_body: int) -> Optional[tupl
         if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
             return 403, (f"a request from another site ({origin}) is refused: use the page this server serves "
                          "(scripts may send no Origin header)")
+        if "transfer-encoding" in request.headers:  # the server would read the chunks, not the stated length
+            return 411, ("chunked requests are refused (uploads are limited in size): send the body with its "
+                         "Content-Length")
         length = request.headers.get("content-length")
         if length is None:
             return 411, "the request must state its Content-Length (uploads are limited in size)"
@@ -210,7 +213,7 @@ def create_app(catalog: Catalog, limits: Optional[Limits] = None, token: Optiona
     async def json_fields(request) -> dict:
         try:
             fields = json.loads(await request.body() or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("the request body is not valid JSON; send an object such as "
                              '{"model": "digits", "label": 3, "n": 4}') from None
         if not isinstance(fields, dict):
