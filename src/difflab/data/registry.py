@@ -8,8 +8,7 @@ long [N] or None; except ``moving_digits``, whose samples are clips [N, T, C, H,
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from torch import Tensor
 
@@ -21,23 +20,12 @@ __all__ = ["load", "register", "names", "DATA_RANGE", "load_moving_digits"]
 DATA_RANGE = 1.0
 
 
-def load_moving_digits(
-    n: int = 10_000,
-    frames: int = 8,
-    canvas: Optional[int] = None,
-    digits: int = 1,
-    speed: Union[float, tuple[float, float]] = (0.5, 1.5),
-    source: str = "digits",
-    root: Optional[Union[str, Path]] = None,
-    split: str = "t10k",
-    seed: int = 0,
-) -> tuple[Tensor, Optional[Tensor]]:
+def load_moving_digits(n: int = 10_000, **kwargs) -> tuple[Tensor, Optional[Tensor]]:
     """Moving digits as a data set (:func:`difflab.data.moving_digits`, the same arguments): clips
     float32 [n, frames, 1, canvas, canvas] in [-1, 1] and, with one digit a clip, its class, long
     [n]; with two digits the labels are None (a clip has no one class). The trajectories stay with
     ``moving_digits`` itself."""
-    md = moving.moving_digits(n, frames=frames, canvas=canvas, digits=digits, speed=speed, source=source,
-                              root=root, split=split, seed=seed)
+    md = moving.moving_digits(n, **kwargs)
     return md.clips, (md.labels[:, 0] if md.labels.shape[1] == 1 else None)
 
 

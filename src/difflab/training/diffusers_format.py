@@ -167,7 +167,7 @@ def _refuse(what: str, why: str) -> ValueError:
 
 
 # ----------------------------------------------------------------------- reading diffusers files
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -188,7 +188,7 @@ def _locate(src: Path, scheduler: Optional[Path]) -> tuple[Path, Path]:
         raise ValueError(f"{str(src)!r} is a file; --from-diffusers takes a diffusers folder (a pipeline folder "
                          "with model_index.json, or a UNet2DModel folder with config.json)")
     if (src / "model_index.json").is_file():
-        index = _read_json(src / "model_index.json", "pipeline index")
+        index = read_json_object(src / "model_index.json", "pipeline index")
         entry = index.get("unet")
         if not (isinstance(entry, list) and len(entry) == 2):
             parts = sorted(k for k in index if not k.startswith("_"))
@@ -795,8 +795,8 @@ def from_diffusers(src: Union[str, Path], out: Union[str, Path], *, scheduler: U
     if out.exists() or out.is_symlink():
         raise FileExistsError(f"--out {str(out)!r} exists; name a new folder (nothing is written over)")
     unet_dir, sched_file = _locate(src, Path(scheduler) if scheduler is not None else None)
-    unet = unet_from_diffusers_config(_read_json(unet_dir / "config.json", "UNet2DModel config"))
-    sched = _read_json(sched_file, "scheduler config")
+    unet = unet_from_diffusers_config(read_json_object(unet_dir / "config.json", "UNet2DModel config"))
+    sched = read_json_object(sched_file, "scheduler config")
     diffusion, sample, sched_notes = diffusion_from_scheduler_config(sched)
     state = _state_from_diffusers(unet, _read_weights(unet_dir), f"diffusers weights in {str(unet_dir)!r}")
     C, H, W = unet.sample_shape

@@ -28,7 +28,6 @@ it computes, and are not needed: difflab's autoencoder runs in the dtype it is g
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -44,6 +43,7 @@ from ..files import fsync_path
 from ..models.autoencoder import AutoencoderKL
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
+from .diffusers_format import read_json_object
 from .ema import EMA
 from .run_config import render_run_config
 
@@ -60,16 +60,6 @@ _KNOWN_KEYS = {"in_channels", "out_channels", "down_block_types", "up_block_type
 
 def _refuse(option: str, why: str) -> ValueError:
     return ValueError(f"cannot load the diffusers AutoencoderKL: {option}: {why}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{str(path)!r} is not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(path)!r} holds a {type(data).__name__}, not a JSON object of settings")
-    return data
 
 
 def autoencoder_kwargs_from_diffusers(config: dict) -> tuple[dict, float, float]:
@@ -186,7 +176,7 @@ def autoencoder_from_diffusers(src: Union[str, Path]) -> AutoencoderKL:
     mode, on the CPU), its ``scaling_factor`` and ``shift_factor`` from the config. Weights that
     do not fit the config (a missing, extra or misshapen parameter) raise ValueError naming it."""
     folder = _locate(Path(src))
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json", "AutoencoderKL config")
     kwargs, scaling, shift = autoencoder_kwargs_from_diffusers(config)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
