@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from difflab.validation import (LABEL_DTYPES, NOISE_FIX, X0_FIX, check_labels, float_input, is_int, is_real,
-                                model_dtype, positive_int)
+                                model_attribute, model_dtype, null_label, positive_int)
 
 
 class Conditional(torch.nn.Module):
@@ -20,6 +20,24 @@ class Unconditional(torch.nn.Module):
 
 def plain_function(x, t, cond=None):
     return x
+
+
+class Tokenizer:
+    max_length, vocab_size = 3, 5
+
+
+class TextModel(torch.nn.Module):
+    """A stand-in text model: token ids [B, 3] in 0 .. 5, 0 the padding (the empty caption)."""
+
+    tokenizer, null_cond = Tokenizer(), 0
+
+
+class Wrapper(torch.nn.Module):
+    """As DDP or the speed layer keep a network: as .module."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -181,3 +199,24 @@ def test_numpy_integers_are_taken_wherever_python_ints_are(tmp_path, mnist_dir):
     assert torch.equal(dl.editing.masks.box_mask((8, 8), *map(np.int64, (1, 2, 5, 6))),
                        dl.editing.masks.box_mask((8, 8), 1, 2, 5, 6))
     assert torch.equal(dl.samplers.timesteps(1000, np.int64(10)), dl.samplers.timesteps(1000, 10))
+
+
+# ------------------------------------------------------------------------------ text conditions
+def test_token_ids_of_a_text_model_are_checked_through_wrappers():
+    ids = torch.tensor([[1, 5, 0], [0, 0, 0]], dtype=torch.int32)
+    for model in (TextModel(), Wrapper(TextModel())):
+        out = check_labels(model, ids, 2)
+        assert out.dtype == torch.long and torch.equal(out, ids.long())
+    with pytest.raises(ValueError, match=r"token ids, a long tensor \[2, 3\].*tokenizer.encode"):
+        check_labels(TextModel(), torch.tensor([1, 2]), 2)  # class labels to a text model
+    with pytest.raises(ValueError, match=r"token ids must lie in 0 \.\. 5"):
+        check_labels(TextModel(), torch.tensor([[1, 6, 0], [0, 0, 0]]), 2)
+    with pytest.raises(ValueError, match=r"token ids"):
+        check_labels(TextModel(), "a bold 7", 2)  # a prompt, not its ids
+
+
+def test_null_label_is_the_empty_caption_or_the_null_class():
+    assert null_label(TextModel()) == 0 and null_label(Wrapper(TextModel())) == 0
+    assert null_label(Conditional()) == 3
+    assert null_label(Unconditional()) is None and null_label(plain_function) is None
+    assert model_attribute(Wrapper(Conditional()), "num_classes") == 3

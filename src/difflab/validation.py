@@ -12,8 +12,11 @@ helpers here. Code behind the public boundary trusts what it is handed.
   :data:`NOISE_FIX`; :func:`check_finite` (no NaN or inf) and :func:`check_image_range`, the
   one scale rule of image-shaped data ([-1, 1]; :data:`IMAGE_RANGE_TOL` where the pixels are
   edited, :data:`DATA_RANGE_LIMIT` where a model trains on them);
-- class labels: :func:`check_labels` (dtypes :data:`LABEL_DTYPES`), with the null label
-  ``num_classes`` of classifier-free guidance.
+- conditions: :func:`check_labels` (dtypes :data:`LABEL_DTYPES`): class labels [B] with the null
+  label ``num_classes`` of classifier-free guidance, or a text model's token ids [B, L] (its
+  ``tokenizer``), whose null condition is the empty caption (all padding);
+- wrappers: :func:`model_attribute` finds a network's attribute through DDP, torch.compile and
+  the speed layer's wrappers.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ __all__ = [
     "check_image_range",
     "LABEL_DTYPES",
     "check_labels",
+    "model_attribute",
+    "null_label",
 ]
 
 
@@ -145,16 +150,23 @@ LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Tensor]:
-    """Class labels for ``model`` as a long tensor [batch] (on ``device`` when given).
+    """The condition for ``model`` as a long tensor (on ``device`` when given).
 
-    ``cond`` is None (no labels: returned as is), one integer for the whole batch, or an integer
-    tensor [batch]. A model with a ``num_classes`` attribute (every difflab model) must be
-    class-conditional (``num_classes`` not None), and its labels lie in 0 .. num_classes, the
-    last being the null label ("no label") of classifier-free guidance. A plain function has no
-    ``num_classes`` to check against: shape and dtype only.
+    Class labels: ``cond`` is None (no labels: returned as is), one integer for the whole batch,
+    or an integer tensor [batch]. A model with a ``num_classes`` attribute (every difflab model)
+    must be class-conditional (``num_classes`` not None), and its labels lie in 0 .. num_classes,
+    the last being the null label ("no label") of classifier-free guidance. A plain function has
+    no ``num_classes`` to check against: shape and dtype only.
+
+    Text: a model with a ``tokenizer`` (:class:`difflab.models.text.TextConditioned`) takes token
+    ids [batch, tokenizer.max_length] in 0 .. tokenizer.vocab_size (0: padding; a row of padding
+    is the empty caption, the null condition).
     """
     if cond is None:
         return None
+    tokenizer = model_attribute(model, "tokenizer")
+    if tokenizer is not None:
+        return _check_token_ids(cond, batch, tokenizer, device)
     if is_int(cond):
         cond = torch.full((batch,), int(cond), dtype=torch.long)
     if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or cond.shape != (batch,):
@@ -166,6 +178,45 @@ def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Ten
         _check_label_range(cond, model.num_classes)
     cond = cond.long()
     return cond if device is None else cond.to(device)
+
+
+def _check_token_ids(cond, batch: int, tokenizer, device) -> Tensor:
+    """Token ids [batch, max_length] of a text model (values read on the CPU only, as labels)."""
+    length, vocab = int(tokenizer.max_length), int(tokenizer.vocab_size)
+    if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or tuple(cond.shape) != (batch, length):
+        got = (f"{cond.dtype} of shape {tuple(cond.shape)}" if isinstance(cond, Tensor)
+               else f"{type(cond).__name__} {cond!r}"[:120])
+        raise ValueError(
+            f"this model is text-conditioned: cond must be token ids, a long tensor [{batch}, {length}] "
+            f"(model.tokenizer.encode(prompts)), got {got}"
+        )
+    if cond.device.type == "cpu" and not torch.compiler.is_compiling() and cond.numel() \
+            and (int(cond.min()) < 0 or int(cond.max()) > vocab):
+        raise ValueError(f"token ids must lie in 0 .. {vocab} (0: padding), got values in "
+                         f"[{int(cond.min())}, {int(cond.max())}]: encode prompts with model.tokenizer.encode")
+    cond = cond.long()
+    return cond if device is None else cond.to(device)
+
+
+def null_label(model: Callable) -> Optional[int]:
+    """The value that fills a condition to mean "no condition", classifier-free guidance's
+    unconditional branch and label dropout's replacement: ``torch.full_like(cond, null_label(model))``.
+    A text model's ``null_cond`` (0, padding: the empty caption), else a class-conditional
+    model's ``num_classes`` (the null label); None for a model with neither."""
+    value = model_attribute(model, "null_cond")
+    return value if value is not None else model_attribute(model, "num_classes")
+
+
+def model_attribute(model: Callable, name: str):
+    """``model``'s attribute ``name``, found also through the wrappers that keep the network as
+    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
+    (a bound low-res image); None where no layer has it."""
+    for _ in range(5):
+        value = getattr(model, name, None)
+        if value is not None or model is None:
+            return value
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+    return None
 
 
 def _check_label_range(cond: Tensor, num_classes: Optional[int]) -> None:

@@ -161,6 +161,32 @@ def test_label_dropout_uses_the_null_label():
     assert abs(frac - 0.3) < 5 * (0.3 * 0.7 / 1000) ** 0.5
 
 
+def test_caption_dropout_empties_whole_captions():
+    """A text model's condition is token ids [B, L]; dropout replaces a whole row by the empty
+    caption (its null_cond, padding), never single words."""
+    seen = []
+
+    class Tokenizer:
+        max_length, vocab_size = 4, 9
+
+    class Spy(torch.nn.Module):
+        tokenizer, null_cond = Tokenizer(), 0
+
+        def forward(self, x, t, cond):
+            seen.append(cond.clone())
+            return torch.zeros_like(x)
+
+    proc = make("linear", T=100)
+    ids = torch.randint(1, 10, (1000, 4), generator=torch.Generator().manual_seed(1))
+    proc.training_loss(Spy(), torch.zeros(1000, 2), ids, cond_drop_prob=0.3, generator=torch.Generator().manual_seed(0))
+    empty = (seen[-1] == 0).all(1)
+    assert torch.equal(seen[-1][~empty], ids[~empty])  # kept rows whole
+    assert ((seen[-1] == 0).any(1) == empty).all()  # no row partly emptied
+    assert abs(empty.float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / 1000) ** 0.5
+    with pytest.raises(ValueError, match=r"token ids, a long tensor \[1000, 4\]"):
+        proc.training_loss(Spy(), torch.zeros(1000, 2), ids[:, :3])
+
+
 def test_sigma_and_t_are_inverse_and_continuous():
     proc = make("cosine")
     t = torch.arange(1000)

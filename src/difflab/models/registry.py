@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
 
-__all__ = ["register", "names", "build"]
+__all__ = ["register", "names", "build", "accepts"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -18,6 +19,14 @@ def register(name: str, factory: Callable[..., nn.Module]) -> None:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def accepts(name: str, argument: str) -> bool:
+    """Whether the network ``name``'s builder takes ``argument`` (e.g. a text model's ``vocab``)."""
+    if name not in _REGISTRY:
+        return False
+    params = inspect.signature(_REGISTRY[name]).parameters
+    return argument in params
 
 
 def build(name: str, **kwargs) -> nn.Module:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..validation import (DATA_RANGE_LIMIT, NOISE_FIX, X0_FIX, check_image_range, check_labels, float_input,
-                          is_real)
+                          is_real, model_attribute, null_label)
 
 __all__ = [
     "Process",
@@ -155,18 +155,6 @@ def call_model_with_variance(model: Callable, x_t: Tensor, t: Tensor, cond: Opti
         prediction, v = out.chunk(2, dim=1)
         return prediction, v
     return out, None
-
-
-def model_attribute(model: Callable, name: str):
-    """``model``'s attribute ``name``, found also through the wrappers that keep the network as
-    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
-    (a bound low-res image); None where no layer has it."""
-    for _ in range(5):
-        value = getattr(model, name, None)
-        if value is not None or model is None:
-            return value
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
-    return None
 
 
 def vp_scale(sigma):
@@ -398,7 +386,8 @@ class Process(ABC):
         """Regression loss E_{t, eps} w(t) ||model(x_t, timestep(t)) - target||^2.
 
         t is drawn from :meth:`training_times` unless given. With ``cond_drop_prob`` p > 0 each
-        label is replaced by the null label ``model.num_classes`` with probability p, training
+        label is replaced by the null label ``model.num_classes`` with probability p (a text model's
+        caption by the empty one, ``null_cond``: :func:`difflab.validation.null_label`), training
         the unconditional model used by classifier-free guidance (Ho & Salimans 2022).
         ``reduction="none"`` returns the per-sample weighted losses.
 
@@ -432,12 +421,13 @@ class Process(ABC):
         if cond is not None:
             cond = check_labels(model, cond, B)
             if cond_drop_prob > 0:
-                if not hasattr(model, "num_classes"):  # a plain function: no null label to drop to
-                    raise ValueError("cond_drop_prob > 0 replaces labels by the null label model.num_classes, "
-                                     "but the model has no num_classes attribute")
-                null = torch.full_like(cond, model.num_classes)
+                null = null_label(model)
+                if null is None:  # a plain function: no null label to drop to
+                    raise ValueError("cond_drop_prob > 0 replaces labels by the null label model.num_classes "
+                                     "(a text model's null_cond), but the model has neither attribute")
                 drop = torch.rand(B, device=cond.device, generator=generator) < cond_drop_prob
-                cond = torch.where(drop, null, cond)
+                drop = drop.view(B, *([1] * (cond.ndim - 1)))  # whole rows: a caption is dropped entirely
+                cond = torch.where(drop, torch.full_like(cond, null), cond)
         elif cond_drop_prob > 0:
             raise ValueError("cond_drop_prob > 0 needs class labels: pass cond")
         x0, noise, cond = self.couple(x0, noise, cond)

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..validation import is_int, is_real
+from ..validation import is_int, is_real, null_label
 from ..processes import Process, call_model_with_variance, convert_prediction, model_attribute
 
 __all__ = ["Denoiser", "check_trained_process", "model_attribute"]
@@ -70,20 +70,20 @@ class Denoiser:
             raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold}")
         clip_x0 = float(clip_x0) if clip_x0 is not None else None
         dynamic_threshold = float(dynamic_threshold) if dynamic_threshold is not None else None
-        num_classes = getattr(model, "num_classes", None)
         if null_cond is not None:
-            null_cond = _check_null_cond(null_cond, num_classes)
-        elif num_classes is not None:
-            null_cond = num_classes
+            null_cond = _check_null_cond(null_cond, getattr(model, "num_classes", None))
+        else:
+            null_cond = null_label(model)  # the null class, or a text model's empty caption
         if guidance != 1.0:
             if null_cond is None:
                 raise ValueError(
-                    f"guidance={guidance} needs a class-conditional model: this model has no "
+                    f"guidance={guidance} needs a class-conditional model (or a text model): this model has no "
                     "num_classes (no null label to compare against). Use guidance=1, or train with "
-                    "num_classes=K and label dropout."
+                    "num_classes=K (or captions) and label dropout."
                 )
             if cond is None:
-                raise ValueError(f"guidance={guidance} needs class labels: pass cond=<long tensor [B]>")
+                raise ValueError(f"guidance={guidance} needs class labels: pass cond=<long tensor [B]> (a text model: "
+                                 "token ids, model.tokenizer.encode(prompts))")
         self.model, self.proc, self.cond = model, proc, cond
         self.guidance, self.null_cond = guidance, null_cond
         self.guidance_input = bool(model_attribute(model, "guidance_input"))
