@@ -10,10 +10,17 @@ embed alike); a class label, when the model is conditional, adds its embedding t
 embedding. Every residual block reads that embedding (additively as in DDPM, or as a
 GroupNorm scale and shift as in ADM's ``use_scale_shift_norm``).
 
+Text (latent diffusion, Rombach et al. 2022): with ``context_dim`` the network also takes token
+embeddings ``context`` [B, L, context_dim] and their padding mask, and a cross-attention block
+(:class:`CrossAttentionBlock`, the SpatialTransformer of latent diffusion reduced to its
+cross-attention) follows the residual block (and its self-attention) of each step of the chosen
+levels, on the way down and up; one more follows the middle's self-attention.
+
 Initialisation (ADM's ``zero_module``): the final convolution, the second convolution of
-every residual block and the output projection of every attention block start at zero, so
-each block starts as the identity (or its 1x1 skip projection) and the network's output
-starts at zero.
+every residual block and the output projection of every attention block (self- and
+cross-attention) start at zero, so each block starts as the identity (or its 1x1 skip
+projection), the network's output starts at zero, and a text-conditioned network starts as
+the same network without its text.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "UNet",
     "ResBlock",
     "AttentionBlock",
+    "CrossAttentionBlock",
     "Downsample",
     "Upsample",
     "unhooked",
@@ -172,6 +180,91 @@ class AttentionBlock(nn.Module):
         return x + a.transpose(1, 2).reshape(B, C, H, W)
 
 
+class CrossAttentionBlock(nn.Module):
+    """x + W_o MultiHead(q = W_q GN(x), k = W_k c, v = W_v c): the image positions attend to text tokens.
+
+    Latent diffusion's SpatialTransformer (Rombach et al. 2022, Sec. 3.3) reduced to its
+    cross-attention: the H*W positions of GN(x) are the queries, the L context tokens c
+    [B, L, context_dim] (a text encoder's output) the keys and values, each by its own linear map
+    to the block's C channels. Per head (d = C / heads),
+
+        softmax(q k^T / sqrt(d) + M) v,   M[b, j] = 0 where mask[b, j] (a real token), -inf where it pads,
+
+    so padding tokens get weight exactly zero and their values cannot reach the output
+    (``F.scaled_dot_product_attention`` with the boolean mask broadcast [B, 1, 1, L]). A row of
+    the mask must hold at least one True (the text encoder's start token): an all-padding row
+    is 0/0, NaN. W_q, W_k, W_v have no bias, as in latent diffusion: a key bias adds q . b_k to
+    every logit of a row, which the softmax cancels, and a value bias adds b_v to every output
+    (the weights sum to 1), which W_o's bias already can. W_o (``proj_out``) is zero-initialised,
+    so the block starts as the identity and a U-Net with text starts as the one without.
+    ``forward(x, context, mask=None)``: mask [B, L] bool, None where no token pads.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int = 1, norm_groups: int = 32,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        channels, context_dim = positive_int("channels", channels), positive_int("context_dim", context_dim)
+        norm_groups, num_heads = positive_int("norm_groups", norm_groups), positive_int("num_heads", num_heads)
+        if channels % num_heads:
+            raise ValueError(f"CrossAttentionBlock: num_heads={num_heads} must divide channels={channels}")
+        self.num_heads, self.context_dim = num_heads, context_dim
+        self.norm = GroupNorm(norm_groups, channels, eps=norm_eps)
+        self.q = nn.Linear(channels, channels, bias=False)
+        self.k = nn.Linear(context_dim, channels, bias=False)
+        self.v = nn.Linear(context_dim, channels, bias=False)
+        self.proj_out = _zero(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor, context: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if not isinstance(context, Tensor):  # (the U-Net checks shapes, dtypes and the mask once per call)
+            raise ValueError(f"CrossAttentionBlock attends to text: pass context=[B, L, {self.context_dim}] token "
+                             f"embeddings, got {type(context).__name__}")
+        B, C, H, W = x.shape
+        L, heads = context.shape[1], self.num_heads
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]; a view of channels_last memory
+        q = self.q(tokens).view(B, H * W, heads, C // heads).transpose(1, 2)  # [B, heads, HW, d]
+        k = self.k(context).view(B, L, heads, C // heads).transpose(1, 2)  # [B, heads, L, d]
+        v = self.v(context).view(B, L, heads, C // heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+        a = self.proj_out(a.transpose(1, 2).reshape(B, H * W, C))
+        return x + a.transpose(1, 2).reshape(B, C, H, W)
+
+
+def check_context(context, context_mask, x: Tensor, context_dim: int,
+                  model: str = "UNet") -> tuple[Tensor, Optional[Tensor]]:
+    """(context in x's dtype, context_mask) for a network that cross-attends to text, or ValueError
+    naming the problem: context [B, L >= 1, context_dim] floating-point token embeddings (not token
+    ids) on x's device; context_mask None or bool [B, L] (True: a real token) with a True in every row
+    (an all-padding row would make the attention 0/0). The rows are read on the CPU only: on an
+    accelerator the read would wait for the device (as :func:`~difflab.validation.check_labels`)."""
+    B = x.shape[0]
+    if not isinstance(context, Tensor) or context.ndim != 3 or context.shape[0] != B \
+            or context.shape[2] != context_dim or context.shape[1] < 1:
+        got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+        raise ValueError(f"this {model} cross-attends to text: pass context=[B, L, {context_dim}] (B = {B}, L >= 1) "
+                         f"token embeddings, got {got}")
+    if not context.is_floating_point():
+        raise ValueError(f"context must hold floating-point token embeddings (the text encoder's output), got "
+                         f"{context.dtype}: token ids go through the text encoder first")
+    if context.device != x.device:
+        raise ValueError(f"context is on {context.device} but x on {x.device}: move it with context.to(x.device)")
+    if context_mask is not None:
+        if not isinstance(context_mask, Tensor) or context_mask.dtype != torch.bool \
+                or context_mask.shape != context.shape[:2]:
+            got = (f"{context_mask.dtype} {tuple(context_mask.shape)}" if isinstance(context_mask, Tensor)
+                   else type(context_mask).__name__)
+            raise ValueError(f"context_mask must be a bool tensor [B, L] = {list(context.shape[:2])} (True: a real "
+                             f"token, False: padding; an integer attention mask m as m.bool()), got {got}")
+        if context_mask.device != x.device:
+            raise ValueError(f"context_mask is on {context_mask.device} but x on {x.device}: move it with "
+                             f"context_mask.to(x.device)")
+        if context_mask.device.type == "cpu" and not torch.compiler.is_compiling():
+            empty = (~context_mask.any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"context_mask rows {empty[:8]} mask every token: each text needs at least one real "
+                                 "token (the text encoder's start token; the empty caption is that token alone)")
+    return context.to(x.dtype), context_mask
+
+
 DOWNSAMPLE_PADDINGS = (1, 0)
 
 
@@ -225,18 +318,29 @@ class Upsample(nn.Module):
 
 
 class _ResAttn(nn.Module):
-    """A residual block, optionally followed by self-attention (one step of a level).
+    """A residual block, optionally followed by self-attention, then optionally by cross-attention
+    to text (one step of a level).
 
     On the way up, each of these takes the concatenation of h and one skip connection.
     """
 
-    def __init__(self, res: ResBlock, attn: Optional[AttentionBlock]) -> None:
+    def __init__(self, res: ResBlock, attn: Optional[AttentionBlock],
+                 cross: Optional[CrossAttentionBlock] = None) -> None:
         super().__init__()
-        self.res, self.attn = res, attn
+        self.res, self.attn, self.cross = res, attn, cross
 
-    def forward(self, h: Tensor, emb_act: Optional[Tensor] = None, *, e: Optional[Tensor] = None) -> Tensor:
+    def forward(self, h: Tensor, emb_act: Optional[Tensor] = None, *, e: Optional[Tensor] = None,
+                context: Optional[Tensor] = None, context_mask: Optional[Tensor] = None) -> Tensor:
         h = self.res(h, emb_act, e=e)
-        return self.attn(h) if self.attn is not None else h
+        if self.attn is not None:
+            h = self.attn(h)
+        return self.cross(h, context, context_mask) if _cross_attends(self) else h
+
+
+def _cross_attends(step: nn.Module) -> bool:
+    """A step of the down or up path with a cross-attention block (it takes the text context; a step
+    unpickled from before text has no ``cross`` attribute)."""
+    return isinstance(getattr(step, "cross", None), CrossAttentionBlock)
 
 
 def _takes_embedding(step: nn.Module) -> bool:
@@ -310,6 +414,17 @@ class UNet(nn.Module):
             1, every side; 0, right and bottom only, as in the original DDPM code (:class:`Downsample`).
         learn_sigma: twice the output channels: the prediction, then the variance interpolation
             v of improved DDPM (Nichol & Dhariwal 2021; :func:`difflab.processes.call_model_with_variance`).
+        context_dim: the width of text token embeddings to cross-attend to (latent diffusion's text
+            conditioning); None: no text. With it, :meth:`forward` requires ``context``.
+        cross_attention_levels: the levels whose steps get a :class:`CrossAttentionBlock` after
+            the residual block (and its self-attention), on the way down and up; the middle gets
+            one after its self-attention whatever the levels. Default: the levels with
+            self-attention (``attention_levels``) if there are any, else every level below full
+            resolution (1 .. levels - 1): attention over the H*W positions of level 0 costs the
+            most, and latent diffusion attends where it also self-attends. ``()``: the middle only.
+        cross_attention_resolutions: alternatively the spatial sizes that get cross-attention
+            (as ``attention_resolutions``; needs ``image_size``); when given, replaces the levels.
+            Heads follow the self-attention's rule (``num_heads`` or ``head_dim``).
 
     The last three exist for the original DDPM checkpoints (converted to diffusers as
     google/ddpm-cifar10-32 and its siblings: freq_shift 1, norm_eps 1e-6, downsample_padding 0);
@@ -340,6 +455,9 @@ class UNet(nn.Module):
         norm_eps: float = 1e-5,
         downsample_padding: int = 1,
         learn_sigma: bool = False,
+        context_dim: Optional[int] = None,
+        cross_attention_levels: Optional[Sequence[int]] = None,
+        cross_attention_resolutions: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
@@ -394,6 +512,19 @@ class UNet(nn.Module):
                     f"for channel_mult={channel_mult}"
                 )
         attention_levels = self._attention_levels(attention_levels, attention_resolutions, image_size, levels)
+        if context_dim is None:
+            if cross_attention_levels is not None or cross_attention_resolutions is not None:
+                raise ValueError("cross_attention_levels / cross_attention_resolutions place cross-attention to "
+                                 "text, which needs context_dim (the width of the text embeddings), e.g. "
+                                 "context_dim=256")
+            cross_levels = ()
+        else:
+            context_dim = positive_int("context_dim", context_dim)
+            if cross_attention_levels is None and cross_attention_resolutions is None:
+                cross_levels = attention_levels or tuple(range(1, levels))  # (the rule: the docstring's)
+            else:
+                cross_levels = self._attention_levels(cross_attention_levels, cross_attention_resolutions,
+                                                      image_size, levels, "cross_attention")
         widths = [channels * m for m in channel_mult]
         for w in sorted({channels, *widths}):
             if w % norm_groups:
@@ -402,12 +533,14 @@ class UNet(nn.Module):
                     f"(channels={channels}, channel_mult={channel_mult})"
                 )
         attended = {widths[level] for level in attention_levels} | ({widths[-1]} if mid_attention else set())
+        attended |= {widths[level] for level in cross_levels} | ({widths[-1]} if context_dim else set())
         heads = {w: self._heads(w, num_heads, head_dim) for w in sorted(attended)}  # widths with attention only
         emb_dim = emb_dim or 4 * channels
 
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
         self.num_levels, self.num_classes = levels, num_classes
         self.attention_levels = attention_levels
+        self.context_dim, self.cross_attention_levels = context_dim, cross_levels
         try:
             self.time_embed = TimestepEmbedding(emb_dim, freq_dim=channels, freq_shift=freq_shift)
         except ValueError as err:  # (the embedding's own message names its width, channels)
@@ -426,7 +559,10 @@ class UNet(nn.Module):
 
         def step(cin: int, cout: int, level: int) -> _ResAttn:
             attn = AttentionBlock(cout, heads[cout], norm_groups, norm_eps) if level in attention_levels else None
-            return _ResAttn(res(cin, cout), attn)
+            return _ResAttn(res(cin, cout), attn, cross(cout) if level in cross_levels else None)
+
+        def cross(width: int) -> CrossAttentionBlock:
+            return CrossAttentionBlock(width, context_dim, heads[width], norm_groups, norm_eps)
 
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
@@ -446,6 +582,7 @@ class UNet(nn.Module):
 
         self.mid_res1 = res(ch, ch)
         self.mid_attn = AttentionBlock(ch, heads[ch], norm_groups, norm_eps) if mid_attention else None
+        self.mid_cross = cross(ch) if context_dim is not None else None
         self.mid_res2 = res(ch, ch)
 
         self.up = nn.ModuleList()
@@ -465,29 +602,30 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @staticmethod
-    def _attention_levels(levels_, resolutions, image_size, levels: int) -> tuple[int, ...]:
+    def _attention_levels(levels_, resolutions, image_size, levels: int, name: str = "attention") -> tuple[int, ...]:
+        """The level indices ``{name}_levels`` or ``{name}_resolutions`` place (sorted, distinct)."""
         if resolutions is not None:
             if image_size is None:
                 raise ValueError(
-                    "attention_resolutions needs image_size (the resolution of level 0), "
-                    "or give attention_levels instead"
+                    f"{name}_resolutions needs image_size (the resolution of level 0), "
+                    f"or give {name}_levels instead"
                 )
-            resolutions = _int_sequence("attention_resolutions", resolutions, "(16,)")
+            resolutions = _int_sequence(f"{name}_resolutions", resolutions, "(16,)")
             sizes = {image_size // 2**i: i for i in range(levels)}
             bad = [r for r in resolutions if not is_int(r) or r not in sizes]
             if bad:
                 raise ValueError(
-                    f"attention_resolutions {bad} are not resolutions of this U-Net; with image_size="
+                    f"{name}_resolutions {bad} are not resolutions of this U-Net; with image_size="
                     f"{image_size} its levels work at {sorted(sizes, reverse=True)}"
                 )
-            return tuple(sorted(sizes[r] for r in resolutions))
+            return tuple(sorted({sizes[r] for r in resolutions}))
         if levels_ is None:
             return ()
-        out = _int_sequence("attention_levels", levels_, "(1,) or [] for none")
+        out = _int_sequence(f"{name}_levels", levels_, "(1,) or [] for none")
         for i in out:
             if not is_int(i) or not 0 <= i < levels:
                 raise ValueError(
-                    f"attention_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}"
+                    f"{name}_levels must be level indices in 0 .. {levels - 1}, got {levels_!r}"
                 )
         return tuple(sorted({int(i) for i in out}))
 
@@ -573,8 +711,29 @@ class UNet(nn.Module):
         """Whether the guidance scale is an input of the network (``guidance_embed=True``)."""
         return self.guidance_embed is not None
 
-    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None, guidance=None) -> Tensor:
+    def _text(self, context, context_mask, x: Tensor) -> dict:
+        """The keyword arguments of the cross-attending steps: ``{}`` for a network without text
+        (which refuses any), else the checked context and mask (:func:`check_context`)."""
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("this UNet takes no text context (build it with context_dim=... to cross-attend "
+                                 "to text embeddings)")
+            return {}
+        if context is None:
+            raise ValueError(f"this UNet cross-attends to text (context_dim={self.context_dim}): pass context=[B, L, "
+                             f"{self.context_dim}] token embeddings (the empty caption's for 'no text')")
+        context, context_mask = check_context(context, context_mask, x, self.context_dim)
+        return {"context": context, "context_mask": context_mask}
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Tensor] = None, guidance=None, *,
+                context: Optional[Tensor] = None, context_mask: Optional[Tensor] = None) -> Tensor:
+        """The prediction for x_t at time t, [B, out_channels, H, W]; ``cond``: class labels [B]
+        (None: the null label), ``guidance``: the scale of a guidance-embedding network; ``context``
+        [B, L, context_dim] text token embeddings and ``context_mask`` [B, L] bool (True: a real
+        token; None: all real) for a network built with ``context_dim`` (required there, refused
+        elsewhere). Labels and text may be combined."""
         self._check(x)
+        text = self._text(context, context_mask, x)
         t = batch_timesteps(t, x)
         emb = self.time_embed(t)
         if self.label_embed is not None:
@@ -594,16 +753,20 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
+            h = block(h, e=next(es), **text) if _cross_attends(block) else (
+                block(h, e=next(es)) if _takes_embedding(block) else block(h))
             hs.append(h)
         h = self.mid_res1(h, e=next(es))
         if self.mid_attn is not None:
             h = self.mid_attn(h)
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, text["context"], text["context_mask"])
         h = self.mid_res2(h, e=next(es))
         for block in self.up:
             if isinstance(block, _ResAttn):  # (up/downsampling steps take no skip)
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = block(h, e=next(es)) if _takes_embedding(block) else block(h)
+            h = block(h, e=next(es), **text) if _cross_attends(block) else (
+                block(h, e=next(es)) if _takes_embedding(block) else block(h))
         return self.conv_out(self.norm_out(h, silu=True))
 
 
