@@ -16,6 +16,8 @@ from .noisy_classifier import AttentionPool, MixtureClassifier, NoisyClassifier
 from .precond import EDMPrecond
 from .registry import build, names, register
 from .superres import LowResConditioned, WithLowRes
+from .text import (HFTextEncoder, HFTokenizer, TextConditioned, TextEncoder, WordTokenizer, build_vocab,
+                   hf_text_dit, hf_text_unet, text_dit, text_unet)
 from .unet import UNet, unet_cifar10, unet_mnist, unet_tiny
 from .video import VideoUNet, video_unet_mnist, video_unet_tiny
 
@@ -40,6 +42,16 @@ __all__ = [
     "TimestepEmbedding",
     "LabelEmbedding",
     "GuidanceEmbedding",
+    "WordTokenizer",
+    "TextEncoder",
+    "TextConditioned",
+    "HFTokenizer",
+    "HFTextEncoder",
+    "build_vocab",
+    "text_unet",
+    "text_dit",
+    "hf_text_unet",
+    "hf_text_dit",
     "build",
     "register",
     "names",
@@ -58,5 +70,9 @@ register("dit", DiT)
 register("autoencoder_kl", AutoencoderKL)  # (not a denoiser: trained by difflab train-autoencoder)
 register("autoencoder_kl_mnist", autoencoder_kl_mnist)
 register("autoencoder_kl_tiny", autoencoder_kl_tiny)
+register("text_unet", text_unet)  # prompts: token ids through a text encoder, cross-attended (models/text.py)
+register("text_dit", text_dit)
+register("hf_text_unet", hf_text_unet)  # a frozen CLIP / T5 text encoder from a local folder
+register("hf_text_dit", hf_text_dit)
 for _name, _factory in _dit_presets().items():
     register(_name, _factory)
