@@ -205,7 +205,7 @@ class TextEncoder(nn.Module):
     The start token at position 0 is always attended, so the empty caption (all padding) has one
     token to attend to and a defined encoding; masked keys get zero weight, so appending padding
     leaves the real positions' outputs unchanged. The token, start and position embeddings start
-N(0, 0.02^2) (GPT-2's and CLIP's token embedding), the padding row at zero (and it gets no gradient).
+    N(0, 0.02^2) (GPT-2's and CLIP's token embedding), the padding row at zero (and it gets no gradient).
     ``forward`` takes L = 1 .. max_length columns.
     """
 
