@@ -278,6 +278,7 @@ def test_labels_out_of_range_are_refused():
     (dict(temporal_heads=3), "num_heads=3 must divide"),
     (dict(learn_sigma=True), "learn_sigma"),
     (dict(guidance_embed=True, num_classes=3), "guidance_embed"),
+    (dict(context_dim=8), "takes no context_dim"),
     (dict(head_dim=16, num_heads=None), "head_dim=16 must divide"),
 ])
 def test_bad_options_are_refused(kw, match):

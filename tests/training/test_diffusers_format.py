@@ -23,7 +23,7 @@ import difflab as dl
 from difflab.training import TrainConfig, train
 from difflab.training.diffusers_format import (SCHEDULER_DEFAULTS, UNET_DEFAULTS, WEIGHTS_NAME,
                                                diffusion_from_scheduler_config, from_diffusers, to_diffusers,
-                                               unet_from_diffusers_config)
+                                               unet_from_diffusers_config, _unet_config)
 
 diffusers = pytest.importorskip("diffusers")  # the test extra: pip install -e ".[test]"
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -379,6 +379,12 @@ def test_to_diffusers_refuses_what_diffusers_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="model 'mlp' .*UNet2DModel holds difflab's U-Net"):
         to_diffusers(out, tmp_path / "pipe")
     assert not (tmp_path / "pipe").exists()
+
+
+def test_a_unet_that_cross_attends_to_text_is_refused():
+    net = dl.models.UNet(in_channels=1, channels=32, channel_mult=(1, 2), context_dim=8)
+    with pytest.raises(ValueError, match="cannot convert: model.kwargs.context_dim = 8: text cross-attention"):
+        _unet_config(net, (1, 8, 8))
 
 
 def test_learned_range_variance_samples_as_the_ddpm_pipeline(tmp_path):

@@ -281,6 +281,9 @@ def test_block_units_are_the_repeated_blocks_seen_through_wrappers():
     sr = models.build("superres", base="unet_tiny")
     assert block_units(sr) == block_units(sr.net) != []
     assert block_units(nn.Sequential(nn.Linear(2, 2))) == []
+    text = models.build("text_unet", vocab=["a", "7"], channels=32, in_channels=1, image_size=8)
+    net = text.net  # a text model: its U-Net's blocks, the middle cross-attention among them
+    assert block_units(text) == [*net.down, net.mid_res1, net.mid_attn, net.mid_cross, net.mid_res2, *net.up]
 
 
 def test_activation_checkpointing_refuses_a_network_without_blocks():

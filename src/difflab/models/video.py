@@ -250,6 +250,9 @@ class VideoUNet(nn.Module):
         if unet.get("guidance_embed"):
             raise ValueError("VideoUNet takes no guidance_embed (the guidance scale as an input); guide it with "
                              "dl.sample(..., guidance=w)")
+        if unet.get("context_dim") is not None:
+            raise ValueError("VideoUNet takes no context_dim (text cross-attention): it conditions on class labels "
+                             "only and passes no text to its spatial U-Net; drop context_dim")
         if unet.get("learn_sigma"):  # the samplers read [prediction, v] along dim 1, here the frames
             raise ValueError("VideoUNet does not learn the variance (learn_sigma): the processes split a "
                              "learned variance from the prediction along dim 1, which is a clip's frame axis; "

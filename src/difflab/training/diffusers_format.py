@@ -852,6 +852,9 @@ def _unet_config(net: UNet, image_shape: Sequence[int]) -> dict:
     c = net.config
     defaults = {k: p.default for k, p in inspect.signature(UNet).parameters.items()}
     k = {**defaults, **c}
+    if net.context_dim is not None:
+        raise _refuse(f"model.kwargs.context_dim = {net.context_dim}", "text cross-attention has no place in "
+                      "diffusers' UNet2DModel (its UNet2DConditionModel is another layout, not converted)")
     if net.guidance_embed is not None:
         raise _refuse("model.kwargs.guidance_embed = true", "the guidance scale as a network input (a guided "
                       "student) has no place in diffusers' UNet2DModel")

@@ -58,7 +58,8 @@ DCP_FOLDER = "dcp"  # a checkpoint's sub-folder of torch.distributed.checkpoint 
 def network(model: nn.Module) -> nn.Module:
     """The network inside the wrappers that keep it as ``.net``: EDM's preconditioning
     (``models.EDMPrecond``), a consistency model (``models.ConsistencyModel``), a super-resolution
-    model (``models.LowResConditioned``); ``model`` itself when it is none of these."""
+    model (``models.LowResConditioned``), a text model (``models.TextConditioned``); ``model``
+    itself when it is none of these."""
     for _ in range(8):
         inner = getattr(model, "net", None)
         if not isinstance(inner, nn.Module):
@@ -72,8 +73,8 @@ def block_units(model: nn.Module) -> list[nn.Module]:
 
     - a network with a ``blocks`` ModuleList (the DiT's transformer blocks, the MLP's residual
       blocks): those;
-    - the U-Net: every step of its down path, its middle (``mid_res1``, ``mid_attn`` where it has
-      one, ``mid_res2``) and every step of its up path;
+    - the U-Net: every step of its down path, its middle (``mid_res1``, ``mid_attn`` and
+      ``mid_cross`` where it has them, ``mid_res2``) and every step of its up path;
     - anything else: none (an empty list).
     """
     net = network(model)
@@ -81,7 +82,7 @@ def block_units(model: nn.Module) -> list[nn.Module]:
     if isinstance(blocks, nn.ModuleList) and len(blocks):
         return list(blocks)
     if isinstance(net, models.UNet):
-        middle = [m for m in (net.mid_res1, net.mid_attn, net.mid_res2) if m is not None]
+        middle = [m for m in (net.mid_res1, net.mid_attn, net.mid_cross, net.mid_res2) if m is not None]
         return [*net.down, *middle, *net.up]
     return []
 
