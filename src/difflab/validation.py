@@ -42,6 +42,7 @@ __all__ = [
     "check_image_range",
     "LABEL_DTYPES",
     "check_labels",
+    "check_token_ids",
     "model_attribute",
     "null_label",
 ]
@@ -166,7 +167,8 @@ def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Ten
         return None
     tokenizer = model_attribute(model, "tokenizer")
     if tokenizer is not None:
-        return _check_token_ids(cond, batch, tokenizer, device)
+        cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch)
+        return cond if device is None else cond.to(device)
     if is_int(cond):
         cond = torch.full((batch,), int(cond), dtype=torch.long)
     if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or cond.shape != (batch,):
@@ -180,22 +182,26 @@ def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Ten
     return cond if device is None else cond.to(device)
 
 
-def _check_token_ids(cond, batch: int, tokenizer, device) -> Tensor:
-    """Token ids [batch, max_length] of a text model (values read on the CPU only, as labels)."""
-    length, vocab = int(tokenizer.max_length), int(tokenizer.vocab_size)
-    if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or tuple(cond.shape) != (batch, length):
-        got = (f"{cond.dtype} of shape {tuple(cond.shape)}" if isinstance(cond, Tensor)
-               else f"{type(cond).__name__} {cond!r}"[:120])
-        raise ValueError(
-            f"this model is text-conditioned: cond must be token ids, a long tensor [{batch}, {length}] "
-            f"(model.tokenizer.encode(prompts)), got {got}"
-        )
-    if cond.device.type == "cpu" and not torch.compiler.is_compiling() and cond.numel() \
-            and (int(cond.min()) < 0 or int(cond.max()) > vocab):
-        raise ValueError(f"token ids must lie in 0 .. {vocab} (0: padding), got values in "
-                         f"[{int(cond.min())}, {int(cond.max())}]: encode prompts with model.tokenizer.encode")
-    cond = cond.long()
-    return cond if device is None else cond.to(device)
+def check_token_ids(ids, vocab_size: int, max_length: int, batch: Optional[int] = None,
+                    exact_length: bool = True, name: str = "cond") -> Tensor:
+    """``ids`` as a long tensor [B, L]: integers in 0 .. vocab_size (0: padding), L = max_length
+    (``exact_length``) or 1 .. max_length, B = ``batch`` when given. The values are read on the CPU
+    only (no host-device sync on an accelerator, none under torch.compile)."""
+    want = f"[{'B' if batch is None else batch}, {max_length}]"
+    if not isinstance(ids, Tensor) or ids.dtype not in LABEL_DTYPES or ids.ndim != 2 \
+            or (batch is not None and ids.shape[0] != batch) \
+            or not (ids.shape[1] == max_length if exact_length else 1 <= ids.shape[1] <= max_length):
+        got = (f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, Tensor)
+               else f"{type(ids).__name__} {ids!r}"[:120])
+        raise ValueError(f"{name} must be token ids, an integer tensor {want}"
+                         f"{'' if exact_length else f' (or fewer than {max_length} columns)'}: "
+                         f"model.tokenizer.encode(prompts) makes them; got {got}")
+    if ids.device.type == "cpu" and not torch.compiler.is_compiling() and ids.numel():
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        if lo < 0 or hi > vocab_size:
+            raise ValueError(f"{name}: token ids must lie in 0 .. {vocab_size} (0: padding), got values in "
+                             f"[{lo}, {hi}]: encode prompts with model.tokenizer.encode")
+    return ids.long()
 
 
 def null_label(model: Callable) -> Optional[int]:
@@ -209,13 +215,15 @@ def null_label(model: Callable) -> Optional[int]:
 
 def model_attribute(model: Callable, name: str):
     """``model``'s attribute ``name``, found also through the wrappers that keep the network as
-    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile) or ``.model``
-    (a bound low-res image); None where no layer has it."""
-    for _ in range(5):
+    ``.module`` (DDP, the speed layer's Accelerated), ``._orig_mod`` (torch.compile), ``.model``
+    (a bound low-res image) or ``.net`` (EDM's preconditioning, a consistency model's boundary
+    condition, a text model's wrapper); None where no layer has it."""
+    for _ in range(6):
         value = getattr(model, name, None)
         if value is not None or model is None:
             return value
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+        model = (getattr(model, "module", None) or getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+                 or getattr(model, "net", None))
     return None
 
 

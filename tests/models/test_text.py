@@ -15,7 +15,8 @@ from torch import nn
 
 import difflab as dl
 from difflab.models import DiT, TextConditioned, TextEncoder, UNet, WordTokenizer, build_vocab
-from difflab.models.text import check_token_ids, words
+from difflab.models.text import words
+from difflab.validation import check_token_ids
 from difflab.validation import model_attribute
 
 CAPTIONS = ["a bold 7 on the left", "seven, thin strokes, top right", "a small 3 in the centre"]

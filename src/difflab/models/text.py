@@ -31,14 +31,13 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..validation import LABEL_DTYPES, is_int, positive_int
+from ..validation import check_token_ids, is_int, positive_int
 from .dit import Attention, DiT, dit
 from .unet import UNet
 
 __all__ = [
     "build_vocab",
     "words",
-    "check_token_ids",
     "WordTokenizer",
     "TextEncoder",
     "TextConditioned",
@@ -92,28 +91,6 @@ def _warn_truncated(long: list[tuple[str, int]], max_length: int, unit: str) -> 
         shown = "; ".join(f"{s[:40]!r} has {n}" for s, n in long[:3])
         warnings.warn(f"{len(long)} prompt(s) longer than the model's limit of {max_length} {unit} were truncated "
                       f"to the first {max_length} ({shown}{'; ...' if len(long) > 3 else ''})", stacklevel=3)
-
-
-def check_token_ids(ids, vocab_size: int, max_length: int, batch: Optional[int] = None,
-                    exact_length: bool = True, name: str = "cond") -> Tensor:
-    """``ids`` as a long tensor [B, L]: integers in 0 .. vocab_size (0: padding), L = max_length
-    (``exact_length``) or 1 .. max_length, B = ``batch`` when given. The values are read on the CPU
-    only (no host-device sync on an accelerator, none under torch.compile)."""
-    want = f"[{'B' if batch is None else batch}, {max_length}]"
-    if not isinstance(ids, Tensor) or ids.dtype not in LABEL_DTYPES or ids.ndim != 2 \
-            or (batch is not None and ids.shape[0] != batch) \
-            or not (ids.shape[1] == max_length if exact_length else 1 <= ids.shape[1] <= max_length):
-        got = (f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, Tensor)
-               else f"{type(ids).__name__} {ids!r}"[:120])
-        raise ValueError(f"{name} must be token ids, an integer tensor {want}"
-                         f"{'' if exact_length else f' (or fewer than {max_length} columns)'}: "
-                         f"model.tokenizer.encode(prompts) makes them; got {got}")
-    if ids.device.type == "cpu" and not torch.compiler.is_compiling() and ids.numel():
-        lo, hi = (int(v) for v in torch.aminmax(ids))
-        if lo < 0 or hi > vocab_size:
-            raise ValueError(f"{name}: token ids must lie in 0 .. {vocab_size} (0: padding), got values in "
-                             f"[{lo}, {hi}]: encode prompts with model.tokenizer.encode")
-    return ids.long()
 
 
 def _id_rows(ids, vocab_size: int) -> list[list[int]]:
