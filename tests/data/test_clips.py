@@ -1,6 +1,8 @@
 """Clips out (difflab.data.clips): the GIF's frames read back equal the grid of the clips' frame t,
-its timing, the still grid of frames, and the refusals (frames of different sizes, bad shapes,
-paths and options)."""
+its timing, the still grid of frames, the MP4's frames within the codec's error, and the refusals
+(frames of different sizes, bad shapes, paths and options, a missing MP4 plugin)."""
+
+import sys
 
 import imageio.v2 as imageio
 import numpy as np
@@ -9,7 +11,8 @@ import torch
 from PIL import Image
 
 import difflab as dl
-from difflab.data.clips import check_clips, save_clips_gif, save_frame_grid, to_clip_frames, to_frame_grid
+from difflab.data.clips import (check_clips, check_video_or_image_path, mp4_scale, save_clips, save_clips_gif,
+                                save_clips_mp4, save_frame_grid, to_clip_frames, to_frame_grid)
 
 
 def some_clips(N=3, T=5, C=1, H=6, W=7, seed=0):
@@ -94,3 +97,85 @@ def test_bad_options_are_refused(kw, match, tmp_path):
     kw["path"] = tmp_path / kw["path"]
     with pytest.raises(ValueError, match=match):
         save_clips_gif(some_clips(), **kw)
+
+
+# MP4 (save_clips_mp4): lossy, so the frames read back are compared with the GIF's mapping within a bound
+# measured on these clips (docs/video.md): at crf 18 the moving digits come back within 0.05 grey levels on
+# average (max 2); the same frames in reverse order are 18 levels off on average, inverted grey 245.
+
+def read_mp4(path) -> np.ndarray:
+    """[T, H, W, 3] uint8, as imageio's ffmpeg plugin decodes it."""
+    return np.stack(imageio.mimread(path, format="FFMPEG", memtest=False))
+
+
+def test_mp4_frames_are_the_gif_frames_upscaled_within_the_codec_error(tmp_path):
+    md = dl.data.moving_digits(3, frames=8, canvas=16, seed=0)
+    path = save_clips_mp4(md.clips, tmp_path / "clips.mp4", fps=5)
+    got = read_mp4(path).astype(np.float64)
+    want = np.stack(to_clip_frames(md.clips, scale=4)).astype(np.float64)  # 16x16 -> 64x64 by default (mp4_scale)
+    assert got.shape == (8, 20 * 4, (2 + 3 * 18) * 4, 3)  # every frame, one row of 3 clips, padding 2, x4
+    assert np.array_equal(got[..., 0], got[..., 2])  # grey stays grey (no chroma)
+    error = np.abs(got[..., 0] - want)
+    assert error.mean() < 0.5 and np.percentile(error, 99.9) <= 4
+    assert np.abs(got[::-1, ..., 0] - want).mean() > 10  # the bound tells frame order apart ...
+    assert np.abs(255 - got[..., 0] - want).mean() > 100  # ... and the value mapping
+    assert imageio.get_reader(path, format="FFMPEG").get_meta_data()["fps"] == 5
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write leaves no temporary file
+
+
+def test_mp4_pads_odd_sizes_to_even_with_white(tmp_path):
+    clips = some_clips(N=2, T=3, H=7, W=9)
+    path = save_clips_mp4(clips, tmp_path / "c.mp4", nrow=2, scale=3, padding=0, crf=0)
+    got = read_mp4(path).astype(np.float64)[..., 0]
+    want = np.stack(to_clip_frames(clips, nrow=2, padding=0, scale=3)).astype(np.float64)
+    assert want.shape == (3, 21, 54) and got.shape == (3, 22, 54)  # one white row: yuv420p needs even sizes
+    assert (got[:, 21] >= 253).all() and np.abs(got[:, :21] - want).max() <= 2  # crf 0: the YUV rounding alone
+
+
+def test_mp4_keeps_colours_in_rgb_order(tmp_path):
+    g = torch.Generator().manual_seed(1)  # smooth colour clips: 4x4 noise upsampled to 16x16 frames
+    clips = torch.nn.functional.interpolate(torch.rand(6, 3, 4, 4, generator=g), size=16, mode="bilinear")
+    clips = clips.reshape(2, 3, 3, 16, 16) * 2 - 1
+    got = read_mp4(save_clips_mp4(clips, tmp_path / "c.mp4")).astype(np.float64)
+    want = np.stack(to_clip_frames(clips, scale=4)).astype(np.float64)
+    error = np.abs(got - want)  # measured: 1.7 levels on average at crf 18; BGR would be 28
+    assert error.mean() < 3 and np.abs(got[..., ::-1] - want).mean() > 15
+
+
+def test_mp4_scale_is_even_and_makes_frames_at_least_64_pixels():
+    assert [mp4_scale((h, h)) for h in (8, 12, 16, 28, 64, 100)] == [8, 6, 4, 4, 2, 2]  # even, >= 2
+    assert mp4_scale((16, 40)) == 4 and mp4_scale((16, 16), min_side=128) == 8
+
+
+def test_save_clips_picks_the_writer_by_suffix(tmp_path):
+    clips = some_clips(N=2, T=3, H=8, W=8)
+    assert Image.open(save_clips(clips, tmp_path / "a.gif")).n_frames == 3
+    assert read_mp4(save_clips(clips, tmp_path / "a.mp4")).shape == (3, 12 * 8, 22 * 8, 3)
+    assert Image.open(save_clips(clips, tmp_path / "a.png")).size == (3 * 10 + 2, 2 * 10 + 2)
+
+
+def test_a_missing_mp4_plugin_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import imageio_ffmpeg now raises ImportError
+    for write in (lambda: save_clips_mp4(some_clips(), tmp_path / "x.mp4"),
+                  lambda: check_video_or_image_path(tmp_path / "x.mp4", "--out")):
+        with pytest.raises(ModuleNotFoundError, match=r'imageio-ffmpeg.*pip install "difflab\[video\]"'):
+            write()
+    assert not list(tmp_path.iterdir())
+    assert check_video_or_image_path(tmp_path / "x.gif", "--out") == tmp_path / "x.gif"  # GIFs need no plugin
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(path="clips.gif"), r"\.mp4.*clips\.mp4"),
+    (dict(path=""), r"empty"),
+    (dict(fps=-1), r"fps must be"),
+    (dict(crf=52), r"crf must be an integer 0\.\.51"),
+    (dict(crf=1.5), r"crf must be"),
+    (dict(scale=0), r"scale"),
+])
+def test_bad_mp4_options_are_refused(kw, match, tmp_path):
+    kw = {"path": "x.mp4", **kw}
+    kw["path"] = tmp_path / kw["path"] if kw["path"] else ""
+    with pytest.raises(ValueError, match=match):
+        save_clips_mp4(some_clips(), **kw)
+    with pytest.raises(ValueError, match="a folder"):
+        save_clips_mp4(some_clips(), tmp_path)

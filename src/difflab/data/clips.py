@@ -1,20 +1,23 @@
-"""Clips out: a batch of clips [N, T, C, H, W] in [-1, 1] as an animated GIF, or as one picture.
+"""Clips out: clips [N, T, C, H, W] in [-1, 1] as an animated GIF or an MP4, or as one picture.
 
 - :func:`save_clips_gif`: GIF frame t is the grid of every clip's frame t (:func:`to_clip_frames`,
   tiled as :func:`~difflab.data.grids.to_image_grid` tiles images), so the clips play side by side;
+- :func:`save_clips_mp4`: the same frames as an H.264 MP4 video (lossy; the optional package
+  imageio-ffmpeg, ``pip install "difflab[video]"``), upscaled so that small clips can be seen;
 - :func:`save_frame_grid`: one still picture, a clip a row, its frames left to right
-  (:func:`to_frame_grid`).
+  (:func:`to_frame_grid`);
+- :func:`save_clips`: one of the three by the path's suffix (.gif, .mp4, else a picture).
 
 Every frame of a GIF has one size (the format's logical screen), so clips given as a list must
 share their frame count and frame size: others are refused, naming the first that differs, rather
-than padded or cropped without a word. Both writers are atomic (:func:`difflab.files.atomic_write`).
+than padded or cropped without a word. Every writer is atomic (:func:`difflab.files.atomic_write`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,9 +25,13 @@ from torch import Tensor
 
 from ..files import atomic_write
 from ..validation import is_int, is_real, positive_int
-from .grids import check_image_path, make_parent, to_image_grid
+from .grids import IMAGE_SUFFIXES, check_image_path, make_parent, to_image_grid
 
-__all__ = ["check_clips", "to_clip_frames", "to_frame_grid", "save_clips_gif", "save_frame_grid"]
+__all__ = ["check_clips", "to_clip_frames", "to_frame_grid", "save_clips_gif", "save_clips_mp4", "save_frame_grid",
+           "save_clips", "check_video_or_image_path", "check_mp4_writer", "mp4_scale", "VIDEO_EXTRA"]
+
+# The optional package MP4 output needs, and how to get it (the CLI shows messages naming "pip install" as they are).
+VIDEO_EXTRA = 'pip install "difflab[video]"  (or: pip install imageio-ffmpeg)'
 
 Clips = Union[Tensor, Sequence[Tensor]]
 
@@ -95,7 +102,13 @@ def to_frame_grid(clips: Clips, padding: int = 2, pad_value: float = 1.0, scale:
 
 
 def _check_path(path: Union[str, Path], suffixes: Sequence[str], example: str) -> Path:
-    path = check_image_path(path, "path")
+    if not set(suffixes) <= set(IMAGE_SUFFIXES):  # a video: not a file Pillow writes
+        shown, path = str(path), Path(path)
+        if shown == "" or path.is_dir():
+            raise ValueError(f"path {shown!r} is {'empty' if shown == '' else 'a folder'}; name a file such as "
+                             f"{example}")
+    else:
+        path = check_image_path(path, "path")
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"path {str(path)!r}: clips are written as {' or '.join(suffixes)} here; name a file such "
                          f"as {example}")
@@ -123,6 +136,81 @@ def save_clips_gif(clips: Clips, path: Union[str, Path], nrow: int = 8, fps: flo
     return atomic_write(path, lambda tmp: imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=int(loop)))
 
 
+def check_mp4_writer() -> None:
+    """Nothing if MP4s can be written, else ModuleNotFoundError naming the extra to install: MP4
+    goes through imageio's ffmpeg plugin, whose package imageio-ffmpeg (an ffmpeg binary in a
+    wheel) is optional. The CLI calls this before any sampling."""
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin loads it again when it writes)
+    except ImportError as err:
+        raise ModuleNotFoundError(f"writing MP4 video needs the package imageio-ffmpeg ({err}); install it: "
+                                  f"{VIDEO_EXTRA}; or write a .gif", name="imageio_ffmpeg") from None
+
+
+def mp4_scale(frame_size: Sequence[int], min_side: int = 64) -> int:
+    """The pixel repetition :func:`save_clips_mp4` uses by default: the smallest even integer s
+    with s * min(H, W) >= ``min_side`` (64), so 16x16 digits play as 64x64 and 64x64 Moving MNIST
+    frames as 128x128 (players scale a small video smoothly: a blur). Even, because yuv420p keeps
+    one colour (chroma) sample per 2x2 block of pixels: with s even every such block lies inside
+    one repeated pixel, so only the pixels' edges blur in colour (ffmpeg's chroma filters), and the
+    sizes come out even. Measured on random per-pixel colours (crf 0), the mean error read back is
+    45 levels at s = 1, 23 at s = 3, 8 at s = 2 and 4 at s = 4 (docs/video.md)."""
+    side = max(1, min(int(s) for s in frame_size))
+    s = -(-positive_int("min_side", min_side) // side)
+    return max(2, s + s % 2)
+
+
+def _even(picture: np.ndarray, fill: int) -> np.ndarray:
+    """``picture`` padded by one row and/or column of ``fill`` at the bottom / right up to even
+    sizes: yuv420p stores one chroma sample per 2x2 block, so H.264 in yuv420p takes even sizes only."""
+    h, w = picture.shape[:2]
+    pad = [(0, h % 2), (0, w % 2)] + [(0, 0)] * (picture.ndim - 2)
+    return np.pad(picture, pad, constant_values=fill) if h % 2 or w % 2 else picture
+
+
+def save_clips_mp4(clips: Clips, path: Union[str, Path], nrow: int = 8, fps: float = 4.0,
+                   scale: Optional[int] = None, padding: int = 2, crf: int = 18) -> Path:
+    """Write the clips as an H.264 MP4 (yuv420p, the format every browser and player plays) that
+    plays them side by side: frame t is :func:`to_clip_frames`'s picture t (the GIF's mapping,
+    round((x + 1) * 127.5) on the grid), upscaled ``scale`` times by pixel repetition (default
+    :func:`mp4_scale`: even, frames at least 64 pixels a side), padded with white at the bottom /
+    right to even sizes where an odd ``scale`` leaves them odd (yuv420p needs them), ``fps``
+    frames a second, every frame stored (no merging of repeats, as GIF does).
+
+    MP4 is lossy, unlike the GIF: the colours go to limited-range BT.601 YUV (luma in 16..235, so
+    about one grey level of rounding), chroma is shared by 2x2 pixels (:func:`mp4_scale`: little
+    lost at an even ``scale``), and x264 quantises at constant quality ``crf`` (0: lossless luma,
+    18: visually lossless, 23: ffmpeg's default, 51: worst). Read back at the defaults, moving
+    digits are within 0.05 grey levels on average (at most 2), grey noise within 0.7 (at most 8;
+    docs/video.md). Keep the GIF or the tensors (``--save-tensor``) for exact values. RGBA clips
+    lose alpha (MP4 has none). Needs imageio-ffmpeg (:func:`check_mp4_writer`)."""
+    import imageio.v2 as imageio  # (imageio: only where a video is written)
+
+    path = _check_path(path, (".mp4",), "clips.mp4")
+    if not is_real(fps) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a number of frames a second > 0, got {fps!r}")
+    if not is_int(crf) or not 0 <= crf <= 51:
+        raise ValueError(f"crf must be an integer 0..51 (x264's constant quality: 0 lossless, 18 visually lossless, "
+                         f"51 worst), got {crf!r}")
+    clips = check_clips(clips)
+    scale = mp4_scale(clips.shape[-2:]) if scale is None else positive_int("scale", scale)
+    check_mp4_writer()
+    frames = [_even(f[:, :, :3] if f.ndim == 3 else f, 255)
+              for f in to_clip_frames(clips, nrow, padding, scale=scale)]
+    make_parent(path, "path")
+
+    def write(tmp: Path) -> None:
+        # quality=None: no -crf of imageio's own; macro_block_size=2: the frames are even already, so
+        # ffmpeg resizes nothing (its default of 16 would rescale them, blurring the pixels)
+        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=float(fps), codec="libx264",
+                                pixelformat="yuv420p", quality=None, macro_block_size=2, ffmpeg_log_level="error",
+                                output_params=["-crf", str(int(crf))]) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+
+    return atomic_write(path, write)
+
+
 def save_frame_grid(clips: Clips, path: Union[str, Path], scale: int = 1, padding: int = 2) -> Path:
     """Write :func:`to_frame_grid` (a clip a row, its frames left to right) as a still picture
     (PNG, JPEG, ... by the suffix)."""
@@ -132,3 +220,30 @@ def save_frame_grid(clips: Clips, path: Union[str, Path], scale: int = 1, paddin
     picture = to_frame_grid(clips, padding, scale=scale)
     make_parent(path, "path")
     return atomic_write(path, Image.fromarray(picture).save)
+
+
+
+def check_video_or_image_path(path: Union[str, Path], what: str = "path", mkdir: bool = False) -> Path:
+    """``path`` as a Path if it names an .mp4 (and imageio-ffmpeg is installed:
+    :func:`check_mp4_writer`) or a picture (:func:`~difflab.data.grids.check_image_path`, whose
+    ValueError names ``what``; a GIF is a picture there). ``mkdir``: create its folder too, so a bad
+    path or a missing package fails before any work."""
+    shown = str(path)
+    if shown == "" or Path(path).is_dir() or Path(path).suffix.lower() != ".mp4":
+        return check_image_path(path, what, mkdir)
+    check_mp4_writer()
+    path = Path(path)
+    if mkdir:
+        make_parent(path, what)
+    return path
+
+
+def save_clips(clips: Clips, path: Union[str, Path], nrow: int = 8, fps: float = 4.0) -> Path:
+    """The clips written by ``path``'s suffix: .gif (:func:`save_clips_gif`), .mp4
+    (:func:`save_clips_mp4`), else a still picture of a clip a row (:func:`save_frame_grid`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        return save_clips_gif(clips, path, nrow=nrow, fps=fps)
+    if suffix == ".mp4":
+        return save_clips_mp4(clips, path, nrow=nrow, fps=fps)
+    return save_frame_grid(clips, path)
