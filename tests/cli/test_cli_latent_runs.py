@@ -1,5 +1,5 @@
 """The commands on a latent diffusion run (training/latent*.py): `difflab sample` writes decoded
-digits, `difflab inpaint` and `difflab img2img` take and write pixels (the run's autoencoder
+digits, `difflab inpaint`, `difflab img2img` and `difflab interpolate` take and write pixels (the run's autoencoder
 encodes and decodes), `difflab eval` measures decoded images (and skips bits/dim, which a latent
 model has only for its latents)."""
 
@@ -43,7 +43,7 @@ def test_sample_writes_the_decoded_digits(latent_run, tmp_path):
     assert np.array_equal(_png(out), _png(save_image_grid(images, tmp_path / "expected.png", nrow=2)))
 
 
-def test_inpaint_and_img2img_take_and_give_pixels(latent_run, tmp_path):
+def test_the_editing_commands_take_and_give_pixels(latent_run, tmp_path):
     x, _ = dl.data.load("digits")
     src = tmp_path / "digit.png"
     Image.fromarray(((x[0, 0] + 1) * 127.5).round().byte().numpy()).save(src)
@@ -57,6 +57,13 @@ def test_inpaint_and_img2img_take_and_give_pixels(latent_run, tmp_path):
     assert main(["img2img", "--ckpt", str(latent_run), "--input", str(src), "--strength", "0.4", "--steps", "5",
                  "--out", str(edited)]) == 0
     assert _png(edited).shape == (8, 8)
+    strip = tmp_path / "strip.png"
+    assert main(["interpolate", "--ckpt", str(latent_run), "--seeds", "1", "2", "--frames", "3", "--steps", "3",
+                 "--out", str(strip)]) == 0
+    assert main(["interpolate", "--ckpt", str(latent_run), "--input", str(src), str(src), "--frames", "3", "--steps",
+                 "3", "--out", str(strip)]) == 0
+    assert main(["interpolate", "--ckpt", str(latent_run), "--input", str(src), "--reconstruct", "--steps", "3",
+                 "--out", str(strip)]) == 0
 
 
 def test_eval_measures_decoded_images(latent_run, tmp_path, capsys):

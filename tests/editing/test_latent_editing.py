@@ -108,3 +108,22 @@ def test_bad_autoencoders_are_refused(ae, latent_model, latent_proc, gen):
     ae.scaling_factor.fill_(0.0)
     with pytest.raises(ValueError, match="never measured"):
         inpaint(latent_model, latent_proc, image, torch.ones(8, 8), autoencoder=ae)
+
+
+def test_inversion_and_interpolation_run_on_the_latents_and_decode(ae, latent_model, latent_proc, gen):
+    image = _images(gen)
+    z = encode_images(ae, image)
+    cond = torch.tensor([3, 4])
+    back, x_T = dl.editing.reconstruct(latent_model, latent_proc, image, 5, cond=cond, return_latent=True,
+                                       autoencoder=ae)
+    spacing = "trailing"
+    assert torch.equal(x_T, dl.invert(latent_model, latent_proc, z, 5, cond=cond, spacing=spacing))
+    assert torch.equal(back, decode_latents(ae, dl.sample(latent_model, latent_proc, z.shape, "ddim", 5, cond=cond,
+                                                          noise=x_T, spacing=spacing)))
+    a, b = torch.randn(2, 2, 4, 4, generator=gen)  # two noises of the latents' shape
+    strip = dl.editing.interpolate(latent_model, latent_proc, a, b, 3, 4, latents=True, autoencoder=ae)
+    z = dl.editing.slerp(a, b, torch.linspace(0, 1, 3, dtype=torch.float64))
+    assert torch.equal(strip, decode_latents(ae, dl.sample(latent_model, latent_proc, z.shape, "ddim", 4, noise=z,
+                                                           spacing=spacing)))
+    pictures = dl.editing.interpolate(latent_model, latent_proc, image[0], image[1], 3, 4, autoencoder=ae)
+    assert pictures.shape == (3, 1, 8, 8) and float(pictures.abs().max()) <= 1
