@@ -207,7 +207,7 @@ def test_token_ids_of_a_text_model_are_checked_through_wrappers():
     for model in (TextModel(), Wrapper(TextModel())):
         out = check_labels(model, ids, 2)
         assert out.dtype == torch.long and torch.equal(out, ids.long())
-    with pytest.raises(ValueError, match=r"token ids, a long tensor \[2, 3\].*tokenizer.encode"):
+    with pytest.raises(ValueError, match=r"token ids, an integer tensor \[2, 3\].*tokenizer.encode"):
         check_labels(TextModel(), torch.tensor([1, 2]), 2)  # class labels to a text model
     with pytest.raises(ValueError, match=r"token ids must lie in 0 \.\. 5"):
         check_labels(TextModel(), torch.tensor([[1, 6, 0], [0, 0, 0]]), 2)

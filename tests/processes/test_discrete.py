@@ -183,7 +183,7 @@ def test_caption_dropout_empties_whole_captions():
     assert torch.equal(seen[-1][~empty], ids[~empty])  # kept rows whole
     assert ((seen[-1] == 0).any(1) == empty).all()  # no row partly emptied
     assert abs(empty.float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / 1000) ** 0.5
-    with pytest.raises(ValueError, match=r"token ids, a long tensor \[1000, 4\]"):
+    with pytest.raises(ValueError, match=r"token ids, an integer tensor \[1000, 4\]"):
         proc.training_loss(Spy(), torch.zeros(1000, 2), ids[:, :3])
 
 
