@@ -195,7 +195,8 @@ def run_experiment(out: str, latent_run: Optional[str], pixel_run: Optional[str]
     step_s = _step_seconds(runs, data, S["timing_steps"])
     res = {"command": command, "size": size, "metric": ref.fid_name,
            "reference": {"split": "t10k", "n": ref.num_images}, "samples_per_row": S["n"], "sampler": "ddim",
-           "sampler_steps": S["steps"], "classifier": {"path": classifier, "test_accuracy": clf.meta.get("test_accuracy")},
+           "sampler_steps": S["steps"],
+           "classifier": {"path": classifier, "test_accuracy": clf.meta.get("test_accuracy")},
            "runs": {name: _run_facts(run) for name, run in runs.items()},
            "floors": floors, "rows": rows,
            "training_step_cpu_s": step_s,

@@ -81,7 +81,8 @@ def latent_channels_of(model: nn.Module) -> Optional[int]:
     return int(channels) if isinstance(channels, int) else None
 
 
-def check_latent_channels(model: nn.Module, autoencoder: AutoencoderKL, where: str, model_name: str = "the model") -> None:
+def check_latent_channels(model: nn.Module, autoencoder: AutoencoderKL, where: str,
+                          model_name: str = "the model") -> None:
     """The network takes as many channels as the autoencoder's latents have; else ValueError
     naming both and the fix."""
     channels = latent_channels_of(model)
