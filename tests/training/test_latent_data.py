@@ -142,6 +142,9 @@ def test_refusals_name_the_problem_and_the_fix(tmp_path, ae_dir):
         Trainer(latent_config(ae_dir, **{"model.kwargs.in_channels": 1}), tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="data.flatten"):
         Trainer(latent_config(ae_dir, **{"data.flatten": True}), tmp_path / "e", progress=False)
+    with pytest.raises(ValueError, match=r"'sample.clip_x0' = 1 clamps the x0 estimates of this latent run.*lie in "
+                                         r"\[-\d.*remove sample.clip_x0"):
+        Trainer(latent_config(ae_dir, **{"sample.clip_x0": 1.0}), tmp_path / "g", progress=False)
     with pytest.raises(ValueError, match="config field 'latent.posterior'.*sample, mean"):
         latent_config(ae_dir, **{"latent.posterior": "median"})
     assert not (tmp_path / "a").exists()

@@ -128,6 +128,21 @@ def _check_images(x: Tensor, ae: AutoencoderKL, data: str, where: str) -> None:
                          "[-1, 1]: scale the data to [-1, 1]")
 
 
+def _check_clip(cfg: TrainConfig, latents: Tensor, where: str) -> Tensor:
+    """Latents reaching beyond a ``sample.clip_x0`` the config sets would be sampled clamped to it;
+    refused with the latents' range (the trainer's own check of the data speaks of images)."""
+    clip = cfg.sample.clip_x0
+    if clip is None or latents.numel() == 0:
+        return latents
+    lo, hi = (float(v) for v in torch.aminmax(latents))
+    if max(-lo, hi) > clip * (1 + IMAGE_RANGE_TOL):
+        raise ValueError(
+            f"config field 'sample.clip_x0' = {clip:g} clamps the x0 estimates of this latent run, and the latents of "
+            f"the autoencoder {where} lie in [{lo:.4g}, {hi:.4g}]: remove sample.clip_x0 (latent diffusion does not "
+            f"clip its latents by default; the decoded images are clamped to [-1, 1]), or set it >= {max(-lo, hi):.4g}")
+    return latents
+
+
 def latent_training_data(cfg: TrainConfig, out: Path, x: Tensor, *, resume: bool, write: bool, data: str,
                          device=None, say: Callable[[str], None] = print) -> tuple[AutoencoderKL, Tensor]:
     """(the autoencoder, the latents of the images ``x`` [N, C, H, W]) for the latent run ``cfg``
@@ -165,7 +180,7 @@ def latent_training_data(cfg: TrainConfig, out: Path, x: Tensor, *, resume: bool
     cache = out / LATENT_CACHE
     latents = _read_cache(cache, key) if cache.is_file() else None
     if latents is not None:
-        return ae, latents
+        return ae, _check_clip(cfg, latents, where)
     if cache.is_file():
         say(f"note: {str(cache)!r} holds the latents of another autoencoder or other data: encoding anew")
     say(f"encoding {len(x)} images with the autoencoder ({cfg.latent.posterior} of q(z | x)) into {str(cache)!r}")
@@ -175,4 +190,4 @@ def latent_training_data(cfg: TrainConfig, out: Path, x: Tensor, *, resume: bool
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp),
                                                   metadata={"key": json.dumps(key)}))
-    return ae, latents
+    return ae, _check_clip(cfg, latents, where)
