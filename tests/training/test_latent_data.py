@@ -149,6 +149,12 @@ def test_refusals_name_the_problem_and_the_fix(tmp_path, ae_dir):
         latent_config(ae_dir, **{"latent.posterior": "median"})
     assert not (tmp_path / "a").exists()
 
+    # another autoencoder in the run's folder: refused by the latents' shape (f = 4 here: 2x2 latents, not 4x4)
+    shutil.rmtree(diffusion_run / "autoencoder")
+    shutil.copytree(autoencoder_run(tmp_path / "f4", **{"model.kwargs": {"channel_mult": [1, 2, 2]}}),
+                    diffusion_run / "autoencoder")
+    with pytest.raises(ValueError, match=r"makes latents of shape \(2, 2, 2\) .* trained on latents \(2, 4, 4\)"):
+        dl.load(diffusion_run)
     # a latent model without its autoencoder: the folder is named, with the fix
     shutil.rmtree(diffusion_run / "autoencoder")
     with pytest.raises(FileNotFoundError, match=r"autoencoder '.*diffusion/autoencoder' is missing.*cp -r"):

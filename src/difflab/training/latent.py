@@ -31,7 +31,7 @@ from ..models.autoencoder import AutoencoderKL
 from ..samplers.base import randn
 
 __all__ = ["AUTOENCODER_FOLDER", "autoencoder_folder", "check_autoencoder", "check_latent_channels",
-           "latent_channels_of", "decode_latents", "encode_images", "CODEC_BATCH"]
+           "check_latent_shape", "latent_channels_of", "decode_latents", "encode_images", "CODEC_BATCH"]
 
 AUTOENCODER_FOLDER = "autoencoder"  # RUN/autoencoder: the run's own copy of its autoencoder's run folder
 CODEC_BATCH = 256  # images encoded or latents decoded per call (the draws do not depend on it: one stream)
@@ -93,6 +93,21 @@ def check_latent_channels(model: nn.Module, autoencoder: AutoencoderKL, where: s
             f"({c} x h/{autoencoder.downsample_factor} x w/{autoencoder.downsample_factor}), which the model must "
             f"take and predict: set model.kwargs.in_channels: {c} (and out_channels, if the model names it), or "
             "name an autoencoder of that many latent channels in latent.autoencoder")
+
+
+def check_latent_shape(autoencoder: AutoencoderKL, image_shape, sample_shape, where: str) -> None:
+    """A loaded latent run's autoencoder maps its images [C, H, W] to latents of the shape its
+    network was trained on; else ValueError naming both shapes (another autoencoder was put in
+    ``RUN/autoencoder``)."""
+    try:
+        made = tuple(autoencoder.latent_shape(tuple(image_shape)))
+    except ValueError:
+        made = None
+    if made != tuple(sample_shape):
+        raise ValueError(
+            f"the autoencoder {where} makes latents of shape {made} from the run's images {tuple(image_shape)}, "
+            f"and the model was trained on latents {tuple(sample_shape)}: it is not the autoencoder the run was "
+            "trained with. Restore the run's own copy (the autoencoder run folder it was trained from)")
 
 
 def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
