@@ -58,6 +58,8 @@ class Shapes:
 
     def __init__(self, run) -> None:
         self.image_shape, self.sample_shape = tuple(run.image_shape), tuple(run.sample_shape)
+        if getattr(run, "autoencoder", None) is not None:  # a latent run's edits take images: its autoencoder encodes
+            self.sample_shape = self.image_shape
         if len(self.image_shape) < 2:  # a 2-D toy model: its samples are points, there is no PNG to edit
             raise ValueError(
                 f"{run.path} makes vectors of shape {self.image_shape} (e.g. 2-D points), not images: the editing "

@@ -88,7 +88,7 @@ def draw_samples(run, n: int, sampler: str, steps: int, guidance: float, labels:
         lab = None if labels is None else labels[i : i + m]
         out.append(generate(model, run.proc, m, run.sample_shape, image_shape=run.image_shape, sampler=sampler,
                             steps=steps, guidance=guidance, labels=lab, seed=seed + b, eta=eta,
-                            device=device).float().cpu())
+                            device=device, autoencoder=run.autoencoder).float().cpu())  # (latent runs: decoded)
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -239,6 +239,10 @@ def run_eval(args) -> dict:
     if lowres_model(run.ema_model) is not None:  # before the feature network is looked for
         raise ValueError(NEEDS_LOWRES)
     likelihoods = likelihood_methods(args.likelihood, run.proc) if args.bpd_n > 0 else []
+    if likelihoods and run.autoencoder is not None:  # its bound is on latents, not on the pixels' levels
+        print("note: no bits/dim for a latent diffusion model (its likelihood is of the autoencoder's latents, not "
+              "of the images' pixels); FID and the rest measure its decoded images", file=sys.stderr)
+        likelihoods = []
     # the samples are kept on the CPU (in batches, then gathered: twice at once), before hours of sampling
     check_memory(2 * args.n * math.prod(run.sample_shape) * 4, torch.device("cpu"), f"--n {args.n}",
                  "lower --n (FID and precision/recall settle with a few thousand samples)")

@@ -39,7 +39,7 @@ def _main(args) -> int:
     x = shapes.check(read_inputs(args.input, run, args.n))
     y = img2img(model, run.proc, shapes.to_model(x), args.strength, args.sampler, args.steps, eta=args.eta,
                 cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
-                clip_x0=clip_x0(args))
+                clip_x0=clip_x0(args), autoencoder=run.autoencoder)
     out = save_images(shapes.to_image(y), out, nrow=args.n)
     print(f"difflab img2img: {len(args.input)} image(s) x {args.n} at strength {args.strength} "
           f"({args.sampler}, {args.steps} steps) -> {Path(out).resolve()}")

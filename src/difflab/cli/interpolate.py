@@ -50,7 +50,7 @@ def _main(args) -> int:
         x = shapes.check(read_inputs(args.input, run))
         if args.reconstruct:
             c = cond.expand(len(x)) if cond is not None else None
-            y = reconstruct(model, run.proc, shapes.to_model(x), args.steps, cond=c)
+            y = reconstruct(model, run.proc, shapes.to_model(x), args.steps, cond=c, autoencoder=run.autoencoder)
             y = shapes.to_image(y)
             err = (y - x).abs().mean().item()
             out = save_images(torch.cat([x, y]), out, nrow=len(x))
@@ -60,13 +60,14 @@ def _main(args) -> int:
         if len(x) != 2:
             raise ValueError(f"--input needs exactly two images to interpolate between, got {len(x)}")
         a, b = shapes.to_model(x)
-        strip = interpolate(model, run.proc, a, b, args.frames, args.steps, cond=label, guidance=args.guidance)
+        strip = interpolate(model, run.proc, a, b, args.frames, args.steps, cond=label, guidance=args.guidance,
+                            autoencoder=run.autoencoder)
     else:
         shape = tuple(run.sample_shape)
         a = torch.randn(shape, generator=torch.Generator().manual_seed(args.seeds[0]))
         b = torch.randn(shape, generator=torch.Generator().manual_seed(args.seeds[1]))
         strip = interpolate(model, run.proc, a, b, args.frames, args.steps, latents=True, cond=label,
-                            guidance=args.guidance)
+                            guidance=args.guidance, autoencoder=run.autoencoder)  # (a latent run's: decoded)
     out = save_images(shapes.to_image(strip), out, nrow=args.frames)
     print(f"difflab interpolate: {args.frames} frames ({args.steps} DDIM steps) -> {Path(out).resolve()}")
     return 0

@@ -28,7 +28,7 @@ import math
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..processes import Process
 from ..samplers import SAMPLERS, sample, sampler_sigmas, sampling_sigmas
@@ -36,6 +36,7 @@ from ..samplers.base import randn
 from ..samplers.timesteps import default_spacing
 from ..validation import NOISE_FIX, check_finite, check_labels, is_real
 from ._common import check_image, check_sampler, check_steps, model_device, to_model
+from .latent import from_latents, to_latents
 
 __all__ = ["img2img", "sdedit_sigmas", "start_sigma", "check_strength"]
 
@@ -99,6 +100,7 @@ def img2img(
     clip_x0: Optional[float] = ...,  # type: ignore[assignment]  # the process's data range
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
+    autoencoder: Optional[nn.Module] = None,
     **options,
 ) -> Tensor:
     """SDEdit: ``image`` [B, ...] in [-1, 1] noised to ``strength`` and denoised by ``sampler``.
@@ -111,9 +113,14 @@ def img2img(
     run's process knows it), and ``clip_x0=None`` does not clip. Images [B, C, H, W] must be
     scaled to [-1, 1] (vectors [B, D] are in the model's own scale); they run in the model's
     parameter dtype.
+    ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): the image is encoded (the
+    posterior's mean), SDEdit runs on its latents and the result is decoded (:mod:`.latent`;
+    strength 0 gives the decode of the encode); ``noise`` then has the latents' shape.
     """
     image = check_image(image, "image")
     strength = check_strength(strength)
+    if autoencoder is not None:  # latent diffusion: the edit runs on the image's latents (editing/latent.py)
+        image = to_latents(autoencoder, image, model)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
     spec = check_sampler(sampler, {k: v for k, v in options.items()})
@@ -131,7 +138,7 @@ def img2img(
     else:
         check_finite(noise, "noise", NOISE_FIX)
     if strength == 0.0:
-        return image.clone()
+        return from_latents(autoencoder, image.clone())
     noise = noise.to(device, x0.dtype)
     sigmas = sdedit_sigmas(proc, strength, steps, spacing or default_spacing(proc, spec.default_spacing), sampler)
     if strength == 1.0:
@@ -139,6 +146,6 @@ def img2img(
     else:
         s = float(sigmas[0])
         x_start = (x0 + s * noise) / math.sqrt(1.0 + s * s)  # q(x | y), standardised as dl.sample's noise
-    return sample(model, proc, image.shape, sampler, eta=eta, cond=cond, guidance=guidance, noise=x_start,
-                  generator=generator, device=device, progress=progress, sigmas=sigmas, callback=callback,
-                  clip_x0=clip_x0, **options)
+    return from_latents(autoencoder, sample(
+        model, proc, image.shape, sampler, eta=eta, cond=cond, guidance=guidance, noise=x_start, generator=generator,
+        device=device, progress=progress, sigmas=sigmas, callback=callback, clip_x0=clip_x0, **options))

@@ -33,13 +33,14 @@ import math
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..processes import Process
 from ..samplers import Denoiser, sampler_sigmas
 from ..samplers.base import randn, randn_like
 from ..validation import NOISE_FIX, check_finite, check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
+from .latent import from_latents, latent_mask, to_latents
 from .masks import check_mask
 
 __all__ = ["inpaint", "repaint_schedule", "paste", "STEPWISE_SAMPLERS"]
@@ -102,6 +103,7 @@ def inpaint(
     paste_final: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
+    autoencoder: Optional[nn.Module] = None,
     **options,
 ) -> Tensor:
     """Fill ``image`` [B, ...] where ``mask`` is 1 with samples of ``model`` that agree with the rest.
@@ -121,9 +123,16 @@ def inpaint(
     any number >= 1 for a continuous-time process.
     Images [B, C, H, W] must be scaled to [-1, 1] (vectors [B, D] are in the model's own scale);
     they run in the model's parameter dtype.
+    ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): ``image`` and ``mask`` are
+    pixels, the image is encoded, the mask max-pooled to the latent grid (a latent is kept only if
+    all its pixels are), the latents inpainted and decoded, and (``paste_final``) the kept pixels
+    pasted back (:mod:`.latent`); ``noise`` then has the latents' shape.
     """
     image = check_image(image, "image")
     mask = check_mask(mask, image)
+    pixels, pixel_mask = image, mask
+    if autoencoder is not None:  # latent diffusion: the edit runs on the image's latents (editing/latent.py)
+        image, mask = to_latents(autoencoder, image, model), latent_mask(mask, autoencoder)
     spec = check_sampler(sampler, options, STEPWISE_SAMPLERS)
     per_run = sorted(set(options) - {"eta", "variance"})
     if per_run:  # EDM's churn is scheduled over the whole grid: it has no meaning for a single step
@@ -183,5 +192,5 @@ def inpaint(
     finally:
         if bar is not None:
             bar.close()
-    return x
+    return from_latents(autoencoder, x, pixels, pixel_mask if paste_final else None)
 

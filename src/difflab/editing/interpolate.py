@@ -22,13 +22,14 @@ import math
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..processes import Process
 from ..samplers import invert, sample
 from ..samplers.timesteps import default_spacing
 from ..validation import check_labels, is_int
 from ._common import check_image, check_steps, model_device, to_model
+from .latent import from_latents, to_latents
 
 __all__ = ["slerp", "interpolate", "reconstruct"]
 
@@ -80,6 +81,7 @@ def reconstruct(
     cond: Optional[Tensor] = None,
     spacing: Optional[str] = None,
     return_latent: bool = False,
+    autoencoder: Optional[nn.Module] = None,
 ):
     """DDIM inversion of ``image`` to x_T and DDIM sampling back: the round trip x0 -> x_T -> x0'.
 
@@ -88,16 +90,20 @@ def reconstruct(
     method for it in the VE state, first order: the error falls like 1 / steps). ``spacing``:
     "trailing" on the DDPM chain, the process's own spacing otherwise (e.g. "uniform" in a flow's
     t, "karras" for EDM). Images [B, C, H, W] must be scaled to [-1, 1]; they run in the model's
-    parameter dtype.
+    parameter dtype. ``autoencoder``: a latent model's: the round trip runs on the image's latents
+    (the posterior's mean) and x0' is their decoding (:mod:`.latent`); x_T has the latents' shape.
     """
     image = check_image(image, "image")
+    if autoencoder is not None:  # latent diffusion: invert the image's latents (editing/latent.py)
+        image = to_latents(autoencoder, image, model)
     steps = check_steps(steps, proc)
     spacing = spacing or default_spacing(proc, "trailing")
     device = model_device(model, image)
     cond = check_labels(model, cond, image.shape[0], device)
     image = to_model(image, model, device)
     x_T = invert(model, proc, image, steps, cond=cond, spacing=spacing)
-    x0 = sample(model, proc, image.shape, "ddim", steps, cond=cond, noise=x_T, spacing=spacing)
+    x0 = from_latents(autoencoder, sample(model, proc, image.shape, "ddim", steps, cond=cond, noise=x_T,
+                                          spacing=spacing))
     return (x0, x_T) if return_latent else x0
 
 
@@ -114,6 +120,7 @@ def interpolate(
     cond: Optional[Tensor] = None,
     guidance: float = 1.0,
     spacing: Optional[str] = None,
+    autoencoder: Optional[nn.Module] = None,
 ) -> Tensor:
     """A strip of ``frames`` images [frames, ...] morphing from ``a`` to ``b``.
 
@@ -124,7 +131,9 @@ def interpolate(
     the decoding (inversion uses cond only). Latents are standard normal draws, whatever the
     process (x = z sqrt(1 + sigma_0^2) at the top level, as in :func:`difflab.sample`); the noise
     levels are those of :func:`reconstruct`. Images must be scaled to [-1, 1] (latents are not
-    range checked); they run in the model's parameter dtype.
+    range checked); they run in the model's parameter dtype. ``autoencoder``: a latent model's: images
+    are encoded (the posterior's mean) before the inversion, latents have the latents' shape, and the
+    frames are decoded (:mod:`.latent`).
     """
     if not is_int(frames) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2 (the strip includes both ends), got {frames!r}")
@@ -138,6 +147,8 @@ def interpolate(
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     frames = int(frames)
     a, b = check_image(a[None], "a", check_range=not latents), check_image(b[None], "b", check_range=not latents)
+    if autoencoder is not None and not latents:  # latent diffusion: interpolate the images' latents
+        a, b = to_latents(autoencoder, a, model), to_latents(autoencoder, b, model)
     device = model_device(model, a)
     a, b = to_model(a, model, device), to_model(b, model, device)
     if cond is not None:
@@ -150,5 +161,5 @@ def interpolate(
     u = torch.linspace(0, 1, frames, dtype=torch.float64)
     z = slerp(a[0], b[0], u)  # [frames, ...]
     frame_cond = cond.expand(frames) if cond is not None else None
-    return sample(model, proc, z.shape, "ddim", steps, cond=frame_cond, guidance=guidance, noise=z,
-                  spacing=spacing, device=device)
+    return from_latents(autoencoder, sample(model, proc, z.shape, "ddim", steps, cond=frame_cond, guidance=guidance,
+                                            noise=z, spacing=spacing, device=device))

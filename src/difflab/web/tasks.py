@@ -17,6 +17,7 @@ from torch import Tensor
 from ..editing import img2img, inpaint, repaint_schedule, sdedit_sigmas
 from ..samplers import SAMPLERS, sampler_sigmas
 from ..samplers.timesteps import default_spacing
+from ..training.latent import decode_latents
 from .images import clip_grid_png, to_gif, to_png
 from .jobs import Progress
 from .params import SampleParams
@@ -30,10 +31,10 @@ PREVIEWS = 10
 Task = tuple  # (work: Callable[[Progress], list[bytes]], total steps, info for the page)
 
 
-def _reporter(progress: Progress, image_shape, total: int) -> Callable[[dict], None]:
+def _reporter(progress: Progress, image_shape, total: int, autoencoder=None) -> Callable[[dict], None]:
     """The sampler's per-step callback: the step reached, and a PNG grid of the denoised
     estimates x0_hat every ``total // PREVIEWS`` steps (and at the last): images in a row, clips
-    a row each."""
+    a row each; a latent run's estimates decoded by its ``autoencoder``."""
     every = max(1, total // PREVIEWS)
     count = 0
 
@@ -43,6 +44,8 @@ def _reporter(progress: Progress, image_shape, total: int) -> Callable[[dict], N
         preview = None
         if count % every == 0 or count >= total:
             x0 = step["denoised"].detach().float().cpu()
+            if autoencoder is not None:
+                x0 = decode_latents(autoencoder, x0)
             x0 = x0.reshape(x0.shape[0], *image_shape)
             preview = clip_grid_png(x0) if x0.ndim == 5 else to_png(x0)
         progress(count, preview)
@@ -79,15 +82,18 @@ def generate_task(p: SampleParams) -> Task:
 
     def work(progress: Progress) -> list:
         x = run.sample(p.n, p.sampler, p.steps, p.guidance, p.label, p.seed, eta=p.eta, device=p.model.device,
-                       callback=_reporter(progress, run.image_shape, total))
+                       callback=_reporter(progress, run.image_shape, total, run.autoencoder))
         return _pngs(x, run.image_shape)
 
     return work, total, _info(p, "generate")
 
 
 def _batch(p: SampleParams, image: Tensor) -> Tensor:
-    """The image [1, C, H, W] repeated n times, in the network's sample shape."""
-    return image.expand(p.n, *image.shape[1:]).reshape(p.n, *p.model.run.sample_shape).contiguous()
+    """The image [1, C, H, W] repeated n times, in the network's sample shape (a latent run's
+    editing functions take images: its autoencoder encodes them)."""
+    run = p.model.run
+    shape = run.image_shape if run.autoencoder is not None else run.sample_shape
+    return image.expand(p.n, *image.shape[1:]).reshape(p.n, *shape).contiguous()
 
 
 def inpaint_task(p: SampleParams, image: Tensor, mask: Tensor) -> Task:
@@ -105,7 +111,8 @@ def inpaint_task(p: SampleParams, image: Tensor, mask: Tensor) -> Task:
         g = torch.Generator().manual_seed(p.seed)
         y = inpaint(run.ema_model, run.proc, x, m, p.sampler, p.steps, jump_length=jump, resample=p.resample,
                     cond=_labels(p), guidance=p.guidance, generator=g,
-                    callback=_reporter(progress, run.image_shape, total), **options)
+                    callback=_reporter(progress, run.image_shape, total, run.autoencoder),
+                    autoencoder=run.autoencoder, **options)
         return _pngs(y, run.image_shape)
 
     return work, total, _info(p, "inpaint")
@@ -122,7 +129,7 @@ def img2img_task(p: SampleParams, image: Tensor) -> Task:
         g = torch.Generator().manual_seed(p.seed)
         y = img2img(run.ema_model, run.proc, _batch(p, image), p.strength, p.sampler, p.steps, eta=p.eta,
                     cond=_labels(p), guidance=p.guidance, generator=g,
-                    callback=_reporter(progress, run.image_shape, total))
+                    callback=_reporter(progress, run.image_shape, total, run.autoencoder), autoencoder=run.autoencoder)
         return _pngs(y, run.image_shape)
 
     return work, total, _info(p, "img2img")
