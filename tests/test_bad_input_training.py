@@ -126,7 +126,7 @@ def test_unet_kwargs_from_a_config_name_the_field():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_size": 10, "patch_size": 4}, r"'model\.kwargs': model 'dit'.*image_size=10 is not divisible by patch_size=4"),
-    ({"context_dim": 16}, r"'model\.kwargs\.context_dim'.*data set 'digits' has no captions"),
+    ({"context_dim": 16}, r"'model\.kwargs\.context_dim'.*has no text encoder.*text_unet or text_dit"),
     ({"learn_sigma": True}, r"'model\.kwargs\.learn_sigma'.*variance output would stay untrained.*loss: hybrid"),
 ])
 def test_dit_kwargs_that_do_not_fit_the_data_or_the_losses_name_the_field(kwargs, message):

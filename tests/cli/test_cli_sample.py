@@ -61,3 +61,46 @@ def test_clips_are_written_as_a_gif_or_a_frame_grid(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(run), "--n", "1", "--steps", "2", "--out", str(tmp_path / "c.jpg")]) == 2
     assert ".gif" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("text") / "run"
+    kw = ["in_channels=1", "image_size=16", "channels=8", "num_res_blocks=1", "norm_groups=4",
+          "num_heads=1", "max_length=12", "text_width=16", "text_depth=1", "text_heads=2"]
+    sets = [f"model.kwargs.{k}" for k in kw] + ["data.kwargs.n=32", "sample.every=-1", "batch_size=8"]
+    assert main(["train", "--config", str(REPO / "configs" / "digits_text.yaml"), "--out", str(run), "--steps", "2",
+                 "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    return run
+
+
+def test_prompts_give_a_row_each(text_run, tmp_path, capsys):
+    x_pt, out = tmp_path / "x.pt", tmp_path / "grid.png"
+    assert main(["sample", "--ckpt", str(text_run), "--prompt", "a bold 7 on the left", "--prompt", "the digit 3 at the top right",
+                 "--n", "3", "--steps", "2", "--guidance", "3", "--out", str(out), "--save-tensor", str(x_pt)]) == 0
+    x = torch.load(x_pt)
+    run = dl.load(text_run)
+    want = run.sample(6, "ddim", 2, guidance=3.0, seed=0,
+                      prompts=["a bold 7 on the left"] * 3 + ["the digit 3 at the top right"] * 3)
+    assert torch.equal(x, want)
+    assert Image.open(out).size == (3 * 16 + 4 * 2, 2 * 16 + 3 * 2)  # 3 columns, a row per prompt
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="12"):  # longer than max_length: truncated, as CLIP's tokenizer does
+        assert main(["sample", "--ckpt", str(text_run), "--prompt", "a bold 7 at the top right corner on the left at the bottom",
+                     "--n", "1", "--steps", "1", "--out", str(tmp_path / "t.png")]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a purple 7"], "'purple'"),
+    (["--guidance", "3"], "needs --prompt"),
+    (["--prompt", "a 7", "--label", "7"], "drop --label"),
+])
+def test_prompt_mistakes_are_named(text_run, tmp_path, capsys, args, message):
+    assert main(["sample", "--ckpt", str(text_run), "--n", "1", "--steps", "1", "--out", str(tmp_path / "a.png"),
+                 *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_prompt_for_a_class_model_says_to_use_a_label(hybrid_run, tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(hybrid_run), "--prompt", "a 7", "--out", str(tmp_path / "a.png")]) == 2
+    assert "--prompt needs a text model" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import difflab as dl
-from difflab.training.build import build_model, build_process
+from difflab.training.build import build_model, build_process, text_vocabulary
 from difflab.training.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -38,7 +38,11 @@ def _sample(cfg, model, proc, **options) -> torch.Tensor:
     shape = (cfg.model.kwargs["dim"],) if cfg.data.flatten else (1, 8, 8) if cfg.data.name == "digits" else (1, 28, 28)  # or MNIST
     if cfg.data.name == "moving_digits":  # clips [T, 1, H, W]: two 8x8 frames, a size every video network takes
         shape = (2, 1, 8, 8)
+    if cfg.data.name == "captioned_digits":  # 16x16 canvases (sklearn's digits)
+        shape = (1, 16, 16)
     cond = torch.tensor([3, 10]) if getattr(model, "num_classes", None) else None
+    if getattr(model, "tokenizer", None) is not None:  # a caption and the empty one
+        cond = model.tokenizer.encode(["a bold 3 on the left", ""])
     if cfg.model.name == "superres":
         low = torch.rand(2, 1, 14, 14, generator=g) * 2 - 1
         return dl.editing.upscale(model, proc, low, "ddim", 5, cond=cond, generator=g, **options)
@@ -49,10 +53,15 @@ def test_the_configs_are_found():
     assert len(CONFIGS) >= 7 and {"digits.yaml", "digits_edm.yaml", "digits_flow.yaml"} <= {p.name for p in CONFIGS}
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).loss != "autoencoder"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).loss != "autoencoder"
+                                  and load_config(p).latent.autoencoder is None], ids=lambda p: p.stem)
 def test_default_sampling_stays_in_the_data_range(path):
-    """(every config of a denoiser: an autoencoder's, configs/mnist_vae.yaml, is tested in its own files)"""
+    """(every config of a pixel-space denoiser: an autoencoder's, configs/mnist_vae.yaml, and the latent
+    ones, whose latents are unclipped, are tested in their own files: tests/training/test_latent_config.py)"""
     cfg = load_config(path)
+    if cfg.data.name == "captioned_digits":  # a text model's words come from its captions (as the trainer does)
+        captions = dl.data.load("captioned_digits", **{**cfg.data.kwargs, "n": 200})[1]
+        text_vocabulary(cfg, captions, "captioned_digits")
     proc = build_process(cfg)
     assert proc.clip_x0 == 1.0  # every shipped config trains on images scaled to [-1, 1]
     torch.manual_seed(0)
@@ -111,3 +120,22 @@ def test_the_process_configs_are_digits_but_for_the_process(name, tmp_path):
     assert isinstance(run.proc, cls) and run.ema_model.trained_process is run.proc
     x = run.sample(2, sampler, 2, guidance=3.0, labels=[3, 7], seed=0)
     assert x.shape == (2, 1, 8, 8) and float(x.abs().max()) <= 1 + 1e-4  # (x + (x0 - x): x0 up to rounding)
+
+
+def test_the_latent_text_config_fits_its_autoencoders_latents():
+    """configs/mnist_text.yaml diffuses the 12x12x4 latents that configs/mnist_text_vae.yaml's autoencoder
+    makes of 48x48 captioned MNIST canvases, conditioned on captions (its words: the grammar's)."""
+    ae_cfg = load_config(next(p for p in CONFIGS if p.name == "mnist_text_vae.yaml"))
+    cfg = load_config(next(p for p in CONFIGS if p.name == "mnist_text.yaml"))
+    assert cfg.latent.autoencoder == "runs/mnist_text_vae" and ae_cfg.data.kwargs["source"] == "mnist"
+    ae = build_model(ae_cfg).eval()
+    with torch.no_grad():
+        z = ae.encode(torch.zeros(1, 1, 48, 48)).mean
+    captions = dl.data.load("captioned_digits", n=200)[1]  # (sklearn's digits: the same grammar's words)
+    text_vocabulary(cfg, captions, "captioned_digits")
+    model = build_model(cfg).eval()
+    assert z.shape[1:] == (model.in_channels, model.image_size, model.image_size) == (4, 12, 12)
+    with torch.no_grad():
+        out = model(torch.randn(2, *z.shape[1:]), torch.tensor([10, 900]),
+                    model.tokenizer.encode(["a small bold 7 on the left", ""]))
+    assert out.shape == (2, 4, 12, 12) and torch.isfinite(out).all()

@@ -14,19 +14,19 @@ Clips: for a run that makes clips (a video network), each --input is an animated
 and the mask is a space-time mask (:func:`difflab.editing.masks.parse_clip_mask`): ``future:K``
 (keep the first K frames, predict the rest), ``between:I,J,...`` (keep those frames, fill the
 others: frame interpolation) or an image mask across every frame (video inpainting). The output
-is a GIF of the results side by side, or a PNG of a clip a row.
+is a GIF or an MP4 (lossy; ``pip install "difflab[video]"``) of the results side by side, or a PNG
+of a clip a row.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.clips import save_clips_gif, save_frame_grid
+from ..data.clips import check_video_or_image_path, save_clips
 from ..editing import inpaint, parse_mask, save_images
 from ..editing.inpaint import STEPWISE_SAMPLERS
 from ..editing.masks import parse_clip_mask
-from ._edit_common import (Shapes, add_run_args, check_out, clip_x0, generator, labels, load_run, read_clips,
-                           read_inputs)
+from ._edit_common import Shapes, add_run_args, clip_x0, generator, labels, load_run, read_clips, read_inputs
 
 __all__ = ["add_parser"]
 
@@ -43,14 +43,18 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=1, help="results per input image")
     p.add_argument("--resample", type=int, default=1, help="RePaint resamplings r (1 = replacement method)")
     p.add_argument("--jump", type=int, default=10, help="RePaint jump length j (used when --resample > 1)")
-    p.add_argument("--out", default="inpainted.png", help="PNG to write (a grid when there are several results)")
+    p.add_argument("--out", default="inpainted.png",
+                   help="PNG to write (a grid when there are several results; clips: also .gif or .mp4)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    out = check_out(args)
+    out = check_video_or_image_path(args.out, "--out", mkdir=True)  # .mp4: imageio-ffmpeg checked here
     run, model = load_run(args, stochastic=True)
     clips = len(run.image_shape) == 4
+    if not clips and out.suffix.lower() == ".mp4":
+        raise ValueError(f"--out {str(out)!r}: an MP4 is for a video model's clips; {args.ckpt} makes images: write a "
+                         "picture such as inpainted.png")
     if clips:  # a video network: GIFs of one clip each, space-time masks [T, 1, H, W]
         x = read_clips(args.input, run, args.n)
         mask = parse_clip_mask(args.mask, x.shape[1], x.shape[-2:]).expand_as(x)
@@ -66,9 +70,9 @@ def _main(args) -> int:
     y = inpaint(model, run.proc, x_model, mask_model, args.sampler, args.steps,
                 jump_length=args.jump if args.resample > 1 else 1, resample=args.resample,
                 cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
-                clip_x0=clip_x0(args), **options)
+                clip_x0=clip_x0(args), autoencoder=run.autoencoder, **options)
     if clips:
-        out = save_clips_gif(y, out, nrow=args.n) if out.suffix.lower() == ".gif" else save_frame_grid(y, out)
+        out = save_clips(y, out, nrow=args.n)  # .gif, .mp4 or a frame grid, by the suffix
     else:
         out = save_images(shapes.to_image(y), out, nrow=args.n)
     kept = float((1 - mask).mean())

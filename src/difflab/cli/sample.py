@@ -5,6 +5,7 @@
     difflab sample --ckpt runs/mnist_cond --device cuda --fast --n 1024 --out grid.png  # cli/speed.py
     difflab sample --ckpt runs/digits_uncond --classifier runs/digits_uncond/noisy_classifier \
         --classifier-scale 4 --label all --n 10 --out guided.png      # classifier guidance (docs/guidance.md)
+    difflab sample --ckpt runs/moving_digits --n 4 --label 3 --out clips.mp4   # clips (.gif, .mp4 or a .png grid)
 
 Classifier guidance (Dhariwal & Nichol 2021) needs a noise-aware classifier of the run's data and
 process (``difflab train-classifier --noisy --ckpt RUN --out DIR``) and --label: it guides an
@@ -16,13 +17,14 @@ from __future__ import annotations
 import io
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..devices import resolve_device
-from ..data.clips import save_clips_gif, save_frame_grid
-from ..data.grids import check_image_path, make_parent
+from ..data.clips import check_video_or_image_path, save_clips
+from ..data.grids import make_parent
 from ..files import atomic_write_bytes
 from ..samplers import SAMPLERS, check_classifier, sample
 from ..samplers.ddpm import VARIANCES
@@ -54,6 +56,9 @@ def add_parser(sub) -> None:
                    help="classifier guidance scale s (default 1 with --classifier; 0 = none)")
     p.add_argument("--label", default=None,
                    help="class of every sample, or 'all' for a row per class (conditional models)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="a text model's caption, e.g. \"a thin 3 at the top\"; repeat it for a row each "
+                        "(--n samples per prompt; \"\" is the empty caption)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-x0", type=float, default=None,
                    help="clamp each step's x0 estimate to [-c, c] (default: the run's sample.clip_x0)")
@@ -62,7 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--save-tensor", metavar="FILE", help="also save the samples as a torch tensor (.pt)")
-    p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    p.add_argument("--out", default="samples.png",
+                   help="PNG grid to write (a video model: clips.gif or clips.mp4 playing side by side, or a PNG)")
     add_speed_args(p)
     p.set_defaults(func=_main)
 
@@ -71,7 +77,7 @@ def _main(args) -> int:
     # everything that can be checked is checked before sampling, so a typo costs no samples
     if args.nrow is not None and args.nrow < 1:
         raise ValueError(f"--nrow (images per grid row) must be >= 1, got {args.nrow}")
-    out = check_image_path(args.out, "--out", mkdir=True)
+    out = check_video_or_image_path(args.out, "--out", mkdir=True)  # .mp4: imageio-ffmpeg checked here
     tensor_out = _tensor_path(args.save_tensor) if args.save_tensor is not None else None
     device = resolve_device(args.device, "--device")
     run = load(args.ckpt, device=device)
@@ -87,9 +93,13 @@ def _main(args) -> int:
     if len(run.image_shape) not in (3, 4) and tensor_out is None:
         raise ValueError(f"{args.ckpt} makes samples of shape {tuple(run.image_shape)}, neither images nor clips, so "
                          "there is no picture to write; pass --save-tensor FILE.pt")
-    if len(run.image_shape) == 4 and out.suffix.lower() not in (".gif", ".png"):
-        raise ValueError(f"{args.ckpt} makes clips [frames, C, H, W]: --out must be a .gif (the clips playing side "
-                         f"by side) or a .png (a clip a row, its frames across), got {str(out)!r}")
+    if len(run.image_shape) == 4 and out.suffix.lower() not in (".gif", ".mp4", ".png"):
+        raise ValueError(f"{args.ckpt} makes clips [frames, C, H, W]: --out must be a .gif or an .mp4 (the clips "
+                         f"playing side by side; MP4 is lossy) or a .png (a clip a row, its frames across), got "
+                         f"{str(out)!r}")
+    if len(run.image_shape) != 4 and out.suffix.lower() == ".mp4":
+        raise ValueError(f"--out {str(out)!r}: an MP4 is for a video model's clips; {args.ckpt} makes samples of shape "
+                         f"{tuple(run.image_shape)}: write a picture such as grid.png")
     options = {}
     if args.variance is not None:
         if args.sampler != "ddpm":
@@ -97,6 +107,10 @@ def _main(args) -> int:
                              "--sampler ddpm or drop --variance")
         options["variance"] = args.variance
     labels, n, nrow = None, args.n, args.nrow
+    text = run.tokenizer is not None
+    prompts = _prompts(args, run, text)
+    if prompts is not None:
+        n, nrow = len(prompts), nrow or args.n
     classifier = _classifier(args, run, device)
     if classifier is not None and args.label is None:
         raise ValueError(f"--classifier guides towards classes: add --label (0..{classifier.num_classes - 1}, or "
@@ -104,7 +118,10 @@ def _main(args) -> int:
     if classifier is not None and run.num_classes is None and args.guidance != 1.0:
         raise ValueError(f"--guidance {args.guidance:g} (classifier-free guidance) needs a class-conditional model; "
                          f"{args.ckpt} is unconditional: guide it with --classifier-scale alone")
-    if args.label is None and args.guidance != 1.0:
+    if args.label is None and prompts is None and args.guidance != 1.0:
+        if text:
+            raise ValueError(f"--guidance {args.guidance:g} needs --prompt: the caption to guide towards, e.g. "
+                             "--prompt \"a bold 7 on the left\"")
         if run.num_classes is None:
             raise ValueError(f"--guidance {args.guidance:g} needs a class-conditional model; {args.ckpt} is "
                              "unconditional: leave --guidance at 1")
@@ -127,13 +144,13 @@ def _main(args) -> int:
                 raise ValueError(f"--label must be a class index 0..{classes - 1} (the classifier's classes) or "
                                  f"'all', got {labels}")
     # the samples, the noise and two per-step tensors at least (the network's activations come on top)
-    what = f"--n {args.n}" + (f" ({n} samples, a row per class)" if n != args.n else "")
+    what = f"--n {args.n}" + (f" ({n} samples, a row per {'prompt' if prompts else 'class'})" if n != args.n else "")
     check_memory(4 * n * math.prod(run.sample_shape) * 4, device, what,
                  "lower --n (for more samples, run again with another --seed)")
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     if classifier is None:
         x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                       clip_x0=clip, model=net, device=device, **options)
+                       clip_x0=clip, model=net, device=device, prompts=prompts, **options)
     else:  # (run.sample takes labels for the model only: here they may be the classifier's alone)
         cond = labels if torch.is_tensor(labels) else torch.full((n,), labels, dtype=torch.long)
         x = sample(net, run.proc, (n, *run.sample_shape), args.sampler, args.steps, args.eta, cond=cond,
@@ -144,7 +161,7 @@ def _main(args) -> int:
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
     elif x.ndim == 5:  # clips
-        written.append(save_clips_gif(x, out) if out.suffix.lower() == ".gif" else save_frame_grid(x, out))
+        written.append(save_clips(x, out))  # .gif, .mp4 or a frame grid, by the suffix
     if tensor_out is not None:
         buffer = io.BytesIO()  # serialised here, written by Python: a failed write names the file
         torch.save(x.cpu(), buffer)
@@ -152,6 +169,24 @@ def _main(args) -> int:
     print(f"difflab sample: {n} samples from {run.path} (step {run.step}) -> "
           f"{', '.join(str(Path(w).resolve()) for w in written)}")
     return 0
+
+
+def _prompts(args, run, text: bool):
+    """--prompt's captions, each repeated --n times (a row each), tokenized up front so a word the
+    model never saw fails before any sampling; None without --prompt."""
+    if args.prompt is None:
+        return None
+    if not text:
+        raise ValueError(f"--prompt needs a text model; {args.ckpt} takes "
+                         + ("class labels: use --label" if run.num_classes is not None else "no condition"))
+    if args.label is not None or args.classifier is not None:
+        raise ValueError("--prompt conditions a text model: drop --label and --classifier")
+    if args.n < 1:
+        raise ValueError(f"--n must be a positive integer, got {args.n}")
+    with warnings.catch_warnings():  # (the words' check; run.sample tokenizes again, and warns of truncation)
+        warnings.simplefilter("ignore")
+        run.tokenizer.encode(args.prompt)
+    return [p for p in args.prompt for _ in range(args.n)]
 
 
 def _classifier(args, run, device):

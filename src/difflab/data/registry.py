@@ -2,19 +2,20 @@
 
 Every loader returns ``(images, labels)``: images float32 [N, C, H, W] in [-1, 1], labels
 long [N] or None; except ``moving_digits``, whose samples are clips [N, T, C, H, W]
-(:func:`load_moving_digits`).
+(:func:`load_moving_digits`), and ``captioned_digits``, whose labels are captions (N strings) or
+the digits (:func:`load_captioned_digits`).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from torch import Tensor
 
-from . import digits, images, mnist, moving
+from . import captioned, digits, images, mnist, moving
 
-__all__ = ["load", "register", "names", "DATA_RANGE", "load_moving_digits"]
+__all__ = ["load", "register", "names", "DATA_RANGE", "load_moving_digits", "load_captioned_digits"]
 
 # Every data set here is images scaled to [-1, 1]: |x| <= DATA_RANGE.
 DATA_RANGE = 1.0
@@ -29,11 +30,26 @@ def load_moving_digits(n: int = 10_000, **kwargs) -> tuple[Tensor, Optional[Tens
     return md.clips, (md.labels[:, 0] if md.labels.shape[1] == 1 else None)
 
 
+CAPTIONED_LABELS = ("caption", "digit")
+
+
+def load_captioned_digits(labels: str = "caption", **kwargs) -> tuple[Tensor, Union[list[str], Tensor]]:
+    """Captioned digits as a data set (:func:`difflab.data.captioned.captioned_digits`, the same
+    arguments): images float32 [N, 1, C, C] in [-1, 1] and, by ``labels``, their captions (N
+    strings, for a text model) or their digits (long [N], for a class-conditional control)."""
+    if labels not in CAPTIONED_LABELS:
+        raise ValueError(f"captioned_digits: labels must be one of {', '.join(map(repr, CAPTIONED_LABELS))}, "
+                         f"got {labels!r}")
+    ds = captioned.captioned_digits(**kwargs)
+    return ds.images, (list(ds.captions) if labels == "caption" else ds.digits)
+
+
 _LOADERS: dict[str, Callable[..., tuple[Tensor, Optional[Tensor]]]] = {
     "mnist": mnist.load,
     "digits": digits.load,
     "folder": images.load_folder,
     "moving_digits": load_moving_digits,
+    "captioned_digits": load_captioned_digits,
 }
 
 

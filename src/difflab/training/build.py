@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,7 @@ from ..processes import Process
 from ..validation import IMAGE_RANGE_TOL
 from .config import VLB_LOSSES, TrainConfig
 
-__all__ = ["build_model", "build_process", "data_range", "check_data_range"]
+__all__ = ["build_model", "build_process", "data_range", "check_data_range", "text_vocabulary"]
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -38,10 +38,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if nc is not None and getattr(model, "num_classes", None) != nc:
         raise ValueError(f"model {cfg.model.name!r} was given num_classes={nc} but has "
                          f"num_classes={getattr(model, 'num_classes', None)}")
-    if getattr(model, "context_dim", None) is not None:
+    if getattr(model, "context_dim", None) is not None and getattr(model, "tokenizer", None) is None:
         raise ValueError(f"config field 'model.kwargs.context_dim': model {cfg.model.name!r} cross-attends to text, "
-                         f"but data set {cfg.data.name!r} has no captions (the trainer passes images and class "
-                         "labels only); drop context_dim, or condition on labels (num_classes)")
+                         f"but has no text encoder to make its context from captions: build a text model "
+                         "(model.name: text_unet or text_dit, which wrap the network with a tokenizer and a text "
+                         "encoder), drop context_dim, or condition on labels (num_classes)")
     if bool(getattr(model, "learn_sigma", False)) != (cfg.loss in VLB_LOSSES):  # (a model's default, too)
         raise ValueError(f"config field 'loss': {cfg.loss!r} with model {cfg.model.name!r} that "
                          f"{'learns' if getattr(model, 'learn_sigma', False) else 'does not learn'} its variance: "
@@ -57,6 +58,21 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
+def text_vocabulary(cfg: TrainConfig, captions: Optional[Sequence[str]], data_name: str) -> None:
+    """A text model's word vocabulary, the words of the training ``captions``, into
+    ``cfg.model.kwargs["vocab"]`` unless the config gives one: config.yaml then carries the
+    tokenizer, so ``dl.load`` rebuilds it with the run. A model whose builder takes no ``vocab``
+    (a frozen Hugging Face encoder brings its own tokenizer) is left as it is; a text model with
+    neither a vocabulary nor captions is refused."""
+    if "vocab" in cfg.model.kwargs or not models.registry.accepts(cfg.model.name, "vocab"):
+        return
+    if captions is None:
+        raise ValueError(f"model {cfg.model.name!r} is a text model but the data {data_name} has no captions to "
+                         "learn its words from (use data.name: captioned_digits, or give Trainer(data=(images, "
+                         "captions)))")
+    cfg.model.kwargs["vocab"] = models.text.build_vocab(captions)
+
+
 def build_process(cfg: TrainConfig) -> Process:
     """The config's process (``diffusion.process`` with its options), its samplers clipping x0
     estimates to the data's range (:func:`data_range`)."""
@@ -69,6 +85,8 @@ def data_range(cfg: TrainConfig) -> Optional[float]:
     2D toy sets: unbounded). The data a run trains on must lie within it: :func:`check_data_range`."""
     if cfg.sample.clip_x0 is not None:
         return cfg.sample.clip_x0
+    if cfg.latent.autoencoder is not None:  # latents: the autoencoder's range, unclipped (as Stable Diffusion)
+        return None
     return None if cfg.data.name == "toy2d" else DATA_RANGE
 
 

@@ -50,10 +50,11 @@ from ..accel import set_module_forms
 from ..devices import resolve_device
 from ..files import atomic_write, atomic_write_text, fsync_path, sha256_file
 from ..processes import Process
-from ..validation import is_real
+from ..validation import is_real, model_attribute
 from .build import build_model, build_process
 from .config import TrainConfig, config_from_text, config_to_text, load_config
 from .generate import Labels, generate
+from .latent import autoencoder_folder, check_autoencoder, check_latent_shape
 from .model_card import card_path, check_card_target, is_difflab_card, model_card
 from .sharding import DCP_FOLDER, is_sharded, load_full_weights
 
@@ -406,7 +407,9 @@ def _read_state(file: Path) -> dict:
 # ------------------------------------------------------------------ dl.load
 class LoadedRun:
     """A trained model ready to sample: ``.model``, ``.ema_model`` (both in eval mode),
-    ``.proc``, ``.num_classes``, ``.config``, ``.step``; ``.sample(n, ...)``.
+    ``.proc``, ``.num_classes`` (or a text model's ``.tokenizer``), ``.config``, ``.step``;
+    ``.sample(n, ...)``; a latent run's ``.autoencoder`` (from ``RUN/autoencoder``; else None),
+    which ``.sample`` decodes with.
 
     The networks know the process they were trained under: ``model.trained_process`` is
     ``.proc``, and ``dl.sample`` refuses to sample them under a process that means something
@@ -419,8 +422,10 @@ class LoadedRun:
         self.state, self.path = state, path
         self.step: int = state["step"]
         self.num_classes: Optional[int] = getattr(ema_model, "num_classes", None)
+        self.tokenizer = model_attribute(ema_model, "tokenizer")  # a text model's: prompts -> token ids
         self.sample_shape = tuple(state["sample_shape"])
         self.image_shape = tuple(state.get("image_shape") or state["sample_shape"])
+        self.autoencoder: Optional[nn.Module] = None  # a latent run's, which decodes its samples (load sets it)
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.path)!r}, model={self.config.model.name!r}, step={self.step}, "
@@ -450,11 +455,13 @@ class LoadedRun:
         model: Optional[Callable] = None,
         device=None,
         progress: bool = False,
+        prompts: Union[None, str, Sequence[str]] = None,
         **options,
     ) -> Tensor:
         """n samples [n, *image_shape] in about [-1, 1] (``sampler``, ``steps``: default
         :meth:`sampling_defaults`). ``labels``: an int (all alike), n ints,
-        or None (unconditional); ``guidance`` w != 1 needs labels. Same seed, same samples.
+        or None (unconditional); a text model's ``prompts``: one string (all alike) or n, "" the
+        empty caption; ``guidance`` w != 1 needs labels (or prompts). Same seed, same samples.
         ``clip_x0`` defaults to the run's process's: the config's ``sample.clip_x0``, else the
         data's range (None: no clipping). ``device``:
         where to sample (None: where the model is). ``model``: the network to sample with instead
@@ -465,7 +472,10 @@ class LoadedRun:
         default_sampler, default_steps = self.sampling_defaults()
         sampler = default_sampler if sampler is None else sampler
         steps = default_steps if steps is None else steps
-        if labels is None and is_real(guidance) and guidance != 1.0:
+        if labels is None and prompts is None and is_real(guidance) and guidance != 1.0:
+            if self.tokenizer is not None:
+                raise ValueError(f"guidance={guidance} needs prompts= (what to guide towards); e.g. "
+                                 f"run.sample(n, guidance={guidance}, prompts='a bold 7 on the left')")
             if self.num_classes is None:
                 raise ValueError(f"guidance={guidance} needs a class-conditional model; this run's "
                                  f"{self.config.model.name!r} model is unconditional: use guidance=1")
@@ -473,14 +483,21 @@ class LoadedRun:
                              f"ints in 0 .. {self.num_classes - 1}); e.g. run.sample(n, guidance={guidance}, labels=3)")
         if device is not None:
             device = resolve_device(device, "device")
+        if self.config.latent.autoencoder is not None and self.autoencoder is None:
+            raise ValueError(f"{str(self.path)!r} is a latent diffusion model and has no autoencoder to decode its "
+                             "samples (an exported file carries the model alone): set run.autoencoder = "
+                             "dl.load(AUTOENCODER_RUN).ema_model (the run's RUN/autoencoder), or load the run folder")
         return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                         sampler=sampler, steps=steps, guidance=guidance, labels=labels, seed=seed,
-                        eta=eta, device=device, progress=progress, clip_x0=clip_x0, **options)
+                        eta=eta, device=device, progress=progress, clip_x0=clip_x0, prompts=prompts,
+                        autoencoder=self.autoencoder, **options)
 
     def to(self, device) -> "LoadedRun":
         device = resolve_device(device, "device")
         self.model.to(device)
         self.ema_model.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
         return self
 
 
@@ -496,7 +513,12 @@ def load(path: Union[str, Path], device: Any = "cpu") -> LoadedRun:
     model = _for_sampling(build_model(cfg), _read_weights(ck / "model.safetensors"), device, ck / "config.yaml")
     ema_model = _for_sampling(build_model(cfg), _read_weights(ck / "ema.safetensors"), device, ck / "config.yaml")
     verify_checkpoint(ck, _SAMPLING_FILES)  # after the format checks, whose messages say more
-    return LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
+    run = LoadedRun(cfg, model, ema_model, build_process(cfg), state, ck)
+    if cfg.latent.autoencoder is not None:  # latent diffusion: decoded by the run's own copy (training/latent.py)
+        where = autoencoder_folder(ck, cfg.latent.autoencoder)
+        run.autoencoder = check_autoencoder(load(where, device).ema_model, repr(str(where)))
+        check_latent_shape(run.autoencoder, run.image_shape, run.sample_shape, repr(str(where)))
+    return run
 
 
 _SAMPLING_FILES = ("config.yaml", "state.json", "model.safetensors", "ema.safetensors")

@@ -35,6 +35,7 @@ from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS
 from .autoencoder_config import AutoencoderConfig
+from .latent_config import LatentConfig
 from .data import dataset_names
 from .distill import TEACHER_SOLVERS
 from .loss import loss_names
@@ -342,7 +343,8 @@ class EMAConfig:
 class SampleConfig:
     """Sample grids written during training (EMA weights, fixed seed): every ``every`` steps
     (0 = only at the end, -1 = never). Conditional models: a row of ``per_class`` samples per
-    class at guidance ``guidance``; unconditional: ``n`` samples. ``clip_x0`` clamps each
+    class at guidance ``guidance``; text models: a row of ``per_class`` samples for each of the
+    first ``n // per_class`` distinct training captions; unconditional: ``n`` samples. ``clip_x0`` clamps each
     step's estimate of x0 to [-c, c] (1 for images in [-1, 1], as in DDPM's sampler); it is also
     the default of ``dl.load(...).sample``."""
 
@@ -544,6 +546,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     vlb: VLBConfig = field(default_factory=VLBConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # loss: autoencoder's terms
+    latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion: the autoencoder's run
     loss: str = "diffusion"
     batch_size: int = 128
     grad_accum: int = 1

@@ -26,7 +26,7 @@ from ..validation import DATA_RANGE_LIMIT, check_image_range, is_int
 if TYPE_CHECKING:  # (for the annotations only: config.py checks dataset names with this module)
     from .config import DataConfig
 
-__all__ = ["dataset_names", "load_data", "check_data", "GlobalBatches", "mix_seed", "step_generator"]
+__all__ = ["dataset_names", "load_data", "check_data", "is_captions", "GlobalBatches", "mix_seed", "step_generator"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -55,7 +55,8 @@ def dataset_names() -> tuple[str, ...]:
 
 
 def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
-    """(x, labels or None) for a data spec: float32 [N, ...] in about [-1, 1], long [N].
+    """(x, labels or None) for a data spec: float32 [N, ...] in about [-1, 1], long [N] (or N
+    captions: ``captioned_digits``).
 
     ``toy2d`` takes kwargs ``dataset`` (default swiss_roll), ``n`` (10000) and ``seed`` (0)
     and carries class labels; every other name goes to ``dl.data.load(name, **kwargs)``.
@@ -79,21 +80,28 @@ def load_data(spec: DataConfig) -> tuple[Tensor, Optional[Tensor]]:
     return check_data((x, y), name=f"data {spec.name!r}")  # float images [N, ...], integer labels [N]
 
 
+def is_captions(labels: Any) -> bool:
+    """Whether a data set's labels are captions: a sequence of strings (one per image)."""
+    return isinstance(labels, (list, tuple)) and len(labels) > 0 and all(isinstance(c, str) for c in labels)
+
+
 def check_data(data: Any, num_classes: Optional[int] = None,
                name: str = "data") -> tuple[Tensor, Optional[Tensor]]:
     """``data = (x, labels or None)`` given directly (``Trainer(..., data=...)``), checked as the
     config's data is: x a float tensor [N, ...] (N >= 1) of finite values, image-shaped x
     ([N, C, H, W]) on the scale the process assumes (within +-DATA_RANGE_LIMIT: 0..255 pixels are
     refused, the scale rule of :func:`difflab.validation.check_image_range`), labels an integer
-    tensor [N] in 0 .. num_classes-1. NumPy arrays are taken (``torch.as_tensor``). Returns
-    (x as float32, labels as long or None); errors name ``name``."""
+    tensor [N] in 0 .. num_classes-1, or N captions (strings, for a text model). NumPy arrays are
+    taken (``torch.as_tensor``). Returns (x as float32, labels as long, a list of captions, or
+    None); errors name ``name``."""
     if isinstance(data, Tensor) or not isinstance(data, (tuple, list)) or len(data) != 2:
         got = f"a tensor of shape {tuple(data.shape)}" if isinstance(data, Tensor) else repr(type(data).__name__)
         raise ValueError(f"{name} must be a pair (images, labels or None), e.g. data=(x, None); got {got}")
     x, y = data
+    captions = is_captions(y)
     try:
         x = torch.as_tensor(x)
-        y = torch.as_tensor(y) if y is not None else None
+        y = torch.as_tensor(y) if (y is not None and not captions) else y
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name}: the images and labels must be tensors or NumPy arrays ({err})") from None
     if not x.is_floating_point():
@@ -107,6 +115,10 @@ def check_data(data: Any, num_classes: Optional[int] = None,
         raise ValueError(f"{name}: the images hold {int(bad.sum())} NaN/inf values (the first in sample "
                          f"{first}); remove or fix those samples")
     check_image_range(x, f"{name}: the images", DATA_RANGE_LIMIT)  # before any model sees them
+    if captions:
+        if len(y) != len(x):
+            raise ValueError(f"{name}: {len(y)} captions for {len(x)} images; give one caption per image")
+        return x.float().contiguous(), list(y)
     if y is not None:
         if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
             raise ValueError(f"{name}: the labels must be integers (class indices), got dtype {y.dtype}")

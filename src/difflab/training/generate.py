@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ..data.grids import save_image_grid
 from ..processes import Process
 from ..samplers import sample
-from ..validation import is_int, positive_int
+from ..validation import is_int, model_attribute, positive_int
+from .latent import decode_latents
 
-__all__ = ["generate", "labels_for", "class_rows", "save_grid"]
+__all__ = ["generate", "labels_for", "prompts_for", "class_rows", "save_grid"]
 
 Labels = Union[None, int, Sequence[int], Tensor]
 
@@ -47,6 +48,25 @@ def labels_for(labels: Labels, n: int, num_classes: Optional[int]) -> Optional[T
     return cond
 
 
+Prompts = Union[None, str, Sequence[str]]
+
+
+def prompts_for(prompts: Prompts, n: int, tokenizer) -> Optional[Tensor]:
+    """Token ids [n, max_length] of a text model from one prompt (all n alike) or n prompts."""
+    if prompts is None:
+        return None
+    if tokenizer is None:
+        raise ValueError("prompts were given but the model takes no text (it has no tokenizer): sample it with "
+                         "labels (a class-conditional model) or with neither")
+    if isinstance(prompts, str):
+        prompts = [prompts] * n
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a string or a sequence of strings, got {prompts!r}"[:200])
+    if len(prompts) != n:
+        raise ValueError(f"prompts must be one string or {n} strings (one per sample), got {len(prompts)}")
+    return tokenizer.encode(list(prompts))
+
+
 def class_rows(num_classes: int, per_class: int) -> Tensor:
     """Labels 0,0,..,1,1,..: a grid with ``per_class`` columns has one row per class."""
     return torch.arange(num_classes).repeat_interleave(per_class)
@@ -68,17 +88,29 @@ def generate(
     eta: float = 0.0,
     device=None,
     progress: bool = False,
+    prompts: Prompts = None,
+    autoencoder: Optional[nn.Module] = None,
     **options,
 ) -> Tensor:
-    """n samples [n, *image_shape] (or sample_shape) from ``model``; the starting noise comes
+    """n samples [n, *image_shape] (or sample_shape) from ``model``, conditioned on class
+    ``labels`` or, for a text model, ``prompts`` (one string, or n); the starting noise comes
     from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device.
     ``proc`` may be any process: a sampler whose default spacing lies on the DDPM grid (ddim,
-    ddpm) takes a continuous process's own (``samplers.timesteps.default_spacing``)."""
+    ddpm) takes a continuous process's own (``samplers.timesteps.default_spacing``).
+    ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): the sampled latents are
+    decoded into images [n, *image_shape] (``training.latent.decode_latents``, clamped to [-1, 1])."""
     n = positive_int("n (the number of samples)", n)
+    tokenizer = model_attribute(model, "tokenizer")
+    if tokenizer is not None and labels is not None:
+        raise ValueError("this model is text-conditioned: give prompts= (strings), not labels=")
     cond = labels_for(labels, n, getattr(model, "num_classes", None))
+    if prompts is not None:
+        cond = prompts_for(prompts, n, tokenizer)
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
                generator=g, device=device, progress=progress, **options)
+    if autoencoder is not None:  # a latent model's samples are latents; the images are their decodings
+        return decode_latents(autoencoder, x)
     if image_shape is not None and tuple(image_shape) != tuple(sample_shape):
         x = x.reshape(n, *image_shape)
     return x

@@ -42,15 +42,18 @@ from ..devices import graphs_supported as _graphs_supported
 from ..devices import count_flops, resolve_device, use_cpu_threads
 from ..data.clips import save_frame_grid
 from ..processes import Process
+from ..validation import model_attribute, null_label
 from ..accel import set_module_forms
-from .build import build_model, build_process, check_data_range
+from .build import build_model, build_process, check_data_range, text_vocabulary
 from .checkpoint import (atomic_write_text, latest_checkpoint, load_matching, new_checkpoint_folder, read_checkpoint,
                          verify_checkpoint, save_checkpoint)
 from .config import TrainConfig, config_diff, load_config
 from .lock import RunLock, RunLocked
 from .run_config import render_run_config, run_config_action
-from .data import GlobalBatches, check_data, load_data, step_generator
+from .data import GlobalBatches, check_data, is_captions, load_data, step_generator
 from .ema import EMA
+from .latent import check_latent_channels
+from .latent_data import latent_training_data
 from .generate import class_rows, generate, save_grid
 from ..models.superres import lowres_model
 from .loss import LossFn, TrainBatch, build_loss
@@ -163,9 +166,23 @@ class Trainer:
             self._data_label = f"data {cfg.data.name!r}"
         self.data_name = data_name
         self.image_shape = tuple(x.shape[1:])  # what samples look like (grids, dl.load)
+        self.autoencoder = None  # latent diffusion (training/latent_data.py): the network trains on the latents
+        if cfg.latent.autoencoder is not None:
+            self.autoencoder, x = latent_training_data(cfg, self.out, x, resume=resume, write=self.is_main,
+                                                       data=self._data_label, device=self.device, say=self._say)
         if cfg.data.flatten:
             x = x.flatten(1)
         self.sample_shape = tuple(x.shape[1:])  # what the network takes
+        captions = y if is_captions(y) else None  # a text model's: tokenized once the model is built
+        self.captions: Optional[list[str]] = None
+        if captions is not None:
+            y = None
+            if self.num_classes is not None:
+                raise ValueError(f"the data {data_name} has captions, but the model is class-conditional "
+                                 f"(model.kwargs.num_classes = {self.num_classes}): train a text model "
+                                 "(model.name: text_unet or text_dit), or take the digits as labels "
+                                 "(data.kwargs.labels: digit)")
+        text_vocabulary(cfg, captions, data_name)  # model.kwargs.vocab: the captions' words (saved with the run)
         if self.num_classes is not None and y is None:
             raise ValueError(f"the model is class-conditional (model.kwargs.num_classes = {self.num_classes}) "
                              f"but the data {data_name} has no labels")
@@ -182,6 +199,20 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.proc: Process = build_process(cfg)
         model = build_model(cfg)
+        if self.autoencoder is not None:  # it must take (and predict) the latents' channels
+            check_latent_channels(model, self.autoencoder, repr(cfg.latent.autoencoder), f"model {cfg.model.name!r}")
+        self.null_cond = null_label(model)  # what label dropout puts in: the null class, or the empty caption
+        tokenizer = model_attribute(model, "tokenizer")  # (also under EDM's or a consistency model's wrapper)
+        self.text = tokenizer is not None
+        if self.text != (captions is not None):
+            raise ValueError(
+                f"model {cfg.model.name!r} is a text model but the data {data_name} has no captions (use "
+                "data.name: captioned_digits, or give Trainer(data=(images, captions)))" if self.text else
+                f"the data {data_name} has captions but model {cfg.model.name!r} takes no text: use "
+                "model.name: text_unet (or text_dit), or data.kwargs.labels: digit with num_classes")
+        if self.text:  # token ids [N, L]: tokenized once, indexed per step like class labels
+            self.y = tokenizer.encode(captions).to(data_device)
+            self.captions = captions
         set_module_forms(model, group_norm=cfg.group_norm)  # faster forms of the same function, in place
         self.loss_fn: LossFn = loss_fn or build_loss(self.proc, cfg)
         sample_flops = self._check_model(model)
@@ -325,7 +356,7 @@ class Trainer:
         k = min(2, len(self.x))
         x = self.x[:k].float().cpu()
         t = self.proc.training_times(k, generator=torch.Generator().manual_seed(0))  # (its own generator)
-        cond = torch.zeros(k, dtype=torch.long) if self.num_classes is not None else None
+        cond = self.y[:k].cpu() if self.y is not None else None
         batch = TrainBatch(x0=x, cond=cond, labels=cond, t=t, noise=torch.zeros_like(x), u=torch.ones(k), step=0,
                            index=torch.arange(k))  # u = 1: no label dropped
         model.eval()
@@ -492,7 +523,8 @@ class Trainer:
                 labels = self.y[idx].to(dev, non_blocking=True)
                 cond = labels
                 if cfg.cond_drop_prob > 0:
-                    cond = torch.where(u_all[sl] < cfg.cond_drop_prob, self.num_classes, labels)
+                    drop = (u_all[sl] < cfg.cond_drop_prob).view(-1, *([1] * (labels.ndim - 1)))  # whole captions
+                    cond = torch.where(drop, self.null_cond, labels)
             yield TrainBatch(x0=x0, cond=cond, labels=labels, t=t_all[sl], noise=noise, u=u_all[sl],
                              step=s, index=idx, ema=self.ema.model)
 
@@ -770,18 +802,24 @@ class Trainer:
             self._say("note: no sample grid for a super-resolution model (it needs low-res images: "
                       "difflab upscale --ckpt RUN --input LOW.png)")
             return Path(path)
-        if self.num_classes is not None:
+        prompts = None
+        if self.text:  # a row per training caption, the first distinct ones
+            firsts = list(dict.fromkeys(self.captions))[:max(1, sc.n // sc.per_class)]
+            labels, prompts, nrow = None, [p for p in firsts for _ in range(sc.per_class)], sc.per_class
+        elif self.num_classes is not None:
             labels, nrow = class_rows(self.num_classes, sc.per_class), sc.per_class
         else:
             labels, nrow = None, max(1, int(math.sqrt(sc.n)))
-        n = len(labels) if labels is not None else sc.n
-        guidance = sc.guidance if labels is not None else 1.0
+        conditions = labels if prompts is None else prompts
+        n = len(conditions) if conditions is not None else sc.n
+        guidance = sc.guidance if conditions is not None else 1.0
         was_training = self.ema.model.training  # the live model itself when ema.decay = 0
         self.ema.model.eval()
         try:
             images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                               sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
-                              seed=sc.seed, device=self.device)  # clipped to the process's data range
+                              prompts=prompts, seed=sc.seed, device=self.device,  # clipped to the process's data range
+                              autoencoder=self.autoencoder)  # (a latent run's grids: decoded images)
         finally:
             self.ema.model.train(was_training)
         if images.ndim not in (4, 5):
