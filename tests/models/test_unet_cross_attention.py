@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import difflab as dl
 from difflab.accel import model as model_mod
 from difflab.accel.graphs import CapturedCall
-from difflab.models.unet import CrossAttentionBlock, UNet, query_positions
+from difflab.models.unet import CrossAttentionBlock, UNet
 from graph_emulator import RecordedGraph
 from networks import perturb
 
@@ -44,31 +44,14 @@ def cross_blocks(model):
 
 # ---------------------------------------------------------------- the block's equation
 
-def reference_positions(C, H, W):
-    """P [(r, c), :] = [sin(c w_i), cos(c w_i)]_i ++ [sin(r w_i), cos(r w_i)]_i, w_i = 10000^(-i / (d/4)),
-    i < d/4, d = C - C mod 4 (zeros after), written out per position."""
-    d = C - C % 4
-    f = d // 4
-    P = torch.zeros(H * W, C, dtype=torch.float64)
-    for r in range(H):
-        for c in range(W):
-            row = []
-            for value in (c, r):
-                w = [10000 ** (-i / f) for i in range(f)]
-                row += [math.sin(value * wi) for wi in w] + [math.cos(value * wi) for wi in w]
-            P[r * W + c, :d] = torch.tensor(row, dtype=torch.float64)
-    return P
-
-
 def reference_cross_attention(block: CrossAttentionBlock, x, context, mask):
-    """x + W_o concat_h softmax(q_h k_h^T / sqrt(d) + M) v_h, q = W_q (GN(x) + P), written out with
-    einsum per head."""
+    """x + W_o concat_h softmax(q_h k_h^T / sqrt(d) + M) v_h, written out with einsum per head."""
     B, C, H, W = x.shape
     n = block.num_heads
     d = C // n
     g = block.norm
     tokens = F.group_norm(x, g.num_groups, g.weight, g.bias, g.eps).reshape(B, C, H * W).transpose(1, 2)
-    q = (tokens + reference_positions(C, H, W)) @ block.q.weight.T
+    q = tokens @ block.q.weight.T
     k = context @ block.k.weight.T
     v = context @ block.v.weight.T
     heads = []
@@ -80,13 +63,6 @@ def reference_cross_attention(block: CrossAttentionBlock, x, context, mask):
         heads.append(torch.einsum("bqk,bkd->bqd", logits.softmax(dim=-1), v[..., part]))
     out = torch.cat(heads, dim=-1) @ block.proj_out.weight.T + block.proj_out.bias
     return x + out.transpose(1, 2).reshape(B, C, H, W)
-
-
-def test_the_queries_positions_are_the_2d_sin_cos_grid():
-    """Row-major, the column in the first half of the channels; no frequency for the C mod 4 rest."""
-    for C, H, W in ((8, 4, 5), (10, 3, 2), (16, 1, 3)):
-        like = torch.zeros(1, dtype=torch.float64)
-        torch.testing.assert_close(query_positions(C, H, W, like), reference_positions(C, H, W), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("heads", [1, 2, 4])

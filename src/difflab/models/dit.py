@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..validation import check_labels, is_int, positive_int
-from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps, sincos_1d, sincos_2d
+from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps
 
 __all__ = ["DiT", "DiTBlock", "dit", "sincos_2d", "patchify", "unpatchify", "DIT_SIZES", "CONDITIONING"]
 
@@ -41,6 +41,23 @@ CONDITIONING = ("adaln_zero", "adaln", "cross_attention", "in_context")
 
 # (depth, width D, heads) of the paper's table 1; "T" is a CPU size for 8x8 digits and 14x14 MNIST.
 DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16), "T": (4, 96, 4)}
+
+
+def sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """[sin(pos w_i), cos(pos w_i)], w_i = 10000^(-i / (dim/2)), i < dim/2: [len(pos), dim] (float64)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos.double()[:, None] * omega[None]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2-D positions of a grid_h x grid_w token grid (row-major), [grid_h grid_w, dim] float32:
+    the first half of the channels encodes the column, the second half the row (DiT's and MAE's
+    ``get_2d_sincos_pos_embed``, whose meshgrid puts w first)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1).float()
 
 
 def patchify(x: Tensor, p: int) -> Tensor:

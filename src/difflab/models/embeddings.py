@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from ..validation import is_real, positive_int
 
-__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "GuidanceEmbedding", "LabelEmbedding", "batch_timesteps",
-           "sincos_1d", "sincos_2d"]
+__all__ = ["SinusoidalEmbedding", "TimestepEmbedding", "GuidanceEmbedding", "LabelEmbedding", "batch_timesteps"]
 
 
 def batch_timesteps(t, x: Tensor) -> Tensor:
@@ -112,22 +111,3 @@ class LabelEmbedding(nn.Embedding):
         num_classes = positive_int("num_classes", num_classes)
         super().__init__(num_classes + 1, dim)
         self.num_classes = num_classes
-
-
-def sincos_1d(dim: int, pos: Tensor) -> Tensor:
-    """[sin(pos w_i), cos(pos w_i)], w_i = 10000^(-i / (dim/2)), i < dim/2: [len(pos), dim] (float64),
-    on pos's device."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2))
-    out = pos.double()[:, None] * omega[None]
-    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-
-def sincos_2d(dim: int, grid_h: int, grid_w: int, device=None) -> Tensor:
-    """Fixed 2-D positions of a grid_h x grid_w token grid (row-major), [grid_h grid_w, dim] float32:
-    the first half of the channels encodes the column, the second half the row (DiT's and MAE's
-    ``get_2d_sincos_pos_embed``, whose meshgrid puts w first). Made on ``device`` (no host copy)."""
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
-    rows, cols = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device),
-                                indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1).float()

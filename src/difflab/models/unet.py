@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..validation import is_int, is_real, positive_int
-from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps, sincos_1d
+from .embeddings import GuidanceEmbedding, LabelEmbedding, TimestepEmbedding, batch_timesteps
 from .norm import GroupNorm
 
 __all__ = [
@@ -198,13 +198,6 @@ class CrossAttentionBlock(nn.Module):
     (the weights sum to 1), which W_o's bias already can. W_o (``proj_out``) is zero-initialised,
     so the block starts as the identity and a U-Net with text starts as the one without.
     ``forward(x, context, mask=None)``: mask [B, L] bool, None where no token pads.
-
-    The queries carry their position: q = W_q (GN(x) + P), P the fixed 2-D sin-cos positions of
-    the H x W grid (DiT's, :func:`~difflab.models.embeddings.sincos_2d`; zero in the last C mod 4
-    channels). A convolution is translation-equivariant, so without P every position of a
-    near-uniform map (the noisiest steps) asks the text the same question and gets the same
-    answer: "on the left" could not put ink on the left. A small U-Net trained on captioned digits
-    followed the prompts' stroke and ignored their position without it (docs/text.md).
     """
 
     def __init__(self, channels: int, context_dim: int, num_heads: int = 1, norm_groups: int = 32,
@@ -228,22 +221,12 @@ class CrossAttentionBlock(nn.Module):
         B, C, H, W = x.shape
         L, heads = context.shape[1], self.num_heads
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]; a view of channels_last memory
-        q = self.q(tokens + query_positions(C, H, W, tokens)).view(B, H * W, heads, C // heads).transpose(1, 2)
+        q = self.q(tokens).view(B, H * W, heads, C // heads).transpose(1, 2)  # [B, heads, HW, d]
         k = self.k(context).view(B, L, heads, C // heads).transpose(1, 2)  # [B, heads, L, d]
         v = self.v(context).view(B, L, heads, C // heads).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
         a = self.proj_out(a.transpose(1, 2).reshape(B, H * W, C))
         return x + a.transpose(1, 2).reshape(B, C, H, W)
-
-
-def query_positions(channels: int, h: int, w: int, like: Tensor) -> Tensor:
-    """P [h w, channels] in ``like``'s dtype and device: :func:`~difflab.models.embeddings.sincos_2d`'s
-    grid (computed in float64) over the first channels - channels mod 4 channels, zeros in the rest."""
-    d = channels - channels % 4
-    rows, cols = torch.meshgrid(torch.arange(h, device=like.device), torch.arange(w, device=like.device),
-                                indexing="ij")
-    p = torch.cat([sincos_1d(d // 2, cols.flatten()), sincos_1d(d // 2, rows.flatten())], dim=1)
-    return F.pad(p.to(like.dtype), (0, channels - d))
 
 
 def check_context(context, context_mask, x: Tensor, context_dim: int,
