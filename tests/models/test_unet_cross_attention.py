@@ -334,3 +334,34 @@ def test_the_text_network_compiles_as_one_graph():
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, t, labels, context=context, context_mask=mask),
                                    model(x, t, labels, context=context, context_mask=mask), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the pooled text embedding
+def test_pooled_context_adds_the_mean_of_the_real_tokens_to_the_time_embedding():
+    pooled = perturb(small(pooled_context=True), scale=0.3).eval()
+    seen = []
+    pooled.context_embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x, t = image()
+    c, m = text(lengths=(2, 5))
+    out = pooled(x, t, context=c, context_mask=m)
+    torch.testing.assert_close(seen[-1][0], c[0, :2].mean(0)) and torch.testing.assert_close(seen[-1][1], c[1].mean(0))
+    # padding with any values changes nothing; no mask: every token is real
+    c2 = torch.cat([c, 100 * torch.randn(2, 3, D)], 1)
+    m2 = torch.cat([m, torch.zeros(2, 3, dtype=torch.bool)], 1)
+    torch.testing.assert_close(pooled(x, t, context=c2, context_mask=m2), out, rtol=1e-5, atol=1e-5)
+    pooled(x, t, context=c)
+    torch.testing.assert_close(seen[-1], c.mean(1))
+    # with W_p = 0 and b_p = 0 it is the network without the pooled path, the same other weights
+    plain = small()
+    state = {k: v for k, v in pooled.state_dict().items() if not k.startswith("context_embed.")}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        pooled.context_embed.weight.zero_(), pooled.context_embed.bias.zero_()
+    torch.testing.assert_close(pooled(x, t, context=c, context_mask=m), plain.eval()(x, t, context=c, context_mask=m))
+
+
+def test_pooled_context_needs_text():
+    with pytest.raises(ValueError, match="pooled_context .*needs context_dim"):
+        UNet(**{**SMALL, "context_dim": None}, pooled_context=True)
+    with pytest.raises(ValueError, match="pooled_context must be"):
+        small(pooled_context="yes")

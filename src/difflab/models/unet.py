@@ -425,6 +425,10 @@ class UNet(nn.Module):
         cross_attention_resolutions: alternatively the spatial sizes that get cross-attention
             (as ``attention_resolutions``; needs ``image_size``); when given, replaces the levels.
             Heads follow the self-attention's rule (``num_heads`` or ``head_dim``).
+        pooled_context: also add W_p pool(c) to the time embedding, pool the mean of the real
+            tokens (GLIDE's and Imagen's pooled text embedding beside the cross-attention): every
+            residual block then sees the whole caption, as a class label's embedding is seen; the
+            cross-attention alone reaches only the chosen levels' positions.
 
     The last three exist for the original DDPM checkpoints (converted to diffusers as
     google/ddpm-cifar10-32 and its siblings: freq_shift 1, norm_eps 1e-6, downsample_padding 0);
@@ -458,6 +462,7 @@ class UNet(nn.Module):
         context_dim: Optional[int] = None,
         cross_attention_levels: Optional[Sequence[int]] = None,
         cross_attention_resolutions: Optional[Sequence[int]] = None,
+        pooled_context: bool = False,
     ) -> None:
         super().__init__()
         self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
@@ -512,7 +517,11 @@ class UNet(nn.Module):
                     f"for channel_mult={channel_mult}"
                 )
         attention_levels = self._attention_levels(attention_levels, attention_resolutions, image_size, levels)
+        _flag("pooled_context", pooled_context)
         if context_dim is None:
+            if pooled_context:
+                raise ValueError("pooled_context adds the pooled text embedding to the time embedding, which needs "
+                                 "context_dim (the width of the text embeddings)")
             if cross_attention_levels is not None or cross_attention_resolutions is not None:
                 raise ValueError("cross_attention_levels / cross_attention_resolutions place cross-attention to "
                                  "text, which needs context_dim (the width of the text embeddings), e.g. "
@@ -546,6 +555,7 @@ class UNet(nn.Module):
         except ValueError as err:  # (the embedding's own message names its width, channels)
             raise ValueError(f"UNet(channels={channels}, freq_shift={freq_shift!r}): {err}") from None
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
+        self.context_embed = nn.Linear(context_dim, emb_dim) if pooled_context else None
         if not isinstance(guidance_embed, bool):
             raise ValueError(f"guidance_embed must be true or false, got {guidance_embed!r}")
         if guidance_embed and num_classes is None:
@@ -743,6 +753,10 @@ class UNet(nn.Module):
                 "this UNet is unconditional (num_classes=None) but got labels; build it with "
                 "num_classes=K to use class labels"
             )
+        if self.context_embed is not None:  # the mean of the real tokens (all of them without a mask)
+            c, m = text["context"], text["context_mask"]
+            pooled = c.mean(1) if m is None else (c * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+            emb = emb + self.context_embed(pooled)
         if self.guidance_embed is not None:
             emb = emb + self.guidance_embed(guidance, x)
         elif guidance is not None:
