@@ -5,6 +5,7 @@ captions, a word it never saw) refused by name."""
 
 import pytest
 import torch
+from latent_runs import autoencoder_run
 
 import difflab as dl
 from difflab.models.text import build_vocab
@@ -110,3 +111,20 @@ def test_captions_and_models_must_agree(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabulary|not in the vocabulary|knows only"):
         Trainer(text_config(model={"name": "text_unet", "kwargs": {**TEXT_MODEL["kwargs"], "vocab": vocab}}),
                 tmp_path / "d", progress=False)
+
+
+def test_a_latent_text_run_trains_on_latents_and_samples_decoded_images_from_prompts(tmp_path):
+    """configs/mnist_text.yaml's recipe at toy size: captions on the latents of an autoencoder."""
+    ae = autoencoder_run(tmp_path / "ae", data={"name": "captioned_digits", "kwargs": {"n": 32, "labels": "digit"}})
+    model = {"name": "text_unet", "kwargs": {**TEXT_MODEL["kwargs"], "in_channels": 2, "image_size": 8,
+                                             "pooled_context": True}}
+    cfg = text_config(model=model, latent={"autoencoder": str(ae)}, steps=2)
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        assert trainer.sample_shape == (2, 8, 8) and trainer.image_shape == (1, 16, 16)
+        trainer.train()
+    run = dl.load(tmp_path / "run")
+    x = run.sample(2, "ddim", 2, guidance=3.0, prompts=["a bold 7 on the left", ""], seed=0)
+    assert x.shape == (2, 1, 16, 16) and float(x.abs().max()) <= 1.0
+    z = dl.sample(run.ema_model, run.proc, (2, 2, 8, 8), "ddim", 2, cond=run.tokenizer.encode(["a bold 7 on the left", ""]),
+                  guidance=3.0, noise=torch.randn((2, 2, 8, 8), generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(x, run.autoencoder.decode_latents(z).clamp(-1, 1), rtol=1e-5, atol=1e-5)

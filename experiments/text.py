@@ -1,0 +1,196 @@
+"""Text conditioning on captioned digits, judged from pixels (not part of the difflab package).
+
+    python experiments/text.py --out docs/text                  # about 15 minutes on 2 CPU cores
+    python experiments/text.py --size tiny --out /tmp/text      # the code path in a minute
+
+Two runs on the same captioned digits (scikit-learn's 8x8 digits on a 16x16 canvas, position and
+stroke varied: configs/digits_text.yaml), each reused when finished (--runs, default runs/text):
+
+- ``text``: configs/digits_text.yaml, the text-conditioned U-Net with its jointly trained encoder;
+- ``control``: the same U-Net and training conditioned on the digit's class alone (no cross-attention,
+  ``data.kwargs.labels: digit``, 10% label dropout), which knows nothing of position or stroke.
+
+The judges involve no diffusion model: the class by difflab's small CNN trained on other renderings of
+the same source digits (another seed: other positions and strokes), position and stroke measured from
+the pixels by ``difflab.evaluation.attributes`` (centre of mass; ink mass over half the boundary).
+Prompts: every (digit, position, stroke) combination, a caption each drawn from the grammar (not the
+training captions), ``--per-combo`` samples each; the combinations split into those seen in training
+and the held-out ones (a bold 7, a thin 2, a 4 on the right, a 9 at the top left: each digit and each
+value was seen, never together). Accuracy of each attribute, and of all three at once, per guidance
+scale; binomial standard errors beside them. The control is sampled for the same prompts with the
+digit's label and scored against the prompts' positions and strokes: chance is 1/9 and 1/2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, "") and sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path[0] = str(HERE.parent)  # run as a script: import from the repository root
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from difflab.data import captioned as cap  # noqa: E402
+from difflab.data.grids import save_image_grid  # noqa: E402
+from difflab.evaluation import attributes as attr  # noqa: E402
+from difflab.evaluation.classifier import train_classifier  # noqa: E402
+from difflab.files import atomic_write_text  # noqa: E402
+from difflab.training import load as load_run  # noqa: E402
+from experiments.processes import train_run  # noqa: E402
+
+COMMAND = "python experiments/text.py"
+REPO = HERE.parent
+VARIED = ("position", "stroke")
+
+SIZES = {
+    "tiny": dict(steps=6, n_train=300, clf_renderings=1, clf_epochs=1, per_combo=1, guidances=(1.0, 3.0),
+                 sample_steps=4, digits=(0, 2, 4, 7, 9)),
+    "cpu": dict(steps=None, n_train=None, clf_renderings=5, clf_epochs=20, per_combo=4,
+                guidances=(1.0, 2.0, 3.0, 5.0), sample_steps=25, digits=tuple(range(10))),
+}
+
+
+def configs(size: dict) -> tuple[dict, dict]:
+    """The text run's config (configs/digits_text.yaml, shortened for --size tiny) and the control's."""
+    text = yaml.safe_load((REPO / "configs" / "digits_text.yaml").read_text())
+    if size["steps"] is not None:
+        text["steps"] = size["steps"]
+    if size["n_train"] is not None:
+        text["data"]["kwargs"]["n"] = size["n_train"]
+    text["ckpt_every"], text["log_every"] = text["steps"], max(1, text["steps"] // 10)
+    text["sample"] = dict(text["sample"], every=-1)
+    control = copy.deepcopy(text)
+    kw = {k: v for k, v in text["model"]["kwargs"].items()
+          if k not in ("max_length", "text_width", "text_depth", "text_heads", "cross_attention_levels", "pooled_context",
+                       "vocab")}
+    control["model"] = {"name": "unet", "kwargs": dict(kw, num_classes=10)}
+    control["data"]["kwargs"]["labels"] = "digit"
+    return text, control
+
+
+def combinations(digits: Sequence[int], held_out) -> tuple[list, list]:
+    """(seen, held-out) lists of (digit, position, stroke): a combination is held out when it shows
+    one of the held-out (digit, attribute, value) pairs."""
+    seen, held = [], []
+    for d in digits:
+        for p in cap.POSITIONS:
+            for s in cap.STROKES:
+                hit = any(d == hd and {"position": p, "stroke": s}[name] == value for hd, name, value in held_out)
+                (held if hit else seen).append((d, p, s))
+    return seen, held
+
+
+def prompts_for(combos: list, per_combo: int, seed: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Captions from the grammar (a new word order and synonyms per sample) and what they ask for."""
+    prompts, want = [], {"digit": [], "position": [], "stroke": []}
+    for i, (d, p, s) in enumerate(combos):
+        for j in range(per_combo):
+            prompts.append(cap.caption(d, p, s, seed=seed * 1_000_003 + i * per_combo + j))
+            want["digit"].append(d)
+            want["position"].append(cap.POSITIONS.index(p))
+            want["stroke"].append(cap.STROKES.index(s))
+    return prompts, {k: torch.tensor(v) for k, v in want.items()}
+
+
+def judge(images: torch.Tensor, want: dict, clf, layout) -> dict:
+    """Per-sample hits of each attribute and of all three, and their accuracies with standard errors."""
+    with torch.no_grad():
+        digit = torch.cat([clf(b).argmax(1) for b in images.split(500)])
+    measured = attr.measure_attributes(images, layout=layout)
+    hits = {"class": digit == want["digit"]}
+    for name in VARIED:
+        hits[name] = measured[name] == want[name]
+    hits["all"] = hits["class"] & hits["position"] & hits["stroke"]
+    n = len(images)
+    out = {"n": n}
+    for k, h in hits.items():
+        p = h.float().mean().item()
+        out[k] = round(p, 4)
+        out[f"{k}_se"] = round(math.sqrt(max(p * (1 - p), 1e-12) / n), 4)
+    return out
+
+
+def draw(run, prompts=None, labels=None, guidance=1.0, steps=25, seed=0, batch=400) -> torch.Tensor:
+    """Samples for the prompts (text run) or labels (control), in batches, DDIM."""
+    n = len(prompts) if prompts is not None else len(labels)
+    out = []
+    for i in range(0, n, batch):
+        kw = ({"prompts": prompts[i:i + batch]} if prompts is not None else {"labels": labels[i:i + batch]})
+        k = len(next(iter(kw.values())))
+        out.append(run.sample(k, "ddim", steps, guidance=guidance, seed=seed + i, **kw))
+    return torch.cat(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/text"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/text"))
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"command": f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:]), "size": args.size}
+
+    text_cfg, control_cfg = configs(size)
+    seconds = {}
+    for name, cfg in (("text", text_cfg), ("control", control_cfg)):
+        start = time.perf_counter()
+        train_run(cfg, args.runs / name, None)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    res["train_seconds_this_call"] = seconds
+    text, control = load_run(args.runs / "text"), load_run(args.runs / "control")
+    res["steps"] = {"text": text.step, "control": control.step}
+
+    # the class judge: renderings of the same source digits with other attributes (seed 2), tested on seed 1's
+    data_kw = dict(text_cfg["data"]["kwargs"])
+    data_kw.pop("n", None)
+    src = cap.captioned_digits(source="digits", seed=0, attributes=VARIED)
+    fit = cap.captioned_digits(size["clf_renderings"] * len(src), source="digits", seed=2, attributes=VARIED,
+                               held_out=())
+    test = cap.captioned_digits(None, source="digits", seed=1, attributes=VARIED, held_out=())
+    clf, record = train_classifier(fit.images, fit.digits, test_images=test.images, test_labels=test.digits,
+                                   num_classes=10, epochs=size["clf_epochs"], seed=0)
+    res["judge"] = {"class_accuracy_on_real": round(record["test_accuracy"], 4), "renderings": len(fit),
+                    "epochs": size["clf_epochs"],
+                    "attributes_on_real": judge(test.images, {"digit": test.digits, **test.attributes}, clf,
+                                                src.layout)}
+
+    seen, held = combinations(size["digits"], src.held_out)
+    res["combinations"] = {"seen": len(seen), "held_out": len(held), "held_out_pairs": [list(h) for h in src.held_out]}
+    rows = []
+    for w in size["guidances"]:
+        row = {"guidance": w}
+        for split, combos, seed in (("seen", seen, 0), ("held_out", held, 1)):
+            prompts, want = prompts_for(combos, size["per_combo"], seed)
+            start = time.perf_counter()
+            images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
+            row[split] = judge(images, want, clf, src.layout)
+            row[split]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
+            if w == 3.0 and split == "seen":
+                save_image_grid(images[: 8 * size["per_combo"]], args.out / "text_samples.png", nrow=size["per_combo"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    res["text"] = rows
+
+    prompts, want = prompts_for(seen + held, size["per_combo"], 2)
+    images = draw(control, labels=want["digit"], guidance=3.0, steps=size["sample_steps"], seed=2)
+    res["control"] = {"guidance": 3.0, **judge(images, want, clf, src.layout)}
+    print(json.dumps(res["control"]), flush=True)
+    atomic_write_text(args.out / "text_results.json", json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
