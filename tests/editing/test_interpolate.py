@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import difflab as dl
+from networks import tiny_text_model
 from difflab import editing as E
 
 
@@ -109,3 +110,15 @@ def test_steps_on_continuous_processes(name):
             E.interpolate(model, proc, x[0], x[1], 3, steps)
     with pytest.raises(ValueError, match="spacing 'leading' picks timesteps of a discrete grid"):
         E.reconstruct(model, proc, x, 10, spacing="leading")
+
+
+def test_a_text_model_interpolates_under_one_caption():
+    """cond = token ids [1, L]: every frame is sampled under that caption (and guided against "")."""
+    model, proc = tiny_text_model(), dl.GaussianDiffusion(dl.schedules.cosine(100))
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(1, 8, 8, generator=g), torch.randn(1, 8, 8, generator=g)
+    ids = model.tokenizer.encode(["a bold 7 on the left"])
+    strip = E.interpolate(model, proc, za, zb, frames=3, steps=4, latents=True, cond=ids, guidance=2.0)
+    z = E.slerp(za, zb, torch.linspace(0, 1, 3, dtype=torch.float64)).float()
+    want = dl.sample(model, proc, (3, 1, 8, 8), "ddim", 4, cond=ids.expand(3, -1), guidance=2.0, noise=z)
+    torch.testing.assert_close(strip, want)

@@ -17,6 +17,7 @@ import torch
 import difflab as dl
 from difflab.evaluation import bits_per_dim, log_likelihood
 from difflab.models import GaussianMixtureDenoiser
+from networks import tiny_text_model
 from difflab.processes import EDM, VESDE, VPSDE, FlowMatching, GaussianDiffusion
 
 PROCESSES = {
@@ -212,3 +213,15 @@ def test_the_prior_is_the_exact_marginal_of_unit_variance_data():
     got = log_likelihood(model, proc, x0, steps=64)
     true = torch.distributions.Normal(0.0, 1.0).log_prob(x0.double()).sum(1)
     assert (got - true).abs().max() / 2 < 2e-3
+
+
+def test_a_text_models_likelihood_takes_token_ids():
+    """cond = token ids [B, L], repeated with the divergence's probes: the batch's log-likelihoods are
+    each image's own under its caption."""
+    model, proc = tiny_text_model(), dl.GaussianDiffusion(dl.schedules.cosine(100))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ids = model.tokenizer.encode(["a bold 7 on the left", "a thin 3 on the top"])
+    both = log_likelihood(model, proc, x, cond=ids, steps=2)
+    each = torch.cat([log_likelihood(model, proc, x[i:i + 1], cond=ids[i:i + 1], steps=2) for i in range(2)])
+    torch.testing.assert_close(both, each, rtol=1e-6, atol=1e-4)
+    assert not torch.allclose(both, log_likelihood(model, proc, x, cond=ids.flip(0), steps=2), atol=1e-3)

@@ -160,6 +160,13 @@ def test_the_text_model_keeps_the_model_convention_and_reads_the_networks_attrib
     assert model_attribute(wrapped, "learn_sigma") is True and model_attribute(wrapped, "null_cond") == 0
 
 
+def test_a_prompt_without_words_is_refused_not_read_as_the_empty_caption():
+    tok = WordTokenizer(VOCAB, max_length=8)
+    with pytest.raises(ValueError, match=r"prompts without a word: '!!!'.*\"\" is the empty caption"):
+        tok.encode(["a 7", "!!!"])
+    assert (tok.encode(["", " "]) == 0).all()  # "" (and blanks): the empty caption
+
+
 def test_the_null_condition_is_the_empty_caption():
     """cond=None, the samplers' full_like(ids, null_cond) and the ids of "" are one condition."""
     model = perturb(tiny_text_dit())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import difflab as dl
+from networks import tiny_text_model
 
 FAST = ["dpmpp_2m", "dpmpp_3m", "euler", "heun"]
 ALL = ["ddpm", "ddim"] + FAST
@@ -256,3 +257,17 @@ def test_under_guidance_the_learned_variance_is_the_conditional_branchs():
     run = {variance: dl.sample(Net(), proc, (4, 2), "ddpm", 8, cond=labels, guidance=3.0, variance=variance,
                                generator=torch.Generator().manual_seed(0)) for variance in ("learned", "beta")}
     torch.testing.assert_close(run["learned"], run["beta"])
+
+
+def test_a_text_models_unconditional_branch_is_the_whole_empty_caption():
+    """Guidance on token ids [B, L]: out = m(x, t, E) + w (m(x, t, ids) - m(x, t, E)), E the ids of ""
+    (every position padding), made here by the tokenizer, not by the denoiser's rule."""
+    model = tiny_text_model()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    ids = model.tokenizer.encode(["a bold 7 on the left", "7"])
+    empty = model.tokenizer.encode(["", ""])
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([40, 40])
+    with torch.no_grad():
+        guided, _ = dl.samplers.denoiser.Denoiser(model, proc, ids, guidance=3.0).model_output(x, t)
+        want = model(x, t, empty) + 3.0 * (model(x, t, ids) - model(x, t, empty))
+    torch.testing.assert_close(guided, want, rtol=1e-5, atol=1e-6)

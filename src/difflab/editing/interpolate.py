@@ -160,6 +160,6 @@ def interpolate(
         b = invert(model, proc, b, steps, cond=cond, spacing=spacing)
     u = torch.linspace(0, 1, frames, dtype=torch.float64)
     z = slerp(a[0], b[0], u)  # [frames, ...]
-    frame_cond = cond.expand(frames) if cond is not None else None
+    frame_cond = cond.expand(frames, *cond.shape[1:]) if cond is not None else None  # (a label, or token ids [1, L])
     return from_latents(autoencoder, sample(model, proc, z.shape, "ddim", steps, cond=frame_cond, guidance=guidance,
                                             noise=z, spacing=spacing, device=device))

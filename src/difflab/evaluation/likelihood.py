@@ -123,7 +123,9 @@ def log_likelihood(
     exact = probes is None
     vectors = _basis_blocks(x0) if exact else probes  # [reps * B, ...]
     reps = vectors.shape[0] // B
-    denoiser = Denoiser(model, proc, None if cond is None else cond.repeat(reps), clip_x0=None)
+    # the condition of each probe's copy of the batch: labels [B] or token ids [B, L], repeated along the batch
+    cond = None if cond is None else cond.repeat(reps, *([1] * (cond.ndim - 1)))
+    denoiser = Denoiser(model, proc, cond, clip_x0=None)
     dtype = model_dtype(model) or x0.dtype
     vectors = vectors.to(dtype)
 

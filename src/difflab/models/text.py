@@ -142,6 +142,10 @@ class WordTokenizer:
                              "with them")
         _warn_truncated([(s, len(ws)) for s, ws in zip(texts, split) if len(ws) > self.max_length],
                         self.max_length, "words")
+        wordless = [s for s, ws in zip(texts, split) if not ws and s.strip()]
+        if wordless:  # (not ""): it would be the empty caption, the null condition, without a word said
+            raise ValueError(f"prompts without a word: {', '.join(map(repr, wordless[:3]))}; a prompt is words "
+                             "(letters or digits); \"\" is the empty caption (no text)")
         out = torch.zeros(len(texts), self.max_length, dtype=torch.long)
         for row, ws in zip(out, split):
             ids = [self.ids[w] for w in ws[: self.max_length]]

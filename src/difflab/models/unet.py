@@ -19,8 +19,9 @@ levels, on the way down and up; one more follows the middle's self-attention.
 Initialisation (ADM's ``zero_module``): the final convolution, the second convolution of
 every residual block and the output projection of every attention block (self- and
 cross-attention) start at zero, so each block starts as the identity (or its 1x1 skip
-projection), the network's output starts at zero, and a text-conditioned network starts as
-the same network without its text.
+projection), the network's output starts at zero, and the cross-attention of a text-conditioned
+network starts as the identity (its pooled text embedding, ``pooled_context``, starts as a label
+embedding does: the residual blocks read it from the first step).
 """
 
 from __future__ import annotations
