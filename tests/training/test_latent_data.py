@@ -123,6 +123,24 @@ def test_the_cache_is_encoded_anew_for_another_autoencoder(tmp_path, ae_dir):
     assert key["posterior"] == "mean"
 
 
+def test_the_cache_is_encoded_anew_for_other_images_of_the_same_shape(tmp_path, ae_dir):
+    """A new start into a folder whose cache holds the latents of other images (same count and
+    shape, same autoencoder and seed) encodes its own: the cache's key holds the data's checksum."""
+    x, y = dl.data.load("digits")
+    x, y = x[:64], y[:64]
+    cfg = latent_config(ae_dir, **{"latent.posterior": "mean"})
+    Trainer(cfg, tmp_path / "run", data=(x, y), progress=False)
+    first, first_key = _cache(tmp_path / "run")
+    mirrored = x.flip(-1)  # other images of the same shape
+    Trainer(cfg, tmp_path / "run", data=(mirrored, y), progress=False)
+    second, second_key = _cache(tmp_path / "run")
+    ae = dl.load(ae_dir).ema_model
+    with torch.no_grad():
+        assert torch.allclose(second, (ae.encode(mirrored).mean - ae.shift_factor) * ae.latent_scale, atol=1e-6)
+    assert not torch.allclose(first, second, atol=1e-3)
+    assert first_key["data_sha256"] != second_key["data_sha256"]
+
+
 def test_refusals_name_the_problem_and_the_fix(tmp_path, ae_dir):
     with pytest.raises(FileNotFoundError, match="latent.autoencoder.*does not exist.*train-autoencoder"):
         Trainer(latent_config(tmp_path / "nowhere"), tmp_path / "a", progress=False)
@@ -165,10 +183,16 @@ def test_refusals_name_the_problem_and_the_fix(tmp_path, ae_dir):
         dl.load(exported).sample(2, steps=2)
 
 
-def test_a_run_into_a_folder_that_holds_another_run_writes_nothing(tmp_path, ae_dir):
+def test_a_run_into_a_folder_that_holds_another_run_writes_nothing(tmp_path, ae_dir, monkeypatch):
+    """Refused before the images are encoded (which may take long), and nothing is written."""
     train(latent_config(ae_dir, steps=2), tmp_path / "run", progress=False)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
     other = autoencoder_run(tmp_path / "other", seed=9)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the images were encoded before the folder was refused")
+
+    monkeypatch.setattr(latent_data, "encode_images", no_encoding)
     with pytest.raises(FileExistsError, match="already holds a run"):
         Trainer(latent_config(other, steps=2), tmp_path / "run", progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == before

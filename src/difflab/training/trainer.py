@@ -153,6 +153,11 @@ class Trainer:
         # already if a living process holds it (before reading a checkpoint it may be rewriting)
         self._lock = RunLock(self.out, say=self._say)
         self._lock.check()
+        if not resume and latest_checkpoint(self.out) is not None:  # before the data (a latent run encodes it)
+            raise FileExistsError(
+                f"{str(self.out)!r} already holds a run (checkpoints/latest exists); pass --resume "
+                "(resume=True) to continue it, or choose another output folder"
+            )
 
         # ---- data
         self.num_classes = cfg.num_classes
@@ -330,11 +335,6 @@ class Trainer:
         self._resumed_config: Optional[TrainConfig] = None
         if resume:
             self._resume()
-        elif latest_checkpoint(self.out) is not None:
-            raise FileExistsError(
-                f"{str(self.out)!r} already holds a run (checkpoints/latest exists); pass --resume "
-                "(resume=True) to continue it, or choose another output folder"
-            )
         self.ckpt_root = ckpt_root
         # what this trainer found: train() checks, holding the lock, that nobody changed it since
         self._known_checkpoint = latest_checkpoint(self.out)
