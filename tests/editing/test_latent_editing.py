@@ -54,6 +54,20 @@ def test_the_latent_mask_keeps_a_latent_only_if_all_its_pixels_are_kept(ae, gen)
         latent_mask(torch.ones(1, 1, 7, 8), ae)
 
 
+def test_the_latent_mask_takes_the_masks_inpainting_takes(ae):
+    """[H, W], [1, H, W] and [B, 1, H, W] broadcast as in check_mask; the cells a fill pixel touches are filled."""
+    mask = torch.zeros(8, 8)
+    mask[3:, :5] = 1  # touches rows 1..3 and columns 0..2 of the 4x4 latent grid
+    want = torch.zeros(1, 1, 4, 4)
+    want[..., 1:, :3] = 1
+    for given in (mask, mask[None], mask[None, None], mask.expand(1, 3, 8, 8)):
+        assert torch.equal(latent_mask(given, ae), want), tuple(given.shape)
+    with pytest.raises(ValueError, match=r"the mask must be \[H, W\].*got shape \(8,\)"):
+        latent_mask(torch.ones(8), ae)
+    with pytest.raises(TypeError, match="mask must be a torch tensor"):
+        latent_mask(mask.tolist(), ae)
+
+
 def test_latent_inpainting_keeps_the_known_latents_and_pixels(ae, latent_model, latent_proc, gen, monkeypatch):
     image = _images(gen)
     mask = torch.zeros(1, 1, 8, 8)
@@ -105,8 +119,12 @@ def test_bad_autoencoders_are_refused(ae, latent_model, latent_proc, gen):
         img2img(latent_model, latent_proc, image, 0.5, autoencoder="runs/vae")
     with pytest.raises(ValueError, match="takes 1 input channels but the autoencoder given makes latents of 2"):
         to_latents(ae, image, dl.models.build("unet_tiny"))
+    # noise is drawn in latent space: its shape is the latents' (B, c, H/f, W/f), not the image's
+    with pytest.raises(ValueError, match=r"noise must have the latents' shape \(2, 2, 4, 4\), got \(2, 1, 8, 8\)"):
+        inpaint(latent_model, latent_proc, image, torch.ones(8, 8), "ddpm", 2, cond=torch.tensor([1, 2]),
+                noise=torch.randn(2, 1, 8, 8), autoencoder=ae)
     ae.scaling_factor.fill_(0.0)
-    with pytest.raises(ValueError, match="never measured"):
+    with pytest.raises(ValueError, match="never measured.*measure_scale_factor"):
         inpaint(latent_model, latent_proc, image, torch.ones(8, 8), autoencoder=ae)
 
 

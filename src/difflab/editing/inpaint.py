@@ -152,7 +152,8 @@ def inpaint(
     if noise is None:
         noise = randn(image.shape, generator, device, image.dtype)
     elif not isinstance(noise, Tensor) or noise.shape != image.shape:
-        raise ValueError(f"noise must have the image's shape {tuple(image.shape)}, got "
+        shape = "the latents' shape" if autoencoder is not None else "the image's shape"
+        raise ValueError(f"noise must have {shape} {tuple(image.shape)}, got "
                          f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
     elif not noise.is_floating_point():
         raise TypeError(f"noise must be a float tensor (standard normal draws), got {noise.dtype}")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.autoencoder import AutoencoderKL
-from ..training.latent import check_latent_channels, decode_latents, encode_images
+from ..training.latent import check_autoencoder, check_latent_channels, decode_latents, encode_images
 
 __all__ = ["latent_mask", "to_latents", "from_latents"]
 
@@ -36,18 +36,24 @@ def _check(autoencoder, model: Optional[Callable] = None) -> AutoencoderKL:
     if not isinstance(autoencoder, AutoencoderKL):
         raise TypeError(f"autoencoder must be a difflab AutoencoderKL (a latent run's: dl.load(RUN).autoencoder) "
                         f"or None (pixel space), got {type(autoencoder).__name__}")
-    if not float(autoencoder.scaling_factor) > 0:
-        raise ValueError("the autoencoder's latent scale factor was never measured (scaling_factor = 0): use the "
-                         "autoencoder the latent model was trained with (dl.load(RUN).autoencoder)")
+    check_autoencoder(autoencoder, "autoencoder= (a latent run's: dl.load(RUN).autoencoder)")  # its scale measured
     if model is not None:
         check_latent_channels(model, autoencoder, "given", "the model")
     return autoencoder
 
 
 def latent_mask(mask: Tensor, autoencoder: AutoencoderKL) -> Tensor:
-    """The pixel fill mask [B, C, H, W] (1 = fill) on the latent grid [B, 1, H/f, W/f]: the max
-    over each f x f cell and the channels (a latent is kept only if all its pixels are kept)."""
+    """The pixel fill mask (1 = fill) on the latent grid [B, 1, H/f, W/f]: the max over each
+    f x f cell and the channels (a latent is kept only if all its pixels are kept). The mask is
+    [B, C, H, W] or any shape that broadcasts to it from the right, as inpainting takes it
+    ([H, W], [1, H, W], [B, 1, H, W]); the missing leading axes count 1 (B = 1 for [H, W])."""
     f = _check(autoencoder).downsample_factor
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a torch tensor (1 = fill, 0 = keep), got {type(mask).__name__}")
+    if not 2 <= mask.ndim <= 4:
+        raise ValueError(f"the mask must be [H, W], [1, H, W], [B, 1, H, W] or [B, C, H, W], got shape "
+                         f"{tuple(mask.shape)}")
+    mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
     if mask.shape[-2] % f or mask.shape[-1] % f:
         raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]}, and the autoencoder's latent grid has a cell "
                          f"of f = {f} pixels a side: give images and masks whose size f divides")
