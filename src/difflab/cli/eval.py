@@ -243,8 +243,9 @@ def run_eval(args) -> dict:
         print("note: no bits/dim for a latent diffusion model (its likelihood is of the autoencoder's latents, not "
               "of the images' pixels); FID and the rest measure its decoded images", file=sys.stderr)
         likelihoods = []
-    # the samples are kept on the CPU (in batches, then gathered: twice at once), before hours of sampling
-    check_memory(2 * args.n * math.prod(run.sample_shape) * 4, torch.device("cpu"), f"--n {args.n}",
+    # the samples are kept on the CPU (in batches, then gathered: twice at once), before hours of sampling;
+    # images, not a latent run's latents: each batch is decoded as it is made, and the images are kept
+    check_memory(2 * args.n * math.prod(run.image_shape) * 4, torch.device("cpu"), f"--n {args.n}",
                  "lower --n (FID and precision/recall settle with a few thousand samples)")
 
     out.mkdir(parents=True, exist_ok=True)
