@@ -16,7 +16,9 @@ __all__ = ["AutoencoderConfig", "RECONSTRUCTION_LOSSES"]
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 
 
-def _fail(name: str, value, allowed: str) -> None:
+def fail_field(name: str, value, allowed: str) -> None:
+    """ValueError naming the config field ``name``, the ``value`` it got and what it takes
+    (``allowed``): the message of every config section kept apart from training/config.py."""
     raise ValueError(f"config field {name!r}: got {value!r}; {allowed}")
 
 
@@ -54,20 +56,22 @@ class AutoencoderConfig:
 
     def validate(self, prefix: str = "autoencoder") -> None:
         if self.reconstruction not in RECONSTRUCTION_LOSSES:
-            _fail(f"{prefix}.reconstruction", self.reconstruction, f"choose one of {', '.join(RECONSTRUCTION_LOSSES)}")
+            fail_field(f"{prefix}.reconstruction", self.reconstruction,
+                       f"choose one of {', '.join(RECONSTRUCTION_LOSSES)}")
         for name in ("kl_weight", "perceptual_weight", "adversarial_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                _fail(f"{prefix}.{name}", value, "must be a number >= 0")
+                fail_field(f"{prefix}.{name}", value, "must be a number >= 0")
         if isinstance(self.adversarial_start, bool) or not isinstance(self.adversarial_start, int) \
                 or self.adversarial_start < 0:
-            _fail(f"{prefix}.adversarial_start", self.adversarial_start, "must be an integer >= 0 (a step)")
+            fail_field(f"{prefix}.adversarial_start", self.adversarial_start, "must be an integer >= 0 (a step)")
         if not isinstance(self.adaptive_weight, bool):
-            _fail(f"{prefix}.adaptive_weight", self.adaptive_weight, "must be true or false")
+            fail_field(f"{prefix}.adaptive_weight", self.adaptive_weight, "must be true or false")
         if self.perceptual_classifier is not None and not isinstance(self.perceptual_classifier, str):
-            _fail(f"{prefix}.perceptual_classifier", self.perceptual_classifier,
-                  "must be the folder of a difflab classifier (difflab train-classifier --out DIR), or null")
+            fail_field(f"{prefix}.perceptual_classifier", self.perceptual_classifier,
+                       "must be the folder of a difflab classifier (difflab train-classifier --out DIR), or null")
         if self.perceptual_weight > 0 and self.perceptual_classifier is None:
-            _fail(f"{prefix}.perceptual_weight", self.perceptual_weight,
-                  "the perceptual term needs its feature network: set autoencoder.perceptual_classifier to the "
-                  "folder of a difflab classifier (difflab train-classifier --data mnist --out DIR), or use weight 0")
+            fail_field(f"{prefix}.perceptual_weight", self.perceptual_weight,
+                       "the perceptual term needs its feature network: set autoencoder.perceptual_classifier to "
+                       "the folder of a difflab classifier (difflab train-classifier --data mnist --out DIR), or use "
+                       "weight 0")

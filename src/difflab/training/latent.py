@@ -124,12 +124,16 @@ def encode_images(autoencoder: AutoencoderKL, images: Tensor, *, sample: bool = 
     the batches). Computed in ``batch_size`` images at a time on the autoencoder's device, in its
     dtype; returned there."""
     device, dtype = _device_dtype(autoencoder)
+    if not sample:  # the model's own s (mean - shift)
+        return torch.cat([autoencoder.encode_latents(images[i:i + batch_size].to(device, dtype), sample=False)
+                          for i in range(0, len(images), batch_size)])
+    # a draw: eps from the generator on its own device (AutoencoderKL.encode_latents draws on the
+    # model's, which a CPU generator cannot serve on a GPU, and the cache must not depend on it)
     s, shift = autoencoder.latent_scale, autoencoder.shift_factor
     out = []
     for i in range(0, len(images), batch_size):
         q = autoencoder.encode(images[i:i + batch_size].to(device, dtype))
-        z = q.mean + q.std * randn(q.mean.shape, generator, device, q.mean.dtype) if sample else q.mean
-        out.append((z - shift) * s)
+        out.append((q.mean + q.std * randn(q.mean.shape, generator, device, q.mean.dtype) - shift) * s)
     return torch.cat(out)
 
 

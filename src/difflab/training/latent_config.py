@@ -24,13 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .autoencoder_config import fail_field
+
 __all__ = ["LatentConfig", "POSTERIORS"]
 
 POSTERIORS = ("sample", "mean")
-
-
-def _fail(name: str, value, allowed: str) -> None:
-    raise ValueError(f"config field {name!r}: got {value!r}; {allowed}")
 
 
 @dataclass
@@ -43,8 +41,8 @@ class LatentConfig:
 
     def validate(self, prefix: str = "latent") -> None:
         if self.autoencoder is not None and (not isinstance(self.autoencoder, str) or not self.autoencoder.strip()):
-            _fail(f"{prefix}.autoencoder", self.autoencoder,
-                  "must be the folder of a trained autoencoder run (difflab train-autoencoder --out DIR), or null "
-                  "for diffusion in pixel space")
+            fail_field(f"{prefix}.autoencoder", self.autoencoder,
+                       "must be the folder of a trained autoencoder run (difflab train-autoencoder --out DIR), or null "
+                       "for diffusion in pixel space")
         if self.posterior not in POSTERIORS:
-            _fail(f"{prefix}.posterior", self.posterior, f"choose one of {', '.join(POSTERIORS)}")
+            fail_field(f"{prefix}.posterior", self.posterior, f"choose one of {', '.join(POSTERIORS)}")
