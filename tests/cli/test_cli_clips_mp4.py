@@ -9,26 +9,18 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from scripts import REPO
+from video_runs import train_video_run
 
 import difflab as dl
 from difflab.cli import main
 from difflab.data.clips import mp4_scale, save_clips_gif, to_clip_frames
-from scripts import REPO
 
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
     """A class-conditional video U-Net on 4 frames of 12x12, one training step (the pixels don't matter)."""
-    d = tmp_path_factory.mktemp("video_mp4")
-    cfg = d / "video.yaml"
-    cfg.write_text(
-        "model: {name: video_unet, kwargs: {in_channels: 1, channels: 8, channel_mult: [1, 2], num_res_blocks: 1,\n"
-        "        norm_groups: 4, frames: 4, image_size: 12, num_classes: 10}}\n"
-        "diffusion: {schedule: cosine, T: 100}\n"
-        "data: {name: moving_digits, kwargs: {n: 8, frames: 4, canvas: 12, speed: [0.5, 1.0], seed: 0}}\n"
-        "sample: {every: -1}\nbatch_size: 4\nsteps: 1\nckpt_every: 1\ndevice: cpu\n")
-    assert main(["train", "--config", str(cfg), "--out", str(d / "run"), "--quiet"]) == 0
-    return d / "run"
+    return train_video_run(tmp_path_factory.mktemp("video_mp4"))
 
 
 def read_mp4(path) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from video_runs import train_video_run
 
 import difflab as dl
 from difflab.cli import main
@@ -44,15 +45,7 @@ def test_a_learned_variance_run_samples_with_it_and_says_what_other_samplers_rea
 
 
 def test_clips_are_written_as_a_gif_or_a_frame_grid(tmp_path, capsys):
-    run = tmp_path / "video"
-    cfg = tmp_path / "video.yaml"
-    cfg.write_text(
-        "model: {name: video_unet, kwargs: {in_channels: 1, channels: 8, channel_mult: [1, 2], num_res_blocks: 1,\n"
-        "        norm_groups: 4, frames: 4, image_size: 12, num_classes: 10}}\n"
-        "diffusion: {schedule: cosine, T: 100}\n"
-        "data: {name: moving_digits, kwargs: {n: 8, frames: 4, canvas: 12, speed: [0.5, 1.0], seed: 0}}\n"
-        "sample: {every: -1}\nbatch_size: 4\nsteps: 1\nckpt_every: 1\ndevice: cpu\n")
-    assert main(["train", "--config", str(cfg), "--out", str(run), "--quiet"]) == 0
+    run = train_video_run(tmp_path / "video")
     gif, png = tmp_path / "clips.gif", tmp_path / "clips.png"
     assert main(["sample", "--ckpt", str(run), "--n", "3", "--steps", "2", "--label", "5", "--out", str(gif)]) == 0
     assert Image.open(gif).n_frames == 4
