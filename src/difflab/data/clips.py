@@ -222,7 +222,6 @@ def save_frame_grid(clips: Clips, path: Union[str, Path], scale: int = 1, paddin
     return atomic_write(path, Image.fromarray(picture).save)
 
 
-
 def check_video_or_image_path(path: Union[str, Path], what: str = "path", mkdir: bool = False) -> Path:
     """``path`` as a Path if it names an .mp4 (and imageio-ffmpeg is installed:
     :func:`check_mp4_writer`) or a picture (:func:`~difflab.data.grids.check_image_path`, whose
