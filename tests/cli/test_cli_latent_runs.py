@@ -14,6 +14,7 @@ from latent_runs import autoencoder_run, latent_config
 from PIL import Image
 
 import difflab as dl
+from difflab.cli import eval as eval_cli
 from difflab.cli import main
 from difflab.data.grids import save_image_grid
 from difflab.training import train
@@ -76,3 +77,19 @@ def test_eval_measures_decoded_images(latent_run, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"] and all(np.isfinite(r["fid"]) for r in metrics["rows"])
     assert "bits_per_dim" not in metrics
+
+
+def test_eval_checks_the_memory_of_the_decoded_images(tmp_path, monkeypatch):
+    """`difflab eval` keeps --n decoded images [1, 8, 8] (twice at once, 4 bytes a value), not the
+    latents [2, 4, 4]: its memory check before sampling counts the images."""
+    run = tmp_path / "run"
+    train(latent_config(autoencoder_run(tmp_path / "ae"), steps=2), run, progress=False)
+    asked = []
+
+    def refuse(need, device, what, fix):  # as if the machine had no memory: stop before any sampling
+        asked.append(need)
+        raise MemoryError(f"{what} needs {need} bytes")
+
+    monkeypatch.setattr(eval_cli, "check_memory", refuse)
+    assert main(["eval", "--ckpt", str(run), "--n", "20", "--out", str(tmp_path / "eval"), "--quiet"]) == 1
+    assert asked == [2 * 20 * (1 * 8 * 8) * 4]
