@@ -18,7 +18,7 @@ RECONSTRUCTION_LOSSES = ("l1", "l2")
 
 def fail_field(name: str, value, allowed: str) -> None:
     """ValueError naming the config field ``name``, the ``value`` it got and what it takes
-    (``allowed``): the message of every config section kept apart from training/config.py."""
+    (``allowed``): the message of every config section (training/config.py's too)."""
     raise ValueError(f"config field {name!r}: got {value!r}; {allowed}")
 
 

@@ -34,7 +34,7 @@ from ..processes import PREDICTION_TYPES, PROCESSES, Process, check_weighting
 from ..files import atomic_write_text
 from ..samplers import SAMPLERS
 from ..samplers.timesteps import DISCRETE_SPACINGS
-from .autoencoder_config import AutoencoderConfig
+from .autoencoder_config import AutoencoderConfig, fail_field as _fail
 from .latent_config import LatentConfig
 from .data import dataset_names
 from .distill import TEACHER_SOLVERS
@@ -119,10 +119,6 @@ COMPILE_OPTIONS = tuple(_COMPILE_OPTION_TYPES)
 MAPPING_FIELDS = ("kwargs", "schedule_kwargs", "process_kwargs", "compile_options")
 LR_DECAYS = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"config field {name!r}: got {value!r}; {allowed}")
 
 
 def _number(name: str, value: Any, *, integer: bool = False, low=None, high=None,
