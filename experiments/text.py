@@ -178,8 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
             row[split] = judge(images, want, clf, src.layout)
             row[split]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
-            if w == 3.0 and split == "seen":
-                save_image_grid(images[: 8 * size["per_combo"]], args.out / "text_samples.png", nrow=size["per_combo"])
+            if w == 3.0 and split == "seen":  # a row per prompt, ten prompts spread over the digits
+                rows = range(0, len(combos), max(1, len(combos) // 10))
+                pick = [r * size["per_combo"] + j for r in list(rows)[:10] for j in range(size["per_combo"])]
+                save_image_grid(images[pick], args.out / "text_samples.png", nrow=size["per_combo"])
+                res["figure_prompts"] = [prompts[r * size["per_combo"]] for r in list(rows)[:10]]
         rows.append(row)
         print(json.dumps(row), flush=True)
     res["text"] = rows
