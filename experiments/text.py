@@ -179,10 +179,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row[split] = judge(images, want, clf, src.layout)
             row[split]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
             if w == 3.0 and split == "seen":  # a row per prompt, ten prompts spread over the digits
-                rows = range(0, len(combos), max(1, len(combos) // 10))
-                pick = [r * size["per_combo"] + j for r in list(rows)[:10] for j in range(size["per_combo"])]
+                spread = list(range(0, len(combos), max(1, len(combos) // 10)))[:10]
+                pick = [r * size["per_combo"] + j for r in spread for j in range(size["per_combo"])]
                 save_image_grid(images[pick], args.out / "text_samples.png", nrow=size["per_combo"])
-                res["figure_prompts"] = [prompts[r * size["per_combo"]] for r in list(rows)[:10]]
+                res["figure_prompts"] = [prompts[r * size["per_combo"]] for r in spread]
         rows.append(row)
         print(json.dumps(row), flush=True)
     res["text"] = rows
