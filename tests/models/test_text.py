@@ -121,6 +121,21 @@ def test_the_encoder_is_a_pre_ln_transformer_over_start_token_and_words_with_pad
     torch.testing.assert_close(context[mask], expected[mask], rtol=0, atol=1e-5)
 
 
+def test_an_encoder_of_depth_zero_is_a_bag_of_words_with_places():
+    """depth 0: context = LN([s; E ids] + P), each position its own word's and place's alone."""
+    torch.manual_seed(0)
+    enc = TextEncoder(9, 4, width=8, depth=0, heads=2)
+    ids = torch.tensor([[1, 2, 3, 0], [1, 5, 3, 0]])
+    context, mask = enc(ids)
+    want = torch.nn.functional.layer_norm(
+        torch.cat([enc.start.expand(2, 1, -1), enc.token_embedding(ids)], 1) + enc.position[:5], (8,),
+        enc.norm.weight, enc.norm.bias, enc.norm.eps)
+    torch.testing.assert_close(context, want)
+    assert torch.equal(context[0, [0, 1, 3]], context[1, [0, 1, 3]])  # the second word changed, only its place
+    with pytest.raises(ValueError, match="depth must be an integer >= 0"):
+        TextEncoder(9, 4, depth=-1)
+
+
 def test_appending_padding_leaves_the_real_positions_unchanged():
     torch.manual_seed(0)
     tok = WordTokenizer(VOCAB, max_length=8)

@@ -187,15 +187,18 @@ class TextEncoder(nn.Module):
     token to attend to and a defined encoding; masked keys get zero weight, so appending padding
     leaves the real positions' outputs unchanged. The token, start and position embeddings start
     N(0, 0.02^2) (GPT-2's and CLIP's token embedding), the padding row at zero (and it gets no gradient).
-    ``forward`` takes L = 1 .. max_length columns.
+    ``forward`` takes L = 1 .. max_length columns. ``depth=0`` keeps no blocks: each word's
+    embedding (and its place) alone, a bag of words that cannot mix two words into a joint code.
     """
 
     def __init__(self, vocab_size: int, max_length: int, width: int = 64, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
         self.vocab_size = positive_int("vocab_size", vocab_size)
         self.max_length = positive_int("max_length", max_length)
-        self.width, depth, heads = (positive_int(k, v) for k, v in (("width", width), ("depth", depth),
-                                                                     ("heads", heads)))
+        self.width, heads = positive_int("width", width), positive_int("heads", heads)
+        if not is_int(depth) or depth < 0:
+            raise ValueError(f"depth must be an integer >= 0 (0: no blocks, each token's embedding alone), got "
+                             f"{depth!r}")
         if width % heads:
             raise ValueError(f"TextEncoder: width={width} must be divisible by heads={heads}")
         self.token_embedding = nn.Embedding(vocab_size + 1, width, padding_idx=PAD_ID)
