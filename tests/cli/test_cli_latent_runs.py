@@ -18,7 +18,8 @@ from difflab.cli import eval as eval_cli
 from difflab.cli import main
 from difflab.data.grids import save_image_grid
 from difflab.training import train
-from difflab.training.latent import decode_latents
+from difflab.training.latent import decode_latents, encode_images
+from difflab.training.noisy_classifier import load_noisy_classifier, train_noisy_classifier
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,22 @@ def test_sample_writes_the_decoded_digits(latent_run, tmp_path):
     images = decode_latents(run.autoencoder, latents)
     assert torch.equal(torch.load(tmp_path / "x.pt"), images)
     assert np.array_equal(_png(out), _png(save_image_grid(images, tmp_path / "expected.png", nrow=2)))
+
+
+def test_classifier_guidance_of_a_latent_run_writes_decoded_digits(latent_run, tmp_path):
+    """A noise-aware classifier of the latents (trained on them: data=) guides the latent sampler; the
+    samples written are decoded, as run.sample's are."""
+    run = dl.load(latent_run)
+    x, y = dl.data.load("digits")
+    latents = encode_images(run.autoencoder, x[:64])
+    train_noisy_classifier(latent_run, tmp_path / "clf", steps=2, width=8, data=(latents, y[:64]))
+    assert main(["sample", "--ckpt", str(latent_run), "--n", "2", "--label", "3", "--steps", "2",
+                 "--classifier", str(tmp_path / "clf"), "--classifier-scale", "2", "--out", str(tmp_path / "g.png"),
+                 "--save-tensor", str(tmp_path / "x.pt")]) == 0
+    clf = load_noisy_classifier(tmp_path / "clf")
+    z = dl.sample(run.ema_model, run.proc, (2, 2, 4, 4), "ddim", 2, cond=torch.full((2,), 3),
+                  generator=torch.Generator().manual_seed(0), classifier=clf, classifier_scale=2.0)
+    assert torch.equal(torch.load(tmp_path / "x.pt"), decode_latents(run.autoencoder, z))
 
 
 def test_the_editing_commands_take_and_give_pixels(latent_run, tmp_path):

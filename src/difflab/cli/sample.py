@@ -31,6 +31,7 @@ from ..samplers.ddpm import VARIANCES
 from ..training.checkpoint import load
 from ..training.noisy_classifier import load_noisy_classifier
 from ..training.generate import class_rows, save_grid
+from ..training.latent import decode_latents
 from ._errors import check_memory
 from .speed import accelerated, add_speed_args
 
@@ -156,7 +157,8 @@ def _main(args) -> int:
         x = sample(net, run.proc, (n, *run.sample_shape), args.sampler, args.steps, args.eta, cond=cond,
                    guidance=args.guidance, generator=torch.Generator().manual_seed(args.seed), device=device,
                    clip_x0=clip, classifier=classifier, classifier_scale=args.classifier_scale, **options)
-        x = x.reshape(n, *run.image_shape)
+        # (a latent run's samples are latents: decoded as run.sample decodes them)
+        x = decode_latents(run.autoencoder, x) if run.autoencoder is not None else x.reshape(n, *run.image_shape)
     written = []
     if x.ndim == 4:
         written.append(save_grid(x, out, nrow or max(1, round(math.sqrt(n)))))
