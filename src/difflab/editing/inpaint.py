@@ -25,6 +25,12 @@ Both formulas hold for every process: the DDPM chain's forward step q(x_t' | x_t
 N(sqrt(abar_t' / abar_t) x_t, (1 - abar_t' / abar_t) I) divided by sqrt(abar_t') is the VE step
 above, and every process x_t = a x0 + s eps is, in VE form x = x_t / a, that same process over
 its own noise levels.
+
+``reconstruction_guidance`` w_r > 0 adds Ho et al.'s (2022) reconstruction guidance to the
+denoiser the sampler steps with (:mod:`.reconstruction`): the unknown part's estimate of x0 is
+moved along -(w_r / 2) grad_x ||(1 - m)(y - D(x, sigma))||^2, so the given part steers the
+filled part through the network at every level, not only through its noised copy. The
+replacement of the known part is unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ..validation import NOISE_FIX, check_finite, check_labels, positive_int
 from ._common import check_image, check_sampler, check_steps, eval_mode, model_device, to_model
 from .latent import from_latents, latent_mask, to_latents
 from .masks import check_mask
+from .reconstruction import ReconstructionGuided, check_reconstruction_weight
 
 __all__ = ["inpaint", "repaint_schedule", "paste", "STEPWISE_SAMPLERS"]
 
@@ -96,6 +103,7 @@ def inpaint(
     resample: int = 1,
     cond: Optional[Tensor] = None,
     guidance: float = 1.0,
+    reconstruction_guidance: float = 0.0,
     noise: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     spacing: Optional[str] = None,
@@ -116,6 +124,10 @@ def inpaint(
     for every process); ``generator`` seeds every other draw. ``cond``/``guidance``: class
     labels and classifier-free guidance, and ``clip_x0=1`` clamps the model's x0 estimates to
     [-1, 1], as in :func:`difflab.sample` (default: the process's ``clip_x0``; None: no clipping).
+    ``reconstruction_guidance``: the weight w_r >= 0 of reconstruction-guided sampling (Ho et al.
+    2022, eq. 7; :mod:`.reconstruction`), 0 = the replacement method alone. Each network
+    evaluation then has a backward pass through the network (about 3 times the cost); it works
+    with every sampler here, RePaint's resampling, guidance and in a latent model's latents.
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
     ``callback`` receives {"i", "sigma", "x" (the process's state x_t = a(sigma) x, as in
@@ -130,6 +142,7 @@ def inpaint(
     """
     image = check_image(image, "image")
     mask = check_mask(mask, image)
+    reconstruction_guidance = check_reconstruction_weight(reconstruction_guidance)
     pixels, pixel_mask = image, mask
     if autoencoder is not None:  # latent diffusion: the edit runs on the image's latents (editing/latent.py)
         image, mask = to_latents(autoencoder, image, model), latent_mask(mask, autoencoder)
@@ -144,7 +157,12 @@ def inpaint(
     image = to_model(image, model, device)
     mask = mask.to(device, image.dtype)
     cond = check_labels(model, cond, image.shape[0], device)
-    denoiser = Denoiser(model, proc, cond, guidance, clip_x0=proc.clip_x0 if clip_x0 is ... else clip_x0)
+    clip_x0 = proc.clip_x0 if clip_x0 is ... else clip_x0
+    if reconstruction_guidance > 0:  # the gradient is taken through the unclipped estimate (reconstruction.py)
+        denoiser = ReconstructionGuided(Denoiser(model, proc, cond, guidance), image, mask, reconstruction_guidance,
+                                        clip_x0=clip_x0)
+    else:
+        denoiser = Denoiser(model, proc, cond, guidance, clip_x0=clip_x0)
     sigmas = sampler_sigmas(proc, spec, steps, spacing)
     keep = 1 - mask
 
