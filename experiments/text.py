@@ -17,7 +17,10 @@ Prompts: every (digit, position, stroke) combination, a caption each drawn from 
 training captions), ``--per-combo`` samples each; the combinations split into those seen in training
 and the held-out ones (a bold 7, a thin 2, a 4 on the right, a 9 at the top left: each digit and each
 value was seen, never together). Accuracy of each attribute, and of all three at once, per guidance
-scale; binomial standard errors beside them. The control is sampled for the same prompts with the
+scale; binomial standard errors beside them. The held-out combinations get ``held_out_factor`` times
+as many samples (they are few). Each set is sampled twice: from the one caption, and from the digit,
+the position and the stroke as three captions joined by " AND " (composable diffusion: the guidance
+of each added; the config's partial captions, ``omit_prob``, teach each alone). The control is sampled for the same prompts with the
 digit's label and scored against the prompts' positions and strokes: chance is 1/9 and 1/2.
 """
 
@@ -53,9 +56,10 @@ REPO = HERE.parent
 VARIED = ("position", "stroke")
 
 SIZES = {
-    "tiny": dict(steps=6, n_train=300, clf_renderings=1, clf_epochs=1, per_combo=1, guidances=(1.0, 3.0),
+    "tiny": dict(steps=6, n_train=300, clf_renderings=1, clf_epochs=1, per_combo=1, held_out_factor=2,
+                 guidances=(1.0, 3.0),
                  sample_steps=4, digits=(0, 2, 4, 7, 9)),
-    "cpu": dict(steps=None, n_train=None, clf_renderings=5, clf_epochs=20, per_combo=4,
+    "cpu": dict(steps=None, n_train=None, clf_renderings=5, clf_epochs=20, per_combo=4, held_out_factor=4,
                 guidances=(1.0, 2.0, 3.0, 5.0), sample_steps=25, digits=tuple(range(10))),
 }
 
@@ -90,12 +94,17 @@ def combinations(digits: Sequence[int], held_out) -> tuple[list, list]:
     return seen, held
 
 
-def prompts_for(combos: list, per_combo: int, seed: int) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Captions from the grammar (a new word order and synonyms per sample) and what they ask for."""
+def prompts_for(combos: list, per_combo: int, seed: int, composed: bool = False) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Captions from the grammar (a new word order and synonyms per sample) and what they ask for;
+    ``composed``: the digit, the position and the stroke as three captions joined by " AND " (the
+    guidance of each added: composable diffusion, ``difflab.samplers.denoiser``)."""
     prompts, want = [], {"digit": [], "position": [], "stroke": []}
     for i, (d, p, s) in enumerate(combos):
         for j in range(per_combo):
-            prompts.append(cap.caption(d, p, s, seed=seed * 1_000_003 + i * per_combo + j))
+            k = seed * 1_000_003 + i * per_combo + j
+            prompts.append(" AND ".join((cap.caption(d, seed=k), cap.caption(None, p, seed=k + 1),
+                                         cap.caption(None, stroke=s, seed=k + 2)))
+                           if composed else cap.caption(d, p, s, seed=k))
             want["digit"].append(d)
             want["position"].append(cap.POSITIONS.index(p))
             want["stroke"].append(cap.STROKES.index(s))
@@ -172,13 +181,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for w in size["guidances"]:
         row = {"guidance": w}
-        for split, combos, seed in (("seen", seen, 0), ("held_out", held, 1)):
-            prompts, want = prompts_for(combos, size["per_combo"], seed)
+        for split, combos, seed, form in (("seen", seen, 0, ""), ("held_out", held, 1, ""),
+                                          ("seen", seen, 0, "_composed"), ("held_out", held, 1, "_composed")):
+            per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
+            prompts, want = prompts_for(combos, per, seed, composed=bool(form))
             start = time.perf_counter()
             images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
-            row[split] = judge(images, want, clf, src.layout)
-            row[split]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
-            if w == 3.0 and split == "seen":  # a row per prompt, ten prompts spread over the digits
+            row[split + form] = judge(images, want, clf, src.layout)
+            row[split + form]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
+            if w == 3.0 and split == "held_out":  # the held-out prompts, a row each (the first sample of each)
+                save_image_grid(images[::per][: 8 * (len(combos) // 8)], args.out / f"text_held_out{form}.png", nrow=8)
+                res[f"figure_held_out{form}_prompts"] = prompts[::per][: 8 * (len(combos) // 8)]
+            if w == 3.0 and split == "seen" and not form:  # a row per prompt, ten prompts spread over the digits
                 spread = list(range(0, len(combos), max(1, len(combos) // 10)))[:10]
                 pick = [r * size["per_combo"] + j for r in spread for j in range(size["per_combo"])]
                 save_image_grid(images[pick], args.out / "text_samples.png", nrow=size["per_combo"])

@@ -150,7 +150,7 @@ def check_image_range(x: Tensor, name: str, limit: float = 1 + IMAGE_RANGE_TOL) 
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Tensor]:
+def check_labels(model: Callable, cond, batch: int, device=None, composed: bool = False) -> Optional[Tensor]:
     """The condition for ``model`` as a long tensor (on ``device`` when given).
 
     Class labels: ``cond`` is None (no labels: returned as is), one integer for the whole batch,
@@ -161,13 +161,20 @@ def check_labels(model: Callable, cond, batch: int, device=None) -> Optional[Ten
 
     Text: a model with a ``tokenizer`` (:class:`difflab.models.text.TextConditioned`) takes token
     ids [batch, tokenizer.max_length] in 0 .. tokenizer.vocab_size (0: padding; a row of padding
-    is the empty caption, the null condition).
+    is the empty caption, the null condition). ``composed=True`` (the samplers) also takes a
+    composed prompt [batch, K, max_length], K prompts whose guidance directions add up
+    (:class:`difflab.samplers.denoiser.Denoiser`).
     """
     if cond is None:
         return None
     tokenizer = model_attribute(model, "tokenizer")
     if tokenizer is not None:
-        cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch)
+        if composed and isinstance(cond, Tensor) and cond.ndim == 3 and cond.shape[0] == batch and cond.shape[1] > 0:
+            flat = check_token_ids(cond.flatten(0, 1), int(tokenizer.vocab_size), int(tokenizer.max_length),
+                                   batch * cond.shape[1])
+            cond = flat.view(cond.shape)
+        else:
+            cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch)
         return cond if device is None else cond.to(device)
     if is_int(cond):
         cond = torch.full((batch,), int(cond), dtype=torch.long)

@@ -83,8 +83,24 @@ def test_prompts_give_a_row_each(text_run, tmp_path, capsys):
                      "--n", "1", "--steps", "1", "--out", str(tmp_path / "t.png")]) == 0
 
 
+def test_a_composed_prompt_samples_as_the_library_does(text_run, tmp_path):
+    x_pt = tmp_path / "x.pt"
+    assert main(["sample", "--ckpt", str(text_run), "--prompt", "a 7 AND bold strokes AND on the left", "--prompt", "a 3",
+                 "--n", "2", "--steps", "2", "--guidance", "3", "--out", str(tmp_path / "g.png"),
+                 "--save-tensor", str(x_pt)]) == 0
+    want = dl.load(text_run).sample(4, "ddim", 2, guidance=3.0, seed=0,
+                                    prompts=["a 7 AND bold strokes AND on the left"] * 2 + ["a 3"] * 2)
+    plain = dl.load(text_run).sample(4, "ddim", 2, guidance=3.0, seed=0, prompts=["a 7 bold strokes on the left"] * 2
+                                     + ["a 3"] * 2)
+    x = torch.load(x_pt)
+    assert torch.equal(x, want) and not torch.equal(x[:2], plain[:2])
+    torch.testing.assert_close(x[2:], plain[2:], rtol=1e-4, atol=1e-4)  # one part (the rest padding): plain guidance
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a purple 7"], "'purple'"),
+    (["--prompt", "a 7 AND purple"], "'purple'"),
+    (["--prompt", "a 7 AND "], "empty part"),
     (["--guidance", "3"], "needs --prompt"),
     (["--prompt", "a 7", "--label", "7"], "drop --label"),
 ])

@@ -176,6 +176,38 @@ def test_caption_function_covers_every_combination():
         or cap.caption(8, seed=0) in ("8", "eight")
 
 
+def test_captions_without_the_digit_call_it_digit_and_parse_back():
+    for p in (*cap.POSITIONS, None):
+        for k in (*cap.STROKES, None):
+            for s in (*cap.SIZES, None):
+                if p is k is s is None:
+                    continue
+                for seed in range(5):  # every word order
+                    text = cap.caption(None, p, k, s, seed=seed)
+                    assert cap.parse_caption(text) == {"digit": None, "position": p, "stroke": k, "size": s}, text
+    with pytest.raises(ValueError, match="name the digit or at least one attribute"):
+        cap.caption(None)
+
+
+def test_partial_captions_leave_out_each_attribute_at_the_asked_rate_and_keep_the_images():
+    full = cap.captioned_digits(n=3000, attributes=("position", "stroke"), seed=5)
+    part = cap.captioned_digits(n=3000, attributes=("position", "stroke"), seed=5, omit_prob=0.3)
+    assert torch.equal(part.images, full.images) and torch.equal(part.digits, full.digits)
+    assert all(torch.equal(part.attributes[k], v) for k, v in full.attributes.items())
+    said = {"digit": [], "position": [], "stroke": []}
+    for i, text in enumerate(part.captions):
+        parsed, truth = cap.parse_caption(text), full.describe(i)
+        for name in said:  # what a partial caption says is true; what it leaves out is None
+            assert parsed[name] in (None, truth[name]), text
+            said[name].append(parsed[name] is not None)
+    se = math.sqrt(0.3 * 0.7 / 3000)
+    for name, flags in said.items():
+        assert abs(1 - sum(flags) / 3000 - 0.3) < 5 * se, name
+    assert sum(not any(f) for f in zip(*said.values())) > 0 and "a digit" in part.captions  # all three left out
+    with pytest.raises(ValueError, match="omit_prob is the probability"):
+        cap.captioned_digits(n=10, omit_prob=1.0)
+
+
 def test_parse_caption_reads_free_text_and_refuses_contradictions():
     assert cap.parse_caption("A BOLD 7 on the left!") == {"digit": 7, "position": "left", "stroke": "bold", "size": None}
     assert cap.parse_caption("seven, thin strokes, top-right")["position"] == "top right"

@@ -30,7 +30,7 @@ from ..samplers import SAMPLERS, check_classifier, sample
 from ..samplers.ddpm import VARIANCES
 from ..training.checkpoint import load
 from ..training.noisy_classifier import load_noisy_classifier
-from ..training.generate import class_rows, save_grid
+from ..training.generate import class_rows, prompts_for, save_grid
 from ..training.latent import decode_latents
 from ._errors import check_memory
 from .speed import accelerated, add_speed_args
@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
                    help="class of every sample, or 'all' for a row per class (conditional models)")
     p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="a text model's caption, e.g. \"a thin 3 at the top\"; repeat it for a row each "
-                        "(--n samples per prompt; \"\" is the empty caption)")
+                        "(--n samples per prompt; \"\" is the empty caption; \"a 7 AND bold\" composes two "
+                        "prompts' guidance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-x0", type=float, default=None,
                    help="clamp each step's x0 estimate to [-c, c] (default: the run's sample.clip_x0)")
@@ -187,7 +188,7 @@ def _prompts(args, run, text: bool):
         raise ValueError(f"--n must be a positive integer, got {args.n}")
     with warnings.catch_warnings():  # (the words' check; run.sample tokenizes again, and warns of truncation)
         warnings.simplefilter("ignore")
-        run.tokenizer.encode(args.prompt)
+        prompts_for(args.prompt, len(args.prompt), run.tokenizer)
     return [p for p in args.prompt for _ in range(args.n)]
 
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..validation import is_int, positive_int
+from ..validation import is_int, is_real, positive_int
 from . import digits as digits_source
 from . import mnist as mnist_source
 
@@ -353,11 +353,17 @@ _ORDERS = (_order_0, _order_1, _order_2, _order_3, _order_4)
 _CHOICES = 6  # random integers that choose one caption's order and words
 
 
-def _caption_from(digit: int, position: Optional[str], stroke: Optional[str], size: Optional[str],
+def _caption_from(digit: Optional[int], position: Optional[str], stroke: Optional[str], size: Optional[str],
                   choice: list[int]) -> str:
-    """The caption that the random integers ``choice`` (``_CHOICES`` of them) pick."""
+    """The caption that the random integers ``choice`` (``_CHOICES`` of them) pick; a caption that
+    leaves the digit out calls it "digit" ("a bold digit on the left", "the digit on the left")."""
     order, form, k, s, pp, bare = choice
-    d = (str(digit), DIGIT_WORDS[digit])[form % 2]
+    if digit is None:
+        if position is None and stroke is None and size is None:
+            return "a digit"
+        d = None if order % len(_ORDERS) in (1, 3) else "digit"
+    else:
+        d = (str(digit), DIGIT_WORDS[digit])[form % 2]
     k = _STROKE_WORDS[stroke][k % len(_STROKE_WORDS[stroke])] if stroke else None
     s = _SIZE_WORDS[size][s % len(_SIZE_WORDS[size])] if size else None
     places = _PLACES[position] if position else None
@@ -366,12 +372,16 @@ def _caption_from(digit: int, position: Optional[str], stroke: Optional[str], si
     return _ORDERS[order % len(_ORDERS)](d, s, k, pp, bare)
 
 
-def caption(digit: int, position: Optional[str] = None, stroke: Optional[str] = None,
+def caption(digit: Optional[int], position: Optional[str] = None, stroke: Optional[str] = None,
             size: Optional[str] = None, seed: int = 0) -> str:
-    """A caption for a digit and the attributes given (by name; None leaves one out), its word
-    order and synonyms drawn with ``seed``: ``caption(7, "left", "bold")`` -> e.g.
-    "a bold 7 on the left" or "seven, heavy strokes, left side"."""
-    digit = _check_digit(digit)
+    """A caption for a digit and the attributes given (by name; None leaves one out, the digit
+    too), its word order and synonyms drawn with ``seed``: ``caption(7, "left", "bold")`` -> e.g.
+    "a bold 7 on the left" or "seven, heavy strokes, left side"; ``caption(None, stroke="bold")``
+    -> e.g. "a bold digit"."""
+    if digit is not None:
+        digit = _check_digit(digit)
+    elif position is None and stroke is None and size is None:
+        raise ValueError("caption: name the digit or at least one attribute (the empty caption is \"\")")
     for name, value in (("position", position), ("stroke", stroke), ("size", size)):
         if value is not None and value not in ATTRIBUTES[name]:
             choices = ", ".join(map(repr, ATTRIBUTES[name]))
@@ -534,6 +544,17 @@ class CaptionedDigits:
         return out
 
 
+def _mentioned(n: int, names: tuple[str, ...], omit_prob: float, seed: int) -> dict[str, list[bool]]:
+    """Whether each of n captions names each of ``names``: all True at omit_prob = 0; else each
+    False with probability omit_prob, drawn from a stream of its own (seed + 1), so that the
+    images and word choices are those of omit_prob = 0."""
+    if omit_prob == 0.0:
+        return {name: [True] * n for name in names}
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    keep = torch.rand(n, len(names), generator=g) >= omit_prob
+    return {name: keep[:, j].tolist() for j, name in enumerate(names)}
+
+
 # What an attribute that does not vary is fixed at.
 FIXED = {"position": "centre", "stroke": "regular", "size": "large"}
 _CHUNK = 4096  # examples skeletonised and drawn at a time (memory: a chunk of working-size masks)
@@ -566,6 +587,7 @@ def captioned_digits(
     seed: int = 0,
     split: str = "train",
     held_out: Optional[tuple] = None,
+    omit_prob: float = 0.0,
 ) -> CaptionedDigits:
     """Captioned digits made from ``source`` ("digits": scikit-learn's 1,797 8x8 digits, on a
     16x16 canvas; "mnist": MNIST's ``mnist_split`` from the folder ``root``, on 48x48).
@@ -576,6 +598,12 @@ def captioned_digits(
     everything scaled. ``split="train"`` never shows a ``held_out`` (digit, attribute, value)
     combination (None: ``DEFAULT_HELD_OUT``, restricted to the attributes that vary; (): none);
     ``split="held_out"`` shows one in every example (digits without any are left out).
+    ``omit_prob``: partial captions, as real captions name only some of what an image shows: the
+    digit and each varied attribute are left out of a caption independently with this probability
+    (the image still shows them; ``attributes`` and ``digits`` keep the truth). A model trained on
+    them also learns what each word means alone, p(x | "bold"), which composed prompts
+    ("seven AND bold", Liu et al. 2022) combine. 0 (the default) names everything, and leaves
+    the images and captions of every seed as they were.
     Deterministic: the same arguments give the same images and captions.
     """
     if split not in SPLITS:
@@ -584,6 +612,9 @@ def captioned_digits(
         n = positive_int("n (the number of examples)", n)
     if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not is_real(omit_prob) or not 0.0 <= float(omit_prob) < 1.0:
+        raise ValueError(f"omit_prob is the probability that a caption leaves out each attribute, in [0, 1), "
+                         f"got {omit_prob!r}")
     layout = layout_for(source, canvas)
     varied = _check_attributes(attributes)
     held = _check_held_out(held_out, varied)
@@ -626,8 +657,10 @@ def captioned_digits(
     # captions: one order and one choice of words each
     choices = torch.randint(0, 2**30, (n, _CHOICES), generator=g).tolist()
     names = {name: [ATTRIBUTES[name][c] for c in codes[name].tolist()] for name in varied}
+    said = _mentioned(n, ("digit", *varied), float(omit_prob), seed)
     captions = [
-        _caption_from(d, *(names[a][i] if a in names else None for a in ATTRIBUTES), choices[i])
+        _caption_from(d if said["digit"][i] else None,
+                      *(names[a][i] if a in names and said[a][i] else None for a in ATTRIBUTES), choices[i])
         for i, d in enumerate(digits.tolist())
     ]
 

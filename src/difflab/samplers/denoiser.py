@@ -13,6 +13,14 @@ unconditional outputs in one batched forward pass of size 2B:
     out = out_uncond + w (out_cond - out_uncond)
 
 which equals guiding eps, x0 or v alike, because the conversions are affine in the output.
+A composed prompt (token ids [B, K, L]: K prompts, "a 7 AND bold") adds the K guidance
+directions (Liu et al. 2022, "Compositional Visual Generation with Composable Diffusion
+Models", eq. 10), sampling p(x) prod_k p(c_k | x)^w, in one forward pass of size (K + 1) B:
+
+    out = out_uncond + w sum_k (out(c_k) - out_uncond)
+
+An empty part (a row of padding, the empty caption) adds nothing, so prompts of fewer parts pad
+the batch; K = 1 is classifier-free guidance.
 A network that takes the scale as an input (``guidance_input``: a guided-distilled student,
 Luo et al. 2023) is instead called once, ``model(x_t, t, cond, guidance=w)``.
 
@@ -87,6 +95,14 @@ class Denoiser:
         self.model, self.proc, self.cond = model, proc, cond
         self.guidance, self.null_cond = guidance, null_cond
         self.guidance_input = bool(model_attribute(model, "guidance_input"))
+        if isinstance(cond, Tensor) and cond.ndim == 3 and model_attribute(model, "tokenizer") is not None:
+            if self.guidance_input:
+                raise ValueError("composed prompts (token ids [B, K, L]) need a network called once per prompt, but "
+                                 "this one takes the guidance scale as an input (a guided-distilled student): give "
+                                 "one prompt per sample")
+            self.composed = True
+        else:
+            self.composed = False
         self.learned_variance = bool(model_attribute(model, "learn_sigma"))
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         self.calls = 0
@@ -103,6 +119,8 @@ class Denoiser:
         self.calls += 1
         if cond is None:
             return call_model_with_variance(self.model, x_t, t)
+        if self.composed:
+            return self._composed_output(x_t, t, cond, w)
         if self.guidance_input:  # the scale is the network's input (a tensor: graphs and compile key on it): one call
             return call_model_with_variance(self.model, x_t, t, cond,
                                             guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
@@ -116,6 +134,19 @@ class Denoiser:
         )
         out_cond, out_uncond = out.chunk(2)
         return out_uncond + w * (out_cond - out_uncond), (None if v is None else v.chunk(2)[0])
+
+    def _composed_output(self, x_t: Tensor, t: Tensor, cond: Tensor, w: float) -> tuple[Tensor, Optional[Tensor]]:
+        """out_uncond + w sum_k m_k (out(c_k) - out_uncond) for cond [B, K, L], m_k = 0 for an empty
+        part; v (a learned variance) from the first part."""
+        B, K = cond.shape[:2]
+        parts = cond.transpose(0, 1).reshape(K * B, *cond.shape[2:])  # part-major: [c_1 of every sample, c_2, ...]
+        null = torch.full_like(cond[:, 0], self.null_cond)
+        repeat = (K + 1, *([1] * (x_t.ndim - 1)))
+        out, v = call_model_with_variance(self.model, x_t.repeat(repeat), t.repeat(K + 1), torch.cat([parts, null]))
+        out = out.unflatten(0, (K + 1, B))
+        uncond = out[K]
+        said = (cond != self.null_cond).any(-1).T.reshape(K, B, *([1] * (x_t.ndim - 1))).to(out.dtype)
+        return uncond + w * ((out[:K] - uncond) * said).sum(0), (None if v is None else v[:B])
 
     def predict(self, x: Tensor, sigma: float) -> tuple[Tensor, Optional[Tensor]]:
         """(E[x0 | x], v) at VE noise level sigma: the denoised estimate and, for a network that

@@ -236,6 +236,10 @@ def sample(
       thresholding at quantile p;
     - ``null_cond``: the label of guidance's unconditional branch (default: the model's null label).
 
+    ``cond``: class labels, or a text model's token ids [B, L]; a composed prompt, token ids
+    [B, K, L] (``training.generate.prompts_for("a 7 AND bold", ...)``), adds the guidance of its K
+    parts (composable diffusion, :class:`.denoiser.Denoiser`).
+
     Classifier guidance (Dhariwal & Nichol 2021), two keywords of ``options``: ``classifier`` a noise-aware classifier
     ``classifier(x_t, t) -> logits [B, K]`` of this process's states (``difflab train-classifier
     --noisy``), ``classifier_scale`` its scale s; the samples are drawn towards the classes ``cond``
@@ -313,7 +317,7 @@ def sample(
     elif not is_real(classifier_scale) or classifier_scale != 1.0:
         raise ValueError(f"classifier_scale={classifier_scale!r} needs classifier= (a noise-aware classifier, "
                          "`difflab train-classifier --noisy`)")
-    cond = check_labels(model, cond, shape[0], device)
+    cond = check_labels(model, cond, shape[0], device, composed=True)
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
     clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping
     settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,

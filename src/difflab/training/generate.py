@@ -15,7 +15,7 @@ from ..samplers import sample
 from ..validation import is_int, model_attribute, positive_int
 from .latent import decode_latents
 
-__all__ = ["generate", "labels_for", "prompts_for", "class_rows", "save_grid"]
+__all__ = ["generate", "labels_for", "prompts_for", "split_prompt", "class_rows", "save_grid"]
 
 Labels = Union[None, int, Sequence[int], Tensor]
 
@@ -51,8 +51,17 @@ def labels_for(labels: Labels, n: int, num_classes: Optional[int]) -> Optional[T
 Prompts = Union[None, str, Sequence[str]]
 
 
+COMPOSE = " AND "  # joins the parts of a composed prompt (Composable Diffusion's and the web UIs' syntax)
+
+
 def prompts_for(prompts: Prompts, n: int, tokenizer) -> Optional[Tensor]:
-    """Token ids [n, max_length] of a text model from one prompt (all n alike) or n prompts."""
+    """Token ids [n, max_length] of a text model from one prompt (all n alike) or n prompts.
+
+    A prompt of parts joined by " AND " (upper case; "a 7 AND bold strokes AND on the left") is a
+    composed prompt, whose parts' guidance directions add up (Liu et al. 2022; the samplers'
+    :class:`~difflab.samplers.denoiser.Denoiser`): then the ids are [n, K, max_length], K the most
+    parts of any prompt, a prompt of fewer parts padded with empty captions (rows of padding, which
+    add nothing)."""
     if prompts is None:
         return None
     if tokenizer is None:
@@ -64,7 +73,27 @@ def prompts_for(prompts: Prompts, n: int, tokenizer) -> Optional[Tensor]:
         raise TypeError(f"prompts must be a string or a sequence of strings, got {prompts!r}"[:200])
     if len(prompts) != n:
         raise ValueError(f"prompts must be one string or {n} strings (one per sample), got {len(prompts)}")
-    return tokenizer.encode(list(prompts))
+    parts = [split_prompt(p) for p in prompts]
+    K = max(len(ps) for ps in parts)
+    if K == 1:
+        return tokenizer.encode(list(prompts))
+    ids = torch.zeros(n, K, int(tokenizer.max_length), dtype=torch.long)  # 0: padding, the empty caption
+    said = [(i, k) for i, ps in enumerate(parts) for k in range(len(ps))]
+    encoded = tokenizer.encode([parts[i][k] for i, k in said])
+    for row, (i, k) in zip(encoded, said):
+        ids[i, k] = row
+    return ids
+
+
+def split_prompt(prompt: str) -> list[str]:
+    """The parts of a composed prompt ("a 7 AND bold" -> ["a 7", "bold"]); [prompt] when it has one."""
+    if COMPOSE not in prompt:
+        return [prompt]
+    parts = [part.strip() for part in prompt.split(COMPOSE)]
+    if not all(parts):
+        raise ValueError(f"composed prompt {prompt!r} has an empty part: write parts joined by ' AND ', e.g. "
+                         "'a 7 AND bold strokes'")
+    return parts
 
 
 def class_rows(num_classes: int, per_class: int) -> Tensor:
