@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import difflab as dl
-from difflab.data.clips import (check_clips, check_video_or_image_path, mp4_scale, save_clips, save_clips_gif,
-                                save_clips_mp4, save_frame_grid, to_clip_frames, to_frame_grid)
+from difflab.data.clips import (Mp4Layout, check_clips, check_video_or_image_path, mp4_layout, mp4_scale,
+                                read_clip_mp4, save_clips, save_clips_gif, save_clips_mp4, save_frame_grid,
+                                to_clip_frames, to_frame_grid)
 
 
 def some_clips(N=3, T=5, C=1, H=6, W=7, seed=0):
@@ -179,3 +180,62 @@ def test_bad_mp4_options_are_refused(kw, match, tmp_path):
         save_clips_mp4(some_clips(), **kw)
     with pytest.raises(ValueError, match="a folder"):
         save_clips_mp4(some_clips(), tmp_path)
+
+
+# MP4 in (read_clip_mp4): the writer's layout undone, the values within the codec's error above. Measured on
+# moving digits at crf 18: 0.07 to 0.09 grey levels on average, at most 2.1 (the docs' 0.05 / 2 a pixel of the
+# upscaled grid, plus the luma's rounding from the decoded RGB), at any scale and padding.
+
+@pytest.mark.parametrize("kw", [dict(padding=0), dict(), dict(scale=3), dict(scale=1, padding=0),
+                                dict(scale=5, padding=1)], ids=["at-size", "default", "odd-scale", "scale-1", "p1"])
+def test_an_mp4_of_one_clip_reads_back_within_the_codec_error(tmp_path, kw):
+    md = dl.data.moving_digits(2, frames=8, canvas=16, seed=0)  # digits that move: reversed, 27 levels off
+    for clip in md.clips:
+        path = save_clips_mp4(clip[None], tmp_path / "c.mp4", nrow=1, **kw)
+        got = read_clip_mp4(path, (16, 16))
+        assert got.shape == (8, 1, 16, 16) and got.dtype == torch.float32
+        error = (got - clip).abs() * 127.5  # grey levels
+        # at the writer's default scale 0.07 levels on average (max 2.1); at scale 1 (no repetition to average
+        # over) up to 0.5 (max 7), at scale 5 in a 1-pixel border max 12 (measured)
+        assert error.mean() < 1 and error.max() <= 15, (float(error.mean()), float(error.max()))
+        assert ((got.flip(0) - clip).abs() * 127.5).mean() > 5  # the bound tells frame order apart
+    if kw == {}:  # the default layout: 16x16 inside a 2-pixel white border, x4 (80x80), found as such
+        frames = read_mp4(path)[..., 0]
+        assert frames.shape[1:] == (80, 80) and mp4_layout((80, 80), (16, 16), frames) == Mp4Layout(4, 2)
+        assert error.mean() < 0.2 and error.max() <= 3
+
+
+def test_mp4_layouts_odd_sizes_colour_and_a_resize(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    clip = torch.rand(1, 3, 1, 15, 13, generator=g) * 2 - 1  # odd sizes: (15 + 4) x 3 = 57 -> 58 with a white row
+    got = read_clip_mp4(save_clips_mp4(clip, tmp_path / "odd.mp4", nrow=1, scale=3, crf=0), (15, 13))
+    assert got.shape == (3, 1, 15, 13) and ((got - clip[0]).abs() * 127.5).max() <= 2  # crf 0: YUV rounding only
+    # colour (smooth, as test_mp4_keeps_colours_in_rgb_order): RGB in order, within its codec error
+    colour = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4, generator=g), size=16, mode="bilinear")[None]
+    colour = colour * 2 - 1
+    got = read_clip_mp4(save_clips_mp4(colour, tmp_path / "rgb.mp4", nrow=1), (16, 16), channels=3)
+    assert got.shape == (4, 3, 16, 16) and ((got - colour[0]).abs() * 127.5).mean() < 3
+    assert ((got.flip(1) - colour[0]).abs() * 127.5).mean() > 10
+    # 24x24 frames (no white border) for a 16x16 model: no layout of the writer, same aspect: box-resized
+    big = dl.data.moving_digits(1, frames=4, canvas=24, seed=1).clips
+    got = read_clip_mp4(save_clips_mp4(big, tmp_path / "big.mp4", nrow=1, scale=1, padding=0), (16, 16))
+    frames = np.stack(to_clip_frames(big, padding=0))
+    want = np.stack([np.asarray(Image.fromarray(f).resize((16, 16), Image.Resampling.BOX)) for f in frames])
+    assert got.shape == (4, 1, 16, 16) and np.abs((got[:, 0].numpy() + 1) * 127.5 - want).mean() < 1.5
+    assert mp4_layout((24, 24), (16, 16), frames) is None  # a 4-pixel border fits the size but is not white
+
+
+def test_mp4_input_errors(tmp_path, monkeypatch):
+    two = save_clips_mp4(some_clips(N=2, T=3, H=16, W=16), tmp_path / "two.mp4", nrow=2)
+    with pytest.raises(ValueError, match="several clips side by side are not one clip"):
+        read_clip_mp4(two, (16, 16))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_clip_mp4(tmp_path / "none.mp4", (16, 16))
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="cannot read .* as an MP4 video"):
+        read_clip_mp4(tmp_path / "bad.mp4", (16, 16))
+    with pytest.raises(ValueError, match="channels must be 1"):
+        read_clip_mp4(two, (16, 16), channels=4)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    with pytest.raises(ModuleNotFoundError, match=r'reading MP4.*pip install "difflab\[video\]"'):
+        read_clip_mp4(two, (16, 16))

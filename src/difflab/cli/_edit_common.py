@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.clips import read_clip_mp4
 from ..data.grids import check_image_path
 from ..devices import resolve_device
 from ..editing.io import load_images
@@ -94,47 +95,62 @@ def read_inputs(paths, run, n: int = 1) -> Tensor:
 
 def read_clips(paths, run, n: int = 1) -> Tensor:
     """Clips [len(paths) * n, T, C, H, W] in [-1, 1] for a run that makes clips [T, C, H, W]: each
-    file an animated GIF of one clip, its frames the clip's frames at the model's frame size (1 ..
-    T frames, all files alike), each repeated ``n`` times. A GIF frame shown k times as long as the
-    shortest is k repeated frames (how GIF writers store a digit that did not move)."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError  # (Pillow: as load_mask reads PNGs)
-
+    file one clip of 1 .. T frames (all files alike), each repeated ``n`` times. An animated GIF's
+    frames are at the model's frame size; a GIF frame shown k times as long as the shortest is k
+    repeated frames (how GIF writers store a digit that did not move). An MP4 (lossy; ``pip install
+    "difflab[video]"``) is read back to the model's frame size by
+    :func:`difflab.data.clips.read_clip_mp4`, which undoes ``save_clips_mp4``'s upscaling and white
+    border (as ``difflab sample --out clip.mp4`` writes one clip) or resizes a video of the same
+    aspect ratio."""
     if n < 1:
         raise ValueError(f"--n (results per input) must be >= 1, got {n}")
     T, C, H, W = run.image_shape
     if C not in (1, 3):
-        raise ValueError(f"{run.path} makes clips of {C} channels; only grey (1) or RGB (3) clips are read from GIFs")
+        raise ValueError(f"{run.path} makes clips of {C} channels; only grey (1) or RGB (3) clips are read from GIFs "
+                         "or MP4s")
     clips = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"input clip {str(p)!r} does not exist")
-        try:
-            with Image.open(path) as gif:
-                shown = [(np.asarray(f.convert("L" if C == 1 else "RGB"), dtype=np.uint8), f.info.get("duration", 0))
-                         for f in ImageSequence.Iterator(gif)]
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read input clip {str(p)!r} as an animated GIF: {err}") from None
-        # GIF writers (Pillow's) store a run of identical frames as one frame shown that many times
-        # as long: a frame shown k times the shortest frame's duration is k frames of the clip
-        durations = [d for _, d in shown]
-        base = min(durations)
-        repeats = [max(1, round(d / base)) for d in durations] if base > 0 else [1] * len(shown)
-        frames = [f for (f, _), k in zip(shown, repeats) for _ in range(k)]
-        size = frames[0].shape[:2]
-        if size != (H, W):
-            raise ValueError(f"input clip {str(p)!r} has frames of {size[1]}x{size[0]} pixels, but the model works on "
-                             f"{W}x{H} frames; give one clip a file at the model's size (a GIF of several clips side "
-                             "by side, as difflab sample writes, is not one clip)")
-        if not 1 <= len(frames) <= T:
-            raise ValueError(f"input clip {str(p)!r} has {len(frames)} frames, but the model makes clips of {T} "
+        if path.suffix.lower() == ".mp4":
+            clip = read_clip_mp4(path, (H, W), C)
+        else:
+            clip = _read_clip_gif(path, C, (H, W))
+        if not 1 <= len(clip) <= T:
+            raise ValueError(f"input clip {str(p)!r} has {len(clip)} frames, but the model makes clips of {T} "
                              f"frames (it takes clips of 1 .. {T} frames); cut the clip")
-        if clips and len(frames) != clips[0].shape[0]:
-            raise ValueError(f"input clip {str(p)!r} has {len(frames)} frames but {str(paths[0])!r} has "
+        if clips and len(clip) != clips[0].shape[0]:
+            raise ValueError(f"input clip {str(p)!r} has {len(clip)} frames but {str(paths[0])!r} has "
                              f"{clips[0].shape[0]}; give clips of one length")
-        a = torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1.0)  # uint8 -> [-1, 1]
-        clips.append(a[:, None] if C == 1 else a.permute(0, 3, 1, 2))
+        clips.append(clip)
     return torch.stack(clips).repeat_interleave(n, dim=0)
+
+
+def _read_clip_gif(path: Path, C: int, size: tuple[int, int]) -> Tensor:
+    """One clip [T, C, H, W] in [-1, 1] from an animated GIF whose frames are ``size`` (H, W)."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError  # (Pillow: as load_mask reads PNGs)
+
+    H, W = size
+    try:
+        with Image.open(path) as gif:
+            shown = [(np.asarray(f.convert("L" if C == 1 else "RGB"), dtype=np.uint8), f.info.get("duration", 0))
+                     for f in ImageSequence.Iterator(gif)]
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read input clip {str(path)!r} as an animated GIF: {err}") from None
+    # GIF writers (Pillow's) store a run of identical frames as one frame shown that many times
+    # as long: a frame shown k times the shortest frame's duration is k frames of the clip
+    durations = [d for _, d in shown]
+    base = min(durations)
+    repeats = [max(1, round(d / base)) for d in durations] if base > 0 else [1] * len(shown)
+    frames = [f for (f, _), k in zip(shown, repeats) for _ in range(k)]
+    got = frames[0].shape[:2]
+    if got != (H, W):
+        raise ValueError(f"input clip {str(path)!r} has frames of {got[1]}x{got[0]} pixels, but the model works on "
+                         f"{W}x{H} frames; give one clip a file at the model's size (a GIF of several clips side "
+                         "by side, as difflab sample writes, is not one clip)")
+    a = torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1.0)  # uint8 -> [-1, 1]
+    return a[:, None] if C == 1 else a.permute(0, 3, 1, 2)
 
 
 def labels(args, run, batch: int) -> Optional[Tensor]:

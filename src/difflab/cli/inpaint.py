@@ -8,7 +8,10 @@
 The mask is 1 (white in a PNG) where the model fills in and 0 where the input is kept:
 ``box:x0,y0,x1,y1`` (columns x0..x1-1, rows y0..y1-1), ``half:left|right|top|bottom`` or a PNG
 of the image's size. ``--resample R --jump J`` turns on RePaint's resampling (R = 1: the
-replacement method). The output holds --n results per input, one row per input image.
+replacement method). ``--reconstruction-guidance W`` adds Ho et al.'s (2022) reconstruction
+guidance with weight w_r = W (0 = off; :mod:`difflab.editing.reconstruction`): the kept part
+steers the filled part through the network's gradient at every step (a backward pass per
+network call, about 3 times the time). The output holds --n results per input, one row per input image.
 
 Clips: for a run that makes clips (a video network), each --input is an animated GIF of one clip
 and the mask is a space-time mask (:func:`difflab.editing.masks.parse_clip_mask`): ``future:K``
@@ -20,6 +23,7 @@ of a clip a row.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..data.clips import check_video_or_image_path, save_clips
@@ -43,12 +47,18 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=1, help="results per input image")
     p.add_argument("--resample", type=int, default=1, help="RePaint resamplings r (1 = replacement method)")
     p.add_argument("--jump", type=int, default=10, help="RePaint jump length j (used when --resample > 1)")
+    p.add_argument("--reconstruction-guidance", type=float, default=0.0, metavar="W",
+                   help="reconstruction guidance weight w_r >= 0 (Ho et al. 2022; 0 = replacement alone)")
     p.add_argument("--out", default="inpainted.png",
                    help="PNG to write (a grid when there are several results; clips: also .gif or .mp4)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    w = args.reconstruction_guidance
+    if not (math.isfinite(w) and w >= 0):  # before the run is loaded: a bad flag costs no work
+        raise ValueError(f"--reconstruction-guidance must be a finite weight w_r >= 0 (0 = off; Ho et al. use w_r "
+                         f"> 1), got {w}")
     out = check_video_or_image_path(args.out, "--out", mkdir=True)  # .mp4: imageio-ffmpeg checked here
     run, model = load_run(args, stochastic=True)
     clips = len(run.image_shape) == 4
@@ -69,14 +79,16 @@ def _main(args) -> int:
         raise ValueError("--eta is an option of --sampler ddim")
     y = inpaint(model, run.proc, x_model, mask_model, args.sampler, args.steps,
                 jump_length=args.jump if args.resample > 1 else 1, resample=args.resample,
-                cond=labels(args, run, len(x)), guidance=args.guidance, generator=generator(args),
+                cond=labels(args, run, len(x)), guidance=args.guidance,
+                reconstruction_guidance=args.reconstruction_guidance, generator=generator(args),
                 clip_x0=clip_x0(args), autoencoder=run.autoencoder, **options)
     if clips:
         out = save_clips(y, out, nrow=args.n)  # .gif, .mp4 or a frame grid, by the suffix
     else:
         out = save_images(shapes.to_image(y), out, nrow=args.n)
     kept = float((1 - mask).mean())
+    guided = f", reconstruction guidance {args.reconstruction_guidance:g}" if args.reconstruction_guidance else ""
     print(f"difflab inpaint: {len(args.input)} {'clip' if clips else 'image'}(s) x {args.n}, "
           f"{100 * (1 - kept):.0f}% of the pixels filled ({args.sampler}, {args.steps} steps, resample "
-          f"{args.resample}) -> {Path(out).resolve()}")
+          f"{args.resample}{guided}) -> {Path(out).resolve()}")
     return 0

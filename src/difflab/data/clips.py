@@ -6,7 +6,9 @@
   imageio-ffmpeg, ``pip install "difflab[video]"``), upscaled so that small clips can be seen;
 - :func:`save_frame_grid`: one still picture, a clip a row, its frames left to right
   (:func:`to_frame_grid`);
-- :func:`save_clips`: one of the three by the path's suffix (.gif, .mp4, else a picture).
+- :func:`save_clips`: one of the three by the path's suffix (.gif, .mp4, else a picture);
+- :func:`read_clip_mp4`: one clip back from an MP4 at a model's frame size, undoing
+  :func:`save_clips_mp4`'s upscaling and white padding (:func:`mp4_layout`).
 
 Every frame of a GIF has one size (the format's logical screen), so clips given as a list must
 share their frame count and frame size: others are refused, naming the first that differs, rather
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from ..validation import is_int, is_real, positive_int
 from .grids import IMAGE_SUFFIXES, check_image_path, make_parent, to_image_grid
 
 __all__ = ["check_clips", "to_clip_frames", "to_frame_grid", "save_clips_gif", "save_clips_mp4", "save_frame_grid",
-           "save_clips", "check_video_or_image_path", "check_mp4_writer", "mp4_scale", "VIDEO_EXTRA"]
+           "save_clips", "check_video_or_image_path", "check_mp4_writer", "mp4_scale", "VIDEO_EXTRA", "read_clip_mp4",
+           "mp4_layout", "Mp4Layout"]
 
 # The optional package MP4 output needs, and how to get it (the CLI shows messages naming "pip install" as they are).
 VIDEO_EXTRA = 'pip install "difflab[video]"  (or: pip install imageio-ffmpeg)'
@@ -209,6 +212,108 @@ def save_clips_mp4(clips: Clips, path: Union[str, Path], nrow: int = 8, fps: flo
                 writer.append_data(frame)
 
     return atomic_write(path, write)
+
+
+class Mp4Layout(NamedTuple):
+    """Where a clip's frames lie in a video frame: each pixel repeated ``scale`` s times a side,
+    inside a white border of ``border`` p frame pixels a side; or (``resize``) the whole video
+    frame is the clip's frame at another size."""
+
+    scale: int
+    border: int
+    resize: bool = False
+
+
+# A border is the writer's white padding when its mean grey level is at least this: the codec moves
+# white by a level or two on average (docs/video.md: mean errors 0.05 .. 2.6 levels at crf 0 .. 23).
+WHITE_LEVEL = 240.0
+
+
+def mp4_layout(video_size: Sequence[int], frame_size: Sequence[int],
+               frames: Optional[np.ndarray] = None) -> Optional[Mp4Layout]:
+    """How :func:`save_clips_mp4` laid one clip of frames ``frame_size`` (H, W) into video frames
+    of ``video_size`` (H', W'), or None if it cannot have. The writer draws the clip's frame with
+    a border of p pixels of white (``padding``; 0 for one clip at its size), repeats every pixel s
+    times, and adds one white row / column where a size is odd:
+
+        H' = n + (n mod 2),  n = s (H + 2 p),   and the same for W with the same s and p.
+
+    Several (s, p) can fit one size (64 = 4 x 16 = 2 x (16 + 2 x 8)): a border counts only if
+    every frame's border band and padding row are white (mean level >= ``WHITE_LEVEL``; ``frames``
+    [T, H', W'(, C)] uint8), and the widest white border wins, so a white-framed clip is never read
+    as a clip whose outer pixels are white. Without ``frames`` only p = 0 is considered."""
+    (vh, vw), (h, w) = (int(v) for v in video_size), (int(f) for f in frame_size)
+    fits = []
+    for p in range(0, min(vh, vw)):
+        n_h, n_w = h + 2 * p, w + 2 * p
+        if n_h > vh or n_w > vw:
+            break
+        for s in range(1, vh // n_h + 1):
+            if s * n_h + (s * n_h) % 2 == vh and s * n_w + (s * n_w) % 2 == vw:
+                fits.append(Mp4Layout(s, p))
+    for layout in sorted(fits, key=lambda f: -f.border):
+        if layout.border == 0:
+            return layout
+        if frames is not None:
+            s, p = layout.scale, layout.border
+            inner = np.zeros((vh, vw), bool)
+            inner[s * p: s * (p + h), s * p: s * (p + w)] = True
+            if float(frames[:, ~inner].mean()) >= WHITE_LEVEL:
+                return layout
+    return None
+
+
+def read_clip_mp4(path: Union[str, Path], frame_size: Sequence[int], channels: int = 1) -> Tensor:
+    """One clip [T, C, H, W] in [-1, 1] from an MP4 (imageio's ffmpeg plugin, ``pip install
+    "difflab[video]"``), at the frame size (H, W) = ``frame_size``: the inverse of
+    ``save_clips_mp4(clip[None], path, nrow=1)`` at any scale and padding, as far as the codec
+    allows (:func:`mp4_layout` finds the layout; each s x s block of repeated pixels is averaged,
+    which also averages the codec's noise). A video of another size but the same aspect ratio
+    (H' W = W' H) is resized to (H, W) by area averaging (Pillow's box filter); any other is refused.
+    ``channels``: 1 (grey: the ITU-R 601 luma, as Pillow's "L") or 3 (RGB)."""
+    import imageio.v2 as imageio  # (imageio: only where a video is read)
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB) to read an MP4, got {channels!r}")
+    h, w = (positive_int("frame_size", int(v)) for v in frame_size)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MP4 clip {str(path)!r} does not exist")
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin)
+    except ImportError as err:
+        raise ModuleNotFoundError(f"reading MP4 video needs the package imageio-ffmpeg ({err}); install it: "
+                                  f"{VIDEO_EXTRA}; or give a .gif", name="imageio_ffmpeg") from None
+    try:
+        with imageio.get_reader(path, format="FFMPEG") as reader:
+            video = np.stack([np.asarray(f, dtype=np.uint8)[..., :3] for f in reader])
+    except (OSError, RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as an MP4 video: {err}") from None
+    if video.ndim == 3:
+        video = video[..., None].repeat(3, -1)
+    video = video.astype(np.float64)
+    if channels == 1:  # the luma, as Pillow's convert("L"): the grey that save_clips_mp4 wrote
+        video = (video @ np.array([0.299, 0.587, 0.114]))[..., None]
+    layout = mp4_layout(video.shape[1:3], (h, w), video)
+    if layout is None and video.shape[1] * w == video.shape[2] * h:
+        layout = Mp4Layout(0, 0, resize=True)
+    if layout is None:
+        raise ValueError(f"MP4 clip {str(path)!r} has frames of {video.shape[2]}x{video.shape[1]} pixels, which are "
+                         f"not frames of {w}x{h} as save_clips_mp4 writes one clip (scaled s times, inside a white "
+                         f"border) nor of their aspect ratio; give one clip at the model's frame size "
+                         f"(save_clips_mp4(clip[None], path, nrow=1), or a GIF); several clips side by side are "
+                         "not one clip")
+    if layout.resize:
+        from PIL import Image
+
+        frames = [np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BOX), dtype=np.float64)
+                  for f in np.rint(video[..., 0] if channels == 1 else video).clip(0, 255).astype(np.uint8)]
+        clip = np.stack(frames).reshape(len(frames), h, w, channels)
+    else:
+        s, p = layout.scale, layout.border
+        crop = video[:, s * p: s * (p + h), s * p: s * (p + w)]
+        clip = crop.reshape(len(crop), h, s, w, s, channels).mean((2, 4))  # each repeated pixel's block
+    return torch.from_numpy(clip).float().div(127.5).sub(1.0).permute(0, 3, 1, 2).contiguous()
 
 
 def save_frame_grid(clips: Clips, path: Union[str, Path], scale: int = 1, padding: int = 2) -> Path:
