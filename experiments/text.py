@@ -20,14 +20,22 @@ value was seen, never together). Accuracy of each attribute, and of all three at
 scale; binomial standard errors beside them. The held-out combinations get ``held_out_factor`` times
 as many samples (they are few). Each set is sampled twice: from the one caption, and from the digit,
 the position and the stroke as three captions joined by " AND " (composable diffusion: the guidance
-of each added; the config's partial captions, ``omit_prob``, teach each alone). The control is sampled for the same prompts with the
-digit's label and scored against the prompts' positions and strokes: chance is 1/9 and 1/2.
+of each added; the config's partial captions, ``omit_prob``, teach each alone). The control is
+sampled for the same prompts with the digit's label and scored against the prompts' positions and
+strokes: chance is 1/9 and 1/2.
+
+    python experiments/text.py --source mnist --text-run runs/mnist_text --out docs/text/mnist
+
+judges a run of configs/mnist_text.yaml (latent, captioned MNIST with position, stroke and size;
+trained by the CLI as its header says) the same way, with a judge trained on renderings of the
+train5k split in ../shared/data/mnist (the run's digits are t10k's); no control.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import shlex
@@ -57,10 +65,10 @@ VARIED = ("position", "stroke")
 
 SIZES = {
     "tiny": dict(steps=6, n_train=300, clf_renderings=1, clf_epochs=1, per_combo=1, held_out_factor=2,
-                 guidances=(1.0, 3.0),
+                 guidances=(1.0, 3.0), clf_n_mnist=200,
                  sample_steps=4, digits=(0, 2, 4, 7, 9)),
     "cpu": dict(steps=None, n_train=None, clf_renderings=5, clf_epochs=20, per_combo=4, held_out_factor=4,
-                guidances=(1.0, 2.0, 3.0, 5.0), sample_steps=25, digits=tuple(range(10))),
+                clf_n_mnist=20_000, guidances=(1.0, 2.0, 3.0, 5.0), sample_steps=25, digits=tuple(range(10))),
 }
 
 
@@ -82,44 +90,48 @@ def configs(size: dict) -> tuple[dict, dict]:
     return text, control
 
 
-def combinations(digits: Sequence[int], held_out) -> tuple[list, list]:
-    """(seen, held-out) lists of (digit, position, stroke): a combination is held out when it shows
-    one of the held-out (digit, attribute, value) pairs."""
+def combinations(digits: Sequence[int], held_out, varied: Sequence[str] = VARIED) -> tuple[list, list]:
+    """(seen, held-out) lists of (digit, *values of ``varied``): a combination is held out when it
+    shows one of the held-out (digit, attribute, value) pairs."""
     seen, held = [], []
     for d in digits:
-        for p in cap.POSITIONS:
-            for s in cap.STROKES:
-                hit = any(d == hd and {"position": p, "stroke": s}[name] == value for hd, name, value in held_out)
-                (held if hit else seen).append((d, p, s))
+        for values in itertools.product(*(cap.ATTRIBUTES[name] for name in varied)):
+            said = dict(zip(varied, values))
+            hit = any(d == hd and said.get(name) == value for hd, name, value in held_out)
+            (held if hit else seen).append((d, *values))
     return seen, held
 
 
-def prompts_for(combos: list, per_combo: int, seed: int, composed: bool = False) -> tuple[list[str], dict[str, torch.Tensor]]:
+def prompts_for(combos: list, per_combo: int, seed: int, composed: bool = False,
+                varied: Sequence[str] = VARIED) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Captions from the grammar (a new word order and synonyms per sample) and what they ask for;
-    ``composed``: the digit, the position and the stroke as three captions joined by " AND " (the
+    ``composed``: the digit and each attribute as captions of their own joined by " AND " (the
     guidance of each added: composable diffusion, ``difflab.samplers.denoiser``)."""
-    prompts, want = [], {"digit": [], "position": [], "stroke": []}
-    for i, (d, p, s) in enumerate(combos):
+    prompts, want = [], {"digit": [], **{name: [] for name in varied}}
+    for i, (d, *values) in enumerate(combos):
+        said = dict(zip(varied, values))
         for j in range(per_combo):
             k = seed * 1_000_003 + i * per_combo + j
-            prompts.append(" AND ".join((cap.caption(d, seed=k), cap.caption(None, p, seed=k + 1),
-                                         cap.caption(None, stroke=s, seed=k + 2)))
-                           if composed else cap.caption(d, p, s, seed=k))
+            prompts.append(" AND ".join([cap.caption(d, seed=k)] + [cap.caption(None, **{name: v}, seed=k + 1 + m)
+                                                                    for m, (name, v) in enumerate(said.items())])
+                           if composed else cap.caption(d, **said, seed=k))
             want["digit"].append(d)
-            want["position"].append(cap.POSITIONS.index(p))
-            want["stroke"].append(cap.STROKES.index(s))
+            for name, v in said.items():
+                want[name].append(cap.ATTRIBUTES[name].index(v))
     return prompts, {k: torch.tensor(v) for k, v in want.items()}
 
 
 def judge(images: torch.Tensor, want: dict, clf, layout) -> dict:
-    """Per-sample hits of each attribute and of all three, and their accuracies with standard errors."""
+    """Per-sample hits of the class and of each attribute in ``want``, and of all at once, and their
+    accuracies with standard errors."""
     with torch.no_grad():
         digit = torch.cat([clf(b).argmax(1) for b in images.split(500)])
     measured = attr.measure_attributes(images, layout=layout)
     hits = {"class": digit == want["digit"]}
-    for name in VARIED:
-        hits[name] = measured[name] == want[name]
-    hits["all"] = hits["class"] & hits["position"] & hits["stroke"]
+    for name in want:
+        if name != "digit":
+            hits[name] = measured[name] == want[name]
+    hits["all"] = torch.stack(list(hits.values())).all(0)
     n = len(images)
     out = {"n": n}
     for k, h in hits.items():
@@ -140,54 +152,83 @@ def draw(run, prompts=None, labels=None, guidance=1.0, steps=25, seed=0, batch=4
     return torch.cat(out)
 
 
+def judge_classifier(source: str, varied: tuple, size: dict, root: Optional[str]):
+    """The class judge: a small CNN on renderings with other attributes than the model's data (seed 2;
+    MNIST: of the folder's train5k split, the model's is t10k), tested on seed 1's renderings; and the data
+    set whose layout the attributes are measured against."""
+    kw = dict(source=source, attributes=varied, held_out=())
+    if source == "mnist":
+        kw.update(root=root)
+        fit = cap.captioned_digits(size["clf_n_mnist"], seed=2, mnist_split="train5k", **kw)
+        test = cap.captioned_digits(size["clf_n_mnist"] // 10, seed=1, mnist_split="t10k", **kw)
+    else:
+        src = cap.captioned_digits(source="digits", seed=0, attributes=varied)
+        fit = cap.captioned_digits(size["clf_renderings"] * len(src), seed=2, **kw)
+        test = cap.captioned_digits(None, seed=1, **kw)
+    clf, record = train_classifier(fit.images, fit.digits, test_images=test.images, test_labels=test.digits,
+                                   num_classes=10, epochs=size["clf_epochs"], seed=0)
+    return clf, record, fit, test
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/text"))
     parser.add_argument("--runs", type=Path, default=Path("runs/text"))
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--source", choices=("digits", "mnist"), default="digits",
+                        help="digits: train configs/digits_text.yaml and its control into --runs; mnist: judge "
+                             "--text-run, a run of configs/mnist_text.yaml trained by the CLI (no control)")
+    parser.add_argument("--text-run", type=Path, default=None, help="with --source mnist: the trained run")
+    parser.add_argument("--data-root", default="../shared/data/mnist", help="with --source mnist: MNIST's folder")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
+    if args.source == "mnist":  # twice the combinations (size varies) and latent decoding: fewer samples
+        size = dict(size, per_combo=1, guidances=(1.0, 3.0), clf_epochs=5) if args.size == "cpu" else \
+            dict(size, guidances=(3.0,))
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"command": f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:]), "size": args.size}
+    res: dict = {"command": f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:]), "size": args.size,
+                 "source": args.source}
+    mnist = args.source == "mnist"
+    if mnist != (args.text_run is not None):
+        parser.error("--text-run goes with --source mnist (the digits runs are trained here, into --runs)")
 
-    text_cfg, control_cfg = configs(size)
-    seconds = {}
-    for name, cfg in (("text", text_cfg), ("control", control_cfg)):
-        start = time.perf_counter()
-        train_run(cfg, args.runs / name, None)
-        seconds[name] = round(time.perf_counter() - start, 1)
-    res["train_seconds_this_call"] = seconds
-    text, control = load_run(args.runs / "text"), load_run(args.runs / "control")
-    res["steps"] = {"text": text.step, "control": control.step}
-
-    # the class judge: renderings of the same source digits with other attributes (seed 2), tested on seed 1's
-    data_kw = dict(text_cfg["data"]["kwargs"])
-    data_kw.pop("n", None)
-    src = cap.captioned_digits(source="digits", seed=0, attributes=VARIED)
-    fit = cap.captioned_digits(size["clf_renderings"] * len(src), source="digits", seed=2, attributes=VARIED,
-                               held_out=())
-    test = cap.captioned_digits(None, source="digits", seed=1, attributes=VARIED, held_out=())
-    clf, record = train_classifier(fit.images, fit.digits, test_images=test.images, test_labels=test.digits,
-                                   num_classes=10, epochs=size["clf_epochs"], seed=0)
+    control = None
+    if mnist:
+        text = load_run(args.text_run)
+        res["steps"] = {"text": text.step}
+        varied = tuple(text.config.data.kwargs.get("attributes", cap.ATTRIBUTES))
+    else:
+        text_cfg, control_cfg = configs(size)
+        seconds = {}
+        for name, cfg in (("text", text_cfg), ("control", control_cfg)):
+            start = time.perf_counter()
+            train_run(cfg, args.runs / name, None)
+            seconds[name] = round(time.perf_counter() - start, 1)
+        res["train_seconds_this_call"] = seconds
+        text, control = load_run(args.runs / "text"), load_run(args.runs / "control")
+        res["steps"] = {"text": text.step, "control": control.step}
+        varied = VARIED
+    clf, record, fit, test = judge_classifier(args.source, varied, size, args.data_root)
     res["judge"] = {"class_accuracy_on_real": round(record["test_accuracy"], 4), "renderings": len(fit),
                     "epochs": size["clf_epochs"],
                     "attributes_on_real": judge(test.images, {"digit": test.digits, **test.attributes}, clf,
-                                                src.layout)}
+                                                test.layout)}
 
-    seen, held = combinations(size["digits"], src.held_out)
-    res["combinations"] = {"seen": len(seen), "held_out": len(held), "held_out_pairs": [list(h) for h in src.held_out]}
+    held_out = tuple(h for h in cap.DEFAULT_HELD_OUT if h[1] in varied)
+    seen, held = combinations(size["digits"], held_out, varied)
+    res["combinations"] = {"seen": len(seen), "held_out": len(held), "held_out_pairs": [list(h) for h in held_out]}
     rows = []
     for w in size["guidances"]:
         row = {"guidance": w}
         for split, combos, seed, form in (("seen", seen, 0, ""), ("held_out", held, 1, ""),
                                           ("seen", seen, 0, "_composed"), ("held_out", held, 1, "_composed")):
             per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
-            prompts, want = prompts_for(combos, per, seed, composed=bool(form))
+            prompts, want = prompts_for(combos, per, seed, composed=bool(form), varied=varied)
             start = time.perf_counter()
             images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
-            row[split + form] = judge(images, want, clf, src.layout)
+            row[split + form] = judge(images, want, clf, test.layout)
             row[split + form]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
             if w == 3.0 and split == "held_out":  # the held-out prompts, a row each (the first sample of each)
                 save_image_grid(images[::per][: 8 * (len(combos) // 8)], args.out / f"text_held_out{form}.png", nrow=8)
@@ -201,10 +242,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(row), flush=True)
     res["text"] = rows
 
-    prompts, want = prompts_for(seen + held, size["per_combo"], 2)
-    images = draw(control, labels=want["digit"], guidance=3.0, steps=size["sample_steps"], seed=2)
-    res["control"] = {"guidance": 3.0, **judge(images, want, clf, src.layout)}
-    print(json.dumps(res["control"]), flush=True)
+    if control is not None:
+        prompts, want = prompts_for(seen + held, size["per_combo"], 2, varied=varied)
+        images = draw(control, labels=want["digit"], guidance=3.0, steps=size["sample_steps"], seed=2)
+        res["control"] = {"guidance": 3.0, **judge(images, want, clf, test.layout)}
+        print(json.dumps(res["control"]), flush=True)
     atomic_write_text(args.out / "text_results.json", json.dumps(res, indent=1) + "\n")
     return 0
 

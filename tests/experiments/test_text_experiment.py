@@ -4,7 +4,9 @@ one caption and composed of three, the control scored against the prompts); the 
 
 import json
 
+from difflab.training import TrainConfig, Trainer
 from experiments import text
+from latent_runs import autoencoder_run
 
 
 def test_text_tiny_writes_the_tables(tmp_path):
@@ -23,3 +25,30 @@ def test_text_tiny_writes_the_tables(tmp_path):
     assert res["control"]["n"] == 90 and res["judge"]["attributes_on_real"]["position"] == 1.0
     assert (out / "text_samples.png").stat().st_size > 0 and (out / "text_held_out_composed.png").stat().st_size > 0
     assert all(p.count(" AND ") == 2 for p in res["figure_held_out_composed_prompts"])
+
+
+def test_text_tiny_judges_a_latent_mnist_run(tmp_path, mnist_dir):
+    """--source mnist: a latent text run on captioned MNIST (here the fixture's, a tiny autoencoder and
+    U-Net, two steps each) judged in position, stroke and size, held-out pairs with sizes among them."""
+    ae = autoencoder_run(tmp_path / "ae", data={"name": "captioned_digits", "kwargs": {
+        "n": 32, "labels": "digit", "source": "mnist", "root": str(mnist_dir), "mnist_split": "t10k"}})
+    cfg = TrainConfig.from_dict({
+        "model": {"name": "text_unet", "kwargs": {"in_channels": 2, "image_size": 24, "channels": 8,
+                                                  "channel_mult": [1, 2], "num_res_blocks": 1, "norm_groups": 4,
+                                                  "num_heads": 1, "max_length": 16, "text_width": 16, "text_depth": 0}},
+        "latent": {"autoencoder": str(ae)}, "diffusion": {"schedule": "cosine", "T": 100, "prediction": "v"},
+        "data": {"name": "captioned_digits", "kwargs": {"n": 1500, "source": "mnist", "root": str(mnist_dir),
+                                                        "mnist_split": "t10k", "omit_prob": 0.3}},
+        "optim": {"lr": 1e-3}, "sample": {"every": -1}, "batch_size": 8, "steps": 2, "ckpt_every": 2,
+        "device": "cpu", "seed": 1, "cpu_threads": 1})
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        trainer.train()
+    out = tmp_path / "out"
+    assert text.main(["--size", "tiny", "--source", "mnist", "--text-run", str(tmp_path / "run"), "--data-root",
+                      str(mnist_dir), "--out", str(out), "--threads", "1"]) == 0
+    res = json.loads((out / "text_results.json").read_text())
+    assert res["source"] == "mnist" and "control" not in res
+    assert [5, "size", "small"] in res["combinations"]["held_out_pairs"]
+    seen = res["text"][0]["seen_composed"]
+    assert seen["n"] == 5 * 9 * 2 * 2 - res["combinations"]["held_out"] and {"size", "stroke", "position"} <= set(seen)
+    assert all(p.count(" AND ") == 3 for p in res["figure_held_out_composed_prompts"])
