@@ -5,10 +5,12 @@ refusals. Its command-line use: tests/cli/test_cli_distill.py.
 The students here train with a learning rate of 1e-9 (``KEEP``): Adam moves each weight by about
 the learning rate a step, so after two steps a student still holds the weights it started from."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from latent_runs import autoencoder_run, latent_config
 from tiny_config import tiny
 
 import difflab as dl
@@ -242,3 +244,19 @@ def test_a_progressive_round_stopped_by_max_time_ends_the_call_and_resumes(teach
     assert result["finished"]
     student = dl.load(out)
     assert student.step == 4 and student.config.distill.teacher_step == 4
+
+
+def test_a_latent_teachers_student_takes_the_teachers_own_autoencoder(tmp_path):
+    """A latent teacher's student encodes its data with, copies and decodes by the autoencoder the
+    teacher carries (RUN/autoencoder, the weights its latents came from), not the folder the teacher's
+    config names, which may have moved or been retrained since."""
+    ae = autoencoder_run(tmp_path / "ae")
+    dl.training.train(latent_config(ae, steps=2), tmp_path / "teacher", progress=False)
+    shutil.rmtree(ae)  # the folder the teacher was trained from is gone
+    distill(tmp_path / "teacher", tmp_path / "student", "consistency", train_steps=1, overrides=KEEP, progress=False)
+    student, teacher = dl.load(tmp_path / "student"), dl.load(tmp_path / "teacher")
+    assert Path(student.config.latent.autoencoder) == (tmp_path / "teacher" / "autoencoder").resolve()
+    for name, weight in teacher.autoencoder.state_dict().items():
+        assert torch.equal(student.autoencoder.state_dict()[name], weight), name
+    x = student.sample(2, labels=1, seed=0)
+    assert x.shape == (2, *teacher.image_shape) and float(x.abs().max()) <= 1.0

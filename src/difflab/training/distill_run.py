@@ -30,6 +30,7 @@ from .checkpoint import LoadedRun, latest_checkpoint, load, read_checkpoint
 from .config import DISTILL_METHODS, TrainConfig, apply_overrides, config_diff, field_overrides, load_config
 from .consistency import ConsistencyDistillationLoss
 from .distill import Phased, TeacherDenoiserLoss, same_levels
+from .latent import autoencoder_folder
 from .progressive import ProgressiveDistillationLoss, halve
 from .trainer import Trainer
 
@@ -122,6 +123,9 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
                f"distill.teacher_step={teacher.step}", "sample.every=0", "cuda_graph=false"]
     if base.compile == "step":
         changes.append("compile=model")
+    if teacher.config.latent.autoencoder is not None:  # the autoencoder the teacher's latents came from: its copy
+        folder = autoencoder_folder(Path(teacher.path), teacher.config.latent.autoencoder)
+        changes.append(f"latent.autoencoder={folder.resolve()}")
     if method == "progressive":
         prediction = "v" if "v" in type(proc).predictions else "x0"
         if prediction != proc.prediction:
