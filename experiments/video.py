@@ -34,6 +34,12 @@ The tasks go through :func:`difflab.editing.inpaint` with space-time masks
   the centre of mass: the physics with the velocity estimated from two rounded frames);
 - **frame interpolation**: frames 0 and 7 given, 1..6 generated, beside the straight line between them;
 - **video inpainting**: the canvas's middle 8x8 box filled in every frame.
+
+**Reconstruction guidance** (Ho et al. 2022, sec. 3.1; ``inpaint(reconstruction_guidance=w_r)``)
+for prediction and interpolation: w_r is picked on other clips (seed 14, ``sweep`` of them) as the
+weight of ``SIZES[size]["weights"]`` with the least mean prediction error, then the two best
+weights predict the same held-out clips as the replacement method, the best interpolates, and the
+best with RePaint's resampling predicts RePaint's clips.
 """
 
 from __future__ import annotations
@@ -71,10 +77,12 @@ SPRITE = 8
 GIVEN = 2  # prediction: frames given
 SIZES = {
     # n: generated clips per model; pred: clips predicted (and n // 2 interpolated); real: reference clips
-    "tiny": dict(n=4, pred=4, inpaint=2, real=16, clf_epochs=1, repaint=2),
-    "cpu": dict(n=100, pred=100, inpaint=16, real=1000, clf_epochs=30, repaint=30),
+    "tiny": dict(n=4, pred=4, inpaint=2, real=16, clf_epochs=1, repaint=2, sweep=2, weights=(4.0, 16.0)),
+    "cpu": dict(n=100, pred=100, inpaint=16, real=1000, clf_epochs=30, repaint=100, sweep=20,
+                weights=(2.0, 4.0, 8.0, 16.0, 32.0)),
 }
-SEEDS = {"real": 11, "floor": 12, "tasks": 13, "noise": 0}  # data seeds apart from the training set's (0)
+SEEDS = {"real": 11, "floor": 12, "tasks": 13, "sweep": 14, "noise": 0}  # data seeds apart from the training set's (0)
+# reconstruction guidance's weights w_r tried on the sweep clips: SIZES[size]["weights"]
 
 
 # ---------------------------------------------------------------------------- the instruments
@@ -292,10 +300,10 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     real_track = centre_of_mass(md.clips)
     task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
 
-    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor, **repaint):
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Tensor, noise: Tensor, **options):
         return cached(cache, name, lambda: dl.editing.inpaint(
             model, proc, clips, mask, "ddim", steps, cond=labels, noise=noise,
-            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2), **repaint))
+            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2), **options))
 
     predicted, seconds = fill("prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0],
                               task_noise)
@@ -313,7 +321,7 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     # RePaint's resampling (Lugmayr et al.: r = j = 10 in the paper; here r = j = 5) on the first clips
     r_, j_ = (5, 5) if steps > 5 else (2, max(1, steps - 1))
     q = cfg["repaint"]
-    resampled, seconds = fill(f"prediction_repaint_r{r_}_j{j_}", md.clips[:q],
+    resampled, seconds = fill(f"prediction_repaint_r{r_}_j{j_}_n{q}", md.clips[:q],
                               masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:q, 0], task_noise[:q],
                               resample=r_, jump_length=j_)
     res["prediction_repaint"] = {
@@ -351,6 +359,58 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
 
     save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)
+
+    # ---- reconstruction guidance (Ho et al. 2022, sec. 3.1): w_r picked on other clips, then the held-out ones
+    future = masks.future_frames_mask(T, (H, W), GIVEN)
+    sweep = dl.data.moving_digits(cfg["sweep"], seed=SEEDS["sweep"], **data)
+    sweep_truth, _ = true_centres(sweep)
+    sweep_noise = torch.randn(sweep.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 3))
+    tried, sweep_seconds = {}, {}
+    for w in (0.0, *cfg["weights"]):
+        clips, sweep_seconds[f"{w:g}"] = fill(f"sweep_prediction_rg{w:g}", sweep.clips, future, sweep.labels[:, 0],
+                                              sweep_noise, reconstruction_guidance=w)
+        tried[f"{w:g}"] = errors(centre_of_mass(clips), sweep_truth, ahead)["mean"]
+    best = sorted(cfg["weights"], key=lambda w: tried[f"{w:g}"])[:2]  # the two least errors on the sweep clips
+    rg = {"sweep": {"clips": cfg["sweep"], "seed": SEEDS["sweep"], "mean_error_px": tried,
+                    "sampling_seconds": sweep_seconds}, "chosen": best}
+    res["reconstruction_guidance"] = rg
+    errs = res["prediction"]["errors_px"]
+    for w in best:
+        guided, seconds = fill(f"prediction_rg{w:g}", md.clips, future, md.labels[:, 0], task_noise,
+                               reconstruction_guidance=w)
+        name = f"model, reconstruction guidance w_r = {w:g}"
+        rg[f"prediction, w_r = {w:g}"] = {"identity": judge.identity(guided, md.labels[:, 0]),
+                                          "motion": motion(guided), "sampling_seconds": seconds}
+        # the table's rows: replacement ("model") first, then these, then the baselines
+        items = list(errs.items())
+        errs = dict(items[:1 + best.index(w)] + [(name, errors(centre_of_mass(guided), truth, ahead))]
+                    + items[1 + best.index(w):])
+        res["prediction"]["errors_px"] = errs
+        save()
+        if w == best[0]:
+            save_frame_grid(pairs(md.clips, guided, k), out / "video_prediction_reconstruction.png", scale=3)
+            best_guided = guided
+    w = best[0]
+    # both: RePaint's resampling with reconstruction guidance, on RePaint's clips
+    both, seconds = fill(f"prediction_repaint_r{r_}_j{j_}_rg{w:g}_n{q}", md.clips[:q], future, md.labels[:q, 0],
+                         task_noise[:q], resample=r_, jump_length=j_, reconstruction_guidance=w)
+    rp = res["prediction_repaint"]["errors_px"]
+    rp[f"model, RePaint and reconstruction guidance w_r = {w:g}"] = errors(centre_of_mass(both), truth[:q], ahead)
+    rp[f"model, reconstruction guidance w_r = {w:g} (the same clips)"] = errors(centre_of_mass(best_guided[:q]),
+                                                                                truth[:q], ahead)
+    res["prediction_repaint"]["sampling_seconds_with_reconstruction_guidance"] = seconds
+    save()
+    between_rg, seconds = fill(f"interpolation_rg{w:g}", md.clips[:half],
+                               masks.between_frames_mask(T, (H, W), keep=(0, T - 1)), md.labels[:half, 0],
+                               task_noise[:half], reconstruction_guidance=w)
+    items = list(res["interpolation"]["errors_px"].items())
+    res["interpolation"]["errors_px"] = dict(
+        items[:1] + [(f"model, reconstruction guidance w_r = {w:g}", errors(centre_of_mass(between_rg),
+                                                                           truth[:half], inner))] + items[1:])
+    rg[f"interpolation, w_r = {w:g}"] = {"identity": judge.identity(between_rg, md.labels[:half, 0]),
+                                         "motion": motion(between_rg), "sampling_seconds": seconds}
+    save()
+    save_frame_grid(pairs(md.clips, between_rg, k), out / "video_interpolation_reconstruction.png", scale=3)
     return res
 
 

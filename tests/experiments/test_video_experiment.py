@@ -39,25 +39,36 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     # real clips keep their digit: a frame order changes no class, and the measures see the same frames
     assert gen["real clips, frames shuffled"]["fd_window"] == pytest.approx(gen["real clips (the floor)"]["fd_window"])
     errs = res["prediction"]["errors_px"]
-    assert set(errs) == {"model", "copy the last frame", "constant velocity, straight",
-                         "constant velocity with bounces", "the real frames (rounding to whole pixels)"}
+    rg = res["reconstruction_guidance"]
+    assert set(rg["sweep"]["mean_error_px"]) == {"0", "4", "16"} and sorted(rg["chosen"]) == [4.0, 16.0]
+    assert rg["sweep"]["clips"] == video.SIZES["tiny"]["sweep"]
+    guided = [f"model, reconstruction guidance w_r = {w:g}" for w in rg["chosen"]]
+    assert list(errs) == ["model", *guided, "copy the last frame", "constant velocity, straight",
+                          "constant velocity with bounces", "the real frames (rounding to whole pixels)"]
+    assert list(res["interpolation"]["errors_px"])[:2] == ["model", guided[0]]
+    assert f"prediction, w_r = {rg['chosen'][0]:g}" in rg and f"interpolation, w_r = {rg['chosen'][0]:g}" in rg
     assert len(errs["model"]["per_frame"]) == 8 - video.GIVEN
     assert errs["the real frames (rounding to whole pixels)"]["mean"] <= 0.5 ** 0.5
     assert len(res["interpolation"]["errors_px"]["model"]["per_frame"]) == 6
     rp = res["prediction_repaint"]
     assert rp["clips"] == video.SIZES["tiny"]["repaint"] and rp["resample"] == 2
-    assert set(rp["errors_px"]) == {"model, RePaint", "model, replacement (the same clips)", "copy the last frame"}
+    w = f"{res['reconstruction_guidance']['chosen'][0]:g}"
+    assert set(rp["errors_px"]) == {"model, RePaint", "model, replacement (the same clips)", "copy the last frame",
+                                    f"model, RePaint and reconstruction guidance w_r = {w}",
+                                    f"model, reconstruction guidance w_r = {w} (the same clips)"}
     assert len(rp["errors_px"]["model, RePaint"]["per_frame"]) == 8 - video.GIVEN
     md = (out / "video_tables.md").read_text()
     assert "| video, unconditional |" in md and "| constant velocity with bounces |" in md
     for name in ("video_samples.gif", "video_frame_by_frame.gif", "video_samples_frames.png", "video_prediction.png",
-                 "video_interpolation.png", "video_inpainting.png"):
+                 "video_interpolation.png", "video_inpainting.png", "video_prediction_reconstruction.png",
+                 "video_interpolation_reconstruction.png"):
         assert (out / name).stat().st_size > 0
     # a rerun reads the drawn clips back from the run's cache: the same numbers
     assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
     again = json.loads((out / "video.json").read_text())
     assert again["generation"]["video, guided"]["identity"] == gen["video, guided"]["identity"]
     assert again["prediction"]["errors_px"] == errs
+    assert again["reconstruction_guidance"]["sweep"] == rg["sweep"]
 
 
 def test_windows_are_the_sprites_of_real_clips():
