@@ -434,15 +434,17 @@ def tables(res: dict) -> str:
             lines.append(f"| {name} | {_pct(i['same_class'])} | {_pct(i['frame_agreement'])} | "
                          f"{_pct(i.get('label_accuracy'))} | {_px(m['median'])} | {_px(m['p90'])} | "
                          f"{_pct(m['within_1px'])} | {r['fd_window']:.2f} | {r['fd_frame']:.2f} |")
-    for task in ("prediction", "interpolation"):
+    for task in ("prediction", "prediction_repaint", "interpolation"):
         if task not in res:
             continue
         t = res[task]
         errs = t["errors_px"]
         frames = len(next(iter(errs.values()))["per_frame"])
-        first = t["given"] if task == "prediction" else 1
+        first = 1 if task == "interpolation" else GIVEN
         head = " | ".join(f"frame {first + j}" for j in range(frames))
-        lines += ["", f"| {task}: centre-of-mass error (px) | mean | {head} |",
+        title = (f"prediction, RePaint r = {t['resample']}, j = {t['jump_length']} ({t['clips']} clips)"
+                 if task == "prediction_repaint" else task)
+        lines += ["", f"| {title}: centre-of-mass error (px) | mean | {head} |",
                   "|---|---|" + "---|" * frames]
         for name, e in errs.items():
             lines.append(f"| {name} | {_px(e['mean'])} | " + " | ".join(_px(v) for v in e["per_frame"]) + " |")

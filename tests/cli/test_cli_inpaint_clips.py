@@ -112,6 +112,10 @@ def test_reconstruction_guidance_is_passed_on_and_keeps_the_given_frames(clip_ru
         assert main(["inpaint", "--ckpt", str(tmp_path / "no_run"), "--input", clip_gifs[0], "--mask", "future:2",
                      "--reconstruction-guidance", bad]) != 0
         assert "--reconstruction-guidance must be a finite weight w_r >= 0" in capsys.readouterr().err
+    for flag in ("--cuda-graph", "--fast"):  # a replayed graph has no backward pass
+        assert main(["inpaint", "--ckpt", str(tmp_path / "no_run"), "--input", clip_gifs[0], "--mask", "future:2",
+                     "--reconstruction-guidance", "2", flag]) != 0
+        assert "leave out --cuda-graph / --fast" in capsys.readouterr().err
 
 
 def test_an_mp4_clip_is_read_back_to_the_model_frames(clip_run, clip_gifs, tmp_path, capsys):

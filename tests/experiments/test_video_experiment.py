@@ -59,6 +59,7 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     assert len(rp["errors_px"]["model, RePaint"]["per_frame"]) == 8 - video.GIVEN
     md = (out / "video_tables.md").read_text()
     assert "| video, unconditional |" in md and "| constant velocity with bounces |" in md
+    assert "| prediction, RePaint r = 2, j = 1 (2 clips): centre-of-mass error (px) |" in md
     for name in ("video_samples.gif", "video_frame_by_frame.gif", "video_samples_frames.png", "video_prediction.png",
                  "video_interpolation.png", "video_inpainting.png", "video_prediction_reconstruction.png",
                  "video_interpolation_reconstruction.png"):

@@ -59,6 +59,10 @@ def _main(args) -> int:
     if not (math.isfinite(w) and w >= 0):  # before the run is loaded: a bad flag costs no work
         raise ValueError(f"--reconstruction-guidance must be a finite weight w_r >= 0 (0 = off; Ho et al. use w_r "
                          f"> 1), got {w}")
+    if w > 0 and (getattr(args, "cuda_graph", False) or getattr(args, "fast", False)):
+        raise ValueError("--reconstruction-guidance takes the gradient through the network, which a replayed CUDA "
+                         "graph cannot give: leave out --cuda-graph / --fast (--precision bf16 --channels-last "
+                         "--compile still apply)")
     out = check_video_or_image_path(args.out, "--out", mkdir=True)  # .mp4: imageio-ffmpeg checked here
     run, model = load_run(args, stochastic=True)
     clips = len(run.image_shape) == 4
