@@ -141,6 +141,21 @@ def judge(images: torch.Tensor, want: dict, clf, layout) -> dict:
     return out
 
 
+def by_pair(images: torch.Tensor, want: dict, clf, layout, held_out) -> dict:
+    """Held-out samples judged per held-out (digit, attribute, value) pair: "7 stroke bold" -> the
+    accuracies of the class, of that attribute and of everything at once, and the classes drawn."""
+    out = {}
+    for d, name, value in held_out:
+        rows = (want["digit"] == d) & (want[name] == cap.ATTRIBUTES[name].index(value))
+        if rows.any():
+            sub = judge(images[rows], {k: v[rows] for k, v in want.items()}, clf, layout)
+            with torch.no_grad():
+                drawn = torch.bincount(clf(images[rows]).argmax(1), minlength=10).tolist()
+            out[f"{d} {name} {value}"] = {"n": sub["n"], "class": sub["class"], name: sub[name], "all": sub["all"],
+                                          "classes_drawn": drawn}
+    return out
+
+
 def draw(run, prompts=None, labels=None, guidance=1.0, steps=25, seed=0, batch=400) -> torch.Tensor:
     """Samples for the prompts (text run) or labels (control), in batches, DDIM."""
     n = len(prompts) if prompts is not None else len(labels)
@@ -229,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             start = time.perf_counter()
             images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
             row[split + form] = judge(images, want, clf, test.layout)
+            if split == "held_out":
+                row[split + form]["by_pair"] = by_pair(images, want, clf, test.layout, held_out)
             row[split + form]["seconds_per_1000"] = round(1000 * (time.perf_counter() - start) / len(images), 1)
             if w == 3.0 and split == "held_out":  # the held-out prompts, a row each (the first sample of each)
                 save_image_grid(images[::per][: 8 * (len(combos) // 8)], args.out / f"text_held_out{form}.png", nrow=8)

@@ -22,6 +22,9 @@ def test_text_tiny_writes_the_tables(tmp_path):
             r = row[split]
             assert r["n"] == n and all(0 <= r[k] <= 1 for k in ("class", "position", "stroke", "all"))
             assert r["all"] <= min(r["class"], r["position"], r["stroke"])
+    pairs = res["text"][-1]["held_out"]["by_pair"]
+    assert set(pairs) == {"7 stroke bold", "2 stroke thin", "4 position right", "9 position top left"}
+    assert sum(p["n"] for p in pairs.values()) == 44 and sum(pairs["7 stroke bold"]["classes_drawn"]) == 18
     assert res["control"]["n"] == 90 and res["judge"]["attributes_on_real"]["position"] == 1.0
     assert (out / "text_samples.png").stat().st_size > 0 and (out / "text_held_out_composed.png").stat().st_size > 0
     assert all(p.count(" AND ") == 2 for p in res["figure_held_out_composed_prompts"])
