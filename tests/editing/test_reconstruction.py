@@ -205,3 +205,18 @@ def test_in_latent_space_the_target_is_the_encoded_image(monkeypatch, gen):
     assert seen["weight"] == 2.0
     keep = (1 - mask).bool().expand_as(image)
     assert torch.equal(out[keep], image[keep])
+
+
+def test_a_learned_variance_reaches_ddpm_through_the_guidance():
+    """DDPM reads the network's variance output v through the wrapper (variance='learned' is refused for
+    a denoiser that does not learn it), and uses it: the steps differ from the posterior variance's."""
+    torch.manual_seed(0)
+    model = dl.models.build("unet_tiny", learn_sigma=True).eval()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 4:] = 1
+    out = {v: E.inpaint(model, proc, x, mask, "ddpm", 3, variance=v, reconstruction_guidance=1.0,
+                        generator=torch.Generator().manual_seed(0)) for v in ("learned", "posterior")}
+    assert torch.equal(out["learned"][..., :4, :], x[..., :4, :])
+    assert not torch.allclose(out["learned"], out["posterior"])
