@@ -11,7 +11,7 @@ of the image's size. ``--resample R --jump J`` turns on RePaint's resampling (R 
 replacement method). ``--reconstruction-guidance W`` adds Ho et al.'s (2022) reconstruction
 guidance with weight w_r = W (0 = off; :mod:`difflab.editing.reconstruction`): the kept part
 steers the filled part through the network's gradient at every step (a backward pass per
-network call, about 3 times the time). The output holds --n results per input, one row per input image.
+network call, 2 to 3 times the time). The output holds --n results per input, one row per input image.
 
 Clips: for a run that makes clips (a video network), each --input is an animated GIF of one clip
 and the mask is a space-time mask (:func:`difflab.editing.masks.parse_clip_mask`): ``future:K``

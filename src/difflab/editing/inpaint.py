@@ -126,7 +126,7 @@ def inpaint(
     [-1, 1], as in :func:`difflab.sample` (default: the process's ``clip_x0``; None: no clipping).
     ``reconstruction_guidance``: the weight w_r >= 0 of reconstruction-guided sampling (Ho et al.
     2022, eq. 7; :mod:`.reconstruction`), 0 = the replacement method alone. Each network
-    evaluation then has a backward pass through the network (about 3 times the cost); it works
+    evaluation then has a backward pass through the network (2 to 3 times the time); it works
     with every sampler here, RePaint's resampling, guidance and in a latent model's latents.
     ``paste_final=False`` returns the last sampler output without the final paste (its kept
     region is the model's own estimate, close to the input).
