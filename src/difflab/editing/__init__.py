@@ -11,7 +11,8 @@
 
 One concept per module: :mod:`.masks`, :mod:`.inpaint` (replacement and RePaint),
 :mod:`.img2img` (SDEdit), :mod:`.superres` (low-res conditioned models, their loss, sampling),
-:mod:`.interpolate` (inversion round trip, slerp), :mod:`.io` (PNG in and out for the CLI).
+:mod:`.interpolate` (inversion round trip, slerp), :mod:`.io` (PNG in and out for the CLI),
+:mod:`.reconstruction` (reconstruction-guided sampling, ``inpaint(reconstruction_guidance=w_r)``).
 """
 
 from .img2img import img2img, sdedit_sigmas
