@@ -220,3 +220,14 @@ def test_a_learned_variance_reaches_ddpm_through_the_guidance():
                         generator=torch.Generator().manual_seed(0)) for v in ("learned", "posterior")}
     assert torch.equal(out["learned"][..., :4, :], x[..., :4, :])
     assert not torch.allclose(out["learned"], out["posterior"])
+
+
+def test_a_network_replayed_as_cuda_graphs_is_refused(mixture, proc):
+    """A captured CUDA graph replays its outputs without an autograd graph back to the state, so the
+    reconstruction gradient cannot be taken: refused up front, naming the fix (not autograd's error)."""
+    x = mixture.sample(2, torch.Generator().manual_seed(0))
+    graphed = dl.accel.Accelerated(mixture, cuda_graph=True)
+    with pytest.raises(ValueError, match="a replayed CUDA graph gives no gradient"):
+        E.inpaint(graphed, proc, x, torch.tensor([0.0, 1.0]), "ddim", 3, reconstruction_guidance=1.0)
+    with pytest.raises(ValueError, match="a replayed CUDA graph gives no gradient"):
+        ReconstructionGuided(dl.samplers.Denoiser(graphed, proc), x, torch.tensor([0.0, 1.0]), 1.0)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..samplers import Denoiser
-from ..validation import is_real
+from ..validation import is_real, model_attribute
 
 __all__ = ["ReconstructionGuided", "check_reconstruction_weight"]
 
@@ -73,6 +73,12 @@ class ReconstructionGuided:
                  clip_x0: Optional[float] = None) -> None:
         if not isinstance(denoiser, Denoiser):
             raise TypeError(f"denoiser must be a difflab.samplers.Denoiser, got {type(denoiser).__name__}")
+        # a network call captured as a CUDA graph (the speed layer's cuda_graph=True) is replayed on
+        # static copies of its inputs: its output has no autograd path back to x, so no gradient
+        if model_attribute(denoiser.model, "cuda_graph") is True:
+            raise ValueError("reconstruction guidance takes the gradient through the network, and a replayed CUDA "
+                             "graph gives no gradient: accelerate the model without cuda_graph=True (precision, "
+                             "channels_last and compile still apply)")
         if denoiser.clip_x0 is not None or denoiser.dynamic_threshold is not None:
             raise ValueError("build the Denoiser without clip_x0 and dynamic_threshold and pass clip_x0 here: "
                              "the gradient is taken through the unclipped estimate")
