@@ -215,6 +215,17 @@ def test_token_ids_of_a_text_model_are_checked_through_wrappers():
         check_labels(TextModel(), "a bold 7", 2)  # a prompt, not its ids
 
 
+def test_composed_prompts_are_taken_only_where_the_caller_composes_them():
+    """Token ids [B, K, L] (K prompts joined by " AND ") are checked part by part with composed=True
+    (the samplers); elsewhere (editing, inversion, a direct network call) they are refused by name."""
+    ids = torch.tensor([[[1, 2, 0], [3, 0, 0]], [[4, 0, 0], [0, 0, 0]]])
+    assert torch.equal(check_labels(Wrapper(TextModel()), ids, 2, composed=True), ids)
+    with pytest.raises(ValueError, match=r"token ids must lie in 0 \.\. 5"):
+        check_labels(TextModel(), ids + 5, 2, composed=True)
+    with pytest.raises(ValueError, match=r"composed prompt .* only sampling takes .*one prompt per sample"):
+        check_labels(TextModel(), ids, 2)
+
+
 def test_null_label_is_the_empty_caption_or_the_null_class():
     assert null_label(TextModel()) == 0 and null_label(Wrapper(TextModel())) == 0
     assert null_label(Conditional()) == 3

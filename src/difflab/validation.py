@@ -173,6 +173,10 @@ def check_labels(model: Callable, cond, batch: int, device=None, composed: bool 
             flat = check_token_ids(cond.flatten(0, 1), int(tokenizer.vocab_size), int(tokenizer.max_length),
                                    batch * cond.shape[1])
             cond = flat.view(cond.shape)
+        elif not composed and isinstance(cond, Tensor) and cond.ndim == 3:  # a composed prompt where none is taken
+            raise ValueError(f"cond is a composed prompt (token ids [B, K, L] of shape {tuple(cond.shape)}: prompts "
+                             "joined by ' AND '), which only sampling takes (dl.sample, run.sample, difflab sample); "
+                             "give one prompt per sample here: model.tokenizer.encode(prompts)")
         else:
             cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch)
         return cond if device is None else cond.to(device)
