@@ -355,3 +355,33 @@ def test_composed_prompts_sample_through_dl_sample_and_are_checked():
         dl.sample(model, proc, (2, 1, 8, 8), "ddim", 3, cond=ids + 100, guidance=3.0)
     with pytest.raises(ValueError, match="empty part"):
         dl.training.generate.prompts_for("a bold 7 AND ", 2, model.tokenizer)
+
+
+def test_composed_prompts_with_a_learned_variance_or_a_guidance_input():
+    """A network that learns its variance: the composed mean as before, v the first part's branch (as
+    guidance keeps the conditional branch's); a guided-distilled student (guidance as an input, one call
+    per sample) cannot add K directions and is refused by name."""
+    proc = dl.GaussianDiffusion(dl.schedules.linear(100))
+
+    class Net(torch.nn.Module):
+        tokenizer = type("Tokenizer", (), {"vocab_size": 4, "max_length": 2})()
+        null_cond, learn_sigma = 0, True
+
+        def forward(self, x, t, cond):
+            words = cond.float()
+            mean = 0.1 * x * (1 + words[:, :1]) + 0.05 * words[:, 1:]
+            return torch.cat([mean, (words[:, :1] - 2) / 2 * torch.ones_like(x)], dim=1)
+
+    ids = torch.tensor([[[1, 2], [3, 0]], [[4, 0], [0, 0]]])  # "1 2 AND 3", "4" (and padding)
+    x, t = torch.randn(2, 1, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 50])
+    net = Net()
+    out, v = dl.samplers.denoiser.Denoiser(net, proc, ids, guidance=2.0).model_output(x, t)
+    u, _ = net(x, t, torch.zeros(2, 2, dtype=torch.long)).chunk(2, dim=1)
+    m1, v1 = net(x, t, ids[:, 0]).chunk(2, dim=1)
+    m2, _ = net(x, t, ids[:, 1]).chunk(2, dim=1)
+    said = torch.tensor([[1.0], [0.0]])  # the second sample's second part is padding: it adds nothing
+    torch.testing.assert_close(out, u + 2.0 * ((m1 - u) + said * (m2 - u)))
+    torch.testing.assert_close(v, v1)
+    net.guidance_input = True
+    with pytest.raises(ValueError, match="composed prompts .* guidance scale as an input"):
+        dl.samplers.denoiser.Denoiser(net, proc, ids, guidance=2.0)
