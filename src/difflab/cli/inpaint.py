@@ -13,7 +13,8 @@ guidance with weight w_r = W (0 = off; :mod:`difflab.editing.reconstruction`): t
 steers the filled part through the network's gradient at every step (a backward pass per
 network call, 2 to 3 times the time). The output holds --n results per input, one row per input image.
 
-Clips: for a run that makes clips (a video network), each --input is an animated GIF of one clip
+Clips: for a run that makes clips (a video network), each --input is an animated GIF or an MP4
+of one clip (an MP4 read back to the model's frame size by :func:`difflab.data.clips.read_clip_mp4`)
 and the mask is a space-time mask (:func:`difflab.editing.masks.parse_clip_mask`): ``future:K``
 (keep the first K frames, predict the rest), ``between:I,J,...`` (keep those frames, fill the
 others: frame interpolation) or an image mask across every frame (video inpainting). The output
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     add_run_args(p, STEPWISE_SAMPLERS, "ddpm", 100)
     p.add_argument("--input", nargs="+", required=True, metavar="PNG",
-                   help="image file(s), all the model's size (a video model: GIFs, one clip each)")
+                   help="image file(s), all the model's size (a video model: GIFs or MP4s, one clip each)")
     p.add_argument("--mask", required=True,
                    help="box:x0,y0,x1,y1 | half:left|right|top|bottom | mask PNG (white = fill); clips also "
                         "future:K | between:I,J,...")
