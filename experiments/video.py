@@ -222,8 +222,10 @@ def pairs(truth: Tensor, result: Tensor, m: int) -> Tensor:
 
 # ---------------------------------------------------------------------------- the experiment
 def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float = 3.0,
-             cache: Optional[Path] = None, command: str = COMMAND) -> dict:
-    """Every measure of the module's docstring for the loaded ``run``; figures and video.json in ``out``."""
+             cache: Optional[Path] = None, command: str = COMMAND, unconditional=None) -> dict:
+    """Every measure of the module's docstring for the loaded ``run``; figures and video.json in ``out``.
+    ``unconditional``: a loaded run of the same config trained without labels, whose clips (and
+    frame-by-frame clips) are judged beside the conditional run's unconditional branch."""
     cfg = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
     model, proc = run.ema_model, run.proc
@@ -265,6 +267,11 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                 "frame by frame, unconditional": (frame_model, None, 1.0),
                 "frame by frame, guided": (frame_model, labels, guidance),
                 "video, conditional, w = 1": (model, labels, 1.0)}
+    if unconditional is not None:  # a whole run without labels: not a 10%-dropout branch of a conditional one
+        res["unconditional_run"] = {"run": str(unconditional.path), "run_step": unconditional.step}
+        tag = f"step{unconditional.step}"
+        settings[f"video, unconditional model ({tag})"] = (unconditional.ema_model, None, 1.0)
+        settings[f"frame by frame, unconditional model ({tag})"] = (unconditional.ema_model.frame_by_frame(), None, 1.0)
 
     def save() -> None:  # after every part, so a long run's finished parts are on disk
         res["seconds"] = round(time.perf_counter() - clock, 1)
@@ -285,6 +292,10 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
 
     for name in list(settings)[:3]:  # the guided frame-by-frame clips after the prediction: the must-shows first
         generate(name)
+    for name in list(settings)[5:]:  # the unconditional run's
+        generate(name)
+        if name.startswith("video"):
+            save_frame_grid(drawn[name][:min(10, n)], out / "video_unconditional_model_frames.png", scale=3)
     shown = min(10, n)
     save_clips_gif(torch.cat([drawn["video, guided"][:shown], drawn["video, unconditional"][:shown]]),
                    out / "video_samples.gif", nrow=shown, fps=4, scale=4)
@@ -461,12 +472,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder for the drawn clips (default: RUN/video_eval); a rerun reads them back")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unconditional-run", type=Path, default=None,
+                        help="a run of the same config without labels (model.kwargs.num_classes=null), judged beside")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = dl.load(args.run)
+    uncond = None if args.unconditional_run is None else dl.load(args.unconditional_run)
+    if uncond is not None and (uncond.num_classes is not None or uncond.sample_shape != run.sample_shape):
+        parser.error(f"--unconditional-run must be an unconditional run of clips {run.sample_shape}, got "
+                     f"num_classes={uncond.num_classes}, clips {uncond.sample_shape}")
     cache = args.cache or args.run / "video_eval" / f"{args.size}_ddim{args.steps}_w{args.guidance:g}_step{run.step}"
     command = f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:])
-    res = evaluate(run, args.out, args.size, args.steps, args.guidance, cache, command)
+    res = evaluate(run, args.out, args.size, args.steps, args.guidance, cache, command, uncond)
     print(json.dumps(res, indent=1))
     return 0
 

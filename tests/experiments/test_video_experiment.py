@@ -23,6 +23,27 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def test_an_unconditional_run_is_judged_beside(tiny_run, tmp_path):
+    """--unconditional-run: a run of the config without labels adds its clips and frame-by-frame clips;
+    a conditional run given there is refused."""
+    uncond = tmp_path / "uncond"
+    cfg = apply_overrides(load_config(REPO / "configs" / "moving_digits.yaml"), [
+        "steps=1", "batch_size=4", "log_every=1", "ckpt_every=1", "sample.every=-1", "data.kwargs.n=8",
+        "model.kwargs.channels=8", "model.kwargs.num_classes=null", "cond_drop_prob=0.0", "sample.guidance=1.0"])
+    Trainer(cfg, uncond, progress=False).train()
+    out = tmp_path / "out"
+    assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2",
+                       "--unconditional-run", str(uncond)]) == 0
+    res = json.loads((out / "video.json").read_text())
+    assert res["unconditional_run"]["run_step"] == 1
+    rows = [r for r in res["generation"] if "unconditional model" in r]
+    assert rows == ["video, unconditional model (step1)", "frame by frame, unconditional model (step1)"]
+    assert all(0 <= res["generation"][r]["identity"]["same_class"] <= 1 for r in rows)
+    assert (out / "video_unconditional_model_frames.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--unconditional-run", str(tiny_run)])
+
+
 def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     out = tmp_path / "out"
     assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
