@@ -1,5 +1,7 @@
 """difflab.validation: the argument checks every public function shares."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -224,6 +226,10 @@ def test_composed_prompts_are_taken_only_where_the_caller_composes_them():
         check_labels(TextModel(), ids + 5, 2, composed=True)
     with pytest.raises(ValueError, match=r"composed prompt .* only sampling takes .*one prompt per sample"):
         check_labels(TextModel(), ids, 2)
+    for bad in (ids[:, :, :2], ids[:1], ids[:, :0]):  # short ids, another batch, no part: named in its own shape
+        shape = re.escape(str(tuple(bad.shape)))
+        with pytest.raises(ValueError, match=r"composed prompt is token ids \[2, K, 3\].*" + shape):
+            check_labels(TextModel(), bad, 2, composed=True)
 
 
 def test_null_label_is_the_empty_caption_or_the_null_class():

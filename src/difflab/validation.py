@@ -169,10 +169,13 @@ def check_labels(model: Callable, cond, batch: int, device=None, composed: bool 
         return None
     tokenizer = model_attribute(model, "tokenizer")
     if tokenizer is not None:
-        if composed and isinstance(cond, Tensor) and cond.ndim == 3 and cond.shape[0] == batch and cond.shape[1] > 0:
-            flat = check_token_ids(cond.flatten(0, 1), int(tokenizer.vocab_size), int(tokenizer.max_length),
-                                   batch * cond.shape[1])
-            cond = flat.view(cond.shape)
+        if composed and isinstance(cond, Tensor) and cond.ndim == 3:
+            L = int(tokenizer.max_length)
+            if cond.shape[0] != batch or cond.shape[1] == 0 or cond.shape[2] != L:
+                raise ValueError(f"cond: a composed prompt is token ids [{batch}, K, {L}] (K >= 1 prompts a sample, "
+                                 "training.generate.prompts_for makes them from 'A AND B'), got shape "
+                                 f"{tuple(cond.shape)}")
+            cond = check_token_ids(cond.flatten(0, 1), int(tokenizer.vocab_size), L).view(cond.shape)
         elif not composed and isinstance(cond, Tensor) and cond.ndim == 3:  # a composed prompt where none is taken
             raise ValueError(f"cond is a composed prompt (token ids [B, K, L] of shape {tuple(cond.shape)}: prompts "
                              "joined by ' AND '), which only sampling takes (dl.sample, run.sample, difflab sample); "
