@@ -24,13 +24,13 @@ of a clip a row.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..data.clips import check_video_or_image_path, save_clips
 from ..editing import inpaint, parse_mask, save_images
 from ..editing.inpaint import STEPWISE_SAMPLERS
 from ..editing.masks import parse_clip_mask
+from ..editing.reconstruction import check_reconstruction_weight
 from ._edit_common import Shapes, add_run_args, clip_x0, generator, labels, load_run, read_clips, read_inputs
 
 __all__ = ["add_parser"]
@@ -56,10 +56,8 @@ def add_parser(sub) -> None:
 
 
 def _main(args) -> int:
-    w = args.reconstruction_guidance
-    if not (math.isfinite(w) and w >= 0):  # before the run is loaded: a bad flag costs no work
-        raise ValueError(f"--reconstruction-guidance must be a finite weight w_r >= 0 (0 = off; Ho et al. use w_r "
-                         f"> 1), got {w}")
+    # before the run is loaded: a bad flag costs no work
+    w = check_reconstruction_weight(args.reconstruction_guidance, "--reconstruction-guidance")
     if w > 0 and (getattr(args, "cuda_graph", False) or getattr(args, "fast", False)):
         raise ValueError("--reconstruction-guidance takes the gradient through the network, which a replayed CUDA "
                          "graph cannot give: leave out --cuda-graph / --fast (--precision bf16 --channels-last "

@@ -143,11 +143,17 @@ def check_mp4_writer() -> None:
     """Nothing if MP4s can be written, else ModuleNotFoundError naming the extra to install: MP4
     goes through imageio's ffmpeg plugin, whose package imageio-ffmpeg (an ffmpeg binary in a
     wheel) is optional. The CLI calls this before any sampling."""
+    _require_imageio_ffmpeg("writing", "write")
+
+
+def _require_imageio_ffmpeg(doing: str, instead: str) -> None:
+    """ModuleNotFoundError naming the extra when imageio's ffmpeg plugin (imageio-ffmpeg) is missing:
+    "{doing} MP4 video needs ...; or {instead} a .gif"."""
     try:
-        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin loads it again when it writes)
+        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin loads it again when it runs)
     except ImportError as err:
-        raise ModuleNotFoundError(f"writing MP4 video needs the package imageio-ffmpeg ({err}); install it: "
-                                  f"{VIDEO_EXTRA}; or write a .gif", name="imageio_ffmpeg") from None
+        raise ModuleNotFoundError(f"{doing} MP4 video needs the package imageio-ffmpeg ({err}); install it: "
+                                  f"{VIDEO_EXTRA}; or {instead} a .gif", name="imageio_ffmpeg") from None
 
 
 def mp4_scale(frame_size: Sequence[int], min_side: int = 64) -> int:
@@ -279,11 +285,7 @@ def read_clip_mp4(path: Union[str, Path], frame_size: Sequence[int], channels: i
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MP4 clip {str(path)!r} does not exist")
-    try:
-        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin)
-    except ImportError as err:
-        raise ModuleNotFoundError(f"reading MP4 video needs the package imageio-ffmpeg ({err}); install it: "
-                                  f"{VIDEO_EXTRA}; or give a .gif", name="imageio_ffmpeg") from None
+    _require_imageio_ffmpeg("reading", "give")
     try:
         with imageio.get_reader(path, format="FFMPEG") as reader:
             video = np.stack([np.asarray(f, dtype=np.uint8)[..., :3] for f in reader])

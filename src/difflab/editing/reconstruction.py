@@ -47,15 +47,16 @@ from ..validation import is_real, model_attribute
 __all__ = ["ReconstructionGuided", "check_reconstruction_weight"]
 
 
-def check_reconstruction_weight(weight) -> float:
-    """w_r: a finite real number >= 0 (0: no guidance, the replacement method)."""
+def check_reconstruction_weight(weight, name: str = "reconstruction_guidance") -> float:
+    """w_r: a finite real number >= 0 (0: no guidance, the replacement method); errors name ``name``
+    (the CLI's flag)."""
     if isinstance(weight, bool) or not is_real(weight):
-        raise TypeError(f"reconstruction_guidance must be a number w_r >= 0 (0 = the replacement method; Ho et al. "
-                        f"use w_r > 1), got {type(weight).__name__} {weight!r}")
+        raise TypeError(f"{name} must be a number w_r >= 0 (0 = the replacement method; Ho et al. use w_r > 1), "
+                        f"got {type(weight).__name__} {weight!r}")
     weight = float(weight)
     if not (math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"reconstruction_guidance must be a finite number >= 0 (0 = the replacement method), "
-                         f"got {weight}")
+        raise ValueError(f"{name} must be a finite weight w_r >= 0 (0 = the replacement method; Ho et al. use "
+                         f"w_r > 1), got {weight}")
     return weight
 
 
