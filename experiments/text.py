@@ -102,7 +102,7 @@ def combinations(digits: Sequence[int], held_out, varied: Sequence[str] = VARIED
     return seen, held
 
 
-def prompts_for(combos: list, per_combo: int, seed: int, composed: bool = False,
+def captions_for(combos: list, per_combo: int, seed: int, composed: bool = False,
                 varied: Sequence[str] = VARIED) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Captions from the grammar (a new word order and synonyms per sample) and what they ask for;
     ``composed``: the digit and each attribute as captions of their own joined by " AND " (the
@@ -240,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for split, combos, seed, form in (("seen", seen, 0, ""), ("held_out", held, 1, ""),
                                           ("seen", seen, 0, "_composed"), ("held_out", held, 1, "_composed")):
             per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
-            prompts, want = prompts_for(combos, per, seed, composed=bool(form), varied=varied)
+            prompts, want = captions_for(combos, per, seed, composed=bool(form), varied=varied)
             start = time.perf_counter()
             images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
             row[split + form] = judge(images, want, clf, test.layout)
@@ -260,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res["text"] = rows
 
     if control is not None:
-        prompts, want = prompts_for(seen + held, size["per_combo"], 2, varied=varied)
+        prompts, want = captions_for(seen + held, size["per_combo"], 2, varied=varied)
         images = draw(control, labels=want["digit"], guidance=3.0, steps=size["sample_steps"], seed=2)
         res["control"] = {"guidance": 3.0, **judge(images, want, clf, test.layout)}
         print(json.dumps(res["control"]), flush=True)
