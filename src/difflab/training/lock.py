@@ -28,6 +28,9 @@ LOCK_NAME = "train.lock"
 # A lock file is created empty and written a moment later: an unreadable one younger than this
 # may be mid-write; an older one was left by a process that died in between, and is stale.
 _WRITE_GRACE_S = 10.0
+# A lock file found empty is read again this many times, this far apart (its owner writes a line of
+# JSON right after creating it), before the refusal says only that it is being written.
+_REREADS, _REREAD_S = 20, 0.01
 
 
 class RunLocked(FileExistsError):
@@ -165,6 +168,11 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 info, ident = self._read()
+                for _ in range(_REREADS):  # created but not yet written (its owner is between open and write):
+                    if info != {} or self._stale(info, ident) is not None:  # read again, to name the owner
+                        break
+                    time.sleep(_REREAD_S)
+                    info, ident = self._read()
                 if info is None:
                     continue  # released meanwhile
                 why = self._stale(info, ident)
