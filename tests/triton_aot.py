@@ -9,6 +9,8 @@ cubin) for sm_90, and prints one line per kernel: its registers a thread and its
 ``maxnreg``, is below what the kernel needs). Used by tests/accel/test_group_norm_triton.py.
 """
 
+import concurrent.futures
+import multiprocessing
 import os
 import re
 import subprocess
@@ -124,28 +126,48 @@ def spilled_loads(cubin: bytes) -> str:
     return str(len(re.findall(r"\bLDL\b", sass))) if sass else "?"
 
 
-def main(arch: int) -> None:
-    target = GPUTarget("cuda", arch, 32)
-    seen = set()
-    for fn, signature, constexprs, attrs, options in specializations():
+def unique_specializations() -> list:
+    """``specializations()`` without repeats (the same kernel, constants, signature and options)."""
+    seen, unique = set(), []
+    for spec in specializations():
+        fn, signature, constexprs, attrs, options = spec
         key = (fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(signature.items())),
                tuple(sorted(attrs)), tuple(sorted(options.items())))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                                      target=target, options=options)
-        except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
-            print(f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}")
+        if key not in seen:
+            seen.add(key)
+            unique.append(spec)
+    return unique
+
+
+def compile_one(arch: int, index: int) -> str:
+    """Compile the ``index``-th unique specialization for sm_``arch``: its report line, or a FAILED line.
+    By index, so a worker process rebuilds the (unpicklable) kernels itself."""
+    fn, signature, constexprs, attrs, options = unique_specializations()[index]
+    try:
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                                  target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as e:  # noqa: BLE001 -- report which specialization, then fail
+        return f"FAILED {fn.__name__} {constexprs}: {type(e).__name__}: {str(e)[-400:]}"
+    ptx = compiled.asm["ptx"]
+    divisible = [name for i, name in enumerate(signature) if (i,) in attrs]
+    cubin = compiled.asm["cubin"]
+    return (f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {options['num_warps']} warps, "
+            f"maxnreg {options.get('maxnreg', '-')}, cubin {len(cubin)} B, registers {registers(cubin)}, "
+            f"local-memory loads {ptx.count('ld.local')}, spilled loads {spilled_loads(cubin)}")
+
+
+def main(arch: int) -> None:
+    # One compile is one core's work for about a second (LLVM, then ptxas): the ~60 of them run in a
+    # process per core, which halves the suite's longest test on CI's two cores.
+    n = len(unique_specializations())
+    workers = max(1, min(len(os.sched_getaffinity(0)), 8))
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        lines = list(pool.map(compile_one, [arch] * n, range(n)))
+    for line in lines:
+        print(line)
+        if line.startswith("FAILED"):
             sys.exit(1)
-        ptx = compiled.asm["ptx"]
-        divisible = [name for i, name in enumerate(signature) if (i,) in attrs]
-        cubin = compiled.asm["cubin"]
-        print(f"ok {fn.__name__} {constexprs} divisible by 16: {divisible} {options['num_warps']} warps, "
-              f"maxnreg {options.get('maxnreg', '-')}, cubin {len(cubin)} B, registers {registers(cubin)}, "
-              f"local-memory loads {ptx.count('ld.local')}, spilled loads {spilled_loads(cubin)}")
-    print(f"compiled {len(seen)} kernels for sm_{arch}")
+    print(f"compiled {n} kernels for sm_{arch}")
 
 
 if __name__ == "__main__":
