@@ -28,7 +28,10 @@ strokes: chance is 1/9 and 1/2.
 
 judges a run of configs/mnist_text.yaml (latent, captioned MNIST with position, stroke and size;
 trained by the CLI as its header says) the same way, with a judge trained on renderings of the
-train5k split in ../shared/data/mnist (the run's digits are t10k's); no control.
+train5k split in ../shared/data/mnist (the run's digits are t10k's); no control. A digits run trained
+elsewhere (another seed, batch or step count of configs/digits_text.yaml) is judged the same way:
+
+    python experiments/text.py --text-run runs/text_s1 --guidances 3 --no-composed --out docs/text/seeds/s1
 """
 
 from __future__ import annotations
@@ -194,23 +197,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--source", choices=("digits", "mnist"), default="digits",
                         help="digits: train configs/digits_text.yaml and its control into --runs; mnist: judge "
                              "--text-run, a run of configs/mnist_text.yaml trained by the CLI (no control)")
-    parser.add_argument("--text-run", type=Path, default=None, help="with --source mnist: the trained run")
+    parser.add_argument("--text-run", type=Path, default=None,
+                        help="judge this trained run (needed with --source mnist; with digits: no training, no control)")
+    parser.add_argument("--guidances", type=float, nargs="+", default=None, help="the scales to sample at")
+    parser.add_argument("--no-composed", action="store_true", help="skip the composed (\" AND \") prompts")
     parser.add_argument("--data-root", default="../shared/data/mnist", help="with --source mnist: MNIST's folder")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     if args.source == "mnist":  # twice the combinations (size varies) and latent decoding: fewer samples
         size = dict(size, per_combo=1, guidances=(1.0, 3.0), clf_epochs=5) if args.size == "cpu" else \
             dict(size, guidances=(3.0,))
+    if args.guidances:
+        size = dict(size, guidances=tuple(args.guidances))
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"command": f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:]), "size": args.size,
                  "source": args.source}
     mnist = args.source == "mnist"
-    if mnist != (args.text_run is not None):
-        parser.error("--text-run goes with --source mnist (the digits runs are trained here, into --runs)")
+    if mnist and args.text_run is None:
+        parser.error("--source mnist needs --text-run (a run of configs/mnist_text.yaml, trained by the CLI)")
 
     control = None
-    if mnist:
+    if args.text_run is not None:
         text = load_run(args.text_run)
         res["steps"] = {"text": text.step}
         varied = tuple(text.config.data.kwargs.get("attributes", cap.ATTRIBUTES))
@@ -237,8 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for w in size["guidances"]:
         row = {"guidance": w}
-        for split, combos, seed, form in (("seen", seen, 0, ""), ("held_out", held, 1, ""),
-                                          ("seen", seen, 0, "_composed"), ("held_out", held, 1, "_composed")):
+        forms = ("",) if args.no_composed else ("", "_composed")
+        for form, (split, combos, seed) in itertools.product(forms, (("seen", seen, 0), ("held_out", held, 1))):
             per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
             prompts, want = captions_for(combos, per, seed, composed=bool(form), varied=varied)
             start = time.perf_counter()

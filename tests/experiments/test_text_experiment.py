@@ -28,6 +28,14 @@ def test_text_tiny_writes_the_tables(tmp_path):
     assert res["control"]["n"] == 90 and res["judge"]["attributes_on_real"]["position"] == 1.0
     assert (out / "text_samples.png").stat().st_size > 0 and (out / "text_held_out_composed.png").stat().st_size > 0
     assert all(p.count(" AND ") == 2 for p in res["figure_held_out_composed_prompts"])
+    # --text-run judges a finished digits run as it is (no training, no control); --guidances and
+    # --no-composed narrow the sampling (a seed sweep's runs, each judged at w = 3)
+    again = tmp_path / "again"
+    assert text.main(["--size", "tiny", "--out", str(again), "--text-run", str(tmp_path / "runs" / "text"),
+                      "--guidances", "3", "--no-composed", "--threads", "1"]) == 0
+    res = json.loads((again / "text_results.json").read_text())
+    assert "control" not in res and res["steps"] == {"text": 6} and [r["guidance"] for r in res["text"]] == [3.0]
+    assert set(res["text"][0]) == {"guidance", "seen", "held_out"}
 
 
 def test_text_tiny_judges_a_latent_mnist_run(tmp_path, mnist_dir):
