@@ -210,6 +210,17 @@ def test_partial_captions_leave_out_each_attribute_at_the_asked_rate_and_keep_th
         cap.captioned_digits(n=10, omit_prob=1.0)
 
 
+def test_the_omissions_stream_is_no_other_seeds_main_stream():
+    """Seed s's omissions come from a stream hashed from s, not from torch.Generator(s + 1), the main
+    stream of the data set of seed s + 1 (whose first uniforms would then decide both)."""
+    said = cap._mentioned(2000, ("digit", "position"), 0.3, seed=4)
+    replayed = torch.rand(2000, 2, generator=torch.Generator().manual_seed(5)) >= 0.3
+    assert said["digit"] != replayed[:, 0].tolist() and said["position"] != replayed[:, 1].tolist()
+    assert said == cap._mentioned(2000, ("digit", "position"), 0.3, seed=4)  # deterministic
+    agree = (torch.tensor(said["digit"]) == torch.tensor(cap._mentioned(2000, ("digit",), 0.3, seed=5)["digit"]))
+    assert abs(agree.float().mean().item() - (0.7 ** 2 + 0.3 ** 2)) < 5 * math.sqrt(0.42 * 0.58 / 2000)
+
+
 def test_parse_caption_reads_free_text_and_refuses_contradictions():
     assert cap.parse_caption("A BOLD 7 on the left!") == {"digit": 7, "position": "left", "stroke": "bold", "size": None}
     assert cap.parse_caption("seven, thin strokes, top-right")["position"] == "top right"

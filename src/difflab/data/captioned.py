@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -544,13 +545,17 @@ class CaptionedDigits:
         return out
 
 
+_OMIT_STREAM = 0x0A17  # the tag of the omissions' stream
+
+
 def _mentioned(n: int, names: tuple[str, ...], omit_prob: float, seed: int) -> dict[str, list[bool]]:
     """Whether each of n captions names each of ``names``: all True at omit_prob = 0; else each
-    False with probability omit_prob, drawn from a stream of its own (seed + 1), so that the
-    images and word choices are those of omit_prob = 0."""
+    False with probability omit_prob, drawn from a stream of its own, so that the images and word
+    choices are those of omit_prob = 0. The stream's seed is hashed from (seed, a stream tag): a
+    plain seed + 1 would replay the main stream of the data set of seed + 1 (its digits' order)."""
     if omit_prob == 0.0:
         return {name: [True] * n for name in names}
-    g = torch.Generator().manual_seed(int(seed) + 1)
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), _OMIT_STREAM]).generate_state(1)[0]))
     keep = torch.rand(n, len(names), generator=g) >= omit_prob
     return {name: keep[:, j].tolist() for j, name in enumerate(names)}
 
