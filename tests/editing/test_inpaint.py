@@ -10,6 +10,7 @@ import torch
 
 import difflab as dl
 from difflab import editing as E
+from difflab.models.masked import MaskConditioned, WithKnown
 from difflab.samplers.timesteps import default_spacing
 
 
@@ -247,3 +248,40 @@ def test_clip_x0_passes_through(proc, mixture):
     assert edited.abs().max() <= 0.5
     with pytest.raises(ValueError, match="clip_x0 must be > 0"):
         E.inpaint(mixture, proc, x, torch.tensor([0.0, 1.0]), "ddim", 10, clip_x0=0.0)
+
+
+class _RecordingBase(torch.nn.Module):
+    """A base network for a mask-conditioned model: keeps its inputs [x_t, (1 - m) y, m], returns 0.1 x_t."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = []
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, h, t, cond=None):
+        self.seen.append((h.detach().clone(), cond))
+        return 0.1 * h[:, :, :1] + 0 * self.w
+
+
+def test_inpaint_binds_known_data_and_mask_to_a_mask_conditioned_model(proc):
+    """A mask-conditioned model (models/masked.py) gets the clips and the mask bound at every network
+    call, guidance's doubled batch included, and the given part is still replaced (kept exactly)."""
+    torch.manual_seed(0)
+    model = MaskConditioned("video_unet_tiny", channels=8, norm_groups=4, num_classes=10)
+    model.net = _RecordingBase()
+    clips = torch.rand(2, 4, 1, 8, 8) * 2 - 1
+    mask = E.masks.future_frames_mask(4, (8, 8), given=1)
+    labels = torch.tensor([3, 5])
+    kw = dict(cond=labels, guidance=2.0, noise=torch.randn(clips.shape), generator=torch.Generator().manual_seed(1))
+    out = E.inpaint(model, proc, clips, mask, "ddim", 4, **kw)
+    assert len(model.net.seen) == 4
+    m = mask.expand_as(clips)
+    for h, cond in model.net.seen:
+        assert torch.equal(cond, torch.tensor([3, 5, 10, 10]))
+        assert torch.equal(h[:, :, 1:2], ((1 - m) * clips).repeat(2, 1, 1, 1, 1))
+        assert torch.equal(h[:, :, 2:3], m.repeat(2, 1, 1, 1, 1))
+    assert torch.equal(out[:, :1], clips[:, :1])
+    # the same as binding by hand: inpaint adds nothing else
+    bound = WithKnown(model, clips, m)
+    kw["generator"] = torch.Generator().manual_seed(1)
+    assert torch.equal(E.inpaint(bound, proc, clips, mask, "ddim", 4, **kw), out)

@@ -31,6 +31,11 @@ denoiser the sampler steps with (:mod:`.reconstruction`): the unknown part's est
 moved along -(w_r / 2) grad_x ||(1 - m)(y - D(x, sigma))||^2, so the given part steers the
 filled part through the network at every level, not only through its noised copy. The
 replacement of the known part is unchanged.
+
+A mask-conditioned model (:mod:`difflab.models.masked`, trained on the conditional task with the
+given data and the mask as input channels) gets the image and the mask bound to it
+(:class:`~difflab.models.masked.WithKnown`): the network reads the known part exactly at every
+level, and the replacement runs as for any model.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ..models.masked import WithKnown, masked_model
 from ..processes import Process
 from ..samplers import Denoiser, sampler_sigmas
 from ..samplers.base import randn, randn_like
@@ -157,6 +163,8 @@ def inpaint(
     image = to_model(image, model, device)
     mask = mask.to(device, image.dtype)
     cond = check_labels(model, cond, image.shape[0], device)
+    if masked_model(model) is not None:  # a network trained on the task reads y and m itself (models/masked.py)
+        model = WithKnown(model, image, mask)
     clip_x0 = proc.clip_x0 if clip_x0 is ... else clip_x0
     if reconstruction_guidance > 0:  # the gradient is taken through the unclipped estimate (reconstruction.py)
         denoiser = ReconstructionGuided(Denoiser(model, proc, cond, guidance), image, mask, reconstruction_guidance,
