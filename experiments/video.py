@@ -40,6 +40,15 @@ for prediction and interpolation: w_r is picked on other clips (seed 14, ``sweep
 weight of ``SIZES[size]["weights"]`` with the least mean prediction error, then the two best
 weights predict the same held-out clips as the replacement method, the best interpolates, and the
 best with RePaint's resampling predicts RePaint's clips.
+
+**A mask-conditioned run** (``--masked-run RUN``, configs/moving_digits_masked.yaml: the network reads
+[x_t, (1 - m) y, m], trained on a mix of the tasks; :mod:`difflab.models.masked`) is judged by
+:func:`evaluate_masked` on the same held-out clips with the same noise, the same error functions and
+the same settings (DDIM, the true label at w = 1 for the tasks; w = 3 and unconditional for clips
+generated with nothing given), beside the baselines and the conditional run's rows read from
+``OUT/video.json``; it writes ``video_masked.json`` and its figures:
+
+    python experiments/video.py --masked-run runs/moving_digits_masked --out docs/video
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from difflab.evaluation.classifier import ClassifierFeatures, train_classifier  
 from difflab.evaluation.fid import extract_features, frechet_distance  # noqa: E402
 from difflab.evaluation.motion import INK_LEVEL, centre_of_mass, motion_residual  # noqa: E402
 from difflab.files import atomic_write, atomic_write_text  # noqa: E402
+from difflab.models.masked import masked_model  # noqa: E402
 from experiments.processes import split_digits  # noqa: E402
 
 COMMAND = "python experiments/video.py"
@@ -425,6 +435,138 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     return res
 
 
+# ---------------------------------------------------------------------------- a mask-conditioned run
+def _from_conditional(previous: Optional[dict], size: str, steps: int) -> Optional[dict]:
+    """``video.json`` of the conditional run where it measured the same clips (same size, seeds and
+    steps), else None."""
+    if not previous or previous.get("size") != size or previous.get("seeds") != SEEDS or \
+            previous.get("steps") != steps:
+        return None
+    return previous
+
+
+def evaluate_masked(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float = 3.0,
+                    cache: Optional[Path] = None, command: str = COMMAND) -> dict:
+    """The tasks of :func:`evaluate` for a mask-conditioned run (``dl.editing.inpaint`` binds the
+    clips and the mask to it): prediction from frames 0 and 1, interpolation between 0 and 7 and
+    the middle box, on the same clips, from the same noise (seeds of :data:`SEEDS`), with the same
+    error functions, beside the baselines and the conditional run's rows (``out/video.json``); and
+    clips generated with nothing given (an all-ones mask), guided at ``guidance`` and unconditional,
+    from the generation rows' noise. Writes ``video_masked.json``, ``video_masked_tables.md`` and
+    the figures ``video_masked_*.png``."""
+    cfg = SIZES[size]
+    out.mkdir(parents=True, exist_ok=True)
+    model, proc = run.ema_model, run.proc
+    T, C, H, W = run.sample_shape
+    data = dict(frames=T, canvas=H, digits=1, speed=SPEED)
+    previous_path = out / "video.json"
+    previous = _from_conditional(json.loads(previous_path.read_text()) if previous_path.is_file() else None,
+                                 size, steps)
+    res = {"command": command, "run": str(run.path), "run_step": run.step, "size": size, "sampler": "ddim",
+           "steps": steps, "guidance": guidance, "seeds": SEEDS, "clip_shape": [T, C, H, W],
+           "conditional_run": None if previous is None else {"run": previous["run"], "run_step": previous["run_step"],
+                                                             "from": str(previous_path)}}
+    clock = time.perf_counter()
+
+    def save() -> None:
+        res["seconds"] = round(time.perf_counter() - clock, 1)
+        atomic_write_text(out / "video_masked.json", json.dumps(res, indent=1) + "\n")
+        atomic_write_text(out / "video_masked_tables.md", tables(res))
+
+    judge = Judge(cfg["clf_epochs"])
+    res["classifier"] = {"held_out_accuracy": round(judge.held_accuracy, 4), "epochs": cfg["clf_epochs"]}
+    md = dl.data.moving_digits(cfg["pred"], seed=SEEDS["tasks"], **data)
+    truth, ink = true_centres(md)
+    real_track = centre_of_mass(md.clips)
+    task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
+
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Optional[Tensor], noise: Tensor, w: float = 1.0):
+        return cached(cache, name, lambda: dl.editing.inpaint(
+            model, proc, clips, mask, "ddim", steps, cond=labels, guidance=w, noise=noise,
+            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
+
+    def old(task: str, *names: str) -> dict:  # the conditional run's rows of the same clips
+        if previous is None or task not in previous:
+            return {}
+        errs = previous[task]["errors_px"]
+        return {f"conditional run, {n}": errs[n] for n in names if n in errs}
+
+    k = min(4, cfg["inpaint"])
+    # ---- prediction: frames 0, 1 given
+    ahead = range(GIVEN, T)
+    predicted, seconds = fill("masked_prediction", md.clips, masks.future_frames_mask(T, (H, W), GIVEN),
+                              md.labels[:, 0], task_noise)
+    pred = {"masked model": errors(centre_of_mass(predicted), truth, ahead)}
+    rg = [n for n in (previous or {}).get("prediction", {}).get("errors_px", {}) if "reconstruction" in n]
+    pred.update(old("prediction", "model", *rg))
+    if previous is not None and previous.get("prediction_repaint", {}).get("clips") == len(md.clips):  # all clips
+        pred.update(old("prediction_repaint", *[n for n in previous["prediction_repaint"]["errors_px"]
+                                                if n.startswith("model, RePaint")]))
+    for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
+        pred[name] = errors(track, truth, ahead)
+    pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
+    res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
+                         "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
+                         "sampling_seconds": seconds}
+    save()
+    save_frame_grid(pairs(md.clips, predicted, k), out / "video_masked_prediction.png", scale=3)
+
+    # ---- interpolation: frames 0 and T-1 given
+    half = max(1, len(md.clips) // 2)
+    inner = range(1, T - 1)
+    between, seconds = fill("masked_interpolation", md.clips[:half],
+                            masks.between_frames_mask(T, (H, W), keep=(0, T - 1)), md.labels[:half, 0],
+                            task_noise[:half])
+    errs = {"masked model": errors(centre_of_mass(between), truth[:half], inner)}
+    errs.update(old("interpolation", *[n for n in (previous or {}).get("interpolation", {}).get("errors_px", {})
+                                       if n.startswith("model")]))
+    errs["straight line between the given frames"] = errors(interpolation_baseline(real_track[:half]),
+                                                            truth[:half], inner)
+    errs["the real frames (rounding to whole pixels)"] = errors(real_track[:half], truth[:half], inner)
+    res["interpolation"] = {"clips": half, "given": [0, T - 1], "errors_px": errs,
+                            "identity": judge.identity(between, md.labels[:half, 0]), "motion": motion(between),
+                            "sampling_seconds": seconds}
+    save()
+    save_frame_grid(pairs(md.clips, between, k), out / "video_masked_interpolation.png", scale=3)
+
+    # ---- video inpainting: the middle box in every frame
+    m = cfg["inpaint"]
+    box = (H // 4, W // 4, H - H // 4, W - W // 4)
+    filled, seconds = fill("masked_inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
+                           md.labels[:m, 0], task_noise[:m])
+    res["inpainting"] = {"clips": m, "box_x0_y0_x1_y1": list(box),
+                         "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
+                         "real_motion": motion(md.clips[:m]), "sampling_seconds": seconds,
+                         "conditional_run": None if previous is None else previous.get("inpainting")}
+    save()
+    save_frame_grid(pairs(md.clips, filled, k), out / "video_masked_inpainting.png", scale=3)
+
+    # ---- nothing given (an all-ones mask): the generation rows' noise and labels
+    n = cfg["n"]
+    labels = torch.arange(n) % 10
+    noise = torch.randn(n, T, C, H, W, generator=torch.Generator().manual_seed(SEEDS["noise"]))
+    blank, everything = torch.zeros(n, T, C, H, W), torch.ones(1, T, 1, H, W)
+    real = dl.data.moving_digits(cfg["real"], seed=SEEDS["real"], **data)
+    reference = {w: judge.frame_features(real.clips, w) for w in (True, False)}
+    rows = {}
+    for name, cond, w in (("masked model, nothing given, guided", labels, guidance),
+                          ("masked model, nothing given, unconditional", None, 1.0)):
+        clips, seconds = fill(name.replace(", ", "_").replace(" ", "_"), blank, everything, cond, noise, w)
+        rows[name] = {"identity": judge.identity(clips, cond), "motion": motion(clips),
+                      "fd_window": round(frechet_distance(reference[True], judge.frame_features(clips, True)), 3),
+                      "fd_frame": round(frechet_distance(reference[False], judge.frame_features(clips, False)), 3),
+                      "sampling_seconds": seconds}
+        if cond is not None:
+            save_frame_grid(clips[:min(10, n)], out / "video_masked_samples_frames.png", scale=3)
+    if previous is not None:
+        for name in ("real clips (the floor)", "video, guided", "video, unconditional"):
+            if name in previous.get("generation", {}):
+                rows[f"conditional run, {name}" if name.startswith("video") else name] = previous["generation"][name]
+    res["generation"] = rows
+    save()
+    return res
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -474,15 +616,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--unconditional-run", type=Path, default=None,
                         help="a run of the same config without labels (model.kwargs.num_classes=null), judged beside")
+    parser.add_argument("--masked-run", type=Path, default=None,
+                        help="a mask-conditioned run (configs/moving_digits_masked.yaml): judge it alone on the same "
+                             "tasks, beside the conditional run's rows in OUT/video.json (video_masked.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    command = f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.masked_run is not None:
+        masked = dl.load(args.masked_run)
+        if masked_model(masked.ema_model) is None:
+            parser.error(f"--masked-run must be a mask-conditioned run (model: masked, configs/moving_digits_masked"
+                         f".yaml), got model {type(masked.ema_model).__name__}")
+        cache = args.cache or args.masked_run / "video_eval" / f"masked_{args.size}_ddim{args.steps}_w{args.guidance:g}_step{masked.step}"
+        print(json.dumps(evaluate_masked(masked, args.out, args.size, args.steps, args.guidance, cache, command),
+                         indent=1))
+        return 0
     run = dl.load(args.run)
     uncond = None if args.unconditional_run is None else dl.load(args.unconditional_run)
     if uncond is not None and (uncond.num_classes is not None or uncond.sample_shape != run.sample_shape):
         parser.error(f"--unconditional-run must be an unconditional run of clips {run.sample_shape}, got "
                      f"num_classes={uncond.num_classes}, clips {uncond.sample_shape}")
     cache = args.cache or args.run / "video_eval" / f"{args.size}_ddim{args.steps}_w{args.guidance:g}_step{run.step}"
-    command = f"{COMMAND} " + shlex.join(argv if argv is not None else sys.argv[1:])
     res = evaluate(run, args.out, args.size, args.steps, args.guidance, cache, command, uncond)
     print(json.dumps(res, indent=1))
     return 0

@@ -93,6 +93,42 @@ def test_tiny_writes_every_measure_and_figure(tiny_run, tmp_path):
     assert again["reconstruction_guidance"]["sweep"] == rg["sweep"]
 
 
+def test_a_masked_run_is_judged_on_the_same_clips_beside_the_conditional_run(tiny_run, tmp_path):
+    """--masked-run: a mask-conditioned run (configs/moving_digits_masked.yaml, one step) predicts,
+    interpolates and fills the clips the conditional run did: the baselines are the same numbers, the
+    conditional run's rows are read from OUT/video.json; a run of another model is refused."""
+    masked = tmp_path / "masked"
+    cfg = apply_overrides(load_config(REPO / "configs" / "moving_digits_masked.yaml"), [
+        "steps=1", "batch_size=4", "log_every=1", "ckpt_every=1", "data.kwargs.n=8", "model.kwargs.channels=8"])
+    Trainer(cfg, masked, progress=False).train()
+    out = tmp_path / "out"
+    assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
+    assert video.main(["--masked-run", str(masked), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0
+    res, prev = (json.loads((out / f).read_text()) for f in ("video_masked.json", "video.json"))
+    assert "--masked-run" in res["command"] and res["run_step"] == 1 and res["conditional_run"]["run_step"] == 1
+    errs, old = res["prediction"]["errors_px"], prev["prediction"]["errors_px"]
+    assert list(errs)[:2] == ["masked model", "conditional run, model"]
+    assert errs["conditional run, model"] == old["model"]
+    for name in ("copy the last frame", "constant velocity, straight", "constant velocity with bounces",
+                 "the real frames (rounding to whole pixels)"):
+        assert errs[name] == old[name]
+    assert len(errs["masked model"]["per_frame"]) == 8 - video.GIVEN
+    inter = res["interpolation"]["errors_px"]
+    assert inter["straight line between the given frames"] == prev["interpolation"]["errors_px"][
+        "straight line between the given frames"] and "conditional run, model" in inter
+    assert res["inpainting"]["real_motion"] == prev["inpainting"]["real_motion"]
+    gen = res["generation"]
+    assert {"masked model, nothing given, guided", "masked model, nothing given, unconditional",
+            "conditional run, video, guided"} <= set(gen)
+    assert all(0 <= r["identity"]["same_class"] <= 1 for r in gen.values())
+    assert "| masked model | " in (out / "video_masked_tables.md").read_text()
+    for name in ("video_masked_prediction.png", "video_masked_interpolation.png", "video_masked_inpainting.png",
+                 "video_masked_samples_frames.png"):
+        assert (out / name).stat().st_size > 0
+    with pytest.raises(SystemExit):
+        video.main(["--masked-run", str(tiny_run), "--out", str(out), "--size", "tiny"])
+
+
 def test_windows_are_the_sprites_of_real_clips():
     """The 8x8 window of a real frame holds all its sprite's ink (the sprite, give or take its blank
     margin): the classifier reads the digit it would read from the sprite itself."""
