@@ -11,6 +11,7 @@ from video_runs import train_video_run
 
 import difflab as dl
 from difflab.cli import main
+from difflab.cli import sample as sample_cli
 
 REPO = Path(__file__).resolve().parents[2]  # tests/cli/ -> the repository root
 
@@ -83,8 +84,11 @@ def test_prompts_give_a_row_each(text_run, tmp_path, capsys):
                      "--n", "1", "--steps", "1", "--out", str(tmp_path / "t.png")]) == 0
 
 
-def test_a_composed_prompt_samples_as_the_library_does(text_run, tmp_path):
+def test_a_composed_prompt_samples_as_the_library_does(text_run, tmp_path, monkeypatch):
     x_pt = tmp_path / "x.pt"
+    needs = []  # the memory check counts the network's batch: (K + 1) n for K parts under guidance
+    real_check = sample_cli.check_memory
+    monkeypatch.setattr(sample_cli, "check_memory", lambda need, *a: needs.append(need) or real_check(need, *a))
     assert main(["sample", "--ckpt", str(text_run), "--prompt", "a 7 AND bold strokes AND on the left", "--prompt", "a 3",
                  "--n", "2", "--steps", "2", "--guidance", "3", "--out", str(tmp_path / "g.png"),
                  "--save-tensor", str(x_pt)]) == 0
@@ -95,6 +99,10 @@ def test_a_composed_prompt_samples_as_the_library_does(text_run, tmp_path):
     x = torch.load(x_pt)
     assert torch.equal(x, want) and not torch.equal(x[:2], plain[:2])
     torch.testing.assert_close(x[2:], plain[2:], rtol=1e-4, atol=1e-4)  # one part (the rest padding): plain guidance
+    assert main(["sample", "--ckpt", str(text_run), "--prompt", "a 3", "--n", "4", "--steps", "1", "--guidance", "3",
+                 "--out", str(tmp_path / "h.png")]) == 0
+    image = 16 * 16 * 4  # bytes of one float32 sample
+    assert needs == [(2 * 4 + 2 * 4 * 4) * image, (2 * 4 + 2 * 2 * 4) * image]
 
 
 @pytest.mark.parametrize("args, message", [

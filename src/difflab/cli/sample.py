@@ -30,7 +30,7 @@ from ..samplers import SAMPLERS, check_classifier, sample
 from ..samplers.ddpm import VARIANCES
 from ..training.checkpoint import load
 from ..training.noisy_classifier import load_noisy_classifier
-from ..training.generate import class_rows, prompts_for, save_grid
+from ..training.generate import class_rows, prompts_for, save_grid, split_prompt
 from ..training.latent import decode_latents
 from ._errors import check_memory
 from .speed import accelerated, add_speed_args
@@ -145,9 +145,12 @@ def _main(args) -> int:
             if classifier is not None and not 0 <= labels < classes:
                 raise ValueError(f"--label must be a class index 0..{classes - 1} (the classifier's classes) or "
                                  f"'all', got {labels}")
-    # the samples, the noise and two per-step tensors at least (the network's activations come on top)
+    # the samples and the noise, and each step the network's input and output at least (its activations
+    # come on top): a batch of n, 2n under guidance, (K + 1) n for a prompt composed of K parts
     what = f"--n {args.n}" + (f" ({n} samples, a row per {'prompt' if prompts else 'class'})" if n != args.n else "")
-    check_memory(4 * n * math.prod(run.sample_shape) * 4, device, what,
+    parts = max(len(split_prompt(p)) for p in prompts) if prompts else 1
+    batch = n * (parts + 1 if args.guidance != 1.0 or parts > 1 else 1)
+    check_memory((2 * n + 2 * batch) * math.prod(run.sample_shape) * 4, device, what,
                  "lower --n (for more samples, run again with another --seed)")
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     if classifier is None:
