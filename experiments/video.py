@@ -480,10 +480,11 @@ def evaluate_masked(run, out: Path, size: str = "cpu", steps: int = 50, guidance
     real_track = centre_of_mass(md.clips)
     task_noise = torch.randn(md.clips.shape, generator=torch.Generator().manual_seed(SEEDS["noise"] + 1))
 
-    def fill(name: str, clips: Tensor, mask: Tensor, labels: Optional[Tensor], noise: Tensor, w: float = 1.0):
+    def fill(name: str, clips: Tensor, mask: Tensor, labels: Optional[Tensor], noise: Tensor, w: float = 1.0,
+             **options):
         return cached(cache, name, lambda: dl.editing.inpaint(
             model, proc, clips, mask, "ddim", steps, cond=labels, guidance=w, noise=noise,
-            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2)))
+            generator=torch.Generator().manual_seed(SEEDS["noise"] + 2), **options))
 
     def old(task: str, *names: str) -> dict:  # the conditional run's rows of the same clips
         if previous is None or task not in previous:
@@ -510,6 +511,21 @@ def evaluate_masked(run, out: Path, size: str = "cpu", steps: int = 50, guidance
                          "sampling_seconds": seconds}
     save()
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_masked_prediction.png", scale=3)
+    # the same clips guided by the label (w = guidance) and with reconstruction guidance at the conditional
+    # run's chosen weight (not tuned again): rows after the masked model's
+    w_r = float((previous or {}).get("reconstruction_guidance", {}).get("chosen", [16.0])[0])
+    variants = {}
+    for name, options in ((f"masked model, guided w = {guidance:g}", {"w": guidance}),
+                          (f"masked model, reconstruction guidance w_r = {w_r:g}", {"reconstruction_guidance": w_r})):
+        clips, seconds = fill(name.replace(", ", "_").replace(" = ", "").replace(" ", "_"), md.clips,
+                              masks.future_frames_mask(T, (H, W), GIVEN), md.labels[:, 0], task_noise, **options)
+        items = list(pred.items())
+        pred = dict(items[:1 + len(variants)] + [(name, errors(centre_of_mass(clips), truth, ahead))]
+                    + items[1 + len(variants):])
+        variants[name] = {"identity": judge.identity(clips, md.labels[:, 0]), "motion": motion(clips),
+                          "sampling_seconds": seconds}
+        res["prediction"]["errors_px"], res["prediction"]["variants"] = pred, variants
+        save()
 
     # ---- interpolation: frames 0 and T-1 given
     half = max(1, len(md.clips) // 2)

@@ -107,7 +107,10 @@ def test_a_masked_run_is_judged_on_the_same_clips_beside_the_conditional_run(tin
     res, prev = (json.loads((out / f).read_text()) for f in ("video_masked.json", "video.json"))
     assert "--masked-run" in res["command"] and res["run_step"] == 1 and res["conditional_run"]["run_step"] == 1
     errs, old = res["prediction"]["errors_px"], prev["prediction"]["errors_px"]
-    assert list(errs)[:2] == ["masked model", "conditional run, model"]
+    w_r = f"{prev['reconstruction_guidance']['chosen'][0]:g}"
+    assert list(errs)[:4] == ["masked model", "masked model, guided w = 3", f"masked model, reconstruction guidance "
+                              f"w_r = {w_r}", "conditional run, model"]
+    assert set(res["prediction"]["variants"]) == set(list(errs)[1:3])
     assert errs["conditional run, model"] == old["model"]
     for name in ("copy the last frame", "constant velocity, straight", "constant velocity with bounces",
                  "the real frames (rounding to whole pixels)"):
