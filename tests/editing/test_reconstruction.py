@@ -231,3 +231,38 @@ def test_a_network_replayed_as_cuda_graphs_is_refused(mixture, proc):
         E.inpaint(graphed, proc, x, torch.tensor([0.0, 1.0]), "ddim", 3, reconstruction_guidance=1.0)
     with pytest.raises(ValueError, match="a replayed CUDA graph gives no gradient"):
         ReconstructionGuided(dl.samplers.Denoiser(graphed, proc), x, torch.tensor([0.0, 1.0]), 1.0)
+
+
+def test_the_gradient_is_taken_through_the_state_alone():
+    """Only grad_x is needed: the network's parameters stop requiring gradients during the guided call
+    (no weight-gradient graph is recorded) and require them again after, even when the call fails;
+    frozen parameters stay frozen; and the estimate is the same as with the graph through them."""
+    torch.manual_seed(0)
+    model = dl.models.build("unet_tiny").eval()
+    model.time_embed[1].weight.requires_grad_(False)  # frozen by the user: must stay so
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    mask = torch.zeros(1, 8, 8)
+    mask[:, 4:] = 1
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(
+        (torch.is_grad_enabled(), any(p.requires_grad for p in m.parameters()))))
+    guided = ReconstructionGuided(dl.samplers.Denoiser(model, proc), x, mask, 2.0)
+    state = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = guided(state, 0.7)
+    assert seen == [(True, False)]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "time_embed.1.weight" not in trainable and len(trainable) == len(list(model.parameters())) - 1
+    assert all(p.grad is None for p in model.parameters())
+    hook.remove()
+    # the same estimate with the parameters in the graph (the frozen context skipped)
+    with torch.enable_grad():
+        s = state.detach().requires_grad_(True)
+        x0, _ = guided.denoiser.predict(s, 0.7)
+        (grad,) = torch.autograd.grad(((1 - mask) * (x - x0)).square().sum(), s)
+    torch.testing.assert_close(got, x0.detach() - mask * grad, rtol=1e-5, atol=1e-6)
+    broken = dl.models.build("unet_tiny").eval()
+    broken.register_forward_pre_hook(lambda m, args: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        ReconstructionGuided(dl.samplers.Denoiser(broken, proc), x, mask, 2.0)(state, 0.7)
+    assert all(p.requires_grad for p in broken.parameters())

@@ -35,8 +35,9 @@ exactly the pixels it gets most wrong (an ink pixel the network puts below the b
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -58,6 +59,21 @@ def check_reconstruction_weight(weight, name: str = "reconstruction_guidance") -
         raise ValueError(f"{name} must be a finite weight w_r >= 0 (0 = the replacement method; Ho et al. use "
                          f"w_r > 1), got {weight}")
     return weight
+
+
+@contextlib.contextmanager
+def _parameters_frozen(model) -> Iterator[None]:
+    """``model``'s trainable parameters set not to require gradients for the block, then restored:
+    autograd then records only the path from x (no weight-gradient nodes, and no activations kept
+    for them alone), as the gradient here is with respect to x only."""
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, torch.nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class ReconstructionGuided:
@@ -104,7 +120,7 @@ class ReconstructionGuided:
 
         The squared error is summed over the batch: the samples do not interact in the network, so
         each sample's gradient is that of its own error."""
-        with torch.enable_grad():
+        with torch.enable_grad(), _parameters_frozen(self.denoiser.model):
             x_in = x.detach().requires_grad_(True)
             x0, v = self.denoiser.predict(x_in, sigma)
             error = (self.keep * (self.image - x0)).square().sum()
