@@ -105,12 +105,44 @@ def test_a_composed_prompt_samples_as_the_library_does(text_run, tmp_path, monke
     assert needs == [(2 * 4 + 2 * 4 * 4) * image, (2 * 4 + 2 * 2 * 4) * image]
 
 
+def test_a_negative_prompt_samples_as_the_library_does(text_run, tmp_path):
+    """--negative-prompt once for every --prompt, or once per --prompt: run.sample(negative_prompts=)
+    and dl.sample(negative_cond=) with the tokenized ids give the same samples."""
+    x_pt = tmp_path / "x.pt"
+    assert main(["sample", "--ckpt", str(text_run), "--prompt", "a 7", "--prompt", "a 3 AND on the left",
+                 "--negative-prompt", "bold", "--negative-prompt", "thin", "--n", "2", "--steps", "2",
+                 "--guidance", "3", "--out", str(tmp_path / "g.png"), "--save-tensor", str(x_pt)]) == 0
+    run = dl.load(text_run)
+    prompts, negative = ["a 7"] * 2 + ["a 3 AND on the left"] * 2, ["bold"] * 2 + ["thin"] * 2
+    want = run.sample(4, "ddim", 2, guidance=3.0, seed=0, prompts=prompts, negative_prompts=negative)
+    assert torch.equal(torch.load(x_pt), want)
+    ids = dl.training.generate.prompts_for(prompts, 4, run.tokenizer)
+    neg = run.tokenizer.encode(negative)
+    direct = dl.sample(run.ema_model, run.proc, (4, *run.sample_shape), "ddim", 2, cond=ids, guidance=3.0,
+                       negative_cond=neg, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(direct, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(want, run.sample(4, "ddim", 2, guidance=3.0, seed=0, prompts=prompts))  # (a 2-step model)
+    assert main(["sample", "--ckpt", str(text_run), "--prompt", "a 7", "--negative-prompt", "bold", "--n", "2",
+                 "--steps", "2", "--guidance", "3", "--out", str(tmp_path / "h.png"), "--save-tensor", str(x_pt)]) == 0
+    assert torch.equal(torch.load(x_pt), run.sample(2, "ddim", 2, guidance=3.0, seed=0, prompts="a 7",
+                                                    negative_prompts="bold"))
+    with pytest.raises(ValueError, match="one caption, not parts"):
+        run.sample(2, "ddim", 1, guidance=3.0, prompts="a 7", negative_prompts="bold AND thin")
+    with pytest.raises(ValueError, match="go with prompts="):
+        run.sample(2, "ddim", 1, negative_prompts="bold")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a purple 7"], "'purple'"),
     (["--prompt", "a 7 AND purple"], "'purple'"),
     (["--prompt", "a 7 AND "], "empty part"),
     (["--guidance", "3"], "needs --prompt"),
     (["--prompt", "a 7", "--label", "7"], "drop --label"),
+    (["--prompt", "a 7", "--negative-prompt", "purple", "--guidance", "3"], "'purple'"),
+    (["--prompt", "a 7", "--negative-prompt", "bold"], "add --guidance W"),
+    (["--negative-prompt", "bold", "--guidance", "3"], "goes with --prompt"),
+    (["--prompt", "a 7", "--prompt", "a 3", "--prompt", "a 2", "--negative-prompt", "bold", "--negative-prompt",
+      "thin", "--guidance", "3"], "once per --prompt (3), got 2"),
 ])
 def test_prompt_mistakes_are_named(text_run, tmp_path, capsys, args, message):
     assert main(["sample", "--ckpt", str(text_run), "--n", "1", "--steps", "1", "--out", str(tmp_path / "a.png"),

@@ -385,3 +385,60 @@ def test_composed_prompts_with_a_learned_variance_or_a_guidance_input():
     net.guidance_input = True
     with pytest.raises(ValueError, match="composed prompts .* guidance scale as an input"):
         dl.samplers.denoiser.Denoiser(net, proc, ids, guidance=2.0)
+
+
+def test_a_negative_prompt_takes_the_unconditional_branchs_place():
+    """out = m(neg) + w (m(c) - m(neg)) against separate network calls, for one prompt and for a composed
+    one (u + w sum_k (m(c_k) - u) with u = m(neg)); w = 0 is the negative prompt's own output."""
+    model = tiny_text_model()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    a, b, neg = (model.tokenizer.encode([p, p]) for p in ("a 7", "on the left", "bold"))
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([40, 40])
+    D = dl.samplers.denoiser.Denoiser
+    with torch.no_grad():
+        n = model(x, t, neg)
+        got, _ = D(model, proc, a, guidance=3.0, negative_cond=neg).model_output(x, t)
+        torch.testing.assert_close(got, n + 3.0 * (model(x, t, a) - n), rtol=1e-5, atol=1e-5)
+        got, _ = D(model, proc, torch.stack([a, b], 1), guidance=2.0, negative_cond=neg).model_output(x, t)
+        torch.testing.assert_close(got, n + 2.0 * ((model(x, t, a) - n) + (model(x, t, b) - n)), rtol=1e-5, atol=1e-5)
+        got, _ = D(model, proc, a, guidance=0.0, negative_cond=neg).model_output(x, t)
+        torch.testing.assert_close(got, n, rtol=1e-6, atol=1e-6)
+        plain, _ = D(model, proc, a, guidance=3.0).model_output(x, t)
+        assert (plain - D(model, proc, a, guidance=3.0, negative_cond=neg).model_output(x, t)[0]).abs().max() > 1e-3
+
+
+def test_a_negative_prompt_steers_sampling_away_on_the_exact_mixture():
+    """On four Gaussians at (+-2, +-2) with exact per-prompt denoisers: "left" at w = 3 draws the left
+    pair, top and bottom alike; with the negative prompt "top" it samples p(x | left)^3 / p(x | top)^2,
+    which puts the samples at the bottom left."""
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(1000))
+    model = _WordedMixture(proc)
+    n = 400
+    left, top = torch.tensor([[1, 0]]).expand(n, 2), torch.tensor([[3, 0]]).expand(n, 2)
+    kw = dict(guidance=3.0, generator=torch.Generator().manual_seed(0), clip_x0=None)
+    x = dl.sample(model, proc, (n, 2), "ddim", 30, cond=left, **kw).double()
+    assert (x[:, 0] < 0).float().mean() > 0.97 and 0.35 < (x[:, 1] > 0).float().mean() < 0.65
+    kw["generator"] = torch.Generator().manual_seed(0)
+    x = dl.sample(model, proc, (n, 2), "ddim", 30, cond=left, negative_cond=top, **kw).double()
+    assert ((x[:, 0] < 0) & (x[:, 1] < 0)).float().mean() > 0.85  # (0.93 here; about half without it)
+
+
+def test_negative_prompts_are_checked():
+    model = tiny_text_model()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    ids, neg = model.tokenizer.encode(["a 7"] * 2), model.tokenizer.encode(["bold"] * 2)
+    with pytest.raises(ValueError, match="needs guidance != 1"):
+        dl.sample(model, proc, (2, 1, 8, 8), "ddim", 2, cond=ids, negative_cond=neg)
+    with pytest.raises(ValueError, match=r"negative_cond must be a condition a sample, of shape \(2, "):
+        dl.samplers.denoiser.Denoiser(model, proc, ids, guidance=3.0, negative_cond=neg[:1])
+    with pytest.raises(ValueError, match="token ids"):  # out of the vocabulary
+        dl.sample(model, proc, (2, 1, 8, 8), "ddim", 2, cond=ids, guidance=3.0, negative_cond=neg + 1000)
+
+    class Student(torch.nn.Module):
+        tokenizer, null_cond, guidance_input = model.tokenizer, 0, True
+
+        def forward(self, x, t, cond, guidance=None):
+            return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match="guided-distilled student"):
+        dl.samplers.denoiser.Denoiser(Student(), proc, ids, guidance=3.0, negative_cond=neg)

@@ -61,6 +61,9 @@ def add_parser(sub) -> None:
                    help="a text model's caption, e.g. \"a thin 3 at the top\"; repeat it for a row each "
                         "(--n samples per prompt; \"\" is the empty caption; \"a 7 AND bold\" composes two "
                         "prompts' guidance)")
+    p.add_argument("--negative-prompt", action="append", default=None, metavar="TEXT",
+                   help="what guidance moves away from, in place of the empty caption (e.g. \"bold strokes\"): "
+                        "once for every --prompt, or once per --prompt, in order; needs --guidance != 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-x0", type=float, default=None,
                    help="clamp each step's x0 estimate to [-c, c] (default: the run's sample.clip_x0)")
@@ -111,6 +114,7 @@ def _main(args) -> int:
     labels, n, nrow = None, args.n, args.nrow
     text = run.tokenizer is not None
     prompts = _prompts(args, run, text)
+    negative = _negative_prompts(args, run, prompts)
     if prompts is not None:
         n, nrow = len(prompts), nrow or args.n
     classifier = _classifier(args, run, device)
@@ -155,7 +159,7 @@ def _main(args) -> int:
     clip = None if args.no_clip else (args.clip_x0 if args.clip_x0 is not None else ...)
     if classifier is None:
         x = run.sample(n, args.sampler, args.steps, args.guidance, labels, args.seed, eta=args.eta,
-                       clip_x0=clip, model=net, device=device, prompts=prompts, **options)
+                       clip_x0=clip, model=net, device=device, prompts=prompts, negative_prompts=negative, **options)
     else:  # (run.sample takes labels for the model only: here they may be the classifier's alone)
         cond = labels if torch.is_tensor(labels) else torch.full((n,), labels, dtype=torch.long)
         x = sample(net, run.proc, (n, *run.sample_shape), args.sampler, args.steps, args.eta, cond=cond,
@@ -193,6 +197,28 @@ def _prompts(args, run, text: bool):
         warnings.simplefilter("ignore")
         prompts_for(args.prompt, len(args.prompt), run.tokenizer)
     return [p for p in args.prompt for _ in range(args.n)]
+
+
+def _negative_prompts(args, run, prompts):
+    """--negative-prompt's captions, one a sample (the one given for every prompt, or one per prompt),
+    checked for unknown words up front; None without it."""
+    if args.negative_prompt is None:
+        return None
+    if prompts is None:
+        raise ValueError("--negative-prompt goes with --prompt (a text model's caption to guide towards)")
+    if args.guidance == 1.0:
+        raise ValueError("--negative-prompt takes the place of the empty caption in guidance: add --guidance W "
+                         "(W != 1, e.g. 3)")
+    given = args.negative_prompt
+    if len(given) not in (1, len(args.prompt)):
+        raise ValueError(f"give --negative-prompt once (for every prompt) or once per --prompt ({len(args.prompt)}), "
+                         f"got {len(given)}")
+    if len(given) == 1:
+        given = given * len(args.prompt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prompts_for(given, len(given), run.tokenizer)
+    return [q for q in given for _ in range(args.n)]
 
 
 def _classifier(args, run, device):

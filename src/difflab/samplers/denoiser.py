@@ -21,6 +21,11 @@ Models", eq. 10), sampling p(x) prod_k p(c_k | x)^w, in one forward pass of size
 
 An empty part (a row of padding, the empty caption) adds nothing, so prompts of fewer parts pad
 the batch; K = 1 is classifier-free guidance.
+A negative prompt (``negative_cond``: token ids [B, L], or labels [B]) takes the unconditional
+branch's place, out_uncond = out(c_neg), so guidance moves away from what it says as it moves
+towards the prompt (Stable Diffusion's and diffusers' ``negative_prompt``):
+
+    out = out(c_neg) + w (out(c) - out(c_neg))
 A network that takes the scale as an input (``guidance_input``: a guided-distilled student,
 Luo et al. 2023) is instead called once, ``model(x_t, t, cond, guidance=w)``.
 
@@ -60,6 +65,7 @@ class Denoiser:
         null_cond: Optional[int] = None,
         clip_x0: Optional[float] = None,
         dynamic_threshold: Optional[float] = None,
+        negative_cond: Optional[Tensor] = None,
     ) -> None:
         if not isinstance(proc, Process):
             raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
@@ -95,6 +101,19 @@ class Denoiser:
         self.model, self.proc, self.cond = model, proc, cond
         self.guidance, self.null_cond = guidance, null_cond
         self.guidance_input = bool(model_attribute(model, "guidance_input"))
+        if negative_cond is not None:
+            if guidance == 1.0 or cond is None:
+                raise ValueError("a negative prompt (negative_cond) replaces the unconditional branch of guidance: it "
+                                 "needs guidance != 1 and a condition (cond) to guide towards")
+            if self.guidance_input:
+                raise ValueError("a negative prompt needs a network called for its unconditional branch, but this one "
+                                 "takes the guidance scale as an input (a guided-distilled student): drop it")
+            want = tuple(cond.shape[:1]) + tuple(cond.shape[2:]) if cond.ndim == 3 else tuple(cond.shape)
+            if not isinstance(negative_cond, Tensor) or tuple(negative_cond.shape) != want:
+                got = tuple(negative_cond.shape) if isinstance(negative_cond, Tensor) else type(negative_cond).__name__
+                raise ValueError(f"negative_cond must be a condition a sample, of shape {want} (cond's, one "
+                                 f"prompt a sample), got {got}")
+        self.negative_cond = negative_cond
         if isinstance(cond, Tensor) and cond.ndim == 3 and model_attribute(model, "tokenizer") is not None:
             if self.guidance_input:
                 raise ValueError("composed prompts (token ids [B, K, L]) need a network called once per prompt, but "
@@ -126,7 +145,7 @@ class Denoiser:
                                             guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
         if w == 1.0:
             return call_model_with_variance(self.model, x_t, t, cond)
-        null = torch.full_like(cond, self.null_cond)
+        null = torch.full_like(cond, self.null_cond) if self.negative_cond is None else self.negative_cond
         if w == 0.0:
             return call_model_with_variance(self.model, x_t, t, null)
         out, v = call_model_with_variance(
@@ -137,10 +156,10 @@ class Denoiser:
 
     def _composed_output(self, x_t: Tensor, t: Tensor, cond: Tensor, w: float) -> tuple[Tensor, Optional[Tensor]]:
         """out_uncond + w sum_k m_k (out(c_k) - out_uncond) for cond [B, K, L], m_k = 0 for an empty
-        part; v (a learned variance) from the first part."""
+        part (out_uncond: the negative prompt's, if any); v (a learned variance) from the first part."""
         B, K = cond.shape[:2]
         parts = cond.transpose(0, 1).reshape(K * B, *cond.shape[2:])  # part-major: [c_1 of every sample, c_2, ...]
-        null = torch.full_like(cond[:, 0], self.null_cond)
+        null = torch.full_like(cond[:, 0], self.null_cond) if self.negative_cond is None else self.negative_cond
         repeat = (K + 1, *([1] * (x_t.ndim - 1)))
         out, v = call_model_with_variance(self.model, x_t.repeat(repeat), t.repeat(K + 1), torch.cat([parts, null]))
         out = out.unflatten(0, (K + 1, B))

@@ -70,15 +70,17 @@ class SamplingSettings:
 
     def run(self, model: Callable, x_T: Tensor, cond: Optional[Tensor] = None,
             generator: Optional[torch.Generator] = None, callback: Optional[Callable[[dict], None]] = None,
-            *, classifier: Optional[Callable] = None, classifier_labels: Optional[Tensor] = None) -> Tensor:
+            *, classifier: Optional[Callable] = None, classifier_labels: Optional[Tensor] = None,
+            negative_cond: Optional[Tensor] = None) -> Tensor:
         """x0 from the noise x_T: x = x_T sqrt(1 + sigma_0^2) at the top level sigma_0, then the sampler.
 
         For the VP processes x_T is the state itself (x_T / sqrt(abar_T)); for any process it is
         the standard normal draw scaled to the marginal spread sqrt(1 + sigma_0^2) of unit-variance data.
         With ``classifier_scale`` set, the denoiser is guided by ``classifier`` towards
-        ``classifier_labels`` (:class:`~.classifier_guidance.ClassifierGuidance`)."""
+        ``classifier_labels`` (:class:`~.classifier_guidance.ClassifierGuidance`); ``negative_cond``
+        is the unconditional branch's condition (a negative prompt, :class:`.denoiser.Denoiser`)."""
         denoiser = Denoiser(model, self.proc, cond, self.guidance, self.null_cond, self.clip_x0,
-                            self.dynamic_threshold)
+                            self.dynamic_threshold, negative_cond)
         if self.classifier_scale is not None:
             if classifier is None:
                 raise ValueError("these settings guide by a classifier (classifier_scale is set): pass classifier= "
@@ -220,6 +222,7 @@ def sample(
     progress: bool = False,
     *,
     callback: Optional[Callable[[dict], None]] = None,
+    negative_cond: Optional[Tensor] = None,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -238,7 +241,9 @@ def sample(
 
     ``cond``: class labels, or a text model's token ids [B, L]; a composed prompt, token ids
     [B, K, L] (``training.generate.prompts_for("a 7 AND bold", ...)``), adds the guidance of its K
-    parts (composable diffusion, :class:`.denoiser.Denoiser`).
+    parts (composable diffusion, :class:`.denoiser.Denoiser`). ``negative_cond``: a negative prompt,
+    the condition [B, L] (or labels [B]) guidance moves away from, in place of the null condition
+    (``training.generate.prompts_for(negative_prompts, ...)``; needs guidance != 1).
 
     Classifier guidance (Dhariwal & Nichol 2021), two keywords of ``options``: ``classifier`` a noise-aware classifier
     ``classifier(x_t, t) -> logits [B, K]`` of this process's states (``difflab train-classifier
@@ -318,6 +323,8 @@ def sample(
         raise ValueError(f"classifier_scale={classifier_scale!r} needs classifier= (a noise-aware classifier, "
                          "`difflab train-classifier --noisy`)")
     cond = check_labels(model, cond, shape[0], device, composed=True)
+    if negative_cond is not None:
+        negative_cond = check_labels(model, negative_cond, shape[0], device)
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
     clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping
     settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,
@@ -327,15 +334,15 @@ def sample(
     bar = tqdm(total=len(sig) - 1, desc=sampler, leave=False) if progress else None
     report = _StepReport(callback, bar, proc)
     runner = getattr(model, "sampling_run", None)  # a model that runs a whole run its own way
-    if classifier is not None:  # (its gradients are taken step by step: no captured whole run)
-        runner = None
+    if classifier is not None or negative_cond is not None:  # (classifier: gradients step by step; a negative
+        runner = None                                           # prompt is an input a captured run does not take)
     try:
         with eval_mode(model), eval_mode(classifier):
             if runner is None and classifier is not None:
                 x = settings.run(model, x_T, cond, generator, report, classifier=classifier,
-                                 classifier_labels=guide_labels)
+                                 classifier_labels=guide_labels, negative_cond=negative_cond)
             elif runner is None:
-                x = settings.run(model, x_T, cond, generator, report)
+                x = settings.run(model, x_T, cond, generator, report, negative_cond=negative_cond)
             else:
                 x = runner(lambda *a: settings.run(model, *a), settings, x_T, cond, generator, report)
         if bar is not None:

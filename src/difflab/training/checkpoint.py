@@ -456,12 +456,14 @@ class LoadedRun:
         device=None,
         progress: bool = False,
         prompts: Union[None, str, Sequence[str]] = None,
+        negative_prompts: Union[None, str, Sequence[str]] = None,
         **options,
     ) -> Tensor:
         """n samples [n, *image_shape] in about [-1, 1] (``sampler``, ``steps``: default
         :meth:`sampling_defaults`). ``labels``: an int (all alike), n ints,
         or None (unconditional); a text model's ``prompts``: one string (all alike) or n, "" the
-        empty caption; ``guidance`` w != 1 needs labels (or prompts). Same seed, same samples.
+        empty caption, and ``negative_prompts`` (one or n) what guidance moves away from in place of
+        the empty caption; ``guidance`` w != 1 needs labels (or prompts). Same seed, same samples.
         ``clip_x0`` defaults to the run's process's: the config's ``sample.clip_x0``, else the
         data's range (None: no clipping). ``device``:
         where to sample (None: where the model is). ``model``: the network to sample with instead
@@ -490,7 +492,7 @@ class LoadedRun:
         return generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                         sampler=sampler, steps=steps, guidance=guidance, labels=labels, seed=seed,
                         eta=eta, device=device, progress=progress, clip_x0=clip_x0, prompts=prompts,
-                        autoencoder=self.autoencoder, **options)
+                        negative_prompts=negative_prompts, autoencoder=self.autoencoder, **options)
 
     def to(self, device) -> "LoadedRun":
         device = resolve_device(device, "device")

@@ -118,6 +118,7 @@ def generate(
     device=None,
     progress: bool = False,
     prompts: Prompts = None,
+    negative_prompts: Prompts = None,
     autoencoder: Optional[nn.Module] = None,
     **options,
 ) -> Tensor:
@@ -126,6 +127,8 @@ def generate(
     from a CPU generator seeded with ``seed``, so a seed gives the same noise on any device.
     ``proc`` may be any process: a sampler whose default spacing lies on the DDPM grid (ddim,
     ddpm) takes a continuous process's own (``samplers.timesteps.default_spacing``).
+    ``negative_prompts`` (one string, or n; one part each): what guidance moves away from, in place
+    of the empty caption (diffusers' ``negative_prompt``; needs guidance != 1).
     ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): the sampled latents are
     decoded into images [n, *image_shape] (``training.latent.decode_latents``, clamped to [-1, 1])."""
     n = positive_int("n (the number of samples)", n)
@@ -135,9 +138,17 @@ def generate(
     cond = labels_for(labels, n, getattr(model, "num_classes", None))
     if prompts is not None:
         cond = prompts_for(prompts, n, tokenizer)
+    negative = None
+    if negative_prompts is not None:
+        if prompts is None:
+            raise ValueError("negative_prompts go with prompts= (what to guide towards, and away from what)")
+        negative = prompts_for(negative_prompts, n, tokenizer)
+        if negative.ndim == 3:
+            raise ValueError(f"a negative prompt is one caption, not parts joined by '{COMPOSE.strip()}' (got "
+                             f"{negative_prompts!r}): write e.g. 'bold strokes' (several words in one caption)"[:300])
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
-               generator=g, device=device, progress=progress, **options)
+               generator=g, device=device, progress=progress, negative_cond=negative, **options)
     if autoencoder is not None:  # a latent model's samples are latents; the images are their decodings
         return decode_latents(autoencoder, x)
     if image_shape is not None and tuple(image_shape) != tuple(sample_shape):
