@@ -32,6 +32,9 @@ train5k split in ../shared/data/mnist (the run's digits are t10k's); no control.
 elsewhere (another seed, batch or step count of configs/digits_text.yaml) is judged the same way:
 
     python experiments/text.py --text-run runs/text_s1 --guidances 3 --no-composed --out docs/text/seeds/s1
+
+``--negative`` adds rows ``*_negative``: each prompt sampled again (the same noise) with a negative prompt,
+the other value of its stroke ("a thin 2 ..." away from "bold strokes"; diffusers' negative_prompt).
 """
 
 from __future__ import annotations
@@ -124,6 +127,18 @@ def captions_for(combos: list, per_combo: int, seed: int, composed: bool = False
     return prompts, {k: torch.tensor(v) for k, v in want.items()}
 
 
+def negatives_for(combos: list, per_combo: int, seed: int, varied: Sequence[str] = VARIED) -> list[str]:
+    """A negative prompt a sample (``--negative``): the other value of each two-valued attribute asked
+    for ("thin" for a bold prompt; stroke and size), a caption without a digit from the grammar."""
+    out = []
+    for i, (d, *values) in enumerate(combos):
+        other = {name: next(v for v in cap.ATTRIBUTES[name] if v != value)
+                 for name, value in zip(varied, values) if len(cap.ATTRIBUTES[name]) == 2}
+        for j in range(per_combo):
+            out.append(cap.caption(None, **other, seed=seed * 1_000_003 + i * per_combo + j + 7))
+    return out
+
+
 def judge(images: torch.Tensor, want: dict, clf, layout) -> dict:
     """Per-sample hits of the class and of each attribute in ``want``, and of all at once, and their
     accuracies with standard errors."""
@@ -159,12 +174,15 @@ def by_pair(images: torch.Tensor, want: dict, clf, layout, held_out) -> dict:
     return out
 
 
-def draw(run, prompts=None, labels=None, guidance=1.0, steps=25, seed=0, batch=400) -> torch.Tensor:
-    """Samples for the prompts (text run) or labels (control), in batches, DDIM."""
+def draw(run, prompts=None, labels=None, guidance=1.0, steps=25, seed=0, batch=400, negative=None) -> torch.Tensor:
+    """Samples for the prompts (text run, with ``negative`` prompts if given) or labels (control), in
+    batches, DDIM."""
     n = len(prompts) if prompts is not None else len(labels)
     out = []
     for i in range(0, n, batch):
         kw = ({"prompts": prompts[i:i + batch]} if prompts is not None else {"labels": labels[i:i + batch]})
+        if negative is not None:
+            kw["negative_prompts"] = negative[i:i + batch]
         k = len(next(iter(kw.values())))
         out.append(run.sample(k, "ddim", steps, guidance=guidance, seed=seed + i, **kw))
     return torch.cat(out)
@@ -201,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="judge this trained run (needed with --source mnist; with digits: no training, no control)")
     parser.add_argument("--guidances", type=float, nargs="+", default=None, help="the scales to sample at")
     parser.add_argument("--no-composed", action="store_true", help="skip the composed (\" AND \") prompts")
+    parser.add_argument("--negative", action="store_true",
+                        help="also sample each prompt with a negative prompt, the other stroke (and size): rows *_negative")
     parser.add_argument("--data-root", default="../shared/data/mnist", help="with --source mnist: MNIST's folder")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
@@ -245,12 +265,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for w in size["guidances"]:
         row = {"guidance": w}
-        forms = ("",) if args.no_composed else ("", "_composed")
+        forms = ("",) + (() if args.no_composed else ("_composed",)) + (("_negative",) if args.negative else ())
         for form, (split, combos, seed) in itertools.product(forms, (("seen", seen, 0), ("held_out", held, 1))):
             per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
-            prompts, want = captions_for(combos, per, seed, composed=bool(form), varied=varied)
+            prompts, want = captions_for(combos, per, seed, composed=form == "_composed", varied=varied)
+            negative = negatives_for(combos, per, seed, varied) if form == "_negative" else None
             start = time.perf_counter()
-            images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed)
+            images = draw(text, prompts=prompts, guidance=w, steps=size["sample_steps"], seed=seed, negative=negative)
             row[split + form] = judge(images, want, clf, test.layout)
             if split == "held_out":
                 row[split + form]["by_pair"] = by_pair(images, want, clf, test.layout, held_out)

@@ -32,10 +32,15 @@ def test_text_tiny_writes_the_tables(tmp_path):
     # --no-composed narrow the sampling (a seed sweep's runs, each judged at w = 3)
     again = tmp_path / "again"
     assert text.main(["--size", "tiny", "--out", str(again), "--text-run", str(tmp_path / "runs" / "text"),
-                      "--guidances", "3", "--no-composed", "--threads", "1"]) == 0
+                      "--guidances", "3", "--no-composed", "--negative", "--threads", "1"]) == 0
     res = json.loads((again / "text_results.json").read_text())
     assert "control" not in res and res["steps"] == {"text": 6} and [r["guidance"] for r in res["text"]] == [3.0]
-    assert set(res["text"][0]) == {"guidance", "seen", "held_out"}
+    assert set(res["text"][0]) == {"guidance", "seen", "held_out", "seen_negative", "held_out_negative"}
+    assert res["text"][0]["held_out_negative"]["n"] == 44 and "by_pair" in res["text"][0]["held_out_negative"]
+    negative = text.negatives_for([(7, "left", "bold"), (2, "top", "thin")], 1, 0)
+    assert [text.cap.parse_caption(q)["stroke"] for q in negative] == ["thin", "bold"]
+    assert all(text.cap.parse_caption(q)["position"] is None and text.cap.parse_caption(q)["digit"] is None
+               for q in negative)
 
 
 def test_text_tiny_judges_a_latent_mnist_run(tmp_path, mnist_dir):
