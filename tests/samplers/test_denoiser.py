@@ -442,3 +442,36 @@ def test_negative_prompts_are_checked():
 
     with pytest.raises(ValueError, match="guided-distilled student"):
         dl.samplers.denoiser.Denoiser(Student(), proc, ids, guidance=3.0, negative_cond=neg)
+
+
+def test_a_negative_prompt_with_the_empty_caption_in_a_composed_batch():
+    """A prompt of one part beside a composed one is padded to K parts; the empty caption "" among
+    them still moves away from the negative prompt, out(neg) + w (out("") - out(neg)), as it does
+    alone (its padding row is its one part, not nothing)."""
+    model = tiny_text_model()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    ids = dl.training.generate.prompts_for(["a 7 AND on the left", ""], 2, model.tokenizer)
+    empty, neg = model.tokenizer.encode(["", ""]), model.tokenizer.encode(["bold", "bold"])
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([40, 40])
+    with torch.no_grad():
+        got, _ = dl.samplers.denoiser.Denoiser(model, proc, ids, guidance=3.0, negative_cond=neg).model_output(x, t)
+        n = model(x, t, neg)
+        torch.testing.assert_close(got[1], (n + 3.0 * (model(x, t, empty) - n))[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_negative_prompt_reaches_a_model_that_runs_its_own_sampling():
+    """A model with its own sampling_run (the speed layer's Accelerated) is sampled step by step under
+    a negative prompt, which a whole-run hook does not take: same samples as the plain network."""
+    model = tiny_text_model()
+    proc = dl.GaussianDiffusion(dl.schedules.cosine(100))
+    ids, neg = model.tokenizer.encode(["a 7"] * 2), model.tokenizer.encode(["bold"] * 2)
+    fast = dl.accel.accelerate(model, channels_last=True)
+    assert callable(getattr(fast, "sampling_run", None))
+
+    def draw(net, **kw):
+        return dl.sample(net, proc, (2, 1, 8, 8), "ddim", 2, cond=ids, guidance=3.0,
+                         generator=torch.Generator().manual_seed(0), **kw)
+
+    want = draw(model, negative_cond=neg)
+    torch.testing.assert_close(draw(fast, negative_cond=neg), want, rtol=1e-5, atol=1e-5)
+    assert (draw(fast) - want).abs().max() > 1e-3

@@ -156,7 +156,9 @@ class Denoiser:
 
     def _composed_output(self, x_t: Tensor, t: Tensor, cond: Tensor, w: float) -> tuple[Tensor, Optional[Tensor]]:
         """out_uncond + w sum_k m_k (out(c_k) - out_uncond) for cond [B, K, L], m_k = 0 for an empty
-        part (out_uncond: the negative prompt's, if any); v (a learned variance) from the first part."""
+        part (out_uncond: the negative prompt's, if any, and then m_1 = 1: a prompt's first part is the
+        prompt, "" included, so a batch of composed and plain prompts guides each as it would alone);
+        v (a learned variance) from the first part."""
         B, K = cond.shape[:2]
         parts = cond.transpose(0, 1).reshape(K * B, *cond.shape[2:])  # part-major: [c_1 of every sample, c_2, ...]
         null = torch.full_like(cond[:, 0], self.null_cond) if self.negative_cond is None else self.negative_cond
@@ -164,7 +166,10 @@ class Denoiser:
         out, v = call_model_with_variance(self.model, x_t.repeat(repeat), t.repeat(K + 1), torch.cat([parts, null]))
         out = out.unflatten(0, (K + 1, B))
         uncond = out[K]
-        said = (cond != self.null_cond).any(-1).T.reshape(K, B, *([1] * (x_t.ndim - 1))).to(out.dtype)
+        said = (cond != self.null_cond).any(-1)  # [B, K]: padding parts add nothing
+        if self.negative_cond is not None:  # the first part is the prompt itself, even the empty caption "": its
+            said[:, 0] = True               # direction out("") - out(neg) is not zero (it is without a negative one)
+        said = said.T.reshape(K, B, *([1] * (x_t.ndim - 1))).to(out.dtype)
         return uncond + w * ((out[:K] - uncond) * said).sum(0), (None if v is None else v[:B])
 
     def predict(self, x: Tensor, sigma: float) -> tuple[Tensor, Optional[Tensor]]:
