@@ -128,7 +128,9 @@ def generate(
     ``proc`` may be any process: a sampler whose default spacing lies on the DDPM grid (ddim,
     ddpm) takes a continuous process's own (``samplers.timesteps.default_spacing``).
     ``negative_prompts`` (one string, or n; one part each): what guidance moves away from, in place
-    of the empty caption (diffusers' ``negative_prompt``; needs guidance != 1).
+    of the empty caption (diffusers' ``negative_prompt``; needs guidance != 1); or ``negative_cond``,
+    :func:`difflab.sample`'s keyword, for the condition itself (a class-conditional model's negative
+    label, an int or n labels; or token ids).
     ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): the sampled latents are
     decoded into images [n, *image_shape] (``training.latent.decode_latents``, clamped to [-1, 1])."""
     n = positive_int("n (the number of samples)", n)
@@ -138,10 +140,16 @@ def generate(
     cond = labels_for(labels, n, getattr(model, "num_classes", None))
     if prompts is not None:
         cond = prompts_for(prompts, n, tokenizer)
-    negative = None
+    negative = options.pop("negative_cond", None)  # dl.sample's own: labels (an int, or [n]) or token ids [n, L]
     if negative_prompts is not None:
+        if negative is not None:
+            raise ValueError("give negative_prompts= (captions) or negative_cond= (labels or token ids), not both")
         if prompts is None:
             raise ValueError("negative_prompts go with prompts= (what to guide towards, and away from what)")
+        if not isinstance(negative_prompts, str) and isinstance(negative_prompts, Sequence) \
+                and len(negative_prompts) != n:
+            raise ValueError(f"negative_prompts must be one string or {n} strings (one per sample), got "
+                             f"{len(negative_prompts)}")
         negative = prompts_for(negative_prompts, n, tokenizer)
         if negative.ndim == 3:
             raise ValueError(f"a negative prompt is one caption, not parts joined by '{COMPOSE.strip()}' (got "
