@@ -222,7 +222,6 @@ def sample(
     progress: bool = False,
     *,
     callback: Optional[Callable[[dict], None]] = None,
-    negative_cond: Optional[Tensor] = None,
     **options,
 ) -> Tensor:
     """Draw x0 ~ p_model by running ``sampler`` from x_T = ``noise`` for ``steps`` steps.
@@ -241,7 +240,8 @@ def sample(
 
     ``cond``: class labels, or a text model's token ids [B, L]; a composed prompt, token ids
     [B, K, L] (``training.generate.prompts_for("a 7 AND bold", ...)``), adds the guidance of its K
-    parts (composable diffusion, :class:`.denoiser.Denoiser`). ``negative_cond``: a negative prompt,
+    parts (composable diffusion, :class:`.denoiser.Denoiser`). ``negative_cond`` (a keyword of
+    ``options``): a negative prompt,
     the condition [B, L] (or labels [B]) guidance moves away from, in place of the null condition
     (``training.generate.prompts_for(negative_prompts, ...)``; needs guidance != 1).
 
@@ -269,6 +269,7 @@ def sample(
     spec = SAMPLERS[sampler]
     # (keywords of options, not of the signature: dl.sample keeps its numerics-only arguments few)
     classifier, classifier_scale = options.pop("classifier", None), options.pop("classifier_scale", 1.0)
+    negative_cond = options.pop("negative_cond", None)
     if not isinstance(proc, Process):
         raise TypeError(f"proc must be a process of dl.processes (e.g. dl.GaussianDiffusion), got "
                         f"{type(proc).__name__}")
