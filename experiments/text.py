@@ -265,7 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for w in size["guidances"]:
         row = {"guidance": w}
-        forms = ("",) + (() if args.no_composed else ("_composed",)) + (("_negative",) if args.negative else ())
+        # (a negative prompt replaces guidance's unconditional branch: there is none at w = 1)
+        forms = ("",) + (() if args.no_composed else ("_composed",)) + (("_negative",) if args.negative and w != 1 else ())
         for form, (split, combos, seed) in itertools.product(forms, (("seen", seen, 0), ("held_out", held, 1))):
             per = size["per_combo"] * (size["held_out_factor"] if split == "held_out" else 1)
             prompts, want = captions_for(combos, per, seed, composed=form == "_composed", varied=varied)
