@@ -150,7 +150,8 @@ def check_image_range(x: Tensor, name: str, limit: float = 1 + IMAGE_RANGE_TOL) 
 LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def check_labels(model: Callable, cond, batch: int, device=None, composed: bool = False) -> Optional[Tensor]:
+def check_labels(model: Callable, cond, batch: int, device=None, composed: bool = False,
+                 name: str = "cond") -> Optional[Tensor]:
     """The condition for ``model`` as a long tensor (on ``device`` when given).
 
     Class labels: ``cond`` is None (no labels: returned as is), one integer for the whole batch,
@@ -163,7 +164,7 @@ def check_labels(model: Callable, cond, batch: int, device=None, composed: bool 
     ids [batch, tokenizer.max_length] in 0 .. tokenizer.vocab_size (0: padding; a row of padding
     is the empty caption, the null condition). ``composed=True`` (the samplers) also takes a
     composed prompt [batch, K, max_length], K prompts whose guidance directions add up
-    (:class:`difflab.samplers.denoiser.Denoiser`).
+    (:class:`difflab.samplers.denoiser.Denoiser`). Errors name the argument ``name``.
     """
     if cond is None:
         return None
@@ -181,13 +182,13 @@ def check_labels(model: Callable, cond, batch: int, device=None, composed: bool 
                              "joined by ' AND '), which only sampling takes (dl.sample, run.sample, difflab sample); "
                              "give one prompt per sample here: model.tokenizer.encode(prompts)")
         else:
-            cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch)
+            cond = check_token_ids(cond, int(tokenizer.vocab_size), int(tokenizer.max_length), batch, name=name)
         return cond if device is None else cond.to(device)
     if is_int(cond):
         cond = torch.full((batch,), int(cond), dtype=torch.long)
     if not isinstance(cond, Tensor) or cond.dtype not in LABEL_DTYPES or cond.shape != (batch,):
         raise ValueError(
-            f"cond must be a long tensor of class labels with shape [{batch}], got "
+            f"{name} must be a long tensor of class labels with shape [{batch}], got "
             f"{getattr(cond, 'dtype', type(cond).__name__)} of shape {tuple(getattr(cond, 'shape', ()))}"
         )
     if hasattr(model, "num_classes"):

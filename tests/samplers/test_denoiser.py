@@ -431,7 +431,7 @@ def test_negative_prompts_are_checked():
         dl.sample(model, proc, (2, 1, 8, 8), "ddim", 2, cond=ids, negative_cond=neg)
     with pytest.raises(ValueError, match=r"negative_cond must be a condition a sample, of shape \(2, "):
         dl.samplers.denoiser.Denoiser(model, proc, ids, guidance=3.0, negative_cond=neg[:1])
-    with pytest.raises(ValueError, match="token ids"):  # out of the vocabulary
+    with pytest.raises(ValueError, match="negative_cond: token ids must lie in"):  # out of the vocabulary, named
         dl.sample(model, proc, (2, 1, 8, 8), "ddim", 2, cond=ids, guidance=3.0, negative_cond=neg + 1000)
 
     class Student(torch.nn.Module):

@@ -26,6 +26,8 @@ branch's place, out_uncond = out(c_neg), so guidance moves away from what it say
 towards the prompt (Stable Diffusion's and diffusers' ``negative_prompt``):
 
     out = out(c_neg) + w (out(c) - out(c_neg))
+
+(with a composed prompt of K parts the negative's output weighs 1 - w K: it grows with the parts).
 A network that takes the scale as an input (``guidance_input``: a guided-distilled student,
 Luo et al. 2023) is instead called once, ``model(x_t, t, cond, guidance=w)``.
 

@@ -325,7 +325,7 @@ def sample(
                          "`difflab train-classifier --noisy`)")
     cond = check_labels(model, cond, shape[0], device, composed=True)
     if negative_cond is not None:
-        negative_cond = check_labels(model, negative_cond, shape[0], device)
+        negative_cond = check_labels(model, negative_cond, shape[0], device, name="negative_cond")
     x_T = (noise if noise is not None else randn(shape, generator, device, state_dtype or torch.float32)).to(device)
     clip_x0 = common.get("clip_x0", ...)  # absent (or ...): the data's range the process knows; None: no clipping
     settings = SamplingSettings(sampler, tuple(sig.tolist()), tuple(sorted(options.items())), proc, guidance,

@@ -153,7 +153,7 @@ def generate(
         negative = prompts_for(negative_prompts, n, tokenizer)
         if negative.ndim == 3:
             raise ValueError(f"a negative prompt is one caption, not parts joined by '{COMPOSE.strip()}' (got "
-                             f"{negative_prompts!r}): write e.g. 'bold strokes' (several words in one caption)"[:300])
+                             f"{repr(negative_prompts)[:200]}): write e.g. 'bold strokes' (several words in one caption)")
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
                generator=g, device=device, progress=progress, negative_cond=negative, **options)
