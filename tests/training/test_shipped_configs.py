@@ -43,6 +43,10 @@ def _sample(cfg, model, proc, **options) -> torch.Tensor:
     cond = torch.tensor([3, 10]) if getattr(model, "num_classes", None) else None
     if getattr(model, "tokenizer", None) is not None:  # a caption and the empty one
         cond = model.tokenizer.encode(["a bold 3 on the left", ""])
+    if cfg.model.name == "masked":  # a mask-conditioned network samples through inpaint: nothing known, all ones
+        blank = torch.zeros(2, *shape)
+        return dl.editing.inpaint(model, proc, blank, torch.ones_like(blank), "ddim", 5, cond=cond, generator=g,
+                                  **options)
     if cfg.model.name == "superres":
         low = torch.rand(2, 1, 14, 14, generator=g) * 2 - 1
         return dl.editing.upscale(model, proc, low, "ddim", 5, cond=cond, generator=g, **options)

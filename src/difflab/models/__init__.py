@@ -11,6 +11,7 @@ from .consistency import ConsistencyModel
 from .dit import DiT, dit
 from .dit import presets as _dit_presets
 from .embeddings import GuidanceEmbedding, LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
+from .masked import MaskConditioned, WithKnown
 from .mlp import MLPDenoiser
 from .noisy_classifier import AttentionPool, MixtureClassifier, NoisyClassifier
 from .precond import EDMPrecond
@@ -31,6 +32,8 @@ __all__ = [
     "ConsistencyModel",
     "LowResConditioned",
     "WithLowRes",
+    "MaskConditioned",
+    "WithKnown",
     "GaussianMixtureDenoiser",
     "GaussianDenoiser",
     "NoisyClassifier",
@@ -63,6 +66,7 @@ register("unet_mnist", unet_mnist)
 register("unet_cifar10", unet_cifar10)
 register("unet_tiny", unet_tiny)
 register("superres", LowResConditioned)
+register("masked", MaskConditioned)  # known data and a mask as extra inputs (models/masked.py)
 register("video_unet", VideoUNet)
 register("video_unet_tiny", video_unet_tiny)
 register("video_unet_mnist", video_unet_mnist)

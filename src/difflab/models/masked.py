@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import is_int, model_dtype
-from .registry import build, register
+from .registry import build
 
 __all__ = ["MaskConditioned", "WithKnown", "masked_model", "NEEDS_KNOWN"]
 
@@ -160,6 +160,3 @@ class WithKnown(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         return self.model(x_t, t, cond, known=self.known, mask=self.mask)
 
-
-# buildable by name from a config (model: {name: masked, kwargs: {base: video_unet_tiny, ...}})
-register("masked", MaskConditioned)
