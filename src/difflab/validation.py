@@ -242,6 +242,17 @@ def model_attribute(model: Callable, name: str):
     return None
 
 
+def unwrapped_instance(model, cls: type):
+    """The ``cls`` instance inside ``model``, unwrapping the wrappers that keep the network as
+    ``.module`` (DDP, the speed layer's Accelerated) or ``._orig_mod`` (torch.compile), else None.
+    Not through ``.model``: a wrapper that binds inputs (a low-res image, known data) hides its network."""
+    for _ in range(5):
+        if model is None or isinstance(model, cls):
+            return model
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+    return None
+
+
 def _check_label_range(cond: Tensor, num_classes: Optional[int]) -> None:
     """Labels in 0 .. num_classes (num_classes: the null label); None: an unconditional model."""
     if num_classes is None:

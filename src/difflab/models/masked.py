@@ -30,7 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..validation import is_int, model_dtype
+from ..validation import is_int, unwrapped_instance
+from .bound import BoundInputs
 from .registry import build
 
 __all__ = ["MaskConditioned", "WithKnown", "masked_model", "NEEDS_KNOWN"]
@@ -51,8 +52,9 @@ class MaskConditioned(nn.Module):
     """A network of the model convention conditioned on known data and a mask (see module doc).
 
     Args:
-        base: the registered network to build (``video_unet_tiny``, ``video_unet``, ``unet_tiny``,
-            ...); it gets ``in_channels = 3 * data_channels`` and ``out_channels = data_channels``.
+        base: the registered network to build (``video_unet_tiny``, ``video_unet``; an image network
+            such as ``unet_tiny`` builds and samples, but ``loss: masked`` trains clips only); it gets
+            ``in_channels = 3 * data_channels`` and ``out_channels = data_channels``.
         data_channels: C, the channels of the data (of each frame of a clip).
         **kwargs: the base network's other arguments (``num_classes``, ``channels``, ...).
 
@@ -121,41 +123,18 @@ def masked_model(model) -> Optional[MaskConditioned]:
     """The :class:`MaskConditioned` inside ``model`` (unwrapping the wrappers that keep the model as
     ``.module`` -- DDP, the speed layer's Accelerated -- or ``._orig_mod`` -- torch.compile; not
     :class:`WithKnown`, whose data are bound), else None."""
-    seen = 0
-    while model is not None and seen < 5:
-        if isinstance(model, MaskConditioned):
-            return model
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        seen += 1
-    return None
+    return unwrapped_instance(model, MaskConditioned)
 
 
-class WithKnown(nn.Module):
+class WithKnown(BoundInputs):
     """``model`` with its known data and mask bound: ``WithKnown(m, y, mask)(x_t, t, cond)``, the
     model convention the samplers and losses call."""
 
+    bound = "this known data and mask"
+
     def __init__(self, model: nn.Module, known: Tensor, mask: Tensor) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.known, self.mask = known, mask
-        self.num_classes = getattr(model, "num_classes", None)
-        self.train(model.training)  # samplers toggle eval/train: keep the wrapped model's mode
-
-    @property
-    def dtype(self) -> Optional[torch.dtype]:
-        """The wrapped model's input dtype (an accelerated 16-bit network's is float32)."""
-        return model_dtype(self.model)
-
-    def sampling_run(self, run, settings, x_T: Tensor, cond: Optional[Tensor], generator, callback) -> Tensor:
-        """A sampling run as the wrapped model runs one (the samplers' hook), never captured whole:
-        a captured run would keep these known data for every later one."""
-        inner = getattr(self.model, "sampling_run", None)
-        if inner is None:
-            return run(x_T, cond, generator, callback)
-        if getattr(self.model, "cuda_graph", False) == "loop":
-            raise ValueError("a run captured whole (cuda_graph='loop') would keep this known data and mask for "
-                             "every later run; use cuda_graph=True (each network call captured)")
-        return inner(run, settings, x_T, cond, generator, callback)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         return self.model(x_t, t, cond, known=self.known, mask=self.mask)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..validation import is_int, model_dtype
+from ..validation import is_int, unwrapped_instance
+from .bound import BoundInputs
 from .registry import build
 
 __all__ = ["LowResConditioned", "WithLowRes", "downsample", "upsample", "lowres_model", "UPSAMPLE_MODES",
@@ -129,42 +130,18 @@ def lowres_model(model) -> Optional[LowResConditioned]:
     """The :class:`LowResConditioned` inside ``model`` (unwrapping the wrappers that keep the
     model as ``.module`` -- DDP, the speed layer's Accelerated -- or ``._orig_mod`` -- torch.compile;
     not :class:`WithLowRes`, whose images are bound), else None."""
-    seen = 0
-    while model is not None and seen < 5:
-        if isinstance(model, LowResConditioned):
-            return model
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        seen += 1
-    return None
+    return unwrapped_instance(model, LowResConditioned)
 
 
-class WithLowRes(nn.Module):
+class WithLowRes(BoundInputs):
     """``model`` with its low-resolution images bound: ``WithLowRes(m, y)(x_t, t, cond)``, the model
     convention the samplers and losses call."""
 
+    bound = "these low-resolution images"
+
     def __init__(self, model: nn.Module, lowres: Tensor) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.lowres = lowres
-        self.num_classes = getattr(model, "num_classes", None)
-        self.train(model.training)  # samplers toggle eval/train: keep the wrapped model's mode
-
-    @property
-    def dtype(self) -> Optional[torch.dtype]:
-        """The wrapped model's input dtype (an accelerated 16-bit network's is float32)."""
-        return model_dtype(self.model)
-
-    def sampling_run(self, run, settings, x_T: Tensor, cond: Optional[Tensor], generator, callback) -> Tensor:
-        """A sampling run as the wrapped model runs one (the samplers' hook): in its memory
-        format, but never captured whole, since a captured run would keep these low-res images
-        for every later one."""
-        inner = getattr(self.model, "sampling_run", None)
-        if inner is None:
-            return run(x_T, cond, generator, callback)
-        if getattr(self.model, "cuda_graph", False) == "loop":
-            raise ValueError("a run captured whole (cuda_graph='loop') would keep these low-resolution images for "
-                             "every later run; upscale with cuda_graph=True (each network call captured)")
-        return inner(run, settings, x_T, cond, generator, callback)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         return self.model(x_t, t, cond, lowres=self.lowres)
