@@ -99,7 +99,8 @@ def test_a_masked_run_is_judged_on_the_same_clips_beside_the_conditional_run(tin
     conditional run's rows are read from OUT/video.json; a run of another model is refused."""
     masked = tmp_path / "masked"
     cfg = apply_overrides(load_config(REPO / "configs" / "moving_digits_masked.yaml"), [
-        "steps=1", "batch_size=4", "log_every=1", "ckpt_every=1", "data.kwargs.n=8", "model.kwargs.channels=8"])
+        "steps=1", "batch_size=4", "log_every=1", "ckpt_every=1", "data.kwargs.n=8", "model.kwargs.channels=8",
+        "sample.every=-1"])
     Trainer(cfg, masked, progress=False).train()
     out = tmp_path / "out"
     assert video.main(["--run", str(tiny_run), "--out", str(out), "--size", "tiny", "--steps", "2"]) == 0

@@ -18,7 +18,8 @@ from difflab.training.loss import MASK_TASKS, MaskedLoss, TrainBatch, build_loss
 from scripts import REPO
 
 CONFIG = REPO / "configs" / "moving_digits_masked.yaml"
-TOY = ["steps=4", "batch_size=4", "log_every=1", "ckpt_every=2", "data.kwargs.n=8", "model.kwargs.channels=8"]
+TOY = ["steps=4", "batch_size=4", "log_every=1", "ckpt_every=2", "data.kwargs.n=8", "model.kwargs.channels=8",
+       "sample.every=-1"]
 
 
 class Affine(nn.Module):
