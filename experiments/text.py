@@ -259,7 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "attributes_on_real": judge(test.images, {"digit": test.digits, **test.attributes}, clf,
                                                 test.layout)}
 
-    held_out = tuple(h for h in cap.DEFAULT_HELD_OUT if h[1] in varied)
+    # the run's own held-out combinations (its data config's held_out; the default otherwise)
+    held = text.config.data.kwargs.get("held_out")
+    held_out = (tuple((int(d), a, v) for d, a, v in held) if held is not None
+                else tuple(h for h in cap.DEFAULT_HELD_OUT if h[1] in varied))
     seen, held = combinations(size["digits"], held_out, varied)
     res["combinations"] = {"seen": len(seen), "held_out": len(held), "held_out_pairs": [list(h) for h in held_out]}
     rows = []
