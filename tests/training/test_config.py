@@ -26,7 +26,7 @@ from difflab.training.config import config_from_text, config_to_text
         ({"steps": 2.5}, ["'steps'", "integer"]),
         ({"data": {"name": "imagenet"}}, ["'data.name'", "digits", "toy2d"]),
         ({"ema": {"decay": 1.0}}, ["'ema.decay'", "< 1"]),
-        ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, hybrid, superres, vlb"]),
+        ({"loss": "hinge"}, ["'loss'", "hinge", "diffusion, hybrid, masked, superres, vlb"]),
         ({"compile_options": {"modes": "max-autotune"}}, ["'compile_options'", "modes", "mode, backend"]),
         ({"compile_options": "max-autotune"}, ["'compile_options'", "mapping"]),
         ({"compile_options": {"mode": 3}}, ["'compile_options.mode'", "torch.compile mode"]),
