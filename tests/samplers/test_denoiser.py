@@ -413,14 +413,14 @@ def test_a_negative_prompt_steers_sampling_away_on_the_exact_mixture():
     which puts the samples at the bottom left."""
     proc = dl.GaussianDiffusion(dl.schedules.cosine(1000))
     model = _WordedMixture(proc)
-    n = 400
+    n = 200
     left, top = torch.tensor([[1, 0]]).expand(n, 2), torch.tensor([[3, 0]]).expand(n, 2)
     kw = dict(guidance=3.0, generator=torch.Generator().manual_seed(0), clip_x0=None)
-    x = dl.sample(model, proc, (n, 2), "ddim", 30, cond=left, **kw).double()
+    x = dl.sample(model, proc, (n, 2), "ddim", 20, cond=left, **kw).double()
     assert (x[:, 0] < 0).float().mean() > 0.97 and 0.35 < (x[:, 1] > 0).float().mean() < 0.65
     kw["generator"] = torch.Generator().manual_seed(0)
-    x = dl.sample(model, proc, (n, 2), "ddim", 30, cond=left, negative_cond=top, **kw).double()
-    assert ((x[:, 0] < 0) & (x[:, 1] < 0)).float().mean() > 0.85  # (0.93 here; about half without it)
+    x = dl.sample(model, proc, (n, 2), "ddim", 20, cond=left, negative_cond=top, **kw).double()
+    assert ((x[:, 0] < 0) & (x[:, 1] < 0)).float().mean() > 0.85  # (0.94 to 0.96 here; about half without it)
 
 
 def test_negative_prompts_are_checked():
