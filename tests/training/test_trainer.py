@@ -372,7 +372,7 @@ def test_a_checkpoint_from_before_the_process_field_resumes_as_ddpm(tmp_path):
 def test_a_mask_conditioned_run_writes_its_sample_grid_with_nothing_given(tmp_path):
     """A mask-conditioned network cannot be called bare: the trainer's grid samples it with nothing
     given (zero known data, an all-ones mask), the unconditional task its loss also trains (it failed
-    with the bare model's error at the first grid); the same binding samples a loaded run."""
+    with the bare model's error at the first grid); run.sample and `difflab sample` bind the same."""
     config = Path(__file__).resolve().parents[2] / "configs" / "moving_digits_masked.yaml"
     sets = ["steps=1", "batch_size=2", "data.kwargs.n=4", "model.kwargs.channels=8", "sample.every=0",
             "sample.steps=2", "sample.per_class=1", "ckpt_every=1"]
@@ -382,5 +382,9 @@ def test_a_mask_conditioned_run_writes_its_sample_grid_with_nothing_given(tmp_pa
     run = dl.load(tmp_path / "run")
     n = run.num_classes
     bound = WithKnown(run.ema_model, torch.zeros(n, *run.sample_shape), torch.ones(1, 1, 1, 1, 1))
-    x = run.sample(n, "ddim", 2, guidance=run.config.sample.guidance, labels=torch.arange(n), seed=0, model=bound)
+    kw = dict(guidance=run.config.sample.guidance, labels=torch.arange(n), seed=0)
+    x = run.sample(n, "ddim", 2, model=bound, **kw)
     assert x.shape == (n, *run.sample_shape) and torch.isfinite(x).all()
+    assert torch.equal(run.sample(n, "ddim", 2, **kw), x)  # run.sample (difflab sample) binds the same
+    assert main(["sample", "--ckpt", str(tmp_path / "run"), "--n", "2", "--steps", "1", "--out",
+                 str(tmp_path / "clips.gif")]) == 0

@@ -39,8 +39,8 @@ __all__ = ["MaskConditioned", "WithKnown", "masked_model", "NEEDS_KNOWN"]
 NEEDS_KNOWN = ("this is a mask-conditioned model: it needs the known data and the mask to condition on "
                "(known=y, mask=m; m = 1 where to generate, 0 where y is given). Sample it with "
                "`difflab inpaint --ckpt RUN --input CLIP.gif --mask ...` / dl.editing.inpaint(model, proc, y, m, ...), "
-               "which binds them; for unconditional samples give an all-ones mask (nothing known); train it "
-               "with `loss: masked` in the config (configs/moving_digits_masked.yaml)")
+               "which binds them; `difflab sample` / run.sample bind nothing given (an all-ones mask), as does "
+               "WithKnown(model, zeros, ones) for dl.sample")
 
 
 def _channel_axis(ndim: int) -> int:
@@ -107,8 +107,8 @@ class MaskConditioned(nn.Module):
             raise ValueError(f"mask must be a tensor of known's shape {(Bk, *shape)} or broadcastable to it with "
                              f"the same number of dimensions (e.g. [{Bk}, T, 1, 1, 1]: whole frames of a clip), "
                              f"1 where to generate and 0 where known is given; got {got}")
-        mask = mask.to(x_t.dtype).expand(Bk, *shape)
-        known = known.to(x_t.dtype)
+        mask = mask.to(device=x_t.device, dtype=x_t.dtype).expand(Bk, *shape)
+        known = known.to(device=x_t.device, dtype=x_t.dtype)
         if B != Bk:  # guidance stacks [cond; uncond] states: reuse the known data and masks in order
             known, mask = known.repeat(B // Bk, *([1] * len(shape))), mask.repeat(B // Bk, *([1] * len(shape)))
         return torch.cat([x_t, (1 - mask) * known, mask], dim=_channel_axis(x_t.ndim))

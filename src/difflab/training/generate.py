@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.grids import save_image_grid
+from ..models.masked import WithKnown, masked_model
 from ..processes import Process
 from ..samplers import sample
 from ..validation import is_int, model_attribute, positive_int
@@ -132,7 +133,8 @@ def generate(
     :func:`difflab.sample`'s keyword, for the condition itself (a class-conditional model's negative
     label, an int or n labels; or token ids).
     ``autoencoder``: a latent model's (``dl.load(RUN).autoencoder``): the sampled latents are
-    decoded into images [n, *image_shape] (``training.latent.decode_latents``, clamped to [-1, 1])."""
+    decoded into images [n, *image_shape] (``training.latent.decode_latents``, clamped to [-1, 1]).
+    A mask-conditioned model (:mod:`difflab.models.masked`) samples with nothing given."""
     n = positive_int("n (the number of samples)", n)
     tokenizer = model_attribute(model, "tokenizer")
     if tokenizer is not None and labels is not None:
@@ -154,6 +156,9 @@ def generate(
         if negative.ndim == 3:
             raise ValueError(f"a negative prompt is one caption, not parts joined by '{COMPOSE.strip()}' (got "
                              f"{repr(negative_prompts)[:200]}): write e.g. 'bold strokes' (several words in one caption)")
+    if masked_model(model) is not None:  # a mask-conditioned network with nothing given (an all-ones mask):
+        model = WithKnown(model, torch.zeros(n, *sample_shape),  # the unconditional task its loss also trains
+                          torch.ones((1,) * (1 + len(sample_shape))))
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     x = sample(model, proc, (n, *sample_shape), sampler, steps, eta, cond=cond, guidance=guidance,
                generator=g, device=device, progress=progress, negative_cond=negative, **options)

@@ -55,7 +55,6 @@ from .ema import EMA
 from .latent import check_latent_channels
 from .latent_data import latent_training_data
 from .generate import class_rows, generate, save_grid
-from ..models.masked import WithKnown, masked_model
 from ..models.superres import lowres_model
 from .loss import LossFn, TrainBatch, build_loss
 from .sharding import (DCP_FOLDER, checkpoint_activations, full_weights, grad_norm, load_full_optimizer_state,
@@ -817,11 +816,7 @@ class Trainer:
         was_training = self.ema.model.training  # the live model itself when ema.decay = 0
         self.ema.model.eval()
         try:
-            model = self.ema.model
-            if masked_model(model) is not None:  # nothing given (an all-ones mask): the unconditional task it learns
-                model = WithKnown(model, torch.zeros(n, *self.sample_shape, device=self.device),
-                                  torch.ones((1,) * (1 + len(self.sample_shape)), device=self.device))
-            images = generate(model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
+            images = generate(self.ema.model, self.proc, n, self.sample_shape, image_shape=self.image_shape,
                               sampler=sc.sampler, steps=sc.steps, guidance=guidance, labels=labels,
                               prompts=prompts, seed=sc.seed, device=self.device,  # clipped to the process's data range
                               autoencoder=self.autoencoder)  # (a latent run's grids: decoded images)
