@@ -231,6 +231,30 @@ def pairs(truth: Tensor, result: Tensor, m: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- the experiment
+def prediction_row(pred: dict, predicted: Tensor, md, real_track: Tensor, truth: Tensor, ink: Tensor, judge,
+                   seconds) -> dict:
+    """The prediction row: the models' errors ``pred`` per predicted frame, then the baselines' and the
+    real frames' (the rounding floor), and the predicted clips' identity and motion."""
+    ahead = range(GIVEN, md.clips.shape[1])
+    for name, track in prediction_baselines(real_track, GIVEN, ink, md.clips.shape[-2]).items():
+        pred[name] = errors(track, truth, ahead)
+    pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
+    return {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
+            "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
+            "sampling_seconds": seconds}
+
+
+def box_inpainting(fill, name: str, md, m: int, noise: Tensor, judge) -> tuple[Tensor, dict]:
+    """Video inpainting: the middle box (a quarter of the canvas in from each side) filled in every
+    frame of the first ``m`` clips by ``fill`` (an evaluation's sampler); the clips and their row."""
+    T, _, H, W = md.clips.shape[1:]
+    box = (H // 4, W // 4, H - H // 4, W - W // 4)
+    filled, seconds = fill(name, md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
+                           md.labels[:m, 0], noise[:m])
+    return filled, {"clips": m, "box_x0_y0_x1_y1": list(box), "identity": judge.identity(filled, md.labels[:m, 0]),
+                    "motion": motion(filled), "real_motion": motion(md.clips[:m]), "sampling_seconds": seconds}
+
+
 def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float = 3.0,
              cache: Optional[Path] = None, command: str = COMMAND, unconditional=None) -> dict:
     """Every measure of the module's docstring for the loaded ``run``; figures and video.json in ``out``.
@@ -330,12 +354,7 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
                               task_noise)
     ahead = range(GIVEN, T)
     pred = {"model": errors(centre_of_mass(predicted), truth, ahead)}
-    for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
-        pred[name] = errors(track, truth, ahead)
-    pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
-    res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
-                         "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
-                         "sampling_seconds": seconds}
+    res["prediction"] = prediction_row(pred, predicted, md, real_track, truth, ink, judge, seconds)
     save()
     k = min(4, cfg["inpaint"])
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_prediction.png", scale=3)
@@ -370,13 +389,7 @@ def evaluate(run, out: Path, size: str = "cpu", steps: int = 50, guidance: float
     save()
     save_frame_grid(pairs(md.clips, between, k), out / "video_interpolation.png", scale=3)
 
-    m = cfg["inpaint"]
-    box = (H // 4, W // 4, H - H // 4, W - W // 4)
-    filled, seconds = fill("inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
-                  md.labels[:m, 0], task_noise[:m])
-    res["inpainting"] = {"clips": m, "box_x0_y0_x1_y1": list(box),
-                         "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
-                         "real_motion": motion(md.clips[:m]), "sampling_seconds": seconds}
+    filled, res["inpainting"] = box_inpainting(fill, "inpainting", md, cfg["inpaint"], task_noise, judge)
 
     save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_inpainting.png", scale=3)
@@ -503,12 +516,7 @@ def evaluate_masked(run, out: Path, size: str = "cpu", steps: int = 50, guidance
     if previous is not None and previous.get("prediction_repaint", {}).get("clips") == len(md.clips):  # all clips
         pred.update(old("prediction_repaint", *[n for n in previous["prediction_repaint"]["errors_px"]
                                                 if n.startswith("model, RePaint")]))
-    for name, track in prediction_baselines(real_track, GIVEN, ink, H).items():
-        pred[name] = errors(track, truth, ahead)
-    pred["the real frames (rounding to whole pixels)"] = errors(real_track, truth, ahead)
-    res["prediction"] = {"clips": len(md.clips), "given": GIVEN, "errors_px": pred,
-                         "identity": judge.identity(predicted, md.labels[:, 0]), "motion": motion(predicted),
-                         "sampling_seconds": seconds}
+    res["prediction"] = prediction_row(pred, predicted, md, real_track, truth, ink, judge, seconds)
     save()
     save_frame_grid(pairs(md.clips, predicted, k), out / "video_masked_prediction.png", scale=3)
     # the same clips guided by the label (w = guidance) and with reconstruction guidance at the conditional
@@ -546,14 +554,8 @@ def evaluate_masked(run, out: Path, size: str = "cpu", steps: int = 50, guidance
     save_frame_grid(pairs(md.clips, between, k), out / "video_masked_interpolation.png", scale=3)
 
     # ---- video inpainting: the middle box in every frame
-    m = cfg["inpaint"]
-    box = (H // 4, W // 4, H - H // 4, W - W // 4)
-    filled, seconds = fill("masked_inpainting", md.clips[:m], masks.across_frames(dl.editing.box_mask((H, W), *box), T),
-                           md.labels[:m, 0], task_noise[:m])
-    res["inpainting"] = {"clips": m, "box_x0_y0_x1_y1": list(box),
-                         "identity": judge.identity(filled, md.labels[:m, 0]), "motion": motion(filled),
-                         "real_motion": motion(md.clips[:m]), "sampling_seconds": seconds,
-                         "conditional_run": None if previous is None else previous.get("inpainting")}
+    filled, res["inpainting"] = box_inpainting(fill, "masked_inpainting", md, cfg["inpaint"], task_noise, judge)
+    res["inpainting"]["conditional_run"] = None if previous is None else previous.get("inpainting")
     save()
     save_frame_grid(pairs(md.clips, filled, k), out / "video_masked_inpainting.png", scale=3)
 
