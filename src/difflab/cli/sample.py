@@ -193,10 +193,7 @@ def _prompts(args, run, text: bool):
         raise ValueError("--prompt conditions a text model: drop --label and --classifier")
     if args.n < 1:
         raise ValueError(f"--n must be a positive integer, got {args.n}")
-    with warnings.catch_warnings():  # (the words' check; run.sample tokenizes again, and warns of truncation)
-        warnings.simplefilter("ignore")
-        prompts_for(args.prompt, len(args.prompt), run.tokenizer)
-    return [p for p in args.prompt for _ in range(args.n)]
+    return _rows(args.prompt, args.n, run)
 
 
 def _negative_prompts(args, run, prompts):
@@ -215,10 +212,16 @@ def _negative_prompts(args, run, prompts):
                          f"got {len(given)}")
     if len(given) == 1:
         given = given * len(args.prompt)
+    return _rows(given, args.n, run)
+
+
+def _rows(captions: list[str], n: int, run) -> list[str]:
+    """Each caption ``n`` times (a row each), their words checked up front so that one the model never
+    saw fails before any sampling (run.sample tokenizes again, and warns of truncation then)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prompts_for(given, len(given), run.tokenizer)
-    return [q for q in given for _ in range(args.n)]
+        prompts_for(captions, len(captions), run.tokenizer)
+    return [c for c in captions for _ in range(n)]
 
 
 def _classifier(args, run, device):

@@ -147,7 +147,7 @@ class Denoiser:
                                             guidance=torch.full((x_t.shape[0],), w, device=x_t.device))
         if w == 1.0:
             return call_model_with_variance(self.model, x_t, t, cond)
-        null = torch.full_like(cond, self.null_cond) if self.negative_cond is None else self.negative_cond
+        null = self._uncond(cond)
         if w == 0.0:
             return call_model_with_variance(self.model, x_t, t, null)
         out, v = call_model_with_variance(
@@ -156,6 +156,11 @@ class Denoiser:
         out_cond, out_uncond = out.chunk(2)
         return out_uncond + w * (out_cond - out_uncond), (None if v is None else v.chunk(2)[0])
 
+    def _uncond(self, cond: Tensor) -> Tensor:
+        """The unconditional branch's condition for one prompt a sample: the negative prompt, else the
+        null condition in ``cond``'s shape."""
+        return torch.full_like(cond, self.null_cond) if self.negative_cond is None else self.negative_cond
+
     def _composed_output(self, x_t: Tensor, t: Tensor, cond: Tensor, w: float) -> tuple[Tensor, Optional[Tensor]]:
         """out_uncond + w sum_k m_k (out(c_k) - out_uncond) for cond [B, K, L], m_k = 0 for an empty
         part (out_uncond: the negative prompt's, if any, and then m_1 = 1: a prompt's first part is the
@@ -163,7 +168,7 @@ class Denoiser:
         v (a learned variance) from the first part."""
         B, K = cond.shape[:2]
         parts = cond.transpose(0, 1).reshape(K * B, *cond.shape[2:])  # part-major: [c_1 of every sample, c_2, ...]
-        null = torch.full_like(cond[:, 0], self.null_cond) if self.negative_cond is None else self.negative_cond
+        null = self._uncond(cond[:, 0])
         repeat = (K + 1, *([1] * (x_t.ndim - 1)))
         out, v = call_model_with_variance(self.model, x_t.repeat(repeat), t.repeat(K + 1), torch.cat([parts, null]))
         out = out.unflatten(0, (K + 1, B))

@@ -55,25 +55,25 @@ Prompts = Union[None, str, Sequence[str]]
 COMPOSE = " AND "  # joins the parts of a composed prompt (Composable Diffusion's and the web UIs' syntax)
 
 
-def prompts_for(prompts: Prompts, n: int, tokenizer) -> Optional[Tensor]:
+def prompts_for(prompts: Prompts, n: int, tokenizer, name: str = "prompts") -> Optional[Tensor]:
     """Token ids [n, max_length] of a text model from one prompt (all n alike) or n prompts.
 
     A prompt of parts joined by " AND " (upper case; "a 7 AND bold strokes AND on the left") is a
     composed prompt, whose parts' guidance directions add up (Liu et al. 2022; the samplers'
     :class:`~difflab.samplers.denoiser.Denoiser`): then the ids are [n, K, max_length], K the most
     parts of any prompt, a prompt of fewer parts padded with empty captions (rows of padding, which
-    add nothing)."""
+    add nothing). Errors name the argument ``name``."""
     if prompts is None:
         return None
     if tokenizer is None:
-        raise ValueError("prompts were given but the model takes no text (it has no tokenizer): sample it with "
+        raise ValueError(f"{name} were given but the model takes no text (it has no tokenizer): sample it with "
                          "labels (a class-conditional model) or with neither")
     if isinstance(prompts, str):
         prompts = [prompts] * n
     if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompts must be a string or a sequence of strings, got {prompts!r}"[:200])
+        raise TypeError(f"{name} must be a string or a sequence of strings, got {prompts!r}"[:200])
     if len(prompts) != n:
-        raise ValueError(f"prompts must be one string or {n} strings (one per sample), got {len(prompts)}")
+        raise ValueError(f"{name} must be one string or {n} strings (one per sample), got {len(prompts)}")
     parts = [split_prompt(p) for p in prompts]
     K = max(len(ps) for ps in parts)
     if K == 1:
@@ -148,11 +148,7 @@ def generate(
             raise ValueError("give negative_prompts= (captions) or negative_cond= (labels or token ids), not both")
         if prompts is None:
             raise ValueError("negative_prompts go with prompts= (what to guide towards, and away from what)")
-        if not isinstance(negative_prompts, str) and isinstance(negative_prompts, Sequence) \
-                and len(negative_prompts) != n:
-            raise ValueError(f"negative_prompts must be one string or {n} strings (one per sample), got "
-                             f"{len(negative_prompts)}")
-        negative = prompts_for(negative_prompts, n, tokenizer)
+        negative = prompts_for(negative_prompts, n, tokenizer, "negative_prompts")
         if negative.ndim == 3:
             raise ValueError(f"a negative prompt is one caption, not parts joined by '{COMPOSE.strip()}' (got "
                              f"{repr(negative_prompts)[:200]}): write e.g. 'bold strokes' (several words in one caption)")
