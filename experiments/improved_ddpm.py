@@ -7,7 +7,8 @@
 Training runs go to --runs (default runs/improved_ddpm; a finished run there is reused).
 
 Likelihood: on scikit-learn's digits (configs/digits.yaml against configs/digits_hybrid.yaml: the same
-class-conditional MLP, L_simple with a fixed variance against L_hybrid with a learned one) and on
+class-conditional MLP, L_simple with a fixed variance against L_hybrid with a learned one), on the
+config's cosine chain and again on Diffusion-LM's sqrt schedule (``DIGITS_PROCESSES``), and on
 14x14 MNIST (configs/mnist14_hybrid.yaml and its L_simple twin), three seeds each; the variational
 bound in bits/dim (200 strata of the T terms, x0 estimates clipped as difflab eval clips them;
 class-conditional, each image's label given) on held-out images
@@ -16,7 +17,7 @@ hybrid ones under their learned variance. Both models of a seed see the same noi
 per-image difference is paired; the must-show compares the three seeds' means with their standard
 errors.
 
-Few steps: digits sampled at w = 1 by DDPM ancestral sampling on 25, 50 and 100 respaced steps
+Few steps: digits (both processes) sampled at w = 1 by DDPM ancestral sampling on 25, 50 and 100 respaced steps
 (the paper's respacing, t = round(i (T - 1) / (K - 1)): spacing "linspace") with the learned variance, and with beta~ and beta (of the
 L_simple model, as in the paper's figure 8, and of the hybrid model itself); Frechet distance in the
 features of a CNN trained on the real training digits against the held-out digits, beside the floor
@@ -57,11 +58,14 @@ SIZES = {
 }
 
 
-def configs(name: str, steps: int, seed: int, mnist_root: str) -> dict:
-    """{"simple": cfg, "hybrid": cfg}: the shipped hybrid config and its L_simple twin (fixed variance)."""
+def configs(name: str, steps: int, seed: int, mnist_root: str, schedule: Optional[str] = None) -> dict:
+    """{"simple": cfg, "hybrid": cfg}: the shipped hybrid config and its L_simple twin (fixed variance),
+    both on the noise schedule ``schedule`` if one is named (else the config's)."""
     hybrid = yaml.safe_load((REPO / "configs" / f"{name}_hybrid.yaml").read_text())
     if name == "mnist14":
         hybrid["data"]["kwargs"]["root"] = mnist_root
+    if schedule is not None:
+        hybrid["diffusion"] = dict(hybrid["diffusion"], schedule=schedule)
     hybrid.update(steps=steps, seed=seed, ckpt_every=steps, log_every=max(1, steps // 10))
     hybrid["sample"] = dict(hybrid["sample"], every=-1)
     simple = yaml.safe_load(yaml.safe_dump(hybrid))
@@ -72,6 +76,14 @@ def configs(name: str, steps: int, seed: int, mnist_root: str) -> dict:
 
 
 BINS = {"digits": 17, "mnist14": 256}  # the data's levels in [-1, 1], as difflab eval counts them
+
+# The digits' processes: configs/digits_hybrid.yaml's cosine chain, and Diffusion-LM's sqrt schedule (Li
+# et al. 2022), made for discrete data. The bound is a code length for data on a grid, and the cosine chain
+# was sized to 8-bit images: its first step's noise (sd 0.006) is a twentieth of the digits' 17-level grid
+# spacing (0.125), so its first terms charge any network that cannot snap x0 to the grid, whatever its
+# variance. The sqrt chain starts at sd 0.15, about a grid spacing, as the cosine chain starts at about
+# one 8-bit spacing.
+DIGITS_PROCESSES = {"digits": None, "digits_sqrt": "sqrt"}
 
 
 def bits_per_dim(run, x, y, variance: str, timesteps: Optional[int], seed: int, bins: int) -> torch.Tensor:
@@ -90,15 +102,17 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
 
 
-def likelihood(name: str, data, held, S: dict, runs_dir: Path, mnist_root: str) -> dict:
-    """Both models at every seed: bits/dim of the held-out images under each variance."""
+def likelihood(name: str, data, held, S: dict, runs_dir: Path, mnist_root: str,
+               schedule: Optional[str] = None, tag: Optional[str] = None) -> dict:
+    """Both models at every seed: bits/dim of the held-out images under each variance. Runs go to
+    ``runs_dir/{tag}_{kind}_s{seed}`` (tag: the data's name unless given)."""
     rows = []
     x_held, y_held = held
     for seed in S["seeds"]:
-        cfgs = configs(name, S["mnist_steps" if name == "mnist14" else "steps"], seed, mnist_root)
+        cfgs = configs(name, S["mnist_steps" if name == "mnist14" else "steps"], seed, mnist_root, schedule)
         row = {"seed": seed}
         for kind, cfg in cfgs.items():
-            out = runs_dir / f"{name}_{kind}_s{seed}"
+            out = runs_dir / f"{tag or name}_{kind}_s{seed}"
             row[f"{kind}_train_seconds"] = train_run(cfg, out, data)
             run = load_run(out)
             variances = ("learned", "posterior", "beta") if kind == "hybrid" else ("posterior", "beta")
@@ -137,16 +151,17 @@ def draw(run, n: int, steps: int, variance: str, seed: int):
     return x.clamp(-1, 1).reshape(n, 1, 8, 8), labels
 
 
-def few_steps(S: dict, runs_dir: Path, judge: Judge) -> dict:
+def few_steps(S: dict, runs_dir: Path, judge: Judge, tag: str = "digits") -> dict:
+    """The digits twins of ``tag`` at every seed, sampled on respaced steps under each variance."""
     rows = []
     for seed in S["seeds"]:
         for kind, variances in (("hybrid", ("learned", "posterior", "beta")), ("simple", ("posterior", "beta"))):
-            run = load_run(runs_dir / f"digits_{kind}_s{seed}")
+            run = load_run(runs_dir / f"{tag}_{kind}_s{seed}")
             for steps in S["respaced"]:
                 for variance in variances:
                     rows.append({"seed": seed, "model": kind, "variance": variance, "steps": steps,
                                  **judge(*draw(run, S["n"], steps, variance, seed=10 + seed))})
-    run = load_run(runs_dir / f"digits_hybrid_s{S['seeds'][0]}")
+    run = load_run(runs_dir / f"{tag}_hybrid_s{S['seeds'][0]}")
     a = judge(*draw(run, S["n"], S["respaced"][0], "learned", seed=10 + S["seeds"][0]))
     b = judge(*draw(run, S["n"], S["respaced"][0], "learned", seed=999))
     means = {}
@@ -174,18 +189,19 @@ def write_table(res: dict, path: Path) -> None:
         lines.append(f"| {name} | {r['simple_best'][0]:.3f} +- {r['simple_best'][1]:.3f} | "
                      f"{r['hybrid_learned'][0]:.3f} +- {r['hybrid_learned'][1]:.3f} | "
                      f"{r['difference']:+.3f} ({2 * r['difference_se']:.3f}) | {paired} |")
-    fs = res["few_steps"]
-    lines += ["", "| steps | " + " | ".join(k for k in ("learned", "simple_posterior", "simple_beta",
-                                                         "hybrid_posterior", "hybrid_beta")) + " |",
-              "|---|---|---|---|---|---|"]
-    for steps in res["settings"]["respaced"]:
-        cells = []
-        for key in ("hybrid/learned", "simple/posterior", "simple/beta", "hybrid/posterior", "hybrid/beta"):
-            m, se = fs["summary"][f"{key}/{steps}"]
-            cells.append(f"{m:.2f} +- {se:.2f}" if math.isfinite(se) else f"{m:.2f}")
-        lines.append(f"| {steps} | " + " | ".join(cells) + " |")
-    lines.append(f"\nFrechet distance floor (real digits against held-out): {fs['floor']:.2f}; the distance's "
-                 f"noise (two draws of one setting): {fs['fd_noise']:.2f}.")
+    lines += ["", "| process | steps | " + " | ".join(k for k in ("learned", "simple_posterior", "simple_beta",
+                                                                   "hybrid_posterior", "hybrid_beta")) + " |",
+              "|---|---|---|---|---|---|---|"]
+    for tag, fs in res["few_steps"].items():
+        for steps in res["settings"]["respaced"]:
+            cells = []
+            for key in ("hybrid/learned", "simple/posterior", "simple/beta", "hybrid/posterior", "hybrid/beta"):
+                m, se = fs["summary"][f"{key}/{steps}"]
+                cells.append(f"{m:.2f} +- {se:.2f}" if math.isfinite(se) else f"{m:.2f}")
+            lines.append(f"| {tag} | {steps} | " + " | ".join(cells) + " |")
+    lines.append("\nFrechet distance floor (real digits against held-out): "
+                 f"{next(iter(res['few_steps'].values()))['floor']:.2f}; the distance's noise (two draws of one "
+                 "setting): " + ", ".join(f"{fs['fd_noise']:.2f} ({tag})" for tag, fs in res["few_steps"].items()) + ".")
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -201,14 +217,15 @@ def run_experiment(out="docs/improved_ddpm", size: str = "cpu", runs_dir: Option
     res = {"command": f"{command}" + (f" --size {size}" if size != "cpu" else "") + f" --out {out}",
            "size": size, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in S.items()},
            "likelihood": {}}
-    res["likelihood"]["digits"] = likelihood("digits", (x_train, y_train), (x_held[:n], y_held[:n]), S, runs_dir,
-                                             mnist_root)
+    for tag, schedule in DIGITS_PROCESSES.items():
+        res["likelihood"][tag] = likelihood("digits", (x_train, y_train), (x_held[:n], y_held[:n]), S, runs_dir,
+                                            mnist_root, schedule, tag)
     mnist_train = dl.data.load("mnist", root=mnist_root, split="train5k", image_size=14)
     xm, ym = dl.data.load("mnist", root=mnist_root, split="t10k", image_size=14)
     m = S["mnist_bpd_n"]
     res["likelihood"]["mnist14"] = likelihood("mnist14", mnist_train, (xm[:m], ym[:m]), S, runs_dir, mnist_root)
     judge = Judge(x_train, y_train, x_held, y_held, S["clf_epochs"])
-    res["few_steps"] = few_steps(S, runs_dir, judge)
+    res["few_steps"] = {tag: few_steps(S, runs_dir, judge, tag) for tag in DIGITS_PROCESSES}
     atomic_write_text(out / "metrics.json", json.dumps(res, indent=1))
     write_table(res, out / "table.md")
     return res
@@ -224,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = run_experiment(a.out, a.size, a.runs, a.mnist_root)
     print((Path(a.out) / "table.md").read_text())
     print(json.dumps({k: v["must_show"] for k, v in res["likelihood"].items()}),
-          json.dumps(res["few_steps"]["must_show"]))
+          json.dumps({tag: fs["must_show"] for tag, fs in res["few_steps"].items()}))
     return 0
 
 
