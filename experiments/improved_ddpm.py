@@ -1,7 +1,7 @@
 """Improved DDPM's learned variance against fixed variances: likelihood and few-step sampling
 (Nichol & Dhariwal 2021; not part of the difflab package).
 
-    python experiments/improved_ddpm.py --out docs/improved_ddpm          # about 15 minutes on 2 CPU cores
+    python experiments/improved_ddpm.py --out docs/improved_ddpm          # about 45 minutes on 2 busy CPU cores
     python experiments/improved_ddpm.py --size tiny --out /tmp/iddpm      # the code path in seconds
 
 Training runs go to --runs (default runs/improved_ddpm; a finished run there is reused).
