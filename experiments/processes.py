@@ -44,6 +44,7 @@ from difflab.files import atomic_write_text  # noqa: E402
 from difflab.samplers import SAMPLERS  # noqa: E402
 from difflab.samplers.timesteps import default_spacing  # noqa: E402
 from difflab.training import Trainer, TrainConfig  # noqa: E402
+from difflab.training.config import config_diff  # noqa: E402
 from difflab.training import load as load_run  # noqa: E402
 from difflab.training.reflow import ReflowLoss, generate_pairs, straightness  # noqa: E402
 from experiments.runs import logged_seconds  # noqa: E402
@@ -90,9 +91,18 @@ def train_run(cfg: dict, out: Path, data, *, loss_fn=None, init: Optional[dict] 
     finished = False
     if (out / "config.yaml").is_file():
         try:
-            finished = load_run(out).step >= cfg["steps"]
+            run = load_run(out)
         except (FileNotFoundError, ValueError):
-            pass
+            run = None
+        if run is not None:
+            # a finished run is reused only for the config it was trained with: another one (a changed
+            # experiment) would be measured under the wrong name, silently
+            diff = config_diff(run.config, TrainConfig.from_dict(cfg))
+            if diff:
+                lines = ", ".join(f"{k} (run: {a!r}, now: {b!r})" for k, a, b in diff)
+                raise ValueError(f"{str(out)!r} holds a run of another config: {lines}. Delete the folder to "
+                                 "train it again, or give the experiment another runs folder")
+            finished = run.step >= cfg["steps"]
     if not finished:
         with Trainer(TrainConfig.from_dict(cfg), out, data=data, loss_fn=loss_fn, progress=False) as trainer:
             if init is not None and trainer.step == 0:

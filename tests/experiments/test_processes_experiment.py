@@ -32,3 +32,21 @@ def test_every_nfe_is_spent_on_each_sampler_and_spacing():
     assert processes.samplers_at(2, flow) == [("euler", 2, "uniform"), ("dpmpp_2m", 2, "uniform")]
     three = processes.samplers_at(3, chain)
     assert ("heun", 2, "logsnr") in three and ("euler", 3, "trailing") in three and ("ddim", 3, "trailing") not in three
+
+
+def test_train_run_reuses_a_finished_run_only_for_its_own_config(tmp_path):
+    import pytest
+
+    from experiments.processes import run_config, split_digits, train_run
+
+    x, y, _, _ = split_digits()
+    data = (x[:64], y[:64])
+    cfg = run_config({"schedule": "cosine", "T": 50}, steps=2)
+    out = tmp_path / "run"
+    train_run(cfg, out, data)
+    stamp = (out / "checkpoints" / "latest").stat().st_mtime_ns
+    train_run(cfg, out, data)  # the same config: reused, not retrained
+    assert (out / "checkpoints" / "latest").stat().st_mtime_ns == stamp
+    other = run_config({"schedule": "sqrt", "T": 50}, steps=2)
+    with pytest.raises(ValueError, match=r"holds a run of another config: diffusion\.schedule .*'cosine'.*'sqrt'"):
+        train_run(other, out, data)
