@@ -259,6 +259,63 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- progressive at w = 1
+def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COMMAND,
+                      runs_dir: Optional[str] = None) -> dict:
+    """Where the progressive student loses the teacher's w = 1 samples: (a) a v student trained only
+    to copy its eps teacher's denoiser (the re-parameterisation phase, no halving), sampled on the
+    first round's 32 levels beside the teacher there; (b) students that keep the teacher's eps
+    (``--set diffusion.prediction=eps``: no re-parameterisation, its own eps loss), 64 -> 4 steps;
+    (c) a teacher trained with v-prediction from the start (so its student needs no re-parameterisation)
+    and its v student, 64 -> 4 steps."""
+    S = SIZES[size]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(runs_dir if runs_dir is not None else "runs/few_step")
+    torch.set_num_threads(1)
+    x_train, y_train, x_held, y_held = split_digits()
+    ev = Evaluator(Judge(x_train, y_train, x_held, y_held, S["clf_epochs"]), x_held, y_held, S["n"])
+    data = (x_train, y_train)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    res = {"command": command + " --progressive-check" + (f" --size {size}" if size != "cpu" else "")
+           + ("" if runs_dir is None else f" --runs {runs_dir}") + f" --out {out}",
+           "settings": {k: S[k] for k in ("teacher_steps", "pd_steps", "pd_start", "n")}, "rows": []}
+    train_run(run_config(PROCESSES["eps-DDPM"], S["teacher_steps"]), runs / "teacher", data)
+    teacher = load_run(runs / "teacher")
+    first = S["pd_start"] // 2
+    copy_steps = (2000, 6000) if size == "cpu" else (4,)
+    for w in S["guidances"]:
+        for k in (4, first, S["pd_start"]):
+            res["rows"].append({"model": "teacher", "steps": k, "guidance": w, **ev(teacher, "ddim", k, w)})
+    for n_steps in copy_steps:  # every step of the round is the re-parameterisation phase
+        res[f"copy_{n_steps}"] = student(runs / "teacher", runs / f"pd_copy_{n_steps}", "progressive", data, say,
+                                         train_steps=n_steps, start_steps=S["pd_start"], steps=first,
+                                         overrides=[f"distill.reparam_steps={n_steps - 1}"])
+        run = load_run(runs / f"pd_copy_{n_steps}")
+        res["rows"].append({"model": f"v copy of the teacher ({n_steps} steps)", "steps": first, "guidance": 1.0,
+                            **ev(run, "ddim", first, 1.0)})
+    train_run(run_config(dict(PROCESSES["eps-DDPM"], prediction="v"), S["teacher_steps"]), runs / "teacher_v", data)
+    teacher_v = load_run(runs / "teacher_v")
+    for w in S["guidances"]:
+        for k in (4, first, S["pd_start"]):
+            res["rows"].append({"model": "v teacher", "steps": k, "guidance": w, **ev(teacher_v, "ddim", k, w)})
+    for name, extra, folder, source in (
+            ("eps student", ["diffusion.prediction=eps"], "pd_eps", "teacher"),
+            ("eps student, lr 1e-4", ["diffusion.prediction=eps", "optim.lr=1e-4"], "pd_eps_lr", "teacher"),
+            ("v teacher's student", [], "pd_of_v", "teacher_v")):
+        folder = runs / folder
+        res[name] = student(runs / source, folder, "progressive", data, say, train_steps=S["pd_steps"],
+                            start_steps=S["pd_start"], steps=4, overrides=extra)
+        earlier = folder / ROUNDS_DIR
+        for f in (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [folder]:
+            run = load_run(f)
+            k = len(run.config.distill.sigmas) - 1
+            for w in S["guidances"]:
+                res["rows"].append({"model": name, "steps": k, "guidance": w, **ev(run, "ddim", k, w)})
+    atomic_write_text(out / "progressive_check.json", json.dumps(res, indent=1))
+    return res
+
+
 # ----------------------------------------------------------------------------- MNIST
 # The reduced CPU size of docs/experiments (14x14 MNIST, its class-conditional U-Net, linear
 # schedule, eps) with a shorter teacher run, and the students of difflab distill's defaults.
@@ -267,15 +324,19 @@ MNIST = {"tiny": dict(teacher_steps=4, cd_steps=4, pd_steps=2, pd_start=8, noise
 
 
 def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_ROOT, command: str = COMMAND,
-              runs_dir: Optional[str] = None) -> dict:
+              runs_dir: Optional[str] = None, cd_steps: Optional[int] = None, progressive: bool = True) -> dict:
     """1-, 2- and 4-step students of an MNIST teacher against the teacher at 4, 10 and 50 steps: FID in
-    the MNIST classifier's features (t10k reference, train5k floor), accuracy, seconds per 1,000."""
-    M, S = MNIST[size], dict(MNIST_SIZES[size], floor_28=False)
+    the MNIST classifier's features (t10k reference, train5k floor), accuracy, seconds per 1,000.
+    ``cd_steps`` replaces the consistency student's optimizer steps; ``progressive=False`` leaves the
+    progressive student out."""
+    M, S = dict(MNIST[size], **({"cd_steps": cd_steps} if cd_steps else {})), dict(MNIST_SIZES[size], floor_28=False)
     S["mnist_steps"] = M["teacher_steps"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir if runs_dir is not None else "runs/few_step") / "mnist"
-    res: dict = {"command": command + " --mnist" + (f" --size {size}" if size != "cpu" else "") + f" --out {out}",
+    res: dict = {"command": command + " --mnist" + (f" --size {size}" if size != "cpu" else "")
+                 + (f" --cd-steps {cd_steps}" if cd_steps else "") + ("" if progressive else " --no-progressive")
+                 + ("" if runs_dir is None else f" --runs {runs_dir}") + f" --out {out}",
                  "size": size, "settings": M}
     ref, _, _, _, clf_dir = measure_setup(res, S, runs, root, "cpu", None, progress=False)
     teacher_cfg = mnist_config(S, root, "cpu")
@@ -283,8 +344,9 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
     res["teacher"] = {"train_seconds": train_run(teacher_cfg, runs / "teacher", None), "config": teacher_cfg}
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     res["consistency"] = student(runs / "teacher", runs / "cd", "consistency", None, say, train_steps=M["cd_steps"])
-    res["progressive"] = student(runs / "teacher", runs / "pd", "progressive", None, say, train_steps=M["pd_steps"],
-                                 start_steps=M["pd_start"], steps=4)
+    if progressive:
+        res["progressive"] = student(runs / "teacher", runs / "pd", "progressive", None, say,
+                                     train_steps=M["pd_steps"], start_steps=M["pd_start"], steps=4)
     labels = torch.arange(S["n"]) % 10
     rows = []
 
@@ -294,7 +356,7 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
         key = f"{name}@{run.step}"
         row = SampleEvaluator(run, ref, S, runs, "cpu", cache).evaluate(sampler, steps, 1.0, labels, seed=seed,
                                                                         key_extra=key)
-        return {"model": name, **row, "sec_per_1000": 1000 * row["seconds"] / S["n"]}
+        return {"model": name, "train_step": run.step, **row, "sec_per_1000": 1000 * row["seconds"] / S["n"]}
 
     for k in (1, 2, 4, 10, 50):
         rows.append(evaluate("teacher", runs / "teacher", "ddim", k))
@@ -305,7 +367,7 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
     for k in (1, 2, 4):
         rows.append(evaluate("consistency", runs / "cd", "consistency", k))
     earlier = runs / "pd" / ROUNDS_DIR
-    for folder in (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]:
+    for folder in ((sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]) * progressive:
         rows.append(evaluate("progressive", folder, "ddim", len(load_run(folder).config.distill.sigmas) - 1))
     res["rows"] = rows
     atomic_write_text(out / "mnist_metrics.json", json.dumps(res, indent=1))
@@ -335,9 +397,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--mnist", action="store_true", help="the MNIST part (14x14) instead of the digits")
     p.add_argument("--teacher-steps", type=int, help="the digits teacher's training steps (default: its config's 2,000)")
     p.add_argument("--mnist-root", default=DEFAULT_MNIST_ROOT, help="the MNIST folder")
+    p.add_argument("--cd-steps", type=int, help="MNIST: the consistency student's optimizer steps (default 1,500)")
+    p.add_argument("--no-progressive", action="store_true", help="MNIST: leave the progressive student out")
+    p.add_argument("--progressive-check", action="store_true",
+                   help="digits: where the progressive student loses the teacher's w = 1 samples (progressive_check.json)")
     args = p.parse_args(argv)
+    if args.progressive_check:
+        res = progressive_check(args.out, args.size, COMMAND, args.runs)
+        for r in res["rows"]:
+            print(f"{r['model']:40s} {r['steps']:3d} steps, w = {r['guidance']:g}: FD {r['fd']:.1f}, "
+                  f"{100 * r['accuracy']:.1f}%, spread {r['spread']:.2f}")
+        return 0
     if args.mnist:
-        run_mnist(args.out, args.size, args.mnist_root, COMMAND, args.runs)
+        run_mnist(args.out, args.size, args.mnist_root, COMMAND, args.runs, args.cd_steps, not args.no_progressive)
         print((Path(args.out) / "mnist_table.md").read_text())
         return 0
     res = run_experiment(args.out, args.size, COMMAND, args.runs, args.teacher_steps)

@@ -4,6 +4,7 @@ the small MNIST-format data set the tests write (``mnist_dir``); the numbers mea
 
 import json
 
+import difflab as dl
 from experiments import few_step
 
 
@@ -39,3 +40,30 @@ def test_few_step_mnist_tiny(tmp_path, mnist_dir):
     assert {("consistency", "consistency", k) for k in (1, 2, 4)} <= rows and ("progressive", "ddim", 4) in rows
     assert {("teacher", "ddim", k) for k in (10, 50)} <= rows
     assert res["tolerance"]["fid"] >= 0 and "| consistency |" in (out / "mnist_table.md").read_text()
+
+
+def test_few_step_mnist_tiny_longer_consistency_student_alone(tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    assert few_step.main(["--mnist", "--size", "tiny", "--out", str(out), "--runs", str(tmp_path / "runs"),
+                          "--mnist-root", str(mnist_dir), "--cd-steps", "6", "--no-progressive"]) == 0
+    res = json.loads((out / "mnist_metrics.json").read_text())
+    assert res["settings"]["cd_steps"] == 6 and "progressive" not in res
+    assert "--cd-steps 6 --no-progressive" in res["command"]
+    assert {r["model"] for r in res["rows"]} == {"teacher", "consistency"}
+    assert max(r["train_step"] for r in res["rows"] if r["model"] == "consistency") == 6
+
+
+def test_few_step_progressive_check_tiny(tmp_path):
+    out = tmp_path / "out"
+    assert few_step.main(["--progressive-check", "--size", "tiny", "--out", str(out), "--runs",
+                          str(tmp_path / "runs")]) == 0
+    res = json.loads((out / "progressive_check.json").read_text())
+    models = {r["model"] for r in res["rows"]}
+    assert {"teacher", "v copy of the teacher (4 steps)", "eps student", "eps student, lr 1e-4", "v teacher",
+            "v teacher's student"} <= models
+    assert dl.load(tmp_path / "runs" / "pd_of_v").config.distill.reparam_steps == 0
+    copy = dl.load(tmp_path / "runs" / "pd_copy_4")
+    assert copy.config.distill.reparam_steps == 3 and copy.proc.prediction == "v"
+    eps = dl.load(tmp_path / "runs" / "pd_eps")
+    assert eps.proc.prediction == "eps" and eps.config.distill.reparam_steps == 0
+    assert "--progressive-check --size tiny" in res["command"]

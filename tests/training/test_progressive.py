@@ -176,3 +176,23 @@ def test_steps_and_refused_levels():
     too_high[0] = 2 * proc.sigma_max
     with pytest.raises(ValueError, match="sigma_max"):
         ProgressiveDistillationLoss(chain("x0"), teacher, proc, too_high)
+
+
+def test_an_eps_student_is_weighed_by_its_own_squared_error():
+    """An eps student (``--set diffusion.prediction=eps``) gets its eps MSE, ||eps_hat - eps_tilde||^2
+    with eps_tilde = (x - x_tilde) / s (x0 error times SNR): at the top level its x0 error is its
+    network's times 1 / a = 2e4, and the v/x0 weight SNR + 1 would weigh that by 1."""
+    proc = chain()
+    teacher = dl.models.GaussianMixtureDenoiser(proc, MEANS, STDS)
+    teacher_sig = teacher_levels(proc)
+    t = torch.tensor([999, 700, 500, 300, 100, 0])
+    batch = batch_at(t, seed=3)
+    x_tilde, s = target_of(ProgressiveDistillationLoss(chain("x0"), teacher, proc, teacher_sig), batch)
+    x = batch.x0 + s * batch.noise
+    eps_tilde = (x - x_tilde) / s
+    eps_hat = torch.randn(batch.x0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    loss = ProgressiveDistillationLoss(chain("eps"), teacher, proc, teacher_sig)
+    got = loss(Spy(lambda x_t, t_: eps_hat), batch)
+    want = ((eps_hat - eps_tilde) ** 2).mean(1).mean()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+    assert float(got) < 10  # (with SNR + 1 the top sample alone would give about 1e8)

@@ -88,7 +88,11 @@ class ProgressiveDistillationLoss:
             r = (s_next / s).to(x0.device, x0.dtype).view(view)
             target = (x_end - r * x) / (1 - r)
         estimate = denoised(model, self.proc, x, times_of(self.proc, s), batch.cond)
-        weight = (1 + s.to(x0.device, torch.float32) ** -2)
+        # each parameterisation's own squared error in x0 terms: eps's is SNR = 1 / sigma^2 (an eps
+        # student's x0 error at the top level is its network's times 1 / a, and weighs nothing there,
+        # as in the teacher's training); v's and x0's the truncated SNR + 1 of Salimans & Ho
+        snr = s.to(x0.device, torch.float32) ** -2
+        weight = snr if self.proc.prediction == "eps" else 1 + snr
         return (weight * ((estimate.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
 
     def __repr__(self) -> str:
