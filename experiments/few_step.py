@@ -263,7 +263,8 @@ def plot(res: dict, path: Path) -> None:
 def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COMMAND,
                       runs_dir: Optional[str] = None) -> dict:
     """Where the progressive student loses the teacher's w = 1 samples: (a) a v student trained only
-    to copy its eps teacher's denoiser (the re-parameterisation phase, no halving), sampled on the
+    to copy its eps teacher's denoiser (the re-parameterisation phase for all its steps but the last,
+    whose learning rate the cosine decay has brought to 0; no halving), sampled on the
     first round's 32 levels beside the teacher there; (b) students that keep the teacher's eps
     (``--set diffusion.prediction=eps``: no re-parameterisation, its own eps loss), 64 -> 4 steps;
     (c) a teacher trained with v-prediction from the start (so its student needs no re-parameterisation)
@@ -287,7 +288,7 @@ def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COM
     for w in S["guidances"]:
         for k in (4, first, S["pd_start"]):
             res["rows"].append({"model": "teacher", "steps": k, "guidance": w, **ev(teacher, "ddim", k, w)})
-    for n_steps in copy_steps:  # every step of the round is the re-parameterisation phase
+    for n_steps in copy_steps:  # all steps but the last (the most validate allows) re-parameterise
         res[f"copy_{n_steps}"] = student(runs / "teacher", runs / f"pd_copy_{n_steps}", "progressive", data, say,
                                          train_steps=n_steps, start_steps=S["pd_start"], steps=first,
                                          overrides=[f"distill.reparam_steps={n_steps - 1}"])
@@ -329,13 +330,13 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
     the MNIST classifier's features (t10k reference, train5k floor), accuracy, seconds per 1,000.
     ``cd_steps`` replaces the consistency student's optimizer steps; ``progressive=False`` leaves the
     progressive student out."""
-    M, S = dict(MNIST[size], **({"cd_steps": cd_steps} if cd_steps else {})), dict(MNIST_SIZES[size], floor_28=False)
+    M, S = dict(MNIST[size], **({} if cd_steps is None else {"cd_steps": cd_steps})), dict(MNIST_SIZES[size], floor_28=False)
     S["mnist_steps"] = M["teacher_steps"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir if runs_dir is not None else "runs/few_step") / "mnist"
     res: dict = {"command": command + " --mnist" + (f" --size {size}" if size != "cpu" else "")
-                 + (f" --cd-steps {cd_steps}" if cd_steps else "") + ("" if progressive else " --no-progressive")
+                 + ("" if cd_steps is None else f" --cd-steps {cd_steps}") + ("" if progressive else " --no-progressive")
                  + ("" if runs_dir is None else f" --runs {runs_dir}") + f" --out {out}",
                  "size": size, "settings": M}
     ref, _, _, _, clf_dir = measure_setup(res, S, runs, root, "cpu", None, progress=False)
@@ -343,7 +344,8 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
     teacher_cfg["ckpt_every"] = teacher_cfg["steps"]
     res["teacher"] = {"train_seconds": train_run(teacher_cfg, runs / "teacher", None), "config": teacher_cfg}
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    res["consistency"] = student(runs / "teacher", runs / "cd", "consistency", None, say, train_steps=M["cd_steps"])
+    cd = runs / ("cd" if cd_steps is None else f"cd_{cd_steps}")  # (a student of other steps is another run)
+    res["consistency"] = student(runs / "teacher", cd, "consistency", None, say, train_steps=M["cd_steps"])
     if progressive:
         res["progressive"] = student(runs / "teacher", runs / "pd", "progressive", None, say,
                                      train_steps=M["pd_steps"], start_steps=M["pd_start"], steps=4)
@@ -365,9 +367,9 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
                                                for j in range(1, M["noise_seeds"])])
     res["tolerance"] = tolerance(rows[-2]["fid"], res["fid_noise"])
     for k in (1, 2, 4):
-        rows.append(evaluate("consistency", runs / "cd", "consistency", k))
+        rows.append(evaluate("consistency", cd, "consistency", k))
     earlier = runs / "pd" / ROUNDS_DIR
-    for folder in ((sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]) * progressive:
+    for folder in ((sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]) if progressive else []:
         rows.append(evaluate("progressive", folder, "ddim", len(load_run(folder).config.distill.sigmas) - 1))
     res["rows"] = rows
     atomic_write_text(out / "mnist_metrics.json", json.dumps(res, indent=1))
@@ -402,6 +404,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--progressive-check", action="store_true",
                    help="digits: where the progressive student loses the teacher's w = 1 samples (progressive_check.json)")
     args = p.parse_args(argv)
+    if (args.cd_steps is not None or args.no_progressive) and not args.mnist:
+        p.error("--cd-steps and --no-progressive belong to the MNIST part: add --mnist")
+    if args.progressive_check and (args.mnist or args.teacher_steps):
+        p.error("--progressive-check uses the digits teacher of 2,000 steps: drop --mnist and --teacher-steps")
+    if args.cd_steps is not None and args.cd_steps < 1:
+        p.error(f"--cd-steps must be a positive number of optimizer steps, got {args.cd_steps}")
     if args.progressive_check:
         res = progressive_check(args.out, args.size, COMMAND, args.runs)
         for r in res["rows"]:

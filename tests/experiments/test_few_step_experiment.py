@@ -4,6 +4,8 @@ the small MNIST-format data set the tests write (``mnist_dir``); the numbers mea
 
 import json
 
+import pytest
+
 import difflab as dl
 from experiments import few_step
 
@@ -67,3 +69,11 @@ def test_few_step_progressive_check_tiny(tmp_path):
     eps = dl.load(tmp_path / "runs" / "pd_eps")
     assert eps.proc.prediction == "eps" and eps.config.distill.reparam_steps == 0
     assert "--progressive-check --size tiny" in res["command"]
+
+
+@pytest.mark.parametrize("args", [["--cd-steps", "6"], ["--no-progressive"], ["--progressive-check", "--mnist"],
+                                  ["--mnist", "--cd-steps", "0"]])
+def test_few_step_refuses_options_of_another_part(args, capsys):
+    with pytest.raises(SystemExit):
+        few_step.main(args)
+    assert "--" in capsys.readouterr().err

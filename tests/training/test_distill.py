@@ -283,8 +283,12 @@ def test_teacher_denoiser_loss_is_zero_for_the_teacher_and_the_closed_form_other
     wrong = dl.models.GaussianDenoiser(proc, MU + delta, S)
     sigma = proc.sigmas[t]
     c = S**2 / (S**2 + sigma**2)
-    want = ((1 + sigma**-2) * (1 - c) ** 2).mean() * (delta**2).mean()
+    # weighed by x0_error_weight: SNR for an eps student (its eps error), SNR + 1 for an x0 (or v) one
+    want = (sigma**-2 * (1 - c) ** 2).mean() * (delta**2).mean()
     assert float(TeacherDenoiserLoss(proc, teacher, proc)(wrong, batch)) == pytest.approx(float(want), rel=1e-5)
+    wrong_x0 = dl.models.GaussianDenoiser(proc_x0, MU + delta, S)
+    want = ((1 + sigma**-2) * (1 - c) ** 2).mean() * (delta**2).mean()
+    assert float(TeacherDenoiserLoss(proc_x0, teacher, proc)(wrong_x0, batch)) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_teacher_denoiser_loss_of_a_consistency_student_targets_c_skip_x_plus_c_out_d():

@@ -80,15 +80,17 @@ def test_progressive_rounds_halve_the_teachers_ddim_levels_from_its_weights(teac
         last.sample(4, sigmas=[one.sigmas[1], 0.0], labels=1, seed=0)
 
 
-def test_a_progressive_student_keeps_a_prediction_type_it_is_given(teacher, tmp_path):
+@pytest.mark.parametrize("given", ["diffusion.prediction=eps", "diffusion.prediction='eps'",
+                                   "diffusion.prediction=null"])  # null: the process's default, eps
+def test_a_progressive_student_keeps_a_prediction_type_it_is_given(teacher, tmp_path, given):
     """--set diffusion.prediction=eps: the student keeps its eps teacher's parameterisation, so it
-    starts as its teacher and has no re-parameterisation phase (whose v weighting would take an eps
-    network's x0 error at the top level at full weight)."""
+    starts as its teacher and has no re-parameterisation phase."""
     out = tmp_path / "pd_eps"
-    distill(teacher, out, "progressive", start_steps=4, steps=2, train_steps=2,
-            overrides=KEEP + ["diffusion.prediction=eps"], progress=False)
+    distill(teacher, out, "progressive", start_steps=4, steps=2, train_steps=2, overrides=KEEP + [given],
+            progress=False)
     t, run = dl.load(teacher), dl.load(out)
-    assert run.config.diffusion.prediction == run.proc.prediction == "eps" and run.config.distill.reparam_steps == 0
+    assert run.config.diffusion.resolved_prediction == run.proc.prediction == "eps"
+    assert run.config.distill.reparam_steps == 0
     _same_weights(run.ema_model.state_dict(), t.ema_model.state_dict())
     assert torch.isfinite(run.sample(4, steps=2, labels=1, seed=0)).all()
 

@@ -23,7 +23,8 @@ from ..validation import is_int
 TEACHER_SOLVERS = ("euler", "dpm_solver", "heun")  # the teacher's ODE steps of consistency distillation
 
 __all__ = ["TEACHER_SOLVERS", "TeacherDenoiserLoss", "Phased", "same_levels", "denoised", "guided_denoised", "teacher_step",
-           "consistency_times", "discretisation_steps", "bucket", "pseudo_huber", "huber_c", "times_of"]
+           "consistency_times", "discretisation_steps", "bucket", "pseudo_huber", "huber_c", "times_of",
+           "x0_error_weight"]
 
 
 def _view(v: Tensor, x: Tensor) -> Tensor:
@@ -35,6 +36,15 @@ def same_levels(proc: Process, other: Process) -> bool:
     their kind and what their networks' time inputs mean; the prediction types may differ)."""
     return (type(proc) is type(other) and proc.network_signature()[2:] == other.network_signature()[2:]
             and proc.sigma_min == other.sigma_min)
+
+
+def x0_error_weight(prediction: str, sigma: Tensor) -> Tensor:
+    """The weight of a student's squared x0 error at level sigma (x = x0 + sigma z): SNR = 1 / sigma^2
+    for an eps network, which is its own eps error, ||eps_hat - eps||^2 = ||D_hat - x0||^2 / sigma^2; for v
+    and x0 networks SNR + 1 (Salimans & Ho 2022, sec. 4), the v error in x0 terms. An eps network's x0
+    error at the DDPM chain's top level is its output's times 1 / a = 2e4, which SNR + 1 would take in full."""
+    snr = sigma.double() ** -2
+    return (snr if prediction == "eps" else 1 + snr).float()
 
 
 def times_of(proc: Process, sigma: Tensor) -> Tensor:
@@ -150,7 +160,8 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
 
 class TeacherDenoiserLoss:
     """The student's x0 estimate made the teacher's: E w(sigma) ||D_S(x, sigma) - D_T(x, sigma)||^2 at
-    the trainer's levels, x = x0 + sigma z, w = 1 + 1 / sigma^2 (the v-prediction loss in x0 terms).
+    the trainer's levels, x = x0 + sigma z, w = :func:`x0_error_weight` of the student's prediction
+    (1 + 1 / sigma^2, the v-prediction loss in x0 terms, for a v or x0 student).
 
     The first steps of a student whose network predicts v where its teacher's predicted eps
     (``distill.reparam_steps``): the teacher's weights read as v give another denoiser, so the
@@ -176,7 +187,7 @@ class TeacherDenoiserLoss:
                 c_skip, c_out = consistency_coefficients(s, *self.boundary)
                 target = c_skip * x + c_out * target
         estimate = denoised(model, self.proc, x, times_of(self.proc, sigma), batch.cond)
-        weight = (1 + sigma ** -2).to(x0.device, torch.float32)
+        weight = x0_error_weight(self.proc.prediction, sigma).to(x0.device)
         return (weight * ((estimate.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
 
 

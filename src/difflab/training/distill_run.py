@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-import yaml
 
 from ..models import ConsistencyModel
 from ..samplers.timesteps import sampling_sigmas
@@ -130,8 +129,9 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
     if method == "progressive":
         # v (or x0) by default, as Salimans & Ho recommend; a --set diffusion.prediction (e.g. the teacher's
         # eps) is kept, and the student then learns its teacher's denoiser first only if it differs
-        prediction = _overridden(overrides, "diffusion.prediction") or (
-            "v" if "v" in type(proc).predictions else "x0")
+        default = "v" if "v" in type(proc).predictions else "x0"
+        prediction = apply_overrides(base, [f"diffusion.prediction={default}",
+                                            *overrides]).diffusion.resolved_prediction
         if prediction != proc.prediction:
             changes.append(f"distill.reparam_steps={_reparam_steps(base, overrides)}")
         levels = [float(v) for v in sigmas]
@@ -156,16 +156,6 @@ def student_config(base: TrainConfig, teacher: LoadedRun, method: str, overrides
         else:
             changes += ["sample.guidance=1.0"]
     return apply_overrides(base, changes + list(overrides)).validate()
-
-
-def _overridden(overrides: Sequence[str], key: str):
-    """The last value ``overrides`` give ``key`` ("key=value", read as YAML as apply_overrides reads
-    it), or None."""
-    values = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].strip() == key]
-    try:
-        return yaml.safe_load(values[-1]) if values else None
-    except yaml.YAMLError:
-        return None  # (apply_overrides then names the bad value)
 
 
 def _reparam_steps(base: TrainConfig, overrides: Sequence[str]) -> int:

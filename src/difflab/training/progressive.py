@@ -11,7 +11,8 @@ target is the x0 estimate whose single DDIM step from (x, s_i) lands there too (
 and the loss is the squared error of the student's x0 estimate with the "SNR + 1" weight of
 sec. 4, w = 1 + 1 / s_i^2 (the v-prediction loss in x0 terms). The paper's student predicts v or
 x0: an eps network cannot express x0 where the signal vanishes (the top level), which a 1- to
-4-step student must reach in one step.
+4-step student must reach in one step. An eps student (a user's choice) gets its own eps error,
+w = 1 / s_i^2 (``distill.x0_error_weight``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes import Process
-from .distill import bucket, denoised, same_levels, times_of
+from .distill import bucket, denoised, same_levels, times_of, x0_error_weight
 from .loss import TrainBatch
 
 __all__ = ["ProgressiveDistillationLoss", "halve"]
@@ -88,11 +89,7 @@ class ProgressiveDistillationLoss:
             r = (s_next / s).to(x0.device, x0.dtype).view(view)
             target = (x_end - r * x) / (1 - r)
         estimate = denoised(model, self.proc, x, times_of(self.proc, s), batch.cond)
-        # each parameterisation's own squared error in x0 terms: eps's is SNR = 1 / sigma^2 (an eps
-        # student's x0 error at the top level is its network's times 1 / a, and weighs nothing there,
-        # as in the teacher's training); v's and x0's the truncated SNR + 1 of Salimans & Ho
-        snr = s.to(x0.device, torch.float32) ** -2
-        weight = snr if self.proc.prediction == "eps" else 1 + snr
+        weight = x0_error_weight(self.proc.prediction, s).to(x0.device)
         return (weight * ((estimate.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
 
     def __repr__(self) -> str:
