@@ -58,7 +58,7 @@ SIZES = {
     "tiny": dict(teacher_steps=8, n=40, clf_epochs=1, cd_steps=4, pd_steps=2, pd_start=8, guided_steps=4,
                  ct_steps=8, teacher_nfes=(1, 4, 10), guidances=(1.0, 3.0)),
     "cpu": dict(teacher_steps=2000, n=1000, clf_epochs=30, cd_steps=12000, pd_steps=1500, pd_start=64,
-                guided_steps=12000, ct_steps=4000, teacher_nfes=(1, 2, 4, 8, 10, 16, 32, 50, 64),
+                guided_steps=6000, ct_steps=4000, teacher_nfes=(1, 2, 4, 8, 10, 16, 32, 50, 64),
                 guidances=(1.0, 2.0, 3.0)),
 }
 
