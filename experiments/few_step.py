@@ -99,6 +99,12 @@ def student(teacher: Path, out: Path, method: str, data, say, **kwargs) -> dict:
             "rounds": len(result["rounds"]), "kept": all(r.get("kept") for r in result["rounds"])}
 
 
+def rounds_of(folder: Path) -> list:
+    """A progressive distillation's run folders: its finished earlier rounds (by name), then ``folder``."""
+    earlier = folder / ROUNDS_DIR
+    return (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [folder]
+
+
 def run_experiment(out="docs/few_step", size: str = "cpu", command: str = COMMAND,
                    runs_dir: Optional[str] = None, teacher_steps: Optional[int] = None) -> dict:
     S = dict(SIZES[size], **({"teacher_steps": teacher_steps} if teacher_steps else {}))
@@ -151,9 +157,7 @@ def run_experiment(out="docs/few_step", size: str = "cpu", command: str = COMMAN
         for k in (1, 2, 4):
             res["rows"].append({"model": "guided", "sampler": "consistency", "steps": k, "nfe": k, "guidance": w,
                                 **ev(guided, "consistency", k, w)})
-    earlier = runs / "pd" / ROUNDS_DIR
-    rounds = (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]
-    for folder in rounds:
+    for folder in rounds_of(runs / "pd"):
         run = load_run(folder)
         k = len(run.config.distill.sigmas) - 1
         for w in S["guidances"]:  # the student's own guidance pair: 2 calls per step where w != 1
@@ -285,9 +289,13 @@ def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COM
     teacher = load_run(runs / "teacher")
     first = S["pd_start"] // 2
     copy_steps = (2000, 6000) if size == "cpu" else (4,)
-    for w in S["guidances"]:
-        for k in (4, first, S["pd_start"]):
-            res["rows"].append({"model": "teacher", "steps": k, "guidance": w, **ev(teacher, "ddim", k, w)})
+
+    def ddim_rows(name: str, run) -> None:
+        for w in S["guidances"]:
+            for k in (4, first, S["pd_start"]):
+                res["rows"].append({"model": name, "steps": k, "guidance": w, **ev(run, "ddim", k, w)})
+
+    ddim_rows("teacher", teacher)
     for n_steps in copy_steps:  # all steps but the last (the most validate allows) re-parameterise
         res[f"copy_{n_steps}"] = student(runs / "teacher", runs / f"pd_copy_{n_steps}", "progressive", data, say,
                                          train_steps=n_steps, start_steps=S["pd_start"], steps=first,
@@ -296,10 +304,7 @@ def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COM
         res["rows"].append({"model": f"v copy of the teacher ({n_steps} steps)", "steps": first, "guidance": 1.0,
                             **ev(run, "ddim", first, 1.0)})
     train_run(run_config(dict(PROCESSES["eps-DDPM"], prediction="v"), S["teacher_steps"]), runs / "teacher_v", data)
-    teacher_v = load_run(runs / "teacher_v")
-    for w in S["guidances"]:
-        for k in (4, first, S["pd_start"]):
-            res["rows"].append({"model": "v teacher", "steps": k, "guidance": w, **ev(teacher_v, "ddim", k, w)})
+    ddim_rows("v teacher", load_run(runs / "teacher_v"))
     for name, extra, folder, source in (
             ("eps student", ["diffusion.prediction=eps"], "pd_eps", "teacher"),
             ("eps student, lr 1e-4", ["diffusion.prediction=eps", "optim.lr=1e-4"], "pd_eps_lr", "teacher"),
@@ -307,8 +312,7 @@ def progressive_check(out="docs/few_step", size: str = "cpu", command: str = COM
         folder = runs / folder
         res[name] = student(runs / source, folder, "progressive", data, say, train_steps=S["pd_steps"],
                             start_steps=S["pd_start"], steps=4, overrides=extra)
-        earlier = folder / ROUNDS_DIR
-        for f in (sorted(earlier.iterdir()) if earlier.is_dir() else []) + [folder]:
+        for f in rounds_of(folder):
             run = load_run(f)
             k = len(run.config.distill.sigmas) - 1
             for w in S["guidances"]:
@@ -368,8 +372,7 @@ def run_mnist(out="docs/few_step", size: str = "cpu", root: str = DEFAULT_MNIST_
     res["tolerance"] = tolerance(rows[-2]["fid"], res["fid_noise"])
     for k in (1, 2, 4):
         rows.append(evaluate("consistency", cd, "consistency", k))
-    earlier = runs / "pd" / ROUNDS_DIR
-    for folder in ((sorted(earlier.iterdir()) if earlier.is_dir() else []) + [runs / "pd"]) if progressive else []:
+    for folder in rounds_of(runs / "pd") if progressive else []:
         rows.append(evaluate("progressive", folder, "ddim", len(load_run(folder).config.distill.sigmas) - 1))
     res["rows"] = rows
     atomic_write_text(out / "mnist_metrics.json", json.dumps(res, indent=1))
